@@ -1,0 +1,190 @@
+"""The Docker adapter: every call into the docker SDK goes through here, errors translated.
+
+Containers are started hardened (127.0.0.1-only published port, no-new-privileges, all
+capabilities dropped, memory and CPU limits) and labelled so that what runs can be read back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker
+import docker.errors
+import requests.exceptions
+
+from pipeline.errors import BuildError, DockerError, EngineUnavailable
+
+LABEL_PREFIX = "central-mcp"
+LABEL_SERVER = f"{LABEL_PREFIX}.server"
+LABEL_RELEASE = f"{LABEL_PREFIX}.release"
+LABEL_COMMIT = f"{LABEL_PREFIX}.commit"
+LABEL_PORT = f"{LABEL_PREFIX}.port"
+LABEL_ROLE = f"{LABEL_PREFIX}.role"
+LABEL_INSTANCE = f"{LABEL_PREFIX}.instance"
+ENGINE_TIMEOUT = 120
+STOP_GRACE_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything needed to start one server container."""
+
+    image: str
+    name: str
+    port: int
+    labels: Mapping[str, str]
+    env: Mapping[str, str]
+    memory_bytes: int
+    cpus: float
+    command: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Running:
+    """A started container and the loopback port its server is published on."""
+
+    id: str
+    name: str
+    host_port: int
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    try:
+        yield
+    except docker.errors.ImageNotFound as exc:
+        raise DockerError(f"{what}: image not found ({exc.explanation})") from exc
+    except docker.errors.NotFound as exc:
+        raise DockerError(f"{what}: not found ({exc.explanation})") from exc
+    except docker.errors.APIError as exc:
+        raise DockerError(f"{what}: Docker engine said {exc.explanation or exc}") from exc
+    except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
+        raise EngineUnavailable(f"{what}: no Docker engine answers ({exc}); "
+                                "start dockerd or run `make run`") from exc
+
+
+class DockerHost:
+    """A thin, translated facade over one Docker engine."""
+
+    def __init__(self, client: docker.DockerClient | None = None) -> None:
+        with _translated("connect"):
+            self.client = client or docker.from_env(timeout=ENGINE_TIMEOUT)
+
+    def ping(self) -> None:
+        """Raise EngineUnavailable unless the engine answers."""
+        with _translated("ping"):
+            self.client.ping()
+
+    def image_exists(self, tag: str) -> bool:
+        """Return whether an image with this tag is present locally."""
+        try:
+            with _translated(f"inspect image {tag}"):
+                self.client.images.get(tag)
+            return True
+        except DockerError:
+            return False
+
+    def build(self, tag: str, context: Path, dockerfile: str, args: Mapping[str, str],
+              labels: Mapping[str, str], on_line: Callable[[str], None],
+              network: str = "default") -> str:
+        """Build `context` into `tag`, streaming output lines to `on_line`; return the image id."""
+        tail: list[str] = []
+        image_id = ""
+        with _translated(f"build {tag}"):
+            stream = self.client.api.build(
+                path=str(context), dockerfile=dockerfile, tag=tag, buildargs=dict(args),
+                labels=dict(labels), rm=True, forcerm=True, decode=True, network_mode=network)
+            for chunk in stream:
+                for line in _chunk_lines(chunk):
+                    tail = [*tail[-19:], line]
+                    on_line(line)
+                if "error" in chunk:
+                    raise BuildError(f"image {tag} failed to build: {chunk['error'].strip()}\n"
+                                     + "\n".join(tail))
+                if "aux" in chunk and "ID" in chunk["aux"]:
+                    image_id = chunk["aux"]["ID"]
+        return image_id or str(self.client.images.get(tag).id)
+
+    def run(self, spec: RunSpec) -> Running:
+        """Start a hardened container for `spec` with its port on 127.0.0.1 only."""
+        ports: dict[str, Any] = {f"{spec.port}/tcp": ("127.0.0.1",)}
+        with _translated(f"start {spec.name}"):
+            container = self.client.containers.run(
+                spec.image, command=list(spec.command) or None, name=spec.name, detach=True,
+                labels=dict(spec.labels), environment=dict(spec.env),
+                ports=ports,
+                mem_limit=spec.memory_bytes, nano_cpus=int(spec.cpus * 1e9),
+                security_opt=["no-new-privileges"], cap_drop=["ALL"], pids_limit=256,
+                init=True)
+            return Running(str(container.id), spec.name, self._host_port(container, spec.port))
+
+    def _host_port(self, container: Any, port: int) -> int:
+        deadline = time.monotonic() + 5
+        while True:
+            container.reload()
+            bindings = container.attrs["NetworkSettings"]["Ports"].get(f"{port}/tcp") or []
+            if bindings:
+                return int(bindings[0]["HostPort"])
+            if container.status == "exited" or time.monotonic() > deadline:
+                raise DockerError(f"container {container.name} published no port for {port}/tcp "
+                                  f"(status {container.status})")
+            time.sleep(0.05)
+
+    def status(self, container_id: str) -> str:
+        """Return the container's state (running, exited, ...) or 'missing'."""
+        try:
+            with _translated(f"inspect {container_id[:12]}"):
+                container = self.client.containers.get(container_id)
+        except DockerError:
+            return "missing"
+        return str(container.status)
+
+    def logs_tail(self, container_id: str, lines: int = 30) -> list[str]:
+        """Return the container's last log lines (empty when it is gone)."""
+        try:
+            with _translated(f"logs of {container_id[:12]}"):
+                raw = self.client.containers.get(container_id).logs(tail=lines)
+        except DockerError:
+            return []
+        return raw.decode("utf-8", "replace").splitlines()
+
+    def stop_and_remove(self, container_id: str, grace: float = STOP_GRACE_SECONDS) -> None:
+        """Send SIGTERM, wait up to `grace` seconds, then remove; a missing container is fine."""
+        try:
+            with _translated(f"remove {container_id[:12]}"):
+                container = self.client.containers.get(container_id)
+                if container.status == "running":
+                    container.stop(timeout=int(grace))
+                container.remove(force=True)
+        except DockerError as exc:
+            if "not found" not in str(exc):
+                raise
+
+    def containers(self, labels: Mapping[str, str]) -> list[Any]:
+        """Return every container (running or not) carrying all these labels."""
+        with _translated("list containers"):
+            filters = [f"{k}={v}" for k, v in labels.items()]
+            return list(self.client.containers.list(all=True, filters={"label": filters}))
+
+    def remove_image(self, tag: str) -> None:
+        """Remove an image by tag; a missing image is fine."""
+        if self.image_exists(tag):
+            with _translated(f"remove image {tag}"):
+                self.client.images.remove(tag, force=True)
+
+    def import_rootfs(self, tarball: Path, tag: str, changes: list[str]) -> None:
+        """Import a root file system tarball as image `tag`."""
+        repository, _, version = tag.partition(":")
+        with _translated(f"import {tag}"), tarball.open("rb") as data:
+            self.client.api.import_image_from_data(
+                data, repository=repository, tag=version or "latest", changes=changes)
+
+
+def _chunk_lines(chunk: Mapping[str, Any]) -> list[str]:
+    text = str(chunk.get("stream") or chunk.get("status") or "")
+    return [line for line in text.splitlines() if line.strip()]

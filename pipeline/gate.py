@@ -1,0 +1,200 @@
+"""The MCP health gate: a candidate is healthy when it completes the MCP handshake.
+
+`initialize` → `notifications/initialized` → `tools/list` (every page), within a deadline,
+failing at once if the container exits. A server that only offers the stateless 2026-07-28
+era is gated with `tools/list` alone. "The port answers 200" is not enough.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from pipeline.errors import GateError
+
+SESSION_PROTOCOL = "2025-11-25"
+STATELESS_PROTOCOL = "2026-07-28"
+REQUEST_TIMEOUT = 10.0
+ACCEPT = "application/json, text/event-stream"
+CLIENT_INFO = {"name": "central-mcp-gate", "version": "1"}
+MAX_PAGES = 50
+
+
+@dataclass(frozen=True)
+class GateResult:
+    """What the handshake learned: the protocol, the server's own name, and its tools."""
+
+    protocol_version: str
+    server_name: str
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class NotMCP(Exception):
+    """The endpoint answered, but not as an MCP server (kept distinct from 'not up yet')."""
+
+
+def wait_until_healthy(url: str, *, timeout: float, interval: float,
+                       alive: Callable[[], bool] = lambda: True,
+                       clock: Callable[[], float] = time.monotonic,
+                       sleep: Callable[[float], None] = time.sleep) -> GateResult:
+    """Run the handshake against `url` until it passes, the deadline passes, or `alive` is False."""
+    started = clock()
+    deadline = started + timeout
+    last = "no answer yet"
+    while True:
+        if not alive():
+            raise GateError(f"the container exited before completing the MCP handshake ({last})")
+        try:
+            result = handshake(url, min(REQUEST_TIMEOUT, max(deadline - clock(), 0.1)))
+            return GateResult(result.protocol_version, result.server_name, result.tools,
+                              clock() - started)
+        except (OSError, http.client.HTTPException) as exc:
+            last = f"connection: {exc.__class__.__name__}: {exc}"
+        except NotMCP as exc:
+            last = str(exc)
+        if clock() + interval > deadline:
+            raise GateError(f"no MCP handshake within {timeout:.0f}s; last: {last}")
+        sleep(interval)
+
+
+def handshake(url: str, timeout: float) -> GateResult:
+    """Do one full handshake (or a stateless tools/list) against `url`."""
+    session = _Session(url, timeout)
+    try:
+        init = session.request("initialize", {"protocolVersion": SESSION_PROTOCOL,
+                                              "capabilities": {}, "clientInfo": CLIENT_INFO})
+    except NotMCP:
+        session = _Session(url, timeout, stateless=True)
+        return GateResult(STATELESS_PROTOCOL, "", session.list_tools())
+    if not isinstance(init.get("protocolVersion"), str):
+        raise NotMCP(f"initialize result has no protocolVersion: {str(init)[:200]}")
+    session.protocol = init["protocolVersion"]
+    session.notify("notifications/initialized")
+    tools = session.list_tools()
+    session.close()
+    info = init.get("serverInfo") or {}
+    return GateResult(session.protocol, str(info.get("name", "")), tools)
+
+
+class _Session:
+    """A minimal Streamable HTTP client: JSON or SSE answers, session id, protocol header."""
+
+    def __init__(self, url: str, timeout: float, *, stateless: bool = False) -> None:
+        parts = urlsplit(url)
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or 80
+        self.path = parts.path or "/"
+        self.timeout = timeout
+        self.stateless = stateless
+        self.protocol = STATELESS_PROTOCOL if stateless else ""
+        self.session_id = ""
+        self.next_id = 0
+
+    def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        self.next_id += 1
+        body = {"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params}
+        status, headers, payload = self._post(body, method)
+        if status != 200:
+            raise NotMCP(f"{method} answered HTTP {status}: {payload[:200]!r}")
+        self.session_id = headers.get("mcp-session-id", self.session_id)
+        message = _find_response(headers.get("content-type", ""), payload, self.next_id)
+        if "error" in message:
+            raise NotMCP(f"{method} returned error {message['error']}")
+        result = message.get("result")
+        if not isinstance(result, dict):
+            raise NotMCP(f"{method} returned no result object")
+        return result
+
+    def notify(self, method: str) -> None:
+        status, _, payload = self._post({"jsonrpc": "2.0", "method": method}, method)
+        if status not in (200, 202, 204):
+            raise NotMCP(f"{method} answered HTTP {status}: {payload[:200]!r}")
+
+    def list_tools(self) -> list[dict[str, Any]]:
+        tools: list[dict[str, Any]] = []
+        params: dict[str, Any] = {}
+        for _ in range(MAX_PAGES):
+            page = self.request("tools/list", params)
+            listed = page.get("tools")
+            if not isinstance(listed, list):
+                raise NotMCP("tools/list result has no tools array")
+            tools.extend(t for t in listed if isinstance(t, dict))
+            if not page.get("nextCursor"):
+                return tools
+            params = {"cursor": page["nextCursor"]}
+        raise NotMCP(f"tools/list did not end after {MAX_PAGES} pages")
+
+    def close(self) -> None:
+        if not self.session_id:
+            return
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        try:
+            conn.request("DELETE", self.path, headers=self._headers(""))
+            conn.getresponse().read()
+        except (OSError, http.client.HTTPException):
+            pass  # closing is a courtesy; the gate already passed
+        finally:
+            conn.close()
+
+    def _headers(self, method: str) -> dict[str, str]:
+        headers = {"Accept": ACCEPT, "Content-Type": "application/json",
+                   "Host": f"127.0.0.1:{self.port}"}
+        if self.protocol:
+            headers["MCP-Protocol-Version"] = self.protocol
+        if self.session_id:
+            headers["Mcp-Session-Id"] = self.session_id
+        if self.stateless and method:
+            headers["Mcp-Method"] = method
+        return headers
+
+    def _post(self, body: dict[str, Any], method: str) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        try:
+            conn.request("POST", self.path, body=json.dumps(body), headers=self._headers(method))
+            response = conn.getresponse()
+            headers = {k.lower(): v for k, v in response.getheaders()}
+            if "text/event-stream" in headers.get("content-type", ""):
+                payload = _read_sse_until_response(response, body.get("id"))
+            else:
+                payload = response.read()
+            return response.status, headers, payload
+        finally:
+            conn.close()
+
+
+def _read_sse_until_response(response: http.client.HTTPResponse, want: object) -> bytes:
+    """Read SSE lines until the event that answers request `want` (the stream may stay open)."""
+    lines: list[bytes] = []
+    for raw in response:
+        lines.append(raw)
+        if raw.startswith(b"data:"):
+            try:
+                message = json.loads(raw[5:].strip())
+            except ValueError:
+                continue
+            if isinstance(message, dict) and message.get("id") == want:
+                break
+    return b"".join(lines)
+
+
+def _find_response(content_type: str, payload: bytes, want: int) -> dict[str, Any]:
+    if "text/event-stream" in content_type:
+        candidates = [line[5:].strip() for line in payload.splitlines() if line.startswith(b"data:")]
+    elif "json" in content_type:
+        candidates = [payload]
+    else:
+        raise NotMCP(f"answered {content_type or 'no content type'}, not JSON or SSE")
+    for candidate in candidates:
+        try:
+            message = json.loads(candidate)
+        except ValueError:
+            continue
+        if isinstance(message, dict) and message.get("id") == want:
+            return message
+    raise NotMCP(f"no JSON-RPC response with id {want} in the answer")

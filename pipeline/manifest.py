@@ -1,0 +1,217 @@
+"""Server manifests (`servers/<name>/mcp-server.yaml`): discovery, validation, the Manifest value."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline import schema, yamlsrc
+from pipeline.errors import ConfigError, Problem
+from pipeline.settings import Settings
+from pipeline.units import parse_duration, parse_size
+
+MANIFEST_NAME = "mcp-server.yaml"
+DEFAULT_PATH = "/mcp"
+DEFAULT_HEALTH_TIMEOUT = 30.0
+DEFAULT_HEALTH_INTERVAL = 1.0
+DEFAULT_MEMORY = "256m"
+DEFAULT_CPUS = 0.5
+MIN_MEMORY = 6 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One server's validated manifest, with paths resolved inside the repository."""
+
+    name: str
+    version: str
+    description: str
+    transport: str
+    folder: str
+    context: str
+    dockerfile: str
+    build_args: Mapping[str, str]
+    port: int
+    path: str
+    env: Mapping[str, str]
+    secrets: tuple[str, ...]
+    command: tuple[str, ...]
+    health_timeout: float
+    health_interval: float
+    memory_bytes: int
+    cpus: float
+    access: tuple[str, ...]
+    raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """The result of checking a tree: the manifests that passed and every problem found."""
+
+    manifests: tuple[Manifest, ...]
+    problems: tuple[Problem, ...]
+
+    @property
+    def ok(self) -> bool:
+        """Whether nothing was wrong."""
+        return not self.problems
+
+
+def discover(root: Path, globs: Iterable[str]) -> list[Path]:
+    """Return the manifest files under `root` matching `globs`, sorted, without duplicates."""
+    found: set[Path] = set()
+    for pattern in globs:
+        found.update(p for p in root.glob(pattern) if p.is_file() and ".git" not in p.parts)
+    return sorted(found)
+
+
+def check_tree(root: Path, settings: Settings, globs: Iterable[str] | None = None) -> CheckReport:
+    """Validate every manifest under `root`; report every problem, never stop at the first."""
+    root = root.resolve()
+    globs = tuple(globs) if globs is not None else settings.repo().manifests
+    manifests: list[Manifest] = []
+    problems: list[Problem] = []
+    seen: dict[str, str] = {}
+    for file in discover(root, globs):
+        rel = file.relative_to(root).as_posix()
+        try:
+            manifest = read(file, root, settings)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        if manifest.name in seen:
+            problems.append(Problem(rel, 1, 1, "$.name", f"server name {manifest.name!r} is also used "
+                                    f"by {seen[manifest.name]}", "server names must be unique"))
+            continue
+        seen[manifest.name] = rel
+        manifests.append(manifest)
+    return CheckReport(tuple(manifests), tuple(problems))
+
+
+def read(file: Path, root: Path, settings: Settings) -> Manifest:
+    """Load and validate one manifest file; raise ConfigError listing all of its problems."""
+    rel = file.relative_to(root).as_posix()
+    doc = yamlsrc.load(file, display=rel)
+    if not isinstance(doc.data, dict):
+        raise ConfigError([doc.problem((), "a manifest must be a mapping",
+                                       "start from servers/property-search/mcp-server.yaml")])
+    problems = schema.validate(doc, "server") + _semantic_problems(doc, file.parent, root, settings)
+    problems.sort(key=lambda p: (p.line, p.column))
+    if problems:
+        raise ConfigError(problems)
+    return _build(doc.data, file.parent.relative_to(root).as_posix())
+
+
+def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path,
+                       settings: Settings) -> list[Problem]:
+    """What a schema cannot say; written to run on any shape, so every fault shows at once."""
+    data = doc.data
+    problems: list[Problem] = []
+    name = data.get("name")
+    if isinstance(name, str) and name != folder.name:
+        problems.append(doc.problem(("name",), f"name {name!r} differs from its folder "
+                                    f"{folder.name!r}", f"rename one so both read {folder.name!r}"))
+    if data.get("transport") == "stdio":
+        problems.append(doc.problem(("transport",), "transport 'stdio' is not served yet",
+                                    "serve it over streamable-http"))
+    problems += _build_problems(doc, folder, root)
+    memory = _section(data, "resources").get("memory")
+    if isinstance(memory, str):
+        try:
+            size = parse_size(memory)
+        except ValueError:
+            size = None  # reported by the schema's pattern
+        if size is not None and size < MIN_MEMORY:
+            problems.append(doc.problem(("resources", "memory"), f"memory {memory!r} is below "
+                                        "Docker's 6m minimum", "give it at least 64m"))
+    problems += _access_problems(doc, settings)
+    return problems
+
+
+def _section(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _build_problems(doc: yamlsrc.Document, folder: Path, root: Path) -> list[Problem]:
+    build = _section(doc.data, "build")
+    problems: list[Problem] = []
+    context_value = build.get("context", ".")
+    dockerfile_value = build.get("dockerfile", "Dockerfile")
+    if not isinstance(context_value, str) or not isinstance(dockerfile_value, str):
+        return problems
+    context = _inside(doc, ("build", "context"), context_value, folder, root, problems)
+    if context is None:
+        return problems
+    dockerfile = _inside(doc, ("build", "dockerfile"), dockerfile_value, context, root, problems)
+    if dockerfile is not None and not dockerfile.is_file():
+        where = ("build", "dockerfile") if "dockerfile" in build else ("name",)
+        problems.append(doc.problem(where, f"no Dockerfile at {dockerfile.relative_to(root).as_posix()}",
+                                    "add it or fix build.dockerfile"))
+    return problems
+
+
+def _access_problems(doc: yamlsrc.Document, settings: Settings) -> list[Problem]:
+    access = doc.data.get("access")
+    known = {p.name for p in settings.projects}
+    problems: list[Problem] = []
+    for i, name in enumerate(access if isinstance(access, list) else []):
+        if isinstance(name, str) and name != "all" and name not in known:
+            hint = f"known projects: {', '.join(sorted(known))}" if known else \
+                "deploy.yaml has no projects; use [all] or add the project there"
+            problems.append(doc.problem(("access", i), f"unknown project {name!r}", hint))
+    return problems
+
+
+def _inside(doc: yamlsrc.Document, path: tuple[str, str], value: str, base: Path, root: Path,
+            problems: list[Problem]) -> Path | None:
+    """Resolve `value` against `base`; record a problem and return None if it leaves the repo."""
+    where = path if path[1] in _section(doc.data, "build") else ("name",)
+    if Path(value).is_absolute():
+        problems.append(doc.problem(where, f"{path[1]} {value!r} is an absolute path",
+                                    "use a path relative to the server's folder"))
+        return None
+    target = (base / value).resolve()
+    if target != root and root not in target.parents:
+        why = "a symlink that leads" if ".." not in Path(value).parts else "'..' that leads"
+        problems.append(doc.problem(where, f"{path[1]} {value!r} uses {why} outside the repository",
+                                    "keep the build inside the repository"))
+        return None
+    return target
+
+
+def _build(data: dict[str, Any], folder: str) -> Manifest:
+    build = data.get("build", {})
+    run = data["run"]
+    health = data.get("health", {})
+    resources = data.get("resources", {})
+    context = (Path(folder) / build.get("context", ".")).as_posix()
+    return Manifest(
+        name=data["name"],
+        version=data["version"],
+        description=data["description"],
+        transport=data["transport"],
+        folder=folder,
+        context=str(Path(context)),
+        dockerfile=build.get("dockerfile", "Dockerfile"),
+        build_args={k: _text(v) for k, v in build.get("args", {}).items()},
+        port=run["port"],
+        path=run.get("path", DEFAULT_PATH),
+        env={k: _text(v) for k, v in run.get("env", {}).items()},
+        secrets=tuple(run.get("secrets", ())),
+        command=tuple(run.get("command", ())),
+        health_timeout=parse_duration(health.get("timeout", DEFAULT_HEALTH_TIMEOUT)),
+        health_interval=parse_duration(health.get("interval", DEFAULT_HEALTH_INTERVAL)),
+        memory_bytes=parse_size(resources.get("memory", DEFAULT_MEMORY)),
+        cpus=float(resources.get("cpus", DEFAULT_CPUS)),
+        access=tuple(data.get("access", ("all",))),
+        raw=data,
+    )
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

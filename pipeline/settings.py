@@ -1,0 +1,231 @@
+"""deploy.yaml: the one frozen Settings object of a VM, validated against its schema."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline import schema, yamlsrc
+from pipeline.errors import ConfigError, Problem
+from pipeline.units import parse_duration
+
+DEFAULT_CONFIG = Path("deploy.yaml")
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8900
+DEFAULT_STATE_DIR = ".central-mcp"
+DEFAULT_BRANCH = "main"
+DEFAULT_MANIFESTS = ("servers/*/mcp-server.yaml",)
+DEFAULT_NAMESPACE = "local.central-mcp"
+DEFAULT_DEPLOY_TIMEOUT = 300.0
+DEFAULT_DRAIN_TIMEOUT = 30.0
+DEFAULT_SESSION_DRAIN_TIMEOUT = 600.0
+DEFAULT_KEEPALIVE = 20.0
+DEFAULT_RATE_PER_MINUTE = 600
+DEFAULT_RATE_BURST = 60
+DEFAULT_IMAGES_PER_SERVER = 5
+DEFAULT_DEPLOYS_KEPT = 500
+DEFAULT_DEPLOY_MAX_AGE = 90 * 86400.0
+DEFAULT_BUILD_PARALLEL = 2
+DEFAULT_BUILD_NETWORK = "default"
+STATE_DIR_ENV = "CENTRAL_MCP_STATE_DIR"
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """How one repo's pushes arrive by webhook."""
+
+    provider: str
+    secret_env: str
+    paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Repo:
+    """A git repository this VM deploys."""
+
+    name: str
+    branch: str = DEFAULT_BRANCH
+    manifests: tuple[str, ...] = DEFAULT_MANIFESTS
+    clone_url: str = ""
+    webhook: Webhook | None = None
+
+
+@dataclass(frozen=True)
+class Project:
+    """A client project: which servers its keys may reach and how fast."""
+
+    name: str
+    servers: tuple[str, ...] = ("all",)
+    per_minute: int = DEFAULT_RATE_PER_MINUTE
+    burst: int = DEFAULT_RATE_BURST
+
+    def may_use(self, server: str) -> bool:
+        """Return whether this project may reach `server`."""
+        return "all" in self.servers or server in self.servers
+
+
+@dataclass(frozen=True)
+class ProxyTimeouts:
+    """Seconds the proxy and the deploy engine wait for each phase."""
+
+    deploy_timeout: float = DEFAULT_DEPLOY_TIMEOUT
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
+    session_drain_timeout: float = DEFAULT_SESSION_DRAIN_TIMEOUT
+    keepalive: float = DEFAULT_KEEPALIVE
+    allowed_origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Retention:
+    """How much history is kept."""
+
+    images_per_server: int = DEFAULT_IMAGES_PER_SERVER
+    deploys: int = DEFAULT_DEPLOYS_KEPT
+    deploy_max_age: float = DEFAULT_DEPLOY_MAX_AGE
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything one VM is configured with; built once by `load` and passed explicitly."""
+
+    config_path: Path
+    state_dir: Path
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    public_url: str = ""
+    namespace: str = DEFAULT_NAMESPACE
+    registry_dir: Path | None = None
+    repos: tuple[Repo, ...] = (Repo(name="central-mcp"),)
+    proxy: ProxyTimeouts = field(default_factory=ProxyTimeouts)
+    projects: tuple[Project, ...] = ()
+    retention: Retention = field(default_factory=Retention)
+    build_parallel: int = DEFAULT_BUILD_PARALLEL
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    build_network: str = DEFAULT_BUILD_NETWORK
+
+    @property
+    def base_url(self) -> str:
+        """The public URL, or the listen address when none is set."""
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    def repo(self, name: str | None = None) -> Repo:
+        """Return the named repo, or the first one when no name is given."""
+        if name is None:
+            return self.repos[0]
+        for repo in self.repos:
+            if repo.name == name:
+                return repo
+        known = ", ".join(r.name for r in self.repos)
+        raise ConfigError([Problem(str(self.config_path), 0, 0, "$.repos",
+                                   f"no repo named {name!r}", f"known repos: {known}")])
+
+    def project(self, name: str) -> Project | None:
+        """Return the named project, or None."""
+        return next((p for p in self.projects if p.name == name), None)
+
+
+def load(path: Path = DEFAULT_CONFIG, env: Mapping[str, str] | None = None) -> Settings:
+    """Read, validate and freeze deploy.yaml; a missing file gives the defaults."""
+    env = os.environ if env is None else env
+    doc = yamlsrc.load(path) if path.exists() else yamlsrc.Document(str(path), {})
+    if not isinstance(doc.data, dict):
+        raise ConfigError([doc.problem((), "deploy.yaml must be a mapping", "write key: value pairs")])
+    problems = schema.validate(doc, "deploy") + _semantic_problems(doc)
+    if problems:
+        raise ConfigError(problems)
+    return _build(doc.data, path, env)
+
+
+def _semantic_problems(doc: yamlsrc.Document) -> list[Problem]:
+    data = doc.data
+    problems: list[Problem] = []
+    for section, names in (("repos", "name"), ("projects", "name")):
+        seen: set[str] = set()
+        for i, item in enumerate(data.get(section) or []):
+            name = item.get(names) if isinstance(item, dict) else None
+            if isinstance(name, str) and name in seen:
+                problems.append(doc.problem((section, i, names), f"duplicate {section[:-1]} {name!r}",
+                                            "names must be unique"))
+            seen.add(str(name))
+    for key in ("deploy_timeout", "drain_timeout", "session_drain_timeout", "keepalive"):
+        problems += _duration_problem(doc, ("proxy", key))
+    problems += _duration_problem(doc, ("retention", "deploy_max_age"))
+    keepalive = (data.get("proxy") or {}).get("keepalive")
+    if keepalive is not None and not problems and parse_duration(keepalive) > 25:
+        problems.append(doc.problem(("proxy", "keepalive"), "keep-alive longer than 25s",
+                                    "SSE clients and fronts cut quiet streams; use 25s or less"))
+    return problems
+
+
+def _duration_problem(doc: yamlsrc.Document, path: tuple[str, str]) -> list[Problem]:
+    section = doc.data.get(path[0])
+    value = section.get(path[1]) if isinstance(section, dict) else None
+    if value is None:
+        return []
+    try:
+        parse_duration(value)
+    except (ValueError, TypeError) as exc:
+        return [doc.problem(path, str(exc), "write it like 30s, 500ms, 5m or 2h")]
+    return []
+
+
+def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings:
+    base = path.resolve().parent
+    listen = data.get("listen", {})
+    state = env.get(STATE_DIR_ENV) or data.get("state_dir") or DEFAULT_STATE_DIR
+    registry = data.get("registry", {})
+    proxy = data.get("proxy", {})
+    retention = data.get("retention", {})
+    build = data.get("build", {})
+    return Settings(
+        config_path=path,
+        state_dir=(base / state).resolve(),
+        host=listen.get("host", DEFAULT_HOST),
+        port=listen.get("port", DEFAULT_PORT),
+        public_url=data.get("public_url", ""),
+        namespace=registry.get("namespace", DEFAULT_NAMESPACE),
+        registry_dir=(base / registry["output_dir"]).resolve() if "output_dir" in registry else None,
+        repos=tuple(_repo(r) for r in data.get("repos", [{"name": "central-mcp"}])),
+        proxy=ProxyTimeouts(
+            deploy_timeout=parse_duration(proxy.get("deploy_timeout", DEFAULT_DEPLOY_TIMEOUT)),
+            drain_timeout=parse_duration(proxy.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT)),
+            session_drain_timeout=parse_duration(
+                proxy.get("session_drain_timeout", DEFAULT_SESSION_DRAIN_TIMEOUT)),
+            keepalive=parse_duration(proxy.get("keepalive", DEFAULT_KEEPALIVE)),
+            allowed_origins=tuple(proxy.get("allowed_origins", ())),
+        ),
+        projects=tuple(_project(p) for p in data.get("projects", [])),
+        retention=Retention(
+            images_per_server=retention.get("images_per_server", DEFAULT_IMAGES_PER_SERVER),
+            deploys=retention.get("deploys", DEFAULT_DEPLOYS_KEPT),
+            deploy_max_age=parse_duration(retention.get("deploy_max_age", DEFAULT_DEPLOY_MAX_AGE)),
+        ),
+        build_parallel=build.get("parallel", DEFAULT_BUILD_PARALLEL),
+        build_args={k: str(v) for k, v in build.get("args", {}).items()},
+        build_network=build.get("network", DEFAULT_BUILD_NETWORK),
+    )
+
+
+def _repo(data: dict[str, Any]) -> Repo:
+    hook = data.get("webhook")
+    return Repo(
+        name=data["name"],
+        branch=data.get("branch", DEFAULT_BRANCH),
+        manifests=tuple(data.get("manifests", DEFAULT_MANIFESTS)),
+        clone_url=data.get("clone_url", ""),
+        webhook=Webhook(hook["provider"], hook["secret_env"], tuple(hook.get("paths", ())))
+        if hook else None,
+    )
+
+
+def _project(data: dict[str, Any]) -> Project:
+    rate = data.get("rate_limit", {})
+    return Project(
+        name=data["name"],
+        servers=tuple(data.get("servers", ("all",))),
+        per_minute=rate.get("per_minute", DEFAULT_RATE_PER_MINUTE),
+        burst=rate.get("burst", DEFAULT_RATE_BURST),
+    )
