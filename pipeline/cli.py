@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline import settings as settings_mod
-from pipeline.errors import CentralMCPError, ConfigError
+from pipeline.errors import CentralMCPError, ConfigError, Problem
 from pipeline.manifest import check_tree
 
 EXIT_OK = 0
@@ -39,8 +39,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="central-mcp", description=__doc__)
-    parser.add_argument("--config", type=Path, default=settings_mod.DEFAULT_CONFIG,
-                        help="deploy.yaml to use (default: ./deploy.yaml)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="deploy.yaml to use (default: ./deploy.yaml; defaults apply if it is missing)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     check = sub.add_parser("check", help="validate deploy.yaml and every server manifest")
@@ -55,6 +55,37 @@ def _parser() -> argparse.ArgumentParser:
 
     engine = sub.add_parser("engine", help="make sure a Docker engine answers (starts dockerd)")
     engine.set_defaults(handler=_engine)
+
+    init = sub.add_parser("init-repo", help="create the VM's bare repo with the deploy hook")
+    init.add_argument("name", nargs="?", help="repo name from deploy.yaml (default: the first)")
+    init.set_defaults(handler=_init_repo)
+
+    hook = sub.add_parser("hook", help="run a git hook (called by the installed shims)")
+    hook.add_argument("hook_name", choices=["pre-receive"])
+    hook.add_argument("--repo", required=True)
+    hook.set_defaults(handler=_hook)
+
+    deploy = sub.add_parser("deploy", help="deploy a ref of the VM's repo by hand")
+    deploy.add_argument("--repo", help="repo name (default: the first in deploy.yaml)")
+    deploy.add_argument("--ref", help="branch, tag or commit (default: the deploy branch)")
+    deploy.set_defaults(handler=_deploy)
+
+    serve = sub.add_parser("serve", help="run the proxy and the control plane")
+    serve.add_argument("--port", type=int, help="port to listen on (overrides deploy.yaml)")
+    serve.set_defaults(handler=_serve)
+
+    up = sub.add_parser("up", help="serve, and deploy this checkout's servers (make run)")
+    up.add_argument("--port", type=int, help="port to listen on (overrides deploy.yaml)")
+    up.set_defaults(handler=_up)
+
+    releases = sub.add_parser("releases", help="list a server's releases")
+    releases.add_argument("server")
+    releases.set_defaults(handler=_releases)
+
+    rollback = sub.add_parser("rollback", help="make an earlier release live again")
+    rollback.add_argument("server")
+    rollback.add_argument("release", nargs="?", help="e.g. r3 (default: the previous release)")
+    rollback.set_defaults(handler=_rollback)
     return parser
 
 
@@ -65,7 +96,7 @@ def _check(args: argparse.Namespace) -> int:
         settings = settings_mod.load(_config_path(args))
     except ConfigError as exc:
         problems.extend(exc.problems)
-        settings = settings_mod.Settings(config_path=args.config, state_dir=Path("."))
+        settings = settings_mod.Settings(config_path=_config_path(args), state_dir=Path("."))
     report = check_tree(args.path, settings)
     problems.extend(report.problems)
     manifests = [m.name for m in report.manifests]
@@ -98,8 +129,89 @@ def _engine(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _init_repo(args: argparse.Namespace) -> int:
+    from pipeline.hook import init_repo
+
+    path, remotes = init_repo(settings_mod.load(_config_path(args)), args.name)
+    _out(f"bare repo ready: {path}")
+    for line in remotes:
+        _out(line)
+    return EXIT_OK
+
+
+def _hook(args: argparse.Namespace) -> int:
+    from pipeline.hook import pre_receive
+
+    settings = settings_mod.load(_config_path(args))
+    return pre_receive(settings, args.repo, sys.stdin, _out)
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from pipeline.hook import deploy_ref
+
+    ok = deploy_ref(settings_mod.load(_config_path(args)), args.repo, args.ref, _out)
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from pipeline.serve import server
+
+    server(settings_mod.load(_config_path(args)), args.port).run()
+    return EXIT_OK
+
+
+def _up(args: argparse.Namespace) -> int:
+    from pipeline.serve import up
+
+    up(settings_mod.load(_config_path(args)), Path.cwd(), _out, args.port)
+    return EXIT_OK
+
+
+def _releases(args: argparse.Namespace) -> int:
+    from pipeline.store import Store
+
+    settings = settings_mod.load(_config_path(args))
+    store = Store(settings.state_dir / "central-mcp.db")
+    found = store.releases(args.server)
+    if not found:
+        _err(f"no releases of {args.server!r}")
+        return EXIT_FAILED
+    for r in found:
+        _out(f"{r.name:>5}  {r.status:<9} v{r.version:<10} {r.commit_sha[:12]}  {r.image}")
+    return EXIT_OK
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    from pipeline import control
+    from pipeline.hook import render
+    from pipeline.store import Store
+
+    settings = settings_mod.load(_config_path(args))
+    store = Store(settings.state_dir / "central-mcp.db")
+    found = store.releases(args.server)
+    if args.release:
+        number = int(args.release.lstrip("r"))
+        target = next((r for r in found if r.number == number), None)
+    else:
+        target = next((r for r in found if r.status == "previous"), None)
+    if target is None:
+        _err(f"{args.server}: no release {args.release or '(previous)'} to roll back to; "
+             f"see `central-mcp releases {args.server}`")
+        return EXIT_FAILED
+    body = {"source": "rollback", "repo": target.repo, "ref": "rollback",
+            "commit": target.commit_sha, "rollback": [target.server, target.number]}
+    last = control.stream(control.Control.load(settings.state_dir), "/api/deploys", body,
+                          lambda e: _out(render(e)))
+    return EXIT_OK if str(last.get("text", "")).startswith("succeeded") else EXIT_FAILED
+
+
 def _config_path(args: argparse.Namespace) -> Path:
+    if args.config is None:
+        return settings_mod.DEFAULT_CONFIG
     path: Path = args.config
+    if not path.is_file():
+        raise ConfigError([Problem(str(path), 0, 0, "$", "no such config file",
+                                   "fix --config, or leave it out to use ./deploy.yaml")])
     return path
 
 

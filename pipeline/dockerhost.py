@@ -165,6 +165,15 @@ class DockerHost:
             if "not found" not in str(exc):
                 raise
 
+    def remove_container_named(self, name: str) -> None:
+        """Remove a container by name if one exists (a leftover of an earlier run)."""
+        try:
+            with _translated(f"remove {name}"):
+                self.client.containers.get(name).remove(force=True)
+        except DockerError as exc:
+            if "not found" not in str(exc):
+                raise
+
     def containers(self, labels: Mapping[str, str]) -> list[Any]:
         """Return every container (running or not) carrying all these labels."""
         with _translated("list containers"):

@@ -69,6 +69,8 @@ def discover(root: Path, globs: Iterable[str]) -> list[Path]:
 
 def check_tree(root: Path, settings: Settings, globs: Iterable[str] | None = None) -> CheckReport:
     """Validate every manifest under `root`; report every problem, never stop at the first."""
+    if not root.is_dir():
+        raise ConfigError([Problem(str(root), 0, 0, "$", "no such directory", "give the repository's root")])
     root = root.resolve()
     globs = tuple(globs) if globs is not None else settings.repo().manifests
     manifests: list[Manifest] = []
@@ -77,13 +79,13 @@ def check_tree(root: Path, settings: Settings, globs: Iterable[str] | None = Non
     for file in discover(root, globs):
         rel = file.relative_to(root).as_posix()
         try:
-            manifest = read(file, root, settings)
+            manifest, doc = _read(file, root, settings)
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
         if manifest.name in seen:
-            problems.append(Problem(rel, 1, 1, "$.name", f"server name {manifest.name!r} is also used "
-                                    f"by {seen[manifest.name]}", "server names must be unique"))
+            problems.append(doc.problem(("name",), f"server name {manifest.name!r} is also used by "
+                                        f"{seen[manifest.name]}", "server names must be unique"))
             continue
         seen[manifest.name] = rel
         manifests.append(manifest)
@@ -92,6 +94,10 @@ def check_tree(root: Path, settings: Settings, globs: Iterable[str] | None = Non
 
 def read(file: Path, root: Path, settings: Settings) -> Manifest:
     """Load and validate one manifest file; raise ConfigError listing all of its problems."""
+    return _read(file, root, settings)[0]
+
+
+def _read(file: Path, root: Path, settings: Settings) -> tuple[Manifest, yamlsrc.Document]:
     rel = file.relative_to(root).as_posix()
     doc = yamlsrc.load(file, display=rel)
     if not isinstance(doc.data, dict):
@@ -101,7 +107,7 @@ def read(file: Path, root: Path, settings: Settings) -> Manifest:
     problems.sort(key=lambda p: (p.line, p.column))
     if problems:
         raise ConfigError(problems)
-    return _build(doc.data, file.parent.relative_to(root).as_posix())
+    return from_data(doc.data, file.parent.relative_to(root).as_posix()), doc
 
 
 def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path,
@@ -182,7 +188,8 @@ def _inside(doc: yamlsrc.Document, path: tuple[str, str], value: str, base: Path
     return target
 
 
-def _build(data: dict[str, Any], folder: str) -> Manifest:
+def from_data(data: dict[str, Any], folder: str) -> Manifest:
+    """Build a Manifest from already validated data found in `folder`."""
     build = data.get("build", {})
     run = data["run"]
     health = data.get("health", {})

@@ -44,7 +44,7 @@ def _problem(doc: Document, err: jsonschema.ValidationError) -> Problem:
                                f"remove it or fix its spelling; allowed here: {allowed}", key=True)
     schema = _schema_of(err)
     message = err.message
-    if kind in ("pattern", "minimum") and "title" in schema:
+    if kind == "pattern" and "title" in schema:
         message = f"{err.instance!r} is not {schema['title']}"
     return doc.problem(path, message, _hint(err))
 

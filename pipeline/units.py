@@ -6,11 +6,11 @@ import re
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _DURATION_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmg])?(?:i?b)?\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmg])?(?:ib|i|b)?\s*$", re.IGNORECASE)
 _SIZE_BYTES = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, None: 1}
 
 DURATION_PATTERN = r"^\s*\d+(\.\d+)?\s*(ms|s|m|h|d)?\s*$"
-SIZE_PATTERN = r"^\s*\d+(\.\d+)?\s*([bkmgBKMG])?([iI]?[bB])?\s*$"
+SIZE_PATTERN = r"^\s*\d+(\.\d+)?\s*([bkmgBKMG])?([iI][bB]|[iI]|[bB])?\s*$"
 
 
 def parse_duration(value: str | int | float) -> float:

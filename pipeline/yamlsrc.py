@@ -83,6 +83,8 @@ def parse(raw: bytes, name: str) -> Document:
         raise _fail(name, "file is empty", "write the YAML mapping this file needs")
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except RecursionError as exc:
+        raise _fail(name, f"nesting deeper than {MAX_DEPTH} levels", "flatten the document") from exc
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -124,19 +126,24 @@ class _Builder:
             return self._mapping(node, path)
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        return self._scalar(node, path)
+
+    def _scalar(self, node: yaml.Node, path: JsonPath) -> Any:
         try:
             return self.constructor.construct_object(node, deep=True)
         except yaml.constructor.ConstructorError as exc:
-            line, column = self.positions[path]
-            raise ConfigError([Problem(self.name, line, column, json_path(path),
-                                       f"invalid value: {exc.problem}", "quote the value")]) from exc
+            reason = exc.problem
+        except (ValueError, TypeError, AttributeError) as exc:
+            reason = f"{node.tag.rsplit(':', 1)[-1]} value {node.value!r} cannot be read ({exc})"
+        raise ConfigError([Problem(self.name, node.start_mark.line + 1, node.start_mark.column + 1,
+                                   json_path(path), f"invalid value: {reason}", "quote the value")])
 
     def _key(self, node: yaml.Node, path: JsonPath) -> Any:
         if not isinstance(node, yaml.ScalarNode):
             raise ConfigError([Problem(self.name, node.start_mark.line + 1,
                                        node.start_mark.column + 1, json_path(path),
                                        "a mapping key must be a plain value", "use a string key")])
-        return self.constructor.construct_object(node)
+        return self._scalar(node, path)
 
     def _mapping(self, node: yaml.MappingNode, path: JsonPath) -> dict[str, Any]:
         out: dict[str, Any] = {}

@@ -1,0 +1,39 @@
+# The two commands of the README: `make run` and `make test`. Each sets up what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+COVERAGE_FLOOR := 85
+
+.PHONY: run test setup venv engine base-image lint bench clean
+
+run: setup
+	$(BIN)/central-mcp up
+
+test: setup lint
+	CI=$${CI:-} $(BIN)/python -m pytest --cov=pipeline --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR)
+
+setup: venv engine base-image
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || { echo "creating the virtual environment in $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+engine: venv
+	@$(BIN)/central-mcp engine
+
+base-image: engine
+	@$(BIN)/central-mcp base-image
+
+lint: venv
+	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/mypy --strict pipeline
+
+bench: setup
+	$(BIN)/python bench/deploy_bench.py
+
+clean:
+	rm -rf $(VENV) .central-mcp .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -1,0 +1,164 @@
+"""The serve process: the proxy, the deploy control API and the deploy pages, in one app."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from pipeline import control as control_mod
+from pipeline.deploy import Context, DeployRequest, instance_id
+from pipeline.deploylog import Event
+from pipeline.dispatch import Dispatcher
+from pipeline.dockerhost import DockerHost
+from pipeline.proxy import Proxy
+from pipeline.reconcile import reconcile
+from pipeline.routes import Router
+from pipeline.secrets import Secrets
+from pipeline.settings import Settings
+from pipeline.store import Store
+
+log = logging.getLogger("central-mcp")
+MCP_METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD"]
+FOLLOW_WAIT = 1.0
+
+@dataclass
+class Services:
+    """Everything the app holds while it runs."""
+
+    ctx: Context
+    dispatcher: Dispatcher
+    proxy: Proxy
+    control: control_mod.Control
+
+def create_app(settings: Settings, *, port: int | None = None,
+               docker: DockerHost | None = None) -> Starlette:
+    """Build the ASGI app for `settings`; services start in the lifespan."""
+    listen_port = port or settings.port
+    holder: dict[str, Services] = {}
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        services = await asyncio.to_thread(_start_services, settings, listen_port, docker)
+        await services.proxy.start()
+        holder["s"] = services
+        app.state.services = services
+        services.control.save(settings.state_dir)
+        try:
+            yield
+        finally:
+            (settings.state_dir / control_mod.CONTROL_FILE).unlink(missing_ok=True)
+            await services.proxy.stop()
+
+    def services(request: Request) -> Services:
+        found: Services = request.app.state.services
+        return found
+
+    async def mcp(request: Request) -> Response:
+        return await services(request).proxy.handle(request)
+
+    async def submit_deploy(request: Request) -> Response:
+        s = services(request)
+        if not _authorized(request, s.control):
+            return JSONResponse({"error": "bad or missing control token"}, status_code=403)
+        try:
+            body = await request.json()
+            deploy_request = _deploy_request(body)
+        except (ValueError, KeyError, TypeError) as exc:
+            return JSONResponse({"error": f"bad deploy request: {exc}"}, status_code=400)
+        deploy_id = await asyncio.to_thread(s.dispatcher.submit, deploy_request)
+        return _follow(s, deploy_id)
+
+    async def deploys_index(request: Request) -> Response:
+        s = services(request)
+        rows = await asyncio.to_thread(s.ctx.store.deploys, 50, 0)
+        return JSONResponse({"deploys": [_deploy_json(d) for d in rows]})
+
+    async def deploy_json(request: Request) -> Response:
+        s = services(request)
+        found = await asyncio.to_thread(s.ctx.store.deploy, int(request.path_params["id"]))
+        if found is None:
+            return JSONResponse({"error": "no such deploy"}, status_code=404)
+        return JSONResponse(_deploy_json(found))
+
+    async def deploy_log(request: Request) -> Response:
+        s = services(request)
+        events = await asyncio.to_thread(s.ctx.store.events, int(request.path_params["id"]))
+        return PlainTextResponse("".join(f"{text}\n" for _, _, _, text in events))
+
+    async def healthz(request: Request) -> Response:
+        s = services(request)
+        return JSONResponse({"ok": True, "routes": sorted(s.ctx.router.table)})
+
+    routes = [
+        Route("/mcp/{server}", mcp, methods=MCP_METHODS),
+        Route("/mcp/{server}/{rest:path}", mcp, methods=MCP_METHODS),
+        Route("/api/deploys", submit_deploy, methods=["POST"]),
+        Route("/deploys", deploys_index),
+        Route("/deploys/{id:int}.json", deploy_json),
+        Route("/deploys/{id:int}", deploy_json),
+        Route("/deploys/{id:int}/log", deploy_log),
+        Route("/healthz", healthz),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
+
+def _start_services(settings: Settings, port: int, docker: DockerHost | None) -> Services:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.state_dir / "central-mcp.db")
+    host = docker or DockerHost()
+    host.ping()
+    ctx = Context(settings, store, host, Router(), Secrets(settings.state_dir),
+                  instance_id(settings.state_dir))
+    routed = reconcile(ctx, log.info)
+    log.info("routes: %s", ", ".join(u.server for u in routed) or "none")
+    url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{port}"
+    return Services(ctx, Dispatcher(ctx), Proxy(ctx.router), control_mod.new_control(url))
+
+def _authorized(request: Request, control: control_mod.Control) -> bool:
+    given = request.headers.get(control_mod.TOKEN_HEADER, "")
+    return hmac.compare_digest(given.encode(), control.token.encode())
+
+def _deploy_request(body: dict[str, Any]) -> DeployRequest:
+    rollback = body.get("rollback")
+    return DeployRequest(
+        source=str(body["source"]), repo=str(body["repo"]), ref=str(body.get("ref", "")),
+        commit=str(body.get("commit", "")),
+        snapshot_dir=Path(body["snapshot_dir"]) if body.get("snapshot_dir") else None,
+        author=str(body.get("author", "")), message=str(body.get("message", "")),
+        rollback=(str(rollback[0]), int(rollback[1])) if rollback else None)
+
+def _follow(s: Services, deploy_id: int) -> Response:
+    deploy_log = s.dispatcher.logs[deploy_id]
+
+    async def lines() -> AsyncIterator[bytes]:
+        yield _event_line(deploy_id, Event(0, 0.0, "deploy", f"deploy #{deploy_id}"))
+        seen = 0
+        while True:
+            events, finished = await asyncio.to_thread(deploy_log.wait, seen, FOLLOW_WAIT)
+            for event in events:
+                yield _event_line(deploy_id, event)
+            seen += len(events)
+            if finished and seen >= len(deploy_log.events):
+                return
+
+    return StreamingResponse(lines(), media_type="application/x-ndjson")
+
+def _event_line(deploy_id: int, event: Event) -> bytes:
+    return (json.dumps({"deploy": deploy_id, "seq": event.seq, "kind": event.kind,
+                        "text": event.text}) + "\n").encode()
+
+def _deploy_json(d: Any) -> dict[str, Any]:
+    return {k: getattr(d, k) for k in ("id", "source", "repo", "ref", "commit_sha", "author", "message",
+                                       "status", "error", "created_at", "started_at", "finished_at",
+                                       "steps", "servers")}

@@ -1,0 +1,90 @@
+"""How local commands (the git hook, `central-mcp deploy`) find and talk to the serve process.
+
+`serve` writes `<state>/control.json` (mode 0600) with its URL and a random token; the
+hook and the CLI read it, submit deploys over loopback HTTP, and print the streamed events.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pipeline.errors import DeployError
+
+CONTROL_FILE = "control.json"
+TOKEN_HEADER = "X-Central-MCP-Token"
+STREAM_TIMEOUT = 3600.0
+
+
+@dataclass(frozen=True)
+class Control:
+    """The serve process's control address and token."""
+
+    url: str
+    token: str
+    pid: int
+
+    def save(self, state_dir: Path) -> Path:
+        """Write control.json readable by the owner only."""
+        path = state_dir / CONTROL_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"url": self.url, "token": self.token, "pid": self.pid}))
+        tmp.chmod(0o600)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, state_dir: Path) -> Control:
+        """Read control.json, or explain that `central-mcp serve` is not running."""
+        path = state_dir / CONTROL_FILE
+        try:
+            data = json.loads(path.read_text())
+            return cls(data["url"], data["token"], int(data["pid"]))
+        except (OSError, ValueError, KeyError) as exc:
+            raise DeployError(f"central-mcp serve is not running for {state_dir} (no readable "
+                              f"{CONTROL_FILE}); start it with `central-mcp serve`") from exc
+
+
+def new_control(url: str) -> Control:
+    """A fresh control record for this process."""
+    return Control(url, secrets.token_urlsafe(24), os.getpid())
+
+
+def stream(control: Control, path: str, body: dict[str, Any],
+           on_event: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """POST `body` to the serve process and pass each streamed event on; return the last one."""
+    last: dict[str, Any] = {}
+    for event in _post_lines(control, path, body):
+        on_event(event)
+        last = event
+    if last.get("kind") != "end":
+        raise DeployError("the serve process closed the stream before the deploy ended")
+    return last
+
+
+def _post_lines(control: Control, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    parts = urlsplit(control.url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80,
+                                      timeout=STREAM_TIMEOUT)
+    try:
+        conn.request("POST", path, body=json.dumps(body),
+                     headers={"Content-Type": "application/json", TOKEN_HEADER: control.token})
+        response = conn.getresponse()
+        if response.status != 200:
+            detail = response.read().decode("utf-8", "replace")[:500]
+            raise DeployError(f"the serve process refused the request ({response.status}): {detail}")
+        for raw in response:
+            if raw.strip():
+                yield json.loads(raw)
+    except (OSError, http.client.HTTPException) as exc:
+        raise DeployError(f"cannot reach central-mcp serve at {control.url}: {exc}; is it running?") \
+            from exc
+    finally:
+        conn.close()

@@ -1,0 +1,102 @@
+"""Deploy queueing: one deploy at a time per repo, newest-wins coalescing, same-commit dedupe."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from dataclasses import dataclass, field
+
+from pipeline.deploy import Context, DeployRequest, Runbook, file_masker
+from pipeline.deploylog import DeployLog
+
+
+@dataclass
+class _Lane:
+    """The deploys of one repo: the one running and those waiting."""
+
+    running: tuple[int, DeployRequest] | None = None
+    waiting: list[tuple[int, DeployRequest]] = field(default_factory=list)
+    worker: threading.Thread | None = None
+
+
+class Dispatcher:
+    """Accepts deploy requests and runs them, serialized per repo, on worker threads."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.logs: dict[int, DeployLog] = {}
+        self._lanes: dict[str, _Lane] = {}
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+
+    def submit(self, request: DeployRequest) -> int:
+        """Queue a deploy; return its id (an active deploy's id for a repeated commit)."""
+        with self._lock:
+            lane = self._lanes.setdefault(request.repo, _Lane())
+            same = self._same_commit(lane, request)
+            if same is not None:
+                if request.snapshot_dir is not None:
+                    shutil.rmtree(request.snapshot_dir, ignore_errors=True)
+                self.logs[same].line(f"the same commit was submitted again ({request.source}); "
+                                     "following this deploy")
+                return same
+            deploy_id = self.ctx.store.create_deploy(
+                source=request.source, repo=request.repo, ref=request.ref, commit_sha=request.commit,
+                author=request.author, message=request.message)
+            log = DeployLog(self.ctx.store, deploy_id, file_masker(self.ctx.secrets))
+            self.logs[deploy_id] = log
+            log.line(f"deploy #{deploy_id}: {request.source} of {request.repo}@{request.ref} "
+                     f"{request.commit[:12]}")
+            self._coalesce(lane, request, deploy_id)
+            lane.waiting.append((deploy_id, request))
+            if lane.running is not None:
+                log.line(f"waiting: deploy #{lane.running[0]} of {request.repo} is running")
+            if lane.worker is None:
+                lane.worker = threading.Thread(target=self._work, args=(request.repo,),
+                                               name=f"deploys-{request.repo}", daemon=True)
+                lane.worker.start()
+            return deploy_id
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no deploy runs or waits; return whether that happened in time."""
+        with self._idle:
+            return self._idle.wait_for(
+                lambda: all(lane.worker is None for lane in self._lanes.values()), timeout)
+
+    def _same_commit(self, lane: _Lane, request: DeployRequest) -> int | None:
+        if request.rollback is not None:
+            return None
+        active = ([lane.running] if lane.running else []) + lane.waiting
+        for deploy_id, other in active:
+            if other.rollback is None and other.commit == request.commit and other.ref == request.ref:
+                return deploy_id
+        return None
+
+    def _coalesce(self, lane: _Lane, request: DeployRequest, deploy_id: int) -> None:
+        if request.rollback is not None:
+            return
+        keep = []
+        for other_id, other in lane.waiting:
+            if other.rollback is None and other.ref == request.ref:
+                self.ctx.store.update_deploy(other_id, status="canceled",
+                                             error=f"superseded by deploy #{deploy_id}")
+                self.logs[other_id].finish("canceled", f"superseded by deploy #{deploy_id} "
+                                           f"({request.commit[:12]})")
+                if other.snapshot_dir is not None:
+                    shutil.rmtree(other.snapshot_dir, ignore_errors=True)
+            else:
+                keep.append((other_id, other))
+        lane.waiting = keep
+
+    def _work(self, repo: str) -> None:
+        while True:
+            with self._lock:
+                lane = self._lanes[repo]
+                if not lane.waiting:
+                    lane.running = None
+                    lane.worker = None
+                    self._idle.notify_all()
+                    return
+                lane.running = lane.waiting.pop(0)
+            deploy_id, request = lane.running
+            Runbook(self.ctx, deploy_id, request, self.logs[deploy_id]).run()

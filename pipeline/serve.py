@@ -1,0 +1,70 @@
+"""Running the provider: `serve` (the app under uvicorn) and `up` (what `make run` starts)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import uvicorn
+
+from pipeline.app import create_app
+from pipeline.errors import DeployError
+from pipeline.hook import init_repo
+from pipeline.settings import Settings
+
+STARTUP_TIMEOUT = 120.0
+
+
+def server(settings: Settings, port: int | None = None) -> uvicorn.Server:
+    """A uvicorn server for the provider (not yet started)."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = uvicorn.Config(create_app(settings, port=port), host=settings.host,
+                            port=port or settings.port, log_level="info", access_log=False,
+                            timeout_graceful_shutdown=int(settings.proxy.drain_timeout) or None,
+                            lifespan="on")
+    return uvicorn.Server(config)
+
+
+def up(settings: Settings, workdir: Path, say: Callable[[str], None], port: int | None = None) -> None:
+    """Serve, and push `workdir`'s HEAD into the VM's bare repo so its servers are deployed."""
+    repo = settings.repo()
+    path, remotes = init_repo(settings, repo.name)
+    srv = server(settings, port)
+    thread = threading.Thread(target=srv.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not srv.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise DeployError("the provider did not start; see the log above")
+        time.sleep(0.1)
+    base = f"http://{settings.host}:{port or settings.port}"
+    say(f"central-mcp is serving on {base}")
+    _push(workdir, path, repo.branch, say)
+    say(f"deploys:   {base}/deploys")
+    say(f"servers:   {base}/mcp/<server>")
+    for line in remotes:
+        say(f"remote:    {line}")
+    say("press Ctrl-C to stop")
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+    except KeyboardInterrupt:
+        srv.should_exit = True
+        thread.join(30)
+
+
+def _push(workdir: Path, bare: Path, branch: str, say: Callable[[str], None]) -> None:
+    probe = subprocess.run(["git", "-C", str(workdir), "rev-parse", "--verify", "HEAD"],
+                           capture_output=True, text=True, check=False)
+    if probe.returncode != 0:
+        say(f"{workdir} has no git commit to deploy; serving what is live")
+        return
+    say(f"pushing {workdir} HEAD to {bare} ({branch}); the deploy follows")
+    result = subprocess.run(["git", "-C", str(workdir), "push", "--force", str(bare),
+                             f"HEAD:refs/heads/{branch}"], check=False)
+    if result.returncode != 0:
+        say("the push was rejected (see the deploy output above); the live servers are unchanged")

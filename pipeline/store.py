@@ -1,0 +1,263 @@
+"""SQLite state: deploys, their events, releases per server. WAL mode; one lock per process."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import DeployError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS deploys (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source TEXT NOT NULL, repo TEXT NOT NULL, ref TEXT NOT NULL, commit_sha TEXT NOT NULL,
+    author TEXT NOT NULL DEFAULT '', message TEXT NOT NULL DEFAULT '',
+    status TEXT NOT NULL, error TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL, started_at REAL, finished_at REAL,
+    steps TEXT NOT NULL DEFAULT '[]', servers TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS events (
+    deploy_id INTEGER NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL,
+    kind TEXT NOT NULL, text TEXT NOT NULL, PRIMARY KEY (deploy_id, seq)
+);
+CREATE TABLE IF NOT EXISTS releases (
+    server TEXT NOT NULL, number INTEGER NOT NULL, repo TEXT NOT NULL, commit_sha TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, image TEXT NOT NULL, version TEXT NOT NULL,
+    status TEXT NOT NULL, deploy_id INTEGER, container_id TEXT NOT NULL DEFAULT '',
+    host_port INTEGER NOT NULL DEFAULT 0, path TEXT NOT NULL DEFAULT '/mcp',
+    tools TEXT NOT NULL DEFAULT '[]', manifest TEXT NOT NULL DEFAULT '{}',
+    created_at REAL NOT NULL, live_at REAL,
+    PRIMARY KEY (server, number)
+);
+"""
+
+ACTIVE = ("queued", "running")
+FINISHED = ("succeeded", "failed", "canceled", "abandoned")
+
+
+@dataclass(frozen=True)
+class Release:
+    """One built version of one server; `status` is live, previous, retired or failed."""
+
+    server: str
+    number: int
+    repo: str
+    commit_sha: str
+    fingerprint: str
+    image: str
+    version: str
+    status: str
+    deploy_id: int | None
+    container_id: str
+    host_port: int
+    path: str
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
+    created_at: float = 0.0
+    live_at: float | None = None
+
+    @property
+    def name(self) -> str:
+        """The release's short name, e.g. r3."""
+        return f"r{self.number}"
+
+
+@dataclass(frozen=True)
+class Deploy:
+    """A deploy record as stored."""
+
+    id: int
+    source: str
+    repo: str
+    ref: str
+    commit_sha: str
+    author: str
+    message: str
+    status: str
+    error: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    steps: list[dict[str, Any]]
+    servers: dict[str, Any]
+
+
+class Store:
+    """The provider's SQLite database."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock = threading.RLock()
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise DeployError(f"the database {path} cannot be opened ({exc}); move it aside to "
+                              "start with an empty one, or restore it from a backup") from exc
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self._lock:
+            self._db.close()
+
+    # deploys -----------------------------------------------------------------------------
+    def create_deploy(self, *, source: str, repo: str, ref: str, commit_sha: str,
+                      author: str = "", message: str = "") -> int:
+        """Record a queued deploy and return its id."""
+        with self._tx() as db:
+            cur = db.execute(
+                "INSERT INTO deploys (source, repo, ref, commit_sha, author, message, status, "
+                "created_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)",
+                (source, repo, ref, commit_sha, author, message, time.time()))
+            return int(cur.lastrowid or 0)
+
+    def update_deploy(self, deploy_id: int, **fields: Any) -> None:
+        """Set fields of a deploy (JSON fields are encoded)."""
+        for key in ("steps", "servers"):
+            if key in fields:
+                fields[key] = json.dumps(fields[key])
+        columns = ", ".join(f"{k} = ?" for k in fields)
+        with self._tx() as db:
+            db.execute(f"UPDATE deploys SET {columns} WHERE id = ?", (*fields.values(), deploy_id))
+
+    def deploy(self, deploy_id: int) -> Deploy | None:
+        """Return one deploy, or None."""
+        with self._lock:
+            row = self._db.execute("SELECT * FROM deploys WHERE id = ?", (deploy_id,)).fetchone()
+        return _deploy(row) if row else None
+
+    def deploys(self, limit: int = 50, offset: int = 0) -> list[Deploy]:
+        """Return deploys, newest first."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM deploys ORDER BY id DESC LIMIT ? OFFSET ?",
+                                    (limit, offset)).fetchall()
+        return [_deploy(r) for r in rows]
+
+    def abandon_active(self, reason: str) -> list[int]:
+        """Mark queued or running deploys abandoned (after a crash); return their ids."""
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute(
+                "SELECT id FROM deploys WHERE status IN ('queued', 'running')")]
+            db.execute("UPDATE deploys SET status = 'abandoned', error = ?, finished_at = ? "
+                       "WHERE status IN ('queued', 'running')", (reason, time.time()))
+        return ids
+
+    def add_event(self, deploy_id: int, seq: int, kind: str, text: str) -> None:
+        """Append one event (a log line or a step change) to a deploy."""
+        with self._tx() as db:
+            db.execute("INSERT INTO events (deploy_id, seq, ts, kind, text) VALUES (?, ?, ?, ?, ?)",
+                       (deploy_id, seq, time.time(), kind, text))
+
+    def events(self, deploy_id: int, after: int = 0) -> list[tuple[int, float, str, str]]:
+        """Return (seq, ts, kind, text) of a deploy's events after `after`."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, ts, kind, text FROM events WHERE deploy_id = ? AND seq > ? ORDER BY seq",
+                (deploy_id, after)).fetchall()
+        return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+    # releases ----------------------------------------------------------------------------
+    def next_release_number(self, server: str) -> int:
+        """Return the next release number for a server."""
+        with self._lock:
+            row = self._db.execute("SELECT MAX(number) FROM releases WHERE server = ?",
+                                   (server,)).fetchone()
+        return int(row[0] or 0) + 1
+
+    def add_release(self, release: Release) -> None:
+        """Record a release (usually as a candidate that passed its gate)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO releases (server, number, repo, commit_sha, fingerprint, image, version, "
+                "status, deploy_id, container_id, host_port, path, tools, manifest, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (release.server, release.number, release.repo, release.commit_sha,
+                 release.fingerprint, release.image, release.version, release.status,
+                 release.deploy_id, release.container_id, release.host_port, release.path,
+                 json.dumps(release.tools), json.dumps(release.manifest), time.time()))
+
+    def commit_swap(self, live: list[Release], removed: list[str]) -> None:
+        """In one transaction: make `live` the live releases, demote the old ones, retire removed."""
+        now = time.time()
+        with self._tx() as db:
+            for rel in live:
+                db.execute("UPDATE releases SET status = 'retired' WHERE server = ? AND status = "
+                           "'previous'", (rel.server,))
+                db.execute("UPDATE releases SET status = 'previous' WHERE server = ? AND status = "
+                           "'live' AND number != ?", (rel.server, rel.number))
+                db.execute("UPDATE releases SET status = 'live', live_at = ?, container_id = ?, "
+                           "host_port = ? WHERE server = ? AND number = ?",
+                           (now, rel.container_id, rel.host_port, rel.server, rel.number))
+            for server in removed:
+                db.execute("UPDATE releases SET status = 'retired' WHERE server = ? AND status IN "
+                           "('live', 'previous')", (server,))
+
+    def set_container(self, server: str, number: int, container_id: str, host_port: int) -> None:
+        """Record where a release now runs."""
+        with self._tx() as db:
+            db.execute("UPDATE releases SET container_id = ?, host_port = ? WHERE server = ? AND "
+                       "number = ?", (container_id, host_port, server, number))
+
+    def set_release_status(self, server: str, number: int, status: str) -> None:
+        """Set one release's status."""
+        with self._tx() as db:
+            db.execute("UPDATE releases SET status = ? WHERE server = ? AND number = ?",
+                       (status, server, number))
+
+    def live_releases(self) -> list[Release]:
+        """Return every live release, by server name."""
+        return self._releases("WHERE status = 'live' ORDER BY server", ())
+
+    def releases(self, server: str) -> list[Release]:
+        """Return a server's releases, newest first."""
+        return self._releases("WHERE server = ? ORDER BY number DESC", (server,))
+
+    def release(self, server: str, number: int) -> Release | None:
+        """Return one release, or None."""
+        found = self._releases("WHERE server = ? AND number = ?", (server, number))
+        return found[0] if found else None
+
+    def _releases(self, where: str, args: tuple[Any, ...]) -> list[Release]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM releases {where}", args).fetchall()
+        return [_release(r) for r in rows]
+
+
+def _deploy(row: sqlite3.Row) -> Deploy:
+    return Deploy(
+        id=row["id"], source=row["source"], repo=row["repo"], ref=row["ref"],
+        commit_sha=row["commit_sha"], author=row["author"], message=row["message"],
+        status=row["status"], error=row["error"], created_at=row["created_at"],
+        started_at=row["started_at"], finished_at=row["finished_at"],
+        steps=json.loads(row["steps"]), servers=json.loads(row["servers"]))
+
+
+def _release(row: sqlite3.Row) -> Release:
+    return Release(
+        server=row["server"], number=row["number"], repo=row["repo"], commit_sha=row["commit_sha"],
+        fingerprint=row["fingerprint"], image=row["image"], version=row["version"],
+        status=row["status"], deploy_id=row["deploy_id"], container_id=row["container_id"],
+        host_port=row["host_port"], path=row["path"], tools=json.loads(row["tools"]),
+        manifest=json.loads(row["manifest"]), created_at=row["created_at"], live_at=row["live_at"])

@@ -1,0 +1,44 @@
+"""Shared fixtures: a real Docker engine (a failure in CI when missing), loopback ports."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from pipeline.dockerhost import LABEL_INSTANCE, DockerHost
+from pipeline.errors import EngineUnavailable
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def docker_host() -> DockerHost:
+    """The real Docker engine; in CI a missing engine fails the test instead of skipping it."""
+    try:
+        host = DockerHost()
+        host.ping()
+    except EngineUnavailable as exc:
+        if IN_CI:
+            pytest.fail(f"CI needs a Docker engine and none answers: {exc}")
+        pytest.skip(f"no Docker engine: {exc}")
+    return host
+
+
+@pytest.fixture
+def instance_label(request: pytest.FixtureRequest, docker_host: DockerHost) -> Iterator[str]:
+    """A label value unique to this test; every container carrying it is removed afterwards."""
+    value = f"test-{os.getpid()}-{request.node.name}"[:120]
+    yield value
+    for container in docker_host.containers({LABEL_INSTANCE: value}):
+        container.remove(force=True)
+
+
+def free_port() -> int:
+    """Return a free TCP port on 127.0.0.1."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

@@ -1,0 +1,135 @@
+"""pipeline/cli.py: the `check` command, its exit codes and its human and JSON reports."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import cli
+
+GOOD = """name: srv
+version: 1.0.0
+description: A test server
+transport: streamable-http
+run:
+  port: 8080
+access: [demo]
+"""
+DEPLOY = "listen: {host: 127.0.0.1, port: 8900}\nprojects:\n  - name: demo\n"
+# file:line:column $.path: message, optionally followed by " — hint"
+LINE = re.compile(r"^(?P<file>\S+):(?P<line>\d+):(?P<column>\d+) (?P<path>\$\S*): (?P<message>.+)$")
+
+
+def _write(path: Path, text: str) -> Path:
+    """Write `text` to `path`, creating its folders, and return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A good tree: deploy.yaml with project `demo` and one valid server `srv`."""
+    root = tmp_path / "repo"
+    _write(root / "deploy.yaml", DEPLOY)
+    _write(root / "servers" / "srv" / "mcp-server.yaml", GOOD)
+    _write(root / "servers" / "srv" / "Dockerfile", "FROM scratch\n")
+    return root
+
+
+def _check(repo: Path, *extra: str) -> int:
+    """Run `central-mcp --config <repo>/deploy.yaml check <repo> [extra]` in process."""
+    return cli.main(["--config", str(repo / "deploy.yaml"), "check", str(repo), *extra])
+
+
+def _break(repo: Path) -> None:
+    """Give servers/srv two faults: port 0 on line 6 and an unknown key on line 8."""
+    _write(repo / "servers" / "srv" / "mcp-server.yaml", GOOD.replace("8080", "0") + "colour: blue\n")
+
+
+def test_check_returns_zero_on_a_good_tree(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A valid tree exits 0 and the summary names its servers."""
+    assert _check(repo) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    assert out.strip().splitlines()[-1] == "checked 1 file(s): ok; servers: srv"
+
+
+def test_check_returns_one_on_a_bad_tree(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A tree with a faulty manifest exits 1 and counts the problems in its summary."""
+    _break(repo)
+    assert _check(repo) == cli.EXIT_FAILED
+    assert "2 problem(s)" in capsys.readouterr().out
+
+
+def test_human_output_lines_read_file_line_column_path_message(
+        repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Each problem is one `file:line:column $.path: message — hint` line, in file order."""
+    _break(repo)
+    _check(repo)
+    lines = capsys.readouterr().out.strip().splitlines()[:-1]
+    matches = [LINE.match(line) for line in lines]
+    assert all(matches), lines
+    found = [(m["file"], int(m["line"]), int(m["column"]), m["path"]) for m in matches if m]
+    assert found == [("servers/srv/mcp-server.yaml", 6, 9, "$.run.port"),
+                     ("servers/srv/mcp-server.yaml", 8, 1, "$.colour")]
+    assert " — " in lines[0]
+
+
+def test_json_output_lists_every_problem_field(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--json` prints one JSON document whose problems carry file, line, column, path, message, hint."""
+    _break(repo)
+    assert _check(repo, "--json") == cli.EXIT_FAILED
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False
+    assert report["servers"] == []
+    first, second = report["problems"]
+    assert set(first) == {"file", "line", "column", "path", "message", "hint"}
+    assert (first["file"], first["line"], first["column"], first["path"]) == \
+        ("servers/srv/mcp-server.yaml", 6, 9, "$.run.port")
+    assert "minimum of 1" in first["message"]
+    assert second["path"] == "$.colour" and second["hint"]
+
+
+def test_json_output_on_a_good_tree(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """On a good tree `--json` reports ok, the servers and no problems."""
+    assert _check(repo, "--json") == cli.EXIT_OK
+    assert json.loads(capsys.readouterr().out) == {"ok": True, "servers": ["srv"], "problems": []}
+
+
+def test_bad_deploy_yaml_is_reported_by_check(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A fault in deploy.yaml fails `check` and is located in deploy.yaml like a manifest fault."""
+    config = _write(repo / "deploy.yaml", DEPLOY + "proxy:\n  drain_timeout: soon\n")
+    assert _check(repo, "--json") == cli.EXIT_FAILED
+    problems = json.loads(capsys.readouterr().out)["problems"]
+    deploy = [p for p in problems if p["file"] == str(config)]
+    assert deploy, problems
+    assert {(p["path"], p["line"]) for p in deploy} == {("$.proxy.drain_timeout", 5)}
+
+
+def test_bad_deploy_yaml_is_reported_in_human_output(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The human report of a bad deploy.yaml names the file, line and JSON path."""
+    config = _write(repo / "deploy.yaml", "listen: {port: 70000}\n")
+    assert _check(repo) == cli.EXIT_FAILED
+    out = capsys.readouterr().out
+    assert f"{config}:1:16 $.listen.port: 70000 is greater than the maximum of 65535" in out
+
+
+def test_check_without_a_command_is_a_usage_error() -> None:
+    """Running with no sub-command is refused by argparse with the usage exit code."""
+    with pytest.raises(SystemExit) as caught:
+        cli.main([])
+    assert caught.value.code == cli.EXIT_USAGE
+
+
+def test_python_m_pipeline_check_exits_zero_on_a_good_tree(repo: Path) -> None:
+    """`python -m pipeline check` as a real process exits 0 on a good tree."""
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--config", str(repo / "deploy.yaml"), "check", str(repo)],
+        cwd=repo, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "checked 1 file(s): ok" in done.stdout

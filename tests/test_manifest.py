@@ -1,0 +1,251 @@
+"""pipeline/manifest.py: discovering and validating servers/<name>/mcp-server.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pipeline import manifest, settings
+from pipeline.errors import ConfigError
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = ["property-search", "999x-ray-analyzer"]
+
+GOOD = """name: srv
+version: 1.0.0
+description: A test server
+transport: streamable-http
+run:
+  port: 8080
+"""
+
+
+def _settings(tmp_path: Path) -> settings.Settings:
+    """Settings with one project, `demo`, for the access checks."""
+    return settings.Settings(config_path=tmp_path / "deploy.yaml", state_dir=tmp_path / "state",
+                             projects=(settings.Project("demo"),))
+
+
+def _server(root: Path, folder: str, text: str, *, dockerfile: bool = True, top: str = "servers") -> Path:
+    """Write `text` as root/<top>/<folder>/mcp-server.yaml, with a Dockerfile unless told not to."""
+    where = root / top / folder
+    where.mkdir(parents=True, exist_ok=True)
+    (where / manifest.MANIFEST_NAME).write_text(text)
+    if dockerfile:
+        (where / "Dockerfile").write_text("FROM scratch\n")
+    return where
+
+
+def _with(old: str, new: str) -> str:
+    """The good manifest with one piece of text replaced."""
+    assert old in GOOD
+    return GOOD.replace(old, new)
+
+
+def _check(tmp_path: Path, **kwargs: object) -> manifest.CheckReport:
+    """Check tmp_path/repo with the demo settings."""
+    return manifest.check_tree(tmp_path / "repo", _settings(tmp_path), **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("folder", EXAMPLES)
+def test_example_server_manifest_is_valid(folder: str) -> None:
+    """Each example server shipped in servers/ passes the check against the repo's deploy.yaml."""
+    file = REPO / "servers" / folder / manifest.MANIFEST_NAME
+    if not file.exists():
+        pytest.skip(f"{folder} is not written yet")
+    loaded = manifest.read(file, REPO, settings.load(REPO / "deploy.yaml", env={}))
+    assert loaded.name == folder
+    assert loaded.folder == f"servers/{folder}"
+    assert 1 <= loaded.port <= 65535
+
+
+def test_good_manifest_builds_a_manifest_with_defaults(tmp_path: Path) -> None:
+    """A minimal manifest gets the default path, health, memory, cpus and access."""
+    _server(tmp_path / "repo", "srv", GOOD)
+    report = _check(tmp_path)
+    assert report.ok
+    [server] = report.manifests
+    assert (server.name, server.folder, server.context) == ("srv", "servers/srv", "servers/srv")
+    assert server.port == 8080
+    assert server.path == manifest.DEFAULT_PATH
+    assert server.health_timeout == manifest.DEFAULT_HEALTH_TIMEOUT
+    assert server.memory_bytes == 256 * 1024**2
+    assert server.access == ("all",)
+
+
+def test_full_manifest_converts_units_and_values(tmp_path: Path) -> None:
+    """Durations, sizes, env values and build args are converted as the engine needs them."""
+    text = GOOD + ("  env: {DEBUG: true, WORKERS: 2}\n  secrets: [API_KEY]\n"
+                   "health: {timeout: 1m, interval: 500ms}\nresources: {memory: 1g, cpus: 2}\n"
+                   "build: {args: {PY: 3.12}}\naccess: [demo]\n")
+    _server(tmp_path / "repo", "srv", text)
+    [server] = _check(tmp_path).manifests
+    assert server.env == {"DEBUG": "true", "WORKERS": "2"}
+    assert server.build_args == {"PY": "3.12"}
+    assert (server.health_timeout, server.health_interval) == (60.0, 0.5)
+    assert (server.memory_bytes, server.cpus) == (1024**3, 2.0)
+    assert (server.secrets, server.access) == (("API_KEY",), ("demo",))
+
+
+BAD = [
+    pytest.param(_with("name: srv\n", ""), "$", 1, "'name' is a required property", id="missing-name"),
+    pytest.param(_with("version: 1.0.0\n", ""), "$", 1, "'version' is a required", id="missing-version"),
+    pytest.param(_with("run:\n  port: 8080\n", ""), "$", 1, "'run' is a required", id="missing-run"),
+    pytest.param(_with("port: 8080", "path: /mcp"), "$.run", 6, "'port' is a required", id="missing-port"),
+    pytest.param(_with("name: srv", "name: s_rv"), "$.name", 1, "not a DNS label", id="name-not-dns"),
+    pytest.param(_with("name: srv", "name: other"), "$.name", 1, "differs from its folder 'srv'",
+                 id="name-not-folder"),
+    pytest.param(_with("1.0.0", "v1"), "$.version", 2, "not a semantic version", id="version-not-semver"),
+    pytest.param(_with("1.0.0", "1.0"), "$.version", 2, "1.0 is not of type 'string'", id="version-float"),
+    pytest.param(_with("streamable-http", "websocket"), "$.transport", 4, "'websocket' is not one of",
+                 id="unknown-transport"),
+    pytest.param(_with("streamable-http", "stdio"), "$.transport", 4, "'stdio' is not served yet",
+                 id="stdio-transport"),
+    pytest.param(GOOD + "colour: blue\n", "$.colour", 7, "unknown key 'colour'", id="unknown-top-key"),
+    pytest.param(GOOD + "  ports: [1]\n", "$.run.ports", 7, "unknown key 'ports'", id="unknown-run-key"),
+    pytest.param(_with("8080", "'8080'"), "$.run.port", 6, "not of type 'integer'", id="port-string"),
+    pytest.param(_with("8080", "0"), "$.run.port", 6, "minimum of 1", id="port-zero"),
+    pytest.param(_with("8080", "70000"), "$.run.port", 6, "maximum of 65535", id="port-too-big"),
+    pytest.param(GOOD + "  path: mcp\n", "$.run.path", 7, "not a URL path starting with /",
+                 id="path-no-slash"),
+    pytest.param(GOOD + "  env: {1BAD: x}\n", "$.run.env", 7, "'1BAD' is not an environment variable name",
+                 id="env-bad-name"),
+    pytest.param(GOOD + "  secrets: [api-key]\n", "$.run.secrets[0]", 7, "not an environment variable",
+                 id="secret-bad-name"),
+    pytest.param(GOOD + "  secrets: [KEY, KEY]\n", "$.run.secrets", 7, "non-unique", id="secret-twice"),
+    pytest.param(GOOD + "build: {context: ../../..}\n", "$.build.context", 7, "'..' that leads outside",
+                 id="context-escapes"),
+    pytest.param(GOOD + "build: {context: /etc}\n", "$.build.context", 7, "is an absolute path",
+                 id="context-absolute"),
+    pytest.param(GOOD + "build: {dockerfile: Dockerfile.prod}\n", "$.build.dockerfile", 7,
+                 "no Dockerfile at servers/srv/Dockerfile.prod", id="named-dockerfile-missing"),
+    pytest.param(GOOD + "build: {dockerfile: ../../../Dockerfile}\n", "$.build.dockerfile", 7,
+                 "'..' that leads outside", id="dockerfile-escapes"),
+    pytest.param(GOOD + "health: {timeout: soon}\n", "$.health.timeout", 7, "not a duration",
+                 id="bad-duration"),
+    pytest.param(GOOD + "resources: {memory: lots}\n", "$.resources.memory", 7, "not a size",
+                 id="memory-lots"),
+    pytest.param(GOOD + "resources: {memory: 1m}\n", "$.resources.memory", 7, "below Docker's 6m minimum",
+                 id="memory-too-small"),
+    pytest.param(GOOD + "resources: {cpus: 0}\n", "$.resources.cpus", 7, "minimum of 0", id="cpus-zero"),
+    pytest.param(GOOD + "access: [demo, billing]\n", "$.access[1]", 7, "unknown project 'billing'",
+                 id="unknown-project"),
+    pytest.param("", "$", 0, "file is empty", id="empty-file"),
+    pytest.param("- name: srv\n", "$", 1, "must be a mapping", id="list-not-mapping"),
+    pytest.param("name: srv\nname: srv\n", "$.name", 2, "duplicate key", id="duplicate-key"),
+]
+
+
+# A bad name always differs from folder `srv` too; a folder of the same name isolates the one fault.
+FOLDERS = {"name-not-dns": "s_rv"}
+
+
+@pytest.mark.parametrize("text, path, line, fragment", BAD)
+def test_bad_manifest_is_located(tmp_path: Path, request: pytest.FixtureRequest, text: str, path: str,
+                                 line: int, fragment: str) -> None:
+    """Each fault is reported once, with its file, JSON path, line, a message and a hint."""
+    folder = FOLDERS.get(request.node.callspec.id, "srv")
+    _server(tmp_path / "repo", folder, text)
+    report = _check(tmp_path)
+    assert not report.ok and report.manifests == ()
+    [problem] = report.problems
+    assert (problem.file, problem.path, problem.line) == (f"servers/{folder}/mcp-server.yaml", path, line)
+    assert fragment in problem.message
+    assert problem.hint
+
+
+def test_context_symlink_leaving_the_repo_is_refused(tmp_path: Path) -> None:
+    """A context folder that is a symlink to outside the repository is refused as such."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "Dockerfile").write_text("FROM scratch\n")
+    folder = _server(tmp_path / "repo", "srv", GOOD + "build: {context: ctx}\n")
+    (folder / "ctx").symlink_to(outside, target_is_directory=True)
+    [problem] = _check(tmp_path).problems
+    assert (problem.path, problem.line) == ("$.build.context", 7)
+    assert "symlink that leads outside" in problem.message
+
+
+def test_missing_default_dockerfile_is_reported_at_the_name(tmp_path: Path) -> None:
+    """Without a Dockerfile beside the manifest, the problem names the expected path."""
+    _server(tmp_path / "repo", "srv", GOOD, dockerfile=False)
+    [problem] = _check(tmp_path).problems
+    assert (problem.path, problem.line) == ("$.name", 1)
+    assert "no Dockerfile at servers/srv/Dockerfile" in problem.message
+
+
+def test_context_at_the_repo_root_is_allowed(tmp_path: Path) -> None:
+    """`context: ../..` from servers/<name> is the repository root itself, which is inside."""
+    _server(tmp_path / "repo", "srv", GOOD + "build: {context: ../..}\n")
+    (tmp_path / "repo" / "Dockerfile").write_text("FROM scratch\n")
+    [server] = _check(tmp_path).manifests
+    assert (tmp_path / "repo" / server.context).resolve() == (tmp_path / "repo").resolve()
+
+
+def test_oversized_manifest_is_a_clean_size_problem(tmp_path: Path) -> None:
+    """A 10 MB manifest is refused by size with one problem, not read into memory."""
+    _server(tmp_path / "repo", "srv", GOOD + "#" * (10 * 1024 * 1024) + "\n")
+    [problem] = _check(tmp_path).problems
+    assert problem.file == "servers/srv/mcp-server.yaml"
+    assert "the limit is 1048576" in problem.message
+
+
+def test_every_fault_in_one_manifest_is_reported_in_line_order(tmp_path: Path) -> None:
+    """A manifest with many faults lists all of them in one check, sorted by line."""
+    text = ("colour: blue\nname: Bad_Name\nversion: 1.0\ntransport: stdio\n"
+            "run:\n  port: 0\n  path: x\nresources: {cpus: 0}\n")
+    _server(tmp_path / "repo", "x", text)
+    problems = _check(tmp_path).problems
+    assert len(problems) == 9
+    assert [p.line for p in problems] == sorted(p.line for p in problems)
+    assert {p.path for p in problems} == {"$", "$.colour", "$.name", "$.version", "$.transport",
+                                          "$.run.port", "$.run.path", "$.resources.cpus"}
+
+
+def test_read_raises_every_problem_at_once(tmp_path: Path) -> None:
+    """read() raises one ConfigError carrying each fault of the file."""
+    folder = _server(tmp_path / "repo", "srv", _with("8080", "0") + "colour: x\n")
+    with pytest.raises(ConfigError) as caught:
+        manifest.read(folder / manifest.MANIFEST_NAME, tmp_path / "repo", _settings(tmp_path))
+    assert [p.path for p in caught.value.problems] == ["$.run.port", "$.colour"]
+
+
+def test_same_name_in_two_server_folders_trips_the_folder_rule(tmp_path: Path) -> None:
+    """Two manifests named `b` under servers/a and servers/b: only a's name≠folder is reported."""
+    _server(tmp_path / "repo", "a", _with("name: srv", "name: b"))
+    _server(tmp_path / "repo", "b", _with("name: srv", "name: b"))
+    report = _check(tmp_path)
+    assert [m.folder for m in report.manifests] == ["servers/b"]
+    assert [(p.file, p.path) for p in report.problems] == [("servers/a/mcp-server.yaml", "$.name")]
+    assert "differs from its folder 'a'" in report.problems[0].message
+
+
+def test_same_name_under_two_manifest_globs_is_a_duplicate(tmp_path: Path) -> None:
+    """The same server name found under two globbed trees is reported once, naming the first file."""
+    _server(tmp_path / "repo", "srv", GOOD)
+    _server(tmp_path / "repo", "srv", GOOD, top="more")
+    report = _check(tmp_path, globs=["servers/*/mcp-server.yaml", "more/*/mcp-server.yaml"])
+    assert [m.folder for m in report.manifests] == ["more/srv"]
+    [problem] = report.problems
+    assert (problem.file, problem.path) == ("servers/srv/mcp-server.yaml", "$.name")
+    assert problem.message == "server name 'srv' is also used by more/srv/mcp-server.yaml"
+
+
+def test_duplicate_name_is_located_at_the_name_line(tmp_path: Path) -> None:
+    """The duplicate-name problem points at the `name:` line even when it is not line 1."""
+    _server(tmp_path / "repo", "srv", "# the server\n" + GOOD)
+    _server(tmp_path / "repo", "srv", GOOD, top="more")
+    [problem] = _check(tmp_path, globs=["servers/*/mcp-server.yaml", "more/*/mcp-server.yaml"]).problems
+    assert problem.line == 2
+
+
+def test_discover_skips_git_folders_and_duplicates(tmp_path: Path) -> None:
+    """discover returns each manifest once, sorted, never from inside .git."""
+    root = tmp_path / "repo"
+    _server(root, "b", GOOD)
+    _server(root, "a", GOOD)
+    _server(root, "x", GOOD, top=".git/servers")
+    found = manifest.discover(root, ["servers/*/mcp-server.yaml", "*/*/mcp-server.yaml", ".git/**/*.yaml"])
+    assert [p.relative_to(root).as_posix() for p in found] == ["servers/a/mcp-server.yaml",
+                                                               "servers/b/mcp-server.yaml"]

@@ -1,0 +1,162 @@
+"""pipeline/settings.py: deploy.yaml read, validated and frozen into one Settings object."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from pipeline import settings
+from pipeline.errors import ConfigError, Problem
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    """Write `text` as tmp_path/deploy.yaml and return its path."""
+    path = tmp_path / "deploy.yaml"
+    path.write_text(text)
+    return path
+
+
+def _problems(tmp_path: Path, text: str) -> list[Problem]:
+    """Load `text` as deploy.yaml, expect it refused, and return every problem."""
+    with pytest.raises(ConfigError) as caught:
+        settings.load(_write(tmp_path, text), env={})
+    return caught.value.problems
+
+
+def test_missing_deploy_yaml_gives_the_defaults(tmp_path: Path) -> None:
+    """Without a deploy.yaml every value is its named default, state beside the config path."""
+    loaded = settings.load(tmp_path / "deploy.yaml", env={})
+    assert (loaded.host, loaded.port) == (settings.DEFAULT_HOST, settings.DEFAULT_PORT)
+    assert loaded.state_dir == tmp_path / settings.DEFAULT_STATE_DIR
+    assert loaded.repo().name == "central-mcp"
+    assert loaded.repo().manifests == settings.DEFAULT_MANIFESTS
+    assert loaded.proxy.keepalive == settings.DEFAULT_KEEPALIVE
+    assert loaded.projects == ()
+    assert loaded.base_url == "http://127.0.0.1:8900"
+
+
+def test_the_repository_deploy_yaml_loads() -> None:
+    """The deploy.yaml shipped in the repo is valid and its durations are converted to seconds."""
+    loaded = settings.load(REPO / "deploy.yaml", env={})
+    assert loaded.port == 8900
+    assert loaded.proxy.deploy_timeout == 300.0
+    assert loaded.proxy.keepalive == 20.0
+    assert loaded.retention.deploy_max_age == 90 * 86400.0
+    assert loaded.project("demo") is not None
+    assert loaded.build_network == "none"
+
+
+def test_state_dir_environment_variable_overrides_the_file(tmp_path: Path) -> None:
+    """CENTRAL_MCP_STATE_DIR, passed as env, wins over state_dir in deploy.yaml."""
+    path = _write(tmp_path, "state_dir: from-file\n")
+    override = tmp_path / "elsewhere"
+    loaded = settings.load(path, env={settings.STATE_DIR_ENV: str(override)})
+    assert loaded.state_dir == override
+
+
+def test_relative_state_dir_resolves_against_the_config_folder(tmp_path: Path) -> None:
+    """A relative state_dir is taken from deploy.yaml's folder, not the working directory."""
+    loaded = settings.load(_write(tmp_path, "state_dir: st\n"), env={})
+    assert loaded.state_dir == (tmp_path / "st").resolve()
+
+
+def test_settings_is_frozen(tmp_path: Path) -> None:
+    """Settings cannot be changed once built."""
+    loaded = settings.load(tmp_path / "deploy.yaml", env={})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        loaded.port = 1  # type: ignore[misc]
+
+
+def test_repo_lookup_names_the_known_repos(tmp_path: Path) -> None:
+    """Asking for an unknown repo raises ConfigError listing the repos that exist."""
+    loaded = settings.load(_write(tmp_path, "repos: [{name: a}, {name: b}]\n"), env={})
+    assert loaded.repo("b").name == "b"
+    with pytest.raises(ConfigError, match="known repos: a, b"):
+        loaded.repo("c")
+
+
+def test_project_access_honours_all_and_named_servers(tmp_path: Path) -> None:
+    """A project reaches every server with `all`, otherwise only the servers it names."""
+    text = "projects:\n  - {name: wide, servers: [all]}\n  - {name: narrow, servers: [one]}\n"
+    loaded = settings.load(_write(tmp_path, text), env={})
+    wide, narrow = loaded.project("wide"), loaded.project("narrow")
+    assert wide is not None and narrow is not None
+    assert wide.may_use("anything")
+    assert narrow.may_use("one") and not narrow.may_use("two")
+    assert loaded.project("missing") is None
+
+
+def test_webhook_and_rate_limits_are_read(tmp_path: Path) -> None:
+    """A repo's webhook and a project's rate limit land in their frozen values."""
+    text = ("public_url: https://mcp.example.com/\n"
+            "repos:\n  - name: r\n    webhook: {provider: gitea, secret_env: HOOK_SECRET}\n"
+            "projects:\n  - {name: p, rate_limit: {per_minute: 10, burst: 2}}\n")
+    loaded = settings.load(_write(tmp_path, text), env={})
+    assert loaded.repo().webhook == settings.Webhook("gitea", "HOOK_SECRET")
+    assert loaded.projects[0] == settings.Project("p", per_minute=10, burst=2)
+    assert loaded.base_url == "https://mcp.example.com"
+
+
+BAD_CONFIGS = [
+    pytest.param("listen: {port: 8900}\nbogus: 1\n", "$.bogus", 2, "unknown key 'bogus'",
+                 id="unknown-top-level-key"),
+    pytest.param("proxy:\n  drain_timeout: 30s\n  drian: 1\n", "$.proxy.drian", 3, "unknown key 'drian'",
+                 id="unknown-nested-key"),
+    pytest.param("listen:\n  port: '8900'\n", "$.listen.port", 2, "not of type 'integer'",
+                 id="port-as-string"),
+    pytest.param("listen:\n  port: 70000\n", "$.listen.port", 2, "maximum of 65535",
+                 id="port-out-of-range"),
+    pytest.param("proxy:\n  drain_timeout: soon\n", "$.proxy.drain_timeout", 2, "'soon'",
+                 id="bad-duration"),
+    pytest.param("proxy:\n  keepalive: 30s\n", "$.proxy.keepalive", 2, "longer than 25s",
+                 id="keepalive-over-25s"),
+    pytest.param("repos:\n  - name: a\n  - name: a\n", "$.repos[1].name", 3, "duplicate repo 'a'",
+                 id="duplicate-repo"),
+    pytest.param("projects:\n  - name: p\n  - name: p\n", "$.projects[1].name", 3, "duplicate project 'p'",
+                 id="duplicate-project"),
+    pytest.param("repos:\n  - name: a\n    webhook: {provider: bitbucket, secret_env: X}\n",
+                 "$.repos[0].webhook.provider", 3, "'bitbucket' is not one of", id="bad-webhook-provider"),
+    pytest.param("public_url: mcp.example.com\n", "$.public_url", 1, "not an http(s) URL",
+                 id="public-url-without-scheme"),
+    pytest.param("build:\n  network: bridge\n", "$.build.network", 2, "'bridge' is not one of",
+                 id="bad-build-network"),
+    pytest.param("retention:\n  images_per_server: 1\n", "$.retention.images_per_server", 2,
+                 "minimum of 2", id="too-few-images-kept"),
+    pytest.param("- listen\n", "$", 1, "must be a mapping", id="list-instead-of-mapping"),
+]
+
+
+@pytest.mark.parametrize("text, path, line, fragment", BAD_CONFIGS)
+def test_bad_deploy_yaml_is_located(tmp_path: Path, text: str, path: str, line: int, fragment: str) -> None:
+    """Each fault is reported with its file, JSON path, line and a message naming what is wrong."""
+    problems = _problems(tmp_path, text)
+    assert any(p.path == path and p.line == line and fragment in p.message for p in problems), problems
+    assert all(p.file == str(tmp_path / "deploy.yaml") for p in problems)
+    assert all(p.hint for p in problems)
+
+
+def test_every_fault_in_deploy_yaml_is_reported_at_once(tmp_path: Path) -> None:
+    """Several independent faults come back together, one problem each, in file order."""
+    text = "bogus: 1\nlisten:\n  port: 0\npublic_url: ftp://x\n"
+    problems = _problems(tmp_path, text)
+    assert [p.path for p in problems] == ["$.bogus", "$.listen.port", "$.public_url"]
+
+
+@pytest.mark.parametrize("text, path", [("proxy: 5\n", "$.proxy"), ("proxy: [1]\n", "$.proxy"),
+                                        ("repos: 5\n", "$.repos")],
+                         ids=["proxy-int", "proxy-list", "repos-int"])
+def test_section_of_the_wrong_type_is_a_config_error(tmp_path: Path, text: str, path: str) -> None:
+    """A section that is not the mapping or list it should be is reported, not a crash."""
+    problems = _problems(tmp_path, text)
+    assert [p.path for p in problems] == [path]
+
+
+def test_keepalive_is_checked_even_when_another_fault_exists(tmp_path: Path) -> None:
+    """A too-long keep-alive is reported alongside a duplicate repo, not hidden behind it."""
+    text = "repos:\n  - name: a\n  - name: a\nproxy:\n  keepalive: 60s\n"
+    problems = _problems(tmp_path, text)
+    assert {p.path for p in problems} == {"$.repos[1].name", "$.proxy.keepalive"}
