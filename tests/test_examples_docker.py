@@ -11,7 +11,7 @@ import pytest
 from mcp import Client
 
 from pipeline import gate
-from pipeline.dockerhost import LABEL_INSTANCE, DockerHost, RunSpec, Running
+from pipeline.dockerhost import LABEL_INSTANCE, DockerHost, Running, RunSpec
 from pipeline.manifest import check_tree
 from pipeline.settings import load
 
