@@ -6,7 +6,7 @@ import asyncio
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from pipeline import control as control_mod
+from pipeline.access import Gatekeeper
 from pipeline.deploy import Context, DeployRequest, instance_id
 from pipeline.deploylog import Event
 from pipeline.dispatch import Dispatcher
@@ -28,10 +29,13 @@ from pipeline.routes import Router
 from pipeline.secrets import Secrets
 from pipeline.settings import Settings
 from pipeline.store import Store
+from pipeline.usage import Usage
+from pipeline.webhook import PROVIDERS, Delivery, Receiver
 
 log = logging.getLogger("central-mcp")
 MCP_METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD"]
 FOLLOW_WAIT = 1.0
+USAGE_FLUSH_SECONDS = 5.0
 
 @dataclass
 class Services:
@@ -40,33 +44,34 @@ class Services:
     ctx: Context
     dispatcher: Dispatcher
     proxy: Proxy
+    usage: Usage
+    webhooks: Receiver
     control: control_mod.Control
 
 def create_app(settings: Settings, *, port: int | None = None,
                docker: DockerHost | None = None) -> Starlette:
     """Build the ASGI app for `settings`; services start in the lifespan."""
     listen_port = port or settings.port
-    holder: dict[str, Services] = {}
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         services = await asyncio.to_thread(_start_services, settings, listen_port, docker)
+        services.ctx.router.loop = asyncio.get_running_loop()
         await services.proxy.start()
-        holder["s"] = services
         app.state.services = services
         services.control.save(settings.state_dir)
+        flusher = asyncio.create_task(_flush_usage(services.usage))
         try:
             yield
         finally:
+            flusher.cancel()
             (settings.state_dir / control_mod.CONTROL_FILE).unlink(missing_ok=True)
             await services.proxy.stop()
+            await asyncio.to_thread(services.usage.flush)
 
     def services(request: Request) -> Services:
         found: Services = request.app.state.services
         return found
-
-    async def mcp(request: Request) -> Response:
-        return await services(request).proxy.handle(request)
 
     async def submit_deploy(request: Request) -> Response:
         s = services(request)
@@ -97,21 +102,43 @@ def create_app(settings: Settings, *, port: int | None = None,
         events = await asyncio.to_thread(s.ctx.store.events, int(request.path_params["id"]))
         return PlainTextResponse("".join(f"{text}\n" for _, _, _, text in events))
 
+    async def webhook(request: Request) -> Response:
+        s = services(request)
+        provider = request.path_params["provider"]
+        if provider not in PROVIDERS:
+            return JSONResponse({"error": f"unknown webhook provider {provider!r}"}, status_code=404)
+        limit = settings.webhook_max_body
+        body = await _read_limited(request, limit)
+        if body is None:
+            return JSONResponse({"error": f"body over {limit} bytes"}, status_code=413)
+        delivery = Delivery(provider, {k.lower(): v for k, v in request.headers.items()}, body)
+        answer = await asyncio.to_thread(s.webhooks.handle, delivery)
+        return JSONResponse(answer.body, status_code=answer.status, headers=dict(answer.headers or {}))
+
     async def healthz(request: Request) -> Response:
         s = services(request)
         return JSONResponse({"ok": True, "routes": sorted(s.ctx.router.table)})
 
+    async def mcp(request: Request) -> Response:
+        return await services(request).proxy.handle(request)
+
     routes = [
-        Route("/mcp/{server}", mcp, methods=MCP_METHODS),
-        Route("/mcp/{server}/{rest:path}", mcp, methods=MCP_METHODS),
+        *proxy_routes(mcp),
         Route("/api/deploys", submit_deploy, methods=["POST"]),
         Route("/deploys", deploys_index),
         Route("/deploys/{id:int}.json", deploy_json),
         Route("/deploys/{id:int}", deploy_json),
         Route("/deploys/{id:int}/log", deploy_log),
+        Route("/hooks/{provider}", webhook, methods=["POST"]),
         Route("/healthz", healthz),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
+
+def proxy_routes(endpoint: Callable[[Request], Awaitable[Response]]) -> list[Route]:
+    """The proxy's two routes: `/mcp/<server>` and `/mcp/<server>/...` (no slash redirect)."""
+    return [Route("/mcp/{server}", endpoint, methods=MCP_METHODS),
+            Route("/mcp/{server}/{rest:path}", endpoint, methods=MCP_METHODS)]
+
 
 def _start_services(settings: Settings, port: int, docker: DockerHost | None) -> Services:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +150,32 @@ def _start_services(settings: Settings, port: int, docker: DockerHost | None) ->
     routed = reconcile(ctx, log.info)
     log.info("routes: %s", ", ".join(u.server for u in routed) or "none")
     url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{port}"
-    return Services(ctx, Dispatcher(ctx), Proxy(ctx.router), control_mod.new_control(url))
+    usage = Usage(store)
+    proxy = Proxy(ctx.router, Gatekeeper(settings, store), usage, settings.proxy.keepalive)
+    dispatcher = Dispatcher(ctx)
+    receiver = Receiver(settings, dispatcher.submit_delivery, dispatcher.waiting)
+    return Services(ctx, dispatcher, proxy, usage, receiver, control_mod.new_control(url))
+
+async def _read_limited(request: Request, limit: int) -> bytes | None:
+    """Read the body, or return None as soon as it is known to be over `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _flush_usage(usage: Usage) -> None:
+    while True:
+        await asyncio.sleep(USAGE_FLUSH_SECONDS)
+        await asyncio.to_thread(usage.flush)
+
 
 def _authorized(request: Request, control: control_mod.Control) -> bool:
     given = request.headers.get(control_mod.TOKEN_HEADER, "")

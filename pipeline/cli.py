@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 from pipeline import settings as settings_mod
 from pipeline.errors import CentralMCPError, ConfigError, Problem
 from pipeline.manifest import check_tree
+from pipeline.store import Store
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -86,6 +88,21 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("server")
     rollback.add_argument("release", nargs="?", help="e.g. r3 (default: the previous release)")
     rollback.set_defaults(handler=_rollback)
+
+    webhook = sub.add_parser("webhook-test", help="print a curl line with a signed sample push")
+    webhook.add_argument("repo", nargs="?", help="repo name (default: the first)")
+    webhook.add_argument("--commit", help="commit the sample push names (default: the branch head)")
+    webhook.set_defaults(handler=_webhook_test)
+
+    keys = sub.add_parser("keys", help="project API keys for /mcp/*")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="create a key (printed once; only a hash is kept)")
+    create.add_argument("project")
+    create.set_defaults(handler=_keys_create)
+    keys_sub.add_parser("list", help="list keys (ids, projects, state)").set_defaults(handler=_keys_list)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(handler=_keys_revoke)
     return parser
 
 
@@ -168,11 +185,8 @@ def _up(args: argparse.Namespace) -> int:
 
 
 def _releases(args: argparse.Namespace) -> int:
-    from pipeline.store import Store
-
     settings = settings_mod.load(_config_path(args))
-    store = Store(settings.state_dir / "central-mcp.db")
-    found = store.releases(args.server)
+    found = _store(settings).releases(args.server)
     if not found:
         _err(f"no releases of {args.server!r}")
         return EXIT_FAILED
@@ -184,11 +198,9 @@ def _releases(args: argparse.Namespace) -> int:
 def _rollback(args: argparse.Namespace) -> int:
     from pipeline import control
     from pipeline.hook import render
-    from pipeline.store import Store
 
     settings = settings_mod.load(_config_path(args))
-    store = Store(settings.state_dir / "central-mcp.db")
-    found = store.releases(args.server)
+    found = _store(settings).releases(args.server)
     if args.release:
         number = int(args.release.lstrip("r"))
         target = next((r for r in found if r.number == number), None)
@@ -203,6 +215,57 @@ def _rollback(args: argparse.Namespace) -> int:
     last = control.stream(control.Control.load(settings.state_dir), "/api/deploys", body,
                           lambda e: _out(render(e)))
     return EXIT_OK if str(last.get("text", "")).startswith("succeeded") else EXIT_FAILED
+
+
+def _webhook_test(args: argparse.Namespace) -> int:
+    from pipeline import source
+    from pipeline.hook import repo_path
+    from pipeline.webhook import sample_curl
+
+    settings = settings_mod.load(_config_path(args))
+    repo = settings.repo(args.repo)
+    commit = args.commit
+    if not commit:
+        try:
+            commit = source.resolve(repo_path(settings, repo.name), repo.branch)
+        except CentralMCPError:
+            commit = "f" * 40
+    _out(sample_curl(settings, repo, commit, os.environ))
+    return EXIT_OK
+
+
+def _store(settings: settings_mod.Settings) -> Store:
+    return Store(settings.state_dir / "central-mcp.db")
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    from pipeline.access import create_key
+
+    settings = settings_mod.load(_config_path(args))
+    try:
+        token = create_key(_store(settings), settings, args.project)
+    except ValueError as exc:
+        _err(f"error: {exc}")
+        return EXIT_FAILED
+    _out(token)
+    _err(f"key for project {args.project!r} created; it is shown only now. Clients send it as "
+         "`Authorization: Bearer <key>`.")
+    return EXIT_OK
+
+
+def _keys_list(args: argparse.Namespace) -> int:
+    for key in _store(settings_mod.load(_config_path(args))).api_keys():
+        state = "revoked" if key["revoked_at"] else "active"
+        _out(f"{key['id']}  {key['project']:<20} {state}")
+    return EXIT_OK
+
+
+def _keys_revoke(args: argparse.Namespace) -> int:
+    if _store(settings_mod.load(_config_path(args))).revoke_key(args.key_id):
+        _out(f"revoked {args.key_id} (takes effect within a few seconds)")
+        return EXIT_OK
+    _err(f"no active key {args.key_id!r}; see `central-mcp keys list`")
+    return EXIT_FAILED
 
 
 def _config_path(args: argparse.Namespace) -> Path:

@@ -29,17 +29,18 @@ from pipeline.dockerhost import (
     Running,
     RunSpec,
 )
-from pipeline.errors import CentralMCPError, ConfigError, DeployError, GateError
+from pipeline.errors import CentralMCPError, ConfigError, DeployError, GateError, SourceError
 from pipeline.manifest import Manifest, check_tree, from_data
 from pipeline.routes import Router, Upstream
 from pipeline.secrets import Masker, Secrets, load_file
 from pipeline.settings import Settings
-from pipeline.source import Snapshot
+from pipeline.source import EXPECT_OLD, GIT_DIR, ZERO_SHA, Snapshot, resolve
 from pipeline.store import Release, Store
 
 STOP_GRACE_SECONDS = 10.0
 LOG_TAIL_LINES = 30
 LABEL_FINGERPRINT = "central-mcp.fingerprint"
+OVERTAKE_LOOKBACK = 50  # recent deploys searched for one that moved a waiting push's branch
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,8 @@ class DeployRequest:
     author: str = ""
     message: str = ""
     rollback: tuple[str, int] | None = None
+    fetch: Callable[[DeployLog], Path] | None = None
+    """For webhooks: fetches the commit and returns its snapshot directory, run in the repo's lane."""
 
 
 @dataclass
@@ -100,6 +103,7 @@ class Runbook:
         self.candidates: list[Candidate] = []
         self.outcomes: dict[str, dict[str, object]] = {}
         self.abort = threading.Event()
+        self.snapshot_dir = request.snapshot_dir
 
     def run(self) -> str:
         """Run the deploy; return its final status (succeeded or failed)."""
@@ -121,7 +125,11 @@ class Runbook:
             with self.log.step(f"rollback {server} to r{number}"):
                 candidates, removed = [self._rollback_candidate(server, number)], list[str]()
         else:
-            snapshot = Snapshot.load(self.request.snapshot_dir or Path("."))
+            if self.request.fetch is not None:
+                with self.log.step("fetch"):
+                    self.snapshot_dir = self.request.fetch(self.log)
+            snapshot = Snapshot.load(self.snapshot_dir or Path("."))
+            self._refuse_if_overtaken(snapshot)
             with self.log.step("validate manifests"):
                 manifests = self._validate(snapshot)
             with self.log.step("plan"):
@@ -140,6 +148,29 @@ class Runbook:
         return "live: " + "; ".join(x for x in (changed, gone) if x)
 
     # validate and plan ------------------------------------------------------------------
+    def _refuse_if_overtaken(self, snapshot: Snapshot) -> None:
+        """Refuse a push whose branch moved while it waited: git could never move the branch to it."""
+        expected = snapshot.extra.get(EXPECT_OLD, "")
+        if not expected:
+            return
+        mine = self.ctx.store.deploy(self.id)
+        since = mine.created_at if mine else 0.0
+        # The deploy ahead of this one may have finished before its pusher's git moved the
+        # branch, so its record counts as much as the branch itself.
+        same = (self.request.repo, self.request.ref, "succeeded")
+        moved = [(d.commit_sha, f"deploy #{d.id}") for d in self.ctx.store.deploys(OVERTAKE_LOOKBACK, 0)
+                 if d.id != self.id and (d.repo, d.ref, d.status) == same and (d.finished_at or 0.0) > since]
+        if snapshot.extra.get(GIT_DIR):
+            try:
+                moved.append((resolve(Path(snapshot.extra[GIT_DIR]), self.request.ref), "the branch"))
+            except SourceError:
+                moved.append((ZERO_SHA, "the branch"))
+        for commit, where in moved:
+            if commit != expected:
+                raise DeployError(f"{self.request.ref} moved to {commit[:12]} ({where}) while this push "
+                                  f"waited; the push was based on {expected[:12]}, so git could not move "
+                                  "the branch to it: fetch, merge or rebase, and push again")
+
     def _validate(self, snapshot: Snapshot) -> list[Manifest]:
         repo = self.ctx.settings.repo(self.request.repo)
         report = check_tree(snapshot.root, self.ctx.settings, repo.manifests)
@@ -232,7 +263,7 @@ class Runbook:
         self.log.line(f"{c.manifest.name}: {stage} ok in {c.timings[stage]:.2f}s")
 
     def _build(self, c: Candidate) -> None:
-        snapshot_root = Snapshot.load(self.request.snapshot_dir or Path(".")).root
+        snapshot_root = Snapshot.load(self.snapshot_dir or Path(".")).root
         args = {**self.ctx.settings.build_args, **c.manifest.build_args}
         labels = {LABEL_SERVER: c.manifest.name, LABEL_RELEASE: f"r{c.number}",
                   LABEL_COMMIT: c.commit, LABEL_FINGERPRINT: c.fingerprint}
@@ -301,18 +332,22 @@ class Runbook:
                           "host_port": c.running.host_port})
 
     def _drain_later(self, old: list[Upstream]) -> None:
+        """Let old upstreams finish their requests and sessions, then retire and stop them."""
         if not old:
             return
-        timeout = self.ctx.settings.proxy.drain_timeout
+        proxy = self.ctx.settings.proxy
 
-        def drain() -> None:
-            for upstream in old:
-                drained = self.ctx.router.drain(upstream.container_id, timeout)
-                self.ctx.docker.stop_and_remove(upstream.container_id, STOP_GRACE_SECONDS)
-                how = "drained" if drained else f"drain timed out after {timeout:.0f}s"
-                self.log.line(f"{upstream.server}: old r{upstream.release} {how}, stopped and removed")
+        def drain(upstream: Upstream) -> None:
+            drained = self.ctx.router.drain(upstream.container_id, proxy.drain_timeout,
+                                            proxy.session_drain_timeout)
+            closed = self.ctx.router.retire(upstream.container_id)
+            self.ctx.docker.stop_and_remove(upstream.container_id, STOP_GRACE_SECONDS)
+            how = "drained" if drained else f"drain deadline passed ({closed} session(s) closed)"
+            self.log.line(f"{upstream.server}: old r{upstream.release} {how}, stopped and removed")
 
-        threading.Thread(target=drain, name=f"drain-{self.id}", daemon=True).start()
+        for upstream in old:
+            threading.Thread(target=drain, args=(upstream,), name=f"drain-{upstream.server}",
+                             daemon=True).start()
 
     def _discard_candidates(self) -> None:
         for c in self.candidates:
@@ -329,8 +364,8 @@ class Runbook:
         self.ctx.store.update_deploy(self.id, status=status, error="" if status == "succeeded" else
                                      self.log.masker(text), finished_at=time.time(), servers=self.outcomes)
         self.log.finish(status, f"{text} ({seconds:.1f}s)")
-        if self.request.snapshot_dir is not None:
-            shutil.rmtree(self.request.snapshot_dir, ignore_errors=True)
+        if self.snapshot_dir is not None:
+            shutil.rmtree(self.snapshot_dir, ignore_errors=True)
         return status
 
 

@@ -28,6 +28,7 @@ class Dispatcher:
         self._lanes: dict[str, _Lane] = {}
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
+        self._deliveries = threading.Lock()
 
     def submit(self, request: DeployRequest) -> int:
         """Queue a deploy; return its id (an active deploy's id for a repeated commit)."""
@@ -56,6 +57,23 @@ class Dispatcher:
                                                name=f"deploys-{request.repo}", daemon=True)
                 lane.worker.start()
             return deploy_id
+
+    def submit_delivery(self, request: DeployRequest, delivery_id: str) -> int:
+        """Submit a webhook's deploy once per delivery id (a redelivery returns the same deploy)."""
+        with self._deliveries:
+            if delivery_id:
+                known = self.ctx.store.delivery(delivery_id)
+                if known is not None:
+                    return known
+            deploy_id = self.submit(request)
+            if delivery_id:
+                self.ctx.store.add_delivery(delivery_id, deploy_id)
+            return deploy_id
+
+    def waiting(self) -> int:
+        """Return how many deploys wait in every lane."""
+        with self._lock:
+            return sum(len(lane.waiting) for lane in self._lanes.values())
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until no deploy runs or waits; return whether that happened in time."""

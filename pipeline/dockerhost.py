@@ -46,7 +46,7 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class Running:
-    """A started container and the loopback port its server is published on."""
+    """A started container and the loopback port its server is published on (0: it already exited)."""
 
     id: str
     name: str
@@ -130,7 +130,12 @@ class DockerHost:
             bindings = container.attrs["NetworkSettings"]["Ports"].get(f"{port}/tcp") or []
             if bindings:
                 return int(bindings[0]["HostPort"])
-            if container.status == "exited" or time.monotonic() > deadline:
+            if container.status in ("exited", "dead"):
+                # Docker drops the binding of a container that already exited. Report port 0 and
+                # keep the container, so the caller's health gate sees the exit, copies its last
+                # log lines and removes it like any other failed candidate.
+                return 0
+            if time.monotonic() > deadline:
                 raise DockerError(f"container {container.name} published no port for {port}/tcp "
                                   f"(status {container.status})")
             time.sleep(0.05)

@@ -125,14 +125,18 @@ def _deploy(settings: Settings, repo: Repo, update: RefUpdate, git_dir: Path,
     control = control_mod.Control.load(settings.state_dir)
     workdir = source.new_workdir(settings.state_dir / "snapshots")
     try:
-        snap = source.take(git_dir, repo.name, update.ref, update.new, workdir, env)
+        # A push names the branch value it expects to replace; the deploy refuses to go on if
+        # another deploy moved the branch while this one waited (git would refuse the update).
+        expect = {source.EXPECT_OLD: update.old, source.GIT_DIR: str(git_dir)} if update.old else {}
+        snap = source.take(git_dir, repo.name, update.ref, update.new, workdir, env, expect)
     except SourceError:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     body = {"source": source_name, "repo": repo.name, "ref": update.ref, "commit": update.new,
             "snapshot_dir": str(workdir), "author": snap.author, "message": snap.message}
     last = control_mod.stream(control, "/api/deploys", body, lambda e: out(render(e)))
-    url = f"{settings.base_url}/deploys/{last.get('deploy')}"
+    # control.url is where serve really listens (`serve --port` may differ from deploy.yaml).
+    url = f"{settings.public_url.rstrip('/') or control.url}/deploys/{last.get('deploy')}"
     out(f"deploy: {url}")
     return str(last.get("text", "")).startswith("succeeded")
 

@@ -40,7 +40,7 @@ def reconcile(ctx: Context, say: Callable[[str], None]) -> list[Upstream]:
             upstream = _restart(ctx, release, say)
             if upstream is not None:
                 routed[server] = upstream
-    ctx.router.replace_all(routed.values())
+    ctx.router.replace_all(routed.values(), known=live)
     return list(routed.values())
 
 

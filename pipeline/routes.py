@@ -1,13 +1,21 @@
-"""The route table: server name → the live upstream. Immutable, replaced in one assignment."""
+"""The route table and the upstreams' lives: live, draining (old sessions only), retired.
+
+The table maps a server name to its live upstream; it is an immutable mapping replaced in
+one assignment. After a swap the old upstream keeps serving the sessions it issued until they
+end or the session drain timeout passes; then it is retired and its session ids answer 404.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+
+RETIRED_SESSIONS_KEPT = 100_000
 
 
 @dataclass(frozen=True)
@@ -27,14 +35,28 @@ class Upstream:
         return f"http://{self.host}:{self.port}{self.path}"
 
 
+@dataclass(frozen=True)
+class Session:
+    """An MCP session: the upstream that issued it and the API key that opened it."""
+
+    server: str
+    container_id: str
+    key_id: str
+
+
 class Router:
-    """Holds the current route table and counts in-flight requests per upstream (for drains)."""
+    """Routes, sessions and in-flight counts; thread-safe (deploys run on worker threads)."""
 
     def __init__(self) -> None:
         self._table: Mapping[str, Upstream] = MappingProxyType({})
-        self._swap_lock = threading.Lock()
+        self._draining: dict[str, Upstream] = {}
+        self._sessions: dict[str, Session] = {}
+        self._retired: OrderedDict[str, None] = OrderedDict()
         self._inflight: dict[str, int] = {}
-        self._count_lock = threading.Lock()
+        self._closers: dict[str, set[asyncio.Event]] = {}
+        self._lock = threading.RLock()
+        self.known: frozenset[str] = frozenset()
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def table(self) -> Mapping[str, Upstream]:
@@ -46,8 +68,8 @@ class Router:
         return self._table.get(server)
 
     def swap(self, changes: Mapping[str, Upstream | None]) -> dict[str, Upstream]:
-        """Apply changes (None removes a server) in one step; return the upstreams replaced."""
-        with self._swap_lock:
+        """Apply changes (None removes a server) in one step; the replaced upstreams start draining."""
+        with self._lock:
             table = dict(self._table)
             replaced = {name: table[name] for name in changes if name in table}
             for name, upstream in changes.items():
@@ -55,44 +77,104 @@ class Router:
                     table.pop(name, None)
                 else:
                     table[name] = upstream
+            for old in replaced.values():
+                self._draining[old.container_id] = old
             self._table = MappingProxyType(table)
+            self.known = frozenset(self.known | set(table)) - {n for n, u in changes.items() if u is None}
         return replaced
 
-    def replace_all(self, upstreams: Iterable[Upstream]) -> None:
-        """Replace the whole table (start-up reconciliation)."""
-        with self._swap_lock:
+    def replace_all(self, upstreams: Iterable[Upstream], known: Iterable[str] = ()) -> None:
+        """Replace the whole table (start-up reconciliation); `known` servers lacking one answer 503."""
+        with self._lock:
             self._table = MappingProxyType({u.server: u for u in upstreams})
+            self.known = frozenset(set(known) | set(self._table))
 
-    def enter(self, upstream: Upstream) -> None:
-        """Count a request that started on `upstream`."""
-        with self._count_lock:
+    # sessions -----------------------------------------------------------------------------
+    def session(self, session_id: str) -> Session | None:
+        """Return the live session with this id, or None."""
+        return self._sessions.get(session_id)
+
+    def is_retired_session(self, session_id: str) -> bool:
+        """Whether this session id belonged to an upstream that is gone (answer 404)."""
+        return session_id in self._retired
+
+    def upstream_of(self, session: Session) -> Upstream | None:
+        """Return the upstream that issued a session, live or draining."""
+        live = self._table.get(session.server)
+        if live is not None and live.container_id == session.container_id:
+            return live
+        return self._draining.get(session.container_id)
+
+    def open_session(self, session_id: str, upstream: Upstream, key_id: str) -> None:
+        """Remember that `upstream` issued `session_id` to `key_id`."""
+        with self._lock:
+            self._sessions[session_id] = Session(upstream.server, upstream.container_id, key_id)
+
+    def end_session(self, session_id: str) -> None:
+        """Forget a session the client ended with DELETE."""
+        with self._lock:
+            self._sessions.pop(session_id, None)
+
+    def sessions_on(self, container_id: str) -> int:
+        """Return how many sessions an upstream holds."""
+        with self._lock:
+            return sum(1 for s in self._sessions.values() if s.container_id == container_id)
+
+    # in-flight requests and open streams ----------------------------------------------------
+    def enter(self, upstream: Upstream) -> asyncio.Event:
+        """Count a request that started on `upstream`; the event is set when it must close."""
+        closer = asyncio.Event()
+        with self._lock:
             self._inflight[upstream.container_id] = self._inflight.get(upstream.container_id, 0) + 1
+            self._closers.setdefault(upstream.container_id, set()).add(closer)
+        return closer
 
-    def leave(self, upstream: Upstream) -> None:
+    def leave(self, upstream: Upstream, closer: asyncio.Event) -> None:
         """Count a request that ended on `upstream`."""
-        with self._count_lock:
+        with self._lock:
             left = self._inflight.get(upstream.container_id, 1) - 1
             if left <= 0:
                 self._inflight.pop(upstream.container_id, None)
             else:
                 self._inflight[upstream.container_id] = left
+            self._closers.get(upstream.container_id, set()).discard(closer)
 
     def inflight(self, container_id: str) -> int:
         """Return how many requests are running on a container."""
-        with self._count_lock:
+        with self._lock:
             return self._inflight.get(container_id, 0)
 
-    def drain(self, container_id: str, timeout: float,
-              sleep: Callable[[float], None] = time.sleep) -> bool:
-        """Wait until no request runs on the container or `timeout` passes; True if drained."""
-        deadline = time.monotonic() + timeout
-        while self.inflight(container_id) > 0:
-            if time.monotonic() >= deadline:
+    def drain(self, container_id: str, request_timeout: float, session_timeout: float,
+              sleep: Callable[[float], None] = time.sleep,
+              clock: Callable[[], float] = time.monotonic) -> bool:
+        """Wait until the upstream holds no request and no session; True if it emptied in time.
+
+        Requests alone get `request_timeout`; while sessions remain, `session_timeout` applies.
+        """
+        started = clock()
+        while True:
+            sessions = self.sessions_on(container_id)
+            if self.inflight(container_id) == 0 and sessions == 0:
+                return True
+            limit = session_timeout if sessions else request_timeout
+            if clock() - started >= limit:
                 return False
             sleep(0.05)
-        return True
 
-
-async def async_drain(router: Router, container_id: str, timeout: float) -> bool:
-    """The drain, awaitable."""
-    return await asyncio.to_thread(router.drain, container_id, timeout)
+    def retire(self, container_id: str) -> int:
+        """Stop routing to a draining upstream: its sessions answer 404, open streams close."""
+        with self._lock:
+            self._draining.pop(container_id, None)
+            gone = [sid for sid, s in self._sessions.items() if s.container_id == container_id]
+            for sid in gone:
+                del self._sessions[sid]
+                self._retired[sid] = None
+            while len(self._retired) > RETIRED_SESSIONS_KEPT:
+                self._retired.popitem(last=False)
+            closers = list(self._closers.pop(container_id, set()))
+        for closer in closers:
+            if self.loop is not None and self.loop.is_running():
+                self.loop.call_soon_threadsafe(closer.set)
+            else:
+                closer.set()
+        return len(gone)

@@ -63,6 +63,10 @@ class Masker:
     def __init__(self, values: Iterable[str]) -> None:
         self.values = sorted({v for v in values if len(v) >= MIN_MASKED_LENGTH}, key=len, reverse=True)
 
+    def extended(self, values: Iterable[str]) -> Masker:
+        """A masker that also hides `values`."""
+        return Masker([*self.values, *values])
+
     def __call__(self, text: str) -> str:
         for value in self.values:
             text = text.replace(value, MASK)

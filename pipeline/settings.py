@@ -10,7 +10,7 @@ from typing import Any
 
 from pipeline import schema, yamlsrc
 from pipeline.errors import ConfigError, Problem
-from pipeline.units import parse_duration
+from pipeline.units import parse_duration, parse_size
 
 DEFAULT_CONFIG = Path("deploy.yaml")
 DEFAULT_HOST = "127.0.0.1"
@@ -31,6 +31,8 @@ DEFAULT_DEPLOYS_KEPT = 500
 DEFAULT_DEPLOY_MAX_AGE = 90 * 86400.0
 DEFAULT_BUILD_PARALLEL = 2
 DEFAULT_BUILD_NETWORK = "default"
+DEFAULT_WEBHOOK_MAX_BODY = 1024 * 1024
+DEFAULT_WEBHOOK_QUEUE = 16
 STATE_DIR_ENV = "CENTRAL_MCP_STATE_DIR"
 
 
@@ -41,6 +43,8 @@ class Webhook:
     provider: str
     secret_env: str
     paths: tuple[str, ...] = ()
+    token_env: str = ""
+    ssh_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -106,6 +110,8 @@ class Settings:
     build_parallel: int = DEFAULT_BUILD_PARALLEL
     build_args: Mapping[str, str] = field(default_factory=dict)
     build_network: str = DEFAULT_BUILD_NETWORK
+    webhook_max_body: int = DEFAULT_WEBHOOK_MAX_BODY
+    webhook_queue: int = DEFAULT_WEBHOOK_QUEUE
 
     @property
     def base_url(self) -> str:
@@ -173,6 +179,7 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
     proxy = data.get("proxy", {})
     retention = data.get("retention", {})
     build = data.get("build", {})
+    webhooks = data.get("webhooks", {})
     return Settings(
         config_path=path,
         state_dir=(base / state).resolve(),
@@ -199,6 +206,8 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
         build_parallel=build.get("parallel", DEFAULT_BUILD_PARALLEL),
         build_args={k: str(v) for k, v in build.get("args", {}).items()},
         build_network=build.get("network", DEFAULT_BUILD_NETWORK),
+        webhook_max_body=parse_size(webhooks.get("max_body", DEFAULT_WEBHOOK_MAX_BODY)),
+        webhook_queue=webhooks.get("queue", DEFAULT_WEBHOOK_QUEUE),
     )
 
 
@@ -209,8 +218,8 @@ def _repo(data: dict[str, Any]) -> Repo:
         branch=data.get("branch", DEFAULT_BRANCH),
         manifests=tuple(data.get("manifests", DEFAULT_MANIFESTS)),
         clone_url=data.get("clone_url", ""),
-        webhook=Webhook(hook["provider"], hook["secret_env"], tuple(hook.get("paths", ())))
-        if hook else None,
+        webhook=Webhook(hook["provider"], hook["secret_env"], tuple(hook.get("paths", ())),
+                        hook.get("token_env", ""), hook.get("ssh_key", "")) if hook else None,
     )
 
 

@@ -25,6 +25,8 @@ from pipeline.errors import SourceError
 
 ZERO_SHA = "0" * 40
 SNAPSHOT_META = "snapshot.json"
+EXPECT_OLD = "expect_old"
+GIT_DIR = "git_dir"
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class Snapshot:
     def save(self) -> None:
         """Write the metadata beside the files so another process can load the snapshot."""
         meta = {"repo": self.repo, "ref": self.ref, "commit": self.commit, "trees": dict(self.trees),
-                "author": self.author, "message": self.message}
+                "author": self.author, "message": self.message, "extra": dict(self.extra)}
         (self.root.parent / SNAPSHOT_META).write_text(json.dumps(meta))
 
     @classmethod
@@ -58,11 +60,11 @@ class Snapshot:
         except (OSError, ValueError) as exc:
             raise SourceError(f"no readable snapshot in {folder}: {exc}") from exc
         return cls(meta["repo"], meta["ref"], meta["commit"], folder / "tree", meta["trees"],
-                   meta["author"], meta["message"])
+                   meta["author"], meta["message"], meta.get("extra", {}))
 
 
 def take(repo_path: Path, repo_name: str, ref: str, commit: str, into: Path,
-         env: Mapping[str, str] | None = None) -> Snapshot:
+         env: Mapping[str, str] | None = None, extra: Mapping[str, str] | None = None) -> Snapshot:
     """Export `commit` of the repository at `repo_path` into `into`/tree and describe it."""
     env = dict(os.environ if env is None else env)
     root = into / "tree"
@@ -74,7 +76,7 @@ def take(repo_path: Path, repo_name: str, ref: str, commit: str, into: Path,
     except (git.GitCommandError, tarfile.TarError, OSError) as exc:
         shutil.rmtree(into, ignore_errors=True)
         raise SourceError(f"cannot read commit {commit[:12]} of {repo_path}: {_why(exc)}") from exc
-    snapshot = Snapshot(repo_name, ref, commit, root, trees, author, message)
+    snapshot = Snapshot(repo_name, ref, commit, root, trees, author, message, dict(extra or {}))
     snapshot.save()
     return snapshot
 

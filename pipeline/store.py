@@ -36,6 +36,19 @@ CREATE TABLE IF NOT EXISTS releases (
     created_at REAL NOT NULL, live_at REAL,
     PRIMARY KEY (server, number)
 );
+CREATE TABLE IF NOT EXISTS deliveries (
+    id TEXT PRIMARY KEY, deploy_id INTEGER NOT NULL, received_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY, project TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
+    created_at REAL NOT NULL, revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS usage (
+    key_id TEXT NOT NULL, project TEXT NOT NULL, server TEXT NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0,
+    latency_ms REAL NOT NULL DEFAULT 0, updated_at REAL NOT NULL,
+    PRIMARY KEY (key_id, server)
+);
 """
 
 ACTIVE = ("queued", "running")
@@ -243,6 +256,66 @@ class Store:
         with self._lock:
             rows = self._db.execute(f"SELECT * FROM releases {where}", args).fetchall()
         return [_release(r) for r in rows]
+
+
+    # webhook deliveries ---------------------------------------------------------------------
+    def delivery(self, delivery_id: str) -> int | None:
+        """Return the deploy a delivery id already made, or None."""
+        with self._lock:
+            row = self._db.execute("SELECT deploy_id FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+        return int(row[0]) if row else None
+
+    def add_delivery(self, delivery_id: str, deploy_id: int) -> None:
+        """Remember which deploy a delivery made."""
+        with self._tx() as db:
+            db.execute("INSERT OR IGNORE INTO deliveries (id, deploy_id, received_at) VALUES (?, ?, ?)",
+                       (delivery_id, deploy_id, time.time()))
+
+    # API keys and usage ----------------------------------------------------------------------
+    def add_key(self, key_id: str, project: str, digest: str) -> None:
+        """Store a new API key's hash."""
+        with self._tx() as db:
+            db.execute("INSERT INTO api_keys (id, project, hash, created_at) VALUES (?, ?, ?, ?)",
+                       (key_id, project, digest, time.time()))
+
+    def key_by_hash(self, digest: str) -> tuple[str, str] | None:
+        """Return (key id, project) of an unrevoked key with this hash."""
+        with self._lock:
+            row = self._db.execute("SELECT id, project FROM api_keys WHERE hash = ? AND revoked_at IS "
+                                   "NULL", (digest,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def api_keys(self) -> list[dict[str, Any]]:
+        """Return every key's id, project, created and revoked times (never the hash)."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, project, created_at, revoked_at FROM api_keys "
+                                    "ORDER BY created_at").fetchall()
+        return [dict(r) for r in rows]
+
+    def revoke_key(self, key_id: str) -> bool:
+        """Revoke a key; return whether one was revoked."""
+        with self._tx() as db:
+            cur = db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                             (time.time(), key_id))
+            return cur.rowcount > 0
+
+    def add_usage(self, rows: list[tuple[str, str, str, int, int, float]]) -> None:
+        """Add (key id, project, server, requests, errors, latency ms) to the counters."""
+        now = time.time()
+        with self._tx() as db:
+            for key_id, project, server, requests, errors, latency in rows:
+                db.execute(
+                    "INSERT INTO usage (key_id, project, server, requests, errors, latency_ms, "
+                    "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key_id, server) DO UPDATE "
+                    "SET requests = requests + excluded.requests, errors = errors + excluded.errors, "
+                    "latency_ms = latency_ms + excluded.latency_ms, updated_at = excluded.updated_at",
+                    (key_id, project, server, requests, errors, latency, now))
+
+    def usage(self) -> list[dict[str, Any]]:
+        """Return the usage counters per key and server."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM usage ORDER BY project, server").fetchall()
+        return [dict(r) for r in rows]
 
 
 def _deploy(row: sqlite3.Row) -> Deploy:

@@ -1,0 +1,128 @@
+"""Who may call which server: project API keys, per-key rate limits, the Origin allow-list.
+
+Keys are shown once at creation; only their SHA-256 is stored. A key maps to a project from
+deploy.yaml, whose `servers` list bounds what the key reaches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from pipeline.settings import Project, Settings
+from pipeline.store import Store
+
+KEY_PREFIX = "cmcp_"
+KEY_CACHE_SECONDS = 5.0
+OPEN_ACCESS = "open"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated caller: the key's id and its project (OPEN_ACCESS without projects)."""
+
+    key_id: str
+    project: Project | None
+
+
+@dataclass(frozen=True)
+class Denied:
+    """Why a request is refused: HTTP status, message, and extra headers."""
+
+    status: int
+    message: str
+    headers: dict[str, str]
+
+
+def create_key(store: Store, settings: Settings, project: str) -> str:
+    """Create a key for `project`; return it (the only time it is seen in clear)."""
+    if settings.project(project) is None:
+        known = ", ".join(p.name for p in settings.projects) or "none"
+        raise ValueError(f"no project {project!r} in deploy.yaml (projects: {known})")
+    token = KEY_PREFIX + secrets.token_urlsafe(32)
+    store.add_key(token[: len(KEY_PREFIX) + 8], project, _digest(token))
+    return token
+
+
+def _digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+class Gatekeeper:
+    """Authenticates, authorizes and rate-limits proxy requests."""
+
+    def __init__(self, settings: Settings, store: Store,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock = clock
+        self._cache: dict[str, tuple[float, tuple[str, str] | None]] = {}
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._origins = {_origin(o) for o in settings.proxy.allowed_origins} | {_origin(settings.base_url)}
+
+    @property
+    def required(self) -> bool:
+        """Whether keys are required (deploy.yaml lists projects)."""
+        return bool(self.settings.projects)
+
+    def check(self, authorization: str, origin: str, server: str) -> Caller | Denied:
+        """Return the caller, or why the request is denied."""
+        if origin and _origin(origin) not in self._origins:
+            return Denied(403, f"origin {origin!r} is not allowed", {})
+        if not self.required:
+            return Caller(OPEN_ACCESS, None)
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return _unauthorized("missing bearer token")
+        found = self._lookup(token.strip())
+        if found is None:
+            return _unauthorized("unknown or revoked API key")
+        key_id, project_name = found
+        project = self.settings.project(project_name)
+        if project is None:
+            return Denied(403, f"project {project_name!r} is no longer configured", {})
+        if not project.may_use(server):
+            return Denied(403, f"project {project.name!r} may not use server {server!r}", {})
+        wait = self._take(key_id, project)
+        if wait > 0:
+            return Denied(429, "rate limit exceeded", {"Retry-After": str(math.ceil(wait))})
+        return Caller(key_id, project)
+
+    def _lookup(self, token: str) -> tuple[str, str] | None:
+        digest = _digest(token)
+        now = self.clock()
+        cached = self._cache.get(digest)
+        if cached is not None and now - cached[0] < KEY_CACHE_SECONDS:
+            return cached[1]
+        found = self.store.key_by_hash(digest)
+        if found is not None:
+            self._cache[digest] = (now, found)
+        else:
+            self._cache.pop(digest, None)
+        return found
+
+    def _take(self, key_id: str, project: Project) -> float:
+        """Take a token from the key's bucket; return 0, or the seconds until one is free."""
+        rate = project.per_minute / 60.0
+        now = self.clock()
+        tokens, last = self._buckets.get(key_id, (float(project.burst), now))
+        tokens = min(float(project.burst), tokens + (now - last) * rate)
+        if tokens < 1.0:
+            self._buckets[key_id] = (tokens, now)
+            return (1.0 - tokens) / rate
+        self._buckets[key_id] = (tokens - 1.0, now)
+        return 0.0
+
+
+def _unauthorized(message: str) -> Denied:
+    return Denied(401, message, {"WWW-Authenticate": 'Bearer realm="central-mcp"'})
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url.strip())
+    return f"{parts.scheme}://{parts.netloc}".lower()

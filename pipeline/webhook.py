@@ -1,0 +1,323 @@
+"""Push webhooks from GitHub, Gitea/Forgejo and GitLab, deployed through the same engine.
+
+Order of checks, each answering with a short reason and changing nothing:
+size (413, before reading it all) → signature over the raw body against every repo of that
+provider (401, before parsing) → body parsing (400) → event (ping 200, others 202) → repo
+match (404) → ref, deletion, skip markers and path filters (202) → duplicate delivery (the
+same deploy) → queue room (429) → 202 with the deploy id, while the fetch and the deploy
+run in the repo's lane.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import hmac
+import json
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+import git
+
+from pipeline import source
+from pipeline.deploy import DeployRequest
+from pipeline.deploylog import DeployLog
+from pipeline.errors import SourceError
+from pipeline.settings import Repo, Settings
+
+PROVIDERS = {"github": ("github",), "gitea": ("gitea", "forgejo"), "gitlab": ("gitlab",)}
+SKIP_MARKERS = re.compile(r"\[(skip deploy|skip ci|ci skip)\]", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the HTTP layer read off a webhook request."""
+
+    provider: str
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The webhook's HTTP answer: status and a small JSON body, plus headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: Mapping[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Push:
+    """The fields of a push payload that a deploy needs."""
+
+    repo_names: tuple[str, ...]
+    clone_urls: tuple[str, ...]
+    ref: str
+    before: str
+    after: str
+    message: str
+    author: str
+    paths: tuple[str, ...] | None
+
+
+def sign_github(secret: str, body: bytes) -> str:
+    """Return GitHub's X-Hub-Signature-256 value for `body`."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def sign_gitea(secret: str, body: bytes) -> str:
+    """Return Gitea's X-Gitea-Signature value (bare hex HMAC-SHA256) for `body`."""
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class Receiver:
+    """Turns deliveries into deploys; `submit` and `waiting` come from the dispatcher."""
+
+    def __init__(self, settings: Settings, submit: Callable[[DeployRequest, str], int],
+                 waiting: Callable[[], int], env: Mapping[str, str] | None = None) -> None:
+        self.settings = settings
+        self.submit = submit
+        self.waiting = waiting
+        self.env = os.environ if env is None else env
+
+    def handle(self, delivery: Delivery) -> Answer:
+        """Check and act on one delivery."""
+        repos = self._verified_repos(delivery)
+        if not repos:
+            return Answer(401, {"error": "missing or invalid signature"})
+        try:
+            payload = _parse(delivery)
+        except ValueError as exc:
+            return Answer(400, {"error": f"malformed body: {exc}"})
+        event = _event(delivery)
+        if event in ("ping", "system hook"):
+            return Answer(200, {"ok": True, "event": "ping"})
+        if event not in ("push", "push hook"):
+            return Answer(202, {"ignored": f"event {event or 'unknown'}"})
+        try:
+            push = _push(payload, delivery.provider)
+        except (KeyError, TypeError, ValueError) as exc:
+            return Answer(400, {"error": f"push payload lacks a usable field: {exc}"})
+        repo = _match(repos, push)
+        if repo is None:
+            return Answer(404, {"error": f"no configured repo matches {', '.join(push.repo_names)}"})
+        reason = _skip_reason(repo, push)
+        if reason:
+            return Answer(202, {"ignored": reason})
+        if self.waiting() >= self.settings.webhook_queue:
+            return Answer(429, {"error": "deploy queue is full"}, {"Retry-After": "30"})
+        delivery_id = _delivery_id(delivery)
+        deploy_id = self.submit(self._request(repo, push), delivery_id)
+        url = f"{self.settings.base_url}/deploys/{deploy_id}"
+        return Answer(202, {"deploy": deploy_id, "url": url, "commit": push.after})
+
+    def _verified_repos(self, delivery: Delivery) -> list[Repo]:
+        kinds = PROVIDERS.get(delivery.provider, ())
+        found = []
+        for repo in self.settings.repos:
+            hook = repo.webhook
+            if hook is None or hook.provider not in kinds:
+                continue
+            secret = self.env.get(hook.secret_env, "")
+            if secret and _signature_ok(delivery, secret):
+                found.append(repo)
+        return found
+
+    def _request(self, repo: Repo, push: Push) -> DeployRequest:
+        url = repo.clone_url or next(iter(push.clone_urls), "")
+
+        def fetch(log: DeployLog) -> Path:
+            return fetch_commit(self.settings, repo, url, push.ref, push.after, log, self.env)
+
+        return DeployRequest(source="webhook", repo=repo.name, ref=push.ref, commit=push.after,
+                             author=push.author, message=push.message, fetch=fetch)
+
+
+def fetch_commit(settings: Settings, repo: Repo, url: str, ref: str, commit: str, log: DeployLog,
+                 env: Mapping[str, str]) -> Path:
+    """Fetch `commit` into the repo's local mirror and snapshot it; return the snapshot dir."""
+    mirror = settings.state_dir / "mirrors" / f"{repo.name}.git"
+    git_env, config = _credentials(repo, env)
+    log.masker = log.masker.extended(v for v in git_env.values() if v) if git_env else log.masker
+    try:
+        if not (mirror / "HEAD").exists():
+            git.Repo.init(mirror, bare=True)
+        runner = git.Git(str(mirror))
+        runner.update_environment(**git_env)
+        log.line(f"fetching {ref} from {_redact(url)}")
+        runner.execute(["git", *config, "fetch", "--quiet", url, f"+{ref}:{ref}"])
+        runner.execute(["git", "cat-file", "-e", f"{commit}^{{commit}}"])
+    except git.GitCommandError as exc:
+        detail = log.masker(str(exc.stderr or "").strip().removeprefix("stderr: "))
+        raise SourceError(f"cannot fetch {commit[:12]} of {repo.name} from {_redact(url)}: {detail}") \
+            from exc
+    workdir = source.new_workdir(settings.state_dir / "snapshots")
+    source.take(mirror, repo.name, ref, commit, workdir)
+    return workdir
+
+
+def _credentials(repo: Repo, env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Return the git environment and `-c` options that carry the VM's credentials."""
+    hook = repo.webhook
+    if hook is None:
+        return {}, []
+    if hook.ssh_key:
+        return {"GIT_SSH_COMMAND": f"ssh -i {hook.ssh_key} -o IdentitiesOnly=yes "
+                                   "-o StrictHostKeyChecking=accept-new"}, []
+    token = env.get(hook.token_env, "") if hook.token_env else ""
+    if token:
+        return {"CENTRAL_MCP_FETCH_TOKEN": token}, [
+            "-c", "credential.helper=", "-c",
+            "credential.helper=!f() { echo username=x-access-token; "
+            "echo password=$CENTRAL_MCP_FETCH_TOKEN; }; f"]
+    return {}, []
+
+
+def _redact(url: str) -> str:
+    return re.sub(r"//[^/@]+@", "//***@", url)
+
+
+def _signature_ok(delivery: Delivery, secret: str) -> bool:
+    h = delivery.headers
+    if delivery.provider == "github":
+        given = h.get("x-hub-signature-256", "")
+        return given.startswith("sha256=") and hmac.compare_digest(given, sign_github(secret, delivery.body))
+    if delivery.provider == "gitea":
+        given = h.get("x-gitea-signature") or h.get("x-forgejo-signature") or ""
+        return bool(given) and hmac.compare_digest(given.lower(), sign_gitea(secret, delivery.body))
+    given = h.get("x-gitlab-token", "")
+    return bool(given) and hmac.compare_digest(given.encode(), secret.encode())
+
+
+def _parse(delivery: Delivery) -> dict[str, Any]:
+    content_type = delivery.headers.get("content-type", "application/json").split(";")[0].strip()
+    try:
+        text = delivery.body.decode("utf-8")
+        if content_type == "application/x-www-form-urlencoded":
+            fields = parse_qs(text, strict_parsing=True)
+            if "payload" not in fields:
+                raise ValueError("form body has no payload field")
+            text = fields["payload"][0]
+        data = json.loads(text)
+    except UnicodeDecodeError as exc:
+        raise ValueError("body is not UTF-8") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"invalid JSON at line {exc.lineno} column {exc.colno}") from exc
+    if not isinstance(data, dict):
+        raise ValueError("the payload is not a JSON object")
+    return data
+
+
+def _event(delivery: Delivery) -> str:
+    h = delivery.headers
+    raw = h.get("x-github-event") or h.get("x-gitea-event") or h.get("x-forgejo-event") \
+        or h.get("x-gitlab-event") or ""
+    return raw.strip().lower()
+
+
+def _delivery_id(delivery: Delivery) -> str:
+    h = delivery.headers
+    found = h.get("x-github-delivery") or h.get("x-gitea-delivery") or h.get("x-forgejo-delivery") \
+        or h.get("x-gitlab-event-uuid") or h.get("x-gitlab-webhook-uuid") or ""
+    return f"{delivery.provider}:{found}" if found else ""
+
+
+def _push(payload: dict[str, Any], provider: str) -> Push:
+    ref, before, after = str(payload["ref"]), str(payload.get("before", "")), str(payload["after"])
+    if not re.fullmatch(r"[0-9a-f]{40}", after):
+        raise ValueError(f"'after' is not a commit sha: {after[:60]!r}")
+    repo = payload.get("project") if provider == "gitlab" else payload.get("repository")
+    repo = repo if isinstance(repo, dict) else {}
+    names = [repo.get(k) for k in ("full_name", "path_with_namespace", "name")]
+    urls = [repo.get(k) for k in ("clone_url", "git_http_url", "ssh_url", "git_ssh_url", "url")]
+    head = payload.get("head_commit") or {}
+    commits = payload.get("commits")
+    if provider == "gitlab" and isinstance(commits, list) and commits:
+        head = commits[-1]
+    author = head.get("author") if isinstance(head, dict) else None
+    return Push(
+        repo_names=tuple(str(n) for n in names if n), clone_urls=tuple(str(u) for u in urls if u),
+        ref=ref, before=before, after=after,
+        message=str(head.get("message", "")) if isinstance(head, dict) else "",
+        author=str(author.get("name", "")) if isinstance(author, dict) else "",
+        paths=_changed_paths(commits))
+
+
+def _changed_paths(commits: object) -> tuple[str, ...] | None:
+    if not isinstance(commits, list) or not commits:
+        return None
+    paths: set[str] = set()
+    for commit in commits:
+        if isinstance(commit, dict):
+            for key in ("added", "modified", "removed"):
+                paths.update(str(p) for p in commit.get(key) or [])
+    return tuple(sorted(paths))
+
+
+def _match(repos: list[Repo], push: Push) -> Repo | None:
+    for repo in repos:
+        names = {repo.name, repo.name.split("/")[-1]}
+        if any(n in names or n.split("/")[-1] == repo.name for n in push.repo_names):
+            return repo
+        if repo.clone_url and repo.clone_url in push.clone_urls:
+            return repo
+    return None
+
+
+def _skip_reason(repo: Repo, push: Push) -> str:
+    if push.ref.startswith("refs/tags/"):
+        return f"tag {push.ref.removeprefix('refs/tags/')}: tags do not deploy"
+    branch = push.ref.removeprefix("refs/heads/")
+    if push.after == source.ZERO_SHA:
+        return f"branch {branch} was deleted: nothing to deploy"
+    if branch != repo.branch:
+        return f"branch {branch}: only {repo.branch} deploys"
+    if SKIP_MARKERS.search(push.message):
+        return "the head commit asks to skip the deploy"
+    watched = repo.webhook.paths if repo.webhook else ()
+    if watched and push.paths is not None and not any(
+            fnmatch.fnmatch(path, pattern) for path in push.paths for pattern in watched):
+        return "no watched path changed"
+    return ""
+
+
+def sample_curl(settings: Settings, repo: Repo, commit: str, env: Mapping[str, str]) -> str:
+    """A curl command line carrying a correctly signed sample push for `repo`."""
+    import shlex
+    import uuid
+
+    hook = repo.webhook
+    if hook is None:
+        raise SourceError(f"repo {repo.name!r} has no webhook section in deploy.yaml")
+    secret = env.get(hook.secret_env, "")
+    if not secret:
+        raise SourceError(f"the webhook secret env var {hook.secret_env} is not set in this shell")
+    provider = "gitea" if hook.provider in ("gitea", "forgejo") else hook.provider
+    key = "project" if provider == "gitlab" else "repository"
+    payload = {"ref": f"refs/heads/{repo.branch}", "before": source.ZERO_SHA, "after": commit,
+               key: {"full_name": repo.name, "path_with_namespace": repo.name, "name": repo.name,
+                     "clone_url": repo.clone_url},
+               "head_commit": {"message": "central-mcp webhook-test", "author": {"name": "webhook-test"}}}
+    body = json.dumps(payload, separators=(",", ":"))
+    headers = {"Content-Type": "application/json"}
+    delivery = str(uuid.uuid4())
+    if provider == "github":
+        headers |= {"X-GitHub-Event": "push", "X-GitHub-Delivery": delivery,
+                    "X-Hub-Signature-256": sign_github(secret, body.encode())}
+    elif provider == "gitea":
+        headers |= {"X-Gitea-Event": "push", "X-Gitea-Delivery": delivery,
+                    "X-Gitea-Signature": sign_gitea(secret, body.encode())}
+    else:
+        headers |= {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": "$" + hook.secret_env}
+    parts = ["curl", "-sS", "-X", "POST", f"{settings.base_url}/hooks/{provider}"]
+    for name, value in headers.items():
+        parts += ["-H", f"{name}: {value}"]
+    line = " ".join(shlex.quote(p) for p in parts) + " --data-binary " + shlex.quote(body)
+    return line.replace(shlex.quote(f"X-Gitlab-Token: ${hook.secret_env}"),
+                        f'"X-Gitlab-Token: ${hook.secret_env}"')
