@@ -1,0 +1,174 @@
+"""End to end: pushes that must be rejected, and secrets that must never be shown.
+
+A real `central-mcp serve` and real pushes, as in test_deploy_e2e.py. Each rejected push
+must leave everything as it was: the bare repo's branch (and its objects: the quarantine is
+dropped), the live release answering through the proxy, and no candidate container behind.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from deploy_e2e_support import (
+    SECRET_NAME,
+    SECRET_VALUE,
+    Provider,
+    Push,
+    Workspace,
+    running_provider,
+)
+
+from pipeline.dockerhost import DockerHost
+
+pytestmark = pytest.mark.docker
+
+INVALID_MANIFEST_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """The module's first push: the echo fixture and the secret-probe fixture."""
+
+    echo: str
+    probe: str
+    push: Push
+
+
+@dataclass(frozen=True)
+class GateCase:
+    """A fixture server that fails the health gate, and what its deploy log must then say."""
+
+    id: str
+    fixture: str
+    reason: str
+    container_line: str
+    command: tuple[str, ...] = ()
+
+
+GATE_CASES = [
+    GateCase("crash", "crash", "the container exited before completing the MCP handshake",
+             "crash fixture: cannot open /nonexistent/config.toml, exiting with status 3"),
+    # A shell exits within milliseconds, often before Docker has published the port.
+    GateCase("crash-at-once", "crash", "the container exited before completing the MCP handshake",
+             "crash fixture: exiting at once", ("sh", "-c", "echo 'crash fixture: exiting at once'; exit 3")),
+    GateCase("hang", "hang", "no MCP handshake within 5s", "hang fixture: waiting forever without listening"),
+    # Plain HTTP answers initialize with 501; the gate then tries the stateless era's tools/list.
+    GateCase("not-mcp", "not-mcp", "no MCP handshake within 5s; last: tools/list answered HTTP 501",
+             '"POST /mcp HTTP/1.1" 501'),
+]
+
+
+@pytest.fixture(scope="module")
+def provider(tmp_path_factory: pytest.TempPathFactory, docker_host: DockerHost) -> Iterator[Provider]:
+    """A real serve process for this module (containers and images removed afterwards)."""
+    with running_provider(tmp_path_factory.mktemp("deploy-failures-e2e"), docker_host) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def workspace(provider: Provider, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """The developer's clone of the VM's repo."""
+    return provider.clone(tmp_path_factory.mktemp("clone") / "work")
+
+
+@pytest.fixture(scope="module")
+def baseline(provider: Provider, workspace: Workspace) -> Baseline:
+    """Deploy echo and secret-probe: the live releases every rejected push must leave serving."""
+    echo = workspace.put("echo", env={"GREETING": "live"})
+    probe = workspace.put("secret-probe")
+    workspace.commit("echo and secret-probe")
+    push = workspace.push()
+    assert push.ok, push.output
+    return Baseline(echo, probe, push)
+
+
+@pytest.fixture(autouse=True)
+def synced(workspace: Workspace) -> None:
+    """Every test starts from the VM's branch, as a developer who just pulled."""
+    workspace.sync()
+
+
+@pytest.mark.parametrize("case", GATE_CASES, ids=[c.id for c in GATE_CASES])
+def test_a_candidate_failing_the_health_gate_rejects_the_push_and_keeps_the_old_release(
+        provider: Provider, workspace: Workspace, baseline: Baseline, case: GateCase) -> None:
+    """A server that exits, hangs or does not speak MCP fails the gate; nothing that was live changes."""
+    branch = provider.branch()
+    live_echo = provider.running(baseline.echo)
+    # echo changes too: its gated candidate must be thrown away with the failing server's.
+    workspace.put("echo", name=baseline.echo, env={"GREETING": f"never-live-{case.id}"})
+    command = list(case.command)
+    bad = workspace.put(case.fixture, name=provider.name(case.id),
+                        manifest=(lambda data: data["run"].update(command=command)) if command else None)
+    commit = workspace.commit(f"add {case.id}")
+
+    push = workspace.push()
+
+    assert not push.ok, push.output
+    assert "pre-receive hook declined" in push.output
+    assert f"==> failed: {bad} r1 failed the MCP health gate: {case.reason}" in push.output, push.output
+    assert provider.branch() == branch
+    assert not provider.has_object(commit), "a rejected push's objects must not enter the repo"
+    assert provider.greeting(baseline.echo) == "live, Ada"
+    assert provider.running(baseline.echo) == live_echo
+    assert not [n for n in provider.container_names() if n.endswith(f"-d{push.deploy_id}")]
+    assert provider.running(bad) == []
+    record = provider.deploy(push.deploy_id)
+    assert record["status"] == "failed"
+    assert record["servers"][bad]["outcome"] == "failed"
+    log = provider.log(push.deploy_id)
+    copied = [line for line in log.splitlines() if line.startswith(f"{bad} (container) | ")]
+    assert any(case.container_line in line for line in copied), log
+    assert f"{bad}: candidate r1 removed; the live release keeps serving" in log
+
+
+def test_an_invalid_manifest_is_rejected_with_its_location_before_any_build(
+        provider: Provider, workspace: Workspace, baseline: Baseline) -> None:
+    """A schema error is reported as file:line:column $.path, fast, and nothing is built or moved."""
+    branch = provider.branch()
+    workspace.put("echo", name=baseline.echo, env={"GREETING": "never-live-invalid"})
+    bad = workspace.put("echo", name=provider.name("invalid"),
+                        manifest=lambda data: data["run"].update(port="eighty"))
+    lines = workspace.manifest_path(bad).read_text().splitlines()
+    line = next(i for i, text in enumerate(lines, 1) if "port: eighty" in text)
+    commit = workspace.commit("a manifest with a bad port")
+
+    push = workspace.push()
+
+    assert not push.ok, push.output
+    where = re.escape(f"servers/{bad}/mcp-server.yaml:{line}:")
+    assert re.search(where + r"\d+ \$\.run\.port: ", push.output), push.output
+    assert provider.branch() == branch
+    assert provider.images_of_commit(commit) == []
+    record = provider.deploy(push.deploy_id)
+    assert record["status"] == "failed"
+    assert [(s["name"], s["status"]) for s in record["steps"]] == [("validate manifests", "failed")]
+    assert record["finished_at"] - record["started_at"] < INVALID_MANIFEST_SECONDS
+    assert provider.greeting(baseline.echo) == "live, Ada"
+
+
+def test_a_server_receives_its_secret_from_the_vm(provider: Provider, baseline: Baseline) -> None:
+    """The secret named in run.secrets reaches the container from <state>/secrets.env."""
+    assert provider.call(baseline.probe, "token_status") == {"set": True, "length": len(SECRET_VALUE)}
+    assert SECRET_VALUE not in baseline.push.output
+
+
+def test_a_secret_printed_by_a_failing_server_is_masked_in_output_and_log(
+        provider: Provider, workspace: Workspace, baseline: Baseline) -> None:
+    """A server that prints its secret and dies has its log copied with the value shown as ****."""
+    workspace.put("secret-probe", name=baseline.probe, env={"EXIT_AT_START": "1"})
+    workspace.commit("secret-probe exits at start")
+
+    push = workspace.push()
+
+    assert not push.ok, push.output
+    log = provider.log(push.deploy_id)
+    assert f"{baseline.probe} (container) | secret-probe starting with {SECRET_NAME}=****" in log
+    assert f"{SECRET_NAME}=****" in push.output
+    record, index = provider.deploy(push.deploy_id), provider.deploys()
+    for shown in (push.output, log, json.dumps(record), json.dumps(index)):
+        assert SECRET_VALUE not in shown
+    assert provider.call(baseline.probe, "token_status")["set"] is True
