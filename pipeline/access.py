@@ -70,8 +70,9 @@ class Gatekeeper:
         """Whether keys are required (deploy.yaml lists projects)."""
         return bool(self.settings.projects)
 
-    def check(self, authorization: str, origin: str, server: str) -> Caller | Denied:
-        """Return the caller, or why the request is denied."""
+    def check(self, authorization: str, origin: str, server: str,
+              access: tuple[str, ...] = ("all",)) -> Caller | Denied:
+        """Return the caller, or why the request is denied (`access`: the manifest's list)."""
         if origin and _origin(origin) not in self._origins:
             return Denied(403, f"origin {origin!r} is not allowed", {})
         if not self.required:
@@ -86,12 +87,23 @@ class Gatekeeper:
         project = self.settings.project(project_name)
         if project is None:
             return Denied(403, f"project {project_name!r} is no longer configured", {})
-        if not project.may_use(server):
+        if not project.may_use(server) or ("all" not in access and project.name not in access):
             return Denied(403, f"project {project.name!r} may not use server {server!r}", {})
         wait = self._take(key_id, project)
         if wait > 0:
             return Denied(429, "rate limit exceeded", {"Retry-After": str(math.ceil(wait))})
         return Caller(key_id, project)
+
+    def identify(self, authorization: str) -> Caller | Denied:
+        """Return the key's caller without a server scope or rate limit (for the registry)."""
+        scheme, _, token = authorization.partition(" ")
+        found = self._lookup(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+        if found is None:
+            return _unauthorized("unknown or revoked API key")
+        project = self.settings.project(found[1])
+        if project is None:
+            return Denied(403, f"project {found[1]!r} is no longer configured", {})
+        return Caller(found[0], project)
 
     def _lookup(self, token: str) -> tuple[str, str] | None:
         digest = _digest(token)

@@ -14,13 +14,14 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from pipeline import control as control_mod
+from pipeline import pages, registry
 from pipeline.access import Gatekeeper
 from pipeline.deploy import Context, DeployRequest, instance_id
-from pipeline.deploylog import Event
+from pipeline.deploylog import DeployLog, Event
 from pipeline.dispatch import Dispatcher
 from pipeline.dockerhost import DockerHost
 from pipeline.proxy import Proxy
@@ -47,6 +48,7 @@ class Services:
     usage: Usage
     webhooks: Receiver
     control: control_mod.Control
+    pages: PageSources
 
 def create_app(settings: Settings, *, port: int | None = None,
                docker: DockerHost | None = None) -> Starlette:
@@ -85,23 +87,6 @@ def create_app(settings: Settings, *, port: int | None = None,
         deploy_id = await asyncio.to_thread(s.dispatcher.submit, deploy_request)
         return _follow(s, deploy_id)
 
-    async def deploys_index(request: Request) -> Response:
-        s = services(request)
-        rows = await asyncio.to_thread(s.ctx.store.deploys, 50, 0)
-        return JSONResponse({"deploys": [_deploy_json(d) for d in rows]})
-
-    async def deploy_json(request: Request) -> Response:
-        s = services(request)
-        found = await asyncio.to_thread(s.ctx.store.deploy, int(request.path_params["id"]))
-        if found is None:
-            return JSONResponse({"error": "no such deploy"}, status_code=404)
-        return JSONResponse(_deploy_json(found))
-
-    async def deploy_log(request: Request) -> Response:
-        s = services(request)
-        events = await asyncio.to_thread(s.ctx.store.events, int(request.path_params["id"]))
-        return PlainTextResponse("".join(f"{text}\n" for _, _, _, text in events))
-
     async def webhook(request: Request) -> Response:
         s = services(request)
         provider = request.path_params["provider"]
@@ -125,14 +110,25 @@ def create_app(settings: Settings, *, port: int | None = None,
     routes = [
         *proxy_routes(mcp),
         Route("/api/deploys", submit_deploy, methods=["POST"]),
-        Route("/deploys", deploys_index),
-        Route("/deploys/{id:int}.json", deploy_json),
-        Route("/deploys/{id:int}", deploy_json),
-        Route("/deploys/{id:int}/log", deploy_log),
+        *pages.routes(lambda request: services(request).pages),
         Route("/hooks/{provider}", webhook, methods=["POST"]),
         Route("/healthz", healthz),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
+
+@dataclass
+class PageSources:
+    """What the pages read: settings, the store, key checks, and the logs of running deploys."""
+
+    settings: Settings
+    store: Store
+    gatekeeper: Gatekeeper
+    logs: dict[int, DeployLog]
+
+    def live_log(self, deploy_id: int) -> DeployLog | None:
+        """The in-memory log of a deploy this process runs or ran."""
+        return self.logs.get(deploy_id)
+
 
 def proxy_routes(endpoint: Callable[[Request], Awaitable[Response]]) -> list[Route]:
     """The proxy's two routes: `/mcp/<server>` and `/mcp/<server>/...` (no slash redirect)."""
@@ -154,7 +150,9 @@ def _start_services(settings: Settings, port: int, docker: DockerHost | None) ->
     proxy = Proxy(ctx.router, Gatekeeper(settings, store), usage, settings.proxy.keepalive)
     dispatcher = Dispatcher(ctx)
     receiver = Receiver(settings, dispatcher.submit_delivery, dispatcher.waiting)
-    return Services(ctx, dispatcher, proxy, usage, receiver, control_mod.new_control(url))
+    registry.write_files(settings, store.live_releases())
+    sources = PageSources(settings, store, proxy.gatekeeper, dispatcher.logs)
+    return Services(ctx, dispatcher, proxy, usage, receiver, control_mod.new_control(url), sources)
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:
     """Read the body, or return None as soon as it is known to be over `limit` bytes."""
@@ -194,7 +192,6 @@ def _follow(s: Services, deploy_id: int) -> Response:
     deploy_log = s.dispatcher.logs[deploy_id]
 
     async def lines() -> AsyncIterator[bytes]:
-        yield _event_line(deploy_id, Event(0, 0.0, "deploy", f"deploy #{deploy_id}"))
         seen = 0
         while True:
             events, finished = await asyncio.to_thread(deploy_log.wait, seen, FOLLOW_WAIT)
@@ -210,7 +207,3 @@ def _event_line(deploy_id: int, event: Event) -> bytes:
     return (json.dumps({"deploy": deploy_id, "seq": event.seq, "kind": event.kind,
                         "text": event.text}) + "\n").encode()
 
-def _deploy_json(d: Any) -> dict[str, Any]:
-    return {k: getattr(d, k) for k in ("id", "source", "repo", "ref", "commit_sha", "author", "message",
-                                       "status", "error", "created_at", "started_at", "finished_at",
-                                       "steps", "servers")}

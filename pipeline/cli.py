@@ -89,6 +89,12 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("release", nargs="?", help="e.g. r3 (default: the previous release)")
     rollback.set_defaults(handler=_rollback)
 
+    config = sub.add_parser("client-config", help="print a ready-to-paste MCP client config")
+    config.add_argument("project")
+    config.add_argument("--format", dest="fmt", default="vscode",
+                        choices=["vscode", "cursor", "claude-code", "claude-desktop"])
+    config.set_defaults(handler=_client_config)
+
     webhook = sub.add_parser("webhook-test", help="print a curl line with a signed sample push")
     webhook.add_argument("repo", nargs="?", help="repo name (default: the first)")
     webhook.add_argument("--commit", help="commit the sample push names (default: the branch head)")
@@ -215,6 +221,20 @@ def _rollback(args: argparse.Namespace) -> int:
     last = control.stream(control.Control.load(settings.state_dir), "/api/deploys", body,
                           lambda e: _out(render(e)))
     return EXIT_OK if str(last.get("text", "")).startswith("succeeded") else EXIT_FAILED
+
+
+def _client_config(args: argparse.Namespace) -> int:
+    from pipeline import registry
+
+    settings = settings_mod.load(_config_path(args))
+    project = settings.project(args.project)
+    if project is None:
+        known = ", ".join(p.name for p in settings.projects) or "none"
+        _err(f"no project {args.project!r} in deploy.yaml (projects: {known})")
+        return EXIT_FAILED
+    releases = registry.visible(_store(settings).live_releases(), project)
+    _out(json.dumps(registry.client_config(settings, releases, args.fmt), indent=2))
+    return EXIT_OK
 
 
 def _webhook_test(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipeline import gate
+from pipeline import gate, registry
 from pipeline.deploylog import DeployLog
 from pipeline.dockerhost import (
     LABEL_COMMIT,
@@ -31,6 +31,7 @@ from pipeline.dockerhost import (
 )
 from pipeline.errors import CentralMCPError, ConfigError, DeployError, GateError, SourceError
 from pipeline.manifest import Manifest, check_tree, from_data
+from pipeline.metrics import Metrics
 from pipeline.routes import Router, Upstream
 from pipeline.secrets import Masker, Secrets, load_file
 from pipeline.settings import Settings
@@ -69,6 +70,9 @@ class Context:
     router: Router
     secrets: Secrets
     instance: str
+    metrics: Metrics = field(default_factory=Metrics)
+    on_swap: list[Callable[[str, list[tuple[str, int]]], None]] = field(default_factory=list)
+    """Called after a committed swap with the deploy's source and the (server, release) made live."""
 
 
 @dataclass
@@ -122,7 +126,9 @@ class Runbook:
     def _run(self) -> str:
         if self.request.rollback:
             server, number = self.request.rollback
-            with self.log.step(f"rollback {server} to r{number}"):
+            verb = "restart" if self.request.source == "restart" else "rollback"
+            with self.log.step(f"{verb} {server} r{number}" if verb == "restart" else
+                               f"rollback {server} to r{number}"):
                 candidates, removed = [self._rollback_candidate(server, number)], list[str]()
         else:
             if self.request.fetch is not None:
@@ -142,6 +148,11 @@ class Runbook:
                 self._prepare_all(candidates)
         with self.log.step("swap"):
             old = self._swap(candidates, removed)
+            live = self.ctx.store.live_releases()
+            registry.write_files(self.ctx.settings, live)
+            self.ctx.metrics.live.set(len(live))
+        for listener in self.ctx.on_swap:
+            listener(self.request.source, [(c.manifest.name, c.number) for c in candidates])
         self._drain_later(old)
         changed = ", ".join(f"{c.manifest.name} r{c.number}" for c in candidates)
         gone = ", ".join(f"{name} removed" for name in removed)
@@ -198,16 +209,31 @@ class Runbook:
                 self.log.line(f"{manifest.name}: unchanged (live r{current.number})")
                 self.outcomes[manifest.name] = {"outcome": "unchanged", "release": current.number}
                 continue
+            earlier = self._reusable(manifest.name, fingerprint)
+            if earlier is not None:
+                self.log.line(f"{manifest.name}: same as earlier r{earlier.number}; reusing its image")
+                candidates.append(Candidate(manifest, earlier.number, earlier.image, fingerprint,
+                                            snapshot.commit, self.request.repo, build=False))
+                continue
             number = self.ctx.store.next_release_number(manifest.name)
             why = "new server" if current is None else f"changed since r{current.number}"
             self.log.line(f"{manifest.name}: {why} → r{number}")
-            candidates.append(Candidate(manifest, number, f"central-mcp/{manifest.name}:r{number}",
-                                        fingerprint, snapshot.commit, self.request.repo))
+            image = f"central-mcp/{manifest.name}:r{number}-{self.ctx.instance}"
+            candidates.append(Candidate(manifest, number, image, fingerprint, snapshot.commit,
+                                        self.request.repo))
         names = {m.name for m in manifests}
         removed = sorted(s for s, r in live.items() if r.repo == self.request.repo and s not in names)
         for server in removed:
             self.log.line(f"{server}: its folder is gone → drain and remove")
         return candidates, removed
+
+    def _reusable(self, server: str, fingerprint: str) -> Release | None:
+        """An earlier good release built from exactly this input whose image still exists."""
+        for release in self.ctx.store.releases(server):
+            if release.fingerprint == fingerprint and release.status in ("previous", "retired") \
+                    and self.ctx.docker.image_exists(release.image):
+                return release
+        return None
 
     def _fingerprint(self, manifest: Manifest, snapshot: Snapshot) -> str:
         args = {**self.ctx.settings.build_args, **manifest.build_args}
@@ -260,6 +286,8 @@ class Runbook:
         started = time.monotonic()
         action()
         c.timings[stage] = round(time.monotonic() - started, 3)
+        if stage == "build":
+            self.ctx.metrics.build_seconds.labels(c.manifest.name).observe(c.timings[stage])
         self.log.line(f"{c.manifest.name}: {stage} ok in {c.timings[stage]:.2f}s")
 
     def _build(self, c: Candidate) -> None:
@@ -280,7 +308,7 @@ class Runbook:
                   LABEL_FINGERPRINT: c.fingerprint}
         name = f"cmcp-{self.ctx.instance}-{m.name}-r{c.number}-d{self.id}"
         c.running = self.ctx.docker.run(RunSpec(c.image, name, m.port, labels, env, m.memory_bytes,
-                                                m.cpus, m.command))
+                                                m.cpus, m.command, m.restart))
 
     def _gate(self, c: Candidate) -> None:
         assert c.running is not None
@@ -312,7 +340,7 @@ class Runbook:
         self.ctx.store.commit_swap(live, removed)
         changes: dict[str, Upstream | None] = {
             c.manifest.name: Upstream(c.manifest.name, c.number, c.running.id, "127.0.0.1",
-                                      c.running.host_port, c.manifest.path)
+                                      c.running.host_port, c.manifest.path, c.manifest.access)
             for c in candidates if c.running is not None}
         changes.update({name: None for name in removed})
         replaced = self.ctx.router.swap(changes)
@@ -355,8 +383,9 @@ class Runbook:
                 self.ctx.docker.stop_and_remove(c.running.id, grace=1)
                 if c.build and self.ctx.store.release(c.manifest.name, c.number):
                     self.ctx.store.set_release_status(c.manifest.name, c.number, "failed")
-                self.log.line(f"{c.manifest.name}: candidate r{c.number} removed; the live release "
-                              "keeps serving")
+                keeps = "the live release keeps serving" if self.ctx.router.get(c.manifest.name) \
+                    else "nothing of it was live"
+                self.log.line(f"{c.manifest.name}: candidate r{c.number} removed; {keeps}")
         self.candidates = []
 
     def _end(self, status: str, text: str, started: float) -> str:
@@ -364,6 +393,8 @@ class Runbook:
         self.ctx.store.update_deploy(self.id, status=status, error="" if status == "succeeded" else
                                      self.log.masker(text), finished_at=time.time(), servers=self.outcomes)
         self.log.finish(status, f"{text} ({seconds:.1f}s)")
+        self.ctx.metrics.deploys.labels(status, self.request.source).inc()
+        self.ctx.metrics.deploy_seconds.observe(seconds)
         if self.snapshot_dir is not None:
             shutil.rmtree(self.snapshot_dir, ignore_errors=True)
         return status

@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 from pipeline.deploy import Context, DeployRequest, Runbook, file_masker
 from pipeline.deploylog import DeployLog
 
+LOGS_KEPT = 50
+
 
 @dataclass
 class _Lane:
@@ -118,3 +120,11 @@ class Dispatcher:
                 lane.running = lane.waiting.pop(0)
             deploy_id, request = lane.running
             Runbook(self.ctx, deploy_id, request, self.logs[deploy_id]).run()
+            self._forget_old_logs()
+
+    def _forget_old_logs(self) -> None:
+        """Keep the in-memory logs of recent deploys only; older ones are read from SQLite."""
+        with self._lock:
+            finished = sorted(i for i, log in self.logs.items() if log.finished)
+            for deploy_id in finished[:-LOGS_KEPT]:
+                del self.logs[deploy_id]

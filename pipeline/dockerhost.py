@@ -27,6 +27,11 @@ LABEL_PORT = f"{LABEL_PREFIX}.port"
 LABEL_ROLE = f"{LABEL_PREFIX}.role"
 LABEL_INSTANCE = f"{LABEL_PREFIX}.instance"
 ENGINE_TIMEOUT = 120
+RESTART_POLICIES: dict[str, dict[str, Any]] = {
+    "always": {"Name": "always"},
+    "on-failure": {"Name": "on-failure", "MaximumRetryCount": 5},
+    "never": {"Name": "no"},
+}
 STOP_GRACE_SECONDS = 10
 
 
@@ -42,6 +47,7 @@ class RunSpec:
     memory_bytes: int
     cpus: float
     command: tuple[str, ...] = ()
+    restart: str = "on-failure"
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,7 @@ class DockerHost:
     def run(self, spec: RunSpec) -> Running:
         """Start a hardened container for `spec` with its port on 127.0.0.1 only."""
         ports: dict[str, Any] = {f"{spec.port}/tcp": ("127.0.0.1",)}
+        policy: Any = RESTART_POLICIES[spec.restart]
         with _translated(f"start {spec.name}"):
             container = self.client.containers.run(
                 spec.image, command=list(spec.command) or None, name=spec.name, detach=True,
@@ -120,7 +127,7 @@ class DockerHost:
                 ports=ports,
                 mem_limit=spec.memory_bytes, nano_cpus=int(spec.cpus * 1e9),
                 security_opt=["no-new-privileges"], cap_drop=["ALL"], pids_limit=256,
-                init=True)
+                init=True, restart_policy=policy)
             return Running(str(container.id), spec.name, self._host_port(container, spec.port))
 
     def _host_port(self, container: Any, port: int) -> int:
@@ -130,7 +137,7 @@ class DockerHost:
             bindings = container.attrs["NetworkSettings"]["Ports"].get(f"{port}/tcp") or []
             if bindings:
                 return int(bindings[0]["HostPort"])
-            if container.status in ("exited", "dead"):
+            if container.status in ("exited", "dead", "restarting"):
                 # Docker drops the binding of a container that already exited. Report port 0 and
                 # keep the container, so the caller's health gate sees the exit, copies its last
                 # log lines and removes it like any other failed candidate.
@@ -139,6 +146,15 @@ class DockerHost:
                 raise DockerError(f"container {container.name} published no port for {port}/tcp "
                                   f"(status {container.status})")
             time.sleep(0.05)
+
+    def inspect(self, container_id: str) -> dict[str, Any] | None:
+        """Return the container's attributes, or None when it is gone."""
+        try:
+            with _translated(f"inspect {container_id[:12]}"):
+                attrs: dict[str, Any] = self.client.containers.get(container_id).attrs
+                return attrs
+        except DockerError:
+            return None
 
     def status(self, container_id: str) -> str:
         """Return the container's state (running, exited, ...) or 'missing'."""

@@ -101,7 +101,7 @@ class _Session:
         body = {"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params}
         status, headers, payload = self._post(body, method)
         if status != 200:
-            raise NotMCP(f"{method} answered HTTP {status}: {payload[:200]!r}")
+            raise NotMCP(f"{method} answered HTTP {status}: {_excerpt(payload)}")
         self.session_id = headers.get("mcp-session-id", self.session_id)
         message = _find_response(headers.get("content-type", ""), payload, self.next_id)
         if "error" in message:
@@ -114,7 +114,7 @@ class _Session:
     def notify(self, method: str) -> None:
         status, _, payload = self._post({"jsonrpc": "2.0", "method": method}, method)
         if status not in (200, 202, 204):
-            raise NotMCP(f"{method} answered HTTP {status}: {payload[:200]!r}")
+            raise NotMCP(f"{method} answered HTTP {status}: {_excerpt(payload)}")
 
     def list_tools(self) -> list[dict[str, Any]]:
         tools: list[dict[str, Any]] = []
@@ -198,3 +198,9 @@ def _find_response(content_type: str, payload: bytes, want: int) -> dict[str, An
         if isinstance(message, dict) and message.get("id") == want:
             return message
     raise NotMCP(f"no JSON-RPC response with id {want} in the answer")
+
+
+def _excerpt(payload: bytes) -> str:
+    """The start of a body as one readable line."""
+    text = " ".join(payload.decode("utf-8", "replace").split())
+    return (text[:160] + "…") if len(text) > 160 else (text or "(empty body)")

@@ -43,6 +43,7 @@ class Manifest:
     memory_bytes: int
     cpus: float
     access: tuple[str, ...]
+    restart: str = "on-failure"
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
 
@@ -214,6 +215,7 @@ def from_data(data: dict[str, Any], folder: str) -> Manifest:
         memory_bytes=parse_size(resources.get("memory", DEFAULT_MEMORY)),
         cpus=float(resources.get("cpus", DEFAULT_CPUS)),
         access=tuple(data.get("access", ("all",))),
+        restart=run.get("restart", "on-failure"),
         raw=data,
     )
 

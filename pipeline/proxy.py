@@ -60,8 +60,10 @@ class Proxy:
     async def handle(self, request: Request) -> Response:
         """Authorize, route and forward one request to the server named in the path."""
         server = request.path_params["server"]
+        live = self.router.get(server)
         verdict = self.gatekeeper.check(request.headers.get("authorization", ""),
-                                        request.headers.get("origin", ""), server)
+                                        request.headers.get("origin", ""), server,
+                                        live.access if live else ("all",))
         if isinstance(verdict, Denied):
             return JSONResponse({"error": verdict.message}, status_code=verdict.status,
                                 headers=verdict.headers)

@@ -29,7 +29,8 @@ def reconcile(ctx: Context, say: Callable[[str], None]) -> list[Upstream]:
             port = _host_port(container, labels.get(LABEL_PORT, ""))
             if port and release.server not in routed:
                 routed[release.server] = Upstream(release.server, release.number, container.id,
-                                                  "127.0.0.1", port, release.path)
+                                                  "127.0.0.1", port, release.path,
+                                                  tuple(release.manifest.get("access", ("all",))))
                 if port != release.host_port or container.id != release.container_id:
                     ctx.store.set_container(release.server, release.number, container.id, port)
                 continue
@@ -60,7 +61,8 @@ def _restart(ctx: Context, release: Release, say: Callable[[str], None]) -> Upst
         name = f"cmcp-{ctx.instance}-{release.server}-r{release.number}-restart"
         ctx.docker.remove_container_named(name)
         running = ctx.docker.run(RunSpec(release.image, name, manifest.port, labels, env,
-                                         manifest.memory_bytes, manifest.cpus, manifest.command))
+                                         manifest.memory_bytes, manifest.cpus, manifest.command,
+                                         manifest.restart))
         gate.wait_until_healthy(f"http://127.0.0.1:{running.host_port}{manifest.path}",
                                 timeout=manifest.health_timeout, interval=manifest.health_interval,
                                 alive=lambda: ctx.docker.status(running.id) == "running")
@@ -69,4 +71,4 @@ def _restart(ctx: Context, release: Release, say: Callable[[str], None]) -> Upst
         return None
     ctx.store.set_container(release.server, release.number, running.id, running.host_port)
     return Upstream(release.server, release.number, running.id, "127.0.0.1", running.host_port,
-                    manifest.path)
+                    manifest.path, manifest.access)

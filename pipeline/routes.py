@@ -28,6 +28,7 @@ class Upstream:
     host: str
     port: int
     path: str
+    access: tuple[str, ...] = ("all",)
 
     @property
     def base_url(self) -> str:

@@ -33,6 +33,14 @@ DEFAULT_BUILD_PARALLEL = 2
 DEFAULT_BUILD_NETWORK = "default"
 DEFAULT_WEBHOOK_MAX_BODY = 1024 * 1024
 DEFAULT_WEBHOOK_QUEUE = 16
+DEFAULT_PROBE_INTERVAL = 15.0
+DEFAULT_PROBE_TIMEOUT = 5.0
+DEFAULT_FAILURE_THRESHOLD = 3
+DEFAULT_WATCH_WINDOW = 300.0
+DEFAULT_WATCH_ERROR_RATE = 0.5
+DEFAULT_WATCH_MIN_REQUESTS = 10
+DEFAULT_WATCH_RESTARTS = 2
+DEFAULT_RETENTION_INTERVAL = 3600.0
 STATE_DIR_ENV = "CENTRAL_MCP_STATE_DIR"
 
 
@@ -93,6 +101,20 @@ class Retention:
 
 
 @dataclass(frozen=True)
+class Monitor:
+    """Health probes, the post-deploy watch window, and retention runs."""
+
+    probe_interval: float = DEFAULT_PROBE_INTERVAL
+    probe_timeout: float = DEFAULT_PROBE_TIMEOUT
+    failure_threshold: int = DEFAULT_FAILURE_THRESHOLD
+    watch_window: float = DEFAULT_WATCH_WINDOW
+    watch_error_rate: float = DEFAULT_WATCH_ERROR_RATE
+    watch_min_requests: int = DEFAULT_WATCH_MIN_REQUESTS
+    watch_restarts: int = DEFAULT_WATCH_RESTARTS
+    retention_interval: float = DEFAULT_RETENTION_INTERVAL
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything one VM is configured with; built once by `load` and passed explicitly."""
 
@@ -112,6 +134,8 @@ class Settings:
     build_network: str = DEFAULT_BUILD_NETWORK
     webhook_max_body: int = DEFAULT_WEBHOOK_MAX_BODY
     webhook_queue: int = DEFAULT_WEBHOOK_QUEUE
+    admin_token: str = field(default="", repr=False)
+    monitor: Monitor = field(default_factory=Monitor)
 
     @property
     def base_url(self) -> str:
@@ -208,6 +232,21 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
         build_network=build.get("network", DEFAULT_BUILD_NETWORK),
         webhook_max_body=parse_size(webhooks.get("max_body", DEFAULT_WEBHOOK_MAX_BODY)),
         webhook_queue=webhooks.get("queue", DEFAULT_WEBHOOK_QUEUE),
+        monitor=_monitor(data.get("monitor", {})),
+        admin_token=env.get(data["admin_token_env"], "") if "admin_token_env" in data else "",
+    )
+
+
+def _monitor(data: dict[str, Any]) -> Monitor:
+    return Monitor(
+        probe_interval=parse_duration(data.get("probe_interval", DEFAULT_PROBE_INTERVAL)),
+        probe_timeout=parse_duration(data.get("probe_timeout", DEFAULT_PROBE_TIMEOUT)),
+        failure_threshold=data.get("failure_threshold", DEFAULT_FAILURE_THRESHOLD),
+        watch_window=parse_duration(data.get("watch_window", DEFAULT_WATCH_WINDOW)),
+        watch_error_rate=float(data.get("watch_error_rate", DEFAULT_WATCH_ERROR_RATE)),
+        watch_min_requests=data.get("watch_min_requests", DEFAULT_WATCH_MIN_REQUESTS),
+        watch_restarts=data.get("watch_restarts", DEFAULT_WATCH_RESTARTS),
+        retention_interval=parse_duration(data.get("retention_interval", DEFAULT_RETENTION_INTERVAL)),
     )
 
 

@@ -161,11 +161,21 @@ class Store:
             row = self._db.execute("SELECT * FROM deploys WHERE id = ?", (deploy_id,)).fetchone()
         return _deploy(row) if row else None
 
-    def deploys(self, limit: int = 50, offset: int = 0) -> list[Deploy]:
-        """Return deploys, newest first."""
+    def deploys(self, limit: int = 50, offset: int = 0, status: str | None = None,
+                server: str | None = None) -> list[Deploy]:
+        """Return deploys, newest first, optionally only of one status or touching one server."""
+        where, args = [], []
+        if status:
+            where.append("status = ?")
+            args.append(status)
+        if server:
+            where.append("servers LIKE ? ESCAPE '\\'")
+            escaped = json.dumps(server).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            args.append(f"%{escaped}:%")
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
         with self._lock:
-            rows = self._db.execute("SELECT * FROM deploys ORDER BY id DESC LIMIT ? OFFSET ?",
-                                    (limit, offset)).fetchall()
+            rows = self._db.execute(f"SELECT * FROM deploys {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
+                                    (*args, limit, offset)).fetchall()
         return [_deploy(r) for r in rows]
 
     def abandon_active(self, reason: str) -> list[int]:
@@ -216,10 +226,13 @@ class Store:
         now = time.time()
         with self._tx() as db:
             for rel in live:
-                db.execute("UPDATE releases SET status = 'retired' WHERE server = ? AND status = "
-                           "'previous'", (rel.server,))
-                db.execute("UPDATE releases SET status = 'previous' WHERE server = ? AND status = "
-                           "'live' AND number != ?", (rel.server, rel.number))
+                current = db.execute("SELECT number FROM releases WHERE server = ? AND status = 'live'",
+                                     (rel.server,)).fetchone()
+                if current is None or current[0] != rel.number:  # a restart keeps the history as it is
+                    db.execute("UPDATE releases SET status = 'retired' WHERE server = ? AND status = "
+                               "'previous'", (rel.server,))
+                    db.execute("UPDATE releases SET status = 'previous' WHERE server = ? AND status = "
+                               "'live'", (rel.server,))
                 db.execute("UPDATE releases SET status = 'live', live_at = ?, container_id = ?, "
                            "host_port = ? WHERE server = ? AND number = ?",
                            (now, rel.container_id, rel.host_port, rel.server, rel.number))
@@ -251,6 +264,12 @@ class Store:
         """Return one release, or None."""
         found = self._releases("WHERE server = ? AND number = ?", (server, number))
         return found[0] if found else None
+
+    def previous_tools(self, server: str, number: int) -> set[str] | None:
+        """Tool names of the newest good release before `number` (None for a first release)."""
+        found = self._releases("WHERE server = ? AND number < ? AND status IN ('live', 'previous', "
+                               "'retired') ORDER BY number DESC LIMIT 1", (server, number))
+        return {str(t.get("name")) for t in found[0].tools} if found else None
 
     def _releases(self, where: str, args: tuple[Any, ...]) -> list[Release]:
         with self._lock:

@@ -5,25 +5,34 @@ from __future__ import annotations
 import threading
 
 from pipeline.access import Caller
+from pipeline.metrics import Metrics
 from pipeline.store import Store
 
 
 class Usage:
     """Counts proxy requests; `flush` adds the counts to SQLite and starts over."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, metrics: Metrics | None = None) -> None:
         self.store = store
+        self.metrics = metrics
         self._counts: dict[tuple[str, str, str], list[float]] = {}
+        self.totals: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
 
     def count(self, caller: Caller, server: str, status: int, seconds: float) -> None:
-        """Count one finished request."""
+        """Count one finished request (5xx answers count as errors)."""
         project = caller.project.name if caller.project else ""
+        error = 1 if status >= 500 else 0
         with self._lock:
             row = self._counts.setdefault((caller.key_id, project, server), [0, 0, 0.0])
             row[0] += 1
-            row[1] += 1 if status >= 500 else 0
+            row[1] += error
             row[2] += seconds * 1000.0
+            requests, errors = self.totals.get(server, (0, 0))
+            self.totals[server] = (requests + 1, errors + error)
+        if self.metrics is not None:
+            self.metrics.requests.labels(server, str(status), project).inc()
+            self.metrics.latency.labels(server).observe(seconds)
 
     def flush(self) -> int:
         """Save and reset the counters; return how many rows were written."""

@@ -168,7 +168,7 @@ class Provider:
 
     def deploys(self) -> list[dict[str, Any]]:
         """Every deploy, newest first."""
-        status, _, body = self.get("/deploys")
+        status, _, body = self.get("/deploys.json")
         assert status == 200, body
         found: list[dict[str, Any]] = json.loads(body)["deploys"]
         return found

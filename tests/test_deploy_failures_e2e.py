@@ -122,7 +122,7 @@ def test_a_candidate_failing_the_health_gate_rejects_the_push_and_keeps_the_old_
     log = provider.log(push.deploy_id)
     copied = [line for line in log.splitlines() if line.startswith(f"{bad} (container) | ")]
     assert any(case.container_line in line for line in copied), log
-    assert f"{bad}: candidate r1 removed; the live release keeps serving" in log
+    assert f"{bad}: candidate r1 removed; nothing of it was live" in log
 
 
 def test_an_invalid_manifest_is_rejected_with_its_location_before_any_build(

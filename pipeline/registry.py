@@ -1,0 +1,126 @@
+"""What projects read: /registry.json (official MCP registry shape), /mcp.json, client configs.
+
+Built from the live releases only, so the registry never lists what is not live, and from
+manifests and tool lists, which hold no secret values. Written atomically after every
+committed swap, and served with an ETag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pipeline.settings import Project, Settings
+from pipeline.store import Release
+
+SERVER_SCHEMA = "https://static.modelcontextprotocol.io/schemas/2025-12-11/server.schema.json"
+META_KEY = "io.central-mcp/live"
+KEY_ENV = "CENTRAL_MCP_API_KEY"
+FORMATS = ("vscode", "cursor", "claude-code", "claude-desktop")
+
+
+def visible(releases: list[Release], project: Project | None) -> list[Release]:
+    """The live releases a project may use (all of them when no project is given)."""
+    if project is None:
+        return releases
+    return [r for r in releases if project.may_use(r.server)
+            and ("all" in _access(r) or project.name in _access(r))]
+
+
+def registry(settings: Settings, releases: list[Release],
+             health: dict[str, str] | None = None) -> dict[str, Any]:
+    """The registry document: {"servers": [{"server": ..., "_meta": ...}], "metadata": {"count": N}}."""
+    entries = [{"server": server_json(settings, r), "_meta": {META_KEY: _live_meta(r, health or {})}}
+               for r in sorted(releases, key=lambda r: r.server)]
+    return {"servers": entries, "metadata": {"count": len(entries)}}
+
+
+def server_json(settings: Settings, release: Release) -> dict[str, Any]:
+    """One server.json (2025-12-11) for a live release."""
+    manifest = release.manifest
+    return {
+        "$schema": SERVER_SCHEMA,
+        "name": f"{settings.namespace}/{release.server}",
+        "description": str(manifest.get("description", release.server))[:100],
+        "version": release.version,
+        "remotes": [{
+            "type": "streamable-http",
+            "url": endpoint(settings, release.server),
+            "headers": [{"name": "Authorization", "description": "Bearer <project API key>",
+                         "isRequired": True, "isSecret": True}],
+        }],
+    }
+
+
+def mcp_json(settings: Settings, releases: list[Release]) -> dict[str, Any]:
+    """The generic `mcpServers` file that projects drop into their client config."""
+    return {"mcpServers": {r.server: {"type": "http", "url": endpoint(settings, r.server),
+                                      "headers": {"Authorization": f"Bearer ${{{KEY_ENV}}}"}}
+                           for r in sorted(releases, key=lambda r: r.server)}}
+
+
+def client_config(settings: Settings, releases: list[Release], fmt: str) -> dict[str, Any]:
+    """A ready-to-paste config for one client: vscode, cursor, claude-code or claude-desktop."""
+    names = sorted(r.server for r in releases)
+    if fmt == "vscode":
+        return {"inputs": [{"type": "promptString", "id": "central-mcp-key",
+                            "description": "central-mcp project API key", "password": True}],
+                "servers": {n: {"type": "http", "url": endpoint(settings, n),
+                                "headers": {"Authorization": "Bearer ${input:central-mcp-key}"}}
+                            for n in names}}
+    if fmt == "cursor":
+        return {"mcpServers": {n: {"url": endpoint(settings, n),
+                                   "headers": {"Authorization": f"Bearer ${{env:{KEY_ENV}}}"}}
+                               for n in names}}
+    if fmt == "claude-code":
+        return mcp_json(settings, releases)
+    if fmt == "claude-desktop":
+        return {"mcpServers": {n: {"command": "npx", "args": [
+            "-y", "mcp-remote", endpoint(settings, n), "--header", "Authorization:${AUTH_HEADER}"],
+            "env": {"AUTH_HEADER": f"Bearer <{KEY_ENV}>"}} for n in names}}
+    raise ValueError(f"unknown client format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def endpoint(settings: Settings, server: str) -> str:
+    """The public MCP endpoint of a server."""
+    return f"{settings.base_url}/mcp/{server}"
+
+
+def etag(document: dict[str, Any]) -> tuple[bytes, str]:
+    """The document's canonical bytes and a strong ETag for them."""
+    body = json.dumps(document, indent=2, sort_keys=False).encode() + b"\n"
+    return body, '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+
+
+def write_files(settings: Settings, releases: list[Release]) -> Path:
+    """Write registry.json and mcp.json atomically (temp file + rename) into the output dir."""
+    out = settings.registry_dir or settings.state_dir / "registry"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, document in (("registry.json", registry(settings, releases)),
+                           ("mcp.json", mcp_json(settings, releases))):
+        body, _ = etag(document)
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(body)
+        os.replace(tmp, out / name)
+    return out
+
+
+def _access(release: Release) -> tuple[str, ...]:
+    return tuple(release.manifest.get("access", ("all",)))
+
+
+def _live_meta(release: Release, health: dict[str, str]) -> dict[str, Any]:
+    return {
+        "status": release.status,
+        "release": release.name,
+        "commit": release.commit_sha,
+        "deployed_at": release.live_at,
+        "health": health.get(release.server, "passed MCP health gate"),
+        "tools": [{"name": t.get("name"), "description": t.get("description", ""),
+                   "inputSchema": t.get("inputSchema", {})} for t in release.tools],
+    }

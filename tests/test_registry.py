@@ -1,0 +1,111 @@
+"""Registry documents: the official server.json schema, mcp.json, client configs, filtering, files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from pipeline import registry
+from pipeline.settings import Project, Settings
+from pipeline.store import Release
+
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+OFFICIAL = json.loads((FIXTURES / "mcp-registry-server.schema-2025-12-11.json").read_text())
+
+
+def release(server: str, *, access: tuple[str, ...] = ("all",), number: int = 3) -> Release:
+    """A live release as the store returns it."""
+    manifest = {"name": server, "version": "1.2.0", "description": f"{server} does things",
+                "access": list(access), "run": {"port": 8080, "secrets": ["API_TOKEN"]}}
+    tools = [{"name": "search", "description": "Search.", "inputSchema": {"type": "object"}}]
+    return Release(server=server, number=number, repo="central-mcp", commit_sha="a" * 40,
+                   fingerprint="f", image=f"central-mcp/{server}:r{number}", version="1.2.0", status="live",
+                   deploy_id=7, container_id="c", host_port=1234, path="/mcp", tools=tools, manifest=manifest,
+                   created_at=1.0, live_at=2.0)
+
+
+SETTINGS = Settings(config_path=Path("deploy.yaml"), state_dir=Path("/tmp/unused"),
+                    public_url="https://mcp.example.com", namespace="io.github.owner",
+                    projects=(Project("web", servers=("property-search",)), Project("ops")))
+
+
+def test_every_server_entry_validates_against_the_official_schema() -> None:
+    """Each `server` of /registry.json validates against the official 2025-12-11 server.schema.json."""
+    doc = registry.registry(SETTINGS, [release("property-search"), release("999x-ray-analyzer")])
+    assert doc["metadata"] == {"count": 2}
+    for entry in doc["servers"]:
+        jsonschema.validate(entry["server"], OFFICIAL)
+    first = doc["servers"][0]["server"]
+    assert first["name"] == "io.github.owner/999x-ray-analyzer"
+    assert first["remotes"] == [{"type": "streamable-http", "url": "https://mcp.example.com/mcp/999x-ray-analyzer",
+                                 "headers": [{"name": "Authorization", "description": "Bearer <project API key>",
+                                              "isRequired": True, "isSecret": True}]}]
+
+
+def test_live_state_and_tools_are_in_meta() -> None:
+    """_meta carries status, release, commit, deployed_at, health and the gated tool list."""
+    meta = registry.registry(SETTINGS, [release("property-search")])["servers"][0]["_meta"][registry.META_KEY]
+    assert (meta["status"], meta["release"], meta["commit"], meta["deployed_at"]) == ("live", "r3", "a" * 40, 2.0)
+    assert meta["tools"] == [{"name": "search", "description": "Search.", "inputSchema": {"type": "object"}}]
+
+
+def test_mcp_json_uses_the_key_variable_not_a_key() -> None:
+    """mcp.json lists http servers whose Authorization header names ${CENTRAL_MCP_API_KEY}."""
+    doc = registry.mcp_json(SETTINGS, [release("property-search")])
+    assert doc == {"mcpServers": {"property-search": {
+        "type": "http", "url": "https://mcp.example.com/mcp/property-search",
+        "headers": {"Authorization": "Bearer ${CENTRAL_MCP_API_KEY}"}}}}
+
+
+def test_a_project_sees_only_the_servers_it_may_use() -> None:
+    """A project's view honours both its deploy.yaml server list and each manifest's access list."""
+    releases = [release("property-search"), release("999x-ray-analyzer"), release("ops-only", access=("ops",))]
+    web, ops = SETTINGS.projects
+    assert [r.server for r in registry.visible(releases, web)] == ["property-search"]
+    assert [r.server for r in registry.visible(releases, ops)] == ["property-search", "999x-ray-analyzer",
+                                                                   "ops-only"]
+    assert len(registry.visible(releases, None)) == 3
+
+
+@pytest.mark.parametrize("fmt", registry.FORMATS)
+def test_client_configs_have_each_clients_shape(fmt: str) -> None:
+    """Each client format has the shape its client reads, and never a key value."""
+    doc = registry.client_config(SETTINGS, [release("property-search")], fmt)
+    text = json.dumps(doc)
+    assert "cmcp_" not in text
+    if fmt == "vscode":
+        assert doc["servers"]["property-search"]["type"] == "http"
+        assert doc["inputs"][0]["password"] is True
+        assert "${input:central-mcp-key}" in text
+    elif fmt == "claude-desktop":
+        entry = doc["mcpServers"]["property-search"]
+        assert entry["command"] == "npx" and "mcp-remote" in entry["args"]
+    else:
+        assert doc["mcpServers"]["property-search"]["url"].endswith("/mcp/property-search")
+
+
+def test_unknown_client_format_names_the_choices() -> None:
+    """An unknown format is refused with the list of formats."""
+    with pytest.raises(ValueError, match="vscode"):
+        registry.client_config(SETTINGS, [], "emacs")
+
+
+def test_etag_changes_with_content_only() -> None:
+    """The same document gives the same ETag; a change gives another."""
+    one = registry.etag(registry.mcp_json(SETTINGS, [release("a")]))
+    two = registry.etag(registry.mcp_json(SETTINGS, [release("a")]))
+    three = registry.etag(registry.mcp_json(SETTINGS, [release("b")]))
+    assert one == two and one[1] != three[1]
+
+
+def test_files_are_written_atomically_and_hold_no_secret_names_values(tmp_path: Path) -> None:
+    """write_files leaves complete registry.json and mcp.json (no temp files) in the output dir."""
+    settings = Settings(config_path=Path("deploy.yaml"), state_dir=tmp_path)
+    out = registry.write_files(settings, [release("property-search")])
+    assert sorted(p.name for p in out.iterdir()) == ["mcp.json", "registry.json"]
+    data = json.loads((out / "registry.json").read_text())
+    assert data["metadata"]["count"] == 1
+    assert "API_TOKEN" not in (out / "registry.json").read_text()
