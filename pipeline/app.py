@@ -6,12 +6,14 @@ import asyncio
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from apscheduler.schedulers.background import BackgroundScheduler
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -24,6 +26,8 @@ from pipeline.deploy import Context, DeployRequest, instance_id
 from pipeline.deploylog import DeployLog, Event
 from pipeline.dispatch import Dispatcher
 from pipeline.dockerhost import DockerHost
+from pipeline.errors import CentralMCPError
+from pipeline.monitor import Health, Monitor
 from pipeline.proxy import Proxy
 from pipeline.reconcile import reconcile
 from pipeline.routes import Router
@@ -46,12 +50,13 @@ class Services:
     dispatcher: Dispatcher
     proxy: Proxy
     usage: Usage
+    monitor: Monitor
     webhooks: Receiver
     control: control_mod.Control
     pages: PageSources
 
 def create_app(settings: Settings, *, port: int | None = None,
-               docker: DockerHost | None = None) -> Starlette:
+               docker: DockerHost | None = None, schedule: bool = True) -> Starlette:
     """Build the ASGI app for `settings`; services start in the lifespan."""
     listen_port = port or settings.port
 
@@ -63,9 +68,12 @@ def create_app(settings: Settings, *, port: int | None = None,
         app.state.services = services
         services.control.save(settings.state_dir)
         flusher = asyncio.create_task(_flush_usage(services.usage))
+        scheduler = _scheduler(services.monitor, settings) if schedule else None
         try:
             yield
         finally:
+            if scheduler is not None:
+                scheduler.shutdown(wait=False)
             flusher.cancel()
             (settings.state_dir / control_mod.CONTROL_FILE).unlink(missing_ok=True)
             await services.proxy.stop()
@@ -102,7 +110,16 @@ def create_app(settings: Settings, *, port: int | None = None,
 
     async def healthz(request: Request) -> Response:
         s = services(request)
-        return JSONResponse({"ok": True, "routes": sorted(s.ctx.router.table)})
+        checks = await asyncio.to_thread(_self_check, s)
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"ok": ok, "checks": checks, "routes": sorted(s.ctx.router.table),
+                             "servers": {k: h.summary() for k, h in s.monitor.health.items()}},
+                            status_code=200 if ok else 503)
+
+    async def metrics(request: Request) -> Response:
+        s = services(request)
+        s.ctx.metrics.live.set(len(s.ctx.router.table))
+        return Response(s.ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def mcp(request: Request) -> Response:
         return await services(request).proxy.handle(request)
@@ -113,6 +130,7 @@ def create_app(settings: Settings, *, port: int | None = None,
         *pages.routes(lambda request: services(request).pages),
         Route("/hooks/{provider}", webhook, methods=["POST"]),
         Route("/healthz", healthz),
+        Route("/metrics", metrics),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
 
@@ -124,6 +142,7 @@ class PageSources:
     store: Store
     gatekeeper: Gatekeeper
     logs: dict[int, DeployLog]
+    health: Mapping[str, Health] = field(default_factory=dict)
 
     def live_log(self, deploy_id: int) -> DeployLog | None:
         """The in-memory log of a deploy this process runs or ran."""
@@ -146,13 +165,39 @@ def _start_services(settings: Settings, port: int, docker: DockerHost | None) ->
     routed = reconcile(ctx, log.info)
     log.info("routes: %s", ", ".join(u.server for u in routed) or "none")
     url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{port}"
-    usage = Usage(store)
+    usage = Usage(store, ctx.metrics)
     proxy = Proxy(ctx.router, Gatekeeper(settings, store), usage, settings.proxy.keepalive)
     dispatcher = Dispatcher(ctx)
+    monitor = Monitor(ctx, dispatcher.submit, dispatcher.busy, usage)
     receiver = Receiver(settings, dispatcher.submit_delivery, dispatcher.waiting)
     registry.write_files(settings, store.live_releases())
-    sources = PageSources(settings, store, proxy.gatekeeper, dispatcher.logs)
-    return Services(ctx, dispatcher, proxy, usage, receiver, control_mod.new_control(url), sources)
+    sources = PageSources(settings, store, proxy.gatekeeper, dispatcher.logs, monitor.health)
+    return Services(ctx, dispatcher, proxy, usage, monitor, receiver, control_mod.new_control(url), sources)
+
+def _scheduler(monitor: Monitor, settings: Settings) -> BackgroundScheduler:
+    """Start the monitor's jobs: each never overlaps itself; a late run is coalesced."""
+    scheduler = BackgroundScheduler(job_defaults={"max_instances": 1, "coalesce": True})
+    scheduler.add_job(monitor.probe_all, "interval", seconds=settings.monitor.probe_interval, id="probe")
+    scheduler.add_job(monitor.retention, "interval", seconds=settings.monitor.retention_interval,
+                      id="retention")
+    scheduler.start()
+    return scheduler
+
+
+def _self_check(s: Services) -> dict[str, str]:
+    checks = {}
+    try:
+        s.ctx.store.deploys(1, 0)
+        checks["database"] = "ok"
+    except sqlite3.Error as exc:
+        checks["database"] = f"failing: {exc}"
+    try:
+        s.ctx.docker.ping()
+        checks["docker"] = "ok"
+    except CentralMCPError as exc:
+        checks["docker"] = f"failing: {exc}"
+    return checks
+
 
 async def _read_limited(request: Request, limit: int) -> bytes | None:
     """Read the body, or return None as soon as it is known to be over `limit` bytes."""

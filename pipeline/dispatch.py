@@ -72,6 +72,12 @@ class Dispatcher:
                 self.ctx.store.add_delivery(delivery_id, deploy_id)
             return deploy_id
 
+    def busy(self, repo: str) -> bool:
+        """Whether a deploy of `repo` runs or waits."""
+        with self._lock:
+            lane = self._lanes.get(repo)
+            return lane is not None and (lane.running is not None or bool(lane.waiting))
+
     def waiting(self) -> int:
         """Return how many deploys wait in every lane."""
         with self._lock:

@@ -11,7 +11,7 @@ import hmac
 import json
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from starlette.routing import Route
 from pipeline import registry
 from pipeline.access import Caller, Denied, Gatekeeper
 from pipeline.deploylog import DeployLog, Event
+from pipeline.monitor import Health
 from pipeline.settings import Settings
 from pipeline.store import Deploy, Store
 
@@ -43,6 +44,7 @@ class Sources(Protocol):
     settings: Settings
     store: Store
     gatekeeper: Gatekeeper
+    health: Mapping[str, Health]
 
     def live_log(self, deploy_id: int) -> DeployLog | None:
         """The in-memory log of a deploy this process runs, if any."""
@@ -196,7 +198,8 @@ async def _registry(request: Request, src: Sources, which: str) -> Response:
         return JSONResponse({"error": caller.message}, status_code=caller.status, headers=caller.headers)
     releases = await asyncio.to_thread(src.store.live_releases)
     shown = registry.visible(releases, caller.project if caller else None)
-    document = registry.registry(src.settings, shown) if which == "registry" else \
+    health = {name: h.summary() for name, h in src.health.items()}
+    document = registry.registry(src.settings, shown, health) if which == "registry" else \
         registry.mcp_json(src.settings, shown)
     body, tag = registry.etag(document)
     if tag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:

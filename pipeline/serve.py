@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import subprocess
 import threading
 import time
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import uvicorn
 
+from pipeline import logs
 from pipeline.app import create_app
 from pipeline.errors import DeployError
 from pipeline.hook import init_repo
@@ -21,9 +21,9 @@ STARTUP_TIMEOUT = 120.0
 
 def server(settings: Settings, port: int | None = None) -> uvicorn.Server:
     """A uvicorn server for the provider (not yet started)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure()
     config = uvicorn.Config(create_app(settings, port=port), host=settings.host,
-                            port=port or settings.port, log_level="info", access_log=False,
+                            port=port or settings.port, log_level="info", access_log=False, log_config=None,
                             timeout_graceful_shutdown=int(settings.proxy.drain_timeout) or None,
                             lifespan="on")
     return uvicorn.Server(config)

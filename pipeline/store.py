@@ -265,6 +265,21 @@ class Store:
         found = self._releases("WHERE server = ? AND number = ?", (server, number))
         return found[0] if found else None
 
+    def all_releases(self) -> list[Release]:
+        """Every release of every server."""
+        return self._releases("ORDER BY server, number DESC", ())
+
+    def prune_deploys(self, keep: int, older_than: float) -> int:
+        """Delete finished deploys beyond the newest `keep` or created before `older_than`."""
+        with self._tx() as db:
+            ids = [r[0] for r in db.execute(
+                "SELECT id FROM deploys WHERE status NOT IN ('queued', 'running') AND (id NOT IN "
+                "(SELECT id FROM deploys ORDER BY id DESC LIMIT ?) OR created_at < ?)", (keep, older_than))]
+            for deploy_id in ids:
+                db.execute("DELETE FROM events WHERE deploy_id = ?", (deploy_id,))
+                db.execute("DELETE FROM deploys WHERE id = ?", (deploy_id,))
+        return len(ids)
+
     def previous_tools(self, server: str, number: int) -> set[str] | None:
         """Tool names of the newest good release before `number` (None for a first release)."""
         found = self._releases("WHERE server = ? AND number < ? AND status IN ('live', 'previous', "

@@ -1,0 +1,242 @@
+"""Between deploys: health probes, restarts, the post-deploy watch window, retention.
+
+Jobs run on APScheduler in the serve process, never overlap themselves, skip a server whose
+repo has a deploy running or waiting, and log what they did. Restarts and automatic
+rollbacks are deploys too (sources `restart` and `auto-rollback`), so they go through the
+same gate and swap and show up at /deploys with their reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline import gate, registry
+from pipeline.deploy import Context, DeployRequest
+from pipeline.dockerhost import LABEL_INSTANCE, LABEL_PORT
+from pipeline.errors import CentralMCPError
+from pipeline.gate import NotMCP
+from pipeline.routes import Upstream
+from pipeline.usage import Usage
+
+log = logging.getLogger("central-mcp.monitor")
+Probe = Callable[[str, float], Any]
+
+
+@dataclass
+class Health:
+    """What the probes know of one server's live container."""
+
+    status: str = "unknown"
+    failures: int = 0
+    last_error: str = ""
+    checked_at: float = 0.0
+    restarts: list[float] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One phrase for the registry's _meta."""
+        if self.status == "healthy":
+            return "healthy"
+        return f"{self.status}: {self.last_error}" if self.last_error else self.status
+
+
+@dataclass
+class Watch:
+    """A release in its post-deploy watch window."""
+
+    server: str
+    release: int
+    previous: int
+    until: float
+    requests: int
+    errors: int
+
+
+class Monitor:
+    """Probes live servers, restarts the failing, rolls back bad new releases, prunes history."""
+
+    def __init__(self, ctx: Context, submit: Callable[[DeployRequest], int], busy: Callable[[str], bool],
+                 usage: Usage, probe: Probe = gate.handshake,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.ctx = ctx
+        self.submit = submit
+        self.busy = busy
+        self.usage = usage
+        self.probe = probe
+        self.clock = clock
+        self.health: dict[str, Health] = {}
+        self.watches: dict[str, Watch] = {}
+        self._lock = threading.Lock()
+        ctx.on_swap.append(self.on_swap)
+
+    # probes and restarts ------------------------------------------------------------------
+    def probe_all(self) -> None:
+        """Probe every live server once (a scheduled job)."""
+        for server, upstream in sorted(self.ctx.router.table.items()):
+            if self._deploying(server):
+                continue
+            self._probe(upstream)
+        self.check_watches()
+
+    def _probe(self, upstream: Upstream) -> None:
+        health = self.health.setdefault(upstream.server, Health())
+        error = self._failure(upstream)
+        health.checked_at = time.time()
+        if error is None:
+            if health.status != "healthy":
+                log.info("%s r%d is healthy", upstream.server, upstream.release)
+            health.status, health.failures, health.last_error = "healthy", 0, ""
+            return
+        health.failures += 1
+        health.last_error = error
+        health.status = "failing" if health.failures < self._threshold else "down"
+        self.ctx.metrics.probe_failures.labels(upstream.server).inc()
+        log.warning("%s r%d probe failed (%d in a row): %s", upstream.server, upstream.release,
+                    health.failures, error)
+        if health.failures >= self._threshold:
+            self._restart(upstream, health, error)
+
+    def _failure(self, upstream: Upstream) -> str | None:
+        """Return why the upstream is unhealthy, or None; re-route when Docker moved its port."""
+        attrs = self.ctx.docker.inspect(upstream.container_id)
+        if attrs is None:
+            return "its container is gone"
+        state = attrs.get("State", {})
+        if state.get("Status") != "running":
+            return f"its container is {state.get('Status')} (exit code {state.get('ExitCode')})"
+        port = _published_port(attrs)
+        if port and port != upstream.port:
+            log.info("%s: Docker moved its port %d → %d; re-routing", upstream.server, upstream.port, port)
+            upstream = Upstream(upstream.server, upstream.release, upstream.container_id, upstream.host,
+                                port, upstream.path, upstream.access)
+            self.ctx.router.swap({upstream.server: upstream})
+            self.ctx.store.set_container(upstream.server, upstream.release, upstream.container_id, port)
+        try:
+            self.probe(upstream.base_url, self.ctx.settings.monitor.probe_timeout)
+        except (OSError, NotMCP, CentralMCPError) as exc:
+            return f"{exc.__class__.__name__}: {exc}"
+        return None
+
+    def _restart(self, upstream: Upstream, health: Health, reason: str) -> None:
+        release = self.ctx.store.release(upstream.server, upstream.release)
+        policy = str((release.manifest.get("run") or {}).get("restart", "on-failure")) if release else "never"
+        if policy == "never" or release is None:
+            log.warning("%s: restart policy is %s; leaving it %s", upstream.server, policy, health.status)
+            return
+        health.restarts.append(self.clock())
+        health.failures = 0
+        self.ctx.metrics.restarts.labels(upstream.server).inc()
+        deploy_id = self.submit(DeployRequest(
+            source="restart", repo=release.repo, ref="restart", commit=release.commit_sha,
+            message=f"restart {upstream.server} r{upstream.release}: {reason}",
+            rollback=(upstream.server, upstream.release)))
+        log.warning("%s: replacing its container (deploy #%d): %s", upstream.server, deploy_id, reason)
+
+    # the watch window ---------------------------------------------------------------------
+    def on_swap(self, source: str, made_live: list[tuple[str, int]]) -> None:
+        """Start watching releases a push or webhook made live."""
+        if source not in ("push", "webhook", "cli"):
+            return
+        window = self.ctx.settings.monitor.watch_window
+        for server, number in made_live:
+            releases = self.ctx.store.releases(server)
+            previous = next((r.number for r in releases if r.status == "previous"), 0)
+            requests, errors = self.usage.totals.get(server, (0, 0))
+            until = self.clock() + window
+            with self._lock:
+                self.watches[server] = Watch(server, number, previous, until, requests, errors)
+            self.health[server] = Health()
+
+    def check_watches(self) -> None:
+        """Roll back any watched release that went bad; stop watching those past their window."""
+        now = self.clock()
+        with self._lock:
+            watches = list(self.watches.values())
+        for watch in watches:
+            live = self.ctx.router.get(watch.server)
+            if live is None or live.release != watch.release or now > watch.until:
+                with self._lock:
+                    self.watches.pop(watch.server, None)
+                continue
+            reason = self._bad(watch, now)
+            if reason and watch.previous and not self._deploying(watch.server):
+                with self._lock:
+                    self.watches.pop(watch.server, None)
+                self._roll_back(watch, reason)
+
+    def _bad(self, watch: Watch, now: float) -> str:
+        cfg = self.ctx.settings.monitor
+        health = self.health.get(watch.server, Health())
+        window_start = watch.until - cfg.watch_window
+        restarts = [t for t in health.restarts if t >= window_start]
+        if len(restarts) >= cfg.watch_restarts:
+            return f"restarted {len(restarts)} times within the watch window"
+        if health.failures >= cfg.failure_threshold or health.status == "down":
+            return f"failed {health.failures} health probes in a row ({health.last_error})"
+        requests, errors = self.usage.totals.get(watch.server, (0, 0))
+        requests, errors = requests - watch.requests, errors - watch.errors
+        if requests >= cfg.watch_min_requests and errors / requests > cfg.watch_error_rate:
+            return f"{errors} of {requests} requests failed with 5xx ({errors / requests:.0%})"
+        return ""
+
+    def _roll_back(self, watch: Watch, reason: str) -> None:
+        release = self.ctx.store.release(watch.server, watch.previous)
+        if release is None:
+            return
+        self.ctx.metrics.watch_rollbacks.labels(watch.server).inc()
+        deploy_id = self.submit(DeployRequest(
+            source="auto-rollback", repo=release.repo, ref="auto-rollback", commit=release.commit_sha,
+            message=f"r{watch.release} of {watch.server} rolled back: {reason}",
+            rollback=(watch.server, watch.previous)))
+        log.warning("%s: r%d is bad (%s); rolling back to r%d (deploy #%d)", watch.server, watch.release,
+                    reason, watch.previous, deploy_id)
+
+    # retention ----------------------------------------------------------------------------
+    def retention(self) -> dict[str, int]:
+        """Prune old images, deploy records and stopped containers; return what was removed."""
+        keep = self.ctx.settings.retention
+        images = 0
+        for server in {r.server for r in self.ctx.store.all_releases()}:
+            if self._deploying(server):
+                continue
+            releases = self.ctx.store.releases(server)
+            protected = {r.number for r in releases if r.status in ("live", "previous", "candidate")}
+            newest = {r.number for r in releases[: keep.images_per_server]}
+            for release in releases:
+                if release.number not in protected | newest and self.ctx.docker.image_exists(release.image):
+                    self.ctx.docker.remove_image(release.image)
+                    images += 1
+        deploys = self.ctx.store.prune_deploys(keep.deploys, time.time() - keep.deploy_max_age)
+        containers = 0
+        live_ids = {u.container_id for u in self.ctx.router.table.values()}
+        for container in self.ctx.docker.containers({LABEL_INSTANCE: self.ctx.instance}):
+            if container.status in ("exited", "dead", "created") and container.id not in live_ids:
+                self.ctx.docker.stop_and_remove(container.id, grace=0)
+                containers += 1
+        removed = {"images": images, "deploys": deploys, "containers": containers}
+        log.info("retention removed %s", removed)
+        return removed
+
+    def refresh_registry(self) -> None:
+        """Rewrite the registry files (after restarts or rollbacks change what is live)."""
+        registry.write_files(self.ctx.settings, self.ctx.store.live_releases())
+
+    @property
+    def _threshold(self) -> int:
+        return self.ctx.settings.monitor.failure_threshold
+
+    def _deploying(self, server: str) -> bool:
+        live = self.ctx.store.live_releases()
+        repo = next((r.repo for r in live if r.server == server), None)
+        return repo is not None and self.busy(repo)
+
+
+def _published_port(attrs: dict[str, Any]) -> int:
+    labels = attrs.get("Config", {}).get("Labels") or {}
+    ports = attrs.get("NetworkSettings", {}).get("Ports") or {}
+    bindings = ports.get(f"{labels.get(LABEL_PORT)}/tcp") or []
+    return int(bindings[0]["HostPort"]) if bindings else 0
