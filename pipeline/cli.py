@@ -100,6 +100,10 @@ def _parser() -> argparse.ArgumentParser:
     webhook.add_argument("--commit", help="commit the sample push names (default: the branch head)")
     webhook.set_defaults(handler=_webhook_test)
 
+    unit = sub.add_parser("systemd-unit", help="print a systemd unit for this checkout")
+    unit.add_argument("--user", default=os.environ.get("USER", "root"))
+    unit.set_defaults(handler=_systemd_unit)
+
     keys = sub.add_parser("keys", help="project API keys for /mcp/*")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     create = keys_sub.add_parser("create", help="create a key (printed once; only a hash is kept)")
@@ -251,6 +255,14 @@ def _webhook_test(args: argparse.Namespace) -> int:
         except CentralMCPError:
             commit = "f" * 40
     _out(sample_curl(settings, repo, commit, os.environ))
+    return EXIT_OK
+
+
+def _systemd_unit(args: argparse.Namespace) -> int:
+    settings = settings_mod.load(_config_path(args))
+    template = (Path(__file__).parent / "systemd" / "central-mcp.service").read_text()
+    _out(template.format(user=args.user, workdir=Path.cwd(), state_dir=settings.state_dir,
+                         python=sys.executable, config=settings.config_path.resolve()))
     return EXIT_OK
 
 

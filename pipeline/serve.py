@@ -11,10 +11,12 @@ from pathlib import Path
 import uvicorn
 
 from pipeline import logs
+from pipeline.access import create_key
 from pipeline.app import create_app
 from pipeline.errors import DeployError
 from pipeline.hook import init_repo
 from pipeline.settings import Settings
+from pipeline.store import Store
 
 STARTUP_TIMEOUT = 120.0
 
@@ -45,7 +47,9 @@ def up(settings: Settings, workdir: Path, say: Callable[[str], None], port: int 
     say(f"central-mcp is serving on {base}")
     _push(workdir, path, repo.branch, say)
     say(f"deploys:   {base}/deploys")
+    say(f"registry:  {base}/registry.json   {base}/mcp.json")
     say(f"servers:   {base}/mcp/<server>")
+    _first_key(settings, say)
     for line in remotes:
         say(f"remote:    {line}")
     say("press Ctrl-C to stop")
@@ -55,6 +59,18 @@ def up(settings: Settings, workdir: Path, say: Callable[[str], None], port: int 
     except KeyboardInterrupt:
         srv.should_exit = True
         thread.join(30)
+
+
+def _first_key(settings: Settings, say: Callable[[str], None]) -> None:
+    """With projects configured and no key yet, make one so the quick start can call a server."""
+    if not settings.projects:
+        return
+    store = Store(settings.state_dir / "central-mcp.db")
+    if any(k["revoked_at"] is None for k in store.api_keys()):
+        return
+    project = settings.projects[0].name
+    token = create_key(store, settings, project)
+    say(f"api key:   {token}   (project {project}; shown once — `central-mcp keys create` makes more)")
 
 
 def _push(workdir: Path, bare: Path, branch: str, say: Callable[[str], None]) -> None:
