@@ -1,0 +1,210 @@
+"""The monitor's decisions with fake Docker and probes: restarts, re-routing, watch-window rollbacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pipeline.access import Caller
+from pipeline.deploy import Context, DeployRequest
+from pipeline.errors import DockerError
+from pipeline.gate import NotMCP
+from pipeline.monitor import Monitor
+from pipeline.routes import Router, Upstream
+from pipeline.secrets import Secrets
+from pipeline.settings import Monitor as MonitorSettings
+from pipeline.settings import Settings
+from pipeline.store import Release, Store
+from pipeline.usage import Usage
+
+
+class FakeDocker:
+    """Container states and ports by id, as Docker would report them."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, str] = {}
+        self.ports: dict[str, int] = {}
+        self.images: set[str] = set()
+        self.removed: list[str] = []
+
+    def inspect(self, container_id: str) -> dict[str, Any] | None:
+        if container_id not in self.states:
+            return None
+        return {"State": {"Status": self.states[container_id], "ExitCode": 1},
+                "Config": {"Labels": {"central-mcp.port": "8080"}},
+                "NetworkSettings": {"Ports": {"8080/tcp": [{"HostPort": str(self.ports[container_id])}]}}}
+
+    def image_exists(self, tag: str) -> bool:
+        return tag in self.images
+
+    def remove_image(self, tag: str) -> None:
+        self.images.discard(tag)
+        self.removed.append(tag)
+
+    def containers(self, labels: dict[str, str]) -> list[Any]:
+        return []
+
+    def ping(self) -> None:
+        raise DockerError("unused")
+
+
+class Clock:
+    """A settable monotonic clock."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def release(server: str, number: int, status: str, restart: str = "on-failure") -> Release:
+    """A stored release of `server`."""
+    return Release(server=server, number=number, repo="repo", commit_sha=f"{number:040d}", fingerprint=str(number),
+                   image=f"central-mcp/{server}:r{number}", version="1.0.0", status=status, deploy_id=1,
+                   container_id=f"c{number}", host_port=5000 + number, path="/mcp", tools=[],
+                   manifest={"name": server, "run": {"port": 8080, "restart": restart}})
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> dict[str, Any]:
+    """A store with r1 (previous) and r2 (live) of `svc`, a router on r2, and a monitor on fakes."""
+    settings = Settings(config_path=Path("deploy.yaml"), state_dir=tmp_path, monitor=MonitorSettings(
+        failure_threshold=2, watch_window=60, watch_error_rate=0.5, watch_min_requests=4, watch_restarts=2))
+    store = Store(tmp_path / "db.sqlite")
+    for number in (1, 2):
+        store.add_release(release("svc", number, "candidate"))
+        store.commit_swap([release("svc", number, "candidate")], [])
+    docker = FakeDocker()
+    docker.states["c2"], docker.ports["c2"] = "running", 5002
+    router = Router()
+    router.replace_all([Upstream("svc", 2, "c2", "127.0.0.1", 5002, "/mcp")])
+    ctx = Context(settings, store, docker, router, Secrets(tmp_path, {}), "inst")  # type: ignore[arg-type]
+    submitted: list[DeployRequest] = []
+    failing: dict[str, Exception] = {}
+
+    def probe(url: str, timeout: float) -> None:
+        if url in failing:
+            raise failing[url]
+
+    usage = Usage(store)
+    clock = Clock()
+    monitor = Monitor(ctx, lambda r: submitted.append(r) or len(submitted), lambda repo: False, usage,
+                      probe=probe, clock=clock)
+    return {"monitor": monitor, "docker": docker, "router": router, "submitted": submitted, "store": store,
+            "failing": failing, "usage": usage, "clock": clock, "ctx": ctx}
+
+
+def test_healthy_server_is_left_alone(world: dict[str, Any]) -> None:
+    """A running container that completes the probe is healthy and nothing is submitted."""
+    world["monitor"].probe_all()
+    assert world["monitor"].health["svc"].status == "healthy"
+    assert world["submitted"] == []
+
+
+def test_failures_past_the_threshold_replace_the_container_with_the_same_release(world: dict[str, Any]) -> None:
+    """Two failed probes (the threshold) submit a `restart` deploy of the same release with the reason."""
+    world["failing"]["http://127.0.0.1:5002/mcp"] = NotMCP("tools/list answered HTTP 500")
+    world["monitor"].probe_all()
+    assert world["monitor"].health["svc"].status == "failing" and world["submitted"] == []
+    world["monitor"].probe_all()
+    (request,) = world["submitted"]
+    assert (request.source, request.rollback) == ("restart", ("svc", 2))
+    assert "HTTP 500" in request.message
+
+
+def test_a_dead_container_counts_as_a_failure(world: dict[str, Any]) -> None:
+    """An exited container fails the probe without any HTTP call."""
+    world["docker"].states["c2"] = "exited"
+    world["monitor"].probe_all()
+    assert "exited" in world["monitor"].health["svc"].last_error
+
+
+def test_restart_policy_never_is_honoured(world: dict[str, Any]) -> None:
+    """A manifest with restart: never is left down, not replaced."""
+    store: Store = world["store"]
+    store.add_release(release("svc", 3, "candidate", restart="never"))
+    store.commit_swap([release("svc", 3, "candidate", restart="never")], [])
+    world["docker"].states["c3"], world["docker"].ports["c3"] = "exited", 5003
+    world["router"].replace_all([Upstream("svc", 3, "c3", "127.0.0.1", 5003, "/mcp")])
+    world["monitor"].probe_all()
+    world["monitor"].probe_all()
+    assert world["submitted"] == [] and world["monitor"].health["svc"].status == "down"
+
+
+def test_a_moved_port_is_re_routed(world: dict[str, Any]) -> None:
+    """When Docker publishes the container on another port (daemon restart) the route follows it."""
+    world["docker"].ports["c2"] = 6123
+    world["monitor"].probe_all()
+    assert world["router"].get("svc").port == 6123
+    assert world["store"].release("svc", 2).host_port == 6123
+
+
+def test_watch_window_rolls_back_a_release_that_fails_its_probes(world: dict[str, Any]) -> None:
+    """A release made live by a push that then fails its probes is rolled back to the previous one."""
+    monitor: Monitor = world["monitor"]
+    monitor.on_swap("push", [("svc", 2)])
+    world["failing"]["http://127.0.0.1:5002/mcp"] = OSError("connection refused")
+    world["docker"].states["c2"] = "running"
+    monitor.probe_all()
+    monitor.probe_all()
+    sources = [(r.source, r.rollback) for r in world["submitted"]]
+    assert ("auto-rollback", ("svc", 1)) in sources
+    rollback = next(r for r in world["submitted"] if r.source == "auto-rollback")
+    assert "failed" in rollback.message and "r2" in rollback.message
+
+
+def test_watch_window_rolls_back_on_a_5xx_rate(world: dict[str, Any]) -> None:
+    """More than half of the proxied requests failing with 5xx in the window triggers a rollback."""
+    monitor: Monitor = world["monitor"]
+    monitor.on_swap("webhook", [("svc", 2)])
+    caller = Caller("open", None)
+    for status in (500, 502, 503, 200):
+        world["usage"].count(caller, "svc", status, 0.01)
+    monitor.check_watches()
+    (request,) = world["submitted"]
+    assert request.source == "auto-rollback" and "3 of 4" in request.message
+
+
+def test_watch_ends_after_its_window(world: dict[str, Any]) -> None:
+    """After the window passes, errors no longer roll back (ordinary restarts take over)."""
+    monitor: Monitor = world["monitor"]
+    monitor.on_swap("push", [("svc", 2)])
+    world["clock"].now += 61
+    for status in (500, 500, 500, 500):
+        world["usage"].count(Caller("open", None), "svc", status, 0.01)
+    monitor.check_watches()
+    assert world["submitted"] == [] and monitor.watches == {}
+
+
+def test_rollbacks_and_restarts_are_not_watched(world: dict[str, Any]) -> None:
+    """Only pushes, webhooks and manual deploys open a watch window."""
+    world["monitor"].on_swap("auto-rollback", [("svc", 1)])
+    world["monitor"].on_swap("restart", [("svc", 2)])
+    assert world["monitor"].watches == {}
+
+
+def test_servers_with_a_deploy_running_are_skipped(world: dict[str, Any]) -> None:
+    """No probe or restart touches a server whose repo has a deploy running or waiting."""
+    monitor: Monitor = world["monitor"]
+    monitor.busy = lambda repo: True
+    world["docker"].states["c2"] = "exited"
+    monitor.probe_all()
+    monitor.probe_all()
+    assert "svc" not in monitor.health and world["submitted"] == []
+
+
+def test_retention_keeps_live_previous_and_the_newest(world: dict[str, Any]) -> None:
+    """Images beyond the newest N go; the live and previous releases' images always stay."""
+    store: Store = world["store"]
+    docker: FakeDocker = world["docker"]
+    for number in range(3, 9):
+        store.add_release(release("svc", number, "candidate"))
+        store.set_release_status("svc", number, "retired")
+    docker.images |= {f"central-mcp/svc:r{n}" for n in range(1, 9)}
+    removed = world["monitor"].retention()
+    kept = {int(tag.rsplit("r", 1)[1]) for tag in docker.images}
+    assert kept == {1, 2, 4, 5, 6, 7, 8}
+    assert removed["images"] == 1
