@@ -62,7 +62,8 @@ class Clock:
 
 def release(server: str, number: int, status: str, restart: str = "on-failure") -> Release:
     """A stored release of `server`."""
-    return Release(server=server, number=number, repo="repo", commit_sha=f"{number:040d}", fingerprint=str(number),
+    return Release(server=server, number=number, repo="repo", commit_sha=f"{number:040d}",
+                   fingerprint=str(number),
                    image=f"central-mcp/{server}:r{number}", version="1.0.0", status=status, deploy_id=1,
                    container_id=f"c{number}", host_port=5000 + number, path="/mcp", tools=[],
                    manifest={"name": server, "run": {"port": 8080, "restart": restart}})
@@ -104,7 +105,8 @@ def test_healthy_server_is_left_alone(world: dict[str, Any]) -> None:
     assert world["submitted"] == []
 
 
-def test_failures_past_the_threshold_replace_the_container_with_the_same_release(world: dict[str, Any]) -> None:
+def test_failures_past_the_threshold_replace_the_container_with_the_same_release(
+        world: dict[str, Any]) -> None:
     """Two failed probes (the threshold) submit a `restart` deploy of the same release with the reason."""
     world["failing"]["http://127.0.0.1:5002/mcp"] = NotMCP("tools/list answered HTTP 500")
     world["monitor"].probe_all()
