@@ -5,12 +5,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 COVERAGE_FLOOR := 85
 
-.PHONY: run test setup venv engine base-image lint bench clean
+.PHONY: run test setup venv engine base-image browser lint bench clean
 
 run: setup
 	$(BIN)/central-mcp up
 
-test: setup lint
+test: setup browser lint
 	CI=$${CI:-} $(BIN)/python -m pytest --cov=pipeline --cov-report=term --cov-fail-under=$(COVERAGE_FLOOR)
 
 setup: venv engine base-image
@@ -27,6 +27,14 @@ engine: venv
 
 base-image: engine
 	@$(BIN)/central-mcp base-image
+
+# The page tests drive a real headless Chromium (Debian's package; Playwright uses it as is).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian's chromium for the browser tests (apt-get, as root)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; \
+	  else echo "chromium is missing: run 'sudo apt-get install chromium' (the browser tests need it)"; fi; }
 
 lint: venv
 	$(BIN)/ruff check pipeline tests bench

@@ -71,6 +71,7 @@ def _debootstrap(rootfs: Path, say: Callable[[str], None]) -> None:
             raise DockerError("debootstrap is missing and installing it needs root: "
                               "`sudo apt-get install debootstrap`")
         say("installing debootstrap (apt-get, running as root)")
+        _check(["apt-get", "update", "-qq"], "update the package lists")
         _check(["apt-get", "install", "-y", "-qq", "debootstrap"], "install debootstrap")
     _check(["debootstrap", "--variant=minbase", "--include=python3,ca-certificates", SUITE,
             str(rootfs), MIRROR], "debootstrap the base file system")
