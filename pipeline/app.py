@@ -237,16 +237,11 @@ def _follow(s: Services, deploy_id: int) -> Response:
     deploy_log = s.dispatcher.logs[deploy_id]
 
     async def lines() -> AsyncIterator[bytes]:
-        seen = 0
-        while True:
-            events, finished = await asyncio.to_thread(deploy_log.wait, seen, FOLLOW_WAIT)
-            for event in events:
-                yield _event_line(deploy_id, event)
-            seen += len(events)
-            if finished and seen >= len(deploy_log.events):
-                return
+        async for event in deploy_log.follow(0):
+            yield _event_line(deploy_id, event)
 
     return StreamingResponse(lines(), media_type="application/x-ndjson")
+
 
 def _event_line(deploy_id: int, event: Event) -> bytes:
     return (json.dumps({"deploy": deploy_id, "seq": event.seq, "kind": event.kind,

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,7 @@ class DeployLog:
         self.finished = False
         self.steps: list[dict[str, Any]] = []
         self._cond = threading.Condition()
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
 
     def emit(self, kind: str, text: str) -> None:
         """Record one event and wake the readers."""
@@ -44,6 +46,7 @@ class DeployLog:
             self.events.append(event)
             self.store.add_event(self.deploy_id, event.seq, kind, text)
             self._cond.notify_all()
+        self._wake()
 
     def line(self, text: str) -> None:
         """A plain log line."""
@@ -60,6 +63,7 @@ class DeployLog:
         with self._cond:
             self.finished = True
             self._cond.notify_all()
+        self._wake()
 
     def wait(self, after: int, timeout: float) -> tuple[list[Event], bool]:
         """Return events after seq `after` (waiting up to `timeout` for one) and whether it ended."""
@@ -67,6 +71,36 @@ class DeployLog:
             if len(self.events) <= after and not self.finished:
                 self._cond.wait(timeout)
             return self.events[after:], self.finished
+
+
+    async def follow(self, after: int) -> AsyncIterator[Event]:
+        """Yield events after seq `after` as they come, until the deploy ends (no thread held)."""
+        loop = asyncio.get_running_loop()
+        waiter = (loop, asyncio.Event())
+        with self._cond:
+            self._waiters.add(waiter)
+        try:
+            seen = max(after, 0)
+            while True:
+                waiter[1].clear()
+                with self._cond:
+                    events, finished = self.events[seen:], self.finished
+                for event in events:
+                    yield event
+                seen += len(events)
+                if finished and seen >= len(self.events):
+                    return
+                await waiter[1].wait()
+        finally:
+            with self._cond:
+                self._waiters.discard(waiter)
+
+    def _wake(self) -> None:
+        with self._cond:
+            waiters = list(self._waiters)
+        for loop, event in waiters:
+            if not loop.is_closed():
+                loop.call_soon_threadsafe(event.set)
 
 
 class StepTimer:

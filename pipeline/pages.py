@@ -27,7 +27,7 @@ from pipeline.access import Caller, Denied, Gatekeeper
 from pipeline.deploylog import DeployLog, Event
 from pipeline.monitor import Health
 from pipeline.settings import Settings
-from pipeline.store import Deploy, Store
+from pipeline.store import FINISHED, Deploy, Store
 
 TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
                         autoescape=select_autoescape(["html"]))
@@ -36,6 +36,7 @@ PAGE_SIZE = 25
 STATUSES = ("queued", "running", "succeeded", "failed", "canceled", "abandoned")
 FOLLOW_WAIT = 1.0
 ADMIN_COOKIE = "central_mcp_admin"
+REGISTRY_HEADERS = {"Cache-Control": "no-cache", "Vary": "Authorization"}
 
 
 class Sources(Protocol):
@@ -112,8 +113,7 @@ async def _index(request: Request, src: Sources) -> Response:
 
 async def _deploys(request: Request, src: Sources) -> Response:
     server, status = request.query_params.get("server", ""), request.query_params.get("status", "")
-    page = max(1, int(request.query_params.get("page", "1") or 1)) if request.query_params.get(
-        "page", "1").isdigit() else 1
+    page = max(1, _number(request.query_params.get("page", "1"), 1))
     rows = await asyncio.to_thread(src.store.deploys, PAGE_SIZE + 1, (page - 1) * PAGE_SIZE,
                                    status or None, server or None)
     html = TEMPLATES.get_template("deploys.html").render(
@@ -154,7 +154,7 @@ async def _deploy_log(request: Request, src: Sources) -> Response:
         return PlainTextResponse("no such deploy\n", status_code=404)
 
     async def lines() -> AsyncIterator[bytes]:
-        async for event in _follow(src, deploy_id, 0):
+        async for event in _follow(src, deploy_id, 0, end=False):
             yield (_clean(event.text) + "\n").encode()
 
     return StreamingResponse(lines(), media_type="text/plain; charset=utf-8",
@@ -164,7 +164,9 @@ async def _deploy_log(request: Request, src: Sources) -> Response:
 async def _deploy_events(request: Request, src: Sources) -> Response:
     """Server-sent events of a deploy after `?after=N`, ending with its `end` event."""
     deploy_id = int(request.path_params["id"])
-    after = int(request.query_params.get("after", "0") or 0)
+    if await _find(src, request) is None:
+        return JSONResponse({"error": "no such deploy"}, status_code=404)
+    after = _number(request.query_params.get("after", "0"), 0)
 
     async def events() -> AsyncIterator[bytes]:
         async for event in _follow(src, deploy_id, after):
@@ -175,21 +177,27 @@ async def _deploy_events(request: Request, src: Sources) -> Response:
                              headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
 
 
-async def _follow(src: Sources, deploy_id: int, after: int) -> AsyncIterator[Event]:
-    """Yield a deploy's events after `after`, live while this process runs it."""
+async def _follow(src: Sources, deploy_id: int, after: int, *, end: bool = True) -> AsyncIterator[Event]:
+    """Yield a deploy's events after `after`, live while this process runs it.
+
+    With `end`, a finished deploy whose log has no `end` event (one cut off by a restart) gets
+    one, so that a browser's EventSource stops instead of reconnecting forever.
+    """
     live = src.live_log(deploy_id)
-    if live is None:
-        for seq, ts, kind, text in await asyncio.to_thread(src.store.events, deploy_id, after):
-            yield Event(seq, ts, kind, text)
-        return
-    seen = after
-    while True:
-        events, finished = await asyncio.to_thread(live.wait, seen, FOLLOW_WAIT)
-        for event in events:
+    if live is not None:
+        async for event in live.follow(after):
             yield event
-        seen += len(events)
-        if finished and seen >= len(live.events):
-            return
+        return
+    stored = await asyncio.to_thread(src.store.events, deploy_id, max(after, 0))
+    for seq, ts, kind, text in stored:
+        yield Event(seq, ts, kind, text)
+    if not end or (stored and stored[-1][2] == "end"):
+        return
+    found = await asyncio.to_thread(src.store.deploy, deploy_id)
+    if found is not None and found.status in FINISHED:
+        # Deploys cut off by a restart have no `end` event of their own: end the stream anyway.
+        seq = stored[-1][0] + 1 if stored else max(after, 0) + 1
+        yield Event(seq, found.finished_at or time.time(), "end", f"{found.status}: {found.error}")
 
 
 async def _registry(request: Request, src: Sources, which: str) -> Response:
@@ -203,8 +211,8 @@ async def _registry(request: Request, src: Sources, which: str) -> Response:
         registry.mcp_json(src.settings, shown)
     body, tag = registry.etag(document)
     if tag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
-        return Response(status_code=304, headers={"ETag": tag})
-    return Response(body, media_type="application/json", headers={"ETag": tag, "Cache-Control": "no-cache"})
+        return Response(status_code=304, headers={"ETag": tag, **REGISTRY_HEADERS})
+    return Response(body, media_type="application/json", headers={"ETag": tag, **REGISTRY_HEADERS})
 
 
 async def _client_config(request: Request, src: Sources) -> Response:
@@ -230,9 +238,9 @@ def _admin_denied(request: Request, settings: Settings) -> Response | None:
     token = settings.admin_token
     if not token:
         return None
-    given = request.cookies.get(ADMIN_COOKIE, "") or request.query_params.get("token", "") or \
-        request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-    if hmac.compare_digest(given.encode(), token.encode()):
+    offered = (request.query_params.get("token", ""), request.cookies.get(ADMIN_COOKIE, ""),
+               request.headers.get("authorization", "").removeprefix("Bearer ").strip())
+    if any(hmac.compare_digest(given.encode(), token.encode()) for given in offered if given):
         return None
     return PlainTextResponse("admin token required: open this page once with ?token=...\n", status_code=401,
                              headers={"WWW-Authenticate": 'Bearer realm="central-mcp admin"'})
@@ -259,6 +267,11 @@ def _with_tool_changes(src: Sources, d: Deploy) -> dict[str, Any]:
                 entry["tools_removed"] = sorted(before - after)
         servers[name] = entry
     return servers
+
+
+def _number(text: str, default: int) -> int:
+    """A non-negative decimal from a query parameter, or `default`."""
+    return int(text) if re.fullmatch(r"[0-9]{1,9}", text or "") else default
 
 
 def _clean(text: str) -> str:

@@ -28,6 +28,7 @@ HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
     "transfer-encoding", "upgrade", "host", "authorization", "content-length",
 })
+SERVER_SET = frozenset({"date", "server"})  # uvicorn writes its own; forwarding them doubles them
 SESSION_HEADER = "mcp-session-id"
 RETRY_AFTER_SECONDS = "5"
 CONNECT_TIMEOUT = 10.0
@@ -113,11 +114,12 @@ class Proxy:
             self.usage.count(caller, upstream.server, 502, time.monotonic() - started)
             return _bad_gateway(upstream.server, exc)
         self._track_session(request.method, session_id, response, upstream, caller)
-        out_headers = {k: v for k, v in response.headers.items() if k.lower() not in HOP_BY_HOP}
+        out_headers = {k.lower(): v for k, v in response.headers.items()
+                       if k.lower() not in HOP_BY_HOP and k.lower() not in SERVER_SET}
         is_sse = "text/event-stream" in response.headers.get("content-type", "")
         if is_sse:
-            out_headers["X-Accel-Buffering"] = "no"
-            out_headers.setdefault("Cache-Control", "no-cache")
+            out_headers["x-accel-buffering"] = "no"
+            out_headers.setdefault("cache-control", "no-cache")
 
         async def finish() -> None:
             response.release()

@@ -20,6 +20,10 @@ def reconcile(ctx: Context, say: Callable[[str], None]) -> list[Upstream]:
     """Abandon interrupted deploys, remove orphans, route (or restart) every live release."""
     for deploy_id in ctx.store.abandon_active(ABANDONED_REASON):
         say(f"deploy #{deploy_id} was interrupted: marked abandoned")
+    for candidate in (r for r in ctx.store.all_releases() if r.status == "candidate"):
+        # Gated by a deploy that never swapped; left a candidate, retention would keep its image forever.
+        ctx.store.set_release_status(candidate.server, candidate.number, "failed")
+        say(f"{candidate.server} {candidate.name}: its deploy was interrupted before the swap: marked failed")
     live = {r.server: r for r in ctx.store.live_releases()}
     routed: dict[str, Upstream] = {}
     for container in ctx.docker.containers({LABEL_INSTANCE: ctx.instance}):

@@ -13,6 +13,7 @@ import uvicorn
 from pipeline import logs
 from pipeline.access import create_key
 from pipeline.app import create_app
+from pipeline.dockerhost import DockerHost
 from pipeline.errors import DeployError
 from pipeline.hook import init_repo
 from pipeline.settings import Settings
@@ -22,7 +23,8 @@ STARTUP_TIMEOUT = 120.0
 
 
 def server(settings: Settings, port: int | None = None) -> uvicorn.Server:
-    """A uvicorn server for the provider (not yet started)."""
+    """A uvicorn server for the provider (not yet started); raises if it could not start."""
+    _preflight(settings)
     logs.configure()
     config = uvicorn.Config(create_app(settings, port=port), host=settings.host,
                             port=port or settings.port, log_level="info", access_log=False, log_config=None,
@@ -59,6 +61,16 @@ def up(settings: Settings, workdir: Path, say: Callable[[str], None], port: int 
     except KeyboardInterrupt:
         srv.should_exit = True
         thread.join(30)
+
+
+def _preflight(settings: Settings) -> None:
+    """Open the database and ping Docker before uvicorn runs the lifespan.
+
+    uvicorn turns an error raised in the lifespan into a logged traceback and exit status 3;
+    raised here, it reaches the CLI, which prints its message (what is wrong and the fix).
+    """
+    Store(settings.state_dir / "central-mcp.db").close()
+    DockerHost().ping()
 
 
 def _first_key(settings: Settings, say: Callable[[str], None]) -> None:

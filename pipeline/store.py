@@ -169,9 +169,8 @@ class Store:
             where.append("status = ?")
             args.append(status)
         if server:
-            where.append("servers LIKE ? ESCAPE '\\'")
-            escaped = json.dumps(server).replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            args.append(f"%{escaped}:%")
+            where.append("EXISTS (SELECT 1 FROM json_each(deploys.servers) WHERE json_each.key = ?)")
+            args.append(server)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         with self._lock:
             rows = self._db.execute(f"SELECT * FROM deploys {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
