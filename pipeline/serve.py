@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import threading
 import time
@@ -20,6 +21,7 @@ from pipeline.settings import Settings
 from pipeline.store import Store
 
 STARTUP_TIMEOUT = 120.0
+STOP_TIMEOUT = 60.0
 
 
 def server(settings: Settings, port: int | None = None) -> uvicorn.Server:
@@ -38,6 +40,9 @@ def up(settings: Settings, workdir: Path, say: Callable[[str], None], port: int 
     repo = settings.repo()
     path, remotes = init_repo(settings, repo.name)
     srv = server(settings, port)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     thread = threading.Thread(target=srv.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + STARTUP_TIMEOUT
@@ -53,14 +58,12 @@ def up(settings: Settings, workdir: Path, say: Callable[[str], None], port: int 
     say(f"servers:   {base}/mcp/<server>")
     _first_key(settings, say)
     for line in remotes:
-        say(f"remote:    {line}")
+        say(f"add vm:    {line}")
     say("press Ctrl-C to stop")
-    try:
-        while thread.is_alive():
-            thread.join(0.5)
-    except KeyboardInterrupt:
-        srv.should_exit = True
-        thread.join(30)
+    while thread.is_alive() and not stop.wait(0.5):
+        pass
+    srv.should_exit = True
+    thread.join(STOP_TIMEOUT)
 
 
 def _preflight(settings: Settings) -> None:
