@@ -92,7 +92,7 @@ def _wait_finished(provider: Provider, deploy_id: int) -> dict[str, Any]:
 
 def test_signed_push_webhook_makes_the_new_commit_live(hooked: tuple[Provider, Path],
                                                        tmp_path: Path) -> None:
-    """A signed GitHub push answers 202 at once; the commit is fetched, deployed, and answers via the proxy."""
+    """A signed GitHub push answers 202 at once; the commit is fetched, deployed and served by the proxy."""
     provider, github = hooked
     ws = _github_clone(provider, github, tmp_path / "gh")
     echo = ws.put("echo", env={"GREETING": "hooked"})
