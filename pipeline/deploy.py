@@ -148,6 +148,9 @@ class Runbook:
                 self._prepare_all(candidates)
         with self.log.step("swap"):
             old = self._swap(candidates, removed)
+            if self.request.source == "auto-rollback":
+                for bad in old:
+                    self.ctx.store.set_release_status(bad.server, bad.release, "rolled-back")
             live = self.ctx.store.live_releases()
             registry.write_files(self.ctx.settings, live)
             self.ctx.metrics.live.set(len(live))
@@ -205,6 +208,12 @@ class Runbook:
                                   f"{current.repo!r}; rename one of them")
             self.ctx.secrets.values(manifest.name, manifest.secrets)
             fingerprint = self._fingerprint(manifest, snapshot)
+            held = self._rolled_back(manifest.name, fingerprint)
+            if held is not None:
+                self.log.line(f"{manifest.name}: held back — r{held.number}, built from this same input, "
+                              "was rolled back automatically; change the server to deploy it again")
+                self.outcomes[manifest.name] = {"outcome": "held back", "release": held.number}
+                continue
             if current and current.fingerprint == fingerprint:
                 self.log.line(f"{manifest.name}: unchanged (live r{current.number})")
                 self.outcomes[manifest.name] = {"outcome": "unchanged", "release": current.number}
@@ -226,6 +235,11 @@ class Runbook:
         for server in removed:
             self.log.line(f"{server}: its folder is gone → drain and remove")
         return candidates, removed
+
+    def _rolled_back(self, server: str, fingerprint: str) -> Release | None:
+        """A release of exactly this input that the watch window rolled back, if any."""
+        return next((r for r in self.ctx.store.releases(server)
+                     if r.fingerprint == fingerprint and r.status == "rolled-back"), None)
 
     def _reusable(self, server: str, fingerprint: str) -> Release | None:
         """An earlier good release built from exactly this input whose image still exists."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,9 @@ def reconcile(ctx: Context, say: Callable[[str], None]) -> list[Upstream]:
         # Gated by a deploy that never swapped; left a candidate, retention would keep its image forever.
         ctx.store.set_release_status(candidate.server, candidate.number, "failed")
         say(f"{candidate.server} {candidate.name}: its deploy was interrupted before the swap: marked failed")
+    for snapshot in (ctx.settings.state_dir / "snapshots").glob("snap-*"):
+        # Left by deploys that died with the provider, or by hooks that found no serve to take them.
+        shutil.rmtree(snapshot, ignore_errors=True)
     live = {r.server: r for r in ctx.store.live_releases()}
     routed: dict[str, Upstream] = {}
     for container in ctx.docker.containers({LABEL_INSTANCE: ctx.instance}):

@@ -18,6 +18,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -97,6 +98,7 @@ class Provider:
     docker: DockerHost
     suffix: str
     names: set[str] = field(default_factory=set)
+    proc: subprocess.Popen[bytes] | None = None
 
     @property
     def base(self) -> str:
@@ -230,6 +232,30 @@ class Provider:
         path = self.root / "serve.log"
         return path.read_text(errors="replace")[-4000:] if path.exists() else ""
 
+    def launch(self) -> subprocess.Popen[bytes]:
+        """Start `serve` on this provider's port and state dir, its output appended to serve.log."""
+        with (self.root / "serve.log").open("ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "pipeline", "--config", str(self.config),
+                                          "serve", "--port", str(self.port)],
+                                         env=self.env, stdout=log, stderr=log)
+        return self.proc
+
+    def start(self) -> None:
+        """Start `serve` and wait until its /healthz answers."""
+        proc = self.launch()
+        wait_for("the provider's /healthz", lambda: _healthy(self, proc), SERVE_START_TIMEOUT)
+
+    def kill(self) -> None:
+        """`kill -9` the serve process, as a crash or the OOM killer would."""
+        assert self.proc is not None and self.proc.poll() is None, "serve is not running"
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        """Stop the serve process gracefully (SIGTERM) if it runs."""
+        if self.proc is not None and self.proc.poll() is None:
+            _stop(self.proc)
+
 
 @dataclass
 class Workspace:
@@ -302,6 +328,10 @@ class Workspace:
                                 env=self.provider.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True)
 
+    def watch_push(self) -> WatchedPush:
+        """Start `git push origin HEAD:main` and collect its output lines as they arrive."""
+        return WatchedPush(self.start_push())
+
     def _rewrite(self, folder: Path, server: str, env: dict[str, str] | None,
                  change: Callable[[dict[str, Any]], None] | None) -> None:
         path = folder / "mcp-server.yaml"
@@ -312,6 +342,37 @@ class Workspace:
         if change:
             change(data)
         path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+class WatchedPush:
+    """A `git push` in progress whose output is read line by line (to act in the middle of a deploy)."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.started = time.monotonic()
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, name="push-output", daemon=True)
+        self._reader.start()
+
+    def wait_for_line(self, text: str, timeout: float) -> None:
+        """Wait until the pusher has seen a line containing `text`; fail if the push ends first."""
+        def seen() -> bool:
+            found = any(text in line for line in self.lines)
+            assert found or self._reader.is_alive(), \
+                f"the push ended without a line containing {text!r}:\n" + "\n".join(self.lines)
+            return found
+        wait_for(f"a push output line containing {text!r}", seen, timeout)
+
+    def finish(self) -> Push:
+        """Wait for the push to end and return what the pusher saw."""
+        self.proc.wait(PUSH_TIMEOUT)
+        self._reader.join(PUSH_TIMEOUT)
+        return Push(self.proc.returncode, "\n".join(self.lines), time.monotonic() - self.started)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
 
 
 def finish(proc: subprocess.Popen[str], started: float) -> Push:
@@ -336,29 +397,26 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: flo
 
 
 @contextmanager
-def running_provider(root: Path, docker: DockerHost) -> Iterator[Provider]:
-    """Start a real `serve` subprocess with its own deploy.yaml and bare repo; clean up after."""
+def running_provider(root: Path, docker: DockerHost, extra_config: str = "") -> Iterator[Provider]:
+    """Start a real `serve` subprocess with its own deploy.yaml (plus `extra_config`); clean up after."""
     state = root / "state"
     state.mkdir(parents=True)
     (state / "secrets.env").write_text(f"# test secrets\n{SECRET_NAME}={SECRET_VALUE}\n")
     config = root / "deploy.yaml"
     # The config's own port differs from --port on purpose: what the pusher is told must follow
     # the port the provider really serves on.
-    config.write_text(CONFIG.format(config_port=free_port()))
+    config.write_text(CONFIG.format(config_port=free_port()) + extra_config)
     env = {k: v for k, v in os.environ.items() if k != SECRET_NAME and not k.startswith("GIT_")}
     env.update({"CENTRAL_MCP_STATE_DIR": str(state), "GIT_TERMINAL_PROMPT": "0", "PYTHONUNBUFFERED": "1"})
     provider = Provider(root, config, state, free_port(), env, docker, secrets.token_hex(3))
-    with (root / "serve.log").open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "pipeline", "--config", str(config), "serve",
-                                 "--port", str(provider.port)], env=env, stdout=log, stderr=log)
-        try:
-            wait_for("the provider's /healthz", lambda: _healthy(provider, proc), SERVE_START_TIMEOUT)
-            init = provider.cli("init-repo")
-            assert init.returncode == 0, init.stderr
-            yield provider
-        finally:
-            _stop(proc)
-            _remove_leftovers(provider)
+    try:
+        provider.start()
+        init = provider.cli("init-repo")
+        assert init.returncode == 0, init.stderr
+        yield provider
+    finally:
+        provider.stop()
+        _remove_leftovers(provider)
 
 
 async def _call(url: str, tool: str, args: dict[str, Any]) -> dict[str, Any]:
