@@ -12,7 +12,7 @@ from pipeline import registry
 from pipeline.settings import Project, Settings
 from pipeline.store import Release
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "public"
 OFFICIAL = json.loads((FIXTURES / "mcp-registry-server.schema-2025-12-11.json").read_text())
 
 

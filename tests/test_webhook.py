@@ -1,4 +1,4 @@
-"""Webhook receiver logic against the real payloads in ../shared/fixtures, signed over their bytes."""
+"""Webhook receiver logic against real public payloads (tests/fixtures/public), signed over their bytes."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pipeline.deploy import DeployRequest
 from pipeline.settings import Repo, Settings, Webhook
 from pipeline.webhook import Delivery, Receiver, sample_curl, sign_gitea, sign_github
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "public"
 SECRET = "It's a Secret to Everybody"
 
 
