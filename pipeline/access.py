@@ -70,10 +70,14 @@ class Gatekeeper:
         """Whether keys are required (deploy.yaml lists projects)."""
         return bool(self.settings.projects)
 
+    def origin_allowed(self, origin: str) -> bool:
+        """Whether a browser Origin may call the proxy."""
+        return _origin(origin) in self._origins
+
     def check(self, authorization: str, origin: str, server: str,
               access: tuple[str, ...] = ("all",)) -> Caller | Denied:
         """Return the caller, or why the request is denied (`access`: the manifest's list)."""
-        if origin and _origin(origin) not in self._origins:
+        if origin and not self.origin_allowed(origin):
             return Denied(403, f"origin {origin!r} is not allowed", {})
         if not self.required:
             return Caller(OPEN_ACCESS, None)

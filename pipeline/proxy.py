@@ -34,6 +34,10 @@ RETRY_AFTER_SECONDS = "5"
 CONNECT_TIMEOUT = 10.0
 MAX_BODY_BYTES = 4 * 1024 * 1024
 KEEPALIVE_COMMENT = b": keep-alive\n\n"
+ROUTE_ATTEMPTS = 3
+ALLOWED_HEADERS = ("Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, "
+                   "Mcp-Method, Mcp-Name, Last-Event-ID")
+EXPOSED_HEADERS = "Mcp-Session-Id, MCP-Protocol-Version"
 
 
 class Proxy:
@@ -61,21 +65,41 @@ class Proxy:
     async def handle(self, request: Request) -> Response:
         """Authorize, route and forward one request to the server named in the path."""
         server = request.path_params["server"]
+        origin = request.headers.get("origin", "")
+        if request.method == "OPTIONS" and origin:
+            return self._preflight(request, origin)
         live = self.router.get(server)
-        verdict = self.gatekeeper.check(request.headers.get("authorization", ""),
-                                        request.headers.get("origin", ""), server,
+        verdict = self.gatekeeper.check(request.headers.get("authorization", ""), origin, server,
                                         live.access if live else ("all",))
         if isinstance(verdict, Denied):
             return JSONResponse({"error": verdict.message}, status_code=verdict.status,
                                 headers=verdict.headers)
-        session_id = request.headers.get(SESSION_HEADER, "")
-        routed = self._route(server, session_id, verdict)
-        if isinstance(routed, Response):
-            return routed
-        body = await request.body()
+        declared = request.headers.get("content-length", "")
+        if declared.isdecimal() and int(declared) > MAX_BODY_BYTES:
+            return JSONResponse({"error": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
+        body = await request.body()  # read before routing: a slow body must not outlive a drain
         if len(body) > MAX_BODY_BYTES:
             return JSONResponse({"error": f"request body over {MAX_BODY_BYTES} bytes"}, status_code=413)
-        return await self._forward(request, routed, body, verdict, session_id)
+        session_id = request.headers.get(SESSION_HEADER, "")
+        for _ in range(ROUTE_ATTEMPTS):
+            routed = self._route(server, session_id, verdict)
+            if isinstance(routed, Response):
+                return _cors(routed, origin)
+            closer = self.router.enter(routed)
+            if closer is not None:
+                return _cors(await self._forward(request, routed, closer, body, verdict, session_id), origin)
+        return JSONResponse({"error": f"server {server!r} is being replaced; retry"}, status_code=503,
+                            headers={"Retry-After": "1"})
+
+    def _preflight(self, request: Request, origin: str) -> Response:
+        """Answer a browser's CORS preflight: allowed origins need no key for it."""
+        if not self.gatekeeper.origin_allowed(origin):
+            return JSONResponse({"error": f"origin {origin!r} is not allowed"}, status_code=403)
+        asked = request.headers.get("access-control-request-headers", "")
+        return Response(status_code=204, headers={
+            "Access-Control-Allow-Origin": origin, "Vary": "Origin",
+            "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+            "Access-Control-Allow-Headers": asked or ALLOWED_HEADERS, "Access-Control-Max-Age": "600"})
 
     def _route(self, server: str, session_id: str, caller: Caller) -> Upstream | Response:
         if session_id:
@@ -95,17 +119,17 @@ class Proxy:
                                 status_code=503, headers={"Retry-After": RETRY_AFTER_SECONDS})
         return JSONResponse({"error": f"no server named {server!r}"}, status_code=404)
 
-    async def _forward(self, request: Request, upstream: Upstream, body: bytes, caller: Caller,
-                       session_id: str) -> Response:
+    async def _forward(self, request: Request, upstream: Upstream, closer: asyncio.Event, body: bytes,
+                       caller: Caller, session_id: str) -> Response:
         assert self._session is not None, "Proxy.start() was not awaited"
         rest = request.path_params.get("rest", "")
         url = upstream.base_url + (f"/{rest}" if rest else "")
         if request.url.query:
             url += f"?{request.url.query}"
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        # The Origin was checked above; SDK servers' own guard would refuse a public one.
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP | {"origin"}}
         headers["Host"] = f"{upstream.host}:{upstream.port}"
         started = time.monotonic()
-        closer = self.router.enter(upstream)
         try:
             response = await self._session.request(request.method, url, headers=headers,
                                                    data=body or None, allow_redirects=False)
@@ -126,9 +150,17 @@ class Proxy:
             self.router.leave(upstream, closer)
             self.usage.count(caller, upstream.server, response.status, time.monotonic() - started)
 
-        stream = _sse(response, closer, self.keepalive) if is_sse else _plain(response)
-        return StreamingResponse(stream, status_code=response.status, headers=out_headers,
-                                 background=BackgroundTask(finish))
+        if not is_sse:
+            # JSON answers and 202s are small: relay them whole, with their length (much faster).
+            try:
+                payload = await response.read()
+            except (aiohttp.ClientError, OSError) as exc:
+                await finish()
+                return _bad_gateway(upstream.server, exc)
+            await finish()
+            return Response(payload, status_code=response.status, headers=out_headers)
+        return StreamingResponse(_sse(response, closer, self.keepalive), status_code=response.status,
+                                 headers=out_headers, background=BackgroundTask(finish))
 
     def _track_session(self, method: str, session_id: str, response: aiohttp.ClientResponse,
                        upstream: Upstream, caller: Caller) -> None:
@@ -141,12 +173,13 @@ class Proxy:
             self.router.open_session(session_id, upstream, caller.key_id)  # adopt after a restart
 
 
-async def _plain(response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
-    try:
-        async for chunk in response.content.iter_any():
-            yield chunk
-    except (aiohttp.ClientError, OSError):
-        return  # the upstream went away mid-body; end the client's response cleanly
+def _cors(response: Response, origin: str) -> Response:
+    """Let an allowed browser origin read the answer and the session header."""
+    if origin:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+        response.headers["Vary"] = "Origin"
+    return response
 
 
 async def _sse(response: aiohttp.ClientResponse, closer: asyncio.Event,

@@ -122,10 +122,18 @@ class Router:
             return sum(1 for s in self._sessions.values() if s.container_id == container_id)
 
     # in-flight requests and open streams ----------------------------------------------------
-    def enter(self, upstream: Upstream) -> asyncio.Event:
-        """Count a request that started on `upstream`; the event is set when it must close."""
+    def enter(self, upstream: Upstream) -> asyncio.Event | None:
+        """Count a request on `upstream` if it is still routable (else None: route again).
+
+        The check and the count happen under the lock that `drain` retires under, so a request
+        is either counted before an upstream is retired or never sent to it.
+        """
         closer = asyncio.Event()
         with self._lock:
+            live = self._table.get(upstream.server)
+            if (live is None or live.container_id != upstream.container_id) \
+                    and upstream.container_id not in self._draining:
+                return None
             self._inflight[upstream.container_id] = self._inflight.get(upstream.container_id, 0) + 1
             self._closers.setdefault(upstream.container_id, set()).add(closer)
         return closer
@@ -154,9 +162,11 @@ class Router:
         """
         started = clock()
         while True:
-            sessions = self.sessions_on(container_id)
-            if self.inflight(container_id) == 0 and sessions == 0:
-                return True
+            with self._lock:
+                sessions = self.sessions_on(container_id)
+                if self._inflight.get(container_id, 0) == 0 and sessions == 0:
+                    self._draining.pop(container_id, None)  # idle: stop routing to it, atomically
+                    return True
             limit = session_timeout if sessions else request_timeout
             if clock() - started >= limit:
                 return False

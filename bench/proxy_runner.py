@@ -1,0 +1,121 @@
+"""Processes for bench/proxy_bench.py, each under uvicorn like production, on 127.0.0.1.
+
+    python bench/proxy_runner.py proxy --port P --upstream-port U [--key]   central-mcp's proxy
+    python bench/proxy_runner.py sdk --port P                               SDK server, stateless, JSON
+    python bench/proxy_runner.py echo --port P                              raw Starlette JSON echo
+
+`proxy` routes `/mcp/bench` to `http://127.0.0.1:U/mcp` with the real Router, Gatekeeper, Usage and
+Store; with `--key` deploy.yaml has a project and the process prints a fresh key on its first line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from pipeline.access import Gatekeeper, create_key
+from pipeline.app import proxy_routes
+from pipeline.proxy import Proxy
+from pipeline.routes import Router, Upstream
+from pipeline.settings import Project, ProxyTimeouts, Settings
+from pipeline.store import Store
+from pipeline.usage import Usage
+
+SERVER = "bench"
+UNLIMITED = 10**9
+
+
+def proxy_app(upstream_port: int, state_dir: Path, with_key: bool) -> tuple[Starlette, str]:
+    """The proxy's routes in front of one upstream; return the app and a key ('' without projects)."""
+    projects = (Project("bench", per_minute=UNLIMITED, burst=UNLIMITED),) if with_key else ()
+    settings = Settings(config_path=Path("deploy.yaml"), state_dir=state_dir, projects=projects,
+                        proxy=ProxyTimeouts())
+    store = Store(state_dir / "central-mcp.db")
+    key = create_key(store, settings, "bench") if with_key else ""
+    router, usage = Router(), Usage(store)
+    router.swap({SERVER: Upstream(SERVER, 1, "bench-1", "127.0.0.1", upstream_port, "/mcp")})
+    proxy = Proxy(router, Gatekeeper(settings, store), usage, settings.proxy.keepalive)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        router.loop = asyncio.get_running_loop()
+        await proxy.start()
+        flusher = asyncio.create_task(_flush(usage))  # as the real app does, every 5 s
+        try:
+            yield
+        finally:
+            flusher.cancel()
+            await proxy.stop()
+
+    return Starlette(routes=proxy_routes(proxy.handle), lifespan=lifespan), key
+
+
+async def _flush(usage: Usage) -> None:
+    while True:
+        await asyncio.sleep(5.0)
+        await asyncio.to_thread(usage.flush)
+
+
+def sdk_app() -> Starlette:
+    """An SDK MCP server, stateless with JSON answers, with one `echo` tool."""
+    server = MCPServer("bench")
+
+    @server.tool()
+    def echo(text: str) -> str:
+        """Return the text unchanged."""
+        return text
+
+    return server.streamable_http_app(
+        streamable_http_path="/mcp", stateless_http=True, json_response=True, host="127.0.0.1",
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
+
+
+def echo_app() -> Starlette:
+    """A raw JSON echo: answers every POST with a fixed small JSON-RPC result."""
+    answer = (b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hi"}],'
+              b'"isError":false}}')
+
+    async def endpoint(request: Request) -> Response:
+        await request.body()
+        return Response(answer, media_type="application/json")
+
+    return Starlette(routes=[Route("/mcp", endpoint, methods=["POST"])])
+
+
+def main(argv: list[str]) -> None:
+    """Serve one of the bench's processes until terminated."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("role", choices=["proxy", "sdk", "echo"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--upstream-port", type=int, default=0)
+    parser.add_argument("--key", action="store_true", help="require a project key (printed first)")
+    args = parser.parse_args(argv)
+    logging.getLogger("mcp").setLevel(logging.WARNING)  # the SDK says "session manager started" at INFO
+    app: Any
+    if args.role == "proxy":
+        state = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
+        app, key = proxy_app(args.upstream_port, state, args.key)
+        print(key, flush=True)
+    else:
+        app = sdk_app() if args.role == "sdk" else echo_app()
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
+                lifespan="on")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

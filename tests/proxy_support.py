@@ -1,0 +1,228 @@
+"""The proxy under test and what it forwards to, all real and on loopback.
+
+`running_proxy` serves a tiny Starlette app built from `proxy_routes(proxy.handle)` around a real
+Router, Gatekeeper, Usage and Store; `sdk_upstream` serves an SDK MCP server whose tools say which
+upstream answered; `Recorder` is a raw upstream that keeps every request it saw and answers as told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx2
+from loopback import serve_asgi
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from pipeline.access import Gatekeeper
+from pipeline.app import proxy_routes
+from pipeline.proxy import Proxy
+from pipeline.routes import Router, Upstream
+from pipeline.settings import Project, ProxyTimeouts, Settings
+from pipeline.store import Store
+from pipeline.usage import Usage
+
+KEEPALIVE = 0.3
+LEGACY = "2025-11-25"  # the session era's last version
+MODERN = "2026-07-28"  # the stateless era
+ACCEPT_BOTH = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+SDK_TIMEOUT = httpx2.Timeout(30.0, read=300.0)  # what the SDK's own default client uses
+ALL_METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD"]
+
+
+class Clock:
+    """A monotonic clock the test can move forward (key cache and rate limits read it)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+
+@dataclass
+class Rig:
+    """A running proxy and the real services behind it."""
+
+    port: int
+    router: Router
+    store: Store
+    settings: Settings
+    usage: Usage
+    clock: Clock
+
+    def url(self, server: str, rest: str = "") -> str:
+        """The proxy URL of `server` (with `rest` appended verbatim)."""
+        return f"http://127.0.0.1:{self.port}/mcp/{server}{rest}"
+
+
+def proxy_app(proxy: Proxy, router: Router) -> Starlette:
+    """The proxy's two routes in an app whose lifespan opens and closes the upstream pool."""
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        router.loop = asyncio.get_running_loop()
+        await proxy.start()
+        try:
+            yield
+        finally:
+            await proxy.stop()
+
+    return Starlette(routes=proxy_routes(proxy.handle), lifespan=lifespan)
+
+
+@contextmanager
+def running_proxy(state_dir: Path, *, projects: tuple[Project, ...] = (),
+                  allowed_origins: tuple[str, ...] = (), keepalive: float = KEEPALIVE) -> Iterator[Rig]:
+    """Serve a proxy on loopback with a fresh Store in `state_dir`; yield its rig."""
+    settings = Settings(config_path=Path("deploy.yaml"), state_dir=state_dir, projects=projects,
+                        proxy=ProxyTimeouts(keepalive=keepalive, drain_timeout=5.0,
+                                            session_drain_timeout=10.0, allowed_origins=allowed_origins))
+    store = Store(state_dir / "central-mcp.db")
+    router, usage, clock = Router(), Usage(store), Clock()
+    proxy = Proxy(router, Gatekeeper(settings, store, clock=clock), usage, keepalive)
+    try:
+        with serve_asgi(proxy_app(proxy, router)) as port:
+            yield Rig(port, router, store, settings, usage, clock)
+    finally:
+        store.close()
+
+
+def upstream(server: str, port: int, container_id: str, release: int = 1, path: str = "/mcp") -> Upstream:
+    """An Upstream on 127.0.0.1."""
+    return Upstream(server=server, release=release, container_id=container_id, host="127.0.0.1",
+                    port=port, path=path)
+
+
+# SDK upstreams ---------------------------------------------------------------------------------
+def sdk_app(label: str, *, stateless: bool = False, json_response: bool = False,
+            protect: bool = False, calls: list[str] | None = None) -> Starlette:
+    """An SDK MCP server whose `whoami` answers `label`; `protect` keeps its DNS-rebinding guard on.
+
+    `calls`, when given, receives the name of each tool call as it starts.
+    """
+    server = MCPServer(f"server-{label}")
+
+    @server.tool()
+    def whoami() -> str:
+        """Say which upstream answered."""
+        if calls is not None:
+            calls.append("whoami")
+        return label
+
+    @server.tool()
+    def echo(text: str) -> str:
+        """Return the text unchanged."""
+        return text
+
+    @server.tool()
+    async def slow(seconds: float, steps: int, ctx: Context) -> str:
+        """Sleep `seconds` in `steps` parts, reporting progress after each; then say who answered."""
+        if calls is not None:
+            calls.append("slow")
+        for step in range(1, steps + 1):
+            await asyncio.sleep(seconds / steps)
+            await ctx.report_progress(step, steps, f"step {step}")
+        return label
+
+    security = None if protect else TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    return server.streamable_http_app(streamable_http_path="/mcp", stateless_http=stateless,
+                                      json_response=json_response, transport_security=security,
+                                      host="127.0.0.1" if protect else "0.0.0.0")
+
+
+@contextmanager
+def sdk_upstream(server: str, label: str, **options: Any) -> Iterator[Upstream]:
+    """Serve `sdk_app(label, **options)` on loopback; yield it as an Upstream (container id = label)."""
+    with serve_asgi(sdk_app(label, **options)) as port:
+        yield upstream(server, port, container_id=label)
+
+
+@asynccontextmanager
+async def connect(url: str, *, mode: str = "legacy", headers: dict[str, str] | None = None,
+                  statuses: list[httpx2.Response] | None = None) -> AsyncIterator[Client]:
+    """An SDK Client on `url` with the SDK's default timeouts; every HTTP response lands in `statuses`."""
+    http = httpx2.AsyncClient(headers=headers, timeout=SDK_TIMEOUT)
+    if statuses is not None:
+        seen = statuses
+
+        async def record(response: httpx2.Response) -> None:
+            seen.append(response)
+
+        http.event_hooks["response"].append(record)
+    async with http, Client(streamable_http_client(url, http_client=http), mode=mode) as client:
+        yield client
+
+
+async def eventually(check: Callable[[], bool], timeout: float = 2.0) -> bool:
+    """Poll `check` until it holds or `timeout` passes (the proxy counts a request done just after
+    its last byte is sent, so a client can see the end a moment before the counters do)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+def text_of(result: Any) -> str:
+    """The text of a tool result's first content block."""
+    return str(result.content[0].text)
+
+
+# raw upstreams ---------------------------------------------------------------------------------
+@dataclass
+class Seen:
+    """One request as an upstream received it."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Recorder:
+    """A raw upstream: records each request, answers with `answer(request)` or 200 + JSON echo."""
+
+    answer: Callable[[Request], Awaitable[Response]] | None = None
+    seen: list[Seen] = field(default_factory=list)
+
+    async def endpoint(self, request: Request) -> Response:
+        """Record the request, then answer it."""
+        body = await request.body()
+        self.seen.append(Seen(request.method, request.url.path, request.url.query,
+                              dict(request.headers), body))
+        if self.answer is not None:
+            return await self.answer(request)
+        return Response(b'{"jsonrpc": "2.0", "id": 1, "result": {}}', media_type="application/json")
+
+    def app(self) -> Starlette:
+        """The recorder as an ASGI app serving /mcp and everything under it."""
+        return Starlette(routes=[Route("/mcp", self.endpoint, methods=ALL_METHODS),
+                                 Route("/mcp/{rest:path}", self.endpoint, methods=ALL_METHODS)])
+
+
+@contextmanager
+def raw_upstream(server: str, recorder: Recorder, container_id: str = "raw") -> Iterator[Upstream]:
+    """Serve a Recorder on loopback; yield it as an Upstream."""
+    with serve_asgi(recorder.app()) as port:
+        yield upstream(server, port, container_id=container_id)
+
+
+def jsonrpc(method: str, params: dict[str, Any] | None = None, request_id: int = 1) -> dict[str, Any]:
+    """A JSON-RPC request body."""
+    return {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}}
