@@ -80,6 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, help="port to listen on (overrides deploy.yaml)")
     up.set_defaults(handler=_up)
 
+    status = sub.add_parser("status", help="live servers, releases, health and the last deploy")
+    status.set_defaults(handler=_status)
+
     releases = sub.add_parser("releases", help="list a server's releases")
     releases.add_argument("server")
     releases.set_defaults(handler=_releases)
@@ -191,6 +194,14 @@ def _up(args: argparse.Namespace) -> int:
     from pipeline.serve import up
 
     up(settings_mod.load(_config_path(args)), Path.cwd(), _out, args.port)
+    return EXIT_OK
+
+
+def _status(args: argparse.Namespace) -> int:
+    from pipeline.status import render
+
+    settings = settings_mod.load(_config_path(args))
+    _out(render(settings, _store(settings)))
     return EXIT_OK
 
 
