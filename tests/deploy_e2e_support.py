@@ -22,7 +22,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,9 +53,10 @@ repos:
   - name: central-mcp
     branch: main
     manifests: ["servers/*/mcp-server.yaml"]
-proxy: {{deploy_timeout: 2m, drain_timeout: 2s}}
+proxy: {{{proxy}}}
 build: {{parallel: 2, network: none}}
 """
+PROXY_TIMEOUTS = {"deploy_timeout": "2m", "drain_timeout": "2s"}
 
 
 @dataclass(frozen=True)
@@ -397,15 +398,20 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: flo
 
 
 @contextmanager
-def running_provider(root: Path, docker: DockerHost, extra_config: str = "") -> Iterator[Provider]:
-    """Start a real `serve` subprocess with its own deploy.yaml (plus `extra_config`); clean up after."""
+def running_provider(root: Path, docker: DockerHost, extra_config: str = "",
+                     proxy: Mapping[str, str] | None = None) -> Iterator[Provider]:
+    """Start a real `serve` subprocess with its own deploy.yaml (plus `extra_config`); clean up after.
+
+    `proxy` overrides or adds keys of the config's `proxy:` mapping (PROXY_TIMEOUTS by default).
+    """
     state = root / "state"
     state.mkdir(parents=True)
     (state / "secrets.env").write_text(f"# test secrets\n{SECRET_NAME}={SECRET_VALUE}\n")
     config = root / "deploy.yaml"
     # The config's own port differs from --port on purpose: what the pusher is told must follow
     # the port the provider really serves on.
-    config.write_text(CONFIG.format(config_port=free_port()) + extra_config)
+    timeouts = ", ".join(f"{key}: {value}" for key, value in {**PROXY_TIMEOUTS, **(proxy or {})}.items())
+    config.write_text(CONFIG.format(config_port=free_port(), proxy=timeouts) + extra_config)
     env = {k: v for k, v in os.environ.items() if k != SECRET_NAME and not k.startswith("GIT_")}
     env.update({"CENTRAL_MCP_STATE_DIR": str(state), "GIT_TERMINAL_PROMPT": "0", "PYTHONUNBUFFERED": "1"})
     provider = Provider(root, config, state, free_port(), env, docker, secrets.token_hex(3))
