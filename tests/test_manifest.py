@@ -52,8 +52,6 @@ def _check(tmp_path: Path, **kwargs: object) -> manifest.CheckReport:
 def test_example_server_manifest_is_valid(folder: str) -> None:
     """Each example server shipped in servers/ passes the check against the repo's deploy.yaml."""
     file = REPO / "servers" / folder / manifest.MANIFEST_NAME
-    if not file.exists():
-        pytest.skip(f"{folder} is not written yet")
     loaded = manifest.read(file, REPO, settings.load(REPO / "deploy.yaml", env={}))
     assert loaded.name == folder
     assert loaded.folder == f"servers/{folder}"
