@@ -140,7 +140,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--upstreams", nargs="+", choices=UPSTREAMS, default=["sdk", "static"])
     parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS[:3]))
     parser.add_argument("--extra-proxy", action="append", default=[], metavar="LABEL=DIR",
-                        help="also measure central-mcp from another checkout (DIR holds its pipeline/)")
+                        help="also measure central-mcp from another checkout DIR (its pipeline/, bench/)")
     parser.add_argument("--nginx-workers", type=int, default=1, help="1 matches the one uvicorn process")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (at most C)")
     args = parser.parse_args(argv)
@@ -250,9 +250,10 @@ def _targets(kind: str, wanted: list[str], extra: dict[str, str], nginx_bin: str
                 headers = {**HEADERS, "authorization": f"Bearer {key}"}
             targets[name] = (url, headers)
         for label, checkout in extra.items():
-            port = _free_port()
-            env = {**os.environ, "PYTHONPATH": str(Path(checkout).resolve())}
-            stack.enter_context(_process([*proxy, str(port)], port, env))
+            port, root = _free_port(), Path(checkout).resolve()
+            runner = root / "bench" / "proxy_runner.py"
+            command = [sys.executable, str(runner if runner.exists() else RUNNER), *proxy[2:], str(port)]
+            stack.enter_context(_process(command, port, {**os.environ, "PYTHONPATH": str(root)}))
             targets[f"central-mcp@{label}"] = (f"http://127.0.0.1:{port}/mcp/bench", HEADERS)
         yield targets
 

@@ -4,8 +4,9 @@
     python bench/proxy_runner.py sdk --port P                               SDK server, stateless, JSON
     python bench/proxy_runner.py echo --port P                              raw Starlette JSON echo
 
-`proxy` routes `/mcp/bench` to `http://127.0.0.1:U/mcp` with the real Router, Gatekeeper, Usage and
-Store; with `--key` deploy.yaml has a project and the process prints a fresh key on its first line.
+`proxy` routes `/mcp/bench` to `http://127.0.0.1:U/mcp` with the real Router, Gatekeeper, Usage (with
+Metrics) and Store, in an `App` as `create_app` builds it (proxy requests skip Starlette's routing);
+with `--key` deploy.yaml has a project and the process prints a fresh key on its first line.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from pipeline.access import Gatekeeper, create_key
-from pipeline.app import proxy_routes
+from pipeline.app import App, proxy_routes
+from pipeline.metrics import Metrics
 from pipeline.proxy import Proxy
 from pipeline.routes import Router, Upstream
 from pipeline.settings import Project, ProxyTimeouts, Settings
@@ -40,29 +42,32 @@ SERVER = "bench"
 UNLIMITED = 10**9
 
 
-def proxy_app(upstream_port: int, state_dir: Path, with_key: bool) -> tuple[Starlette, str]:
-    """The proxy's routes in front of one upstream; return the app and a key ('' without projects)."""
+def proxy_app(upstream_port: int, state_dir: Path, with_key: bool) -> tuple[App, str]:
+    """The proxy mounted as the real app mounts it, in front of one upstream, with the real app's
+    Prometheus metrics; return the app and a key ('' without projects)."""
     projects = (Project("bench", per_minute=UNLIMITED, burst=UNLIMITED),) if with_key else ()
     settings = Settings(config_path=Path("deploy.yaml"), state_dir=state_dir, projects=projects,
                         proxy=ProxyTimeouts())
     store = Store(state_dir / "central-mcp.db")
     key = create_key(store, settings, "bench") if with_key else ""
-    router, usage = Router(), Usage(store)
+    router, usage = Router(), Usage(store, Metrics())
     router.swap({SERVER: Upstream(SERVER, 1, "bench-1", "127.0.0.1", upstream_port, "/mcp")})
     proxy = Proxy(router, Gatekeeper(settings, store), usage, settings.proxy.keepalive)
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: App) -> AsyncIterator[None]:
         router.loop = asyncio.get_running_loop()
         await proxy.start()
+        app.proxy = proxy
         flusher = asyncio.create_task(_flush(usage))  # as the real app does, every 5 s
         try:
             yield
         finally:
             flusher.cancel()
+            app.proxy = None
             await proxy.stop()
 
-    return Starlette(routes=proxy_routes(proxy.handle), lifespan=lifespan), key
+    return App(routes=proxy_routes(proxy.handle), lifespan=lifespan), key
 
 
 async def _flush(usage: Usage) -> None:

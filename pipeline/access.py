@@ -30,6 +30,9 @@ class Caller:
     project: Project | None
 
 
+OPEN_CALLER = Caller(OPEN_ACCESS, None)  # immutable: one for every request when access is open
+
+
 @dataclass(frozen=True)
 class Denied:
     """Why a request is refused: HTTP status, message, and extra headers."""
@@ -80,7 +83,7 @@ class Gatekeeper:
         if origin and not self.origin_allowed(origin):
             return Denied(403, f"origin {origin!r} is not allowed", {})
         if not self.required:
-            return Caller(OPEN_ACCESS, None)
+            return OPEN_CALLER
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return _unauthorized("missing bearer token")

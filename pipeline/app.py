@@ -7,7 +7,7 @@ import hmac
 import json
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +18,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline import control as control_mod
 from pipeline import pages, registry
@@ -39,6 +40,7 @@ from pipeline.webhook import PROVIDERS, Delivery, Receiver
 
 log = logging.getLogger("central-mcp")
 MCP_METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD"]
+MCP_METHOD_SET = frozenset(MCP_METHODS)
 FOLLOW_WAIT = 1.0
 USAGE_FLUSH_SECONDS = 5.0
 
@@ -61,11 +63,12 @@ def create_app(settings: Settings, *, port: int | None = None,
     listen_port = port or settings.port
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: App) -> AsyncIterator[None]:
         services = await asyncio.to_thread(_start_services, settings, listen_port, docker)
         services.ctx.router.loop = asyncio.get_running_loop()
         await services.proxy.start()
         app.state.services = services
+        app.proxy = services.proxy
         services.control.save(settings.state_dir)
         flusher = asyncio.create_task(_flush_usage(services.usage))
         scheduler = _scheduler(services.monitor, settings) if schedule else None
@@ -76,6 +79,7 @@ def create_app(settings: Settings, *, port: int | None = None,
                 scheduler.shutdown(wait=False)
             flusher.cancel()
             (settings.state_dir / control_mod.CONTROL_FILE).unlink(missing_ok=True)
+            app.proxy = None
             await services.proxy.stop()
             await asyncio.to_thread(services.usage.flush)
 
@@ -121,8 +125,8 @@ def create_app(settings: Settings, *, port: int | None = None,
         s.ctx.metrics.live.set(len(s.ctx.router.table))
         return Response(s.ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    async def mcp(request: Request) -> Response:
-        return await services(request).proxy.handle(request)
+    async def mcp(scope: Scope, receive: Receive, send: Send) -> None:
+        await scope["app"].state.services.proxy.handle(scope, receive, send)
 
     routes = [
         *proxy_routes(mcp),
@@ -132,7 +136,40 @@ def create_app(settings: Settings, *, port: int | None = None,
         Route("/healthz", healthz),
         Route("/metrics", metrics),
     ]
-    return Starlette(routes=routes, lifespan=lifespan)
+    return App(routes=routes, lifespan=lifespan)
+
+
+class App(Starlette):
+    """Starlette, except that proxy requests skip its middleware and route matching.
+
+    Once `proxy` is set (the lifespan sets it), `/mcp/<server>` and `/mcp/<server>/...` go straight
+    to `proxy.handle` with the path params that `proxy_routes` would give them; every other request
+    is routed as usual, and `proxy_routes` stays mounted for requests the shortcut leaves alone.
+    """
+
+    proxy: Proxy | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        proxy = self.proxy
+        if proxy is not None and scope["type"] == "http" and scope["method"] in MCP_METHOD_SET \
+                and not scope.get("root_path"):
+            params = _proxy_params(scope["path"])
+            if params is not None:
+                scope["app"] = self
+                scope["path_params"] = params
+                await proxy.handle(scope, receive, send)
+                return
+        await super().__call__(scope, receive, send)
+
+
+def _proxy_params(path: str) -> dict[str, str] | None:
+    """The path params of `/mcp/{server}` or `/mcp/{server}/{rest:path}`, or None if neither matches."""
+    if not path.startswith("/mcp/"):
+        return None
+    server, slash, rest = path[5:].partition("/")
+    if not server:
+        return None
+    return {"server": server, "rest": rest} if slash else {"server": server}
 
 @dataclass
 class PageSources:
@@ -149,10 +186,25 @@ class PageSources:
         return self.logs.get(deploy_id)
 
 
-def proxy_routes(endpoint: Callable[[Request], Awaitable[Response]]) -> list[Route]:
-    """The proxy's two routes: `/mcp/<server>` and `/mcp/<server>/...` (no slash redirect)."""
-    return [Route("/mcp/{server}", endpoint, methods=MCP_METHODS),
-            Route("/mcp/{server}/{rest:path}", endpoint, methods=MCP_METHODS)]
+def proxy_routes(endpoint: ASGIApp) -> list[Route]:
+    """The proxy's two routes: `/mcp/<server>` and `/mcp/<server>/...` (no slash redirect).
+
+    `endpoint` is a raw ASGI callable (`Proxy.handle`) that finds `server` and `rest` in
+    `scope["path_params"]`; it is mounted as is, without Starlette's Request/Response layer.
+    """
+    app = _RawASGI(endpoint)
+    return [Route("/mcp/{server}", app, methods=MCP_METHODS),
+            Route("/mcp/{server}/{rest:path}", app, methods=MCP_METHODS)]
+
+
+class _RawASGI:
+    """Wraps an ASGI function so that Starlette's Route calls it as an app, not as an endpoint."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.app(scope, receive, send)
 
 
 def _start_services(settings: Settings, port: int, docker: DockerHost | None) -> Services:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+from prometheus_client import Counter, Histogram
+
 from pipeline.access import Caller
 from pipeline.metrics import Metrics
 from pipeline.store import Store
@@ -18,6 +20,7 @@ class Usage:
         self._counts: dict[tuple[str, str, str], list[float]] = {}
         self.totals: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
+        self._series: dict[tuple[str, int, str], tuple[Counter, Histogram]] = {}  # labels() costs ~1 µs
 
     def count(self, caller: Caller, server: str, status: int, seconds: float) -> None:
         """Count one finished request (5xx answers count as errors)."""
@@ -31,8 +34,13 @@ class Usage:
             requests, errors = self.totals.get(server, (0, 0))
             self.totals[server] = (requests + 1, errors + error)
         if self.metrics is not None:
-            self.metrics.requests.labels(server, str(status), project).inc()
-            self.metrics.latency.labels(server).observe(seconds)
+            series = self._series.get((server, status, project))
+            if series is None:
+                series = (self.metrics.requests.labels(server, str(status), project),
+                          self.metrics.latency.labels(server))
+                self._series[(server, status, project)] = series
+            series[0].inc()
+            series[1].observe(seconds)
 
     def flush(self) -> int:
         """Save and reset the counters; return how many rows were written."""

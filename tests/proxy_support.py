@@ -1,8 +1,9 @@
 """The proxy under test and what it forwards to, all real and on loopback.
 
-`running_proxy` serves a tiny Starlette app built from `proxy_routes(proxy.handle)` around a real
-Router, Gatekeeper, Usage and Store; `sdk_upstream` serves an SDK MCP server whose tools say which
-upstream answered; `Recorder` is a raw upstream that keeps every request it saw and answers as told.
+`running_proxy` serves a tiny `App` built from `proxy_routes(proxy.handle)`, mounted as the real app
+mounts it, around a real Router, Gatekeeper, Usage and Store; `sdk_upstream` serves an SDK MCP server
+whose tools say which upstream answered; `Recorder` is a raw upstream that keeps every request it saw
+and answers as told.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from pipeline.access import Gatekeeper
-from pipeline.app import proxy_routes
+from pipeline.app import App, proxy_routes
 from pipeline.proxy import Proxy
 from pipeline.routes import Router, Upstream
 from pipeline.settings import Project, ProxyTimeouts, Settings
@@ -68,19 +69,21 @@ class Rig:
         return f"http://127.0.0.1:{self.port}/mcp/{server}{rest}"
 
 
-def proxy_app(proxy: Proxy, router: Router) -> Starlette:
+def proxy_app(proxy: Proxy, router: Router) -> App:
     """The proxy's two routes in an app whose lifespan opens and closes the upstream pool."""
 
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def lifespan(app: App) -> AsyncIterator[None]:
         router.loop = asyncio.get_running_loop()
         await proxy.start()
+        app.proxy = proxy  # as the real app: proxy requests skip Starlette's routing
         try:
             yield
         finally:
+            app.proxy = None
             await proxy.stop()
 
-    return Starlette(routes=proxy_routes(proxy.handle), lifespan=lifespan)
+    return App(routes=proxy_routes(proxy.handle), lifespan=lifespan)
 
 
 @contextmanager

@@ -1,0 +1,275 @@
+"""A small HTTP/1.1 client for the proxy: pooled keep-alive connections to upstreams, nothing else.
+
+It sends a request head and body in one write and parses the answer with httptools, so a small
+JSON answer costs one write, one read and no per-request objects beyond the connection's own
+state. Bodies are handed over as they arrive (`read_chunk`, for event streams) or whole
+(`read_body`). A connection goes back to its pool only after a complete answer it may reuse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import cast
+
+import httptools
+
+IDLE_SECONDS = 4.0  # below the 5 s keep-alive of uvicorn and Node, so the server never closes first
+PAUSE_BYTES = 256 * 1024  # a stream's unread body above this pauses reading from the upstream
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+class UpstreamError(ConnectionError):
+    """The upstream closed the connection or sent something that is not HTTP."""
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection; it carries one request at a time."""
+
+    def __init__(self, pool: Pool, key: tuple[str, int]) -> None:
+        self._pool = pool
+        self.key = key
+        self._loop = pool.loop
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._paused = False
+        self._streaming = False
+        self._head_only = False
+        self._busy = False
+        self._keep_alive = False
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.head_done = False
+        self.complete = False
+        self.closed = False
+        self.idle_since = 0.0
+        self.error: BaseException | None = None
+
+    # asyncio.Protocol ---------------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        if self.complete or not self._busy:
+            self._fail(UpstreamError("the upstream sent data outside an answer"))
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamError(f"bad HTTP from the upstream: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._pool.forget(self)
+        if not self.complete and self.error is None:
+            if self.head_done and self._until_eof():
+                self.complete = True  # a body without length or chunks ends with the connection
+            else:
+                self.error = exc or UpstreamError("the upstream closed the connection")
+        self._wake()
+
+    # httptools callbacks ------------------------------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            self.headers = []  # an interim answer (100 Continue, 103 Early Hints): wait for the real one
+            return
+        self.status = status
+        self.head_done = True
+        self._keep_alive = self._parser.should_keep_alive()  # llhttp forgets it once the answer ends
+        if self._head_only:
+            self.complete = True  # the answer to HEAD has no body, whatever its Content-Length says
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._streaming and self._buffered > PAUSE_BYTES and not self._paused:
+            self._paused = True
+            assert self._transport is not None
+            self._transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.head_done:
+            self.complete = True
+            self._wake()
+
+    # the proxy's side ---------------------------------------------------------------------------
+    def send(self, data: bytes, head_only: bool) -> None:
+        """Write one whole request (head and body)."""
+        assert self._transport is not None
+        self._head_only = head_only
+        self._busy = True
+        self._transport.write(data)
+
+    async def read_head(self) -> None:
+        """Wait for the status line and headers; raise if the upstream failed first."""
+        while not self.head_done:
+            if self.error is not None:
+                raise self.error
+            await self._wait()
+
+    async def read_body(self) -> bytes:
+        """Wait for the whole body and return it."""
+        while not self.complete:
+            if self.error is not None:
+                raise self.error
+            await self._wait()
+        body = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
+        self._chunks.clear()
+        return body
+
+    async def read_chunk(self) -> bytes:
+        """Return the body bytes that arrived since the last call; b"" once the body ended or broke.
+
+        Once a caller reads this way, reading from the upstream pauses while unread bytes pile up.
+        """
+        self._streaming = True
+        while not self._chunks:
+            if self.complete or self.error is not None:
+                return b""
+            await self._wait()
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        if self._paused and self._transport is not None:
+            self._paused = False
+            self._transport.resume_reading()
+        return data
+
+    def header(self, name: bytes) -> bytes:
+        """The first value of a response header (lower-case `name`), or b""."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return b""
+
+    def release(self) -> None:
+        """Done with this answer: pool the connection if it may carry another, else close it."""
+        if self.complete and self._keep_alive and not self.closed and not self._head_only:
+            self.status = 0
+            self.headers = []
+            self.head_done = self.complete = self._busy = self._streaming = False
+            self._chunks.clear()
+            self._buffered = 0
+            self._pool.put(self)
+        else:
+            self.close()
+
+    def close(self) -> None:
+        """Close the connection (a pending read ends with an error)."""
+        self._busy = False
+        if self._transport is not None and not self.closed:
+            self._transport.close()
+
+    # internals ----------------------------------------------------------------------------------
+    def _wait(self) -> asyncio.Future[None]:
+        """A future that the next parser event or the connection's end resolves (awaited directly:
+        no coroutine frame of its own)."""
+        waiter = self._waiter = self._loop.create_future()
+        return waiter
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, error: BaseException) -> None:
+        if self.error is None and not self.complete:
+            self.error = error
+        self.close()
+        self._wake()
+
+    def _until_eof(self) -> bool:
+        """Whether the answer's body is delimited by the end of the connection."""
+        if self.status in (204, 304) or self.header(b"content-length"):
+            return False
+        return b"chunked" not in self.header(b"transfer-encoding").lower()
+
+
+class Pool:
+    """Idle keep-alive connections per (host, port); a new one is opened when none is idle."""
+
+    def __init__(self, connect_timeout: float, idle_seconds: float = IDLE_SECONDS) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.connect_timeout = connect_timeout
+        self.idle_seconds = idle_seconds
+        self._idle: dict[tuple[str, int], list[Connection]] = {}
+        self._open: set[Connection] = set()
+
+    async def request(self, host: str, port: int, method: str, data: bytes) -> Connection:
+        """Send `data` (a whole request) and return the connection once the answer's head is in.
+
+        A reused connection that fails before any answer is retried once on a new connection when
+        the method is idempotent (RFC 9112, 9.3.1), as aiohttp does.
+        """
+        key = (host, port)
+        head_only = method == "HEAD"
+        conn = self._take(key)
+        if conn is not None:
+            conn.send(data, head_only)
+            try:
+                await conn.read_head()
+                return conn
+            except OSError:
+                conn.close()
+                if method not in IDEMPOTENT:
+                    raise
+            except BaseException:
+                conn.close()
+                raise
+        conn = await self._connect(key)
+        try:
+            conn.send(data, head_only)
+            await conn.read_head()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def put(self, conn: Connection) -> None:
+        """Keep a connection that finished an answer for the next request to the same place."""
+        now = time.monotonic()
+        conn.idle_since = now
+        idle = self._idle.setdefault(conn.key, [])
+        idle.append(conn)
+        if idle[0].idle_since < now - self.idle_seconds:
+            idle.pop(0).close()
+
+    def forget(self, conn: Connection) -> None:
+        """Drop a closed connection."""
+        self._open.discard(conn)
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def close(self) -> None:
+        """Close every connection, idle or busy."""
+        for conn in list(self._open):
+            conn.close()
+        self._idle.clear()
+
+    def _take(self, key: tuple[str, int]) -> Connection | None:
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        limit = time.monotonic() - self.idle_seconds
+        while idle:
+            conn = idle.pop()  # the most recently used first
+            if conn.idle_since >= limit and not conn.closed:
+                return conn
+            conn.close()
+        return None
+
+    async def _connect(self, key: tuple[str, int]) -> Connection:
+        async with asyncio.timeout(self.connect_timeout):
+            _, conn = await self.loop.create_connection(lambda: Connection(self, key), *key)
+        self._open.add(conn)
+        return conn
