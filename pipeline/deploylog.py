@@ -35,17 +35,16 @@ class DeployLog:
         self.events: list[Event] = []
         self.finished = False
         self.steps: list[dict[str, Any]] = []
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
 
     def emit(self, kind: str, text: str) -> None:
         """Record one event and wake the readers."""
         text = self.masker(text)
-        with self._cond:
+        with self._lock:
             event = Event(len(self.events) + 1, self.clock(), kind, text)
             self.events.append(event)
             self.store.add_event(self.deploy_id, event.seq, kind, text)
-            self._cond.notify_all()
         self._wake()
 
     def line(self, text: str) -> None:
@@ -60,30 +59,21 @@ class DeployLog:
     def finish(self, status: str, text: str) -> None:
         """Emit the final event; readers stop after it."""
         self.emit("end", f"{status}: {text}")
-        with self._cond:
+        with self._lock:
             self.finished = True
-            self._cond.notify_all()
         self._wake()
-
-    def wait(self, after: int, timeout: float) -> tuple[list[Event], bool]:
-        """Return events after seq `after` (waiting up to `timeout` for one) and whether it ended."""
-        with self._cond:
-            if len(self.events) <= after and not self.finished:
-                self._cond.wait(timeout)
-            return self.events[after:], self.finished
-
 
     async def follow(self, after: int) -> AsyncIterator[Event]:
         """Yield events after seq `after` as they come, until the deploy ends (no thread held)."""
         loop = asyncio.get_running_loop()
         waiter = (loop, asyncio.Event())
-        with self._cond:
+        with self._lock:
             self._waiters.add(waiter)
         try:
             seen = max(after, 0)
             while True:
                 waiter[1].clear()
-                with self._cond:
+                with self._lock:
                     events, finished = self.events[seen:], self.finished
                 for event in events:
                     yield event
@@ -92,11 +82,11 @@ class DeployLog:
                     return
                 await waiter[1].wait()
         finally:
-            with self._cond:
+            with self._lock:
                 self._waiters.discard(waiter)
 
     def _wake(self) -> None:
-        with self._cond:
+        with self._lock:
             waiters = list(self._waiters)
         for loop, event in waiters:
             if not loop.is_closed():

@@ -76,8 +76,9 @@ class Monitor:
     # probes and restarts ------------------------------------------------------------------
     def probe_all(self) -> None:
         """Probe every live server once (a scheduled job)."""
+        repos = self._repos()
         for server, upstream in sorted(self.ctx.router.table.items()):
-            if self._deploying(server):
+            if self._deploying(server, repos):
                 continue
             self._probe(upstream)
         self.check_watches()
@@ -200,8 +201,9 @@ class Monitor:
         """Prune old images, deploy records and stopped containers; return what was removed."""
         keep = self.ctx.settings.retention
         images = 0
+        repos = self._repos()
         for server in {r.server for r in self.ctx.store.all_releases()}:
-            if self._deploying(server):
+            if self._deploying(server, repos):
                 continue
             releases = self.ctx.store.releases(server)
             protected = {r.number for r in releases if r.status in ("live", "previous", "candidate")}
@@ -229,9 +231,12 @@ class Monitor:
     def _threshold(self) -> int:
         return self.ctx.settings.monitor.failure_threshold
 
-    def _deploying(self, server: str) -> bool:
-        live = self.ctx.store.live_releases()
-        repo = next((r.repo for r in live if r.server == server), None)
+    def _repos(self) -> dict[str, str]:
+        """Which repo each live server comes from (one query per job run)."""
+        return {r.server: r.repo for r in self.ctx.store.live_releases()}
+
+    def _deploying(self, server: str, repos: dict[str, str] | None = None) -> bool:
+        repo = (repos if repos is not None else self._repos()).get(server)
         return repo is not None and self.busy(repo)
 
 
