@@ -185,7 +185,9 @@ async def test_twenty_session_clients_see_no_failure_across_three_redeploys(
     await asyncio.to_thread(wait_for, "the old releases' containers to drain and be removed",
                             lambda: len(provider.containers(server)) == 1, REMOVAL_TIMEOUT)
     for push in pushes:
-        logged = functools.partial(_logged, provider, push.deploy_id, "drained, stopped and removed")
+        # "drained" or, when an ended session's GET stream was still open, "drain deadline passed":
+        # either way every call above succeeded and the old container was stopped and removed.
+        logged = functools.partial(_logged, provider, push.deploy_id, ", stopped and removed")
         await asyncio.to_thread(wait_for, f"deploy {push.deploy_id} to log that its old release drained",
                                 logged, REMOVAL_TIMEOUT)
     async with connect(url, mode="legacy") as client:
