@@ -5,8 +5,9 @@
     python bench/proxy_runner.py echo --port P                              raw Starlette JSON echo
 
 `proxy` routes `/mcp/bench` to `http://127.0.0.1:U/mcp` with the real Router, Gatekeeper, Usage (with
-Metrics) and Store, in an `App` as `create_app` builds it (proxy requests skip Starlette's routing);
-with `--key` deploy.yaml has a project and the process prints a fresh key on its first line.
+Metrics) and Store, in an `App` as `create_app` builds it, served with serve.py's protocol
+(pipeline/front.py: `/mcp/` requests skip the ASGI cycle); with `--key` deploy.yaml has a project
+and the process prints a fresh key on its first line.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from pipeline import front
 from pipeline.access import Gatekeeper, create_key
 from pipeline.app import App, proxy_routes
 from pipeline.metrics import Metrics
@@ -111,15 +113,16 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--key", action="store_true", help="require a project key (printed first)")
     args = parser.parse_args(argv)
     logging.getLogger("mcp").setLevel(logging.WARNING)  # the SDK says "session manager started" at INFO
-    app: Any
+    options: dict[str, Any] = {"host": "127.0.0.1", "port": args.port, "log_level": "warning",
+                               "access_log": False, "lifespan": "on"}
     if args.role == "proxy":
         state = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
         app, key = proxy_app(args.upstream_port, state, args.key)
         print(key, flush=True)
+        config = front.config(app, **options)  # as serve.py runs the provider
     else:
-        app = sdk_app() if args.role == "sdk" else echo_app()
-    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False,
-                lifespan="on")
+        config = uvicorn.Config(sdk_app() if args.role == "sdk" else echo_app(), **options)
+    uvicorn.Server(config).run()
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ class Monitor:
         for server, number in made_live:
             releases = self.ctx.store.releases(server)
             previous = next((r.number for r in releases if r.status == "previous"), 0)
-            requests, errors = self.usage.totals.get(server, (0, 0))
+            requests, errors = self.usage.totals(server)
             until = self.clock() + window
             with self._lock:
                 self.watches[server] = Watch(server, number, previous, until, requests, errors)
@@ -178,7 +178,7 @@ class Monitor:
             return f"restarted {len(restarts)} times within the watch window"
         if health.failures >= cfg.failure_threshold or health.status == "down":
             return f"failed {health.failures} health probes in a row ({health.last_error})"
-        requests, errors = self.usage.totals.get(watch.server, (0, 0))
+        requests, errors = self.usage.totals(watch.server)
         requests, errors = requests - watch.requests, errors - watch.errors
         if requests >= cfg.watch_min_requests and errors / requests > cfg.watch_error_rate:
             return f"{errors} of {requests} requests failed with 5xx ({errors / requests:.0%})"

@@ -6,9 +6,11 @@ a session stays with the container that issued it (see routes.py). The client's 
 Authorization never reaches a server, and the upstream Host is the container's loopback
 address so that SDK servers' DNS-rebinding guard accepts it.
 
-`Proxy.handle` is a raw ASGI app (app.py's `proxy_routes` mounts it): the hot path builds no
-Starlette Request or Response, reads each header once, and forwards with upstream.py's pooled
-HTTP/1.1 client, which writes a request in one go and relays a JSON answer whole.
+`Proxy.serve` works on an `Exchange`: one client request and the means to answer it. front.py's
+HTTP protocol makes one straight from the parser for `/mcp/` requests, with no ASGI cycle in
+between (the fast path); `Proxy.handle` adapts an ASGI request to one, for every other way in
+(app.py's `proxy_routes`). Upstreams are reached with upstream.py's pooled HTTP/1.1 client,
+which writes a request in one go and relays a JSON answer whole.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import asyncio
 import json
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from starlette.types import Receive, Scope, Send
@@ -53,8 +55,73 @@ JSON_TYPE = (b"content-type", b"application/json")
 STREAM_END: dict[str, Any] = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
+class Exchange(Protocol):
+    """One client request to the proxy, and the means to answer it."""
+
+    method: str
+    server: str
+    rest: str  # the path after `/mcp/<server>/`, decoded ("" for `/mcp/<server>`)
+    query: bytes
+    headers: Headers  # lower-case names, as received
+
+    async def read_body(self) -> bytes:
+        """The whole request body (raise ClientGone if the client left first, BodyTooLarge past
+        MAX_BODY_BYTES)."""
+
+    async def answer(self, status: int, body: bytes, headers: Headers) -> None:
+        """Send a whole answer; the exchange adds its Content-Length (`headers` have none)."""
+
+    async def start(self, status: int, headers: Headers) -> None:
+        """Start a streamed answer."""
+
+    async def write(self, chunk: bytes) -> None:
+        """Send part of a streamed answer."""
+
+    async def end(self) -> None:
+        """End a streamed answer."""
+
+    async def gone(self) -> None:
+        """Return once the client has gone away."""
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body was complete."""
+
+
+class BodyTooLarge(Exception):
+    """The request body is over MAX_BODY_BYTES."""
+
+
+class Ticket:
+    """One request on its way through the proxy: what its headers said, then where it goes.
+
+    From `Proxy.route` until `Proxy.finish` the request is counted in flight on `upstream`.
+    """
+
+    __slots__ = ("caller", "closer", "fields", "method", "origin", "request", "session_id", "started",
+                 "upstream")
+
+    def __init__(self, method: str, caller: Caller, origin: str, session_id: str,
+                 fields: list[bytes]) -> None:
+        self.method = method
+        self.caller = caller
+        self.origin = origin
+        self.session_id = session_id
+        self.fields = fields  # the request headers that go upstream, as `name: value\r\n` lines
+        self.upstream: Upstream | None = None
+        self.closer: asyncio.Event | None = None  # set when the upstream is retired
+        self.request = b""  # the whole upstream request: head and body
+        self.started = 0.0
+
+
 class Proxy:
-    """Forwards MCP requests to the upstream the router names."""
+    """Forwards MCP requests to the upstream the router names.
+
+    A request goes `admit` (its headers: CORS preflight, key, scope, rate limit, declared size)
+    → the body is read → `route` (session or live upstream; counted in flight) → the upstream
+    request and answer → `finish`. `serve` runs those steps as one coroutine; front.py runs the
+    same steps from parser callbacks when nothing has to wait but the upstream's answer.
+    """
 
     def __init__(self, router: Router, gatekeeper: Gatekeeper, usage: Usage, keepalive: float) -> None:
         self.router = router
@@ -73,12 +140,34 @@ class Proxy:
             self._pool.close()
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """ASGI: authorize, route and forward one request to the server named in the path."""
-        server: str = scope["path_params"]["server"]
-        method: str = scope["method"]
+        """ASGI: serve a request that did not come through front.py's fast path."""
+        await self.serve(AsgiExchange(scope, receive, send))
+
+    async def serve(self, ex: Exchange) -> None:
+        """Authorize, route and forward one request to the server named in its path."""
+        ticket = self.admit(ex)
+        if not isinstance(ticket, Ticket):
+            await _reply(ex, ticket)
+            return
+        try:
+            body = await ex.read_body()  # read before routing: a slow body must not outlive a drain
+        except ClientGone:
+            return
+        except BodyTooLarge:
+            await _reply(ex, too_large())
+            return
+        refused = self.route(ex, ticket, body)
+        if refused is not None:
+            await _reply(ex, refused)
+            return
+        await self.forward(ex, ticket)
+
+    def admit(self, ex: Exchange) -> Ticket | Answer:
+        """Read the request's headers: a ticket for it, or the answer that refuses it."""
+        method = ex.method
         origin = authorization = declared = session_id = asked = ""
-        fields: list[bytes] = []  # the request headers that go upstream, as `name: value\r\n` lines
-        for name, value in scope["headers"]:
+        fields: list[bytes] = []
+        for name, value in ex.headers:
             if name in NOT_FORWARDED:
                 if name == b"authorization":
                     authorization = value.decode("latin-1")
@@ -93,35 +182,91 @@ class Proxy:
                 asked = value.decode("latin-1")
             fields.append(b"%s: %s\r\n" % (name, value))
         if method == "OPTIONS" and origin:
-            await _reply(send, self._preflight(origin, asked))
-            return
-        live = self.router.get(server)
-        verdict = self.gatekeeper.check(authorization, origin, server, live.access if live else ("all",))
+            return self._preflight(origin, asked)
+        live = self.router.get(ex.server)
+        verdict = self.gatekeeper.check(authorization, origin, ex.server, live.access if live else ("all",))
         if isinstance(verdict, Denied):
-            await _reply(send, _json(verdict.status, {"error": verdict.message}, verdict.headers))
-            return
+            return _json(verdict.status, {"error": verdict.message}, verdict.headers)
         if declared.isdecimal() and int(declared) > MAX_BODY_BYTES:
-            await _reply(send, _json(413, {"error": f"request body over {MAX_BODY_BYTES} bytes"}))
-            return
-        try:
-            body = await _read_body(receive)  # read before routing: a slow body must not outlive a drain
-        except _ClientGone:
-            return
-        if body is None:
-            await _reply(send, _json(413, {"error": f"request body over {MAX_BODY_BYTES} bytes"}))
-            return
+            return too_large()
+        return Ticket(method, verdict, origin, session_id, fields)
+
+    def route(self, ex: Exchange, ticket: Ticket, body: bytes) -> Answer | None:
+        """Pick the ticket's upstream and count it in flight there, with the upstream request
+        made; or return the answer when there is none."""
         for _ in range(ROUTE_ATTEMPTS):
-            routed = self._route(server, session_id, verdict)
+            routed = self._route(ex.server, ticket.session_id, ticket.caller)
             if not isinstance(routed, Upstream):
-                await _reply(send, _cors(routed, origin))
-                return
+                return _cors(routed, ticket.origin)
             closer = self.router.enter(routed)
             if closer is not None:
-                await self._forward(scope, receive, send, routed, closer, fields, body, verdict, session_id,
-                                    origin)
+                ticket.upstream, ticket.closer = routed, closer
+                ticket.request = self._request(ex, routed, ticket.fields, body)
+                ticket.started = time.monotonic()
+                return None
+        return _json(503, {"error": f"server {ex.server!r} is being replaced; retry"}, {"Retry-After": "1"})
+
+    def idle_connection(self, ticket: Ticket) -> Connection | None:
+        """A pooled keep-alive connection to the ticket's upstream, if one is idle."""
+        assert self._pool is not None and ticket.upstream is not None
+        return self._pool.take((ticket.upstream.host, ticket.upstream.port))
+
+    async def forward(self, ex: Exchange, ticket: Ticket, sent: Connection | None = None) -> None:
+        """Send the ticket's request (unless the pooled connection `sent` carries it already) and
+        relay the answer: whole, or as an event stream."""
+        assert self._pool is not None, "Proxy.start() was not awaited"
+        upstream = ticket.upstream
+        assert upstream is not None, "Proxy.route() did not admit this ticket"
+        try:
+            if sent is not None:
+                conn = await self._pool.answer_to(sent, ticket.method, ticket.request)
+            else:
+                conn = await self._pool.request(upstream.host, upstream.port, ticket.method, ticket.request)
+        except OSError as exc:  # refused, reset, timed out, or not HTTP
+            self.finish(ticket, 502)
+            await _reply(ex, _cors(_bad_gateway(upstream.server, exc), ticket.origin))
+            return
+        except BaseException:  # cancelled (shutdown): still leave, or a drain would wait for this forever
+            self.finish(ticket, 502)
+            raise
+        status = 502  # what the usage counts if this ends early
+        try:
+            headers = self._relayed(ticket, conn)
+            if is_stream(conn):
+                status = conn.status
+                headers = [(k, v) for k, v in headers if k != b"x-accel-buffering"]
+                headers.append((b"x-accel-buffering", b"no"))
+                if not any(k == b"cache-control" for k, _ in headers):
+                    headers.append((b"cache-control", b"no-cache"))
+                await ex.start(status, _cors((status, b"", headers), ticket.origin)[2])
+                assert ticket.closer is not None
+                await self._relay(conn, ex, ticket.closer)
                 return
-        await _reply(send, _json(503, {"error": f"server {server!r} is being replaced; retry"},
-                                 {"Retry-After": "1"}))
+            # JSON answers and 202s are small: relay them whole, with their length.
+            try:
+                payload = await conn.read_body()
+            except OSError as exc:
+                answer = _bad_gateway(upstream.server, exc)
+            else:
+                answer = (conn.status, payload, headers)
+            status = answer[0]
+            await _reply(ex, _cors(answer, ticket.origin))  # still in flight: a drain waits for this
+        finally:
+            conn.release()  # pools it if the answer is complete, else closes it
+            self.finish(ticket, status)
+
+    def whole_answer(self, ticket: Ticket, conn: Connection) -> Answer:
+        """The answer to relay for a complete upstream answer that is not an event stream."""
+        return _cors((conn.status, conn.take_body(), self._relayed(ticket, conn)), ticket.origin)
+
+    def finish(self, ticket: Ticket, status: int) -> None:
+        """The ticket's request has ended: no longer in flight; counted in the usage. Idempotent."""
+        upstream = ticket.upstream
+        if upstream is None or ticket.closer is None:
+            return
+        ticket.closer = None
+        self.router.leave(upstream)
+        self.usage.count(ticket.caller, upstream.server, status, time.monotonic() - ticket.started)
 
     def _preflight(self, origin: str, asked: str) -> Answer:
         """Answer a browser's CORS preflight: allowed origins need no key for it."""
@@ -150,68 +295,38 @@ class Proxy:
                          {"Retry-After": RETRY_AFTER_SECONDS})
         return _json(404, {"error": f"no server named {server!r}"})
 
-    async def _forward(self, scope: Scope, receive: Receive, send: Send, upstream: Upstream,
-                       closer: asyncio.Event, fields: list[bytes], body: bytes, caller: Caller,
-                       session_id: str, origin: str) -> None:
-        assert self._pool is not None, "Proxy.start() was not awaited"
-        method: str = scope["method"]
-        rest: str = scope["path_params"].get("rest", "")
+    @staticmethod
+    def _request(ex: Exchange, upstream: Upstream, fields: list[bytes], body: bytes) -> bytes:
+        """The upstream request: request line, Host, the forwarded headers, length and body."""
+        method, rest, query = ex.method, ex.rest, ex.query
         target = (upstream.path + "/" + quote(rest, safe=PATH_SAFE) if rest else upstream.path) or "/"
-        query: bytes = scope["query_string"]
         fields.append(b"\r\n" if not body and method in NO_BODY_METHODS
                       else b"content-length: %d\r\n\r\n" % len(body))
         start = f"{method} {target}".encode() + (b"?" + query if query else b"")
         host = f" HTTP/1.1\r\nhost: {upstream.host}:{upstream.port}\r\n".encode()
-        request = b"".join((start, host, *fields, body))
-        started = time.monotonic()
-        try:
-            conn = await self._pool.request(upstream.host, upstream.port, method, request)
-        except OSError as exc:  # refused, reset, timed out, or not HTTP
-            self._done(upstream, closer, caller, 502, started)
-            await _reply(send, _cors(_bad_gateway(upstream.server, exc), origin))
-            return
-        except BaseException:  # cancelled (shutdown): still leave, or a drain would wait for this forever
-            self._done(upstream, closer, caller, 502, started)
-            raise
-        status = 502  # what the usage counts if this ends early
-        try:
-            self._track_session(method, session_id, conn, upstream, caller)
-            headers = [(k, v) for k, v in conn.headers if k not in NOT_RELAYED]
-            if b"text/event-stream" in conn.header(b"content-type"):
-                status = conn.status
-                headers = [(k, v) for k, v in headers if k != b"x-accel-buffering"]
-                headers.append((b"x-accel-buffering", b"no"))
-                if not any(k == b"cache-control" for k, _ in headers):
-                    headers.append((b"cache-control", b"no-cache"))
-                await send({"type": "http.response.start", "status": status,
-                            "headers": _cors((status, b"", headers), origin)[2]})
-                await self._relay(conn, receive, send, closer)
-                return
-            # JSON answers and 202s are small: relay them whole, with their length.
-            try:
-                payload = await conn.read_body()
-            except OSError as exc:
-                answer = _bad_gateway(upstream.server, exc)
-            else:
-                if conn.status >= 200 and conn.status not in (204, 304):
-                    headers.append((b"content-length", b"%d" % len(payload)))
-                answer = (conn.status, payload, headers)
-            status = answer[0]
-        finally:
-            conn.release()  # pools it if the answer is complete, else closes it
-            self._done(upstream, closer, caller, status, started)
-        await _reply(send, _cors(answer, origin))
+        return b"".join((start, host, *fields, body))
 
-    def _done(self, upstream: Upstream, closer: asyncio.Event, caller: Caller, status: int,
-              started: float) -> None:
-        self.router.leave(upstream, closer)
-        self.usage.count(caller, upstream.server, status, time.monotonic() - started)
+    def _relayed(self, ticket: Ticket, conn: Connection) -> Headers:
+        """The answer's headers to relay; a session the answer opens or ends is recorded."""
+        headers: Headers = []
+        issued = b""
+        for name, value in conn.headers:
+            if name in NOT_RELAYED:
+                continue
+            if name == SESSION_HEADER:
+                issued = value
+            headers.append((name, value))
+        if conn.status < 300:
+            assert ticket.upstream is not None
+            self._track_session(ticket.method, ticket.session_id, issued.decode("latin-1"), ticket.upstream,
+                                ticket.caller)
+        return headers
 
-    async def _relay(self, conn: Connection, receive: Receive, send: Send, closer: asyncio.Event) -> None:
+    async def _relay(self, conn: Connection, ex: Exchange, closer: asyncio.Event) -> None:
         """Relay an event stream as it arrives; comment on quiet streams; stop when told to close
         or when the client goes away."""
         closing: asyncio.Future[Any] = asyncio.ensure_future(closer.wait())
-        gone: asyncio.Future[Any] = asyncio.ensure_future(_disconnected(receive))
+        gone: asyncio.Future[Any] = asyncio.ensure_future(ex.gone())
         reading: asyncio.Future[bytes] | None = None
         at_boundary = True
         try:
@@ -225,23 +340,20 @@ class Proxy:
                     if not chunk:
                         break  # the body ended, or the upstream went away mid-stream: end cleanly
                     at_boundary = chunk.endswith((b"\n\n", b"\r\n\r\n"))
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    await ex.write(chunk)
                 elif done:
                     break  # retired, or the client left
                 elif at_boundary:
-                    await send({"type": "http.response.body", "body": KEEPALIVE_COMMENT, "more_body": True})
+                    await ex.write(KEEPALIVE_COMMENT)
         finally:
             closing.cancel()
             gone.cancel()
             if reading is not None:
                 reading.cancel()
-        await send(STREAM_END)
+        await ex.end()
 
-    def _track_session(self, method: str, session_id: str, conn: Connection, upstream: Upstream,
+    def _track_session(self, method: str, session_id: str, issued: str, upstream: Upstream,
                        caller: Caller) -> None:
-        if conn.status >= 300:
-            return
-        issued = conn.header(SESSION_HEADER).decode("latin-1")
         if method == "DELETE" and session_id:
             self.router.end_session(session_id)
         elif issued and self.router.session(issued) is None:
@@ -250,42 +362,82 @@ class Proxy:
             self.router.open_session(session_id, upstream, caller.key_id)  # adopt after a restart
 
 
-class _ClientGone(Exception):
-    """The client disconnected before its request body was complete."""
+class AsgiExchange:
+    """An Exchange over ASGI: the path params come from app.py's routes or its shortcut."""
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        params: dict[str, str] = scope["path_params"]
+        self.method: str = scope["method"]
+        self.server = params["server"]
+        self.rest = params.get("rest", "")
+        self.query: bytes = scope["query_string"]
+        self.headers: Headers = scope["headers"]
+        self._receive = receive
+        self._send = send
+
+    async def read_body(self) -> bytes:
+        """The whole request body."""
+        message = await self._receive()
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            return body
+        chunks = [body]
+        size = len(body)
+        while message.get("more_body", False):
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise BodyTooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def answer(self, status: int, body: bytes, headers: Headers) -> None:
+        """Send a whole answer, with its length."""
+        if has_body(status):
+            headers = [*headers, (b"content-length", b"%d" % len(body))]
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+        await self._send({"type": "http.response.body", "body": body})
+
+    async def start(self, status: int, headers: Headers) -> None:
+        """Start a streamed answer."""
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def write(self, chunk: bytes) -> None:
+        """Send part of a streamed answer."""
+        await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    async def end(self) -> None:
+        """End a streamed answer."""
+        await self._send(STREAM_END)
+
+    async def gone(self) -> None:
+        """Return once the client has gone away."""
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole request body, or None once it is over MAX_BODY_BYTES."""
-    message = await receive()
-    body: bytes = message.get("body", b"")
-    if not message.get("more_body", False):
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        return body
-    chunks = [body]
-    size = len(body)
-    while message.get("more_body", False):
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _ClientGone
-        chunk: bytes = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
+def is_stream(conn: Connection) -> bool:
+    """Whether the upstream's answer is an event stream (relayed as it arrives)."""
+    return b"text/event-stream" in conn.header(b"content-type")
 
 
-async def _disconnected(receive: Receive) -> None:
-    """Return once the client has gone away."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
+def too_large() -> Answer:
+    """The answer to a request body over MAX_BODY_BYTES."""
+    return _json(413, {"error": f"request body over {MAX_BODY_BYTES} bytes"})
 
 
-async def _reply(send: Send, answer: Answer) -> None:
-    status, body, headers = answer
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+def has_body(status: int) -> bool:
+    """Whether an answer with this status carries a body (and so a Content-Length)."""
+    return status >= 200 and status not in (204, 304)
+
+
+async def _reply(ex: Exchange, answer: Answer) -> None:
+    await ex.answer(*answer)
 
 
 def _cors(answer: Answer, origin: str) -> Answer:
@@ -302,9 +454,9 @@ def _encode(headers: Mapping[str, str]) -> Headers:
 
 def _json(status: int, content: object, headers: Mapping[str, str] | None = None,
           compact: bool = True) -> Answer:
-    """A JSON answer (compact as Starlette's JSONResponse renders it), with its length."""
+    """A JSON answer (compact as Starlette's JSONResponse renders it)."""
     body = json.dumps(content, ensure_ascii=False, separators=(",", ":") if compact else None).encode()
-    return status, body, [*_encode(headers or {}), JSON_TYPE, (b"content-length", b"%d" % len(body))]
+    return status, body, [*_encode(headers or {}), JSON_TYPE]
 
 
 def _session_gone() -> Answer:

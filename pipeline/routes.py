@@ -54,7 +54,7 @@ class Router:
         self._sessions: dict[str, Session] = {}
         self._retired: OrderedDict[str, None] = OrderedDict()
         self._inflight: dict[str, int] = {}
-        self._closers: dict[str, set[asyncio.Event]] = {}
+        self._closers: dict[str, asyncio.Event] = {}  # set when the upstream is retired
         self._lock = threading.RLock()
         self.known: frozenset[str] = frozenset()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -126,27 +126,29 @@ class Router:
         """Count a request on `upstream` if it is still routable (else None: route again).
 
         The check and the count happen under the lock that `drain` retires under, so a request
-        is either counted before an upstream is retired or never sent to it.
+        is either counted before an upstream is retired or never sent to it. The event returned is
+        set when the upstream is retired (one per upstream, shared by its requests).
         """
-        closer = asyncio.Event()
+        key = upstream.container_id
         with self._lock:
             live = self._table.get(upstream.server)
-            if (live is None or live.container_id != upstream.container_id) \
-                    and upstream.container_id not in self._draining:
+            if (live is None or live.container_id != key) and key not in self._draining:
                 return None
-            self._inflight[upstream.container_id] = self._inflight.get(upstream.container_id, 0) + 1
-            self._closers.setdefault(upstream.container_id, set()).add(closer)
+            self._inflight[key] = self._inflight.get(key, 0) + 1
+            closer = self._closers.get(key)
+            if closer is None:
+                closer = self._closers[key] = asyncio.Event()
         return closer
 
-    def leave(self, upstream: Upstream, closer: asyncio.Event) -> None:
+    def leave(self, upstream: Upstream) -> None:
         """Count a request that ended on `upstream`."""
+        key = upstream.container_id
         with self._lock:
-            left = self._inflight.get(upstream.container_id, 1) - 1
+            left = self._inflight.get(key, 1) - 1
             if left <= 0:
-                self._inflight.pop(upstream.container_id, None)
+                self._inflight.pop(key, None)
             else:
-                self._inflight[upstream.container_id] = left
-            self._closers.get(upstream.container_id, set()).discard(closer)
+                self._inflight[key] = left
 
     def inflight(self, container_id: str) -> int:
         """Return how many requests are running on a container."""
@@ -182,8 +184,8 @@ class Router:
                 self._retired[sid] = None
             while len(self._retired) > RETIRED_SESSIONS_KEPT:
                 self._retired.popitem(last=False)
-            closers = list(self._closers.pop(container_id, set()))
-        for closer in closers:
+            closer = self._closers.pop(container_id, None)
+        if closer is not None:
             if self.loop is not None and self.loop.is_running():
                 self.loop.call_soon_threadsafe(closer.set)
             else:

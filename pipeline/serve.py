@@ -11,7 +11,7 @@ from pathlib import Path
 
 import uvicorn
 
-from pipeline import logs
+from pipeline import front, logs
 from pipeline.access import create_key
 from pipeline.app import create_app
 from pipeline.dockerhost import DockerHost
@@ -28,10 +28,10 @@ def server(settings: Settings, port: int | None = None) -> uvicorn.Server:
     """A uvicorn server for the provider (not yet started); raises if it could not start."""
     _preflight(settings)
     logs.configure()
-    config = uvicorn.Config(create_app(settings, port=port), host=settings.host,
-                            port=port or settings.port, log_level="info", access_log=False, log_config=None,
-                            timeout_graceful_shutdown=int(settings.proxy.drain_timeout) or None,
-                            lifespan="on")
+    config = front.config(create_app(settings, port=port), host=settings.host,
+                          port=port or settings.port, log_level="info", access_log=False, log_config=None,
+                          timeout_graceful_shutdown=int(settings.proxy.drain_timeout) or None,
+                          lifespan="on")
     return uvicorn.Server(config)
 
 

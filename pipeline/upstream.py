@@ -4,12 +4,17 @@ It sends a request head and body in one write and parses the answer with httptoo
 JSON answer costs one write, one read and no per-request objects beyond the connection's own
 state. Bodies are handed over as they arrive (`read_chunk`, for event streams) or whole
 (`read_body`). A connection goes back to its pool only after a complete answer it may reuse.
+
+Instead of awaiting, a caller may set `Connection.listener`: it is then called (from the
+parser's callbacks) at each step of the answer and at the connection's end, and reads the
+state it needs (`head_done`, `complete`, `error`) there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import cast
 
 import httptools
@@ -47,6 +52,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.error: BaseException | None = None
+        self.listener: Callable[[], None] | None = None
 
     # asyncio.Protocol ---------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -122,6 +128,10 @@ class Connection(asyncio.Protocol):
             if self.error is not None:
                 raise self.error
             await self._wait()
+        return self.take_body()
+
+    def take_body(self) -> bytes:
+        """The body bytes that arrived and were not read yet (all of it once `complete`)."""
         body = b"".join(self._chunks) if len(self._chunks) != 1 else self._chunks[0]
         self._chunks.clear()
         return body
@@ -152,7 +162,11 @@ class Connection(asyncio.Protocol):
         return b""
 
     def release(self) -> None:
-        """Done with this answer: pool the connection if it may carry another, else close it."""
+        """Done with this answer: pool the connection if it may carry another, else close it.
+        Once only: a second call does nothing."""
+        if not self._busy:
+            return
+        self.listener = None
         if self.complete and self._keep_alive and not self.closed and not self._head_only:
             self.status = 0
             self.headers = []
@@ -177,6 +191,9 @@ class Connection(asyncio.Protocol):
         return waiter
 
     def _wake(self) -> None:
+        if self.listener is not None:
+            self.listener()
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -205,34 +222,44 @@ class Pool:
         self._open: set[Connection] = set()
 
     async def request(self, host: str, port: int, method: str, data: bytes) -> Connection:
-        """Send `data` (a whole request) and return the connection once the answer's head is in.
+        """Send `data` (a whole request) and return the connection once the answer's head is in."""
+        key = (host, port)
+        conn = self.take(key)
+        if conn is not None:
+            conn.send(data, method == "HEAD")
+            return await self.answer_to(conn, method, data)
+        return await self._fresh(key, method, data)
+
+    async def answer_to(self, conn: Connection, method: str, data: bytes) -> Connection:
+        """Wait for the head of the answer to `data`, already sent on the pooled `conn`.
 
         A reused connection that fails before any answer is retried once on a new connection when
         the method is idempotent (RFC 9112, 9.3.1), as aiohttp does.
         """
-        key = (host, port)
-        head_only = method == "HEAD"
-        conn = self._take(key)
-        if conn is not None:
-            conn.send(data, head_only)
-            try:
-                await conn.read_head()
-                return conn
-            except OSError:
-                conn.close()
-                if method not in IDEMPOTENT:
-                    raise
-            except BaseException:
-                conn.close()
-                raise
-        conn = await self._connect(key)
         try:
-            conn.send(data, head_only)
             await conn.read_head()
+            return conn
+        except OSError:
+            conn.close()
+            if method not in IDEMPOTENT:
+                raise
         except BaseException:
             conn.close()
             raise
-        return conn
+        return await self._fresh(conn.key, method, data)
+
+    def take(self, key: tuple[str, int]) -> Connection | None:
+        """An idle connection to `key` (host, port) that is still fresh, or None."""
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        limit = time.monotonic() - self.idle_seconds
+        while idle:
+            conn = idle.pop()  # the most recently used first
+            if conn.idle_since >= limit and not conn.closed:
+                return conn
+            conn.close()
+        return None
 
     def put(self, conn: Connection) -> None:
         """Keep a connection that finished an answer for the next request to the same place."""
@@ -256,17 +283,15 @@ class Pool:
             conn.close()
         self._idle.clear()
 
-    def _take(self, key: tuple[str, int]) -> Connection | None:
-        idle = self._idle.get(key)
-        if not idle:
-            return None
-        limit = time.monotonic() - self.idle_seconds
-        while idle:
-            conn = idle.pop()  # the most recently used first
-            if conn.idle_since >= limit and not conn.closed:
-                return conn
+    async def _fresh(self, key: tuple[str, int], method: str, data: bytes) -> Connection:
+        conn = await self._connect(key)
+        try:
+            conn.send(data, method == "HEAD")
+            await conn.read_head()
+        except BaseException:
             conn.close()
-        return None
+            raise
+        return conn
 
     async def _connect(self, key: tuple[str, int]) -> Connection:
         async with asyncio.timeout(self.connect_timeout):

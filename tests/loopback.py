@@ -13,6 +13,8 @@ import uvicorn
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 
+from pipeline.front import config as front_config
+
 
 def free_port() -> int:
     """Return a free TCP port on 127.0.0.1."""
@@ -23,11 +25,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_asgi(app: Any, port: int | None = None) -> Iterator[int]:
-    """Serve an ASGI app on a loopback port in a thread; yield the port."""
+def serve_asgi(app: Any, port: int | None = None, *, front: bool = False) -> Iterator[int]:
+    """Serve an ASGI app on a loopback port in a thread; yield the port.
+
+    With `front`, `app` is an `App` served as the provider serves it (pipeline/front.py), so its
+    `/mcp/` requests take the proxy's fast path.
+    """
     port = port or free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
-                                           lifespan="on"))
+    options: dict[str, Any] = {"host": "127.0.0.1", "port": port, "log_level": "error", "lifespan": "on"}
+    server = uvicorn.Server(front_config(app, **options) if front else uvicorn.Config(app, **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -88,8 +88,13 @@ def proxy_app(proxy: Proxy, router: Router) -> App:
 
 @contextmanager
 def running_proxy(state_dir: Path, *, projects: tuple[Project, ...] = (),
-                  allowed_origins: tuple[str, ...] = (), keepalive: float = KEEPALIVE) -> Iterator[Rig]:
-    """Serve a proxy on loopback with a fresh Store in `state_dir`; yield its rig."""
+                  allowed_origins: tuple[str, ...] = (), keepalive: float = KEEPALIVE,
+                  front: bool = True) -> Iterator[Rig]:
+    """Serve a proxy on loopback with a fresh Store in `state_dir`; yield its rig.
+
+    As the provider serves it, `/mcp/` requests take front.py's fast path; with `front=False`
+    plain uvicorn serves the app, so every request goes through ASGI (`Proxy.handle`).
+    """
     settings = Settings(config_path=Path("deploy.yaml"), state_dir=state_dir, projects=projects,
                         proxy=ProxyTimeouts(keepalive=keepalive, drain_timeout=5.0,
                                             session_drain_timeout=10.0, allowed_origins=allowed_origins))
@@ -97,7 +102,7 @@ def running_proxy(state_dir: Path, *, projects: tuple[Project, ...] = (),
     router, usage, clock = Router(), Usage(store), Clock()
     proxy = Proxy(router, Gatekeeper(settings, store, clock=clock), usage, keepalive)
     try:
-        with serve_asgi(proxy_app(proxy, router)) as port:
+        with serve_asgi(proxy_app(proxy, router), front=front) as port:
             yield Rig(port, router, store, settings, usage, clock)
     finally:
         store.close()
@@ -111,10 +116,12 @@ def upstream(server: str, port: int, container_id: str, release: int = 1, path: 
 
 # SDK upstreams ---------------------------------------------------------------------------------
 def sdk_app(label: str, *, stateless: bool = False, json_response: bool = False,
-            protect: bool = False, calls: list[str] | None = None) -> Starlette:
+            protect: bool = False, calls: list[str] | None = None,
+            ended: list[float] | None = None) -> Starlette:
     """An SDK MCP server whose `whoami` answers `label`; `protect` keeps its DNS-rebinding guard on.
 
-    `calls`, when given, receives the name of each tool call as it starts.
+    `calls`, when given, receives the name of each tool call as it starts; `ended` the monotonic
+    time at which each `slow` call returns.
     """
     server = MCPServer(f"server-{label}")
 
@@ -138,6 +145,8 @@ def sdk_app(label: str, *, stateless: bool = False, json_response: bool = False,
         for step in range(1, steps + 1):
             await asyncio.sleep(seconds / steps)
             await ctx.report_progress(step, steps, f"step {step}")
+        if ended is not None:
+            ended.append(time.monotonic())
         return label
 
     security = None if protect else TransportSecuritySettings(enable_dns_rebinding_protection=False)

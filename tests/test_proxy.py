@@ -37,10 +37,11 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    """A proxy with open access (no projects)."""
-    with running_proxy(tmp_path) as running:
+@pytest.fixture(params=["front", "asgi"])
+def rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rig]:
+    """A proxy with open access (no projects), reached as the provider serves it (front.py's fast
+    path) or through ASGI (the way in for what the fast path leaves alone)."""
+    with running_proxy(tmp_path, front=request.param == "front") as running:
         yield running
 
 

@@ -1,0 +1,214 @@
+"""front.py: `/mcp/` requests served from uvicorn's parser without an ASGI cycle, on real sockets.
+
+HTTP/1.1 corners that the fast path handles itself (pipelining, bodies larger than one read,
+Expect: 100-continue, HTTP/1.0, clients that leave), against a real upstream on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+from proxy_support import Recorder, Rig, jsonrpc, raw_upstream, running_proxy
+from starlette.requests import Request
+from starlette.responses import Response
+
+from pipeline.proxy import MAX_BODY_BYTES, Proxy
+
+HEADERS = b"content-type: application/json\r\naccept: application/json, text/event-stream\r\n"
+Answer = tuple[int, dict[str, str], bytes]
+
+
+async def _echo(request: Request) -> Response:
+    """Answer with the request's own body, so answers can be told apart."""
+    return Response(await request.body(), media_type="application/json")
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    """A proxy served as the provider serves it, with server `x` echoing request bodies."""
+    with running_proxy(tmp_path) as running, raw_upstream("x", Recorder(_echo)) as upstream:
+        running.router.swap({"x": upstream})
+        yield running
+
+
+def test_mcp_requests_do_not_go_through_asgi(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """POST, GET, DELETE and OPTIONS to /mcp/x are answered without Proxy.handle (the ASGI way in)."""
+    def refuse(*_: object) -> None:
+        raise AssertionError("an /mcp/ request went through ASGI")
+
+    monkeypatch.setattr(Proxy, "handle", refuse)
+    body = json.dumps(jsonrpc("tools/list")).encode()
+    with httpx2.Client(timeout=10) as http:
+        reply = http.post(rig.url("x"), content=body, headers={"content-type": "application/json"})
+        assert reply.content == body
+        for method in ("GET", "DELETE", "OPTIONS"):
+            assert http.request(method, rig.url("x", "/sub?q=1")).status_code == 200
+
+
+def test_methods_the_fast_path_leaves_alone_are_served_through_asgi(rig: Rig) -> None:
+    """HEAD, PUT and PATCH reach the upstream through the ASGI way in, on the same connection as a POST."""
+    with httpx2.Client(timeout=10) as http:
+        for method in ("POST", "HEAD", "PUT", "PATCH", "POST"):
+            reply = http.request(method, rig.url("x"), content=b"" if method == "HEAD" else b"{}")
+            assert reply.status_code == 200, method
+        assert http.get(f"http://127.0.0.1:{rig.port}/elsewhere").status_code == 404
+
+
+def test_pipelined_requests_are_answered_in_order(rig: Rig) -> None:
+    """Three requests written at once on one connection get their three answers, in order."""
+    bodies = [json.dumps(jsonrpc("tools/call", {"n": n}, request_id=n)).encode() for n in range(3)]
+    data = b"".join(_post(b"/mcp/x", body) for body in bodies)
+    with _connect(rig) as sock:
+        sock.sendall(data)
+        answers = _read_answers(sock, 3)
+    assert [a[0] for a in answers] == [200, 200, 200]
+    assert [a[2] for a in answers] == bodies
+
+
+def test_body_larger_than_one_read_is_forwarded_whole(rig: Rig) -> None:
+    """A 3 MiB body (many reads, so the request's coroutine reads the rest) reaches the upstream intact."""
+    body = json.dumps(jsonrpc("x", {"blob": "ab" * (3 << 19)})).encode()
+    with httpx2.Client(timeout=30) as http:
+        reply = http.post(rig.url("x"), content=body, headers={"content-type": "application/json"})
+        assert reply.status_code == 200
+        assert reply.content == body
+        assert http.post(rig.url("x"), content=b"{}").content == b"{}"  # the connection goes on
+
+
+def test_chunked_body_over_the_limit_gets_413_and_the_connection_closes(rig: Rig) -> None:
+    """A chunked body that grows past MAX_BODY_BYTES is refused with 413; the rest is never read."""
+    chunk = b"x" * (1 << 20)
+    head = b"POST /mcp/x HTTP/1.1\r\nhost: proxy\r\n" + HEADERS + b"transfer-encoding: chunked\r\n\r\n"
+    with _connect(rig) as sock:
+        sock.sendall(head)
+        try:
+            for _ in range(MAX_BODY_BYTES // len(chunk) + 2):
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        except OSError:
+            pass  # the proxy answered and closed while the client was still sending
+        status, headers, body = _read_answers(sock, 1)[0]
+        assert status == 413
+        assert headers.get("connection") == "close"
+        assert f"over {MAX_BODY_BYTES} bytes" in body.decode()
+        assert _closed(sock)
+
+
+def test_expect_100_continue_gets_continue_before_the_body_is_sent(rig: Rig) -> None:
+    """A client that waits for 100 Continue gets it, sends its body, and gets the upstream's answer."""
+    body = json.dumps(jsonrpc("ping")).encode()
+    head = _post(b"/mcp/x", body).split(b"\r\n\r\n", 1)[0] + b"\r\nexpect: 100-continue\r\n\r\n"
+    with _connect(rig) as sock:
+        sock.sendall(head)
+        assert sock.recv(1024).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(body)
+        assert _read_answers(sock, 1)[0][::2] == (200, body)
+
+
+def test_http_1_0_request_is_answered_then_closed(rig: Rig) -> None:
+    """An HTTP/1.0 request gets its answer with `connection: close`, then the proxy closes."""
+    body = b'{"jsonrpc":"2.0","id":1,"method":"ping"}'
+    with _connect(rig) as sock:
+        sock.sendall(_post(b"/mcp/x", body).replace(b"HTTP/1.1", b"HTTP/1.0", 1))
+        status, headers, answer = _read_answers(sock, 1)[0]
+        assert (status, answer) == (200, body)
+        assert headers["connection"] == "close"
+        assert _closed(sock)
+
+
+async def test_client_that_leaves_before_the_answer_leaves_nothing_in_flight(tmp_path: Path) -> None:
+    """A client gone while the upstream works is not counted in flight once the upstream answered."""
+    async def slow(request: Request) -> Response:
+        await asyncio.sleep(0.5)
+        return Response(await request.body(), media_type="application/json")
+
+    with running_proxy(tmp_path) as rig, raw_upstream("x", Recorder(slow), container_id="slow") as upstream:
+        rig.router.swap({"x": upstream})
+        with _connect(rig) as sock:
+            sock.sendall(_post(b"/mcp/x", b"{}"))
+            await asyncio.sleep(0.1)
+        assert rig.router.inflight("slow") == 1
+        deadline = time.monotonic() + 5
+        while rig.router.inflight("slow") and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert rig.router.inflight("slow") == 0
+        async with httpx2.AsyncClient(timeout=10) as http:
+            assert (await http.post(rig.url("x"), content=b"{}")).content == b"{}"
+        assert rig.usage.totals("x") == (2, 0)
+
+
+# raw HTTP ---------------------------------------------------------------------------------------
+def _post(path: bytes, body: bytes) -> bytes:
+    head = b"POST %s HTTP/1.1\r\nhost: proxy\r\n%scontent-length: %d\r\n\r\n" % (path, HEADERS, len(body))
+    return head + body
+
+
+def _connect(rig: Rig) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", rig.port), timeout=10)
+
+
+def _read_answers(sock: socket.socket, count: int) -> list[Answer]:
+    """Read `count` answers with a Content-Length each (what the fast path writes)."""
+    buffer = b""
+    answers: list[Answer] = []
+    while len(answers) < count:
+        while b"\r\n\r\n" not in buffer:
+            data = sock.recv(65536)
+            assert data, f"connection closed after {len(answers)} answers"
+            buffer += data
+        head, _, buffer = buffer.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        length = int(headers.get("content-length", "0"))
+        while len(buffer) < length:
+            data = sock.recv(65536)
+            assert data, "connection closed inside an answer"
+            buffer += data
+        answers.append((int(lines[0].split()[1]), headers, buffer[:length]))
+        buffer = buffer[length:]
+    return answers
+
+
+def _closed(sock: socket.socket) -> bool:
+    """Whether the peer closes the connection (reads end) within the socket's timeout."""
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("step", ["admit", "whole_answer"])
+def test_a_bug_in_the_proxy_answers_500_and_leaves_nothing_in_flight(
+        rig: Rig, monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+    """An exception in a proxy step is logged and answered with 500; no request stays counted in
+    flight, and the next request is served."""
+    def broken(*_: object) -> None:
+        raise RuntimeError(f"bug in {step}")
+
+    with httpx2.Client(timeout=10) as http:
+        assert http.post(rig.url("x"), content=b"{}").status_code == 200  # a pooled connection to reuse
+        with monkeypatch.context() as patch:
+            patch.setattr(Proxy, step, broken)
+            reply = http.post(rig.url("x"), content=b"{}")
+        assert (reply.status_code, reply.text) == (500, "Internal Server Error")
+        assert rig.router.inflight("raw") == 0
+        assert http.post(rig.url("x"), content=b"{}").content == b"{}"
+
+
+def test_paths_the_fast_path_does_not_parse_go_through_asgi(rig: Rig) -> None:
+    """`/mcp/` without a server name and a request target with a fragment are left to ASGI's routing."""
+    with _connect(rig) as sock:
+        sock.sendall(_post(b"/mcp/", b"{}") + _post(b"/mcp/x#part", b"{}"))
+        answers = _read_answers(sock, 2)
+    assert [a[0] for a in answers] == [404, 200]
+    assert answers[1][2] == b"{}"
