@@ -123,7 +123,6 @@ def create_app(settings: Settings, *, port: int | None = None,
     async def metrics(request: Request) -> Response:
         s = services(request)
         s.ctx.metrics.live.set(len(s.ctx.router.table))
-        s.usage.settle()
         return Response(s.ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def mcp(scope: Scope, receive: Receive, send: Send) -> None:

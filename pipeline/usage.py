@@ -1,23 +1,14 @@
-"""Usage per API key and server (requests, errors, latency), counted in memory, saved in batches.
-
-The proxy only appends each finished request to a queue (`count`); `settle` adds the queue to
-the counters and the Prometheus series. Whoever reads them settles first: `flush` (every few
-seconds), `totals` (the monitor's thread) and `/metrics`. The queue is a deque, so the proxy's
-thread appends while another settles without a lock between them.
-"""
+"""Usage per API key and server (requests, errors, latency), counted in memory, saved in batches."""
 
 from __future__ import annotations
 
 import threading
-from collections import deque
 
 from prometheus_client import Counter, Histogram
 
 from pipeline.access import Caller
 from pipeline.metrics import Metrics
 from pipeline.store import Store
-
-SETTLE_EVERY = 4096  # queued requests; settled at once past this, so the queue stays small
 
 
 class Usage:
@@ -26,7 +17,6 @@ class Usage:
     def __init__(self, store: Store, metrics: Metrics | None = None) -> None:
         self.store = store
         self.metrics = metrics
-        self._queue: deque[tuple[Caller, str, int, float]] = deque()
         self._counts: dict[tuple[str, str, str], list[float]] = {}
         self._totals: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
@@ -34,47 +24,34 @@ class Usage:
 
     def count(self, caller: Caller, server: str, status: int, seconds: float) -> None:
         """Count one finished request (5xx answers count as errors)."""
-        self._queue.append((caller, server, status, seconds))
-        if len(self._queue) > SETTLE_EVERY:
-            self.settle()
-
-    def settle(self) -> None:
-        """Add the queued requests to the counters and the metrics."""
+        project = caller.project.name if caller.project else ""
+        error = 1 if status >= 500 else 0
         with self._lock:
-            while self._queue:
-                caller, server, status, seconds = self._queue.popleft()
-                project = caller.project.name if caller.project else ""
-                error = 1 if status >= 500 else 0
-                row = self._counts.setdefault((caller.key_id, project, server), [0, 0, 0.0])
-                row[0] += 1
-                row[1] += error
-                row[2] += seconds * 1000.0
-                requests, errors = self._totals.get(server, (0, 0))
-                self._totals[server] = (requests + 1, errors + error)
-                if self.metrics is not None:
-                    self._observe(server, status, project, seconds)
+            row = self._counts.setdefault((caller.key_id, project, server), [0, 0, 0.0])
+            row[0] += 1
+            row[1] += error
+            row[2] += seconds * 1000.0
+            requests, errors = self._totals.get(server, (0, 0))
+            self._totals[server] = (requests + 1, errors + error)
+        if self.metrics is not None:
+            series = self._series.get((server, status, project))
+            if series is None:
+                series = (self.metrics.requests.labels(server, str(status), project),
+                          self.metrics.latency.labels(server))
+                self._series[(server, status, project)] = series
+            series[0].inc()
+            series[1].observe(seconds)
 
     def totals(self, server: str) -> tuple[int, int]:
         """Requests and errors (5xx) of `server` since the process started."""
-        self.settle()
-        return self._totals.get(server, (0, 0))
+        with self._lock:
+            return self._totals.get(server, (0, 0))
 
     def flush(self) -> int:
         """Save and reset the counters; return how many rows were written."""
-        self.settle()
         with self._lock:
             counts, self._counts = self._counts, {}
         rows = [(k, p, s, int(v[0]), int(v[1]), v[2]) for (k, p, s), v in counts.items()]
         if rows:
             self.store.add_usage(rows)
         return len(rows)
-
-    def _observe(self, server: str, status: int, project: str, seconds: float) -> None:
-        assert self.metrics is not None
-        series = self._series.get((server, status, project))
-        if series is None:
-            series = (self.metrics.requests.labels(server, str(status), project),
-                      self.metrics.latency.labels(server))
-            self._series[(server, status, project)] = series
-        series[0].inc()
-        series[1].observe(seconds)
