@@ -9,7 +9,9 @@ key). Every server is its own process: uvicorn for Python, its own master + 1 wo
 The load comes from `wrk` (default; a Lua script sets the POST body and the MCP headers) or from
 aiohttp (`--load aiohttp`). Rounds are interleaved (direct, nginx, central-mcp, direct, ...) and
 the summary takes medians over the rounds. C=1 runs `wrk -c1 -t1` and gives the p50 our proxy adds.
-Not a test: run it by hand (see bench/README.md).
+Each run also reads the CPU time the target's processes used (from /proc: utime + stime of the
+process and its children) and prints it per answered request: what a request costs the target,
+whatever share of the CPUs it got. Not a test: run it by hand (see bench/README.md).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import aiohttp
@@ -126,6 +128,8 @@ class Run:
     p50: float  # ms
     p99: float  # ms
     errors: int
+    cpu_us: float | None = None  # CPU time of the target's processes per answered request
+
 
 
 def main(argv: list[str]) -> None:
@@ -157,7 +161,8 @@ def main(argv: list[str]) -> None:
     runs: list[Run] = []
     for kind in args.upstreams:
         with ExitStack() as stack:
-            targets = stack.enter_context(_targets(kind, args.targets, extra, nginx_bin, args.nginx_workers))
+            targets, pids = stack.enter_context(_targets(kind, args.targets, extra, nginx_bin,
+                                                         args.nginx_workers))
             measure = _Measure(kind, args, wrk_bin, Path(stack.enter_context(tempfile.TemporaryDirectory())))
             for name, target in targets.items():
                 _check(name, target)
@@ -165,7 +170,7 @@ def main(argv: list[str]) -> None:
             for number in range(1, args.rounds + 1):
                 for concurrency in args.concurrency:
                     for name, target in targets.items():
-                        run = measure.run(name, target, concurrency, number)
+                        run = measure.run(name, target, concurrency, number, pids[name])
                         runs.append(run)
                         print(_row(run), flush=True)
     print()
@@ -186,8 +191,12 @@ class _Measure:
         if self.args.warmup > 0:
             self._load(name, target, concurrency, self.args.warmup, 0)
 
-    def run(self, name: str, target: Target, concurrency: int, number: int) -> Run:
-        return self._load(name, target, concurrency, self.args.duration, number)
+    def run(self, name: str, target: Target, concurrency: int, number: int, pid: int) -> Run:
+        before = _cpu_seconds(pid)
+        run = self._load(name, target, concurrency, self.args.duration, number)
+        used = _cpu_seconds(pid) - before
+        answered = run.rps * self.args.duration
+        return replace(run, cpu_us=used / answered * 1e6) if answered else run
 
     def _load(self, name: str, target: Target, concurrency: int, seconds: float, number: int) -> Run:
         if self.args.load == "aiohttp":
@@ -225,37 +234,43 @@ def _check(name: str, target: Target) -> None:
 
 @contextmanager
 def _targets(kind: str, wanted: list[str], extra: dict[str, str], nginx_bin: str,
-             nginx_workers: int) -> Iterator[dict[str, Target]]:
-    """Run the upstream `kind` and the wanted proxies in front of it; yield their URLs in order."""
+             nginx_workers: int) -> Iterator[tuple[dict[str, Target], dict[str, int]]]:
+    """Run the upstream `kind` and the wanted proxies in front of it; yield their URLs in order and
+    the process id of each (`direct`: the upstream's)."""
     with ExitStack() as stack:
         up = _free_port()
         if kind == "static":
-            stack.enter_context(_nginx(nginx_bin, NGINX_STATIC, up, nginx_workers, answer=STATIC_ANSWER))
+            upstream = stack.enter_context(_nginx(nginx_bin, NGINX_STATIC, up, nginx_workers,
+                                                  answer=STATIC_ANSWER))
         else:
-            stack.enter_context(_process([sys.executable, str(RUNNER), kind, "--port", str(up)], up))
+            command = [sys.executable, str(RUNNER), kind, "--port", str(up)]
+            upstream = stack.enter_context(_process(command, up))
         proxy = [sys.executable, str(RUNNER), "proxy", "--upstream-port", str(up), "--port"]
         targets: dict[str, Target] = {}
+        pids: dict[str, int] = {}
         for name in wanted:
             port = _free_port()
             url, headers = f"http://127.0.0.1:{port}/mcp/bench", HEADERS
             if name == "direct":
-                url = f"http://127.0.0.1:{up}/mcp"
+                url, child = f"http://127.0.0.1:{up}/mcp", upstream
             elif name == "nginx":
-                stack.enter_context(_nginx(nginx_bin, NGINX_PROXY, port, nginx_workers, upstream_port=up))
+                child = stack.enter_context(_nginx(nginx_bin, NGINX_PROXY, port, nginx_workers,
+                                                   upstream_port=up))
             elif name == "central-mcp":
-                stack.enter_context(_process([*proxy, str(port)], port))
+                child = stack.enter_context(_process([*proxy, str(port)], port))
             else:
-                keyed = stack.enter_context(_process([*proxy, str(port), "--key"], port))
-                key = keyed.stdout.readline().strip() if keyed.stdout else ""
+                child = stack.enter_context(_process([*proxy, str(port), "--key"], port))
+                key = child.stdout.readline().strip() if child.stdout else ""
                 headers = {**HEADERS, "authorization": f"Bearer {key}"}
-            targets[name] = (url, headers)
+            targets[name], pids[name] = (url, headers), child.pid
         for label, checkout in extra.items():
             port, root = _free_port(), Path(checkout).resolve()
             runner = root / "bench" / "proxy_runner.py"
             command = [sys.executable, str(runner if runner.exists() else RUNNER), *proxy[2:], str(port)]
-            stack.enter_context(_process(command, port, {**os.environ, "PYTHONPATH": str(root)}))
+            child = stack.enter_context(_process(command, port, {**os.environ, "PYTHONPATH": str(root)}))
             targets[f"central-mcp@{label}"] = (f"http://127.0.0.1:{port}/mcp/bench", HEADERS)
-        yield targets
+            pids[f"central-mcp@{label}"] = child.pid
+        yield targets, pids
 
 
 @contextmanager
@@ -276,13 +291,15 @@ def _process(command: list[str], port: int,
 
 
 @contextmanager
-def _nginx(nginx_bin: str, body: str, port: int, workers: int, **values: object) -> Iterator[None]:
-    """Run nginx in the foreground with its own config (`body` formatted with `port` and `values`)."""
+def _nginx(nginx_bin: str, body: str, port: int, workers: int,
+           **values: object) -> Iterator[subprocess.Popen[str]]:
+    """Run nginx in the foreground with its own config (`body` formatted with `port` and `values`);
+    yield its master process (the workers are its children)."""
     with tempfile.TemporaryDirectory(prefix="proxy-bench-nginx-") as tmp:
         conf = Path(tmp) / "nginx.conf"
         conf.write_text(NGINX_COMMON.format(tmp=tmp, workers=workers, body=body.format(port=port, **values)))
-        with _process([nginx_bin, "-p", tmp, "-e", f"{tmp}/error.log", "-c", str(conf)], port):
-            yield
+        with _process([nginx_bin, "-p", tmp, "-e", f"{tmp}/error.log", "-c", str(conf)], port) as master:
+            yield master
 
 
 def _wait_for_port(port: int, child: subprocess.Popen[str]) -> None:
@@ -295,6 +312,23 @@ def _wait_for_port(port: int, child: subprocess.Popen[str]) -> None:
                 return
         time.sleep(0.05)
     raise SystemExit(f"{child.args} did not listen on {port} within {START_TIMEOUT:g}s")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its living descendants (nginx: master and workers)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue  # gone meanwhile
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14 and 15)
+        pending.extend(int(child) for child in children)
+    return total
 
 
 def _free_port() -> int:
@@ -341,7 +375,11 @@ async def _aiohttp_load(kind: str, name: str, target: Target, concurrency: int, 
 
 def _row(r: Run) -> str:
     return (f"round {r.round} {r.upstream:<6} {r.target:<18} C={r.concurrency:<3} {r.rps:>8.0f} req/s  "
-            f"p50 {r.p50:>7.3f} ms  p99 {r.p99:>7.3f} ms  errors {r.errors}")
+            f"p50 {r.p50:>7.3f} ms  p99 {r.p99:>7.3f} ms  cpu {_cpu(r.cpu_us):>6} µs/req  errors {r.errors}")
+
+
+def _cpu(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _groups(runs: list[Run]) -> dict[tuple[str, str, int], list[Run]]:
@@ -352,13 +390,16 @@ def _groups(runs: list[Run]) -> dict[tuple[str, str, int], list[Run]]:
 
 
 def _table(runs: list[Run]) -> str:
-    lines = ["| upstream | target | C | req/s (median) | req/s min-max | p50 ms | p99 ms | errors |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| upstream | target | C | req/s (median) | req/s min-max | p50 ms | p99 ms | CPU µs/req "
+             "| errors |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for (kind, target, concurrency), group in sorted(_groups(runs).items(), key=_order):
         rps = [r.rps for r in group]
+        cpu = [r.cpu_us for r in group if r.cpu_us is not None]
         lines.append(f"| {kind} | {target} | {concurrency} | {statistics.median(rps):.0f} | "
                      f"{min(rps):.0f}-{max(rps):.0f} | {statistics.median(r.p50 for r in group):.3f} | "
-                     f"{statistics.median(r.p99 for r in group):.3f} | {sum(r.errors for r in group)} |")
+                     f"{statistics.median(r.p99 for r in group):.3f} | "
+                     f"{_cpu(statistics.median(cpu) if cpu else None)} | {sum(r.errors for r in group)} |")
     return "\n".join(lines)
 
 
