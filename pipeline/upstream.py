@@ -6,8 +6,8 @@ state. Bodies are handed over as they arrive (`read_chunk`, for event streams) o
 (`read_body`). A connection goes back to its pool only after a complete answer it may reuse.
 
 Instead of awaiting, a caller may set `Connection.listener`: it is then called (from the
-parser's callbacks) at each step of the answer and at the connection's end, and reads the
-state it needs (`head_done`, `complete`, `error`) there.
+parser's callbacks) when the answer's head is in, when the answer is complete and when the
+connection ends or fails, and reads the state it needs (`head_done`, `complete`, `error`) there.
 """
 
 from __future__ import annotations
@@ -100,7 +100,8 @@ class Connection(asyncio.Protocol):
             self._paused = True
             assert self._transport is not None
             self._transport.pause_reading()
-        self._wake()
+        if self.listener is None:  # a listener reads the body once it is complete
+            self._wake()
 
     def on_message_complete(self) -> None:
         if self.head_done:
