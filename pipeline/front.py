@@ -37,17 +37,8 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from pipeline.proxy import (
-    MAX_BODY_BYTES,
-    BodyTooLarge,
-    ClientGone,
-    Headers,
-    Proxy,
-    Ticket,
-    has_body,
-    is_stream,
-    too_large,
-)
+from pipeline.exchange import MAX_BODY_BYTES, BodyTooLarge, ClientGone, Headers, has_body
+from pipeline.proxy import Proxy, Ticket, is_stream, too_large
 from pipeline.upstream import Connection
 
 FAST_METHODS = frozenset({b"GET", b"POST", b"DELETE", b"OPTIONS"})

@@ -19,7 +19,8 @@ from proxy_support import Recorder, Rig, jsonrpc, raw_upstream, running_proxy
 from starlette.requests import Request
 from starlette.responses import Response
 
-from pipeline.proxy import MAX_BODY_BYTES, Proxy
+from pipeline.exchange import MAX_BODY_BYTES
+from pipeline.proxy import Proxy
 
 HEADERS = b"content-type: application/json\r\naccept: application/json, text/event-stream\r\n"
 Answer = tuple[int, dict[str, str], bytes]

@@ -1,0 +1,116 @@
+"""One client request to the proxy and the means to answer it: the `Exchange` the proxy works on.
+
+front.py's `ProxyCycle` is one, made straight from uvicorn's parser; `AsgiExchange` makes one
+from an ASGI request (scope, receive, send) for every other way in.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from starlette.types import Receive, Scope, Send
+
+Headers = list[tuple[bytes, bytes]]
+MAX_BODY_BYTES = 4 * 1024 * 1024
+STREAM_END: dict[str, Any] = {"type": "http.response.body", "body": b"", "more_body": False}
+
+
+class Exchange(Protocol):
+    """One client request to the proxy, and the means to answer it."""
+
+    method: str
+    server: str
+    rest: str  # the path after `/mcp/<server>/`, decoded ("" for `/mcp/<server>`)
+    query: bytes
+    headers: Headers  # lower-case names, as received
+
+    async def read_body(self) -> bytes:
+        """The whole request body (raise ClientGone if the client left first, BodyTooLarge past
+        MAX_BODY_BYTES)."""
+
+    async def answer(self, status: int, body: bytes, headers: Headers) -> None:
+        """Send a whole answer; the exchange adds its Content-Length (`headers` have none)."""
+
+    async def start(self, status: int, headers: Headers) -> None:
+        """Start a streamed answer."""
+
+    async def write(self, chunk: bytes) -> None:
+        """Send part of a streamed answer."""
+
+    async def end(self) -> None:
+        """End a streamed answer."""
+
+    async def gone(self) -> None:
+        """Return once the client has gone away."""
+
+
+class ClientGone(Exception):
+    """The client disconnected before its request body was complete."""
+
+
+class BodyTooLarge(Exception):
+    """The request body is over MAX_BODY_BYTES."""
+
+
+class AsgiExchange:
+    """An Exchange over ASGI: the path params come from app.py's routes or its shortcut."""
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        params: dict[str, str] = scope["path_params"]
+        self.method: str = scope["method"]
+        self.server = params["server"]
+        self.rest = params.get("rest", "")
+        self.query: bytes = scope["query_string"]
+        self.headers: Headers = scope["headers"]
+        self._receive = receive
+        self._send = send
+
+    async def read_body(self) -> bytes:
+        """The whole request body."""
+        message = await self._receive()
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            return body
+        chunks = [body]
+        size = len(body)
+        while message.get("more_body", False):
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise BodyTooLarge
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def answer(self, status: int, body: bytes, headers: Headers) -> None:
+        """Send a whole answer, with its length."""
+        if has_body(status):
+            headers = [*headers, (b"content-length", b"%d" % len(body))]
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+        await self._send({"type": "http.response.body", "body": body})
+
+    async def start(self, status: int, headers: Headers) -> None:
+        """Start a streamed answer."""
+        await self._send({"type": "http.response.start", "status": status, "headers": headers})
+
+    async def write(self, chunk: bytes) -> None:
+        """Send part of a streamed answer."""
+        await self._send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+    async def end(self) -> None:
+        """End a streamed answer."""
+        await self._send(STREAM_END)
+
+    async def gone(self) -> None:
+        """Return once the client has gone away."""
+        while (await self._receive())["type"] != "http.disconnect":
+            pass
+
+
+def has_body(status: int) -> bool:
+    """Whether an answer with this status carries a body (and so a Content-Length)."""
+    return status >= 200 and status not in (204, 304)
