@@ -64,6 +64,7 @@ class AsgiExchange:
         self.headers: Headers = scope["headers"]
         self._receive = receive
         self._send = send
+        self._close = False  # the body was not read to its end: the connection cannot go on
 
     async def read_body(self) -> bytes:
         """The whole request body."""
@@ -82,6 +83,7 @@ class AsgiExchange:
             chunk: bytes = message.get("body", b"")
             size += len(chunk)
             if size > MAX_BODY_BYTES:
+                self._close = True
                 raise BodyTooLarge
             chunks.append(chunk)
         return b"".join(chunks)
@@ -90,6 +92,8 @@ class AsgiExchange:
         """Send a whole answer, with its length."""
         if has_body(status):
             headers = [*headers, (b"content-length", b"%d" % len(body))]
+        if self._close:
+            headers = [*headers, (b"connection", b"close")]  # uvicorn then closes after the answer
         await self._send({"type": "http.response.start", "status": status, "headers": headers})
         await self._send({"type": "http.response.body", "body": body})
 

@@ -39,6 +39,15 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         yield running
 
 
+@pytest.fixture(params=["front", "asgi"])
+def either_rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rig]:
+    """The same, reached through front.py's fast path or through ASGI (both must read bodies alike)."""
+    with running_proxy(tmp_path, front=request.param == "front") as running, \
+            raw_upstream("x", Recorder(_echo)) as upstream:
+        running.router.swap({"x": upstream})
+        yield running
+
+
 def test_mcp_requests_do_not_go_through_asgi(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     """POST, GET, DELETE and OPTIONS to /mcp/x are answered without Proxy.handle (the ASGI way in)."""
     def refuse(*_: object) -> None:
@@ -73,21 +82,21 @@ def test_pipelined_requests_are_answered_in_order(rig: Rig) -> None:
     assert [a[2] for a in answers] == bodies
 
 
-def test_body_larger_than_one_read_is_forwarded_whole(rig: Rig) -> None:
+def test_body_larger_than_one_read_is_forwarded_whole(either_rig: Rig) -> None:
     """A 3 MiB body (many reads, so the request's coroutine reads the rest) reaches the upstream intact."""
     body = json.dumps(jsonrpc("x", {"blob": "ab" * (3 << 19)})).encode()
     with httpx2.Client(timeout=30) as http:
-        reply = http.post(rig.url("x"), content=body, headers={"content-type": "application/json"})
+        reply = http.post(either_rig.url("x"), content=body, headers={"content-type": "application/json"})
         assert reply.status_code == 200
         assert reply.content == body
-        assert http.post(rig.url("x"), content=b"{}").content == b"{}"  # the connection goes on
+        assert http.post(either_rig.url("x"), content=b"{}").content == b"{}"  # the connection goes on
 
 
-def test_chunked_body_over_the_limit_gets_413_and_the_connection_closes(rig: Rig) -> None:
+def test_chunked_body_over_the_limit_gets_413_and_the_connection_closes(either_rig: Rig) -> None:
     """A chunked body that grows past MAX_BODY_BYTES is refused with 413; the rest is never read."""
     chunk = b"x" * (1 << 20)
     head = b"POST /mcp/x HTTP/1.1\r\nhost: proxy\r\n" + HEADERS + b"transfer-encoding: chunked\r\n\r\n"
-    with _connect(rig) as sock:
+    with _connect(either_rig) as sock:
         sock.sendall(head)
         try:
             for _ in range(MAX_BODY_BYTES // len(chunk) + 2):
