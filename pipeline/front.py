@@ -82,6 +82,9 @@ class FrontProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         """Start the request: the proxy's fast path when it applies, else uvicorn's ASGI cycle."""
+        # An answer made while parsing (a 404, 401, 429, 413) armed the keep-alive timer; the next
+        # request in the same read must not run under it (uvicorn disarms it only when data arrives).
+        self._unset_keepalive_if_required()
         proxy = self.front.proxy
         method = self.parser.get_method()
         if proxy is None or method not in FAST_METHODS or not self.url.startswith(b"/mcp/") \
@@ -103,6 +106,8 @@ class FrontProtocol(HttpToolsProtocol):
         if not server:
             self._asgi()
             return
+        if self.transport.is_closing():
+            return  # an answer just closed the connection: a request after it cannot be answered
         version = self.parser.get_http_version()
         cycle = ProxyCycle(self, proxy, method.decode("ascii"), server, rest, query, version,
                            keep_alive=version != "1.0" and self.parser.should_keep_alive())
@@ -240,8 +245,13 @@ class ProxyCycle(RequestResponseCycle):
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         """Run `work` in a task that uvicorn's graceful shutdown waits for."""
         task = self._loop.create_task(self._guarded(work))
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._spawned_done)
         self._tasks.add(task)
+
+    def _spawned_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():  # perhaps before `_guarded` ran (shutdown): still leave and answer
+            self._crash(asyncio.CancelledError())
 
     async def _guarded(self, work: Coroutine[Any, Any, None]) -> None:
         try:
@@ -280,6 +290,7 @@ class ProxyCycle(RequestResponseCycle):
         if len(self.body) > MAX_BODY_BYTES:
             self.keep_alive = False  # the rest of the body is not read: this connection cannot go on
             raise BodyTooLarge
+        self.flow.resume_reading()  # paused while the body piled up; a disconnect must still be read
         return bytes(self.body)
 
     async def answer(self, status: int, body: bytes, headers: Headers) -> None:
@@ -309,6 +320,7 @@ class ProxyCycle(RequestResponseCycle):
 
     async def gone(self) -> None:
         """Return once the client has gone away."""
+        self.flow.resume_reading()  # else the connection's end is never read
         while not self.disconnected:
             await self.message_event.wait()
             self.message_event.clear()

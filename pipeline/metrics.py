@@ -86,7 +86,8 @@ class ProxyTraffic:
             counter.add_metric([server, str(status), project], count)
         yield counter
         histogram = HistogramMetricFamily("central_mcp_upstream_latency_seconds",
-                                          "Time to the upstream's answer end", labels=("server",))
+                                          "Time from routing to the end of the relayed answer",
+                                          labels=("server",))
         bounds = [repr(float(bound)) for bound in LATENCY_BUCKETS] + ["+Inf"]  # prometheus_client's spelling
         for server, row in sorted(latency.items()):
             cumulative: float = 0

@@ -168,6 +168,7 @@ class Router:
                 sessions = self.sessions_on(container_id)
                 if self._inflight.get(container_id, 0) == 0 and sessions == 0:
                     self._draining.pop(container_id, None)  # idle: stop routing to it, atomically
+                    self._closers.pop(container_id, None)  # nothing is left to close
                     return True
             limit = session_timeout if sessions else request_timeout
             if clock() - started >= limit:

@@ -168,7 +168,8 @@ class Connection(asyncio.Protocol):
         if not self._busy:
             return
         self.listener = None
-        if self.complete and self._keep_alive and not self.closed and not self._head_only:
+        reusable = self.complete and self._keep_alive and not self._head_only
+        if reusable and not self.closed and not self._paused:  # paused: a stream's reads were held
             self.status = 0
             self.headers = []
             self.head_done = self.complete = self._busy = self._streaming = False

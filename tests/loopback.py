@@ -25,14 +25,15 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_asgi(app: Any, port: int | None = None, *, front: bool = False) -> Iterator[int]:
+def serve_asgi(app: Any, port: int | None = None, *, front: bool = False, **config: Any) -> Iterator[int]:
     """Serve an ASGI app on a loopback port in a thread; yield the port.
 
     With `front`, `app` is an `App` served as the provider serves it (pipeline/front.py), so its
-    `/mcp/` requests take the proxy's fast path.
+    `/mcp/` requests take the proxy's fast path. `config`: more uvicorn.Config options.
     """
     port = port or free_port()
-    options: dict[str, Any] = {"host": "127.0.0.1", "port": port, "log_level": "error", "lifespan": "on"}
+    options: dict[str, Any] = {"host": "127.0.0.1", "port": port, "log_level": "error", "lifespan": "on",
+                               **config}
     server = uvicorn.Server(front_config(app, **options) if front else uvicorn.Config(app, **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -89,11 +89,12 @@ def proxy_app(proxy: Proxy, router: Router) -> App:
 @contextmanager
 def running_proxy(state_dir: Path, *, projects: tuple[Project, ...] = (),
                   allowed_origins: tuple[str, ...] = (), keepalive: float = KEEPALIVE,
-                  front: bool = True) -> Iterator[Rig]:
+                  front: bool = True, **config: Any) -> Iterator[Rig]:
     """Serve a proxy on loopback with a fresh Store in `state_dir`; yield its rig.
 
     As the provider serves it, `/mcp/` requests take front.py's fast path; with `front=False`
-    plain uvicorn serves the app, so every request goes through ASGI (`Proxy.handle`).
+    plain uvicorn serves the app, so every request goes through ASGI (`Proxy.handle`). `config`:
+    more uvicorn.Config options.
     """
     settings = Settings(config_path=Path("deploy.yaml"), state_dir=state_dir, projects=projects,
                         proxy=ProxyTimeouts(keepalive=keepalive, drain_timeout=5.0,
@@ -102,7 +103,7 @@ def running_proxy(state_dir: Path, *, projects: tuple[Project, ...] = (),
     router, usage, clock = Router(), Usage(store), Clock()
     proxy = Proxy(router, Gatekeeper(settings, store, clock=clock), usage, keepalive)
     try:
-        with serve_asgi(proxy_app(proxy, router), front=front) as port:
+        with serve_asgi(proxy_app(proxy, router), front=front, **config) as port:
             yield Rig(port, router, store, settings, usage, clock)
     finally:
         store.close()

@@ -10,14 +10,14 @@ import asyncio
 import json
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx2
 import pytest
 from proxy_support import Recorder, Rig, jsonrpc, raw_upstream, running_proxy
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
 from pipeline.exchange import MAX_BODY_BYTES
 from pipeline.proxy import Proxy
@@ -151,6 +151,66 @@ async def test_client_that_leaves_before_the_answer_leaves_nothing_in_flight(tmp
         async with httpx2.AsyncClient(timeout=10) as http:
             assert (await http.post(rig.url("x"), content=b"{}")).content == b"{}"
         assert rig.usage.totals("x") == (2, 0)
+
+
+def test_a_request_pipelined_behind_an_immediate_answer_is_not_cut_by_the_keepalive_timer(
+        tmp_path: Path) -> None:
+    """A 404 answered while parsing arms uvicorn's keep-alive timer; the slow request read with it
+    in the same packet still gets its answer after the keep-alive timeout has passed."""
+    async def slow(request: Request) -> Response:
+        await asyncio.sleep(1.5)
+        return Response(await request.body(), media_type="application/json")
+
+    with running_proxy(tmp_path, timeout_keep_alive=1) as rig, raw_upstream("x", Recorder(slow)) as upstream:
+        rig.router.swap({"x": upstream})
+        with _connect(rig) as sock:
+            sock.sendall(_post(b"/mcp/nosuch", b"{}") + _post(b"/mcp/x", b'{"slow":1}'))
+            answers = _read_answers(sock, 2)
+    assert [(a[0], a[2]) for a in answers][1] == (200, b'{"slow":1}')
+    assert answers[0][0] == 404
+
+
+def test_a_request_after_an_answer_that_closed_the_connection_is_not_sent_upstream(tmp_path: Path) -> None:
+    """An answer to HTTP/1.0 closes the connection (even when the client asked to keep it); a request
+    pipelined after it never reaches the upstream (its answer could not be delivered)."""
+    recorder = Recorder()
+    with running_proxy(tmp_path) as rig, raw_upstream("x", recorder) as upstream:
+        rig.router.swap({"x": upstream})
+        with httpx2.Client(timeout=10) as http:  # a pooled upstream connection for the fast path
+            assert http.post(rig.url("x"), content=b'{"warm":1}').status_code == 200
+        asks_keepalive = b" HTTP/1.0\r\nconnection: keep-alive\r\n"
+        first = _post(b"/mcp/nosuch", b"{}").replace(b" HTTP/1.1\r\n", asks_keepalive, 1)
+        with _connect(rig) as sock:
+            sock.sendall(first + _post(b"/mcp/x", b'{"second":1}'))
+            assert _read_answers(sock, 1)[0][0] == 404
+            assert _closed(sock)
+        time.sleep(0.3)
+        assert [seen.body for seen in recorder.seen] == [b'{"warm":1}']
+        assert rig.router.inflight("raw") == 0
+
+
+@pytest.mark.parametrize("size", [10, 200_000])
+async def test_client_leaving_an_event_stream_is_noticed_after_any_body(tmp_path: Path, size: int) -> None:
+    """A client that closes a quiet event stream ends the relay (nothing left in flight), also after
+    a body large enough to pause reading from it."""
+    async def stream(request: Request) -> Response:
+        await request.body()
+
+        async def events() -> AsyncIterator[bytes]:
+            yield b"data: partial"  # no event boundary: the proxy adds no keep-alive comment
+            await asyncio.sleep(30)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    with running_proxy(tmp_path) as rig, raw_upstream("x", Recorder(stream)) as upstream:
+        rig.router.swap({"x": upstream})
+        with _connect(rig) as sock:
+            sock.sendall(_post(b"/mcp/x", b"{" + b" " * size + b"}"))
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+        deadline = time.monotonic() + 5
+        while rig.router.inflight("raw") and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert rig.router.inflight("raw") == 0
 
 
 # raw HTTP ---------------------------------------------------------------------------------------
