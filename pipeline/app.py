@@ -28,6 +28,7 @@ from pipeline.deploylog import DeployLog, Event
 from pipeline.dispatch import Dispatcher
 from pipeline.dockerhost import DockerHost
 from pipeline.errors import CentralMCPError
+from pipeline.exchange import mcp_target
 from pipeline.monitor import Health, Monitor
 from pipeline.proxy import Proxy
 from pipeline.reconcile import reconcile
@@ -153,23 +154,14 @@ class App(Starlette):
         proxy = self.proxy
         if proxy is not None and scope["type"] == "http" and scope["method"] in MCP_METHOD_SET \
                 and not scope.get("root_path"):
-            params = _proxy_params(scope["path"])
-            if params is not None:
+            target = mcp_target(scope["path"])
+            if target is not None:
                 scope["app"] = self
-                scope["path_params"] = params
+                scope["path_params"] = {"server": target[0], "rest": target[1]}
                 await proxy.handle(scope, receive, send)
                 return
         await super().__call__(scope, receive, send)
 
-
-def _proxy_params(path: str) -> dict[str, str] | None:
-    """The path params of `/mcp/{server}` or `/mcp/{server}/{rest:path}`, or None if neither matches."""
-    if not path.startswith("/mcp/"):
-        return None
-    server, slash, rest = path[5:].partition("/")
-    if not server:
-        return None
-    return {"server": server, "rest": rest} if slash else {"server": server}
 
 @dataclass
 class PageSources:

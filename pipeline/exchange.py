@@ -118,3 +118,12 @@ class AsgiExchange:
 def has_body(status: int) -> bool:
     """Whether an answer with this status carries a body (and so a Content-Length)."""
     return status >= 200 and status not in (204, 304)
+
+
+def mcp_target(path: str) -> tuple[str, str] | None:
+    """The server name and the rest of a decoded `/mcp/<server>` or `/mcp/<server>/<rest>` path
+    ("" when there is no rest), or None for any other path."""
+    if not path.startswith("/mcp/"):
+        return None
+    server, _, rest = path[5:].partition("/")
+    return (server, rest) if server else None

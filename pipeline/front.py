@@ -37,7 +37,7 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from pipeline.exchange import MAX_BODY_BYTES, BodyTooLarge, ClientGone, Headers, has_body
+from pipeline.exchange import MAX_BODY_BYTES, BodyTooLarge, ClientGone, Headers, has_body, mcp_target
 from pipeline.proxy import Proxy, Ticket, is_stream, too_large
 from pipeline.upstream import Connection
 
@@ -100,12 +100,11 @@ class FrontProtocol(HttpToolsProtocol):
         except UnicodeDecodeError:
             self._asgi()  # uvicorn answers it as it would any such path
             return
-        if "%" in path:
-            path = unquote(path)
-        server, _, rest = path[5:].partition("/")
-        if not server:
+        target = mcp_target(unquote(path) if "%" in path else path)
+        if target is None:
             self._asgi()
             return
+        server, rest = target
         if self.transport.is_closing():
             return  # an answer just closed the connection: a request after it cannot be answered
         version = self.parser.get_http_version()
