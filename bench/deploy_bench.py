@@ -118,7 +118,7 @@ def _report(rows: list[dict[str, Any]], noops: list[dict[str, Any]]) -> None:
 
 
 def _cleanup(tmp: Path, env: dict[str, str]) -> None:
-    from pipeline.deploy import instance_id
+    from pipeline.context import instance_id
 
     client = docker.from_env()
     instance = instance_id(Path(env["CENTRAL_MCP_STATE_DIR"]))

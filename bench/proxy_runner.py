@@ -6,7 +6,7 @@
 
 `proxy` routes `/mcp/bench` to `http://127.0.0.1:U/mcp` with the real Router, Gatekeeper, Usage (with
 Metrics) and Store, in an `App` as `create_app` builds it, served with serve.py's protocol
-(pipeline/front.py: `/mcp/` requests skip the ASGI cycle); with `--key` deploy.yaml has a project
+(pipeline/proxy/front.py: `/mcp/` requests skip the ASGI cycle); with `--key` deploy.yaml has a project
 and the process prints a fresh key on its first line.
 """
 
@@ -30,15 +30,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from pipeline import front
-from pipeline.access import Gatekeeper, create_key
 from pipeline.app import App, proxy_routes
+from pipeline.config.settings import Project, ProxyTimeouts, Settings
 from pipeline.metrics import Metrics
-from pipeline.proxy import Proxy
-from pipeline.routes import Router, Upstream
-from pipeline.settings import Project, ProxyTimeouts, Settings
+from pipeline.proxy import front
+from pipeline.proxy.access import Gatekeeper, create_key
+from pipeline.proxy.relay import Proxy
+from pipeline.proxy.router import Router, Upstream
+from pipeline.proxy.usage import Usage
 from pipeline.store import Store
-from pipeline.usage import Usage
 
 SERVER = "bench"
 UNLIMITED = 10**9

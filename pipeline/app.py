@@ -22,21 +22,22 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline import control as control_mod
 from pipeline import pages, registry
-from pipeline.access import Gatekeeper
-from pipeline.deploy import Context, DeployRequest, instance_id
+from pipeline.config.settings import Settings
+from pipeline.context import Context, DeployRequest, instance_id
 from pipeline.deploylog import DeployLog, Event
 from pipeline.dispatch import Dispatcher
 from pipeline.dockerhost import DockerHost
 from pipeline.errors import CentralMCPError
-from pipeline.exchange import mcp_target
 from pipeline.monitor import Health, Monitor
-from pipeline.proxy import Proxy
+from pipeline.proxy.access import Gatekeeper
+from pipeline.proxy.exchange import mcp_target
+from pipeline.proxy.relay import Proxy
+from pipeline.proxy.router import Router
+from pipeline.proxy.usage import Usage
 from pipeline.reconcile import reconcile
-from pipeline.routes import Router
 from pipeline.secrets import Secrets
-from pipeline.settings import Settings
+from pipeline.states import DeploySource
 from pipeline.store import Store
-from pipeline.usage import Usage
 from pipeline.webhook import PROVIDERS, Delivery, Receiver
 
 log = logging.getLogger("central-mcp")
@@ -271,7 +272,7 @@ def _authorized(request: Request, control: control_mod.Control) -> bool:
 def _deploy_request(body: dict[str, Any]) -> DeployRequest:
     rollback = body.get("rollback")
     return DeployRequest(
-        source=str(body["source"]), repo=str(body["repo"]), ref=str(body.get("ref", "")),
+        source=DeploySource(str(body["source"])), repo=str(body["repo"]), ref=str(body.get("ref", "")),
         commit=str(body.get("commit", "")),
         snapshot_dir=Path(body["snapshot_dir"]) if body.get("snapshot_dir") else None,
         author=str(body.get("author", "")), message=str(body.get("message", "")),

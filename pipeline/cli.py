@@ -9,9 +9,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pipeline import settings as settings_mod
+from pipeline.config import settings as settings_mod
+from pipeline.config.manifest import check_tree
 from pipeline.errors import CentralMCPError, ConfigError, Problem
-from pipeline.manifest import check_tree
 from pipeline.store import Store
 
 EXIT_OK = 0
@@ -282,7 +282,7 @@ def _store(settings: settings_mod.Settings) -> Store:
 
 
 def _keys_create(args: argparse.Namespace) -> int:
-    from pipeline.access import create_key
+    from pipeline.proxy.access import create_key
 
     settings = settings_mod.load(_config_path(args))
     try:

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import gate, registry
+from pipeline.config.manifest import Manifest, check_tree, from_data
+from pipeline.context import Context, DeployRequest
 from pipeline.deploylog import DeployLog
 from pipeline.dockerhost import (
     LABEL_COMMIT,
@@ -25,54 +27,19 @@ from pipeline.dockerhost import (
     LABEL_RELEASE,
     LABEL_ROLE,
     LABEL_SERVER,
-    DockerHost,
     Running,
     RunSpec,
 )
 from pipeline.errors import CentralMCPError, ConfigError, DeployError, GateError, SourceError
-from pipeline.manifest import Manifest, check_tree, from_data
-from pipeline.metrics import Metrics
-from pipeline.routes import Router, Upstream
+from pipeline.proxy.router import Upstream
 from pipeline.secrets import Masker, Secrets, load_file
-from pipeline.settings import Settings
 from pipeline.source import EXPECT_OLD, GIT_DIR, ZERO_SHA, Snapshot, resolve
-from pipeline.store import Release, Store
+from pipeline.store import Release
 
 STOP_GRACE_SECONDS = 10.0
 LOG_TAIL_LINES = 30
 LABEL_FINGERPRINT = "central-mcp.fingerprint"
 OVERTAKE_LOOKBACK = 50  # recent deploys searched for one that moved a waiting push's branch
-
-
-@dataclass(frozen=True)
-class DeployRequest:
-    """What to deploy: a snapshot of a pushed commit, or a rollback to a stored release."""
-
-    source: str
-    repo: str
-    ref: str
-    commit: str
-    snapshot_dir: Path | None = None
-    author: str = ""
-    message: str = ""
-    rollback: tuple[str, int] | None = None
-    fetch: Callable[[DeployLog], Path] | None = None
-    """For webhooks: fetches the commit and returns its snapshot directory, run in the repo's lane."""
-
-
-@dataclass
-class Context:
-    """The services a deploy uses, created once by the serve process."""
-
-    settings: Settings
-    store: Store
-    docker: DockerHost
-    router: Router
-    secrets: Secrets
-    instance: str
-    metrics: Metrics = field(default_factory=Metrics)
-    on_swap: list[Callable[[str, list[tuple[str, int]]], None]] = field(default_factory=list)
-    """Called after a committed swap with the deploy's source and the (server, release) made live."""
 
 
 @dataclass
@@ -89,11 +56,6 @@ class Candidate:
     running: Running | None = None
     tools: list[dict[str, object]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
-
-
-def instance_id(state_dir: Path) -> str:
-    """A short id for one provider instance, so several can share an engine."""
-    return hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:8]
 
 
 class Runbook:

@@ -6,7 +6,8 @@ import shutil
 import threading
 from dataclasses import dataclass, field
 
-from pipeline.deploy import Context, DeployRequest, Runbook, file_masker
+from pipeline.context import Context, DeployRequest
+from pipeline.deploy import Runbook, file_masker
 from pipeline.deploylog import DeployLog
 
 LOGS_KEPT = 50

@@ -20,8 +20,8 @@ from typing import Any
 
 from pipeline import control as control_mod
 from pipeline import source
+from pipeline.config.settings import Repo, Settings
 from pipeline.errors import CentralMCPError, SourceError
-from pipeline.settings import Repo, Settings
 
 HOOKS_DIR = Path(__file__).resolve().parent.parent / "hooks"
 HOOK_NAMES = ("pre-receive",)

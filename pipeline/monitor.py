@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import gate, registry
-from pipeline.deploy import Context, DeployRequest
+from pipeline.context import Context, DeployRequest
 from pipeline.dockerhost import LABEL_INSTANCE, LABEL_PORT
 from pipeline.errors import CentralMCPError
 from pipeline.gate import NotMCP
-from pipeline.routes import Upstream
-from pipeline.usage import Usage
+from pipeline.proxy.router import Upstream
+from pipeline.proxy.usage import Usage
+from pipeline.states import DeploySource
 
 log = logging.getLogger("central-mcp.monitor")
 Probe = Callable[[str, float], Any]
@@ -132,7 +133,7 @@ class Monitor:
         health.failures = 0
         self.ctx.metrics.restarts.labels(upstream.server).inc()
         deploy_id = self.submit(DeployRequest(
-            source="restart", repo=release.repo, ref="restart", commit=release.commit_sha,
+            source=DeploySource.RESTART, repo=release.repo, ref="restart", commit=release.commit_sha,
             message=f"restart {upstream.server} r{upstream.release}: {reason}",
             rollback=(upstream.server, upstream.release)))
         log.warning("%s: replacing its container (deploy #%d): %s", upstream.server, deploy_id, reason)
@@ -190,7 +191,8 @@ class Monitor:
             return
         self.ctx.metrics.watch_rollbacks.labels(watch.server).inc()
         deploy_id = self.submit(DeployRequest(
-            source="auto-rollback", repo=release.repo, ref="auto-rollback", commit=release.commit_sha,
+            source=DeploySource.AUTO_ROLLBACK, repo=release.repo, ref="auto-rollback",
+            commit=release.commit_sha,
             message=f"r{watch.release} of {watch.server} rolled back: {reason}",
             rollback=(watch.server, watch.previous)))
         log.warning("%s: r%d is bad (%s); rolling back to r%d (deploy #%d)", watch.server, watch.release,

@@ -23,10 +23,10 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from pipeline import registry
-from pipeline.access import Caller, Denied, Gatekeeper
+from pipeline.config.settings import Settings
 from pipeline.deploylog import DeployLog, Event
 from pipeline.monitor import Health
-from pipeline.settings import Settings
+from pipeline.proxy.access import Caller, Denied, Gatekeeper
 from pipeline.store import FINISHED, Deploy, Store
 
 TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),

@@ -7,11 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline import gate
-from pipeline.deploy import Context
+from pipeline.config.manifest import from_data
+from pipeline.context import Context
 from pipeline.dockerhost import LABEL_INSTANCE, LABEL_PORT, LABEL_RELEASE, LABEL_SERVER, RunSpec
 from pipeline.errors import CentralMCPError
-from pipeline.manifest import from_data
-from pipeline.routes import Upstream
+from pipeline.proxy.router import Upstream
 from pipeline.store import Release
 
 ABANDONED_REASON = "the provider stopped while this deploy was running"

@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipeline.settings import Project, Settings
+from pipeline.config.settings import Project, Settings
 from pipeline.store import Release
 
 SERVER_SCHEMA = "https://static.modelcontextprotocol.io/schemas/2025-12-11/server.schema.json"

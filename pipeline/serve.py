@@ -11,13 +11,14 @@ from pathlib import Path
 
 import uvicorn
 
-from pipeline import front, logs
-from pipeline.access import create_key
+from pipeline import logs
 from pipeline.app import create_app
+from pipeline.config.settings import Settings
 from pipeline.dockerhost import DockerHost
 from pipeline.errors import DeployError
 from pipeline.hook import init_repo
-from pipeline.settings import Settings
+from pipeline.proxy import front
+from pipeline.proxy.access import create_key
 from pipeline.store import Store
 
 STARTUP_TIMEOUT = 120.0

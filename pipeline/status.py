@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline import control
+from pipeline.config.settings import Settings
 from pipeline.errors import DeployError
-from pipeline.settings import Settings
 from pipeline.store import Store
 
 HEALTH_TIMEOUT = 3.0

@@ -25,10 +25,11 @@ from urllib.parse import parse_qs
 import git
 
 from pipeline import source
-from pipeline.deploy import DeployRequest
+from pipeline.config.settings import Repo, Settings
+from pipeline.context import DeployRequest
 from pipeline.deploylog import DeployLog
 from pipeline.errors import SourceError
-from pipeline.settings import Repo, Settings
+from pipeline.states import DeploySource
 
 PROVIDERS = {"github": ("github",), "gitea": ("gitea", "forgejo"), "gitlab": ("gitlab",)}
 SKIP_MARKERS = re.compile(r"\[(skip deploy|skip ci|ci skip)\]", re.IGNORECASE)
@@ -135,7 +136,7 @@ class Receiver:
         def fetch(log: DeployLog) -> Path:
             return fetch_commit(self.settings, repo, url, push.ref, push.after, log, self.env)
 
-        return DeployRequest(source="webhook", repo=repo.name, ref=push.ref, commit=push.after,
+        return DeployRequest(source=DeploySource.WEBHOOK, repo=repo.name, ref=push.ref, commit=push.after,
                              author=push.author, message=push.message, fetch=fetch)
 
 

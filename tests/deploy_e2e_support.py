@@ -33,7 +33,7 @@ import yaml
 from conftest import free_port
 from mcp import Client
 
-from pipeline.deploy import instance_id
+from pipeline.context import instance_id
 from pipeline.dockerhost import LABEL_COMMIT, LABEL_INSTANCE, LABEL_SERVER, DockerHost
 
 TESTS = Path(__file__).resolve().parent

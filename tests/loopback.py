@@ -13,7 +13,7 @@ import uvicorn
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 
-from pipeline.front import config as front_config
+from pipeline.proxy.front import config as front_config
 
 
 def free_port() -> int:
@@ -28,7 +28,7 @@ def free_port() -> int:
 def serve_asgi(app: Any, port: int | None = None, *, front: bool = False, **config: Any) -> Iterator[int]:
     """Serve an ASGI app on a loopback port in a thread; yield the port.
 
-    With `front`, `app` is an `App` served as the provider serves it (pipeline/front.py), so its
+    With `front`, `app` is an `App` served as the provider serves it (pipeline/proxy/front.py), so its
     `/mcp/` requests take the proxy's fast path. `config`: more uvicorn.Config options.
     """
     port = port or free_port()

@@ -27,13 +27,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from pipeline.access import Gatekeeper
 from pipeline.app import App, proxy_routes
-from pipeline.proxy import Proxy
-from pipeline.routes import Router, Upstream
-from pipeline.settings import Project, ProxyTimeouts, Settings
+from pipeline.config.settings import Project, ProxyTimeouts, Settings
+from pipeline.proxy.access import Gatekeeper
+from pipeline.proxy.relay import Proxy
+from pipeline.proxy.router import Router, Upstream
+from pipeline.proxy.usage import Usage
 from pipeline.store import Store
-from pipeline.usage import Usage
 
 KEEPALIVE = 0.3
 LEGACY = "2025-11-25"  # the session era's last version

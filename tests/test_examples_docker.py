@@ -11,9 +11,9 @@ import pytest
 from mcp import Client
 
 from pipeline import gate
+from pipeline.config.manifest import check_tree
+from pipeline.config.settings import load
 from pipeline.dockerhost import LABEL_INSTANCE, DockerHost, Running, RunSpec
-from pipeline.manifest import check_tree
-from pipeline.settings import load
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parent.parent

@@ -19,8 +19,8 @@ from proxy_support import Recorder, Rig, jsonrpc, raw_upstream, running_proxy
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from pipeline.exchange import MAX_BODY_BYTES
-from pipeline.proxy import Proxy
+from pipeline.proxy.exchange import MAX_BODY_BYTES
+from pipeline.proxy.relay import Proxy
 
 HEADERS = b"content-type: application/json\r\naccept: application/json, text/event-stream\r\n"
 Answer = tuple[int, dict[str, str], bytes]

@@ -1,4 +1,4 @@
-"""pipeline/manifest.py: discovering and validating servers/<name>/mcp-server.yaml."""
+"""pipeline/config/manifest.py: discovering and validating servers/<name>/mcp-server.yaml."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import manifest, settings
+from pipeline.config import manifest, settings
 from pipeline.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

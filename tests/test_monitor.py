@@ -7,17 +7,16 @@ from typing import Any
 
 import pytest
 
-from pipeline.access import Caller
-from pipeline.deploy import Context, DeployRequest
+from pipeline.config.settings import MonitorConfig, Settings
+from pipeline.context import Context, DeployRequest
 from pipeline.errors import DockerError
 from pipeline.gate import NotMCP
 from pipeline.monitor import Monitor
-from pipeline.routes import Router, Upstream
+from pipeline.proxy.access import Caller
+from pipeline.proxy.router import Router, Upstream
+from pipeline.proxy.usage import Usage
 from pipeline.secrets import Secrets
-from pipeline.settings import Monitor as MonitorSettings
-from pipeline.settings import Settings
 from pipeline.store import Release, Store
-from pipeline.usage import Usage
 
 
 class FakeDocker:
@@ -72,7 +71,7 @@ def release(server: str, number: int, status: str, restart: str = "on-failure") 
 @pytest.fixture
 def world(tmp_path: Path) -> dict[str, Any]:
     """A store with r1 (previous) and r2 (live) of `svc`, a router on r2, and a monitor on fakes."""
-    settings = Settings(config_path=Path("deploy.yaml"), state_dir=tmp_path, monitor=MonitorSettings(
+    settings = Settings(config_path=Path("deploy.yaml"), state_dir=tmp_path, monitor=MonitorConfig(
         failure_threshold=2, watch_window=60, watch_error_rate=0.5, watch_min_requests=4, watch_restarts=2))
     store = Store(tmp_path / "db.sqlite")
     for number in (1, 2):

@@ -20,10 +20,10 @@ from starlette.applications import Starlette
 from starlette.testclient import TestClient
 
 from pipeline import pages
-from pipeline.access import Gatekeeper, create_key
 from pipeline.app import PageSources
+from pipeline.config.settings import Project, Settings
 from pipeline.deploylog import DeployLog
-from pipeline.settings import Project, Settings
+from pipeline.proxy.access import Gatekeeper, create_key
 from pipeline.store import Release, Store
 from tests.loopback import serve_asgi
 

@@ -15,10 +15,10 @@ import pytest
 from starlette.applications import Starlette
 
 from pipeline import pages
-from pipeline.access import Gatekeeper
 from pipeline.app import PageSources
+from pipeline.config.settings import Settings
 from pipeline.deploylog import DeployLog
-from pipeline.settings import Settings
+from pipeline.proxy.access import Gatekeeper
 from pipeline.store import Release, Store
 from tests.loopback import serve_asgi
 

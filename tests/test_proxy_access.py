@@ -27,9 +27,9 @@ from proxy_support import (
     text_of,
 )
 
-from pipeline.access import KEY_CACHE_SECONDS, create_key
-from pipeline.routes import Upstream
-from pipeline.settings import Project
+from pipeline.config.settings import Project
+from pipeline.proxy.access import KEY_CACHE_SECONDS, create_key
+from pipeline.proxy.router import Upstream
 
 APP_ORIGIN = "https://app.example"
 PROJECTS = (

@@ -31,7 +31,7 @@ from proxy_support import (
     text_of,
 )
 
-from pipeline.routes import Upstream
+from pipeline.proxy.router import Upstream
 
 SESSION_GONE = -32001
 Pair = tuple[Upstream, Upstream]

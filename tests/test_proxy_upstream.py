@@ -1,4 +1,4 @@
-"""The proxy's own HTTP/1.1 client (pipeline/upstream.py) against upstreams that behave oddly.
+"""The proxy's own HTTP/1.1 client (pipeline/proxy/pool.py) against upstreams that behave oddly.
 
 Each upstream here is a raw TCP server in the test's event loop that reads requests and writes
 exactly the bytes the test chooses: big bodies, HEAD, bodies that end with the connection,

@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 
 from pipeline import registry
-from pipeline.settings import Project, Settings
+from pipeline.config.settings import Project, Settings
 from pipeline.store import Release
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "public"

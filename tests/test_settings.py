@@ -1,4 +1,4 @@
-"""pipeline/settings.py: deploy.yaml read, validated and frozen into one Settings object."""
+"""pipeline/config/settings.py: deploy.yaml read, validated and frozen into one Settings object."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import settings
+from pipeline.config import settings
 from pipeline.errors import ConfigError, Problem
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""pipeline/units.py: durations and sizes as operators write them."""
+"""pipeline/config/units.py: durations and sizes as operators write them."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from pipeline.units import DURATION_PATTERN, SIZE_PATTERN, parse_duration, parse_size
+from pipeline.config.units import DURATION_PATTERN, SIZE_PATTERN, parse_duration, parse_size
 
 
 @pytest.mark.parametrize("text, seconds", [

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
-from pipeline.deploy import instance_id
+from pipeline.context import instance_id
 from pipeline.dockerhost import LABEL_INSTANCE, DockerHost
 
 pytestmark = pytest.mark.docker

@@ -8,8 +8,8 @@ from urllib.parse import quote
 
 import pytest
 
-from pipeline.deploy import DeployRequest
-from pipeline.settings import Repo, Settings, Webhook
+from pipeline.config.settings import Repo, Settings, Webhook
+from pipeline.context import DeployRequest
 from pipeline.webhook import Delivery, Receiver, sample_curl, sign_gitea, sign_github
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "public"

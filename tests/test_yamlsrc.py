@@ -1,4 +1,4 @@
-"""pipeline/yamlsrc.py: safe YAML reading that locates every value and refuses hostile input."""
+"""pipeline/config/yamlsrc.py: safe YAML reading that locates every value and refuses hostile input."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import yamlsrc
+from pipeline.config import yamlsrc
 from pipeline.errors import ConfigError, Problem
 
 

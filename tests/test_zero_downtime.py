@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from proxy_support import Rig, connect, running_proxy, sdk_upstream, text_of
 
-from pipeline.routes import Upstream
+from pipeline.proxy.router import Upstream
 
 WORKERS = 8
 DURATION = 5.0

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import schema, yamlsrc
+from pipeline.config import schema, yamlsrc
+from pipeline.config.units import parse_duration, parse_size
 from pipeline.errors import ConfigError, Problem
-from pipeline.units import parse_duration, parse_size
 
 DEFAULT_CONFIG = Path("deploy.yaml")
 DEFAULT_HOST = "127.0.0.1"
@@ -101,7 +101,7 @@ class Retention:
 
 
 @dataclass(frozen=True)
-class Monitor:
+class MonitorConfig:
     """Health probes, the post-deploy watch window, and retention runs."""
 
     probe_interval: float = DEFAULT_PROBE_INTERVAL
@@ -135,7 +135,7 @@ class Settings:
     webhook_max_body: int = DEFAULT_WEBHOOK_MAX_BODY
     webhook_queue: int = DEFAULT_WEBHOOK_QUEUE
     admin_token: str = field(default="", repr=False)
-    monitor: Monitor = field(default_factory=Monitor)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
 
     @property
     def base_url(self) -> str:
@@ -237,8 +237,8 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
     )
 
 
-def _monitor(data: dict[str, Any]) -> Monitor:
-    return Monitor(
+def _monitor(data: dict[str, Any]) -> MonitorConfig:
+    return MonitorConfig(
         probe_interval=parse_duration(data.get("probe_interval", DEFAULT_PROBE_INTERVAL)),
         probe_timeout=parse_duration(data.get("probe_timeout", DEFAULT_PROBE_TIMEOUT)),
         failure_threshold=data.get("failure_threshold", DEFAULT_FAILURE_THRESHOLD),

@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import schema, yamlsrc
+from pipeline.config import schema, yamlsrc
+from pipeline.config.settings import Settings
+from pipeline.config.units import parse_duration, parse_size
 from pipeline.errors import ConfigError, Problem
-from pipeline.settings import Settings
-from pipeline.units import parse_duration, parse_size
 
 MANIFEST_NAME = "mcp-server.yaml"
 DEFAULT_PATH = "/mcp"

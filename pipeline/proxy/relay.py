@@ -24,8 +24,8 @@ from urllib.parse import quote
 
 from starlette.types import Receive, Scope, Send
 
-from pipeline.access import Caller, Denied, Gatekeeper
-from pipeline.exchange import (
+from pipeline.proxy.access import Caller, Denied, Gatekeeper
+from pipeline.proxy.exchange import (
     MAX_BODY_BYTES,
     AsgiExchange,
     BodyTooLarge,
@@ -33,11 +33,11 @@ from pipeline.exchange import (
     Exchange,
     Headers,
 )
-from pipeline.routes import Router, Upstream
-from pipeline.upstream import Connection, Pool
-from pipeline.usage import Usage
+from pipeline.proxy.pool import Connection, Pool
+from pipeline.proxy.router import Router, Upstream
+from pipeline.proxy.usage import Usage
 
-Answer = tuple[int, bytes, Headers]  # an answer the proxy makes itself: status, body, headers
+Reply = tuple[int, bytes, Headers]  # an answer the proxy makes itself: status, body, headers
 
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailers",
@@ -115,22 +115,22 @@ class Proxy:
         """Authorize, route and forward one request to the server named in its path."""
         ticket = self.admit(ex)
         if not isinstance(ticket, Ticket):
-            await _reply(ex, ticket)
+            await _send_reply(ex, ticket)
             return
         try:
             body = await ex.read_body()  # read before routing: a slow body must not outlive a drain
         except ClientGone:
             return
         except BodyTooLarge:
-            await _reply(ex, too_large())
+            await _send_reply(ex, too_large())
             return
         refused = self.route(ex, ticket, body)
         if refused is not None:
-            await _reply(ex, refused)
+            await _send_reply(ex, refused)
             return
         await self.forward(ex, ticket)
 
-    def admit(self, ex: Exchange) -> Ticket | Answer:
+    def admit(self, ex: Exchange) -> Ticket | Reply:
         """Read the request's headers: a ticket for it, or the answer that refuses it."""
         method = ex.method
         origin = authorization = declared = session_id = asked = ""
@@ -159,7 +159,7 @@ class Proxy:
             return too_large()
         return Ticket(method, verdict, origin, session_id, fields)
 
-    def route(self, ex: Exchange, ticket: Ticket, body: bytes) -> Answer | None:
+    def route(self, ex: Exchange, ticket: Ticket, body: bytes) -> Reply | None:
         """Pick the ticket's upstream and count it in flight there, with the upstream request
         made; or return the answer when there is none."""
         for _ in range(ROUTE_ATTEMPTS):
@@ -192,7 +192,7 @@ class Proxy:
                 conn = await self._pool.request(upstream.host, upstream.port, ticket.method, ticket.request)
         except OSError as exc:  # refused, reset, timed out, or not HTTP
             self.finish(ticket, 502)
-            await _reply(ex, _cors(_bad_gateway(upstream.server, exc), ticket.origin))
+            await _send_reply(ex, _cors(_bad_gateway(upstream.server, exc), ticket.origin))
             return
         except BaseException:  # cancelled (shutdown): still leave, or a drain would wait for this forever
             self.finish(ticket, 502)
@@ -218,12 +218,12 @@ class Proxy:
             else:
                 answer = (conn.status, payload, headers)
             status = answer[0]
-            await _reply(ex, _cors(answer, ticket.origin))  # still in flight: a drain waits for this
+            await _send_reply(ex, _cors(answer, ticket.origin))  # still in flight: a drain waits for this
         finally:
             conn.release()  # pools it if the answer is complete, else closes it
             self.finish(ticket, status)
 
-    def whole_answer(self, ticket: Ticket, conn: Connection) -> Answer:
+    def whole_answer(self, ticket: Ticket, conn: Connection) -> Reply:
         """The answer to relay for a complete upstream answer that is not an event stream."""
         return _cors((conn.status, conn.take_body(), self._relayed(ticket, conn)), ticket.origin)
 
@@ -236,7 +236,7 @@ class Proxy:
         self.router.leave(upstream)
         self.usage.count(ticket.caller, upstream.server, status, time.monotonic() - ticket.started)
 
-    def _preflight(self, origin: str, asked: str) -> Answer:
+    def _preflight(self, origin: str, asked: str) -> Reply:
         """Answer a browser's CORS preflight: allowed origins need no key for it."""
         if not self.gatekeeper.origin_allowed(origin):
             return _json(403, {"error": f"origin {origin!r} is not allowed"})
@@ -245,7 +245,7 @@ class Proxy:
             "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
             "Access-Control-Allow-Headers": asked or ALLOWED_HEADERS, "Access-Control-Max-Age": "600"})
 
-    def _route(self, server: str, session_id: str, caller: Caller) -> Upstream | Answer:
+    def _route(self, server: str, session_id: str, caller: Caller) -> Upstream | Reply:
         if session_id:
             session = self.router.session(session_id)
             if session is not None:
@@ -335,16 +335,16 @@ def is_stream(conn: Connection) -> bool:
     return b"text/event-stream" in conn.header(b"content-type")
 
 
-def too_large() -> Answer:
+def too_large() -> Reply:
     """The answer to a request body over MAX_BODY_BYTES."""
     return _json(413, {"error": f"request body over {MAX_BODY_BYTES} bytes"})
 
 
-async def _reply(ex: Exchange, answer: Answer) -> None:
+async def _send_reply(ex: Exchange, answer: Reply) -> None:
     await ex.answer(*answer)
 
 
-def _cors(answer: Answer, origin: str) -> Answer:
+def _cors(answer: Reply, origin: str) -> Reply:
     """Let an allowed browser origin read the answer and the session header."""
     if origin:
         answer[2].extend(((b"access-control-allow-origin", origin.encode("latin-1")),
@@ -357,19 +357,19 @@ def _encode(headers: Mapping[str, str]) -> Headers:
 
 
 def _json(status: int, content: object, headers: Mapping[str, str] | None = None,
-          compact: bool = True) -> Answer:
+          compact: bool = True) -> Reply:
     """A JSON answer (compact as Starlette's JSONResponse renders it)."""
     body = json.dumps(content, ensure_ascii=False, separators=(",", ":") if compact else None).encode()
     return status, body, [*_encode(headers or {}), JSON_TYPE]
 
 
-def _session_gone() -> Answer:
+def _session_gone() -> Reply:
     return _json(404, {"jsonrpc": "2.0", "id": None,
                        "error": {"code": -32001, "message": "session not found; send a new initialize"}},
                  compact=False)
 
 
-def _bad_gateway(server: str, exc: BaseException) -> Answer:
+def _bad_gateway(server: str, exc: BaseException) -> Reply:
     return _json(502, {"jsonrpc": "2.0", "id": None,
                        "error": {"code": -32603, "message": f"server {server!r} is unreachable: "
                                  f"{exc.__class__.__name__}"}}, compact=False)

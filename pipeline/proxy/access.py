@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from pipeline.settings import Project, Settings
+from pipeline.config.settings import Project, Settings
 from pipeline.store import Store
 
 KEY_PREFIX = "cmcp_"

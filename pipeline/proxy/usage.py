@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from pipeline.access import Caller
 from pipeline.metrics import Metrics
+from pipeline.proxy.access import Caller
 from pipeline.store import Store
 
 

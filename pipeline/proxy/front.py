@@ -37,9 +37,9 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from pipeline.exchange import MAX_BODY_BYTES, BodyTooLarge, ClientGone, Headers, has_body, mcp_target
-from pipeline.proxy import Proxy, Ticket, is_stream, too_large
-from pipeline.upstream import Connection
+from pipeline.proxy.exchange import MAX_BODY_BYTES, BodyTooLarge, ClientGone, Headers, has_body, mcp_target
+from pipeline.proxy.pool import Connection
+from pipeline.proxy.relay import Proxy, Ticket, is_stream, too_large
 
 FAST_METHODS = frozenset({b"GET", b"POST", b"DELETE", b"OPTIONS"})
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"

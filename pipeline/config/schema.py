@@ -9,10 +9,10 @@ from typing import Any
 
 import jsonschema
 
+from pipeline.config.yamlsrc import Document
 from pipeline.errors import Problem
-from pipeline.yamlsrc import Document
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 
 
 @cache

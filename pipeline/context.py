@@ -1,0 +1,59 @@
+"""What the stages share: the services of one serve process and the request for one deploy.
+
+Intake (hook, webhook, CLI), the deploy runbook, the dispatcher and the monitor all import
+these from here, so none of them imports another through deploy.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipeline.config.settings import Settings
+from pipeline.deploylog import DeployLog
+from pipeline.dockerhost import DockerHost
+from pipeline.metrics import Metrics
+from pipeline.proxy.router import Router
+from pipeline.secrets import Secrets
+from pipeline.states import DeploySource
+from pipeline.store import Store
+
+SwapListener = Callable[[DeploySource, list[tuple[str, int]]], None]
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    """What to deploy: a snapshot of a pushed commit, or a rollback to a stored release."""
+
+    source: DeploySource
+    repo: str
+    ref: str
+    commit: str
+    snapshot_dir: Path | None = None
+    author: str = ""
+    message: str = ""
+    rollback: tuple[str, int] | None = None
+    fetch: Callable[[DeployLog], Path] | None = None
+    """For webhooks: fetches the commit and returns its snapshot directory, run in the repo's lane."""
+
+
+@dataclass
+class Context:
+    """The services a deploy uses, created once by the serve process."""
+
+    settings: Settings
+    store: Store
+    docker: DockerHost
+    router: Router
+    secrets: Secrets
+    instance: str
+    metrics: Metrics = field(default_factory=Metrics)
+    on_swap: list[SwapListener] = field(default_factory=list)
+    """Called after a committed swap with the deploy's source and the (server, release) made live."""
+
+
+def instance_id(state_dir: Path) -> str:
+    """A short id for one provider instance, so several can share an engine."""
+    return hashlib.sha1(str(state_dir.resolve()).encode()).hexdigest()[:8]
