@@ -41,6 +41,7 @@ browser:
 
 lint: venv
 	$(BIN)/ruff check pipeline tests bench
+	$(BIN)/ruff format --check pipeline tests bench
 	$(BIN)/mypy --strict pipeline
 
 bench: setup

@@ -54,14 +54,15 @@ def main() -> None:
         for name in names:
             _add_server(work, name)
         first = _push(work, "ten servers", port)
-        print(f"first push of {SERVERS} servers: {first['seconds']:.2f}s "
-              f"(builds: {first['builds']}, status {first['status']})")
+        print(
+            f"first push of {SERVERS} servers: {first['seconds']:.2f}s "
+            f"(builds: {first['builds']}, status {first['status']})"
+        )
         rows = []
         for round_ in range(ROUNDS):
             manifest = work / "servers" / names[0] / "mcp-server.yaml"
             text = manifest.read_text()
-            manifest.write_text(text.replace(text.split("GREETING: ")[1].split("}")[0],
-                                             f"hello{round_}", 1))
+            manifest.write_text(text.replace(text.split("GREETING: ")[1].split("}")[0], f"hello{round_}", 1))
             rows.append(_push(work, f"one-line change {round_}", port))
         noops = []
         for round_ in range(ROUNDS):
@@ -85,8 +86,9 @@ def _push(work: Path, message: str, port: int) -> dict[str, Any]:
     _git(["add", "-A"], work)
     _git(["commit", "-qm", message], work)
     started = time.perf_counter()
-    out = subprocess.run(["git", "push", "-q", "origin", "HEAD:main"], cwd=work, capture_output=True,
-                         text=True, check=False)
+    out = subprocess.run(
+        ["git", "push", "-q", "origin", "HEAD:main"], cwd=work, capture_output=True, text=True, check=False
+    )
     seconds = time.perf_counter() - started
     line = next((ln for ln in out.stderr.splitlines() if "/deploys/" in ln), "")
     deploy_id = int(line.rsplit("/", 1)[-1]) if line else 0
@@ -97,9 +99,14 @@ def _push(work: Path, message: str, port: int) -> dict[str, Any]:
         for key in parts:
             parts[key] += (outcome.get("timings") or {}).get(key, 0.0)
     swap = sum(s["seconds"] for s in record["steps"] if s["name"] == "swap")
-    return {"seconds": seconds, "status": record["status"], "builds": sum(
-        1 for v in changed.values() if "build" in (v.get("timings") or {})), "swap": swap, **parts,
-        "rest": seconds - swap - sum(parts.values())}
+    return {
+        "seconds": seconds,
+        "status": record["status"],
+        "builds": sum(1 for v in changed.values() if "build" in (v.get("timings") or {})),
+        "swap": swap,
+        **parts,
+        "rest": seconds - swap - sum(parts.values()),
+    }
 
 
 def _report(rows: list[dict[str, Any]], noops: list[dict[str, Any]]) -> None:

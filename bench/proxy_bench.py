@@ -44,13 +44,29 @@ DEFAULT_ROUNDS = 5
 DEFAULT_CONCURRENCY = (1, 16, 64)
 START_TIMEOUT = 20.0
 MODERN = "2026-07-28"
-HEADERS = {"content-type": "application/json", "accept": "application/json, text/event-stream",
-           "mcp-protocol-version": MODERN, "mcp-method": "tools/call", "mcp-name": "echo"}
-BODY = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
-    "name": "echo", "arguments": {"text": "hi"},
-    "_meta": {"io.modelcontextprotocol/protocolVersion": MODERN,
-              "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "1"},
-              "io.modelcontextprotocol/clientCapabilities": {}}}}).encode()
+HEADERS = {
+    "content-type": "application/json",
+    "accept": "application/json, text/event-stream",
+    "mcp-protocol-version": MODERN,
+    "mcp-method": "tools/call",
+    "mcp-name": "echo",
+}
+BODY = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": "echo",
+            "arguments": {"text": "hi"},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": MODERN,
+                "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "1"},
+                "io.modelcontextprotocol/clientCapabilities": {},
+            },
+        },
+    }
+).encode()
 STATIC_ANSWER = '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hi"}],"isError":false}}'
 UPSTREAMS = ("sdk", "static", "echo")
 TARGETS = ("direct", "nginx", "central-mcp", "central-mcp+key")
@@ -131,20 +147,28 @@ class Run:
     cpu_us: float | None = None  # CPU time of the target's processes per answered request
 
 
-
 def main(argv: list[str]) -> None:
     """Start the upstream, the proxies and nginx; measure in interleaved rounds; print the summary."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--load", choices=["wrk", "aiohttp"], default="wrk", help="the load generator")
     parser.add_argument("--duration", type=float, default=DEFAULT_DURATION, help="seconds measured per run")
-    parser.add_argument("--warmup", type=float, default=DEFAULT_WARMUP,
-                        help="seconds of load on each target before the first round")
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=DEFAULT_WARMUP,
+        help="seconds of load on each target before the first round",
+    )
     parser.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, help="interleaved rounds")
     parser.add_argument("--concurrency", type=int, nargs="+", default=list(DEFAULT_CONCURRENCY))
     parser.add_argument("--upstreams", nargs="+", choices=UPSTREAMS, default=["sdk", "static"])
     parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS[:3]))
-    parser.add_argument("--extra-proxy", action="append", default=[], metavar="LABEL=DIR",
-                        help="also measure central-mcp from another checkout DIR (its pipeline/, bench/)")
+    parser.add_argument(
+        "--extra-proxy",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="also measure central-mcp from another checkout DIR (its pipeline/, bench/)",
+    )
     parser.add_argument("--nginx-workers", type=int, default=1, help="1 matches the one uvicorn process")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk threads (at most C)")
     args = parser.parse_args(argv)
@@ -155,14 +179,18 @@ def main(argv: list[str]) -> None:
     if args.load == "wrk" and not wrk_bin:
         raise SystemExit("wrk is not installed; on Debian: apt-get install -y wrk (or use --load aiohttp)")
     extra = dict(item.split("=", 1) for item in args.extra_proxy)
-    print(f"# {platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs, "
-          f"load {args.load}, {args.rounds} interleaved rounds of {args.duration:g}s per target, "
-          f"{args.warmup:g}s warm-up, loopback only", flush=True)
+    print(
+        f"# {platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs, "
+        f"load {args.load}, {args.rounds} interleaved rounds of {args.duration:g}s per target, "
+        f"{args.warmup:g}s warm-up, loopback only",
+        flush=True,
+    )
     runs: list[Run] = []
     for kind in args.upstreams:
         with ExitStack() as stack:
-            targets, pids = stack.enter_context(_targets(kind, args.targets, extra, nginx_bin,
-                                                         args.nginx_workers))
+            targets, pids = stack.enter_context(
+                _targets(kind, args.targets, extra, nginx_bin, args.nginx_workers)
+            )
             measure = _Measure(kind, args, wrk_bin, Path(stack.enter_context(tempfile.TemporaryDirectory())))
             for name, target in targets.items():
                 _check(name, target)
@@ -210,16 +238,33 @@ class _Measure:
             lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
             script.write_text(WRK_SCRIPT.format(body=BODY.decode(), headers=lines))
         threads = max(1, min(self.args.wrk_threads, concurrency))
-        command = [self.wrk_bin, f"-t{threads}", f"-c{concurrency}", f"-d{max(1, round(seconds))}s",
-                   "--timeout", "5s", "-s", str(script), url]
+        command = [
+            self.wrk_bin,
+            f"-t{threads}",
+            f"-c{concurrency}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "5s",
+            "-s",
+            str(script),
+            url,
+        ]
         out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         line = next((x for x in out.splitlines() if x.startswith("WRK ")), None)
         if line is None:
             raise SystemExit(f"wrk printed no summary:\n{out}")
         requests, micros, connect, read, write, status, timeout, p50, p99 = (int(x) for x in line.split()[1:])
         errors = connect + read + write + status + timeout
-        return Run(self.kind, name, concurrency, number, (requests - status) / (micros / 1e6),
-                   p50 / 1000.0, p99 / 1000.0, errors)
+        return Run(
+            self.kind,
+            name,
+            concurrency,
+            number,
+            (requests - status) / (micros / 1e6),
+            p50 / 1000.0,
+            p99 / 1000.0,
+            errors,
+        )
 
 
 def _check(name: str, target: Target) -> None:
@@ -233,15 +278,17 @@ def _check(name: str, target: Target) -> None:
 
 
 @contextmanager
-def _targets(kind: str, wanted: list[str], extra: dict[str, str], nginx_bin: str,
-             nginx_workers: int) -> Iterator[tuple[dict[str, Target], dict[str, int]]]:
+def _targets(
+    kind: str, wanted: list[str], extra: dict[str, str], nginx_bin: str, nginx_workers: int
+) -> Iterator[tuple[dict[str, Target], dict[str, int]]]:
     """Run the upstream `kind` and the wanted proxies in front of it; yield their URLs in order and
     the process id of each (`direct`: the upstream's)."""
     with ExitStack() as stack:
         up = _free_port()
         if kind == "static":
-            upstream = stack.enter_context(_nginx(nginx_bin, NGINX_STATIC, up, nginx_workers,
-                                                  answer=STATIC_ANSWER))
+            upstream = stack.enter_context(
+                _nginx(nginx_bin, NGINX_STATIC, up, nginx_workers, answer=STATIC_ANSWER)
+            )
         else:
             command = [sys.executable, str(RUNNER), kind, "--port", str(up)]
             upstream = stack.enter_context(_process(command, up))
@@ -254,8 +301,9 @@ def _targets(kind: str, wanted: list[str], extra: dict[str, str], nginx_bin: str
             if name == "direct":
                 url, child = f"http://127.0.0.1:{up}/mcp", upstream
             elif name == "nginx":
-                child = stack.enter_context(_nginx(nginx_bin, NGINX_PROXY, port, nginx_workers,
-                                                   upstream_port=up))
+                child = stack.enter_context(
+                    _nginx(nginx_bin, NGINX_PROXY, port, nginx_workers, upstream_port=up)
+                )
             elif name == "central-mcp":
                 child = stack.enter_context(_process([*proxy, str(port)], port))
             else:
@@ -274,8 +322,9 @@ def _targets(kind: str, wanted: list[str], extra: dict[str, str], nginx_bin: str
 
 
 @contextmanager
-def _process(command: list[str], port: int,
-             env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
+def _process(
+    command: list[str], port: int, env: dict[str, str] | None = None
+) -> Iterator[subprocess.Popen[str]]:
     """Run a child process until the block ends; wait until it listens on `port`."""
     child = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=HERE.parent, env=env)
     try:
@@ -291,8 +340,9 @@ def _process(command: list[str], port: int,
 
 
 @contextmanager
-def _nginx(nginx_bin: str, body: str, port: int, workers: int,
-           **values: object) -> Iterator[subprocess.Popen[str]]:
+def _nginx(
+    nginx_bin: str, body: str, port: int, workers: int, **values: object
+) -> Iterator[subprocess.Popen[str]]:
     """Run nginx in the foreground with its own config (`body` formatted with `port` and `values`);
     yield its master process (the workers are its children)."""
     with tempfile.TemporaryDirectory(prefix="proxy-bench-nginx-") as tmp:
@@ -338,8 +388,9 @@ def _free_port() -> int:
         return port
 
 
-async def _aiohttp_load(kind: str, name: str, target: Target, concurrency: int, duration: float,
-                        number: int) -> Run:
+async def _aiohttp_load(
+    kind: str, name: str, target: Target, concurrency: int, duration: float, number: int
+) -> Run:
     """`concurrency` aiohttp connections POST the request back to back for `duration` seconds."""
     url, headers = target
     latencies: list[float] = []
@@ -374,8 +425,10 @@ async def _aiohttp_load(kind: str, name: str, target: Target, concurrency: int, 
 
 
 def _row(r: Run) -> str:
-    return (f"round {r.round} {r.upstream:<6} {r.target:<18} C={r.concurrency:<3} {r.rps:>8.0f} req/s  "
-            f"p50 {r.p50:>7.3f} ms  p99 {r.p99:>7.3f} ms  cpu {_cpu(r.cpu_us):>6} µs/req  errors {r.errors}")
+    return (
+        f"round {r.round} {r.upstream:<6} {r.target:<18} C={r.concurrency:<3} {r.rps:>8.0f} req/s  "
+        f"p50 {r.p50:>7.3f} ms  p99 {r.p99:>7.3f} ms  cpu {_cpu(r.cpu_us):>6} µs/req  errors {r.errors}"
+    )
 
 
 def _cpu(value: float | None) -> str:
@@ -390,16 +443,19 @@ def _groups(runs: list[Run]) -> dict[tuple[str, str, int], list[Run]]:
 
 
 def _table(runs: list[Run]) -> str:
-    lines = ["| upstream | target | C | req/s (median) | req/s min-max | p50 ms | p99 ms | CPU µs/req "
-             "| errors |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| upstream | target | C | req/s (median) | req/s min-max | p50 ms | p99 ms | CPU µs/req | errors |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for (kind, target, concurrency), group in sorted(_groups(runs).items(), key=_order):
         rps = [r.rps for r in group]
         cpu = [r.cpu_us for r in group if r.cpu_us is not None]
-        lines.append(f"| {kind} | {target} | {concurrency} | {statistics.median(rps):.0f} | "
-                     f"{min(rps):.0f}-{max(rps):.0f} | {statistics.median(r.p50 for r in group):.3f} | "
-                     f"{statistics.median(r.p99 for r in group):.3f} | "
-                     f"{_cpu(statistics.median(cpu) if cpu else None)} | {sum(r.errors for r in group)} |")
+        lines.append(
+            f"| {kind} | {target} | {concurrency} | {statistics.median(rps):.0f} | "
+            f"{min(rps):.0f}-{max(rps):.0f} | {statistics.median(r.p50 for r in group):.3f} | "
+            f"{statistics.median(r.p99 for r in group):.3f} | "
+            f"{_cpu(statistics.median(cpu) if cpu else None)} | {sum(r.errors for r in group)} |"
+        )
     return "\n".join(lines)
 
 
@@ -422,13 +478,17 @@ def _paired(runs: list[Run], ours: str, theirs: str) -> dict[tuple[str, int], li
 
 def _ratios(runs: list[Run]) -> str:
     """Per upstream and C: medians over rounds of each round's ratio (or p50 difference)."""
-    lines = ["| upstream | C | proxy | /direct req/s | /nginx req/s | p50 added over direct ms | "
-             "p50 added over nginx ms |", "|---|---:|---|---:|---:|---:|---:|"]
+    lines = [
+        "| upstream | C | proxy | /direct req/s | /nginx req/s | p50 added over direct ms | "
+        "p50 added over nginx ms |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
     names = sorted({r.target for r in runs if r.target.startswith("central-mcp")})
     for name in names:
         vs_direct, vs_nginx = _paired(runs, name, "direct"), _paired(runs, name, "nginx")
-        for kind, concurrency in sorted(vs_direct.keys() | vs_nginx.keys(),
-                                        key=lambda k: (UPSTREAMS.index(k[0]), k[1])):
+        for kind, concurrency in sorted(
+            vs_direct.keys() | vs_nginx.keys(), key=lambda k: (UPSTREAMS.index(k[0]), k[1])
+        ):
             cells = []
             for pairs in (vs_direct.get((kind, concurrency)), vs_nginx.get((kind, concurrency))):
                 cells.append(f"{statistics.median(a.rps / b.rps for a, b in pairs):.2f}" if pairs else "-")
@@ -445,18 +505,30 @@ def _goals(runs: list[Run]) -> str:
     for (kind, concurrency), pairs in sorted(vs_direct.items()):
         if kind == "sdk" and concurrency > 1:
             ratio = statistics.median(a.rps / b.rps for a, b in pairs)
-            lines.append(_goal(f"sdk C={concurrency}: central-mcp/direct req/s {ratio:.2f} >= "
-                               f"{GOAL_SDK_VS_DIRECT}", ratio >= GOAL_SDK_VS_DIRECT))
+            lines.append(
+                _goal(
+                    f"sdk C={concurrency}: central-mcp/direct req/s {ratio:.2f} >= {GOAL_SDK_VS_DIRECT}",
+                    ratio >= GOAL_SDK_VS_DIRECT,
+                )
+            )
     for (kind, concurrency), pairs in sorted(vs_nginx.items()):
         if kind == "static" and concurrency > 1:
             ratio = statistics.median(a.rps / b.rps for a, b in pairs)
-            lines.append(_goal(f"static C={concurrency}: central-mcp/nginx req/s {ratio:.2f} >= "
-                               f"{GOAL_STATIC_VS_NGINX}", ratio >= GOAL_STATIC_VS_NGINX))
+            lines.append(
+                _goal(
+                    f"static C={concurrency}: central-mcp/nginx req/s {ratio:.2f} >= {GOAL_STATIC_VS_NGINX}",
+                    ratio >= GOAL_STATIC_VS_NGINX,
+                )
+            )
     for (kind, concurrency), pairs in sorted(vs_direct.items()):
         if concurrency == 1:
             added = statistics.median(a.p50 - b.p50 for a, b in pairs)
-            lines.append(_goal(f"{kind} C=1: p50 added over direct {added:.3f} ms <= {GOAL_ADDED_P50_MS} ms",
-                               added <= GOAL_ADDED_P50_MS))
+            lines.append(
+                _goal(
+                    f"{kind} C=1: p50 added over direct {added:.3f} ms <= {GOAL_ADDED_P50_MS} ms",
+                    added <= GOAL_ADDED_P50_MS,
+                )
+            )
     return "\n".join(lines)
 
 

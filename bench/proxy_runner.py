@@ -48,8 +48,9 @@ def proxy_app(upstream_port: int, state_dir: Path, with_key: bool) -> tuple[App,
     """The proxy mounted as the real app mounts it, in front of one upstream, with the real app's
     Prometheus metrics; return the app and a key ('' without projects)."""
     projects = (Project("bench", per_minute=UNLIMITED, burst=UNLIMITED),) if with_key else ()
-    settings = Settings(config_path=Path("deploy.yaml"), state_dir=state_dir, projects=projects,
-                        proxy=ProxyTimeouts())
+    settings = Settings(
+        config_path=Path("deploy.yaml"), state_dir=state_dir, projects=projects, proxy=ProxyTimeouts()
+    )
     store = Store(state_dir / "central-mcp.db")
     key = create_key(store, settings, "bench") if with_key else ""
     router, usage = Router(), Usage(store, Metrics())
@@ -88,14 +89,17 @@ def sdk_app() -> Starlette:
         return text
 
     return server.streamable_http_app(
-        streamable_http_path="/mcp", stateless_http=True, json_response=True, host="127.0.0.1",
-        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False))
+        streamable_http_path="/mcp",
+        stateless_http=True,
+        json_response=True,
+        host="127.0.0.1",
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+    )
 
 
 def echo_app() -> Starlette:
     """A raw JSON echo: answers every POST with a fixed small JSON-RPC result."""
-    answer = (b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hi"}],'
-              b'"isError":false}}')
+    answer = b'{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hi"}],"isError":false}}'
 
     async def endpoint(request: Request) -> Response:
         await request.body()
@@ -113,8 +117,13 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--key", action="store_true", help="require a project key (printed first)")
     args = parser.parse_args(argv)
     logging.getLogger("mcp").setLevel(logging.WARNING)  # the SDK says "session manager started" at INFO
-    options: dict[str, Any] = {"host": "127.0.0.1", "port": args.port, "log_level": "warning",
-                               "access_log": False, "lifespan": "on"}
+    options: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": args.port,
+        "log_level": "warning",
+        "access_log": False,
+        "lifespan": "on",
+    }
     if args.role == "proxy":
         state = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
         app, key = proxy_app(args.upstream_port, state, args.key)

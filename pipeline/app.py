@@ -46,6 +46,7 @@ MCP_METHOD_SET = frozenset(MCP_METHODS)
 FOLLOW_WAIT = 1.0
 USAGE_FLUSH_SECONDS = 5.0
 
+
 @dataclass
 class Services:
     """Everything the app holds while it runs."""
@@ -59,8 +60,10 @@ class Services:
     control: control_mod.Control
     pages: PageSources
 
-def create_app(settings: Settings, *, port: int | None = None,
-               docker: DockerHost | None = None, schedule: bool = True) -> App:
+
+def create_app(
+    settings: Settings, *, port: int | None = None, docker: DockerHost | None = None, schedule: bool = True
+) -> App:
     """Build the ASGI app for `settings`; services start in the lifespan."""
     listen_port = port or settings.port
 
@@ -118,9 +121,15 @@ def create_app(settings: Settings, *, port: int | None = None,
         s = services(request)
         checks = await asyncio.to_thread(_self_check, s)
         ok = all(v == "ok" for v in checks.values())
-        return JSONResponse({"ok": ok, "checks": checks, "routes": sorted(s.ctx.router.table),
-                             "servers": {k: h.summary() for k, h in s.monitor.health.items()}},
-                            status_code=200 if ok else 503)
+        return JSONResponse(
+            {
+                "ok": ok,
+                "checks": checks,
+                "routes": sorted(s.ctx.router.table),
+                "servers": {k: h.summary() for k, h in s.monitor.health.items()},
+            },
+            status_code=200 if ok else 503,
+        )
 
     async def metrics(request: Request) -> Response:
         s = services(request)
@@ -153,8 +162,12 @@ class App(Starlette):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         proxy = self.proxy
-        if proxy is not None and scope["type"] == "http" and scope["method"] in MCP_METHOD_SET \
-                and not scope.get("root_path"):
+        if (
+            proxy is not None
+            and scope["type"] == "http"
+            and scope["method"] in MCP_METHOD_SET
+            and not scope.get("root_path")
+        ):
             target = mcp_target(scope["path"])
             if target is not None:
                 scope["app"] = self
@@ -186,8 +199,10 @@ def proxy_routes(endpoint: ASGIApp) -> list[Route]:
     `scope["path_params"]`; it is mounted as is, without Starlette's Request/Response layer.
     """
     app = _RawASGI(endpoint)
-    return [Route("/mcp/{server}", app, methods=MCP_METHODS),
-            Route("/mcp/{server}/{rest:path}", app, methods=MCP_METHODS)]
+    return [
+        Route("/mcp/{server}", app, methods=MCP_METHODS),
+        Route("/mcp/{server}/{rest:path}", app, methods=MCP_METHODS),
+    ]
 
 
 class _RawASGI:
@@ -205,8 +220,9 @@ def _start_services(settings: Settings, port: int, docker: DockerHost | None) ->
     store = Store(settings.state_dir / "central-mcp.db")
     host = docker or DockerHost()
     host.ping()
-    ctx = Context(settings, store, host, Router(), Secrets(settings.state_dir),
-                  instance_id(settings.state_dir))
+    ctx = Context(
+        settings, store, host, Router(), Secrets(settings.state_dir), instance_id(settings.state_dir)
+    )
     routed = reconcile(ctx, log.info)
     log.info("routes: %s", ", ".join(u.server for u in routed) or "none")
     url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{port}"
@@ -219,12 +235,14 @@ def _start_services(settings: Settings, port: int, docker: DockerHost | None) ->
     sources = PageSources(settings, store, proxy.gatekeeper, dispatcher.logs, monitor.health)
     return Services(ctx, dispatcher, proxy, usage, monitor, receiver, control_mod.new_control(url), sources)
 
+
 def _scheduler(monitor: Monitor, settings: Settings) -> BackgroundScheduler:
     """Start the monitor's jobs: each never overlaps itself; a late run is coalesced."""
     scheduler = BackgroundScheduler(job_defaults={"max_instances": 1, "coalesce": True})
     scheduler.add_job(monitor.probe_all, "interval", seconds=settings.monitor.probe_interval, id="probe")
-    scheduler.add_job(monitor.retention, "interval", seconds=settings.monitor.retention_interval,
-                      id="retention")
+    scheduler.add_job(
+        monitor.retention, "interval", seconds=settings.monitor.retention_interval, id="retention"
+    )
     scheduler.start()
     return scheduler
 
@@ -269,14 +287,20 @@ def _authorized(request: Request, control: control_mod.Control) -> bool:
     given = request.headers.get(control_mod.TOKEN_HEADER, "")
     return hmac.compare_digest(given.encode(), control.token.encode())
 
+
 def _deploy_request(body: dict[str, Any]) -> DeployRequest:
     rollback = body.get("rollback")
     return DeployRequest(
-        source=DeploySource(str(body["source"])), repo=str(body["repo"]), ref=str(body.get("ref", "")),
+        source=DeploySource(str(body["source"])),
+        repo=str(body["repo"]),
+        ref=str(body.get("ref", "")),
         commit=str(body.get("commit", "")),
         snapshot_dir=Path(body["snapshot_dir"]) if body.get("snapshot_dir") else None,
-        author=str(body.get("author", "")), message=str(body.get("message", "")),
-        rollback=(str(rollback[0]), int(rollback[1])) if rollback else None)
+        author=str(body.get("author", "")),
+        message=str(body.get("message", "")),
+        rollback=(str(rollback[0]), int(rollback[1])) if rollback else None,
+    )
+
 
 def _follow(s: Services, deploy_id: int) -> Response:
     deploy_log = s.dispatcher.logs[deploy_id]
@@ -289,6 +313,6 @@ def _follow(s: Services, deploy_id: int) -> Response:
 
 
 def _event_line(deploy_id: int, event: Event) -> bytes:
-    return (json.dumps({"deploy": deploy_id, "seq": event.seq, "kind": event.kind,
-                        "text": event.text}) + "\n").encode()
-
+    return (
+        json.dumps({"deploy": deploy_id, "seq": event.seq, "kind": event.kind, "text": event.text}) + "\n"
+    ).encode()

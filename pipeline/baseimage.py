@@ -26,15 +26,30 @@ MIRROR = "http://deb.debian.org/debian"
 PYTHON_VERSION = "3.11"
 SDK_REQUIREMENT = "mcp>=2.0,<3"
 _ARCH = platform.machine()
-_PLATFORM = ("--only-binary=:all:", "--python-version", PYTHON_VERSION,
-             "--platform", f"manylinux_2_34_{_ARCH}", "--platform", f"manylinux_2_17_{_ARCH}",
-             "--platform", f"manylinux2014_{_ARCH}")
-PRUNED = ("usr/share/doc", "usr/share/man", "usr/share/locale", "usr/share/info", "var/cache/apt",
-          "var/lib/apt/lists")
+_PLATFORM = (
+    "--only-binary=:all:",
+    "--python-version",
+    PYTHON_VERSION,
+    "--platform",
+    f"manylinux_2_34_{_ARCH}",
+    "--platform",
+    f"manylinux_2_17_{_ARCH}",
+    "--platform",
+    f"manylinux2014_{_ARCH}",
+)
+PRUNED = (
+    "usr/share/doc",
+    "usr/share/man",
+    "usr/share/locale",
+    "usr/share/info",
+    "var/cache/apt",
+    "var/lib/apt/lists",
+)
 
 
-def ensure_base_image(host: DockerHost, cache: Path, say: Callable[[str], None], *,
-                      force: bool = False, tag: str = BASE_IMAGE) -> bool:
+def ensure_base_image(
+    host: DockerHost, cache: Path, say: Callable[[str], None], *, force: bool = False, tag: str = BASE_IMAGE
+) -> bool:
     """Make `tag` unless it exists; return whether it was made."""
     if not force and host.image_exists(tag):
         say(f"base image {tag} is present")
@@ -49,9 +64,17 @@ def ensure_base_image(host: DockerHost, cache: Path, say: Callable[[str], None],
             shutil.rmtree(rootfs / part, ignore_errors=True)
         tarball = Path(tmp) / "rootfs.tar"
         _check(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], "pack the root file system")
-        host.import_rootfs(tarball, tag, [
-            "ENV PYTHONUNBUFFERED=1", "ENV PYTHONDONTWRITEBYTECODE=1", "WORKDIR /app",
-            f'LABEL {LABEL_ROLE}="base"', 'CMD ["python3"]'])
+        host.import_rootfs(
+            tarball,
+            tag,
+            [
+                "ENV PYTHONUNBUFFERED=1",
+                "ENV PYTHONDONTWRITEBYTECODE=1",
+                "WORKDIR /app",
+                f'LABEL {LABEL_ROLE}="base"',
+                'CMD ["python3"]',
+            ],
+        )
     say(f"base image {tag} is ready")
     return True
 
@@ -60,33 +83,64 @@ def download_wheels(target: Path, say: Callable[[str], None]) -> Path:
     """Download the SDK and its dependencies as wheels for the image's Python into `target`."""
     target.mkdir(parents=True, exist_ok=True)
     say(f"downloading wheels for {SDK_REQUIREMENT} into {target}")
-    _check([sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(target),
-            *_PLATFORM, SDK_REQUIREMENT], "download the SDK wheels")
+    _check(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--dest",
+            str(target),
+            *_PLATFORM,
+            SDK_REQUIREMENT,
+        ],
+        "download the SDK wheels",
+    )
     return target
 
 
 def _debootstrap(rootfs: Path, say: Callable[[str], None]) -> None:
     if shutil.which("debootstrap") is None:
         if os.geteuid() != 0:
-            raise DockerError("debootstrap is missing and installing it needs root: "
-                              "`sudo apt-get install debootstrap`")
+            raise DockerError(
+                "debootstrap is missing and installing it needs root: `sudo apt-get install debootstrap`"
+            )
         say("installing debootstrap (apt-get, running as root)")
         _check(["apt-get", "update", "-qq"], "update the package lists")
         _check(["apt-get", "install", "-y", "-qq", "debootstrap"], "install debootstrap")
-    _check(["debootstrap", "--variant=minbase", "--include=python3,ca-certificates", SUITE,
-            str(rootfs), MIRROR], "debootstrap the base file system")
+    _check(
+        ["debootstrap", "--variant=minbase", "--include=python3,ca-certificates", SUITE, str(rootfs), MIRROR],
+        "debootstrap the base file system",
+    )
 
 
 def _install_sdk(rootfs: Path, wheels: Path) -> None:
     site = rootfs / "usr/local/lib" / f"python{PYTHON_VERSION}" / "dist-packages"
-    _check([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-compile",
-            "--find-links", str(wheels), "--target", str(site), *_PLATFORM, SDK_REQUIREMENT],
-           "install the SDK into the image")
+    _check(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            "--no-compile",
+            "--find-links",
+            str(wheels),
+            "--target",
+            str(site),
+            *_PLATFORM,
+            SDK_REQUIREMENT,
+        ],
+        "install the SDK into the image",
+    )
     shutil.rmtree(site / "bin", ignore_errors=True)
 
 
 def _check(argv: list[str], what: str) -> None:
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise DockerError(f"could not {what}: `{argv[0]}` exited {result.returncode}: "
-                          f"{result.stderr.strip()[-1500:]}")
+        raise DockerError(
+            f"could not {what}: `{argv[0]}` exited {result.returncode}: {result.stderr.strip()[-1500:]}"
+        )

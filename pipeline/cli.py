@@ -41,13 +41,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="central-mcp", description=__doc__)
-    parser.add_argument("--config", type=Path, default=None,
-                        help="deploy.yaml to use (default: ./deploy.yaml; defaults apply if it is missing)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="deploy.yaml to use (default: ./deploy.yaml; defaults apply if it is missing)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     check = sub.add_parser("check", help="validate deploy.yaml and every server manifest")
-    check.add_argument("path", nargs="?", type=Path, default=Path("."),
-                       help="repository root to check (default: .)")
+    check.add_argument(
+        "path", nargs="?", type=Path, default=Path("."), help="repository root to check (default: .)"
+    )
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(handler=_check)
 
@@ -94,8 +99,12 @@ def _parser() -> argparse.ArgumentParser:
 
     config = sub.add_parser("client-config", help="print a ready-to-paste MCP client config")
     config.add_argument("project")
-    config.add_argument("--format", dest="fmt", default="vscode",
-                        choices=["vscode", "cursor", "claude-code", "claude-desktop"])
+    config.add_argument(
+        "--format",
+        dest="fmt",
+        default="vscode",
+        choices=["vscode", "cursor", "claude-code", "claude-desktop"],
+    )
     config.set_defaults(handler=_client_config)
 
     webhook = sub.add_parser("webhook-test", help="print a curl line with a signed sample push")
@@ -131,14 +140,20 @@ def _check(args: argparse.Namespace) -> int:
     problems.extend(report.problems)
     manifests = [m.name for m in report.manifests]
     if args.json:
-        _out(json.dumps({"ok": not problems, "servers": manifests,
-                         "problems": [p.as_json() for p in problems]}, indent=2))
+        _out(
+            json.dumps(
+                {"ok": not problems, "servers": manifests, "problems": [p.as_json() for p in problems]},
+                indent=2,
+            )
+        )
     else:
         for problem in problems:
             _out(problem.render())
         verdict = "ok" if not problems else f"{len(problems)} problem(s)"
-        _out(f"checked {len(manifests) + len({p.file for p in problems})} file(s): {verdict}"
-             + (f"; servers: {', '.join(manifests)}" if manifests else ""))
+        _out(
+            f"checked {len(manifests) + len({p.file for p in problems})} file(s): {verdict}"
+            + (f"; servers: {', '.join(manifests)}" if manifests else "")
+        )
     return EXIT_OK if not problems else EXIT_FAILED
 
 
@@ -228,13 +243,21 @@ def _rollback(args: argparse.Namespace) -> int:
     else:
         target = next((r for r in found if r.status == "previous"), None)
     if target is None:
-        _err(f"{args.server}: no release {args.release or '(previous)'} to roll back to; "
-             f"see `central-mcp releases {args.server}`")
+        _err(
+            f"{args.server}: no release {args.release or '(previous)'} to roll back to; "
+            f"see `central-mcp releases {args.server}`"
+        )
         return EXIT_FAILED
-    body = {"source": "rollback", "repo": target.repo, "ref": "rollback",
-            "commit": target.commit_sha, "rollback": [target.server, target.number]}
-    last = control.stream(control.Control.load(settings.state_dir), "/api/deploys", body,
-                          lambda e: _out(render(e)))
+    body = {
+        "source": "rollback",
+        "repo": target.repo,
+        "ref": "rollback",
+        "commit": target.commit_sha,
+        "rollback": [target.server, target.number],
+    }
+    last = control.stream(
+        control.Control.load(settings.state_dir), "/api/deploys", body, lambda e: _out(render(e))
+    )
     return EXIT_OK if str(last.get("text", "")).startswith("succeeded") else EXIT_FAILED
 
 
@@ -272,8 +295,15 @@ def _webhook_test(args: argparse.Namespace) -> int:
 def _systemd_unit(args: argparse.Namespace) -> int:
     settings = settings_mod.load(_config_path(args))
     template = (Path(__file__).parent / "systemd" / "central-mcp.service").read_text()
-    _out(template.format(user=args.user, workdir=Path.cwd(), state_dir=settings.state_dir,
-                         python=sys.executable, config=settings.config_path.resolve()))
+    _out(
+        template.format(
+            user=args.user,
+            workdir=Path.cwd(),
+            state_dir=settings.state_dir,
+            python=sys.executable,
+            config=settings.config_path.resolve(),
+        )
+    )
     return EXIT_OK
 
 
@@ -291,8 +321,10 @@ def _keys_create(args: argparse.Namespace) -> int:
         _err(f"error: {exc}")
         return EXIT_FAILED
     _out(token)
-    _err(f"key for project {args.project!r} created; it is shown only now. Clients send it as "
-         "`Authorization: Bearer <key>`.")
+    _err(
+        f"key for project {args.project!r} created; it is shown only now. Clients send it as "
+        "`Authorization: Bearer <key>`."
+    )
     return EXIT_OK
 
 
@@ -316,8 +348,18 @@ def _config_path(args: argparse.Namespace) -> Path:
         return settings_mod.DEFAULT_CONFIG
     path: Path = args.config
     if not path.is_file():
-        raise ConfigError([Problem(str(path), 0, 0, "$", "no such config file",
-                                   "fix --config, or leave it out to use ./deploy.yaml")])
+        raise ConfigError(
+            [
+                Problem(
+                    str(path),
+                    0,
+                    0,
+                    "$",
+                    "no such config file",
+                    "fix --config, or leave it out to use ./deploy.yaml",
+                )
+            ]
+        )
     return path
 
 

@@ -48,8 +48,10 @@ class Control:
             data = json.loads(path.read_text())
             return cls(data["url"], data["token"], int(data["pid"]))
         except (OSError, ValueError, KeyError) as exc:
-            raise DeployError(f"central-mcp serve is not running for {state_dir} (no readable "
-                              f"{CONTROL_FILE}); start it with `central-mcp serve`") from exc
+            raise DeployError(
+                f"central-mcp serve is not running for {state_dir} (no readable "
+                f"{CONTROL_FILE}); start it with `central-mcp serve`"
+            ) from exc
 
 
 def new_control(url: str) -> Control:
@@ -57,8 +59,9 @@ def new_control(url: str) -> Control:
     return Control(url, secrets.token_urlsafe(24), os.getpid())
 
 
-def stream(control: Control, path: str, body: dict[str, Any],
-           on_event: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+def stream(
+    control: Control, path: str, body: dict[str, Any], on_event: Callable[[dict[str, Any]], None]
+) -> dict[str, Any]:
     """POST `body` to the serve process and pass each streamed event on; return the last one."""
     last: dict[str, Any] = {}
     for event in _post_lines(control, path, body):
@@ -71,11 +74,14 @@ def stream(control: Control, path: str, body: dict[str, Any],
 
 def _post_lines(control: Control, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
     parts = urlsplit(control.url)
-    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80,
-                                      timeout=STREAM_TIMEOUT)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=STREAM_TIMEOUT)
     try:
-        conn.request("POST", path, body=json.dumps(body),
-                     headers={"Content-Type": "application/json", TOKEN_HEADER: control.token})
+        conn.request(
+            "POST",
+            path,
+            body=json.dumps(body),
+            headers={"Content-Type": "application/json", TOKEN_HEADER: control.token},
+        )
         response = conn.getresponse()
         if response.status != 200:
             detail = response.read().decode("utf-8", "replace")[:500]
@@ -84,7 +90,6 @@ def _post_lines(control: Control, path: str, body: dict[str, Any]) -> Iterator[d
             if raw.strip():
                 yield json.loads(raw)
     except (OSError, http.client.HTTPException) as exc:
-        raise DeployError(f"cannot reach central-mcp serve at {control.url}: {exc}; is it running?") \
-            from exc
+        raise DeployError(f"cannot reach central-mcp serve at {control.url}: {exc}; is it running?") from exc
     finally:
         conn.close()

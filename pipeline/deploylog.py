@@ -26,8 +26,13 @@ class Event:
 class DeployLog:
     """Writes a deploy's events (masked) and lets readers wait for new ones."""
 
-    def __init__(self, store: Store, deploy_id: int, masker: Masker | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        store: Store,
+        deploy_id: int,
+        masker: Masker | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.store = store
         self.deploy_id = deploy_id
         self.masker = masker or Masker(())

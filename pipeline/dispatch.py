@@ -41,23 +41,31 @@ class Dispatcher:
             if same is not None:
                 if request.snapshot_dir is not None:
                     shutil.rmtree(request.snapshot_dir, ignore_errors=True)
-                self.logs[same].line(f"the same commit was submitted again ({request.source}); "
-                                     "following this deploy")
+                self.logs[same].line(
+                    f"the same commit was submitted again ({request.source}); following this deploy"
+                )
                 return same
             deploy_id = self.ctx.store.create_deploy(
-                source=request.source, repo=request.repo, ref=request.ref, commit_sha=request.commit,
-                author=request.author, message=request.message)
+                source=request.source,
+                repo=request.repo,
+                ref=request.ref,
+                commit_sha=request.commit,
+                author=request.author,
+                message=request.message,
+            )
             log = DeployLog(self.ctx.store, deploy_id, file_masker(self.ctx.secrets))
             self.logs[deploy_id] = log
-            log.line(f"deploy #{deploy_id}: {request.source} of {request.repo}@{request.ref} "
-                     f"{request.commit[:12]}")
+            log.line(
+                f"deploy #{deploy_id}: {request.source} of {request.repo}@{request.ref} {request.commit[:12]}"
+            )
             self._coalesce(lane, request, deploy_id)
             lane.waiting.append((deploy_id, request))
             if lane.running is not None:
                 log.line(f"waiting: deploy #{lane.running[0]} of {request.repo} is running")
             if lane.worker is None:
-                lane.worker = threading.Thread(target=self._work, args=(request.repo,),
-                                               name=f"deploys-{request.repo}", daemon=True)
+                lane.worker = threading.Thread(
+                    target=self._work, args=(request.repo,), name=f"deploys-{request.repo}", daemon=True
+                )
                 lane.worker.start()
             return deploy_id
 
@@ -88,7 +96,8 @@ class Dispatcher:
         """Wait until no deploy runs or waits; return whether that happened in time."""
         with self._idle:
             return self._idle.wait_for(
-                lambda: all(lane.worker is None for lane in self._lanes.values()), timeout)
+                lambda: all(lane.worker is None for lane in self._lanes.values()), timeout
+            )
 
     def _same_commit(self, lane: _Lane, request: DeployRequest) -> int | None:
         if request.rollback is not None:
@@ -105,10 +114,12 @@ class Dispatcher:
         keep = []
         for other_id, other in lane.waiting:
             if other.rollback is None and other.ref == request.ref:
-                self.ctx.store.update_deploy(other_id, status="canceled",
-                                             error=f"superseded by deploy #{deploy_id}")
-                self.logs[other_id].finish("canceled", f"superseded by deploy #{deploy_id} "
-                                           f"({request.commit[:12]})")
+                self.ctx.store.update_deploy(
+                    other_id, status="canceled", error=f"superseded by deploy #{deploy_id}"
+                )
+                self.logs[other_id].finish(
+                    "canceled", f"superseded by deploy #{deploy_id} ({request.commit[:12]})"
+                )
                 if other.snapshot_dir is not None:
                     shutil.rmtree(other.snapshot_dir, ignore_errors=True)
             else:

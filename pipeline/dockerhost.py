@@ -70,8 +70,9 @@ def _translated(what: str) -> Iterator[None]:
     except docker.errors.APIError as exc:
         raise DockerError(f"{what}: Docker engine said {exc.explanation or exc}") from exc
     except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
-        raise EngineUnavailable(f"{what}: no Docker engine answers ({exc}); "
-                                "start dockerd or run `make run`") from exc
+        raise EngineUnavailable(
+            f"{what}: no Docker engine answers ({exc}); start dockerd or run `make run`"
+        ) from exc
 
 
 class DockerHost:
@@ -95,23 +96,39 @@ class DockerHost:
         except DockerError:
             return False
 
-    def build(self, tag: str, context: Path, dockerfile: str, args: Mapping[str, str],
-              labels: Mapping[str, str], on_line: Callable[[str], None],
-              network: str = "default") -> str:
+    def build(
+        self,
+        tag: str,
+        context: Path,
+        dockerfile: str,
+        args: Mapping[str, str],
+        labels: Mapping[str, str],
+        on_line: Callable[[str], None],
+        network: str = "default",
+    ) -> str:
         """Build `context` into `tag`, streaming output lines to `on_line`; return the image id."""
         tail: list[str] = []
         image_id = ""
         with _translated(f"build {tag}"):
             stream = self.client.api.build(
-                path=str(context), dockerfile=dockerfile, tag=tag, buildargs=dict(args),
-                labels=dict(labels), rm=True, forcerm=True, decode=True, network_mode=network)
+                path=str(context),
+                dockerfile=dockerfile,
+                tag=tag,
+                buildargs=dict(args),
+                labels=dict(labels),
+                rm=True,
+                forcerm=True,
+                decode=True,
+                network_mode=network,
+            )
             for chunk in stream:
                 for line in _chunk_lines(chunk):
                     tail = [*tail[-19:], line]
                     on_line(line)
                 if "error" in chunk:
-                    raise BuildError(f"image {tag} failed to build: {chunk['error'].strip()}\n"
-                                     + "\n".join(tail))
+                    raise BuildError(
+                        f"image {tag} failed to build: {chunk['error'].strip()}\n" + "\n".join(tail)
+                    )
                 if "aux" in chunk and "ID" in chunk["aux"]:
                     image_id = chunk["aux"]["ID"]
         return image_id or str(self.client.images.get(tag).id)
@@ -122,12 +139,21 @@ class DockerHost:
         policy: Any = RESTART_POLICIES[spec.restart]
         with _translated(f"start {spec.name}"):
             container = self.client.containers.run(
-                spec.image, command=list(spec.command) or None, name=spec.name, detach=True,
-                labels=dict(spec.labels), environment=dict(spec.env),
+                spec.image,
+                command=list(spec.command) or None,
+                name=spec.name,
+                detach=True,
+                labels=dict(spec.labels),
+                environment=dict(spec.env),
                 ports=ports,
-                mem_limit=spec.memory_bytes, nano_cpus=int(spec.cpus * 1e9),
-                security_opt=["no-new-privileges"], cap_drop=["ALL"], pids_limit=256,
-                init=True, restart_policy=policy)
+                mem_limit=spec.memory_bytes,
+                nano_cpus=int(spec.cpus * 1e9),
+                security_opt=["no-new-privileges"],
+                cap_drop=["ALL"],
+                pids_limit=256,
+                init=True,
+                restart_policy=policy,
+            )
             return Running(str(container.id), spec.name, self._host_port(container, spec.port))
 
     def _host_port(self, container: Any, port: int) -> int:
@@ -143,8 +169,9 @@ class DockerHost:
                 # log lines and removes it like any other failed candidate.
                 return 0
             if time.monotonic() > deadline:
-                raise DockerError(f"container {container.name} published no port for {port}/tcp "
-                                  f"(status {container.status})")
+                raise DockerError(
+                    f"container {container.name} published no port for {port}/tcp (status {container.status})"
+                )
             time.sleep(0.05)
 
     def inspect(self, container_id: str) -> dict[str, Any] | None:
@@ -212,7 +239,8 @@ class DockerHost:
         repository, _, version = tag.partition(":")
         with _translated(f"import {tag}"), tarball.open("rb") as data:
             self.client.api.import_image_from_data(
-                data, repository=repository, tag=version or "latest", changes=changes)
+                data, repository=repository, tag=version or "latest", changes=changes
+            )
 
 
 def _chunk_lines(chunk: Mapping[str, Any]) -> list[str]:

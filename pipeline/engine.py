@@ -27,10 +27,13 @@ def ensure_engine(say: Callable[[str], None], *, wait: float = ENGINE_START_TIME
     if os.geteuid() != 0:
         raise EngineUnavailable(
             "no Docker engine answers, and starting one needs root: run `sudo make run`, "
-            "or `sudo apt-get install docker.io && sudo systemctl start docker`")
+            "or `sudo apt-get install docker.io && sudo systemctl start docker`"
+        )
     if shutil.which("dockerd") is None:
-        say("no Docker engine answers and dockerd is missing: installing Debian's docker.io "
-            "(apt-get, needs root — running as root)")
+        say(
+            "no Docker engine answers and dockerd is missing: installing Debian's docker.io "
+            "(apt-get, needs root — running as root)"
+        )
         _run(["apt-get", "update", "-qq"])
         _run(["apt-get", "install", "-y", "-qq", "docker.io"])
     say(f"starting dockerd in the background (log: {DOCKERD_LOG})")
@@ -46,7 +49,8 @@ def ensure_engine(say: Callable[[str], None], *, wait: float = ENGINE_START_TIME
         except EngineUnavailable:
             if time.monotonic() > deadline:
                 raise EngineUnavailable(
-                    f"dockerd did not answer within {wait:.0f}s; see {DOCKERD_LOG}") from None
+                    f"dockerd did not answer within {wait:.0f}s; see {DOCKERD_LOG}"
+                ) from None
             time.sleep(0.5)
 
 
@@ -54,5 +58,6 @@ def _run(argv: list[str]) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     result = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise EngineUnavailable(f"`{' '.join(argv)}` failed ({result.returncode}): "
-                                f"{result.stderr.strip()[-800:]}")
+        raise EngineUnavailable(
+            f"`{' '.join(argv)}` failed ({result.returncode}): {result.stderr.strip()[-800:]}"
+        )

@@ -39,10 +39,15 @@ class NotMCP(Exception):
     """The endpoint answered, but not as an MCP server (kept distinct from 'not up yet')."""
 
 
-def wait_until_healthy(url: str, *, timeout: float, interval: float,
-                       alive: Callable[[], bool] = lambda: True,
-                       clock: Callable[[], float] = time.monotonic,
-                       sleep: Callable[[float], None] = time.sleep) -> GateResult:
+def wait_until_healthy(
+    url: str,
+    *,
+    timeout: float,
+    interval: float,
+    alive: Callable[[], bool] = lambda: True,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> GateResult:
     """Run the handshake against `url` until it passes, the deadline passes, or `alive` is False."""
     started = clock()
     deadline = started + timeout
@@ -52,8 +57,7 @@ def wait_until_healthy(url: str, *, timeout: float, interval: float,
             raise GateError(f"the container exited before completing the MCP handshake ({last})")
         try:
             result = handshake(url, min(REQUEST_TIMEOUT, max(deadline - clock(), 0.1)))
-            return GateResult(result.protocol_version, result.server_name, result.tools,
-                              clock() - started)
+            return GateResult(result.protocol_version, result.server_name, result.tools, clock() - started)
         except (OSError, http.client.HTTPException) as exc:
             last = f"connection: {exc.__class__.__name__}: {exc}"
         except NotMCP as exc:
@@ -67,8 +71,9 @@ def handshake(url: str, timeout: float) -> GateResult:
     """Do one full handshake (or a stateless tools/list) against `url`."""
     session = _Session(url, timeout)
     try:
-        init = session.request("initialize", {"protocolVersion": SESSION_PROTOCOL,
-                                              "capabilities": {}, "clientInfo": CLIENT_INFO})
+        init = session.request(
+            "initialize", {"protocolVersion": SESSION_PROTOCOL, "capabilities": {}, "clientInfo": CLIENT_INFO}
+        )
     except NotMCP:
         session = _Session(url, timeout, stateless=True)
         return GateResult(STATELESS_PROTOCOL, "", session.list_tools())
@@ -143,8 +148,7 @@ class _Session:
             conn.close()
 
     def _headers(self, method: str) -> dict[str, str]:
-        headers = {"Accept": ACCEPT, "Content-Type": "application/json",
-                   "Host": f"127.0.0.1:{self.port}"}
+        headers = {"Accept": ACCEPT, "Content-Type": "application/json", "Host": f"127.0.0.1:{self.port}"}
         if self.protocol:
             headers["MCP-Protocol-Version"] = self.protocol
         if self.session_id:

@@ -54,19 +54,30 @@ def init_repo(settings: Settings, name: str) -> tuple[Path, list[str]]:
     for hook in HOOK_NAMES:
         shutil.copyfile(HOOKS_DIR / hook, hooks / hook)
         (hooks / hook).chmod(0o755)
-    env = {"CENTRAL_MCP_PYTHON": sys.executable,
-           "CENTRAL_MCP_CONFIG": str(settings.config_path.resolve()),
-           "CENTRAL_MCP_STATE_DIR": str(settings.state_dir), "CENTRAL_MCP_REPO": repo.name,
-           "PYTHONUNBUFFERED": "1"}
+    env = {
+        "CENTRAL_MCP_PYTHON": sys.executable,
+        "CENTRAL_MCP_CONFIG": str(settings.config_path.resolve()),
+        "CENTRAL_MCP_STATE_DIR": str(settings.state_dir),
+        "CENTRAL_MCP_REPO": repo.name,
+        "PYTHONUNBUFFERED": "1",
+    }
     (hooks / ENV_FILE).write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()))
     user = os.environ.get("USER", "root")
     host = os.uname().nodename
-    return path, [f"git remote add vm ssh://{user}@{host}{path}   # from a laptop",
-                  f"git remote add vm {path}   # on this VM"]
+    return path, [
+        f"git remote add vm ssh://{user}@{host}{path}   # from a laptop",
+        f"git remote add vm {path}   # on this VM",
+    ]
 
 
-def pre_receive(settings: Settings, repo_name: str, lines: Iterable[str], out: Callable[[str], None],
-                env: Mapping[str, str] | None = None, cwd: Path | None = None) -> int:
+def pre_receive(
+    settings: Settings,
+    repo_name: str,
+    lines: Iterable[str],
+    out: Callable[[str], None],
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> int:
     """Handle one push; return 0 to accept every ref, 1 to reject the push."""
     repo = settings.repo(repo_name)
     git_dir = cwd or Path.cwd()
@@ -87,8 +98,13 @@ def pre_receive(settings: Settings, repo_name: str, lines: Iterable[str], out: C
     return status
 
 
-def deploy_ref(settings: Settings, repo_name: str | None, ref: str | None,
-               out: Callable[[str], None], source_name: str = "cli") -> bool:
+def deploy_ref(
+    settings: Settings,
+    repo_name: str | None,
+    ref: str | None,
+    out: Callable[[str], None],
+    source_name: str = "cli",
+) -> bool:
     """Deploy `ref` of a bare repo by hand (`central-mcp deploy`); return whether it succeeded."""
     repo = settings.repo(repo_name)
     path = repo_path(settings, repo.name)
@@ -115,13 +131,22 @@ def _decide(repo: Repo, update: RefUpdate) -> str:
     if update.ref != f"refs/heads/{repo.branch}":
         return f"{update.ref}: accepted without a deploy (only {repo.branch} deploys)"
     if update.new == source.ZERO_SHA:
-        return (f"refused: deleting {repo.branch} would leave the VM without a source for what is "
-                "live; remove servers by deleting their folders instead")
+        return (
+            f"refused: deleting {repo.branch} would leave the VM without a source for what is "
+            "live; remove servers by deleting their folders instead"
+        )
     return ""
 
 
-def _deploy(settings: Settings, repo: Repo, update: RefUpdate, git_dir: Path,
-            out: Callable[[str], None], env: Mapping[str, str] | None, source_name: str = "push") -> bool:
+def _deploy(
+    settings: Settings,
+    repo: Repo,
+    update: RefUpdate,
+    git_dir: Path,
+    out: Callable[[str], None],
+    env: Mapping[str, str] | None,
+    source_name: str = "push",
+) -> bool:
     control = control_mod.Control.load(settings.state_dir)
     workdir = source.new_workdir(settings.state_dir / "snapshots")
     try:
@@ -132,8 +157,15 @@ def _deploy(settings: Settings, repo: Repo, update: RefUpdate, git_dir: Path,
     except SourceError:
         shutil.rmtree(workdir, ignore_errors=True)
         raise
-    body = {"source": source_name, "repo": repo.name, "ref": update.ref, "commit": update.new,
-            "snapshot_dir": str(workdir), "author": snap.author, "message": snap.message}
+    body = {
+        "source": source_name,
+        "repo": repo.name,
+        "ref": update.ref,
+        "commit": update.new,
+        "snapshot_dir": str(workdir),
+        "author": snap.author,
+        "message": snap.message,
+    }
     last = control_mod.stream(control, "/api/deploys", body, lambda e: out(render(e)))
     # control.url is where serve really listens (`serve --port` may differ from deploy.yaml).
     url = f"{settings.public_url.rstrip('/') or control.url}/deploys/{last.get('deploy')}"

@@ -19,22 +19,37 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.deploys = Counter("central_mcp_deploys_total", "Finished deploys by status and source",
-                               ["status", "source"], registry=r)
-        self.deploy_seconds = Histogram("central_mcp_deploy_duration_seconds", "Deploy duration",
-                                        buckets=DEPLOY_BUCKETS, registry=r)
-        self.build_seconds = Histogram("central_mcp_build_duration_seconds", "Image build duration",
-                                       ["server"], buckets=DEPLOY_BUCKETS, registry=r)
+        self.deploys = Counter(
+            "central_mcp_deploys_total",
+            "Finished deploys by status and source",
+            ["status", "source"],
+            registry=r,
+        )
+        self.deploy_seconds = Histogram(
+            "central_mcp_deploy_duration_seconds", "Deploy duration", buckets=DEPLOY_BUCKETS, registry=r
+        )
+        self.build_seconds = Histogram(
+            "central_mcp_build_duration_seconds",
+            "Image build duration",
+            ["server"],
+            buckets=DEPLOY_BUCKETS,
+            registry=r,
+        )
         self.traffic = ProxyTraffic()
         r.register(self.traffic)
-        self.probe_failures = Counter("central_mcp_probe_failures_total", "Failed health probes",
-                                      ["server"], registry=r)
-        self.restarts = Counter("central_mcp_restarts_total", "Containers replaced by the restart policy",
-                                ["server"], registry=r)
+        self.probe_failures = Counter(
+            "central_mcp_probe_failures_total", "Failed health probes", ["server"], registry=r
+        )
+        self.restarts = Counter(
+            "central_mcp_restarts_total", "Containers replaced by the restart policy", ["server"], registry=r
+        )
         self.live = Gauge("central_mcp_live_releases", "Servers with a live release", registry=r)
-        self.watch_rollbacks = Counter("central_mcp_watch_rollbacks_total",
-                                       "Automatic rollbacks in the post-deploy watch window", ["server"],
-                                       registry=r)
+        self.watch_rollbacks = Counter(
+            "central_mcp_watch_rollbacks_total",
+            "Automatic rollbacks in the post-deploy watch window",
+            ["server"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         """The exposition text."""
@@ -78,16 +93,20 @@ class ProxyTraffic:
         yield from self._families(requests, latency)
 
     @staticmethod
-    def _families(requests: dict[tuple[str, int, str], int],
-                  latency: dict[str, list[float]]) -> Iterator[Metric]:
-        counter = CounterMetricFamily("central_mcp_proxy_requests", "Proxied requests",
-                                      labels=("server", "status", "project"))
+    def _families(
+        requests: dict[tuple[str, int, str], int], latency: dict[str, list[float]]
+    ) -> Iterator[Metric]:
+        counter = CounterMetricFamily(
+            "central_mcp_proxy_requests", "Proxied requests", labels=("server", "status", "project")
+        )
         for (server, status, project), count in sorted(requests.items()):
             counter.add_metric([server, str(status), project], count)
         yield counter
-        histogram = HistogramMetricFamily("central_mcp_upstream_latency_seconds",
-                                          "Time from routing to the end of the relayed answer",
-                                          labels=("server",))
+        histogram = HistogramMetricFamily(
+            "central_mcp_upstream_latency_seconds",
+            "Time from routing to the end of the relayed answer",
+            labels=("server",),
+        )
         bounds = [repr(float(bound)) for bound in LATENCY_BUCKETS] + ["+Inf"]  # prometheus_client's spelling
         for server, row in sorted(latency.items()):
             cumulative: float = 0

@@ -60,9 +60,15 @@ class Watch:
 class Monitor:
     """Probes live servers, restarts the failing, rolls back bad new releases, prunes history."""
 
-    def __init__(self, ctx: Context, submit: Callable[[DeployRequest], int], busy: Callable[[str], bool],
-                 usage: Usage, probe: Probe = gate.handshake,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        submit: Callable[[DeployRequest], int],
+        busy: Callable[[str], bool],
+        usage: Usage,
+        probe: Probe = gate.handshake,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.ctx = ctx
         self.submit = submit
         self.busy = busy
@@ -97,8 +103,9 @@ class Monitor:
         health.last_error = error
         health.status = "failing" if health.failures < self._threshold else "down"
         self.ctx.metrics.probe_failures.labels(upstream.server).inc()
-        log.warning("%s r%d probe failed (%d in a row): %s", upstream.server, upstream.release,
-                    health.failures, error)
+        log.warning(
+            "%s r%d probe failed (%d in a row): %s", upstream.server, upstream.release, health.failures, error
+        )
         if health.failures >= self._threshold:
             self._restart(upstream, health, error)
 
@@ -113,8 +120,15 @@ class Monitor:
         port = _published_port(attrs)
         if port and port != upstream.port:
             log.info("%s: Docker moved its port %d → %d; re-routing", upstream.server, upstream.port, port)
-            upstream = Upstream(upstream.server, upstream.release, upstream.container_id, upstream.host,
-                                port, upstream.path, upstream.access)
+            upstream = Upstream(
+                upstream.server,
+                upstream.release,
+                upstream.container_id,
+                upstream.host,
+                port,
+                upstream.path,
+                upstream.access,
+            )
             self.ctx.router.swap({upstream.server: upstream})
             self.ctx.store.set_container(upstream.server, upstream.release, upstream.container_id, port)
         try:
@@ -132,10 +146,16 @@ class Monitor:
         health.restarts.append(self.clock())
         health.failures = 0
         self.ctx.metrics.restarts.labels(upstream.server).inc()
-        deploy_id = self.submit(DeployRequest(
-            source=DeploySource.RESTART, repo=release.repo, ref="restart", commit=release.commit_sha,
-            message=f"restart {upstream.server} r{upstream.release}: {reason}",
-            rollback=(upstream.server, upstream.release)))
+        deploy_id = self.submit(
+            DeployRequest(
+                source=DeploySource.RESTART,
+                repo=release.repo,
+                ref="restart",
+                commit=release.commit_sha,
+                message=f"restart {upstream.server} r{upstream.release}: {reason}",
+                rollback=(upstream.server, upstream.release),
+            )
+        )
         log.warning("%s: replacing its container (deploy #%d): %s", upstream.server, deploy_id, reason)
 
     # the watch window ---------------------------------------------------------------------
@@ -190,13 +210,24 @@ class Monitor:
         if release is None:
             return
         self.ctx.metrics.watch_rollbacks.labels(watch.server).inc()
-        deploy_id = self.submit(DeployRequest(
-            source=DeploySource.AUTO_ROLLBACK, repo=release.repo, ref="auto-rollback",
-            commit=release.commit_sha,
-            message=f"r{watch.release} of {watch.server} rolled back: {reason}",
-            rollback=(watch.server, watch.previous)))
-        log.warning("%s: r%d is bad (%s); rolling back to r%d (deploy #%d)", watch.server, watch.release,
-                    reason, watch.previous, deploy_id)
+        deploy_id = self.submit(
+            DeployRequest(
+                source=DeploySource.AUTO_ROLLBACK,
+                repo=release.repo,
+                ref="auto-rollback",
+                commit=release.commit_sha,
+                message=f"r{watch.release} of {watch.server} rolled back: {reason}",
+                rollback=(watch.server, watch.previous),
+            )
+        )
+        log.warning(
+            "%s: r%d is bad (%s); rolling back to r%d (deploy #%d)",
+            watch.server,
+            watch.release,
+            reason,
+            watch.previous,
+            deploy_id,
+        )
 
     # retention ----------------------------------------------------------------------------
     def retention(self) -> dict[str, int]:

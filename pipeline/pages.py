@@ -29,8 +29,9 @@ from pipeline.monitor import Health
 from pipeline.proxy.access import Caller, Denied, Gatekeeper
 from pipeline.store import FINISHED, Deploy, Store
 
-TEMPLATES = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
-                        autoescape=select_autoescape(["html"]))
+TEMPLATES = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(["html"])
+)
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
 PAGE_SIZE = 25
 STATUSES = ("queued", "running", "succeeded", "failed", "canceled", "abandoned")
@@ -59,6 +60,7 @@ Handler = Callable[[Request, Sources], Awaitable[Response]]
 
 def routes(get: Getter) -> list[Route]:
     """The page and registry routes."""
+
     def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def guarded(request: Request) -> Response:
             src = get(request)
@@ -67,9 +69,11 @@ def routes(get: Getter) -> list[Route]:
                 return denied
             response = await handler(request, src)
             if request.query_params.get("token") and src.settings.admin_token:
-                response.set_cookie(ADMIN_COOKIE, request.query_params["token"], httponly=True,
-                                    samesite="strict")
+                response.set_cookie(
+                    ADMIN_COOKIE, request.query_params["token"], httponly=True, samesite="strict"
+                )
             return response
+
         return guarded
 
     async def registry_json(request: Request) -> Response:
@@ -106,19 +110,28 @@ def deploy_view(d: Deploy) -> dict[str, Any]:
 async def _index(request: Request, src: Sources) -> Response:
     releases = await asyncio.to_thread(src.store.live_releases)
     html = TEMPLATES.get_template("index.html").render(
-        releases=releases, projects=src.settings.projects, formats=registry.FORMATS,
-        base_url=src.settings.base_url)
+        releases=releases,
+        projects=src.settings.projects,
+        formats=registry.FORMATS,
+        base_url=src.settings.base_url,
+    )
     return HTMLResponse(html)
 
 
 async def _deploys(request: Request, src: Sources) -> Response:
     server, status = request.query_params.get("server", ""), request.query_params.get("status", "")
     page = max(1, _number(request.query_params.get("page", "1"), 1))
-    rows = await asyncio.to_thread(src.store.deploys, PAGE_SIZE + 1, (page - 1) * PAGE_SIZE,
-                                   status or None, server or None)
+    rows = await asyncio.to_thread(
+        src.store.deploys, PAGE_SIZE + 1, (page - 1) * PAGE_SIZE, status or None, server or None
+    )
     html = TEMPLATES.get_template("deploys.html").render(
-        deploys=[deploy_view(d) for d in rows[:PAGE_SIZE]], server=server, status=status,
-        statuses=STATUSES, page=page, more=len(rows) > PAGE_SIZE)
+        deploys=[deploy_view(d) for d in rows[:PAGE_SIZE]],
+        server=server,
+        status=status,
+        statuses=STATUSES,
+        page=page,
+        more=len(rows) > PAGE_SIZE,
+    )
     return HTMLResponse(html)
 
 
@@ -135,8 +148,10 @@ async def _deploy_page(request: Request, src: Sources) -> Response:
     view = deploy_view(found)
     view["servers"] = _with_tool_changes(src, found)
     html = TEMPLATES.get_template("deploy.html").render(
-        d=view, events=[{"kind": k, "text": _clean(t)} for _, _, k, t in events],
-        last_seq=events[-1][0] if events else 0)
+        d=view,
+        events=[{"kind": k, "text": _clean(t)} for _, _, k, t in events],
+        last_seq=events[-1][0] if events else 0,
+    )
     return HTMLResponse(html)
 
 
@@ -157,8 +172,11 @@ async def _deploy_log(request: Request, src: Sources) -> Response:
         async for event in _follow(src, deploy_id, 0, end=False):
             yield (_clean(event.text) + "\n").encode()
 
-    return StreamingResponse(lines(), media_type="text/plain; charset=utf-8",
-                             headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
+    return StreamingResponse(
+        lines(),
+        media_type="text/plain; charset=utf-8",
+        headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
+    )
 
 
 async def _deploy_events(request: Request, src: Sources) -> Response:
@@ -173,8 +191,11 @@ async def _deploy_events(request: Request, src: Sources) -> Response:
             data = json.dumps({"seq": event.seq, "kind": event.kind, "text": _clean(event.text)})
             yield f"id: {event.seq}\ndata: {data}\n\n".encode()
 
-    return StreamingResponse(events(), media_type="text/event-stream",
-                             headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"})
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"X-Accel-Buffering": "no", "Cache-Control": "no-cache"},
+    )
 
 
 async def _follow(src: Sources, deploy_id: int, after: int, *, end: bool = True) -> AsyncIterator[Event]:
@@ -207,8 +228,11 @@ async def _registry(request: Request, src: Sources, which: str) -> Response:
     releases = await asyncio.to_thread(src.store.live_releases)
     shown = registry.visible(releases, caller.project if caller else None)
     health = {name: h.summary() for name, h in src.health.items()}
-    document = registry.registry(src.settings, shown, health) if which == "registry" else \
-        registry.mcp_json(src.settings, shown)
+    document = (
+        registry.registry(src.settings, shown, health)
+        if which == "registry"
+        else registry.mcp_json(src.settings, shown)
+    )
     body, tag = registry.etag(document)
     if tag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
         return Response(status_code=304, headers={"ETag": tag, **REGISTRY_HEADERS})
@@ -238,12 +262,18 @@ def _admin_denied(request: Request, settings: Settings) -> Response | None:
     token = settings.admin_token
     if not token:
         return None
-    offered = (request.query_params.get("token", ""), request.cookies.get(ADMIN_COOKIE, ""),
-               request.headers.get("authorization", "").removeprefix("Bearer ").strip())
+    offered = (
+        request.query_params.get("token", ""),
+        request.cookies.get(ADMIN_COOKIE, ""),
+        request.headers.get("authorization", "").removeprefix("Bearer ").strip(),
+    )
     if any(hmac.compare_digest(given.encode(), token.encode()) for given in offered if given):
         return None
-    return PlainTextResponse("admin token required: open this page once with ?token=...\n", status_code=401,
-                             headers={"WWW-Authenticate": 'Bearer realm="central-mcp admin"'})
+    return PlainTextResponse(
+        "admin token required: open this page once with ?token=...\n",
+        status_code=401,
+        headers={"WWW-Authenticate": 'Bearer realm="central-mcp admin"'},
+    )
 
 
 async def _find(src: Sources, request: Request) -> Deploy | None:
@@ -283,4 +313,3 @@ def _ago(seconds: float) -> str:
         if seconds >= size:
             return f"{int(seconds // size)}{unit} ago"
     return f"{int(seconds)}s ago"
-

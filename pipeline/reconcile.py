@@ -36,9 +36,15 @@ def reconcile(ctx: Context, say: Callable[[str], None]) -> list[Upstream]:
         if release and labels.get(LABEL_RELEASE) == release.name and container.status == "running":
             port = _host_port(container, labels.get(LABEL_PORT, ""))
             if port and release.server not in routed:
-                routed[release.server] = Upstream(release.server, release.number, container.id,
-                                                  "127.0.0.1", port, release.path,
-                                                  tuple(release.manifest.get("access", ("all",))))
+                routed[release.server] = Upstream(
+                    release.server,
+                    release.number,
+                    container.id,
+                    "127.0.0.1",
+                    port,
+                    release.path,
+                    tuple(release.manifest.get("access", ("all",))),
+                )
                 if port != release.host_port or container.id != release.container_id:
                     ctx.store.set_container(release.server, release.number, container.id, port)
                 continue
@@ -64,19 +70,43 @@ def _restart(ctx: Context, release: Release, say: Callable[[str], None]) -> Upst
     say(f"{release.server} r{release.number}: its container is missing; starting it again")
     try:
         env = {**manifest.env, **ctx.secrets.values(manifest.name, manifest.secrets)}
-        labels = {LABEL_SERVER: release.server, LABEL_RELEASE: release.name,
-                  LABEL_PORT: str(manifest.port), LABEL_INSTANCE: ctx.instance}
+        labels = {
+            LABEL_SERVER: release.server,
+            LABEL_RELEASE: release.name,
+            LABEL_PORT: str(manifest.port),
+            LABEL_INSTANCE: ctx.instance,
+        }
         name = f"cmcp-{ctx.instance}-{release.server}-r{release.number}-restart"
         ctx.docker.remove_container_named(name)
-        running = ctx.docker.run(RunSpec(release.image, name, manifest.port, labels, env,
-                                         manifest.memory_bytes, manifest.cpus, manifest.command,
-                                         manifest.restart))
-        gate.wait_until_healthy(f"http://127.0.0.1:{running.host_port}{manifest.path}",
-                                timeout=manifest.health_timeout, interval=manifest.health_interval,
-                                alive=lambda: ctx.docker.status(running.id) == "running")
+        running = ctx.docker.run(
+            RunSpec(
+                release.image,
+                name,
+                manifest.port,
+                labels,
+                env,
+                manifest.memory_bytes,
+                manifest.cpus,
+                manifest.command,
+                manifest.restart,
+            )
+        )
+        gate.wait_until_healthy(
+            f"http://127.0.0.1:{running.host_port}{manifest.path}",
+            timeout=manifest.health_timeout,
+            interval=manifest.health_interval,
+            alive=lambda: ctx.docker.status(running.id) == "running",
+        )
     except CentralMCPError as exc:
         say(f"{release.server} r{release.number}: could not be started again: {exc}")
         return None
     ctx.store.set_container(release.server, release.number, running.id, running.host_port)
-    return Upstream(release.server, release.number, running.id, "127.0.0.1", running.host_port,
-                    manifest.path, manifest.access)
+    return Upstream(
+        release.server,
+        release.number,
+        running.id,
+        "127.0.0.1",
+        running.host_port,
+        manifest.path,
+        manifest.access,
+    )

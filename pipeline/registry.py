@@ -27,15 +27,21 @@ def visible(releases: list[Release], project: Project | None) -> list[Release]:
     """The live releases a project may use (all of them when no project is given)."""
     if project is None:
         return releases
-    return [r for r in releases if project.may_use(r.server)
-            and ("all" in _access(r) or project.name in _access(r))]
+    return [
+        r
+        for r in releases
+        if project.may_use(r.server) and ("all" in _access(r) or project.name in _access(r))
+    ]
 
 
-def registry(settings: Settings, releases: list[Release],
-             health: dict[str, str] | None = None) -> dict[str, Any]:
+def registry(
+    settings: Settings, releases: list[Release], health: dict[str, str] | None = None
+) -> dict[str, Any]:
     """The registry document: {"servers": [{"server": ..., "_meta": ...}], "metadata": {"count": N}}."""
-    entries = [{"server": server_json(settings, r), "_meta": {META_KEY: _live_meta(r, health or {})}}
-               for r in sorted(releases, key=lambda r: r.server)]
+    entries = [
+        {"server": server_json(settings, r), "_meta": {META_KEY: _live_meta(r, health or {})}}
+        for r in sorted(releases, key=lambda r: r.server)
+    ]
     return {"servers": entries, "metadata": {"count": len(entries)}}
 
 
@@ -47,41 +53,85 @@ def server_json(settings: Settings, release: Release) -> dict[str, Any]:
         "name": f"{settings.namespace}/{release.server}",
         "description": str(manifest.get("description", release.server))[:100],
         "version": release.version,
-        "remotes": [{
-            "type": "streamable-http",
-            "url": endpoint(settings, release.server),
-            "headers": [{"name": "Authorization", "description": "Bearer <project API key>",
-                         "isRequired": True, "isSecret": True}],
-        }],
+        "remotes": [
+            {
+                "type": "streamable-http",
+                "url": endpoint(settings, release.server),
+                "headers": [
+                    {
+                        "name": "Authorization",
+                        "description": "Bearer <project API key>",
+                        "isRequired": True,
+                        "isSecret": True,
+                    }
+                ],
+            }
+        ],
     }
 
 
 def mcp_json(settings: Settings, releases: list[Release]) -> dict[str, Any]:
     """The generic `mcpServers` file that projects drop into their client config."""
-    return {"mcpServers": {r.server: {"type": "http", "url": endpoint(settings, r.server),
-                                      "headers": {"Authorization": f"Bearer ${{{KEY_ENV}}}"}}
-                           for r in sorted(releases, key=lambda r: r.server)}}
+    return {
+        "mcpServers": {
+            r.server: {
+                "type": "http",
+                "url": endpoint(settings, r.server),
+                "headers": {"Authorization": f"Bearer ${{{KEY_ENV}}}"},
+            }
+            for r in sorted(releases, key=lambda r: r.server)
+        }
+    }
 
 
 def client_config(settings: Settings, releases: list[Release], fmt: str) -> dict[str, Any]:
     """A ready-to-paste config for one client: vscode, cursor, claude-code or claude-desktop."""
     names = sorted(r.server for r in releases)
     if fmt == "vscode":
-        return {"inputs": [{"type": "promptString", "id": "central-mcp-key",
-                            "description": "central-mcp project API key", "password": True}],
-                "servers": {n: {"type": "http", "url": endpoint(settings, n),
-                                "headers": {"Authorization": "Bearer ${input:central-mcp-key}"}}
-                            for n in names}}
+        return {
+            "inputs": [
+                {
+                    "type": "promptString",
+                    "id": "central-mcp-key",
+                    "description": "central-mcp project API key",
+                    "password": True,
+                }
+            ],
+            "servers": {
+                n: {
+                    "type": "http",
+                    "url": endpoint(settings, n),
+                    "headers": {"Authorization": "Bearer ${input:central-mcp-key}"},
+                }
+                for n in names
+            },
+        }
     if fmt == "cursor":
-        return {"mcpServers": {n: {"url": endpoint(settings, n),
-                                   "headers": {"Authorization": f"Bearer ${{env:{KEY_ENV}}}"}}
-                               for n in names}}
+        return {
+            "mcpServers": {
+                n: {"url": endpoint(settings, n), "headers": {"Authorization": f"Bearer ${{env:{KEY_ENV}}}"}}
+                for n in names
+            }
+        }
     if fmt == "claude-code":
         return mcp_json(settings, releases)
     if fmt == "claude-desktop":
-        return {"mcpServers": {n: {"command": "npx", "args": [
-            "-y", "mcp-remote", endpoint(settings, n), "--header", "Authorization:${AUTH_HEADER}"],
-            "env": {"AUTH_HEADER": f"Bearer <{KEY_ENV}>"}} for n in names}}
+        return {
+            "mcpServers": {
+                n: {
+                    "command": "npx",
+                    "args": [
+                        "-y",
+                        "mcp-remote",
+                        endpoint(settings, n),
+                        "--header",
+                        "Authorization:${AUTH_HEADER}",
+                    ],
+                    "env": {"AUTH_HEADER": f"Bearer <{KEY_ENV}>"},
+                }
+                for n in names
+            }
+        }
     raise ValueError(f"unknown client format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
@@ -100,8 +150,10 @@ def write_files(settings: Settings, releases: list[Release]) -> Path:
     """Write registry.json and mcp.json atomically (temp file + rename) into the output dir."""
     out = settings.registry_dir or settings.state_dir / "registry"
     out.mkdir(parents=True, exist_ok=True)
-    for name, document in (("registry.json", registry(settings, releases)),
-                           ("mcp.json", mcp_json(settings, releases))):
+    for name, document in (
+        ("registry.json", registry(settings, releases)),
+        ("mcp.json", mcp_json(settings, releases)),
+    ):
         body, _ = etag(document)
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out)
         with os.fdopen(fd, "wb") as handle:
@@ -121,6 +173,12 @@ def _live_meta(release: Release, health: dict[str, str]) -> dict[str, Any]:
         "commit": release.commit_sha,
         "deployed_at": release.live_at,
         "health": health.get(release.server, "passed MCP health gate"),
-        "tools": [{"name": t.get("name"), "description": t.get("description", ""),
-                   "inputSchema": t.get("inputSchema", {})} for t in release.tools],
+        "tools": [
+            {
+                "name": t.get("name"),
+                "description": t.get("description", ""),
+                "inputSchema": t.get("inputSchema", {}),
+            }
+            for t in release.tools
+        ],
     }

@@ -47,8 +47,10 @@ class Secrets:
         wanted = list(names)
         missing = [n for n in wanted if n not in known]
         if missing:
-            raise DeployError(f"server {server!r} needs secret(s) {', '.join(missing)} that this VM "
-                              f"does not have: add them to {self.path} or the provider's environment")
+            raise DeployError(
+                f"server {server!r} needs secret(s) {', '.join(missing)} that this VM "
+                f"does not have: add them to {self.path} or the provider's environment"
+            )
         return {n: known[n] for n in wanted}
 
     def masker(self, names: Iterable[str]) -> Masker:

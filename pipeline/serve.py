@@ -29,10 +29,16 @@ def server(settings: Settings, port: int | None = None) -> uvicorn.Server:
     """A uvicorn server for the provider (not yet started); raises if it could not start."""
     _preflight(settings)
     logs.configure()
-    config = front.config(create_app(settings, port=port), host=settings.host,
-                          port=port or settings.port, log_level="info", access_log=False, log_config=None,
-                          timeout_graceful_shutdown=int(settings.proxy.drain_timeout) or None,
-                          lifespan="on")
+    config = front.config(
+        create_app(settings, port=port),
+        host=settings.host,
+        port=port or settings.port,
+        log_level="info",
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=int(settings.proxy.drain_timeout) or None,
+        lifespan="on",
+    )
     return uvicorn.Server(config)
 
 
@@ -90,13 +96,18 @@ def _first_key(settings: Settings, say: Callable[[str], None]) -> None:
 
 
 def _push(workdir: Path, bare: Path, branch: str, say: Callable[[str], None]) -> None:
-    probe = subprocess.run(["git", "-C", str(workdir), "rev-parse", "--verify", "HEAD"],
-                           capture_output=True, text=True, check=False)
+    probe = subprocess.run(
+        ["git", "-C", str(workdir), "rev-parse", "--verify", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if probe.returncode != 0:
         say(f"{workdir} has no git commit to deploy; serving what is live")
         return
     say(f"pushing {workdir} HEAD to {bare} ({branch}); the deploy follows")
-    result = subprocess.run(["git", "-C", str(workdir), "push", "--force", str(bare),
-                             f"HEAD:refs/heads/{branch}"], check=False)
+    result = subprocess.run(
+        ["git", "-C", str(workdir), "push", "--force", str(bare), f"HEAD:refs/heads/{branch}"], check=False
+    )
     if result.returncode != 0:
         say("the push was rejected (see the deploy output above); the live servers are unchanged")

@@ -48,8 +48,15 @@ class Snapshot:
 
     def save(self) -> None:
         """Write the metadata beside the files so another process can load the snapshot."""
-        meta = {"repo": self.repo, "ref": self.ref, "commit": self.commit, "trees": dict(self.trees),
-                "author": self.author, "message": self.message, "extra": dict(self.extra)}
+        meta = {
+            "repo": self.repo,
+            "ref": self.ref,
+            "commit": self.commit,
+            "trees": dict(self.trees),
+            "author": self.author,
+            "message": self.message,
+            "extra": dict(self.extra),
+        }
         (self.root.parent / SNAPSHOT_META).write_text(json.dumps(meta))
 
     @classmethod
@@ -59,12 +66,27 @@ class Snapshot:
             meta = json.loads((folder / SNAPSHOT_META).read_text())
         except (OSError, ValueError) as exc:
             raise SourceError(f"no readable snapshot in {folder}: {exc}") from exc
-        return cls(meta["repo"], meta["ref"], meta["commit"], folder / "tree", meta["trees"],
-                   meta["author"], meta["message"], meta.get("extra", {}))
+        return cls(
+            meta["repo"],
+            meta["ref"],
+            meta["commit"],
+            folder / "tree",
+            meta["trees"],
+            meta["author"],
+            meta["message"],
+            meta.get("extra", {}),
+        )
 
 
-def take(repo_path: Path, repo_name: str, ref: str, commit: str, into: Path,
-         env: Mapping[str, str] | None = None, extra: Mapping[str, str] | None = None) -> Snapshot:
+def take(
+    repo_path: Path,
+    repo_name: str,
+    ref: str,
+    commit: str,
+    into: Path,
+    env: Mapping[str, str] | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> Snapshot:
     """Export `commit` of the repository at `repo_path` into `into`/tree and describe it."""
     env = dict(os.environ if env is None else env)
     root = into / "tree"
@@ -103,8 +125,13 @@ def _git(repo_path: Path, env: Mapping[str, str]) -> git.Git:
 
 def _extract(repo_path: Path, commit: str, root: Path, env: Mapping[str, str]) -> None:
     with tempfile.TemporaryFile() as tar:
-        proc = subprocess.run(["git", "-C", str(repo_path), "archive", "--format=tar", commit],
-                              stdout=tar, stderr=subprocess.PIPE, env=dict(env), check=False)
+        proc = subprocess.run(
+            ["git", "-C", str(repo_path), "archive", "--format=tar", commit],
+            stdout=tar,
+            stderr=subprocess.PIPE,
+            env=dict(env),
+            check=False,
+        )
         if proc.returncode != 0:
             raise git.GitCommandError(["git", "archive"], proc.returncode, proc.stderr)
         tar.seek(0)

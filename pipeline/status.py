@@ -23,12 +23,15 @@ def render(settings: Settings, store: Store) -> str:
     lines = [serving, ""]
     live = store.live_releases()
     if live:
-        lines.append(f"{'SERVER':<24} {'RELEASE':<8} {'VERSION':<10} {'HEALTH':<12} {'COMMIT':<13} "
-                     "LIVE SINCE")
+        lines.append(
+            f"{'SERVER':<24} {'RELEASE':<8} {'VERSION':<10} {'HEALTH':<12} {'COMMIT':<13} LIVE SINCE"
+        )
         for r in live:
             since = _when(r.live_at) if r.live_at else "-"
-            lines.append(f"{r.server:<24} {r.name:<8} {r.version:<10} {health.get(r.server, '?'):<12} "
-                         f"{r.commit_sha[:12]:<13} {since}")
+            lines.append(
+                f"{r.server:<24} {r.name:<8} {r.version:<10} {health.get(r.server, '?'):<12} "
+                f"{r.commit_sha[:12]:<13} {since}"
+            )
     else:
         lines.append("nothing is live yet: push to the VM's repo (see `central-mcp init-repo`)")
     last = store.deploys(1, 0)
@@ -36,9 +39,12 @@ def render(settings: Settings, store: Store) -> str:
         d = last[0]
         took = f"{(d.finished_at or time.time()) - (d.started_at or d.created_at):.1f}s"
         message = (d.message.splitlines() or [""])[0][:60]
-        lines += ["", f"last deploy: #{d.id} {d.status} ({d.source} of {d.repo}@"
-                      f"{d.ref.removeprefix('refs/heads/')} {d.commit_sha[:12]} \"{message}\") "
-                      f"{_when(d.created_at)}, took {took}"]
+        lines += [
+            "",
+            f"last deploy: #{d.id} {d.status} ({d.source} of {d.repo}@"
+            f'{d.ref.removeprefix("refs/heads/")} {d.commit_sha[:12]} "{message}") '
+            f"{_when(d.created_at)}, took {took}",
+        ]
         if d.error:
             lines.append(f"  {d.error.splitlines()[0][:160]}")
     return "\n".join(lines)

@@ -116,8 +116,10 @@ class Store:
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
-            raise DeployError(f"the database {path} cannot be opened ({exc}); move it aside to "
-                              "start with an empty one, or restore it from a backup") from exc
+            raise DeployError(
+                f"the database {path} cannot be opened ({exc}); move it aside to "
+                "start with an empty one, or restore it from a backup"
+            ) from exc
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
@@ -136,14 +138,16 @@ class Store:
             self._db.close()
 
     # deploys -----------------------------------------------------------------------------
-    def create_deploy(self, *, source: str, repo: str, ref: str, commit_sha: str,
-                      author: str = "", message: str = "") -> int:
+    def create_deploy(
+        self, *, source: str, repo: str, ref: str, commit_sha: str, author: str = "", message: str = ""
+    ) -> int:
         """Record a queued deploy and return its id."""
         with self._tx() as db:
             cur = db.execute(
                 "INSERT INTO deploys (source, repo, ref, commit_sha, author, message, status, "
                 "created_at) VALUES (?, ?, ?, ?, ?, ?, 'queued', ?)",
-                (source, repo, ref, commit_sha, author, message, time.time()))
+                (source, repo, ref, commit_sha, author, message, time.time()),
+            )
             return int(cur.lastrowid or 0)
 
     def update_deploy(self, deploy_id: int, **fields: Any) -> None:
@@ -161,8 +165,9 @@ class Store:
             row = self._db.execute("SELECT * FROM deploys WHERE id = ?", (deploy_id,)).fetchone()
         return _deploy(row) if row else None
 
-    def deploys(self, limit: int = 50, offset: int = 0, status: str | None = None,
-                server: str | None = None) -> list[Deploy]:
+    def deploys(
+        self, limit: int = 50, offset: int = 0, status: str | None = None, server: str | None = None
+    ) -> list[Deploy]:
         """Return deploys, newest first, optionally only of one status or touching one server."""
         where, args = [], []
         if status:
@@ -173,39 +178,44 @@ class Store:
             args.append(server)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         with self._lock:
-            rows = self._db.execute(f"SELECT * FROM deploys {clause} ORDER BY id DESC LIMIT ? OFFSET ?",
-                                    (*args, limit, offset)).fetchall()
+            rows = self._db.execute(
+                f"SELECT * FROM deploys {clause} ORDER BY id DESC LIMIT ? OFFSET ?", (*args, limit, offset)
+            ).fetchall()
         return [_deploy(r) for r in rows]
 
     def abandon_active(self, reason: str) -> list[int]:
         """Mark queued or running deploys abandoned (after a crash); return their ids."""
         with self._tx() as db:
-            ids = [r[0] for r in db.execute(
-                "SELECT id FROM deploys WHERE status IN ('queued', 'running')")]
-            db.execute("UPDATE deploys SET status = 'abandoned', error = ?, finished_at = ? "
-                       "WHERE status IN ('queued', 'running')", (reason, time.time()))
+            ids = [r[0] for r in db.execute("SELECT id FROM deploys WHERE status IN ('queued', 'running')")]
+            db.execute(
+                "UPDATE deploys SET status = 'abandoned', error = ?, finished_at = ? "
+                "WHERE status IN ('queued', 'running')",
+                (reason, time.time()),
+            )
         return ids
 
     def add_event(self, deploy_id: int, seq: int, kind: str, text: str) -> None:
         """Append one event (a log line or a step change) to a deploy."""
         with self._tx() as db:
-            db.execute("INSERT INTO events (deploy_id, seq, ts, kind, text) VALUES (?, ?, ?, ?, ?)",
-                       (deploy_id, seq, time.time(), kind, text))
+            db.execute(
+                "INSERT INTO events (deploy_id, seq, ts, kind, text) VALUES (?, ?, ?, ?, ?)",
+                (deploy_id, seq, time.time(), kind, text),
+            )
 
     def events(self, deploy_id: int, after: int = 0) -> list[tuple[int, float, str, str]]:
         """Return (seq, ts, kind, text) of a deploy's events after `after`."""
         with self._lock:
             rows = self._db.execute(
                 "SELECT seq, ts, kind, text FROM events WHERE deploy_id = ? AND seq > ? ORDER BY seq",
-                (deploy_id, after)).fetchall()
+                (deploy_id, after),
+            ).fetchall()
         return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     # releases ----------------------------------------------------------------------------
     def next_release_number(self, server: str) -> int:
         """Return the next release number for a server."""
         with self._lock:
-            row = self._db.execute("SELECT MAX(number) FROM releases WHERE server = ?",
-                                   (server,)).fetchone()
+            row = self._db.execute("SELECT MAX(number) FROM releases WHERE server = ?", (server,)).fetchone()
         return int(row[0] or 0) + 1
 
     def add_release(self, release: Release) -> None:
@@ -215,41 +225,68 @@ class Store:
                 "INSERT INTO releases (server, number, repo, commit_sha, fingerprint, image, version, "
                 "status, deploy_id, container_id, host_port, path, tools, manifest, created_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (release.server, release.number, release.repo, release.commit_sha,
-                 release.fingerprint, release.image, release.version, release.status,
-                 release.deploy_id, release.container_id, release.host_port, release.path,
-                 json.dumps(release.tools), json.dumps(release.manifest), time.time()))
+                (
+                    release.server,
+                    release.number,
+                    release.repo,
+                    release.commit_sha,
+                    release.fingerprint,
+                    release.image,
+                    release.version,
+                    release.status,
+                    release.deploy_id,
+                    release.container_id,
+                    release.host_port,
+                    release.path,
+                    json.dumps(release.tools),
+                    json.dumps(release.manifest),
+                    time.time(),
+                ),
+            )
 
     def commit_swap(self, live: list[Release], removed: list[str]) -> None:
         """In one transaction: make `live` the live releases, demote the old ones, retire removed."""
         now = time.time()
         with self._tx() as db:
             for rel in live:
-                current = db.execute("SELECT number FROM releases WHERE server = ? AND status = 'live'",
-                                     (rel.server,)).fetchone()
+                current = db.execute(
+                    "SELECT number FROM releases WHERE server = ? AND status = 'live'", (rel.server,)
+                ).fetchone()
                 if current is None or current[0] != rel.number:  # a restart keeps the history as it is
-                    db.execute("UPDATE releases SET status = 'retired' WHERE server = ? AND status = "
-                               "'previous'", (rel.server,))
-                    db.execute("UPDATE releases SET status = 'previous' WHERE server = ? AND status = "
-                               "'live'", (rel.server,))
-                db.execute("UPDATE releases SET status = 'live', live_at = ?, container_id = ?, "
-                           "host_port = ? WHERE server = ? AND number = ?",
-                           (now, rel.container_id, rel.host_port, rel.server, rel.number))
+                    db.execute(
+                        "UPDATE releases SET status = 'retired' WHERE server = ? AND status = 'previous'",
+                        (rel.server,),
+                    )
+                    db.execute(
+                        "UPDATE releases SET status = 'previous' WHERE server = ? AND status = 'live'",
+                        (rel.server,),
+                    )
+                db.execute(
+                    "UPDATE releases SET status = 'live', live_at = ?, container_id = ?, "
+                    "host_port = ? WHERE server = ? AND number = ?",
+                    (now, rel.container_id, rel.host_port, rel.server, rel.number),
+                )
             for server in removed:
-                db.execute("UPDATE releases SET status = 'retired' WHERE server = ? AND status IN "
-                           "('live', 'previous')", (server,))
+                db.execute(
+                    "UPDATE releases SET status = 'retired' WHERE server = ? AND status IN "
+                    "('live', 'previous')",
+                    (server,),
+                )
 
     def set_container(self, server: str, number: int, container_id: str, host_port: int) -> None:
         """Record where a release now runs."""
         with self._tx() as db:
-            db.execute("UPDATE releases SET container_id = ?, host_port = ? WHERE server = ? AND "
-                       "number = ?", (container_id, host_port, server, number))
+            db.execute(
+                "UPDATE releases SET container_id = ?, host_port = ? WHERE server = ? AND number = ?",
+                (container_id, host_port, server, number),
+            )
 
     def set_release_status(self, server: str, number: int, status: str) -> None:
         """Set one release's status."""
         with self._tx() as db:
-            db.execute("UPDATE releases SET status = ? WHERE server = ? AND number = ?",
-                       (status, server, number))
+            db.execute(
+                "UPDATE releases SET status = ? WHERE server = ? AND number = ?", (status, server, number)
+            )
 
     def live_releases(self) -> list[Release]:
         """Return every live release, by server name."""
@@ -271,9 +308,14 @@ class Store:
     def prune_deploys(self, keep: int, older_than: float) -> int:
         """Delete finished deploys beyond the newest `keep` or created before `older_than`."""
         with self._tx() as db:
-            ids = [r[0] for r in db.execute(
-                "SELECT id FROM deploys WHERE status NOT IN ('queued', 'running') AND (id NOT IN "
-                "(SELECT id FROM deploys ORDER BY id DESC LIMIT ?) OR created_at < ?)", (keep, older_than))]
+            ids = [
+                r[0]
+                for r in db.execute(
+                    "SELECT id FROM deploys WHERE status NOT IN ('queued', 'running') AND (id NOT IN "
+                    "(SELECT id FROM deploys ORDER BY id DESC LIMIT ?) OR created_at < ?)",
+                    (keep, older_than),
+                )
+            ]
             for deploy_id in ids:
                 db.execute("DELETE FROM events WHERE deploy_id = ?", (deploy_id,))
                 db.execute("DELETE FROM deploys WHERE id = ?", (deploy_id,))
@@ -281,15 +323,17 @@ class Store:
 
     def previous_tools(self, server: str, number: int) -> set[str] | None:
         """Tool names of the newest good release before `number` (None for a first release)."""
-        found = self._releases("WHERE server = ? AND number < ? AND status IN ('live', 'previous', "
-                               "'retired') ORDER BY number DESC LIMIT 1", (server, number))
+        found = self._releases(
+            "WHERE server = ? AND number < ? AND status IN ('live', 'previous', "
+            "'retired') ORDER BY number DESC LIMIT 1",
+            (server, number),
+        )
         return {str(t.get("name")) for t in found[0].tools} if found else None
 
     def _releases(self, where: str, args: tuple[Any, ...]) -> list[Release]:
         with self._lock:
             rows = self._db.execute(f"SELECT * FROM releases {where}", args).fetchall()
         return [_release(r) for r in rows]
-
 
     # webhook deliveries ---------------------------------------------------------------------
     def delivery(self, delivery_id: str) -> int | None:
@@ -301,35 +345,43 @@ class Store:
     def add_delivery(self, delivery_id: str, deploy_id: int) -> None:
         """Remember which deploy a delivery made."""
         with self._tx() as db:
-            db.execute("INSERT OR IGNORE INTO deliveries (id, deploy_id, received_at) VALUES (?, ?, ?)",
-                       (delivery_id, deploy_id, time.time()))
+            db.execute(
+                "INSERT OR IGNORE INTO deliveries (id, deploy_id, received_at) VALUES (?, ?, ?)",
+                (delivery_id, deploy_id, time.time()),
+            )
 
     # API keys and usage ----------------------------------------------------------------------
     def add_key(self, key_id: str, project: str, digest: str) -> None:
         """Store a new API key's hash."""
         with self._tx() as db:
-            db.execute("INSERT INTO api_keys (id, project, hash, created_at) VALUES (?, ?, ?, ?)",
-                       (key_id, project, digest, time.time()))
+            db.execute(
+                "INSERT INTO api_keys (id, project, hash, created_at) VALUES (?, ?, ?, ?)",
+                (key_id, project, digest, time.time()),
+            )
 
     def key_by_hash(self, digest: str) -> tuple[str, str] | None:
         """Return (key id, project) of an unrevoked key with this hash."""
         with self._lock:
-            row = self._db.execute("SELECT id, project FROM api_keys WHERE hash = ? AND revoked_at IS "
-                                   "NULL", (digest,)).fetchone()
+            row = self._db.execute(
+                "SELECT id, project FROM api_keys WHERE hash = ? AND revoked_at IS NULL", (digest,)
+            ).fetchone()
         return (row[0], row[1]) if row else None
 
     def api_keys(self) -> list[dict[str, Any]]:
         """Return every key's id, project, created and revoked times (never the hash)."""
         with self._lock:
-            rows = self._db.execute("SELECT id, project, created_at, revoked_at FROM api_keys "
-                                    "ORDER BY created_at").fetchall()
+            rows = self._db.execute(
+                "SELECT id, project, created_at, revoked_at FROM api_keys ORDER BY created_at"
+            ).fetchall()
         return [dict(r) for r in rows]
 
     def revoke_key(self, key_id: str) -> bool:
         """Revoke a key; return whether one was revoked."""
         with self._tx() as db:
-            cur = db.execute("UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
-                             (time.time(), key_id))
+            cur = db.execute(
+                "UPDATE api_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (time.time(), key_id),
+            )
             return cur.rowcount > 0
 
     def add_usage(self, rows: list[tuple[str, str, str, int, int, float]]) -> None:
@@ -342,7 +394,8 @@ class Store:
                     "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (key_id, server) DO UPDATE "
                     "SET requests = requests + excluded.requests, errors = errors + excluded.errors, "
                     "latency_ms = latency_ms + excluded.latency_ms, updated_at = excluded.updated_at",
-                    (key_id, project, server, requests, errors, latency, now))
+                    (key_id, project, server, requests, errors, latency, now),
+                )
 
     def usage(self) -> list[dict[str, Any]]:
         """Return the usage counters per key and server."""
@@ -353,17 +406,39 @@ class Store:
 
 def _deploy(row: sqlite3.Row) -> Deploy:
     return Deploy(
-        id=row["id"], source=row["source"], repo=row["repo"], ref=row["ref"],
-        commit_sha=row["commit_sha"], author=row["author"], message=row["message"],
-        status=row["status"], error=row["error"], created_at=row["created_at"],
-        started_at=row["started_at"], finished_at=row["finished_at"],
-        steps=json.loads(row["steps"]), servers=json.loads(row["servers"]))
+        id=row["id"],
+        source=row["source"],
+        repo=row["repo"],
+        ref=row["ref"],
+        commit_sha=row["commit_sha"],
+        author=row["author"],
+        message=row["message"],
+        status=row["status"],
+        error=row["error"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        steps=json.loads(row["steps"]),
+        servers=json.loads(row["servers"]),
+    )
 
 
 def _release(row: sqlite3.Row) -> Release:
     return Release(
-        server=row["server"], number=row["number"], repo=row["repo"], commit_sha=row["commit_sha"],
-        fingerprint=row["fingerprint"], image=row["image"], version=row["version"],
-        status=row["status"], deploy_id=row["deploy_id"], container_id=row["container_id"],
-        host_port=row["host_port"], path=row["path"], tools=json.loads(row["tools"]),
-        manifest=json.loads(row["manifest"]), created_at=row["created_at"], live_at=row["live_at"])
+        server=row["server"],
+        number=row["number"],
+        repo=row["repo"],
+        commit_sha=row["commit_sha"],
+        fingerprint=row["fingerprint"],
+        image=row["image"],
+        version=row["version"],
+        status=row["status"],
+        deploy_id=row["deploy_id"],
+        container_id=row["container_id"],
+        host_port=row["host_port"],
+        path=row["path"],
+        tools=json.loads(row["tools"]),
+        manifest=json.loads(row["manifest"]),
+        created_at=row["created_at"],
+        live_at=row["live_at"],
+    )

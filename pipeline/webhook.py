@@ -80,8 +80,13 @@ def sign_gitea(secret: str, body: bytes) -> str:
 class Receiver:
     """Turns deliveries into deploys; `submit` and `waiting` come from the dispatcher."""
 
-    def __init__(self, settings: Settings, submit: Callable[[DeployRequest, str], int],
-                 waiting: Callable[[], int], env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        submit: Callable[[DeployRequest, str], int],
+        waiting: Callable[[], int],
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.submit = submit
         self.waiting = waiting
@@ -136,12 +141,20 @@ class Receiver:
         def fetch(log: DeployLog) -> Path:
             return fetch_commit(self.settings, repo, url, push.ref, push.after, log, self.env)
 
-        return DeployRequest(source=DeploySource.WEBHOOK, repo=repo.name, ref=push.ref, commit=push.after,
-                             author=push.author, message=push.message, fetch=fetch)
+        return DeployRequest(
+            source=DeploySource.WEBHOOK,
+            repo=repo.name,
+            ref=push.ref,
+            commit=push.after,
+            author=push.author,
+            message=push.message,
+            fetch=fetch,
+        )
 
 
-def fetch_commit(settings: Settings, repo: Repo, url: str, ref: str, commit: str, log: DeployLog,
-                 env: Mapping[str, str]) -> Path:
+def fetch_commit(
+    settings: Settings, repo: Repo, url: str, ref: str, commit: str, log: DeployLog, env: Mapping[str, str]
+) -> Path:
     """Fetch `commit` into the repo's local mirror and snapshot it; return the snapshot dir."""
     mirror = settings.state_dir / "mirrors" / f"{repo.name}.git"
     git_env, config = _credentials(repo, env)
@@ -156,8 +169,7 @@ def fetch_commit(settings: Settings, repo: Repo, url: str, ref: str, commit: str
         runner.execute(["git", "cat-file", "-e", f"{commit}^{{commit}}"])
     except git.GitCommandError as exc:
         detail = log.masker(str(exc.stderr or "").strip().removeprefix("stderr: "))
-        raise SourceError(f"cannot fetch {commit[:12]} of {repo.name} from {_redact(url)}: {detail}") \
-            from exc
+        raise SourceError(f"cannot fetch {commit[:12]} of {repo.name} from {_redact(url)}: {detail}") from exc
     workdir = source.new_workdir(settings.state_dir / "snapshots")
     source.take(mirror, repo.name, ref, commit, workdir)
     return workdir
@@ -169,14 +181,19 @@ def _credentials(repo: Repo, env: Mapping[str, str]) -> tuple[dict[str, str], li
     if hook is None:
         return {}, []
     if hook.ssh_key:
-        return {"GIT_SSH_COMMAND": f"ssh -i {hook.ssh_key} -o IdentitiesOnly=yes "
-                                   "-o StrictHostKeyChecking=accept-new"}, []
+        return {
+            "GIT_SSH_COMMAND": f"ssh -i {hook.ssh_key} -o IdentitiesOnly=yes "
+            "-o StrictHostKeyChecking=accept-new"
+        }, []
     token = env.get(hook.token_env, "") if hook.token_env else ""
     if token:
         return {"CENTRAL_MCP_FETCH_TOKEN": token}, [
-            "-c", "credential.helper=", "-c",
+            "-c",
+            "credential.helper=",
+            "-c",
             "credential.helper=!f() { echo username=x-access-token; "
-            "echo password=$CENTRAL_MCP_FETCH_TOKEN; }; f"]
+            "echo password=$CENTRAL_MCP_FETCH_TOKEN; }; f",
+        ]
     return {}, []
 
 
@@ -217,15 +234,26 @@ def _parse(delivery: Delivery) -> dict[str, Any]:
 
 def _event(delivery: Delivery) -> str:
     h = delivery.headers
-    raw = h.get("x-github-event") or h.get("x-gitea-event") or h.get("x-forgejo-event") \
-        or h.get("x-gitlab-event") or ""
+    raw = (
+        h.get("x-github-event")
+        or h.get("x-gitea-event")
+        or h.get("x-forgejo-event")
+        or h.get("x-gitlab-event")
+        or ""
+    )
     return raw.strip().lower()
 
 
 def _delivery_id(delivery: Delivery) -> str:
     h = delivery.headers
-    found = h.get("x-github-delivery") or h.get("x-gitea-delivery") or h.get("x-forgejo-delivery") \
-        or h.get("x-gitlab-event-uuid") or h.get("x-gitlab-webhook-uuid") or ""
+    found = (
+        h.get("x-github-delivery")
+        or h.get("x-gitea-delivery")
+        or h.get("x-forgejo-delivery")
+        or h.get("x-gitlab-event-uuid")
+        or h.get("x-gitlab-webhook-uuid")
+        or ""
+    )
     return f"{delivery.provider}:{found}" if found else ""
 
 
@@ -243,11 +271,15 @@ def _push(payload: dict[str, Any], provider: str) -> Push:
         head = commits[-1]
     author = head.get("author") if isinstance(head, dict) else None
     return Push(
-        repo_names=tuple(str(n) for n in names if n), clone_urls=tuple(str(u) for u in urls if u),
-        ref=ref, before=before, after=after,
+        repo_names=tuple(str(n) for n in names if n),
+        clone_urls=tuple(str(u) for u in urls if u),
+        ref=ref,
+        before=before,
+        after=after,
         message=str(head.get("message", "")) if isinstance(head, dict) else "",
         author=str(author.get("name", "")) if isinstance(author, dict) else "",
-        paths=_changed_paths(commits))
+        paths=_changed_paths(commits),
+    )
 
 
 def _changed_paths(commits: object) -> tuple[str, ...] | None:
@@ -282,8 +314,11 @@ def _skip_reason(repo: Repo, push: Push) -> str:
     if SKIP_MARKERS.search(push.message):
         return "the head commit asks to skip the deploy"
     watched = repo.webhook.paths if repo.webhook else ()
-    if watched and push.paths is not None and not any(
-            fnmatch.fnmatch(path, pattern) for path in push.paths for pattern in watched):
+    if (
+        watched
+        and push.paths is not None
+        and not any(fnmatch.fnmatch(path, pattern) for path in push.paths for pattern in watched)
+    ):
         return "no watched path changed"
     return ""
 
@@ -301,24 +336,39 @@ def sample_curl(settings: Settings, repo: Repo, commit: str, env: Mapping[str, s
         raise SourceError(f"the webhook secret env var {hook.secret_env} is not set in this shell")
     provider = "gitea" if hook.provider in ("gitea", "forgejo") else hook.provider
     key = "project" if provider == "gitlab" else "repository"
-    payload = {"ref": f"refs/heads/{repo.branch}", "before": source.ZERO_SHA, "after": commit,
-               key: {"full_name": repo.name, "path_with_namespace": repo.name, "name": repo.name,
-                     "clone_url": repo.clone_url},
-               "head_commit": {"message": "central-mcp webhook-test", "author": {"name": "webhook-test"}}}
+    payload = {
+        "ref": f"refs/heads/{repo.branch}",
+        "before": source.ZERO_SHA,
+        "after": commit,
+        key: {
+            "full_name": repo.name,
+            "path_with_namespace": repo.name,
+            "name": repo.name,
+            "clone_url": repo.clone_url,
+        },
+        "head_commit": {"message": "central-mcp webhook-test", "author": {"name": "webhook-test"}},
+    }
     body = json.dumps(payload, separators=(",", ":"))
     headers = {"Content-Type": "application/json"}
     delivery = str(uuid.uuid4())
     if provider == "github":
-        headers |= {"X-GitHub-Event": "push", "X-GitHub-Delivery": delivery,
-                    "X-Hub-Signature-256": sign_github(secret, body.encode())}
+        headers |= {
+            "X-GitHub-Event": "push",
+            "X-GitHub-Delivery": delivery,
+            "X-Hub-Signature-256": sign_github(secret, body.encode()),
+        }
     elif provider == "gitea":
-        headers |= {"X-Gitea-Event": "push", "X-Gitea-Delivery": delivery,
-                    "X-Gitea-Signature": sign_gitea(secret, body.encode())}
+        headers |= {
+            "X-Gitea-Event": "push",
+            "X-Gitea-Delivery": delivery,
+            "X-Gitea-Signature": sign_gitea(secret, body.encode()),
+        }
     else:
         headers |= {"X-Gitlab-Event": "Push Hook", "X-Gitlab-Token": "$" + hook.secret_env}
     parts = ["curl", "-sS", "-X", "POST", f"{settings.base_url}/hooks/{provider}"]
     for name, value in headers.items():
         parts += ["-H", f"{name}: {value}"]
     line = " ".join(shlex.quote(p) for p in parts) + " --data-binary " + shlex.quote(body)
-    return line.replace(shlex.quote(f"X-Gitlab-Token: ${hook.secret_env}"),
-                        f'"X-Gitlab-Token: ${hook.secret_env}"')
+    return line.replace(
+        shlex.quote(f"X-Gitlab-Token: ${hook.secret_env}"), f'"X-Gitlab-Token: ${hook.secret_env}"'
+    )

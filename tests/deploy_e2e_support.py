@@ -124,8 +124,14 @@ class Provider:
 
     def cli(self, *args: str, timeout: float = PUSH_TIMEOUT) -> subprocess.CompletedProcess[str]:
         """Run `central-mcp --config <cfg> ...` as the operator would, output captured."""
-        return subprocess.run([sys.executable, "-m", "pipeline", "--config", str(self.config), *args],
-                              env=self.env, capture_output=True, text=True, timeout=timeout, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "pipeline", "--config", str(self.config), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def releases(self, server: str) -> dict[str, str]:
         """`central-mcp releases <server>` parsed into {release: status}."""
@@ -147,9 +153,12 @@ class Provider:
 
     def post(self, path: str, body: dict[str, Any]) -> tuple[int, str, str]:
         """POST JSON to a path of the provider as an MCP client would; return (status, type, body)."""
-        request = urllib.request.Request(self.base + path, data=json.dumps(body).encode(), method="POST",
-                                         headers={"Content-Type": "application/json",
-                                                  "Accept": "application/json, text/event-stream"})
+        request = urllib.request.Request(
+            self.base + path,
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json", "Accept": "application/json, text/event-stream"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 return response.status, response.headers.get("content-type", ""), response.read().decode()
@@ -196,8 +205,9 @@ class Provider:
 
     def containers(self, server: str) -> list[str]:
         """Ids of every container of `server` in this instance, whatever its state."""
-        return sorted(c.id for c in self.docker.containers({LABEL_INSTANCE: self.instance,
-                                                              LABEL_SERVER: server}))
+        return sorted(
+            c.id for c in self.docker.containers({LABEL_INSTANCE: self.instance, LABEL_SERVER: server})
+        )
 
     def container_names(self) -> list[str]:
         """Names of every container of this instance, running or not."""
@@ -210,14 +220,19 @@ class Provider:
 
     def branch(self, ref: str = f"refs/heads/{BRANCH}") -> str:
         """The bare repo's value of `ref` ('' when it does not exist)."""
-        proc = subprocess.run(["git", "-C", str(self.bare), "rev-parse", "--verify", "--quiet", ref],
-                              capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            ["git", "-C", str(self.bare), "rev-parse", "--verify", "--quiet", ref],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         return proc.stdout.strip()
 
     def has_object(self, sha: str) -> bool:
         """Whether the bare repo holds the object `sha` (quarantined objects do not count)."""
-        proc = subprocess.run(["git", "-C", str(self.bare), "cat-file", "-e", sha],
-                              capture_output=True, check=False)
+        proc = subprocess.run(
+            ["git", "-C", str(self.bare), "cat-file", "-e", sha], capture_output=True, check=False
+        )
         return proc.returncode == 0
 
     def clone(self, into: Path) -> Workspace:
@@ -236,9 +251,21 @@ class Provider:
     def launch(self) -> subprocess.Popen[bytes]:
         """Start `serve` on this provider's port and state dir, its output appended to serve.log."""
         with (self.root / "serve.log").open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "pipeline", "--config", str(self.config),
-                                          "serve", "--port", str(self.port)],
-                                         env=self.env, stdout=log, stderr=log)
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pipeline",
+                    "--config",
+                    str(self.config),
+                    "serve",
+                    "--port",
+                    str(self.port),
+                ],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+            )
         return self.proc
 
     def start(self) -> None:
@@ -278,12 +305,22 @@ class Workspace:
 
     def is_ancestor(self, older: str, newer: str) -> bool:
         """Whether commit `older` is an ancestor of `newer`."""
-        proc = subprocess.run(["git", "merge-base", "--is-ancestor", older, newer], cwd=self.root,
-                              capture_output=True, check=False)
+        proc = subprocess.run(
+            ["git", "merge-base", "--is-ancestor", older, newer],
+            cwd=self.root,
+            capture_output=True,
+            check=False,
+        )
         return proc.returncode == 0
 
-    def put(self, fixture: str, *, name: str | None = None, env: dict[str, str] | None = None,
-            manifest: Callable[[dict[str, Any]], None] | None = None) -> str:
+    def put(
+        self,
+        fixture: str,
+        *,
+        name: str | None = None,
+        env: dict[str, str] | None = None,
+        manifest: Callable[[dict[str, Any]], None] | None = None,
+    ) -> str:
         """Copy fixture server `fixture` into servers/ under its per-run name; return that name."""
         server = name or self.provider.name(fixture)
         target = self.root / "servers" / server
@@ -319,22 +356,40 @@ class Workspace:
         """`git push origin <refspecs>` (default HEAD:main) as the developer runs it."""
         argv = ["git", "push", *(["--force"] if force else []), "origin", *(refspecs or (f"HEAD:{BRANCH}",))]
         started = time.monotonic()
-        proc = subprocess.run(argv, cwd=self.root, env=self.provider.env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, timeout=PUSH_TIMEOUT, check=False)
+        proc = subprocess.run(
+            argv,
+            cwd=self.root,
+            env=self.provider.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=PUSH_TIMEOUT,
+            check=False,
+        )
         return Push(proc.returncode, proc.stdout, time.monotonic() - started)
 
     def start_push(self) -> subprocess.Popen[str]:
         """Start `git push origin HEAD:main` without waiting for it."""
-        return subprocess.Popen(["git", "push", "origin", f"HEAD:{BRANCH}"], cwd=self.root,
-                                env=self.provider.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True)
+        return subprocess.Popen(
+            ["git", "push", "origin", f"HEAD:{BRANCH}"],
+            cwd=self.root,
+            env=self.provider.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
 
     def watch_push(self) -> WatchedPush:
         """Start `git push origin HEAD:main` and collect its output lines as they arrive."""
         return WatchedPush(self.start_push())
 
-    def _rewrite(self, folder: Path, server: str, env: dict[str, str] | None,
-                 change: Callable[[dict[str, Any]], None] | None) -> None:
+    def _rewrite(
+        self,
+        folder: Path,
+        server: str,
+        env: dict[str, str] | None,
+        change: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
         path = folder / "mcp-server.yaml"
         data = yaml.safe_load(path.read_text())
         data["name"] = server
@@ -357,11 +412,14 @@ class WatchedPush:
 
     def wait_for_line(self, text: str, timeout: float) -> None:
         """Wait until the pusher has seen a line containing `text`; fail if the push ends first."""
+
         def seen() -> bool:
             found = any(text in line for line in self.lines)
-            assert found or self._reader.is_alive(), \
+            assert found or self._reader.is_alive(), (
                 f"the push ended without a line containing {text!r}:\n" + "\n".join(self.lines)
+            )
             return found
+
         wait_for(f"a push output line containing {text!r}", seen, timeout)
 
     def finish(self) -> Push:
@@ -398,8 +456,9 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: flo
 
 
 @contextmanager
-def running_provider(root: Path, docker: DockerHost, extra_config: str = "",
-                     proxy: Mapping[str, str] | None = None) -> Iterator[Provider]:
+def running_provider(
+    root: Path, docker: DockerHost, extra_config: str = "", proxy: Mapping[str, str] | None = None
+) -> Iterator[Provider]:
     """Start a real `serve` subprocess with its own deploy.yaml (plus `extra_config`); clean up after.
 
     `proxy` overrides or adds keys of the config's `proxy:` mapping (PROXY_TIMEOUTS by default).

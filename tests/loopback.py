@@ -32,8 +32,13 @@ def serve_asgi(app: Any, port: int | None = None, *, front: bool = False, **conf
     `/mcp/` requests take the proxy's fast path. `config`: more uvicorn.Config options.
     """
     port = port or free_port()
-    options: dict[str, Any] = {"host": "127.0.0.1", "port": port, "log_level": "error", "lifespan": "on",
-                               **config}
+    options: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "log_level": "error",
+        "lifespan": "on",
+        **config,
+    }
     server = uvicorn.Server(front_config(app, **options) if front else uvicorn.Config(app, **options))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -59,6 +64,9 @@ def mcp_app(name: str = "loopback", *, stateless: bool = False, json_response: b
         return text
 
     return server.streamable_http_app(
-        streamable_http_path="/mcp", stateless_http=stateless, json_response=json_response,
+        streamable_http_path="/mcp",
+        stateless_http=stateless,
+        json_response=json_response,
         transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
-        host="0.0.0.0")
+        host="0.0.0.0",
+    )

@@ -87,18 +87,32 @@ def proxy_app(proxy: Proxy, router: Router) -> App:
 
 
 @contextmanager
-def running_proxy(state_dir: Path, *, projects: tuple[Project, ...] = (),
-                  allowed_origins: tuple[str, ...] = (), keepalive: float = KEEPALIVE,
-                  front: bool = True, **config: Any) -> Iterator[Rig]:
+def running_proxy(
+    state_dir: Path,
+    *,
+    projects: tuple[Project, ...] = (),
+    allowed_origins: tuple[str, ...] = (),
+    keepalive: float = KEEPALIVE,
+    front: bool = True,
+    **config: Any,
+) -> Iterator[Rig]:
     """Serve a proxy on loopback with a fresh Store in `state_dir`; yield its rig.
 
     As the provider serves it, `/mcp/` requests take front.py's fast path; with `front=False`
     plain uvicorn serves the app, so every request goes through ASGI (`Proxy.handle`). `config`:
     more uvicorn.Config options.
     """
-    settings = Settings(config_path=Path("deploy.yaml"), state_dir=state_dir, projects=projects,
-                        proxy=ProxyTimeouts(keepalive=keepalive, drain_timeout=5.0,
-                                            session_drain_timeout=10.0, allowed_origins=allowed_origins))
+    settings = Settings(
+        config_path=Path("deploy.yaml"),
+        state_dir=state_dir,
+        projects=projects,
+        proxy=ProxyTimeouts(
+            keepalive=keepalive,
+            drain_timeout=5.0,
+            session_drain_timeout=10.0,
+            allowed_origins=allowed_origins,
+        ),
+    )
     store = Store(state_dir / "central-mcp.db")
     router, usage, clock = Router(), Usage(store), Clock()
     proxy = Proxy(router, Gatekeeper(settings, store, clock=clock), usage, keepalive)
@@ -111,14 +125,21 @@ def running_proxy(state_dir: Path, *, projects: tuple[Project, ...] = (),
 
 def upstream(server: str, port: int, container_id: str, release: int = 1, path: str = "/mcp") -> Upstream:
     """An Upstream on 127.0.0.1."""
-    return Upstream(server=server, release=release, container_id=container_id, host="127.0.0.1",
-                    port=port, path=path)
+    return Upstream(
+        server=server, release=release, container_id=container_id, host="127.0.0.1", port=port, path=path
+    )
 
 
 # SDK upstreams ---------------------------------------------------------------------------------
-def sdk_app(label: str, *, stateless: bool = False, json_response: bool = False,
-            protect: bool = False, calls: list[str] | None = None,
-            ended: list[float] | None = None) -> Starlette:
+def sdk_app(
+    label: str,
+    *,
+    stateless: bool = False,
+    json_response: bool = False,
+    protect: bool = False,
+    calls: list[str] | None = None,
+    ended: list[float] | None = None,
+) -> Starlette:
     """An SDK MCP server whose `whoami` answers `label`; `protect` keeps its DNS-rebinding guard on.
 
     `calls`, when given, receives the name of each tool call as it starts; `ended` the monotonic
@@ -151,9 +172,13 @@ def sdk_app(label: str, *, stateless: bool = False, json_response: bool = False,
         return label
 
     security = None if protect else TransportSecuritySettings(enable_dns_rebinding_protection=False)
-    return server.streamable_http_app(streamable_http_path="/mcp", stateless_http=stateless,
-                                      json_response=json_response, transport_security=security,
-                                      host="127.0.0.1" if protect else "0.0.0.0")
+    return server.streamable_http_app(
+        streamable_http_path="/mcp",
+        stateless_http=stateless,
+        json_response=json_response,
+        transport_security=security,
+        host="127.0.0.1" if protect else "0.0.0.0",
+    )
 
 
 @contextmanager
@@ -164,8 +189,13 @@ def sdk_upstream(server: str, label: str, **options: Any) -> Iterator[Upstream]:
 
 
 @asynccontextmanager
-async def connect(url: str, *, mode: str = "legacy", headers: dict[str, str] | None = None,
-                  statuses: list[httpx2.Response] | None = None) -> AsyncIterator[Client]:
+async def connect(
+    url: str,
+    *,
+    mode: str = "legacy",
+    headers: dict[str, str] | None = None,
+    statuses: list[httpx2.Response] | None = None,
+) -> AsyncIterator[Client]:
     """An SDK Client on `url` with the SDK's default timeouts; every HTTP response lands in `statuses`."""
     http = httpx2.AsyncClient(headers=headers, timeout=SDK_TIMEOUT)
     if statuses is not None:
@@ -217,16 +247,21 @@ class Recorder:
     async def endpoint(self, request: Request) -> Response:
         """Record the request, then answer it."""
         body = await request.body()
-        self.seen.append(Seen(request.method, request.url.path, request.url.query,
-                              dict(request.headers), body))
+        self.seen.append(
+            Seen(request.method, request.url.path, request.url.query, dict(request.headers), body)
+        )
         if self.answer is not None:
             return await self.answer(request)
         return Response(b'{"jsonrpc": "2.0", "id": 1, "result": {}}', media_type="application/json")
 
     def app(self) -> Starlette:
         """The recorder as an ASGI app serving /mcp and everything under it."""
-        return Starlette(routes=[Route("/mcp", self.endpoint, methods=ALL_METHODS),
-                                 Route("/mcp/{rest:path}", self.endpoint, methods=ALL_METHODS)])
+        return Starlette(
+            routes=[
+                Route("/mcp", self.endpoint, methods=ALL_METHODS),
+                Route("/mcp/{rest:path}", self.endpoint, methods=ALL_METHODS),
+            ]
+        )
 
 
 @contextmanager

@@ -67,7 +67,8 @@ def test_check_returns_one_on_a_bad_tree(repo: Path, capsys: pytest.CaptureFixtu
 
 
 def test_human_output_lines_read_file_line_column_path_message(
-        repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Each problem is one `file:line:column $.path: message — hint` line, in file order."""
     _break(repo)
     _check(repo)
@@ -75,8 +76,10 @@ def test_human_output_lines_read_file_line_column_path_message(
     matches = [LINE.match(line) for line in lines]
     assert all(matches), lines
     found = [(m["file"], int(m["line"]), int(m["column"]), m["path"]) for m in matches if m]
-    assert found == [("servers/srv/mcp-server.yaml", 6, 9, "$.run.port"),
-                     ("servers/srv/mcp-server.yaml", 8, 1, "$.colour")]
+    assert found == [
+        ("servers/srv/mcp-server.yaml", 6, 9, "$.run.port"),
+        ("servers/srv/mcp-server.yaml", 8, 1, "$.colour"),
+    ]
     assert " — " in lines[0]
 
 
@@ -89,8 +92,12 @@ def test_json_output_lists_every_problem_field(repo: Path, capsys: pytest.Captur
     assert report["servers"] == []
     first, second = report["problems"]
     assert set(first) == {"file", "line", "column", "path", "message", "hint"}
-    assert (first["file"], first["line"], first["column"], first["path"]) == \
-        ("servers/srv/mcp-server.yaml", 6, 9, "$.run.port")
+    assert (first["file"], first["line"], first["column"], first["path"]) == (
+        "servers/srv/mcp-server.yaml",
+        6,
+        9,
+        "$.run.port",
+    )
     assert "minimum of 1" in first["message"]
     assert second["path"] == "$.colour" and second["hint"]
 
@@ -130,6 +137,11 @@ def test_python_m_pipeline_check_exits_zero_on_a_good_tree(repo: Path) -> None:
     """`python -m pipeline check` as a real process exits 0 on a good tree."""
     done = subprocess.run(
         [sys.executable, "-m", "pipeline", "--config", str(repo / "deploy.yaml"), "check", str(repo)],
-        cwd=repo, capture_output=True, text=True, timeout=60, check=False)
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "checked 1 file(s): ok" in done.stdout

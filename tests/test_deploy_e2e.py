@@ -79,7 +79,8 @@ def synced(workspace: Workspace) -> None:
 
 
 def test_first_push_deploys_every_server_and_the_proxy_serves_their_tools(
-        provider: Provider, baseline: Baseline) -> None:
+    provider: Provider, baseline: Baseline
+) -> None:
     """The first push builds, gates and routes every server; the branch and the deploy record match."""
     push = baseline.push
     assert "==> succeeded: live:" in push.output
@@ -91,7 +92,11 @@ def test_first_push_deploys_every_server_and_the_proxy_serves_their_tools(
     assert (record["status"], record["source"]) == ("succeeded", "push")
     assert record["commit_sha"] == baseline.commit
     assert [s["name"] for s in record["steps"]] == [
-        "validate manifests", "plan", "build, start and gate 2 server(s)", "swap"]
+        "validate manifests",
+        "plan",
+        "build, start and gate 2 server(s)",
+        "swap",
+    ]
     assert all(s["status"] == "ok" and s["seconds"] >= 0 for s in record["steps"])
     for server in (baseline.echo, baseline.example):
         outcome = record["servers"][server]
@@ -109,7 +114,8 @@ def test_first_push_deploys_every_server_and_the_proxy_serves_their_tools(
 
 
 def test_a_change_to_one_server_rebuilds_only_that_server(
-        provider: Provider, workspace: Workspace, baseline: Baseline) -> None:
+    provider: Provider, workspace: Workspace, baseline: Baseline
+) -> None:
     """Changing echo rebuilds echo alone: the other server's container is untouched and said unchanged."""
     example_before = provider.running(baseline.example)
     echo_before = provider.running(baseline.echo)
@@ -127,13 +133,17 @@ def test_a_change_to_one_server_rebuilds_only_that_server(
     assert provider.deploy(push.deploy_id)["servers"][baseline.example]["outcome"] == "unchanged"
     assert provider.running(baseline.example) == example_before
     assert provider.greeting(baseline.echo) == "changed, Ada"
-    wait_for("the replaced echo container to be drained and removed",
-             lambda: echo_before[0] not in provider.containers(baseline.echo), DRAIN_DEADLINE)
+    wait_for(
+        "the replaced echo container to be drained and removed",
+        lambda: echo_before[0] not in provider.containers(baseline.echo),
+        DRAIN_DEADLINE,
+    )
     assert provider.running(baseline.echo) != echo_before
 
 
 def test_rollback_makes_the_previous_release_live_and_releases_lists_them(
-        provider: Provider, workspace: Workspace, baseline: Baseline) -> None:
+    provider: Provider, workspace: Workspace, baseline: Baseline
+) -> None:
     """`rollback` brings the previous release back; `releases` shows live and previous; `deploy` undoes it."""
     pushed: list[int] = []
     for greeting in ("rollback-old", "rollback-new"):
@@ -162,7 +172,8 @@ def test_rollback_makes_the_previous_release_live_and_releases_lists_them(
 
 
 def test_deploy_by_hand_runs_the_same_flow_and_finds_nothing_to_deploy(
-        provider: Provider, workspace: Workspace, baseline: Baseline) -> None:
+    provider: Provider, workspace: Workspace, baseline: Baseline
+) -> None:
     """`central-mcp deploy --ref main` validates and plans like a push and stops fast when all is live."""
     workspace.put("echo", name=baseline.echo, env={"GREETING": "by-hand"})
     commit = workspace.commit("echo says by-hand")
@@ -173,8 +184,13 @@ def test_deploy_by_hand_runs_the_same_flow_and_finds_nothing_to_deploy(
     elapsed = time.monotonic() - started
 
     assert result.returncode == 0, result.stdout + result.stderr
-    for line in ("==> validate manifests", "==> plan", f"{baseline.echo}: unchanged",
-                 f"{baseline.example}: unchanged", "==> succeeded: nothing to deploy"):
+    for line in (
+        "==> validate manifests",
+        "==> plan",
+        f"{baseline.echo}: unchanged",
+        f"{baseline.example}: unchanged",
+        "==> succeeded: nothing to deploy",
+    ):
         assert line in result.stdout
     found = DEPLOY_URL.search(result.stdout)
     assert found, result.stdout
@@ -187,7 +203,8 @@ def test_deploy_by_hand_runs_the_same_flow_and_finds_nothing_to_deploy(
 
 
 def test_a_removed_server_disappears_from_the_proxy_and_docker(
-        provider: Provider, workspace: Workspace, baseline: Baseline) -> None:
+    provider: Provider, workspace: Workspace, baseline: Baseline
+) -> None:
     """Deleting a server's folder retires it: the proxy answers 404 JSON and its container is removed."""
     doomed = workspace.put("echo", name=provider.name("doomed"), env={"GREETING": "doomed"})
     workspace.commit("add a server to remove")
@@ -203,21 +220,32 @@ def test_a_removed_server_disappears_from_the_proxy_and_docker(
     assert push.ok, push.output
     assert f"{doomed}: its folder is gone" in push.output
     assert f"{doomed} removed" in push.output
-    initialize = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
-                  "params": {"protocolVersion": "2025-11-25", "capabilities": {},
-                             "clientInfo": {"name": "e2e", "version": "1"}}}
-    for status, content_type, body in (provider.get(f"/mcp/{doomed}"),
-                                       provider.post(f"/mcp/{doomed}", initialize)):
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "e2e", "version": "1"},
+        },
+    }
+    for status, content_type, body in (
+        provider.get(f"/mcp/{doomed}"),
+        provider.post(f"/mcp/{doomed}", initialize),
+    ):
         assert (status, content_type) == (404, "application/json")
         assert doomed in json.loads(body)["error"]
-    wait_for("the removed server's container to go", lambda: provider.containers(doomed) == [],
-             DRAIN_DEADLINE)
+    wait_for(
+        "the removed server's container to go", lambda: provider.containers(doomed) == [], DRAIN_DEADLINE
+    )
     assert provider.releases(doomed) == {"r1": "retired"}
     assert provider.greeting(baseline.echo).endswith(", Ada")
 
 
 def test_push_to_another_branch_is_accepted_without_a_deploy(
-        provider: Provider, workspace: Workspace, baseline: Baseline) -> None:
+    provider: Provider, workspace: Workspace, baseline: Baseline
+) -> None:
     """A push to a branch other than main is stored but deploys nothing."""
     live = provider.greeting(baseline.echo)
     deploys = provider.last_deploy_id()
@@ -234,7 +262,8 @@ def test_push_to_another_branch_is_accepted_without_a_deploy(
 
 
 def test_tag_push_is_accepted_and_ignored(
-        provider: Provider, workspace: Workspace, baseline: Baseline) -> None:
+    provider: Provider, workspace: Workspace, baseline: Baseline
+) -> None:
     """Pushing a tag stores it and deploys nothing."""
     deploys = provider.last_deploy_id()
     workspace.git("tag", "-f", "e2e-tag")
@@ -248,7 +277,8 @@ def test_tag_push_is_accepted_and_ignored(
 
 
 def test_deleting_the_deploy_branch_is_refused(
-        provider: Provider, workspace: Workspace, baseline: Baseline) -> None:
+    provider: Provider, workspace: Workspace, baseline: Baseline
+) -> None:
     """`git push origin :main` is rejected with the reason, and the branch stays."""
     before = provider.branch()
 
@@ -261,7 +291,8 @@ def test_deleting_the_deploy_branch_is_refused(
 
 
 def test_force_push_of_rewritten_history_deploys(
-        provider: Provider, workspace: Workspace, baseline: Baseline) -> None:
+    provider: Provider, workspace: Workspace, baseline: Baseline
+) -> None:
     """A non-fast-forward (amended) commit pushed with --force is deployed and becomes the branch."""
     before = provider.branch()
     workspace.put("echo", name=baseline.echo, env={"GREETING": "rewritten"})
@@ -280,7 +311,8 @@ def test_force_push_of_rewritten_history_deploys(
 
 
 def test_the_hook_deploys_a_commit_whose_objects_are_only_in_quarantine(
-        provider: Provider, workspace: Workspace, baseline: Baseline) -> None:
+    provider: Provider, workspace: Workspace, baseline: Baseline
+) -> None:
     """The snapshot is taken inside pre-receive: the commit is not in the repo before, yet it deploys."""
     workspace.put("echo", name=baseline.echo, env={"GREETING": "from-quarantine"})
     commit = workspace.commit("only in quarantine while the hook runs")
@@ -298,7 +330,8 @@ def test_the_hook_deploys_a_commit_whose_objects_are_only_in_quarantine(
 
 
 def test_concurrent_pushes_are_serialized_and_the_waiting_pusher_is_told(
-        provider: Provider, workspace: Workspace, baseline: Baseline, tmp_path: Path) -> None:
+    provider: Provider, workspace: Workspace, baseline: Baseline, tmp_path: Path
+) -> None:
     """Two pushes of main at once run one after the other; the second pusher sees that it waits."""
     second = provider.clone(tmp_path / "second")
     # A slow start-up holds the first deploy in its health gate while the second push arrives.
@@ -309,8 +342,11 @@ def test_concurrent_pushes_are_serialized_and_the_waiting_pusher_is_told(
 
     started = time.monotonic()
     first_proc = workspace.start_push()
-    wait_for("the first deploy to run", lambda: any(
-        d["commit_sha"] == first_commit and d["status"] == "running" for d in provider.deploys()), 60)
+    wait_for(
+        "the first deploy to run",
+        lambda: any(d["commit_sha"] == first_commit and d["status"] == "running" for d in provider.deploys()),
+        60,
+    )
     second_proc = second.start_push()
     first, later = finish(first_proc, started), finish(second_proc, started)
 
@@ -329,10 +365,11 @@ def test_concurrent_pushes_are_serialized_and_the_waiting_pusher_is_told(
     assert b["status"] == "failed"
 
 
-
-def test_status_shows_live_servers_their_health_and_the_last_deploy(provider: Provider,
-                                                                   baseline: Baseline) -> None:
+def test_status_shows_live_servers_their_health_and_the_last_deploy(
+    provider: Provider, baseline: Baseline
+) -> None:
     """`central-mcp status` lists each live server with its release and health, and the last deploy."""
+
     def echo_line() -> str:
         out = provider.cli("status").stdout
         return next((line for line in out.splitlines() if line.startswith(baseline.echo)), "")

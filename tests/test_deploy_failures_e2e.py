@@ -50,15 +50,28 @@ class GateCase:
 
 
 GATE_CASES = [
-    GateCase("crash", "crash", "the container exited before completing the MCP handshake",
-             "crash fixture: cannot open /nonexistent/config.toml, exiting with status 3"),
+    GateCase(
+        "crash",
+        "crash",
+        "the container exited before completing the MCP handshake",
+        "crash fixture: cannot open /nonexistent/config.toml, exiting with status 3",
+    ),
     # A shell exits within milliseconds, often before Docker has published the port.
-    GateCase("crash-at-once", "crash", "the container exited before completing the MCP handshake",
-             "crash fixture: exiting at once", ("sh", "-c", "echo 'crash fixture: exiting at once'; exit 3")),
+    GateCase(
+        "crash-at-once",
+        "crash",
+        "the container exited before completing the MCP handshake",
+        "crash fixture: exiting at once",
+        ("sh", "-c", "echo 'crash fixture: exiting at once'; exit 3"),
+    ),
     GateCase("hang", "hang", "no MCP handshake within 5s", "hang fixture: waiting forever without listening"),
     # Plain HTTP answers initialize with 501; the gate then tries the stateless era's tools/list.
-    GateCase("not-mcp", "not-mcp", "no MCP handshake within 5s; last: tools/list answered HTTP 501",
-             '"POST /mcp HTTP/1.1" 501'),
+    GateCase(
+        "not-mcp",
+        "not-mcp",
+        "no MCP handshake within 5s; last: tools/list answered HTTP 501",
+        '"POST /mcp HTTP/1.1" 501',
+    ),
 ]
 
 
@@ -94,15 +107,19 @@ def synced(workspace: Workspace) -> None:
 
 @pytest.mark.parametrize("case", GATE_CASES, ids=[c.id for c in GATE_CASES])
 def test_a_candidate_failing_the_health_gate_rejects_the_push_and_keeps_the_old_release(
-        provider: Provider, workspace: Workspace, baseline: Baseline, case: GateCase) -> None:
+    provider: Provider, workspace: Workspace, baseline: Baseline, case: GateCase
+) -> None:
     """A server that exits, hangs or does not speak MCP fails the gate; nothing that was live changes."""
     branch = provider.branch()
     live_echo = provider.running(baseline.echo)
     # echo changes too: its gated candidate must be thrown away with the failing server's.
     workspace.put("echo", name=baseline.echo, env={"GREETING": f"never-live-{case.id}"})
     command = list(case.command)
-    bad = workspace.put(case.fixture, name=provider.name(case.id),
-                        manifest=(lambda data: data["run"].update(command=command)) if command else None)
+    bad = workspace.put(
+        case.fixture,
+        name=provider.name(case.id),
+        manifest=(lambda data: data["run"].update(command=command)) if command else None,
+    )
     commit = workspace.commit(f"add {case.id}")
 
     push = workspace.push()
@@ -126,12 +143,14 @@ def test_a_candidate_failing_the_health_gate_rejects_the_push_and_keeps_the_old_
 
 
 def test_an_invalid_manifest_is_rejected_with_its_location_before_any_build(
-        provider: Provider, workspace: Workspace, baseline: Baseline) -> None:
+    provider: Provider, workspace: Workspace, baseline: Baseline
+) -> None:
     """A schema error is reported as file:line:column $.path, fast, and nothing is built or moved."""
     branch = provider.branch()
     workspace.put("echo", name=baseline.echo, env={"GREETING": "never-live-invalid"})
-    bad = workspace.put("echo", name=provider.name("invalid"),
-                        manifest=lambda data: data["run"].update(port="eighty"))
+    bad = workspace.put(
+        "echo", name=provider.name("invalid"), manifest=lambda data: data["run"].update(port="eighty")
+    )
     lines = workspace.manifest_path(bad).read_text().splitlines()
     line = next(i for i, text in enumerate(lines, 1) if "port: eighty" in text)
     commit = workspace.commit("a manifest with a bad port")
@@ -157,7 +176,8 @@ def test_a_server_receives_its_secret_from_the_vm(provider: Provider, baseline: 
 
 
 def test_a_secret_printed_by_a_failing_server_is_masked_in_output_and_log(
-        provider: Provider, workspace: Workspace, baseline: Baseline) -> None:
+    provider: Provider, workspace: Workspace, baseline: Baseline
+) -> None:
     """A server that prints its secret and dies has its log copied with the value shown as ****."""
     workspace.put("secret-probe", name=baseline.probe, env={"EXIT_AT_START": "1"})
     workspace.commit("secret-probe exits at start")

@@ -28,8 +28,10 @@ def test_a_present_base_image_is_not_made_again(docker_host: DockerHost, tmp_pat
 
 
 def test_without_an_engine_and_without_root_the_message_says_what_to_run(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """A non-root user with no engine is told to use sudo, and nothing is installed."""
+
     def no_engine() -> DockerHost:
         raise EngineUnavailable("no engine")
 

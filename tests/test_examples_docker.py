@@ -29,8 +29,9 @@ def built(docker_host: DockerHost) -> Iterator[dict[str, str]]:
     for manifest in report.manifests:
         tag = f"central-mcp-test/{manifest.name}:examples"
         lines: list[str] = []
-        docker_host.build(tag, ROOT / manifest.context, manifest.dockerfile, {}, {}, lines.append,
-                          network="none")
+        docker_host.build(
+            tag, ROOT / manifest.context, manifest.dockerfile, {}, {}, lines.append, network="none"
+        )
         assert any("Successfully" in line or "writing image" in line for line in lines)
         tags[manifest.name] = tag
     yield tags
@@ -39,9 +40,17 @@ def built(docker_host: DockerHost) -> Iterator[dict[str, str]]:
 
 
 def _start(docker_host: DockerHost, tag: str, label: str, env: dict[str, str] | None = None) -> Running:
-    return docker_host.run(RunSpec(tag, f"{label}-{tag.split('/')[1].split(':')[0]}", 8080,
-                                   {LABEL_INSTANCE: label}, env or {"LOG_LEVEL": "info"},
-                                   256 * 1024 * 1024, 0.5))
+    return docker_host.run(
+        RunSpec(
+            tag,
+            f"{label}-{tag.split('/')[1].split(':')[0]}",
+            8080,
+            {LABEL_INSTANCE: label},
+            env or {"LOG_LEVEL": "info"},
+            256 * 1024 * 1024,
+            0.5,
+        )
+    )
 
 
 async def _call(url: str, tool: str, args: dict[str, Any]) -> tuple[list[str], Any]:
@@ -52,8 +61,9 @@ async def _call(url: str, tool: str, args: dict[str, Any]) -> tuple[list[str], A
         return [t.name for t in tools.tools], result.structured_content
 
 
-def test_property_search_answers_a_real_search(docker_host: DockerHost, built: dict[str, str],
-                                               instance_label: str) -> None:
+def test_property_search_answers_a_real_search(
+    docker_host: DockerHost, built: dict[str, str], instance_label: str
+) -> None:
     """property-search passes the gate and a real search through the SDK returns Lisbon listings."""
     running = _start(docker_host, built["property-search"], instance_label)
     url = f"http://127.0.0.1:{running.host_port}/mcp"
@@ -65,8 +75,9 @@ def test_property_search_answers_a_real_search(docker_host: DockerHost, built: d
     assert all(r["max_guests"] >= 2 for r in content["results"])
 
 
-def test_xray_analyzer_counts_lines_with_heuristics(docker_host: DockerHost, built: dict[str, str],
-                                                    instance_label: str) -> None:
+def test_xray_analyzer_counts_lines_with_heuristics(
+    docker_host: DockerHost, built: dict[str, str], instance_label: str
+) -> None:
     """999x-ray-analyzer (no OLLAMA_URL) counts lines and summarises with its heuristic engine."""
     running = _start(docker_host, built["999x-ray-analyzer"], instance_label)
     url = f"http://127.0.0.1:{running.host_port}/mcp"
@@ -78,8 +89,9 @@ def test_xray_analyzer_counts_lines_with_heuristics(docker_host: DockerHost, bui
     assert summary["engine"] == "heuristic"
 
 
-def test_containers_are_hardened_and_bound_to_loopback(docker_host: DockerHost, built: dict[str, str],
-                                                       instance_label: str) -> None:
+def test_containers_are_hardened_and_bound_to_loopback(
+    docker_host: DockerHost, built: dict[str, str], instance_label: str
+) -> None:
     """A started server publishes on 127.0.0.1 only, with no-new-privileges, no capabilities and limits."""
     running = _start(docker_host, built["property-search"], instance_label)
     attrs = docker_host.client.containers.get(running.id).attrs

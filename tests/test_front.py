@@ -42,14 +42,17 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
 @pytest.fixture(params=["front", "asgi"])
 def either_rig(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Rig]:
     """The same, reached through front.py's fast path or through ASGI (both must read bodies alike)."""
-    with running_proxy(tmp_path, front=request.param == "front") as running, \
-            raw_upstream("x", Recorder(_echo)) as upstream:
+    with (
+        running_proxy(tmp_path, front=request.param == "front") as running,
+        raw_upstream("x", Recorder(_echo)) as upstream,
+    ):
         running.router.swap({"x": upstream})
         yield running
 
 
 def test_mcp_requests_do_not_go_through_asgi(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     """POST, GET, DELETE and OPTIONS to /mcp/x are answered without Proxy.handle (the ASGI way in)."""
+
     def refuse(*_: object) -> None:
         raise AssertionError("an /mcp/ request went through ASGI")
 
@@ -134,6 +137,7 @@ def test_http_1_0_request_is_answered_then_closed(rig: Rig) -> None:
 
 async def test_client_that_leaves_before_the_answer_leaves_nothing_in_flight(tmp_path: Path) -> None:
     """A client gone while the upstream works is not counted in flight once the upstream answered."""
+
     async def slow(request: Request) -> Response:
         await asyncio.sleep(0.5)
         return Response(await request.body(), media_type="application/json")
@@ -154,9 +158,11 @@ async def test_client_that_leaves_before_the_answer_leaves_nothing_in_flight(tmp
 
 
 def test_a_request_pipelined_behind_an_immediate_answer_is_not_cut_by_the_keepalive_timer(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """A 404 answered while parsing arms uvicorn's keep-alive timer; the slow request read with it
     in the same packet still gets its answer after the keep-alive timeout has passed."""
+
     async def slow(request: Request) -> Response:
         await asyncio.sleep(1.5)
         return Response(await request.body(), media_type="application/json")
@@ -193,6 +199,7 @@ def test_a_request_after_an_answer_that_closed_the_connection_is_not_sent_upstre
 async def test_client_leaving_an_event_stream_is_noticed_after_any_body(tmp_path: Path, size: int) -> None:
     """A client that closes a quiet event stream ends the relay (nothing left in flight), also after
     a body large enough to pause reading from it."""
+
     async def stream(request: Request) -> Response:
         await request.body()
 
@@ -259,9 +266,11 @@ def _closed(sock: socket.socket) -> bool:
 
 @pytest.mark.parametrize("step", ["admit", "whole_answer"])
 def test_a_bug_in_the_proxy_answers_500_and_leaves_nothing_in_flight(
-        rig: Rig, monkeypatch: pytest.MonkeyPatch, step: str) -> None:
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, step: str
+) -> None:
     """An exception in a proxy step is logged and answered with 500; no request stays counted in
     flight, and the next request is served."""
+
     def broken(*_: object) -> None:
         raise RuntimeError(f"bug in {step}")
 

@@ -54,8 +54,14 @@ def test_exited_container_fails_at_once_without_waiting_for_the_deadline() -> No
     """When the container is no longer alive the gate fails on its first check, not at the deadline."""
     ticks = iter(range(1000))
     with pytest.raises(GateError) as err:
-        gate.wait_until_healthy("http://127.0.0.1:9/mcp", timeout=3600, interval=1, alive=lambda: False,
-                                clock=lambda: float(next(ticks)), sleep=lambda s: None)
+        gate.wait_until_healthy(
+            "http://127.0.0.1:9/mcp",
+            timeout=3600,
+            interval=1,
+            alive=lambda: False,
+            clock=lambda: float(next(ticks)),
+            sleep=lambda s: None,
+        )
     assert "exited" in str(err.value)
 
 
@@ -64,8 +70,9 @@ def test_gate_waits_for_a_server_that_starts_late() -> None:
     port = free_port()
     slept: list[float] = []
     with pytest.raises(GateError):
-        gate.wait_until_healthy(f"http://127.0.0.1:{port}/mcp", timeout=0.35, interval=0.1,
-                                sleep=slept.append)
+        gate.wait_until_healthy(
+            f"http://127.0.0.1:{port}/mcp", timeout=0.35, interval=0.1, sleep=slept.append
+        )
     assert len(slept) >= 1
     with serve_asgi(mcp_app(), port=port):
         assert gate.wait_until_healthy(f"http://127.0.0.1:{port}/mcp", timeout=5, interval=0.1).tools
@@ -79,8 +86,13 @@ def test_stateless_era_server_is_gated_with_tools_list_alone() -> None:
         message = await request.json()
         seen.append((message["method"], request.headers.get("mcp-method", "")))
         if message["method"] == "initialize":
-            return JSONResponse({"jsonrpc": "2.0", "id": message["id"],
-                                 "error": {"code": -32601, "message": "stateless only"}})
+            return JSONResponse(
+                {
+                    "jsonrpc": "2.0",
+                    "id": message["id"],
+                    "error": {"code": -32601, "message": "stateless only"},
+                }
+            )
         tools = [{"name": "lookup", "inputSchema": {"type": "object"}}]
         return JSONResponse({"jsonrpc": "2.0", "id": message["id"], "result": {"tools": tools}})
 
@@ -94,13 +106,17 @@ def test_stateless_era_server_is_gated_with_tools_list_alone() -> None:
 
 def test_tools_list_pages_are_all_collected() -> None:
     """A server that pages its tool list has every page collected by the gate."""
+
     async def endpoint(request: Request) -> Response:
         message = await request.json()
         if "id" not in message:
             return Response(status_code=202)
         if message["method"] == "initialize":
-            result: dict[str, object] = {"protocolVersion": "2025-11-25", "capabilities": {},
-                                         "serverInfo": {"name": "paged", "version": "1"}}
+            result: dict[str, object] = {
+                "protocolVersion": "2025-11-25",
+                "capabilities": {},
+                "serverInfo": {"name": "paged", "version": "1"},
+            }
         elif (message.get("params") or {}).get("cursor") == "2":
             result = {"tools": [{"name": "second", "inputSchema": {"type": "object"}}]}
         else:

@@ -23,8 +23,11 @@ run:
 
 def _settings(tmp_path: Path) -> settings.Settings:
     """Settings with one project, `demo`, for the access checks."""
-    return settings.Settings(config_path=tmp_path / "deploy.yaml", state_dir=tmp_path / "state",
-                             projects=(settings.Project("demo"),))
+    return settings.Settings(
+        config_path=tmp_path / "deploy.yaml",
+        state_dir=tmp_path / "state",
+        projects=(settings.Project("demo"),),
+    )
 
 
 def _server(root: Path, folder: str, text: str, *, dockerfile: bool = True, top: str = "servers") -> Path:
@@ -74,9 +77,11 @@ def test_good_manifest_builds_a_manifest_with_defaults(tmp_path: Path) -> None:
 
 def test_full_manifest_converts_units_and_values(tmp_path: Path) -> None:
     """Durations, sizes, env values and build args are converted as the engine needs them."""
-    text = GOOD + ("  env: {DEBUG: true, WORKERS: 2}\n  secrets: [API_KEY]\n"
-                   "health: {timeout: 1m, interval: 500ms}\nresources: {memory: 1g, cpus: 2}\n"
-                   "build: {args: {PY: 3.12}}\naccess: [demo]\n")
+    text = GOOD + (
+        "  env: {DEBUG: true, WORKERS: 2}\n  secrets: [API_KEY]\n"
+        "health: {timeout: 1m, interval: 500ms}\nresources: {memory: 1g, cpus: 2}\n"
+        "build: {args: {PY: 3.12}}\naccess: [demo]\n"
+    )
     _server(tmp_path / "repo", "srv", text)
     [server] = _check(tmp_path).manifests
     assert server.env == {"DEBUG": "true", "WORKERS": "2"}
@@ -92,43 +97,89 @@ BAD = [
     pytest.param(_with("run:\n  port: 8080\n", ""), "$", 1, "'run' is a required", id="missing-run"),
     pytest.param(_with("port: 8080", "path: /mcp"), "$.run", 6, "'port' is a required", id="missing-port"),
     pytest.param(_with("name: srv", "name: s_rv"), "$.name", 1, "not a DNS label", id="name-not-dns"),
-    pytest.param(_with("name: srv", "name: other"), "$.name", 1, "differs from its folder 'srv'",
-                 id="name-not-folder"),
+    pytest.param(
+        _with("name: srv", "name: other"), "$.name", 1, "differs from its folder 'srv'", id="name-not-folder"
+    ),
     pytest.param(_with("1.0.0", "v1"), "$.version", 2, "not a semantic version", id="version-not-semver"),
     pytest.param(_with("1.0.0", "1.0"), "$.version", 2, "1.0 is not of type 'string'", id="version-float"),
-    pytest.param(_with("streamable-http", "websocket"), "$.transport", 4, "'websocket' is not one of",
-                 id="unknown-transport"),
-    pytest.param(_with("streamable-http", "stdio"), "$.transport", 4, "'stdio' is not served yet",
-                 id="stdio-transport"),
+    pytest.param(
+        _with("streamable-http", "websocket"),
+        "$.transport",
+        4,
+        "'websocket' is not one of",
+        id="unknown-transport",
+    ),
+    pytest.param(
+        _with("streamable-http", "stdio"), "$.transport", 4, "'stdio' is not served yet", id="stdio-transport"
+    ),
     pytest.param(GOOD + "colour: blue\n", "$.colour", 7, "unknown key 'colour'", id="unknown-top-key"),
     pytest.param(GOOD + "  ports: [1]\n", "$.run.ports", 7, "unknown key 'ports'", id="unknown-run-key"),
     pytest.param(_with("8080", "'8080'"), "$.run.port", 6, "not of type 'integer'", id="port-string"),
     pytest.param(_with("8080", "0"), "$.run.port", 6, "minimum of 1", id="port-zero"),
     pytest.param(_with("8080", "70000"), "$.run.port", 6, "maximum of 65535", id="port-too-big"),
-    pytest.param(GOOD + "  path: mcp\n", "$.run.path", 7, "not a URL path starting with /",
-                 id="path-no-slash"),
-    pytest.param(GOOD + "  env: {1BAD: x}\n", "$.run.env", 7, "'1BAD' is not an environment variable name",
-                 id="env-bad-name"),
-    pytest.param(GOOD + "  secrets: [api-key]\n", "$.run.secrets[0]", 7, "not an environment variable",
-                 id="secret-bad-name"),
+    pytest.param(
+        GOOD + "  path: mcp\n", "$.run.path", 7, "not a URL path starting with /", id="path-no-slash"
+    ),
+    pytest.param(
+        GOOD + "  env: {1BAD: x}\n",
+        "$.run.env",
+        7,
+        "'1BAD' is not an environment variable name",
+        id="env-bad-name",
+    ),
+    pytest.param(
+        GOOD + "  secrets: [api-key]\n",
+        "$.run.secrets[0]",
+        7,
+        "not an environment variable",
+        id="secret-bad-name",
+    ),
     pytest.param(GOOD + "  secrets: [KEY, KEY]\n", "$.run.secrets", 7, "non-unique", id="secret-twice"),
-    pytest.param(GOOD + "build: {context: ../../..}\n", "$.build.context", 7, "'..' that leads outside",
-                 id="context-escapes"),
-    pytest.param(GOOD + "build: {context: /etc}\n", "$.build.context", 7, "is an absolute path",
-                 id="context-absolute"),
-    pytest.param(GOOD + "build: {dockerfile: Dockerfile.prod}\n", "$.build.dockerfile", 7,
-                 "no Dockerfile at servers/srv/Dockerfile.prod", id="named-dockerfile-missing"),
-    pytest.param(GOOD + "build: {dockerfile: ../../../Dockerfile}\n", "$.build.dockerfile", 7,
-                 "'..' that leads outside", id="dockerfile-escapes"),
-    pytest.param(GOOD + "health: {timeout: soon}\n", "$.health.timeout", 7, "not a duration",
-                 id="bad-duration"),
-    pytest.param(GOOD + "resources: {memory: lots}\n", "$.resources.memory", 7, "not a size",
-                 id="memory-lots"),
-    pytest.param(GOOD + "resources: {memory: 1m}\n", "$.resources.memory", 7, "below Docker's 6m minimum",
-                 id="memory-too-small"),
+    pytest.param(
+        GOOD + "build: {context: ../../..}\n",
+        "$.build.context",
+        7,
+        "'..' that leads outside",
+        id="context-escapes",
+    ),
+    pytest.param(
+        GOOD + "build: {context: /etc}\n", "$.build.context", 7, "is an absolute path", id="context-absolute"
+    ),
+    pytest.param(
+        GOOD + "build: {dockerfile: Dockerfile.prod}\n",
+        "$.build.dockerfile",
+        7,
+        "no Dockerfile at servers/srv/Dockerfile.prod",
+        id="named-dockerfile-missing",
+    ),
+    pytest.param(
+        GOOD + "build: {dockerfile: ../../../Dockerfile}\n",
+        "$.build.dockerfile",
+        7,
+        "'..' that leads outside",
+        id="dockerfile-escapes",
+    ),
+    pytest.param(
+        GOOD + "health: {timeout: soon}\n", "$.health.timeout", 7, "not a duration", id="bad-duration"
+    ),
+    pytest.param(
+        GOOD + "resources: {memory: lots}\n", "$.resources.memory", 7, "not a size", id="memory-lots"
+    ),
+    pytest.param(
+        GOOD + "resources: {memory: 1m}\n",
+        "$.resources.memory",
+        7,
+        "below Docker's 6m minimum",
+        id="memory-too-small",
+    ),
     pytest.param(GOOD + "resources: {cpus: 0}\n", "$.resources.cpus", 7, "minimum of 0", id="cpus-zero"),
-    pytest.param(GOOD + "access: [demo, billing]\n", "$.access[1]", 7, "unknown project 'billing'",
-                 id="unknown-project"),
+    pytest.param(
+        GOOD + "access: [demo, billing]\n",
+        "$.access[1]",
+        7,
+        "unknown project 'billing'",
+        id="unknown-project",
+    ),
     pytest.param("", "$", 0, "file is empty", id="empty-file"),
     pytest.param("- name: srv\n", "$", 1, "must be a mapping", id="list-not-mapping"),
     pytest.param("name: srv\nname: srv\n", "$.name", 2, "duplicate key", id="duplicate-key"),
@@ -140,8 +191,9 @@ FOLDERS = {"name-not-dns": "s_rv"}
 
 
 @pytest.mark.parametrize("text, path, line, fragment", BAD)
-def test_bad_manifest_is_located(tmp_path: Path, request: pytest.FixtureRequest, text: str, path: str,
-                                 line: int, fragment: str) -> None:
+def test_bad_manifest_is_located(
+    tmp_path: Path, request: pytest.FixtureRequest, text: str, path: str, line: int, fragment: str
+) -> None:
     """Each fault is reported once, with its file, JSON path, line, a message and a hint."""
     folder = FOLDERS.get(request.node.callspec.id, "srv")
     _server(tmp_path / "repo", folder, text)
@@ -191,14 +243,24 @@ def test_oversized_manifest_is_a_clean_size_problem(tmp_path: Path) -> None:
 
 def test_every_fault_in_one_manifest_is_reported_in_line_order(tmp_path: Path) -> None:
     """A manifest with many faults lists all of them in one check, sorted by line."""
-    text = ("colour: blue\nname: Bad_Name\nversion: 1.0\ntransport: stdio\n"
-            "run:\n  port: 0\n  path: x\nresources: {cpus: 0}\n")
+    text = (
+        "colour: blue\nname: Bad_Name\nversion: 1.0\ntransport: stdio\n"
+        "run:\n  port: 0\n  path: x\nresources: {cpus: 0}\n"
+    )
     _server(tmp_path / "repo", "x", text)
     problems = _check(tmp_path).problems
     assert len(problems) == 9
     assert [p.line for p in problems] == sorted(p.line for p in problems)
-    assert {p.path for p in problems} == {"$", "$.colour", "$.name", "$.version", "$.transport",
-                                          "$.run.port", "$.run.path", "$.resources.cpus"}
+    assert {p.path for p in problems} == {
+        "$",
+        "$.colour",
+        "$.name",
+        "$.version",
+        "$.transport",
+        "$.run.port",
+        "$.run.path",
+        "$.resources.cpus",
+    }
 
 
 def test_read_raises_every_problem_at_once(tmp_path: Path) -> None:
@@ -245,5 +307,7 @@ def test_discover_skips_git_folders_and_duplicates(tmp_path: Path) -> None:
     _server(root, "a", GOOD)
     _server(root, "x", GOOD, top=".git/servers")
     found = manifest.discover(root, ["servers/*/mcp-server.yaml", "*/*/mcp-server.yaml", ".git/**/*.yaml"])
-    assert [p.relative_to(root).as_posix() for p in found] == ["servers/a/mcp-server.yaml",
-                                                               "servers/b/mcp-server.yaml"]
+    assert [p.relative_to(root).as_posix() for p in found] == [
+        "servers/a/mcp-server.yaml",
+        "servers/b/mcp-server.yaml",
+    ]

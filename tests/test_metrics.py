@@ -36,8 +36,9 @@ def test_latency_buckets_are_cumulative_with_le_bounds() -> None:
         metrics.traffic.add("x", 200, "", seconds)
     family = "central_mcp_upstream_latency_seconds"
     samples = _samples(metrics, family)
-    bucket = {dict(labels)["le"]: value for (name, labels), value in samples.items()
-              if name == f"{family}_bucket"}
+    bucket = {
+        dict(labels)["le"]: value for (name, labels), value in samples.items() if name == f"{family}_bucket"
+    }
     assert bucket["0.001"] == 2.0
     assert bucket["0.0025"] == 2.0
     assert bucket["0.005"] == 3.0

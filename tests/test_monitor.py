@@ -31,9 +31,11 @@ class FakeDocker:
     def inspect(self, container_id: str) -> dict[str, Any] | None:
         if container_id not in self.states:
             return None
-        return {"State": {"Status": self.states[container_id], "ExitCode": 1},
-                "Config": {"Labels": {"central-mcp.port": "8080"}},
-                "NetworkSettings": {"Ports": {"8080/tcp": [{"HostPort": str(self.ports[container_id])}]}}}
+        return {
+            "State": {"Status": self.states[container_id], "ExitCode": 1},
+            "Config": {"Labels": {"central-mcp.port": "8080"}},
+            "NetworkSettings": {"Ports": {"8080/tcp": [{"HostPort": str(self.ports[container_id])}]}},
+        }
 
     def image_exists(self, tag: str) -> bool:
         return tag in self.images
@@ -61,18 +63,34 @@ class Clock:
 
 def release(server: str, number: int, status: str, restart: str = "on-failure") -> Release:
     """A stored release of `server`."""
-    return Release(server=server, number=number, repo="repo", commit_sha=f"{number:040d}",
-                   fingerprint=str(number),
-                   image=f"central-mcp/{server}:r{number}", version="1.0.0", status=status, deploy_id=1,
-                   container_id=f"c{number}", host_port=5000 + number, path="/mcp", tools=[],
-                   manifest={"name": server, "run": {"port": 8080, "restart": restart}})
+    return Release(
+        server=server,
+        number=number,
+        repo="repo",
+        commit_sha=f"{number:040d}",
+        fingerprint=str(number),
+        image=f"central-mcp/{server}:r{number}",
+        version="1.0.0",
+        status=status,
+        deploy_id=1,
+        container_id=f"c{number}",
+        host_port=5000 + number,
+        path="/mcp",
+        tools=[],
+        manifest={"name": server, "run": {"port": 8080, "restart": restart}},
+    )
 
 
 @pytest.fixture
 def world(tmp_path: Path) -> dict[str, Any]:
     """A store with r1 (previous) and r2 (live) of `svc`, a router on r2, and a monitor on fakes."""
-    settings = Settings(config_path=Path("deploy.yaml"), state_dir=tmp_path, monitor=MonitorConfig(
-        failure_threshold=2, watch_window=60, watch_error_rate=0.5, watch_min_requests=4, watch_restarts=2))
+    settings = Settings(
+        config_path=Path("deploy.yaml"),
+        state_dir=tmp_path,
+        monitor=MonitorConfig(
+            failure_threshold=2, watch_window=60, watch_error_rate=0.5, watch_min_requests=4, watch_restarts=2
+        ),
+    )
     store = Store(tmp_path / "db.sqlite")
     for number in (1, 2):
         store.add_release(release("svc", number, "candidate"))
@@ -91,10 +109,25 @@ def world(tmp_path: Path) -> dict[str, Any]:
 
     usage = Usage(store)
     clock = Clock()
-    monitor = Monitor(ctx, lambda r: submitted.append(r) or len(submitted), lambda repo: False, usage,
-                      probe=probe, clock=clock)
-    return {"monitor": monitor, "docker": docker, "router": router, "submitted": submitted, "store": store,
-            "failing": failing, "usage": usage, "clock": clock, "ctx": ctx}
+    monitor = Monitor(
+        ctx,
+        lambda r: submitted.append(r) or len(submitted),
+        lambda repo: False,
+        usage,
+        probe=probe,
+        clock=clock,
+    )
+    return {
+        "monitor": monitor,
+        "docker": docker,
+        "router": router,
+        "submitted": submitted,
+        "store": store,
+        "failing": failing,
+        "usage": usage,
+        "clock": clock,
+        "ctx": ctx,
+    }
 
 
 def test_healthy_server_is_left_alone(world: dict[str, Any]) -> None:
@@ -105,7 +138,8 @@ def test_healthy_server_is_left_alone(world: dict[str, Any]) -> None:
 
 
 def test_failures_past_the_threshold_replace_the_container_with_the_same_release(
-        world: dict[str, Any]) -> None:
+    world: dict[str, Any],
+) -> None:
     """Two failed probes (the threshold) submit a `restart` deploy of the same release with the reason."""
     world["failing"]["http://127.0.0.1:5002/mcp"] = NotMCP("tools/list answered HTTP 500")
     world["monitor"].probe_all()

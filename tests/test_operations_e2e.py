@@ -44,8 +44,12 @@ DEPLOY_SECONDS = 60.0
 MARKER_SECONDS = 60.0
 SLOW_STEP_OUTPUT = "| echo fixture: a slow build step (5s)"
 DEPLOY_ID = re.compile(r"deploy #(\d+): push of ")
-TOOLS_CALL = {"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-              "params": {"name": "greet", "arguments": {"name": "Ada"}}}
+TOOLS_CALL = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "tools/call",
+    "params": {"name": "greet", "arguments": {"name": "Ada"}},
+}
 
 
 def slow_build(data: dict[str, Any]) -> None:
@@ -85,8 +89,9 @@ class Fleet:
     def only_live_containers(self) -> None:
         """The instance's containers, by Docker label, are exactly one running container per live server."""
         found = self.provider.docker.containers({LABEL_INSTANCE: self.provider.instance})
-        assert sorted((c.labels[LABEL_SERVER], c.status) for c in found) == \
-            sorted((server, "running") for server in self.live), [c.name for c in found]
+        assert sorted((c.labels[LABEL_SERVER], c.status) for c in found) == sorted(
+            (server, "running") for server in self.live
+        ), [c.name for c in found]
 
     def push_ok(self, message: str) -> str:
         """Commit and push; the push must succeed and move the branch. Return the commit."""
@@ -296,7 +301,8 @@ def test_a_release_that_dies_in_its_watch_window_is_rolled_back(watched: Fleet) 
     assert rollback["status"] == "succeeded", p.log(rollback["id"])
     assert rollback["message"].startswith(
         f"r2 of {server} rolled back: failed {FAILURE_THRESHOLD} health probes in a row "
-        "(its container is exited (exit code 1))"), rollback["message"]
+        "(its container is exited (exit code 1))"
+    ), rollback["message"]
     assert p.greeting(server) == "v1, Ada"
     assert p.releases(server) == {"r2": "rolled-back", "r1": "live"}
     (workspace.root / "NOTES.md").write_text("an unrelated change\n")
@@ -322,8 +328,10 @@ def test_a_release_failing_calls_in_its_watch_window_is_rolled_back(watched: Fle
 
     rollback = wait_for_deploy(p, "auto-rollback", since, PROBE_INTERVAL + DETECT_SLACK + DEPLOY_SECONDS)
     assert rollback["status"] == "succeeded", p.log(rollback["id"])
-    assert rollback["message"] == (f"r2 of {server} rolled back: {WATCH_MIN_REQUESTS} of "
-                                   f"{WATCH_MIN_REQUESTS} requests failed with 5xx (100%)")
+    assert rollback["message"] == (
+        f"r2 of {server} rolled back: {WATCH_MIN_REQUESTS} of "
+        f"{WATCH_MIN_REQUESTS} requests failed with 5xx (100%)"
+    )
     assert p.greeting(server) == "v1, Ada"
     assert p.releases(server) == {"r2": "rolled-back", "r1": "live"}
     back_to_v1(watched, server)
@@ -356,8 +364,11 @@ def wait_for_deploy(p: Provider, source: str, since: int, appears_within: float)
 
     wait_for(f"a {source} deploy", appeared, appears_within)
     deploy = found[-1]["id"]
-    wait_for(f"{source} deploy #{deploy} to finish",
-             lambda: p.deploy(deploy)["status"] not in ("queued", "running"), DEPLOY_SECONDS)
+    wait_for(
+        f"{source} deploy #{deploy} to finish",
+        lambda: p.deploy(deploy)["status"] not in ("queued", "running"),
+        DEPLOY_SECONDS,
+    )
     return p.deploy(deploy)
 
 
@@ -382,8 +393,12 @@ def sample(p: Provider, name: str, **labels: str) -> float:
     """The sum of a /metrics sample's values over the series carrying these labels."""
     status, content_type, text = p.get("/metrics")
     assert (status, content_type.split(";")[0]) == (200, "text/plain")
-    return sum(s.value for family in text_string_to_metric_families(text) for s in family.samples
-               if s.name == name and labels.items() <= s.labels.items())
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and labels.items() <= s.labels.items()
+    )
 
 
 # start-up errors --------------------------------------------------------------------------
@@ -398,12 +413,20 @@ def test_a_corrupt_database_stops_serve_with_the_file_and_the_fix(tmp_path: Path
     config.write_text(f"listen: {{host: 127.0.0.1, port: {free_port()}}}\n")
     env = {**os.environ, "CENTRAL_MCP_STATE_DIR": str(state)}
 
-    result = subprocess.run([sys.executable, "-m", "pipeline", "--config", str(config), "serve"],
-                            env=env, capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "--config", str(config), "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
-    assert f"error: the database {database} cannot be opened (file is not a database); move it aside " \
-           "to start with an empty one, or restore it from a backup" in output
+    assert (
+        f"error: the database {database} cannot be opened (file is not a database); move it aside "
+        "to start with an empty one, or restore it from a backup" in output
+    )
     assert "Traceback" not in output
     assert database.read_bytes() == garbage

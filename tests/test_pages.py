@@ -64,9 +64,13 @@ class Site:
 
 def make_settings(tmp_path: Path, admin_token: str = "") -> Settings:
     """Settings with projects `web` (may use only `alpha`) and `ops` (may use everything)."""
-    return Settings(config_path=Path("deploy.yaml"), state_dir=tmp_path,
-                    public_url="https://mcp.example.test",
-                    projects=(Project("web", servers=("alpha",)), Project("ops")), admin_token=admin_token)
+    return Settings(
+        config_path=Path("deploy.yaml"),
+        state_dir=tmp_path,
+        public_url="https://mcp.example.test",
+        projects=(Project("web", servers=("alpha",)), Project("ops")),
+        admin_token=admin_token,
+    )
 
 
 @pytest.fixture
@@ -85,17 +89,33 @@ def guarded(tmp_path: Path) -> Iterator[Site]:
     store.close()
 
 
-def record_deploy(store: Store, *, status: str = "succeeded", source: str = "push",
-                  repo: str = "acme/mcp-servers", branch: str = "main", sha: str = SHA,
-                  message: str = "Add the search tool", author: str = "Ada Lovelace",
-                  servers: dict[str, Any] | None = None, steps: list[dict[str, Any]] | None = None,
-                  lines: tuple[str, ...] = (), age: float = 3 * 3600, took: float = 12.5) -> int:
+def record_deploy(
+    store: Store,
+    *,
+    status: str = "succeeded",
+    source: str = "push",
+    repo: str = "acme/mcp-servers",
+    branch: str = "main",
+    sha: str = SHA,
+    message: str = "Add the search tool",
+    author: str = "Ada Lovelace",
+    servers: dict[str, Any] | None = None,
+    steps: list[dict[str, Any]] | None = None,
+    lines: tuple[str, ...] = (),
+    age: float = 3 * 3600,
+    took: float = 12.5,
+) -> int:
     """Store a deploy as the runbook leaves it: created `age` ago, started a second later."""
-    deploy_id = store.create_deploy(source=source, repo=repo, ref=f"refs/heads/{branch}", commit_sha=sha,
-                                    author=author, message=message)
+    deploy_id = store.create_deploy(
+        source=source, repo=repo, ref=f"refs/heads/{branch}", commit_sha=sha, author=author, message=message
+    )
     created = time.time() - age
-    fields: dict[str, Any] = {"status": status, "created_at": created, "servers": servers or {},
-                              "steps": steps or []}
+    fields: dict[str, Any] = {
+        "status": status,
+        "created_at": created,
+        "servers": servers or {},
+        "steps": steps or [],
+    }
     if status != "queued":
         fields["started_at"] = created + 1
     if status not in ("queued", "running"):
@@ -108,12 +128,22 @@ def record_deploy(store: Store, *, status: str = "succeeded", source: str = "pus
 
 def release(server: str, number: int, tools: list[str], access: tuple[str, ...] = ("all",)) -> Release:
     """A gated release of `server` with these tool names."""
-    return Release(server=server, number=number, repo="acme/mcp-servers", commit_sha=SHA,
-                   fingerprint=f"fp-{server}-{number}", image=f"central-mcp/{server}:r{number}",
-                   version=f"1.{number}.0", status="gated", deploy_id=None, container_id=f"c-{number}",
-                   host_port=20000 + number, path="/mcp",
-                   tools=[{"name": t, "description": t} for t in tools],
-                   manifest={"name": server, "description": f"the {server} server", "access": list(access)})
+    return Release(
+        server=server,
+        number=number,
+        repo="acme/mcp-servers",
+        commit_sha=SHA,
+        fingerprint=f"fp-{server}-{number}",
+        image=f"central-mcp/{server}:r{number}",
+        version=f"1.{number}.0",
+        status="gated",
+        deploy_id=None,
+        container_id=f"c-{number}",
+        host_port=20000 + number,
+        path="/mcp",
+        tools=[{"name": t, "description": t} for t in tools],
+        manifest={"name": server, "description": f"the {server} server", "access": list(access)},
+    )
 
 
 def go_live(store: Store, rel: Release) -> None:
@@ -155,13 +185,27 @@ def in_thread(action: Callable[[], None]) -> tuple[threading.Thread, list[BaseEx
 
 # /deploys ----------------------------------------------------------------------------------------
 
+
 def test_deploys_lists_newest_first_with_everything_a_reader_needs(site: Site) -> None:
     """Each row shows status word and class, source, repo@branch, commit, servers changed, when, took."""
-    older = record_deploy(site.store, status="failed", source="webhook", branch="feature/x",
-                          message="Break the gate", author="Grace Hopper", age=2 * 86400, took=3.25,
-                          servers={"alpha": {"outcome": "failed", "release": 3, "reason": "no tools"}})
-    newer = record_deploy(site.store, servers={"alpha": {"outcome": "swapped", "release": 4},
-                                               "beta": {"outcome": "unchanged", "release": 1}})
+    older = record_deploy(
+        site.store,
+        status="failed",
+        source="webhook",
+        branch="feature/x",
+        message="Break the gate",
+        author="Grace Hopper",
+        age=2 * 86400,
+        took=3.25,
+        servers={"alpha": {"outcome": "failed", "release": 3, "reason": "no tools"}},
+    )
+    newer = record_deploy(
+        site.store,
+        servers={
+            "alpha": {"outcome": "swapped", "release": 4},
+            "beta": {"outcome": "unchanged", "release": 1},
+        },
+    )
     queued = record_deploy(site.store, status="queued", message="Wait your turn", age=5)
     page = site.client().get("/deploys")
     assert page.status_code == 200
@@ -170,10 +214,14 @@ def test_deploys_lists_newest_first_with_everything_a_reader_needs(site: Site) -
     assert '<span class="status succeeded">succeeded</span>' in second
     assert '<span class="status failed">failed</span>' in third
     assert '<span class="status queued">queued</span>' in first
-    assert text(second) == (f"{newer} succeeded push acme/mcp-servers@main 01234567 Add the search tool "
-                            "Ada Lovelace alpha swapped 3h ago 12.5s")
-    assert text(third) == (f"{older} failed webhook acme/mcp-servers@feature/x 01234567 Break the gate "
-                           "Grace Hopper alpha failed 2d ago 3.2s")
+    assert text(second) == (
+        f"{newer} succeeded push acme/mcp-servers@main 01234567 Add the search tool "
+        "Ada Lovelace alpha swapped 3h ago 12.5s"
+    )
+    assert text(third) == (
+        f"{older} failed webhook acme/mcp-servers@feature/x 01234567 Break the gate "
+        "Grace Hopper alpha failed 2d ago 3.2s"
+    )
     assert text(first).endswith("5s ago —")
     assert re.search(r'title="\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC">3h ago', second)
 
@@ -203,8 +251,12 @@ def test_deploys_filters_by_status_and_by_server(site: Site) -> None:
 
 def test_server_filter_does_not_match_keys_inside_outcomes(site: Site) -> None:
     """Filtering by a name that is only a timing key (`gate`) lists no deploy."""
-    record_deploy(site.store, servers={"alpha": {"outcome": "gated", "release": 1,
-                                                 "timings": {"build": 1.0, "start": 0.5, "gate": 2.0}}})
+    record_deploy(
+        site.store,
+        servers={
+            "alpha": {"outcome": "gated", "release": 1, "timings": {"build": 1.0, "start": 0.5, "gate": 2.0}}
+        },
+    )
     assert row_ids(site.client().get("/deploys?server=gate").text) == []
 
 
@@ -254,16 +306,25 @@ def test_deploys_json_lists_newest_first_without_the_relative_time(site: Site) -
 
 # /deploys/<id> -----------------------------------------------------------------------------------
 
+
 def test_deploy_page_shows_steps_servers_tool_changes_and_the_whole_log(site: Site) -> None:
     """The page shows step timings, each server's outcome and reason, +added/-removed tools, and the log."""
     go_live(site.store, release("alpha", 1, ["search", "fetch"]))
     go_live(site.store, release("alpha", 2, ["search", "summarize"]))
-    steps = [{"name": "fetch", "status": "ok", "seconds": 0.42},
-             {"name": "build", "status": "ok", "seconds": 12.5},
-             {"name": "gate", "status": "failed", "seconds": 3.0}]
-    servers = {"alpha": {"outcome": "swapped", "release": 2, "tools": ["search", "summarize"],
-                         "timings": {"build": 10.0, "start": 0.75, "gate": 1.5}},
-               "beta": {"outcome": "failed", "release": 1, "reason": "health gate: tools/list timed out"}}
+    steps = [
+        {"name": "fetch", "status": "ok", "seconds": 0.42},
+        {"name": "build", "status": "ok", "seconds": 12.5},
+        {"name": "gate", "status": "failed", "seconds": 3.0},
+    ]
+    servers = {
+        "alpha": {
+            "outcome": "swapped",
+            "release": 2,
+            "tools": ["search", "summarize"],
+            "timings": {"build": 10.0, "start": 0.75, "gate": 1.5},
+        },
+        "beta": {"outcome": "failed", "release": 1, "reason": "health gate: tools/list timed out"},
+    }
     lines = tuple(f"line {i}" for i in range(1, 201))
     deploy_id = record_deploy(site.store, status="failed", steps=steps, servers=servers, lines=lines)
     page = site.client().get(f"/deploys/{deploy_id}")
@@ -272,8 +333,10 @@ def test_deploy_page_shows_steps_servers_tool_changes_and_the_whole_log(site: Si
     step_rows, server_rows = [text(t) for t in rows(page.text)[:3]], page.text.split("<h2>Servers</h2>")[1]
     assert step_rows == ["fetch ok 0.42", "build ok 12.50", "gate failed 3.00"]
     alpha, beta = [text(r) for r in rows(server_rows)]
-    assert alpha == ("alpha swapped r2 build 10.00s · start 0.75s · gate 1.50s "
-                     f"+ summarize {MINUS} fetch search, summarize")
+    assert alpha == (
+        "alpha swapped r2 build 10.00s · start 0.75s · gate 1.50s "
+        f"+ summarize {MINUS} fetch search, summarize"
+    )
     assert beta == "beta failed health gate: tools/list timed out r1"
     assert '<span class="succeeded">+ summarize</span>' in server_rows
     assert f'<span class="failed">{MINUS} fetch</span>' in server_rows
@@ -285,8 +348,9 @@ def test_deploy_page_shows_steps_servers_tool_changes_and_the_whole_log(site: Si
 def test_first_release_shows_its_tools_without_a_change_list(site: Site) -> None:
     """A server's first release has no earlier release to compare with: tools only, no +/-."""
     go_live(site.store, release("alpha", 1, ["search"]))
-    deploy_id = record_deploy(site.store, servers={"alpha": {"outcome": "swapped", "release": 1,
-                                                             "tools": ["search"]}})
+    deploy_id = record_deploy(
+        site.store, servers={"alpha": {"outcome": "swapped", "release": 1, "tools": ["search"]}}
+    )
     servers = site.client().get(f"/deploys/{deploy_id}").text.split("<h2>Servers</h2>")[1]
     assert text(rows(servers)[0]) == "alpha swapped r1 search"
 
@@ -308,14 +372,21 @@ def test_log_lines_are_escaped_and_ansi_colours_stripped(site: Site) -> None:
 
 def test_deploy_json_and_text_log_of_a_finished_deploy(site: Site) -> None:
     """/deploys/<id>.json is the record; /log is the whole log as text/plain."""
-    deploy_id = record_deploy(site.store, lines=("==> fetch", "alpha: gate ok in 1.50s"),
-                              servers={"alpha": {"outcome": "swapped", "release": 1}})
+    deploy_id = record_deploy(
+        site.store,
+        lines=("==> fetch", "alpha: gate ok in 1.50s"),
+        servers={"alpha": {"outcome": "swapped", "release": 1}},
+    )
     client = site.client()
     record = client.get(f"/deploys/{deploy_id}.json")
     assert record.headers["content-type"] == "application/json"
     body = record.json()
-    assert (body["id"], body["status"], body["commit_sha"], body["branch"]) == (deploy_id, "succeeded", SHA,
-                                                                                 "main")
+    assert (body["id"], body["status"], body["commit_sha"], body["branch"]) == (
+        deploy_id,
+        "succeeded",
+        SHA,
+        "main",
+    )
     assert body["servers"] == {"alpha": {"outcome": "swapped", "release": 1}}
     assert body["took"] == "12.5s"
     log = client.get(f"/deploys/{deploy_id}/log")
@@ -337,6 +408,7 @@ def test_events_of_an_unknown_deploy_answer_404(site: Site) -> None:
 
 # live logs ---------------------------------------------------------------------------------------
 
+
 def test_log_of_a_running_deploy_streams_lines_as_they_come_and_ends_at_the_finish(site: Site) -> None:
     """Over real HTTP, /log sends each new line before the deploy finishes and closes right after it."""
     deploy_id = record_deploy(site.store, status="running")
@@ -351,8 +423,11 @@ def test_log_of_a_running_deploy_streams_lines_as_they_come_and_ends_at_the_fini
         live.finish("succeeded", "alpha r2 live")
 
     got: list[str] = []
-    with serve_asgi(site.app) as port, httpx2.Client(timeout=STREAM_TIMEOUT) as http, \
-            http.stream("GET", f"http://127.0.0.1:{port}/deploys/{deploy_id}/log") as answer:
+    with (
+        serve_asgi(site.app) as port,
+        httpx2.Client(timeout=STREAM_TIMEOUT) as http,
+        http.stream("GET", f"http://127.0.0.1:{port}/deploys/{deploy_id}/log") as answer,
+    ):
         assert answer.headers["content-type"] == "text/plain; charset=utf-8"
         worker, errors = in_thread(run_deploy)
         for line in answer.iter_lines():
@@ -365,8 +440,11 @@ def test_log_of_a_running_deploy_streams_lines_as_they_come_and_ends_at_the_fini
         assert live.finished
     worker.join(10)
     assert errors == []
-    assert got == ["deploy #1: push of acme/mcp-servers@main", "alpha: build ok in 1.00s",
-                   "succeeded: alpha r2 live"]
+    assert got == [
+        "deploy #1: push of acme/mcp-servers@main",
+        "alpha: build ok in 1.00s",
+        "succeeded: alpha r2 live",
+    ]
 
 
 def test_events_stream_sse_after_a_seq_and_end_after_the_end_event(site: Site) -> None:
@@ -374,8 +452,11 @@ def test_events_stream_sse_after_a_seq_and_end_after_the_end_event(site: Site) -
     deploy_id = record_deploy(site.store, status="running")
     live = site.live(deploy_id, "one", "two")
     blocks: list[str] = []
-    with serve_asgi(site.app) as port, httpx2.Client(timeout=STREAM_TIMEOUT) as http, \
-            http.stream("GET", f"http://127.0.0.1:{port}/deploys/{deploy_id}/events?after=1") as answer:
+    with (
+        serve_asgi(site.app) as port,
+        httpx2.Client(timeout=STREAM_TIMEOUT) as http,
+        http.stream("GET", f"http://127.0.0.1:{port}/deploys/{deploy_id}/events?after=1") as answer,
+    ):
         assert answer.headers["content-type"].startswith("text/event-stream")
         assert answer.headers["cache-control"] == "no-cache"
         pending = ""
@@ -390,17 +471,22 @@ def test_events_stream_sse_after_a_seq_and_end_after_the_end_event(site: Site) -
                     live.finish("succeeded", "done")
     assert [b.split("\n")[0] for b in blocks] == ["id: 2", "id: 3", "id: 4"]
     data = [json.loads(b.split("\n")[1].removeprefix("data: ")) for b in blocks]
-    assert data == [{"seq": 2, "kind": "log", "text": "two"}, {"seq": 3, "kind": "log", "text": "three red"},
-                    {"seq": 4, "kind": "end", "text": "succeeded: done"}]
+    assert data == [
+        {"seq": 2, "kind": "log", "text": "two"},
+        {"seq": 3, "kind": "log", "text": "three red"},
+        {"seq": 4, "kind": "end", "text": "succeeded: done"},
+    ]
 
 
 def test_events_of_a_finished_deploy_are_read_from_the_store(site: Site) -> None:
     """Without a live log, /events replays the stored events after ?after=N and ends with `end`."""
     deploy_id = record_deploy(site.store, lines=("a", "b", "c"))
     answer = site.client().get(f"/deploys/{deploy_id}/events?after=1")
-    assert answer.text == ('id: 2\ndata: {"seq": 2, "kind": "log", "text": "b"}\n\n'
-                           'id: 3\ndata: {"seq": 3, "kind": "log", "text": "c"}\n\n'
-                           'id: 4\ndata: {"seq": 4, "kind": "end", "text": "succeeded: "}\n\n')
+    assert answer.text == (
+        'id: 2\ndata: {"seq": 2, "kind": "log", "text": "b"}\n\n'
+        'id: 3\ndata: {"seq": 3, "kind": "log", "text": "c"}\n\n'
+        'id: 4\ndata: {"seq": 4, "kind": "end", "text": "succeeded: "}\n\n'
+    )
 
 
 def test_events_with_a_negative_after_start_from_the_first(site: Site) -> None:
@@ -417,6 +503,7 @@ def test_events_answer_a_bad_after_without_a_server_error(site: Site) -> None:
     deploy_id = record_deploy(site.store, lines=("a",))
     answer = site.client(raise_server_exceptions=False).get(f"/deploys/{deploy_id}/events?after=x")
     assert answer.status_code < 500
+
 
 def test_events_of_a_deploy_abandoned_by_a_restart_end_with_an_end_event(site: Site) -> None:
     """A deploy marked abandoned after a crash still ends its event stream with an `end` event."""
@@ -436,8 +523,10 @@ def test_open_live_tails_do_not_slow_the_other_pages(site: Site) -> None:
         url = f"http://127.0.0.1:{port}"
 
         def tail(ready: threading.Event) -> None:
-            with httpx2.Client(timeout=STREAM_TIMEOUT) as http, \
-                    http.stream("GET", f"{url}/deploys/{deploy_id}/events") as answer:
+            with (
+                httpx2.Client(timeout=STREAM_TIMEOUT) as http,
+                http.stream("GET", f"{url}/deploys/{deploy_id}/events") as answer,
+            ):
                 for _ in answer.iter_lines():
                     ready.set()
 
@@ -457,6 +546,7 @@ def test_open_live_tails_do_not_slow_the_other_pages(site: Site) -> None:
 
 # registry and client configs ---------------------------------------------------------------------
 
+
 @pytest.fixture
 def live_servers(site: Site) -> Site:
     """Live releases of alpha (r2) and beta (r1)."""
@@ -475,8 +565,10 @@ def test_registry_lists_live_servers_with_an_etag_and_answers_304_when_unchanged
     tag = answer.headers["etag"]
     assert re.fullmatch(r'"[0-9a-f]{32}"', tag)
     body = answer.json()
-    assert [e["server"]["name"] for e in body["servers"]] == ["local.central-mcp/alpha",
-                                                              "local.central-mcp/beta"]
+    assert [e["server"]["name"] for e in body["servers"]] == [
+        "local.central-mcp/alpha",
+        "local.central-mcp/beta",
+    ]
     assert body["servers"][0]["server"]["remotes"][0]["url"] == "https://mcp.example.test/mcp/alpha"
     assert body["servers"][0]["_meta"]["io.central-mcp/live"]["release"] == "r2"
     again = client.get("/registry.json", headers={"If-None-Match": f'"other", {tag}'})
@@ -512,8 +604,13 @@ def test_client_config_for_vscode_lists_the_projects_servers(live_servers: Site)
     client = live_servers.client()
     config = client.get("/client-config/web/vscode").json()
     assert config["inputs"][0]["password"] is True
-    assert config["servers"] == {"alpha": {"type": "http", "url": "https://mcp.example.test/mcp/alpha",
-                                           "headers": {"Authorization": "Bearer ${input:central-mcp-key}"}}}
+    assert config["servers"] == {
+        "alpha": {
+            "type": "http",
+            "url": "https://mcp.example.test/mcp/alpha",
+            "headers": {"Authorization": "Bearer ${input:central-mcp-key}"},
+        }
+    }
     assert client.get("/client-config/nobody/vscode").status_code == 404
     assert client.get("/client-config/web/emacs").status_code == 404
 
@@ -528,8 +625,20 @@ def test_index_lists_live_servers_and_client_config_links(live_servers: Site) ->
 
 # admin token -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", ["/", "/deploys", "/deploys.json", "/deploys/1", "/deploys/1.json",
-                                  "/deploys/1/log", "/deploys/1/events", "/client-config/web/vscode"])
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/deploys",
+        "/deploys.json",
+        "/deploys/1",
+        "/deploys/1.json",
+        "/deploys/1/log",
+        "/deploys/1/events",
+        "/client-config/web/vscode",
+    ],
+)
 def test_admin_pages_need_the_token(guarded: Site, path: str) -> None:
     """Without the admin token every page answers 401 with a hint; ?token= opens it."""
     record_deploy(guarded.store)
@@ -566,11 +675,12 @@ def test_registry_files_stay_readable_without_the_admin_token(guarded: Site) -> 
     go_live(guarded.store, release("alpha", 1, ["search"]))
     client = guarded.client()
     assert client.get("/registry.json").status_code == 200
-    assert client.get("/mcp.json").json()["mcpServers"]["alpha"]["url"] == "https://mcp.example.test/mcp/alpha"
+    assert (
+        client.get("/mcp.json").json()["mcpServers"]["alpha"]["url"] == "https://mcp.example.test/mcp/alpha"
+    )
 
 
 def test_correct_query_token_wins_over_a_stale_cookie(guarded: Site) -> None:
     """After the admin token changes, opening a page with the new ?token= works despite the old cookie."""
     client = guarded.client(cookies={pages.ADMIN_COOKIE: "the-old-token"})
     assert client.get(f"/deploys?token={ADMIN_TOKEN}").status_code == 200
-

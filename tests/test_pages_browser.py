@@ -26,9 +26,15 @@ if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, ViewportSize
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 WAIT_MS = 10_000
 PHONE: ViewportSize = {"width": 375, "height": 740}
 OVERFLOW_TOLERANCE = 2
@@ -97,8 +103,14 @@ def page(browser: Browser) -> Iterator[Page]:
 
 def running_deploy(store: Store, logs: dict[int, DeployLog], *lines: str) -> tuple[int, DeployLog]:
     """A running deploy with a live log holding these lines."""
-    deploy_id = store.create_deploy(source="push", repo="acme/mcp-servers", ref="refs/heads/main",
-                                    commit_sha=SHA, author="Ada Lovelace", message="Add the summarize tool")
+    deploy_id = store.create_deploy(
+        source="push",
+        repo="acme/mcp-servers",
+        ref="refs/heads/main",
+        commit_sha=SHA,
+        author="Ada Lovelace",
+        message="Add the summarize tool",
+    )
     store.update_deploy(deploy_id, status="running", started_at=time.time())
     log = DeployLog(store, deploy_id)
     logs[deploy_id] = log
@@ -119,7 +131,8 @@ def log_lines(page: Page) -> list[str]:
 
 
 def test_running_deploy_page_tails_new_lines_and_shows_the_final_status_without_reload(
-        site: str, store: Store, logs: dict[int, DeployLog], page: Page, tmp_path: Path) -> None:
+    site: str, store: Store, logs: dict[int, DeployLog], page: Page, tmp_path: Path
+) -> None:
     """Lines emitted after the page loaded appear in #log, and the status word turns to succeeded."""
     from playwright.sync_api import expect
 
@@ -136,14 +149,19 @@ def test_running_deploy_page_tails_new_lines_and_shows_the_final_status_without_
     expect(page.locator("#status")).to_have_text("succeeded", timeout=WAIT_MS)
     expect(page.locator("#status")).to_have_class("status succeeded")
     assert page.evaluate("window.sameDocument") is True
-    assert log_lines(page) == ["deploy #1: push of acme/mcp-servers@main 9f86d081884c", "==> build",
-                               "alpha | Step 1/4 : FROM python:3.12-slim", "alpha: gate ok in 1.50s",
-                               "succeeded: alpha r2 live (4.2s)"]
+    assert log_lines(page) == [
+        "deploy #1: push of acme/mcp-servers@main 9f86d081884c",
+        "==> build",
+        "alpha | Step 1/4 : FROM python:3.12-slim",
+        "alpha: gate ok in 1.50s",
+        "succeeded: alpha r2 live (4.2s)",
+    ]
     page.screenshot(path=str(tmp_path / "deploy-live.png"), full_page=True)
 
 
 def test_markup_in_log_lines_renders_as_text_and_never_runs(
-        site: str, store: Store, logs: dict[int, DeployLog], page: Page) -> None:
+    site: str, store: Store, logs: dict[int, DeployLog], page: Page
+) -> None:
     """A <script>/<img onerror> line shows as text, at page load and live, and changes nothing."""
     from playwright.sync_api import expect
 
@@ -167,19 +185,45 @@ def test_markup_in_log_lines_renders_as_text_and_never_runs(
 def _fill_history(store: Store) -> int:
     """Deploys and releases as a busy week leaves them; returns the deploy that changed tools."""
     for number, tools in ((1, ["search", "fetch"]), (2, ["search", "summarize", LONG_TOOL])):
-        rel = Release(server="docs", number=number, repo="acme/mcp-servers", commit_sha=SHA,
-                      fingerprint=f"f{number}", image=f"central-mcp/docs:r{number}", version=f"1.{number}.0",
-                      status="gated", deploy_id=None, container_id="", host_port=0, path="/mcp",
-                      tools=[{"name": t} for t in tools], manifest={"name": "docs"})
+        rel = Release(
+            server="docs",
+            number=number,
+            repo="acme/mcp-servers",
+            commit_sha=SHA,
+            fingerprint=f"f{number}",
+            image=f"central-mcp/docs:r{number}",
+            version=f"1.{number}.0",
+            status="gated",
+            deploy_id=None,
+            container_id="",
+            host_port=0,
+            path="/mcp",
+            tools=[{"name": t} for t in tools],
+            manifest={"name": "docs"},
+        )
         store.add_release(rel)
         store.commit_swap([rel], [])
     samples: list[tuple[str, str, str, dict[str, Any]]] = [
-        ("succeeded", "main", "Add the summarize tool to the docs server and document its limits",
-         {"docs": {"outcome": "swapped", "release": 2, "timings": {"build": 10.0, "start": 0.8, "gate": 1.5},
-                   "tools": ["search", "summarize", LONG_TOOL]},
-          "search": {"outcome": "unchanged", "release": 1}}),
-        ("failed", "feature/summarize-tool-with-a-rather-long-branch-name", "Try a bigger model",
-         {"docs": {"outcome": "failed", "release": 3, "reason": "health gate: tools/list timed out"}}),
+        (
+            "succeeded",
+            "main",
+            "Add the summarize tool to the docs server and document its limits",
+            {
+                "docs": {
+                    "outcome": "swapped",
+                    "release": 2,
+                    "timings": {"build": 10.0, "start": 0.8, "gate": 1.5},
+                    "tools": ["search", "summarize", LONG_TOOL],
+                },
+                "search": {"outcome": "unchanged", "release": 1},
+            },
+        ),
+        (
+            "failed",
+            "feature/summarize-tool-with-a-rather-long-branch-name",
+            "Try a bigger model",
+            {"docs": {"outcome": "failed", "release": 3, "reason": "health gate: tools/list timed out"}},
+        ),
         ("running", "main", "Bump the base image", {}),
         ("canceled", "main", "Superseded", {}),
         ("abandoned", "main", "Crashed mid-way", {}),
@@ -187,13 +231,23 @@ def _fill_history(store: Store) -> int:
     ]
     ids = []
     for status, branch, message, servers in samples:
-        deploy_id = store.create_deploy(source="webhook", repo="acme/mcp-servers", ref=f"refs/heads/{branch}",
-                                        commit_sha=SHA, author="Grace Hopper <grace@example.test>",
-                                        message=message)
+        deploy_id = store.create_deploy(
+            source="webhook",
+            repo="acme/mcp-servers",
+            ref=f"refs/heads/{branch}",
+            commit_sha=SHA,
+            author="Grace Hopper <grace@example.test>",
+            message=message,
+        )
         finished = None if status == "running" else time.time()
-        store.update_deploy(deploy_id, status=status, servers=servers, started_at=time.time() - 42,
-                            finished_at=finished,
-                            steps=[{"name": "build", "status": "ok", "seconds": 12.5}])
+        store.update_deploy(
+            deploy_id,
+            status=status,
+            servers=servers,
+            started_at=time.time() - 42,
+            finished_at=finished,
+            steps=[{"name": "build", "status": "ok", "seconds": 12.5}],
+        )
         store.add_event(deploy_id, 1, "log", "docs | #5 [2/4] RUN pip install -r requirements.txt")
         ids.append(deploy_id)
     return ids[0]
@@ -207,8 +261,9 @@ def phone(browser: Browser) -> Iterator[Page]:
     context.close()
 
 
-def test_deploys_on_a_phone_keeps_every_row_readable(site: str, store: Store, phone: Page,
-                                                     tmp_path: Path) -> None:
+def test_deploys_on_a_phone_keeps_every_row_readable(
+    site: str, store: Store, phone: Page, tmp_path: Path
+) -> None:
     """On a 375 px screen /deploys drops the wide columns and keeps text legible and statuses in view."""
     _fill_history(store)
     phone.goto(f"{site}/deploys")
@@ -216,8 +271,10 @@ def test_deploys_on_a_phone_keeps_every_row_readable(site: str, store: Store, ph
     assert phone.locator("tbody tr").count() == 6
     assert phone.locator("th.wide").first.is_hidden()
     assert phone.locator("td.wide").first.is_hidden()
-    sizes = phone.evaluate("[...document.querySelectorAll('td')].filter(td => td.offsetParent)"
-                           ".map(td => parseFloat(getComputedStyle(td).fontSize))")
+    sizes = phone.evaluate(
+        "[...document.querySelectorAll('td')].filter(td => td.offsetParent)"
+        ".map(td => parseFloat(getComputedStyle(td).fontSize))"
+    )
     assert min(sizes) >= MIN_READABLE_PX
     for status in phone.locator("tbody .status").all():
         box = status.bounding_box()
@@ -225,8 +282,9 @@ def test_deploys_on_a_phone_keeps_every_row_readable(site: str, store: Store, ph
 
 
 @pytest.mark.parametrize("path", ["/deploys", "/deploys/{changed}", "/"])
-def test_pages_fit_a_phone_screen_without_sideways_scroll(site: str, store: Store, phone: Page,
-                                                         tmp_path: Path, path: str) -> None:
+def test_pages_fit_a_phone_screen_without_sideways_scroll(
+    site: str, store: Store, phone: Page, tmp_path: Path, path: str
+) -> None:
     """On a 375 px screen no page scrolls sideways."""
     changed = _fill_history(store)
     phone.goto(site + path.format(changed=changed))

@@ -54,8 +54,9 @@ def _no_redirects(responses: list[httpx2.Response]) -> None:
 # both eras through the SDK client ----------------------------------------------------------------
 @pytest.mark.parametrize("json_response", [False, True], ids=["sse", "json"])
 @pytest.mark.parametrize("slash", ["", "/"], ids=["no-slash", "slash"])
-async def test_session_era_client_gets_a_session_id_and_reuses_it(rig: Rig, json_response: bool,
-                                                                  slash: str) -> None:
+async def test_session_era_client_gets_a_session_id_and_reuses_it(
+    rig: Rig, json_response: bool, slash: str
+) -> None:
     """A legacy-mode SDK client initializes through the proxy, gets a session id and sends it back."""
     with sdk_upstream("x", "A", json_response=json_response) as a:
         rig.router.swap({"x": a})
@@ -76,8 +77,9 @@ async def test_session_era_client_gets_a_session_id_and_reuses_it(rig: Rig, json
 
 @pytest.mark.parametrize("json_response", [False, True], ids=["sse", "json"])
 @pytest.mark.parametrize("slash", ["", "/"], ids=["no-slash", "slash"])
-async def test_stateless_era_client_negotiates_2026_without_sessions(rig: Rig, json_response: bool,
-                                                                     slash: str) -> None:
+async def test_stateless_era_client_negotiates_2026_without_sessions(
+    rig: Rig, json_response: bool, slash: str
+) -> None:
     """An auto-mode SDK client negotiates 2026-07-28 with a stateless server; no session id is used."""
     with sdk_upstream("x", "S", stateless=True, json_response=json_response) as s:
         rig.router.swap({"x": s})
@@ -100,8 +102,11 @@ async def test_sdk_server_with_dns_rebinding_guard_answers_through_the_proxy(rig
             assert text_of(await client.call_tool("whoami")) == "P"
         assert 421 not in [r.status_code for r in responses]
         async with httpx2.AsyncClient() as http:
-            direct = await http.post(guarded.base_url, headers={**ACCEPT_BOTH, "host": "evil.example"},
-                                     content=json.dumps(jsonrpc("tools/list")))
+            direct = await http.post(
+                guarded.base_url,
+                headers={**ACCEPT_BOTH, "host": "evil.example"},
+                content=json.dumps(jsonrpc("tools/list")),
+            )
         assert direct.status_code == 421, "the guard is on, so the Host the proxy sets is what passes"
 
 
@@ -110,9 +115,14 @@ async def test_sdk_server_with_dns_rebinding_guard_answers_through_the_proxy(rig
 async def test_mcp_headers_reach_the_upstream_unchanged(rig: Rig, method: str) -> None:
     """MCP headers arrive upstream byte for byte; the client's Authorization does not; Host is loopback."""
     sent = {
-        "Mcp-Session-Id": "sess-123", "MCP-Protocol-Version": MODERN, "Mcp-Method": "tools/call",
-        "Mcp-Name": "echo", "Last-Event-ID": "evt-42", "Accept": "application/json, text/event-stream",
-        "Content-Type": "application/json", "Authorization": "Bearer client-secret-token",
+        "Mcp-Session-Id": "sess-123",
+        "MCP-Protocol-Version": MODERN,
+        "Mcp-Method": "tools/call",
+        "Mcp-Name": "echo",
+        "Last-Event-ID": "evt-42",
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+        "Authorization": "Bearer client-secret-token",
     }
     recorder = Recorder()
     with raw_upstream("x", recorder) as raw:
@@ -146,8 +156,10 @@ async def test_forwarded_response_headers_appear_once(rig: Rig) -> None:
     """Each response header of an SSE answer appears once (no second Date, Server or X-Accel-Buffering)."""
     with sdk_upstream("x", "A") as a:
         rig.router.swap({"x": a})
-        init = jsonrpc("initialize", {"protocolVersion": LEGACY, "capabilities": {},
-                                      "clientInfo": {"name": "t", "version": "1"}})
+        init = jsonrpc(
+            "initialize",
+            {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+        )
         async with httpx2.AsyncClient() as http:
             reply = await http.post(rig.url("x"), headers=ACCEPT_BOTH, content=json.dumps(init))
         names = [name.lower() for name, _ in reply.headers.multi_items()]
@@ -159,12 +171,20 @@ async def test_forwarded_response_headers_appear_once(rig: Rig) -> None:
 @pytest.mark.parametrize("status", [202, 400, 401, 403, 404, 405])
 async def test_upstream_status_and_body_pass_through_unchanged(rig: Rig, status: int) -> None:
     """A 202/400/401/403/404/405 from the upstream reaches the client with its body and headers."""
-    body = b"" if status == 202 else json.dumps({"jsonrpc": "2.0", "id": 7, "error": {
-        "code": -32600, "message": f"upstream said {status}"}}).encode()
+    body = (
+        b""
+        if status == 202
+        else json.dumps(
+            {"jsonrpc": "2.0", "id": 7, "error": {"code": -32600, "message": f"upstream said {status}"}}
+        ).encode()
+    )
 
     async def answer(request: Request) -> Response:
-        extra = {"WWW-Authenticate": 'Bearer resource_metadata="http://127.0.0.1/.well-known"'} \
-            if status == 401 else {}
+        extra = (
+            {"WWW-Authenticate": 'Bearer resource_metadata="http://127.0.0.1/.well-known"'}
+            if status == 401
+            else {}
+        )
         return Response(body, status_code=status, media_type="application/json", headers=extra)
 
     with raw_upstream("x", Recorder(answer)) as raw:
@@ -177,16 +197,21 @@ async def test_upstream_status_and_body_pass_through_unchanged(rig: Rig, status:
         assert reply.headers["www-authenticate"].startswith("Bearer resource_metadata=")
 
 
-@pytest.mark.parametrize(("stateless", "method", "headers", "body", "status"), [
-    (False, "POST", ACCEPT_BOTH, jsonrpc("tools/list"), 400),                          # no session id
-    (False, "POST", {**ACCEPT_BOTH, "mcp-session-id": "unknown"}, jsonrpc("tools/list"), 404),
-    (False, "PUT", ACCEPT_BOTH, None, 405),
-    (True, "DELETE", ACCEPT_BOTH, None, 405),
-    (True, "POST", ACCEPT_BOTH, {"jsonrpc": "2.0", "method": "notifications/initialized"}, 202),
-    (False, "POST", ACCEPT_BOTH, "not json", 400),
-], ids=["missing-session", "unknown-session", "put", "stateless-delete", "notification", "parse-error"])
+@pytest.mark.parametrize(
+    ("stateless", "method", "headers", "body", "status"),
+    [
+        (False, "POST", ACCEPT_BOTH, jsonrpc("tools/list"), 400),  # no session id
+        (False, "POST", {**ACCEPT_BOTH, "mcp-session-id": "unknown"}, jsonrpc("tools/list"), 404),
+        (False, "PUT", ACCEPT_BOTH, None, 405),
+        (True, "DELETE", ACCEPT_BOTH, None, 405),
+        (True, "POST", ACCEPT_BOTH, {"jsonrpc": "2.0", "method": "notifications/initialized"}, 202),
+        (False, "POST", ACCEPT_BOTH, "not json", 400),
+    ],
+    ids=["missing-session", "unknown-session", "put", "stateless-delete", "notification", "parse-error"],
+)
 async def test_sdk_server_answers_reach_the_client_as_if_direct(
-        rig: Rig, stateless: bool, method: str, headers: dict[str, str], body: object, status: int) -> None:
+    rig: Rig, stateless: bool, method: str, headers: dict[str, str], body: object, status: int
+) -> None:
     """What an SDK server answers directly (status and body) is what the client gets through the proxy."""
     with sdk_upstream("x", "A", stateless=stateless) as a:
         rig.router.swap({"x": a})
@@ -259,7 +284,7 @@ async def _timed_chunks(url: str) -> tuple[httpx2.Response, list[tuple[float, by
 
 async def test_sse_events_reach_the_client_as_they_are_sent(rig: Rig) -> None:
     """The first event arrives before the upstream sends the second; the stream says X-Accel-Buffering: no."""
-    first, second = b"event: message\ndata: {\"n\": 1}\n\n", b"event: message\ndata: {\"n\": 2}\n\n"
+    first, second = b'event: message\ndata: {"n": 1}\n\n', b'event: message\ndata: {"n": 2}\n\n'
     with raw_upstream("x", _sse_upstream(first, 1.5, second)) as raw:
         rig.router.swap({"x": raw})
         reply, chunks = await _timed_chunks(rig.url("x"))
@@ -305,8 +330,9 @@ async def test_progress_notifications_stream_before_the_result(rig: Rig) -> None
 
         async with connect(rig.url("x"), mode="legacy") as client:
             started = time.monotonic()
-            result = await client.call_tool("slow", {"seconds": 1.5, "steps": 3},
-                                            progress_callback=on_progress)
+            result = await client.call_tool(
+                "slow", {"seconds": 1.5, "steps": 3}, progress_callback=on_progress
+            )
             finished = time.monotonic()
     assert text_of(result) == "A"
     assert len(progress) == 3

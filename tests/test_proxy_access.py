@@ -135,8 +135,9 @@ async def test_session_opened_with_one_key_gets_404_with_another(rig: Rig) -> No
     with sdk_upstream("x", "A") as a:
         rig.router.swap({"x": a})
         responses: list[httpx2.Response] = []
-        async with connect(rig.url("x"), mode="legacy", headers={"authorization": f"Bearer {k1}"},
-                           statuses=responses) as client:
+        async with connect(
+            rig.url("x"), mode="legacy", headers={"authorization": f"Bearer {k1}"}, statuses=responses
+        ) as client:
             assert text_of(await client.call_tool("whoami")) == "A"
             session_id = responses[0].headers["mcp-session-id"]
             stolen = await _post(rig, "x", k2, **{"mcp-session-id": session_id})
@@ -192,9 +193,15 @@ async def test_allowed_origin_reaches_a_guarded_sdk_server(rig: Rig) -> None:
 async def test_browser_preflight_from_an_allowed_origin_needs_no_key(rig: Rig, recorder: Recorder) -> None:
     """A CORS preflight from an allowed origin answers 204 without a key; answers expose the session id."""
     async with httpx2.AsyncClient() as http:
-        preflight = await http.request("OPTIONS", rig.url("x"), headers={
-            "origin": APP_ORIGIN, "access-control-request-method": "POST",
-            "access-control-request-headers": "authorization, content-type, mcp-session-id"})
+        preflight = await http.request(
+            "OPTIONS",
+            rig.url("x"),
+            headers={
+                "origin": APP_ORIGIN,
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "authorization, content-type, mcp-session-id",
+            },
+        )
         refused = await http.request("OPTIONS", rig.url("x"), headers={"origin": "https://evil.example"})
     assert preflight.status_code == 204
     assert preflight.headers["access-control-allow-origin"] == APP_ORIGIN

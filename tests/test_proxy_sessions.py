@@ -58,19 +58,21 @@ async def _whoami(client: Client) -> str:
 
 async def _raw_session(http: httpx2.AsyncClient, url: str) -> str:
     """Open a session with a raw initialize + initialized; return its id."""
-    init = jsonrpc("initialize", {"protocolVersion": LEGACY, "capabilities": {},
-                                  "clientInfo": {"name": "raw", "version": "1"}})
+    init = jsonrpc(
+        "initialize",
+        {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+    )
     reply = await http.post(url, headers=ACCEPT_BOTH, content=json.dumps(init))
     session_id = reply.headers["mcp-session-id"]
     headers = {**ACCEPT_BOTH, "mcp-session-id": session_id, "mcp-protocol-version": LEGACY}
-    note = await http.post(url, headers=headers, content=json.dumps(
-        {"jsonrpc": "2.0", "method": "notifications/initialized"}))
+    note = await http.post(
+        url, headers=headers, content=json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"})
+    )
     assert note.status_code == 202
     return session_id
 
 
-async def test_session_stays_on_the_upstream_that_issued_it_after_a_swap(
-        rig: Rig, a_and_b: Pair) -> None:
+async def test_session_stays_on_the_upstream_that_issued_it_after_a_swap(rig: Rig, a_and_b: Pair) -> None:
     """After a swap the old session's calls still reach A while new clients, of either era, reach B."""
     a, b = a_and_b
     async with connect(rig.url("x"), mode="legacy") as old:
@@ -86,7 +88,8 @@ async def test_session_stays_on_the_upstream_that_issued_it_after_a_swap(
 
 
 async def test_retired_upstreams_sessions_answer_404_and_the_sdk_client_raises(
-        rig: Rig, a_and_b: Pair) -> None:
+    rig: Rig, a_and_b: Pair
+) -> None:
     """After retire(A) A's session id answers HTTP 404; the SDK client raises and does not re-initialize.
 
     The SDK client turns the 404's JSON-RPC error body into an MCPError for the call; it does not
@@ -101,8 +104,11 @@ async def test_retired_upstreams_sessions_answer_404_and_the_sdk_client_raises(
         assert rig.router.retire("A") == 1
         assert rig.router.sessions_on("A") == 0
         async with httpx2.AsyncClient() as http:
-            raw = await http.post(rig.url("x"), headers={**ACCEPT_BOTH, "mcp-session-id": session_id},
-                                  content=json.dumps(jsonrpc("tools/list")))
+            raw = await http.post(
+                rig.url("x"),
+                headers={**ACCEPT_BOTH, "mcp-session-id": session_id},
+                content=json.dumps(jsonrpc("tools/list")),
+            )
         assert raw.status_code == 404
         assert raw.json()["error"]["code"] == SESSION_GONE
         with pytest.raises(MCPError) as raised:
@@ -114,14 +120,16 @@ async def test_retired_upstreams_sessions_answer_404_and_the_sdk_client_raises(
         assert await _whoami(fresh) == "B"
 
 
-async def test_retire_closes_the_open_streams_of_the_retired_upstream(
-        rig: Rig, a_and_b: Pair) -> None:
+async def test_retire_closes_the_open_streams_of_the_retired_upstream(rig: Rig, a_and_b: Pair) -> None:
     """An open GET event stream of a session on A ends promptly when A is retired."""
     _, b = a_and_b
     async with httpx2.AsyncClient(timeout=30) as http:
         session_id = await _raw_session(http, rig.url("x"))
-        headers = {"accept": "text/event-stream", "mcp-session-id": session_id,
-                   "mcp-protocol-version": LEGACY}
+        headers = {
+            "accept": "text/event-stream",
+            "mcp-session-id": session_id,
+            "mcp-protocol-version": LEGACY,
+        }
         async with http.stream("GET", rig.url("x"), headers=headers) as stream:
             assert stream.status_code == 200
             rig.router.swap({"x": b})
@@ -148,8 +156,11 @@ async def test_delete_ends_the_session(rig: Rig, a_and_b: Pair) -> None:
     assert rig.router.session(session_id) is None
     assert not rig.router.is_retired_session(session_id)
     async with httpx2.AsyncClient() as http:
-        after = await http.post(rig.url("x"), headers={**ACCEPT_BOTH, "mcp-session-id": session_id},
-                                content=json.dumps(jsonrpc("tools/list")))
+        after = await http.post(
+            rig.url("x"),
+            headers={**ACCEPT_BOTH, "mcp-session-id": session_id},
+            content=json.dumps(jsonrpc("tools/list")),
+        )
     assert after.status_code == 404, "the ended session is the upstream's to refuse, and it does"
 
 
@@ -159,8 +170,11 @@ async def test_session_id_on_another_servers_path_gets_404(rig: Rig, a_and_b: Pa
         rig.router.swap({"y": y})
         async with httpx2.AsyncClient() as http:
             session_id = await _raw_session(http, rig.url("x"))
-            reply = await http.post(rig.url("y"), headers={**ACCEPT_BOTH, "mcp-session-id": session_id},
-                                    content=json.dumps(jsonrpc("tools/list")))
+            reply = await http.post(
+                rig.url("y"),
+                headers={**ACCEPT_BOTH, "mcp-session-id": session_id},
+                content=json.dumps(jsonrpc("tools/list")),
+            )
     assert reply.status_code == 404
     assert reply.json()["error"]["code"] == SESSION_GONE
 
@@ -171,8 +185,10 @@ async def test_call_in_flight_during_a_swap_completes_on_the_old_upstream(rig: R
     A has answered it (the client's own finish comes later: it still has to read and parse the answer)."""
     calls: list[str] = []
     ended: list[float] = []
-    with sdk_upstream("x", "A", stateless=mode == "auto", calls=calls, ended=ended) as a, \
-            sdk_upstream("x", "B", stateless=mode == "auto") as b:
+    with (
+        sdk_upstream("x", "A", stateless=mode == "auto", calls=calls, ended=ended) as a,
+        sdk_upstream("x", "B", stateless=mode == "auto") as b,
+    ):
         rig.router.swap({"x": a})
         async with connect(rig.url("x"), mode=mode) as client:
             call = asyncio.create_task(client.call_tool("slow", {"seconds": 2.0, "steps": 2}))
@@ -213,8 +229,10 @@ async def test_request_routed_before_a_swap_keeps_its_upstream_until_answered(ri
         rig.router.swap({"x": a})
         body = json.dumps(jsonrpc("tools/list")).encode()
         reader, writer = await asyncio.open_connection("127.0.0.1", rig.port)
-        writer.write(b"POST /mcp/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     b"Content-Length: %d\r\n\r\n" % len(body))
+        writer.write(
+            b"POST /mcp/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body)
+        )
         await writer.drain()
         await asyncio.sleep(0.3)  # the proxy has authorized and routed the request; it awaits the body
         rig.router.swap({"x": b})

@@ -75,8 +75,14 @@ async def read_request(reader: asyncio.StreamReader, raw: Raw) -> tuple[bytes, b
 
 def answer(body: bytes, status: bytes = b"200 OK", extra: bytes = b"") -> bytes:
     """A keep-alive JSON answer with its length."""
-    return (b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\n" + extra
-            + b"content-length: %d\r\n\r\n" % len(body) + body)
+    return (
+        b"HTTP/1.1 "
+        + status
+        + b"\r\ncontent-type: application/json\r\n"
+        + extra
+        + b"content-length: %d\r\n\r\n" % len(body)
+        + body
+    )
 
 
 async def keep_answering(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: Raw) -> None:
@@ -121,8 +127,9 @@ async def test_big_event_stream_is_relayed_whole(rig: Rig) -> None:
 
     async def stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: Raw) -> None:
         await read_request(reader, raw)
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                     b"transfer-encoding: chunked\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
         for event in events:
             writer.write(b"%x\r\n%s\r\n" % (len(event), event))
         writer.write(b"0\r\n\r\n")
@@ -143,8 +150,10 @@ async def test_head_gets_headers_and_the_next_request_still_works(rig: Rig) -> N
             head, _ = await read_request(reader, raw)
             body = b'{"ok":true}'
             if head.startswith(b"HEAD "):
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
-                             b"content-length: %d\r\n\r\n" % len(body))
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\n\r\n" % len(body)
+                )
             else:
                 writer.write(answer(body))
             await writer.drain()
@@ -215,11 +224,15 @@ async def test_idle_connection_closed_by_the_upstream_is_not_reused(rig: Rig) ->
     assert raw.connections == 3
 
 
-@pytest.mark.parametrize("reply", [
-    b"this is not http\r\n\r\n",
-    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"cut",
-    b"",
-], ids=["garbage", "cut-body", "closed"])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        b"this is not http\r\n\r\n",
+        b'HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"cut',
+        b"",
+    ],
+    ids=["garbage", "cut-body", "closed"],
+)
 async def test_broken_answer_gets_502_and_leaves_nothing_in_flight(rig: Rig, reply: bytes) -> None:
     """Garbage, a body cut short, or a close without an answer: 502 naming the server, nothing in flight."""
 
@@ -245,7 +258,8 @@ async def test_odd_path_and_query_reach_the_upstream_encoded(rig: Rig) -> None:
 
 @pytest.mark.parametrize(("method", "status"), [("GET", 200), ("POST", 502)])
 async def test_reused_connection_dropped_before_answering_is_retried_only_if_idempotent(
-        rig: Rig, method: str, status: int) -> None:
+    rig: Rig, method: str, status: int
+) -> None:
     """A kept-alive connection closed right as the next request arrives: GET is sent again on a new
     connection; POST is not (the upstream may have acted on it), so it gets 502."""
 

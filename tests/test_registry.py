@@ -18,18 +18,41 @@ OFFICIAL = json.loads((FIXTURES / "mcp-registry-server.schema-2025-12-11.json").
 
 def release(server: str, *, access: tuple[str, ...] = ("all",), number: int = 3) -> Release:
     """A live release as the store returns it."""
-    manifest = {"name": server, "version": "1.2.0", "description": f"{server} does things",
-                "access": list(access), "run": {"port": 8080, "secrets": ["API_TOKEN"]}}
+    manifest = {
+        "name": server,
+        "version": "1.2.0",
+        "description": f"{server} does things",
+        "access": list(access),
+        "run": {"port": 8080, "secrets": ["API_TOKEN"]},
+    }
     tools = [{"name": "search", "description": "Search.", "inputSchema": {"type": "object"}}]
-    return Release(server=server, number=number, repo="central-mcp", commit_sha="a" * 40,
-                   fingerprint="f", image=f"central-mcp/{server}:r{number}", version="1.2.0", status="live",
-                   deploy_id=7, container_id="c", host_port=1234, path="/mcp", tools=tools, manifest=manifest,
-                   created_at=1.0, live_at=2.0)
+    return Release(
+        server=server,
+        number=number,
+        repo="central-mcp",
+        commit_sha="a" * 40,
+        fingerprint="f",
+        image=f"central-mcp/{server}:r{number}",
+        version="1.2.0",
+        status="live",
+        deploy_id=7,
+        container_id="c",
+        host_port=1234,
+        path="/mcp",
+        tools=tools,
+        manifest=manifest,
+        created_at=1.0,
+        live_at=2.0,
+    )
 
 
-SETTINGS = Settings(config_path=Path("deploy.yaml"), state_dir=Path("/tmp/unused"),
-                    public_url="https://mcp.example.com", namespace="io.github.owner",
-                    projects=(Project("web", servers=("property-search",)), Project("ops")))
+SETTINGS = Settings(
+    config_path=Path("deploy.yaml"),
+    state_dir=Path("/tmp/unused"),
+    public_url="https://mcp.example.com",
+    namespace="io.github.owner",
+    projects=(Project("web", servers=("property-search",)), Project("ops")),
+)
 
 
 def test_every_server_entry_validates_against_the_official_schema() -> None:
@@ -40,10 +63,19 @@ def test_every_server_entry_validates_against_the_official_schema() -> None:
         jsonschema.validate(entry["server"], OFFICIAL)
     first = doc["servers"][0]["server"]
     assert first["name"] == "io.github.owner/999x-ray-analyzer"
-    header = {"name": "Authorization", "description": "Bearer <project API key>", "isRequired": True,
-              "isSecret": True}
-    assert first["remotes"] == [{"type": "streamable-http",
-                                 "url": "https://mcp.example.com/mcp/999x-ray-analyzer", "headers": [header]}]
+    header = {
+        "name": "Authorization",
+        "description": "Bearer <project API key>",
+        "isRequired": True,
+        "isSecret": True,
+    }
+    assert first["remotes"] == [
+        {
+            "type": "streamable-http",
+            "url": "https://mcp.example.com/mcp/999x-ray-analyzer",
+            "headers": [header],
+        }
+    ]
 
 
 def test_live_state_and_tools_are_in_meta() -> None:
@@ -57,19 +89,31 @@ def test_live_state_and_tools_are_in_meta() -> None:
 def test_mcp_json_uses_the_key_variable_not_a_key() -> None:
     """mcp.json lists http servers whose Authorization header names ${CENTRAL_MCP_API_KEY}."""
     doc = registry.mcp_json(SETTINGS, [release("property-search")])
-    assert doc == {"mcpServers": {"property-search": {
-        "type": "http", "url": "https://mcp.example.com/mcp/property-search",
-        "headers": {"Authorization": "Bearer ${CENTRAL_MCP_API_KEY}"}}}}
+    assert doc == {
+        "mcpServers": {
+            "property-search": {
+                "type": "http",
+                "url": "https://mcp.example.com/mcp/property-search",
+                "headers": {"Authorization": "Bearer ${CENTRAL_MCP_API_KEY}"},
+            }
+        }
+    }
 
 
 def test_a_project_sees_only_the_servers_it_may_use() -> None:
     """A project's view honours both its deploy.yaml server list and each manifest's access list."""
-    releases = [release("property-search"), release("999x-ray-analyzer"),
-                release("ops-only", access=("ops",))]
+    releases = [
+        release("property-search"),
+        release("999x-ray-analyzer"),
+        release("ops-only", access=("ops",)),
+    ]
     web, ops = SETTINGS.projects
     assert [r.server for r in registry.visible(releases, web)] == ["property-search"]
-    assert [r.server for r in registry.visible(releases, ops)] == ["property-search", "999x-ray-analyzer",
-                                                                   "ops-only"]
+    assert [r.server for r in registry.visible(releases, ops)] == [
+        "property-search",
+        "999x-ray-analyzer",
+        "ops-only",
+    ]
     assert len(registry.visible(releases, None)) == 3
 
 

@@ -92,9 +92,11 @@ def test_project_access_honours_all_and_named_servers(tmp_path: Path) -> None:
 
 def test_webhook_and_rate_limits_are_read(tmp_path: Path) -> None:
     """A repo's webhook and a project's rate limit land in their frozen values."""
-    text = ("public_url: https://mcp.example.com/\n"
-            "repos:\n  - name: r\n    webhook: {provider: gitea, secret_env: HOOK_SECRET}\n"
-            "projects:\n  - {name: p, rate_limit: {per_minute: 10, burst: 2}}\n")
+    text = (
+        "public_url: https://mcp.example.com/\n"
+        "repos:\n  - name: r\n    webhook: {provider: gitea, secret_env: HOOK_SECRET}\n"
+        "projects:\n  - {name: p, rate_limit: {per_minute: 10, burst: 2}}\n"
+    )
     loaded = settings.load(_write(tmp_path, text), env={})
     assert loaded.repo().webhook == settings.Webhook("gitea", "HOOK_SECRET")
     assert loaded.projects[0] == settings.Project("p", per_minute=10, burst=2)
@@ -102,30 +104,58 @@ def test_webhook_and_rate_limits_are_read(tmp_path: Path) -> None:
 
 
 BAD_CONFIGS = [
-    pytest.param("listen: {port: 8900}\nbogus: 1\n", "$.bogus", 2, "unknown key 'bogus'",
-                 id="unknown-top-level-key"),
-    pytest.param("proxy:\n  drain_timeout: 30s\n  drian: 1\n", "$.proxy.drian", 3, "unknown key 'drian'",
-                 id="unknown-nested-key"),
-    pytest.param("listen:\n  port: '8900'\n", "$.listen.port", 2, "not of type 'integer'",
-                 id="port-as-string"),
-    pytest.param("listen:\n  port: 70000\n", "$.listen.port", 2, "maximum of 65535",
-                 id="port-out-of-range"),
-    pytest.param("proxy:\n  drain_timeout: soon\n", "$.proxy.drain_timeout", 2, "'soon'",
-                 id="bad-duration"),
-    pytest.param("proxy:\n  keepalive: 30s\n", "$.proxy.keepalive", 2, "longer than 25s",
-                 id="keepalive-over-25s"),
-    pytest.param("repos:\n  - name: a\n  - name: a\n", "$.repos[1].name", 3, "duplicate repo 'a'",
-                 id="duplicate-repo"),
-    pytest.param("projects:\n  - name: p\n  - name: p\n", "$.projects[1].name", 3, "duplicate project 'p'",
-                 id="duplicate-project"),
-    pytest.param("repos:\n  - name: a\n    webhook: {provider: bitbucket, secret_env: X}\n",
-                 "$.repos[0].webhook.provider", 3, "'bitbucket' is not one of", id="bad-webhook-provider"),
-    pytest.param("public_url: mcp.example.com\n", "$.public_url", 1, "not an http(s) URL",
-                 id="public-url-without-scheme"),
-    pytest.param("build:\n  network: bridge\n", "$.build.network", 2, "'bridge' is not one of",
-                 id="bad-build-network"),
-    pytest.param("retention:\n  images_per_server: 1\n", "$.retention.images_per_server", 2,
-                 "minimum of 2", id="too-few-images-kept"),
+    pytest.param(
+        "listen: {port: 8900}\nbogus: 1\n", "$.bogus", 2, "unknown key 'bogus'", id="unknown-top-level-key"
+    ),
+    pytest.param(
+        "proxy:\n  drain_timeout: 30s\n  drian: 1\n",
+        "$.proxy.drian",
+        3,
+        "unknown key 'drian'",
+        id="unknown-nested-key",
+    ),
+    pytest.param(
+        "listen:\n  port: '8900'\n", "$.listen.port", 2, "not of type 'integer'", id="port-as-string"
+    ),
+    pytest.param("listen:\n  port: 70000\n", "$.listen.port", 2, "maximum of 65535", id="port-out-of-range"),
+    pytest.param("proxy:\n  drain_timeout: soon\n", "$.proxy.drain_timeout", 2, "'soon'", id="bad-duration"),
+    pytest.param(
+        "proxy:\n  keepalive: 30s\n", "$.proxy.keepalive", 2, "longer than 25s", id="keepalive-over-25s"
+    ),
+    pytest.param(
+        "repos:\n  - name: a\n  - name: a\n", "$.repos[1].name", 3, "duplicate repo 'a'", id="duplicate-repo"
+    ),
+    pytest.param(
+        "projects:\n  - name: p\n  - name: p\n",
+        "$.projects[1].name",
+        3,
+        "duplicate project 'p'",
+        id="duplicate-project",
+    ),
+    pytest.param(
+        "repos:\n  - name: a\n    webhook: {provider: bitbucket, secret_env: X}\n",
+        "$.repos[0].webhook.provider",
+        3,
+        "'bitbucket' is not one of",
+        id="bad-webhook-provider",
+    ),
+    pytest.param(
+        "public_url: mcp.example.com\n",
+        "$.public_url",
+        1,
+        "not an http(s) URL",
+        id="public-url-without-scheme",
+    ),
+    pytest.param(
+        "build:\n  network: bridge\n", "$.build.network", 2, "'bridge' is not one of", id="bad-build-network"
+    ),
+    pytest.param(
+        "retention:\n  images_per_server: 1\n",
+        "$.retention.images_per_server",
+        2,
+        "minimum of 2",
+        id="too-few-images-kept",
+    ),
     pytest.param("- listen\n", "$", 1, "must be a mapping", id="list-instead-of-mapping"),
 ]
 
@@ -146,9 +176,11 @@ def test_every_fault_in_deploy_yaml_is_reported_at_once(tmp_path: Path) -> None:
     assert [p.path for p in problems] == ["$.bogus", "$.listen.port", "$.public_url"]
 
 
-@pytest.mark.parametrize("text, path", [("proxy: 5\n", "$.proxy"), ("proxy: [1]\n", "$.proxy"),
-                                        ("repos: 5\n", "$.repos")],
-                         ids=["proxy-int", "proxy-list", "repos-int"])
+@pytest.mark.parametrize(
+    "text, path",
+    [("proxy: 5\n", "$.proxy"), ("proxy: [1]\n", "$.proxy"), ("repos: 5\n", "$.repos")],
+    ids=["proxy-int", "proxy-list", "repos-int"],
+)
 def test_section_of_the_wrong_type_is_a_config_error(tmp_path: Path, text: str, path: str) -> None:
     """A section that is not the mapping or list it should be is reported, not a crash."""
     problems = _problems(tmp_path, text)

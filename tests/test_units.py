@@ -9,10 +9,22 @@ import pytest
 from pipeline.config.units import DURATION_PATTERN, SIZE_PATTERN, parse_duration, parse_size
 
 
-@pytest.mark.parametrize("text, seconds", [
-    ("30s", 30.0), ("500ms", 0.5), ("5m", 300.0), ("2h", 7200.0), ("7d", 604800.0),
-    ("1.5m", 90.0), ("45", 45.0), (" 10 s ", 10.0), ("0s", 0.0), (12, 12.0), (2.5, 2.5),
-])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("30s", 30.0),
+        ("500ms", 0.5),
+        ("5m", 300.0),
+        ("2h", 7200.0),
+        ("7d", 604800.0),
+        ("1.5m", 90.0),
+        ("45", 45.0),
+        (" 10 s ", 10.0),
+        ("0s", 0.0),
+        (12, 12.0),
+        (2.5, 2.5),
+    ],
+)
 def test_parse_duration_accepts_each_unit(text: str | int | float, seconds: float) -> None:
     """Every unit, a bare number, a fraction and surrounding spaces convert to seconds."""
     assert parse_duration(text) == pytest.approx(seconds)
@@ -38,11 +50,22 @@ def test_parse_duration_refuses_booleans(value: bool) -> None:
         parse_duration(value)
 
 
-@pytest.mark.parametrize("text, size", [
-    ("256m", 256 * 1024**2), ("1g", 1024**3), ("512MiB", 512 * 1024**2), ("1024k", 1024 * 1024),
-    ("2GB", 2 * 1024**3), ("1kib", 1024), ("100", 100), ("100b", 100), ("1.5g", int(1.5 * 1024**3)),
-    (" 64M ", 64 * 1024**2), (4096, 4096),
-])
+@pytest.mark.parametrize(
+    "text, size",
+    [
+        ("256m", 256 * 1024**2),
+        ("1g", 1024**3),
+        ("512MiB", 512 * 1024**2),
+        ("1024k", 1024 * 1024),
+        ("2GB", 2 * 1024**3),
+        ("1kib", 1024),
+        ("100", 100),
+        ("100b", 100),
+        ("1.5g", int(1.5 * 1024**3)),
+        (" 64M ", 64 * 1024**2),
+        (4096, 4096),
+    ],
+)
 def test_parse_size_accepts_docker_style_units(text: str | int, size: int) -> None:
     """Units b/k/m/g in either case, with optional i/b suffix, or bare bytes convert to bytes."""
     assert parse_size(text) == size

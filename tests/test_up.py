@@ -22,7 +22,8 @@ FIXTURE = ROOT / "tests" / "fixtures" / "servers" / "echo"
 
 
 def test_up_deploys_the_checkout_prints_where_to_look_and_stops_on_sigint(
-        tmp_path: Path, docker_host: DockerHost) -> None:
+    tmp_path: Path, docker_host: DockerHost
+) -> None:
     """`up` in a fresh checkout pushes HEAD through the hook, serves it, prints a key, stops cleanly."""
     work = tmp_path / "checkout"
     shutil.copytree(FIXTURE, work / "servers" / "echo-up")
@@ -31,13 +32,23 @@ def test_up_deploys_the_checkout_prints_where_to_look_and_stops_on_sigint(
     port = free_port()
     (work / "deploy.yaml").write_text(
         f"listen: {{host: 127.0.0.1, port: {port}}}\nprojects: [{{name: demo}}]\n"
-        "build: {network: none}\nproxy: {drain_timeout: 1s}\n")
-    for args in (["init", "-q", "-b", "main"], ["add", "-A"],
-                 ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "servers"]):
+        "build: {network: none}\nproxy: {drain_timeout: 1s}\n"
+    )
+    for args in (
+        ["init", "-q", "-b", "main"],
+        ["add", "-A"],
+        ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "servers"],
+    ):
         subprocess.run(["git", *args], cwd=work, check=True, capture_output=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "CENTRAL_MCP_"))}
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "up"], cwd=work, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "up"],
+        cwd=work,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     lines: list[str] = []
     try:
         assert proc.stdout is not None

@@ -23,12 +23,12 @@ def fixture(name: str) -> bytes:
 
 def settings_for(*repos: Repo, queue: int = 16) -> Settings:
     """Settings with just these repos."""
-    return Settings(config_path=Path("deploy.yaml"), state_dir=Path("/nonexistent"), repos=repos,
-                    webhook_queue=queue)
+    return Settings(
+        config_path=Path("deploy.yaml"), state_dir=Path("/nonexistent"), repos=repos, webhook_queue=queue
+    )
 
 
-GITHUB = Repo(name="Codertocat/Hello-World", branch="master",
-              webhook=Webhook("github", "GH_SECRET"))
+GITHUB = Repo(name="Codertocat/Hello-World", branch="master", webhook=Webhook("github", "GH_SECRET"))
 GITEA = Repo(name="example/example", branch="master", webhook=Webhook("gitea", "GT_SECRET"))
 GITLAB = Repo(name="mike/diaspora", branch="master", webhook=Webhook("gitlab", "GL_SECRET"))
 ENV = {"GH_SECRET": SECRET, "GT_SECRET": SECRET, "GL_SECRET": SECRET}
@@ -57,8 +57,12 @@ def receiver(*repos: Repo, waiting: int = 0, queue: int = 16) -> tuple[Receiver,
 
 def github(body: bytes, event: str = "push", delivery: str = "d-1", **extra: str) -> Delivery:
     """A GitHub delivery of `body`, correctly signed unless overridden."""
-    headers = {"x-github-event": event, "x-github-delivery": delivery, "content-type": "application/json",
-               "x-hub-signature-256": sign_github(SECRET, body)}
+    headers = {
+        "x-github-event": event,
+        "x-github-delivery": delivery,
+        "content-type": "application/json",
+        "x-hub-signature-256": sign_github(SECRET, body),
+    }
     headers.update(extra)
     return Delivery("github", headers, body)
 
@@ -66,7 +70,8 @@ def github(body: bytes, event: str = "push", delivery: str = "d-1", **extra: str
 def test_githubs_documented_test_vector_signs_correctly() -> None:
     """GitHub's published HMAC example (secret, 'Hello, World!') gives the documented signature."""
     assert sign_github(SECRET, b"Hello, World!") == (
-        "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17")
+        "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+    )
 
 
 def test_signed_github_push_to_the_deploy_branch_queues_a_deploy_of_after() -> None:
@@ -97,16 +102,20 @@ def test_ping_answers_200_even_without_a_repository(name: str) -> None:
     assert answer.status == 200 and not rec.requests
 
 
-@pytest.mark.parametrize(("name", "reason"), [
-    ("github-push-tag-create.json", "tag"),
-    ("github-push-tag-delete.json", "tag"),
-    ("github-push-branch-delete.json", "deleted"),
-])
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("github-push-tag-create.json", "tag"),
+        ("github-push-tag-delete.json", "tag"),
+        ("github-push-branch-delete.json", "deleted"),
+    ],
+)
 def test_tags_and_deletions_are_ignored_with_a_reason(name: str, reason: str) -> None:
     """Tag pushes and branch deletions answer 202 with the reason and deploy nothing."""
     payload = json.loads(fixture(name))
-    repo = Repo(name=payload["repository"]["full_name"], branch="master",
-                webhook=Webhook("github", "GH_SECRET"))
+    repo = Repo(
+        name=payload["repository"]["full_name"], branch="master", webhook=Webhook("github", "GH_SECRET")
+    )
     rx, rec = receiver(repo)
     answer = rx.handle(github(fixture(name)))
     assert answer.status == 202 and reason in answer.body["ignored"] and not rec.requests
@@ -123,8 +132,11 @@ def test_push_to_another_branch_is_ignored() -> None:
 def test_force_push_deploys() -> None:
     """A force push (argo-cd's real payload) deploys like any other push."""
     payload = json.loads(fixture("github-push-force.json"))
-    repo = Repo(name=payload["repository"]["full_name"], branch=payload["ref"].removeprefix("refs/heads/"),
-                webhook=Webhook("github", "GH_SECRET"))
+    repo = Repo(
+        name=payload["repository"]["full_name"],
+        branch=payload["ref"].removeprefix("refs/heads/"),
+        webhook=Webhook("github", "GH_SECRET"),
+    )
     rx, rec = receiver(repo)
     answer = rx.handle(github(fixture("github-push-force.json")))
     assert answer.status == 202 and rec.requests[0].commit == payload["after"]
@@ -133,8 +145,11 @@ def test_force_push_deploys() -> None:
 def test_legacy_payload_without_sender_or_full_name_is_handled() -> None:
     """A 2012-era payload (no sender, no full_name) is matched by repository name, never a 500."""
     payload = json.loads(fixture("github-push-legacy-3-commits.json"))
-    repo = Repo(name=payload["repository"]["name"], branch=payload["ref"].removeprefix("refs/heads/"),
-                webhook=Webhook("github", "GH_SECRET"))
+    repo = Repo(
+        name=payload["repository"]["name"],
+        branch=payload["ref"].removeprefix("refs/heads/"),
+        webhook=Webhook("github", "GH_SECRET"),
+    )
     rx, _ = receiver(repo)
     answer = rx.handle(github(fixture("github-push-legacy-3-commits.json")))
     assert answer.status == 202, answer.body
@@ -151,8 +166,11 @@ def test_skip_marker_in_the_head_commit_skips() -> None:
 
 def test_path_filter_skips_pushes_that_touch_no_watched_path() -> None:
     """With watched paths configured, a push touching none of them does not deploy; one that does, does."""
-    repo = Repo(name="Codertocat/Hello-World", branch="master",
-                webhook=Webhook("github", "GH_SECRET", paths=("servers/*",)))
+    repo = Repo(
+        name="Codertocat/Hello-World",
+        branch="master",
+        webhook=Webhook("github", "GH_SECRET", paths=("servers/*",)),
+    )
     payload = json.loads(fixture("github-push-branch.json"))
     rx, rec = receiver(repo)
     assert rx.handle(github(json.dumps(payload).encode())).status == 202 and not rec.requests
@@ -182,12 +200,15 @@ def test_other_events_are_ignored_by_name() -> None:
     assert answer == type(answer)(202, {"ignored": "event issues"})
 
 
-@pytest.mark.parametrize("headers", [
-    {},
-    {"x-hub-signature-256": "sha256=" + "0" * 64},
-    {"x-hub-signature-256": sign_github(SECRET, b"Hello, World!").replace("sha256=", "sha1=")},
-    {"x-hub-signature-256": sign_github("another secret", b"x")},
-])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"x-hub-signature-256": "sha256=" + "0" * 64},
+        {"x-hub-signature-256": sign_github(SECRET, b"Hello, World!").replace("sha256=", "sha1=")},
+        {"x-hub-signature-256": sign_github("another secret", b"x")},
+    ],
+)
 def test_missing_wrong_or_wrong_scheme_signature_is_401(headers: dict[str, str]) -> None:
     """No, wrong, or wrong-scheme signatures answer 401 without echoing the secret, and deploy nothing."""
     body = fixture("github-push-branch.json")
@@ -213,11 +234,14 @@ def test_malformed_signed_bodies_are_400(body: bytes) -> None:
     assert answer.status == 400 and "malformed" in answer.body["error"] and not rec.requests
 
 
-@pytest.mark.parametrize("payload", [
-    {"repository": {"full_name": "Codertocat/Hello-World"}},
-    {"ref": "refs/heads/master", "repository": {"full_name": "Codertocat/Hello-World"}},
-    {"ref": "refs/heads/master", "after": "not-a-sha", "repository": {}},
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"repository": {"full_name": "Codertocat/Hello-World"}},
+        {"ref": "refs/heads/master", "repository": {"full_name": "Codertocat/Hello-World"}},
+        {"ref": "refs/heads/master", "after": "not-a-sha", "repository": {}},
+    ],
+)
 def test_push_missing_fields_is_400_never_500(payload: dict[str, object]) -> None:
     """A signed push that lacks ref or a valid after answers 400 naming the field."""
     rx, _ = receiver(GITHUB)
@@ -257,11 +281,15 @@ def test_gitlab_tag_push_is_ignored() -> None:
     """A GitLab tag push answers 202 and deploys nothing."""
     body = fixture("gitlab-tag-push.json")
     payload = json.loads(body)
-    repo = Repo(name=payload["project"]["path_with_namespace"], branch="master",
-                webhook=Webhook("gitlab", "GL_SECRET"))
+    repo = Repo(
+        name=payload["project"]["path_with_namespace"],
+        branch="master",
+        webhook=Webhook("gitlab", "GL_SECRET"),
+    )
     rx, rec = receiver(repo)
-    answer = rx.handle(Delivery("gitlab", {"x-gitlab-event": "Tag Push Hook", "x-gitlab-token": SECRET},
-                                body))
+    answer = rx.handle(
+        Delivery("gitlab", {"x-gitlab-event": "Tag Push Hook", "x-gitlab-token": SECRET}, body)
+    )
     assert answer.status == 202 and not rec.requests
 
 

@@ -28,8 +28,9 @@ HOOK = """repos:
 
 
 @pytest.fixture(scope="module")
-def hooked(tmp_path_factory: pytest.TempPathFactory,
-           docker_host: DockerHost) -> Iterator[tuple[Provider, Path]]:
+def hooked(
+    tmp_path_factory: pytest.TempPathFactory, docker_host: DockerHost
+) -> Iterator[tuple[Provider, Path]]:
     """A serve process whose repo is fed by webhooks from a local 'GitHub' bare repo."""
     root = tmp_path_factory.mktemp("webhooks")
     github = root / "github.git"
@@ -53,13 +54,23 @@ def _github_clone(provider: Provider, github: Path, into: Path) -> Workspace:
     return ws
 
 
-def _deliver(provider: Provider, body: bytes, *, event: str = "push", delivery: str | None = None,
-             signature: str | None = None, method: str = "POST",
-             headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+def _deliver(
+    provider: Provider,
+    body: bytes,
+    *,
+    event: str = "push",
+    delivery: str | None = None,
+    signature: str | None = None,
+    method: str = "POST",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, Any]]:
     conn = http.client.HTTPConnection("127.0.0.1", provider.port, timeout=30)
-    sent = {"Content-Type": "application/json", "X-GitHub-Event": event,
-            "X-GitHub-Delivery": delivery or secrets.token_hex(8),
-            "X-Hub-Signature-256": signature if signature is not None else sign_github(SECRET, body)}
+    sent = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": event,
+        "X-GitHub-Delivery": delivery or secrets.token_hex(8),
+        "X-Hub-Signature-256": signature if signature is not None else sign_github(SECRET, body),
+    }
     sent.update(headers or {})
     try:
         conn.request(method, "/hooks/github", body=body, headers=sent)
@@ -72,12 +83,21 @@ def _deliver(provider: Provider, body: bytes, *, event: str = "push", delivery: 
 
 def _push_payload(github: Path, ws: Workspace, before: str, message: str) -> bytes:
     after = ws.git("rev-parse", "HEAD").strip()
-    return json.dumps({
-        "ref": "refs/heads/main", "before": before, "after": after, "created": False, "deleted": False,
-        "repository": {"name": "central-mcp", "full_name": "owner/central-mcp", "clone_url": str(github)},
-        "head_commit": {"id": after, "message": message, "author": {"name": "GitHub User"}},
-        "commits": [{"id": after, "message": message, "added": [], "modified": ["servers/x"], "removed": []}],
-    }, indent=2).encode()
+    return json.dumps(
+        {
+            "ref": "refs/heads/main",
+            "before": before,
+            "after": after,
+            "created": False,
+            "deleted": False,
+            "repository": {"name": "central-mcp", "full_name": "owner/central-mcp", "clone_url": str(github)},
+            "head_commit": {"id": after, "message": message, "author": {"name": "GitHub User"}},
+            "commits": [
+                {"id": after, "message": message, "added": [], "modified": ["servers/x"], "removed": []}
+            ],
+        },
+        indent=2,
+    ).encode()
 
 
 def _wait_finished(provider: Provider, deploy_id: int) -> dict[str, Any]:
@@ -86,12 +106,12 @@ def _wait_finished(provider: Provider, deploy_id: int) -> dict[str, Any]:
     def done() -> bool:
         record.update(provider.deploy(deploy_id))
         return record["status"] not in ("queued", "running")
+
     wait_for(f"deploy #{deploy_id} to finish", done, 180, interval=0.2)
     return record
 
 
-def test_signed_push_webhook_makes_the_new_commit_live(hooked: tuple[Provider, Path],
-                                                       tmp_path: Path) -> None:
+def test_signed_push_webhook_makes_the_new_commit_live(hooked: tuple[Provider, Path], tmp_path: Path) -> None:
     """A signed GitHub push answers 202 at once; the commit is fetched, deployed and served by the proxy."""
     provider, github = hooked
     ws = _github_clone(provider, github, tmp_path / "gh")
@@ -124,8 +144,9 @@ def test_hostile_deliveries_change_nothing(hooked: tuple[Provider, Path]) -> Non
     """Bad signatures, oversized or malformed bodies and wrong methods get their status and deploy nothing."""
     provider, _ = hooked
     before = provider.last_deploy_id()
-    body = json.dumps({"ref": "refs/heads/main", "after": "a" * 40,
-                       "repository": {"full_name": "owner/central-mcp"}}).encode()
+    body = json.dumps(
+        {"ref": "refs/heads/main", "after": "a" * 40, "repository": {"full_name": "owner/central-mcp"}}
+    ).encode()
     assert _deliver(provider, body, signature="")[0] == 401
     assert _deliver(provider, body, signature="sha256=" + "0" * 64)[0] == 401
     status, answer = _deliver(provider, body, signature=sign_github(SECRET, body).replace("sha256", "sha1"))
@@ -136,7 +157,8 @@ def test_hostile_deliveries_change_nothing(hooked: tuple[Provider, Path]) -> Non
     assert _deliver(provider, body, method="GET")[0] == 405
     status, answer = _deliver(provider, body, event="ping")
     assert status == 200
-    other = json.dumps({"ref": "refs/heads/main", "after": "b" * 40,
-                        "repository": {"full_name": "someone/else"}}).encode()
+    other = json.dumps(
+        {"ref": "refs/heads/main", "after": "b" * 40, "repository": {"full_name": "someone/else"}}
+    ).encode()
     assert _deliver(provider, other)[0] == 404
     assert provider.last_deploy_id() == before

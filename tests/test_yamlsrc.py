@@ -120,8 +120,11 @@ def test_deeply_nested_flow_sequence_is_refused_as_config_error() -> None:
     assert "levels" in problem.message
 
 
-@pytest.mark.parametrize("raw", [b"port: !!int abc\n", b"port: !!float abc\n", b"when: !!timestamp abc\n",
-                                 b"!!int abc: 1\n"], ids=["int", "float", "timestamp", "int-key"])
+@pytest.mark.parametrize(
+    "raw",
+    [b"port: !!int abc\n", b"port: !!float abc\n", b"when: !!timestamp abc\n", b"!!int abc: 1\n"],
+    ids=["int", "float", "timestamp", "int-key"],
+)
 def test_explicit_tag_with_unparsable_value_is_a_config_error(raw: bytes) -> None:
     """A scalar whose explicit tag cannot construct it is reported, not raised as ValueError."""
     problem = _refused(raw)
@@ -196,8 +199,11 @@ def test_tab_indentation_is_reported_as_invalid_yaml() -> None:
     assert "invalid YAML" in problem.message
 
 
-@pytest.mark.parametrize("raw, line", [(b"a: 1\n[x, y]: 2\n", 2), (b"a: 1\n? {x: 1}\n: 2\n", 2)],
-                         ids=["flow-sequence-key", "complex-mapping-key"])
+@pytest.mark.parametrize(
+    "raw, line",
+    [(b"a: 1\n[x, y]: 2\n", 2), (b"a: 1\n? {x: 1}\n: 2\n", 2)],
+    ids=["flow-sequence-key", "complex-mapping-key"],
+)
 def test_non_scalar_mapping_key_is_refused(raw: bytes, line: int) -> None:
     """A list or mapping used as a key is refused on its line, asking for a plain key."""
     problem = _refused(raw)

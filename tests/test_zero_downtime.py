@@ -74,8 +74,9 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         yield running
 
 
-def _deploy_repeatedly(rig: Rig, fleet: Fleet, first: Upstream, interval: float,
-                       finished: threading.Event) -> list[tuple[str, bool]]:
+def _deploy_repeatedly(
+    rig: Rig, fleet: Fleet, first: Upstream, interval: float, finished: threading.Event
+) -> list[tuple[str, bool]]:
     """Swap `x` to a new upstream SWAPS times, `interval` apart; return (old label, drained) per swap."""
     drained: list[tuple[str, bool]] = []
     live = first
@@ -128,7 +129,8 @@ async def test_clients_see_no_failure_while_the_route_is_swapped_repeatedly(rig:
         worker = _stateless_worker if era == "stateless" else _session_worker
         deploys = asyncio.to_thread(_deploy_repeatedly, rig, fleet, first, DURATION / (SWAPS + 1), finished)
         drained, *_ = await asyncio.gather(
-            deploys, *(worker(rig.url("x"), finished, tally) for _ in range(WORKERS)))
+            deploys, *(worker(rig.url("x"), finished, tally) for _ in range(WORKERS))
+        )
     finally:
         fleet.close()
     assert tally.failures == [], f"{len(tally.failures)} failures, first: {tally.failures[:3]}"

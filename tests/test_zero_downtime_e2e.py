@@ -63,8 +63,11 @@ class Tally:
         """How many sessions kept working on their release after the next release went live."""
         order = sorted(live_since, key=live_since.__getitem__)
         successor = dict(itertools.pairwise(order))
-        return sum(1 for release, _, closed in self.spans
-                   if release in successor and closed > live_since[successor[release]])
+        return sum(
+            1
+            for release, _, closed in self.spans
+            if release in successor and closed > live_since[successor[release]]
+        )
 
 
 @pytest.fixture
@@ -107,8 +110,12 @@ async def _streamed(client: Client, tally: Tally) -> str:
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
         steps.append(progress)
 
-    result = await client.call_tool("slow_count", {"n": STREAM_STEPS, "delay": STREAM_DELAY},
-                                    read_timeout_seconds=CALL_TIMEOUT, progress_callback=on_progress)
+    result = await client.call_tool(
+        "slow_count",
+        {"n": STREAM_STEPS, "delay": STREAM_DELAY},
+        read_timeout_seconds=CALL_TIMEOUT,
+        progress_callback=on_progress,
+    )
     if result.is_error:
         raise CallFailed(f"slow_count answered an error: {result.content}")
     if steps != [float(step) for step in range(1, STREAM_STEPS + 1)]:
@@ -139,8 +146,9 @@ async def _session_client(url: str, finished: asyncio.Event, tally: Tally) -> No
             tally.broken_sessions.append(repr(exc))
             continue
         finally:
-            tally.failed_http += [f"{r.request.method} → {r.status_code}" for r in responses
-                                  if r.status_code >= 400]
+            tally.failed_http += [
+                f"{r.request.method} → {r.status_code}" for r in responses if r.status_code >= 400
+            ]
         tally.calls.update(releases)
         if len(set(releases)) != 1:
             tally.broken_sessions.append(f"one session answered by several releases: {releases}")
@@ -149,7 +157,8 @@ async def _session_client(url: str, finished: asyncio.Event, tally: Tally) -> No
 
 
 async def test_twenty_session_clients_see_no_failure_across_three_redeploys(
-        provider: Provider, workspace: Workspace) -> None:
+    provider: Provider, workspace: Workspace
+) -> None:
     """20 SDK clients in short sessions, streaming and not, see no failure while 3 pushes redeploy."""
     server, first = _push_release(workspace, None, "v1")
     assert first.ok, first.output
@@ -171,34 +180,43 @@ async def test_twenty_session_clients_see_no_failure_across_three_redeploys(
         finished.set()
         await asyncio.wait_for(asyncio.gather(*clients), WIND_DOWN_TIMEOUT)
     outlived = tally.outlived(live_since)
-    print(f"\nzero-downtime e2e: {sum(tally.calls.values())} calls ({tally.streamed} streamed with "
-          f"progress) in {tally.sessions} sessions by {CLIENTS} clients over "
-          f"{time.monotonic() - started:.1f}s; per release {dict(sorted(tally.calls.items()))}; "
-          f"{outlived} sessions finished on their release after the next went live; failed calls "
-          f"{len(tally.failed_calls)}, failed HTTP requests {len(tally.failed_http)}, broken sessions "
-          f"{len(tally.broken_sessions)}; pushes took " + ", ".join(f"{p.seconds:.1f}s" for p in pushes))
+    print(
+        f"\nzero-downtime e2e: {sum(tally.calls.values())} calls ({tally.streamed} streamed with "
+        f"progress) in {tally.sessions} sessions by {CLIENTS} clients over "
+        f"{time.monotonic() - started:.1f}s; per release {dict(sorted(tally.calls.items()))}; "
+        f"{outlived} sessions finished on their release after the next went live; failed calls "
+        f"{len(tally.failed_calls)}, failed HTTP requests {len(tally.failed_http)}, broken sessions "
+        f"{len(tally.broken_sessions)}; pushes took " + ", ".join(f"{p.seconds:.1f}s" for p in pushes)
+    )
     assert tally.failed_calls == [], tally.failed_calls[:5]
     assert tally.failed_http == [], tally.failed_http[:5]
     assert tally.broken_sessions == [], tally.broken_sessions[:5]
     assert sorted(tally.calls) == sorted(live_since), f"a release served no call: {tally.calls}"
     assert tally.streamed > 0 and outlived > 0, (tally.streamed, outlived)
-    await asyncio.to_thread(wait_for, "the old releases' containers to drain and be removed",
-                            lambda: len(provider.containers(server)) == 1, REMOVAL_TIMEOUT)
+    await asyncio.to_thread(
+        wait_for,
+        "the old releases' containers to drain and be removed",
+        lambda: len(provider.containers(server)) == 1,
+        REMOVAL_TIMEOUT,
+    )
     for push in pushes:
         # "drained" or, when an ended session's GET stream was still open, "drain deadline passed":
         # either way every call above succeeded and the old container was stopped and removed.
         logged = functools.partial(_logged, provider, push.deploy_id, ", stopped and removed")
-        await asyncio.to_thread(wait_for, f"deploy {push.deploy_id} to log that its old release drained",
-                                logged, REMOVAL_TIMEOUT)
+        await asyncio.to_thread(
+            wait_for, f"deploy {push.deploy_id} to log that its old release drained", logged, REMOVAL_TIMEOUT
+        )
     async with connect(url, mode="legacy") as client:
         assert await _fast(client, tally) == f"v{REDEPLOYS + 1}"
 
 
 async def test_a_call_running_at_the_session_drain_deadline_ends_cleanly(
-        tmp_path: Path, docker_host: DockerHost) -> None:
+    tmp_path: Path, docker_host: DockerHost
+) -> None:
     """A call streaming past the session drain deadline ends with an error; its session then answers 404."""
-    with running_provider(tmp_path / "vm", docker_host,
-                          proxy={"session_drain_timeout": f"{SESSION_DRAIN_TIMEOUT:.0f}s"}) as provider:
+    with running_provider(
+        tmp_path / "vm", docker_host, proxy={"session_drain_timeout": f"{SESSION_DRAIN_TIMEOUT:.0f}s"}
+    ) as provider:
         workspace = provider.clone(tmp_path / "work")
         server, first = _push_release(workspace, None, "v1")
         assert first.ok, first.output
@@ -212,9 +230,13 @@ async def test_a_call_running_at_the_session_drain_deadline_ends_cleanly(
         async with connect(url, mode="legacy", statuses=responses) as client:
             assert text_of(await client.call_tool("whoami")) == "v1"
             session_id = responses[0].headers["mcp-session-id"]
-            call = asyncio.create_task(client.call_tool("slow_count", {"n": LONG_CALL_STEPS,
-                                                                       "delay": LONG_CALL_DELAY},
-                                                        progress_callback=on_progress))
+            call = asyncio.create_task(
+                client.call_tool(
+                    "slow_count",
+                    {"n": LONG_CALL_STEPS, "delay": LONG_CALL_DELAY},
+                    progress_callback=on_progress,
+                )
+            )
             while not streamed_at:
                 await asyncio.sleep(0.05)
             _, push = await asyncio.to_thread(_push_release, workspace, server, "v2")
@@ -227,14 +249,21 @@ async def test_a_call_running_at_the_session_drain_deadline_ends_cleanly(
         assert any(at > swapped for at in streamed_at), "the call stopped streaming at the swap"
         assert len(streamed_at) < LONG_CALL_STEPS
         async with httpx2.AsyncClient(timeout=10) as http:
-            stale = await http.post(url, content=json.dumps(jsonrpc("tools/list")), headers={
-                **ACCEPT_BOTH, "mcp-session-id": session_id, "mcp-protocol-version": LEGACY})
+            stale = await http.post(
+                url,
+                content=json.dumps(jsonrpc("tools/list")),
+                headers={**ACCEPT_BOTH, "mcp-session-id": session_id, "mcp-protocol-version": LEGACY},
+            )
         assert stale.status_code == 404, stale.text
         assert stale.json()["error"]["code"] == SESSION_GONE
         async with connect(url, mode="legacy") as fresh:
             assert text_of(await fresh.call_tool("whoami")) == "v2"
-        print(f"\ndrain deadline e2e: the cut call ended {ended:.1f}s after the push returned "
-              f"(deadline {SESSION_DRAIN_TIMEOUT:.0f}s), after {len(streamed_at)} progress notifications")
-        wait_for("the deploy to log the cut session",
-                 functools.partial(_logged, provider, push.deploy_id, "drain deadline passed (1 session(s)"),
-                 REMOVAL_TIMEOUT)
+        print(
+            f"\ndrain deadline e2e: the cut call ended {ended:.1f}s after the push returned "
+            f"(deadline {SESSION_DRAIN_TIMEOUT:.0f}s), after {len(streamed_at)} progress notifications"
+        )
+        wait_for(
+            "the deploy to log the cut session",
+            functools.partial(_logged, provider, push.deploy_id, "drain deadline passed (1 session(s)"),
+            REMOVAL_TIMEOUT,
+        )

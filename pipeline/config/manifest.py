@@ -85,8 +85,13 @@ def check_tree(root: Path, settings: Settings, globs: Iterable[str] | None = Non
             problems.extend(exc.problems)
             continue
         if manifest.name in seen:
-            problems.append(doc.problem(("name",), f"server name {manifest.name!r} is also used by "
-                                        f"{seen[manifest.name]}", "server names must be unique"))
+            problems.append(
+                doc.problem(
+                    ("name",),
+                    f"server name {manifest.name!r} is also used by {seen[manifest.name]}",
+                    "server names must be unique",
+                )
+            )
             continue
         seen[manifest.name] = rel
         manifests.append(manifest)
@@ -102,8 +107,13 @@ def _read(file: Path, root: Path, settings: Settings) -> tuple[Manifest, yamlsrc
     rel = file.relative_to(root).as_posix()
     doc = yamlsrc.load(file, display=rel)
     if not isinstance(doc.data, dict):
-        raise ConfigError([doc.problem((), "a manifest must be a mapping",
-                                       "start from servers/property-search/mcp-server.yaml")])
+        raise ConfigError(
+            [
+                doc.problem(
+                    (), "a manifest must be a mapping", "start from servers/property-search/mcp-server.yaml"
+                )
+            ]
+        )
     problems = schema.validate(doc, "server") + _semantic_problems(doc, file.parent, root, settings)
     problems.sort(key=lambda p: (p.line, p.column))
     if problems:
@@ -111,18 +121,25 @@ def _read(file: Path, root: Path, settings: Settings) -> tuple[Manifest, yamlsrc
     return from_data(doc.data, file.parent.relative_to(root).as_posix()), doc
 
 
-def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path,
-                       settings: Settings) -> list[Problem]:
+def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings: Settings) -> list[Problem]:
     """What a schema cannot say; written to run on any shape, so every fault shows at once."""
     data = doc.data
     problems: list[Problem] = []
     name = data.get("name")
     if isinstance(name, str) and name != folder.name:
-        problems.append(doc.problem(("name",), f"name {name!r} differs from its folder "
-                                    f"{folder.name!r}", f"rename one so both read {folder.name!r}"))
+        problems.append(
+            doc.problem(
+                ("name",),
+                f"name {name!r} differs from its folder {folder.name!r}",
+                f"rename one so both read {folder.name!r}",
+            )
+        )
     if data.get("transport") == "stdio":
-        problems.append(doc.problem(("transport",), "transport 'stdio' is not served yet",
-                                    "serve it over streamable-http"))
+        problems.append(
+            doc.problem(
+                ("transport",), "transport 'stdio' is not served yet", "serve it over streamable-http"
+            )
+        )
     problems += _build_problems(doc, folder, root)
     memory = _section(data, "resources").get("memory")
     if isinstance(memory, str):
@@ -131,8 +148,13 @@ def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path,
         except ValueError:
             size = None  # reported by the schema's pattern
         if size is not None and size < MIN_MEMORY:
-            problems.append(doc.problem(("resources", "memory"), f"memory {memory!r} is below "
-                                        "Docker's 6m minimum", "give it at least 64m"))
+            problems.append(
+                doc.problem(
+                    ("resources", "memory"),
+                    f"memory {memory!r} is below Docker's 6m minimum",
+                    "give it at least 64m",
+                )
+            )
     problems += _access_problems(doc, settings)
     return problems
 
@@ -155,8 +177,13 @@ def _build_problems(doc: yamlsrc.Document, folder: Path, root: Path) -> list[Pro
     dockerfile = _inside(doc, ("build", "dockerfile"), dockerfile_value, context, root, problems)
     if dockerfile is not None and not dockerfile.is_file():
         where = ("build", "dockerfile") if "dockerfile" in build else ("name",)
-        problems.append(doc.problem(where, f"no Dockerfile at {dockerfile.relative_to(root).as_posix()}",
-                                    "add it or fix build.dockerfile"))
+        problems.append(
+            doc.problem(
+                where,
+                f"no Dockerfile at {dockerfile.relative_to(root).as_posix()}",
+                "add it or fix build.dockerfile",
+            )
+        )
     return problems
 
 
@@ -166,25 +193,39 @@ def _access_problems(doc: yamlsrc.Document, settings: Settings) -> list[Problem]
     problems: list[Problem] = []
     for i, name in enumerate(access if isinstance(access, list) else []):
         if isinstance(name, str) and name != "all" and name not in known:
-            hint = f"known projects: {', '.join(sorted(known))}" if known else \
-                "deploy.yaml has no projects; use [all] or add the project there"
+            hint = (
+                f"known projects: {', '.join(sorted(known))}"
+                if known
+                else "deploy.yaml has no projects; use [all] or add the project there"
+            )
             problems.append(doc.problem(("access", i), f"unknown project {name!r}", hint))
     return problems
 
 
-def _inside(doc: yamlsrc.Document, path: tuple[str, str], value: str, base: Path, root: Path,
-            problems: list[Problem]) -> Path | None:
+def _inside(
+    doc: yamlsrc.Document, path: tuple[str, str], value: str, base: Path, root: Path, problems: list[Problem]
+) -> Path | None:
     """Resolve `value` against `base`; record a problem and return None if it leaves the repo."""
     where = path if path[1] in _section(doc.data, "build") else ("name",)
     if Path(value).is_absolute():
-        problems.append(doc.problem(where, f"{path[1]} {value!r} is an absolute path",
-                                    "use a path relative to the server's folder"))
+        problems.append(
+            doc.problem(
+                where,
+                f"{path[1]} {value!r} is an absolute path",
+                "use a path relative to the server's folder",
+            )
+        )
         return None
     target = (base / value).resolve()
     if target != root and root not in target.parents:
         why = "a symlink that leads" if ".." not in Path(value).parts else "'..' that leads"
-        problems.append(doc.problem(where, f"{path[1]} {value!r} uses {why} outside the repository",
-                                    "keep the build inside the repository"))
+        problems.append(
+            doc.problem(
+                where,
+                f"{path[1]} {value!r} uses {why} outside the repository",
+                "keep the build inside the repository",
+            )
+        )
         return None
     return target
 

@@ -40,8 +40,12 @@ def _problem(doc: Document, err: jsonschema.ValidationError) -> Problem:
         extra = _extra_keys(err)
         if extra:
             allowed = ", ".join(sorted(_schema_of(err).get("properties", {})))
-            return doc.problem((*path, extra[0]), f"unknown key {extra[0]!r}",
-                               f"remove it or fix its spelling; allowed here: {allowed}", key=True)
+            return doc.problem(
+                (*path, extra[0]),
+                f"unknown key {extra[0]!r}",
+                f"remove it or fix its spelling; allowed here: {allowed}",
+                key=True,
+            )
     schema = _schema_of(err)
     message = err.message
     if kind == "pattern" and "title" in schema:
@@ -68,8 +72,7 @@ def _hint(err: jsonschema.ValidationError) -> str:
     if kind == "enum":
         return "use one of: " + ", ".join(repr(v) for v in value)
     if kind == "pattern":
-        return f"write {schema['title']}" if "title" in schema else \
-            f"match the pattern {err.validator_value}"
+        return f"write {schema['title']}" if "title" in schema else f"match the pattern {err.validator_value}"
     if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         return f"the {kind} is {err.validator_value}"
     if kind in ("minLength", "maxLength", "minItems", "maxItems"):

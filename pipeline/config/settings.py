@@ -150,8 +150,13 @@ class Settings:
             if repo.name == name:
                 return repo
         known = ", ".join(r.name for r in self.repos)
-        raise ConfigError([Problem(str(self.config_path), 0, 0, "$.repos",
-                                   f"no repo named {name!r}", f"known repos: {known}")])
+        raise ConfigError(
+            [
+                Problem(
+                    str(self.config_path), 0, 0, "$.repos", f"no repo named {name!r}", f"known repos: {known}"
+                )
+            ]
+        )
 
     def project(self, name: str) -> Project | None:
         """Return the named project, or None."""
@@ -180,8 +185,11 @@ def _semantic_problems(doc: yamlsrc.Document) -> list[Problem]:
         for i, item in enumerate(items if isinstance(items, list) else []):
             name = item.get("name") if isinstance(item, dict) else None
             if isinstance(name, str) and name in seen:
-                problems.append(doc.problem((section, i, "name"), f"duplicate {section[:-1]} {name!r}",
-                                            "names must be unique"))
+                problems.append(
+                    doc.problem(
+                        (section, i, "name"), f"duplicate {section[:-1]} {name!r}", "names must be unique"
+                    )
+                )
             seen.add(str(name))
     proxy = data.get("proxy")
     keepalive = proxy.get("keepalive") if isinstance(proxy, dict) else None
@@ -190,8 +198,13 @@ def _semantic_problems(doc: yamlsrc.Document) -> list[Problem]:
     except (ValueError, TypeError):
         too_long = False  # the schema reports a malformed duration
     if too_long:
-        problems.append(doc.problem(("proxy", "keepalive"), f"keep-alive longer than {MAX_KEEPALIVE:.0f}s",
-                                    "SSE clients and fronts cut quiet streams; use 25s or less"))
+        problems.append(
+            doc.problem(
+                ("proxy", "keepalive"),
+                f"keep-alive longer than {MAX_KEEPALIVE:.0f}s",
+                "SSE clients and fronts cut quiet streams; use 25s or less",
+            )
+        )
     return problems
 
 
@@ -217,7 +230,8 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
             deploy_timeout=parse_duration(proxy.get("deploy_timeout", DEFAULT_DEPLOY_TIMEOUT)),
             drain_timeout=parse_duration(proxy.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT)),
             session_drain_timeout=parse_duration(
-                proxy.get("session_drain_timeout", DEFAULT_SESSION_DRAIN_TIMEOUT)),
+                proxy.get("session_drain_timeout", DEFAULT_SESSION_DRAIN_TIMEOUT)
+            ),
             keepalive=parse_duration(proxy.get("keepalive", DEFAULT_KEEPALIVE)),
             allowed_origins=tuple(proxy.get("allowed_origins", ())),
         ),
@@ -257,8 +271,15 @@ def _repo(data: dict[str, Any]) -> Repo:
         branch=data.get("branch", DEFAULT_BRANCH),
         manifests=tuple(data.get("manifests", DEFAULT_MANIFESTS)),
         clone_url=data.get("clone_url", ""),
-        webhook=Webhook(hook["provider"], hook["secret_env"], tuple(hook.get("paths", ())),
-                        hook.get("token_env", ""), hook.get("ssh_key", "")) if hook else None,
+        webhook=Webhook(
+            hook["provider"],
+            hook["secret_env"],
+            tuple(hook.get("paths", ())),
+            hook.get("token_env", ""),
+            hook.get("ssh_key", ""),
+        )
+        if hook
+        else None,
     )
 
 

@@ -76,8 +76,16 @@ def parse(raw: bytes, name: str) -> Document:
         line = raw[: exc.start].count(b"\n") + 1
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
         raise ConfigError(
-            [Problem(name, line, column, "$", f"not UTF-8: byte 0x{raw[exc.start]:02x}",
-                     "save the file as UTF-8")]
+            [
+                Problem(
+                    name,
+                    line,
+                    column,
+                    "$",
+                    f"not UTF-8: byte 0x{raw[exc.start]:02x}",
+                    "save the file as UTF-8",
+                )
+            ]
         ) from exc
     if not text.strip():
         raise _fail(name, "file is empty", "write the YAML mapping this file needs")
@@ -89,8 +97,9 @@ def parse(raw: bytes, name: str) -> Document:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         reason = exc.problem or exc.context or "invalid YAML"
-        raise ConfigError([Problem(name, line, column, "$", f"invalid YAML: {reason}",
-                                   "fix the YAML syntax")]) from exc
+        raise ConfigError(
+            [Problem(name, line, column, "$", f"invalid YAML: {reason}", "fix the YAML syntax")]
+        ) from exc
     except yaml.YAMLError as exc:
         raise _fail(name, f"invalid YAML: {exc}", "fix the YAML syntax") from exc
     if node is None:
@@ -117,10 +126,19 @@ class _Builder:
     def build(self, node: yaml.Node, path: JsonPath) -> Any:
         self.visited += 1
         if self.visited > MAX_NODES or len(path) > MAX_DEPTH:
-            raise ConfigError([Problem(
-                self.name, node.start_mark.line + 1, node.start_mark.column + 1, "$",
-                f"document expands past {MAX_NODES} values or {MAX_DEPTH} levels "
-                "(aliases that multiply, a 'YAML bomb'?)", "remove the anchors and aliases")])
+            raise ConfigError(
+                [
+                    Problem(
+                        self.name,
+                        node.start_mark.line + 1,
+                        node.start_mark.column + 1,
+                        "$",
+                        f"document expands past {MAX_NODES} values or {MAX_DEPTH} levels "
+                        "(aliases that multiply, a 'YAML bomb'?)",
+                        "remove the anchors and aliases",
+                    )
+                ]
+            )
         self.positions[path] = (node.start_mark.line + 1, node.start_mark.column + 1)
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path)
@@ -135,29 +153,62 @@ class _Builder:
             reason = exc.problem
         except (ValueError, TypeError, AttributeError) as exc:
             reason = f"{node.tag.rsplit(':', 1)[-1]} value {node.value!r} cannot be read ({exc})"
-        raise ConfigError([Problem(self.name, node.start_mark.line + 1, node.start_mark.column + 1,
-                                   json_path(path), f"invalid value: {reason}", "quote the value")])
+        raise ConfigError(
+            [
+                Problem(
+                    self.name,
+                    node.start_mark.line + 1,
+                    node.start_mark.column + 1,
+                    json_path(path),
+                    f"invalid value: {reason}",
+                    "quote the value",
+                )
+            ]
+        )
 
     def _key(self, node: yaml.Node, path: JsonPath) -> Any:
         if not isinstance(node, yaml.ScalarNode):
-            raise ConfigError([Problem(self.name, node.start_mark.line + 1,
-                                       node.start_mark.column + 1, json_path(path),
-                                       "a mapping key must be a plain value", "use a string key")])
+            raise ConfigError(
+                [
+                    Problem(
+                        self.name,
+                        node.start_mark.line + 1,
+                        node.start_mark.column + 1,
+                        json_path(path),
+                        "a mapping key must be a plain value",
+                        "use a string key",
+                    )
+                ]
+            )
         return self._scalar(node, path)
 
     def _mapping(self, node: yaml.MappingNode, path: JsonPath) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
-                raise ConfigError([Problem(
-                    self.name, key_node.start_mark.line + 1, key_node.start_mark.column + 1,
-                    json_path(path), "merge keys (<<) are not supported", "write the keys out")])
+                raise ConfigError(
+                    [
+                        Problem(
+                            self.name,
+                            key_node.start_mark.line + 1,
+                            key_node.start_mark.column + 1,
+                            json_path(path),
+                            "merge keys (<<) are not supported",
+                            "write the keys out",
+                        )
+                    ]
+                )
             key = self._key(key_node, path)
             child = (*path, str(key))
             where = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
             if str(key) in out:
-                raise ConfigError([Problem(self.name, *where, json_path(child),
-                                           f"duplicate key {key!r}", "keep one of them")])
+                raise ConfigError(
+                    [
+                        Problem(
+                            self.name, *where, json_path(child), f"duplicate key {key!r}", "keep one of them"
+                        )
+                    ]
+                )
             self.key_positions[child] = where
             out[str(key)] = self.build(value_node, child)
         return out

@@ -59,8 +59,7 @@ def _digest(token: str) -> str:
 class Gatekeeper:
     """Authenticates, authorizes and rate-limits proxy requests."""
 
-    def __init__(self, settings: Settings, store: Store,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: Settings, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.store = store
         self.clock = clock
@@ -77,8 +76,9 @@ class Gatekeeper:
         """Whether a browser Origin may call the proxy."""
         return _origin(origin) in self._origins
 
-    def check(self, authorization: str, origin: str, server: str,
-              access: tuple[str, ...] = ("all",)) -> Caller | Denied:
+    def check(
+        self, authorization: str, origin: str, server: str, access: tuple[str, ...] = ("all",)
+    ) -> Caller | Denied:
         """Return the caller, or why the request is denied (`access`: the manifest's list)."""
         if origin and not self.origin_allowed(origin):
             return Denied(403, f"origin {origin!r} is not allowed", {})

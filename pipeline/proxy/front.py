@@ -87,8 +87,14 @@ class FrontProtocol(HttpToolsProtocol):
         self._unset_keepalive_if_required()
         proxy = self.front.proxy
         method = self.parser.get_method()
-        if proxy is None or method not in FAST_METHODS or not self.url.startswith(b"/mcp/") \
-                or self.root_path or self.limit_concurrency is not None or self.parser.should_upgrade():
+        if (
+            proxy is None
+            or method not in FAST_METHODS
+            or not self.url.startswith(b"/mcp/")
+            or self.root_path
+            or self.limit_concurrency is not None
+            or self.parser.should_upgrade()
+        ):
             self._asgi()
             return
         raw, _, query = self.url.partition(b"?")
@@ -108,8 +114,16 @@ class FrontProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return  # an answer just closed the connection: a request after it cannot be answered
         version = self.parser.get_http_version()
-        cycle = ProxyCycle(self, proxy, method.decode("ascii"), server, rest, query, version,
-                           keep_alive=version != "1.0" and self.parser.should_keep_alive())
+        cycle = ProxyCycle(
+            self,
+            proxy,
+            method.decode("ascii"),
+            server,
+            rest,
+            query,
+            version,
+            keep_alive=version != "1.0" and self.parser.should_keep_alive(),
+        )
         previous, self.cycle = self.cycle, cycle
         if previous is not None and not previous.response_complete:
             self.flow.pause_reading()  # pipelined: uvicorn starts it when the one before has answered
@@ -147,14 +161,30 @@ class FrontProtocol(HttpToolsProtocol):
 class ProxyCycle(RequestResponseCycle):
     """One `/mcp/` request as the proxy's Exchange, answered on the connection's transport."""
 
-    def __init__(self, protocol: FrontProtocol, proxy: Proxy, method: str, server: str, rest: str,
-                 query: bytes, version: str, keep_alive: bool) -> None:
-        super().__init__(scope=NO_SCOPE, transport=protocol.transport, flow=protocol.flow,
-                         logger=protocol.logger, access_logger=protocol.access_logger,
-                         access_log=protocol.access_log,
-                         default_headers=protocol.server_state.default_headers,
-                         message_event=asyncio.Event(), expect_100_continue=protocol.expect_100_continue,
-                         keep_alive=keep_alive, on_response=protocol.on_response_complete)
+    def __init__(
+        self,
+        protocol: FrontProtocol,
+        proxy: Proxy,
+        method: str,
+        server: str,
+        rest: str,
+        query: bytes,
+        version: str,
+        keep_alive: bool,
+    ) -> None:
+        super().__init__(
+            scope=NO_SCOPE,
+            transport=protocol.transport,
+            flow=protocol.flow,
+            logger=protocol.logger,
+            access_logger=protocol.access_logger,
+            access_log=protocol.access_log,
+            default_headers=protocol.server_state.default_headers,
+            message_event=asyncio.Event(),
+            expect_100_continue=protocol.expect_100_continue,
+            keep_alive=keep_alive,
+            on_response=protocol.on_response_complete,
+        )
         self.proxy = proxy
         self.method = method
         self.server = server
@@ -351,8 +381,14 @@ class ProxyCycle(RequestResponseCycle):
         self.waiting_for_100_continue = False
         if self.access_log:
             client = self.client
-            self.access_logger.info('%s - "%s %s HTTP/%s" %d', f"{client[0]}:{client[1]}" if client else "-",
-                                    self.method, self.target.decode("latin-1"), self.version, status)
+            self.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d',
+                f"{client[0]}:{client[1]}" if client else "-",
+                self.method,
+                self.target.decode("latin-1"),
+                self.version,
+                status,
+            )
         fields = [STATUS_LINE.get(status) or b"HTTP/1.1 %d \r\n" % status, _encoded(self.default_headers)]
         fields.extend([b"%s: %s\r\n" % field for field in headers])
         if not self.keep_alive:

@@ -39,10 +39,21 @@ from pipeline.proxy.usage import Usage
 
 Reply = tuple[int, bytes, Headers]  # an answer the proxy makes itself: status, body, headers
 
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailers",
-    b"transfer-encoding", b"upgrade", b"host", b"authorization", b"content-length",
-})
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"authorization",
+        b"content-length",
+    }
+)
 # The Origin was checked here; SDK servers' own guard would refuse a public one. The whole body is
 # sent at once, so an Expect: 100-continue is answered by the front server, not the upstream.
 NOT_FORWARDED = HOP_BY_HOP | {b"origin", b"expect"}
@@ -54,8 +65,10 @@ RETRY_AFTER_SECONDS = "5"
 CONNECT_TIMEOUT = 10.0
 KEEPALIVE_COMMENT = b": keep-alive\n\n"
 ROUTE_ATTEMPTS = 3
-ALLOWED_HEADERS = ("Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, "
-                   "Mcp-Method, Mcp-Name, Last-Event-ID")
+ALLOWED_HEADERS = (
+    "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, "
+    "Mcp-Method, Mcp-Name, Last-Event-ID"
+)
 EXPOSED_HEADERS = b"Mcp-Session-Id, MCP-Protocol-Version"
 JSON_TYPE = (b"content-type", b"application/json")
 
@@ -66,11 +79,21 @@ class Ticket:
     From `Proxy.route` until `Proxy.finish` the request is counted in flight on `upstream`.
     """
 
-    __slots__ = ("caller", "closer", "fields", "method", "origin", "request", "session_id", "started",
-                 "upstream")
+    __slots__ = (
+        "caller",
+        "closer",
+        "fields",
+        "method",
+        "origin",
+        "request",
+        "session_id",
+        "started",
+        "upstream",
+    )
 
-    def __init__(self, method: str, caller: Caller, origin: str, session_id: str,
-                 fields: list[bytes]) -> None:
+    def __init__(
+        self, method: str, caller: Caller, origin: str, session_id: str, fields: list[bytes]
+    ) -> None:
         self.method = method
         self.caller = caller
         self.origin = origin
@@ -240,10 +263,19 @@ class Proxy:
         """Answer a browser's CORS preflight: allowed origins need no key for it."""
         if not self.gatekeeper.origin_allowed(origin):
             return _json(403, {"error": f"origin {origin!r} is not allowed"})
-        return 204, b"", _encode({
-            "Access-Control-Allow-Origin": origin, "Vary": "Origin",
-            "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
-            "Access-Control-Allow-Headers": asked or ALLOWED_HEADERS, "Access-Control-Max-Age": "600"})
+        return (
+            204,
+            b"",
+            _encode(
+                {
+                    "Access-Control-Allow-Origin": origin,
+                    "Vary": "Origin",
+                    "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+                    "Access-Control-Allow-Headers": asked or ALLOWED_HEADERS,
+                    "Access-Control-Max-Age": "600",
+                }
+            ),
+        )
 
     def _route(self, server: str, session_id: str, caller: Caller) -> Upstream | Reply:
         if session_id:
@@ -259,8 +291,11 @@ class Proxy:
         if upstream is not None:
             return upstream
         if server in self.router.known:
-            return _json(503, {"error": f"server {server!r} has no healthy upstream right now"},
-                         {"Retry-After": RETRY_AFTER_SECONDS})
+            return _json(
+                503,
+                {"error": f"server {server!r} has no healthy upstream right now"},
+                {"Retry-After": RETRY_AFTER_SECONDS},
+            )
         return _json(404, {"error": f"no server named {server!r}"})
 
     @staticmethod
@@ -268,8 +303,9 @@ class Proxy:
         """The upstream request: request line, Host, the forwarded headers, length and body."""
         method, rest, query = ex.method, ex.rest, ex.query
         target = (upstream.path + "/" + quote(rest, safe=PATH_SAFE) if rest else upstream.path) or "/"
-        fields.append(b"\r\n" if not body and method in NO_BODY_METHODS
-                      else b"content-length: %d\r\n\r\n" % len(body))
+        fields.append(
+            b"\r\n" if not body and method in NO_BODY_METHODS else b"content-length: %d\r\n\r\n" % len(body)
+        )
         start = f"{method} {target}".encode() + (b"?" + query if query else b"")
         host = f" HTTP/1.1\r\nhost: {upstream.host}:{upstream.port}\r\n".encode()
         return b"".join((start, host, *fields, body))
@@ -286,8 +322,9 @@ class Proxy:
             headers.append((name, value))
         if conn.status < 300:
             assert ticket.upstream is not None
-            self._track_session(ticket.method, ticket.session_id, issued.decode("latin-1"), ticket.upstream,
-                                ticket.caller)
+            self._track_session(
+                ticket.method, ticket.session_id, issued.decode("latin-1"), ticket.upstream, ticket.caller
+            )
         return headers
 
     async def _relay(self, conn: Connection, ex: Exchange, closer: asyncio.Event) -> None:
@@ -300,8 +337,9 @@ class Proxy:
         try:
             while True:
                 reading = reading or asyncio.ensure_future(conn.read_chunk())
-                done, _ = await asyncio.wait({reading, closing, gone}, timeout=self.keepalive,
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {reading, closing, gone}, timeout=self.keepalive, return_when=asyncio.FIRST_COMPLETED
+                )
                 if reading in done:
                     chunk = reading.result()
                     reading = None
@@ -320,8 +358,9 @@ class Proxy:
                 reading.cancel()
         await ex.end()
 
-    def _track_session(self, method: str, session_id: str, issued: str, upstream: Upstream,
-                       caller: Caller) -> None:
+    def _track_session(
+        self, method: str, session_id: str, issued: str, upstream: Upstream, caller: Caller
+    ) -> None:
         if method == "DELETE" and session_id:
             self.router.end_session(session_id)
         elif issued and self.router.session(issued) is None:
@@ -347,8 +386,13 @@ async def _send_reply(ex: Exchange, answer: Reply) -> None:
 def _cors(answer: Reply, origin: str) -> Reply:
     """Let an allowed browser origin read the answer and the session header."""
     if origin:
-        answer[2].extend(((b"access-control-allow-origin", origin.encode("latin-1")),
-                          (b"access-control-expose-headers", EXPOSED_HEADERS), (b"vary", b"Origin")))
+        answer[2].extend(
+            (
+                (b"access-control-allow-origin", origin.encode("latin-1")),
+                (b"access-control-expose-headers", EXPOSED_HEADERS),
+                (b"vary", b"Origin"),
+            )
+        )
     return answer
 
 
@@ -356,20 +400,36 @@ def _encode(headers: Mapping[str, str]) -> Headers:
     return [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
 
-def _json(status: int, content: object, headers: Mapping[str, str] | None = None,
-          compact: bool = True) -> Reply:
+def _json(
+    status: int, content: object, headers: Mapping[str, str] | None = None, compact: bool = True
+) -> Reply:
     """A JSON answer (compact as Starlette's JSONResponse renders it)."""
     body = json.dumps(content, ensure_ascii=False, separators=(",", ":") if compact else None).encode()
     return status, body, [*_encode(headers or {}), JSON_TYPE]
 
 
 def _session_gone() -> Reply:
-    return _json(404, {"jsonrpc": "2.0", "id": None,
-                       "error": {"code": -32001, "message": "session not found; send a new initialize"}},
-                 compact=False)
+    return _json(
+        404,
+        {
+            "jsonrpc": "2.0",
+            "id": None,
+            "error": {"code": -32001, "message": "session not found; send a new initialize"},
+        },
+        compact=False,
+    )
 
 
 def _bad_gateway(server: str, exc: BaseException) -> Reply:
-    return _json(502, {"jsonrpc": "2.0", "id": None,
-                       "error": {"code": -32603, "message": f"server {server!r} is unreachable: "
-                                 f"{exc.__class__.__name__}"}}, compact=False)
+    return _json(
+        502,
+        {
+            "jsonrpc": "2.0",
+            "id": None,
+            "error": {
+                "code": -32603,
+                "message": f"server {server!r} is unreachable: {exc.__class__.__name__}",
+            },
+        },
+        compact=False,
+    )

@@ -155,9 +155,14 @@ class Router:
         with self._lock:
             return self._inflight.get(container_id, 0)
 
-    def drain(self, container_id: str, request_timeout: float, session_timeout: float,
-              sleep: Callable[[float], None] = time.sleep,
-              clock: Callable[[], float] = time.monotonic) -> bool:
+    def drain(
+        self,
+        container_id: str,
+        request_timeout: float,
+        session_timeout: float,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> bool:
         """Wait until the upstream holds no request and no session; True if it emptied in time.
 
         Requests alone get `request_timeout`; while sessions remain, `session_timeout` applies.
