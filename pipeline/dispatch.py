@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pipeline.context import Context, DeployRequest
 from pipeline.deploy import Runbook, file_masker
 from pipeline.deploylog import DeployLog
+from pipeline.states import DeployStatus
 
 LOGS_KEPT = 50
 
@@ -115,10 +116,10 @@ class Dispatcher:
         for other_id, other in lane.waiting:
             if other.rollback is None and other.ref == request.ref:
                 self.ctx.store.update_deploy(
-                    other_id, status="canceled", error=f"superseded by deploy #{deploy_id}"
+                    other_id, status=DeployStatus.CANCELED, error=f"superseded by deploy #{deploy_id}"
                 )
                 self.logs[other_id].finish(
-                    "canceled", f"superseded by deploy #{deploy_id} ({request.commit[:12]})"
+                    DeployStatus.CANCELED, f"superseded by deploy #{deploy_id} ({request.commit[:12]})"
                 )
                 if other.snapshot_dir is not None:
                     shutil.rmtree(other.snapshot_dir, ignore_errors=True)

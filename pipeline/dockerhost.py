@@ -26,6 +26,7 @@ LABEL_COMMIT = f"{LABEL_PREFIX}.commit"
 LABEL_PORT = f"{LABEL_PREFIX}.port"
 LABEL_ROLE = f"{LABEL_PREFIX}.role"
 LABEL_INSTANCE = f"{LABEL_PREFIX}.instance"
+LABEL_FINGERPRINT = f"{LABEL_PREFIX}.fingerprint"
 ENGINE_TIMEOUT = 120
 RESTART_POLICIES: dict[str, dict[str, Any]] = {
     "always": {"Name": "always"},
@@ -246,3 +247,11 @@ class DockerHost:
 def _chunk_lines(chunk: Mapping[str, Any]) -> list[str]:
     text = str(chunk.get("stream") or chunk.get("status") or "")
     return [line for line in text.splitlines() if line.strip()]
+
+
+def published_port(attrs: Mapping[str, Any], port: int | str | None = None) -> int:
+    """The loopback port a container publishes `port` on (default: its port label); 0 if none."""
+    if port is None:
+        port = (attrs.get("Config", {}).get("Labels") or {}).get(LABEL_PORT, "")
+    bindings = (attrs.get("NetworkSettings", {}).get("Ports") or {}).get(f"{port}/tcp") or []
+    return int(bindings[0]["HostPort"]) if bindings else 0

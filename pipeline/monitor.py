@@ -17,12 +17,12 @@ from typing import Any
 
 from pipeline import gate, registry
 from pipeline.context import Context, DeployRequest
-from pipeline.dockerhost import LABEL_INSTANCE, LABEL_PORT
+from pipeline.dockerhost import LABEL_INSTANCE, published_port
 from pipeline.errors import CentralMCPError
 from pipeline.gate import NotMCP
 from pipeline.proxy.router import Upstream
 from pipeline.proxy.usage import Usage
-from pipeline.states import DeploySource
+from pipeline.states import PUSHED, DeploySource, ReleaseStatus
 
 log = logging.getLogger("central-mcp.monitor")
 Probe = Callable[[str, float], Any]
@@ -117,7 +117,7 @@ class Monitor:
         state = attrs.get("State", {})
         if state.get("Status") != "running":
             return f"its container is {state.get('Status')} (exit code {state.get('ExitCode')})"
-        port = _published_port(attrs)
+        port = published_port(attrs)
         if port and port != upstream.port:
             log.info("%s: Docker moved its port %d → %d; re-routing", upstream.server, upstream.port, port)
             upstream = Upstream(
@@ -159,14 +159,14 @@ class Monitor:
         log.warning("%s: replacing its container (deploy #%d): %s", upstream.server, deploy_id, reason)
 
     # the watch window ---------------------------------------------------------------------
-    def on_swap(self, source: str, made_live: list[tuple[str, int]]) -> None:
+    def on_swap(self, source: DeploySource, made_live: list[tuple[str, int]]) -> None:
         """Start watching releases a push or webhook made live."""
-        if source not in ("push", "webhook", "cli"):
+        if source not in PUSHED:
             return
         window = self.ctx.settings.monitor.watch_window
         for server, number in made_live:
             releases = self.ctx.store.releases(server)
-            previous = next((r.number for r in releases if r.status == "previous"), 0)
+            previous = next((r.number for r in releases if r.status == ReleaseStatus.PREVIOUS), 0)
             requests, errors = self.usage.totals(server)
             until = self.clock() + window
             with self._lock:
@@ -239,7 +239,11 @@ class Monitor:
             if self._deploying(server, repos):
                 continue
             releases = self.ctx.store.releases(server)
-            protected = {r.number for r in releases if r.status in ("live", "previous", "candidate")}
+            protected = {
+                r.number
+                for r in releases
+                if r.status in (ReleaseStatus.LIVE, ReleaseStatus.PREVIOUS, ReleaseStatus.CANDIDATE)
+            }
             newest = {r.number for r in releases[: keep.images_per_server]}
             for release in releases:
                 if release.number not in protected | newest and self.ctx.docker.image_exists(release.image):
@@ -271,10 +275,3 @@ class Monitor:
     def _deploying(self, server: str, repos: dict[str, str] | None = None) -> bool:
         repo = (repos if repos is not None else self._repos()).get(server)
         return repo is not None and self.busy(repo)
-
-
-def _published_port(attrs: dict[str, Any]) -> int:
-    labels = attrs.get("Config", {}).get("Labels") or {}
-    ports = attrs.get("NetworkSettings", {}).get("Ports") or {}
-    bindings = ports.get(f"{labels.get(LABEL_PORT)}/tcp") or []
-    return int(bindings[0]["HostPort"]) if bindings else 0

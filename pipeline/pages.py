@@ -27,14 +27,15 @@ from pipeline.config.settings import Settings
 from pipeline.deploylog import DeployLog, Event
 from pipeline.monitor import Health
 from pipeline.proxy.access import Caller, Denied, Gatekeeper
-from pipeline.store import FINISHED, Deploy, Store
+from pipeline.states import FINISHED, DeployStatus
+from pipeline.store import Deploy, Store
 
 TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"), autoescape=select_autoescape(["html"])
 )
 ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|\x1b\][^\x07]*\x07")
 PAGE_SIZE = 25
-STATUSES = ("queued", "running", "succeeded", "failed", "canceled", "abandoned")
+STATUSES = tuple(DeployStatus)
 FOLLOW_WAIT = 1.0
 ADMIN_COOKIE = "central_mcp_admin"
 REGISTRY_HEADERS = {"Cache-Control": "no-cache", "Vary": "Authorization"}

@@ -44,3 +44,14 @@ class DeploySource(StrEnum):
 ACTIVE = (DeployStatus.QUEUED, DeployStatus.RUNNING)
 FINISHED = (DeployStatus.SUCCEEDED, DeployStatus.FAILED, DeployStatus.CANCELED, DeployStatus.ABANDONED)
 PUSHED = (DeploySource.PUSH, DeploySource.WEBHOOK, DeploySource.CLI)  # new code, watched after going live
+
+
+class ServerOutcome(StrEnum):
+    """What one deploy did with one server (shown on the deploy's page)."""
+
+    UNCHANGED = "unchanged"
+    HELD_BACK = "held back"
+    GATED = "gated"  # passed its gate; the deploy failed before the swap
+    FAILED = "failed"
+    SWAPPED = "swapped"
+    REMOVED = "removed"

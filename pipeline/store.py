@@ -6,11 +6,11 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipeline.errors import DeployError
 
@@ -51,9 +51,6 @@ CREATE TABLE IF NOT EXISTS usage (
 );
 """
 
-ACTIVE = ("queued", "running")
-FINISHED = ("succeeded", "failed", "canceled", "abandoned")
-
 
 @dataclass(frozen=True)
 class Release:
@@ -80,6 +77,20 @@ class Release:
     def name(self) -> str:
         """The release's short name, e.g. r3."""
         return f"r{self.number}"
+
+    @property
+    def placement(self) -> Placement:
+        """Where this release runs (or ran)."""
+        return Placement(self.server, self.number, self.container_id, self.host_port)
+
+
+class Placement(NamedTuple):
+    """Where one release of a server runs: the container and its loopback port."""
+
+    server: str
+    number: int
+    container_id: str
+    host_port: int
 
 
 @dataclass(frozen=True)
@@ -244,33 +255,44 @@ class Store:
                 ),
             )
 
-    def commit_swap(self, live: list[Release], removed: list[str]) -> None:
-        """In one transaction: make `live` the live releases, demote the old ones, retire removed."""
+    def commit_swap(
+        self,
+        live: Sequence[Placement],
+        removed: Sequence[str],
+        rolled_back: Sequence[tuple[str, int]] = (),
+    ) -> None:
+        """In one transaction: make `live` the live releases, demote the old ones, retire the
+        removed servers, and mark `rolled_back` (server, number) releases."""
         now = time.time()
         with self._tx() as db:
-            for rel in live:
+            for server, number, container_id, host_port in live:
                 current = db.execute(
-                    "SELECT number FROM releases WHERE server = ? AND status = 'live'", (rel.server,)
+                    "SELECT number FROM releases WHERE server = ? AND status = 'live'", (server,)
                 ).fetchone()
-                if current is None or current[0] != rel.number:  # a restart keeps the history as it is
+                if current is None or current[0] != number:  # a restart keeps the history as it is
                     db.execute(
                         "UPDATE releases SET status = 'retired' WHERE server = ? AND status = 'previous'",
-                        (rel.server,),
+                        (server,),
                     )
                     db.execute(
                         "UPDATE releases SET status = 'previous' WHERE server = ? AND status = 'live'",
-                        (rel.server,),
+                        (server,),
                     )
                 db.execute(
                     "UPDATE releases SET status = 'live', live_at = ?, container_id = ?, "
                     "host_port = ? WHERE server = ? AND number = ?",
-                    (now, rel.container_id, rel.host_port, rel.server, rel.number),
+                    (now, container_id, host_port, server, number),
                 )
             for server in removed:
                 db.execute(
                     "UPDATE releases SET status = 'retired' WHERE server = ? AND status IN "
                     "('live', 'previous')",
                     (server,),
+                )
+            for server, number in rolled_back:
+                db.execute(
+                    "UPDATE releases SET status = 'rolled-back' WHERE server = ? AND number = ?",
+                    (server, number),
                 )
 
     def set_container(self, server: str, number: int, container_id: str, host_port: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -139,6 +140,38 @@ def test_a_change_to_one_server_rebuilds_only_that_server(
         DRAIN_DEADLINE,
     )
     assert provider.running(baseline.echo) != echo_before
+
+
+def test_a_registry_write_failing_after_the_swap_never_fails_the_committed_deploy(
+    provider: Provider, workspace: Workspace, baseline: Baseline
+) -> None:
+    """The registry files can't be written after the swap: the push succeeds, the new release is
+    live, the old one is drained, and the error is in the deploy's log."""
+    registry_dir = provider.state / "registry"
+    echo_before = provider.running(baseline.echo)
+    shutil.rmtree(registry_dir)
+    registry_dir.write_text("a file where the registry directory should be\n")
+    try:
+        workspace.put("echo", name=baseline.echo, env={"GREETING": "registry-down"})
+        workspace.commit("echo: a greeting pushed while the registry can't be written")
+
+        push = workspace.push()
+
+        assert push.ok, push.output
+        assert provider.branch() == workspace.git("rev-parse", "HEAD").strip()
+        assert provider.deploy(push.deploy_id)["status"] == "succeeded"
+        assert provider.greeting(baseline.echo) == "registry-down, Ada"
+        wait_for(
+            "the replaced echo container to be drained and removed",
+            lambda: echo_before[0] not in provider.containers(baseline.echo),
+            DRAIN_DEADLINE,
+        )
+        log = provider.log(push.deploy_id)
+        assert "after the swap, registry failed" in log
+        assert str(registry_dir) in log.split("after the swap, registry failed", 1)[1].splitlines()[0]
+    finally:
+        registry_dir.unlink(missing_ok=True)
+        registry_dir.mkdir(exist_ok=True)
 
 
 def test_rollback_makes_the_previous_release_live_and_releases_lists_them(

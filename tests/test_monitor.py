@@ -94,7 +94,7 @@ def world(tmp_path: Path) -> dict[str, Any]:
     store = Store(tmp_path / "db.sqlite")
     for number in (1, 2):
         store.add_release(release("svc", number, "candidate"))
-        store.commit_swap([release("svc", number, "candidate")], [])
+        store.commit_swap([release("svc", number, "candidate").placement], [])
     docker = FakeDocker()
     docker.states["c2"], docker.ports["c2"] = "running", 5002
     router = Router()
@@ -161,7 +161,7 @@ def test_restart_policy_never_is_honoured(world: dict[str, Any]) -> None:
     """A manifest with restart: never is left down, not replaced."""
     store: Store = world["store"]
     store.add_release(release("svc", 3, "candidate", restart="never"))
-    store.commit_swap([release("svc", 3, "candidate", restart="never")], [])
+    store.commit_swap([release("svc", 3, "candidate", restart="never").placement], [])
     world["docker"].states["c3"], world["docker"].ports["c3"] = "exited", 5003
     world["router"].replace_all([Upstream("svc", 3, "c3", "127.0.0.1", 5003, "/mcp")])
     world["monitor"].probe_all()

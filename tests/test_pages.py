@@ -149,7 +149,7 @@ def release(server: str, number: int, tools: list[str], access: tuple[str, ...] 
 def go_live(store: Store, rel: Release) -> None:
     """Record a release and swap it live, as a deploy does."""
     store.add_release(rel)
-    store.commit_swap([rel], [])
+    store.commit_swap([rel.placement], [])
 
 
 def rows(page: str) -> list[str]:

@@ -202,7 +202,7 @@ def _fill_history(store: Store) -> int:
             manifest={"name": "docs"},
         )
         store.add_release(rel)
-        store.commit_swap([rel], [])
+        store.commit_swap([rel.placement], [])
     samples: list[tuple[str, str, str, dict[str, Any]]] = [
         (
             "succeeded",

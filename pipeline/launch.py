@@ -1,0 +1,78 @@
+"""Starting a release, the one way: a labelled, hardened container, then the MCP gate.
+
+A deploy's candidates, a restart and start-up reconciliation all start containers here, so
+every container carries the same labels (server, release, commit, port, instance, role,
+fingerprint) and passes the same gate before it takes a request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pipeline import gate
+from pipeline.context import Context
+from pipeline.dockerhost import (
+    LABEL_COMMIT,
+    LABEL_FINGERPRINT,
+    LABEL_INSTANCE,
+    LABEL_PORT,
+    LABEL_RELEASE,
+    LABEL_ROLE,
+    LABEL_SERVER,
+    Running,
+    RunSpec,
+)
+from pipeline.errors import GateError
+from pipeline.gate import GateResult
+from pipeline.plan import ReleaseSpec
+from pipeline.proxy.router import Upstream
+
+LOG_TAIL_LINES = 30
+ROLE_SERVER = "server"
+
+
+def start(ctx: Context, spec: ReleaseSpec, suffix: str) -> Running:
+    """Start a container of `spec` named `cmcp-<instance>-<server>-r<N>-<suffix>`."""
+    m = spec.manifest
+    env = {**m.env, **ctx.secrets.values(m.name, m.secrets)}
+    name = f"cmcp-{ctx.instance}-{m.name}-r{spec.number}-{suffix}"
+    ctx.docker.remove_container_named(name)
+    run = RunSpec(
+        spec.image, name, m.port, labels(ctx, spec), env, m.memory_bytes, m.cpus, m.command, m.restart
+    )
+    return ctx.docker.run(run)
+
+
+def labels(ctx: Context, spec: ReleaseSpec) -> dict[str, str]:
+    """The labels of every container of `spec`: what actually runs can be read back from them."""
+    return {
+        LABEL_SERVER: spec.server,
+        LABEL_RELEASE: f"r{spec.number}",
+        LABEL_COMMIT: spec.commit,
+        LABEL_PORT: str(spec.manifest.port),
+        LABEL_INSTANCE: ctx.instance,
+        LABEL_ROLE: ROLE_SERVER,
+        LABEL_FINGERPRINT: spec.fingerprint,
+    }
+
+
+def wait_healthy(ctx: Context, spec: ReleaseSpec, running: Running, say: Callable[[str], None]) -> GateResult:
+    """Gate a started container; on failure copy its last log lines to `say` and raise GateError."""
+    m = spec.manifest
+    try:
+        return gate.wait_until_healthy(
+            f"http://127.0.0.1:{running.host_port}{m.path}",
+            timeout=m.health_timeout,
+            interval=m.health_interval,
+            alive=lambda: ctx.docker.status(running.id) == "running",
+        )
+    except GateError as exc:
+        for line in ctx.docker.logs_tail(running.id, LOG_TAIL_LINES):
+            say(f"{m.name} (container) | {line}")
+        raise GateError(f"{m.name} r{spec.number} failed the MCP health gate: {exc}") from exc
+
+
+def upstream(spec: ReleaseSpec, running: Running) -> Upstream:
+    """The proxy's route to a started container of `spec`."""
+    m = spec.manifest
+    return Upstream(m.name, spec.number, running.id, "127.0.0.1", running.host_port, m.path, m.access)
