@@ -18,8 +18,7 @@ from typing import Any
 from pipeline import gate, registry
 from pipeline.context import Context, DeployRequest
 from pipeline.dockerhost import LABEL_INSTANCE, LABEL_PORT
-from pipeline.errors import CentralMCPError
-from pipeline.gate import NotMCP
+from pipeline.errors import CentralMCPError, NotMCP
 from pipeline.proxy.router import Upstream
 from pipeline.proxy.usage import Usage
 from pipeline.states import DeploySource

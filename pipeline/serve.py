@@ -15,7 +15,7 @@ from pipeline import logs
 from pipeline.app import create_app
 from pipeline.config.settings import Settings
 from pipeline.dockerhost import DockerHost
-from pipeline.errors import DeployError
+from pipeline.errors import ServeError
 from pipeline.hook import init_repo
 from pipeline.proxy import front
 from pipeline.proxy.access import create_key
@@ -53,11 +53,15 @@ def up(settings: Settings, workdir: Path, say: Callable[[str], None], port: int 
     thread = threading.Thread(target=srv.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + STARTUP_TIMEOUT
+    base = f"http://{settings.host}:{port or settings.port}"
     while not srv.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise DeployError("the provider did not start; see the log above")
+            what = "stopped while starting" if not thread.is_alive() else "did not start in time"
+            raise ServeError(
+                f"the provider on {base} {what}; the log above says why "
+                "(often the port is taken: stop the other process or pass --port)"
+            )
         time.sleep(0.1)
-    base = f"http://{settings.host}:{port or settings.port}"
     say(f"central-mcp is serving on {base}")
     _push(workdir, path, repo.branch, say)
     say(f"deploys:   {base}/deploys")
