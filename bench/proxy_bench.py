@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import platform
@@ -33,8 +34,6 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-
-import aiohttp
 
 HERE = Path(__file__).resolve().parent
 RUNNER = HERE / "proxy_runner.py"
@@ -178,6 +177,8 @@ def main(argv: list[str]) -> None:
     wrk_bin = shutil.which("wrk") or ""
     if args.load == "wrk" and not wrk_bin:
         raise SystemExit("wrk is not installed; on Debian: apt-get install -y wrk (or use --load aiohttp)")
+    if args.load == "aiohttp" and importlib.util.find_spec("aiohttp") is None:
+        raise SystemExit("aiohttp is not installed; .venv/bin/pip install -e '.[bench]' (or use --load wrk)")
     extra = dict(item.split("=", 1) for item in args.extra_proxy)
     print(
         f"# {platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs, "
@@ -392,6 +393,8 @@ async def _aiohttp_load(
     kind: str, name: str, target: Target, concurrency: int, duration: float, number: int
 ) -> Run:
     """`concurrency` aiohttp connections POST the request back to back for `duration` seconds."""
+    import aiohttp  # the bench extra: only this load generator needs it
+
     url, headers = target
     latencies: list[float] = []
     errors = 0

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipeline.errors import DeployError
+from pipeline.errors import ServeError, ServeUnavailable
 
 CONTROL_FILE = "control.json"
 TOKEN_HEADER = "X-Central-MCP-Token"
@@ -48,7 +48,7 @@ class Control:
             data = json.loads(path.read_text())
             return cls(data["url"], data["token"], int(data["pid"]))
         except (OSError, ValueError, KeyError) as exc:
-            raise DeployError(
+            raise ServeUnavailable(
                 f"central-mcp serve is not running for {state_dir} (no readable "
                 f"{CONTROL_FILE}); start it with `central-mcp serve`"
             ) from exc
@@ -68,7 +68,10 @@ def stream(
         on_event(event)
         last = event
     if last.get("kind") != "end":
-        raise DeployError("the serve process closed the stream before the deploy ended")
+        raise ServeError(
+            f"the serve process at {control.url} (pid {control.pid}) closed the stream before the "
+            "deploy ended; its log says why, and the deploys page shows how far the deploy got"
+        )
     return last
 
 
@@ -85,11 +88,16 @@ def _post_lines(control: Control, path: str, body: dict[str, Any]) -> Iterator[d
         response = conn.getresponse()
         if response.status != 200:
             detail = response.read().decode("utf-8", "replace")[:500]
-            raise DeployError(f"the serve process refused the request ({response.status}): {detail}")
+            raise ServeError(
+                f"the serve process at {control.url} refused POST {path} ({response.status}): {detail}"
+            )
         for raw in response:
             if raw.strip():
                 yield json.loads(raw)
     except (OSError, http.client.HTTPException) as exc:
-        raise DeployError(f"cannot reach central-mcp serve at {control.url}: {exc}; is it running?") from exc
+        raise ServeUnavailable(
+            f"cannot reach central-mcp serve at {control.url} (pid {control.pid}): {exc}; "
+            "start it with `central-mcp serve`, or check that the pid is still running"
+        ) from exc
     finally:
         conn.close()

@@ -2,12 +2,25 @@
 
     CentralMCPError                 every error the package raises on purpose
     ├── ConfigError                 deploy.yaml or a manifest is wrong (carries Problems)
+    ├── SecretsError                secrets.env is malformed, or a secret is not on this VM
+    ├── StateError                  the state directory or its database cannot be used
     ├── SourceError                 git: a repo, ref or tree that cannot be read
     ├── DockerError                 the Docker engine refused or failed
     │   └── EngineUnavailable       no Docker engine answers
     ├── BuildError                  an image did not build (carries the build log tail)
     ├── GateError                   a candidate did not pass the MCP health gate
-    └── DeployError                 a deploy could not go on (lock, plan, swap)
+    │   └── NotMCP                  the endpoint answered, but not as an MCP server
+    ├── DeployError                 a deploy could not go on (lock, plan, swap)
+    ├── ServeError                  the serve process did not start, or refused a request
+    │   └── ServeUnavailable        no serve process answers for this state directory
+    └── ProxyError                  one proxied request could not be relayed
+        ├── ClientGone              the client left before its request body was complete
+        ├── BodyTooLarge            the request body is over the proxy's limit
+        └── UpstreamError           the upstream closed or spoke no HTTP (also a ConnectionError)
+
+`UpstreamError` is also a `ConnectionError` (so an `OSError`): the proxy handles it with
+refused and reset connections in one `except OSError`. `NotMCP` is distinct from "not up
+yet" (an `OSError`): the gate keeps waiting on both, the monitor reports both.
 
 Lower libraries' errors (docker, git, yaml, httpx) are translated into these at their
 adapter; only the CLI turns them into exit codes and only the HTTP layer into responses.
@@ -79,5 +92,55 @@ class GateError(CentralMCPError):
     """A candidate container failed the MCP health gate."""
 
 
+class NotMCP(GateError):
+    """The endpoint answered, but not as an MCP server (kept distinct from 'not up yet')."""
+
+
 class DeployError(CentralMCPError):
     """A deploy could not continue (lock held, bad plan, failed swap)."""
+
+
+class SecretsError(CentralMCPError):
+    """`<state>/secrets.env` is malformed, or a server needs a secret this VM does not have.
+
+    Not a ConfigError: secrets live on the VM, never in git, so the fix is on the VM.
+    """
+
+
+class StateError(CentralMCPError):
+    """The state directory or its SQLite database cannot be created or opened."""
+
+
+class ServeError(CentralMCPError):
+    """The serve process did not start, or refused or dropped a local command's request."""
+
+
+class ServeUnavailable(ServeError):
+    """No serve process answers for this state directory (no control.json, or nothing listens)."""
+
+
+class ProxyError(CentralMCPError):
+    """One proxied request could not be relayed."""
+
+
+class ClientGone(ProxyError):
+    """The client disconnected before its request body was complete."""
+
+    def __init__(self) -> None:
+        super().__init__("the client disconnected before its request body was complete; nothing to answer")
+
+
+class BodyTooLarge(ProxyError):
+    """The request body is over the proxy's limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(f"the request body is over {limit} bytes, the proxy's limit; send a smaller one")
+
+
+class UpstreamError(ProxyError, ConnectionError):
+    """The upstream closed the connection or sent something that is not HTTP.
+
+    Also a ConnectionError, so the proxy's `except OSError` treats it like a refused or reset
+    connection (answer 502; retry an idempotent request once).
+    """

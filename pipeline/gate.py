@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipeline.errors import GateError
+from pipeline.errors import GateError, NotMCP
 
 SESSION_PROTOCOL = "2025-11-25"
 STATELESS_PROTOCOL = "2026-07-28"
@@ -33,10 +33,6 @@ class GateResult:
     server_name: str
     tools: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
-
-
-class NotMCP(Exception):
-    """The endpoint answered, but not as an MCP server (kept distinct from 'not up yet')."""
 
 
 def wait_until_healthy(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -46,9 +45,7 @@ def init_repo(settings: Settings, name: str) -> tuple[Path, list[str]]:
     """Create (or update) the bare repo and install the hooks; return its path and remote lines."""
     repo = settings.repo(name)
     path = repo_path(settings, repo.name)
-    if not (path / "HEAD").exists():
-        path.mkdir(parents=True, exist_ok=True)
-        _git(["init", "--quiet", "--bare", f"--initial-branch={repo.branch}", str(path)])
+    source.init_bare(path, repo.branch)
     hooks = path / "hooks"
     hooks.mkdir(exist_ok=True)
     for hook in HOOK_NAMES:
@@ -181,9 +178,3 @@ def render(event: Mapping[str, Any]) -> str:
     if kind == "end":
         return f"==> {text}"
     return f"    {text}"
-
-
-def _git(args: list[str]) -> None:
-    proc = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise SourceError(f"git {' '.join(args)} failed: {proc.stderr.strip()}")

@@ -18,8 +18,7 @@ from typing import Any
 from pipeline import gate, registry
 from pipeline.context import Context, DeployRequest
 from pipeline.dockerhost import LABEL_INSTANCE, published_port
-from pipeline.errors import CentralMCPError
-from pipeline.gate import NotMCP
+from pipeline.errors import CentralMCPError, NotMCP
 from pipeline.proxy.router import Upstream
 from pipeline.proxy.usage import Usage
 from pipeline.states import PUSHED, DeploySource, ReleaseStatus

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from pipeline.errors import DeployError
+from pipeline.errors import SecretsError
 
 SECRETS_FILE = "secrets.env"
 MASK = "****"
@@ -29,7 +29,10 @@ def load_file(path: Path) -> dict[str, str]:
             continue
         key, sep, value = text.partition("=")
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key.strip()):
-            raise DeployError(f"{path}:{number}: expected KEY=VALUE (the value is not shown)")
+            raise SecretsError(
+                f"{path}:{number}: expected KEY=VALUE with KEY a shell-style name (the line is not "
+                "shown, it may hold a secret); fix or comment out that line"
+            )
         values[key.strip()] = value.strip().strip("'\"")
     return values
 
@@ -47,7 +50,7 @@ class Secrets:
         wanted = list(names)
         missing = [n for n in wanted if n not in known]
         if missing:
-            raise DeployError(
+            raise SecretsError(
                 f"server {server!r} needs secret(s) {', '.join(missing)} that this VM "
                 f"does not have: add them to {self.path} or the provider's environment"
             )

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import uvicorn
 
-from pipeline import logs
+from pipeline import logs, source
 from pipeline.app import create_app
 from pipeline.config.settings import Settings
 from pipeline.dockerhost import DockerHost
-from pipeline.errors import DeployError
+from pipeline.errors import ServeError, SourceError
 from pipeline.hook import init_repo
 from pipeline.proxy import front
 from pipeline.proxy.access import create_key
@@ -53,11 +53,15 @@ def up(settings: Settings, workdir: Path, say: Callable[[str], None], port: int 
     thread = threading.Thread(target=srv.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + STARTUP_TIMEOUT
+    base = f"http://{settings.host}:{port or settings.port}"
     while not srv.started:
         if not thread.is_alive() or time.monotonic() > deadline:
-            raise DeployError("the provider did not start; see the log above")
+            what = "stopped while starting" if not thread.is_alive() else "did not start in time"
+            raise ServeError(
+                f"the provider on {base} {what}; the log above says why "
+                "(often the port is taken: stop the other process or pass --port)"
+            )
         time.sleep(0.1)
-    base = f"http://{settings.host}:{port or settings.port}"
     say(f"central-mcp is serving on {base}")
     _push(workdir, path, repo.branch, say)
     say(f"deploys:   {base}/deploys")
@@ -96,18 +100,15 @@ def _first_key(settings: Settings, say: Callable[[str], None]) -> None:
 
 
 def _push(workdir: Path, bare: Path, branch: str, say: Callable[[str], None]) -> None:
-    probe = subprocess.run(
-        ["git", "-C", str(workdir), "rev-parse", "--verify", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode != 0:
+    try:
+        source.resolve(workdir, "HEAD", discover=True)
+    except SourceError:
         say(f"{workdir} has no git commit to deploy; serving what is live")
         return
     say(f"pushing {workdir} HEAD to {bare} ({branch}); the deploy follows")
     result = subprocess.run(
-        ["git", "-C", str(workdir), "push", "--force", str(bare), f"HEAD:refs/heads/{branch}"], check=False
+        ["git", "-C", str(workdir), "push", "--force", "--", str(bare), f"HEAD:refs/heads/{branch}"],
+        check=False,
     )
     if result.returncode != 0:
         say("the push was rejected (see the deploy output above); the live servers are unchanged")

@@ -5,6 +5,27 @@ hook's own process tree can read (GIT_QUARANTINE_PATH, GIT_OBJECT_DIRECTORY and
 GIT_ALTERNATE_OBJECT_DIRECTORIES are set in its environment). The hook therefore takes the
 snapshot itself — `git archive` into a directory and `git ls-tree` for the tree hashes —
 and hands the directory to the deploy engine, which never needs the objects.
+
+How the package runs git, one way per kind of operation:
+
+    kind                          way        where                         why
+    resolve a ref to a commit     GitPython  resolve (cli, deploy, up)     a plain query
+    tree hashes, author, message  GitPython  _trees, _describe             plain queries (with the
+                                                                           hook's quarantine env)
+    check a commit exists         GitPython  webhook.fetch_commit          a plain query
+    create a bare repo            CLI        init_bare (hook, webhook)     it writes
+    fetch with credentials        CLI        fetch (webhook)               it writes; env and `-c`
+                                                                           carry the token
+    archive a commit (snapshot)   CLI        _extract                      streams the tar to a file
+    push a work tree's HEAD       CLI        serve._push (`up`)            writes; git's and the
+                                                                           hook's output reach the
+                                                                           terminal as they come
+
+Queries use GitPython; whatever writes or streams uses the CLI with an explicit `-C <dir>` or
+path, because GitPython's runner silently runs in the process's own directory when its folder is
+missing, and expands `$VARS` in paths. Nothing goes through a shell. An argument from outside
+(a ref, a commit, a URL, a path) comes after `--end-of-options` (revisions; git >= 2.31 for
+rev-parse) or `--` (init, fetch, push), so a value starting with `-` is never an option.
 """
 
 from __future__ import annotations
@@ -103,18 +124,54 @@ def take(
     return snapshot
 
 
-def resolve(repo_path: Path, ref: str) -> str:
-    """Return the commit sha that `ref` names in the repository."""
+def resolve(repo_path: Path, ref: str, *, discover: bool = False) -> str:
+    """Return the commit sha that `ref` names in the repository at `repo_path`.
+
+    With `discover`, `repo_path` may be any folder of a work tree (as `git -C` finds it);
+    without, it must be the repository itself, so a missing repo never resolves in a parent.
+    """
     try:
-        return str(git.Repo(repo_path).git.rev_parse("--verify", f"{ref}^{{commit}}"))
+        repo = git.Repo(repo_path, search_parent_directories=discover)
+        return str(repo.git.rev_parse("--verify", "--end-of-options", f"{ref}^{{commit}}"))
     except (git.GitCommandError, git.NoSuchPathError, git.InvalidGitRepositoryError) as exc:
         raise SourceError(f"cannot resolve {ref!r} in {repo_path}: {_why(exc)}") from exc
+
+
+def init_bare(path: Path, branch: str) -> None:
+    """Create the bare repository `path` (and its folders) unless it exists; `branch` names HEAD."""
+    if (path / "HEAD").exists():
+        return
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        _run(["git", "init", "--quiet", "--bare", f"--initial-branch={branch}", "--", str(path)])
+    except (git.GitCommandError, OSError) as exc:
+        raise SourceError(
+            f"cannot create the bare repository {path}: {_why(exc)}; check that git is installed "
+            f"and that {path.parent} is writable"
+        ) from exc
+
+
+def fetch(mirror: Path, url: str, refspec: str, env: Mapping[str, str], options: list[str]) -> None:
+    """Fetch `refspec` from `url` into the bare `mirror`; `env` and `-c` `options` carry credentials.
+
+    Raises git.GitCommandError, whose stderr the caller masks before it shows it.
+    """
+    _run(["git", "-C", str(mirror), *options, "fetch", "--quiet", "--", url, refspec], {**os.environ, **env})
 
 
 def new_workdir(parent: Path) -> Path:
     """Return a fresh directory under `parent` for a snapshot."""
     parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(prefix="snap-", dir=parent))
+
+
+def _run(args: list[str], env: Mapping[str, str] | None = None) -> None:
+    """Run a git command that writes (no shell); raise git.GitCommandError with its stderr."""
+    proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise git.GitCommandError(
+            "git", proc.returncode, proc.stderr
+        )  # not `args`: they may hold credentials
 
 
 def _git(repo_path: Path, env: Mapping[str, str]) -> git.Git:
@@ -126,7 +183,7 @@ def _git(repo_path: Path, env: Mapping[str, str]) -> git.Git:
 def _extract(repo_path: Path, commit: str, root: Path, env: Mapping[str, str]) -> None:
     with tempfile.TemporaryFile() as tar:
         proc = subprocess.run(
-            ["git", "-C", str(repo_path), "archive", "--format=tar", commit],
+            ["git", "-C", str(repo_path), "archive", "--format=tar", "--end-of-options", commit],
             stdout=tar,
             stderr=subprocess.PIPE,
             env=dict(env),
@@ -140,8 +197,8 @@ def _extract(repo_path: Path, commit: str, root: Path, env: Mapping[str, str]) -
 
 
 def _trees(repo_path: Path, commit: str, env: Mapping[str, str]) -> dict[str, str]:
-    out = _git(repo_path, env).ls_tree("-r", "-t", "-z", commit)
-    trees = {".": _git(repo_path, env).rev_parse(f"{commit}^{{tree}}")}
+    out = _git(repo_path, env).ls_tree("-r", "-t", "-z", "--end-of-options", commit)
+    trees = {".": _git(repo_path, env).rev_parse("--verify", "--end-of-options", f"{commit}^{{tree}}")}
     for entry in out.split("\0"):
         if not entry:
             continue
@@ -153,7 +210,7 @@ def _trees(repo_path: Path, commit: str, env: Mapping[str, str]) -> dict[str, st
 
 
 def _describe(repo_path: Path, commit: str, env: Mapping[str, str]) -> tuple[str, str]:
-    out = _git(repo_path, env).log("-1", "--format=%an <%ae>%x00%s", commit)
+    out = _git(repo_path, env).log("-1", "--format=%an <%ae>%x00%s", "--end-of-options", commit)
     author, _, message = out.partition("\0")
     return author, message
 

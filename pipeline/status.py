@@ -11,7 +11,7 @@ from typing import Any
 
 from pipeline import control
 from pipeline.config.settings import Settings
-from pipeline.errors import DeployError
+from pipeline.errors import ServeUnavailable
 from pipeline.store import Store
 
 HEALTH_TIMEOUT = 3.0
@@ -53,7 +53,7 @@ def render(settings: Settings, store: Store) -> str:
 def _health(settings: Settings) -> tuple[dict[str, str], str]:
     try:
         ctl = control.Control.load(settings.state_dir)
-    except DeployError:
+    except ServeUnavailable:
         return {}, f"serve is not running for {settings.state_dir}"
     try:
         with urllib.request.urlopen(f"{ctl.url}/healthz", timeout=HEALTH_TIMEOUT) as answer:

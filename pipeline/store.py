@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pipeline.errors import DeployError
+from pipeline.errors import StateError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deploys (
@@ -117,7 +117,14 @@ class Store:
     """The provider's SQLite database."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(
+                f"the state directory {path.parent} cannot be created ({exc.strerror}); "
+                "check its parent's owner and permissions, or choose another with state_dir in deploy.yaml "
+                "or CENTRAL_MCP_STATE_DIR"
+            ) from exc
         self.path = path
         self._lock = threading.RLock()
         try:
@@ -127,7 +134,7 @@ class Store:
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
-            raise DeployError(
+            raise StateError(
                 f"the database {path} cannot be opened ({exc}); move it aside to "
                 "start with an empty one, or restore it from a backup"
             ) from exc

@@ -160,13 +160,10 @@ def fetch_commit(
     git_env, config = _credentials(repo, env)
     log.masker = log.masker.extended(v for v in git_env.values() if v) if git_env else log.masker
     try:
-        if not (mirror / "HEAD").exists():
-            git.Repo.init(mirror, bare=True)
-        runner = git.Git(str(mirror))
-        runner.update_environment(**git_env)
+        source.init_bare(mirror, repo.branch)
         log.line(f"fetching {ref} from {_redact(url)}")
-        runner.execute(["git", *config, "fetch", "--quiet", url, f"+{ref}:{ref}"])
-        runner.execute(["git", "cat-file", "-e", f"{commit}^{{commit}}"])
+        source.fetch(mirror, url, f"+{ref}:{ref}", git_env, config)
+        git.Git(str(mirror)).cat_file("-e", "--end-of-options", f"{commit}^{{commit}}")
     except git.GitCommandError as exc:
         detail = log.masker(str(exc.stderr or "").strip().removeprefix("stderr: "))
         raise SourceError(f"cannot fetch {commit[:12]} of {repo.name} from {_redact(url)}: {detail}") from exc

@@ -9,8 +9,7 @@ import pytest
 
 from pipeline.config.settings import MonitorConfig, Settings
 from pipeline.context import Context, DeployRequest
-from pipeline.errors import DockerError
-from pipeline.gate import NotMCP
+from pipeline.errors import DockerError, NotMCP
 from pipeline.monitor import Monitor
 from pipeline.proxy.access import Caller
 from pipeline.proxy.router import Router, Upstream

@@ -10,6 +10,8 @@ from typing import Any, Protocol
 
 from starlette.types import Receive, Scope, Send
 
+from pipeline.errors import BodyTooLarge, ClientGone
+
 Headers = list[tuple[bytes, bytes]]
 MAX_BODY_BYTES = 4 * 1024 * 1024
 STREAM_END: dict[str, Any] = {"type": "http.response.body", "body": b"", "more_body": False}
@@ -44,14 +46,6 @@ class Exchange(Protocol):
         """Return once the client has gone away."""
 
 
-class ClientGone(Exception):
-    """The client disconnected before its request body was complete."""
-
-
-class BodyTooLarge(Exception):
-    """The request body is over MAX_BODY_BYTES."""
-
-
 class AsgiExchange:
     """An Exchange over ASGI: the path params come from app.py's routes or its shortcut."""
 
@@ -72,19 +66,19 @@ class AsgiExchange:
         body: bytes = message.get("body", b"")
         if not message.get("more_body", False):
             if message["type"] == "http.disconnect":
-                raise ClientGone
+                raise ClientGone()
             return body
         chunks = [body]
         size = len(body)
         while message.get("more_body", False):
             message = await self._receive()
             if message["type"] == "http.disconnect":
-                raise ClientGone
+                raise ClientGone()
             chunk: bytes = message.get("body", b"")
             size += len(chunk)
             if size > MAX_BODY_BYTES:
                 self._close = True
-                raise BodyTooLarge
+                raise BodyTooLarge(MAX_BODY_BYTES)
             chunks.append(chunk)
         return b"".join(chunks)
 

@@ -37,7 +37,8 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from pipeline.proxy.exchange import MAX_BODY_BYTES, BodyTooLarge, ClientGone, Headers, has_body, mcp_target
+from pipeline.errors import BodyTooLarge, ClientGone
+from pipeline.proxy.exchange import MAX_BODY_BYTES, Headers, has_body, mcp_target
 from pipeline.proxy.pool import Connection
 from pipeline.proxy.relay import Proxy, Ticket, is_stream, too_large
 
@@ -315,10 +316,10 @@ class ProxyCycle(RequestResponseCycle):
             await self.message_event.wait()
             self.message_event.clear()
         if self.disconnected:
-            raise ClientGone
+            raise ClientGone()
         if len(self.body) > MAX_BODY_BYTES:
             self.keep_alive = False  # the rest of the body is not read: this connection cannot go on
-            raise BodyTooLarge
+            raise BodyTooLarge(MAX_BODY_BYTES)
         self.flow.resume_reading()  # paused while the body piled up; a disconnect must still be read
         return bytes(self.body)
 

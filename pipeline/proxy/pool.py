@@ -19,13 +19,11 @@ from typing import cast
 
 import httptools
 
+from pipeline.errors import UpstreamError
+
 IDLE_SECONDS = 4.0  # below the 5 s keep-alive of uvicorn and Node, so the server never closes first
 PAUSE_BYTES = 256 * 1024  # a stream's unread body above this pauses reading from the upstream
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
-
-
-class UpstreamError(ConnectionError):
-    """The upstream closed the connection or sent something that is not HTTP."""
 
 
 class Connection(asyncio.Protocol):

@@ -24,15 +24,9 @@ from urllib.parse import quote
 
 from starlette.types import Receive, Scope, Send
 
+from pipeline.errors import BodyTooLarge, ClientGone
 from pipeline.proxy.access import Caller, Denied, Gatekeeper
-from pipeline.proxy.exchange import (
-    MAX_BODY_BYTES,
-    AsgiExchange,
-    BodyTooLarge,
-    ClientGone,
-    Exchange,
-    Headers,
-)
+from pipeline.proxy.exchange import MAX_BODY_BYTES, AsgiExchange, Exchange, Headers
 from pipeline.proxy.pool import Connection, Pool
 from pipeline.proxy.router import Router, Upstream
 from pipeline.proxy.usage import Usage

@@ -1,0 +1,82 @@
+"""source.py against real git: bare repos, refs, fetches and snapshots, with hostile arguments."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import git
+import pytest
+
+from pipeline import source
+from pipeline.errors import SourceError
+
+GIT_USER = ["-c", "user.name=t", "-c", "user.email=t@example.com"]
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """A work tree with one commit holding `app/main.py`."""
+    root = tmp_path / "work"
+    _git("init", "--quiet", "--initial-branch=main", str(root))
+    (root / "app").mkdir()
+    (root / "app" / "main.py").write_text("print('hi')\n")
+    _git("-C", str(root), "add", ".")
+    _git("-C", str(root), *GIT_USER, "commit", "--quiet", "-m", "first")
+    return root
+
+
+def test_init_bare_makes_a_bare_repo_on_the_named_branch(tmp_path: Path) -> None:
+    """init_bare creates missing folders and a bare repo whose HEAD names the branch."""
+    path = tmp_path / "deep" / "repos" / "a.git"
+    source.init_bare(path, "trunk")
+    assert (path / "HEAD").read_text().strip() == "ref: refs/heads/trunk"
+    source.init_bare(path, "other")  # an existing repo is left as it is
+    assert (path / "HEAD").read_text().strip() == "ref: refs/heads/trunk"
+
+
+def test_init_bare_where_it_cannot_write_is_a_source_error(tmp_path: Path) -> None:
+    """A repo path under a file raises SourceError naming the path, never a raw OSError."""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SourceError, match=r"cannot create the bare repository .*file/a.git"):
+        source.init_bare(tmp_path / "file" / "a.git", "main")
+
+
+def test_resolve_reads_an_option_like_ref_as_a_ref(work: Path) -> None:
+    """A ref that looks like an option is resolved (and fails) as a ref, not obeyed as an option."""
+    with pytest.raises(SourceError, match="cannot resolve '--git-dir=/nowhere'"):
+        source.resolve(work, "--git-dir=/nowhere")
+
+
+def test_resolve_discovers_the_work_tree_only_when_asked(work: Path) -> None:
+    """From a subfolder, resolve finds the work tree with discover and refuses without it."""
+    head = source.resolve(work, "HEAD")
+    assert source.resolve(work / "app", "HEAD", discover=True) == head
+    with pytest.raises(SourceError):
+        source.resolve(work / "app", "HEAD")
+
+
+def test_fetch_then_take_snapshots_the_commit(work: Path, tmp_path: Path) -> None:
+    """A fetched commit of a fresh mirror snapshots to its files, tree hashes and message."""
+    mirror = tmp_path / "mirror.git"
+    source.init_bare(mirror, "main")
+    source.fetch(mirror, str(work), "+refs/heads/main:refs/heads/main", {}, [])
+    commit = source.resolve(mirror, "main")
+    snap = source.take(mirror, "work", "refs/heads/main", commit, tmp_path / "snap")
+    assert (snap.root / "app" / "main.py").read_text() == "print('hi')\n"
+    assert snap.tree_hash("app") and snap.tree_hash(".")
+    assert snap.message == "first"
+
+
+def test_fetch_reads_an_option_like_url_as_a_url(tmp_path: Path) -> None:
+    """A URL that looks like an option fails as a repository name, so git never runs it as one."""
+    mirror = tmp_path / "mirror.git"
+    source.init_bare(mirror, "main")
+    marker = tmp_path / "ran"
+    with pytest.raises(git.GitCommandError, match="strange pathname"):
+        source.fetch(mirror, f"--upload-pack=touch {marker}", "+refs/heads/main:refs/heads/main", {}, [])
+    assert not marker.exists()
+
+
+def _git(*args: str) -> None:
+    subprocess.run(["git", *args], check=True, capture_output=True)
