@@ -3,14 +3,18 @@
 `initialize` → `notifications/initialized` → `tools/list` (every page), within a deadline,
 failing at once if the container exits. A server that only offers the stateless 2026-07-28
 era is gated with `tools/list` alone. "The port answers 200" is not enough.
+
+The gate waits for the candidate rather than sleeping a fixed interval: it retries quickly with a
+short bounded backoff, so a server is gated within tens of milliseconds of listening.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +27,13 @@ REQUEST_TIMEOUT = 10.0
 ACCEPT = "application/json, text/event-stream"
 CLIENT_INFO = {"name": "central-mcp-gate", "version": "1"}
 MAX_PAGES = 50
+# A failed attempt against a port where nothing listens yet costs ~0.2 ms (measured through
+# docker-proxy), so the gate retries fast and never pauses longer than MAX_BACKOFF: it sees a
+# candidate at most that long after the server listens, at well under 1% of a core meanwhile.
+FIRST_BACKOFF = 0.01
+MAX_BACKOFF = 0.05
+# Asking Docker whether the container still runs costs ~1.5 ms (7 failed attempts): not every time.
+ALIVE_PERIOD = 0.1
 
 
 @dataclass(frozen=True)
@@ -43,24 +54,46 @@ def wait_until_healthy(
     alive: Callable[[], bool] = lambda: True,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    probe: Callable[[str, float], GateResult] | None = None,
 ) -> GateResult:
-    """Run the handshake against `url` until it passes, the deadline passes, or `alive` is False."""
+    """Run the handshake against `url` until it passes, the deadline passes, or `alive` is False.
+
+    Attempts back off from FIRST_BACKOFF, doubling up to min(`interval`, MAX_BACKOFF); `alive` is
+    asked first and then at most every ALIVE_PERIOD. `probe` defaults to `handshake`.
+    """
+    attempt = probe or handshake
     started = clock()
     deadline = started + timeout
+    delays = backoff(interval)
     last = "no answer yet"
+    checked = -math.inf
     while True:
-        if not alive():
-            raise GateError(f"the container exited before completing the MCP handshake ({last})")
+        if clock() - checked >= ALIVE_PERIOD:
+            if not alive():
+                raise GateError(f"the container exited before completing the MCP handshake ({last})")
+            checked = clock()
         try:
-            result = handshake(url, min(REQUEST_TIMEOUT, max(deadline - clock(), 0.1)))
+            result = attempt(url, min(REQUEST_TIMEOUT, max(deadline - clock(), 0.1)))
             return GateResult(result.protocol_version, result.server_name, result.tools, clock() - started)
         except (OSError, http.client.HTTPException) as exc:
+            # Refused, or accepted and closed unanswered (Docker's userland proxy does that while
+            # nothing in the container listens yet): not up yet.
             last = f"connection: {exc.__class__.__name__}: {exc}"
         except NotMCP as exc:
             last = str(exc)
-        if clock() + interval > deadline:
-            raise GateError(f"no MCP handshake within {timeout:.0f}s; last: {last}")
-        sleep(interval)
+        remaining = deadline - clock()
+        if remaining <= 0:
+            raise GateError(f"no MCP handshake within {timeout:g}s; last: {last}")
+        sleep(min(next(delays), remaining))
+
+
+def backoff(interval: float) -> Iterator[float]:
+    """Yield the pauses between attempts: FIRST_BACKOFF, doubling, capped at min(interval, MAX_BACKOFF)."""
+    cap = max(min(interval, MAX_BACKOFF), 0.001)
+    delay = min(FIRST_BACKOFF, cap)
+    while True:
+        yield delay
+        delay = min(delay * 2, cap)
 
 
 def handshake(url: str, timeout: float) -> GateResult:

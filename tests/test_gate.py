@@ -1,6 +1,15 @@
-"""The MCP health gate against real servers on loopback."""
+"""The MCP health gate: its waiting with a fake clock, its handshake against real servers on loopback."""
 
 from __future__ import annotations
+
+import itertools
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
 
 import pytest
 from starlette.applications import Starlette
@@ -65,17 +74,155 @@ def test_exited_container_fails_at_once_without_waiting_for_the_deadline() -> No
     assert "exited" in str(err.value)
 
 
-def test_gate_waits_for_a_server_that_starts_late() -> None:
-    """A server that comes up within the deadline passes; the gate retried meanwhile."""
+def test_gate_sees_a_server_that_starts_late_soon_after_it_listens() -> None:
+    """A server that starts listening while the gate retries passes within a backoff step of listening."""
     port = free_port()
-    slept: list[float] = []
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(gate.wait_until_healthy, f"http://127.0.0.1:{port}/mcp", timeout=10, interval=1)
+        time.sleep(0.3)
+        with serve_asgi(mcp_app(), port=port):
+            listening = time.monotonic()
+            result = waiting.result(10)
+            passed = time.monotonic()
+    assert result.tools and result.seconds >= 0.3
+    assert passed - listening < gate.MAX_BACKOFF + 0.2
+
+
+def test_port_that_accepts_and_closes_is_not_up_yet() -> None:
+    """A port that accepts and closes unanswered (docker-proxy before the server listens) is not up yet."""
+    with _accept_and_close() as port, pytest.raises(GateError) as err:
+        gate.wait_until_healthy(f"http://127.0.0.1:{port}/mcp", timeout=0.3, interval=1)
+    assert "connection:" in str(err.value)
+    assert "not as an MCP" not in str(err.value)
+
+
+class FakeTime:
+    """A monotonic clock that moves only when the gate sleeps, recording each pause."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.pauses: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+        self.now += seconds
+
+
+def _refusing(times: int = 10**9) -> Callable[[str, float], gate.GateResult]:
+    """A probe that is refused `times` times, then passes."""
+    calls = iter(range(times + 1))
+
+    def probe(url: str, timeout: float) -> gate.GateResult:
+        if next(calls) < times:
+            raise ConnectionRefusedError(111, "Connection refused")
+        return gate.GateResult("2025-11-25", "fake", [{"name": "t"}])
+
+    return probe
+
+
+def _gate(fake: FakeTime, probe: Callable[[str, float], gate.GateResult], **kwargs: Any) -> gate.GateResult:
+    options: dict[str, Any] = {"timeout": 20.0, "interval": 1.0, **kwargs}
+    return gate.wait_until_healthy(
+        "http://127.0.0.1:9/mcp", clock=fake.clock, sleep=fake.sleep, probe=probe, **options
+    )
+
+
+def test_backoff_doubles_from_ten_milliseconds_and_is_capped() -> None:
+    """Pauses start at FIRST_BACKOFF and double up to MAX_BACKOFF, or to a shorter manifest interval."""
+    assert list(itertools.islice(gate.backoff(1.0), 5)) == [0.01, 0.02, 0.04, 0.05, 0.05]
+    assert list(itertools.islice(gate.backoff(0.03), 3)) == [0.01, 0.02, 0.03]
+    assert list(itertools.islice(gate.backoff(0.005), 2)) == [0.005, 0.005]
+
+
+def test_pauses_grow_and_stay_bounded_while_nothing_listens() -> None:
+    """While the port refuses, the gate's pauses grow from 10 ms and never exceed MAX_BACKOFF."""
+    fake = FakeTime()
     with pytest.raises(GateError):
-        gate.wait_until_healthy(
-            f"http://127.0.0.1:{port}/mcp", timeout=0.35, interval=0.1, sleep=slept.append
-        )
-    assert len(slept) >= 1
-    with serve_asgi(mcp_app(), port=port):
-        assert gate.wait_until_healthy(f"http://127.0.0.1:{port}/mcp", timeout=5, interval=0.1).tools
+        _gate(fake, _refusing(), timeout=2.0)
+    assert fake.pauses[:3] == [0.01, 0.02, 0.04]
+    assert max(fake.pauses) == gate.MAX_BACKOFF
+
+
+def test_deadline_holds_and_the_error_names_the_last_failure() -> None:
+    """A candidate that never answers fails exactly at its deadline, naming the connection error."""
+    fake = FakeTime()
+    with pytest.raises(GateError) as err:
+        _gate(fake, _refusing(), timeout=2.0)
+    assert fake.now == pytest.approx(2.0)
+    assert "no MCP handshake within 2s" in str(err.value)
+    assert "ConnectionRefusedError" in str(err.value)
+
+
+def test_connection_refused_then_success_returns_quickly() -> None:
+    """Three refusals then a handshake pass after 10 + 20 + 40 ms, not after three intervals."""
+    fake = FakeTime()
+    result = _gate(fake, _refusing(3))
+    assert result.seconds == pytest.approx(0.07)
+    assert result.server_name == "fake"
+
+
+def test_container_that_dies_while_waited_for_fails_without_the_deadline() -> None:
+    """A container that exits while the gate retries fails a check period later, not at its deadline."""
+    fake = FakeTime()
+    with pytest.raises(GateError) as err:
+        _gate(fake, _refusing(), timeout=3600.0, alive=lambda: fake.now < 1.0)
+    assert 1.0 <= fake.now <= 1.0 + gate.ALIVE_PERIOD + gate.MAX_BACKOFF
+    assert "exited" in str(err.value) and "ConnectionRefusedError" in str(err.value)
+
+
+def test_container_state_is_checked_at_most_every_alive_period() -> None:
+    """Docker is asked about the container at most once per ALIVE_PERIOD, not on every quick attempt."""
+    fake = FakeTime()
+    checks: list[float] = []
+
+    def alive() -> bool:
+        checks.append(fake.now)
+        return True
+
+    with pytest.raises(GateError):
+        _gate(fake, _refusing(), timeout=1.0, alive=alive)
+    assert len(fake.pauses) > 2 * len(checks)
+    assert all(b - a >= gate.ALIVE_PERIOD for a, b in itertools.pairwise(checks))
+
+
+def test_endpoint_that_is_not_mcp_is_retried_until_the_deadline_and_named() -> None:
+    """An answer that is not MCP keeps failing until the deadline and the error says what it answered."""
+    fake = FakeTime()
+
+    def probe(url: str, timeout: float) -> gate.GateResult:
+        raise gate.NotMCP("initialize answered HTTP 404: not found")
+
+    with pytest.raises(GateError) as err:
+        _gate(fake, probe, timeout=1.0)
+    assert "HTTP 404" in str(err.value)
+
+
+@contextmanager
+def _accept_and_close() -> Iterator[int]:
+    """Listen on a loopback port that accepts each connection and closes it at once."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.05)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            conn.close()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1])
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
 
 
 def test_stateless_era_server_is_gated_with_tools_list_alone() -> None:
