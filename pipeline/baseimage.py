@@ -21,6 +21,10 @@ from pipeline.dockerhost import LABEL_ROLE, DockerHost
 from pipeline.errors import DockerError
 
 BASE_IMAGE = "central-mcp/python:3.11"
+# Raised whenever what goes into the image changes, so an older image on a machine is made again.
+# 2: the SDK is byte-compiled (a server's first import of it took ~1.4 s at 0.5 CPU, ~0.7 s after).
+BASE_VERSION = "2"
+LABEL_BASE_VERSION = "central-mcp.base-version"
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 PYTHON_VERSION = "3.11"
@@ -52,8 +56,11 @@ def ensure_base_image(
 ) -> bool:
     """Make `tag` unless it exists; return whether it was made."""
     if not force and host.image_exists(tag):
-        say(f"base image {tag} is present")
-        return False
+        found = host.image_labels(tag).get(LABEL_BASE_VERSION, "1")
+        if found == BASE_VERSION:
+            say(f"base image {tag} is present")
+            return False
+        say(f"base image {tag} is version {found}; making version {BASE_VERSION}")
     say(f"making base image {tag}: debootstrap {SUITE} + python3 + {SDK_REQUIREMENT} (about a minute)")
     wheels = download_wheels(cache / "wheels", say)
     with tempfile.TemporaryDirectory(prefix="central-mcp-rootfs-") as tmp:
@@ -71,7 +78,7 @@ def ensure_base_image(
                 "ENV PYTHONUNBUFFERED=1",
                 "ENV PYTHONDONTWRITEBYTECODE=1",
                 "WORKDIR /app",
-                f'LABEL {LABEL_ROLE}="base"',
+                f'LABEL {LABEL_ROLE}="base" {LABEL_BASE_VERSION}="{BASE_VERSION}"',
                 'CMD ["python3"]',
             ],
         )
@@ -136,6 +143,24 @@ def _install_sdk(rootfs: Path, wheels: Path) -> None:
         "install the SDK into the image",
     )
     shutil.rmtree(site / "bin", ignore_errors=True)
+    # Servers run as an unprivileged user on a read-only image and cannot write bytecode, so
+    # compile it here, with the image's own interpreter; unchecked-hash: the image never changes.
+    _check(
+        [
+            "chroot",
+            str(rootfs),
+            "python3",
+            "-m",
+            "compileall",
+            "-q",
+            "-j",
+            "0",
+            "--invalidation-mode",
+            "unchecked-hash",
+            f"/usr/local/lib/python{PYTHON_VERSION}/dist-packages",
+        ],
+        "byte-compile the SDK in the image",
+    )
 
 
 def _check(argv: list[str], what: str) -> None:

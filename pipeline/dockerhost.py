@@ -34,6 +34,7 @@ RESTART_POLICIES: dict[str, dict[str, Any]] = {
     "never": {"Name": "no"},
 }
 STOP_GRACE_SECONDS = 10
+CPU_PERIOD = 100_000  # µs: the CFS period a container's CPU quota is counted in (Docker's default)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class RunSpec:
     cpus: float
     command: tuple[str, ...] = ()
     restart: str = "on-failure"
+    startup_cpus: float = 0.0
+    """CPUs allowed until `limit_cpus` is called (never fewer than `cpus`): a start-up boost."""
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,15 @@ class DockerHost:
             return True
         except DockerError:
             return False
+
+    def image_labels(self, tag: str) -> dict[str, str]:
+        """Return an image's labels (empty when it is missing or has none)."""
+        try:
+            with _translated(f"inspect image {tag}"):
+                labels = self.client.images.get(tag).labels
+        except DockerError:
+            return {}
+        return dict(labels or {})
 
     def build(
         self,
@@ -148,7 +160,8 @@ class DockerHost:
                 environment=dict(spec.env),
                 ports=ports,
                 mem_limit=spec.memory_bytes,
-                nano_cpus=int(spec.cpus * 1e9),
+                cpu_period=CPU_PERIOD,
+                cpu_quota=_quota(max(spec.cpus, spec.startup_cpus)),
                 security_opt=["no-new-privileges"],
                 cap_drop=["ALL"],
                 pids_limit=256,
@@ -157,13 +170,18 @@ class DockerHost:
             )
             return Running(str(container.id), spec.name, self._host_port(container, spec.port))
 
+    def limit_cpus(self, container_id: str, cpus: float) -> None:
+        """Set a running container's CPU limit (ends its start-up boost)."""
+        with _translated(f"limit the CPUs of {container_id[:12]}"):
+            self.client.api.update_container(container_id, cpu_period=CPU_PERIOD, cpu_quota=_quota(cpus))
+
     def _host_port(self, container: Any, port: int) -> int:
         deadline = time.monotonic() + 5
         while True:
             container.reload()
-            bindings = container.attrs["NetworkSettings"]["Ports"].get(f"{port}/tcp") or []
-            if bindings:
-                return int(bindings[0]["HostPort"])
+            published = published_port(container.attrs, port)
+            if published:
+                return published
             if container.status in ("exited", "dead", "restarting"):
                 # Docker drops the binding of a container that already exited. Report port 0 and
                 # keep the container, so the caller's health gate sees the exit, copies its last
@@ -255,3 +273,7 @@ def published_port(attrs: Mapping[str, Any], port: int | str | None = None) -> i
         port = (attrs.get("Config", {}).get("Labels") or {}).get(LABEL_PORT, "")
     bindings = (attrs.get("NetworkSettings", {}).get("Ports") or {}).get(f"{port}/tcp") or []
     return int(bindings[0]["HostPort"]) if bindings else 0
+
+
+def _quota(cpus: float) -> int:
+    return max(1000, int(cpus * CPU_PERIOD))  # the kernel refuses a quota under 1 ms

@@ -29,6 +29,10 @@ from pipeline.proxy.router import Upstream
 
 LOG_TAIL_LINES = 30
 ROLE_SERVER = "server"
+# A candidate may use one whole CPU until it passes its gate, then gets its manifest's limit:
+# a Python MCP server spends its start importing the SDK on one thread (0.8 s at 0.5 CPU, 0.4 s
+# at 1). Bounded by the gate's deadline; it never takes a request before the limit applies.
+STARTUP_CPUS = 1.0
 
 
 def start(ctx: Context, spec: ReleaseSpec, suffix: str) -> Running:
@@ -38,7 +42,16 @@ def start(ctx: Context, spec: ReleaseSpec, suffix: str) -> Running:
     name = f"cmcp-{ctx.instance}-{m.name}-r{spec.number}-{suffix}"
     ctx.docker.remove_container_named(name)
     run = RunSpec(
-        spec.image, name, m.port, labels(ctx, spec), env, m.memory_bytes, m.cpus, m.command, m.restart
+        spec.image,
+        name,
+        m.port,
+        labels(ctx, spec),
+        env,
+        m.memory_bytes,
+        m.cpus,
+        m.command,
+        m.restart,
+        startup_cpus=STARTUP_CPUS,
     )
     return ctx.docker.run(run)
 
@@ -57,10 +70,11 @@ def labels(ctx: Context, spec: ReleaseSpec) -> dict[str, str]:
 
 
 def wait_healthy(ctx: Context, spec: ReleaseSpec, running: Running, say: Callable[[str], None]) -> GateResult:
-    """Gate a started container; on failure copy its last log lines to `say` and raise GateError."""
+    """Gate a started container, then hold it to its manifest's CPU limit; on failure copy its
+    last log lines to `say` and raise GateError."""
     m = spec.manifest
     try:
-        return gate.wait_until_healthy(
+        result = gate.wait_until_healthy(
             f"http://127.0.0.1:{running.host_port}{m.path}",
             timeout=m.health_timeout,
             interval=m.health_interval,
@@ -70,6 +84,9 @@ def wait_healthy(ctx: Context, spec: ReleaseSpec, running: Running, say: Callabl
         for line in ctx.docker.logs_tail(running.id, LOG_TAIL_LINES):
             say(f"{m.name} (container) | {line}")
         raise GateError(f"{m.name} r{spec.number} failed the MCP health gate: {exc}") from exc
+    if m.cpus < STARTUP_CPUS:
+        ctx.docker.limit_cpus(running.id, m.cpus)
+    return result
 
 
 def upstream(spec: ReleaseSpec, running: Running) -> Upstream:

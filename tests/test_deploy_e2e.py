@@ -142,6 +142,15 @@ def test_a_change_to_one_server_rebuilds_only_that_server(
     assert provider.running(baseline.echo) != echo_before
 
 
+def test_a_live_container_runs_at_its_manifests_cpu_limit_after_its_startup_boost(
+    provider: Provider, baseline: Baseline
+) -> None:
+    """Candidates start with one whole CPU; once gated, the live container has its manifest's 0.5."""
+    (container_id,) = provider.running(baseline.echo)
+    host = provider.docker.client.containers.get(container_id).attrs["HostConfig"]
+    assert (host["CpuPeriod"], host["CpuQuota"]) == (100_000, 50_000)
+
+
 def test_a_registry_write_failing_after_the_swap_never_fails_the_committed_deploy(
     provider: Provider, workspace: Workspace, baseline: Baseline
 ) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pipeline import baseimage, engine
@@ -25,6 +27,45 @@ def test_a_present_base_image_is_not_made_again(docker_host: DockerHost, tmp_pat
     assert docker_host.image_exists(baseimage.BASE_IMAGE)
     assert baseimage.ensure_base_image(docker_host, tmp_path, said.append) is False  # type: ignore[arg-type]
     assert said == [f"base image {baseimage.BASE_IMAGE} is present"]
+
+
+@pytest.mark.docker
+def test_the_base_image_carries_its_version_and_byte_compiled_sdk(docker_host: DockerHost) -> None:
+    """The base image is labelled with BASE_VERSION and its SDK ships compiled bytecode."""
+    labels = docker_host.image_labels(baseimage.BASE_IMAGE)
+    assert labels[baseimage.LABEL_BASE_VERSION] == baseimage.BASE_VERSION
+    site = f"/usr/local/lib/python{baseimage.PYTHON_VERSION}/dist-packages/mcp/__pycache__"
+    listing = docker_host.client.containers.run(
+        baseimage.BASE_IMAGE, ["ls", site], remove=True, network_mode="none"
+    ).decode()
+    assert any(name.startswith("__init__.cpython-311") for name in listing.split())
+
+
+def test_a_base_image_of_an_older_version_is_made_again(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """An image labelled with an older base version is rebuilt, and the operator is told why."""
+
+    class OldImage:
+        def image_exists(self, tag: str) -> bool:
+            return True
+
+        def image_labels(self, tag: str) -> dict[str, str]:
+            return {baseimage.LABEL_BASE_VERSION: "1"}
+
+    class Making(Exception):
+        pass
+
+    def download(target: Path, say: object) -> Path:
+        raise Making
+
+    monkeypatch.setattr(baseimage, "download_wheels", download)
+    said: list[str] = []
+    with pytest.raises(Making):
+        baseimage.ensure_base_image(OldImage(), tmp_path, said.append)  # type: ignore[arg-type]
+    assert (
+        said[0] == f"base image {baseimage.BASE_IMAGE} is version 1; making version {baseimage.BASE_VERSION}"
+    )
 
 
 def test_without_an_engine_and_without_root_the_message_says_what_to_run(

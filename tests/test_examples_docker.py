@@ -100,5 +100,5 @@ def test_containers_are_hardened_and_bound_to_loopback(
     assert attrs["HostConfig"]["SecurityOpt"] == ["no-new-privileges"]
     assert attrs["HostConfig"]["CapDrop"] == ["ALL"]
     assert attrs["HostConfig"]["Memory"] == 256 * 1024 * 1024
-    assert attrs["HostConfig"]["NanoCpus"] == 500_000_000
+    assert (attrs["HostConfig"]["CpuPeriod"], attrs["HostConfig"]["CpuQuota"]) == (100_000, 50_000)
     assert attrs["Config"]["User"] == "65534"
