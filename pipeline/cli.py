@@ -12,6 +12,7 @@ from pathlib import Path
 from pipeline.config import settings as settings_mod
 from pipeline.config.manifest import check_tree
 from pipeline.errors import CentralMCPError, ConfigError, Problem
+from pipeline.states import DeploySource
 from pipeline.store import Store
 
 EXIT_OK = 0
@@ -249,7 +250,7 @@ def _rollback(args: argparse.Namespace) -> int:
         )
         return EXIT_FAILED
     body = {
-        "source": "rollback",
+        "source": DeploySource.ROLLBACK,
         "repo": target.repo,
         "ref": "rollback",
         "commit": target.commit_sha,

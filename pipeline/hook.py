@@ -21,6 +21,7 @@ from pipeline import control as control_mod
 from pipeline import source
 from pipeline.config.settings import Repo, Settings
 from pipeline.errors import CentralMCPError, SourceError
+from pipeline.states import DeploySource
 
 HOOKS_DIR = Path(__file__).resolve().parent.parent / "hooks"
 HOOK_NAMES = ("pre-receive",)
@@ -100,7 +101,7 @@ def deploy_ref(
     repo_name: str | None,
     ref: str | None,
     out: Callable[[str], None],
-    source_name: str = "cli",
+    origin: DeploySource = DeploySource.CLI,
 ) -> bool:
     """Deploy `ref` of a bare repo by hand (`central-mcp deploy`); return whether it succeeded."""
     repo = settings.repo(repo_name)
@@ -108,7 +109,7 @@ def deploy_ref(
     wanted = ref or repo.branch
     commit = source.resolve(path, wanted)
     full = wanted if wanted.startswith("refs/") else f"refs/heads/{wanted}"
-    return _deploy(settings, repo, RefUpdate("", commit, full), path, out, None, source_name)
+    return _deploy(settings, repo, RefUpdate("", commit, full), path, out, None, origin)
 
 
 def parse(lines: Iterable[str]) -> list[RefUpdate]:
@@ -142,7 +143,7 @@ def _deploy(
     git_dir: Path,
     out: Callable[[str], None],
     env: Mapping[str, str] | None,
-    source_name: str = "push",
+    origin: DeploySource = DeploySource.PUSH,
 ) -> bool:
     control = control_mod.Control.load(settings.state_dir)
     workdir = source.new_workdir(settings.state_dir / "snapshots")
@@ -155,7 +156,7 @@ def _deploy(
         shutil.rmtree(workdir, ignore_errors=True)
         raise
     body = {
-        "source": source_name,
+        "source": origin,
         "repo": repo.name,
         "ref": update.ref,
         "commit": update.new,
