@@ -16,8 +16,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,9 @@ from pipeline import launch, registry
 from pipeline.config.manifest import Manifest, check_tree
 from pipeline.context import Context, DeployRequest
 from pipeline.deploylog import DeployLog
-from pipeline.dockerhost import LABEL_COMMIT, LABEL_FINGERPRINT, LABEL_RELEASE, LABEL_SERVER, Running
 from pipeline.errors import CentralMCPError, ConfigError, DeployError, SourceError
-from pipeline.plan import Action, Plan, ReleaseSpec, fingerprint, plan_push, plan_release
+from pipeline.plan import Action, Plan, fingerprint, plan_push, plan_release
+from pipeline.prepare import Candidate, Outcome, Preparation
 from pipeline.proxy.router import Upstream
 from pipeline.secrets import Masker, Secrets, load_file
 from pipeline.source import EXPECT_OLD, GIT_DIR, ZERO_SHA, Snapshot, resolve
@@ -36,44 +35,6 @@ from pipeline.store import Placement, Release
 
 STOP_GRACE_SECONDS = 10.0
 OVERTAKE_LOOKBACK = 50  # recent deploys searched for one that moved a waiting push's branch
-
-
-@dataclass
-class Outcome:
-    """What happened to one server in one deploy (stored with the deploy, shown on its page)."""
-
-    outcome: ServerOutcome
-    release: int | None = None
-    reason: str = ""
-    timings: dict[str, float] = field(default_factory=dict)
-    tools: list[str] = field(default_factory=list)
-
-    def as_json(self) -> dict[str, Any]:
-        """The stored form: only the fields that say something."""
-        data: dict[str, Any] = {"outcome": self.outcome}
-        if self.release is not None:
-            data["release"] = self.release
-        if self.reason:
-            data["reason"] = self.reason
-        if self.outcome in (ServerOutcome.GATED, ServerOutcome.SWAPPED):
-            data |= {"timings": self.timings, "tools": self.tools}
-        return data
-
-
-@dataclass
-class Candidate:
-    """A server being prepared: built (or reused), started and gated, not yet live."""
-
-    spec: ReleaseSpec
-    build: bool
-    running: Running | None = None
-    tools: list[dict[str, object]] = field(default_factory=list)
-    timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        """The server's name."""
-        return self.spec.server
 
 
 @dataclass(frozen=True)
@@ -93,10 +54,9 @@ class Runbook:
         self.id = deploy_id
         self.request = request
         self.log = log
-        self.candidates: list[Candidate] = []
         self.outcomes: dict[str, Outcome] = {}
-        self.abort = threading.Event()
         self.snapshot_dir = request.snapshot_dir
+        self.preparation: Preparation | None = None
 
     def run(self) -> DeployStatus:
         """Run the deploy; return its final status (succeeded or failed)."""
@@ -107,14 +67,17 @@ class Runbook:
             if plan.empty:
                 self.log.line("nothing to deploy: every server matches its live release")
                 return self._end(DeployStatus.SUCCEEDED, "nothing to deploy", started)
-            candidates = self.prepare(plan)
+            self.preparation = Preparation(
+                self.ctx, self.id, self.log, self.outcomes, self.snapshot_dir or Path(".")
+            )
+            candidates = self.preparation.run(plan)
             with self.log.step("swap"):
                 committed = self.commit(candidates, plan.removed)
         except CentralMCPError as exc:
-            self._discard_candidates()
+            self._discard()
             return self._end(DeployStatus.FAILED, str(exc), started)
         except Exception as exc:  # a bug must fail this deploy, not wedge the repo's queue
-            self._discard_candidates()
+            self._discard()
             return self._end(DeployStatus.FAILED, f"internal error: {exc!r}", started)
         self._drain_later(committed.old)
         self.tell(committed)
@@ -223,82 +186,6 @@ class Runbook:
         )
         return list(report.manifests)
 
-    # prepare: build, start, gate -----------------------------------------------------------
-    def prepare(self, plan: Plan) -> list[Candidate]:
-        """Build, start and gate every changed server in parallel; raise on the first failure."""
-        self.candidates = [Candidate(e.spec, e.action is Action.BUILD) for e in plan.to_prepare if e.spec]
-        if not self.candidates:
-            return []
-        with (
-            self.log.step(f"build, start and gate {len(self.candidates)} server(s)"),
-            ThreadPoolExecutor(max_workers=self.ctx.settings.build_parallel) as pool,
-        ):
-            futures = [pool.submit(self._prepare, c) for c in self.candidates]
-            failures = [e for e in (f.exception() for f in futures) if e is not None]
-            if failures:
-                first = failures[0]
-                if isinstance(first, CentralMCPError):
-                    raise first
-                raise DeployError(f"unexpected error while preparing: {first!r}") from first
-        return self.candidates
-
-    def _prepare(self, c: Candidate) -> None:
-        try:
-            if c.build:
-                self._timed(c, "build", lambda: self._build(c))
-            self._timed(c, "start", lambda: self._start(c))
-            self._timed(c, "gate", lambda: self._gate(c))
-        except CentralMCPError as exc:
-            self.abort.set()
-            self.outcomes[c.name] = Outcome(ServerOutcome.FAILED, c.spec.number, reason=str(exc))
-            self.log.line(f"{c.name}: FAILED — {exc}")
-            raise
-        tools = [str(t.get("name")) for t in c.tools]
-        self.outcomes[c.name] = Outcome(ServerOutcome.GATED, c.spec.number, timings=c.timings, tools=tools)
-
-    def _timed(self, c: Candidate, stage: str, action: Callable[[], None]) -> None:
-        if self.abort.is_set():
-            raise DeployError(f"{c.name}: stopped before {stage}, another server failed")
-        started = time.monotonic()
-        action()
-        c.timings[stage] = round(time.monotonic() - started, 3)
-        if stage == "build":
-            self.ctx.metrics.build_seconds.labels(c.name).observe(c.timings[stage])
-        self.log.line(f"{c.name}: {stage} ok in {c.timings[stage]:.2f}s")
-
-    def _build(self, c: Candidate) -> None:
-        snapshot_root = Snapshot.load(self.snapshot_dir or Path(".")).root
-        m = c.spec.manifest
-        args = {**self.ctx.settings.build_args, **m.build_args}
-        labels = {
-            LABEL_SERVER: m.name,
-            LABEL_RELEASE: f"r{c.spec.number}",
-            LABEL_COMMIT: c.spec.commit,
-            LABEL_FINGERPRINT: c.spec.fingerprint,
-        }
-        prefix = f"{m.name} | "
-        self.ctx.docker.build(
-            c.spec.image,
-            snapshot_root / m.context,
-            m.dockerfile,
-            args,
-            labels,
-            lambda line: self.log.line(prefix + line),
-            network=self.ctx.settings.build_network,
-        )
-
-    def _start(self, c: Candidate) -> None:
-        c.running = launch.start(self.ctx, c.spec, f"d{self.id}")
-
-    def _gate(self, c: Candidate) -> None:
-        assert c.running is not None
-        result = launch.wait_healthy(self.ctx, c.spec, c.running, self.log.line)
-        c.tools = list(result.tools)
-        names = ", ".join(str(t.get("name")) for t in result.tools)
-        self.log.line(f"{c.name}: speaks MCP {result.protocol_version}, {len(result.tools)} tool(s): {names}")
-        if c.build:
-            self.ctx.store.add_release(_candidate_release(c, self.id))
-
     # commit and tell ------------------------------------------------------------------------
     def commit(self, candidates: list[Candidate], removed: list[str]) -> Committed:
         """Make the candidates live and the removed servers gone: the store, then the routes."""
@@ -316,7 +203,8 @@ class Runbook:
         }
         changes.update(dict.fromkeys(removed))
         replaced = self.ctx.router.swap(changes)
-        self.candidates = []
+        if self.preparation is not None:
+            self.preparation.candidates = []  # they are live now: nothing left to discard
         for c in live:
             self.outcomes[c.name].outcome = ServerOutcome.SWAPPED
             self.log.line(f"{c.name}: r{c.spec.number} is live")
@@ -364,17 +252,9 @@ class Runbook:
                 target=drain, args=(upstream,), name=f"drain-{upstream.server}", daemon=True
             ).start()
 
-    def _discard_candidates(self) -> None:
-        for c in self.candidates:
-            if c.running is None:
-                continue
-            self.ctx.docker.stop_and_remove(c.running.id, grace=1)
-            if c.build and self.ctx.store.release(c.name, c.spec.number):
-                self.ctx.store.set_release_status(c.name, c.spec.number, ReleaseStatus.FAILED)
-            live = self.ctx.router.get(c.name)
-            keeps = "the live release keeps serving" if live else "nothing of it was live"
-            self.log.line(f"{c.name}: candidate r{c.spec.number} removed; {keeps}")
-        self.candidates = []
+    def _discard(self) -> None:
+        if self.preparation is not None:
+            self.preparation.discard()
 
     def _end(self, status: DeployStatus, text: str, started: float) -> DeployStatus:
         seconds = time.monotonic() - started
@@ -399,27 +279,6 @@ def file_masker(secrets: Secrets) -> Masker:
 def _servers(ctx: Context, manifests: list[Manifest]) -> set[str]:
     """The servers a push plans for: its manifests and every server now live."""
     return {m.name for m in manifests} | {r.server for r in ctx.store.live_releases()}
-
-
-def _candidate_release(c: Candidate, deploy_id: int) -> Release:
-    assert c.running is not None
-    m = c.spec.manifest
-    return Release(
-        server=m.name,
-        number=c.spec.number,
-        repo=c.spec.repo,
-        commit_sha=c.spec.commit,
-        fingerprint=c.spec.fingerprint,
-        image=c.spec.image,
-        version=m.version,
-        status=ReleaseStatus.CANDIDATE,
-        deploy_id=deploy_id,
-        container_id=c.running.id,
-        host_port=c.running.host_port,
-        path=m.path,
-        tools=c.tools,
-        manifest=dict(m.raw),
-    )
 
 
 def _summary(committed: Committed) -> str:
