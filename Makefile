@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 COVERAGE_FLOOR := 85
 
-.PHONY: run test setup venv engine base-image browser lint bench clean
+.PHONY: run test setup venv engine base-image browser lint bench proxy-newest-uvicorn clean
 
 run: setup
 	$(BIN)/central-mcp up
@@ -47,5 +47,22 @@ lint: venv
 bench: setup
 	$(BIN)/python bench/deploy_bench.py
 
+# front.py builds on uvicorn's private names, so pyproject.toml pins uvicorn's minor version. This
+# runs the proxy's suites against uvicorn's newest release instead, in a throwaway venv, to tell
+# whether the pin can move (tests/test_uvicorn_contract.py names any private name that moved).
+NEWEST_VENV  := .venv-uvicorn-newest
+PROXY_SUITES := tests/test_uvicorn_contract.py tests/test_front.py tests/test_proxy.py \
+                tests/test_proxy_upstream.py tests/test_proxy_access.py tests/test_proxy_sessions.py
+
+proxy-newest-uvicorn:
+	rm -rf $(NEWEST_VENV)
+	$(PYTHON) -m venv $(NEWEST_VENV)
+	$(NEWEST_VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@# --no-deps: past the pin on purpose (pip then warns that central-mcp wants another uvicorn).
+	$(NEWEST_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -U uvicorn
+	@echo "testing uvicorn $$($(NEWEST_VENV)/bin/python -c 'import uvicorn; print(uvicorn.__version__)')" \
+	  "(the newest) against the pin $$(grep -o '"uvicorn[^"]*"' pyproject.toml)"
+	$(NEWEST_VENV)/bin/python -m pytest -p no:cacheprovider $(PROXY_SUITES)
+
 clean:
-	rm -rf $(VENV) .central-mcp .pytest_cache .mypy_cache .ruff_cache .coverage
+	rm -rf $(VENV) $(NEWEST_VENV) .central-mcp .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -4,7 +4,8 @@ For each upstream (`sdk`: an SDK stateless JSON server; `static`: nginx answerin
 document, so the numbers show the proxy's own cost; `echo`: a raw Starlette JSON echo) the same
 request goes to the targets: the upstream directly, nginx as a reverse proxy in front of it
 (buffering off, HTTP/1.1 keep-alive pool) and central-mcp's proxy (optionally also with a project
-key). Every server is its own process: uvicorn for Python, its own master + 1 worker for nginx.
+key, or without front.py's fast path: `central-mcp-asgi`). Every server is its own process: uvicorn
+for Python, its own master + 1 worker for nginx.
 
 The load comes from `wrk` (default; a Lua script sets the POST body and the MCP headers) or from
 aiohttp (`--load aiohttp`). Rounds are interleaved (direct, nginx, central-mcp, direct, ...) and
@@ -68,7 +69,7 @@ BODY = json.dumps(
 ).encode()
 STATIC_ANSWER = '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"hi"}],"isError":false}}'
 UPSTREAMS = ("sdk", "static", "echo")
-TARGETS = ("direct", "nginx", "central-mcp", "central-mcp+key")
+TARGETS = ("direct", "nginx", "central-mcp", "central-mcp+key", "central-mcp-asgi")
 GOAL_SDK_VS_DIRECT = 0.95
 GOAL_STATIC_VS_NGINX = 0.3
 GOAL_ADDED_P50_MS = 1.0
@@ -207,6 +208,9 @@ def main(argv: list[str]) -> None:
     print()
     print(_ratios(runs))
     print()
+    if "central-mcp-asgi" in args.targets:
+        print(_fast_path(runs))
+        print()
     print(_goals(runs))
 
 
@@ -307,7 +311,9 @@ def _targets(
                 )
             elif name == "central-mcp":
                 child = stack.enter_context(_process([*proxy, str(port)], port))
-            else:
+            elif name == "central-mcp-asgi":
+                child = stack.enter_context(_process([*proxy, str(port), "--asgi"], port))
+            else:  # central-mcp+key
                 child = stack.enter_context(_process([*proxy, str(port), "--key"], port))
                 key = child.stdout.readline().strip() if child.stdout else ""
                 headers = {**HEADERS, "authorization": f"Bearer {key}"}
@@ -498,6 +504,24 @@ def _ratios(runs: list[Run]) -> str:
             for pairs in (vs_direct.get((kind, concurrency)), vs_nginx.get((kind, concurrency))):
                 cells.append(f"{statistics.median(a.p50 - b.p50 for a, b in pairs):+.3f}" if pairs else "-")
             lines.append(f"| {kind} | {concurrency} | {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fast_path(runs: list[Run]) -> str:
+    """Per upstream and C: what front.py's fast path buys over the ASGI way, as medians over rounds
+    of each round's central-mcp / central-mcp-asgi ratio (or difference)."""
+    lines = [
+        "| upstream | C | fast/ASGI req/s | p50 fast - ASGI ms | CPU µs/req ASGI - fast |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    pairs = _paired(runs, "central-mcp", "central-mcp-asgi")
+    for (kind, concurrency), pair in sorted(pairs.items(), key=lambda k: (UPSTREAMS.index(k[0][0]), k[0][1])):
+        saved = [b.cpu_us - a.cpu_us for a, b in pair if a.cpu_us is not None and b.cpu_us is not None]
+        lines.append(
+            f"| {kind} | {concurrency} | {statistics.median(a.rps / b.rps for a, b in pair):.2f} | "
+            f"{statistics.median(a.p50 - b.p50 for a, b in pair):+.3f} | "
+            f"{_cpu(statistics.median(saved) if saved else None)} |"
+        )
     return "\n".join(lines)
 
 

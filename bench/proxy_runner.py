@@ -1,13 +1,14 @@
 """Processes for bench/proxy_bench.py, each under uvicorn like production, on 127.0.0.1.
 
-    python bench/proxy_runner.py proxy --port P --upstream-port U [--key]   central-mcp's proxy
-    python bench/proxy_runner.py sdk --port P                               SDK server, stateless, JSON
-    python bench/proxy_runner.py echo --port P                              raw Starlette JSON echo
+    python bench/proxy_runner.py proxy --port P --upstream-port U [--key] [--asgi]   central-mcp's proxy
+    python bench/proxy_runner.py sdk --port P                              SDK server, stateless, JSON
+    python bench/proxy_runner.py echo --port P                             raw Starlette JSON echo
 
 `proxy` routes `/mcp/bench` to `http://127.0.0.1:U/mcp` with the real Router, Gatekeeper, Usage (with
 Metrics) and Store, in an `App` as `create_app` builds it, served with serve.py's protocol
 (pipeline/proxy/front.py: `/mcp/` requests skip the ASGI cycle); with `--key` deploy.yaml has a project
-and the process prints a fresh key on its first line.
+and the process prints a fresh key on its first line; with `--asgi` uvicorn's own httptools protocol
+serves it, so `/mcp/` requests take the ASGI way (`App` → `Proxy.handle`) as without front.py.
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--upstream-port", type=int, default=0)
     parser.add_argument("--key", action="store_true", help="require a project key (printed first)")
+    parser.add_argument("--asgi", action="store_true", help="serve the proxy without front.py's fast path")
     args = parser.parse_args(argv)
     logging.getLogger("mcp").setLevel(logging.WARNING)  # the SDK says "session manager started" at INFO
     options: dict[str, Any] = {
@@ -128,7 +130,10 @@ def main(argv: list[str]) -> None:
         state = Path(tempfile.mkdtemp(prefix="proxy-bench-"))
         app, key = proxy_app(args.upstream_port, state, args.key)
         print(key, flush=True)
-        config = front.config(app, **options)  # as serve.py runs the provider
+        if args.asgi:  # as tests/loopback.py's serve_asgi(front=False) does
+            config = uvicorn.Config(app, http="httptools", **options)
+        else:
+            config = front.config(app, **options)  # as serve.py runs the provider
     else:
         config = uvicorn.Config(sdk_app() if args.role == "sdk" else echo_app(), **options)
     uvicorn.Server(config).run()
