@@ -1,6 +1,6 @@
 """front.py's contract with uvicorn: every private uvicorn name it builds on, checked one by one.
 
-pipeline/proxy/front.py lists those names in `UVICORN_NAMES`, each with what it is used for; this
+pipeline/proxy/uvicorn_names.py lists those names in `UVICORN_NAMES`, each with what it is used for; this
 module holds the shape each must have (a method's parameters, an attribute's type) and checks it
 against the installed uvicorn: methods on the classes, attributes on a real `HttpToolsProtocol` that
 has served a request on a real loopback connection. A uvicorn upgrade that moves one of them fails
@@ -30,7 +30,8 @@ from uvicorn.server import ServerState
 
 from pipeline.app import App
 from pipeline.proxy import front
-from pipeline.proxy.front import UVICORN_NAMES, FrontProtocol, ProxyCycle
+from pipeline.proxy.front import FrontProtocol, ProxyCycle
+from pipeline.proxy.uvicorn_names import UVICORN_NAMES
 
 NONE = type(None)
 REQUEST = (
@@ -161,7 +162,7 @@ def live() -> Live:
 
 
 def test_every_name_front_uses_has_a_shape_here() -> None:
-    """front.UVICORN_NAMES and this module's SHAPES list the same names, so none goes unchecked."""
+    """uvicorn_names.UVICORN_NAMES and this module's SHAPES list the same names, so none goes unchecked."""
     assert sorted(UVICORN_NAMES) == sorted(SHAPES)
 
 
