@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from pipeline import gate
 from pipeline.errors import GateError
-from tests.loopback import free_port, mcp_app, serve_asgi
+from tests.support.loopback import free_port, mcp_app, serve_asgi
 
 
 @pytest.mark.parametrize("stateless", [False, True])

@@ -16,8 +16,11 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from loopback import free_port
-from proxy_support import (
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from tests.support.loopback import free_port
+from tests.support.proxy_rig import (
     ACCEPT_BOTH,
     KEEPALIVE,
     LEGACY,
@@ -33,8 +36,6 @@ from proxy_support import (
     text_of,
     upstream,
 )
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
 
 
 @pytest.fixture(params=["front", "asgi"])

@@ -13,8 +13,12 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from loopback import free_port
-from proxy_support import (
+
+from pipeline.config.settings import Project
+from pipeline.proxy.access import KEY_CACHE_SECONDS, create_key
+from pipeline.proxy.router import Upstream
+from tests.support.loopback import free_port
+from tests.support.proxy_rig import (
     ACCEPT_BOTH,
     Recorder,
     Rig,
@@ -26,10 +30,6 @@ from proxy_support import (
     sdk_upstream,
     text_of,
 )
-
-from pipeline.config.settings import Project
-from pipeline.proxy.access import KEY_CACHE_SECONDS, create_key
-from pipeline.proxy.router import Upstream
 
 APP_ORIGIN = "https://app.example"
 PROJECTS = (

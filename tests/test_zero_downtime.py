@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from proxy_support import Rig, connect, running_proxy, sdk_upstream, text_of
 
 from pipeline.proxy.router import Upstream
+from tests.support.proxy_rig import Rig, connect, running_proxy, sdk_upstream, text_of
 
 WORKERS = 8
 DURATION = 5.0

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from deploy_e2e_support import (
+
+from pipeline.dockerhost import DockerHost
+from tests.support.provider import (
     DEPLOY_URL,
     EXAMPLE,
     TESTS,
@@ -28,8 +30,6 @@ from deploy_e2e_support import (
     running_provider,
     wait_for,
 )
-
-from pipeline.dockerhost import DockerHost
 
 pytestmark = pytest.mark.docker
 

@@ -13,7 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from deploy_e2e_support import (
+
+from pipeline.dockerhost import DockerHost
+from tests.support.provider import (
     SECRET_NAME,
     SECRET_VALUE,
     Provider,
@@ -21,8 +23,6 @@ from deploy_e2e_support import (
     Workspace,
     running_provider,
 )
-
-from pipeline.dockerhost import DockerHost
 
 pytestmark = pytest.mark.docker
 

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port
-from deploy_e2e_support import Provider, Workspace, running_provider, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.dockerhost import LABEL_INSTANCE, LABEL_SERVER, DockerHost
 from pipeline.reconcile import ABANDONED_REASON
+from tests.support.loopback import free_port
+from tests.support.provider import Provider, Workspace, running_provider, wait_for
 
 pytestmark = pytest.mark.docker
 

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from deploy_e2e_support import Provider, Push, Workspace, running_provider, wait_for
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED
-from proxy_support import ACCEPT_BOTH, LEGACY, connect, jsonrpc, text_of
 
 from pipeline.dockerhost import DockerHost
+from tests.support.provider import Provider, Push, Workspace, running_provider, wait_for
+from tests.support.proxy_rig import ACCEPT_BOTH, LEGACY, connect, jsonrpc, text_of
 
 pytestmark = pytest.mark.docker
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
-from loopback import serve_asgi
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context, MCPServer
@@ -34,6 +33,7 @@ from pipeline.proxy.relay import Proxy
 from pipeline.proxy.router import Router, Upstream
 from pipeline.proxy.usage import Usage
 from pipeline.store import Store
+from tests.support.loopback import serve_asgi
 
 KEEPALIVE = 0.3
 LEGACY = "2025-11-25"  # the session era's last version
