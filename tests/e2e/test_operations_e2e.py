@@ -104,18 +104,10 @@ class Fleet:
 
 # crash recovery ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def crash_provider(tmp_path_factory: pytest.TempPathFactory, docker_host: DockerHost) -> Iterator[Provider]:
-    """A serve process these tests kill -9 and start again on the same state dir and port."""
-    with running_provider(tmp_path_factory.mktemp("crash-e2e"), docker_host) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def crash_fleet(crash_provider: Provider, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
-    """An echo server live on the crash provider (slow to stop, so a drain outlives the deploy)."""
-    workspace = crash_provider.clone(tmp_path_factory.mktemp("crash-clone") / "work")
+def crash_fleet(provider: Provider, workspace: Workspace) -> Fleet:
+    """An echo server, slow to stop so a drain outlives the deploy, on the provider these tests kill -9."""
     echo = workspace.put("echo", env={"GREETING": "steady"}, manifest=slow_stop)
-    fleet = Fleet(crash_provider, workspace, echo, {echo: "steady"})
+    fleet = Fleet(provider, workspace, echo, {echo: "steady"})
     fleet.push_ok("echo, slow to stop")
     return fleet
 

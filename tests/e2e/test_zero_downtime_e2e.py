@@ -70,6 +70,8 @@ class Tally:
         )
 
 
+# Per test, not per module as in conftest.py: the next test starts its own provider, and this one's
+# containers must not share the two cores with it.
 @pytest.fixture
 def provider(tmp_path: Path, docker_host: DockerHost) -> Iterator[Provider]:
     """A real serve process with the harness's timeouts (sessions may drain for 10 minutes)."""
