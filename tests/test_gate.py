@@ -10,6 +10,7 @@ from starlette.routing import Route
 
 from pipeline import gate
 from pipeline.errors import GateError
+from tests.support.clock import FakeClock
 from tests.support.loopback import free_port, mcp_app, serve_asgi
 
 
@@ -52,17 +53,19 @@ def test_nothing_listening_fails_with_the_connection_reason() -> None:
 
 def test_exited_container_fails_at_once_without_waiting_for_the_deadline() -> None:
     """When the container is no longer alive the gate fails on its first check, not at the deadline."""
-    ticks = iter(range(1000))
+    clock = FakeClock()
+    started = clock()
     with pytest.raises(GateError) as err:
         gate.wait_until_healthy(
             "http://127.0.0.1:9/mcp",
             timeout=3600,
             interval=1,
             alive=lambda: False,
-            clock=lambda: float(next(ticks)),
-            sleep=lambda s: None,
+            clock=clock,
+            sleep=clock.sleep,
         )
     assert "exited" in str(err.value)
+    assert clock() == started
 
 
 def test_gate_waits_for_a_server_that_starts_late() -> None:

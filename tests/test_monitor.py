@@ -17,6 +17,7 @@ from pipeline.proxy.router import Router, Upstream
 from pipeline.proxy.usage import Usage
 from pipeline.secrets import Secrets
 from pipeline.store import Release, Store
+from tests.support.clock import FakeClock
 
 
 class FakeDocker:
@@ -49,16 +50,6 @@ class FakeDocker:
 
     def ping(self) -> None:
         raise DockerError("unused")
-
-
-class Clock:
-    """A settable monotonic clock."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def release(server: str, number: int, status: str, restart: str = "on-failure") -> Release:
@@ -108,7 +99,7 @@ def world(tmp_path: Path) -> dict[str, Any]:
             raise failing[url]
 
     usage = Usage(store)
-    clock = Clock()
+    clock = FakeClock()
     monitor = Monitor(
         ctx,
         lambda r: submitted.append(r) or len(submitted),
@@ -207,7 +198,7 @@ def test_watch_ends_after_its_window(world: dict[str, Any]) -> None:
     """After the window passes, errors no longer roll back (ordinary restarts take over)."""
     monitor: Monitor = world["monitor"]
     monitor.on_swap("push", [("svc", 2)])
-    world["clock"].now += 61
+    world["clock"].advance(61)
     for status in (500, 500, 500, 500):
         world["usage"].count(Caller("open", None), "svc", status, 0.01)
     monitor.check_watches()
