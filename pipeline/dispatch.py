@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pipeline.context import Context, DeployRequest
@@ -11,6 +12,9 @@ from pipeline.deploy import Runbook, file_masker
 from pipeline.deploylog import DeployLog
 
 LOGS_KEPT = 50
+
+RunDeploy = Callable[[Context, int, DeployRequest, DeployLog], None]
+"""Runs one queued deploy to its end: the Runbook, or a fake that tests queueing without Docker."""
 
 
 @dataclass
@@ -25,8 +29,9 @@ class _Lane:
 class Dispatcher:
     """Accepts deploy requests and runs them, serialized per repo, on worker threads."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, run: RunDeploy | None = None) -> None:
         self.ctx = ctx
+        self._run = run or _run_runbook
         self.logs: dict[int, DeployLog] = {}
         self._lanes: dict[str, _Lane] = {}
         self._lock = threading.Lock()
@@ -137,7 +142,7 @@ class Dispatcher:
                     return
                 lane.running = lane.waiting.pop(0)
             deploy_id, request = lane.running
-            Runbook(self.ctx, deploy_id, request, self.logs[deploy_id]).run()
+            self._run(self.ctx, deploy_id, request, self.logs[deploy_id])
             self._forget_old_logs()
 
     def _forget_old_logs(self) -> None:
@@ -146,3 +151,7 @@ class Dispatcher:
             finished = sorted(i for i, log in self.logs.items() if log.finished)
             for deploy_id in finished[:-LOGS_KEPT]:
                 del self.logs[deploy_id]
+
+
+def _run_runbook(ctx: Context, deploy_id: int, request: DeployRequest, log: DeployLog) -> None:
+    Runbook(ctx, deploy_id, request, log).run()
