@@ -98,11 +98,15 @@ def world(tmp_path: Path) -> dict[str, Any]:
         if url in failing:
             raise failing[url]
 
+    def submit(request: DeployRequest) -> int:
+        submitted.append(request)
+        return len(submitted)
+
     usage = Usage(store)
     clock = FakeClock()
     monitor = Monitor(
         ctx,
-        lambda r: submitted.append(r) or len(submitted),
+        submit,
         lambda repo: False,
         usage,
         probe=probe,
