@@ -27,6 +27,9 @@ REPO = "central"
 MAIN, DEV = "refs/heads/main", "refs/heads/dev"
 WAIT = 5.0  # the longest a test waits for a worker thread; passing tests never get near it
 
+# Each test takes milliseconds; a deadlock in the dispatcher shows as a timeout with every thread's stack.
+pytestmark = pytest.mark.timeout(10)
+
 
 class NoDocker:
     """Stands in for Docker, which neither the dispatcher nor the fake runs may touch."""
