@@ -43,6 +43,7 @@ lint: venv
 	$(BIN)/ruff check pipeline tests bench
 	$(BIN)/ruff format --check pipeline tests bench
 	$(BIN)/mypy --strict pipeline
+	$(BIN)/mypy --strict tests
 
 bench: setup
 	$(BIN)/python bench/deploy_bench.py

@@ -1,6 +1,6 @@
 """Gate benchmark: one MCP handshake with the official SDK client vs gate.py's own client.
 
-Starts an SDK server (tests/loopback.py's `mcp_app`) in its own process on a loopback port, once
+Starts an SDK server (tests/support/loopback.py's `mcp_app`) in its own process on a loopback port, once
 per server mode, and times N full handshakes with each client: `initialize` →
 `notifications/initialized` → `tools/list` (the SDK's `mcp.Client`, each handshake in a fresh
 `asyncio.run` as a synchronous gate would call it) against `pipeline.gate.handshake`. Also times
@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline import gate  # noqa: E402
-from tests.loopback import free_port  # noqa: E402
+from tests.support.loopback import free_port  # noqa: E402
 
 MODES = {
     "session, SSE answers": (False, False),
@@ -34,7 +34,7 @@ MODES = {
 SERVER = """
 import sys, uvicorn
 sys.path.insert(0, {root!r})
-from tests.loopback import mcp_app
+from tests.support.loopback import mcp_app
 uvicorn.run(mcp_app("bench", stateless={stateless}, json_response={json_response}),
             host="127.0.0.1", port={port}, log_level="error")
 """

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pipeline.context import Context, DeployRequest
@@ -12,6 +15,10 @@ from pipeline.deploylog import DeployLog
 from pipeline.states import DeployStatus
 
 LOGS_KEPT = 50
+log = logging.getLogger("central-mcp.dispatch")
+
+RunDeploy = Callable[[Context, int, DeployRequest, DeployLog], None]
+"""Runs one queued deploy to its end: the Runbook, or a fake that tests queueing without Docker."""
 
 
 @dataclass
@@ -26,8 +33,9 @@ class _Lane:
 class Dispatcher:
     """Accepts deploy requests and runs them, serialized per repo, on worker threads."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, run: RunDeploy | None = None) -> None:
         self.ctx = ctx
+        self._run = run or _run_runbook
         self.logs: dict[int, DeployLog] = {}
         self._lanes: dict[str, _Lane] = {}
         self._lock = threading.Lock()
@@ -138,8 +146,20 @@ class Dispatcher:
                     return
                 lane.running = lane.waiting.pop(0)
             deploy_id, request = lane.running
-            Runbook(self.ctx, deploy_id, request, self.logs[deploy_id]).run()
+            try:
+                self._run(self.ctx, deploy_id, request, self.logs[deploy_id])
+            except Exception as exc:  # the lane must go on: a wedged lane would block every later push
+                log.exception("deploy #%d ended with an internal error", deploy_id)
+                self._fail(deploy_id, f"internal error: {exc!r}")
             self._forget_old_logs()
+
+    def _fail(self, deploy_id: int, error: str) -> None:
+        """Best effort: record a deploy that raised as failed, so its pusher is answered."""
+        deploy_log = self.logs[deploy_id]
+        if not deploy_log.finished:
+            deploy_log.finish(DeployStatus.FAILED, error)
+        with contextlib.suppress(Exception):  # the store may be what failed
+            self.ctx.store.update_deploy(deploy_id, status=DeployStatus.FAILED, error=error)
 
     def _forget_old_logs(self) -> None:
         """Keep the in-memory logs of recent deploys only; older ones are read from SQLite."""
@@ -147,3 +167,7 @@ class Dispatcher:
             finished = sorted(i for i, log in self.logs.items() if log.finished)
             for deploy_id in finished[:-LOGS_KEPT]:
                 del self.logs[deploy_id]
+
+
+def _run_runbook(ctx: Context, deploy_id: int, request: DeployRequest, log: DeployLog) -> None:
+    Runbook(ctx, deploy_id, request, log).run()

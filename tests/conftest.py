@@ -1,9 +1,8 @@
-"""Shared fixtures: a real Docker engine (a failure in CI when missing), loopback ports."""
+"""Shared fixtures: a real Docker engine (a failure in CI when missing) and per-test container labels."""
 
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterator
 
 import pytest
@@ -34,11 +33,3 @@ def instance_label(request: pytest.FixtureRequest, docker_host: DockerHost) -> I
     yield value
     for container in docker_host.containers({LABEL_INSTANCE: value}):
         container.remove(force=True)
-
-
-def free_port() -> int:
-    """Return a free TCP port on 127.0.0.1."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port

@@ -77,7 +77,7 @@ def test_without_an_engine_and_without_root_the_message_says_what_to_run(
         raise EngineUnavailable("no engine")
 
     monkeypatch.setattr(engine, "DockerHost", no_engine)
-    monkeypatch.setattr(engine.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr("pipeline.engine.os.geteuid", lambda: 1000)
     with pytest.raises(EngineUnavailable, match="sudo make run"):
         engine.ensure_engine(lambda text: None)
 

@@ -93,7 +93,9 @@ def test_every_error_made_on_purpose_is_a_central_mcp_error() -> None:
                 node.func if isinstance(node, ast.Call) else node.exc if isinstance(node, ast.Raise) else None
             )
             if isinstance(target, ast.Name) and _is_exception(known.get(target.id)):
-                made.setdefault(target.id, []).append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}")
+                made.setdefault(target.id, []).append(
+                    f"{path.relative_to(PACKAGE.parent)}:{getattr(node, 'lineno', 0)}"
+                )
     outside = {
         name: places
         for name, places in made.items()

@@ -353,6 +353,7 @@ def load_server(folder: Path, name: str, monkeypatch: pytest.MonkeyPatch) -> Mod
 async def test_property_server_returns_structured_content(monkeypatch: pytest.MonkeyPatch) -> None:
     """The property tools are listed with output schemas and return structuredContent."""
     from mcp import Client
+    from mcp.types import TextContent
 
     server = load_server(PROPERTY_DIR, "example_property_server", monkeypatch)
     async with Client(server.app) as client:
@@ -364,7 +365,8 @@ async def test_property_server_returns_structured_content(monkeypatch: pytest.Mo
         assert result.structured_content is not None
         assert [r["id"] for r in result.structured_content["results"]] == ["lst-029"]
         failed = await client.call_tool("get_listing", {"listing_id": "nope"})
-        assert failed.is_error and "unknown listing id 'nope'" in failed.content[0].text
+        assert failed.is_error and isinstance(failed.content[0], TextContent)
+        assert "unknown listing id 'nope'" in failed.content[0].text
 
 
 async def test_xray_server_returns_structured_content(monkeypatch: pytest.MonkeyPatch) -> None:

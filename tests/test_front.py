@@ -15,12 +15,12 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from proxy_support import Recorder, Rig, jsonrpc, raw_upstream, running_proxy
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from pipeline.proxy.exchange import MAX_BODY_BYTES
 from pipeline.proxy.relay import Proxy
+from tests.support.proxy_rig import Recorder, Rig, jsonrpc, raw_upstream, running_proxy
 
 HEADERS = b"content-type: application/json\r\naccept: application/json, text/event-stream\r\n"
 Answer = tuple[int, dict[str, str], bytes]

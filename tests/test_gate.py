@@ -18,8 +18,9 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from pipeline import gate
-from pipeline.errors import GateError
-from tests.loopback import free_port, mcp_app, serve_asgi
+from pipeline.errors import GateError, NotMCP
+from tests.support.clock import FakeClock
+from tests.support.loopback import free_port, mcp_app, serve_asgi
 
 
 @pytest.mark.parametrize("stateless", [False, True])
@@ -61,17 +62,19 @@ def test_nothing_listening_fails_with_the_connection_reason() -> None:
 
 def test_exited_container_fails_at_once_without_waiting_for_the_deadline() -> None:
     """When the container is no longer alive the gate fails on its first check, not at the deadline."""
-    ticks = iter(range(1000))
+    clock = FakeClock()
+    started = clock()
     with pytest.raises(GateError) as err:
         gate.wait_until_healthy(
             "http://127.0.0.1:9/mcp",
             timeout=3600,
             interval=1,
             alive=lambda: False,
-            clock=lambda: float(next(ticks)),
-            sleep=lambda s: None,
+            clock=clock,
+            sleep=clock.sleep,
         )
     assert "exited" in str(err.value)
+    assert clock() == started
 
 
 def test_gate_sees_a_server_that_starts_late_soon_after_it_listens() -> None:
@@ -193,7 +196,7 @@ def test_endpoint_that_is_not_mcp_is_retried_until_the_deadline_and_named() -> N
     fake = FakeTime()
 
     def probe(url: str, timeout: float) -> gate.GateResult:
-        raise gate.NotMCP("initialize answered HTTP 404: not found")
+        raise NotMCP("initialize answered HTTP 404: not found")
 
     with pytest.raises(GateError) as err:
         _gate(fake, probe, timeout=1.0)

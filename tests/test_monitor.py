@@ -15,7 +15,9 @@ from pipeline.proxy.access import Caller
 from pipeline.proxy.router import Router, Upstream
 from pipeline.proxy.usage import Usage
 from pipeline.secrets import Secrets
+from pipeline.states import DeploySource
 from pipeline.store import Release, Store
+from tests.support.clock import FakeClock
 
 
 class FakeDocker:
@@ -48,16 +50,6 @@ class FakeDocker:
 
     def ping(self) -> None:
         raise DockerError("unused")
-
-
-class Clock:
-    """A settable monotonic clock."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def release(server: str, number: int, status: str, restart: str = "on-failure") -> Release:
@@ -106,11 +98,15 @@ def world(tmp_path: Path) -> dict[str, Any]:
         if url in failing:
             raise failing[url]
 
+    def submit(request: DeployRequest) -> int:
+        submitted.append(request)
+        return len(submitted)
+
     usage = Usage(store)
-    clock = Clock()
+    clock = FakeClock()
     monitor = Monitor(
         ctx,
-        lambda r: submitted.append(r) or len(submitted),
+        submit,
         lambda repo: False,
         usage,
         probe=probe,
@@ -179,7 +175,7 @@ def test_a_moved_port_is_re_routed(world: dict[str, Any]) -> None:
 def test_watch_window_rolls_back_a_release_that_fails_its_probes(world: dict[str, Any]) -> None:
     """A release made live by a push that then fails its probes is rolled back to the previous one."""
     monitor: Monitor = world["monitor"]
-    monitor.on_swap("push", [("svc", 2)])
+    monitor.on_swap(DeploySource.PUSH, [("svc", 2)])
     world["failing"]["http://127.0.0.1:5002/mcp"] = OSError("connection refused")
     world["docker"].states["c2"] = "running"
     monitor.probe_all()
@@ -193,7 +189,7 @@ def test_watch_window_rolls_back_a_release_that_fails_its_probes(world: dict[str
 def test_watch_window_rolls_back_on_a_5xx_rate(world: dict[str, Any]) -> None:
     """More than half of the proxied requests failing with 5xx in the window triggers a rollback."""
     monitor: Monitor = world["monitor"]
-    monitor.on_swap("webhook", [("svc", 2)])
+    monitor.on_swap(DeploySource.WEBHOOK, [("svc", 2)])
     caller = Caller("open", None)
     for status in (500, 502, 503, 200):
         world["usage"].count(caller, "svc", status, 0.01)
@@ -205,8 +201,8 @@ def test_watch_window_rolls_back_on_a_5xx_rate(world: dict[str, Any]) -> None:
 def test_watch_ends_after_its_window(world: dict[str, Any]) -> None:
     """After the window passes, errors no longer roll back (ordinary restarts take over)."""
     monitor: Monitor = world["monitor"]
-    monitor.on_swap("push", [("svc", 2)])
-    world["clock"].now += 61
+    monitor.on_swap(DeploySource.PUSH, [("svc", 2)])
+    world["clock"].advance(61)
     for status in (500, 500, 500, 500):
         world["usage"].count(Caller("open", None), "svc", status, 0.01)
     monitor.check_watches()
@@ -215,8 +211,8 @@ def test_watch_ends_after_its_window(world: dict[str, Any]) -> None:
 
 def test_rollbacks_and_restarts_are_not_watched(world: dict[str, Any]) -> None:
     """Only pushes, webhooks and manual deploys open a watch window."""
-    world["monitor"].on_swap("auto-rollback", [("svc", 1)])
-    world["monitor"].on_swap("restart", [("svc", 2)])
+    world["monitor"].on_swap(DeploySource.AUTO_ROLLBACK, [("svc", 1)])
+    world["monitor"].on_swap(DeploySource.RESTART, [("svc", 2)])
     assert world["monitor"].watches == {}
 
 

@@ -25,7 +25,7 @@ from pipeline.config.settings import Project, Settings
 from pipeline.deploylog import DeployLog
 from pipeline.proxy.access import Gatekeeper, create_key
 from pipeline.store import Release, Store
-from tests.loopback import serve_asgi
+from tests.support.loopback import serve_asgi
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 ADMIN_TOKEN = "admin-secret-token"

@@ -20,7 +20,7 @@ from pipeline.config.settings import Settings
 from pipeline.deploylog import DeployLog
 from pipeline.proxy.access import Gatekeeper
 from pipeline.store import Release, Store
-from tests.loopback import serve_asgi
+from tests.support.loopback import serve_asgi
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, ViewportSize

@@ -16,8 +16,11 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from loopback import free_port
-from proxy_support import (
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from tests.support.loopback import free_port
+from tests.support.proxy_rig import (
     ACCEPT_BOTH,
     KEEPALIVE,
     LEGACY,
@@ -33,8 +36,6 @@ from proxy_support import (
     text_of,
     upstream,
 )
-from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
 
 
 @pytest.fixture(params=["front", "asgi"])
@@ -323,10 +324,10 @@ async def test_progress_notifications_stream_before_the_result(rig: Rig) -> None
     """An SDK tool's progress notifications reach the SDK client while the call is still running."""
     with sdk_upstream("x", "A") as a:
         rig.router.swap({"x": a})
-        progress: list[float] = []
+        arrived: list[float] = []
 
-        async def on_progress(done: float, total: float | None, message: str | None) -> None:
-            progress.append(time.monotonic())
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            arrived.append(time.monotonic())
 
         async with connect(rig.url("x"), mode="legacy") as client:
             started = time.monotonic()
@@ -335,8 +336,8 @@ async def test_progress_notifications_stream_before_the_result(rig: Rig) -> None
             )
             finished = time.monotonic()
     assert text_of(result) == "A"
-    assert len(progress) == 3
-    assert progress[0] - started < 1.0 and finished - progress[0] > 0.8, (started, progress, finished)
+    assert len(arrived) == 3
+    assert arrived[0] - started < 1.0 and finished - arrived[0] > 0.8, (started, arrived, finished)
 
 
 @pytest.mark.parametrize("json_response", [False, True], ids=["sse", "json"])

@@ -13,8 +13,12 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from loopback import free_port
-from proxy_support import (
+
+from pipeline.config.settings import Project
+from pipeline.proxy.access import KEY_CACHE_SECONDS, create_key
+from pipeline.proxy.router import Upstream
+from tests.support.loopback import free_port
+from tests.support.proxy_rig import (
     ACCEPT_BOTH,
     Recorder,
     Rig,
@@ -26,10 +30,6 @@ from proxy_support import (
     sdk_upstream,
     text_of,
 )
-
-from pipeline.config.settings import Project
-from pipeline.proxy.access import KEY_CACHE_SECONDS, create_key
-from pipeline.proxy.router import Upstream
 
 APP_ORIGIN = "https://app.example"
 PROJECTS = (
@@ -110,7 +110,7 @@ async def test_revoked_key_in_use_gets_401_once_the_key_cache_expires(rig: Rig, 
     assert (await _post(rig, "x", token)).status_code == 200
     assert rig.store.revoke_key(_key_id(rig, token))
     assert (await _post(rig, "x", token)).status_code == 200, "cached for up to KEY_CACHE_SECONDS"
-    rig.clock.offset += KEY_CACHE_SECONDS + 0.1
+    rig.clock.advance(KEY_CACHE_SECONDS + 0.1)
     assert (await _post(rig, "x", token)).status_code == 401
 
 
@@ -154,7 +154,7 @@ async def test_rate_limit_answers_429_with_retry_after(rig: Rig, recorder: Recor
     assert limited.status_code == 429
     assert 1 <= int(limited.headers["retry-after"]) <= 10
     assert len(recorder.seen) == 2
-    rig.clock.offset += 10.0
+    rig.clock.advance(10.0)
     assert (await _post(rig, "x", token)).status_code == 200
 
 

@@ -17,7 +17,9 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
-from proxy_support import (
+
+from pipeline.proxy.router import Upstream
+from tests.support.proxy_rig import (
     ACCEPT_BOTH,
     LEGACY,
     Recorder,
@@ -30,8 +32,6 @@ from proxy_support import (
     sdk_upstream,
     text_of,
 )
-
-from pipeline.proxy.router import Upstream
 
 SESSION_GONE = -32001
 Pair = tuple[Upstream, Upstream]

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from proxy_support import ACCEPT_BOTH, Rig, eventually, jsonrpc, running_proxy, upstream
+
+from tests.support.proxy_rig import ACCEPT_BOTH, Rig, eventually, jsonrpc, running_proxy, upstream
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, "Raw"], Awaitable[None]]
 CALL = json.dumps(jsonrpc("tools/call", {"name": "echo", "arguments": {"text": "hi"}}))

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from proxy_support import Rig, connect, running_proxy, sdk_upstream, text_of
 
 from pipeline.proxy.router import Upstream
+from tests.support.proxy_rig import Rig, connect, running_proxy, sdk_upstream, text_of
 
 WORKERS = 8
 DURATION = 5.0
@@ -128,9 +128,8 @@ async def test_clients_see_no_failure_while_the_route_is_swapped_repeatedly(rig:
         tally, finished = Tally(), threading.Event()
         worker = _stateless_worker if era == "stateless" else _session_worker
         deploys = asyncio.to_thread(_deploy_repeatedly, rig, fleet, first, DURATION / (SWAPS + 1), finished)
-        drained, *_ = await asyncio.gather(
-            deploys, *(worker(rig.url("x"), finished, tally) for _ in range(WORKERS))
-        )
+        workers = asyncio.gather(*(worker(rig.url("x"), finished, tally) for _ in range(WORKERS)))
+        drained, _ = await asyncio.gather(deploys, workers)
     finally:
         fleet.close()
     assert tally.failures == [], f"{len(tally.failures)} failures, first: {tally.failures[:3]}"

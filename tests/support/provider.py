@@ -30,13 +30,13 @@ from typing import Any
 
 import docker.errors
 import yaml
-from conftest import free_port
 from mcp import Client
 
 from pipeline.context import instance_id
 from pipeline.dockerhost import LABEL_COMMIT, LABEL_INSTANCE, LABEL_SERVER, DockerHost
+from tests.support.loopback import free_port
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parents[1]
 FIXTURES = TESTS / "fixtures" / "servers"
 EXAMPLE = TESTS.parent / "servers" / "property-search"
 SECRET_NAME = "FIXTURE_TOKEN"

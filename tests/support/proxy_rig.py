@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx2
-from loopback import serve_asgi
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context, MCPServer
@@ -34,6 +33,8 @@ from pipeline.proxy.relay import Proxy
 from pipeline.proxy.router import Router, Upstream
 from pipeline.proxy.usage import Usage
 from pipeline.store import Store
+from tests.support.clock import FakeClock
+from tests.support.loopback import serve_asgi
 
 KEEPALIVE = 0.3
 LEGACY = "2025-11-25"  # the session era's last version
@@ -41,16 +42,6 @@ MODERN = "2026-07-28"  # the stateless era
 ACCEPT_BOTH = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
 SDK_TIMEOUT = httpx2.Timeout(30.0, read=300.0)  # what the SDK's own default client uses
 ALL_METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD"]
-
-
-class Clock:
-    """A monotonic clock the test can move forward (key cache and rate limits read it)."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.monotonic() + self.offset
 
 
 @dataclass
@@ -62,7 +53,7 @@ class Rig:
     store: Store
     settings: Settings
     usage: Usage
-    clock: Clock
+    clock: FakeClock  # the Gatekeeper's: key-cache expiry and rate-limit refills
 
     def url(self, server: str, rest: str = "") -> str:
         """The proxy URL of `server` (with `rest` appended verbatim)."""
@@ -114,7 +105,7 @@ def running_proxy(
         ),
     )
     store = Store(state_dir / "central-mcp.db")
-    router, usage, clock = Router(), Usage(store), Clock()
+    router, usage, clock = Router(), Usage(store), FakeClock()
     proxy = Proxy(router, Gatekeeper(settings, store, clock=clock), usage, keepalive)
     try:
         with serve_asgi(proxy_app(proxy, router), front=front, **config) as port:

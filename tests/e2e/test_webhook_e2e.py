@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from deploy_e2e_support import Provider, Workspace, run_git, running_provider, wait_for
 
 from pipeline.dockerhost import DockerHost
 from pipeline.webhook import sign_github
+from tests.support.provider import Provider, Workspace, run_git, running_provider, wait_for
 
 pytestmark = pytest.mark.docker
 SECRET = "webhook-secret-for-tests"

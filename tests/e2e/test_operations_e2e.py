@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import free_port
-from deploy_e2e_support import Provider, Workspace, running_provider, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.dockerhost import LABEL_INSTANCE, LABEL_SERVER, DockerHost
 from pipeline.reconcile import ABANDONED_REASON
+from tests.support.loopback import free_port
+from tests.support.provider import Provider, Workspace, running_provider, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -104,18 +104,10 @@ class Fleet:
 
 # crash recovery ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def crash_provider(tmp_path_factory: pytest.TempPathFactory, docker_host: DockerHost) -> Iterator[Provider]:
-    """A serve process these tests kill -9 and start again on the same state dir and port."""
-    with running_provider(tmp_path_factory.mktemp("crash-e2e"), docker_host) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def crash_fleet(crash_provider: Provider, tmp_path_factory: pytest.TempPathFactory) -> Fleet:
-    """An echo server live on the crash provider (slow to stop, so a drain outlives the deploy)."""
-    workspace = crash_provider.clone(tmp_path_factory.mktemp("crash-clone") / "work")
+def crash_fleet(provider: Provider, workspace: Workspace) -> Fleet:
+    """An echo server, slow to stop so a drain outlives the deploy, on the provider these tests kill -9."""
     echo = workspace.put("echo", env={"GREETING": "steady"}, manifest=slow_stop)
-    fleet = Fleet(crash_provider, workspace, echo, {echo: "steady"})
+    fleet = Fleet(provider, workspace, echo, {echo: "steady"})
     fleet.push_ok("echo, slow to stop")
     return fleet
 

@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from deploy_e2e_support import (
+
+from tests.support.provider import (
     SECRET_NAME,
     SECRET_VALUE,
     Provider,
     Push,
     Workspace,
-    running_provider,
 )
 
-from pipeline.dockerhost import DockerHost
-
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("synced")]
 
 INVALID_MANIFEST_SECONDS = 2.0
 
@@ -76,19 +73,6 @@ GATE_CASES = [
 
 
 @pytest.fixture(scope="module")
-def provider(tmp_path_factory: pytest.TempPathFactory, docker_host: DockerHost) -> Iterator[Provider]:
-    """A real serve process for this module (containers and images removed afterwards)."""
-    with running_provider(tmp_path_factory.mktemp("deploy-failures-e2e"), docker_host) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def workspace(provider: Provider, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    """The developer's clone of the VM's repo."""
-    return provider.clone(tmp_path_factory.mktemp("clone") / "work")
-
-
-@pytest.fixture(scope="module")
 def baseline(provider: Provider, workspace: Workspace) -> Baseline:
     """Deploy echo and secret-probe: the live releases every rejected push must leave serving."""
     echo = workspace.put("echo", env={"GREETING": "live"})
@@ -97,12 +81,6 @@ def baseline(provider: Provider, workspace: Workspace) -> Baseline:
     push = workspace.push()
     assert push.ok, push.output
     return Baseline(echo, probe, push)
-
-
-@pytest.fixture(autouse=True)
-def synced(workspace: Workspace) -> None:
-    """Every test starts from the VM's branch, as a developer who just pulled."""
-    workspace.sync()
 
 
 @pytest.mark.parametrize("case", GATE_CASES, ids=[c.id for c in GATE_CASES])

@@ -11,14 +11,14 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 
 from pipeline.context import instance_id
 from pipeline.dockerhost import LABEL_INSTANCE, DockerHost
+from tests.support.loopback import free_port
+from tests.support.provider import FIXTURES
 
 pytestmark = pytest.mark.docker
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURE = ROOT / "tests" / "fixtures" / "servers" / "echo"
+FIXTURE = FIXTURES / "echo"
 
 
 def test_up_deploys_the_checkout_prints_where_to_look_and_stops_on_sigint(

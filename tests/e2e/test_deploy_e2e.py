@@ -12,12 +12,12 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from deploy_e2e_support import (
+
+from tests.support.provider import (
     DEPLOY_URL,
     EXAMPLE,
     TESTS,
@@ -26,13 +26,10 @@ from deploy_e2e_support import (
     Workspace,
     finish,
     run_git,
-    running_provider,
     wait_for,
 )
 
-from pipeline.dockerhost import DockerHost
-
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("synced")]
 
 DRAIN_DEADLINE = 30.0
 NOTHING_TO_DEPLOY_SECONDS = 10.0
@@ -49,19 +46,6 @@ class Baseline:
 
 
 @pytest.fixture(scope="module")
-def provider(tmp_path_factory: pytest.TempPathFactory, docker_host: DockerHost) -> Iterator[Provider]:
-    """A real serve process for this module (containers and images removed afterwards)."""
-    with running_provider(tmp_path_factory.mktemp("deploy-e2e"), docker_host) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def workspace(provider: Provider, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    """The developer's clone of the VM's repo."""
-    return provider.clone(tmp_path_factory.mktemp("clone") / "work")
-
-
-@pytest.fixture(scope="module")
 def baseline(provider: Provider, workspace: Workspace) -> Baseline:
     """Push the first two servers (whatever test asks first, this is the repo's first push)."""
     assert provider.branch() == "", "the baseline must be the bare repo's first push"
@@ -71,12 +55,6 @@ def baseline(provider: Provider, workspace: Workspace) -> Baseline:
     push = workspace.push()
     assert push.ok, push.output
     return Baseline(echo, example, commit, push)
-
-
-@pytest.fixture(autouse=True)
-def synced(workspace: Workspace) -> None:
-    """Every test starts from the VM's branch, as a developer who just pulled."""
-    workspace.sync()
 
 
 def test_first_push_deploys_every_server_and_the_proxy_serves_their_tools(

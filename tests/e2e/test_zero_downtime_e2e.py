@@ -20,13 +20,13 @@ from pathlib import Path
 
 import httpx2
 import pytest
-from deploy_e2e_support import Provider, Push, Workspace, running_provider, wait_for
 from mcp import Client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED
-from proxy_support import ACCEPT_BOTH, LEGACY, connect, jsonrpc, text_of
 
 from pipeline.dockerhost import DockerHost
+from tests.support.provider import Provider, Push, Workspace, running_provider, wait_for
+from tests.support.proxy_rig import ACCEPT_BOTH, LEGACY, connect, jsonrpc, text_of
 
 pytestmark = pytest.mark.docker
 
@@ -70,6 +70,8 @@ class Tally:
         )
 
 
+# Per test, not per module as in conftest.py: the next test starts its own provider, and this one's
+# containers must not share the two cores with it.
 @pytest.fixture
 def provider(tmp_path: Path, docker_host: DockerHost) -> Iterator[Provider]:
     """A real serve process with the harness's timeouts (sessions may drain for 10 minutes)."""
