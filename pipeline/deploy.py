@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -260,9 +261,12 @@ class Runbook:
         seconds = time.monotonic() - started
         servers = {name: o.as_json() for name, o in self.outcomes.items()}
         error = "" if status == DeployStatus.SUCCEEDED else self.log.masker(text)
-        self.ctx.store.update_deploy(
-            self.id, status=status, error=error, finished_at=time.time(), servers=servers
-        )
+        try:
+            self.ctx.store.update_deploy(
+                self.id, status=status, error=error, finished_at=time.time(), servers=servers
+            )
+        except sqlite3.Error as exc:  # the outcome stands (and is live); only its record is missing
+            self.log.line(f"the deploy record could not be saved: {exc}")
         self.log.finish(status, f"{text} ({seconds:.1f}s)")
         self.ctx.metrics.deploys.labels(status, self.request.source).inc()
         self.ctx.metrics.deploy_seconds.observe(seconds)

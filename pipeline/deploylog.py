@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -11,6 +13,8 @@ from typing import Any
 
 from pipeline.secrets import Masker
 from pipeline.store import Store
+
+log = logging.getLogger("central-mcp.deploylog")
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,10 @@ class DeployLog:
         with self._lock:
             event = Event(len(self.events) + 1, self.clock(), kind, text)
             self.events.append(event)
-            self.store.add_event(self.deploy_id, event.seq, kind, text)
+            try:
+                self.store.add_event(self.deploy_id, event.seq, kind, text)
+            except sqlite3.Error as exc:  # live readers (the pusher) still get every line
+                log.warning("deploy #%d: event %d not saved: %s", self.deploy_id, event.seq, exc)
         self._wake()
 
     def line(self, text: str) -> None:
