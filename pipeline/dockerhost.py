@@ -6,18 +6,22 @@ capabilities dropped, memory and CPU limits) and labelled so that what runs can 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, cast
 
 import docker
 import docker.errors
+import docker.utils
 import requests.exceptions
 
-from pipeline.errors import BuildError, DockerError, EngineUnavailable
+from pipeline import buildkit
+from pipeline.errors import BuildError, BuildKitUnavailable, DockerError, EngineUnavailable
 
 LABEL_PREFIX = "central-mcp"
 LABEL_SERVER = f"{LABEL_PREFIX}.server"
@@ -34,6 +38,8 @@ RESTART_POLICIES: dict[str, dict[str, Any]] = {
     "never": {"Name": "no"},
 }
 STOP_GRACE_SECONDS = 10
+ERROR_BODY_BYTES = 4096  # of an engine's refusal, quoted in the error
+DOCKERIGNORE_MAX_BYTES = 1024 * 1024
 CPU_PERIOD = 100_000  # µs: the CFS period a container's CPU quota is counted in (Docker's default)
 
 
@@ -85,6 +91,7 @@ class DockerHost:
     def __init__(self, client: docker.DockerClient | None = None) -> None:
         with _translated("connect"):
             self.client = client or docker.from_env(timeout=ENGINE_TIMEOUT)
+        self.buildkit = True  # until the engine refuses a BuildKit build
 
     def ping(self) -> None:
         """Raise EngineUnavailable unless the engine answers."""
@@ -119,32 +126,71 @@ class DockerHost:
         on_line: Callable[[str], None],
         network: str = "default",
     ) -> str:
-        """Build `context` into `tag`, streaming output lines to `on_line`; return the image id."""
+        """Build `context` into `tag`, streaming output lines to `on_line`; return the image id.
+
+        BuildKit (the engine's build API with version=2; no buildx needed) unless the engine
+        refuses it, then the legacy builder, which commits a container per instruction.
+        """
+        params = {
+            "t": tag,
+            "dockerfile": dockerfile,
+            # BUILDKIT_SYNTAX names a frontend image BuildKit would fetch and run: never passed on.
+            "buildargs": json.dumps({k: v for k, v in args.items() if k != "BUILDKIT_SYNTAX"}),
+            "labels": json.dumps(dict(labels)),
+            "networkmode": network,
+            "rm": "1",
+            "forcerm": "1",
+        }
+        if self.buildkit:
+            try:
+                return self._build(tag, context, dockerfile, {**params, "version": "2"}, on_line)
+            except BuildKitUnavailable as exc:
+                self.buildkit = False
+                on_line(f"the Docker engine refused a BuildKit build ({exc}); using the legacy builder")
+        return self._build(tag, context, dockerfile, {**params, "version": "1"}, on_line)
+
+    def _build(
+        self, tag: str, context: Path, dockerfile: str, params: dict[str, str], on_line: Callable[[str], None]
+    ) -> str:
+        api = self.client.api
+        progress = buildkit.Progress()
         tail: list[str] = []
         image_id = ""
-        with _translated(f"build {tag}"):
-            stream = self.client.api.build(
-                path=str(context),
-                dockerfile=dockerfile,
-                tag=tag,
-                buildargs=dict(args),
-                labels=dict(labels),
-                rm=True,
-                forcerm=True,
-                decode=True,
-                network_mode=network,
+        with _translated(f"build {tag}"), _context_tar(context, dockerfile) as body:
+            response = api.post(
+                f"{api.base_url}/v{api.api_version}/build",
+                params=params,
+                data=body,
+                headers={"Content-Type": "application/x-tar"},
+                stream=True,
+                timeout=(ENGINE_TIMEOUT, None),  # a build may be quiet for long; its deploy has a deadline
             )
-            for chunk in stream:
-                for line in _chunk_lines(chunk):
-                    tail = [*tail[-19:], line]
-                    on_line(line)
-                if "error" in chunk:
-                    raise BuildError(
-                        f"image {tag} failed to build: {chunk['error'].strip()}\n" + "\n".join(tail)
+            with contextlib.closing(response):
+                if response.status_code != 200:
+                    detail = response.raw.read(ERROR_BODY_BYTES, decode_content=True).decode(
+                        "utf-8", "replace"
                     )
-                if "aux" in chunk and "ID" in chunk["aux"]:
-                    image_id = chunk["aux"]["ID"]
+                    if response.status_code == 400 and "buildkit" in detail.lower():
+                        raise BuildKitUnavailable(detail.strip())
+                    raise DockerError(f"build {tag}: Docker engine said {response.status_code}: {detail}")
+                for chunk in _json_lines(response.iter_lines()):
+                    for line in _chunk_lines(chunk, progress):
+                        tail = [*tail[-19:], line]
+                        on_line(line)
+                    if "error" in chunk:
+                        raise BuildError(
+                            f"image {tag} failed to build: {str(chunk['error']).strip()}\n" + "\n".join(tail)
+                        )
+                    aux = chunk.get("aux")
+                    if isinstance(aux, dict) and "ID" in aux:
+                        image_id = str(aux["ID"])
         return image_id or str(self.client.images.get(tag).id)
+
+    def prune_build_cache(self, keep_bytes: int) -> int:
+        """Trim BuildKit's build cache to about `keep_bytes`; return the bytes reclaimed."""
+        with _translated("prune the build cache"):
+            result = self.client.api.prune_builds(keep_storage=keep_bytes)
+        return int((result or {}).get("SpaceReclaimed") or 0)
 
     def run(self, spec: RunSpec) -> Running:
         """Start a hardened container for `spec` with its port on 127.0.0.1 only."""
@@ -262,9 +308,46 @@ class DockerHost:
             )
 
 
-def _chunk_lines(chunk: Mapping[str, Any]) -> list[str]:
+def _chunk_lines(chunk: Mapping[str, Any], progress: buildkit.Progress) -> list[str]:
+    if chunk.get("id") == "moby.buildkit.trace" and isinstance(chunk.get("aux"), str):
+        try:
+            return progress.lines(chunk["aux"])
+        except ValueError:
+            return []  # a progress message we cannot read is not a failed build
     text = str(chunk.get("stream") or chunk.get("status") or "")
     return [line for line in text.splitlines() if line.strip()]
+
+
+def _json_lines(lines: Iterator[bytes]) -> Iterator[dict[str, Any]]:
+    for raw in lines:
+        if not raw.strip():
+            continue
+        try:
+            chunk = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(chunk, dict):
+            yield chunk
+
+
+@contextmanager
+def _context_tar(context: Path, dockerfile: str) -> Iterator[IO[bytes]]:
+    """The build context as a tar, minus what its .dockerignore excludes (as `docker build` sends it)."""
+    ignore = context / ".dockerignore"
+    exclude = None
+    if ignore.is_file() and not ignore.is_symlink():
+        with ignore.open("rb") as found:
+            text = found.read(DOCKERIGNORE_MAX_BYTES).decode("utf-8", "replace")
+        exclude = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+    # Gzipped: BuildKit tells a context archive from a bare Dockerfile by its first bytes, and
+    # Python's tar starts with a PAX header that its check does not read past (gzip's magic it does).
+    body = cast(
+        IO[bytes], docker.utils.tar(context, exclude=exclude, dockerfile=(dockerfile, None), gzip=True)
+    )
+    try:
+        yield body
+    finally:
+        body.close()
 
 
 def published_port(attrs: Mapping[str, Any], port: int | str | None = None) -> int:

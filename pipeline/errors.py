@@ -6,7 +6,8 @@
     ├── StateError                  the state directory or its database cannot be used
     ├── SourceError                 git: a repo, ref or tree that cannot be read
     ├── DockerError                 the Docker engine refused or failed
-    │   └── EngineUnavailable       no Docker engine answers
+    │   ├── EngineUnavailable       no Docker engine answers
+    │   └── BuildKitUnavailable     the engine refused a BuildKit build (the legacy builder is used)
     ├── BuildError                  an image did not build (carries the build log tail)
     ├── GateError                   a candidate did not pass the MCP health gate
     │   └── NotMCP                  the endpoint answered, but not as an MCP server
@@ -82,6 +83,10 @@ class DockerError(CentralMCPError):
 
 class EngineUnavailable(DockerError):
     """No Docker engine answers on this machine."""
+
+
+class BuildKitUnavailable(DockerError):
+    """The engine refused a BuildKit build (an old or Windows engine); builds fall back to legacy."""
 
 
 class BuildError(CentralMCPError):

@@ -24,6 +24,7 @@ from pipeline.proxy.usage import Usage
 from pipeline.states import PUSHED, DeploySource, ReleaseStatus
 
 log = logging.getLogger("central-mcp.monitor")
+BUILD_CACHE_KEEP_BYTES = 2 * 1024**3
 Probe = Callable[[str, float], Any]
 
 
@@ -255,7 +256,9 @@ class Monitor:
             if container.status in ("exited", "dead", "created") and container.id not in live_ids:
                 self.ctx.docker.stop_and_remove(container.id, grace=0)
                 containers += 1
-        removed = {"images": images, "deploys": deploys, "containers": containers}
+        # BuildKit's cache outlives the images built from it: keep it to a bound.
+        cache = self.ctx.docker.prune_build_cache(BUILD_CACHE_KEEP_BYTES)
+        removed = {"images": images, "deploys": deploys, "containers": containers, "build_cache_bytes": cache}
         log.info("retention removed %s", removed)
         return removed
 

@@ -225,6 +225,31 @@ def test_missing_default_dockerfile_is_reported_at_the_name(tmp_path: Path) -> N
     assert "no Dockerfile at servers/srv/Dockerfile" in problem.message
 
 
+@pytest.mark.parametrize("line", ["# syntax=docker/dockerfile:1", "#SYNTAX = evil.example/frontend"])
+def test_a_syntax_directive_is_refused_naming_the_dockerfile_line(tmp_path: Path, line: str) -> None:
+    """A `# syntax=` parser directive (BuildKit would fetch and run that image) is refused, located."""
+    where = _server(tmp_path / "repo", "srv", GOOD)
+    (where / "Dockerfile").write_text(f"# escape=\\\n{line}\nFROM scratch\n")
+    [problem] = _check(tmp_path).problems
+    assert problem.message.startswith(f"servers/srv/Dockerfile:2: `{line}` asks BuildKit to fetch")
+    assert "remove the line" in problem.hint
+
+
+def test_a_syntax_comment_after_the_directives_is_only_a_comment(tmp_path: Path) -> None:
+    """Parser directives end at the first other line; a later `# syntax=` is a plain comment."""
+    where = _server(tmp_path / "repo", "srv", GOOD)
+    (where / "Dockerfile").write_text("FROM scratch\n# syntax=docker/dockerfile:1\n")
+    assert _check(tmp_path).ok
+
+
+def test_a_buildkit_syntax_build_arg_is_refused_at_its_key(tmp_path: Path) -> None:
+    """BUILDKIT_SYNTAX in build.args names a frontend image too: refused where it is written."""
+    _server(tmp_path / "repo", "srv", GOOD + "build:\n  args: {BUILDKIT_SYNTAX: evil/frontend}\n")
+    [problem] = _check(tmp_path).problems
+    assert (problem.path, problem.line) == ("$.build.args.BUILDKIT_SYNTAX", 8)
+    assert "frontend image" in problem.message
+
+
 def test_context_at_the_repo_root_is_allowed(tmp_path: Path) -> None:
     """`context: ../..` from servers/<name> is the repository root itself, which is inside."""
     _server(tmp_path / "repo", "srv", GOOD + "build: {context: ../..}\n")

@@ -28,6 +28,7 @@ class FakeDocker:
         self.ports: dict[str, int] = {}
         self.images: set[str] = set()
         self.removed: list[str] = []
+        self.cache_kept = 0
 
     def inspect(self, container_id: str) -> dict[str, Any] | None:
         if container_id not in self.states:
@@ -47,6 +48,10 @@ class FakeDocker:
 
     def containers(self, labels: dict[str, str]) -> list[Any]:
         return []
+
+    def prune_build_cache(self, keep_bytes: int) -> int:
+        self.cache_kept = keep_bytes
+        return 1234
 
     def ping(self) -> None:
         raise DockerError("unused")
@@ -238,3 +243,4 @@ def test_retention_keeps_live_previous_and_the_newest(world: dict[str, Any]) -> 
     kept = {int(tag.rsplit("r", 1)[1]) for tag in docker.images}
     assert kept == {1, 2, 4, 5, 6, 7, 8}
     assert removed["images"] == 1
+    assert (removed["build_cache_bytes"], docker.cache_kept) == (1234, 2 * 1024**3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,9 @@ DEFAULT_HEALTH_INTERVAL = 1.0
 DEFAULT_MEMORY = "256m"
 DEFAULT_CPUS = 0.5
 MIN_MEMORY = 6 * 1024 * 1024
+FRONTEND_ARG = "BUILDKIT_SYNTAX"  # a build arg that, like `# syntax=`, names a BuildKit frontend image
+DIRECTIVE = re.compile(r"^\s*#\s*(?P<key>[A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?P<value>\S.*)?$")
+DIRECTIVES_MAX_BYTES = 64 * 1024  # parser directives sit at the top of a Dockerfile
 
 
 @dataclass(frozen=True)
@@ -175,8 +179,8 @@ def _build_problems(doc: yamlsrc.Document, folder: Path, root: Path) -> list[Pro
     if context is None:
         return problems
     dockerfile = _inside(doc, ("build", "dockerfile"), dockerfile_value, context, root, problems)
+    where = ("build", "dockerfile") if "dockerfile" in build else ("name",)
     if dockerfile is not None and not dockerfile.is_file():
-        where = ("build", "dockerfile") if "dockerfile" in build else ("name",)
         problems.append(
             doc.problem(
                 where,
@@ -184,7 +188,41 @@ def _build_problems(doc: yamlsrc.Document, folder: Path, root: Path) -> list[Pro
                 "add it or fix build.dockerfile",
             )
         )
+    elif dockerfile is not None:
+        problems += _frontend_problems(doc, where, dockerfile, root)
+    args = build.get("args")
+    if isinstance(args, dict) and FRONTEND_ARG in args:
+        problems.append(
+            doc.problem(
+                ("build", "args", FRONTEND_ARG),
+                f"{FRONTEND_ARG} would make BuildKit fetch and run a frontend image of the pusher's choice",
+                "remove it: builds use the engine's built-in Dockerfile frontend",
+                key=True,
+            )
+        )
     return problems
+
+
+def _frontend_problems(
+    doc: yamlsrc.Document, where: tuple[str, ...], dockerfile: Path, root: Path
+) -> list[Problem]:
+    """A `# syntax=` parser directive makes BuildKit pull and run a frontend image: refuse it."""
+    with dockerfile.open("rb") as found:
+        head = found.read(DIRECTIVES_MAX_BYTES).decode("utf-8", "replace")
+    for number, line in enumerate(head.splitlines(), start=1):
+        directive = DIRECTIVE.match(line)
+        if directive is None:
+            return []  # parser directives end at the first line that is not one
+        if directive["key"].lower() == "syntax":
+            name = dockerfile.relative_to(root).as_posix()
+            return [
+                doc.problem(
+                    where,
+                    f"{name}:{number}: `{line.strip()}` asks BuildKit to fetch and run a frontend image",
+                    "remove the line: builds use the engine's built-in Dockerfile frontend",
+                )
+            ]
+    return []
 
 
 def _access_problems(doc: yamlsrc.Document, settings: Settings) -> list[Problem]:

@@ -1,0 +1,111 @@
+"""pipeline/dockerhost.py: builds with BuildKit through the engine's API, or the legacy builder."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.baseimage import BASE_IMAGE
+from pipeline.dockerhost import DockerHost
+from pipeline.errors import BuildError, BuildKitUnavailable
+
+LABELS = {"central-mcp.server": "probe", "central-mcp.release": "r1"}
+
+
+@pytest.fixture
+def fresh_host(docker_host: DockerHost) -> DockerHost:
+    """A DockerHost of its own (its BuildKit flag is per host), on the real engine."""
+    return DockerHost(docker_host.client)
+
+
+@pytest.fixture
+def tag(docker_host: DockerHost) -> Iterator[str]:
+    """A throwaway image tag, removed afterwards."""
+    name = f"central-mcp-test/build-{secrets.token_hex(4)}:r1"
+    yield name
+    docker_host.remove_image(name)
+
+
+def context(tmp_path: Path, dockerfile: str, **files: str) -> Path:
+    """A build context with this Dockerfile and files."""
+    (tmp_path / "Dockerfile").write_text(dockerfile)
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    return tmp_path
+
+
+RUNS = f"FROM {BASE_IMAGE}\nCOPY . /app\nRUN echo built-$(cat /app/word.txt)\nUSER 65534\n"
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("buildkit", [True, False], ids=["buildkit", "legacy"])
+def test_a_build_streams_its_output_and_labels_the_image(
+    fresh_host: DockerHost, tag: str, tmp_path: Path, buildkit: bool
+) -> None:
+    """Both builders stream the RUN step's output, honour .dockerignore, and set the labels."""
+    fresh_host.buildkit = buildkit
+    lines: list[str] = []
+    word = secrets.token_hex(4)  # a new context each run, so the RUN step is not taken from the cache
+    files = {"word.txt": word, "secret.txt": "no", ".dockerignore": "secret.txt\n"}
+    root = context(tmp_path, RUNS, **files)
+
+    image_id = fresh_host.build(tag, root, "Dockerfile", {}, LABELS, lines.append, network="none")
+
+    assert image_id.startswith("sha256:")
+    assert f"built-{word}" in lines, lines
+    assert any(line.startswith("#") for line in lines) is buildkit  # BuildKit's numbered steps
+    image = fresh_host.client.images.get(tag)
+    assert {k: image.labels[k] for k in LABELS} == LABELS
+    assert image.attrs["Config"]["User"] == "65534"
+    listing = fresh_host.client.containers.run(tag, ["ls", "/app"], remove=True, network_mode="none").decode()
+    assert "word.txt" in listing.split() and "secret.txt" not in listing.split()
+
+
+@pytest.mark.docker
+def test_a_failing_step_is_a_build_error_with_the_steps_output(
+    fresh_host: DockerHost, tag: str, tmp_path: Path
+) -> None:
+    """A RUN that fails (here: no network in the build) raises BuildError with its own output."""
+    connect = 'python3 -c "import socket; socket.create_connection((\\"10.0.0.1\\", 80), 1)"'
+    dockerfile = f"FROM {BASE_IMAGE}\nRUN echo trying && {connect}\n"
+    with pytest.raises(BuildError) as caught:
+        fresh_host.build(
+            tag, context(tmp_path, dockerfile), "Dockerfile", {}, LABELS, lambda _: None, network="none"
+        )
+    message = str(caught.value)
+    assert message.startswith(f"image {tag} failed to build:")
+    assert "trying" in message and "unreachable" in message
+
+
+def test_an_engine_that_refuses_buildkit_is_asked_once_then_built_with_the_legacy_builder(
+    tmp_path: Path,
+) -> None:
+    """BuildKitUnavailable from the engine switches this host to the legacy builder, and says so."""
+    host = DockerHost.__new__(DockerHost)
+    host.buildkit = True
+    versions: list[str] = []
+
+    def build(tag: str, root: Path, dockerfile: str, params: dict[str, str], on_line: object) -> str:
+        versions.append(params["version"])
+        if params["version"] == "2":
+            raise BuildKitUnavailable("buildkit not supported by daemon")
+        return "sha256:legacy"
+
+    host._build = build  # type: ignore[method-assign,assignment]
+    said: list[str] = []
+    assert host.build("t", tmp_path, "Dockerfile", {}, {}, said.append) == "sha256:legacy"
+    assert host.build("t", tmp_path, "Dockerfile", {}, {}, said.append) == "sha256:legacy"
+    assert versions == ["2", "1", "1"]
+    assert said == [
+        "the Docker engine refused a BuildKit build (buildkit not supported by daemon); "
+        "using the legacy builder"
+    ]
+
+
+@pytest.mark.docker
+def test_the_build_cache_is_pruned_only_down_to_what_is_kept(fresh_host: DockerHost) -> None:
+    """Keeping a terabyte reclaims nothing: the engine answers, and the cache a build needs stays."""
+    assert fresh_host.prune_build_cache(10**12) == 0
