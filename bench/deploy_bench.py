@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "tests" / "fixtures" / "servers" / "echo"
 SERVERS = 10
 ROUNDS = 3
+LIVE_GOAL = 1.2  # seconds, push → live for the one-line change (issue 11)
 CONFIG = """listen: {{host: 127.0.0.1, port: {port}}}
 repos: [{{name: bench, branch: main, manifests: ["servers/*/mcp-server.yaml"]}}]
 proxy: {{drain_timeout: 1s, session_drain_timeout: 1s}}
@@ -132,7 +133,7 @@ def _report(rows: list[dict[str, Any]], noops: list[dict[str, Any]]) -> None:
         return values[len(values) // 2] if values else math.nan
 
     print(f"\none-line change to 1 of {SERVERS} servers, warm cache (median of {ROUNDS}):")
-    print(f"  {'total push→live':<18}{med('seconds', rows):7.2f}s")
+    print(f"  {'total push→live':<18}{med('seconds', rows):7.2f}s   (goal ≤ {LIVE_GOAL} s)")
     for key in ("build", "start", "gate", "swap", "rest"):
         print(f"  {key:<18}{med(key, rows):7.2f}s")
     print(f"  {'  intake':<18}{med('intake', rows):7.2f}s   (push → deploy recorded: git, hook, snapshot)")
