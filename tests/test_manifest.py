@@ -235,6 +235,14 @@ def test_a_syntax_directive_is_refused_naming_the_dockerfile_line(tmp_path: Path
     assert "remove the line" in problem.hint
 
 
+def test_a_syntax_directive_behind_a_byte_order_mark_is_still_refused(tmp_path: Path) -> None:
+    """A UTF-8 BOM before `# syntax=` does not hide the directive from the check."""
+    where = _server(tmp_path / "repo", "srv", GOOD)
+    (where / "Dockerfile").write_bytes(b"\xef\xbb\xbf# syntax=evil/frontend\nFROM scratch\n")
+    [problem] = _check(tmp_path).problems
+    assert problem.message.startswith("servers/srv/Dockerfile:1: `# syntax=evil/frontend`")
+
+
 def test_a_syntax_comment_after_the_directives_is_only_a_comment(tmp_path: Path) -> None:
     """Parser directives end at the first other line; a later `# syntax=` is a plain comment."""
     where = _server(tmp_path / "repo", "srv", GOOD)

@@ -208,7 +208,7 @@ def _frontend_problems(
 ) -> list[Problem]:
     """A `# syntax=` parser directive makes BuildKit pull and run a frontend image: refuse it."""
     with dockerfile.open("rb") as found:
-        head = found.read(DIRECTIVES_MAX_BYTES).decode("utf-8", "replace")
+        head = found.read(DIRECTIVES_MAX_BYTES).decode("utf-8", "replace").removeprefix("\ufeff")
     for number, line in enumerate(head.splitlines(), start=1):
         directive = DIRECTIVE.match(line)
         if directive is None:
