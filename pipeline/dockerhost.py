@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -18,6 +21,7 @@ from typing import IO, Any, cast
 import docker
 import docker.errors
 import docker.utils
+import requests
 import requests.exceptions
 
 from pipeline import buildkit
@@ -39,7 +43,7 @@ RESTART_POLICIES: dict[str, dict[str, Any]] = {
 }
 STOP_GRACE_SECONDS = 10
 ERROR_BODY_BYTES = 4096  # of an engine's refusal, quoted in the error
-DOCKERIGNORE_MAX_BYTES = 1024 * 1024
+MAX_LINE_CHARS = 8192  # of one build output line, as logged
 CPU_PERIOD = 100_000  # µs: the CFS period a container's CPU quota is counted in (Docker's default)
 
 
@@ -92,6 +96,7 @@ class DockerHost:
         with _translated("connect"):
             self.client = client or docker.from_env(timeout=ENGINE_TIMEOUT)
         self.buildkit = True  # until the engine refuses a BuildKit build
+        self._cpus = 0
 
     def ping(self) -> None:
         """Raise EngineUnavailable unless the engine answers."""
@@ -121,19 +126,25 @@ class DockerHost:
         tag: str,
         context: Path,
         dockerfile: str,
+        exclude: list[str],
         args: Mapping[str, str],
         labels: Mapping[str, str],
         on_line: Callable[[str], None],
         network: str = "default",
+        timeout: float | None = None,
     ) -> str:
-        """Build `context` into `tag`, streaming output lines to `on_line`; return the image id.
+        """Build `context` with the Dockerfile text `dockerfile` into `tag`, leaving out the
+        `exclude` patterns; stream output lines to `on_line`; return the image id.
 
         BuildKit (the engine's build API with version=2; no buildx needed) unless the engine
-        refuses it, then the legacy builder, which commits a container per instruction.
+        refuses it, then the legacy builder, which commits a container per instruction. The
+        Dockerfile goes in the context under a name of our own, so no file of the context is
+        taken for it. Past `timeout` seconds the build is abandoned (the engine cancels it).
         """
+        name = f".central-mcp-dockerfile-{secrets.token_hex(4)}"
         params = {
             "t": tag,
-            "dockerfile": dockerfile,
+            "dockerfile": name,
             # BUILDKIT_SYNTAX names a frontend image BuildKit would fetch and run: never passed on.
             "buildargs": json.dumps({k: v for k, v in args.items() if k != "BUILDKIT_SYNTAX"}),
             "labels": json.dumps(dict(labels)),
@@ -141,31 +152,34 @@ class DockerHost:
             "rm": "1",
             "forcerm": "1",
         }
+        request = _BuildRequest(tag, context, (name, dockerfile), exclude, timeout)
         if self.buildkit:
             try:
-                return self._build(tag, context, dockerfile, {**params, "version": "2"}, on_line)
+                return self._build(request, {**params, "version": "2"}, on_line)
             except BuildKitUnavailable as exc:
                 self.buildkit = False
                 on_line(f"the Docker engine refused a BuildKit build ({exc}); using the legacy builder")
-        return self._build(tag, context, dockerfile, {**params, "version": "1"}, on_line)
+        return self._build(request, {**params, "version": "1"}, on_line)
 
-    def _build(
-        self, tag: str, context: Path, dockerfile: str, params: dict[str, str], on_line: Callable[[str], None]
-    ) -> str:
+    def _build(self, request: _BuildRequest, params: dict[str, str], on_line: Callable[[str], None]) -> str:
         api = self.client.api
         progress = buildkit.Progress()
         tail: list[str] = []
         image_id = ""
-        with _translated(f"build {tag}"), _context_tar(context, dockerfile) as body:
+        tag = request.tag
+        with _translated(f"build {tag}"), _context_tar(request) as body:
             response = api.post(
                 f"{api.base_url}/v{api.api_version}/build",
                 params=params,
                 data=body,
                 headers={"Content-Type": "application/x-tar"},
                 stream=True,
-                timeout=(ENGINE_TIMEOUT, None),  # a build may be quiet for long; its deploy has a deadline
+                timeout=(ENGINE_TIMEOUT, None),  # a build may be quiet for long: the deadline is below
             )
-            with contextlib.closing(response):
+            with (
+                contextlib.closing(response),
+                _deadline(request.timeout, lambda: _abort(response)) as expired,
+            ):
                 if response.status_code != 200:
                     detail = response.raw.read(ERROR_BODY_BYTES, decode_content=True).decode(
                         "utf-8", "replace"
@@ -173,17 +187,29 @@ class DockerHost:
                     if response.status_code == 400 and "buildkit" in detail.lower():
                         raise BuildKitUnavailable(detail.strip())
                     raise DockerError(f"build {tag}: Docker engine said {response.status_code}: {detail}")
-                for chunk in _json_lines(response.iter_lines()):
-                    for line in _chunk_lines(chunk, progress):
-                        tail = [*tail[-19:], line]
-                        on_line(line)
-                    if "error" in chunk:
+                try:
+                    for chunk in _json_lines(response.iter_lines()):
+                        for line in _chunk_lines(chunk, progress):
+                            line = line[:MAX_LINE_CHARS]
+                            tail = [*tail[-19:], line]
+                            on_line(line)
+                        if "error" in chunk:
+                            raise BuildError(
+                                f"image {tag} failed to build: "
+                                + str(chunk["error"]).strip()[:MAX_LINE_CHARS]
+                                + "\n"
+                                + "\n".join(tail)
+                            )
+                        aux = chunk.get("aux")
+                        if isinstance(aux, dict) and "ID" in aux:
+                            image_id = str(aux["ID"])
+                except (requests.exceptions.RequestException, OSError, AttributeError, ValueError) as exc:
+                    if expired.is_set():
                         raise BuildError(
-                            f"image {tag} failed to build: {str(chunk['error']).strip()}\n" + "\n".join(tail)
-                        )
-                    aux = chunk.get("aux")
-                    if isinstance(aux, dict) and "ID" in aux:
-                        image_id = str(aux["ID"])
+                            f"image {tag} did not build within {request.timeout:g}s (proxy.deploy_timeout); "
+                            "the build was stopped\n" + "\n".join(tail)
+                        ) from exc
+                    raise
         return image_id or str(self.client.images.get(tag).id)
 
     def prune_build_cache(self, keep_bytes: int) -> int:
@@ -196,6 +222,11 @@ class DockerHost:
         """Start a hardened container for `spec` with its port on 127.0.0.1 only."""
         ports: dict[str, Any] = {f"{spec.port}/tcp": ("127.0.0.1",)}
         policy: Any = RESTART_POLICIES[spec.restart]
+        cpus = self.engine_cpus()
+        if spec.cpus > cpus:
+            raise DockerError(
+                f"{spec.name}: resources.cpus {spec.cpus:g} is more than the engine's {cpus} CPUs"
+            )
         with _translated(f"start {spec.name}"):
             container = self.client.containers.run(
                 spec.image,
@@ -207,7 +238,7 @@ class DockerHost:
                 ports=ports,
                 mem_limit=spec.memory_bytes,
                 cpu_period=CPU_PERIOD,
-                cpu_quota=_quota(max(spec.cpus, spec.startup_cpus)),
+                cpu_quota=_quota(min(max(spec.cpus, spec.startup_cpus), cpus)),
                 security_opt=["no-new-privileges"],
                 cap_drop=["ALL"],
                 pids_limit=256,
@@ -215,6 +246,13 @@ class DockerHost:
                 restart_policy=policy,
             )
             return Running(str(container.id), spec.name, self._host_port(container, spec.port))
+
+    def engine_cpus(self) -> int:
+        """How many CPUs the engine's host has (asked once)."""
+        if self._cpus == 0:
+            with _translated("ask the engine for its CPUs"):
+                self._cpus = int(self.client.info().get("NCPU") or 1)
+        return self._cpus
 
     def limit_cpus(self, container_id: str, cpus: float) -> None:
         """Set a running container's CPU limit (ends its start-up boost)."""
@@ -330,24 +368,59 @@ def _json_lines(lines: Iterator[bytes]) -> Iterator[dict[str, Any]]:
             yield chunk
 
 
+@dataclass(frozen=True)
+class _BuildRequest:
+    tag: str
+    context: Path
+    dockerfile: tuple[str, str]  # (name in the context, text)
+    exclude: list[str]
+    timeout: float | None
+
+
 @contextmanager
-def _context_tar(context: Path, dockerfile: str) -> Iterator[IO[bytes]]:
-    """The build context as a tar, minus what its .dockerignore excludes (as `docker build` sends it)."""
-    ignore = context / ".dockerignore"
-    exclude = None
-    if ignore.is_file() and not ignore.is_symlink():
-        with ignore.open("rb") as found:
-            text = found.read(DOCKERIGNORE_MAX_BYTES).decode("utf-8", "replace")
-        exclude = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
-    # Gzipped: BuildKit tells a context archive from a bare Dockerfile by its first bytes, and
-    # Python's tar starts with a PAX header that its check does not read past (gzip's magic it does).
+def _context_tar(request: _BuildRequest) -> Iterator[IO[bytes]]:
+    """The build context as a gzipped tar, without the `exclude` patterns, with our Dockerfile.
+
+    Gzipped: BuildKit tells a context archive from a bare Dockerfile by its first bytes, and does
+    not read past the PAX header Python's tar starts with (gzip's magic it knows).
+    """
     body = cast(
-        IO[bytes], docker.utils.tar(context, exclude=exclude, dockerfile=(dockerfile, None), gzip=True)
+        IO[bytes],
+        docker.utils.tar(request.context, exclude=request.exclude, dockerfile=request.dockerfile, gzip=True),
     )
     try:
         yield body
     finally:
         body.close()
+
+
+def _abort(response: requests.Response) -> None:
+    """Cut a streamed answer from another thread: closing alone leaves a blocked read waiting."""
+    sock = getattr(getattr(response.raw, "connection", None), "sock", None)
+    with contextlib.suppress(OSError):
+        if sock is not None:
+            sock.shutdown(socket.SHUT_RDWR)
+    response.close()
+
+
+@contextmanager
+def _deadline(seconds: float | None, stop: Callable[[], None]) -> Iterator[threading.Event]:
+    """Call `stop` once `seconds` pass (never with None); the event says whether it was called."""
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        stop()
+
+    timer = threading.Timer(seconds, expire) if seconds is not None else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
+    try:
+        yield expired
+    finally:
+        if timer is not None:
+            timer.cancel()
 
 
 def published_port(attrs: Mapping[str, Any], port: int | str | None = None) -> int:

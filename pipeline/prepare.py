@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import launch
+from pipeline import dockerfile, launch
 from pipeline.context import Context
 from pipeline.deploylog import DeployLog
 from pipeline.dockerhost import LABEL_COMMIT, LABEL_FINGERPRINT, LABEL_RELEASE, LABEL_SERVER, Running
@@ -35,13 +35,13 @@ class Outcome:
     timings: dict[str, float] = field(default_factory=dict)
     tools: list[str] = field(default_factory=list)
 
-    def as_json(self) -> dict[str, Any]:
-        """The stored form: only the fields that say something."""
+    def as_json(self, mask: Callable[[str], str]) -> dict[str, Any]:
+        """The stored form, secrets masked: only the fields that say something."""
         data: dict[str, Any] = {"outcome": self.outcome}
         if self.release is not None:
             data["release"] = self.release
         if self.reason:
-            data["reason"] = self.reason
+            data["reason"] = mask(self.reason)
         if self.outcome in (ServerOutcome.GATED, ServerOutcome.SWAPPED):
             data |= {"timings": self.timings, "tools": self.tools}
         return data
@@ -130,14 +130,20 @@ class Preparation:
             LABEL_FINGERPRINT: c.spec.fingerprint,
         }
         prefix = f"{m.name} | "
+        context = snapshot_root / m.context
+        found = dockerfile.read(snapshot_root, context, m.dockerfile)
+        for note in found.notes:
+            self.log.line(prefix + note)
         self.ctx.docker.build(
             c.spec.image,
-            snapshot_root / m.context,
-            m.dockerfile,
+            context,
+            found.text,
+            dockerfile.ignore_patterns(context),
             args,
             labels,
             lambda line: self.log.line(prefix + line),
             network=self.ctx.settings.build_network,
+            timeout=self.ctx.settings.proxy.deploy_timeout,
         )
 
     def _start(self, c: Candidate) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from pipeline import dockerfile
 from pipeline.baseimage import BASE_IMAGE
 from pipeline.dockerhost import DockerHost
 from pipeline.errors import BuildError, BuildKitUnavailable
@@ -52,7 +54,9 @@ def test_a_build_streams_its_output_and_labels_the_image(
     files = {"word.txt": word, "secret.txt": "no", ".dockerignore": "secret.txt\n"}
     root = context(tmp_path, RUNS, **files)
 
-    image_id = fresh_host.build(tag, root, "Dockerfile", {}, LABELS, lines.append, network="none")
+    image_id = fresh_host.build(
+        tag, root, RUNS, dockerfile.ignore_patterns(root), {}, LABELS, lines.append, network="none"
+    )
 
     assert image_id.startswith("sha256:")
     assert f"built-{word}" in lines, lines
@@ -73,7 +77,7 @@ def test_a_failing_step_is_a_build_error_with_the_steps_output(
     dockerfile = f"FROM {BASE_IMAGE}\nRUN echo trying && {connect}\n"
     with pytest.raises(BuildError) as caught:
         fresh_host.build(
-            tag, context(tmp_path, dockerfile), "Dockerfile", {}, LABELS, lambda _: None, network="none"
+            tag, context(tmp_path, dockerfile), dockerfile, [], {}, LABELS, print, network="none"
         )
     message = str(caught.value)
     assert message.startswith(f"image {tag} failed to build:")
@@ -88,16 +92,16 @@ def test_an_engine_that_refuses_buildkit_is_asked_once_then_built_with_the_legac
     host.buildkit = True
     versions: list[str] = []
 
-    def build(tag: str, root: Path, dockerfile: str, params: dict[str, str], on_line: object) -> str:
+    def build(request: object, params: dict[str, str], on_line: object) -> str:
         versions.append(params["version"])
         if params["version"] == "2":
             raise BuildKitUnavailable("buildkit not supported by daemon")
         return "sha256:legacy"
 
-    host._build = build  # type: ignore[method-assign,assignment]
+    host._build = build  # type: ignore[method-assign]
     said: list[str] = []
-    assert host.build("t", tmp_path, "Dockerfile", {}, {}, said.append) == "sha256:legacy"
-    assert host.build("t", tmp_path, "Dockerfile", {}, {}, said.append) == "sha256:legacy"
+    assert host.build("t", tmp_path, "FROM x\n", [], {}, {}, said.append) == "sha256:legacy"
+    assert host.build("t", tmp_path, "FROM x\n", [], {}, {}, said.append) == "sha256:legacy"
     assert versions == ["2", "1", "1"]
     assert said == [
         "the Docker engine refused a BuildKit build (buildkit not supported by daemon); "
@@ -109,3 +113,35 @@ def test_an_engine_that_refuses_buildkit_is_asked_once_then_built_with_the_legac
 def test_the_build_cache_is_pruned_only_down_to_what_is_kept(fresh_host: DockerHost) -> None:
     """Keeping a terabyte reclaims nothing: the engine answers, and the cache a build needs stays."""
     assert fresh_host.prune_build_cache(10**12) == 0
+
+
+@pytest.mark.docker
+def test_a_build_past_its_deadline_is_stopped_with_a_clear_error(
+    fresh_host: DockerHost, tag: str, tmp_path: Path
+) -> None:
+    """A build that runs past `timeout` is abandoned at once, naming the deadline."""
+    slow = f"FROM {BASE_IMAGE}\nRUN echo {secrets.token_hex(4)} && sleep 30\n"
+    started = time.monotonic()
+    with pytest.raises(BuildError, match=r"did not build within 2s"):
+        fresh_host.build(tag, context(tmp_path, slow), slow, [], {}, LABELS, print, network="none", timeout=2)
+    assert time.monotonic() - started < 10
+
+
+@pytest.mark.parametrize(
+    "before",
+    ["", "# a=b\rX\n", "# a=b\u2028X\n", "\ufeff"],
+    ids=["first-line", "bare-cr", "line-separator", "byte-order-mark"],
+)
+@pytest.mark.docker
+def test_a_pushed_syntax_directive_never_reaches_buildkit(
+    fresh_host: DockerHost, tag: str, tmp_path: Path, before: str
+) -> None:
+    """Whatever precedes it, `# syntax=` in a pushed Dockerfile is ignored: the build fetches nothing
+    (a fetch of 127.0.0.1:1 would fail it) and the deploy log is told."""
+    pushed = f"{before}# syntax=127.0.0.1:1/evil\nFROM {BASE_IMAGE}\nRUN echo {secrets.token_hex(4)}\n"
+    (tmp_path / "Dockerfile").write_text(pushed)
+    found = dockerfile.read(tmp_path, tmp_path, "Dockerfile")
+
+    image_id = fresh_host.build(tag, tmp_path, found.text, [], {}, LABELS, print, network="none")
+
+    assert image_id.startswith("sha256:")

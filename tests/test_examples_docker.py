@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from mcp import Client
 
-from pipeline import gate
+from pipeline import dockerfile, gate
 from pipeline.config.manifest import check_tree
 from pipeline.config.settings import load
 from pipeline.dockerhost import LABEL_INSTANCE, DockerHost, Running, RunSpec
@@ -29,10 +29,11 @@ def built(docker_host: DockerHost) -> Iterator[dict[str, str]]:
     for manifest in report.manifests:
         tag = f"central-mcp-test/{manifest.name}:examples"
         lines: list[str] = []
-        docker_host.build(
-            tag, ROOT / manifest.context, manifest.dockerfile, {}, {}, lines.append, network="none"
-        )
-        assert any("Successfully" in line or "writing image" in line for line in lines)
+        context = ROOT / manifest.context
+        found = dockerfile.read(ROOT, context, manifest.dockerfile)
+        exclude = dockerfile.ignore_patterns(context)
+        docker_host.build(tag, context, found.text, exclude, {}, {}, lines.append, network="none")
+        assert any("Successfully" in line or "exporting to image" in line for line in lines), lines
         tags[manifest.name] = tag
     yield tags
     for tag in tags.values():

@@ -225,29 +225,15 @@ def test_missing_default_dockerfile_is_reported_at_the_name(tmp_path: Path) -> N
     assert "no Dockerfile at servers/srv/Dockerfile" in problem.message
 
 
-@pytest.mark.parametrize("line", ["# syntax=docker/dockerfile:1", "#SYNTAX = evil.example/frontend"])
-def test_a_syntax_directive_is_refused_naming_the_dockerfile_line(tmp_path: Path, line: str) -> None:
-    """A `# syntax=` parser directive (BuildKit would fetch and run that image) is refused, located."""
+def test_a_costly_dockerignore_pattern_is_refused_naming_its_line(tmp_path: Path) -> None:
+    """A .dockerignore pattern too costly to match is a located problem before anything builds."""
     where = _server(tmp_path / "repo", "srv", GOOD)
-    (where / "Dockerfile").write_text(f"# escape=\\\n{line}\nFROM scratch\n")
+    (where / ".dockerignore").write_text("# fine\n*.pyc\n*a*a*a*a*b\n")
     [problem] = _check(tmp_path).problems
-    assert problem.message.startswith(f"servers/srv/Dockerfile:2: `{line}` asks BuildKit to fetch")
-    assert "remove the line" in problem.hint
-
-
-def test_a_syntax_directive_behind_a_byte_order_mark_is_still_refused(tmp_path: Path) -> None:
-    """A UTF-8 BOM before `# syntax=` does not hide the directive from the check."""
-    where = _server(tmp_path / "repo", "srv", GOOD)
-    (where / "Dockerfile").write_bytes(b"\xef\xbb\xbf# syntax=evil/frontend\nFROM scratch\n")
-    [problem] = _check(tmp_path).problems
-    assert problem.message.startswith("servers/srv/Dockerfile:1: `# syntax=evil/frontend`")
-
-
-def test_a_syntax_comment_after_the_directives_is_only_a_comment(tmp_path: Path) -> None:
-    """Parser directives end at the first other line; a later `# syntax=` is a plain comment."""
-    where = _server(tmp_path / "repo", "srv", GOOD)
-    (where / "Dockerfile").write_text("FROM scratch\n# syntax=docker/dockerfile:1\n")
-    assert _check(tmp_path).ok
+    assert (
+        problem.message
+        == "servers/srv/.dockerignore:3: more than 3 `*` in one path segment (too costly to match)"
+    )
 
 
 def test_a_buildkit_syntax_build_arg_is_refused_at_its_key(tmp_path: Path) -> None:

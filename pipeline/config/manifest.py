@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline import dockerfile as dockerfile_mod
 from pipeline.config import schema, yamlsrc
 from pipeline.config.settings import Settings
 from pipeline.config.units import parse_duration, parse_size
@@ -20,9 +20,6 @@ DEFAULT_HEALTH_INTERVAL = 1.0
 DEFAULT_MEMORY = "256m"
 DEFAULT_CPUS = 0.5
 MIN_MEMORY = 6 * 1024 * 1024
-FRONTEND_ARG = "BUILDKIT_SYNTAX"  # a build arg that, like `# syntax=`, names a BuildKit frontend image
-DIRECTIVE = re.compile(r"^\s*#\s*(?P<key>[A-Za-z][A-Za-z0-9_-]*)\s*=\s*(?P<value>\S.*)?$")
-DIRECTIVES_MAX_BYTES = 64 * 1024  # parser directives sit at the top of a Dockerfile
 
 
 @dataclass(frozen=True)
@@ -188,41 +185,21 @@ def _build_problems(doc: yamlsrc.Document, folder: Path, root: Path) -> list[Pro
                 "add it or fix build.dockerfile",
             )
         )
-    elif dockerfile is not None:
-        problems += _frontend_problems(doc, where, dockerfile, root)
+    for line, message in dockerfile_mod.ignore_problems(context):
+        name = (context / ".dockerignore").relative_to(root).as_posix()
+        problems.append(doc.problem(where, f"{name}:{line}: {message}", "simplify or remove the pattern"))
     args = build.get("args")
-    if isinstance(args, dict) and FRONTEND_ARG in args:
+    if isinstance(args, dict) and dockerfile_mod.FRONTEND_ARG in args:
         problems.append(
             doc.problem(
-                ("build", "args", FRONTEND_ARG),
-                f"{FRONTEND_ARG} would make BuildKit fetch and run a frontend image of the pusher's choice",
+                ("build", "args", dockerfile_mod.FRONTEND_ARG),
+                f"{dockerfile_mod.FRONTEND_ARG} would make BuildKit fetch and run a frontend image "
+                "of the pusher's choice",
                 "remove it: builds use the engine's built-in Dockerfile frontend",
                 key=True,
             )
         )
     return problems
-
-
-def _frontend_problems(
-    doc: yamlsrc.Document, where: tuple[str, ...], dockerfile: Path, root: Path
-) -> list[Problem]:
-    """A `# syntax=` parser directive makes BuildKit pull and run a frontend image: refuse it."""
-    with dockerfile.open("rb") as found:
-        head = found.read(DIRECTIVES_MAX_BYTES).decode("utf-8", "replace").removeprefix("\ufeff")
-    for number, line in enumerate(head.splitlines(), start=1):
-        directive = DIRECTIVE.match(line)
-        if directive is None:
-            return []  # parser directives end at the first line that is not one
-        if directive["key"].lower() == "syntax":
-            name = dockerfile.relative_to(root).as_posix()
-            return [
-                doc.problem(
-                    where,
-                    f"{name}:{number}: `{line.strip()}` asks BuildKit to fetch and run a frontend image",
-                    "remove the line: builds use the engine's built-in Dockerfile frontend",
-                )
-            ]
-    return []
 
 
 def _access_problems(doc: yamlsrc.Document, settings: Settings) -> list[Problem]:
