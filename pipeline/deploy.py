@@ -92,7 +92,9 @@ class Runbook:
             restart = self.request.source == DeploySource.RESTART
             title = f"restart {server} r{number}" if restart else f"rollback {server} to r{number}"
             with self.log.step(title):
-                return plan_release(self._stored_release(server, number), title)
+                plan = plan_release(self._stored_release(server, number), title)
+                self._mask_secrets([e.spec.manifest for e in plan.to_prepare if e.spec])
+                return plan
         if self.request.fetch is not None:
             with self.log.step("fetch"):
                 self.snapshot_dir = self.request.fetch(self.log)
@@ -132,6 +134,11 @@ class Runbook:
             commit=snapshot.commit,
             instance=self.ctx.instance,
         )
+
+    def _mask_secrets(self, manifests: list[Manifest]) -> None:
+        """Mask in this deploy's log the values of every secret these servers are given."""
+        names = [n for m in manifests for n in m.secrets]
+        self.log.masker = Masker([*self.log.masker.values, *self.ctx.secrets.masker(names).values])
 
     def _stored_release(self, server: str, number: int) -> Release:
         release = self.ctx.store.release(server, number)
@@ -178,8 +185,7 @@ class Runbook:
             for problem in report.problems:
                 self.log.line(problem.render())
             raise ConfigError(list(report.problems))
-        names = [n for m in report.manifests for n in m.secrets]
-        self.log.masker = Masker([*self.log.masker.values, *self.ctx.secrets.masker(names).values])
+        self._mask_secrets(list(report.manifests))
         for manifest in report.manifests:  # a secret the VM lacks fails the deploy before any build
             self.ctx.secrets.values(manifest.name, manifest.secrets)
         self.log.line(
@@ -193,7 +199,11 @@ class Runbook:
         live = [c for c in candidates if c.running is not None]
         rolled_back: list[tuple[str, int]] = []
         if self.request.source == DeploySource.AUTO_ROLLBACK:
-            rolled_back = [(u.server, u.release) for c in live if (u := self.ctx.router.get(c.name))]
+            rolled_back = [
+                (u.server, u.release)
+                for c in live
+                if (u := self.ctx.router.get(c.name)) and u.release != c.spec.number  # not if already back
+            ]
         self.ctx.store.commit_swap(
             [Placement(c.name, c.spec.number, c.running.id, c.running.host_port) for c in live if c.running],
             removed,
@@ -259,7 +269,7 @@ class Runbook:
 
     def _end(self, status: DeployStatus, text: str, started: float) -> DeployStatus:
         seconds = time.monotonic() - started
-        servers = {name: o.as_json() for name, o in self.outcomes.items()}
+        servers = {name: o.as_json(self.log.masker) for name, o in self.outcomes.items()}
         error = "" if status == DeployStatus.SUCCEEDED else self.log.masker(text)
         try:
             self.ctx.store.update_deploy(

@@ -156,8 +156,9 @@ class Dispatcher:
     def _fail(self, deploy_id: int, error: str) -> None:
         """Best effort: record a deploy that raised as failed, so its pusher is answered."""
         deploy_log = self.logs[deploy_id]
-        if not deploy_log.finished:
-            deploy_log.finish(DeployStatus.FAILED, error)
+        if deploy_log.finished:  # it ended (perhaps succeeded) before the error: its record stands
+            return
+        deploy_log.finish(DeployStatus.FAILED, error)
         with contextlib.suppress(Exception):  # the store may be what failed
             self.ctx.store.update_deploy(deploy_id, status=DeployStatus.FAILED, error=error)
 

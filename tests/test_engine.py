@@ -86,3 +86,18 @@ def test_a_failing_setup_command_is_reported_with_its_output() -> None:
     """A set-up command that fails is translated into a DockerError naming what could not be done."""
     with pytest.raises(DockerError, match="could not pack the root file system: `sh` exited 3: boom"):
         baseimage._check(["sh", "-c", "echo boom >&2; exit 3"], "pack the root file system")
+
+
+def test_a_base_image_of_a_newer_version_is_kept(tmp_path: Path) -> None:
+    """A base image labelled newer than this checkout's (made by a newer provider) is never downgraded."""
+
+    class NewerImage:
+        def image_exists(self, tag: str) -> bool:
+            return True
+
+        def image_labels(self, tag: str) -> dict[str, str]:
+            return {baseimage.LABEL_BASE_VERSION: str(int(baseimage.BASE_VERSION) + 1)}
+
+    said: list[str] = []
+    assert baseimage.ensure_base_image(NewerImage(), tmp_path, said.append) is False  # type: ignore[arg-type]
+    assert said == [f"base image {baseimage.BASE_IMAGE} is present"]
