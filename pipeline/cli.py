@@ -140,6 +140,19 @@ def _check(args: argparse.Namespace) -> int:
     report = check_tree(args.path, settings)
     problems.extend(report.problems)
     manifests = [m.name for m in report.manifests]
+    if not manifests and not report.problems:
+        globs = ", ".join(settings.repo().manifests)
+        problems.append(
+            Problem(
+                str(settings.config_path),
+                0,
+                0,
+                "$.repos[0].manifests",
+                f"no server manifest under {args.path} matches {globs}",
+                "fix the globs (relative to the repository's root); a push of this tree would remove "
+                "every live server",
+            )
+        )
     if args.json:
         _out(
             json.dumps(

@@ -26,7 +26,7 @@ from pipeline.config.manifest import Manifest, check_tree
 from pipeline.context import Context, DeployRequest
 from pipeline.deploylog import DeployLog
 from pipeline.errors import CentralMCPError, ConfigError, DeployError, SourceError
-from pipeline.plan import Action, Plan, fingerprint, plan_push, plan_release
+from pipeline.plan import REMOVE_ALL, Action, Plan, fingerprint, plan_push, plan_release
 from pipeline.prepare import Candidate, Outcome, Preparation
 from pipeline.proxy.router import Upstream
 from pipeline.secrets import Masker, Secrets, load_file
@@ -133,6 +133,7 @@ class Runbook:
             repo=self.request.repo,
             commit=snapshot.commit,
             instance=self.ctx.instance,
+            remove_all=REMOVE_ALL in snapshot.message,
         )
 
     def _mask_secrets(self, manifests: list[Manifest]) -> None:

@@ -22,6 +22,8 @@ from pipeline.errors import DeployError
 from pipeline.states import ReleaseStatus
 from pipeline.store import Release
 
+REMOVE_ALL = "[remove-all]"  # in a commit message: removing every live server of the repo is meant
+
 
 class Action(StrEnum):
     """What a deploy does with one server."""
@@ -111,13 +113,25 @@ def plan_push(
     repo: str,
     commit: str,
     instance: str,
+    remove_all: bool = False,
 ) -> Plan:
-    """Plan a pushed commit of `repo`: `history` holds every server's releases, newest first."""
+    """Plan a pushed commit of `repo`: `history` holds every server's releases, newest first.
+
+    A commit in which no manifest was found would remove every live server of the repo: that is
+    refused (it is far more often a glob that matches nothing) unless `remove_all` says it is meant.
+    """
     entries = [
         _entry(m, fingerprints[m.name], history.get(m.name, ()), images, repo, commit, instance)
         for m in manifests
     ]
     names = {m.name for m in manifests}
+    ours = sorted(s for s, rs in history.items() if (live := _live(rs)) is not None and live.repo == repo)
+    if not manifests and ours and not remove_all:
+        raise DeployError(
+            f"no server manifest was found in this commit, so it would remove every live server of "
+            f"{repo} ({', '.join(ours)}); if the manifest globs in deploy.yaml (repos[].manifests) are "
+            f"right and you mean to remove them all, push a commit whose message says {REMOVE_ALL}"
+        )
     for server, releases in sorted(history.items()):
         live = _live(releases)
         if live is not None and live.repo == repo and server not in names:

@@ -66,6 +66,17 @@ def test_check_returns_one_on_a_bad_tree(repo: Path, capsys: pytest.CaptureFixtu
     assert "2 problem(s)" in capsys.readouterr().out
 
 
+def test_check_of_a_tree_where_no_manifest_matches_fails_naming_the_globs(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A glob that matches nothing is a problem, not `checked 0 file(s): ok` (a push would remove all)."""
+    (repo / "servers").rename(repo / "PROJECTS_all")
+    assert _check(repo) == cli.EXIT_FAILED
+    out = capsys.readouterr().out
+    assert f"$.repos[0].manifests: no server manifest under {repo} matches servers/*/mcp-server.yaml" in out
+    assert "would remove every live server" in out
+
+
 def test_human_output_lines_read_file_line_column_path_message(
     repo: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

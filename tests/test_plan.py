@@ -177,3 +177,34 @@ def test_the_fingerprint_follows_tree_hashes_manifest_and_build_args() -> None:
     assert base != fingerprint(manifest("alpha"), ["t1", "c2"], {"BASE_IMAGE": "x"})
     assert base != fingerprint(manifest("alpha", version="1.0.1"), ["t1", "c1"], {"BASE_IMAGE": "x"})
     assert base != fingerprint(manifest("alpha"), ["t1", "c1"], {"BASE_IMAGE": "y"})
+
+
+def test_a_commit_without_manifests_is_refused_instead_of_removing_every_live_server() -> None:
+    """No manifest found (a glob that matches nothing) never removes the repo's live servers."""
+    history = {
+        "alpha": [release("alpha", 1, ReleaseStatus.LIVE, "f1")],
+        "beta": [release("beta", 2, ReleaseStatus.LIVE, "f2")],
+        "theirs": [release("theirs", 1, ReleaseStatus.LIVE, "t1", repo="other/repo")],
+    }
+
+    with pytest.raises(
+        DeployError, match=r"would remove every live server of owner/PROJECTS_all \(alpha, beta\)"
+    ):
+        plan([], {}, history)
+
+
+def test_removing_every_server_is_possible_when_the_commit_message_says_so() -> None:
+    """With [remove-all] the same commit removes the repo's servers, and only them."""
+    history = {
+        "alpha": [release("alpha", 1, ReleaseStatus.LIVE, "f1")],
+        "theirs": [release("theirs", 1, ReleaseStatus.LIVE, "t1", repo="other/repo")],
+    }
+
+    result = plan_push([], {}, history, set(), repo=REPO, commit=COMMIT, instance=INSTANCE, remove_all=True)
+
+    assert result.removed == ["alpha"]
+
+
+def test_a_first_commit_without_manifests_is_simply_empty() -> None:
+    """With nothing live from the repo, a commit without manifests has nothing to do, no error."""
+    assert plan([], {}, {}).empty

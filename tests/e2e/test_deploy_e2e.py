@@ -222,6 +222,24 @@ def test_deploy_by_hand_runs_the_same_flow_and_finds_nothing_to_deploy(
     assert provider.greeting(baseline.echo) == "by-hand, Ada"
 
 
+def test_a_commit_whose_manifests_no_glob_matches_is_rejected_and_every_server_stays_live(
+    provider: Provider, workspace: Workspace, baseline: Baseline
+) -> None:
+    """Moving every server out of the globs' reach is refused: the push is rejected, nothing is removed."""
+    before = provider.branch()
+    workspace.git("mv", "servers", "PROJECTS_all")
+    workspace.commit("move the servers where deploy.yaml's glob does not look")
+
+    push = workspace.push()
+
+    assert not push.ok, push.output
+    assert "no server manifest was found in this commit" in push.output
+    assert "[remove-all]" in push.output
+    assert provider.branch() == before
+    assert provider.greeting(baseline.echo).endswith(", Ada")
+    assert provider.releases(baseline.example)
+
+
 def test_a_removed_server_disappears_from_the_proxy_and_docker(
     provider: Provider, workspace: Workspace, baseline: Baseline
 ) -> None:
