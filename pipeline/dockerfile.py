@@ -40,6 +40,17 @@ class Dockerfile:
 
     text: str
     notes: tuple[str, ...] = ()
+    escape: str = "\\"
+    pushed: str = ""  # the file as pushed (byte-order mark dropped), for the fetch rules
+
+
+@dataclass(frozen=True)
+class Instruction:
+    """One logical Dockerfile instruction: the line it starts on, its keyword, the rest."""
+
+    line: int
+    keyword: str
+    rest: str
 
 
 def read(root: Path, context: Path, name: str) -> Dockerfile:
@@ -75,7 +86,7 @@ def tame(text: str) -> Dockerfile:
                 "never a frontend image named by the pushed file"
             )
     header = f"# escape={escape}\n" if escape else ""
-    return Dockerfile(f"{header}\n{text}", tuple(notes))
+    return Dockerfile(f"{header}\n{text}", tuple(notes), escape or "\\", text)
 
 
 def ignore_patterns(context: Path) -> list[str]:

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import dockerfile, launch
+from pipeline import buildrules, dockerfile, launch
 from pipeline.context import Context
 from pipeline.deploylog import DeployLog
 from pipeline.dockerhost import LABEL_COMMIT, LABEL_FINGERPRINT, LABEL_RELEASE, LABEL_SERVER, Running
-from pipeline.errors import CentralMCPError, DeployError
+from pipeline.errors import BuildError, CentralMCPError, DeployError
 from pipeline.plan import Action, Plan, ReleaseSpec
 from pipeline.source import Snapshot
 from pipeline.states import ReleaseStatus, ServerOutcome
@@ -132,6 +132,13 @@ class Preparation:
         prefix = f"{m.name} | "
         context = snapshot_root / m.context
         found = dockerfile.read(snapshot_root, context, m.dockerfile)
+        settings = self.ctx.settings
+        refused = buildrules.problems(found, args, settings.build_base_images, settings.build_remote_add)
+        if refused:  # check refused these already; a build never runs on a file that slipped past it
+            raise BuildError(
+                f"{m.name}: the Dockerfile would make the daemon fetch: "
+                + "; ".join(f"line {line}: {message}" for line, message in refused)
+            )
         for note in found.notes:
             self.log.line(prefix + note)
         self.ctx.docker.build(

@@ -7,11 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline import buildrules
 from pipeline import dockerfile as dockerfile_mod
 from pipeline.config import schema, yamlsrc
 from pipeline.config.settings import Settings
 from pipeline.config.units import parse_duration, parse_size
-from pipeline.errors import ConfigError, Problem
+from pipeline.errors import BuildError, ConfigError, Problem
 
 MANIFEST_NAME = "mcp-server.yaml"
 DEFAULT_PATH = "/mcp"
@@ -141,7 +142,7 @@ def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings
                 ("transport",), "transport 'stdio' is not served yet", "serve it over streamable-http"
             )
         )
-    problems += _build_problems(doc, folder, root)
+    problems += _build_problems(doc, folder, root, settings)
     memory = _section(data, "resources").get("memory")
     if isinstance(memory, str):
         try:
@@ -165,7 +166,7 @@ def _section(data: dict[str, Any], key: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _build_problems(doc: yamlsrc.Document, folder: Path, root: Path) -> list[Problem]:
+def _build_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings: Settings) -> list[Problem]:
     build = _section(doc.data, "build")
     problems: list[Problem] = []
     context_value = build.get("context", ".")
@@ -185,6 +186,8 @@ def _build_problems(doc: yamlsrc.Document, folder: Path, root: Path) -> list[Pro
                 "add it or fix build.dockerfile",
             )
         )
+    elif dockerfile is not None:
+        problems += _fetch_problems(doc, where, root, context, dockerfile_value, settings)
     for line, message in dockerfile_mod.ignore_problems(context):
         name = (context / ".dockerignore").relative_to(root).as_posix()
         problems.append(doc.problem(where, f"{name}:{line}: {message}", "simplify or remove the pattern"))
@@ -200,6 +203,28 @@ def _build_problems(doc: yamlsrc.Document, folder: Path, root: Path) -> list[Pro
             )
         )
     return problems
+
+
+def _fetch_problems(
+    doc: yamlsrc.Document, where: tuple[str, ...], root: Path, context: Path, name: str, settings: Settings
+) -> list[Problem]:
+    """What the Dockerfile would make the daemon fetch without deploy.yaml's leave (buildrules.py)."""
+    try:
+        found = dockerfile_mod.read(root, context, name)
+    except BuildError as exc:
+        return [doc.problem(where, str(exc), "fix build.dockerfile")]
+    build = _section(doc.data, "build")
+    args = {**settings.build_args, **{k: _text(v) for k, v in _section(build, "args").items()}}
+    file = (context / name).relative_to(root).as_posix()
+    hint = (
+        "name an allowed base image, or allow more with build.base_images / build.remote_add in deploy.yaml"
+    )
+    return [
+        doc.problem(where, f"{file}:{line}: {message}", hint)
+        for line, message in buildrules.problems(
+            found, args, settings.build_base_images, settings.build_remote_add
+        )
+    ]
 
 
 def _access_problems(doc: yamlsrc.Document, settings: Settings) -> list[Problem]:

@@ -31,6 +31,7 @@ DEFAULT_DEPLOYS_KEPT = 500
 DEFAULT_DEPLOY_MAX_AGE = 90 * 86400.0
 DEFAULT_BUILD_PARALLEL = 2
 DEFAULT_BUILD_NETWORK = "default"
+DEFAULT_BASE_IMAGES = ("central-mcp/python:*",)  # the offline base image `make` builds, any tag
 DEFAULT_WEBHOOK_MAX_BODY = 1024 * 1024
 DEFAULT_WEBHOOK_QUEUE = 16
 DEFAULT_PROBE_INTERVAL = 15.0
@@ -132,6 +133,8 @@ class Settings:
     build_parallel: int = DEFAULT_BUILD_PARALLEL
     build_args: Mapping[str, str] = field(default_factory=dict)
     build_network: str = DEFAULT_BUILD_NETWORK
+    build_base_images: tuple[str, ...] = DEFAULT_BASE_IMAGES
+    build_remote_add: bool = False
     webhook_max_body: int = DEFAULT_WEBHOOK_MAX_BODY
     webhook_queue: int = DEFAULT_WEBHOOK_QUEUE
     admin_token: str = field(default="", repr=False)
@@ -244,6 +247,8 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
         build_parallel=build.get("parallel", DEFAULT_BUILD_PARALLEL),
         build_args={k: str(v) for k, v in build.get("args", {}).items()},
         build_network=build.get("network", DEFAULT_BUILD_NETWORK),
+        build_base_images=tuple(build.get("base_images", DEFAULT_BASE_IMAGES)),
+        build_remote_add=bool(build.get("remote_add", False)),
         webhook_max_body=parse_size(webhooks.get("max_body", DEFAULT_WEBHOOK_MAX_BODY)),
         webhook_queue=webhooks.get("queue", DEFAULT_WEBHOOK_QUEUE),
         monitor=_monitor(data.get("monitor", {})),

@@ -7,12 +7,16 @@ dropped), the live release answering through the proxy, and no candidate contain
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
+from tests.support.loopback import free_port
 from tests.support.provider import (
     SECRET_NAME,
     SECRET_VALUE,
@@ -144,6 +148,69 @@ def test_an_invalid_manifest_is_rejected_with_its_location_before_any_build(
     assert record["status"] == "failed"
     assert [(s["name"], s["status"]) for s in record["steps"]] == [("validate manifests", "failed")]
     assert record["finished_at"] - record["started_at"] < INVALID_MANIFEST_SECONDS
+    assert provider.greeting(baseline.echo) == "live, Ada"
+
+
+@pytest.fixture
+def host_listener() -> Iterator[tuple[int, list[str]]]:
+    """An HTTP listener on the host's loopback recording every request (none must arrive)."""
+    seen: list[str] = []
+
+    class Record(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(404)
+            self.end_headers()
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Record)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], seen
+    server.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("line", "refusal"),
+    [
+        ("ADD http://127.0.0.1:{port}/payload /payload", "ADD http://127.0.0.1:{port}/payload: the daemon"),
+        ("COPY --from=127.0.0.1:{port}/evil / /", "COPY --from 127.0.0.1:{port}/evil: the daemon"),
+        (
+            "RUN --mount=type=bind,from=127.0.0.1:{port}/evil,target=/x ls",
+            "RUN --mount=from 127.0.0.1:{port}/evil",
+        ),
+    ],
+    ids=["add-url", "copy-from-registry", "mount-from-registry"],
+)
+def test_a_dockerfile_that_makes_the_daemon_fetch_is_rejected_and_nothing_is_fetched(
+    provider: Provider,
+    workspace: Workspace,
+    baseline: Baseline,
+    host_listener: tuple[int, list[str]],
+    line: str,
+    refusal: str,
+) -> None:
+    """Remote ADD and images from a registry are refused at validation: the host's listener sees nothing."""
+    port, seen = host_listener
+    branch = provider.branch()
+    server = workspace.put("echo", name=provider.name("fetcher"))
+    dockerfile = workspace.root / "servers" / server / "Dockerfile"
+    lines = dockerfile.read_text().splitlines()
+    at = next(i for i, text in enumerate(lines) if text.startswith("COPY")) + 1
+    lines.insert(at, line.format(port=port))
+    dockerfile.write_text("\n".join(lines) + "\n")
+    workspace.commit("a Dockerfile that makes the daemon fetch")
+
+    push = workspace.push()
+
+    assert not push.ok, push.output
+    assert f"servers/{server}/Dockerfile:{at + 1}: {refusal.format(port=port)}" in push.output
+    assert provider.branch() == branch
+    assert seen == []
     assert provider.greeting(baseline.echo) == "live, Ada"
 
 
