@@ -36,6 +36,7 @@ from pipeline.proxy.router import Router
 from pipeline.proxy.usage import Usage
 from pipeline.reconcile import reconcile
 from pipeline.secrets import Secrets
+from pipeline.source import snapshots_dir
 from pipeline.states import DeploySource
 from pipeline.store import Store
 from pipeline.webhook import PROVIDERS, Delivery, Receiver
@@ -98,7 +99,7 @@ def create_app(
             return JSONResponse({"error": "bad or missing control token"}, status_code=403)
         try:
             body = await request.json()
-            deploy_request = _deploy_request(body)
+            deploy_request = _deploy_request(body, snapshots_dir(settings.state_dir))
         except (ValueError, KeyError, TypeError) as exc:
             return JSONResponse({"error": f"bad deploy request: {exc}"}, status_code=400)
         deploy_id = await asyncio.to_thread(s.dispatcher.submit, deploy_request)
@@ -288,18 +289,29 @@ def _authorized(request: Request, control: control_mod.Control) -> bool:
     return hmac.compare_digest(given.encode(), control.token.encode())
 
 
-def _deploy_request(body: dict[str, Any]) -> DeployRequest:
+def _deploy_request(body: dict[str, Any], snapshots: Path) -> DeployRequest:
     rollback = body.get("rollback")
     return DeployRequest(
         source=DeploySource(str(body["source"])),
         repo=str(body["repo"]),
         ref=str(body.get("ref", "")),
         commit=str(body.get("commit", "")),
-        snapshot_dir=Path(body["snapshot_dir"]) if body.get("snapshot_dir") else None,
+        snapshot_dir=_snapshot_dir(str(body["snapshot_dir"]), snapshots)
+        if body.get("snapshot_dir")
+        else None,
         author=str(body.get("author", "")),
         message=str(body.get("message", "")),
         rollback=(str(rollback[0]), int(rollback[1])) if rollback else None,
     )
+
+
+def _snapshot_dir(given: str, snapshots: Path) -> Path:
+    """A snapshot the hook made: a `snap-*` folder right under <state>/snapshots, nothing else
+    (the deploy reads it and removes it at its end)."""
+    path = Path(given)
+    if path.name.startswith("snap-") and path.is_dir() and path.resolve().parent == snapshots.resolve():
+        return path
+    raise ValueError(f"snapshot_dir {given!r} is not a snapshot under {snapshots}")
 
 
 def _follow(s: Services, deploy_id: int) -> Response:

@@ -146,7 +146,7 @@ def _deploy(
     origin: DeploySource = DeploySource.PUSH,
 ) -> bool:
     control = control_mod.Control.load(settings.state_dir)
-    workdir = source.new_workdir(settings.state_dir / "snapshots")
+    workdir = source.new_workdir(source.snapshots_dir(settings.state_dir))
     try:
         # A push names the branch value it expects to replace; the deploy refuses to go on if
         # another deploy moved the branch while this one waited (git would refuse the update).

@@ -11,6 +11,7 @@ from pipeline.dockerhost import LABEL_INSTANCE, LABEL_RELEASE, LABEL_SERVER, pub
 from pipeline.errors import CentralMCPError
 from pipeline.plan import ReleaseSpec
 from pipeline.proxy.router import Upstream
+from pipeline.source import snapshots_dir
 from pipeline.states import ReleaseStatus
 from pipeline.store import Release
 
@@ -25,7 +26,7 @@ def reconcile(ctx: Context, say: Callable[[str], None]) -> list[Upstream]:
         # Gated by a deploy that never swapped; left a candidate, retention would keep its image forever.
         ctx.store.set_release_status(candidate.server, candidate.number, ReleaseStatus.FAILED)
         say(f"{candidate.server} {candidate.name}: its deploy was interrupted before the swap: marked failed")
-    for snapshot in (ctx.settings.state_dir / "snapshots").glob("snap-*"):
+    for snapshot in snapshots_dir(ctx.settings.state_dir).glob("snap-*"):
         # Left by deploys that died with the provider, or by hooks that found no serve to take them.
         shutil.rmtree(snapshot, ignore_errors=True)
     live = {r.server: r for r in ctx.store.live_releases()}

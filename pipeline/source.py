@@ -48,6 +48,7 @@ ZERO_SHA = "0" * 40
 SNAPSHOT_META = "snapshot.json"
 EXPECT_OLD = "expect_old"
 GIT_DIR = "git_dir"
+SNAPSHOTS = "snapshots"
 
 
 @dataclass(frozen=True)
@@ -157,6 +158,11 @@ def fetch(mirror: Path, url: str, refspec: str, env: Mapping[str, str], options:
     Raises git.GitCommandError, whose stderr the caller masks before it shows it.
     """
     _run(["git", "-C", str(mirror), *options, "fetch", "--quiet", "--", url, refspec], {**os.environ, **env})
+
+
+def snapshots_dir(state_dir: Path) -> Path:
+    """Where pushes' snapshots are left for their deploys: <state>/snapshots."""
+    return state_dir / SNAPSHOTS
 
 
 def new_workdir(parent: Path) -> Path:

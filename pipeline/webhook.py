@@ -167,7 +167,7 @@ def fetch_commit(
     except git.GitCommandError as exc:
         detail = log.masker(str(exc.stderr or "").strip().removeprefix("stderr: "))
         raise SourceError(f"cannot fetch {commit[:12]} of {repo.name} from {_redact(url)}: {detail}") from exc
-    workdir = source.new_workdir(settings.state_dir / "snapshots")
+    workdir = source.new_workdir(source.snapshots_dir(settings.state_dir))
     source.take(mirror, repo.name, ref, commit, workdir)
     return workdir
 
@@ -202,12 +202,18 @@ def _signature_ok(delivery: Delivery, secret: str) -> bool:
     h = delivery.headers
     if delivery.provider == "github":
         given = h.get("x-hub-signature-256", "")
-        return given.startswith("sha256=") and hmac.compare_digest(given, sign_github(secret, delivery.body))
+        return given.startswith("sha256=") and _same(given, sign_github(secret, delivery.body))
     if delivery.provider == "gitea":
         given = h.get("x-gitea-signature") or h.get("x-forgejo-signature") or ""
-        return bool(given) and hmac.compare_digest(given.lower(), sign_gitea(secret, delivery.body))
+        return bool(given) and _same(given.lower(), sign_gitea(secret, delivery.body))
     given = h.get("x-gitlab-token", "")
-    return bool(given) and hmac.compare_digest(given.encode(), secret.encode())
+    return bool(given) and _same(given, secret)
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison of a header with what it should be, as bytes: a header may hold any
+    byte (compare_digest refuses non-ASCII text with a TypeError, which was a 500)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode("utf-8"))
 
 
 def _parse(delivery: Delivery) -> dict[str, Any]:

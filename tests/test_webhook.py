@@ -219,6 +219,18 @@ def test_missing_wrong_or_wrong_scheme_signature_is_401(headers: dict[str, str])
     assert SECRET not in json.dumps(answer.body)
 
 
+@pytest.mark.parametrize(
+    ("provider", "header"),
+    [("github", "x-hub-signature-256"), ("gitea", "x-gitea-signature"), ("gitlab", "x-gitlab-token")],
+)
+def test_a_signature_header_with_non_ascii_bytes_is_401_not_500(provider: str, header: str) -> None:
+    """A header byte outside ASCII (decoded as latin-1) is a wrong signature, never an exception."""
+    repo = {"github": GITHUB, "gitea": GITEA, "gitlab": GITLAB}[provider]
+    rx, rec = receiver(repo)
+    delivery = Delivery(provider, {f"x-{provider}-event": "push", header: "sha256=" + "\xe9" * 64}, b"{}")
+    assert rx.handle(delivery).status == 401 and not rec.requests
+
+
 def test_signature_is_checked_before_the_body_is_parsed() -> None:
     """A malformed body with a bad signature is a 401 (never reaching the parser's 400)."""
     rx, _ = receiver(GITHUB)

@@ -11,11 +11,15 @@ import http.server
 import json
 import re
 import threading
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
+from pipeline.control import TOKEN_HEADER, Control
 from tests.support.loopback import free_port
 from tests.support.provider import (
     SECRET_NAME,
@@ -237,3 +241,34 @@ def test_a_secret_printed_by_a_failing_server_is_masked_in_output_and_log(
     for shown in (push.output, log, json.dumps(record), json.dumps(index)):
         assert SECRET_VALUE not in shown
     assert provider.call(baseline.probe, "token_status")["set"] is True
+
+
+@pytest.mark.parametrize("where", ["outside", "state-dir"])
+def test_the_control_api_takes_only_snapshots_the_hook_made(
+    provider: Provider, baseline: Baseline, tmp_path: Path, where: str
+) -> None:
+    """A snapshot_dir outside <state>/snapshots is a 400: never deployed, never removed afterwards."""
+    control = Control.load(provider.state)
+    victim = tmp_path / "snap-victim" if where == "outside" else provider.state / "repos"
+    victim.mkdir(exist_ok=True)
+    (victim / "keep.txt").write_text("still here")
+    before = provider.last_deploy_id()
+    body = {
+        "source": "push",
+        "repo": "central-mcp",
+        "ref": "refs/heads/main",
+        "commit": "c" * 40,
+        "snapshot_dir": str(victim),
+    }
+    request = urllib.request.Request(
+        f"{provider.base}/api/deploys",
+        data=json.dumps(body).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", TOKEN_HEADER: control.token},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=10)
+    assert refused.value.code == 400
+    assert "is not a snapshot under" in refused.value.read().decode()
+    assert (victim / "keep.txt").read_text() == "still here"
+    assert provider.last_deploy_id() == before

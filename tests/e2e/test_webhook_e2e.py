@@ -149,6 +149,7 @@ def test_hostile_deliveries_change_nothing(hooked: tuple[Provider, Path]) -> Non
     ).encode()
     assert _deliver(provider, body, signature="")[0] == 401
     assert _deliver(provider, body, signature="sha256=" + "0" * 64)[0] == 401
+    assert _deliver(provider, body, signature="sha256=" + "é" * 64)[0] == 401  # a latin-1 byte: was a 500
     status, answer = _deliver(provider, body, signature=sign_github(SECRET, body).replace("sha256", "sha1"))
     assert status == 401 and SECRET not in json.dumps(answer)
     assert _deliver(provider, b"{not json", signature=sign_github(SECRET, b"{not json"))[0] == 400
