@@ -199,7 +199,19 @@ def _extract(repo_path: Path, commit: str, root: Path, env: Mapping[str, str]) -
             raise git.GitCommandError(["git", "archive"], proc.returncode, proc.stderr)
         tar.seek(0)
         with tarfile.open(fileobj=tar) as archive:
-            archive.extractall(root, filter="tar")
+            archive.extractall(root, filter=_no_links_out)
+
+
+def _no_links_out(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    """Python's `data` filter (nothing outside the snapshot, no special files or high mode bits),
+    except that a link to an absolute path or out of the snapshot is left out instead of failing
+    the whole commit: nothing read from a snapshot may lead to a host file."""
+    try:
+        return tarfile.data_filter(member, dest)
+    except tarfile.FilterError:
+        if member.issym() or member.islnk():
+            return None
+        raise
 
 
 def _trees(repo_path: Path, commit: str, env: Mapping[str, str]) -> dict[str, str]:

@@ -225,6 +225,20 @@ def test_missing_default_dockerfile_is_reported_at_the_name(tmp_path: Path) -> N
     assert "no Dockerfile at servers/srv/Dockerfile" in problem.message
 
 
+def test_a_manifest_that_links_out_of_the_repository_is_never_read(tmp_path: Path) -> None:
+    """A manifest symlinked to a host file is refused without its content reaching any message."""
+    (tmp_path / "host-secret.yaml").write_text("name: root-password-hunter2\n")
+    where = _server(tmp_path / "repo", "srv", GOOD)
+    (where / manifest.MANIFEST_NAME).unlink()
+    (where / manifest.MANIFEST_NAME).symlink_to(tmp_path / "host-secret.yaml")
+    [problem] = _check(tmp_path).problems
+    assert (problem.file, problem.message) == (
+        "servers/srv/mcp-server.yaml",
+        "the manifest is a link out of the repository",
+    )
+    assert "hunter2" not in problem.render()
+
+
 def test_a_costly_dockerignore_pattern_is_refused_naming_its_line(tmp_path: Path) -> None:
     """A .dockerignore pattern too costly to match is a located problem before anything builds."""
     where = _server(tmp_path / "repo", "srv", GOOD)

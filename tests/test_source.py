@@ -68,6 +68,22 @@ def test_fetch_then_take_snapshots_the_commit(work: Path, tmp_path: Path) -> Non
     assert snap.message == "first"
 
 
+def test_a_snapshot_leaves_out_links_to_host_files_and_keeps_links_inside(work: Path, tmp_path: Path) -> None:
+    """Absolute links and links out of the tree are not unpacked; a link inside the tree is."""
+    (work / "app" / "hostname").symlink_to("/etc/hostname")
+    (work / "app" / "up").symlink_to("../../../../../../etc/passwd")
+    (work / "app" / "same.py").symlink_to("main.py")
+    _git("-C", str(work), "add", ".")
+    _git("-C", str(work), *GIT_USER, "commit", "--quiet", "-m", "links")
+
+    snap = source.take(work, "work", "refs/heads/main", source.resolve(work, "HEAD"), tmp_path / "snap")
+
+    app = snap.root / "app"
+    assert not (app / "hostname").is_symlink() and not (app / "hostname").exists()
+    assert not (app / "up").is_symlink() and not (app / "up").exists()
+    assert (app / "same.py").read_text() == "print('hi')\n"
+
+
 def test_fetch_reads_an_option_like_url_as_a_url(tmp_path: Path) -> None:
     """A URL that looks like an option fails as a repository name, so git never runs it as one."""
     mirror = tmp_path / "mirror.git"

@@ -81,6 +81,13 @@ def check_tree(root: Path, settings: Settings, globs: Iterable[str] | None = Non
     seen: dict[str, str] = {}
     for file in discover(root, globs):
         rel = file.relative_to(root).as_posix()
+        if not file.resolve().is_relative_to(root):  # a link to a host file is never read
+            problems.append(
+                Problem(
+                    rel, 0, 0, "$", "the manifest is a link out of the repository", "commit the file itself"
+                )
+            )
+            continue
         try:
             manifest, doc = _read(file, root, settings)
         except ConfigError as exc:
