@@ -118,7 +118,8 @@ class Store:
 
     def __init__(self, path: Path) -> None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            path.parent.chmod(0o700)  # the state (keys' hashes, deploy logs, secrets.env) is the owner's only
         except OSError as exc:
             raise StateError(
                 f"the state directory {path.parent} cannot be created ({exc.strerror}); "
@@ -133,6 +134,9 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(SCHEMA)
+            for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+                if file.exists():
+                    file.chmod(0o600)
         except sqlite3.DatabaseError as exc:
             raise StateError(
                 f"the database {path} cannot be opened ({exc}); move it aside to "
