@@ -62,6 +62,7 @@ class Runbook:
     def run(self) -> DeployStatus:
         """Run the deploy; return its final status (succeeded or failed)."""
         started = time.monotonic()
+        deadline = started + self.ctx.settings.proxy.deploy_timeout
         self.ctx.store.update_deploy(self.id, status=DeployStatus.RUNNING, started_at=time.time())
         try:
             plan = self.plan()
@@ -69,7 +70,7 @@ class Runbook:
                 self.log.line("nothing to deploy: every server matches its live release")
                 return self._end(DeployStatus.SUCCEEDED, "nothing to deploy", started)
             self.preparation = Preparation(
-                self.ctx, self.id, self.log, self.outcomes, self.snapshot_dir or Path(".")
+                self.ctx, self.id, self.log, self.outcomes, self.snapshot_dir or Path("."), deadline
             )
             candidates = self.preparation.run(plan)
             with self.log.step("swap"):

@@ -7,6 +7,7 @@ fingerprint) and passes the same gate before it takes a request.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from pipeline import gate
@@ -69,14 +70,24 @@ def labels(ctx: Context, spec: ReleaseSpec) -> dict[str, str]:
     }
 
 
-def wait_healthy(ctx: Context, spec: ReleaseSpec, running: Running, say: Callable[[str], None]) -> GateResult:
-    """Gate a started container, then hold it to its manifest's CPU limit; on failure copy its
-    last log lines to `say` and raise GateError."""
+def wait_healthy(
+    ctx: Context,
+    spec: ReleaseSpec,
+    running: Running,
+    say: Callable[[str], None],
+    deadline: float | None = None,
+) -> GateResult:
+    """Gate a started container (within its health timeout, and by `deadline` on the monotonic
+    clock when given), then hold it to its manifest's CPU limit; on failure copy its last log
+    lines to `say` and raise GateError."""
     m = spec.manifest
+    timeout = m.health_timeout
+    if deadline is not None:
+        timeout = max(0.1, min(timeout, deadline - time.monotonic()))
     try:
         result = gate.wait_until_healthy(
             f"http://127.0.0.1:{running.host_port}{m.path}",
-            timeout=m.health_timeout,
+            timeout=timeout,
             interval=m.health_interval,
             alive=lambda: ctx.docker.status(running.id) == "running",
         )

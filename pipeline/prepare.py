@@ -67,9 +67,16 @@ class Preparation:
     """The candidates of one deploy: started in parallel, gated, and removed if the deploy fails."""
 
     def __init__(
-        self, ctx: Context, deploy_id: int, log: DeployLog, outcomes: dict[str, Outcome], snapshot_dir: Path
+        self,
+        ctx: Context,
+        deploy_id: int,
+        log: DeployLog,
+        outcomes: dict[str, Outcome],
+        snapshot_dir: Path,
+        deadline: float,
     ) -> None:
         self.ctx = ctx
+        self.deadline = deadline  # on the monotonic clock: the deploy's proxy.deploy_timeout
         self.deploy_id = deploy_id
         self.log = log
         self.outcomes = outcomes
@@ -112,6 +119,11 @@ class Preparation:
     def _timed(self, c: Candidate, stage: str, action: Callable[[], None]) -> None:
         if self.abort.is_set():
             raise DeployError(f"{c.name}: stopped before {stage}, another server failed")
+        if time.monotonic() >= self.deadline:
+            limit = self.ctx.settings.proxy.deploy_timeout
+            raise DeployError(
+                f"{c.name}: the deploy ran past proxy.deploy_timeout ({limit:g}s) before {stage}"
+            )
         started = time.monotonic()
         action()
         c.timings[stage] = round(time.monotonic() - started, 3)
@@ -150,7 +162,7 @@ class Preparation:
             labels,
             lambda line: self.log.line(prefix + line),
             network=self.ctx.settings.build_network,
-            timeout=self.ctx.settings.proxy.deploy_timeout,
+            timeout=max(0.1, self.deadline - time.monotonic()),
         )
 
     def _start(self, c: Candidate) -> None:
@@ -158,7 +170,7 @@ class Preparation:
 
     def _gate(self, c: Candidate) -> None:
         assert c.running is not None
-        result = launch.wait_healthy(self.ctx, c.spec, c.running, self.log.line)
+        result = launch.wait_healthy(self.ctx, c.spec, c.running, self.log.line, self.deadline)
         c.tools = list(result.tools)
         names = ", ".join(str(t.get("name")) for t in result.tools)
         self.log.line(f"{c.name}: speaks MCP {result.protocol_version}, {len(result.tools)} tool(s): {names}")

@@ -164,8 +164,29 @@ def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings
                     "give it at least 64m",
                 )
             )
+    problems += _health_problems(doc, settings)
     problems += _access_problems(doc, settings)
     return problems
+
+
+def _health_problems(doc: yamlsrc.Document, settings: Settings) -> list[Problem]:
+    """A gate may not wait longer than a whole deploy may take (proxy.deploy_timeout)."""
+    timeout = _section(doc.data, "health").get("timeout")
+    try:
+        seconds = parse_duration(timeout) if isinstance(timeout, str | int | float) else None
+    except ValueError:
+        return []  # reported by the schema's pattern
+    limit = settings.proxy.deploy_timeout
+    if seconds is None or seconds <= limit:
+        return []
+    return [
+        doc.problem(
+            ("health", "timeout"),
+            f"health.timeout {timeout} is longer than a whole deploy may take "
+            f"({limit:g}s, proxy.deploy_timeout)",
+            "shorten it, or raise proxy.deploy_timeout in deploy.yaml",
+        )
+    ]
 
 
 def _section(data: dict[str, Any], key: str) -> dict[str, Any]:

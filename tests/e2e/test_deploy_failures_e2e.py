@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.control import TOKEN_HEADER, Control
+from pipeline.dockerhost import DockerHost
 from tests.support.loopback import free_port
 from tests.support.provider import (
     SECRET_NAME,
@@ -27,6 +28,7 @@ from tests.support.provider import (
     Provider,
     Push,
     Workspace,
+    running_provider,
 )
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("synced")]
@@ -272,3 +274,40 @@ def test_the_control_api_takes_only_snapshots_the_hook_made(
     assert "is not a snapshot under" in refused.value.read().decode()
     assert (victim / "keep.txt").read_text() == "still here"
     assert provider.last_deploy_id() == before
+
+
+def test_a_deploy_past_its_deploy_timeout_is_stopped_and_the_push_rejected(
+    docker_host: DockerHost, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """proxy.deploy_timeout bounds the whole runbook: a 5 s build step under a 2 s deploy is cut."""
+    with running_provider(
+        tmp_path_factory.mktemp("deadline"), docker_host, proxy={"deploy_timeout": "2s"}
+    ) as p:
+        workspace = p.clone(tmp_path_factory.mktemp("deadline-clone") / "work")
+        slow = {"build": {"dockerfile": "Dockerfile.slow"}, "health": {"timeout": "1s", "interval": "200ms"}}
+        workspace.put("echo", manifest=lambda data: data.update(slow))
+        workspace.commit("a build slower than the whole deploy may take")
+
+        push = workspace.push()
+
+        assert not push.ok, push.output
+        assert "did not build within" in push.output and "proxy.deploy_timeout" in push.output
+        assert push.seconds < 15
+        assert p.branch() == ""
+
+
+def test_a_health_timeout_longer_than_a_deploy_is_refused_before_anything_builds(
+    provider: Provider, workspace: Workspace, baseline: Baseline
+) -> None:
+    """A gate that could wait an hour (and hold the repo's deploy lane) is refused at validation."""
+    branch = provider.branch()
+    workspace.put(
+        "hang", name=provider.name("patient"), manifest=lambda data: data.update(health={"timeout": "1h"})
+    )
+    workspace.commit("a server that may take an hour to become healthy")
+
+    push = workspace.push()
+
+    assert not push.ok, push.output
+    assert "$.health.timeout: health.timeout 1h is longer than a whole deploy may take (120s" in push.output
+    assert provider.branch() == branch

@@ -63,8 +63,8 @@ def slow_stop(data: dict[str, Any]) -> None:
 
 
 def hangs_long(data: dict[str, Any]) -> None:
-    """Give the hang fixture a gate deadline far beyond the test."""
-    data["health"]["timeout"] = "5m"
+    """Give the hang fixture a gate deadline far beyond the test (within the 2m deploy_timeout)."""
+    data["health"]["timeout"] = "100s"
 
 
 def dies_soon(data: dict[str, Any]) -> None:
