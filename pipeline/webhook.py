@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import git
 
@@ -136,7 +136,7 @@ class Receiver:
         return found
 
     def _request(self, repo: Repo, push: Push) -> DeployRequest:
-        url = repo.clone_url or next(iter(push.clone_urls), "")
+        url = fetch_url(repo)
 
         def fetch(log: DeployLog) -> Path:
             return fetch_commit(self.settings, repo, url, push.ref, push.after, log, self.env)
@@ -152,12 +152,21 @@ class Receiver:
         )
 
 
+def fetch_url(repo: Repo) -> str:
+    """Where the VM fetches a webhook repo from: deploy.yaml's clone_url, or GitHub's https URL of
+    the repo's name. Never a URL from the delivery: a signed payload still carries values chosen
+    elsewhere (`--upload-pack=<cmd>` ran a command; an http:// URL received the token)."""
+    if repo.clone_url:
+        return repo.clone_url
+    return f"https://github.com/{repo.name}.git"
+
+
 def fetch_commit(
     settings: Settings, repo: Repo, url: str, ref: str, commit: str, log: DeployLog, env: Mapping[str, str]
 ) -> Path:
     """Fetch `commit` into the repo's local mirror and snapshot it; return the snapshot dir."""
     mirror = settings.state_dir / "mirrors" / f"{repo.name}.git"
-    git_env, config = _credentials(repo, env)
+    git_env, config = _credentials(repo, env, url)
     log.masker = log.masker.extended(v for v in git_env.values() if v) if git_env else log.masker
     try:
         source.init_bare(mirror, repo.branch)
@@ -172,8 +181,9 @@ def fetch_commit(
     return workdir
 
 
-def _credentials(repo: Repo, env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
-    """Return the git environment and `-c` options that carry the VM's credentials."""
+def _credentials(repo: Repo, env: Mapping[str, str], url: str) -> tuple[dict[str, str], list[str]]:
+    """Return the git environment and `-c` options that carry the VM's credentials: a token only
+    over https and only for the fetch URL's own host (a redirect elsewhere gets none)."""
     hook = repo.webhook
     if hook is None:
         return {}, []
@@ -183,12 +193,14 @@ def _credentials(repo: Repo, env: Mapping[str, str]) -> tuple[dict[str, str], li
             "-o StrictHostKeyChecking=accept-new"
         }, []
     token = env.get(hook.token_env, "") if hook.token_env else ""
-    if token:
+    parts = urlsplit(url)
+    if token and parts.scheme == "https" and parts.hostname:
+        scope = f"https://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
         return {"CENTRAL_MCP_FETCH_TOKEN": token}, [
             "-c",
             "credential.helper=",
             "-c",
-            "credential.helper=!f() { echo username=x-access-token; "
+            f"credential.{scope}.helper=!f() {{ echo username=x-access-token; "
             "echo password=$CENTRAL_MCP_FETCH_TOKEN; }; f",
         ]
     return {}, []

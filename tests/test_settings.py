@@ -94,7 +94,8 @@ def test_webhook_and_rate_limits_are_read(tmp_path: Path) -> None:
     """A repo's webhook and a project's rate limit land in their frozen values."""
     text = (
         "public_url: https://mcp.example.com/\n"
-        "repos:\n  - name: r\n    webhook: {provider: gitea, secret_env: HOOK_SECRET}\n"
+        "repos:\n  - name: r\n    clone_url: https://git.example.com/o/r.git\n"
+        "    webhook: {provider: gitea, secret_env: HOOK_SECRET}\n"
         "projects:\n  - {name: p, rate_limit: {per_minute: 10, burst: 2}}\n"
     )
     loaded = settings.load(_write(tmp_path, text), env={})
@@ -104,6 +105,13 @@ def test_webhook_and_rate_limits_are_read(tmp_path: Path) -> None:
 
 
 BAD_CONFIGS = [
+    pytest.param(
+        "repos:\n  - name: r\n    webhook: {provider: gitlab, secret_env: S}\n",
+        "$.repos[0].webhook",
+        3,
+        "a gitlab webhook needs repos[0].clone_url",
+        id="gitlab-webhook-without-clone-url",
+    ),
     pytest.param(
         "listen: {port: 8900}\nbogus: 1\n", "$.bogus", 2, "unknown key 'bogus'", id="unknown-top-level-key"
     ),

@@ -8,8 +8,10 @@ from urllib.parse import quote
 
 import pytest
 
+from pipeline import webhook
 from pipeline.config.settings import Repo, Settings, Webhook
 from pipeline.context import DeployRequest
+from pipeline.deploylog import DeployLog
 from pipeline.webhook import Delivery, Receiver, sample_curl, sign_gitea, sign_github
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "public"
@@ -312,3 +314,40 @@ def test_sample_curl_carries_a_valid_signature() -> None:
     body = line.split("--data-binary ", 1)[1].strip("'")
     assert sign_github(SECRET, body.encode()) in line
     assert SECRET not in line
+
+
+def test_the_fetch_url_never_comes_from_the_delivery(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A signed push whose payload names `--upload-pack=...` as its clone URL is fetched from
+    GitHub's https URL of the configured repo, never from the payload."""
+    body = json.loads(fixture("github-push-branch.json"))
+    body["repository"]["clone_url"] = "--upload-pack=touch /tmp/pwned"
+    body["repository"]["html_url"] = "http://attacker.example/x.git"
+    raw = json.dumps(body).encode()
+    fetched: list[str] = []
+
+    def fetch_commit(settings: object, repo: object, url: str, *rest: object) -> Path:
+        fetched.append(url)
+        return Path("/nowhere")
+
+    monkeypatch.setattr(webhook, "fetch_commit", fetch_commit)
+    rx, rec = receiver(GITHUB)
+    answer = rx.handle(
+        Delivery("github", {"x-github-event": "push", "x-hub-signature-256": sign_github(SECRET, raw)}, raw)
+    )
+    assert answer.status == 202
+    [request] = rec.requests
+    assert request.fetch is not None
+    request.fetch(DeployLog.__new__(DeployLog))
+    assert fetched == ["https://github.com/Codertocat/Hello-World.git"]
+
+
+def test_the_fetch_token_is_scoped_to_the_https_host_and_never_sent_in_clear() -> None:
+    """The credential helper answers only for the clone URL's own host, and only over https."""
+    repo = Repo(name="o/r", webhook=Webhook("github", "S", token_env="TOKEN"))
+    env = {"TOKEN": "ghp_secret"}
+    git_env, options = webhook._credentials(repo, env, "https://github.com/o/r.git")
+    assert git_env == {"CENTRAL_MCP_FETCH_TOKEN": "ghp_secret"}
+    assert options[3].startswith("credential.https://github.com.helper=!f()")
+    assert "ghp_secret" not in " ".join(options)
+    assert webhook._credentials(repo, env, "http://github.com/o/r.git") == ({}, [])
+    assert webhook._credentials(repo, env, "/srv/mirror.git") == ({}, [])

@@ -194,6 +194,19 @@ def _semantic_problems(doc: yamlsrc.Document) -> list[Problem]:
                     )
                 )
             seen.add(str(name))
+    repos = data.get("repos")
+    for i, item in enumerate(repos if isinstance(repos, list) else []):
+        hook = item.get("webhook") if isinstance(item, dict) else None
+        provider = hook.get("provider") if isinstance(hook, dict) else None
+        if provider in ("gitea", "gitlab") and not item.get("clone_url"):
+            problems.append(
+                doc.problem(
+                    ("repos", i, "webhook"),
+                    f"a {provider} webhook needs repos[{i}].clone_url: the VM fetches only from the URL "
+                    "deploy.yaml names, never from one a delivery carries",
+                    "add clone_url: https://<your host>/<owner>/<repo>.git",
+                )
+            )
     proxy = data.get("proxy")
     keepalive = proxy.get("keepalive") if isinstance(proxy, dict) else None
     try:
