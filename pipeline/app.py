@@ -252,6 +252,7 @@ def _self_check(s: Services) -> dict[str, str]:
     checks = {}
     try:
         s.ctx.store.deploys(1, 0)
+        s.ctx.store.heartbeat()  # read and written: a database that takes no writes wedges every deploy
         checks["database"] = "ok"
     except sqlite3.Error as exc:
         checks["database"] = f"failing: {exc}"

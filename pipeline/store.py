@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS releases (
     created_at REAL NOT NULL, live_at REAL,
     PRIMARY KEY (server, number)
 );
+CREATE TABLE IF NOT EXISTS heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS deliveries (
     id TEXT PRIMARY KEY, deploy_id INTEGER NOT NULL, received_at REAL NOT NULL
 );
@@ -153,6 +154,11 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    def heartbeat(self) -> None:
+        """Write one row: raises sqlite3.Error when the database cannot be written (a full disk)."""
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO heartbeat (id, at) VALUES (1, ?)", (time.time(),))
 
     def close(self) -> None:
         """Close the connection."""
