@@ -227,7 +227,10 @@ async def _registry(request: Request, src: Sources, which: str) -> Response:
     if isinstance(caller, Denied):
         return JSONResponse({"error": caller.message}, status_code=caller.status, headers=caller.headers)
     releases = await asyncio.to_thread(src.store.live_releases)
-    shown = registry.visible(releases, caller.project if caller else None)
+    project = caller.project if caller else None
+    # Without a key only `access: [all]` servers are listed: a restricted server's name, tools and
+    # URL are its projects' business.
+    shown = registry.visible(releases, project) if project is not None else registry.public(releases)
     health = {name: h.summary() for name, h in src.health.items()}
     document = (
         registry.registry(src.settings, shown, health)

@@ -34,6 +34,11 @@ def visible(releases: list[Release], project: Project | None) -> list[Release]:
     ]
 
 
+def public(releases: list[Release]) -> list[Release]:
+    """The live releases anyone may see without a key: those whose manifest allows `all`."""
+    return [r for r in releases if "all" in _access(r)]
+
+
 def registry(
     settings: Settings, releases: list[Release], health: dict[str, str] | None = None
 ) -> dict[str, Any]:

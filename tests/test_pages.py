@@ -591,6 +591,21 @@ def test_project_key_narrows_the_registry_and_mcp_json_to_its_servers(live_serve
     assert full.headers["etag"] != narrow.headers["etag"]
 
 
+def test_without_a_key_servers_restricted_to_projects_are_not_listed(live_servers: Site) -> None:
+    """A server whose manifest allows only project ops is absent from the anonymous registry and
+    mcp.json, and listed for ops's key."""
+    go_live(live_servers.store, release("gamma", 1, ["private"], access=("ops",)))
+    key = create_key(live_servers.store, live_servers.settings, "ops")
+    client = live_servers.client()
+
+    anonymous = [e["server"]["name"] for e in client.get("/registry.json").json()["servers"]]
+    assert "local.central-mcp/gamma" not in anonymous
+    assert "gamma" not in client.get("/mcp.json").json()["mcpServers"]
+    assert "private" not in client.get("/registry.json").text
+    ops = client.get("/mcp.json", headers={"Authorization": f"Bearer {key}"}).json()["mcpServers"]
+    assert "gamma" in ops
+
+
 def test_bad_project_key_is_refused_with_401(live_servers: Site) -> None:
     """An unknown key is refused with 401 and a Bearer challenge, not answered with the whole registry."""
     answer = live_servers.client().get("/registry.json", headers={"Authorization": "Bearer cmcp_nope"})
