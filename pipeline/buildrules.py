@@ -49,10 +49,8 @@ def instructions(text: str, escape: str = "\\") -> list[Instruction]:
     for number, raw in enumerate(text.split("\n"), start=1):
         line = raw.rstrip("\r")
         stripped = line.strip()
-        if not parts and (not stripped or stripped.startswith("#")):
-            continue
-        if parts and (not stripped or stripped.startswith("#")):
-            continue  # blank and comment lines inside a continuation are dropped by the parser too
+        if not stripped or stripped.startswith("#"):
+            continue  # outside an instruction or inside a continuation, the parser drops these too
         if not parts:
             start = number
         if line.rstrip().endswith(escape):

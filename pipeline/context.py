@@ -18,7 +18,7 @@ from pipeline.metrics import Metrics
 from pipeline.proxy.router import Router
 from pipeline.secrets import Secrets
 from pipeline.states import DeploySource
-from pipeline.store import Store
+from pipeline.store import Release, Store
 
 SwapListener = Callable[[DeploySource, list[tuple[str, int]]], None]
 
@@ -37,6 +37,18 @@ class DeployRequest:
     rollback: tuple[str, int] | None = None
     fetch: Callable[[DeployLog], Path] | None = None
     """For webhooks: fetches the commit and returns its snapshot directory, run in the repo's lane."""
+
+
+def redeploy(source: DeploySource, release: Release, message: str) -> DeployRequest:
+    """A request to make a stored release live again (a restart, a rollback, an auto-rollback)."""
+    return DeployRequest(
+        source=source,
+        repo=release.repo,
+        ref=str(source),
+        commit=release.commit_sha,
+        message=message,
+        rollback=(release.server, release.number),
+    )
 
 
 @dataclass

@@ -18,8 +18,8 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
 
 from pipeline import launch, registry
 from pipeline.config.manifest import Manifest, check_tree
@@ -230,7 +230,10 @@ class Runbook:
         made_live = [(c.name, c.spec.number) for c in committed.live]
         listeners: list[tuple[str, Callable[[], None]]] = [
             ("registry", self._write_registry),
-            *((_listener_name(fn), _bound(fn, self.request.source, made_live)) for fn in self.ctx.on_swap),
+            *(
+                (getattr(fn, "__qualname__", "listener"), partial(fn, self.request.source, made_live))
+                for fn in self.ctx.on_swap
+            ),
         ]
         for name, listener in listeners:
             try:
@@ -301,14 +304,3 @@ def _summary(committed: Committed) -> str:
     changed = ", ".join(f"{c.name} r{c.spec.number}" for c in committed.live)
     gone = ", ".join(f"{name} removed" for name in committed.removed)
     return "live: " + "; ".join(x for x in (changed, gone) if x)
-
-
-def _listener_name(fn: Callable[..., None]) -> str:
-    owner = getattr(fn, "__self__", None)
-    return (
-        f"{type(owner).__name__}.{fn.__name__}" if owner is not None else getattr(fn, "__name__", "listener")
-    )
-
-
-def _bound(fn: Callable[[DeploySource, list[tuple[str, int]]], None], *args: Any) -> Callable[[], None]:
-    return lambda: fn(*args)

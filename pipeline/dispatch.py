@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pipeline.context import Context, DeployRequest
 from pipeline.deploy import Runbook, file_masker
 from pipeline.deploylog import DeployLog
+from pipeline.errors import CentralMCPError
 from pipeline.states import DeployStatus
 
 LOGS_KEPT = 50
@@ -159,7 +161,7 @@ class Dispatcher:
         if deploy_log.finished:  # it ended (perhaps succeeded) before the error: its record stands
             return
         deploy_log.finish(DeployStatus.FAILED, error)
-        with contextlib.suppress(Exception):  # the store may be what failed
+        with contextlib.suppress(sqlite3.Error, CentralMCPError):  # the store may be what failed
             self.ctx.store.update_deploy(deploy_id, status=DeployStatus.FAILED, error=error)
 
     def _forget_old_logs(self) -> None:

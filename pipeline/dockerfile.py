@@ -55,9 +55,10 @@ class Instruction:
 
 def read(root: Path, context: Path, name: str) -> Dockerfile:
     """Read `context/name`, which must be a regular file inside `root`, and tame its directives."""
-    path = (context / name).resolve()
-    where = name if not path.is_relative_to(root.resolve()) else path.relative_to(root.resolve()).as_posix()
-    if not path.is_relative_to(root.resolve()) or not path.is_file():
+    path, root = (context / name).resolve(), root.resolve()
+    inside = path.is_relative_to(root)
+    where = path.relative_to(root).as_posix() if inside else name
+    if not inside or not path.is_file():
         raise BuildError(f"the Dockerfile {where} is not a file inside the repository")
     with path.open("rb") as found:
         data = found.read(MAX_DOCKERFILE_BYTES + 1)

@@ -25,6 +25,7 @@ import requests
 import requests.exceptions
 
 from pipeline import buildkit
+from pipeline.dockerfile import FRONTEND_ARG
 from pipeline.errors import BuildError, BuildKitUnavailable, DockerError, EngineUnavailable
 
 LABEL_PREFIX = "central-mcp"
@@ -145,8 +146,8 @@ class DockerHost:
         params = {
             "t": tag,
             "dockerfile": name,
-            # BUILDKIT_SYNTAX names a frontend image BuildKit would fetch and run: never passed on.
-            "buildargs": json.dumps({k: v for k, v in args.items() if k != "BUILDKIT_SYNTAX"}),
+            # It names a frontend image BuildKit would fetch and run: never passed on.
+            "buildargs": json.dumps({k: v for k, v in args.items() if k != FRONTEND_ARG}),
             "labels": json.dumps(dict(labels)),
             "networkmode": network,
             "rm": "1",
@@ -209,7 +210,7 @@ class DockerHost:
                             f"image {tag} did not build within {request.timeout:g}s (proxy.deploy_timeout); "
                             "the build was stopped\n" + "\n".join(tail)
                         ) from exc
-                    raise
+                    raise DockerError(f"build {tag}: the engine's answer broke off ({exc!r})") from exc
         return image_id or str(self.client.images.get(tag).id)
 
     def prune_build_cache(self, keep_bytes: int) -> int:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import gate, registry
-from pipeline.context import Context, DeployRequest
+from pipeline.context import Context, DeployRequest, redeploy
 from pipeline.dockerhost import LABEL_INSTANCE, published_port
 from pipeline.errors import CentralMCPError, NotMCP
 from pipeline.proxy.router import Upstream
@@ -146,16 +146,8 @@ class Monitor:
         health.restarts.append(self.clock())
         health.failures = 0
         self.ctx.metrics.restarts.labels(upstream.server).inc()
-        deploy_id = self.submit(
-            DeployRequest(
-                source=DeploySource.RESTART,
-                repo=release.repo,
-                ref="restart",
-                commit=release.commit_sha,
-                message=f"restart {upstream.server} r{upstream.release}: {reason}",
-                rollback=(upstream.server, upstream.release),
-            )
-        )
+        message = f"restart {upstream.server} r{upstream.release}: {reason}"
+        deploy_id = self.submit(redeploy(DeploySource.RESTART, release, message))
         log.warning("%s: replacing its container (deploy #%d): %s", upstream.server, deploy_id, reason)
 
     # the watch window ---------------------------------------------------------------------
@@ -210,16 +202,8 @@ class Monitor:
         if release is None:
             return
         self.ctx.metrics.watch_rollbacks.labels(watch.server).inc()
-        deploy_id = self.submit(
-            DeployRequest(
-                source=DeploySource.AUTO_ROLLBACK,
-                repo=release.repo,
-                ref="auto-rollback",
-                commit=release.commit_sha,
-                message=f"r{watch.release} of {watch.server} rolled back: {reason}",
-                rollback=(watch.server, watch.previous),
-            )
-        )
+        message = f"r{watch.release} of {watch.server} rolled back: {reason}"
+        deploy_id = self.submit(redeploy(DeploySource.AUTO_ROLLBACK, release, message))
         log.warning(
             "%s: r%d is bad (%s); rolling back to r%d (deploy #%d)",
             watch.server,

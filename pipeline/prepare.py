@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +132,13 @@ class Preparation:
             self.ctx.metrics.build_seconds.labels(c.name).observe(c.timings[stage])
         self.log.line(f"{c.name}: {stage} ok in {c.timings[stage]:.2f}s")
 
+    @cached_property
+    def snapshot_root(self) -> Path:
+        """The pushed commit's files (read once; built servers share it)."""
+        return Snapshot.load(self.snapshot_dir).root
+
     def _build(self, c: Candidate) -> None:
-        snapshot_root = Snapshot.load(self.snapshot_dir).root
+        snapshot_root = self.snapshot_root
         m = c.spec.manifest
         args = {**self.ctx.settings.build_args, **m.build_args}
         labels = {
@@ -161,7 +167,7 @@ class Preparation:
             args,
             labels,
             lambda line: self.log.line(prefix + line),
-            network=self.ctx.settings.build_network,
+            network=settings.build_network,
             timeout=max(0.1, self.deadline - time.monotonic()),
         )
 
