@@ -172,6 +172,13 @@ BAD = [
         "below Docker's 6m minimum",
         id="memory-too-small",
     ),
+    pytest.param(
+        GOOD + "resources: {memory: 64g}\n",
+        "$.resources.memory",
+        7,
+        "server 'srv' asks for memory '64g', more than this VM allows (2g, limits.memory in deploy.yaml)",
+        id="memory-over-the-cap",
+    ),
     pytest.param(GOOD + "resources: {cpus: 0}\n", "$.resources.cpus", 7, "minimum of 0", id="cpus-zero"),
     pytest.param(
         GOOD + "access: [demo, billing]\n",
@@ -344,3 +351,15 @@ def test_discover_skips_git_folders_and_duplicates(tmp_path: Path) -> None:
         "servers/a/mcp-server.yaml",
         "servers/b/mcp-server.yaml",
     ]
+
+
+def test_limits_memory_in_deploy_yaml_sets_the_cap(tmp_path: Path) -> None:
+    """A manifest asking for more memory than deploy.yaml's limits.memory is refused naming both values."""
+    config = tmp_path / "deploy.yaml"
+    config.write_text("limits: {memory: 512m}\n")
+    _server(tmp_path / "repo", "srv", GOOD + "resources: {memory: 768m}\n")
+    report = manifest.check_tree(tmp_path / "repo", settings.load(config, env={}))
+    [problem] = report.problems
+    assert "memory '768m', more than this VM allows (512m, limits.memory" in problem.message
+    _server(tmp_path / "repo", "srv", GOOD + "resources: {memory: 512m}\n")
+    assert manifest.check_tree(tmp_path / "repo", settings.load(config, env={})).ok

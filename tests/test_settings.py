@@ -164,6 +164,12 @@ BAD_CONFIGS = [
         "minimum of 2",
         id="too-few-images-kept",
     ),
+    pytest.param('containers:\n  user: "0:0"\n', "$.containers.user", 2, "non-root uid:gid", id="root-user"),
+    pytest.param(
+        'containers:\n  user: "1000:0"\n', "$.containers.user", 2, "non-root uid:gid", id="root-group"
+    ),
+    pytest.param("containers:\n  user: nobody\n", "$.containers.user", 2, "non-root uid:gid", id="user-name"),
+    pytest.param("limits:\n  memory: lots\n", "$.limits.memory", 2, "not a size", id="limits-memory"),
     pytest.param("- listen\n", "$", 1, "must be a mapping", id="list-instead-of-mapping"),
 ]
 

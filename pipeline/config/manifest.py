@@ -11,7 +11,7 @@ from pipeline import buildrules
 from pipeline import dockerfile as dockerfile_mod
 from pipeline.config import schema, yamlsrc
 from pipeline.config.settings import Settings
-from pipeline.config.units import parse_duration, parse_size
+from pipeline.config.units import format_size, parse_duration, parse_size
 from pipeline.errors import BuildError, ConfigError, Problem
 
 MANIFEST_NAME = "mcp-server.yaml"
@@ -162,6 +162,15 @@ def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings
                     ("resources", "memory"),
                     f"memory {memory!r} is below Docker's 6m minimum",
                     "give it at least 64m",
+                )
+            )
+        elif size is not None and size > settings.limits.memory:
+            problems.append(
+                doc.problem(
+                    ("resources", "memory"),
+                    f"server {name!r} asks for memory {memory!r}, more than this VM allows "
+                    f"({format_size(settings.limits.memory)}, limits.memory in deploy.yaml)",
+                    "ask for less, or raise limits.memory in deploy.yaml",
                 )
             )
     problems += _health_problems(doc, settings)

@@ -42,6 +42,12 @@ DEFAULT_WATCH_ERROR_RATE = 0.5
 DEFAULT_WATCH_MIN_REQUESTS = 10
 DEFAULT_WATCH_RESTARTS = 2
 DEFAULT_RETENTION_INTERVAL = 3600.0
+DEFAULT_CONTAINER_USER = "65534:65534"  # nobody:nogroup on Debian-based images
+DEFAULT_CONTAINER_TMPFS = 64 * 1024 * 1024
+DEFAULT_MAX_MEMORY = 2 * 1024**3
+DEFAULT_MAX_SNAPSHOT_SIZE = 512 * 1024**2
+DEFAULT_MAX_SNAPSHOT_FILES = 50_000
+DEFAULT_MAX_LOG_LINES = 10_000
 STATE_DIR_ENV = "CENTRAL_MCP_STATE_DIR"
 
 
@@ -116,6 +122,24 @@ class MonitorConfig:
 
 
 @dataclass(frozen=True)
+class Containers:
+    """How every server container runs, whatever its image says."""
+
+    user: str = DEFAULT_CONTAINER_USER
+    tmpfs: int = DEFAULT_CONTAINER_TMPFS
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The most a manifest or a push may ask for."""
+
+    memory: int = DEFAULT_MAX_MEMORY
+    snapshot_size: int = DEFAULT_MAX_SNAPSHOT_SIZE
+    snapshot_files: int = DEFAULT_MAX_SNAPSHOT_FILES
+    log_lines: int = DEFAULT_MAX_LOG_LINES
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything one VM is configured with; built once by `load` and passed explicitly."""
 
@@ -139,6 +163,8 @@ class Settings:
     webhook_queue: int = DEFAULT_WEBHOOK_QUEUE
     admin_token: str = field(default="", repr=False)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    containers: Containers = field(default_factory=Containers)
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def base_url(self) -> str:
@@ -265,6 +291,8 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
         webhook_max_body=parse_size(webhooks.get("max_body", DEFAULT_WEBHOOK_MAX_BODY)),
         webhook_queue=webhooks.get("queue", DEFAULT_WEBHOOK_QUEUE),
         monitor=_monitor(data.get("monitor", {})),
+        containers=_containers(data.get("containers", {})),
+        limits=_limits(data.get("limits", {})),
         admin_token=env.get(data["admin_token_env"], "") if "admin_token_env" in data else "",
     )
 
@@ -279,6 +307,22 @@ def _monitor(data: dict[str, Any]) -> MonitorConfig:
         watch_min_requests=data.get("watch_min_requests", DEFAULT_WATCH_MIN_REQUESTS),
         watch_restarts=data.get("watch_restarts", DEFAULT_WATCH_RESTARTS),
         retention_interval=parse_duration(data.get("retention_interval", DEFAULT_RETENTION_INTERVAL)),
+    )
+
+
+def _containers(data: dict[str, Any]) -> Containers:
+    return Containers(
+        user=str(data.get("user", DEFAULT_CONTAINER_USER)),
+        tmpfs=parse_size(data.get("tmpfs", DEFAULT_CONTAINER_TMPFS)),
+    )
+
+
+def _limits(data: dict[str, Any]) -> Limits:
+    return Limits(
+        memory=parse_size(data.get("memory", DEFAULT_MAX_MEMORY)),
+        snapshot_size=parse_size(data.get("snapshot_size", DEFAULT_MAX_SNAPSHOT_SIZE)),
+        snapshot_files=data.get("snapshot_files", DEFAULT_MAX_SNAPSHOT_FILES),
+        log_lines=data.get("log_lines", DEFAULT_MAX_LOG_LINES),
     )
 
 
