@@ -83,7 +83,11 @@ def _preflight(settings: Settings) -> None:
     uvicorn turns an error raised in the lifespan into a logged traceback and exit status 3;
     raised here, it reaches the CLI, which prints its message (what is wrong and the fix).
     """
-    Store(settings.state_dir / "central-mcp.db").close()
+    store = Store(settings.state_dir / "central-mcp.db")
+    try:
+        store.verify()  # damage past the header would otherwise surface mid-lifespan, as a traceback
+    finally:
+        store.close()
     DockerHost().ping()
 
 
