@@ -33,7 +33,6 @@ adapter; only the CLI turns them into exit codes and only the HTTP layer into re
 from __future__ import annotations
 
 import sqlite3
-
 from dataclasses import dataclass
 
 
