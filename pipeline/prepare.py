@@ -151,7 +151,15 @@ class Preparation:
         context = snapshot_root / m.context
         found = dockerfile.read(snapshot_root, context, m.dockerfile)
         settings = self.ctx.settings
-        refused = buildrules.problems(found, args, settings.build_base_images, settings.build_remote_add)
+        named: list[tuple[int, str]] = []
+        refused = buildrules.problems(
+            found, args, settings.build_base_images, settings.build_remote_add, named
+        )
+        refused += [
+            (line, f"{image}: a server image this provider built; build on a base image instead")
+            for line, image in named
+            if LABEL_SERVER in self.ctx.docker.image_labels(image)  # whatever its tag or id says
+        ]
         if refused:  # check refused these already; a build never runs on a file that slipped past it
             raise BuildError(
                 f"{m.name}: the Dockerfile would make the daemon fetch: "

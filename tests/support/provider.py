@@ -32,6 +32,7 @@ import docker.errors
 import yaml
 from mcp import Client
 
+from pipeline.buildrules import SERVER_IMAGES
 from pipeline.context import instance_id
 from pipeline.dockerhost import LABEL_COMMIT, LABEL_INSTANCE, LABEL_SERVER, DockerHost
 from tests.support.loopback import free_port
@@ -54,9 +55,10 @@ repos:
     branch: main
     manifests: ["servers/*/mcp-server.yaml"]
 proxy: {{{proxy}}}
-build: {{parallel: 2, network: none}}
+build: {{{build}}}
 """
 PROXY_TIMEOUTS = {"deploy_timeout": "2m", "drain_timeout": "2s"}
+BUILD = {"parallel": "2", "network": "none"}
 
 
 @dataclass(frozen=True)
@@ -457,11 +459,16 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: flo
 
 @contextmanager
 def running_provider(
-    root: Path, docker: DockerHost, extra_config: str = "", proxy: Mapping[str, str] | None = None
+    root: Path,
+    docker: DockerHost,
+    extra_config: str = "",
+    proxy: Mapping[str, str] | None = None,
+    build: Mapping[str, str] | None = None,
 ) -> Iterator[Provider]:
     """Start a real `serve` subprocess with its own deploy.yaml (plus `extra_config`); clean up after.
 
-    `proxy` overrides or adds keys of the config's `proxy:` mapping (PROXY_TIMEOUTS by default).
+    `proxy` and `build` override or add keys of the config's `proxy:` and `build:` mappings
+    (PROXY_TIMEOUTS and BUILD by default); values are YAML flow text.
     """
     state = root / "state"
     state.mkdir(parents=True)
@@ -470,7 +477,8 @@ def running_provider(
     # The config's own port differs from --port on purpose: what the pusher is told must follow
     # the port the provider really serves on.
     timeouts = ", ".join(f"{key}: {value}" for key, value in {**PROXY_TIMEOUTS, **(proxy or {})}.items())
-    config.write_text(CONFIG.format(config_port=free_port(), proxy=timeouts) + extra_config)
+    builds = ", ".join(f"{key}: {value}" for key, value in {**BUILD, **(build or {})}.items())
+    config.write_text(CONFIG.format(config_port=free_port(), proxy=timeouts, build=builds) + extra_config)
     env = {k: v for k, v in os.environ.items() if k != SECRET_NAME and not k.startswith("GIT_")}
     env.update({"CENTRAL_MCP_STATE_DIR": str(state), "GIT_TERMINAL_PROMPT": "0", "PYTHONUNBUFFERED": "1"})
     provider = Provider(root, config, state, free_port(), env, docker, secrets.token_hex(3))
@@ -519,8 +527,8 @@ def _remove_leftovers(provider: Provider) -> None:
     for container in provider.docker.containers({LABEL_INSTANCE: provider.instance}):
         container.remove(force=True)
     for name in provider.names:
-        for image in provider.docker.client.images.list(name=f"central-mcp/{name}"):
+        for image in provider.docker.client.images.list(name=f"{SERVER_IMAGES}/{name}"):
             for tag in image.tags:
-                if tag.startswith(f"central-mcp/{name}:"):
+                if tag.startswith(f"{SERVER_IMAGES}/{name}:"):
                     with suppress(docker.errors.ImageNotFound):
                         provider.docker.client.images.remove(tag, force=True)
