@@ -53,6 +53,8 @@ def start(ctx: Context, spec: ReleaseSpec, suffix: str) -> Running:
         m.command,
         m.restart,
         startup_cpus=STARTUP_CPUS,
+        user=ctx.settings.containers.user,
+        tmpfs_bytes=ctx.settings.containers.tmpfs,
     )
     return ctx.docker.run(run)
 
