@@ -127,20 +127,28 @@ def test_a_dockerfile_cannot_build_on_another_servers_image(small_tmp: Provider,
 def test_a_permissive_base_image_glob_still_cannot_name_a_server_image(
     tmp_path: Path, docker_host: DockerHost
 ) -> None:
-    """With build.base_images: ["*"], naming a server image by its id still fails at build time:
-    the image carries a server's label, whatever name the Dockerfile uses for it."""
-    with running_provider(tmp_path / "vm", docker_host, build={"base_images": '["*"]'}) as provider:
+    """With build.base_images: ["central-mcp/*"], a server image under a name the glob allows (as
+    releases built before server images moved to central-mcp-server/ are tagged) is still refused
+    at build time: the image carries a server's label, whatever its name."""
+    glob = {"base_images": '["central-mcp/*"]'}
+    with running_provider(tmp_path / "vm", docker_host, build=glob) as provider:
         work = provider.clone(tmp_path / "work")
         victim = work.put("echo")
         work.commit("victim")
         assert work.push().ok
         [image_id] = {a["Image"] for a in inspect(provider, victim)}
-        thief = work.put("echo", name=provider.name("thief"))
-        (work.root / "servers" / thief / "Dockerfile").write_text(f"FROM {image_id}\nUSER 65534\n")
-        work.commit("thief")
+        old_name = f"central-mcp/{victim}:r1-old"
+        docker_host.client.images.get(image_id).tag(old_name)
+        try:
+            thief = work.put("echo", name=provider.name("thief"))
+            (work.root / "servers" / thief / "Dockerfile").write_text(f"FROM {old_name}\nUSER 65534\n")
+            work.commit("thief")
 
-        push = work.push()
+            push = work.push()
+        finally:
+            docker_host.remove_image(old_name)
 
         assert not push.ok
-        assert f"{image_id}: a server image this provider built; build on a base image instead" in push.output
+        assert f"{old_name}: a server image this provider built; build on a base image instead" in push.output
+        assert "load metadata" not in push.output  # refused before the builder ran
         assert provider.greeting(victim) == "hello, Ada"
