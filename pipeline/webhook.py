@@ -177,7 +177,7 @@ def fetch_commit(
         detail = log.masker(str(exc.stderr or "").strip().removeprefix("stderr: "))
         raise SourceError(f"cannot fetch {commit[:12]} of {repo.name} from {_redact(url)}: {detail}") from exc
     workdir = source.new_workdir(source.snapshots_dir(settings.state_dir))
-    source.take(mirror, repo.name, ref, commit, workdir)
+    source.take(mirror, repo.name, ref, commit, workdir, bounds=source.bounds(settings))
     return workdir
 
 
