@@ -64,7 +64,12 @@ class Dispatcher:
                 author=request.author,
                 message=request.message,
             )
-            log = DeployLog(self.ctx.store, deploy_id, file_masker(self.ctx.secrets))
+            log = DeployLog(
+                self.ctx.store,
+                deploy_id,
+                file_masker(self.ctx.secrets),
+                max_lines=self.ctx.settings.limits.log_lines,
+            )
             self.logs[deploy_id] = log
             log.line(
                 f"deploy #{deploy_id}: {request.source} of {request.repo}@{request.ref} {request.commit[:12]}"

@@ -174,7 +174,7 @@ class Preparation:
             dockerfile.ignore_patterns(context),
             args,
             labels,
-            lambda line: self.log.line(prefix + line),
+            lambda line: self.log.output(prefix + line),
             network=settings.build_network,
             timeout=max(0.1, self.deadline - time.monotonic()),
         )

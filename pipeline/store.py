@@ -251,10 +251,14 @@ class Store:
 
     def add_event(self, deploy_id: int, seq: int, kind: str, text: str) -> None:
         """Append one event (a log line or a step change) to a deploy."""
+        self.add_events(deploy_id, [(seq, time.time(), kind, text)])
+
+    def add_events(self, deploy_id: int, events: Sequence[tuple[int, float, str, str]]) -> None:
+        """Append (seq, ts, kind, text) events to a deploy in one transaction."""
         with self._tx() as db:
-            db.execute(
+            db.executemany(
                 "INSERT INTO events (deploy_id, seq, ts, kind, text) VALUES (?, ?, ?, ?, ?)",
-                (deploy_id, seq, time.time(), kind, text),
+                [(deploy_id, *event) for event in events],
             )
 
     def events(self, deploy_id: int, after: int = 0) -> list[tuple[int, float, str, str]]:
