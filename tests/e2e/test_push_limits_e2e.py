@@ -66,7 +66,9 @@ def test_a_push_with_too_many_files_is_refused_naming_the_limit(limited: Provide
     assert "holds more than 300 files and folders (limits.snapshot_files in deploy.yaml)" in push.output
 
 
-def test_a_build_printing_30000_lines_is_stored_and_streamed_capped(limited: Provider, work: Workspace) -> None:
+def test_a_build_printing_30000_lines_is_stored_and_streamed_capped(
+    limited: Provider, work: Workspace
+) -> None:
     """The deploy finishes quickly; the pusher and the stored log hold the first 1,000 output lines,
     one "log truncated" line and the provider's own lines, not 30,000."""
     server = work.put("echo")
@@ -88,3 +90,17 @@ def test_a_build_printing_30000_lines_is_stored_and_streamed_capped(limited: Pro
     with sqlite3.connect(limited.state / "central-mcp.db") as db:
         [(rows,)] = db.execute("SELECT COUNT(*) FROM events WHERE deploy_id = ?", (push.deploy_id,))
     assert rows == len(stored)
+
+
+def test_a_push_asking_for_more_memory_than_the_cap_is_refused(limited: Provider, work: Workspace) -> None:
+    """resources.memory over limits.memory (2g by default) is refused at deploy naming the server,
+    the value and the cap; nothing is built."""
+    server = work.put("echo", manifest=lambda m: m["resources"].update(memory="64g"))
+    work.commit("a greedy server")
+
+    push = work.push()
+
+    assert not push.ok
+    cap = "more than this VM allows (2g, limits.memory in deploy.yaml)"
+    assert f"server '{server}' asks for memory '64g', {cap}" in push.output
+    assert "==> build" not in push.output
