@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Iterable
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 MASK = "****"
@@ -58,6 +59,16 @@ class Masker:
             if pattern in text:
                 text = text.replace(pattern, MASK)
         return text
+
+    def data(self, value: Any) -> Any:
+        """`value` (decoded JSON: what a container answered) with every string in it masked."""
+        if isinstance(value, str):
+            return self(value)
+        if isinstance(value, list):
+            return [self.data(item) for item in value]
+        if isinstance(value, dict):
+            return {self(str(key)): self.data(item) for key, item in value.items()}
+        return value
 
 
 def _base64_forms(data: bytes, encode: Encoder) -> set[str]:

@@ -117,3 +117,10 @@ def test_masking_a_build_log_line_takes_microseconds() -> None:
     for _ in range(10_000):
         masker(line)
     assert time.perf_counter() - started < 1.0
+
+
+def test_data_masks_every_string_of_a_decoded_answer() -> None:
+    """Keys, values and nested strings of decoded JSON are masked; numbers and booleans are kept."""
+    answer = [{"name": "t", "description": f"key {PLAIN}", "inputSchema": {PLAIN: [PLAIN, 1, True]}}]
+    masked = Masker([PLAIN]).data(answer)
+    assert masked == [{"name": "t", "description": f"key {MASK}", "inputSchema": {MASK: [MASK, 1, True]}}]

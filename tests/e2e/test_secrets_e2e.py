@@ -170,13 +170,15 @@ def test_a_secret_only_in_the_old_secrets_env_fails_saying_how_to_move_it(synced
 
 def test_granted_secrets_reach_the_container_env_and_never_the_image(synced_vm: VM) -> None:
     """A repo-wide and a server-scoped grant reach the container's environment; the image's config and
-    history hold neither value, and no provider credential is in the container at all."""
+    history hold neither value, no provider credential is in the container at all, and a tool
+    description carrying a secret is masked in the deploy record and the registry."""
     provider = synced_vm.provider
-    server = synced_vm.workspace.put(
-        "secret-probe",
-        name=synced_vm.scoped_server,
-        manifest=lambda data: data["run"].update(secrets=["SCOPED_TOKEN", "LEAKY_TOKEN"]),
-    )
+
+    def change(data: dict[str, Any]) -> None:
+        data["run"]["secrets"] = ["SCOPED_TOKEN", "LEAKY_TOKEN"]
+        data["run"]["env"] = {"DESCRIBE_WITH": "SCOPED_TOKEN"}
+
+    server = synced_vm.workspace.put("secret-probe", name=synced_vm.scoped_server, manifest=change)
     synced_vm.workspace.commit("a server with two granted secrets")
 
     push = synced_vm.workspace.push()
@@ -196,6 +198,13 @@ def test_granted_secrets_reach_the_container_env_and_never_the_image(synced_vm: 
             assert form not in layers
     _assert_nothing_shown(provider, push, SCOPED)
     _assert_nothing_shown(provider, push, LEAKY)
+    status, _, registry = provider.get(f"/registry.json?token={ADMIN_TOKEN}")
+    assert status == 200 and server in registry, registry
+    [entry] = [e for e in json.loads(registry)["servers"] if e["server"]["name"].endswith(f"/{server}")]
+    tools = {t["name"]: t for t in entry["_meta"]["io.central-mcp/live"]["tools"]}
+    assert tools["carried"]["description"] == f"key {MASK} ({MASK})"
+    for form in _forms(SCOPED).values():
+        assert form not in registry
 
 
 def _put_leaker(vm: VM, base: str, names: list[str]) -> str:
