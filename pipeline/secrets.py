@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from pipeline.config.settings import PROVIDER_ENV_PREFIX, STATE_DIR_ENV, Repo, Settings
@@ -151,7 +151,7 @@ class Secrets:
         wanted = list(names)
         found = {name: self.store.get(name) for name in wanted}
         reasons = [
-            _refusal(settings, repo, server, name, found[name] is not None, self._in_old_file(name))
+            _refusal(settings, repo, server, name, found[name] is not None, self._in_old_file)
             for name in wanted
         ]
         refused = [r for r in reasons if r]
@@ -176,7 +176,9 @@ class Secrets:
             return False
 
 
-def _refusal(settings: Settings, repo: str, server: str, name: str, stored: bool, in_old: bool) -> str:
+def _refusal(
+    settings: Settings, repo: str, server: str, name: str, stored: bool, in_old_file: Callable[[str], bool]
+) -> str:
     """Why `server` may not have secret `name` ('' when it may), with the fix."""
     if name in settings.credential_names() or name.startswith(PROVIDER_ENV_PREFIX):
         return (
@@ -186,32 +188,26 @@ def _refusal(settings: Settings, repo: str, server: str, name: str, stored: bool
             "repos[].secrets) and name that in run.secrets"
         )
     found = _repo(settings, repo)
-    granted = found is not None and name in found[1].granted(server)
-    if granted and stored:
-        return ""
-    fixes = []
-    if not granted:
+    if found is None or name not in found[1].granted(server):
+        # The same words whether or not the store holds it: a pusher learns nothing of the store.
         where = f"repos[{found[0]}].secrets" if found else f"the secrets of a repos entry named {repo!r}"
-        fixes.append(
-            f"grant it in {settings.config_path}: under {where} add `- {name}` (every server of the "
-            f"repo) or `- {{name: {name}, servers: [{server}]}}`"
+        return (
+            f"secret {name} is not granted to it in deploy.yaml: grant it in {settings.config_path} "
+            f"under {where}, as `- {name}` (every server of the repo) or `- {{name: {name}, servers: "
+            f"[{server}]}}`, and store its value with `central-mcp secret set {name}` if it is not stored"
         )
-    if not stored:
-        moved = (
-            f" (it is in {settings.state_dir / SECRETS_FILE}, which now holds only the provider's own "
-            "credentials: move it into the server-secret store, then delete that line)"
-            if in_old
-            else ""
-        )
-        fixes.append(
-            f"store its value on the VM with `central-mcp secret set {name}` (read from stdin){moved}"
-        )
-    state = {
-        (False, False): "is not granted to it in deploy.yaml and not in the server-secret store",
-        (False, True): "is not granted to it in deploy.yaml",
-        (True, False): "is granted but not in the server-secret store",
-    }[(granted, stored)]
-    return f"secret {name} {state}: " + "; and ".join(fixes)
+    if stored:
+        return ""
+    moved = (
+        f" (it is in {settings.state_dir / SECRETS_FILE}, which now holds only the provider's own "
+        "credentials: move it into the server-secret store, then delete that line)"
+        if in_old_file(name)
+        else ""
+    )
+    return (
+        f"secret {name} is granted but not in the server-secret store: store its value on the VM "
+        f"with `central-mcp secret set {name}` (read from stdin){moved}"
+    )
 
 
 def _repo(settings: Settings, name: str) -> tuple[int, Repo] | None:

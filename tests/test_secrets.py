@@ -162,3 +162,22 @@ def test_the_masker_hides_server_secrets_and_provider_credentials(tmp_path: Path
     values = ["stored-value", "file-value", "hook-value", "fetch-value", "provider-value", "admin-value-1"]
     assert masker(" ".join(values)) == " ".join([MASK] * len(values))
     assert masker("/srv/state /root") == "/srv/state /root"
+
+
+def test_the_old_file_is_mentioned_only_for_a_granted_name(tmp_path: Path) -> None:
+    """An ungranted name's refusal says nothing of secrets.env: a pusher cannot probe what it holds."""
+    (tmp_path / SECRETS_FILE).write_text("SOME_OTHER_KEY=other-value\n")
+    with pytest.raises(SecretsError) as caught:
+        Secrets(tmp_path, env={}).values(_settings(tmp_path), "r", "srv", ["SOME_OTHER_KEY"])
+    assert SECRETS_FILE not in str(caught.value)
+
+
+def test_an_ungranted_name_reads_the_same_whether_or_not_it_is_stored(tmp_path: Path) -> None:
+    """The refusal of an ungranted name does not tell a pusher whether the store holds it."""
+    _store(tmp_path).set("STORED_KEY", "stored-value")
+    said = []
+    for name in ("STORED_KEY", "ABSENT_KEY"):
+        with pytest.raises(SecretsError) as caught:
+            Secrets(tmp_path, env={}).values(_settings(tmp_path), "r", "srv", [name])
+        said.append(str(caught.value).replace(name, "NAME"))
+    assert said[0] == said[1]
