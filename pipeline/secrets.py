@@ -128,9 +128,12 @@ class SecretStore:
 
     def _ensure_dir(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.path.mkdir(exist_ok=True, mode=0o700)
-            self.path.chmod(0o700)
+            for folder in (
+                self.path.parent,
+                self.path,
+            ):  # the state dir is the owner's only, as serve makes it
+                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+                folder.chmod(0o700)
         except OSError as exc:
             raise SecretsError(
                 f"cannot create {self.path} ({exc.strerror}); check its parent's owner"

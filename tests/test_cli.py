@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -164,22 +167,34 @@ SECRET_DEPLOY = (
 )
 
 
-def _secret(config: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[str]:
-    """Run `central-mcp --config <config> secret <args>` with `stdin` piped in, as an operator would."""
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", "--config", str(config), "secret", *args],
-        input=stdin.decode(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+@dataclass(frozen=True)
+class Ran:
+    """What one in-process command run returned and printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def test_secret_set_reads_the_value_from_stdin_and_never_prints_it(tmp_path: Path) -> None:
+@pytest.fixture
+def secret(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Callable[..., Ran]:
+    """Run `central-mcp --config <config> secret <args>` in process with `stdin` piped in."""
+
+    def run(config: Path, *args: str, stdin: bytes = b"") -> Ran:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin)))
+        code = cli.main(["--config", str(config), "secret", *args])
+        out = capsys.readouterr()
+        return Ran(code, out.out, out.err)
+
+    return run
+
+
+def test_secret_set_reads_the_value_from_stdin_and_never_prints_it(
+    tmp_path: Path, secret: Callable[..., Ran]
+) -> None:
     """`secret set NAME` stores stdin (one final newline dropped) 0600 and says where it is granted."""
     config = _write(tmp_path / "deploy.yaml", SECRET_DEPLOY)
-    done = _secret(config, "set", "ONE_KEY", stdin=b"hunter2-value\n")
+    done = secret(config, "set", "ONE_KEY", stdin=b"hunter2-value\n")
     assert done.returncode == 0, done.stderr
     assert "hunter2" not in done.stdout + done.stderr
     assert "granted to r: srv" in done.stderr
@@ -188,12 +203,12 @@ def test_secret_set_reads_the_value_from_stdin_and_never_prints_it(tmp_path: Pat
     assert oct(stored.stat().st_mode & 0o777) == "0o600"
 
 
-def test_secret_list_shows_names_and_grants_never_values(tmp_path: Path) -> None:
+def test_secret_list_shows_names_and_grants_never_values(tmp_path: Path, secret: Callable[..., Ran]) -> None:
     """`secret list` names each stored or granted secret, its grants, and which are not stored yet."""
     config = _write(tmp_path / "deploy.yaml", SECRET_DEPLOY)
-    assert _secret(config, "set", "ALL_KEY", stdin=b"all-value").returncode == 0
-    assert _secret(config, "set", "SPARE", stdin=b"spare-value").returncode == 0
-    listed = _secret(config, "list")
+    assert secret(config, "set", "ALL_KEY", stdin=b"all-value").returncode == 0
+    assert secret(config, "set", "SPARE", stdin=b"spare-value").returncode == 0
+    listed = secret(config, "list")
     assert listed.returncode == 0, listed.stderr
     lines = {line.split()[0]: line for line in listed.stdout.splitlines()}
     assert "r (every server)" in lines["ALL_KEY"]
@@ -212,24 +227,24 @@ def test_secret_list_shows_names_and_grants_never_values(tmp_path: Path) -> None
     ],
 )
 def test_secret_set_refuses_what_a_server_secret_cannot_be(
-    tmp_path: Path, name: str, stdin: bytes, fragment: str
+    tmp_path: Path, secret: Callable[..., Ran], name: str, stdin: bytes, fragment: str
 ) -> None:
     """A provider credential's name, a CENTRAL_MCP_ name, a bad name and an empty value are refused."""
     config = _write(tmp_path / "deploy.yaml", SECRET_DEPLOY)
-    done = _secret(config, "set", name, stdin=stdin)
+    done = secret(config, "set", name, stdin=stdin)
     assert done.returncode == cli.EXIT_FAILED
     assert fragment in done.stderr
     assert "x-value" not in done.stderr
     assert not (tmp_path / "state" / "server-secrets" / name).exists()
 
 
-def test_secret_rm_removes_and_warns_while_still_granted(tmp_path: Path) -> None:
+def test_secret_rm_removes_and_warns_while_still_granted(tmp_path: Path, secret: Callable[..., Ran]) -> None:
     """`secret rm` removes a stored secret, says it is still granted, and fails for an unknown name."""
     config = _write(tmp_path / "deploy.yaml", SECRET_DEPLOY)
-    assert _secret(config, "set", "ALL_KEY", stdin=b"all-value").returncode == 0
-    removed = _secret(config, "rm", "ALL_KEY")
+    assert secret(config, "set", "ALL_KEY", stdin=b"all-value").returncode == 0
+    removed = secret(config, "rm", "ALL_KEY")
     assert removed.returncode == 0 and "still granted to r (every server)" in removed.stderr
-    again = _secret(config, "rm", "ALL_KEY")
+    again = secret(config, "rm", "ALL_KEY")
     assert again.returncode == cli.EXIT_FAILED and "no server secret 'ALL_KEY'" in again.stderr
 
 

@@ -31,8 +31,10 @@ def _store(tmp_path: Path) -> SecretStore:
 
 def test_a_stored_secret_is_0600_in_a_0700_directory(tmp_path: Path) -> None:
     """`set` writes one file per secret, readable by the owner only, in a directory only the owner opens."""
+    tmp_path.chmod(0o755)
     store = _store(tmp_path)
     store.set("API_KEY", "value-1")
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o700
     assert stat.S_IMODE(store.path.stat().st_mode) == 0o700
     assert stat.S_IMODE((store.path / "API_KEY").stat().st_mode) == 0o600
     assert store.get("API_KEY") == "value-1"
