@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline.config import settings as settings_mod
-from pipeline.config.manifest import check_tree
-from pipeline.errors import CentralMCPError, ConfigError, Problem
+from pipeline.config.manifest import MANIFEST_NAME, Manifest, check_tree
+from pipeline.errors import CentralMCPError, ConfigError, Problem, SecretsError
 from pipeline.states import DeploySource
 from pipeline.store import Store
 
@@ -126,6 +126,16 @@ def _parser() -> argparse.ArgumentParser:
     revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
     revoke.add_argument("key_id")
     revoke.set_defaults(handler=_keys_revoke)
+
+    secret = sub.add_parser("secret", help="the server-secret store (values never on the command line)")
+    secret_sub = secret.add_subparsers(dest="secret_command", required=True)
+    put = secret_sub.add_parser("set", help="store a server secret; its value is read from stdin")
+    put.add_argument("name")
+    put.set_defaults(handler=_secret_set)
+    secret_sub.add_parser("list", help="names and grants (never values)").set_defaults(handler=_secret_list)
+    remove = secret_sub.add_parser("rm", help="remove a server secret from the store")
+    remove.add_argument("name")
+    remove.set_defaults(handler=_secret_rm)
     return parser
 
 
@@ -139,6 +149,7 @@ def _check(args: argparse.Namespace) -> int:
         settings = settings_mod.Settings(config_path=_config_path(args), state_dir=Path("."))
     report = check_tree(args.path, settings)
     problems.extend(report.problems)
+    problems.extend(_unstored_secrets(settings, report.manifests))
     manifests = [m.name for m in report.manifests]
     if not manifests and not report.problems:
         globs = ", ".join(settings.repo().manifests)
@@ -169,6 +180,29 @@ def _check(args: argparse.Namespace) -> int:
             + (f"; servers: {', '.join(manifests)}" if manifests else "")
         )
     return EXIT_OK if not problems else EXIT_FAILED
+
+
+def _unstored_secrets(settings: settings_mod.Settings, manifests: Sequence[Manifest]) -> list[Problem]:
+    """Secrets a manifest names that the VM's store lacks (only where this machine has the store)."""
+    from pipeline.secrets import SERVER_SECRETS_DIR, SecretStore
+
+    store = SecretStore(settings.state_dir / SERVER_SECRETS_DIR)
+    if not store.path.is_dir():
+        return []  # not the VM (or no secret stored yet): the grants were checked, the values cannot be
+    held = set(store.names())
+    return [
+        Problem(
+            f"{m.folder}/{MANIFEST_NAME}",
+            0,
+            0,
+            "$.run.secrets",
+            f"secret {name} is not in this VM's server-secret store ({store.path})",
+            f"run `central-mcp secret set {name}` (the value is read from stdin)",
+        )
+        for m in manifests
+        for name in m.secrets
+        if name not in held
+    ]
 
 
 def _base_image(args: argparse.Namespace) -> int:
@@ -355,6 +389,100 @@ def _keys_revoke(args: argparse.Namespace) -> int:
         return EXIT_OK
     _err(f"no active key {args.key_id!r}; see `central-mcp keys list`")
     return EXIT_FAILED
+
+
+def _secret_set(args: argparse.Namespace) -> int:
+    from pipeline.secrets import SERVER_SECRETS_DIR, SecretStore, check_name
+
+    settings = settings_mod.load(_config_path(args))
+    name = check_name(args.name)
+    if name in settings.credential_names():
+        _err(
+            f"error: {name} names one of the provider's own credentials in {settings.config_path}; "
+            "a server secret needs a name of its own"
+        )
+        return EXIT_FAILED
+    value = _read_secret(name)
+    if not value:
+        _err(f"error: no value for {name} on stdin; nothing stored")
+        return EXIT_FAILED
+    SecretStore(settings.state_dir / SERVER_SECRETS_DIR).set(name, value)
+    grants = _grants(settings, name)
+    _err(
+        f"stored {name} ({len(value)} characters)"
+        + (
+            f"; granted to {grants}"
+            if grants
+            else f"; not granted yet: add it under repos[].secrets in {settings.config_path}"
+        )
+        + ". A running server gets a new value when its container next starts (a deploy that changes it, "
+        "a restart)."
+    )
+    return EXIT_OK
+
+
+def _read_secret(name: str) -> str:
+    """The value from stdin: typed without echo at a terminal, else piped (one final newline dropped)."""
+    from pipeline.secrets import MAX_SECRET_BYTES
+
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(f"value of {name} (not echoed): ")
+    data = sys.stdin.buffer.read(MAX_SECRET_BYTES + 2)
+    data = data.removesuffix(b"\n").removesuffix(b"\r")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SecretsError(f"the value of {name} on stdin is not UTF-8 text") from exc
+
+
+def _secret_list(args: argparse.Namespace) -> int:
+    from pipeline.secrets import SERVER_SECRETS_DIR, SecretStore
+
+    settings = settings_mod.load(_config_path(args))
+    stored = set(SecretStore(settings.state_dir / SERVER_SECRETS_DIR).names())
+    granted = {g.name for r in settings.repos for g in r.secrets}
+    for name in sorted(stored | granted):
+        grants = _grants(settings, name) or "not granted to any repo or server"
+        state = "" if name in stored else f"  (NOT STORED: `central-mcp secret set {name}`)"
+        _out(f"{name:<32} {grants}{state}")
+    if not stored | granted:
+        _err(f"no server secrets: `central-mcp secret set NAME`, then grant NAME in {settings.config_path}")
+    return EXIT_OK
+
+
+def _secret_rm(args: argparse.Namespace) -> int:
+    from pipeline.secrets import SERVER_SECRETS_DIR, SecretStore
+
+    settings = settings_mod.load(_config_path(args))
+    if not SecretStore(settings.state_dir / SERVER_SECRETS_DIR).remove(args.name):
+        _err(f"no server secret {args.name!r}; see `central-mcp secret list`")
+        return EXIT_FAILED
+    grants = _grants(settings, args.name)
+    _err(
+        f"removed {args.name}"
+        + (
+            f"; still granted to {grants}: a deploy of those servers now fails until it is set again"
+            if grants
+            else ""
+        )
+    )
+    return EXIT_OK
+
+
+def _grants(settings: settings_mod.Settings, name: str) -> str:
+    """Where deploy.yaml grants `name`, e.g. `central-mcp (every server); other: a, b`."""
+    found = []
+    for repo in settings.repos:
+        for grant in repo.secrets:
+            if grant.name == name:
+                found.append(
+                    f"{repo.name}: {', '.join(grant.servers)}"
+                    if grant.servers
+                    else f"{repo.name} (every server)"
+                )
+    return "; ".join(found)
 
 
 def _config_path(args: argparse.Namespace) -> Path:

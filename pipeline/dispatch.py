@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pipeline.context import Context, DeployRequest
-from pipeline.deploy import Runbook, file_masker
+from pipeline.deploy import Runbook
 from pipeline.deploylog import DeployLog
 from pipeline.errors import CentralMCPError
 from pipeline.states import DeployStatus
@@ -67,7 +67,7 @@ class Dispatcher:
             log = DeployLog(
                 self.ctx.store,
                 deploy_id,
-                file_masker(self.ctx.secrets),
+                self.ctx.secrets.masker(self.ctx.settings),
                 max_lines=self.ctx.settings.limits.log_lines,
             )
             self.logs[deploy_id] = log

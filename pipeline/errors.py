@@ -2,7 +2,7 @@
 
     CentralMCPError                 every error the package raises on purpose
     ├── ConfigError                 deploy.yaml or a manifest is wrong (carries Problems)
-    ├── SecretsError                secrets.env is malformed, or a secret is not on this VM
+    ├── SecretsError                a server secret not granted or not stored, or a bad store or secrets.env
     ├── StateError                  the state directory or its database cannot be used
     │   └── DatabaseDamaged         the database is damaged past its header (also an sqlite3.Error)
     ├── SourceError                 git: a repo, ref or tree that cannot be read
@@ -110,7 +110,7 @@ class DeployError(CentralMCPError):
 
 
 class SecretsError(CentralMCPError):
-    """`<state>/secrets.env` is malformed, or a server needs a secret this VM does not have.
+    """A server names a secret deploy.yaml does not grant it or the store lacks; or a bad store or file.
 
     Not a ConfigError: secrets live on the VM, never in git, so the fix is on the VM.
     """

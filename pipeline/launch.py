@@ -39,7 +39,7 @@ STARTUP_CPUS = 1.0
 def start(ctx: Context, spec: ReleaseSpec, suffix: str) -> Running:
     """Start a container of `spec` named `cmcp-<instance>-<server>-r<N>-<suffix>`."""
     m = spec.manifest
-    env = {**m.env, **ctx.secrets.values(m.name, m.secrets)}
+    env = {**m.env, **ctx.secrets.values(ctx.settings, spec.repo, m.name, m.secrets)}
     name = f"cmcp-{ctx.instance}-{m.name}-r{spec.number}-{suffix}"
     ctx.docker.remove_container_named(name)
     run = RunSpec(

@@ -99,6 +99,7 @@ class Monitor:
                 log.info("%s r%d is healthy", upstream.server, upstream.release)
             health.status, health.failures, health.last_error = "healthy", 0, ""
             return
+        error = self.ctx.secrets.masker(self.ctx.settings)(error)  # a server's own answer may hold one
         health.failures += 1
         health.last_error = error
         health.status = "failing" if health.failures < self._threshold else "down"

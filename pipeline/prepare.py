@@ -185,9 +185,9 @@ class Preparation:
     def _gate(self, c: Candidate) -> None:
         assert c.running is not None
         result = launch.wait_healthy(self.ctx, c.spec, c.running, self.log.line, self.deadline)
-        c.tools = list(result.tools)
-        names = ", ".join(str(t.get("name")) for t in result.tools)
-        self.log.line(f"{c.name}: speaks MCP {result.protocol_version}, {len(result.tools)} tool(s): {names}")
+        c.tools = self.log.masker.data(list(result.tools))  # stored, shown and listed in the registry
+        names = ", ".join(str(t.get("name")) for t in c.tools)
+        self.log.line(f"{c.name}: speaks MCP {result.protocol_version}, {len(c.tools)} tool(s): {names}")
         if c.build:
             self.ctx.store.add_release(_candidate_release(c, self.deploy_id))
 

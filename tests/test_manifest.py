@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,12 @@ run:
 
 
 def _settings(tmp_path: Path) -> settings.Settings:
-    """Settings with one project, `demo`, for the access checks."""
+    """Settings with one project, `demo`, for the access checks, and secrets API_KEY and KEY granted."""
+    grants = (settings.SecretGrant("API_KEY"), settings.SecretGrant("KEY"))
     return settings.Settings(
         config_path=tmp_path / "deploy.yaml",
         state_dir=tmp_path / "state",
+        repos=(settings.Repo("central-mcp", secrets=grants),),
         projects=(settings.Project("demo"),),
     )
 
@@ -136,6 +139,27 @@ BAD = [
     ),
     pytest.param(GOOD + "  secrets: [KEY, KEY]\n", "$.run.secrets", 7, "non-unique", id="secret-twice"),
     pytest.param(
+        GOOD + "  secrets: [KEY, OTHER]\n",
+        "$.run.secrets[1]",
+        7,
+        "secret OTHER is not granted to server 'srv' of repo 'central-mcp'",
+        id="secret-not-granted",
+    ),
+    pytest.param(
+        GOOD + "  secrets: [CENTRAL_MCP_ADMIN_TOKEN]\n",
+        "$.run.secrets[0]",
+        7,
+        "CENTRAL_MCP_ADMIN_TOKEN is one of the provider's own credentials",
+        id="secret-provider-variable",
+    ),
+    pytest.param(
+        GOOD + "  secrets: [KEY]\nbuild: {args: {KEY: x}}\n",
+        "$.build.args.KEY",
+        8,
+        "build arg KEY has the name of a secret of this server",
+        id="build-arg-named-as-a-secret",
+    ),
+    pytest.param(
         GOOD + "build: {context: ../../..}\n",
         "$.build.context",
         7,
@@ -210,6 +234,21 @@ def test_bad_manifest_is_located(
     assert (problem.file, problem.path, problem.line) == (f"servers/{folder}/mcp-server.yaml", path, line)
     assert fragment in problem.message
     assert problem.hint
+
+
+def test_a_server_grant_covers_only_that_server(tmp_path: Path) -> None:
+    """A secret granted to one server of the repo passes for it and is refused, located, for another."""
+    grant = settings.SecretGrant("ONE_KEY", ("srv",))
+    repo = settings.Repo("central-mcp", secrets=(grant,))
+    config = dataclasses.replace(_settings(tmp_path), repos=(repo,))
+    text = GOOD + "  secrets: [ONE_KEY]\n"
+    _server(tmp_path / "repo", "srv", text)
+    _server(tmp_path / "repo", "other", text.replace("name: srv", "name: other"))
+    report = manifest.check_tree(tmp_path / "repo", config, repo=repo)
+    assert [m.name for m in report.manifests] == ["srv"]
+    [problem] = report.problems
+    assert (problem.file, problem.path) == ("servers/other/mcp-server.yaml", "$.run.secrets[0]")
+    assert "{name: ONE_KEY, servers: [other]}" in problem.hint
 
 
 def test_context_symlink_leaving_the_repo_is_refused(tmp_path: Path) -> None:

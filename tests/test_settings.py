@@ -104,6 +104,25 @@ def test_webhook_and_rate_limits_are_read(tmp_path: Path) -> None:
     assert loaded.base_url == "https://mcp.example.com"
 
 
+def test_secret_grants_are_read(tmp_path: Path) -> None:
+    """A plain name is granted to every server of its repo; {name, servers} only to those servers."""
+    text = "repos:\n  - name: r\n    secrets: [ALL_KEY, {name: ONE_KEY, servers: [a, b]}]\n"
+    repo = settings.load(_write(tmp_path, text), env={}).repo()
+    assert repo.secrets == (settings.SecretGrant("ALL_KEY"), settings.SecretGrant("ONE_KEY", ("a", "b")))
+    assert repo.granted("a") == {"ALL_KEY", "ONE_KEY"}
+    assert repo.granted("c") == {"ALL_KEY"}
+
+
+def test_credential_names_are_every_env_name_deploy_yaml_reads_a_credential_from(tmp_path: Path) -> None:
+    """Webhook secrets, fetch tokens and the admin token's variable are the provider's credentials."""
+    text = (
+        "admin_token_env: ADMIN\nrepos:\n  - name: r\n"
+        "    webhook: {provider: github, secret_env: HOOK, token_env: FETCH}\n"
+    )
+    loaded = settings.load(_write(tmp_path, text), env={"ADMIN": "a"})
+    assert loaded.credential_names() == {"ADMIN", "HOOK", "FETCH"}
+
+
 BAD_CONFIGS = [
     pytest.param(
         "repos:\n  - name: r\n    webhook: {provider: gitlab, secret_env: S}\n",
@@ -171,6 +190,35 @@ BAD_CONFIGS = [
     pytest.param("containers:\n  user: nobody\n", "$.containers.user", 2, "non-root uid:gid", id="user-name"),
     pytest.param("limits:\n  memory: lots\n", "$.limits.memory", 2, "not a size", id="limits-memory"),
     pytest.param("- listen\n", "$", 1, "must be a mapping", id="list-instead-of-mapping"),
+    pytest.param(
+        "admin_token_env: ADMIN\nrepos:\n  - name: r\n    secrets: [A, ADMIN]\n",
+        "$.repos[0].secrets[1]",
+        4,
+        "'ADMIN' is the name of one of the provider's own credentials",
+        id="grant-of-the-admin-token",
+    ),
+    pytest.param(
+        "repos:\n  - name: r\n    webhook: {provider: github, secret_env: HOOK}\n"
+        "    secrets: [{name: HOOK, servers: [s]}]\n",
+        "$.repos[0].secrets[0]",
+        4,
+        "'HOOK' is the name of one of the provider's own credentials",
+        id="grant-of-a-webhook-secret",
+    ),
+    pytest.param(
+        "repos:\n  - name: r\n    secrets: [CENTRAL_MCP_X]\n",
+        "$.repos[0].secrets[0]",
+        3,
+        "CENTRAL_MCP_*",
+        id="grant-of-a-provider-variable",
+    ),
+    pytest.param(
+        "repos:\n  - name: r\n    secrets: [not-a-name]\n",
+        "$.repos[0].secrets[0]",
+        3,
+        "not-a-name",
+        id="grant-of-a-bad-name",
+    ),
 ]
 
 

@@ -49,6 +49,7 @@ DEFAULT_MAX_SNAPSHOT_SIZE = 512 * 1024**2
 DEFAULT_MAX_SNAPSHOT_FILES = 50_000
 DEFAULT_MAX_LOG_LINES = 10_000
 STATE_DIR_ENV = "CENTRAL_MCP_STATE_DIR"
+PROVIDER_ENV_PREFIX = "CENTRAL_MCP_"  # the provider's own variables: never a server's secret
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,18 @@ class Webhook:
 
 
 @dataclass(frozen=True)
+class SecretGrant:
+    """One server secret given to a repo's servers: all of them, or only those named."""
+
+    name: str
+    servers: tuple[str, ...] = ()  # empty: every server of the repo
+
+    def covers(self, server: str) -> bool:
+        """Return whether this grant gives the secret to `server`."""
+        return not self.servers or server in self.servers
+
+
+@dataclass(frozen=True)
 class Repo:
     """A git repository this VM deploys."""
 
@@ -71,6 +84,11 @@ class Repo:
     manifests: tuple[str, ...] = DEFAULT_MANIFESTS
     clone_url: str = ""
     webhook: Webhook | None = None
+    secrets: tuple[SecretGrant, ...] = ()
+
+    def granted(self, server: str) -> frozenset[str]:
+        """The names of the server secrets deploy.yaml gives to `server` of this repo."""
+        return frozenset(g.name for g in self.secrets if g.covers(server))
 
 
 @dataclass(frozen=True)
@@ -162,6 +180,7 @@ class Settings:
     webhook_max_body: int = DEFAULT_WEBHOOK_MAX_BODY
     webhook_queue: int = DEFAULT_WEBHOOK_QUEUE
     admin_token: str = field(default="", repr=False)
+    admin_token_env: str = ""
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     containers: Containers = field(default_factory=Containers)
     limits: Limits = field(default_factory=Limits)
@@ -186,6 +205,14 @@ class Settings:
                 )
             ]
         )
+
+    def credential_names(self) -> frozenset[str]:
+        """The env names of the provider's own credentials: never a server's secret."""
+        names = {self.admin_token_env}
+        for repo in self.repos:
+            if repo.webhook is not None:
+                names |= {repo.webhook.secret_env, repo.webhook.token_env}
+        return frozenset(n for n in names if n)
 
     def project(self, name: str) -> Project | None:
         """Return the named project, or None."""
@@ -233,6 +260,7 @@ def _semantic_problems(doc: yamlsrc.Document) -> list[Problem]:
                     "add clone_url: https://<your host>/<owner>/<repo>.git",
                 )
             )
+    problems += _grant_problems(doc)
     proxy = data.get("proxy")
     keepalive = proxy.get("keepalive") if isinstance(proxy, dict) else None
     try:
@@ -247,6 +275,33 @@ def _semantic_problems(doc: yamlsrc.Document) -> list[Problem]:
                 "SSE clients and fronts cut quiet streams; use 25s or less",
             )
         )
+    return problems
+
+
+def _grant_problems(doc: yamlsrc.Document) -> list[Problem]:
+    """A grant may not hand a server one of the provider's own credentials."""
+    data = doc.data
+    repos = data.get("repos")
+    credentials = {data.get("admin_token_env")}
+    for item in repos if isinstance(repos, list) else []:
+        hook = item.get("webhook") if isinstance(item, dict) else None
+        if isinstance(hook, dict):
+            credentials |= {hook.get("secret_env"), hook.get("token_env")}
+    problems: list[Problem] = []
+    for i, item in enumerate(repos if isinstance(repos, list) else []):
+        grants = item.get("secrets") if isinstance(item, dict) else None
+        for j, grant in enumerate(grants if isinstance(grants, list) else []):
+            name = grant.get("name") if isinstance(grant, dict) else grant
+            if isinstance(name, str) and (name in credentials or name.startswith(PROVIDER_ENV_PREFIX)):
+                problems.append(
+                    doc.problem(
+                        ("repos", i, "secrets", j),
+                        f"{name!r} is the name of one of the provider's own credentials "
+                        f"(a webhook secret or token, admin_token_env, or {PROVIDER_ENV_PREFIX}*)",
+                        "give the server a secret of its own under another name: "
+                        "`central-mcp secret set NAME`, then grant NAME here",
+                    )
+                )
     return problems
 
 
@@ -294,6 +349,7 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
         containers=_containers(data.get("containers", {})),
         limits=_limits(data.get("limits", {})),
         admin_token=env.get(data["admin_token_env"], "") if "admin_token_env" in data else "",
+        admin_token_env=data.get("admin_token_env", ""),
     )
 
 
@@ -342,7 +398,14 @@ def _repo(data: dict[str, Any]) -> Repo:
         )
         if hook
         else None,
+        secrets=tuple(_grant(g) for g in data.get("secrets", ())),
     )
+
+
+def _grant(data: str | dict[str, Any]) -> SecretGrant:
+    if isinstance(data, str):
+        return SecretGrant(data)
+    return SecretGrant(data["name"], tuple(data.get("servers", ())))
 
 
 def _project(data: dict[str, Any]) -> Project:
