@@ -26,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 
 from pipeline.errors import BodyTooLarge, ClientGone
 from pipeline.proxy.access import Caller, Denied, Gatekeeper
-from pipeline.proxy.exchange import MAX_BODY_BYTES, AsgiExchange, Exchange, Headers
+from pipeline.proxy.exchange import MAX_BODY_BYTES, AsgiExchange, Exchange, Headers, has_dot_segment
 from pipeline.proxy.pool import Connection, Pool
 from pipeline.proxy.router import Router, Upstream
 from pipeline.proxy.usage import Usage
@@ -49,9 +49,19 @@ HOP_BY_HOP = frozenset(
     }
 )
 # The Origin was checked here; SDK servers' own guard would refuse a public one. The whole body is
-# sent at once, so an Expect: 100-continue is answered by the front server, not the upstream.
-NOT_FORWARDED = HOP_BY_HOP | {b"origin", b"expect"}
-NOT_RELAYED = HOP_BY_HOP | {b"date", b"server"}  # uvicorn writes its own; forwarding them doubles them
+# sent at once, so an Expect: 100-continue is answered by the front server, not the upstream. The
+# browser's cookies (the admin cookie among them) belong to the provider's origin, not to a server.
+NOT_FORWARDED = HOP_BY_HOP | {b"origin", b"expect", b"cookie"}
+# uvicorn writes its own Date and Server (forwarding them doubles them); a server may not set cookies
+# on, or clear the data of, the provider's origin.
+NOT_RELAYED = HOP_BY_HOP | {b"date", b"server", b"set-cookie", b"set-cookie2", b"clear-site-data"}
+# Answers that are neither JSON nor an event stream (an HTML page, an SVG, no type at all) would run
+# on the provider's origin: the browser gets them sniff-free and sandboxed (an opaque origin).
+MCP_TYPES = (b"application/json", b"text/event-stream")
+SANDBOX = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"content-security-policy", b"default-src 'none'; sandbox; frame-ancestors 'none'"),
+)
 NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})  # no Content-Length: 0
 PATH_SAFE = "/:@!$&'()*+,;=~"  # RFC 3986 pchar and "/": not percent-encoded in the upstream path
 SESSION_HEADER = b"mcp-session-id"
@@ -149,6 +159,8 @@ class Proxy:
 
     def admit(self, ex: Exchange) -> Ticket | Reply:
         """Read the request's headers: a ticket for it, or the answer that refuses it."""
+        if has_dot_segment(ex.server, ex.rest):
+            return _dot_segment(ex.server, ex.rest)
         method = ex.method
         origin = authorization = declared = session_id = asked = ""
         fields: list[bytes] = []
@@ -307,13 +319,17 @@ class Proxy:
     def _relayed(self, ticket: Ticket, conn: Connection) -> Headers:
         """The answer's headers to relay; a session the answer opens or ends is recorded."""
         headers: Headers = []
-        issued = b""
+        issued = kind = b""
         for name, value in conn.headers:
             if name in NOT_RELAYED:
                 continue
             if name == SESSION_HEADER:
                 issued = value
+            elif name == b"content-type":
+                kind = value
             headers.append((name, value))
+        if not kind.startswith(MCP_TYPES):
+            headers.extend(SANDBOX)
         if conn.status < 300:
             assert ticket.upstream is not None
             self._track_session(
@@ -400,6 +416,17 @@ def _json(
     """A JSON answer (compact as Starlette's JSONResponse renders it)."""
     body = json.dumps(content, ensure_ascii=False, separators=(",", ":") if compact else None).encode()
     return status, body, [*_encode(headers or {}), JSON_TYPE]
+
+
+def _dot_segment(server: str, rest: str) -> Reply:
+    path = f"/mcp/{server}/{rest}" if rest else f"/mcp/{server}"
+    return _json(
+        400,
+        {
+            "error": f"path {path!r} is refused: a dot segment ('.' or '..', also percent-encoded, "
+            "double-encoded or written with backslashes) may not appear in an /mcp/ path"
+        },
+    )
 
 
 def _session_gone() -> Reply:
