@@ -20,6 +20,7 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from pipeline.proxy.access import OPEN_ACCESS
 from tests.support.loopback import free_port
 from tests.support.proxy_rig import (
     ACCEPT_BOTH,
@@ -129,6 +130,7 @@ async def test_mcp_headers_reach_the_upstream_unchanged(rig: Rig, method: str) -
     recorder = Recorder()
     with raw_upstream("x", recorder) as raw:
         rig.router.swap({"x": raw})
+        rig.router.open_session("sess-123", raw, OPEN_ACCESS)  # as if `raw` had issued it
         async with httpx2.AsyncClient() as http:
             body = json.dumps(jsonrpc("tools/call", {"name": "echo"})) if method == "POST" else None
             reply = await http.request(method, rig.url("x"), headers=sent, content=body)
@@ -317,13 +319,12 @@ async def test_upstream_status_and_body_pass_through_unchanged(rig: Rig, status:
     ("stateless", "method", "headers", "body", "status"),
     [
         (False, "POST", ACCEPT_BOTH, jsonrpc("tools/list"), 400),  # no session id
-        (False, "POST", {**ACCEPT_BOTH, "mcp-session-id": "unknown"}, jsonrpc("tools/list"), 404),
         (False, "PUT", ACCEPT_BOTH, None, 405),
         (True, "DELETE", ACCEPT_BOTH, None, 405),
         (True, "POST", ACCEPT_BOTH, {"jsonrpc": "2.0", "method": "notifications/initialized"}, 202),
         (False, "POST", ACCEPT_BOTH, "not json", 400),
     ],
-    ids=["missing-session", "unknown-session", "put", "stateless-delete", "notification", "parse-error"],
+    ids=["missing-session", "put", "stateless-delete", "notification", "parse-error"],
 )
 async def test_sdk_server_answers_reach_the_client_as_if_direct(
     rig: Rig, stateless: bool, method: str, headers: dict[str, str], body: object, status: int
@@ -338,6 +339,23 @@ async def test_sdk_server_answers_reach_the_client_as_if_direct(
     assert direct.status_code == status
     assert (proxied.status_code, proxied.content) == (direct.status_code, direct.content)
     assert proxied.headers["content-type"] == direct.headers["content-type"]
+
+
+async def test_unknown_session_id_gets_404_and_never_reaches_the_upstream(rig: Rig) -> None:
+    """A session id the proxy never saw issued (a guess, or one from before a restart that was not
+    saved) answers 404 with the JSON-RPC error that tells clients to initialize again."""
+    recorder = Recorder()
+    with raw_upstream("x", recorder) as raw:
+        rig.router.swap({"x": raw})
+        async with httpx2.AsyncClient() as http:
+            reply = await http.post(
+                rig.url("x"),
+                headers={**ACCEPT_BOTH, "mcp-session-id": "guessed"},
+                content=json.dumps(jsonrpc("tools/list")),
+            )
+    assert reply.status_code == 404
+    assert reply.json()["error"]["code"] == -32001
+    assert recorder.seen == []
 
 
 async def test_unknown_server_gets_404_naming_it(rig: Rig) -> None:

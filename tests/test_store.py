@@ -5,7 +5,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from pipeline.store import Store
+from pipeline.store import SessionRow, Store
 
 
 def test_the_state_dir_and_database_are_readable_by_their_owner_only(tmp_path: Path) -> None:
@@ -19,3 +19,15 @@ def test_the_state_dir_and_database_are_readable_by_their_owner_only(tmp_path: P
     for name in ("central-mcp.db", "central-mcp.db-wal", "central-mcp.db-shm"):
         assert stat.S_IMODE((state / name).stat().st_mode) == 0o600, name
     store.close()
+
+
+def test_sessions_are_saved_and_forgotten_across_store_instances(tmp_path: Path) -> None:
+    """Saved session bindings outlive the Store (a restart), and ended ones are gone."""
+    store = Store(tmp_path / "central-mcp.db")
+    store.save_sessions([SessionRow("s1", "x", "c1", "k1"), SessionRow("s2", "x", "c1", "k2")], [])
+    store.save_sessions([SessionRow("s3", "y", "c2", "k1")], ["s2"])
+    store.save_sessions([], [])
+    store.close()
+    again = Store(tmp_path / "central-mcp.db")
+    assert sorted(again.sessions()) == [SessionRow("s1", "x", "c1", "k1"), SessionRow("s3", "y", "c2", "k1")]
+    again.close()
