@@ -16,6 +16,7 @@ which writes a request in one go and relays a JSON answer whole.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Mapping
@@ -157,6 +158,8 @@ class Proxy:
         """Stop expiring sessions; close the pool."""
         if self._expiry is not None:
             self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
         if self._pool is not None:
             self._pool.close()
 
