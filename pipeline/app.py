@@ -45,7 +45,7 @@ log = logging.getLogger("central-mcp")
 MCP_METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD"]
 MCP_METHOD_SET = frozenset(MCP_METHODS)
 FOLLOW_WAIT = 1.0
-USAGE_FLUSH_SECONDS = 5.0
+FLUSH_SECONDS = 5.0  # usage counters and session bindings are saved this often, and at shutdown
 
 
 @dataclass
@@ -76,7 +76,7 @@ def create_app(
         app.state.services = services
         app.proxy = services.proxy
         services.control.save(settings.state_dir)
-        flusher = asyncio.create_task(_flush_usage(services.usage))
+        flusher = asyncio.create_task(_flush_periodically(services))
         scheduler = _scheduler(services.monitor, settings) if schedule else None
         try:
             yield
@@ -87,7 +87,7 @@ def create_app(
             (settings.state_dir / control_mod.CONTROL_FILE).unlink(missing_ok=True)
             app.proxy = None
             await services.proxy.stop()
-            await asyncio.to_thread(services.usage.flush)
+            await asyncio.to_thread(_flush, services)
 
     def services(request: Request) -> Services:
         found: Services = request.app.state.services
@@ -228,7 +228,14 @@ def _start_services(settings: Settings, port: int, docker: DockerHost | None) ->
     log.info("routes: %s", ", ".join(u.server for u in routed) or "none")
     url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{port}"
     usage = Usage(store, ctx.metrics)
-    proxy = Proxy(ctx.router, Gatekeeper(settings, store), usage, settings.proxy.keepalive)
+    _restore_sessions(ctx)
+    proxy = Proxy(
+        ctx.router,
+        Gatekeeper(settings, store),
+        usage,
+        settings.proxy.keepalive,
+        settings.proxy.session_idle_timeout,
+    )
     dispatcher = Dispatcher(ctx)
     monitor = Monitor(ctx, dispatcher.submit, dispatcher.busy, usage)
     receiver = Receiver(settings, dispatcher.submit_delivery, dispatcher.waiting)
@@ -279,10 +286,29 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-async def _flush_usage(usage: Usage) -> None:
+async def _flush_periodically(services: Services) -> None:
     while True:
-        await asyncio.sleep(USAGE_FLUSH_SECONDS)
-        await asyncio.to_thread(usage.flush)
+        await asyncio.sleep(FLUSH_SECONDS)
+        await asyncio.to_thread(_flush, services)
+
+
+def _flush(services: Services) -> None:
+    """Save the sessions opened and ended since the last flush, and the usage counters; a failing
+    write is logged (the next flush tries again with what is new by then)."""
+    opened, ended = services.ctx.router.take_session_changes()
+    try:
+        services.ctx.store.save_sessions(opened, ended)
+        services.usage.flush()
+    except sqlite3.Error as exc:
+        log.warning("saving sessions and usage failed: %s", exc)
+
+
+def _restore_sessions(ctx: Context) -> None:
+    """Take back the sessions of live containers saved before a restart; forget the rest. A
+    session's id then still belongs to the key it was issued to (unknown ids answer 404)."""
+    restored, gone = ctx.router.restore_sessions(ctx.store.sessions())
+    ctx.store.save_sessions([], gone)
+    log.info("sessions: %d restored, %d of containers no longer live forgotten", restored, len(gone))
 
 
 def _authorized(request: Request, control: control_mod.Control) -> bool:

@@ -47,6 +47,9 @@ CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY, project TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
     created_at REAL NOT NULL, revoked_at REAL
 );
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY, server TEXT NOT NULL, container_id TEXT NOT NULL, key_id TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS usage (
     key_id TEXT NOT NULL, project TEXT NOT NULL, server TEXT NOT NULL,
     requests INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0,
@@ -95,6 +98,15 @@ class Placement(NamedTuple):
     number: int
     container_id: str
     host_port: int
+
+
+class SessionRow(NamedTuple):
+    """An MCP session as stored: the container that issued it and the API key it was issued to."""
+
+    id: str
+    server: str
+    container_id: str
+    key_id: str
 
 
 @dataclass(frozen=True)
@@ -472,6 +484,21 @@ class Store:
         with self._reading() as db:
             rows = db.execute("SELECT * FROM usage ORDER BY project, server").fetchall()
         return [dict(r) for r in rows]
+
+    # sessions ---------------------------------------------------------------------------------
+    def save_sessions(self, opened: Sequence[SessionRow], ended: Sequence[str]) -> None:
+        """Record sessions the proxy opened and forget those that ended, in one transaction."""
+        if not opened and not ended:
+            return
+        with self._tx() as db:
+            db.executemany("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?)", opened)
+            db.executemany("DELETE FROM sessions WHERE id = ?", [(sid,) for sid in ended])
+
+    def sessions(self) -> list[SessionRow]:
+        """Every stored session."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, server, container_id, key_id FROM sessions").fetchall()
+        return [SessionRow(*row) for row in rows]
 
 
 def _deploy(row: sqlite3.Row) -> Deploy:

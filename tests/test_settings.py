@@ -35,6 +35,7 @@ def test_missing_deploy_yaml_gives_the_defaults(tmp_path: Path) -> None:
     assert loaded.repo().name == "central-mcp"
     assert loaded.repo().manifests == settings.DEFAULT_MANIFESTS
     assert loaded.proxy.keepalive == settings.DEFAULT_KEEPALIVE
+    assert loaded.proxy.session_idle_timeout == settings.DEFAULT_SESSION_IDLE_TIMEOUT
     assert loaded.projects == ()
     assert loaded.base_url == "http://127.0.0.1:8900"
 
@@ -62,6 +63,15 @@ def test_relative_state_dir_resolves_against_the_config_folder(tmp_path: Path) -
     """A relative state_dir is taken from deploy.yaml's folder, not the working directory."""
     loaded = settings.load(_write(tmp_path, "state_dir: st\n"), env={})
     assert loaded.state_dir == (tmp_path / "st").resolve()
+
+
+@pytest.mark.parametrize(("given", "seconds"), [("90s", 90.0), ("2h", 7200.0), ("0", 0.0)])
+def test_session_idle_timeout_is_read_from_the_proxy_section(
+    tmp_path: Path, given: str, seconds: float
+) -> None:
+    """`proxy.session_idle_timeout` is a duration; 0 turns expiry off."""
+    loaded = settings.load(_write(tmp_path, f"proxy: {{session_idle_timeout: '{given}'}}\n"), env={})
+    assert loaded.proxy.session_idle_timeout == seconds
 
 
 def test_settings_is_frozen(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.errors import StateError
-from pipeline.store import Store
+from pipeline.store import SessionRow, Store
 from tests.support.loopback import free_port
 
 
@@ -88,3 +88,15 @@ def test_a_damaged_database_stops_a_command_with_one_line(tmp_path: Path, comman
     assert output.startswith(f"error: the database {database} is damaged (") and "\n" not in output, output
     assert "move the file aside to start with an empty one, or restore it from a backup" in output
     assert database.read_bytes() == damaged
+
+
+def test_sessions_are_saved_and_forgotten_across_store_instances(tmp_path: Path) -> None:
+    """Saved session bindings outlive the Store (a restart), and ended ones are gone."""
+    store = Store(tmp_path / "central-mcp.db")
+    store.save_sessions([SessionRow("s1", "x", "c1", "k1"), SessionRow("s2", "x", "c1", "k2")], [])
+    store.save_sessions([SessionRow("s3", "y", "c2", "k1")], ["s2"])
+    store.save_sessions([], [])
+    store.close()
+    again = Store(tmp_path / "central-mcp.db")
+    assert sorted(again.sessions()) == [SessionRow("s1", "x", "c1", "k1"), SessionRow("s3", "y", "c2", "k1")]
+    again.close()

@@ -22,6 +22,7 @@ DEFAULT_NAMESPACE = "local.central-mcp"
 DEFAULT_DEPLOY_TIMEOUT = 300.0
 DEFAULT_DRAIN_TIMEOUT = 30.0
 DEFAULT_SESSION_DRAIN_TIMEOUT = 600.0
+DEFAULT_SESSION_IDLE_TIMEOUT = 3600.0  # a session with no request and no open stream this long ends
 DEFAULT_KEEPALIVE = 20.0
 MAX_KEEPALIVE = 25.0
 DEFAULT_RATE_PER_MINUTE = 600
@@ -112,6 +113,7 @@ class ProxyTimeouts:
     deploy_timeout: float = DEFAULT_DEPLOY_TIMEOUT
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     session_drain_timeout: float = DEFAULT_SESSION_DRAIN_TIMEOUT
+    session_idle_timeout: float = DEFAULT_SESSION_IDLE_TIMEOUT  # 0: sessions never expire
     keepalive: float = DEFAULT_KEEPALIVE
     allowed_origins: tuple[str, ...] = ()
 
@@ -328,6 +330,9 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
             drain_timeout=parse_duration(proxy.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT)),
             session_drain_timeout=parse_duration(
                 proxy.get("session_drain_timeout", DEFAULT_SESSION_DRAIN_TIMEOUT)
+            ),
+            session_idle_timeout=parse_duration(
+                proxy.get("session_idle_timeout", DEFAULT_SESSION_IDLE_TIMEOUT)
             ),
             keepalive=parse_duration(proxy.get("keepalive", DEFAULT_KEEPALIVE)),
             allowed_origins=tuple(proxy.get("allowed_origins", ())),

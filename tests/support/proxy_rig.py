@@ -85,13 +85,14 @@ def running_proxy(
     allowed_origins: tuple[str, ...] = (),
     keepalive: float = KEEPALIVE,
     front: bool = True,
+    session_idle_timeout: float = 0.0,
     **config: Any,
 ) -> Iterator[Rig]:
     """Serve a proxy on loopback with a fresh Store in `state_dir`; yield its rig.
 
     As the provider serves it, `/mcp/` requests take front.py's fast path; with `front=False`
-    plain uvicorn serves the app, so every request goes through ASGI (`Proxy.handle`). `config`:
-    more uvicorn.Config options.
+    plain uvicorn serves the app, so every request goes through ASGI (`Proxy.handle`). Sessions do not
+    expire unless `session_idle_timeout` (seconds) is given. `config`: more uvicorn.Config options.
     """
     settings = Settings(
         config_path=Path("deploy.yaml"),
@@ -101,12 +102,13 @@ def running_proxy(
             keepalive=keepalive,
             drain_timeout=5.0,
             session_drain_timeout=10.0,
+            session_idle_timeout=session_idle_timeout,
             allowed_origins=allowed_origins,
         ),
     )
     store = Store(state_dir / "central-mcp.db")
     router, usage, clock = Router(), Usage(store), FakeClock()
-    proxy = Proxy(router, Gatekeeper(settings, store, clock=clock), usage, keepalive)
+    proxy = Proxy(router, Gatekeeper(settings, store, clock=clock), usage, keepalive, session_idle_timeout)
     try:
         with serve_asgi(proxy_app(proxy, router), front=front, **config) as port:
             yield Rig(port, router, store, settings, usage, clock)
