@@ -100,6 +100,8 @@ class Runbook:
             with self.log.step("fetch"):
                 self.snapshot_dir = self.request.fetch(self.log)
         snapshot = Snapshot.load(self.snapshot_dir or Path("."))
+        if snapshot.commit != self.request.commit:  # a webhook deploys its branch's tip, not its hint
+            self.ctx.store.update_deploy(self.id, commit_sha=snapshot.commit)
         self._refuse_if_overtaken(snapshot)
         with self.log.step("validate manifests"):
             manifests = self._validate(snapshot)

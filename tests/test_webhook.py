@@ -325,11 +325,11 @@ def test_the_fetch_url_never_comes_from_the_delivery(monkeypatch: pytest.MonkeyP
     raw = json.dumps(body).encode()
     fetched: list[str] = []
 
-    def fetch_commit(settings: object, repo: object, url: str, *rest: object) -> Path:
+    def fetch_tip(settings: object, repo: object, url: str, *rest: object) -> Path:
         fetched.append(url)
         return Path("/nowhere")
 
-    monkeypatch.setattr(webhook, "fetch_commit", fetch_commit)
+    monkeypatch.setattr(webhook, "fetch_tip", fetch_tip)
     rx, rec = receiver(GITHUB)
     answer = rx.handle(
         Delivery("github", {"x-github-event": "push", "x-hub-signature-256": sign_github(SECRET, raw)}, raw)
