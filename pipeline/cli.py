@@ -42,63 +42,72 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="central-mcp", description=__doc__)
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="deploy.yaml to use (default: ./deploy.yaml; defaults apply if it is missing)",
-    )
+    _config_option(parser, None)
     sub = parser.add_subparsers(dest="command", required=True)
+    # Every sub-command takes --config too (`central-mcp check --config x.yaml`); SUPPRESS keeps
+    # a sub-command without it from overwriting a --config given before the sub-command.
+    common = argparse.ArgumentParser(add_help=False)
+    _config_option(common, argparse.SUPPRESS)
 
-    check = sub.add_parser("check", help="validate deploy.yaml and every server manifest")
+    check = sub.add_parser("check", parents=[common], help="validate deploy.yaml and every server manifest")
     check.add_argument(
         "path", nargs="?", type=Path, default=Path("."), help="repository root to check (default: .)"
     )
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(handler=_check)
 
-    base = sub.add_parser("base-image", help="make the local Python base image when missing")
+    base = sub.add_parser(
+        "base-image", parents=[common], help="make the local Python base image when missing"
+    )
     base.add_argument("--force", action="store_true", help="make it again even if present")
     base.set_defaults(handler=_base_image)
 
-    engine = sub.add_parser("engine", help="make sure a Docker engine answers (starts dockerd)")
+    engine = sub.add_parser(
+        "engine", parents=[common], help="make sure a Docker engine answers (starts dockerd)"
+    )
     engine.set_defaults(handler=_engine)
 
-    init = sub.add_parser("init-repo", help="create the VM's bare repo with the deploy hook")
+    init = sub.add_parser(
+        "init-repo", parents=[common], help="create the VM's bare repo with the deploy hook"
+    )
     init.add_argument("name", nargs="?", help="repo name from deploy.yaml (default: the first)")
     init.set_defaults(handler=_init_repo)
 
-    hook = sub.add_parser("hook", help="run a git hook (called by the installed shims)")
+    hook = sub.add_parser("hook", parents=[common], help="run a git hook (called by the installed shims)")
     hook.add_argument("hook_name", choices=["pre-receive"])
     hook.add_argument("--repo", required=True)
     hook.set_defaults(handler=_hook)
 
-    deploy = sub.add_parser("deploy", help="deploy a ref of the VM's repo by hand")
+    deploy = sub.add_parser("deploy", parents=[common], help="deploy a ref of the VM's repo by hand")
     deploy.add_argument("--repo", help="repo name (default: the first in deploy.yaml)")
     deploy.add_argument("--ref", help="branch, tag or commit (default: the deploy branch)")
     deploy.set_defaults(handler=_deploy)
 
-    serve = sub.add_parser("serve", help="run the proxy and the control plane")
+    serve = sub.add_parser("serve", parents=[common], help="run the proxy and the control plane")
     serve.add_argument("--port", type=int, help="port to listen on (overrides deploy.yaml)")
     serve.set_defaults(handler=_serve)
 
-    up = sub.add_parser("up", help="serve, and deploy this checkout's servers (make run)")
+    up = sub.add_parser("up", parents=[common], help="serve, and deploy this checkout's servers (make run)")
     up.add_argument("--port", type=int, help="port to listen on (overrides deploy.yaml)")
     up.set_defaults(handler=_up)
 
-    status = sub.add_parser("status", help="live servers, releases, health and the last deploy")
+    status = sub.add_parser(
+        "status", parents=[common], help="live servers, releases, health and the last deploy"
+    )
     status.set_defaults(handler=_status)
 
-    releases = sub.add_parser("releases", help="list a server's releases")
+    releases = sub.add_parser("releases", parents=[common], help="list a server's releases")
     releases.add_argument("server")
     releases.set_defaults(handler=_releases)
 
-    rollback = sub.add_parser("rollback", help="make an earlier release live again")
+    rollback = sub.add_parser("rollback", parents=[common], help="make an earlier release live again")
     rollback.add_argument("server")
     rollback.add_argument("release", nargs="?", help="e.g. r3 (default: the previous release)")
     rollback.set_defaults(handler=_rollback)
 
-    config = sub.add_parser("client-config", help="print a ready-to-paste MCP client config")
+    config = sub.add_parser(
+        "client-config", parents=[common], help="print a ready-to-paste MCP client config"
+    )
     config.add_argument("project")
     config.add_argument(
         "--format",
@@ -108,35 +117,52 @@ def _parser() -> argparse.ArgumentParser:
     )
     config.set_defaults(handler=_client_config)
 
-    webhook = sub.add_parser("webhook-test", help="print a curl line with a signed sample push")
+    webhook = sub.add_parser(
+        "webhook-test", parents=[common], help="print a curl line with a signed sample push"
+    )
     webhook.add_argument("repo", nargs="?", help="repo name (default: the first)")
     webhook.add_argument("--commit", help="commit the sample push names (default: the branch head)")
     webhook.set_defaults(handler=_webhook_test)
 
-    unit = sub.add_parser("systemd-unit", help="print a systemd unit for this checkout")
+    unit = sub.add_parser("systemd-unit", parents=[common], help="print a systemd unit for this checkout")
     unit.add_argument("--user", default=os.environ.get("USER", "root"))
     unit.set_defaults(handler=_systemd_unit)
 
-    keys = sub.add_parser("keys", help="project API keys for /mcp/*")
+    keys = sub.add_parser("keys", parents=[common], help="project API keys for /mcp/*")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    create = keys_sub.add_parser("create", help="create a key (printed once; only a hash is kept)")
+    create = keys_sub.add_parser(
+        "create", parents=[common], help="create a key (printed once; only a hash is kept)"
+    )
     create.add_argument("project")
     create.set_defaults(handler=_keys_create)
-    keys_sub.add_parser("list", help="list keys (ids, projects, state)").set_defaults(handler=_keys_list)
-    revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
+    keys_sub.add_parser("list", parents=[common], help="list keys (ids, projects, state)").set_defaults(
+        handler=_keys_list
+    )
+    revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke a key by its id")
     revoke.add_argument("key_id")
     revoke.set_defaults(handler=_keys_revoke)
     return parser
 
 
+def _config_option(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=default,
+        help="deploy.yaml to use (default: ./deploy.yaml; for `check PATH`, PATH/deploy.yaml when "
+        "it exists; defaults apply if it is missing)",
+    )
+
+
 def _check(args: argparse.Namespace) -> int:
     problems = []
     manifests = []
+    config = _check_config(args)
     try:
-        settings = settings_mod.load(_config_path(args))
+        settings = settings_mod.load(config)
     except ConfigError as exc:
         problems.extend(exc.problems)
-        settings = settings_mod.Settings(config_path=_config_path(args), state_dir=Path("."))
+        settings = settings_mod.Settings(config_path=config, state_dir=Path("."))
     report = check_tree(args.path, settings)
     problems.extend(report.problems)
     manifests = [m.name for m in report.manifests]
@@ -355,6 +381,14 @@ def _keys_revoke(args: argparse.Namespace) -> int:
         return EXIT_OK
     _err(f"no active key {args.key_id!r}; see `central-mcp keys list`")
     return EXIT_FAILED
+
+
+def _check_config(args: argparse.Namespace) -> Path:
+    """`check PATH` reads PATH's own deploy.yaml when it has one and no --config is given."""
+    own: Path = args.path / settings_mod.DEFAULT_CONFIG
+    if args.config is None and own.is_file():
+        return own
+    return _config_path(args)
 
 
 def _config_path(args: argparse.Namespace) -> Path:

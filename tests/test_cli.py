@@ -156,3 +156,29 @@ def test_python_m_pipeline_check_exits_zero_on_a_good_tree(repo: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "checked 1 file(s): ok" in done.stdout
+
+
+def test_config_may_follow_the_sub_command(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`central-mcp check PATH --config FILE` uses FILE, as `--config FILE check PATH` does."""
+    other = _write(repo.parent / "elsewhere" / "vm.yaml", "listen: {port: 70000}\n")
+    assert cli.main(["check", str(repo), "--config", str(other)]) == cli.EXIT_FAILED
+    assert f"{other}:1:16 $.listen.port" in capsys.readouterr().out
+    assert cli.main(["--config", str(other), "check", str(repo)]) == cli.EXIT_FAILED
+    assert f"{other}:1:16 $.listen.port" in capsys.readouterr().out
+
+
+def test_check_path_reads_that_trees_own_deploy_yaml(
+    repo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`check PATH` without --config reads PATH/deploy.yaml, not the one in the current directory."""
+    cwd = tmp_path / "cwd"
+    _write(cwd / "deploy.yaml", "listen: {port: 70000}\n")  # would fail the check if it were read
+    monkeypatch.chdir(cwd)
+    assert cli.main(["check", str(repo)]) == cli.EXIT_OK, capsys.readouterr().out
+    assert "checked 1 file(s): ok; servers: srv" in capsys.readouterr().out
+
+
+def test_keys_take_config_after_the_sub_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nested sub-commands take --config too: `keys list --config FILE` reads FILE."""
+    assert cli.main(["keys", "list", "--config", str(tmp_path / "missing.yaml")]) == cli.EXIT_FAILED
+    assert "missing.yaml $: no such config file" in capsys.readouterr().err
