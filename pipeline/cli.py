@@ -155,8 +155,7 @@ def _config_option(parser: argparse.ArgumentParser, default: object) -> None:
 
 
 def _check(args: argparse.Namespace) -> int:
-    problems = []
-    manifests = []
+    problems: list[Problem] = []
     config = _check_config(args)
     try:
         settings = settings_mod.load(config)
@@ -165,8 +164,7 @@ def _check(args: argparse.Namespace) -> int:
         settings = settings_mod.Settings(config_path=config, state_dir=Path("."))
     report = check_tree(args.path, settings)
     problems.extend(report.problems)
-    manifests = [m.name for m in report.manifests]
-    if not manifests and not report.problems:
+    if not report.manifests and not report.problems:
         globs = ", ".join(settings.repo().manifests)
         problems.append(
             Problem(
@@ -179,22 +177,30 @@ def _check(args: argparse.Namespace) -> int:
                 "every live server",
             )
         )
-    if args.json:
-        _out(
-            json.dumps(
-                {"ok": not problems, "servers": manifests, "problems": [p.as_json() for p in problems]},
-                indent=2,
-            )
-        )
-    else:
-        for problem in problems:
-            _out(problem.render())
-        verdict = "ok" if not problems else f"{len(problems)} problem(s)"
-        _out(
-            f"checked {len(manifests) + len({p.file for p in problems})} file(s): {verdict}"
-            + (f"; servers: {', '.join(manifests)}" if manifests else "")
-        )
+    folders = {m.name: m.folder for m in report.manifests}
+    _report(problems, folders, args.json)
     return EXIT_OK if not problems else EXIT_FAILED
+
+
+def _report(problems: list[Problem], folders: dict[str, str], as_json: bool) -> None:
+    """Print check's verdict; each server with the folder it comes from (names need not match)."""
+    if as_json:
+        body = {
+            "ok": not problems,
+            "servers": list(folders),
+            "folders": folders,
+            "problems": [p.as_json() for p in problems],
+        }
+        _out(json.dumps(body, indent=2))
+        return
+    for problem in problems:
+        _out(problem.render())
+    verdict = "ok" if not problems else f"{len(problems)} problem(s)"
+    servers = ", ".join(f"{name} ({folder}/)" for name, folder in folders.items())
+    _out(
+        f"checked {len(folders) + len({p.file for p in problems})} file(s): {verdict}"
+        + (f"; servers: {servers}" if servers else "")
+    )
 
 
 def _base_image(args: argparse.Namespace) -> int:

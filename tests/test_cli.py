@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import cli
+from tests.support.readme import yaml_example
 
 GOOD = """name: srv
 version: 1.0.0
@@ -56,7 +57,7 @@ def test_check_returns_zero_on_a_good_tree(repo: Path, capsys: pytest.CaptureFix
     """A valid tree exits 0 and the summary names its servers."""
     assert _check(repo) == cli.EXIT_OK
     out = capsys.readouterr().out
-    assert out.strip().splitlines()[-1] == "checked 1 file(s): ok; servers: srv"
+    assert out.strip().splitlines()[-1] == "checked 1 file(s): ok; servers: srv (servers/srv/)"
 
 
 def test_check_returns_one_on_a_bad_tree(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -116,7 +117,12 @@ def test_json_output_lists_every_problem_field(repo: Path, capsys: pytest.Captur
 def test_json_output_on_a_good_tree(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """On a good tree `--json` reports ok, the servers and no problems."""
     assert _check(repo, "--json") == cli.EXIT_OK
-    assert json.loads(capsys.readouterr().out) == {"ok": True, "servers": ["srv"], "problems": []}
+    assert json.loads(capsys.readouterr().out) == {
+        "ok": True,
+        "servers": ["srv"],
+        "folders": {"srv": "servers/srv"},
+        "problems": [],
+    }
 
 
 def test_bad_deploy_yaml_is_reported_by_check(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -175,10 +181,23 @@ def test_check_path_reads_that_trees_own_deploy_yaml(
     _write(cwd / "deploy.yaml", "listen: {port: 70000}\n")  # would fail the check if it were read
     monkeypatch.chdir(cwd)
     assert cli.main(["check", str(repo)]) == cli.EXIT_OK, capsys.readouterr().out
-    assert "checked 1 file(s): ok; servers: srv" in capsys.readouterr().out
+    assert "checked 1 file(s): ok; servers: srv (servers/srv/)" in capsys.readouterr().out
 
 
 def test_keys_take_config_after_the_sub_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Nested sub-commands take --config too: `keys list --config FILE` reads FILE."""
     assert cli.main(["keys", "list", "--config", str(tmp_path / "missing.yaml")]) == cli.EXIT_FAILED
     assert "missing.yaml $: no such config file" in capsys.readouterr().err
+
+
+def test_the_readmes_webhook_example_passes_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's webhook config (`name: owner/PROJECTS_all`, a PROJECT_airbnsearch folder) checks ok."""
+    root = tmp_path / "PROJECTS_all"
+    _write(root / "deploy.yaml", yaml_example("Webhooks"))
+    _write(
+        root / "PROJECT_airbnsearch" / "mcp-server.yaml",
+        GOOD.replace("srv", "airbnsearch").replace("[demo]", "[all]"),
+    )
+    _write(root / "PROJECT_airbnsearch" / "Dockerfile", "FROM central-mcp/python:3.11\n")
+    assert cli.main(["check", str(root)]) == cli.EXIT_OK, capsys.readouterr().out
+    assert "servers: airbnsearch (PROJECT_airbnsearch/)" in capsys.readouterr().out

@@ -200,3 +200,32 @@ def test_keepalive_is_checked_even_when_another_fault_exists(tmp_path: Path) -> 
     text = "repos:\n  - name: a\n  - name: a\nproxy:\n  keepalive: 60s\n"
     problems = _problems(tmp_path, text)
     assert {p.path for p in problems} == {"$.repos[1].name", "$.proxy.keepalive"}
+
+
+@pytest.mark.parametrize(
+    "name", ["owner/PROJECTS_all", "Owner.Name/Repo-2", "group/sub/project", "central-mcp"]
+)
+def test_repo_names_may_carry_an_owner_and_mixed_case(tmp_path: Path, name: str) -> None:
+    """Repo names as GitHub and GitLab spell them load, and every path derived from them stays put."""
+    from pipeline.hook import repo_path
+    from pipeline.webhook import mirror_path
+
+    loaded = settings.load(_write(tmp_path, f"repos:\n  - name: {name}\n"), env={})
+    repo = loaded.repo(name)
+    for path, parent in (
+        (repo_path(loaded, repo.name), loaded.state_dir / "repos"),
+        (mirror_path(loaded, repo), loaded.state_dir / "mirrors"),
+    ):
+        assert path.resolve().is_relative_to(parent) and path.name.endswith(".git")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../etc", "owner/../../x", "/abs", "-upload", "owner//x", "owner/", "a b", "x;rm", ".hidden", "o/.git"],
+)
+def test_repo_names_that_could_leave_their_folder_or_reach_a_shell_are_refused(
+    tmp_path: Path, name: str
+) -> None:
+    """A name with `..`, a leading `/`, `-` or `.`, an empty part, a space or a shell character is refused."""
+    [problem] = _problems(tmp_path, f"repos:\n  - name: {name!r}\n")
+    assert problem.path == "$.repos[0].name"

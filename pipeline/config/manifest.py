@@ -1,4 +1,9 @@
-"""Server manifests (`servers/<name>/mcp-server.yaml`): discovery, validation, the Manifest value."""
+"""Server manifests (`<folder>/mcp-server.yaml`): discovery, validation, the Manifest value.
+
+A folder may be named anything git allows (`PROJECT_airbnsearch/`); the server's name comes from
+its manifest alone — a DNS label, unique across the repository — and is what images, containers,
+routes (`/mcp/<name>`) and the registry use. The folder only locates the build input.
+"""
 
 from __future__ import annotations
 
@@ -98,7 +103,8 @@ def check_tree(root: Path, settings: Settings, globs: Iterable[str] | None = Non
                 doc.problem(
                     ("name",),
                     f"server name {manifest.name!r} is also used by {seen[manifest.name]}",
-                    "server names must be unique",
+                    f"server names must be unique in the repository: rename the server in {rel} "
+                    f"or in {seen[manifest.name]}",
                 )
             )
             continue
@@ -134,15 +140,6 @@ def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings
     """What a schema cannot say; written to run on any shape, so every fault shows at once."""
     data = doc.data
     problems: list[Problem] = []
-    name = data.get("name")
-    if isinstance(name, str) and name != folder.name:
-        problems.append(
-            doc.problem(
-                ("name",),
-                f"name {name!r} differs from its folder {folder.name!r}",
-                f"rename one so both read {folder.name!r}",
-            )
-        )
     if data.get("transport") == "stdio":
         problems.append(
             doc.problem(
