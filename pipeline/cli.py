@@ -11,13 +11,14 @@ from pathlib import Path
 
 from pipeline.config import settings as settings_mod
 from pipeline.config.manifest import check_tree
-from pipeline.errors import CentralMCPError, ConfigError, Problem
+from pipeline.errors import CentralMCPError, ConfigError, Problem, StateError
 from pipeline.states import DeploySource
 from pipeline.store import Store
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+DATABASE = "central-mcp.db"
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -108,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     config = sub.add_parser(
         "client-config", parents=[common], help="print a ready-to-paste MCP client config"
     )
-    config.add_argument("project")
+    config.add_argument("project", nargs="?", help="a project of deploy.yaml (none when it lists none)")
     config.add_argument(
         "--format",
         dest="fmt",
@@ -262,13 +263,13 @@ def _status(args: argparse.Namespace) -> int:
     from pipeline.status import render
 
     settings = settings_mod.load(_config_path(args))
-    _out(render(settings, _store(settings)))
+    _out(render(settings, _existing_store(settings)))
     return EXIT_OK
 
 
 def _releases(args: argparse.Namespace) -> int:
     settings = settings_mod.load(_config_path(args))
-    found = _store(settings).releases(args.server)
+    found = _existing_store(settings).releases(args.server)
     if not found:
         _err(f"no releases of {args.server!r}")
         return EXIT_FAILED
@@ -282,7 +283,7 @@ def _rollback(args: argparse.Namespace) -> int:
     from pipeline.hook import render
 
     settings = settings_mod.load(_config_path(args))
-    found = _store(settings).releases(args.server)
+    found = _existing_store(settings).releases(args.server)
     if args.release:
         number = int(args.release.lstrip("r"))
         target = next((r for r in found if r.number == number), None)
@@ -311,13 +312,28 @@ def _client_config(args: argparse.Namespace) -> int:
     from pipeline import registry
 
     settings = settings_mod.load(_config_path(args))
-    project = settings.project(args.project)
-    if project is None:
-        known = ", ".join(p.name for p in settings.projects) or "none"
-        _err(f"no project {args.project!r} in deploy.yaml (projects: {known})")
+    store = _existing_store(settings)
+    keyed = bool(settings.projects)
+    known = ", ".join(p.name for p in settings.projects)
+    if not keyed and args.project:
+        _err(
+            f"deploy.yaml lists no projects, so there is no project {args.project!r} and /mcp/* takes no "
+            "key: run `central-mcp client-config` without a project for every live server, or add "
+            "`projects:` to deploy.yaml (then create keys with `central-mcp keys create PROJECT`)"
+        )
         return EXIT_FAILED
-    releases = registry.visible(_store(settings).live_releases(), project)
-    _out(json.dumps(registry.client_config(settings, releases, args.fmt), indent=2))
+    project = settings.project(args.project) if args.project else None
+    if keyed and project is None:
+        _err(f"name one of the projects in deploy.yaml ({known}), not {args.project!r}")
+        return EXIT_FAILED
+    releases = registry.visible(store.live_releases(), project)
+    whose = f"project {project.name!r}" if project else "clients (deploy.yaml lists no projects)"
+    if not releases:
+        _err(f"no live server is visible to {whose} in {settings.state_dir}; push a server first")
+        return EXIT_FAILED
+    if not keyed:
+        _err("deploy.yaml lists no projects: /mcp/* takes no key, so this config carries none")
+    _out(json.dumps(registry.client_config(settings, releases, args.fmt, keyed=keyed), indent=2))
     return EXIT_OK
 
 
@@ -354,7 +370,19 @@ def _systemd_unit(args: argparse.Namespace) -> int:
 
 
 def _store(settings: settings_mod.Settings) -> Store:
-    return Store(settings.state_dir / "central-mcp.db")
+    return Store(settings.state_dir / DATABASE)
+
+
+def _existing_store(settings: settings_mod.Settings) -> Store:
+    """The serve process's database; a state dir that has none is an error, never an empty answer."""
+    path = settings.state_dir / DATABASE
+    if not path.is_file():
+        raise StateError(
+            f"no central-mcp database in {settings.state_dir}: this is not the state directory the "
+            f"provider serves from; fix state_dir in {settings.config_path} or CENTRAL_MCP_STATE_DIR "
+            "(or --config) so this command and `central-mcp serve` read the same one"
+        )
+    return _store(settings)
 
 
 def _keys_create(args: argparse.Namespace) -> int:
@@ -375,14 +403,14 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _keys_list(args: argparse.Namespace) -> int:
-    for key in _store(settings_mod.load(_config_path(args))).api_keys():
+    for key in _existing_store(settings_mod.load(_config_path(args))).api_keys():
         state = "revoked" if key["revoked_at"] else "active"
         _out(f"{key['id']}  {key['project']:<20} {state}")
     return EXIT_OK
 
 
 def _keys_revoke(args: argparse.Namespace) -> int:
-    if _store(settings_mod.load(_config_path(args))).revoke_key(args.key_id):
+    if _existing_store(settings_mod.load(_config_path(args))).revoke_key(args.key_id):
         _out(f"revoked {args.key_id} (takes effect within a few seconds)")
         return EXIT_OK
     _err(f"no active key {args.key_id!r}; see `central-mcp keys list`")

@@ -75,69 +75,73 @@ def server_json(settings: Settings, release: Release) -> dict[str, Any]:
     }
 
 
-def mcp_json(settings: Settings, releases: list[Release]) -> dict[str, Any]:
+def mcp_json(settings: Settings, releases: list[Release], *, keyed: bool = True) -> dict[str, Any]:
     """The generic `mcpServers` file that projects drop into their client config."""
     return {
         "mcpServers": {
             r.server: {
                 "type": "http",
                 "url": endpoint(settings, r.server),
-                "headers": {"Authorization": f"Bearer ${{{KEY_ENV}}}"},
+                **_headers(f"Bearer ${{{KEY_ENV}}}", keyed),
             }
             for r in sorted(releases, key=lambda r: r.server)
         }
     }
 
 
-def client_config(settings: Settings, releases: list[Release], fmt: str) -> dict[str, Any]:
-    """A ready-to-paste config for one client: vscode, cursor, claude-code or claude-desktop."""
+def client_config(
+    settings: Settings, releases: list[Release], fmt: str, *, keyed: bool = True
+) -> dict[str, Any]:
+    """A ready-to-paste config for one client: vscode, cursor, claude-code or claude-desktop.
+
+    `keyed` False (deploy.yaml lists no projects, so /mcp/* takes no key) leaves the key out.
+    """
     names = sorted(r.server for r in releases)
     if fmt == "vscode":
-        return {
-            "inputs": [
-                {
-                    "type": "promptString",
-                    "id": "central-mcp-key",
-                    "description": "central-mcp project API key",
-                    "password": True,
-                }
-            ],
-            "servers": {
-                n: {
-                    "type": "http",
-                    "url": endpoint(settings, n),
-                    "headers": {"Authorization": "Bearer ${input:central-mcp-key}"},
-                }
-                for n in names
-            },
+        inputs = [
+            {
+                "type": "promptString",
+                "id": "central-mcp-key",
+                "description": "central-mcp project API key",
+                "password": True,
+            }
+        ]
+        servers = {
+            n: {
+                "type": "http",
+                "url": endpoint(settings, n),
+                **_headers("Bearer ${input:central-mcp-key}", keyed),
+            }
+            for n in names
         }
+        return {"inputs": inputs, "servers": servers} if keyed else {"servers": servers}
     if fmt == "cursor":
         return {
             "mcpServers": {
-                n: {"url": endpoint(settings, n), "headers": {"Authorization": f"Bearer ${{env:{KEY_ENV}}}"}}
+                n: {"url": endpoint(settings, n), **_headers(f"Bearer ${{env:{KEY_ENV}}}", keyed)}
                 for n in names
             }
         }
     if fmt == "claude-code":
-        return mcp_json(settings, releases)
+        return mcp_json(settings, releases, keyed=keyed)
     if fmt == "claude-desktop":
-        return {
-            "mcpServers": {
-                n: {
-                    "command": "npx",
-                    "args": [
-                        "-y",
-                        "mcp-remote",
-                        endpoint(settings, n),
-                        "--header",
-                        "Authorization:${AUTH_HEADER}",
-                    ],
-                    "env": {"AUTH_HEADER": f"Bearer <{KEY_ENV}>"},
-                }
-                for n in names
-            }
-        }
+        return {"mcpServers": {n: _mcp_remote(endpoint(settings, n), keyed) for n in names}}
     raise ValueError(f"unknown client format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def _headers(authorization: str, keyed: bool) -> dict[str, Any]:
+    return {"headers": {"Authorization": authorization}} if keyed else {}
+
+
+def _mcp_remote(url: str, keyed: bool) -> dict[str, Any]:
+    """Claude Desktop's entry: the `mcp-remote` bridge to an HTTP endpoint."""
+    if not keyed:
+        return {"command": "npx", "args": ["-y", "mcp-remote", url]}
+    return {
+        "command": "npx",
+        "args": ["-y", "mcp-remote", url, "--header", "Authorization:${AUTH_HEADER}"],
+        "env": {"AUTH_HEADER": f"Bearer <{KEY_ENV}>"},
+    }
 
 
 def endpoint(settings: Settings, server: str) -> str:

@@ -201,3 +201,45 @@ def test_the_readmes_webhook_example_passes_check(tmp_path: Path, capsys: pytest
     _write(root / "PROJECT_airbnsearch" / "Dockerfile", "FROM central-mcp/python:3.11\n")
     assert cli.main(["check", str(root)]) == cli.EXIT_OK, capsys.readouterr().out
     assert "servers: airbnsearch (PROJECT_airbnsearch/)" in capsys.readouterr().out
+
+
+def _live_state(tmp_path: Path, projects: str = "") -> Path:
+    """A deploy.yaml (with `projects` text) and a state dir whose database holds one live server `srv`."""
+    from pipeline.store import Placement, Store
+    from tests.test_registry import release
+
+    state = tmp_path / "state"
+    store = Store(state / cli.DATABASE)
+    store.add_release(release("srv", number=1))
+    store.commit_swap([Placement("srv", 1, "c", 1234)], [])
+    store.close()
+    return _write(tmp_path / "deploy.yaml", f"state_dir: {state}\npublic_url: https://vm.test\n{projects}")
+
+
+def test_client_config_with_a_wrong_state_dir_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state dir without the provider's database fails naming it, never printing an empty config."""
+    config = _live_state(tmp_path, "projects:\n  - name: demo\n")
+    monkeypatch.setenv("CENTRAL_MCP_STATE_DIR", str(tmp_path / "wrong"))
+    assert cli.main(["--config", str(config), "client-config", "demo"]) == cli.EXIT_FAILED
+    out, err = capsys.readouterr()
+    assert out == "" and f"no central-mcp database in {tmp_path / 'wrong'}" in err
+    assert not (tmp_path / "wrong").exists(), "a read-only command must not create a state dir"
+    monkeypatch.delenv("CENTRAL_MCP_STATE_DIR")
+    assert cli.main(["--config", str(config), "client-config", "demo", "--format", "cursor"]) == cli.EXIT_OK
+    assert json.loads(capsys.readouterr().out)["mcpServers"]["srv"]["url"] == "https://vm.test/mcp/srv"
+
+
+def test_client_config_without_projects_lists_every_live_server_without_a_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no projects in deploy.yaml, client-config needs no project and its config carries no key."""
+    monkeypatch.delenv("CENTRAL_MCP_STATE_DIR", raising=False)
+    config = _live_state(tmp_path)
+    assert cli.main(["--config", str(config), "client-config", "--format", "claude-code"]) == cli.EXIT_OK
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"mcpServers": {"srv": {"type": "http", "url": "https://vm.test/mcp/srv"}}}
+    assert "takes no key" in err
+    assert cli.main(["--config", str(config), "client-config", "demo"]) == cli.EXIT_FAILED
+    assert "deploy.yaml lists no projects" in capsys.readouterr().err
