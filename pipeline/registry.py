@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ from pipeline.config.settings import Project, Settings
 from pipeline.store import Release
 
 SERVER_SCHEMA = "https://static.modelcontextprotocol.io/schemas/2025-12-11/server.schema.json"
+# Our own _meta key: the official "io.modelcontextprotocol.registry/official" is the official
+# registry's to write. Its times follow that block's names and format (RFC 3339): publishedAt
+# is when the release was built (first published), updatedAt when it was last made live.
 META_KEY = "io.central-mcp/live"
 KEY_ENV = "CENTRAL_MCP_API_KEY"
 FORMATS = ("vscode", "cursor", "claude-code", "claude-desktop")
@@ -171,6 +175,12 @@ def write_files(settings: Settings, releases: list[Release]) -> Path:
     return out
 
 
+def rfc3339(timestamp: float) -> str:
+    """A Unix time as the official registry writes times: RFC 3339 in UTC (`2026-11-26T16:16:55.123Z`)."""
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _access(release: Release) -> tuple[str, ...]:
     return tuple(release.manifest.get("access", ("all",)))
 
@@ -180,7 +190,8 @@ def _live_meta(release: Release, health: dict[str, str]) -> dict[str, Any]:
         "status": release.status,
         "release": release.name,
         "commit": release.commit_sha,
-        "deployed_at": release.live_at,
+        "publishedAt": rfc3339(release.created_at),
+        "updatedAt": rfc3339(release.live_at or release.created_at),
         "health": health.get(release.server, "passed MCP health gate"),
         "tools": [
             {
