@@ -85,12 +85,15 @@ def _parser() -> argparse.ArgumentParser:
     deploy.set_defaults(handler=_deploy)
 
     serve = sub.add_parser("serve", parents=[common], help="run the proxy and the control plane")
-    serve.add_argument("--port", type=int, help="port to listen on (overrides deploy.yaml)")
+    _listen_options(serve)
     serve.set_defaults(handler=_serve)
 
     up = sub.add_parser("up", parents=[common], help="serve, and deploy this checkout's servers (make run)")
-    up.add_argument("--port", type=int, help="port to listen on (overrides deploy.yaml)")
+    _listen_options(up)
     up.set_defaults(handler=_up)
+
+    reload = sub.add_parser("reload", parents=[common], help="make the running serve re-read deploy.yaml")
+    reload.set_defaults(handler=_reload)
 
     status = sub.add_parser(
         "status", parents=[common], help="live servers, releases, health and the last deploy"
@@ -245,18 +248,50 @@ def _deploy(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def _listen_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, help="port to listen on (overrides listen.port)")
+    parser.add_argument("--host", help="address to listen on (overrides listen.host)")
+    parser.add_argument(
+        "--public-url",
+        help="the URL clients reach this provider at (overrides public_url; by default it follows "
+        "--host/--port unless deploy.yaml's public_url names a front elsewhere)",
+    )
+
+
+def _listening(args: argparse.Namespace) -> tuple[settings_mod.Settings, settings_mod.Listen]:
+    """deploy.yaml with serve's --host/--port/--public-url applied; warnings go to stderr."""
+    listen = settings_mod.Listen(args.host, args.port, args.public_url)
+    settings, warnings = settings_mod.listening(settings_mod.load(_config_path(args)), listen)
+    for warning in warnings:
+        _err(f"warning: {warning}")
+    return settings, listen
+
+
 def _serve(args: argparse.Namespace) -> int:
     from pipeline.serve import server
 
-    server(settings_mod.load(_config_path(args)), args.port).run()
+    server(*_listening(args)).run()
     return EXIT_OK
 
 
 def _up(args: argparse.Namespace) -> int:
     from pipeline.serve import up
 
-    up(settings_mod.load(_config_path(args)), Path.cwd(), _out, args.port)
+    settings, listen = _listening(args)
+    up(settings, Path.cwd(), _out, listen)
     return EXIT_OK
+
+
+def _reload(args: argparse.Namespace) -> int:
+    from pipeline import control
+
+    state_dir = settings_mod.state_dir_of(_config_path(args))
+    outcome = control.reload(control.Control.load(state_dir))
+    for line in (*outcome.get("problems", ()), *outcome.get("warnings", ())):
+        _err(str(line))
+    ok = bool(outcome.get("ok"))
+    (_out if ok else _err)(str(outcome.get("summary", "")))
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def _status(args: argparse.Namespace) -> int:
