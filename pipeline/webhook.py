@@ -325,9 +325,12 @@ def _changed_paths(commits: object) -> tuple[str, ...] | None:
 
 
 def _match(repos: list[Repo], push: Push) -> Repo | None:
+    """The repo a push is for; names compare without case, as GitHub and GitLab treat them."""
+    pushed = [n.lower() for n in push.repo_names]
     for repo in repos:
-        names = {repo.name, repo.name.split("/")[-1]}
-        if any(n in names or n.split("/")[-1] == repo.name for n in push.repo_names):
+        name = repo.name.lower()
+        names = {name, name.split("/")[-1]}
+        if any(n in names or n.split("/")[-1] == name for n in pushed):
             return repo
         if repo.clone_url and repo.clone_url in push.clone_urls:
             return repo
