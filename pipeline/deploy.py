@@ -67,7 +67,8 @@ class Runbook:
         try:
             plan = self.plan()
             if plan.empty:
-                self.log.line("nothing to deploy: every server matches its live release")
+                if plan.entries or not self.request.fetch:
+                    self.log.line("nothing to deploy: every server matches its live release")
                 return self._end(DeployStatus.SUCCEEDED, "nothing to deploy", started)
             self.preparation = Preparation(
                 self.ctx, self.id, self.log, self.outcomes, self.snapshot_dir or Path("."), deadline
@@ -102,6 +103,13 @@ class Runbook:
         snapshot = Snapshot.load(self.snapshot_dir or Path("."))
         if snapshot.commit != self.request.commit:  # a webhook deploys its branch's tip, not its hint
             self.ctx.store.update_deploy(self.id, commit_sha=snapshot.commit)
+        if self.request.fetch is not None and (earlier := self._deployed_before(snapshot.commit)):
+            self.log.line(
+                f"nothing to deploy: {snapshot.commit[:12]}, the tip of {self.request.ref}, was deployed "
+                f"by deploy #{earlier}; a delivery never deploys it again, so a replayed one cannot undo "
+                "a rollback (`central-mcp deploy` does it on purpose)"
+            )
+            return Plan(())
         self._refuse_if_overtaken(snapshot)
         with self.log.step("validate manifests"):
             manifests = self._validate(snapshot)
@@ -153,6 +161,18 @@ class Runbook:
                 f"the image {release.image} of {server} r{number} was pruned; push the old commit instead"
             )
         return release
+
+    def _deployed_before(self, commit: str) -> int | None:
+        """The id of an earlier deploy of this repo and ref that made `commit` live, if any."""
+        same = (self.request.repo, self.request.ref, commit, DeployStatus.SUCCEEDED)
+        return next(
+            (
+                d.id
+                for d in self.ctx.store.deploys(OVERTAKE_LOOKBACK, 0)
+                if d.id != self.id and (d.repo, d.ref, d.commit_sha, d.status) == same
+            ),
+            None,
+        )
 
     def _refuse_if_overtaken(self, snapshot: Snapshot) -> None:
         """Refuse a push whose branch moved while it waited: git could never move the branch to it."""

@@ -182,7 +182,8 @@ def test_a_replayed_old_delivery_keeps_the_branch_tip_live(
     ws.manifest_path(echo).write_text(ws.manifest_path(echo).read_text().replace("first", "second"))
     c2 = ws.commit("replay: c2")
     ws.push()
-    status, answer = _deliver(provider, _push_payload(github, ws, c1, "replay: c2"), delivery="replay-c2")
+    second = _push_payload(github, ws, c1, "replay: c2")
+    status, answer = _deliver(provider, second, delivery="replay-c2")
     assert status == 202 and _wait_finished(provider, answer["deploy"])["status"] == "succeeded"
     assert provider.greeting(echo) == "second, Ada"
 
@@ -193,3 +194,13 @@ def test_a_replayed_old_delivery_keeps_the_branch_tip_live(
     assert record["status"] == "succeeded" and record["commit_sha"] == c2, log
     assert "nothing to deploy" in log and f"the delivery named {c1[:12]}" in log
     assert provider.greeting(echo) == "second, Ada"
+
+    rollback = provider.cli("rollback", echo)
+    assert rollback.returncode == 0, rollback.stdout + rollback.stderr
+    assert provider.greeting(echo) == "first, Ada"
+    status, answer = _deliver(provider, second, delivery="replay-c2-after-rollback")
+    assert status == 202 and _wait_finished(provider, answer["deploy"])["status"] == "succeeded"
+    assert f"{c2[:12]}, the tip of refs/heads/main, was deployed by deploy #" in provider.log(
+        answer["deploy"]
+    )
+    assert provider.greeting(echo) == "first, Ada", "a replayed delivery must not undo a rollback"
