@@ -106,8 +106,8 @@ class Runbook:
         if self.request.fetch is not None and (earlier := self._deployed_before(snapshot.commit)):
             self.log.line(
                 f"nothing to deploy: {snapshot.commit[:12]}, the tip of {self.request.ref}, was deployed "
-                f"by deploy #{earlier}; a delivery never deploys it again, so a replayed one cannot undo "
-                "a rollback (`central-mcp deploy` does it on purpose)"
+                f"by deploy #{earlier}, the last of this branch; a delivery does not deploy it again, so a "
+                "replayed one cannot undo a rollback (`central-mcp deploy` does it on purpose)"
             )
             return Plan(())
         self._refuse_if_overtaken(snapshot)
@@ -163,16 +163,19 @@ class Runbook:
         return release
 
     def _deployed_before(self, commit: str) -> int | None:
-        """The id of an earlier deploy of this repo and ref that made `commit` live, if any."""
-        same = (self.request.repo, self.request.ref, commit, DeployStatus.SUCCEEDED)
-        return next(
+        """The id of the last deploy of this repo and ref when it deployed `commit` (else None): what
+        the branch last made live. An older deploy of `commit` does not count, so a force push back
+        to it deploys it again."""
+        same = (self.request.repo, self.request.ref, DeployStatus.SUCCEEDED)
+        last = next(
             (
-                d.id
+                d
                 for d in self.ctx.store.deploys(OVERTAKE_LOOKBACK, 0)
-                if d.id != self.id and (d.repo, d.ref, d.commit_sha, d.status) == same
+                if d.id < self.id and (d.repo, d.ref, d.status) == same
             ),
             None,
         )
+        return last.id if last is not None and last.commit_sha == commit else None
 
     def _refuse_if_overtaken(self, snapshot: Snapshot) -> None:
         """Refuse a push whose branch moved while it waited: git could never move the branch to it."""

@@ -204,3 +204,15 @@ def test_a_replayed_old_delivery_keeps_the_branch_tip_live(
         answer["deploy"]
     )
     assert provider.greeting(echo) == "first, Ada", "a replayed delivery must not undo a rollback"
+
+    ws.manifest_path(echo).write_text(ws.manifest_path(echo).read_text().replace("second", "third"))
+    c3 = ws.commit("replay: c3")
+    ws.push()
+    status, answer = _deliver(provider, _push_payload(github, ws, c2, "replay: c3"), delivery="replay-c3")
+    assert status == 202 and _wait_finished(provider, answer["deploy"])["status"] == "succeeded"
+    assert provider.greeting(echo) == "third, Ada"
+    ws.git("reset", "--quiet", "--hard", c2)
+    ws.push(force=True)
+    status, answer = _deliver(provider, _push_payload(github, ws, c3, "replay: c2"), delivery="force-back")
+    assert status == 202 and _wait_finished(provider, answer["deploy"])["status"] == "succeeded"
+    assert provider.greeting(echo) == "second, Ada", "a force push back to an older commit deploys it"
