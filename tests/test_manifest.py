@@ -356,3 +356,11 @@ def test_discover_skips_git_folders_and_duplicates(tmp_path: Path) -> None:
         "servers/a/mcp-server.yaml",
         "servers/b/mcp-server.yaml",
     ]
+
+
+def test_a_name_that_is_not_a_dns_label_gets_a_hint_that_is_not_circular(tmp_path: Path) -> None:
+    """`name: PROJECT_other` is refused with an example of a good name, and the folder may stay as it is."""
+    _server(tmp_path / "repo", "PROJECT_other", _with("name: srv", "name: PROJECT_other"), top=".")
+    [problem] = _check(tmp_path, globs=["*/mcp-server.yaml"]).problems
+    assert problem.path == "$.name" and "'project-other'" in problem.hint
+    assert "folder keeps whatever name it has" in problem.hint
