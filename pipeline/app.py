@@ -89,7 +89,10 @@ class Services:
         self.proxy.keepalive = settings.proxy.keepalive
         if self.scheduler is not None and settings.monitor != old.monitor:
             _reschedule(self.scheduler, settings)
-        registry.write_files(settings, self.ctx.store.live_releases())  # namespace or public URL
+        try:  # the namespace or the public URL may have changed; like any listener, never undo
+            registry.write_files(settings, self.ctx.store.live_releases())
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("after the reload, writing the registry files failed: %s", exc)
 
 
 def create_app(
