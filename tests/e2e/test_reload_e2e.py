@@ -73,5 +73,6 @@ def test_reload_applies_a_valid_config_and_keeps_the_running_one_on_error(provid
     provider.proc.send_signal(signal.SIGHUP)
     wait_for("SIGHUP to reload deploy.yaml", lambda: _hook_status(provider) == 401, 10)
     assert provider.proc.poll() is None, "SIGHUP must not stop serve"
-    assert "needs a restart to change: host" in provider.serve_log()
+    # The log line follows the change it reports: wait for it rather than race it.
+    wait_for("the reload's log line", lambda: "needs a restart to change: host" in provider.serve_log(), 10)
     assert provider.get("/healthz")[0] == 200
