@@ -68,7 +68,8 @@ class Runbook:
             self.log.masker = self.log.masker.extended(self.ctx.secrets.masker(self.ctx.settings).values)
             plan = self.plan()
             if plan.empty:
-                self.log.line("nothing to deploy: every server matches its live release")
+                if plan.entries or not self.request.fetch:
+                    self.log.line("nothing to deploy: every server matches its live release")
                 return self._end(DeployStatus.SUCCEEDED, "nothing to deploy", started)
             self.preparation = Preparation(
                 self.ctx, self.id, self.log, self.outcomes, self.snapshot_dir or Path("."), deadline
@@ -99,6 +100,15 @@ class Runbook:
             with self.log.step("fetch"):
                 self.snapshot_dir = self.request.fetch(self.log)
         snapshot = Snapshot.load(self.snapshot_dir or Path("."))
+        if snapshot.commit != self.request.commit:  # a webhook deploys its branch's tip, not its hint
+            self.ctx.store.update_deploy(self.id, commit_sha=snapshot.commit)
+        if self.request.fetch is not None and (earlier := self._deployed_before(snapshot.commit)):
+            self.log.line(
+                f"nothing to deploy: {snapshot.commit[:12]}, the tip of {self.request.ref}, was deployed "
+                f"by deploy #{earlier}, the last of this branch; a delivery does not deploy it again, so a "
+                "replayed one cannot undo a rollback (`central-mcp deploy` does it on purpose)"
+            )
+            return Plan(())
         self._refuse_if_overtaken(snapshot)
         with self.log.step("validate manifests"):
             manifests = self._validate(snapshot)
@@ -145,6 +155,21 @@ class Runbook:
                 f"the image {release.image} of {server} r{number} was pruned; push the old commit instead"
             )
         return release
+
+    def _deployed_before(self, commit: str) -> int | None:
+        """The id of the last deploy of this repo and ref when it deployed `commit` (else None): what
+        the branch last made live. An older deploy of `commit` does not count, so a force push back
+        to it deploys it again."""
+        same = (self.request.repo, self.request.ref, DeployStatus.SUCCEEDED)
+        last = next(
+            (
+                d
+                for d in self.ctx.store.deploys(OVERTAKE_LOOKBACK, 0)
+                if d.id < self.id and (d.repo, d.ref, d.status) == same
+            ),
+            None,
+        )
+        return last.id if last is not None and last.commit_sha == commit else None
 
     def _refuse_if_overtaken(self, snapshot: Snapshot) -> None:
         """Refuse a push whose branch moved while it waited: git could never move the branch to it."""

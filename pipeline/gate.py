@@ -103,9 +103,8 @@ def handshake(url: str, timeout: float) -> GateResult:
         init = session.request(
             "initialize", {"protocolVersion": SESSION_PROTOCOL, "capabilities": {}, "clientInfo": CLIENT_INFO}
         )
-    except NotMCP:
-        session = _Session(url, timeout, stateless=True)
-        return GateResult(STATELESS_PROTOCOL, "", session.list_tools())
+    except NotMCP as refused:
+        return _stateless(url, timeout, refused)
     if not isinstance(init.get("protocolVersion"), str):
         raise NotMCP(f"initialize result has no protocolVersion: {str(init)[:200]}")
     session.protocol = init["protocolVersion"]
@@ -114,6 +113,16 @@ def handshake(url: str, timeout: float) -> GateResult:
     session.close()
     info = init.get("serverInfo") or {}
     return GateResult(session.protocol, str(info.get("name", "")), tools)
+
+
+def _stateless(url: str, timeout: float, refused: NotMCP) -> GateResult:
+    """Gate a server that only speaks the stateless era; when it is not one either, report why
+    `initialize` failed first: that is the server's real error (the retry only reads that the
+    server was not initialized)."""
+    try:
+        return GateResult(STATELESS_PROTOCOL, "", _Session(url, timeout, stateless=True).list_tools())
+    except (NotMCP, OSError, http.client.HTTPException) as exc:
+        raise NotMCP(f"{refused} (tried as a stateless-era server too: {exc})") from refused
 
 
 class _Session:
@@ -139,7 +148,7 @@ class _Session:
         self.session_id = headers.get("mcp-session-id", self.session_id)
         message = _find_response(headers.get("content-type", ""), payload, self.next_id)
         if "error" in message:
-            raise NotMCP(f"{method} returned error {message['error']}")
+            raise NotMCP(f"{method} returned error {_rpc_error(message['error'])}")
         result = message.get("result")
         if not isinstance(result, dict):
             raise NotMCP(f"{method} returned no result object")
@@ -231,6 +240,13 @@ def _find_response(content_type: str, payload: bytes, want: int) -> dict[str, An
         if isinstance(message, dict) and message.get("id") == want:
             return message
     raise NotMCP(f"no JSON-RPC response with id {want} in the answer")
+
+
+def _rpc_error(error: object) -> str:
+    """A JSON-RPC error object as `code: message`, one bounded line (its text is the server's)."""
+    if isinstance(error, dict) and "message" in error:
+        return _excerpt(f"{error.get('code', '?')}: {error['message']}".encode())
+    return _excerpt(json.dumps(error).encode())
 
 
 def _excerpt(payload: bytes) -> str:

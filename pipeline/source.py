@@ -9,10 +9,10 @@ and hands the directory to the deploy engine, which never needs the objects.
 How the package runs git, one way per kind of operation:
 
     kind                          way        where                         why
-    resolve a ref to a commit     GitPython  resolve (cli, deploy, up)     a plain query
+    resolve a ref to a commit     GitPython  resolve (cli, deploy, up,     a plain query
+                                         webhook)
     tree hashes, author, message  GitPython  _trees, _describe             plain queries (with the
                                                                            hook's quarantine env)
-    check a commit exists         GitPython  webhook.fetch_commit          a plain query
     create a bare repo            CLI        init_bare (hook, webhook)     it writes
     fetch with credentials        CLI        fetch (webhook)               it writes; env and `-c`
                                                                            carry the token

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import cli
+from tests.support.readme import yaml_example
 
 GOOD = """name: srv
 version: 1.0.0
@@ -59,7 +60,7 @@ def test_check_returns_zero_on_a_good_tree(repo: Path, capsys: pytest.CaptureFix
     """A valid tree exits 0 and the summary names its servers."""
     assert _check(repo) == cli.EXIT_OK
     out = capsys.readouterr().out
-    assert out.strip().splitlines()[-1] == "checked 1 file(s): ok; servers: srv"
+    assert out.strip().splitlines()[-1] == "checked 1 file(s): ok; servers: srv (servers/srv/)"
 
 
 def test_check_returns_one_on_a_bad_tree(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -119,7 +120,12 @@ def test_json_output_lists_every_problem_field(repo: Path, capsys: pytest.Captur
 def test_json_output_on_a_good_tree(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """On a good tree `--json` reports ok, the servers and no problems."""
     assert _check(repo, "--json") == cli.EXIT_OK
-    assert json.loads(capsys.readouterr().out) == {"ok": True, "servers": ["srv"], "problems": []}
+    assert json.loads(capsys.readouterr().out) == {
+        "ok": True,
+        "servers": ["srv"],
+        "folders": {"srv": "servers/srv"},
+        "problems": [],
+    }
 
 
 def test_bad_deploy_yaml_is_reported_by_check(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -278,3 +284,84 @@ def test_check_reports_an_ungranted_secret(repo: Path, capsys: pytest.CaptureFix
     out = capsys.readouterr().out
     assert "$.run.secrets[0]: secret API_KEY is not granted to server 'srv'" in out
     assert "under repos[0].secrets add `- API_KEY`" in out
+
+
+def test_config_may_follow_the_sub_command(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`central-mcp check PATH --config FILE` uses FILE, as `--config FILE check PATH` does."""
+    other = _write(repo.parent / "elsewhere" / "vm.yaml", "listen: {port: 70000}\n")
+    assert cli.main(["check", str(repo), "--config", str(other)]) == cli.EXIT_FAILED
+    assert f"{other}:1:16 $.listen.port" in capsys.readouterr().out
+    assert cli.main(["--config", str(other), "check", str(repo)]) == cli.EXIT_FAILED
+    assert f"{other}:1:16 $.listen.port" in capsys.readouterr().out
+
+
+def test_check_path_reads_that_trees_own_deploy_yaml(
+    repo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`check PATH` without --config reads PATH/deploy.yaml, not the one in the current directory."""
+    cwd = tmp_path / "cwd"
+    _write(cwd / "deploy.yaml", "listen: {port: 70000}\n")  # would fail the check if it were read
+    monkeypatch.chdir(cwd)
+    assert cli.main(["check", str(repo)]) == cli.EXIT_OK, capsys.readouterr().out
+    assert "checked 1 file(s): ok; servers: srv (servers/srv/)" in capsys.readouterr().out
+
+
+def test_keys_take_config_after_the_sub_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Nested sub-commands take --config too: `keys list --config FILE` reads FILE."""
+    assert cli.main(["keys", "list", "--config", str(tmp_path / "missing.yaml")]) == cli.EXIT_FAILED
+    assert "missing.yaml $: no such config file" in capsys.readouterr().err
+
+
+def test_the_readmes_webhook_example_passes_check(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's webhook config (`name: owner/PROJECTS_all`, a PROJECT_airbnsearch folder) checks ok."""
+    root = tmp_path / "PROJECTS_all"
+    _write(root / "deploy.yaml", yaml_example("Webhooks"))
+    _write(
+        root / "PROJECT_airbnsearch" / "mcp-server.yaml",
+        GOOD.replace("srv", "airbnsearch").replace("[demo]", "[all]"),
+    )
+    _write(root / "PROJECT_airbnsearch" / "Dockerfile", "FROM central-mcp/python:3.11\n")
+    assert cli.main(["check", str(root)]) == cli.EXIT_OK, capsys.readouterr().out
+    assert "servers: airbnsearch (PROJECT_airbnsearch/)" in capsys.readouterr().out
+
+
+def _live_state(tmp_path: Path, projects: str = "") -> Path:
+    """A deploy.yaml (with `projects` text) and a state dir whose database holds one live server `srv`."""
+    from pipeline.store import Placement, Store
+    from tests.test_registry import release
+
+    state = tmp_path / "state"
+    store = Store(state / cli.DATABASE)
+    store.add_release(release("srv", number=1))
+    store.commit_swap([Placement("srv", 1, "c", 1234)], [])
+    store.close()
+    return _write(tmp_path / "deploy.yaml", f"state_dir: {state}\npublic_url: https://vm.test\n{projects}")
+
+
+def test_client_config_with_a_wrong_state_dir_is_an_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A state dir without the provider's database fails naming it, never printing an empty config."""
+    config = _live_state(tmp_path, "projects:\n  - name: demo\n")
+    monkeypatch.setenv("CENTRAL_MCP_STATE_DIR", str(tmp_path / "wrong"))
+    assert cli.main(["--config", str(config), "client-config", "demo"]) == cli.EXIT_FAILED
+    out, err = capsys.readouterr()
+    assert out == "" and f"no central-mcp database in {tmp_path / 'wrong'}" in err
+    assert not (tmp_path / "wrong").exists(), "a read-only command must not create a state dir"
+    monkeypatch.delenv("CENTRAL_MCP_STATE_DIR")
+    assert cli.main(["--config", str(config), "client-config", "demo", "--format", "cursor"]) == cli.EXIT_OK
+    assert json.loads(capsys.readouterr().out)["mcpServers"]["srv"]["url"] == "https://vm.test/mcp/srv"
+
+
+def test_client_config_without_projects_lists_every_live_server_without_a_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no projects in deploy.yaml, client-config needs no project and its config carries no key."""
+    monkeypatch.delenv("CENTRAL_MCP_STATE_DIR", raising=False)
+    config = _live_state(tmp_path)
+    assert cli.main(["--config", str(config), "client-config", "--format", "claude-code"]) == cli.EXIT_OK
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"mcpServers": {"srv": {"type": "http", "url": "https://vm.test/mcp/srv"}}}
+    assert "takes no key" in err
+    assert cli.main(["--config", str(config), "client-config", "demo"]) == cli.EXIT_FAILED
+    assert "deploy.yaml lists no projects" in capsys.readouterr().err

@@ -277,3 +277,24 @@ def test_tools_list_pages_are_all_collected() -> None:
     with serve_asgi(app) as port:
         result = gate.wait_until_healthy(f"http://127.0.0.1:{port}/mcp", timeout=5, interval=0.1)
     assert [t["name"] for t in result.tools] == ["first", "second"]
+
+
+def test_a_failed_initialize_is_reported_not_the_stateless_fallbacks_error() -> None:
+    """When initialize fails the gate reports that error first, not what the stateless retry then read."""
+
+    async def endpoint(request: Request) -> Response:
+        message = await request.json()
+        if message.get("method") == "initialize":
+            error = {"code": -32603, "message": "crypto is not defined"}
+            return JSONResponse({"jsonrpc": "2.0", "id": message["id"], "error": error})
+        refused = {"code": -32000, "message": "Bad Request: Server not initialized"}
+        return JSONResponse({"jsonrpc": "2.0", "id": None, "error": refused}, status_code=400)
+
+    app = Starlette(routes=[Route("/mcp", endpoint, methods=["POST"])])
+    with serve_asgi(app) as port, pytest.raises(GateError) as err:
+        gate.wait_until_healthy(f"http://127.0.0.1:{port}/mcp", timeout=0.5, interval=0.1)
+    text = str(err.value)
+    assert "initialize returned error -32603: crypto is not defined" in text, text
+    assert text.index("crypto is not defined") < text.find("Server not initialized") or (
+        "Server not initialized" not in text
+    )

@@ -100,9 +100,6 @@ BAD = [
     pytest.param(_with("run:\n  port: 8080\n", ""), "$", 1, "'run' is a required", id="missing-run"),
     pytest.param(_with("port: 8080", "path: /mcp"), "$.run", 6, "'port' is a required", id="missing-port"),
     pytest.param(_with("name: srv", "name: s_rv"), "$.name", 1, "not a DNS label", id="name-not-dns"),
-    pytest.param(
-        _with("name: srv", "name: other"), "$.name", 1, "differs from its folder 'srv'", id="name-not-folder"
-    ),
     pytest.param(_with("1.0.0", "v1"), "$.version", 2, "not a semantic version", id="version-not-semver"),
     pytest.param(_with("1.0.0", "1.0"), "$.version", 2, "1.0 is not of type 'string'", id="version-float"),
     pytest.param(
@@ -328,7 +325,7 @@ def test_every_fault_in_one_manifest_is_reported_in_line_order(tmp_path: Path) -
     )
     _server(tmp_path / "repo", "x", text)
     problems = _check(tmp_path).problems
-    assert len(problems) == 9
+    assert len(problems) == 8
     assert [p.line for p in problems] == sorted(p.line for p in problems)
     assert {p.path for p in problems} == {
         "$",
@@ -350,14 +347,29 @@ def test_read_raises_every_problem_at_once(tmp_path: Path) -> None:
     assert [p.path for p in caught.value.problems] == ["$.run.port", "$.colour"]
 
 
-def test_same_name_in_two_server_folders_trips_the_folder_rule(tmp_path: Path) -> None:
-    """Two manifests named `b` under servers/a and servers/b: only a's name≠folder is reported."""
+def test_a_folder_may_be_named_anything_the_server_name_comes_from_the_manifest(tmp_path: Path) -> None:
+    """`PROJECT_airbnsearch/mcp-server.yaml` naming `airbnsearch` is valid: a folder needs no DNS label."""
+    _server(tmp_path / "repo", "PROJECT_airbnsearch", _with("name: srv", "name: airbnsearch"), top=".")
+    report = _check(tmp_path, globs=["*/mcp-server.yaml"])
+    assert report.ok, report.problems
+    [server] = report.manifests
+    assert (server.name, server.folder, server.context) == (
+        "airbnsearch",
+        "PROJECT_airbnsearch",
+        "PROJECT_airbnsearch",
+    )
+
+
+def test_same_name_in_two_folders_is_refused_naming_both_files(tmp_path: Path) -> None:
+    """Two manifests named `b` under servers/a and servers/b: one duplicate, naming both files."""
     _server(tmp_path / "repo", "a", _with("name: srv", "name: b"))
     _server(tmp_path / "repo", "b", _with("name: srv", "name: b"))
     report = _check(tmp_path)
-    assert [m.folder for m in report.manifests] == ["servers/b"]
-    assert [(p.file, p.path) for p in report.problems] == [("servers/a/mcp-server.yaml", "$.name")]
-    assert "differs from its folder 'a'" in report.problems[0].message
+    assert [m.folder for m in report.manifests] == ["servers/a"]
+    [problem] = report.problems
+    assert (problem.file, problem.path) == ("servers/b/mcp-server.yaml", "$.name")
+    assert problem.message == "server name 'b' is also used by servers/a/mcp-server.yaml"
+    assert "servers/b/mcp-server.yaml" in problem.hint and "servers/a/mcp-server.yaml" in problem.hint
 
 
 def test_same_name_under_two_manifest_globs_is_a_duplicate(tmp_path: Path) -> None:
@@ -402,3 +414,11 @@ def test_limits_memory_in_deploy_yaml_sets_the_cap(tmp_path: Path) -> None:
     assert "memory '768m', more than this VM allows (512m, limits.memory" in problem.message
     _server(tmp_path / "repo", "srv", GOOD + "resources: {memory: 512m}\n")
     assert manifest.check_tree(tmp_path / "repo", settings.load(config, env={})).ok
+
+
+def test_a_name_that_is_not_a_dns_label_gets_a_hint_that_is_not_circular(tmp_path: Path) -> None:
+    """`name: PROJECT_other` is refused with an example of a good name, and the folder may stay as it is."""
+    _server(tmp_path / "repo", "PROJECT_other", _with("name: srv", "name: PROJECT_other"), top=".")
+    [problem] = _check(tmp_path, globs=["*/mcp-server.yaml"]).problems
+    assert problem.path == "$.name" and "'project-other'" in problem.hint
+    assert "folder keeps whatever name it has" in problem.hint

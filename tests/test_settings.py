@@ -264,3 +264,62 @@ def test_keepalive_is_checked_even_when_another_fault_exists(tmp_path: Path) -> 
     text = "repos:\n  - name: a\n  - name: a\nproxy:\n  keepalive: 60s\n"
     problems = _problems(tmp_path, text)
     assert {p.path for p in problems} == {"$.repos[1].name", "$.proxy.keepalive"}
+
+
+@pytest.mark.parametrize(
+    "name", ["owner/PROJECTS_all", "Owner.Name/Repo-2", "group/sub/project", "central-mcp"]
+)
+def test_repo_names_may_carry_an_owner_and_mixed_case(tmp_path: Path, name: str) -> None:
+    """Repo names as GitHub and GitLab spell them load, and every path derived from them stays put."""
+    from pipeline.hook import repo_path
+    from pipeline.webhook import mirror_path
+
+    loaded = settings.load(_write(tmp_path, f"repos:\n  - name: {name}\n"), env={})
+    repo = loaded.repo(name)
+    for path, parent in (
+        (repo_path(loaded, repo.name), loaded.state_dir / "repos"),
+        (mirror_path(loaded, repo), loaded.state_dir / "mirrors"),
+    ):
+        assert path.resolve().is_relative_to(parent) and path.name.endswith(".git")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../etc", "owner/../../x", "/abs", "-upload", "owner//x", "owner/", "a b", "x;rm", ".hidden", "o/.git"],
+)
+def test_repo_names_that_could_leave_their_folder_or_reach_a_shell_are_refused(
+    tmp_path: Path, name: str
+) -> None:
+    """A name with `..`, a leading `/`, `-` or `.`, an empty part, a space or a shell character is refused."""
+    [problem] = _problems(tmp_path, f"repos:\n  - name: {name!r}\n")
+    assert problem.path == "$.repos[0].name"
+
+
+def _listen(tmp_path: Path, text: str, listen: settings.Listen) -> tuple[settings.Settings, list[str]]:
+    """deploy.yaml `text` with serve's overrides `listen` applied."""
+    return settings.listening(settings.load(_write(tmp_path, text), env={}), listen)
+
+
+def test_serve_port_moves_the_derived_public_url_with_it(tmp_path: Path) -> None:
+    """Without a public_url, `serve --port N` makes every link (base_url) point at port N."""
+    moved, warnings = _listen(tmp_path, "listen: {port: 8900}\n", settings.Listen(port=9123))
+    assert (moved.port, moved.base_url, warnings) == (9123, "http://127.0.0.1:9123", [])
+
+
+def test_a_public_url_naming_the_listen_address_follows_the_override(tmp_path: Path) -> None:
+    """A public_url that is the configured listen address itself follows --host/--port."""
+    text = "listen: {port: 8900}\npublic_url: http://localhost:8900/\n"
+    moved, warnings = _listen(tmp_path, text, settings.Listen(port=9123))
+    assert (moved.base_url, warnings) == ("http://localhost:9123", [])
+
+
+def test_a_public_url_of_a_front_is_kept_with_a_loud_warning(tmp_path: Path) -> None:
+    """A public_url of a TLS front stays (it may proxy to any port), but serve says so; --public-url wins."""
+    text = "listen: {port: 8900}\npublic_url: https://mcp.example.com\n"
+    kept, [warning] = _listen(tmp_path, text, settings.Listen(port=9123))
+    assert kept.base_url == "https://mcp.example.com"
+    assert "http://127.0.0.1:9123" in warning and "--public-url" in warning
+    given, warnings = _listen(tmp_path, text, settings.Listen(port=9123, public_url="http://10.0.0.5:9123/"))
+    assert (given.base_url, warnings) == ("http://10.0.0.5:9123", [])
+    same, warnings = _listen(tmp_path, text, settings.Listen())
+    assert (same.base_url, warnings) == ("https://mcp.example.com", [])

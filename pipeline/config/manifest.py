@@ -1,4 +1,9 @@
-"""Server manifests (`servers/<name>/mcp-server.yaml`): discovery, validation, the Manifest value."""
+"""Server manifests (`<folder>/mcp-server.yaml`): discovery, validation, the Manifest value.
+
+A folder may be named anything git allows (`PROJECT_airbnsearch/`); the server's name comes from
+its manifest alone — a DNS label, unique across the repository — and is what images, containers,
+routes (`/mcp/<name>`) and the registry use. The folder only locates the build input.
+"""
 
 from __future__ import annotations
 
@@ -104,7 +109,8 @@ def check_tree(
                 doc.problem(
                     ("name",),
                     f"server name {manifest.name!r} is also used by {seen[manifest.name]}",
-                    "server names must be unique",
+                    f"server names must be unique in the repository: rename the server in {rel} "
+                    f"or in {seen[manifest.name]}",
                 )
             )
             continue
@@ -141,15 +147,6 @@ def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings
     """What a schema cannot say; written to run on any shape, so every fault shows at once."""
     data = doc.data
     problems: list[Problem] = []
-    name = data.get("name")
-    if isinstance(name, str) and name != folder.name:
-        problems.append(
-            doc.problem(
-                ("name",),
-                f"name {name!r} differs from its folder {folder.name!r}",
-                f"rename one so both read {folder.name!r}",
-            )
-        )
     if data.get("transport") == "stdio":
         problems.append(
             doc.problem(
@@ -175,7 +172,7 @@ def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings
             problems.append(
                 doc.problem(
                     ("resources", "memory"),
-                    f"server {name!r} asks for memory {memory!r}, more than this VM allows "
+                    f"server {data.get('name')!r} asks for memory {memory!r}, more than this VM allows "
                     f"({format_size(settings.limits.memory)}, limits.memory in deploy.yaml)",
                     "ask for less, or raise limits.memory in deploy.yaml",
                 )

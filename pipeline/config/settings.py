@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.config import schema, yamlsrc
 from pipeline.config.units import parse_duration, parse_size
@@ -190,7 +191,7 @@ class Settings:
     @property
     def base_url(self) -> str:
         """The public URL, or the listen address when none is set."""
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        return (self.public_url or listen_url(self.host, self.port)).rstrip("/")
 
     def repo(self, name: str | None = None) -> Repo:
         """Return the named repo, or the first one when no name is given."""
@@ -219,6 +220,60 @@ class Settings:
     def project(self, name: str) -> Project | None:
         """Return the named project, or None."""
         return next((p for p in self.projects if p.name == name), None)
+
+
+@dataclass(frozen=True)
+class Listen:
+    """What `serve`'s command line overrides in deploy.yaml: the listen address and public URL."""
+
+    host: str | None = None
+    port: int | None = None
+    public_url: str | None = None
+
+
+def listening(settings: Settings, listen: Listen) -> tuple[Settings, list[str]]:
+    """Apply `serve --host/--port/--public-url` to `settings`; return them and warnings to show.
+
+    The public URL follows the listen address when deploy.yaml sets none, or sets one that names
+    the configured listen address itself (`http://127.0.0.1:8900`); a public URL of a front
+    elsewhere (`https://mcp.example.com`) is kept, with a warning, unless `--public-url` is given:
+    the registry, mcp.json, client configs and deploy links all carry it.
+    """
+    host = listen.host or settings.host
+    port = listen.port or settings.port
+    moved = (host, port) != (settings.host, settings.port)
+    public_url = settings.public_url
+    warnings: list[str] = []
+    if listen.public_url is not None:
+        public_url = listen.public_url.rstrip("/")
+    elif public_url and moved and _names_listen_address(public_url, settings.host, settings.port):
+        parts = urlsplit(public_url)
+        public_url = urlunsplit(parts._replace(netloc=_netloc(listen.host or parts.hostname or host, port)))
+    elif public_url and moved:
+        warnings.append(
+            f"serving on {listen_url(host, port)}, but deploy.yaml's public_url {public_url} is kept: "
+            "the registry, mcp.json, client configs and deploy links point there, not at this "
+            "process; pass --public-url to point them here"
+        )
+    return replace(settings, host=host, port=port, public_url=public_url), warnings
+
+
+def listen_url(host: str, port: int) -> str:
+    """The http URL of a listen address (a wildcard address as 127.0.0.1)."""
+    return f"http://{_netloc(host, port)}"
+
+
+def _netloc(host: str, port: int) -> str:
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _names_listen_address(url: str, host: str, port: int) -> bool:
+    """Whether `url` is the listen address itself rather than a front in front of it."""
+    parts = urlsplit(url)
+    default = 443 if parts.scheme == "https" else 80
+    local = {host, "127.0.0.1", "localhost", "::1"}
+    return parts.hostname in local and (parts.port or default) == port
 
 
 def load(path: Path = DEFAULT_CONFIG, env: Mapping[str, str] | None = None) -> Settings:
@@ -307,10 +362,25 @@ def _grant_problems(doc: yamlsrc.Document) -> list[Problem]:
     return problems
 
 
+def state_dir_of(path: Path, env: Mapping[str, str] | None = None) -> Path:
+    """The state directory deploy.yaml at `path` names, read leniently: even a deploy.yaml that
+    fails validation leads `central-mcp reload` to the serve process, which reports its problems."""
+    env = os.environ if env is None else env
+    try:
+        data = yamlsrc.load(path).data if path.exists() else {}
+    except ConfigError:
+        data = {}
+    named = data.get("state_dir") if isinstance(data, dict) else None
+    return _state_dir(path, env, named if isinstance(named, str) else None)
+
+
+def _state_dir(path: Path, env: Mapping[str, str], named: str | None) -> Path:
+    return (path.resolve().parent / (env.get(STATE_DIR_ENV) or named or DEFAULT_STATE_DIR)).resolve()
+
+
 def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings:
     base = path.resolve().parent
     listen = data.get("listen", {})
-    state = env.get(STATE_DIR_ENV) or data.get("state_dir") or DEFAULT_STATE_DIR
     registry = data.get("registry", {})
     proxy = data.get("proxy", {})
     retention = data.get("retention", {})
@@ -318,7 +388,7 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
     webhooks = data.get("webhooks", {})
     return Settings(
         config_path=path,
-        state_dir=(base / state).resolve(),
+        state_dir=_state_dir(path, env, data.get("state_dir")),
         host=listen.get("host", DEFAULT_HOST),
         port=listen.get("port", DEFAULT_PORT),
         public_url=data.get("public_url", ""),

@@ -66,12 +66,16 @@ class Gatekeeper:
     """Authenticates, authorizes and rate-limits proxy requests."""
 
     def __init__(self, settings: Settings, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
-        self.settings = settings
         self.store = store
         self.clock = clock
         self._cache: dict[str, tuple[float, tuple[str, str] | None]] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
+        self.configure(settings)
+
+    def configure(self, settings: Settings) -> None:
+        """Use `settings` (projects, rate limits, origins) from now on: a reload of deploy.yaml."""
         self._origins = {_origin(o) for o in settings.proxy.allowed_origins} | {_origin(settings.base_url)}
+        self.settings = settings
 
     @property
     def required(self) -> bool:
