@@ -36,6 +36,8 @@ LIVE = frozenset(
         "webhook_max_body",
         "webhook_queue",
         "admin_token",
+        "containers",
+        "limits",
         "proxy.deploy_timeout",
         "proxy.drain_timeout",
         "proxy.session_drain_timeout",
