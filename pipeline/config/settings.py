@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -42,6 +43,16 @@ DEFAULT_WATCH_ERROR_RATE = 0.5
 DEFAULT_WATCH_MIN_REQUESTS = 10
 DEFAULT_WATCH_RESTARTS = 2
 DEFAULT_RETENTION_INTERVAL = 3600.0
+DEFAULT_NETWORK_POOL = (
+    "10.213.0.0/16"  # clear of Docker's own pools (172.17-31/16, 192.168/16) and 10.0/16 VPCs
+)
+DEFAULT_SUBNET_PREFIX = 28  # 16 addresses: gateway, broadcast and 13 containers per server
+DEFAULT_EGRESS_DENY = (
+    "169.254.0.0/16",
+    "100.100.100.200/32",
+)  # link-local (AWS/GCP/Azure metadata), Alibaba's
+DEFAULT_RELAY_MAX_CONNECTIONS = 64
+DEFAULT_RELAY_IDLE_TIMEOUT = 300.0
 STATE_DIR_ENV = "CENTRAL_MCP_STATE_DIR"
 
 
@@ -116,6 +127,31 @@ class MonitorConfig:
 
 
 @dataclass(frozen=True)
+class NetworkConfig:
+    """Per-server networks: the subnet pool they come from, what egress may not reach, relay bounds."""
+
+    pool: str = DEFAULT_NETWORK_POOL
+    subnet_prefix: int = DEFAULT_SUBNET_PREFIX
+    egress_deny: tuple[str, ...] = DEFAULT_EGRESS_DENY
+    relay_max_connections: int = DEFAULT_RELAY_MAX_CONNECTIONS
+    relay_idle_timeout: float = DEFAULT_RELAY_IDLE_TIMEOUT
+
+
+@dataclass(frozen=True)
+class HostService:
+    """A service of the VM that the provider relays into the networks of the servers granted it."""
+
+    name: str
+    host: str
+    port: int
+    servers: tuple[str, ...] = ()
+
+    def grants(self, server: str) -> bool:
+        """Return whether `server` may use this service."""
+        return server in self.servers
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything one VM is configured with; built once by `load` and passed explicitly."""
 
@@ -139,6 +175,8 @@ class Settings:
     webhook_queue: int = DEFAULT_WEBHOOK_QUEUE
     admin_token: str = field(default="", repr=False)
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    host_services: tuple[HostService, ...] = ()
 
     @property
     def base_url(self) -> str:
@@ -164,6 +202,10 @@ class Settings:
     def project(self, name: str) -> Project | None:
         """Return the named project, or None."""
         return next((p for p in self.projects if p.name == name), None)
+
+    def host_service(self, name: str) -> HostService | None:
+        """Return the named host service, or None."""
+        return next((h for h in self.host_services if h.name == name), None)
 
 
 def load(path: Path = DEFAULT_CONFIG, env: Mapping[str, str] | None = None) -> Settings:
@@ -207,6 +249,7 @@ def _semantic_problems(doc: yamlsrc.Document) -> list[Problem]:
                     "add clone_url: https://<your host>/<owner>/<repo>.git",
                 )
             )
+    problems += _network_problems(doc)
     proxy = data.get("proxy")
     keepalive = proxy.get("keepalive") if isinstance(proxy, dict) else None
     try:
@@ -222,6 +265,65 @@ def _semantic_problems(doc: yamlsrc.Document) -> list[Problem]:
             )
         )
     return problems
+
+
+def _network_problems(doc: yamlsrc.Document) -> list[Problem]:
+    """The pool and the deny list must be real IPv4 networks, the pool bigger than a subnet."""
+    network = doc.data.get("network")
+    network = network if isinstance(network, dict) else {}
+    problems: list[Problem] = []
+    pool = _ipv4_network(network.get("pool", DEFAULT_NETWORK_POOL))
+    if pool is None:
+        problems.append(
+            doc.problem(("network", "pool"), f"{network.get('pool')!r} is not an IPv4 network", _CIDR_HINT)
+        )
+    prefix = network.get("subnet_prefix", DEFAULT_SUBNET_PREFIX)
+    if pool is not None and isinstance(prefix, int) and prefix <= pool.prefixlen:
+        problems.append(
+            doc.problem(
+                ("network", "subnet_prefix"),
+                f"subnet_prefix /{prefix} is not smaller than the pool {pool}",
+                "use a longer prefix (28 gives each server 13 addresses)",
+            )
+        )
+    deny = network.get("egress_deny")
+    for i, value in enumerate(deny if isinstance(deny, list) else []):
+        if _ipv4_network(value) is None:
+            problems.append(
+                doc.problem(("network", "egress_deny", i), f"{value!r} is not an IPv4 network", _CIDR_HINT)
+            )
+    services = doc.data.get("host_services")
+    for name, service in (services if isinstance(services, dict) else {}).items():
+        address = service.get("address") if isinstance(service, dict) else None
+        if isinstance(address, str) and _address(address) is None:
+            problems.append(
+                doc.problem(
+                    ("host_services", name, "address"),
+                    f"{address!r} is not an IPv4 address and port",
+                    "write it as 127.0.0.1:11434",
+                )
+            )
+    return problems
+
+
+_CIDR_HINT = "write it as address/prefix with the host bits zero, like 10.213.0.0/16"
+
+
+def _ipv4_network(value: object) -> ipaddress.IPv4Network | None:
+    try:
+        return ipaddress.IPv4Network(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _address(value: str) -> tuple[str, int] | None:
+    host, _, port = value.rpartition(":")
+    host = "127.0.0.1" if host == "localhost" else host
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return None
+    return (host, int(port)) if port.isdigit() and 0 < int(port) < 65536 else None
 
 
 def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings:
@@ -265,6 +367,8 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
         webhook_max_body=parse_size(webhooks.get("max_body", DEFAULT_WEBHOOK_MAX_BODY)),
         webhook_queue=webhooks.get("queue", DEFAULT_WEBHOOK_QUEUE),
         monitor=_monitor(data.get("monitor", {})),
+        network=_network(data.get("network", {})),
+        host_services=tuple(_host_service(k, v) for k, v in sorted(data.get("host_services", {}).items())),
         admin_token=env.get(data["admin_token_env"], "") if "admin_token_env" in data else "",
     )
 
@@ -280,6 +384,25 @@ def _monitor(data: dict[str, Any]) -> MonitorConfig:
         watch_restarts=data.get("watch_restarts", DEFAULT_WATCH_RESTARTS),
         retention_interval=parse_duration(data.get("retention_interval", DEFAULT_RETENTION_INTERVAL)),
     )
+
+
+def _network(data: dict[str, Any]) -> NetworkConfig:
+    relay = data.get("relay", {})
+    return NetworkConfig(
+        pool=str(ipaddress.IPv4Network(data.get("pool", DEFAULT_NETWORK_POOL))),
+        subnet_prefix=data.get("subnet_prefix", DEFAULT_SUBNET_PREFIX),
+        egress_deny=tuple(
+            str(ipaddress.IPv4Network(n)) for n in data.get("egress_deny", DEFAULT_EGRESS_DENY)
+        ),
+        relay_max_connections=relay.get("max_connections", DEFAULT_RELAY_MAX_CONNECTIONS),
+        relay_idle_timeout=parse_duration(relay.get("idle_timeout", DEFAULT_RELAY_IDLE_TIMEOUT)),
+    )
+
+
+def _host_service(name: str, data: dict[str, Any]) -> HostService:
+    address = _address(data["address"])
+    assert address is not None  # checked by _network_problems
+    return HostService(name, address[0], address[1], tuple(data.get("servers", ())))
 
 
 def _repo(data: dict[str, Any]) -> Repo:
