@@ -107,8 +107,10 @@ class HostRelays:
         listener = self._listeners.pop(key, None)
         if listener is not None and listener.server is not None:
             listener.server.close()
-            for task in list(listener.tasks):
+            tasks = list(listener.tasks)
+            for task in tasks:
                 task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _accept(
         self, listener: _Listener, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
