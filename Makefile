@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 COVERAGE_FLOOR := 85
 
-.PHONY: run test setup venv engine firewall base-image browser lint bench proxy-newest-uvicorn clean
+.PHONY: run test test-dockerd-restart setup venv engine firewall base-image browser lint bench proxy-newest-uvicorn clean
 
 run: setup
 	$(BIN)/central-mcp up
@@ -15,6 +15,10 @@ test: setup browser lint
 	@# pytest-cov reports a missed floor without failing when subprocess data is combined: enforce it here.
 	$(BIN)/coverage report --fail-under=$(COVERAGE_FLOOR) > /dev/null || \
 	  { echo "coverage of pipeline/ is below the $(COVERAGE_FLOOR)% floor"; exit 1; }
+
+# Restarts dockerd under a serving provider (stops every container on the engine): .ci/run's last stage.
+test-dockerd-restart: setup
+	CI=$${CI:-} $(BIN)/python -m pytest -q --dockerd-restart -m dockerd_restart tests/e2e/test_dockerd_restart_e2e.py
 
 setup: venv engine firewall base-image
 

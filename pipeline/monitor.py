@@ -26,6 +26,7 @@ from pipeline.states import PUSHED, DeploySource, ReleaseStatus
 log = logging.getLogger("central-mcp.monitor")
 BUILD_CACHE_KEEP_BYTES = 2 * 1024**3
 CONTAINER_DOWN = "its container is down"
+ENGINE_POLL = 1.0  # seconds between pings while the engine is away
 Probe = Callable[[str, float], Any]
 
 
@@ -69,6 +70,7 @@ class Monitor:
         usage: Usage,
         probe: Probe = gate.handshake,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.ctx = ctx
         self.submit = submit
@@ -76,6 +78,7 @@ class Monitor:
         self.usage = usage
         self.probe = probe
         self.clock = clock
+        self.sleep = sleep
         self.health: dict[str, Health] = {}
         self.watches: dict[str, Watch] = {}
         self._lock = threading.Lock()
@@ -83,13 +86,30 @@ class Monitor:
 
     # probes and restarts ------------------------------------------------------------------
     def probe_all(self) -> None:
-        """Probe every live server once (a scheduled job)."""
+        """Probe every live server once (a scheduled job); while no engine answers, wait for it up to
+        one probe interval, so containers that stopped with the daemon are replaced as it comes back."""
+        if self.ctx.router.table and not self._engine_answers():
+            return
         repos = self._repos()
         for server, upstream in sorted(self.ctx.router.table.items()):
             if self._deploying(server, repos):
                 continue
             self._probe(upstream)
         self.check_watches()
+
+    def _engine_answers(self) -> bool:
+        deadline = self.clock() + self.ctx.settings.monitor.probe_interval
+        while True:
+            try:
+                self.ctx.docker.ping()
+                return True
+            except EngineUnavailable as exc:
+                if self.clock() + ENGINE_POLL > deadline:
+                    log.warning("no Docker engine answers (%s); probes wait for it", exc)
+                    return False
+                self.sleep(ENGINE_POLL)
+            except CentralMCPError:
+                return True  # the engine answered, with an error: the probes will say more
 
     def _probe(self, upstream: Upstream) -> None:
         health = self.health.setdefault(upstream.server, Health())

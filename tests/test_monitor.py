@@ -119,6 +119,7 @@ def world(tmp_path: Path) -> dict[str, Any]:
         usage,
         probe=probe,
         clock=clock,
+        sleep=clock.sleep,
     )
     return {
         "monitor": monitor,
@@ -187,15 +188,36 @@ def test_a_stopped_container_is_replaced_at_the_first_probe(world: dict[str, Any
 
 
 def test_no_engine_is_no_reason_to_restart(world: dict[str, Any]) -> None:
-    """While the Docker engine does not answer, probes neither fail the server nor restart it."""
+    """While the Docker engine does not answer, a probe round waits for it (one probe interval at
+    most), then gives up without failing or restarting anything."""
 
-    def down(container_id: str) -> None:
+    def down(*args: object) -> None:
         raise EngineUnavailable("no Docker engine answers")
 
-    world["docker"].inspect = down
+    world["docker"].ping = world["docker"].inspect = down
+    started = world["clock"]()
     for _ in range(3):
         world["monitor"].probe_all()
-    assert world["submitted"] == [] and world["monitor"].health["svc"].status == "unknown"
+    assert world["submitted"] == [] and "svc" not in world["monitor"].health
+    assert 3 * 14 <= world["clock"]() - started <= 3 * 15
+
+
+def test_containers_that_stopped_with_the_engine_are_replaced_as_it_comes_back(world: dict[str, Any]) -> None:
+    """A probe round that starts while the engine is away proceeds as soon as it answers again, and
+    replaces the containers that stopped with it."""
+    pings = [EngineUnavailable("down"), EngineUnavailable("down"), None]
+
+    def ping() -> None:
+        answer = pings.pop(0)
+        if answer is not None:
+            raise answer
+
+    world["docker"].ping = ping
+    world["docker"].states["c2"] = "exited"
+    started = world["clock"]()
+    world["monitor"].probe_all()
+    assert world["clock"]() - started == 2.0
+    assert [(r.source, r.rollback) for r in world["submitted"]] == [("restart", ("svc", 2))]
 
 
 def test_watch_window_rolls_back_a_release_that_fails_its_probes(world: dict[str, Any]) -> None:
