@@ -25,7 +25,7 @@ from pipeline.states import PUSHED, DeploySource, ReleaseStatus
 
 log = logging.getLogger("central-mcp.monitor")
 BUILD_CACHE_KEEP_BYTES = 2 * 1024**3
-CONTAINER_DOWN = "its container is down"
+CONTAINER_DOWN = "its container is "  # gone, exited, ...: no probe is needed to know
 ENGINE_POLL = 1.0  # seconds between pings while the engine is away
 Probe = Callable[[str, float], Any]
 
@@ -141,10 +141,10 @@ class Monitor:
         """Return why the upstream is unhealthy, or None; re-route when Docker moved its address."""
         attrs = self.ctx.docker.inspect(upstream.container_id)
         if attrs is None:
-            return f"{CONTAINER_DOWN}: it is gone"
+            return f"{CONTAINER_DOWN}gone"
         state = attrs.get("State", {})
         if state.get("Status") != "running":
-            return f"{CONTAINER_DOWN}: it is {state.get('Status')} (exit code {state.get('ExitCode')})"
+            return f"{CONTAINER_DOWN}{state.get('Status')} (exit code {state.get('ExitCode')})"
         host, port = container_address(attrs)
         if host and (host, port) != (upstream.host, upstream.port):
             log.info("%s: its container moved to %s:%d; re-routing", upstream.server, host, port)
