@@ -93,7 +93,7 @@ def wait_healthy(
         timeout = max(0.1, min(timeout, deadline - time.monotonic()))
     try:
         if not running.host:
-            raise GateError("the container exited before it got an address")
+            raise GateError("the container exited before completing the MCP handshake (it got no address)")
         result = gate.wait_until_healthy(
             f"http://{running.host}:{running.port}{m.path}",
             timeout=timeout,
