@@ -90,7 +90,8 @@ class HostRelays:
         except OSError as exc:
             raise NetworkError(
                 f"cannot relay host service {service.name!r} on {net.gateway}:{service.port} "
-                f"for {net.server}: {exc}"
+                f"for {net.server}: {exc} (a service listening on 0.0.0.0:{service.port} takes the "
+                "port on every address, and every server could reach it: bind it to 127.0.0.1)"
             ) from exc
         self._listeners[(net.name, service.name)] = listener
         log.info(
