@@ -29,6 +29,9 @@ from tests.support.provider import Provider, running_provider
 pytestmark = [pytest.mark.docker, pytest.mark.dockerd_restart]
 
 RECOVERY_LIMIT = 30.0  # seconds from dockerd answering again to every live server answering
+# Exits 0 on the SIGTERM the stopping daemon sends, so Docker's on-failure policy does not start it
+# again: only the provider's monitor can bring this one back.
+CLEAN_EXIT = ["sh", "-c", "trap 'exit 0' TERM; python3 /app/server.py & wait $!"]
 
 
 def _answers(provider: Provider, servers: dict[str, tuple[str, dict[str, Any]]]) -> bool:
@@ -65,17 +68,24 @@ def test_every_live_server_answers_again_within_30s_of_dockerd_coming_back(
             echo = workspace.put("echo")
             example = workspace.put_example()
             workspace.put("echo", name=relayed, manifest=lambda d: d["run"].update(host_services=["standin"]))
+            clean = workspace.put(
+                "echo",
+                name=provider.name("clean-exit"),
+                manifest=lambda d: d["run"].update(command=CLEAN_EXIT),
+            )
             workspace.commit("servers for the daemon restart")
             push = workspace.push()
             assert push.ok, push.output
             servers: dict[str, tuple[str, dict[str, Any]]] = {
                 echo: ("greet", {"name": "Ada"}),
                 relayed: ("greet", {"name": "Ada"}),
+                clean: ("greet", {"name": "Ada"}),
                 example: ("search_listings", {"city": "Lisbon", "guests": 2}),
             }
             assert _answers(provider, servers)
             serve = provider.proc
             assert serve is not None
+            since = provider.last_deploy_id()
 
             back = restart_dockerd()
             while not _answers(provider, servers):
@@ -85,7 +95,11 @@ def test_every_live_server_answers_again_within_30s_of_dockerd_coming_back(
                 )
                 time.sleep(0.5)
             recovered = time.monotonic() - back
-            print(f"every live server answered {recovered:.1f}s after dockerd came back")
+            restarts = [d for d in provider.deploys() if d["id"] > since and d["source"] == "restart"]
+            print(
+                f"every live server answered {recovered:.1f}s after dockerd came back; restart deploys: "
+                + (", ".join(f"#{d['id']} {d['message']} ({d['status']})" for d in restarts) or "none")
+            )
 
             assert serve.poll() is None and provider.proc is serve, "the provider was restarted"
             for server in servers:
