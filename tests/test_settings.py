@@ -231,6 +231,12 @@ def test_network_and_host_services_are_read(tmp_path: Path) -> None:
             "port",
         ),
         ("host_services: {o: {address: '127.0.0.1:1'}}\n", "$.host_services.o", "servers"),
+        (
+            "host_services: {a: {address: '127.0.0.1:1', servers: []},\n"
+            "                b: {address: '127.0.0.2:1', servers: []}}\n",
+            "$.host_services.b.address",
+            "also 'a'",
+        ),
     ],
 )
 def test_bad_network_settings_are_located(tmp_path: Path, text: str, path: str, fragment: str) -> None:

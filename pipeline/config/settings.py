@@ -293,9 +293,11 @@ def _network_problems(doc: yamlsrc.Document) -> list[Problem]:
                 doc.problem(("network", "egress_deny", i), f"{value!r} is not an IPv4 network", _CIDR_HINT)
             )
     services = doc.data.get("host_services")
+    ports: dict[int, str] = {}
     for name, service in (services if isinstance(services, dict) else {}).items():
         address = service.get("address") if isinstance(service, dict) else None
-        if isinstance(address, str) and _address(address) is None:
+        parsed = _address(address) if isinstance(address, str) else None
+        if isinstance(address, str) and parsed is None:
             problems.append(
                 doc.problem(
                     ("host_services", name, "address"),
@@ -303,6 +305,17 @@ def _network_problems(doc: yamlsrc.Document) -> list[Problem]:
                     "write it as 127.0.0.1:11434",
                 )
             )
+        elif parsed is not None and parsed[1] in ports:
+            problems.append(
+                doc.problem(
+                    ("host_services", name, "address"),
+                    f"port {parsed[1]} is also {ports[parsed[1]]!r}'s: a server reaches each service at "
+                    "its own gateway on the service's port",
+                    "give each host service a different port",
+                )
+            )
+        if parsed is not None:
+            ports.setdefault(parsed[1], str(name))
     return problems
 
 
