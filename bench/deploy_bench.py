@@ -226,6 +226,8 @@ def _cleanup(tmp: Path, env: dict[str, str]) -> None:
     instance = _instance(env)
     for container in client.containers.list(all=True, filters={"label": f"central-mcp.instance={instance}"}):
         container.remove(force=True)
+    for network in client.networks.list(filters={"label": f"central-mcp.instance={instance}"}):
+        network.remove()
     for image in client.images.list():
         if any(tag.endswith(f"-{instance}") for tag in image.tags):
             client.images.remove(image.id, force=True)
