@@ -168,7 +168,11 @@ class HostRelays:
                     break
                 last[0] = time.monotonic()
                 sink.write(data)
-                await sink.drain()
+                try:  # a peer that never reads holds the copy no longer than the idle timeout
+                    await asyncio.wait_for(sink.drain(), self.idle_timeout)
+                except TimeoutError:
+                    sink.close()
+                    break
         finally:
             with contextlib.suppress(OSError, RuntimeError):
                 if sink.can_write_eof():
