@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 COVERAGE_FLOOR := 85
 
-.PHONY: run test setup venv engine base-image browser lint bench proxy-newest-uvicorn clean
+.PHONY: run test test-dockerd-restart setup venv engine firewall base-image browser lint bench proxy-newest-uvicorn clean
 
 run: setup
 	$(BIN)/central-mcp up
@@ -16,7 +16,11 @@ test: setup browser lint
 	$(BIN)/coverage report --fail-under=$(COVERAGE_FLOOR) > /dev/null || \
 	  { echo "coverage of pipeline/ is below the $(COVERAGE_FLOOR)% floor"; exit 1; }
 
-setup: venv engine base-image
+# Restarts dockerd under a serving provider (stops every container on the engine): .ci/run's last stage.
+test-dockerd-restart: setup
+	CI=$${CI:-} $(BIN)/python -m pytest -q --dockerd-restart -m dockerd_restart tests/e2e/test_dockerd_restart_e2e.py
+
+setup: venv engine firewall base-image
 
 venv: $(STAMP)
 
@@ -27,6 +31,12 @@ $(STAMP): pyproject.toml
 
 engine: venv
 	@$(BIN)/central-mcp engine
+
+# Server networks are kept from the host, from each other and from metadata addresses by iptables
+# rules only root may install (pipeline/firewall.py); serve refuses to start servers without them.
+firewall: engine
+	@if [ "$$(id -u)" = 0 ]; then $(BIN)/central-mcp firewall; \
+	  else $(BIN)/central-mcp firewall --check || echo "run 'sudo $(BIN)/central-mcp firewall' (needs root)"; fi
 
 base-image: engine
 	@$(BIN)/central-mcp base-image

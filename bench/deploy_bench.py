@@ -29,6 +29,9 @@ from pathlib import Path
 from typing import Any
 
 import docker
+import docker.errors
+
+from pipeline.dockerhost import container_address
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "tests" / "fixtures" / "servers" / "echo"
@@ -175,22 +178,27 @@ class ListenWatch:
             return
 
     def _poll(self, container_id: str) -> None:
-        container = self.client.containers.get(container_id)
-        inner = container.labels.get("central-mcp.port", "")
+        try:
+            container = self.client.containers.get(container_id)
+        except docker.errors.NotFound:
+            return  # removed already (a failed or replaced candidate)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            bindings = container.attrs["NetworkSettings"]["Ports"].get(f"{inner}/tcp") or []
-            if bindings and _answers_http(int(bindings[0]["HostPort"])):
+            host, port = container_address(container.attrs)
+            if host and _answers_http(host, port):
                 self.listening[container.name] = time.time()
                 return
             time.sleep(0.005)
-            if not bindings:
-                container.reload()
+            if not host:
+                try:
+                    container.reload()
+                except docker.errors.NotFound:
+                    return
 
 
-def _answers_http(port: int) -> bool:
+def _answers_http(host: str, port: int) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+        with socket.create_connection((host, port), timeout=1) as sock:
             sock.sendall(b"GET /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
             return sock.recv(5) == b"HTTP/"
     except OSError:
@@ -218,6 +226,8 @@ def _cleanup(tmp: Path, env: dict[str, str]) -> None:
     instance = _instance(env)
     for container in client.containers.list(all=True, filters={"label": f"central-mcp.instance={instance}"}):
         container.remove(force=True)
+    for network in client.networks.list(filters={"label": f"central-mcp.instance={instance}"}):
+        network.remove()
     for image in client.images.list():
         if any(tag.endswith(f"-{instance}") for tag in image.tags):
             client.images.remove(image.id, force=True)

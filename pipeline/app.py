@@ -31,7 +31,10 @@ from pipeline.deploylog import DeployLog, Event
 from pipeline.dispatch import Dispatcher
 from pipeline.dockerhost import DockerHost
 from pipeline.errors import CentralMCPError
+from pipeline.firewall import Guard
+from pipeline.hostrelay import HostRelays
 from pipeline.monitor import Health, Monitor
+from pipeline.network import Networks
 from pipeline.proxy.access import Gatekeeper
 from pipeline.proxy.exchange import mcp_target
 from pipeline.proxy.relay import Proxy
@@ -129,6 +132,8 @@ def create_app(
             app.proxy = None
             await services.proxy.stop()
             await asyncio.to_thread(_flush, services)
+            if services.ctx.networks is not None:
+                await asyncio.to_thread(services.ctx.networks.relays.close_all)
 
     def services(request: Request) -> Services:
         found: Services = request.app.state.services
@@ -270,9 +275,16 @@ def _start_services(settings: Settings, docker: DockerHost | None) -> Services:
     store = Store(settings.state_dir / "central-mcp.db")
     host = docker or DockerHost()
     host.ping()
-    ctx = Context(
-        settings, store, host, Router(), Secrets(settings.state_dir), instance_id(settings.state_dir)
-    )
+    instance = instance_id(settings.state_dir)
+    ctx = Context(settings, store, host, Router(), Secrets(settings.state_dir), instance)
+    ctx.networks = Networks(host, settings, instance, HostRelays(settings.network))
+    ctx.firewall = Guard(settings)
+    firewall = ctx.firewall.status
+    if not firewall.ok:
+        log.error(
+            "NO HOST FIREWALL FOR SERVER NETWORKS: %s. No server container is started until then.",
+            firewall.detail,
+        )
     routed = reconcile(ctx, log.info)
     log.info("routes: %s", ", ".join(u.server for u in routed) or "none")
     url = listen_url(settings.host, settings.port)
@@ -339,6 +351,9 @@ def _self_check(s: Services) -> dict[str, str]:
         checks["docker"] = "ok"
     except CentralMCPError as exc:
         checks["docker"] = f"failing: {exc}"
+    if s.ctx.firewall is not None:
+        status = s.ctx.firewall.status
+        checks["firewall"] = "ok" if status.ok else f"failing: {status.detail}"
     return checks
 
 

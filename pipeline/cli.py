@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
         "engine", parents=[common], help="make sure a Docker engine answers (starts dockerd)"
     )
     engine.set_defaults(handler=_engine)
+    firewall = sub.add_parser(
+        "firewall", help="install the host firewall that isolates server networks (root; make setup runs it)"
+    )
+    firewall.add_argument("--check", action="store_true", help="only say whether it is in place")
+    firewall.set_defaults(handler=_firewall)
 
     init = sub.add_parser(
         "init-repo", parents=[common], help="create the VM's bare repo with the deploy hook"
@@ -262,6 +267,18 @@ def _engine(args: argparse.Namespace) -> int:
 
     ensure_engine(_out)
     return EXIT_OK
+
+
+def _firewall(args: argparse.Namespace) -> int:
+    from pipeline import firewall
+
+    settings = settings_mod.load(_config_path(args))
+    if not args.check:
+        for line in firewall.install(settings):
+            _out(f"firewall: {line}")
+    status = firewall.check(settings)
+    (_out if status.ok else _err)(f"firewall: {'ok' if status.ok else 'missing'}: {status.detail}")
+    return EXIT_OK if status.ok else EXIT_FAILED
 
 
 def _init_repo(args: argparse.Namespace) -> int:

@@ -14,7 +14,10 @@ from pathlib import Path
 from pipeline.config.settings import Settings
 from pipeline.deploylog import DeployLog
 from pipeline.dockerhost import DockerHost
+from pipeline.errors import NetworkError
+from pipeline.firewall import Guard
 from pipeline.metrics import Metrics
+from pipeline.network import Networks
 from pipeline.proxy.router import Router
 from pipeline.secrets import Secrets
 from pipeline.states import DeploySource
@@ -64,6 +67,17 @@ class Context:
     metrics: Metrics = field(default_factory=Metrics)
     on_swap: list[SwapListener] = field(default_factory=list)
     """Called after a committed swap with the deploy's source and the (server, release) made live."""
+    networks: Networks | None = None
+    """The servers' own networks and host-service relays (None where no container is started)."""
+    firewall: Guard | None = None
+    """The host firewall those networks need (None where no container is started)."""
+
+    def server_networks(self) -> Networks:
+        """The networks, or NetworkError where this context starts no container."""
+        if self.networks is None or self.firewall is None:
+            raise NetworkError("this provider was started without server networks; containers cannot start")
+        self.firewall.require()
+        return self.networks
 
 
 def instance_id(state_dir: Path) -> str:

@@ -231,7 +231,7 @@ class Runbook:
                 if (u := self.ctx.router.get(c.name)) and u.release != c.spec.number  # not if already back
             ]
         self.ctx.store.commit_swap(
-            [Placement(c.name, c.spec.number, c.running.id, c.running.host_port) for c in live if c.running],
+            [Placement(c.name, c.spec.number, c.running.id, c.running.port) for c in live if c.running],
             removed,
             rolled_back,
         )
@@ -284,6 +284,7 @@ class Runbook:
             )
             closed = self.ctx.router.retire(upstream.container_id)
             self.ctx.docker.stop_and_remove(upstream.container_id, STOP_GRACE_SECONDS)
+            self._prune_networks(upstream.server)
             how = "drained" if drained else f"drain deadline passed ({closed} session(s) closed)"
             self.log.line(f"{upstream.server}: old r{upstream.release} {how}, stopped and removed")
 
@@ -291,6 +292,18 @@ class Runbook:
             threading.Thread(
                 target=drain, args=(upstream,), name=f"drain-{upstream.server}", daemon=True
             ).start()
+
+    def _prune_networks(self, server: str) -> None:
+        """Remove the server's networks no container uses any more (all of them once it is gone)."""
+        if self.ctx.networks is None:
+            return
+        live = next((r for r in self.ctx.store.live_releases() if r.server == server), None)
+        wanted = {server: (live.manifest.get("run") or {}).get("host_services", ())} if live else {}
+        try:
+            for name in self.ctx.networks.prune(wanted, server):
+                self.log.line(f"{server}: network {name} removed")
+        except CentralMCPError as exc:  # retention tries again
+            self.log.line(f"{server}: its unused networks could not be removed: {exc}")
 
     def _discard(self) -> None:
         if self.preparation is not None:

@@ -1,10 +1,11 @@
 """The Docker adapter: every call into the docker SDK goes through here, errors translated.
 
-Containers are started hardened (127.0.0.1-only published port, no-new-privileges, all
-capabilities dropped, memory and CPU limits, a read-only root with a size-capped tmpfs at /tmp and
-at every VOLUME the image declares, a non-root user whatever the image's USER says) and labelled
-so that what runs can be read back. overlay2 on ext4 has no per-container disk quota: a container
-writes only to memory-backed tmpfs, counted in its memory limit, and never gets a Docker volume.
+Containers are started hardened (on their server's own network, no published port,
+no-new-privileges, all capabilities dropped, memory and CPU limits, a read-only root with a
+size-capped tmpfs at /tmp and at every VOLUME the image declares, a non-root user whatever the
+image's USER says) and labelled so that what runs can be read back, the network they are reached on
+included. overlay2 on ext4 has no per-container disk quota: a container writes only to
+memory-backed tmpfs, counted in its memory limit, and never gets a Docker volume.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
 import docker
 import docker.errors
+import docker.types
 import docker.utils
 import requests
 import requests.exceptions
@@ -40,6 +42,9 @@ LABEL_PORT = f"{LABEL_PREFIX}.port"
 LABEL_ROLE = f"{LABEL_PREFIX}.role"
 LABEL_INSTANCE = f"{LABEL_PREFIX}.instance"
 LABEL_FINGERPRINT = f"{LABEL_PREFIX}.fingerprint"
+LABEL_NETWORK = f"{LABEL_PREFIX}.network"
+BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
+ADDRESS_TIMEOUT = 5.0  # for a started container to get its address on its network
 ENGINE_TIMEOUT = 120
 RESTART_POLICIES: dict[str, dict[str, Any]] = {
     "always": {"Name": "always"},
@@ -73,15 +78,20 @@ class RunSpec:
     """uid:gid the server runs as, whatever the image's USER says."""
     tmpfs_bytes: int = DEFAULT_CONTAINER_TMPFS
     """Size of /tmp (and of a tmpfs at each VOLUME the image declares); the root is read-only."""
+    network: str = ""
+    """The one network the container joins (its server's own); required."""
+    extra_hosts: Mapping[str, str] = field(default_factory=dict)
+    """Names the container resolves to an address (host services, at its network's gateway)."""
 
 
 @dataclass(frozen=True)
 class Running:
-    """A started container and the loopback port its server is published on (0: it already exited)."""
+    """A started container and the address its server answers on (host "" and port 0: it already exited)."""
 
     id: str
     name: str
-    host_port: int
+    host: str
+    port: int
 
 
 @contextmanager
@@ -230,8 +240,9 @@ class DockerHost:
         return int((result or {}).get("SpaceReclaimed") or 0)
 
     def run(self, spec: RunSpec) -> Running:
-        """Start a hardened container for `spec` with its port on 127.0.0.1 only."""
-        ports: dict[str, Any] = {f"{spec.port}/tcp": ("127.0.0.1",)}
+        """Start a hardened container for `spec` on its network, publishing no port."""
+        if not spec.network:
+            raise DockerError(f"{spec.name}: no network to start it on")
         policy: Any = RESTART_POLICIES[spec.restart]
         cpus = self.engine_cpus()
         if spec.cpus > cpus:
@@ -249,7 +260,8 @@ class DockerHost:
                 read_only=True,
                 tmpfs=self._tmpfs(spec),
                 user=spec.user,
-                ports=ports,
+                network=spec.network,
+                extra_hosts=dict(spec.extra_hosts) or None,
                 mem_limit=spec.memory_bytes,
                 cpu_period=CPU_PERIOD,
                 cpu_quota=_quota(min(max(spec.cpus, spec.startup_cpus), cpus)),
@@ -259,7 +271,8 @@ class DockerHost:
                 init=True,
                 restart_policy=policy,
             )
-            return Running(str(container.id), spec.name, self._host_port(container, spec.port))
+            host = self._address(container, spec.network)
+            return Running(str(container.id), spec.name, host, spec.port if host else 0)
 
     def _tmpfs(self, spec: RunSpec) -> dict[str, str]:
         """A size-capped tmpfs at /tmp and over every VOLUME of the image: no anonymous volume is
@@ -282,30 +295,90 @@ class DockerHost:
         with _translated(f"limit the CPUs of {container_id[:12]}"):
             self.client.api.update_container(container_id, cpu_period=CPU_PERIOD, cpu_quota=_quota(cpus))
 
-    def _host_port(self, container: Any, port: int) -> int:
-        deadline = time.monotonic() + 5
+    def _address(self, container: Any, network: str) -> str:
+        deadline = time.monotonic() + ADDRESS_TIMEOUT
         while True:
             container.reload()
-            published = published_port(container.attrs, port)
-            if published:
-                return published
+            host = network_address(container.attrs, network)
+            if host:
+                return host
             if container.status in ("exited", "dead", "restarting"):
-                # Docker drops the binding of a container that already exited. Report port 0 and
-                # keep the container, so the caller's health gate sees the exit, copies its last
-                # log lines and removes it like any other failed candidate.
-                return 0
+                # Docker drops the address of a container that already exited. Report none and keep
+                # the container, so the caller's health gate sees the exit, copies its last log
+                # lines and removes it like any other failed candidate.
+                return ""
             if time.monotonic() > deadline:
                 raise DockerError(
-                    f"container {container.name} published no port for {port}/tcp (status {container.status})"
+                    f"container {container.name} got no address on network {network} "
+                    f"(status {container.status})"
                 )
             time.sleep(0.05)
 
+    # networks -----------------------------------------------------------------------------
+    def network(self, name: str) -> dict[str, Any] | None:
+        """Return a network's attributes, or None when there is none of that name."""
+        try:
+            with _translated(f"inspect network {name}"):
+                attrs: dict[str, Any] = self.client.networks.get(name).attrs
+                return attrs
+        except DockerError as exc:
+            if "not found" in str(exc):
+                return None
+            raise
+
+    def networks(self, labels: Mapping[str, str]) -> list[dict[str, Any]]:
+        """Return the attributes (attached containers included) of every network with these labels."""
+        with _translated("list networks"):
+            filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+            return [n.attrs for n in self.client.networks.list(filters=filters, greedy=True)]
+
+    def subnets(self) -> list[str]:
+        """Every subnet any network of the engine uses (another instance's and Docker's own too)."""
+        with _translated("list networks"):
+            found = self.client.networks.list()
+        return [
+            str(config["Subnet"])
+            for n in found
+            for config in ((n.attrs.get("IPAM") or {}).get("Config") or [])
+            if config.get("Subnet")
+        ]
+
+    def create_network(
+        self, name: str, subnet: str, gateway: str, *, internal: bool, bridge: str, labels: Mapping[str, str]
+    ) -> dict[str, Any]:
+        """Create a bridge network with this subnet, gateway and bridge interface name."""
+        ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet, gateway=gateway)])
+        with _translated(f"create network {name}"):
+            created = self.client.networks.create(
+                name,
+                driver="bridge",
+                internal=internal,
+                ipam=ipam,
+                labels=dict(labels),
+                options={BRIDGE_NAME_OPTION: bridge},
+                check_duplicate=True,
+            )
+            created.reload()
+            attrs: dict[str, Any] = created.attrs
+            return attrs
+
+    def remove_network(self, name: str) -> None:
+        """Remove a network; a missing one is fine."""
+        try:
+            with _translated(f"remove network {name}"):
+                self.client.networks.get(name).remove()
+        except DockerError as exc:
+            if "not found" not in str(exc):
+                raise
+
     def inspect(self, container_id: str) -> dict[str, Any] | None:
-        """Return the container's attributes, or None when it is gone."""
+        """Return the container's attributes, or None when it is gone; EngineUnavailable without an engine."""
         try:
             with _translated(f"inspect {container_id[:12]}"):
                 attrs: dict[str, Any] = self.client.containers.get(container_id).attrs
                 return attrs
+        except EngineUnavailable:
+            raise
         except DockerError:
             return None
 
@@ -446,12 +519,18 @@ def _deadline(seconds: float | None, stop: Callable[[], None]) -> Iterator[threa
             timer.cancel()
 
 
-def published_port(attrs: Mapping[str, Any], port: int | str | None = None) -> int:
-    """The loopback port a container publishes `port` on (default: its port label); 0 if none."""
-    if port is None:
-        port = (attrs.get("Config", {}).get("Labels") or {}).get(LABEL_PORT, "")
-    bindings = (attrs.get("NetworkSettings", {}).get("Ports") or {}).get(f"{port}/tcp") or []
-    return int(bindings[0]["HostPort"]) if bindings else 0
+def network_address(attrs: Mapping[str, Any], network: str) -> str:
+    """A container's IPv4 address on `network` ("" when it has none, e.g. it is not running)."""
+    networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
+    return str((networks.get(network) or {}).get("IPAddress") or "")
+
+
+def container_address(attrs: Mapping[str, Any]) -> tuple[str, int]:
+    """Where a labelled container's server answers: its address on its network and its port label."""
+    labels = (attrs.get("Config") or {}).get("Labels") or {}
+    host = network_address(attrs, labels.get(LABEL_NETWORK, ""))
+    port = str(labels.get(LABEL_PORT, ""))
+    return (host, int(port)) if host and port.isdigit() else ("", 0)
 
 
 def _quota(cpus: float) -> int:

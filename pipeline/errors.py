@@ -13,6 +13,7 @@
     ├── GateError                   a candidate did not pass the MCP health gate
     │   └── NotMCP                  the endpoint answered, but not as an MCP server
     ├── DeployError                 a deploy could not go on (lock, plan, swap)
+    ├── NetworkError                a server network, the host firewall or a host-service relay is not right
     ├── ServeError                  the serve process did not start, or refused a request
     │   └── ServeUnavailable        no serve process answers for this state directory
     └── ProxyError                  one proxied request could not be relayed
@@ -95,6 +96,11 @@ class BuildKitUnavailable(DockerError):
 
 class BuildError(CentralMCPError):
     """An image failed to build; the message carries the end of the build log."""
+
+
+class NetworkError(CentralMCPError):
+    """A server's network, the host firewall that isolates it, or a host-service relay is missing or
+    could not be set up."""
 
 
 class GateError(CentralMCPError):

@@ -34,6 +34,9 @@ FIRST_BACKOFF = 0.01
 MAX_BACKOFF = 0.05
 # Asking Docker whether the container still runs costs ~1.5 ms (7 failed attempts): not every time.
 ALIVE_PERIOD = 0.1
+# A container is reached at its address on its network: one that stopped leaves an address nobody
+# answers for, where a connect waits for its whole timeout instead of being refused.
+CONNECT_TIMEOUT = 1.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,19 @@ def _stateless(url: str, timeout: float, refused: NotMCP) -> GateResult:
         raise NotMCP(f"{refused} (tried as a stateless-era server too: {exc})") from refused
 
 
+class _Connection(http.client.HTTPConnection):
+    """An HTTP connection that waits at most CONNECT_TIMEOUT to connect, then `timeout` per read."""
+
+    def connect(self) -> None:
+        timeout = self.timeout
+        self.timeout = min(timeout, CONNECT_TIMEOUT) if timeout is not None else CONNECT_TIMEOUT
+        try:
+            super().connect()
+        finally:
+            self.timeout = timeout
+        self.sock.settimeout(timeout)
+
+
 class _Session:
     """A minimal Streamable HTTP client: JSON or SSE answers, session id, protocol header."""
 
@@ -176,7 +192,7 @@ class _Session:
     def close(self) -> None:
         if not self.session_id:
             return
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        conn = _Connection(self.host, self.port, timeout=self.timeout)
         try:
             conn.request("DELETE", self.path, headers=self._headers(""))
             conn.getresponse().read()
@@ -196,7 +212,7 @@ class _Session:
         return headers
 
     def _post(self, body: dict[str, Any], method: str) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        conn = _Connection(self.host, self.port, timeout=self.timeout)
         try:
             conn.request("POST", self.path, body=json.dumps(body), headers=self._headers(method))
             response = conn.getresponse()

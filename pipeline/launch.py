@@ -16,6 +16,7 @@ from pipeline.dockerhost import (
     LABEL_COMMIT,
     LABEL_FINGERPRINT,
     LABEL_INSTANCE,
+    LABEL_NETWORK,
     LABEL_PORT,
     LABEL_RELEASE,
     LABEL_ROLE,
@@ -34,29 +35,35 @@ ROLE_SERVER = "server"
 # a Python MCP server spends its start importing the SDK on one thread (0.8 s at 0.5 CPU, 0.4 s
 # at 1). Bounded by the gate's deadline; it never takes a request before the limit applies.
 STARTUP_CPUS = 1.0
+EGRESS = "egress"  # run.network: the server may open connections out of the VM
 
 
 def start(ctx: Context, spec: ReleaseSpec, suffix: str) -> Running:
-    """Start a container of `spec` named `cmcp-<instance>-<server>-r<N>-<suffix>`."""
+    """Start a container of `spec` named `cmcp-<instance>-<server>-r<N>-<suffix>` on its server's
+    own network (host services it names resolve to that network's relays)."""
     m = spec.manifest
     env = {**m.env, **ctx.secrets.values(ctx.settings, spec.repo, m.name, m.secrets)}
     name = f"cmcp-{ctx.instance}-{m.name}-r{spec.number}-{suffix}"
+    networks = ctx.server_networks()
     ctx.docker.remove_container_named(name)
-    run = RunSpec(
-        spec.image,
-        name,
-        m.port,
-        labels(ctx, spec),
-        env,
-        m.memory_bytes,
-        m.cpus,
-        m.command,
-        m.restart,
-        startup_cpus=STARTUP_CPUS,
-        user=ctx.settings.containers.user,
-        tmpfs_bytes=ctx.settings.containers.tmpfs,
-    )
-    return ctx.docker.run(run)
+    with networks.joining(m.name, m.network == EGRESS, m.host_services) as net:
+        run = RunSpec(
+            spec.image,
+            name,
+            m.port,
+            {**labels(ctx, spec), LABEL_NETWORK: net.name},
+            env,
+            m.memory_bytes,
+            m.cpus,
+            m.command,
+            m.restart,
+            startup_cpus=STARTUP_CPUS,
+            network=net.name,
+            extra_hosts=dict.fromkeys(m.host_services, net.gateway),
+            user=ctx.settings.containers.user,
+            tmpfs_bytes=ctx.settings.containers.tmpfs,
+        )
+        return ctx.docker.run(run)
 
 
 def labels(ctx: Context, spec: ReleaseSpec) -> dict[str, str]:
@@ -87,8 +94,10 @@ def wait_healthy(
     if deadline is not None:
         timeout = max(0.1, min(timeout, deadline - time.monotonic()))
     try:
+        if not running.host:
+            raise GateError("the container exited before completing the MCP handshake (it got no address)")
         result = gate.wait_until_healthy(
-            f"http://127.0.0.1:{running.host_port}{m.path}",
+            f"http://{running.host}:{running.port}{m.path}",
             timeout=timeout,
             interval=m.health_interval,
             alive=lambda: ctx.docker.status(running.id) == "running",
@@ -105,4 +114,4 @@ def wait_healthy(
 def upstream(spec: ReleaseSpec, running: Running) -> Upstream:
     """The proxy's route to a started container of `spec`."""
     m = spec.manifest
-    return Upstream(m.name, spec.number, running.id, "127.0.0.1", running.host_port, m.path, m.access)
+    return Upstream(m.name, spec.number, running.id, running.host, running.port, m.path, m.access)

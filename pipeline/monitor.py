@@ -17,14 +17,16 @@ from typing import Any
 
 from pipeline import gate, registry
 from pipeline.context import Context, DeployRequest, redeploy
-from pipeline.dockerhost import LABEL_INSTANCE, published_port
-from pipeline.errors import CentralMCPError, NotMCP
+from pipeline.dockerhost import LABEL_INSTANCE, LABEL_SERVER, container_address
+from pipeline.errors import CentralMCPError, EngineUnavailable, NotMCP
 from pipeline.proxy.router import Upstream
 from pipeline.proxy.usage import Usage
 from pipeline.states import PUSHED, DeploySource, ReleaseStatus
 
 log = logging.getLogger("central-mcp.monitor")
 BUILD_CACHE_KEEP_BYTES = 2 * 1024**3
+CONTAINER_DOWN = "its container is "  # gone, exited, ...: no probe is needed to know
+ENGINE_POLL = 1.0  # seconds between pings while the engine is away
 Probe = Callable[[str, float], Any]
 
 
@@ -68,6 +70,7 @@ class Monitor:
         usage: Usage,
         probe: Probe = gate.handshake,
         clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.ctx = ctx
         self.submit = submit
@@ -75,6 +78,7 @@ class Monitor:
         self.usage = usage
         self.probe = probe
         self.clock = clock
+        self.sleep = sleep
         self.health: dict[str, Health] = {}
         self.watches: dict[str, Watch] = {}
         self._lock = threading.Lock()
@@ -82,7 +86,10 @@ class Monitor:
 
     # probes and restarts ------------------------------------------------------------------
     def probe_all(self) -> None:
-        """Probe every live server once (a scheduled job)."""
+        """Probe every live server once (a scheduled job); while no engine answers, wait for it up to
+        one probe interval, so containers that stopped with the daemon are replaced as it comes back."""
+        if self.ctx.router.table and not self._engine_answers():
+            return
         repos = self._repos()
         for server, upstream in sorted(self.ctx.router.table.items()):
             if self._deploying(server, repos):
@@ -90,9 +97,28 @@ class Monitor:
             self._probe(upstream)
         self.check_watches()
 
+    def _engine_answers(self) -> bool:
+        deadline = self.clock() + self.ctx.settings.monitor.probe_interval
+        while True:
+            try:
+                self.ctx.docker.ping()
+                return True
+            except EngineUnavailable as exc:
+                if self.clock() + ENGINE_POLL > deadline:
+                    log.warning("no Docker engine answers (%s); probes wait for it", exc)
+                    return False
+                self.sleep(ENGINE_POLL)
+            except CentralMCPError:
+                return True  # the engine answered, with an error: the probes will say more
+
     def _probe(self, upstream: Upstream) -> None:
         health = self.health.setdefault(upstream.server, Health())
-        error = self._failure(upstream)
+        try:
+            error = self._failure(upstream)
+        except EngineUnavailable as exc:  # nothing to restart until the engine is back
+            health.status, health.last_error = "unknown", str(exc)
+            log.warning("%s: not probed: %s", upstream.server, exc)
+            return
         health.checked_at = time.time()
         if error is None:
             if health.status != "healthy":
@@ -101,6 +127,8 @@ class Monitor:
             return
         error = self.ctx.secrets.masker(self.ctx.settings)(error)  # a server's own answer may hold one
         health.failures += 1
+        if error.startswith(CONTAINER_DOWN):  # a stopped container needs no more probes to be sure
+            health.failures = max(health.failures, self._threshold)
         health.last_error = error
         health.status = "failing" if health.failures < self._threshold else "down"
         self.ctx.metrics.probe_failures.labels(upstream.server).inc()
@@ -111,21 +139,21 @@ class Monitor:
             self._restart(upstream, health, error)
 
     def _failure(self, upstream: Upstream) -> str | None:
-        """Return why the upstream is unhealthy, or None; re-route when Docker moved its port."""
+        """Return why the upstream is unhealthy, or None; re-route when Docker moved its address."""
         attrs = self.ctx.docker.inspect(upstream.container_id)
         if attrs is None:
-            return "its container is gone"
+            return f"{CONTAINER_DOWN}gone"
         state = attrs.get("State", {})
         if state.get("Status") != "running":
-            return f"its container is {state.get('Status')} (exit code {state.get('ExitCode')})"
-        port = published_port(attrs)
-        if port and port != upstream.port:
-            log.info("%s: Docker moved its port %d → %d; re-routing", upstream.server, upstream.port, port)
+            return f"{CONTAINER_DOWN}{state.get('Status')} (exit code {state.get('ExitCode')})"
+        host, port = container_address(attrs)
+        if host and (host, port) != (upstream.host, upstream.port):
+            log.info("%s: its container moved to %s:%d; re-routing", upstream.server, host, port)
             upstream = Upstream(
                 upstream.server,
                 upstream.release,
                 upstream.container_id,
-                upstream.host,
+                host,
                 port,
                 upstream.path,
                 upstream.access,
@@ -241,10 +269,33 @@ class Monitor:
             if container.status in ("exited", "dead", "created") and container.id not in live_ids:
                 self.ctx.docker.stop_and_remove(container.id, grace=0)
                 containers += 1
+        networks = self._prune_networks(repos)
         # BuildKit's cache outlives the images built from it: keep it to a bound.
         cache = self.ctx.docker.prune_build_cache(BUILD_CACHE_KEEP_BYTES)
-        removed = {"images": images, "deploys": deploys, "containers": containers, "build_cache_bytes": cache}
+        removed = {
+            "images": images,
+            "deploys": deploys,
+            "containers": containers,
+            "networks": networks,
+            "build_cache_bytes": cache,
+        }
         log.info("retention removed %s", removed)
+        return removed
+
+    def _prune_networks(self, repos: dict[str, str]) -> int:
+        """Remove the networks no container uses, of servers with no deploy running."""
+        if self.ctx.networks is None:
+            return 0
+        live = {r.server: r for r in self.ctx.store.live_releases()}
+        wanted = {s: (r.manifest.get("run") or {}).get("host_services", ()) for s, r in live.items()}
+        servers = {
+            n.get("Labels", {}).get(LABEL_SERVER, "")
+            for n in self.ctx.docker.networks({LABEL_INSTANCE: self.ctx.instance})
+        }
+        removed = 0
+        for server in servers:
+            if server and not self._deploying(server, repos):
+                removed += len(self.ctx.networks.prune(wanted, server))
         return removed
 
     def refresh_registry(self) -> None:

@@ -219,7 +219,7 @@ def _candidate_release(c: Candidate, deploy_id: int) -> Release:
         status=ReleaseStatus.CANDIDATE,
         deploy_id=deploy_id,
         container_id=c.running.id,
-        host_port=c.running.host_port,
+        host_port=c.running.port,
         path=m.path,
         tools=c.tools,
         manifest=dict(m.raw),

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from typing import Any
 
 from pipeline import launch
 from pipeline.context import Context
-from pipeline.dockerhost import LABEL_INSTANCE, LABEL_RELEASE, LABEL_SERVER, published_port
+from pipeline.dockerhost import LABEL_INSTANCE, LABEL_RELEASE, LABEL_SERVER, container_address
 from pipeline.errors import CentralMCPError
 from pipeline.plan import ReleaseSpec
 from pipeline.proxy.router import Upstream
@@ -31,14 +32,15 @@ def reconcile(ctx: Context, say: Callable[[str], None]) -> list[Upstream]:
         # Left by deploys that died with the provider, or by hooks that found no serve to take them.
         shutil.rmtree(snapshot, ignore_errors=True)
     live = {r.server: r for r in ctx.store.live_releases()}
+    _reopen_relays(ctx, live, say)
     routed: dict[str, Upstream] = {}
     for container in ctx.docker.containers({LABEL_INSTANCE: ctx.instance}):
         labels = container.labels
         release = live.get(labels.get(LABEL_SERVER, ""))
         if release and labels.get(LABEL_RELEASE) == release.name and container.status == "running":
-            port = published_port(container.attrs)
-            if port and release.server not in routed:
-                routed[release.server] = _upstream(release, container.id, port)
+            host, port = container_address(container.attrs)
+            if host and release.server not in routed:
+                routed[release.server] = _upstream(release, container.id, host, port)
                 if port != release.host_port or container.id != release.container_id:
                     ctx.store.set_container(release.server, release.number, container.id, port)
                 continue
@@ -50,6 +52,10 @@ def reconcile(ctx: Context, say: Callable[[str], None]) -> list[Upstream]:
             if upstream is not None:
                 routed[server] = upstream
     ctx.router.replace_all(routed.values(), known=live)
+    if ctx.networks is not None:
+        wanted = {s: _run(r).get("host_services", ()) for s, r in live.items()}
+        for name in ctx.networks.prune(wanted):
+            say(f"removed network {name}: no container uses it")
     return list(routed.values())
 
 
@@ -57,9 +63,28 @@ def _masked(say: Callable[[str], None], mask: Callable[[str], str]) -> Callable[
     return lambda text: say(mask(text))
 
 
-def _upstream(release: Release, container_id: str, port: int) -> Upstream:
+def _reopen_relays(ctx: Context, live: dict[str, Release], say: Callable[[str], None]) -> None:
+    """Listen again for the host services live servers use (the relays live in this process)."""
+    if ctx.networks is None:
+        return
+    for server, release in live.items():
+        run = _run(release)
+        try:
+            ctx.networks.reopen(
+                {server: (run.get("network") == launch.EGRESS, tuple(run.get("host_services", ())))}
+            )
+        except CentralMCPError as exc:
+            say(f"{server}: its host services could not be relayed: {exc}")
+
+
+def _run(release: Release) -> dict[str, Any]:
+    run = release.manifest.get("run")
+    return run if isinstance(run, dict) else {}
+
+
+def _upstream(release: Release, container_id: str, host: str, port: int) -> Upstream:
     access = tuple(release.manifest.get("access", ("all",)))
-    return Upstream(release.server, release.number, container_id, "127.0.0.1", port, release.path, access)
+    return Upstream(release.server, release.number, container_id, host, port, release.path, access)
 
 
 def _restart(ctx: Context, release: Release, say: Callable[[str], None]) -> Upstream | None:
@@ -75,5 +100,5 @@ def _restart(ctx: Context, release: Release, say: Callable[[str], None]) -> Upst
         if running is not None:  # it failed its gate: it must never take a request
             ctx.docker.stop_and_remove(running.id, grace=1)
         return None
-    ctx.store.set_container(release.server, release.number, running.id, running.host_port)
+    ctx.store.set_container(release.server, release.number, running.id, running.port)
     return launch.upstream(spec, running)

@@ -11,6 +11,22 @@ from pipeline.dockerhost import LABEL_INSTANCE, DockerHost
 from pipeline.errors import EngineUnavailable
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+DOCKERD_RESTART = "--dockerd-restart"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """`--dockerd-restart` runs the tests that restart the Docker daemon (they disturb every other user)."""
+    parser.addoption(DOCKERD_RESTART, action="store_true", help="run the tests that restart dockerd")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the dockerd-restart tests unless asked for: they get a CI stage of their own."""
+    if config.getoption(DOCKERD_RESTART):
+        return
+    skip = pytest.mark.skip(reason=f"restarts dockerd: run with {DOCKERD_RESTART} (.ci/run's last stage)")
+    for item in items:
+        if "dockerd_restart" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,8 @@ from pipeline import dockerfile, gate
 from pipeline.config.manifest import check_tree
 from pipeline.config.settings import load
 from pipeline.dockerhost import LABEL_INSTANCE, DockerHost, Running, RunSpec
+from pipeline.hostrelay import HostRelays
+from pipeline.network import Networks
 
 pytestmark = pytest.mark.docker
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,16 +42,29 @@ def built(docker_host: DockerHost) -> Iterator[dict[str, str]]:
         docker_host.remove_image(tag)
 
 
-def _start(docker_host: DockerHost, tag: str, label: str, env: dict[str, str] | None = None) -> Running:
-    return docker_host.run(
+@pytest.fixture
+def networks(docker_host: DockerHost, instance_label: str) -> Iterator[Networks]:
+    """Server networks labelled for this test (removed afterwards, after its containers)."""
+    settings = load(ROOT / "deploy.yaml")
+    yield Networks(docker_host, settings, instance_label, HostRelays(settings.network))
+    for container in docker_host.containers({LABEL_INSTANCE: instance_label}):
+        container.remove(force=True)
+    for network in docker_host.networks({LABEL_INSTANCE: instance_label}):
+        docker_host.remove_network(str(network["Name"]))
+
+
+def _start(networks: Networks, tag: str, label: str, env: dict[str, str] | None = None) -> Running:
+    name = tag.split("/")[1].split(":")[0]
+    return networks.docker.run(
         RunSpec(
             tag,
-            f"{label}-{tag.split('/')[1].split(':')[0]}",
+            f"{label}-{name}",
             8080,
             {LABEL_INSTANCE: label},
             env or {"LOG_LEVEL": "info"},
             256 * 1024 * 1024,
             0.5,
+            network=networks.ensure(name, egress=False).name,
         )
     )
 
@@ -63,11 +78,11 @@ async def _call(url: str, tool: str, args: dict[str, Any]) -> tuple[list[str], A
 
 
 def test_property_search_answers_a_real_search(
-    docker_host: DockerHost, built: dict[str, str], instance_label: str
+    docker_host: DockerHost, built: dict[str, str], instance_label: str, networks: Networks
 ) -> None:
     """property-search passes the gate and a real search through the SDK returns Lisbon listings."""
-    running = _start(docker_host, built["property-search"], instance_label)
-    url = f"http://127.0.0.1:{running.host_port}/mcp"
+    running = _start(networks, built["property-search"], instance_label)
+    url = f"http://{running.host}:{running.port}/mcp"
     result = gate.wait_until_healthy(url, timeout=30, interval=0.2)
     assert {t["name"] for t in result.tools} == {"search_listings", "get_listing", "compare_listings"}
     names, content = asyncio.run(_call(url, "search_listings", {"city": "Lisbon", "guests": 2}))
@@ -77,11 +92,11 @@ def test_property_search_answers_a_real_search(
 
 
 def test_xray_analyzer_counts_lines_with_heuristics(
-    docker_host: DockerHost, built: dict[str, str], instance_label: str
+    docker_host: DockerHost, built: dict[str, str], instance_label: str, networks: Networks
 ) -> None:
     """999x-ray-analyzer (no OLLAMA_URL) counts lines and summarises with its heuristic engine."""
-    running = _start(docker_host, built["999x-ray-analyzer"], instance_label)
-    url = f"http://127.0.0.1:{running.host_port}/mcp"
+    running = _start(networks, built["999x-ray-analyzer"], instance_label)
+    url = f"http://{running.host}:{running.port}/mcp"
     gate.wait_until_healthy(url, timeout=30, interval=0.2)
     code = "import os\n\n# comment\ndef f(x):\n    if x:\n        return 1\n    return 2\n"
     _, stats = asyncio.run(_call(url, "line_stats", {"content": code}))
@@ -90,15 +105,16 @@ def test_xray_analyzer_counts_lines_with_heuristics(
     assert summary["engine"] == "heuristic"
 
 
-def test_containers_are_hardened_and_bound_to_loopback(
-    docker_host: DockerHost, built: dict[str, str], instance_label: str
+def test_containers_are_hardened_and_publish_nothing(
+    docker_host: DockerHost, built: dict[str, str], instance_label: str, networks: Networks
 ) -> None:
-    """A started server publishes on 127.0.0.1 only, with no-new-privileges, no capabilities, limits,
-    a read-only root with a capped /tmp, and the forced non-root user (which its image names too)."""
-    running = _start(docker_host, built["property-search"], instance_label)
+    """A started server publishes no port and is on its own network only, with no-new-privileges, no
+    capabilities, limits, a read-only root with a capped /tmp, and the forced non-root user (which its
+    image names too)."""
+    running = _start(networks, built["property-search"], instance_label)
     attrs = docker_host.client.containers.get(running.id).attrs
-    bindings = attrs["HostConfig"]["PortBindings"]["8080/tcp"]
-    assert [b["HostIp"] for b in bindings] == ["127.0.0.1"]
+    assert not attrs["HostConfig"]["PortBindings"]
+    assert list(attrs["NetworkSettings"]["Networks"]) == [f"cmcp-{instance_label}-property-search"]
     assert attrs["HostConfig"]["SecurityOpt"] == ["no-new-privileges"]
     assert attrs["HostConfig"]["CapDrop"] == ["ALL"]
     assert attrs["HostConfig"]["Memory"] == 256 * 1024 * 1024

@@ -422,3 +422,39 @@ def test_a_name_that_is_not_a_dns_label_gets_a_hint_that_is_not_circular(tmp_pat
     [problem] = _check(tmp_path, globs=["*/mcp-server.yaml"]).problems
     assert problem.path == "$.name" and "'project-other'" in problem.hint
     assert "folder keeps whatever name it has" in problem.hint
+
+
+def test_network_and_host_services_are_read(tmp_path: Path) -> None:
+    """run.network and run.host_services reach the Manifest (internal and none by default)."""
+    plain = manifest.from_data({**_data(), "run": {"port": 8080}}, "servers/srv")
+    assert (plain.network, plain.host_services) == ("internal", ())
+    full = manifest.from_data(
+        {**_data(), "run": {"port": 1, "network": "egress", "host_services": ["o"]}}, "s"
+    )
+    assert (full.network, full.host_services) == ("egress", ("o",))
+
+
+def test_a_host_service_must_be_declared_and_granted_to_the_server(tmp_path: Path) -> None:
+    """Naming an unknown host service, or one deploy.yaml grants to another server, is located."""
+    _server(tmp_path / "repo", "srv", GOOD + "  host_services: [ollama, nope]\n")
+    base = _settings(tmp_path)
+    granted = settings.Settings(
+        config_path=base.config_path,
+        state_dir=base.state_dir,
+        host_services=(settings.HostService("ollama", "127.0.0.1", 11434, ("other",)),),
+    )
+    report = manifest.check_tree(tmp_path / "repo", granted)
+    messages = {p.path: p.message for p in report.problems}
+    assert "does not grant host service 'ollama' to server 'srv'" in messages["$.run.host_services[0]"]
+    assert "no host service named 'nope'" in messages["$.run.host_services[1]"]
+
+
+def test_an_unknown_network_mode_is_refused(tmp_path: Path) -> None:
+    """run.network is internal or egress; anything else is a located schema problem."""
+    _server(tmp_path / "repo", "srv", GOOD + "  network: host\n")
+    report = _check(tmp_path)
+    assert [p.path for p in report.problems] == ["$.run.network"]
+
+
+def _data() -> dict[str, object]:
+    return {"name": "srv", "version": "1.0.0", "description": "d", "transport": "streamable-http"}

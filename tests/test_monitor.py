@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.config.settings import MonitorConfig, Settings
 from pipeline.context import Context, DeployRequest
-from pipeline.errors import DockerError, NotMCP
+from pipeline.errors import DockerError, EngineUnavailable, NotMCP
 from pipeline.monitor import Monitor
 from pipeline.proxy.access import Caller
 from pipeline.proxy.router import Router, Upstream
@@ -21,11 +21,12 @@ from tests.support.clock import FakeClock
 
 
 class FakeDocker:
-    """Container states and ports by id, as Docker would report them."""
+    """Container states and addresses by id, as Docker would report them."""
 
     def __init__(self) -> None:
         self.states: dict[str, str] = {}
         self.ports: dict[str, int] = {}
+        self.hosts: dict[str, str] = {}
         self.images: set[str] = set()
         self.removed: list[str] = []
         self.cache_kept = 0
@@ -35,8 +36,10 @@ class FakeDocker:
             return None
         return {
             "State": {"Status": self.states[container_id], "ExitCode": 1},
-            "Config": {"Labels": {"central-mcp.port": "8080"}},
-            "NetworkSettings": {"Ports": {"8080/tcp": [{"HostPort": str(self.ports[container_id])}]}},
+            "Config": {
+                "Labels": {"central-mcp.port": str(self.ports[container_id]), "central-mcp.network": "n"}
+            },
+            "NetworkSettings": {"Networks": {"n": {"IPAddress": self.hosts.get(container_id, "127.0.0.1")}}},
         }
 
     def image_exists(self, tag: str) -> bool:
@@ -116,6 +119,7 @@ def world(tmp_path: Path) -> dict[str, Any]:
         usage,
         probe=probe,
         clock=clock,
+        sleep=clock.sleep,
     )
     return {
         "monitor": monitor,
@@ -169,12 +173,51 @@ def test_restart_policy_never_is_honoured(world: dict[str, Any]) -> None:
     assert world["submitted"] == [] and world["monitor"].health["svc"].status == "down"
 
 
-def test_a_moved_port_is_re_routed(world: dict[str, Any]) -> None:
-    """When Docker publishes the container on another port (daemon restart) the route follows it."""
-    world["docker"].ports["c2"] = 6123
+def test_a_moved_address_is_re_routed(world: dict[str, Any]) -> None:
+    """When the container comes back at another address on its network (daemon restart) the route follows."""
+    world["docker"].hosts["c2"] = "10.213.0.7"
     world["monitor"].probe_all()
-    assert world["router"].get("svc").port == 6123
-    assert world["store"].release("svc", 2).host_port == 6123
+    assert (world["router"].get("svc").host, world["router"].get("svc").port) == ("10.213.0.7", 5002)
+
+
+def test_a_stopped_container_is_replaced_at_the_first_probe(world: dict[str, Any]) -> None:
+    """A container that stopped (with the Docker daemon, say) is replaced at once, not after the threshold."""
+    world["docker"].states["c2"] = "exited"
+    world["monitor"].probe_all()
+    assert [(r.source, r.rollback) for r in world["submitted"]] == [("restart", ("svc", 2))]
+
+
+def test_no_engine_is_no_reason_to_restart(world: dict[str, Any]) -> None:
+    """While the Docker engine does not answer, a probe round waits for it (one probe interval at
+    most), then gives up without failing or restarting anything."""
+
+    def down(*args: object) -> None:
+        raise EngineUnavailable("no Docker engine answers")
+
+    world["docker"].ping = world["docker"].inspect = down
+    started = world["clock"]()
+    for _ in range(3):
+        world["monitor"].probe_all()
+    assert world["submitted"] == [] and "svc" not in world["monitor"].health
+    assert 3 * 14 <= world["clock"]() - started <= 3 * 15
+
+
+def test_containers_that_stopped_with_the_engine_are_replaced_as_it_comes_back(world: dict[str, Any]) -> None:
+    """A probe round that starts while the engine is away proceeds as soon as it answers again, and
+    replaces the containers that stopped with it."""
+    pings = [EngineUnavailable("down"), EngineUnavailable("down"), None]
+
+    def ping() -> None:
+        answer = pings.pop(0)
+        if answer is not None:
+            raise answer
+
+    world["docker"].ping = ping
+    world["docker"].states["c2"] = "exited"
+    started = world["clock"]()
+    world["monitor"].probe_all()
+    assert world["clock"]() - started == 2.0
+    assert [(r.source, r.rollback) for r in world["submitted"]] == [("restart", ("svc", 2))]
 
 
 def test_watch_window_rolls_back_a_release_that_fails_its_probes(world: dict[str, Any]) -> None:

@@ -323,3 +323,46 @@ def test_a_public_url_of_a_front_is_kept_with_a_loud_warning(tmp_path: Path) -> 
     assert (given.base_url, warnings) == ("http://10.0.0.5:9123", [])
     same, warnings = _listen(tmp_path, text, settings.Listen())
     assert (same.base_url, warnings) == ("https://mcp.example.com", [])
+
+
+def test_network_and_host_services_are_read(tmp_path: Path) -> None:
+    """The pool, subnet size, deny list, relay bounds and host services with their grants."""
+    loaded = settings.load(
+        _write(
+            tmp_path,
+            "network: {pool: 10.99.0.0/20, subnet_prefix: 29, egress_deny: [169.254.0.0/16],\n"
+            "          relay: {max_connections: 8, idle_timeout: 30s}}\n"
+            "host_services: {ollama: {address: 'localhost:11434', servers: [xray]}}\n",
+        ),
+        env={},
+    )
+    assert loaded.network == settings.NetworkConfig("10.99.0.0/20", 29, ("169.254.0.0/16",), 8, 30.0)
+    assert loaded.host_services == (settings.HostService("ollama", "127.0.0.1", 11434, ("xray",)),)
+    ollama = loaded.host_service("ollama")
+    assert ollama is not None and ollama.grants("xray") and not ollama.grants("other")
+
+
+@pytest.mark.parametrize(
+    "text, path, fragment",
+    [
+        ("network: {pool: 10.213.0.1/16}\n", "$.network.pool", "not an IPv4 network"),
+        ("network: {pool: 10.213.0.0/28, subnet_prefix: 28}\n", "$.network.subnet_prefix", "not smaller"),
+        ("network: {egress_deny: [169.254.0.0/33]}\n", "$.network.egress_deny[0]", "not an IPv4 network"),
+        (
+            "host_services: {o: {address: '127.0.0.1:99999', servers: [a]}}\n",
+            "$.host_services.o.address",
+            "port",
+        ),
+        ("host_services: {o: {address: '127.0.0.1:1'}}\n", "$.host_services.o", "servers"),
+        (
+            "host_services: {a: {address: '127.0.0.1:1', servers: []},\n"
+            "                b: {address: '127.0.0.2:1', servers: []}}\n",
+            "$.host_services.b.address",
+            "also 'a'",
+        ),
+    ],
+)
+def test_bad_network_settings_are_located(tmp_path: Path, text: str, path: str, fragment: str) -> None:
+    """A malformed pool, prefix, deny entry or host service is refused at its JSON path."""
+    problems = _problems(tmp_path, text)
+    assert any(p.path == path and fragment in p.message for p in problems), problems

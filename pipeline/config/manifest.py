@@ -53,6 +53,8 @@ class Manifest:
     cpus: float
     access: tuple[str, ...]
     restart: str = "on-failure"
+    network: str = "internal"
+    host_services: tuple[str, ...] = ()
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
 
@@ -179,6 +181,7 @@ def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings
             )
     problems += _health_problems(doc, settings)
     problems += _access_problems(doc, settings)
+    problems += _host_service_problems(doc, settings)
     return problems
 
 
@@ -330,6 +333,35 @@ def _access_problems(doc: yamlsrc.Document, settings: Settings) -> list[Problem]
     return problems
 
 
+def _host_service_problems(doc: yamlsrc.Document, settings: Settings) -> list[Problem]:
+    """A manifest may name only host services deploy.yaml declares and grants to this server."""
+    names = _section(doc.data, "run").get("host_services")
+    server = doc.data.get("name")
+    problems: list[Problem] = []
+    for i, name in enumerate(names if isinstance(names, list) else []):
+        if not isinstance(name, str):
+            continue
+        service = settings.host_service(name)
+        if service is None:
+            known = ", ".join(h.name for h in settings.host_services) or "none"
+            problems.append(
+                doc.problem(
+                    ("run", "host_services", i),
+                    f"no host service named {name!r} in deploy.yaml (known: {known})",
+                    "declare it under host_services in deploy.yaml, or remove it here",
+                )
+            )
+        elif not service.grants(str(server)):
+            problems.append(
+                doc.problem(
+                    ("run", "host_services", i),
+                    f"deploy.yaml does not grant host service {name!r} to server {server!r}",
+                    f"add {server!r} to host_services.{name}.servers in deploy.yaml",
+                )
+            )
+    return problems
+
+
 def _inside(
     doc: yamlsrc.Document, path: tuple[str, str], value: str, base: Path, root: Path, problems: list[Problem]
 ) -> Path | None:
@@ -385,6 +417,8 @@ def from_data(data: dict[str, Any], folder: str) -> Manifest:
         cpus=float(resources.get("cpus", DEFAULT_CPUS)),
         access=tuple(data.get("access", ("all",))),
         restart=run.get("restart", "on-failure"),
+        network=run.get("network", "internal"),
+        host_services=tuple(run.get("host_services", ())),
         raw=data,
     )
 

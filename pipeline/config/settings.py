@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -50,6 +51,16 @@ DEFAULT_MAX_MEMORY = 2 * 1024**3
 DEFAULT_MAX_SNAPSHOT_SIZE = 512 * 1024**2
 DEFAULT_MAX_SNAPSHOT_FILES = 50_000
 DEFAULT_MAX_LOG_LINES = 10_000
+DEFAULT_NETWORK_POOL = (
+    "10.213.0.0/16"  # clear of Docker's own pools (172.17-31/16, 192.168/16) and 10.0/16 VPCs
+)
+DEFAULT_SUBNET_PREFIX = 28  # 16 addresses: gateway, broadcast and 13 containers per server
+DEFAULT_EGRESS_DENY = (
+    "169.254.0.0/16",
+    "100.100.100.200/32",
+)  # link-local (AWS/GCP/Azure metadata), Alibaba's
+DEFAULT_RELAY_MAX_CONNECTIONS = 64
+DEFAULT_RELAY_IDLE_TIMEOUT = 300.0
 STATE_DIR_ENV = "CENTRAL_MCP_STATE_DIR"
 PROVIDER_ENV_PREFIX = "CENTRAL_MCP_"  # the provider's own variables: never a server's secret
 
@@ -161,6 +172,31 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class NetworkConfig:
+    """Per-server networks: the subnet pool they come from, what egress may not reach, relay bounds."""
+
+    pool: str = DEFAULT_NETWORK_POOL
+    subnet_prefix: int = DEFAULT_SUBNET_PREFIX
+    egress_deny: tuple[str, ...] = DEFAULT_EGRESS_DENY
+    relay_max_connections: int = DEFAULT_RELAY_MAX_CONNECTIONS
+    relay_idle_timeout: float = DEFAULT_RELAY_IDLE_TIMEOUT
+
+
+@dataclass(frozen=True)
+class HostService:
+    """A service of the VM that the provider relays into the networks of the servers granted it."""
+
+    name: str
+    host: str
+    port: int
+    servers: tuple[str, ...] = ()
+
+    def grants(self, server: str) -> bool:
+        """Return whether `server` may use this service."""
+        return server in self.servers
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything one VM is configured with; built once by `load` and passed explicitly."""
 
@@ -187,6 +223,8 @@ class Settings:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     containers: Containers = field(default_factory=Containers)
     limits: Limits = field(default_factory=Limits)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    host_services: tuple[HostService, ...] = ()
 
     @property
     def base_url(self) -> str:
@@ -220,6 +258,10 @@ class Settings:
     def project(self, name: str) -> Project | None:
         """Return the named project, or None."""
         return next((p for p in self.projects if p.name == name), None)
+
+    def host_service(self, name: str) -> HostService | None:
+        """Return the named host service, or None."""
+        return next((h for h in self.host_services if h.name == name), None)
 
 
 @dataclass(frozen=True)
@@ -318,6 +360,7 @@ def _semantic_problems(doc: yamlsrc.Document) -> list[Problem]:
                 )
             )
     problems += _grant_problems(doc)
+    problems += _network_problems(doc)
     proxy = data.get("proxy")
     keepalive = proxy.get("keepalive") if isinstance(proxy, dict) else None
     try:
@@ -378,6 +421,78 @@ def _state_dir(path: Path, env: Mapping[str, str], named: str | None) -> Path:
     return (path.resolve().parent / (env.get(STATE_DIR_ENV) or named or DEFAULT_STATE_DIR)).resolve()
 
 
+def _network_problems(doc: yamlsrc.Document) -> list[Problem]:
+    """The pool and the deny list must be real IPv4 networks, the pool bigger than a subnet."""
+    network = doc.data.get("network")
+    network = network if isinstance(network, dict) else {}
+    problems: list[Problem] = []
+    pool = _ipv4_network(network.get("pool", DEFAULT_NETWORK_POOL))
+    if pool is None:
+        problems.append(
+            doc.problem(("network", "pool"), f"{network.get('pool')!r} is not an IPv4 network", _CIDR_HINT)
+        )
+    prefix = network.get("subnet_prefix", DEFAULT_SUBNET_PREFIX)
+    if pool is not None and isinstance(prefix, int) and prefix <= pool.prefixlen:
+        problems.append(
+            doc.problem(
+                ("network", "subnet_prefix"),
+                f"subnet_prefix /{prefix} is not smaller than the pool {pool}",
+                "use a longer prefix (28 gives each server 13 addresses)",
+            )
+        )
+    deny = network.get("egress_deny")
+    for i, value in enumerate(deny if isinstance(deny, list) else []):
+        if _ipv4_network(value) is None:
+            problems.append(
+                doc.problem(("network", "egress_deny", i), f"{value!r} is not an IPv4 network", _CIDR_HINT)
+            )
+    services = doc.data.get("host_services")
+    ports: dict[int, str] = {}
+    for name, service in (services if isinstance(services, dict) else {}).items():
+        address = service.get("address") if isinstance(service, dict) else None
+        parsed = _address(address) if isinstance(address, str) else None
+        if isinstance(address, str) and parsed is None:
+            problems.append(
+                doc.problem(
+                    ("host_services", name, "address"),
+                    f"{address!r} is not an IPv4 address and port",
+                    "write it as 127.0.0.1:11434",
+                )
+            )
+        elif parsed is not None and parsed[1] in ports:
+            problems.append(
+                doc.problem(
+                    ("host_services", name, "address"),
+                    f"port {parsed[1]} is also {ports[parsed[1]]!r}'s: a server reaches each service at "
+                    "its own gateway on the service's port",
+                    "give each host service a different port",
+                )
+            )
+        if parsed is not None:
+            ports.setdefault(parsed[1], str(name))
+    return problems
+
+
+_CIDR_HINT = "write it as address/prefix with the host bits zero, like 10.213.0.0/16"
+
+
+def _ipv4_network(value: object) -> ipaddress.IPv4Network | None:
+    try:
+        return ipaddress.IPv4Network(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _address(value: str) -> tuple[str, int] | None:
+    host, _, port = value.rpartition(":")
+    host = "127.0.0.1" if host == "localhost" else host
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return None
+    return (host, int(port)) if port.isdigit() and 0 < int(port) < 65536 else None
+
+
 def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings:
     base = path.resolve().parent
     listen = data.get("listen", {})
@@ -423,6 +538,8 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
         monitor=_monitor(data.get("monitor", {})),
         containers=_containers(data.get("containers", {})),
         limits=_limits(data.get("limits", {})),
+        network=_network(data.get("network", {})),
+        host_services=tuple(_host_service(k, v) for k, v in sorted(data.get("host_services", {}).items())),
         admin_token=env.get(data["admin_token_env"], "") if "admin_token_env" in data else "",
         admin_token_env=data.get("admin_token_env", ""),
     )
@@ -455,6 +572,25 @@ def _limits(data: dict[str, Any]) -> Limits:
         snapshot_files=data.get("snapshot_files", DEFAULT_MAX_SNAPSHOT_FILES),
         log_lines=data.get("log_lines", DEFAULT_MAX_LOG_LINES),
     )
+
+
+def _network(data: dict[str, Any]) -> NetworkConfig:
+    relay = data.get("relay", {})
+    return NetworkConfig(
+        pool=str(ipaddress.IPv4Network(data.get("pool", DEFAULT_NETWORK_POOL))),
+        subnet_prefix=data.get("subnet_prefix", DEFAULT_SUBNET_PREFIX),
+        egress_deny=tuple(
+            str(ipaddress.IPv4Network(n)) for n in data.get("egress_deny", DEFAULT_EGRESS_DENY)
+        ),
+        relay_max_connections=relay.get("max_connections", DEFAULT_RELAY_MAX_CONNECTIONS),
+        relay_idle_timeout=parse_duration(relay.get("idle_timeout", DEFAULT_RELAY_IDLE_TIMEOUT)),
+    )
+
+
+def _host_service(name: str, data: dict[str, Any]) -> HostService:
+    address = _address(data["address"])
+    assert address is not None  # checked by _network_problems
+    return HostService(name, address[0], address[1], tuple(data.get("servers", ())))
 
 
 def _repo(data: dict[str, Any]) -> Repo:

@@ -345,7 +345,7 @@ class Proxy:
             b"\r\n" if not body and method in NO_BODY_METHODS else b"content-length: %d\r\n\r\n" % len(body)
         )
         start = f"{method} {target}".encode() + (b"?" + query if query else b"")
-        host = f" HTTP/1.1\r\nhost: {upstream.host}:{upstream.port}\r\n".encode()
+        host = f" HTTP/1.1\r\nhost: {upstream.authority}\r\n".encode()
         return b"".join((start, host, *fields, body))
 
     def _relayed(self, ticket: Ticket, conn: Connection) -> Headers:

@@ -36,6 +36,12 @@ class Upstream:
         """The upstream's MCP endpoint URL."""
         return f"http://{self.host}:{self.port}{self.path}"
 
+    @property
+    def authority(self) -> str:
+        """The Host sent upstream: loopback, as SDK servers' DNS-rebinding guard accepts, whatever
+        address the container is reached at on its network."""
+        return f"127.0.0.1:{self.port}"
+
 
 class Router:
     """Routes, sessions and in-flight counts; thread-safe (deploys run on worker threads)."""

@@ -6,12 +6,26 @@ session drain) starts its own with `tests.support.provider.running_provider`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from pipeline import firewall
+from pipeline.config.settings import Settings
 from pipeline.dockerhost import DockerHost
 from tests.support.provider import Provider, Workspace, running_provider
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_firewall() -> None:
+    """The server networks' firewall, as `make setup` installs it (serve starts no server without it)."""
+    settings = Settings(config_path=Path("deploy.yaml"), state_dir=Path(".central-mcp"))
+    if os.geteuid() == 0:
+        firewall.install(settings)
+    status = firewall.check(settings)
+    assert status.ok, f"the end-to-end tests need the host firewall: {status.detail}"
 
 
 @pytest.fixture(scope="module")

@@ -243,7 +243,7 @@ def test_a_commit_whose_manifests_no_glob_matches_is_rejected_and_every_server_s
 def test_a_removed_server_disappears_from_the_proxy_and_docker(
     provider: Provider, workspace: Workspace, baseline: Baseline
 ) -> None:
-    """Deleting a server's folder retires it: the proxy answers 404 JSON and its container is removed."""
+    """Deleting a server's folder retires it: the proxy answers 404 JSON; its container and network go."""
     doomed = workspace.put("echo", name=provider.name("doomed"), env={"GREETING": "doomed"})
     workspace.commit("add a server to remove")
     assert workspace.push().ok
@@ -277,6 +277,8 @@ def test_a_removed_server_disappears_from_the_proxy_and_docker(
     wait_for(
         "the removed server's container to go", lambda: provider.containers(doomed) == [], DRAIN_DEADLINE
     )
+    network = f"cmcp-{provider.instance}-{doomed}"
+    wait_for("its network to go", lambda: provider.docker.network(network) is None, DRAIN_DEADLINE)
     assert provider.releases(doomed) == {"r1": "retired"}
     assert provider.greeting(baseline.echo).endswith(", Ada")
 

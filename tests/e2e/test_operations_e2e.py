@@ -330,7 +330,7 @@ def test_a_release_failing_calls_in_its_watch_window_is_rolled_back(watched: Fle
 
 
 def test_healthz_and_metrics_report_the_provider(watched: Fleet) -> None:
-    """/healthz checks the database and Docker; /metrics counts deploys, proxied calls, live releases."""
+    """/healthz checks the database, Docker and firewall; /metrics counts deploys, calls, live releases."""
     p = watched.provider
     wait_for("the monitor to probe echo", lambda: health(p)["servers"].get(watched.echo) == "healthy", 10)
     requests_before = sample(p, "central_mcp_proxy_requests_total", server=watched.echo, status="200")
@@ -339,7 +339,7 @@ def test_healthz_and_metrics_report_the_provider(watched: Fleet) -> None:
 
     found = health(p)
     assert found["ok"] is True
-    assert found["checks"] == {"database": "ok", "docker": "ok"}
+    assert found["checks"] == {"database": "ok", "docker": "ok", "firewall": "ok"}
     assert watched.echo in found["routes"]
     assert sample(p, "central_mcp_proxy_requests_total", server=watched.echo, status="200") > requests_before
     assert sample(p, "central_mcp_deploys_total", status="succeeded", source="push") >= 1

@@ -551,9 +551,11 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def _remove_leftovers(provider: Provider) -> None:
-    """Remove every container of this instance and every image of this run's servers."""
+    """Remove every container and network of this instance and every image of this run's servers."""
     for container in provider.docker.containers({LABEL_INSTANCE: provider.instance}):
         container.remove(force=True)
+    for network in provider.docker.networks({LABEL_INSTANCE: provider.instance}):
+        provider.docker.remove_network(str(network["Name"]))
     for name in provider.names:
         for image in provider.docker.client.images.list(name=f"{SERVER_IMAGES}/{name}"):
             for tag in image.tags:

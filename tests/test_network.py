@@ -1,0 +1,78 @@
+"""Server networks: subnet allocation from the pool, names, and (on the real engine) create, reuse, prune."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.config.settings import HostService, NetworkConfig, Settings
+from pipeline.dockerhost import LABEL_INSTANCE, DockerHost
+from pipeline.errors import NetworkError
+from pipeline.hostrelay import HostRelays
+from pipeline.network import Networks, bridge_name, free_subnet, network_name
+
+POOL = ipaddress.IPv4Network("10.213.0.0/16")
+
+
+def test_the_first_subnet_clear_of_every_used_one_is_taken() -> None:
+    """Subnets used by any network (another instance's, Docker's own) are skipped, overlaps included."""
+    used = ["10.213.0.0/28", "10.213.0.16/29", "172.17.0.0/16", "fd00::/64"]
+    assert free_subnet(POOL, 28, used) == ipaddress.IPv4Network("10.213.0.32/28")
+
+
+def test_a_full_pool_says_how_to_widen_it() -> None:
+    """When every subnet is taken the error names the pool and the setting to change."""
+    with pytest.raises(NetworkError, match=r"10.213.0.0/16 is full .*network.pool"):
+        free_subnet(POOL, 17, ["10.213.0.0/17", "10.213.128.0/17"])
+
+
+def test_names_fit_docker_and_the_kernel() -> None:
+    """Network names carry instance and server; bridge names fit 15 characters and start with cmcp."""
+    name = network_name("abcd1234", "x" * 63, egress=True)
+    assert name == f"cmcp-abcd1234-{'x' * 63}-egress"
+    assert len(bridge_name(name)) == 15 and bridge_name(name).startswith("cmcp")
+    assert bridge_name(name) != bridge_name(network_name("abcd1234", "x" * 63, egress=False))
+
+
+@pytest.fixture
+def networks(docker_host: DockerHost, instance_label: str) -> Iterator[Networks]:
+    """Networks of a test instance on the real engine, removed afterwards."""
+    settings = Settings(
+        config_path=Path("deploy.yaml"),
+        state_dir=Path(".central-mcp"),
+        network=NetworkConfig(),
+        host_services=(HostService("svc", "127.0.0.1", 1, ("granted",)),),
+    )
+    yield Networks(docker_host, settings, instance_label, HostRelays(settings.network))
+    for network in docker_host.networks({LABEL_INSTANCE: instance_label}):
+        docker_host.remove_network(str(network["Name"]))
+
+
+@pytest.mark.docker
+def test_a_network_is_created_once_in_the_pool_and_pruned_when_unused(networks: Networks) -> None:
+    """ensure() makes an internal network with a /28 of the pool, returns the same one again, and
+    prune() removes it once no container uses it."""
+    net = networks.ensure("svc", egress=False)
+    assert net.subnet.prefixlen == 28 and net.subnet.subnet_of(POOL)
+    assert net.gateway == str(net.subnet.network_address + 1)
+    assert networks.ensure("svc", egress=False) == net
+    attrs = networks.docker.network(net.name)
+    assert attrs is not None and attrs["Internal"] is True
+    assert attrs["Options"]["com.docker.network.bridge.name"] == net.bridge
+    egress = networks.ensure("svc", egress=True)
+    assert egress.subnet != net.subnet and not egress.subnet.overlaps(net.subnet)
+    assert sorted(networks.prune({})) == sorted([net.name, egress.name])
+    assert networks.docker.network(net.name) is None
+
+
+@pytest.mark.docker
+def test_a_host_service_not_granted_to_the_server_is_refused(networks: Networks) -> None:
+    """Joining names only granted services; another server naming one gets a NetworkError saying so."""
+    assert [s.name for s in networks.granted("granted", ["svc"])] == ["svc"]
+    with pytest.raises(NetworkError, match="does not grant host service 'svc'"):
+        networks.granted("other", ["svc"])
+    with pytest.raises(NetworkError, match="'nope'"):
+        networks.granted("granted", ["nope"])
