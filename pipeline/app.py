@@ -228,7 +228,15 @@ def _start_services(settings: Settings, port: int, docker: DockerHost | None) ->
     log.info("routes: %s", ", ".join(u.server for u in routed) or "none")
     url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{port}"
     usage = Usage(store, ctx.metrics)
-    proxy = Proxy(ctx.router, Gatekeeper(settings, store), usage, settings.proxy.keepalive)
+    limits = settings.proxy
+    proxy = Proxy(
+        ctx.router,
+        Gatekeeper(settings, store),
+        usage,
+        limits.keepalive,
+        max_body=limits.max_body,
+        max_upstream_header=limits.max_upstream_header,
+    )
     dispatcher = Dispatcher(ctx)
     monitor = Monitor(ctx, dispatcher.submit, dispatcher.busy, usage)
     receiver = Receiver(settings, dispatcher.submit_delivery, dispatcher.waiting)

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from pipeline import gate, registry
@@ -66,14 +67,14 @@ class Monitor:
         submit: Callable[[DeployRequest], int],
         busy: Callable[[str], bool],
         usage: Usage,
-        probe: Probe = gate.handshake,
+        probe: Probe | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ctx = ctx
         self.submit = submit
         self.busy = busy
         self.usage = usage
-        self.probe = probe
+        self.probe = probe or partial(gate.handshake, max_bytes=ctx.settings.proxy.max_handshake)
         self.clock = clock
         self.health: dict[str, Health] = {}
         self.watches: dict[str, Watch] = {}

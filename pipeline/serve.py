@@ -31,6 +31,7 @@ def server(settings: Settings, port: int | None = None) -> uvicorn.Server:
     logs.configure()
     config = front.config(
         create_app(settings, port=port),
+        settings.proxy,
         host=settings.host,
         port=port or settings.port,
         log_level="info",
