@@ -36,6 +36,7 @@ TIGHT = {
     "max_body": 64 * 1024,
     "header_timeout": 0.5,
     "body_timeout": 0.5,
+    "send_timeout": 0.5,
     "max_connections": 20,
     "max_upstream_header": 8192,
 }
@@ -232,6 +233,29 @@ def test_a_body_over_max_body_gets_413(tight: Rig, target: tuple[str, str]) -> N
     status, _, body = _fetch(tight, target[0], target[1], b"x" * (65 * 1024))
     assert status == 413
     assert "over 65536 bytes" in body.decode()
+
+
+@pytest.mark.parametrize("target", [FAST_PATH, ("PATCH", "/mcp/x")], ids=["fast", "asgi"])
+def test_a_client_that_reads_nothing_of_its_answer_is_dropped_after_the_send_timeout(
+    tmp_path: Path, target: tuple[str, str]
+) -> None:
+    """A client that asks for a 64 MiB answer and reads none of it is dropped once the send timeout
+    (0.5 s) has passed with the proxy unable to write: it then gets what was buffered, and the end."""
+    with (
+        running_proxy(tmp_path, limits=TIGHT) as rig,
+        raw_upstream("x", _streaming(LARGE, sized=True)) as up,
+    ):
+        rig.router.swap({"x": up})
+        with _connect(rig) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            method, path = target
+            sock.sendall(f"{method} {path} HTTP/1.1\r\nhost: p\r\ncontent-length: 2\r\n\r\n{{}}".encode())
+            time.sleep(2.0)
+            received = 0
+            with suppress(OSError):
+                while chunk := sock.recv(1 << 20):
+                    received += len(chunk)
+    assert 0 < received < LARGE // 4, f"received {received} bytes"
 
 
 def test_connections_past_the_limit_get_503_and_are_closed(tight: Rig) -> None:

@@ -30,6 +30,7 @@ DEFAULT_MAX_HEADER = 32 * 1024  # a request's header lines (as nginx's 4 x 8k bu
 DEFAULT_MAX_URL = 8 * 1024  # a request target (nginx's one 8k buffer)
 DEFAULT_HEADER_TIMEOUT = 10.0  # from a connection's first byte (or a request's) to its blank line
 DEFAULT_BODY_TIMEOUT = 60.0  # from a request's blank line to its body's last byte
+DEFAULT_SEND_TIMEOUT = 60.0  # a client that reads nothing of an answer the proxy waits to write (nginx's)
 DEFAULT_MAX_CONNECTIONS = 1000  # open client connections; a serve process needs ~2 descriptors each
 DEFAULT_MAX_UPSTREAM_HEADER = 64 * 1024  # an upstream answer's status line and headers
 DEFAULT_MAX_HANDSHAKE = 4 * 1024 * 1024  # what the gate and a probe read of one MCP handshake
@@ -105,6 +106,7 @@ class ProxyTimeouts:
     max_url: int = DEFAULT_MAX_URL
     header_timeout: float = DEFAULT_HEADER_TIMEOUT
     body_timeout: float = DEFAULT_BODY_TIMEOUT
+    send_timeout: float = DEFAULT_SEND_TIMEOUT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_upstream_header: int = DEFAULT_MAX_UPSTREAM_HEADER
     max_handshake: int = DEFAULT_MAX_HANDSHAKE
@@ -293,6 +295,7 @@ def _proxy(data: dict[str, Any]) -> ProxyTimeouts:
         max_url=parse_size(data.get("max_url", DEFAULT_MAX_URL)),
         header_timeout=parse_duration(data.get("header_timeout", DEFAULT_HEADER_TIMEOUT)),
         body_timeout=parse_duration(data.get("body_timeout", DEFAULT_BODY_TIMEOUT)),
+        send_timeout=parse_duration(data.get("send_timeout", DEFAULT_SEND_TIMEOUT)),
         max_connections=data.get("max_connections", DEFAULT_MAX_CONNECTIONS),
         max_upstream_header=parse_size(data.get("max_upstream_header", DEFAULT_MAX_UPSTREAM_HEADER)),
         max_handshake=parse_size(data.get("max_handshake", DEFAULT_MAX_HANDSHAKE)),

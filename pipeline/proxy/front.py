@@ -31,7 +31,8 @@ request whichever way it then takes (deploy.yaml's `proxy:` section): a request 
 over, and per read while a head is incomplete, since httptools gathers a header line across reads
 before it hands it over); a head not complete within `header_timeout` of its first byte (or of the
 connection's) and a body not complete within `body_timeout` of its head get 408 and are closed;
-past `max_connections` open connections a new one gets 503 and is closed. The timeouts cost the
+a client that reads nothing of its answer for `send_timeout` while the proxy waits to write is
+dropped; past `max_connections` open connections a new one gets 503 and is closed. The timeouts cost the
 hot path no timer: one `Watchdog` per server sweeps the connections a few times per timeout and
 reads the phase and start time each connection notes down (on a clock the sweep keeps).
 """
@@ -123,6 +124,7 @@ class FrontProtocol(HttpToolsProtocol):
         super().connection_made(transport)  # type: ignore[arg-type]
         self.refusal: HeadTooLarge | None = None
         self.head_bytes = self.head_read = 0
+        self.stuck_since = 0.0  # when the watchdog first saw writes to this client paused
         if len(self.connections) > self.limits.max_connections:
             self.client_phase = IDLE
             self._refuse(503, f"over {self.limits.max_connections} open connections; retry", RETRY_AFTER)
@@ -250,9 +252,19 @@ class FrontProtocol(HttpToolsProtocol):
         super().on_headers_complete()
 
     def check_pace(self, now: float, watchdog: Watchdog) -> None:
-        """Close the connection if the head or body the proxy waits for is overdue (408)."""
+        """Close the connection if the head or body the proxy waits for is overdue (408); drop it if
+        the client has read nothing of its answer for `send_timeout`."""
+        if self.transport.is_closing():
+            return
+        if not self.flow.write_paused:
+            self.stuck_since = 0.0
+        elif not self.stuck_since:
+            self.stuck_since = now
+        elif now - self.stuck_since > watchdog.send_timeout + watchdog.period:
+            self.transport.abort()  # close() would wait to write what the client does not read
+            return
         phase = self.client_phase
-        if phase is IDLE or self.transport.is_closing():
+        if phase is IDLE:
             return
         if self.flow.read_paused:  # the proxy, not the client, holds the request back (pipelining)
             self.phase_since = now
@@ -293,7 +305,8 @@ class Watchdog:
     def __init__(self, limits: ProxyTimeouts) -> None:
         self.header_timeout = limits.header_timeout
         self.body_timeout = limits.body_timeout
-        shortest = min(limits.header_timeout, limits.body_timeout)
+        self.send_timeout = limits.send_timeout
+        shortest = min(limits.header_timeout, limits.body_timeout, limits.send_timeout)
         self.period = min(max(shortest / SWEEPS_PER_TIMEOUT, MIN_SWEEP_PERIOD), MAX_SWEEP_PERIOD)
         self.now = 0.0  # the loop's clock at the last sweep: what connections note their phase's start with
         self._timer: asyncio.TimerHandle | None = None
