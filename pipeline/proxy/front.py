@@ -27,9 +27,10 @@ through it as well as through ASGI.
 
 Before any of that, `FrontProtocol` bounds what a client may make the process hold, for every
 request whichever way it then takes (deploy.yaml's `proxy:` section): a request target over
-`max_url` bytes gets 414, header lines over `max_header` 431 (counted as httptools hands them
-over, and per read while a head is incomplete, since httptools gathers a header line across reads
-before it hands it over); a head not complete within `header_timeout` of its first byte (or of the
+`max_url` bytes gets 414, header lines over `max_header` 431 (counted only when the reads that
+carried the head were larger than that, so a usual request pays one addition; and bounded per read
+while a head is incomplete, since httptools gathers a header line across reads before it hands it
+over); a head not complete within `header_timeout` of its first byte (or of the
 connection's) and a body not complete within `body_timeout` of its head get 408 and are closed;
 a client that reads nothing of its answer for `send_timeout` while the proxy waits to write is
 dropped; past `max_connections` open connections a new one gets 503 and is closed. The timeouts cost the
@@ -123,7 +124,7 @@ class FrontProtocol(HttpToolsProtocol):
         """Take the connection, unless `max_connections` are open: then answer 503 and close."""
         super().connection_made(transport)  # type: ignore[arg-type]
         self.refusal: HeadTooLarge | None = None
-        self.head_bytes = self.head_read = 0
+        self.head_read = self.reading = 0
         self.stuck_since = 0.0  # when the watchdog first saw writes to this client paused
         if len(self.connections) > self.limits.max_connections:
             self.client_phase = IDLE
@@ -134,9 +135,10 @@ class FrontProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         """Parse, then bound what httptools holds of a head that is still incomplete."""
-        super().data_received(data)
+        self.reading = size = len(data)
+        HttpToolsProtocol.data_received(self, data)  # not super(): no proxy object per read
         if self.client_phase is HEAD:
-            self.head_read += len(data)  # counts from the read the head began in: at most one read over
+            self.head_read += size  # counts from the read the head began in: at most one read over
             if self.head_read > self.head_guard:
                 self._refuse(431, f"request headers over {self.max_head} bytes")
 
@@ -154,7 +156,7 @@ class FrontProtocol(HttpToolsProtocol):
         self.expect_100_continue = False
         self.headers = []
         self.client_phase, self.phase_since = HEAD, self.watchdog.now
-        self.head_bytes = self.head_read = 0
+        self.head_read = 0
 
     def on_url(self, url: bytes) -> None:
         """Collect the request target, up to `max_url` bytes."""
@@ -162,18 +164,11 @@ class FrontProtocol(HttpToolsProtocol):
         if len(self.url) > self.max_url:
             raise self._refusing(HeadTooLarge(414, f"request target over {self.max_url} bytes"))
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        """Collect a header (as uvicorn does), up to `max_head` bytes of them."""
-        self.head_bytes += len(name) + len(value) + 4  # ": " and CRLF
-        if self.head_bytes > self.max_head:
-            raise self._refusing(HeadTooLarge(431, f"request headers over {self.max_head} bytes"))
-        name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
-            self.expect_100_continue = True
-        self.headers.append((name, value))
-
     def on_headers_complete(self) -> None:
         """Start the request: the proxy's fast path when it applies, else uvicorn's ASGI cycle."""
+        # The head is at most the reads that carried it: count its header lines only past the cap.
+        if self.head_read + self.reading > self.max_head and _size(self.headers) > self.max_head:
+            raise self._refusing(HeadTooLarge(431, f"request headers over {self.max_head} bytes"))
         self.client_phase, self.phase_since = BODY, self.watchdog.now
         # An answer made while parsing (a 404, 401, 429, 413) armed the keep-alive timer; the next
         # request in the same read must not run under it (uvicorn disarms it only when data arrives).
@@ -580,6 +575,11 @@ class ProxyCycle(RequestResponseCycle):
 
 def _nothing() -> None:
     pass
+
+
+def _size(headers: Headers) -> int:
+    """The bytes of header lines as they were sent (name, ": ", value, CRLF)."""
+    return sum(len(name) + len(value) + 4 for name, value in headers)
 
 
 _default_fields: tuple[list[tuple[bytes, bytes]], bytes] = ([], b"")

@@ -23,8 +23,7 @@ UVICORN_NAMES: Final[dict[str, str]] = {
     # HttpToolsProtocol: parser callbacks, overridden or relied on
     "HttpToolsProtocol.on_message_begin": "reset a request without an ASGI scope; `_asgi` calls uvicorn's",
     "HttpToolsProtocol.on_url": "collect the request target in `url`, up to `max_url` bytes (as uvicorn's)",
-    "HttpToolsProtocol.on_header": "collect `headers` and `expect_100_continue`, up to `max_header` bytes "
-    "(as uvicorn's)",
+    "HttpToolsProtocol.on_header": "collect `headers` and `expect_100_continue` (uvicorn's, not overridden)",
     "HttpToolsProtocol.on_headers_complete": "take the fast path, or call uvicorn's to start an ASGI cycle",
     "HttpToolsProtocol.on_body": "add to the cycle's body, pausing reads past the high-water mark (super)",
     "HttpToolsProtocol.on_message_complete": "mark the body complete (super), then begin a waiting cycle",
