@@ -249,7 +249,7 @@ class _Session:
         """One bounded read of `method`'s answer: fail past the deadline or past `max_bytes`."""
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
-            raise TimeoutError(f"{method}: the answer did not end within {self.timeout:g}s")
+            raise NotMCP(f"{method}: the answer did not end within {self.timeout:g}s")
         if sock is not None:
             sock.settimeout(remaining)
         data = read(min(READ_CHUNK, self.left + 1))
