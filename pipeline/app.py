@@ -6,7 +6,9 @@ import asyncio
 import hmac
 import json
 import logging
+import signal
 import sqlite3
+import threading
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,7 +24,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline import control as control_mod
 from pipeline import pages, registry
-from pipeline.config.settings import Settings
+from pipeline import reload as reload_mod
+from pipeline.config.settings import Listen, Settings, listen_url
 from pipeline.context import Context, DeployRequest, instance_id
 from pipeline.deploylog import DeployLog, Event
 from pipeline.dispatch import Dispatcher
@@ -45,7 +48,7 @@ log = logging.getLogger("central-mcp")
 MCP_METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD"]
 MCP_METHOD_SET = frozenset(MCP_METHODS)
 FOLLOW_WAIT = 1.0
-USAGE_FLUSH_SECONDS = 5.0
+FLUSH_SECONDS = 5.0  # usage counters and session bindings are saved this often, and at shutdown
 
 
 @dataclass
@@ -60,34 +63,72 @@ class Services:
     webhooks: Receiver
     control: control_mod.Control
     pages: PageSources
+    listen: Listen = field(default_factory=Listen)
+    scheduler: BackgroundScheduler | None = None
+    reloading: threading.Lock = field(default_factory=threading.Lock)
+
+    def reload(self) -> reload_mod.Outcome:
+        """Read deploy.yaml again and apply what may change live; on a problem keep the running one."""
+        with self.reloading:
+            settings, outcome = reload_mod.read(self.ctx.settings, self.listen)
+            if outcome.ok and outcome.applied:
+                self._apply(settings)
+        level = logging.WARNING if not outcome.ok or outcome.restart or outcome.warnings else logging.INFO
+        log.log(level, "%s", outcome.summary())
+        for line in (*outcome.problems, *outcome.warnings):
+            log.log(level, "  %s", line)
+        return outcome
+
+    def _apply(self, settings: Settings) -> None:
+        """Hand `settings` to every part that reads them; each takes them in one assignment."""
+        old = self.ctx.settings
+        self.ctx.settings = settings
+        self.webhooks.settings = settings
+        self.pages.settings = settings
+        self.proxy.gatekeeper.configure(settings)
+        self.proxy.keepalive = settings.proxy.keepalive
+        if self.scheduler is not None and settings.monitor != old.monitor:
+            _reschedule(self.scheduler, settings)
+        try:  # the namespace or the public URL may have changed; like any listener, never undo
+            registry.write_files(settings, self.ctx.store.live_releases())
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("after the reload, writing the registry files failed: %s", exc)
 
 
 def create_app(
-    settings: Settings, *, port: int | None = None, docker: DockerHost | None = None, schedule: bool = True
+    settings: Settings,
+    *,
+    listen: Listen | None = None,
+    docker: DockerHost | None = None,
+    schedule: bool = True,
 ) -> App:
-    """Build the ASGI app for `settings`; services start in the lifespan."""
-    listen_port = port or settings.port
+    """Build the ASGI app for `settings` (with `serve`'s overrides `listen` already applied, and
+    applied again on every reload); services start in the lifespan."""
 
     @asynccontextmanager
     async def lifespan(app: App) -> AsyncIterator[None]:
-        services = await asyncio.to_thread(_start_services, settings, listen_port, docker)
+        services = await asyncio.to_thread(_start_services, settings, docker)
+        services.listen = listen or Listen()
         services.ctx.router.loop = asyncio.get_running_loop()
         await services.proxy.start()
         app.state.services = services
         app.proxy = services.proxy
         services.control.save(settings.state_dir)
-        flusher = asyncio.create_task(_flush_usage(services.usage))
-        scheduler = _scheduler(services.monitor, settings) if schedule else None
+        flusher = asyncio.create_task(_flush_periodically(services))
+        services.scheduler = scheduler = _scheduler(services.monitor, settings) if schedule else None
+        hangup = _on_hangup(services)
         try:
             yield
         finally:
+            if hangup:
+                asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
             if scheduler is not None:
                 scheduler.shutdown(wait=False)
             flusher.cancel()
             (settings.state_dir / control_mod.CONTROL_FILE).unlink(missing_ok=True)
             app.proxy = None
             await services.proxy.stop()
-            await asyncio.to_thread(services.usage.flush)
+            await asyncio.to_thread(_flush, services)
 
     def services(request: Request) -> Services:
         found: Services = request.app.state.services
@@ -110,13 +151,20 @@ def create_app(
         provider = request.path_params["provider"]
         if provider not in PROVIDERS:
             return JSONResponse({"error": f"unknown webhook provider {provider!r}"}, status_code=404)
-        limit = settings.webhook_max_body
+        limit = s.ctx.settings.webhook_max_body
         body = await _read_limited(request, limit)
         if body is None:
             return JSONResponse({"error": f"body over {limit} bytes"}, status_code=413)
         delivery = Delivery(provider, {k.lower(): v for k, v in request.headers.items()}, body)
         answer = await asyncio.to_thread(s.webhooks.handle, delivery)
         return JSONResponse(answer.body, status_code=answer.status, headers=dict(answer.headers or {}))
+
+    async def reload(request: Request) -> Response:
+        s = services(request)
+        if not _authorized(request, s.control):
+            return JSONResponse({"error": "bad or missing control token"}, status_code=403)
+        outcome = await asyncio.to_thread(s.reload)
+        return JSONResponse(outcome.as_json(), status_code=200 if outcome.ok else 422)
 
     async def healthz(request: Request) -> Response:
         s = services(request)
@@ -143,6 +191,7 @@ def create_app(
     routes = [
         *proxy_routes(mcp),
         Route("/api/deploys", submit_deploy, methods=["POST"]),
+        Route("/api/reload", reload, methods=["POST"]),
         *pages.routes(lambda request: services(request).pages),
         Route("/hooks/{provider}", webhook, methods=["POST"]),
         Route("/healthz", healthz),
@@ -216,7 +265,7 @@ class _RawASGI:
         await self.app(scope, receive, send)
 
 
-def _start_services(settings: Settings, port: int, docker: DockerHost | None) -> Services:
+def _start_services(settings: Settings, docker: DockerHost | None) -> Services:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.state_dir / "central-mcp.db")
     host = docker or DockerHost()
@@ -226,16 +275,17 @@ def _start_services(settings: Settings, port: int, docker: DockerHost | None) ->
     )
     routed = reconcile(ctx, log.info)
     log.info("routes: %s", ", ".join(u.server for u in routed) or "none")
-    url = f"http://{'127.0.0.1' if settings.host in ('0.0.0.0', '::') else settings.host}:{port}"
+    url = listen_url(settings.host, settings.port)
     usage = Usage(store, ctx.metrics)
-    limits = settings.proxy
+    _restore_sessions(ctx)
     proxy = Proxy(
         ctx.router,
         Gatekeeper(settings, store),
         usage,
-        limits.keepalive,
-        max_body=limits.max_body,
-        max_upstream_header=limits.max_upstream_header,
+        settings.proxy.keepalive,
+        settings.proxy.session_idle_timeout,
+        max_body=settings.proxy.max_body,
+        max_upstream_header=settings.proxy.max_upstream_header,
     )
     dispatcher = Dispatcher(ctx)
     monitor = Monitor(ctx, dispatcher.submit, dispatcher.busy, usage)
@@ -254,6 +304,28 @@ def _scheduler(monitor: Monitor, settings: Settings) -> BackgroundScheduler:
     )
     scheduler.start()
     return scheduler
+
+
+def _reschedule(scheduler: BackgroundScheduler, settings: Settings) -> None:
+    """Give the monitor's jobs the intervals of reloaded settings."""
+    scheduler.reschedule_job("probe", trigger="interval", seconds=settings.monitor.probe_interval)
+    scheduler.reschedule_job("retention", trigger="interval", seconds=settings.monitor.retention_interval)
+
+
+def _on_hangup(services: Services) -> bool:
+    """Reload deploy.yaml on SIGHUP; return whether the handler is installed (only a process's main
+    thread may take signals: under `up` the app runs in a thread, and `central-mcp reload` remains)."""
+    loop = asyncio.get_running_loop()
+
+    def hangup() -> None:
+        loop.run_in_executor(None, services.reload)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, hangup)
+    except (ValueError, RuntimeError, NotImplementedError):
+        log.info("SIGHUP does not reload here (not the main thread); use `central-mcp reload`")
+        return False
+    return True
 
 
 def _self_check(s: Services) -> dict[str, str]:
@@ -287,10 +359,29 @@ async def _read_limited(request: Request, limit: int) -> bytes | None:
     return b"".join(chunks)
 
 
-async def _flush_usage(usage: Usage) -> None:
+async def _flush_periodically(services: Services) -> None:
     while True:
-        await asyncio.sleep(USAGE_FLUSH_SECONDS)
-        await asyncio.to_thread(usage.flush)
+        await asyncio.sleep(FLUSH_SECONDS)
+        await asyncio.to_thread(_flush, services)
+
+
+def _flush(services: Services) -> None:
+    """Save the sessions opened and ended since the last flush, and the usage counters; a failing
+    write is logged (the next flush tries again with what is new by then)."""
+    opened, ended = services.ctx.router.take_session_changes()
+    try:
+        services.ctx.store.save_sessions(opened, ended)
+        services.usage.flush()
+    except sqlite3.Error as exc:
+        log.warning("saving sessions and usage failed: %s", exc)
+
+
+def _restore_sessions(ctx: Context) -> None:
+    """Take back the sessions of live containers saved before a restart; forget the rest. A
+    session's id then still belongs to the key it was issued to (unknown ids answer 404)."""
+    restored, gone = ctx.router.restore_sessions(ctx.store.sessions())
+    ctx.store.save_sessions([], gone)
+    log.info("sessions: %d restored, %d of containers no longer live forgotten", restored, len(gone))
 
 
 def _authorized(request: Request, control: control_mod.Control) -> bool:

@@ -8,7 +8,9 @@ another server's. So every image a Dockerfile names must be an earlier stage, `s
 `build.base_images`; a remote `ADD` needs `build.remote_add: true`; cache mounts, shared by every
 build on the engine, are refused. FROM lines are expanded with the ARGs declared before the first
 FROM and the build's own args, as the builder does; `--from` names must be written out; a name
-that cannot be expanded is refused.
+that cannot be expanded is refused. Server images (tagged under SERVER_IMAGES) are refused
+whatever the globs say: one server never builds on another's image, of its repo or another's;
+at build time `prepare` also refuses any named image that carries a server's label.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from collections.abc import Iterator, Mapping, Sequence
 
 from pipeline.dockerfile import Dockerfile, Instruction
 
+SERVER_IMAGES = "central-mcp-server"  # the repository every server image is tagged under
+_DEFAULT_REGISTRY = ("docker.io/", "index.docker.io/")
 REMOTE = re.compile(r"^(?:[A-Za-z][A-Za-z0-9+.-]*://|git@)")
 _VARIABLE = re.compile(
     r"\$(?:\{(?P<braced>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:[-+])(?P<word>[^}]*))?\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))"
@@ -28,17 +32,29 @@ _VARIABLE = re.compile(
 
 
 def problems(
-    dockerfile: Dockerfile, args: Mapping[str, str], base_images: Sequence[str], remote_add: bool
+    dockerfile: Dockerfile,
+    args: Mapping[str, str],
+    base_images: Sequence[str],
+    remote_add: bool,
+    named: list[tuple[int, str]] | None = None,
 ) -> list[tuple[int, str]]:
-    """(line, message) for every fetch the Dockerfile would make the daemon do without leave."""
+    """(line, message) for every fetch the Dockerfile would make the daemon do without leave;
+    the images it names and may use (not stages, not scratch) are appended to `named`."""
     steps = instructions(dockerfile.pushed, dockerfile.escape)
     scope = dict(_global_args(steps, args))  # what FROM lines expand, and nothing later changes it
     stages: list[str] = []
-    return [
-        (step.line, message)
-        for step in steps
-        for message in _check(step, scope, stages, base_images, remote_add)
-    ]
+    found: list[tuple[int, str]] = []
+    for step in steps:
+        allowed: list[str] = []
+        found += [(step.line, m) for m in _check(step, scope, stages, base_images, remote_add, allowed)]
+        if named is not None:
+            named += [(step.line, image) for image in allowed]
+    return found
+
+
+def server_image(name: str, number: int, instance: str) -> str:
+    """The tag of release `number` of server `name` on `instance` (never a base image's name)."""
+    return f"{SERVER_IMAGES}/{name}:r{number}-{instance}"
 
 
 def instructions(text: str, escape: str = "\\") -> list[Instruction]:
@@ -86,15 +102,16 @@ def _check(
     stages: list[str],
     base_images: Sequence[str],
     remote_add: bool,
+    named: list[str],
 ) -> Iterator[str]:
     keyword, rest = step.keyword, step.rest
     if keyword == "ONBUILD":
         inner = _instruction(step.line, rest)
-        yield from (f"ONBUILD {m}" for m in _check(inner, scope, stages, base_images, remote_add))
+        yield from (f"ONBUILD {m}" for m in _check(inner, scope, stages, base_images, remote_add, named))
     elif keyword == "FROM":
         words = [w for w in _words(rest) if not w.startswith("--")]
         image = _expand(words[0], scope) if words else None
-        yield from _image(image, words[0] if words else "", stages, base_images, "FROM")
+        yield from _image(image, words[0] if words else "", stages, base_images, "FROM", named)
         if len(words) >= 3 and words[1].lower() == "as":
             stages.append(words[2].lower())
         else:
@@ -103,16 +120,21 @@ def _check(
         flags = [w for w in _words(rest) if w.startswith("--from=")]
         for flag in flags:
             name = flag.removeprefix("--from=")
-            yield from _image(_literal(name), name, stages, base_images, f"{keyword} --from")
+            yield from _image(_literal(name), name, stages, base_images, f"{keyword} --from", named)
         if keyword == "ADD" and not remote_add:
             yield from _remote_sources(rest)
     elif keyword == "RUN":
         for mount in (w.removeprefix("--mount=") for w in _words(rest) if w.startswith("--mount=")):
-            yield from _mount(mount, stages, base_images)
+            yield from _mount(mount, stages, base_images, named)
 
 
 def _image(
-    image: str | None, written: str, stages: list[str], base_images: Sequence[str], where: str
+    image: str | None,
+    written: str,
+    stages: list[str],
+    base_images: Sequence[str],
+    where: str,
+    named: list[str],
 ) -> Iterator[str]:
     if image is None:
         yield f"{where} {written}: a name the provider cannot expand, so cannot allow"
@@ -122,7 +144,14 @@ def _image(
     name = image.lower()
     if name == "scratch" or name in (s for s in stages if s):
         return
+    if _is_server_image(name):
+        yield (
+            f"{where} {image}: a server image this provider built; a Dockerfile builds on base images "
+            "(build.base_images in deploy.yaml), never on another server's image"
+        )
+        return
     if any(fnmatch.fnmatchcase(image, allowed) for allowed in base_images):
+        named.append(image)
         return
     allowed = ", ".join(base_images) or "none"
     yield (
@@ -141,13 +170,20 @@ def _remote_sources(rest: str) -> Iterator[str]:
             )
 
 
-def _mount(mount: str, stages: list[str], base_images: Sequence[str]) -> Iterator[str]:
+def _mount(mount: str, stages: list[str], base_images: Sequence[str], named: list[str]) -> Iterator[str]:
     options = dict(part.partition("=")[::2] for part in mount.split(","))
     if options.get("type", "bind") == "cache":
         yield "RUN --mount=type=cache: a cache mount is shared by every build on the engine; use a stage"
     if "from" in options:
         source = options["from"]
-        yield from _image(_literal(source), source, stages, base_images, "RUN --mount=from")
+        yield from _image(_literal(source), source, stages, base_images, "RUN --mount=from", named)
+
+
+def _is_server_image(name: str) -> bool:
+    """Whether `name` (lower case) is under SERVER_IMAGES, however the default registry is spelt."""
+    for prefix in _DEFAULT_REGISTRY:
+        name = name.removeprefix(prefix)
+    return name.startswith(f"{SERVER_IMAGES}/")
 
 
 def _expand(word: str, env: Mapping[str, str]) -> str | None:

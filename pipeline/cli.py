@@ -10,14 +10,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pipeline.config import settings as settings_mod
-from pipeline.config.manifest import check_tree
-from pipeline.errors import CentralMCPError, ConfigError, Problem
+from pipeline.config.manifest import MANIFEST_NAME, Manifest, check_tree
+from pipeline.errors import CentralMCPError, ConfigError, Problem, SecretsError, StateError
 from pipeline.states import DeploySource
 from pipeline.store import Store
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+DATABASE = "central-mcp.db"
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -42,64 +43,76 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="central-mcp", description=__doc__)
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="deploy.yaml to use (default: ./deploy.yaml; defaults apply if it is missing)",
-    )
+    _config_option(parser, None)
     sub = parser.add_subparsers(dest="command", required=True)
+    # Every sub-command takes --config too (`central-mcp check --config x.yaml`); SUPPRESS keeps
+    # a sub-command without it from overwriting a --config given before the sub-command.
+    common = argparse.ArgumentParser(add_help=False)
+    _config_option(common, argparse.SUPPRESS)
 
-    check = sub.add_parser("check", help="validate deploy.yaml and every server manifest")
+    check = sub.add_parser("check", parents=[common], help="validate deploy.yaml and every server manifest")
     check.add_argument(
         "path", nargs="?", type=Path, default=Path("."), help="repository root to check (default: .)"
     )
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(handler=_check)
 
-    base = sub.add_parser("base-image", help="make the local Python base image when missing")
+    base = sub.add_parser(
+        "base-image", parents=[common], help="make the local Python base image when missing"
+    )
     base.add_argument("--force", action="store_true", help="make it again even if present")
     base.set_defaults(handler=_base_image)
 
-    engine = sub.add_parser("engine", help="make sure a Docker engine answers (starts dockerd)")
+    engine = sub.add_parser(
+        "engine", parents=[common], help="make sure a Docker engine answers (starts dockerd)"
+    )
     engine.set_defaults(handler=_engine)
 
-    init = sub.add_parser("init-repo", help="create the VM's bare repo with the deploy hook")
+    init = sub.add_parser(
+        "init-repo", parents=[common], help="create the VM's bare repo with the deploy hook"
+    )
     init.add_argument("name", nargs="?", help="repo name from deploy.yaml (default: the first)")
     init.set_defaults(handler=_init_repo)
 
-    hook = sub.add_parser("hook", help="run a git hook (called by the installed shims)")
+    hook = sub.add_parser("hook", parents=[common], help="run a git hook (called by the installed shims)")
     hook.add_argument("hook_name", choices=["pre-receive"])
     hook.add_argument("--repo", required=True)
     hook.set_defaults(handler=_hook)
 
-    deploy = sub.add_parser("deploy", help="deploy a ref of the VM's repo by hand")
+    deploy = sub.add_parser("deploy", parents=[common], help="deploy a ref of the VM's repo by hand")
     deploy.add_argument("--repo", help="repo name (default: the first in deploy.yaml)")
     deploy.add_argument("--ref", help="branch, tag or commit (default: the deploy branch)")
     deploy.set_defaults(handler=_deploy)
 
-    serve = sub.add_parser("serve", help="run the proxy and the control plane")
-    serve.add_argument("--port", type=int, help="port to listen on (overrides deploy.yaml)")
+    serve = sub.add_parser("serve", parents=[common], help="run the proxy and the control plane")
+    _listen_options(serve)
     serve.set_defaults(handler=_serve)
 
-    up = sub.add_parser("up", help="serve, and deploy this checkout's servers (make run)")
-    up.add_argument("--port", type=int, help="port to listen on (overrides deploy.yaml)")
+    up = sub.add_parser("up", parents=[common], help="serve, and deploy this checkout's servers (make run)")
+    _listen_options(up)
     up.set_defaults(handler=_up)
 
-    status = sub.add_parser("status", help="live servers, releases, health and the last deploy")
+    reload = sub.add_parser("reload", parents=[common], help="make the running serve re-read deploy.yaml")
+    reload.set_defaults(handler=_reload)
+
+    status = sub.add_parser(
+        "status", parents=[common], help="live servers, releases, health and the last deploy"
+    )
     status.set_defaults(handler=_status)
 
-    releases = sub.add_parser("releases", help="list a server's releases")
+    releases = sub.add_parser("releases", parents=[common], help="list a server's releases")
     releases.add_argument("server")
     releases.set_defaults(handler=_releases)
 
-    rollback = sub.add_parser("rollback", help="make an earlier release live again")
+    rollback = sub.add_parser("rollback", parents=[common], help="make an earlier release live again")
     rollback.add_argument("server")
     rollback.add_argument("release", nargs="?", help="e.g. r3 (default: the previous release)")
     rollback.set_defaults(handler=_rollback)
 
-    config = sub.add_parser("client-config", help="print a ready-to-paste MCP client config")
-    config.add_argument("project")
+    config = sub.add_parser(
+        "client-config", parents=[common], help="print a ready-to-paste MCP client config"
+    )
+    config.add_argument("project", nargs="?", help="a project of deploy.yaml (none when it lists none)")
     config.add_argument(
         "--format",
         dest="fmt",
@@ -108,39 +121,71 @@ def _parser() -> argparse.ArgumentParser:
     )
     config.set_defaults(handler=_client_config)
 
-    webhook = sub.add_parser("webhook-test", help="print a curl line with a signed sample push")
+    webhook = sub.add_parser(
+        "webhook-test", parents=[common], help="print a curl line with a signed sample push"
+    )
     webhook.add_argument("repo", nargs="?", help="repo name (default: the first)")
     webhook.add_argument("--commit", help="commit the sample push names (default: the branch head)")
     webhook.set_defaults(handler=_webhook_test)
 
-    unit = sub.add_parser("systemd-unit", help="print a systemd unit for this checkout")
+    unit = sub.add_parser("systemd-unit", parents=[common], help="print a systemd unit for this checkout")
     unit.add_argument("--user", default=os.environ.get("USER", "root"))
     unit.set_defaults(handler=_systemd_unit)
 
-    keys = sub.add_parser("keys", help="project API keys for /mcp/*")
+    keys = sub.add_parser("keys", parents=[common], help="project API keys for /mcp/*")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    create = keys_sub.add_parser("create", help="create a key (printed once; only a hash is kept)")
+    create = keys_sub.add_parser(
+        "create", parents=[common], help="create a key (printed once; only a hash is kept)"
+    )
     create.add_argument("project")
     create.set_defaults(handler=_keys_create)
-    keys_sub.add_parser("list", help="list keys (ids, projects, state)").set_defaults(handler=_keys_list)
-    revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
+    keys_sub.add_parser("list", parents=[common], help="list keys (ids, projects, state)").set_defaults(
+        handler=_keys_list
+    )
+    revoke = keys_sub.add_parser("revoke", parents=[common], help="revoke a key by its id")
     revoke.add_argument("key_id")
     revoke.set_defaults(handler=_keys_revoke)
+
+    secret = sub.add_parser(
+        "secret", parents=[common], help="the server-secret store (values never on the command line)"
+    )
+    secret_sub = secret.add_subparsers(dest="secret_command", required=True)
+    put = secret_sub.add_parser(
+        "set", parents=[common], help="store a server secret; its value is read from stdin"
+    )
+    put.add_argument("name")
+    put.set_defaults(handler=_secret_set)
+    secret_sub.add_parser("list", parents=[common], help="names and grants (never values)").set_defaults(
+        handler=_secret_list
+    )
+    remove = secret_sub.add_parser("rm", parents=[common], help="remove a server secret from the store")
+    remove.add_argument("name")
+    remove.set_defaults(handler=_secret_rm)
     return parser
 
 
+def _config_option(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=default,
+        help="deploy.yaml to use (default: ./deploy.yaml; for `check PATH`, PATH/deploy.yaml when "
+        "it exists; defaults apply if it is missing)",
+    )
+
+
 def _check(args: argparse.Namespace) -> int:
-    problems = []
-    manifests = []
+    problems: list[Problem] = []
+    config = _check_config(args)
     try:
-        settings = settings_mod.load(_config_path(args))
+        settings = settings_mod.load(config)
     except ConfigError as exc:
         problems.extend(exc.problems)
-        settings = settings_mod.Settings(config_path=_config_path(args), state_dir=Path("."))
+        settings = settings_mod.Settings(config_path=config, state_dir=Path("."))
     report = check_tree(args.path, settings)
     problems.extend(report.problems)
-    manifests = [m.name for m in report.manifests]
-    if not manifests and not report.problems:
+    problems.extend(_unstored_secrets(settings, report.manifests))
+    if not report.manifests and not report.problems:
         globs = ", ".join(settings.repo().manifests)
         problems.append(
             Problem(
@@ -153,22 +198,53 @@ def _check(args: argparse.Namespace) -> int:
                 "every live server",
             )
         )
-    if args.json:
-        _out(
-            json.dumps(
-                {"ok": not problems, "servers": manifests, "problems": [p.as_json() for p in problems]},
-                indent=2,
-            )
-        )
-    else:
-        for problem in problems:
-            _out(problem.render())
-        verdict = "ok" if not problems else f"{len(problems)} problem(s)"
-        _out(
-            f"checked {len(manifests) + len({p.file for p in problems})} file(s): {verdict}"
-            + (f"; servers: {', '.join(manifests)}" if manifests else "")
-        )
+    folders = {m.name: m.folder for m in report.manifests}
+    _report(problems, folders, args.json)
     return EXIT_OK if not problems else EXIT_FAILED
+
+
+def _unstored_secrets(settings: settings_mod.Settings, manifests: Sequence[Manifest]) -> list[Problem]:
+    """Secrets a manifest names that the VM's store lacks (only where this machine has the store)."""
+    from pipeline.secrets import SERVER_SECRETS_DIR, SecretStore
+
+    store = SecretStore(settings.state_dir / SERVER_SECRETS_DIR)
+    if not store.path.is_dir():
+        return []  # not the VM (or no secret stored yet): the grants were checked, the values cannot be
+    held = set(store.names())
+    return [
+        Problem(
+            f"{m.folder}/{MANIFEST_NAME}",
+            0,
+            0,
+            "$.run.secrets",
+            f"secret {name} is not in this VM's server-secret store ({store.path})",
+            f"run `central-mcp secret set {name}` (the value is read from stdin)",
+        )
+        for m in manifests
+        for name in m.secrets
+        if name not in held
+    ]
+
+
+def _report(problems: list[Problem], folders: dict[str, str], as_json: bool) -> None:
+    """Print check's verdict; each server with the folder it comes from (names need not match)."""
+    if as_json:
+        body = {
+            "ok": not problems,
+            "servers": list(folders),
+            "folders": folders,
+            "problems": [p.as_json() for p in problems],
+        }
+        _out(json.dumps(body, indent=2))
+        return
+    for problem in problems:
+        _out(problem.render())
+    verdict = "ok" if not problems else f"{len(problems)} problem(s)"
+    servers = ", ".join(f"{name} ({folder}/)" for name, folder in folders.items())
+    _out(
+        f"checked {len(folders) + len({p.file for p in problems})} file(s): {verdict}"
+        + (f"; servers: {servers}" if servers else "")
+    )
 
 
 def _base_image(args: argparse.Namespace) -> int:
@@ -212,31 +288,63 @@ def _deploy(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def _listen_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, help="port to listen on (overrides listen.port)")
+    parser.add_argument("--host", help="address to listen on (overrides listen.host)")
+    parser.add_argument(
+        "--public-url",
+        help="the URL clients reach this provider at (overrides public_url; by default it follows "
+        "--host/--port unless deploy.yaml's public_url names a front elsewhere)",
+    )
+
+
+def _listening(args: argparse.Namespace) -> tuple[settings_mod.Settings, settings_mod.Listen]:
+    """deploy.yaml with serve's --host/--port/--public-url applied; warnings go to stderr."""
+    listen = settings_mod.Listen(args.host, args.port, args.public_url)
+    settings, warnings = settings_mod.listening(settings_mod.load(_config_path(args)), listen)
+    for warning in warnings:
+        _err(f"warning: {warning}")
+    return settings, listen
+
+
 def _serve(args: argparse.Namespace) -> int:
     from pipeline.serve import server
 
-    server(settings_mod.load(_config_path(args)), args.port).run()
+    server(*_listening(args)).run()
     return EXIT_OK
 
 
 def _up(args: argparse.Namespace) -> int:
     from pipeline.serve import up
 
-    up(settings_mod.load(_config_path(args)), Path.cwd(), _out, args.port)
+    settings, listen = _listening(args)
+    up(settings, Path.cwd(), _out, listen)
     return EXIT_OK
+
+
+def _reload(args: argparse.Namespace) -> int:
+    from pipeline import control
+
+    state_dir = settings_mod.state_dir_of(_config_path(args))
+    outcome = control.reload(control.Control.load(state_dir))
+    for line in (*outcome.get("problems", ()), *outcome.get("warnings", ())):
+        _err(str(line))
+    ok = bool(outcome.get("ok"))
+    (_out if ok else _err)(str(outcome.get("summary", "")))
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def _status(args: argparse.Namespace) -> int:
     from pipeline.status import render
 
     settings = settings_mod.load(_config_path(args))
-    _out(render(settings, _store(settings)))
+    _out(render(settings, _existing_store(settings)))
     return EXIT_OK
 
 
 def _releases(args: argparse.Namespace) -> int:
     settings = settings_mod.load(_config_path(args))
-    found = _store(settings).releases(args.server)
+    found = _existing_store(settings).releases(args.server)
     if not found:
         _err(f"no releases of {args.server!r}")
         return EXIT_FAILED
@@ -250,7 +358,7 @@ def _rollback(args: argparse.Namespace) -> int:
     from pipeline.hook import render
 
     settings = settings_mod.load(_config_path(args))
-    found = _store(settings).releases(args.server)
+    found = _existing_store(settings).releases(args.server)
     if args.release:
         number = int(args.release.lstrip("r"))
         target = next((r for r in found if r.number == number), None)
@@ -279,13 +387,28 @@ def _client_config(args: argparse.Namespace) -> int:
     from pipeline import registry
 
     settings = settings_mod.load(_config_path(args))
-    project = settings.project(args.project)
-    if project is None:
-        known = ", ".join(p.name for p in settings.projects) or "none"
-        _err(f"no project {args.project!r} in deploy.yaml (projects: {known})")
+    store = _existing_store(settings)
+    keyed = bool(settings.projects)
+    known = ", ".join(p.name for p in settings.projects)
+    if not keyed and args.project:
+        _err(
+            f"deploy.yaml lists no projects, so there is no project {args.project!r} and /mcp/* takes no "
+            "key: run `central-mcp client-config` without a project for every live server, or add "
+            "`projects:` to deploy.yaml (then create keys with `central-mcp keys create PROJECT`)"
+        )
         return EXIT_FAILED
-    releases = registry.visible(_store(settings).live_releases(), project)
-    _out(json.dumps(registry.client_config(settings, releases, args.fmt), indent=2))
+    project = settings.project(args.project) if args.project else None
+    if keyed and project is None:
+        _err(f"name one of the projects in deploy.yaml ({known}), not {args.project!r}")
+        return EXIT_FAILED
+    releases = registry.visible(store.live_releases(), project)
+    whose = f"project {project.name!r}" if project else "clients (deploy.yaml lists no projects)"
+    if not releases:
+        _err(f"no live server is visible to {whose} in {settings.state_dir}; push a server first")
+        return EXIT_FAILED
+    if not keyed:
+        _err("deploy.yaml lists no projects: /mcp/* takes no key, so this config carries none")
+    _out(json.dumps(registry.client_config(settings, releases, args.fmt, keyed=keyed), indent=2))
     return EXIT_OK
 
 
@@ -322,7 +445,19 @@ def _systemd_unit(args: argparse.Namespace) -> int:
 
 
 def _store(settings: settings_mod.Settings) -> Store:
-    return Store(settings.state_dir / "central-mcp.db")
+    return Store(settings.state_dir / DATABASE)
+
+
+def _existing_store(settings: settings_mod.Settings) -> Store:
+    """The serve process's database; a state dir that has none is an error, never an empty answer."""
+    path = settings.state_dir / DATABASE
+    if not path.is_file():
+        raise StateError(
+            f"no central-mcp database in {settings.state_dir}: this is not the state directory the "
+            f"provider serves from; fix state_dir in {settings.config_path} or CENTRAL_MCP_STATE_DIR "
+            "(or --config) so this command and `central-mcp serve` read the same one"
+        )
+    return _store(settings)
 
 
 def _keys_create(args: argparse.Namespace) -> int:
@@ -343,18 +478,120 @@ def _keys_create(args: argparse.Namespace) -> int:
 
 
 def _keys_list(args: argparse.Namespace) -> int:
-    for key in _store(settings_mod.load(_config_path(args))).api_keys():
+    for key in _existing_store(settings_mod.load(_config_path(args))).api_keys():
         state = "revoked" if key["revoked_at"] else "active"
         _out(f"{key['id']}  {key['project']:<20} {state}")
     return EXIT_OK
 
 
 def _keys_revoke(args: argparse.Namespace) -> int:
-    if _store(settings_mod.load(_config_path(args))).revoke_key(args.key_id):
+    if _existing_store(settings_mod.load(_config_path(args))).revoke_key(args.key_id):
         _out(f"revoked {args.key_id} (takes effect within a few seconds)")
         return EXIT_OK
     _err(f"no active key {args.key_id!r}; see `central-mcp keys list`")
     return EXIT_FAILED
+
+
+def _secret_set(args: argparse.Namespace) -> int:
+    from pipeline.secrets import SERVER_SECRETS_DIR, SecretStore, check_name
+
+    settings = settings_mod.load(_config_path(args))
+    name = check_name(args.name)
+    if name in settings.credential_names():
+        _err(
+            f"error: {name} names one of the provider's own credentials in {settings.config_path}; "
+            "a server secret needs a name of its own"
+        )
+        return EXIT_FAILED
+    value = _read_secret(name)
+    if not value:
+        _err(f"error: no value for {name} on stdin; nothing stored")
+        return EXIT_FAILED
+    SecretStore(settings.state_dir / SERVER_SECRETS_DIR).set(name, value)
+    grants = _grants(settings, name)
+    _err(
+        f"stored {name} ({len(value)} characters)"
+        + (
+            f"; granted to {grants}"
+            if grants
+            else f"; not granted yet: add it under repos[].secrets in {settings.config_path}"
+        )
+        + ". A running server gets a new value when its container next starts (a deploy that changes it, "
+        "a restart)."
+    )
+    return EXIT_OK
+
+
+def _read_secret(name: str) -> str:
+    """The value from stdin: typed without echo at a terminal, else piped (one final newline dropped)."""
+    from pipeline.secrets import MAX_SECRET_BYTES
+
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(f"value of {name} (not echoed): ")
+    data = sys.stdin.buffer.read(MAX_SECRET_BYTES + 2)
+    data = data.removesuffix(b"\n").removesuffix(b"\r")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SecretsError(f"the value of {name} on stdin is not UTF-8 text") from exc
+
+
+def _secret_list(args: argparse.Namespace) -> int:
+    from pipeline.secrets import SERVER_SECRETS_DIR, SecretStore
+
+    settings = settings_mod.load(_config_path(args))
+    stored = set(SecretStore(settings.state_dir / SERVER_SECRETS_DIR).names())
+    granted = {g.name for r in settings.repos for g in r.secrets}
+    for name in sorted(stored | granted):
+        grants = _grants(settings, name) or "not granted to any repo or server"
+        state = "" if name in stored else f"  (NOT STORED: `central-mcp secret set {name}`)"
+        _out(f"{name:<32} {grants}{state}")
+    if not stored | granted:
+        _err(f"no server secrets: `central-mcp secret set NAME`, then grant NAME in {settings.config_path}")
+    return EXIT_OK
+
+
+def _secret_rm(args: argparse.Namespace) -> int:
+    from pipeline.secrets import SERVER_SECRETS_DIR, SecretStore
+
+    settings = settings_mod.load(_config_path(args))
+    if not SecretStore(settings.state_dir / SERVER_SECRETS_DIR).remove(args.name):
+        _err(f"no server secret {args.name!r}; see `central-mcp secret list`")
+        return EXIT_FAILED
+    grants = _grants(settings, args.name)
+    _err(
+        f"removed {args.name}"
+        + (
+            f"; still granted to {grants}: a deploy of those servers now fails until it is set again"
+            if grants
+            else ""
+        )
+    )
+    return EXIT_OK
+
+
+def _grants(settings: settings_mod.Settings, name: str) -> str:
+    """Where deploy.yaml grants `name`, e.g. `central-mcp (every server); other: a, b`."""
+    found = []
+    for repo in settings.repos:
+        for grant in repo.secrets:
+            if grant.name == name:
+                found.append(
+                    f"{repo.name}: {', '.join(grant.servers)}"
+                    if grant.servers
+                    else f"{repo.name} (every server)"
+                )
+    return "; ".join(found)
+
+
+def _check_config(args: argparse.Namespace) -> Path:
+    """`check PATH` reads PATH's own deploy.yaml when it has one and no --config is given."""
+    own: Path = args.path / settings_mod.DEFAULT_CONFIG
+    if args.config is None and own.is_file():
+        return own
+    return _config_path(args)
 
 
 def _config_path(args: argparse.Namespace) -> Path:

@@ -1,7 +1,8 @@
 """How local commands (the git hook, `central-mcp deploy`) find and talk to the serve process.
 
 `serve` writes `<state>/control.json` (mode 0600) with its URL and a random token; the
-hook and the CLI read it, submit deploys over loopback HTTP, and print the streamed events.
+hook and the CLI read it, submit deploys over loopback HTTP, and print the streamed events;
+`central-mcp reload` asks the same way for deploy.yaml to be read again.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pipeline.errors import ServeError, ServeUnavailable
 CONTROL_FILE = "control.json"
 TOKEN_HEADER = "X-Central-MCP-Token"
 STREAM_TIMEOUT = 3600.0
+RELOAD_TIMEOUT = 60.0
+MAX_ANSWER = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,33 @@ def stream(
             "deploy ended; its log says why, and the deploys page shows how far the deploy got"
         )
     return last
+
+
+def reload(control: Control) -> dict[str, Any]:
+    """Ask the serve process to reload deploy.yaml; return its outcome (pipeline/reload.py)."""
+    parts = urlsplit(control.url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=RELOAD_TIMEOUT)
+    try:
+        conn.request("POST", "/api/reload", body=b"{}", headers={TOKEN_HEADER: control.token})
+        response = conn.getresponse()
+        raw = response.read(MAX_ANSWER)
+    except (OSError, http.client.HTTPException) as exc:
+        raise ServeUnavailable(
+            f"cannot reach central-mcp serve at {control.url} (pid {control.pid}): {exc}; "
+            "start it with `central-mcp serve`, or check that the pid is still running"
+        ) from exc
+    finally:
+        conn.close()
+    try:
+        outcome: dict[str, Any] = json.loads(raw)
+    except ValueError:
+        outcome = {}
+    if response.status not in (200, 422) or "ok" not in outcome:
+        detail = raw.decode("utf-8", "replace")[:500]
+        raise ServeError(
+            f"the serve process at {control.url} refused the reload ({response.status}): {detail}"
+        )
+    return outcome
 
 
 def _post_lines(control: Control, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:

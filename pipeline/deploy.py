@@ -25,11 +25,10 @@ from pipeline import launch, registry
 from pipeline.config.manifest import Manifest, check_tree
 from pipeline.context import Context, DeployRequest
 from pipeline.deploylog import DeployLog
-from pipeline.errors import CentralMCPError, ConfigError, DeployError, SourceError
+from pipeline.errors import CentralMCPError, ConfigError, DeployError, SecretsError, SourceError
 from pipeline.plan import REMOVE_ALL, Action, Plan, fingerprint, plan_push, plan_release
 from pipeline.prepare import Candidate, Outcome, Preparation
 from pipeline.proxy.router import Upstream
-from pipeline.secrets import Masker, Secrets, load_file
 from pipeline.source import EXPECT_OLD, GIT_DIR, ZERO_SHA, Snapshot, resolve
 from pipeline.states import DeploySource, DeployStatus, ReleaseStatus, ServerOutcome
 from pipeline.store import Placement, Release
@@ -65,9 +64,12 @@ class Runbook:
         deadline = started + self.ctx.settings.proxy.deploy_timeout
         self.ctx.store.update_deploy(self.id, status=DeployStatus.RUNNING, started_at=time.time())
         try:
+            # the store as it is now (a secret set while this deploy waited is masked too)
+            self.log.masker = self.log.masker.extended(self.ctx.secrets.masker(self.ctx.settings).values)
             plan = self.plan()
             if plan.empty:
-                self.log.line("nothing to deploy: every server matches its live release")
+                if plan.entries or not self.request.fetch:
+                    self.log.line("nothing to deploy: every server matches its live release")
                 return self._end(DeployStatus.SUCCEEDED, "nothing to deploy", started)
             self.preparation = Preparation(
                 self.ctx, self.id, self.log, self.outcomes, self.snapshot_dir or Path("."), deadline
@@ -93,13 +95,20 @@ class Runbook:
             restart = self.request.source == DeploySource.RESTART
             title = f"restart {server} r{number}" if restart else f"rollback {server} to r{number}"
             with self.log.step(title):
-                plan = plan_release(self._stored_release(server, number), title)
-                self._mask_secrets([e.spec.manifest for e in plan.to_prepare if e.spec])
-                return plan
+                return plan_release(self._stored_release(server, number), title)
         if self.request.fetch is not None:
             with self.log.step("fetch"):
                 self.snapshot_dir = self.request.fetch(self.log)
         snapshot = Snapshot.load(self.snapshot_dir or Path("."))
+        if snapshot.commit != self.request.commit:  # a webhook deploys its branch's tip, not its hint
+            self.ctx.store.update_deploy(self.id, commit_sha=snapshot.commit)
+        if self.request.fetch is not None and (earlier := self._deployed_before(snapshot.commit)):
+            self.log.line(
+                f"nothing to deploy: {snapshot.commit[:12]}, the tip of {self.request.ref}, was deployed "
+                f"by deploy #{earlier}, the last of this branch; a delivery does not deploy it again, so a "
+                "replayed one cannot undo a rollback (`central-mcp deploy` does it on purpose)"
+            )
+            return Plan(())
         self._refuse_if_overtaken(snapshot)
         with self.log.step("validate manifests"):
             manifests = self._validate(snapshot)
@@ -137,11 +146,6 @@ class Runbook:
             remove_all=REMOVE_ALL in snapshot.message,
         )
 
-    def _mask_secrets(self, manifests: list[Manifest]) -> None:
-        """Mask in this deploy's log the values of every secret these servers are given."""
-        names = [n for m in manifests for n in m.secrets]
-        self.log.masker = Masker([*self.log.masker.values, *self.ctx.secrets.masker(names).values])
-
     def _stored_release(self, server: str, number: int) -> Release:
         release = self.ctx.store.release(server, number)
         if release is None:
@@ -151,6 +155,21 @@ class Runbook:
                 f"the image {release.image} of {server} r{number} was pruned; push the old commit instead"
             )
         return release
+
+    def _deployed_before(self, commit: str) -> int | None:
+        """The id of the last deploy of this repo and ref when it deployed `commit` (else None): what
+        the branch last made live. An older deploy of `commit` does not count, so a force push back
+        to it deploys it again."""
+        same = (self.request.repo, self.request.ref, DeployStatus.SUCCEEDED)
+        last = next(
+            (
+                d
+                for d in self.ctx.store.deploys(OVERTAKE_LOOKBACK, 0)
+                if d.id < self.id and (d.repo, d.ref, d.status) == same
+            ),
+            None,
+        )
+        return last.id if last is not None and last.commit_sha == commit else None
 
     def _refuse_if_overtaken(self, snapshot: Snapshot) -> None:
         """Refuse a push whose branch moved while it waited: git could never move the branch to it."""
@@ -182,14 +201,19 @@ class Runbook:
 
     def _validate(self, snapshot: Snapshot) -> list[Manifest]:
         repo = self.ctx.settings.repo(self.request.repo)
-        report = check_tree(snapshot.root, self.ctx.settings, repo.manifests)
+        report = check_tree(snapshot.root, self.ctx.settings, repo.manifests, repo)
         if report.problems:
             for problem in report.problems:
                 self.log.line(problem.render())
             raise ConfigError(list(report.problems))
-        self._mask_secrets(list(report.manifests))
-        for manifest in report.manifests:  # a secret the VM lacks fails the deploy before any build
-            self.ctx.secrets.values(manifest.name, manifest.secrets)
+        refused = []
+        for manifest in report.manifests:  # a secret not granted or not stored fails before any build
+            try:
+                self.ctx.secrets.values(self.ctx.settings, repo.name, manifest.name, manifest.secrets)
+            except SecretsError as exc:
+                refused.append(str(exc))
+        if refused:
+            raise SecretsError("; ".join(refused))
         self.log.line(
             f"{len(report.manifests)} manifest(s) valid: " + ", ".join(m.name for m in report.manifests)
         )
@@ -288,11 +312,6 @@ class Runbook:
         if self.snapshot_dir is not None:
             shutil.rmtree(self.snapshot_dir, ignore_errors=True)
         return status
-
-
-def file_masker(secrets: Secrets) -> Masker:
-    """A masker for every value in the VM's secrets file."""
-    return Masker(load_file(secrets.path).values())
 
 
 def _servers(ctx: Context, manifests: list[Manifest]) -> set[str]:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pipeline.context import Context, DeployRequest
-from pipeline.deploy import Runbook, file_masker
+from pipeline.deploy import Runbook
 from pipeline.deploylog import DeployLog
 from pipeline.errors import CentralMCPError
 from pipeline.states import DeployStatus
@@ -64,7 +64,12 @@ class Dispatcher:
                 author=request.author,
                 message=request.message,
             )
-            log = DeployLog(self.ctx.store, deploy_id, file_masker(self.ctx.secrets))
+            log = DeployLog(
+                self.ctx.store,
+                deploy_id,
+                self.ctx.secrets.masker(self.ctx.settings),
+                max_lines=self.ctx.settings.limits.log_lines,
+            )
             self.logs[deploy_id] = log
             log.line(
                 f"deploy #{deploy_id}: {request.source} of {request.repo}@{request.ref} {request.commit[:12]}"

@@ -1,7 +1,10 @@
 """The Docker adapter: every call into the docker SDK goes through here, errors translated.
 
 Containers are started hardened (127.0.0.1-only published port, no-new-privileges, all
-capabilities dropped, memory and CPU limits) and labelled so that what runs can be read back.
+capabilities dropped, memory and CPU limits, a read-only root with a size-capped tmpfs at /tmp and
+at every VOLUME the image declares, a non-root user whatever the image's USER says) and labelled
+so that what runs can be read back. overlay2 on ext4 has no per-container disk quota: a container
+writes only to memory-backed tmpfs, counted in its memory limit, and never gets a Docker volume.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import requests
 import requests.exceptions
 
 from pipeline import buildkit
+from pipeline.config.settings import DEFAULT_CONTAINER_TMPFS, DEFAULT_CONTAINER_USER
 from pipeline.dockerfile import FRONTEND_ARG
 from pipeline.errors import BuildError, BuildKitUnavailable, DockerError, EngineUnavailable
 
@@ -46,6 +50,8 @@ STOP_GRACE_SECONDS = 10
 ERROR_BODY_BYTES = 4096  # of an engine's refusal, quoted in the error
 MAX_LINE_CHARS = 8192  # of one build output line, as logged
 CPU_PERIOD = 100_000  # µs: the CFS period a container's CPU quota is counted in (Docker's default)
+TMP_DIR = "/tmp"  # the writable tmpfs every server container gets, and its HOME
+TMPFS_OPTIONS = "rw,nosuid,nodev,noexec"
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,10 @@ class RunSpec:
     restart: str = "on-failure"
     startup_cpus: float = 0.0
     """CPUs allowed until `limit_cpus` is called (never fewer than `cpus`): a start-up boost."""
+    user: str = DEFAULT_CONTAINER_USER
+    """uid:gid the server runs as, whatever the image's USER says."""
+    tmpfs_bytes: int = DEFAULT_CONTAINER_TMPFS
+    """Size of /tmp (and of a tmpfs at each VOLUME the image declares); the root is read-only."""
 
 
 @dataclass(frozen=True)
@@ -235,7 +245,10 @@ class DockerHost:
                 name=spec.name,
                 detach=True,
                 labels=dict(spec.labels),
-                environment=dict(spec.env),
+                environment={"HOME": TMP_DIR, **spec.env},
+                read_only=True,
+                tmpfs=self._tmpfs(spec),
+                user=spec.user,
                 ports=ports,
                 mem_limit=spec.memory_bytes,
                 cpu_period=CPU_PERIOD,
@@ -247,6 +260,15 @@ class DockerHost:
                 restart_policy=policy,
             )
             return Running(str(container.id), spec.name, self._host_port(container, spec.port))
+
+    def _tmpfs(self, spec: RunSpec) -> dict[str, str]:
+        """A size-capped tmpfs at /tmp and over every VOLUME of the image: no anonymous volume is
+        made (none leaks, none escapes the memory limit), and what the image holds there is hidden."""
+        volumes = self.client.images.get(spec.image).attrs.get("Config", {}).get("Volumes") or {}
+        uid, _, gid = spec.user.partition(":")
+        # Owned by the forced user: a tmpfs over an image's folder takes that folder's owner (root).
+        options = f"{TMPFS_OPTIONS},uid={uid},gid={gid or uid},size={spec.tmpfs_bytes}"
+        return {path: options for path in [TMP_DIR, *sorted(volumes)]}
 
     def engine_cpus(self) -> int:
         """How many CPUs the engine's host has (asked once)."""
@@ -312,7 +334,7 @@ class DockerHost:
                 container = self.client.containers.get(container_id)
                 if container.status == "running":
                     container.stop(timeout=int(grace))
-                container.remove(force=True)
+                container.remove(force=True, v=True)  # and its anonymous volumes, if any
         except DockerError as exc:
             if "not found" not in str(exc):
                 raise
@@ -321,7 +343,7 @@ class DockerHost:
         """Remove a container by name if one exists (a leftover of an earlier run)."""
         try:
             with _translated(f"remove {name}"):
-                self.client.containers.get(name).remove(force=True)
+                self.client.containers.get(name).remove(force=True, v=True)
         except DockerError as exc:
             if "not found" not in str(exc):
                 raise

@@ -2,8 +2,9 @@
 
     CentralMCPError                 every error the package raises on purpose
     ├── ConfigError                 deploy.yaml or a manifest is wrong (carries Problems)
-    ├── SecretsError                secrets.env is malformed, or a secret is not on this VM
+    ├── SecretsError                a server secret not granted or not stored, or a bad store or secrets.env
     ├── StateError                  the state directory or its database cannot be used
+    │   └── DatabaseDamaged         the database is damaged past its header (also an sqlite3.Error)
     ├── SourceError                 git: a repo, ref or tree that cannot be read
     ├── DockerError                 the Docker engine refused or failed
     │   ├── EngineUnavailable       no Docker engine answers
@@ -22,7 +23,9 @@
         └── UpstreamError           the upstream closed or spoke no HTTP (also a ConnectionError)
 
 `UpstreamError` is also a `ConnectionError` (so an `OSError`): the proxy handles it with
-refused and reset connections in one `except OSError`. `NotMCP` is distinct from "not up
+refused and reset connections in one `except OSError`. `DatabaseDamaged` is also an
+`sqlite3.DatabaseError`: code that survives a failed write (`except sqlite3.Error`) survives a
+damaged page the same way, and the CLI prints it as one line. `NotMCP` is distinct from "not up
 yet" (an `OSError`): the gate keeps waiting on both, the monitor reports both.
 
 Lower libraries' errors (docker, git, yaml, httpx) are translated into these at their
@@ -31,6 +34,7 @@ adapter; only the CLI turns them into exit codes and only the HTTP layer into re
 
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass
 
 
@@ -112,7 +116,7 @@ class DeployError(CentralMCPError):
 
 
 class SecretsError(CentralMCPError):
-    """`<state>/secrets.env` is malformed, or a server needs a secret this VM does not have.
+    """A server names a secret deploy.yaml does not grant it or the store lacks; or a bad store or file.
 
     Not a ConfigError: secrets live on the VM, never in git, so the fix is on the VM.
     """
@@ -120,6 +124,10 @@ class SecretsError(CentralMCPError):
 
 class StateError(CentralMCPError):
     """The state directory or its SQLite database cannot be created or opened."""
+
+
+class DatabaseDamaged(StateError, sqlite3.DatabaseError):
+    """SQLite found damaged pages behind a sound header (SQLITE_CORRUPT or SQLITE_NOTADB)."""
 
 
 class ServeError(CentralMCPError):

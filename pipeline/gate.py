@@ -115,9 +115,8 @@ def handshake(url: str, timeout: float, max_bytes: int = DEFAULT_MAX_HANDSHAKE) 
         init = session.request(
             "initialize", {"protocolVersion": SESSION_PROTOCOL, "capabilities": {}, "clientInfo": CLIENT_INFO}
         )
-    except NotMCP:
-        session = _Session(url, timeout, max_bytes, stateless=True)
-        return GateResult(STATELESS_PROTOCOL, "", session.list_tools())
+    except NotMCP as refused:
+        return _stateless(url, timeout, max_bytes, refused)
     if not isinstance(init.get("protocolVersion"), str):
         raise NotMCP(f"initialize result has no protocolVersion: {str(init)[:200]}")
     session.protocol = init["protocolVersion"]
@@ -126,6 +125,17 @@ def handshake(url: str, timeout: float, max_bytes: int = DEFAULT_MAX_HANDSHAKE) 
     session.close()
     info = init.get("serverInfo") or {}
     return GateResult(session.protocol, str(info.get("name", "")), tools)
+
+
+def _stateless(url: str, timeout: float, max_bytes: int, refused: NotMCP) -> GateResult:
+    """Gate a server that only speaks the stateless era; when it is not one either, report why
+    `initialize` failed first: that is the server's real error (the retry only reads that the
+    server was not initialized)."""
+    try:
+        session = _Session(url, timeout, max_bytes, stateless=True)
+        return GateResult(STATELESS_PROTOCOL, "", session.list_tools())
+    except (NotMCP, OSError, http.client.HTTPException) as exc:
+        raise NotMCP(f"{refused} (tried as a stateless-era server too: {exc})") from refused
 
 
 class _Session:
@@ -154,7 +164,7 @@ class _Session:
         self.session_id = headers.get("mcp-session-id", self.session_id)
         message = _find_response(headers.get("content-type", ""), payload, self.next_id)
         if "error" in message:
-            raise NotMCP(f"{method} returned error {message['error']}")
+            raise NotMCP(f"{method} returned error {_rpc_error(message['error'])}")
         result = message.get("result")
         if not isinstance(result, dict):
             raise NotMCP(f"{method} returned no result object")
@@ -277,6 +287,13 @@ def _find_response(content_type: str, payload: bytes, want: int) -> dict[str, An
         if isinstance(message, dict) and message.get("id") == want:
             return message
     raise NotMCP(f"no JSON-RPC response with id {want} in the answer")
+
+
+def _rpc_error(error: object) -> str:
+    """A JSON-RPC error object as `code: message`, one bounded line (its text is the server's)."""
+    if isinstance(error, dict) and "message" in error:
+        return _excerpt(f"{error.get('code', '?')}: {error['message']}".encode())
+    return _excerpt(json.dumps(error).encode())
 
 
 def _excerpt(payload: bytes) -> str:

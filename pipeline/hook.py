@@ -151,7 +151,9 @@ def _deploy(
         # A push names the branch value it expects to replace; the deploy refuses to go on if
         # another deploy moved the branch while this one waited (git would refuse the update).
         expect = {source.EXPECT_OLD: update.old, source.GIT_DIR: str(git_dir)} if update.old else {}
-        snap = source.take(git_dir, repo.name, update.ref, update.new, workdir, env, expect)
+        snap = source.take(
+            git_dir, repo.name, update.ref, update.new, workdir, env, expect, source.bounds(settings)
+        )
     except SourceError:
         shutil.rmtree(workdir, ignore_errors=True)
         raise

@@ -39,7 +39,7 @@ STARTUP_CPUS = 1.0
 def start(ctx: Context, spec: ReleaseSpec, suffix: str) -> Running:
     """Start a container of `spec` named `cmcp-<instance>-<server>-r<N>-<suffix>`."""
     m = spec.manifest
-    env = {**m.env, **ctx.secrets.values(m.name, m.secrets)}
+    env = {**m.env, **ctx.secrets.values(ctx.settings, spec.repo, m.name, m.secrets)}
     name = f"cmcp-{ctx.instance}-{m.name}-r{spec.number}-{suffix}"
     ctx.docker.remove_container_named(name)
     run = RunSpec(
@@ -53,6 +53,8 @@ def start(ctx: Context, spec: ReleaseSpec, suffix: str) -> Running:
         m.command,
         m.restart,
         startup_cpus=STARTUP_CPUS,
+        user=ctx.settings.containers.user,
+        tmpfs_bytes=ctx.settings.containers.tmpfs,
     )
     return ctx.docker.run(run)
 

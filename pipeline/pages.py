@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import json
 import re
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict
@@ -19,7 +20,14 @@ from typing import Any, Protocol
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import (
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from starlette.routing import Route
 
 from pipeline import registry
@@ -38,7 +46,16 @@ PAGE_SIZE = 25
 STATUSES = tuple(DeployStatus)
 FOLLOW_WAIT = 1.0
 ADMIN_COOKIE = "central_mcp_admin"
-REGISTRY_HEADERS = {"Cache-Control": "no-cache", "Vary": "Authorization"}
+# One cookie per page path, never `/`: the admin token is not sent to `/mcp/`, `/hooks/` or `/api/`.
+ADMIN_COOKIE_PATHS = ("/servers", "/deploys", "/deploys.json", "/client-config")
+REGISTRY_HEADERS = {"Cache-Control": "no-cache", "Vary": "Authorization", "X-Content-Type-Options": "nosniff"}
+# The pages run only the style and script they were served with (a nonce per answer), load nothing
+# else, cannot be framed, and send no Referer (a first visit carries ?token= in its URL).
+PAGE_POLICY = (
+    "default-src 'none'; style-src 'nonce-{nonce}'; script-src 'nonce-{nonce}'; connect-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+PAGE_HEADERS = {"X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
 class Sources(Protocol):
@@ -65,17 +82,19 @@ def routes(get: Getter) -> list[Route]:
     def page(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def guarded(request: Request) -> Response:
             src = get(request)
-            denied = _admin_denied(request, src.settings)
-            if denied is not None:
-                return denied
-            response = await handler(request, src)
-            if request.query_params.get("token") and src.settings.admin_token:
-                response.set_cookie(
-                    ADMIN_COOKIE, request.query_params["token"], httponly=True, samesite="strict"
-                )
+            request.state.nonce = secrets.token_urlsafe(16)
+            response = _admin_denied(request, src.settings) or await handler(request, src)
+            response.headers.update(PAGE_HEADERS)
+            response.headers["Content-Security-Policy"] = PAGE_POLICY.format(nonce=request.state.nonce)
+            if request.query_params.get("token") and src.settings.admin_token and response.status_code != 401:
+                _set_admin_cookie(response, request.query_params["token"], src.settings)
             return response
 
         return guarded
+
+    async def root(request: Request) -> Response:
+        query = request.url.query
+        return RedirectResponse("/servers" + (f"?{query}" if query else ""), status_code=303)
 
     async def registry_json(request: Request) -> Response:
         return await _registry(request, get(request), "registry")
@@ -84,7 +103,8 @@ def routes(get: Getter) -> list[Route]:
         return await _registry(request, get(request), "mcp")
 
     return [
-        Route("/", page(_index)),
+        Route("/", root),
+        Route("/servers", page(_index)),
         Route("/deploys", page(_deploys)),
         Route("/deploys.json", page(_deploys_json)),
         Route("/deploys/{id:int}", page(_deploy_page)),
@@ -111,6 +131,7 @@ def deploy_view(d: Deploy) -> dict[str, Any]:
 async def _index(request: Request, src: Sources) -> Response:
     releases = await asyncio.to_thread(src.store.live_releases)
     html = TEMPLATES.get_template("index.html").render(
+        nonce=request.state.nonce,
         releases=releases,
         projects=src.settings.projects,
         formats=registry.FORMATS,
@@ -126,6 +147,7 @@ async def _deploys(request: Request, src: Sources) -> Response:
         src.store.deploys, PAGE_SIZE + 1, (page - 1) * PAGE_SIZE, status or None, server or None
     )
     html = TEMPLATES.get_template("deploys.html").render(
+        nonce=request.state.nonce,
         deploys=[deploy_view(d) for d in rows[:PAGE_SIZE]],
         server=server,
         status=status,
@@ -149,6 +171,7 @@ async def _deploy_page(request: Request, src: Sources) -> Response:
     view = deploy_view(found)
     view["servers"] = _with_tool_changes(src, found)
     html = TEMPLATES.get_template("deploy.html").render(
+        nonce=request.state.nonce,
         d=view,
         events=[{"kind": k, "text": _clean(t)} for _, _, k, t in events],
         last_seq=events[-1][0] if events else 0,
@@ -278,6 +301,13 @@ def _admin_denied(request: Request, settings: Settings) -> Response | None:
         status_code=401,
         headers={"WWW-Authenticate": 'Bearer realm="central-mcp admin"'},
     )
+
+
+def _set_admin_cookie(response: Response, token: str, settings: Settings) -> None:
+    """Keep the admin in on every page path, and nowhere else (Secure when served over https)."""
+    secure = settings.base_url.startswith("https://")
+    for path in ADMIN_COOKIE_PATHS:
+        response.set_cookie(ADMIN_COOKIE, token, path=path, httponly=True, samesite="strict", secure=secure)
 
 
 async def _find(src: Sources, request: Request) -> Deploy | None:

@@ -17,6 +17,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pipeline import buildrules
 from pipeline.config.manifest import Manifest, from_data
 from pipeline.errors import DeployError
 from pipeline.states import ReleaseStatus
@@ -180,7 +181,7 @@ def _entry(
         why = f"same as earlier r{earlier.number}; reusing its image"
         return Entry(name, Action.REUSE, why, earlier.number, spec)
     number = max((r.number for r in releases), default=0) + 1
-    image = f"central-mcp/{name}:r{number}-{instance}"
+    image = buildrules.server_image(name, number, instance)
     why = ("new server" if live is None else f"changed since r{live.number}") + f" → r{number}"
     return Entry(name, Action.BUILD, why, number, ReleaseSpec(manifest, number, image, print_, commit, repo))
 

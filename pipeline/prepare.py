@@ -151,7 +151,15 @@ class Preparation:
         context = snapshot_root / m.context
         found = dockerfile.read(snapshot_root, context, m.dockerfile)
         settings = self.ctx.settings
-        refused = buildrules.problems(found, args, settings.build_base_images, settings.build_remote_add)
+        named: list[tuple[int, str]] = []
+        refused = buildrules.problems(
+            found, args, settings.build_base_images, settings.build_remote_add, named
+        )
+        refused += [
+            (line, f"{image}: a server image this provider built; build on a base image instead")
+            for line, image in named
+            if LABEL_SERVER in self.ctx.docker.image_labels(image)  # whatever its tag or id says
+        ]
         if refused:  # check refused these already; a build never runs on a file that slipped past it
             raise BuildError(
                 f"{m.name}: the Dockerfile would make the daemon fetch: "
@@ -166,7 +174,7 @@ class Preparation:
             dockerfile.ignore_patterns(context),
             args,
             labels,
-            lambda line: self.log.line(prefix + line),
+            lambda line: self.log.output(prefix + line),
             network=settings.build_network,
             timeout=max(0.1, self.deadline - time.monotonic()),
         )
@@ -177,9 +185,9 @@ class Preparation:
     def _gate(self, c: Candidate) -> None:
         assert c.running is not None
         result = launch.wait_healthy(self.ctx, c.spec, c.running, self.log.line, self.deadline)
-        c.tools = list(result.tools)
-        names = ", ".join(str(t.get("name")) for t in result.tools)
-        self.log.line(f"{c.name}: speaks MCP {result.protocol_version}, {len(result.tools)} tool(s): {names}")
+        c.tools = self.log.masker.data(list(result.tools))  # stored, shown and listed in the registry
+        names = ", ".join(str(t.get("name")) for t in c.tools)
+        self.log.line(f"{c.name}: speaks MCP {result.protocol_version}, {len(c.tools)} tool(s): {names}")
         if c.build:
             self.ctx.store.add_release(_candidate_release(c, self.deploy_id))
 

@@ -20,6 +20,7 @@ ABANDONED_REASON = "the provider stopped while this deploy was running"
 
 def reconcile(ctx: Context, say: Callable[[str], None]) -> list[Upstream]:
     """Abandon interrupted deploys, remove orphans, route (or restart) every live release."""
+    say = _masked(say, ctx.secrets.masker(ctx.settings))  # a restarted container's log lines are copied out
     for deploy_id in ctx.store.abandon_active(ABANDONED_REASON):
         say(f"deploy #{deploy_id} was interrupted: marked abandoned")
     for candidate in (r for r in ctx.store.all_releases() if r.status == ReleaseStatus.CANDIDATE):
@@ -50,6 +51,10 @@ def reconcile(ctx: Context, say: Callable[[str], None]) -> list[Upstream]:
                 routed[server] = upstream
     ctx.router.replace_all(routed.values(), known=live)
     return list(routed.values())
+
+
+def _masked(say: Callable[[str], None], mask: Callable[[str], str]) -> Callable[[str], None]:
+    return lambda text: say(mask(text))
 
 
 def _upstream(release: Release, container_id: str, port: int) -> Upstream:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,9 @@ from pipeline.config.settings import Project, Settings
 from pipeline.store import Release
 
 SERVER_SCHEMA = "https://static.modelcontextprotocol.io/schemas/2025-12-11/server.schema.json"
+# Our own _meta key: the official "io.modelcontextprotocol.registry/official" is the official
+# registry's to write. Its times follow that block's names and format (RFC 3339): publishedAt
+# is when the release was built (first published), updatedAt when it was last made live.
 META_KEY = "io.central-mcp/live"
 KEY_ENV = "CENTRAL_MCP_API_KEY"
 FORMATS = ("vscode", "cursor", "claude-code", "claude-desktop")
@@ -75,69 +79,73 @@ def server_json(settings: Settings, release: Release) -> dict[str, Any]:
     }
 
 
-def mcp_json(settings: Settings, releases: list[Release]) -> dict[str, Any]:
+def mcp_json(settings: Settings, releases: list[Release], *, keyed: bool = True) -> dict[str, Any]:
     """The generic `mcpServers` file that projects drop into their client config."""
     return {
         "mcpServers": {
             r.server: {
                 "type": "http",
                 "url": endpoint(settings, r.server),
-                "headers": {"Authorization": f"Bearer ${{{KEY_ENV}}}"},
+                **_headers(f"Bearer ${{{KEY_ENV}}}", keyed),
             }
             for r in sorted(releases, key=lambda r: r.server)
         }
     }
 
 
-def client_config(settings: Settings, releases: list[Release], fmt: str) -> dict[str, Any]:
-    """A ready-to-paste config for one client: vscode, cursor, claude-code or claude-desktop."""
+def client_config(
+    settings: Settings, releases: list[Release], fmt: str, *, keyed: bool = True
+) -> dict[str, Any]:
+    """A ready-to-paste config for one client: vscode, cursor, claude-code or claude-desktop.
+
+    `keyed` False (deploy.yaml lists no projects, so /mcp/* takes no key) leaves the key out.
+    """
     names = sorted(r.server for r in releases)
     if fmt == "vscode":
-        return {
-            "inputs": [
-                {
-                    "type": "promptString",
-                    "id": "central-mcp-key",
-                    "description": "central-mcp project API key",
-                    "password": True,
-                }
-            ],
-            "servers": {
-                n: {
-                    "type": "http",
-                    "url": endpoint(settings, n),
-                    "headers": {"Authorization": "Bearer ${input:central-mcp-key}"},
-                }
-                for n in names
-            },
+        inputs = [
+            {
+                "type": "promptString",
+                "id": "central-mcp-key",
+                "description": "central-mcp project API key",
+                "password": True,
+            }
+        ]
+        servers = {
+            n: {
+                "type": "http",
+                "url": endpoint(settings, n),
+                **_headers("Bearer ${input:central-mcp-key}", keyed),
+            }
+            for n in names
         }
+        return {"inputs": inputs, "servers": servers} if keyed else {"servers": servers}
     if fmt == "cursor":
         return {
             "mcpServers": {
-                n: {"url": endpoint(settings, n), "headers": {"Authorization": f"Bearer ${{env:{KEY_ENV}}}"}}
+                n: {"url": endpoint(settings, n), **_headers(f"Bearer ${{env:{KEY_ENV}}}", keyed)}
                 for n in names
             }
         }
     if fmt == "claude-code":
-        return mcp_json(settings, releases)
+        return mcp_json(settings, releases, keyed=keyed)
     if fmt == "claude-desktop":
-        return {
-            "mcpServers": {
-                n: {
-                    "command": "npx",
-                    "args": [
-                        "-y",
-                        "mcp-remote",
-                        endpoint(settings, n),
-                        "--header",
-                        "Authorization:${AUTH_HEADER}",
-                    ],
-                    "env": {"AUTH_HEADER": f"Bearer <{KEY_ENV}>"},
-                }
-                for n in names
-            }
-        }
+        return {"mcpServers": {n: _mcp_remote(endpoint(settings, n), keyed) for n in names}}
     raise ValueError(f"unknown client format {fmt!r}; use one of {', '.join(FORMATS)}")
+
+
+def _headers(authorization: str, keyed: bool) -> dict[str, Any]:
+    return {"headers": {"Authorization": authorization}} if keyed else {}
+
+
+def _mcp_remote(url: str, keyed: bool) -> dict[str, Any]:
+    """Claude Desktop's entry: the `mcp-remote` bridge to an HTTP endpoint."""
+    if not keyed:
+        return {"command": "npx", "args": ["-y", "mcp-remote", url]}
+    return {
+        "command": "npx",
+        "args": ["-y", "mcp-remote", url, "--header", "Authorization:${AUTH_HEADER}"],
+        "env": {"AUTH_HEADER": f"Bearer <{KEY_ENV}>"},
+    }
 
 
 def endpoint(settings: Settings, server: str) -> str:
@@ -167,6 +175,12 @@ def write_files(settings: Settings, releases: list[Release]) -> Path:
     return out
 
 
+def rfc3339(timestamp: float) -> str:
+    """A Unix time as the official registry writes times: RFC 3339 in UTC (`2026-11-26T16:16:55.123Z`)."""
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def _access(release: Release) -> tuple[str, ...]:
     return tuple(release.manifest.get("access", ("all",)))
 
@@ -176,7 +190,8 @@ def _live_meta(release: Release, health: dict[str, str]) -> dict[str, Any]:
         "status": release.status,
         "release": release.name,
         "commit": release.commit_sha,
-        "deployed_at": release.live_at,
+        "publishedAt": rfc3339(release.created_at),
+        "updatedAt": rfc3339(release.live_at or release.created_at),
         "health": health.get(release.server, "passed MCP health gate"),
         "tools": [
             {

@@ -13,7 +13,7 @@ import uvicorn
 
 from pipeline import logs, source
 from pipeline.app import create_app
-from pipeline.config.settings import Settings
+from pipeline.config.settings import Listen, Settings, listen_url
 from pipeline.dockerhost import DockerHost
 from pipeline.errors import ServeError, SourceError
 from pipeline.hook import init_repo
@@ -25,15 +25,19 @@ STARTUP_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
 
 
-def server(settings: Settings, port: int | None = None) -> uvicorn.Server:
-    """A uvicorn server for the provider (not yet started); raises if it could not start."""
+def server(settings: Settings, listen: Listen | None = None) -> uvicorn.Server:
+    """A uvicorn server for the provider (not yet started); raises if it could not start.
+
+    `settings` already carry `listen` (serve's --host/--port/--public-url, see
+    `settings.listening`); a reload of deploy.yaml applies `listen` again.
+    """
     _preflight(settings)
     logs.configure()
     config = front.config(
-        create_app(settings, port=port),
+        create_app(settings, listen=listen),
         settings.proxy,
         host=settings.host,
-        port=port or settings.port,
+        port=settings.port,
         log_level="info",
         access_log=False,
         log_config=None,
@@ -43,18 +47,18 @@ def server(settings: Settings, port: int | None = None) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
-def up(settings: Settings, workdir: Path, say: Callable[[str], None], port: int | None = None) -> None:
+def up(settings: Settings, workdir: Path, say: Callable[[str], None], listen: Listen | None = None) -> None:
     """Serve, and push `workdir`'s HEAD into the VM's bare repo so its servers are deployed."""
     repo = settings.repo()
     path, remotes = init_repo(settings, repo.name)
-    srv = server(settings, port)
+    srv = server(settings, listen)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     thread = threading.Thread(target=srv.run, name="uvicorn", daemon=True)
     thread.start()
     deadline = time.monotonic() + STARTUP_TIMEOUT
-    base = f"http://{settings.host}:{port or settings.port}"
+    base = listen_url(settings.host, settings.port)
     while not srv.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             what = "stopped while starting" if not thread.is_alive() else "did not start in time"
@@ -84,7 +88,11 @@ def _preflight(settings: Settings) -> None:
     uvicorn turns an error raised in the lifespan into a logged traceback and exit status 3;
     raised here, it reaches the CLI, which prints its message (what is wrong and the fix).
     """
-    Store(settings.state_dir / "central-mcp.db").close()
+    store = Store(settings.state_dir / "central-mcp.db")
+    try:
+        store.verify()  # damage past the header would otherwise surface mid-lifespan, as a traceback
+    finally:
+        store.close()
     DockerHost().ping()
 
 

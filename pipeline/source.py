@@ -9,10 +9,10 @@ and hands the directory to the deploy engine, which never needs the objects.
 How the package runs git, one way per kind of operation:
 
     kind                          way        where                         why
-    resolve a ref to a commit     GitPython  resolve (cli, deploy, up)     a plain query
+    resolve a ref to a commit     GitPython  resolve (cli, deploy, up,     a plain query
+                                         webhook)
     tree hashes, author, message  GitPython  _trees, _describe             plain queries (with the
                                                                            hook's quarantine env)
-    check a commit exists         GitPython  webhook.fetch_commit          a plain query
     create a bare repo            CLI        init_bare (hook, webhook)     it writes
     fetch with credentials        CLI        fetch (webhook)               it writes; env and `-c`
                                                                            carry the token
@@ -42,6 +42,8 @@ from pathlib import Path
 
 import git
 
+from pipeline.config.settings import DEFAULT_MAX_SNAPSHOT_FILES, DEFAULT_MAX_SNAPSHOT_SIZE, Settings
+from pipeline.config.units import format_size
 from pipeline.errors import SourceError
 
 ZERO_SHA = "0" * 40
@@ -49,6 +51,8 @@ SNAPSHOT_META = "snapshot.json"
 EXPECT_OLD = "expect_old"
 GIT_DIR = "git_dir"
 SNAPSHOTS = "snapshots"
+TAR_TAIL_BYTES = 1024 * 1024  # past the end-of-archive marker git writes at most one 10 KiB record
+ERROR_BYTES = 8192  # of git's stderr, quoted in the error
 
 
 @dataclass(frozen=True)
@@ -100,6 +104,19 @@ class Snapshot:
         )
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """The most a snapshot may unpack to (deploy.yaml's limits.snapshot_size and snapshot_files)."""
+
+    max_bytes: int = DEFAULT_MAX_SNAPSHOT_SIZE
+    max_files: int = DEFAULT_MAX_SNAPSHOT_FILES
+
+
+def bounds(settings: Settings) -> Bounds:
+    """The snapshot bounds deploy.yaml sets."""
+    return Bounds(settings.limits.snapshot_size, settings.limits.snapshot_files)
+
+
 def take(
     repo_path: Path,
     repo_name: str,
@@ -108,15 +125,20 @@ def take(
     into: Path,
     env: Mapping[str, str] | None = None,
     extra: Mapping[str, str] | None = None,
+    bounds: Bounds | None = None,
 ) -> Snapshot:
-    """Export `commit` of the repository at `repo_path` into `into`/tree and describe it."""
+    """Export `commit` of the repository at `repo_path` into `into`/tree and describe it; past
+    `bounds` stop unpacking at once and raise SourceError naming the limit."""
     env = dict(os.environ if env is None else env)
     root = into / "tree"
     root.mkdir(parents=True, exist_ok=False)
     try:
-        _extract(repo_path, commit, root, env)
+        _extract(repo_path, commit, root, env, bounds or Bounds())
         trees = _trees(repo_path, commit, env)
         author, message = _describe(repo_path, commit, env)
+    except SourceError:
+        shutil.rmtree(into, ignore_errors=True)
+        raise
     except (git.GitCommandError, tarfile.TarError, OSError) as exc:
         shutil.rmtree(into, ignore_errors=True)
         raise SourceError(f"cannot read commit {commit[:12]} of {repo_path}: {_why(exc)}") from exc
@@ -186,20 +208,45 @@ def _git(repo_path: Path, env: Mapping[str, str]) -> git.Git:
     return runner
 
 
-def _extract(repo_path: Path, commit: str, root: Path, env: Mapping[str, str]) -> None:
-    with tempfile.TemporaryFile() as tar:
-        proc = subprocess.run(
-            ["git", "-C", str(repo_path), "archive", "--format=tar", "--end-of-options", commit],
-            stdout=tar,
-            stderr=subprocess.PIPE,
-            env=dict(env),
-            check=False,
-        )
+def _extract(repo_path: Path, commit: str, root: Path, env: Mapping[str, str], bounds: Bounds) -> None:
+    """Unpack `git archive` as it streams: each entry's size is in its header, so the bounds are
+    checked before anything of it is written, and git is stopped at the first one past them."""
+    args = ["git", "-C", str(repo_path), "archive", "--format=tar", "--end-of-options", commit]
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errors, env=dict(env))
+        assert proc.stdout is not None
+        try:
+            with tarfile.open(fileobj=proc.stdout, mode="r|") as archive:
+                _unpack(archive, root, commit, bounds)
+            proc.stdout.read(TAR_TAIL_BYTES)  # the archive's padding, so that git ends on its own
+        finally:
+            proc.stdout.close()
+            if proc.poll() is None:
+                proc.kill()  # only past a bound or a tar error: git's own end is awaited above
+            proc.wait()
         if proc.returncode != 0:
-            raise git.GitCommandError(["git", "archive"], proc.returncode, proc.stderr)
-        tar.seek(0)
-        with tarfile.open(fileobj=tar) as archive:
-            archive.extractall(root, filter=_no_links_out)
+            errors.seek(0)
+            stderr = errors.read(ERROR_BYTES).decode("utf-8", "replace")
+            raise git.GitCommandError(["git", "archive"], proc.returncode, stderr)
+
+
+def _unpack(archive: tarfile.TarFile, root: Path, commit: str, bounds: Bounds) -> None:
+    total = 0
+    for files, member in enumerate(archive, start=1):
+        total += member.size
+        if files > bounds.max_files:
+            raise SourceError(
+                f"commit {commit[:12]} holds more than {bounds.max_files} files and folders "
+                "(limits.snapshot_files in deploy.yaml); nothing was deployed: keep generated or "
+                "vendored trees out of the repository, or raise the limit"
+            )
+        if total > bounds.max_bytes:
+            raise SourceError(
+                f"commit {commit[:12]} unpacks to more than {format_size(bounds.max_bytes)} "
+                f"(limits.snapshot_size in deploy.yaml; stopped at {member.name}); nothing was "
+                "deployed: keep large files out of the repository, or raise the limit"
+            )
+        archive.extract(member, root, filter=_no_links_out)
 
 
 def _no_links_out(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:

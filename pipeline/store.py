@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from pipeline.errors import StateError
+from pipeline.errors import DatabaseDamaged, StateError
+
+# SQLITE_CORRUPT and SQLITE_NOTADB: the file is damaged past its header, not busy or full.
+CORRUPT_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deploys (
@@ -43,6 +46,9 @@ CREATE TABLE IF NOT EXISTS deliveries (
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY, project TEXT NOT NULL, hash TEXT NOT NULL UNIQUE,
     created_at REAL NOT NULL, revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS sessions (
+    id TEXT PRIMARY KEY, server TEXT NOT NULL, container_id TEXT NOT NULL, key_id TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS usage (
     key_id TEXT NOT NULL, project TEXT NOT NULL, server TEXT NOT NULL,
@@ -92,6 +98,15 @@ class Placement(NamedTuple):
     number: int
     container_id: str
     host_port: int
+
+
+class SessionRow(NamedTuple):
+    """An MCP session as stored: the container that issued it and the API key it was issued to."""
+
+    id: str
+    server: str
+    container_id: str
+    key_id: str
 
 
 @dataclass(frozen=True)
@@ -144,16 +159,40 @@ class Store:
                 "start with an empty one, or restore it from a backup"
             ) from exc
 
+    def verify(self) -> None:
+        """Raise DatabaseDamaged unless SQLite finds every page of the database sound (a quick check)."""
+        with self._reading() as db:
+            found = str(db.execute("PRAGMA quick_check(1)").fetchone()[0])
+        if found != "ok":
+            raise DatabaseDamaged(self._damaged(" ".join(found.split())))  # SQLite's first finding, one line
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._reading() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection under the lock; a damaged file becomes one DatabaseDamaged naming it."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                if getattr(exc, "sqlite_errorcode", None) not in CORRUPT_CODES:
+                    raise  # a full disk or a lock is not damage: callers handle sqlite3.Error
+                raise DatabaseDamaged(self._damaged(str(exc))) from exc
+
+    def _damaged(self, why: str) -> str:
+        return (
+            f"the database {self.path} is damaged ({why}); with serve stopped, move the file aside to start "
+            "with an empty one, or restore it from a backup"
+        )
 
     def heartbeat(self) -> None:
         """Write one row: raises sqlite3.Error when the database cannot be written (a full disk)."""
@@ -189,8 +228,8 @@ class Store:
 
     def deploy(self, deploy_id: int) -> Deploy | None:
         """Return one deploy, or None."""
-        with self._lock:
-            row = self._db.execute("SELECT * FROM deploys WHERE id = ?", (deploy_id,)).fetchone()
+        with self._reading() as db:
+            row = db.execute("SELECT * FROM deploys WHERE id = ?", (deploy_id,)).fetchone()
         return _deploy(row) if row else None
 
     def deploys(
@@ -205,8 +244,8 @@ class Store:
             where.append("EXISTS (SELECT 1 FROM json_each(deploys.servers) WHERE json_each.key = ?)")
             args.append(server)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 f"SELECT * FROM deploys {clause} ORDER BY id DESC LIMIT ? OFFSET ?", (*args, limit, offset)
             ).fetchall()
         return [_deploy(r) for r in rows]
@@ -224,16 +263,20 @@ class Store:
 
     def add_event(self, deploy_id: int, seq: int, kind: str, text: str) -> None:
         """Append one event (a log line or a step change) to a deploy."""
+        self.add_events(deploy_id, [(seq, time.time(), kind, text)])
+
+    def add_events(self, deploy_id: int, events: Sequence[tuple[int, float, str, str]]) -> None:
+        """Append (seq, ts, kind, text) events to a deploy in one transaction."""
         with self._tx() as db:
-            db.execute(
+            db.executemany(
                 "INSERT INTO events (deploy_id, seq, ts, kind, text) VALUES (?, ?, ?, ?, ?)",
-                (deploy_id, seq, time.time(), kind, text),
+                [(deploy_id, *event) for event in events],
             )
 
     def events(self, deploy_id: int, after: int = 0) -> list[tuple[int, float, str, str]]:
         """Return (seq, ts, kind, text) of a deploy's events after `after`."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 "SELECT seq, ts, kind, text FROM events WHERE deploy_id = ? AND seq > ? ORDER BY seq",
                 (deploy_id, after),
             ).fetchall()
@@ -242,8 +285,8 @@ class Store:
     # releases ----------------------------------------------------------------------------
     def next_release_number(self, server: str) -> int:
         """Return the next release number for a server."""
-        with self._lock:
-            row = self._db.execute("SELECT MAX(number) FROM releases WHERE server = ?", (server,)).fetchone()
+        with self._reading() as db:
+            row = db.execute("SELECT MAX(number) FROM releases WHERE server = ?", (server,)).fetchone()
         return int(row[0] or 0) + 1
 
     def add_release(self, release: Release) -> None:
@@ -370,15 +413,15 @@ class Store:
         return {str(t.get("name")) for t in found[0].tools} if found else None
 
     def _releases(self, where: str, args: tuple[Any, ...]) -> list[Release]:
-        with self._lock:
-            rows = self._db.execute(f"SELECT * FROM releases {where}", args).fetchall()
+        with self._reading() as db:
+            rows = db.execute(f"SELECT * FROM releases {where}", args).fetchall()
         return [_release(r) for r in rows]
 
     # webhook deliveries ---------------------------------------------------------------------
     def delivery(self, delivery_id: str) -> int | None:
         """Return the deploy a delivery id already made, or None."""
-        with self._lock:
-            row = self._db.execute("SELECT deploy_id FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
+        with self._reading() as db:
+            row = db.execute("SELECT deploy_id FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
         return int(row[0]) if row else None
 
     def add_delivery(self, delivery_id: str, deploy_id: int) -> None:
@@ -400,16 +443,16 @@ class Store:
 
     def key_by_hash(self, digest: str) -> tuple[str, str] | None:
         """Return (key id, project) of an unrevoked key with this hash."""
-        with self._lock:
-            row = self._db.execute(
+        with self._reading() as db:
+            row = db.execute(
                 "SELECT id, project FROM api_keys WHERE hash = ? AND revoked_at IS NULL", (digest,)
             ).fetchone()
         return (row[0], row[1]) if row else None
 
     def api_keys(self) -> list[dict[str, Any]]:
         """Return every key's id, project, created and revoked times (never the hash)."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._reading() as db:
+            rows = db.execute(
                 "SELECT id, project, created_at, revoked_at FROM api_keys ORDER BY created_at"
             ).fetchall()
         return [dict(r) for r in rows]
@@ -438,9 +481,24 @@ class Store:
 
     def usage(self) -> list[dict[str, Any]]:
         """Return the usage counters per key and server."""
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM usage ORDER BY project, server").fetchall()
+        with self._reading() as db:
+            rows = db.execute("SELECT * FROM usage ORDER BY project, server").fetchall()
         return [dict(r) for r in rows]
+
+    # sessions ---------------------------------------------------------------------------------
+    def save_sessions(self, opened: Sequence[SessionRow], ended: Sequence[str]) -> None:
+        """Record sessions the proxy opened and forget those that ended, in one transaction."""
+        if not opened and not ended:
+            return
+        with self._tx() as db:
+            db.executemany("INSERT OR REPLACE INTO sessions VALUES (?, ?, ?, ?)", opened)
+            db.executemany("DELETE FROM sessions WHERE id = ?", [(sid,) for sid in ended])
+
+    def sessions(self) -> list[SessionRow]:
+        """Every stored session."""
+        with self._lock:
+            rows = self._db.execute("SELECT id, server, container_id, key_id FROM sessions").fetchall()
+        return [SessionRow(*row) for row in rows]
 
 
 def _deploy(row: sqlite3.Row) -> Deploy:

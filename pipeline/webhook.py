@@ -139,12 +139,12 @@ class Receiver:
         url = fetch_url(repo)
 
         def fetch(log: DeployLog) -> Path:
-            return fetch_commit(self.settings, repo, url, push.ref, push.after, log, self.env)
+            return fetch_tip(self.settings, repo, url, push.after, log, self.env)
 
         return DeployRequest(
             source=DeploySource.WEBHOOK,
             repo=repo.name,
-            ref=push.ref,
+            ref=f"refs/heads/{repo.branch}",
             commit=push.after,
             author=push.author,
             message=push.message,
@@ -161,24 +161,40 @@ def fetch_url(repo: Repo) -> str:
     return f"https://github.com/{repo.name}.git"
 
 
-def fetch_commit(
-    settings: Settings, repo: Repo, url: str, ref: str, commit: str, log: DeployLog, env: Mapping[str, str]
+def fetch_tip(
+    settings: Settings, repo: Repo, url: str, hint: str, log: DeployLog, env: Mapping[str, str]
 ) -> Path:
-    """Fetch `commit` into the repo's local mirror and snapshot it; return the snapshot dir."""
-    mirror = settings.state_dir / "mirrors" / f"{repo.name}.git"
+    """Fetch the configured branch from `url` into the repo's mirror and snapshot its tip.
+
+    A delivery is a trigger, never the source of truth: its commit (`hint`) is only logged. The
+    branch's tip is deployed, so a replayed old delivery redeploys what the branch already holds
+    (a no-op), while force pushes and newer pushes that raced the delivery deploy what is there.
+    """
+    ref = f"refs/heads/{repo.branch}"
+    mirror = mirror_path(settings, repo)
     git_env, config = _credentials(repo, env, url)
     log.masker = log.masker.extended(v for v in git_env.values() if v) if git_env else log.masker
     try:
         source.init_bare(mirror, repo.branch)
-        log.line(f"fetching {ref} from {_redact(url)}")
+        log.line(f"fetching {repo.branch} from {_redact(url)}")
         source.fetch(mirror, url, f"+{ref}:{ref}", git_env, config)
-        git.Git(str(mirror)).cat_file("-e", "--end-of-options", f"{commit}^{{commit}}")
+        tip = source.resolve(mirror, ref)
     except git.GitCommandError as exc:
         detail = log.masker(str(exc.stderr or "").strip().removeprefix("stderr: "))
-        raise SourceError(f"cannot fetch {commit[:12]} of {repo.name} from {_redact(url)}: {detail}") from exc
+        raise SourceError(f"cannot fetch {repo.branch} of {repo.name} from {_redact(url)}: {detail}") from exc
+    if tip != hint:
+        log.line(
+            f"the delivery named {hint[:12]}, but {repo.branch} is at {tip[:12]}: deploying the "
+            "branch's tip (a delivery only triggers a deploy)"
+        )
     workdir = source.new_workdir(source.snapshots_dir(settings.state_dir))
-    source.take(mirror, repo.name, ref, commit, workdir)
+    source.take(mirror, repo.name, ref, tip, workdir, bounds=source.bounds(settings))
     return workdir
+
+
+def mirror_path(settings: Settings, repo: Repo) -> Path:
+    """The local mirror of a webhook repo: <state>/mirrors/<owner>/<name>.git."""
+    return settings.state_dir / "mirrors" / f"{repo.name}.git"
 
 
 def _credentials(repo: Repo, env: Mapping[str, str], url: str) -> tuple[dict[str, str], list[str]]:
@@ -309,9 +325,12 @@ def _changed_paths(commits: object) -> tuple[str, ...] | None:
 
 
 def _match(repos: list[Repo], push: Push) -> Repo | None:
+    """The repo a push is for; names compare without case, as GitHub and GitLab treat them."""
+    pushed = [n.lower() for n in push.repo_names]
     for repo in repos:
-        names = {repo.name, repo.name.split("/")[-1]}
-        if any(n in names or n.split("/")[-1] == repo.name for n in push.repo_names):
+        name = repo.name.lower()
+        names = {name, name.split("/")[-1]}
+        if any(n in names or n.split("/")[-1] == name for n in pushed):
             return repo
         if repo.clone_url and repo.clone_url in push.clone_urls:
             return repo

@@ -86,3 +86,40 @@ def test_a_variable_in_a_from_flag_is_refused_as_unverifiable() -> None:
 def test_remote_add_is_allowed_when_deploy_yaml_says_so() -> None:
     """build.remote_add: true lets ADD of a URL through; images stay checked."""
     assert problems(BASE + "ADD https://example.com/a /a\n", remote_add=True) == []
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        "central-mcp-server/other:r3-abc123",
+        "docker.io/central-mcp-server/other:r3-abc123",
+        "index.docker.io/central-mcp-server/other:r1-x",
+    ],
+)
+@pytest.mark.parametrize("allowed", [ALLOWED, ("*",), ("central-mcp*",)])
+def test_a_server_image_is_refused_whatever_the_base_image_globs(
+    image: str, allowed: tuple[str, ...]
+) -> None:
+    """FROM or COPY --from another server's image (of this repo or another) is refused even when a
+    permissive build.base_images glob would allow its name."""
+    for text in (f"FROM {image}\n", f"{BASE}COPY --from={image} /app /app\n"):
+        [(_, message)] = buildrules.problems(dockerfile.tame(text), {}, allowed, False)
+        assert f"{image}: a server image this provider built" in message
+        assert "never on another server's image" in message
+
+
+def test_server_images_are_never_named_like_the_base_image() -> None:
+    """A server called `python` is not tagged under central-mcp/python, which the default glob allows."""
+    tag = buildrules.server_image("python", 1, "abc123")
+    assert tag == "central-mcp-server/python:r1-abc123"
+    [(_, message)] = problems(f"FROM {tag}\n")
+    assert "a server image this provider built" in message
+
+
+def test_the_images_a_dockerfile_may_use_are_reported() -> None:
+    """`named` receives each allowed image with its line (not stages, not scratch), for the build-time
+    label check."""
+    named: list[tuple[int, str]] = []
+    text = BASE + "FROM scratch AS empty\nCOPY --from=central-mcp/python:3.12 /a /a\nCOPY --from=empty / /\n"
+    assert buildrules.problems(dockerfile.tame(text), {}, ALLOWED, False, named) == []
+    assert named == [(2, "central-mcp/python:3.11"), (4, "central-mcp/python:3.12")]

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline import dockerfile
 from pipeline.baseimage import BASE_IMAGE
-from pipeline.dockerhost import DockerHost
+from pipeline.dockerhost import LABEL_INSTANCE, DockerHost
 from pipeline.errors import BuildError, BuildKitUnavailable
 
 LABELS = {"central-mcp.server": "probe", "central-mcp.release": "r1"}
@@ -145,3 +145,25 @@ def test_a_pushed_syntax_directive_never_reaches_buildkit(
     image_id = fresh_host.build(tag, tmp_path, found.text, [], {}, LABELS, print, network="none")
 
     assert image_id.startswith("sha256:")
+
+
+@pytest.mark.docker
+def test_removing_a_container_removes_its_anonymous_volumes(
+    docker_host: DockerHost, instance_label: str
+) -> None:
+    """A container with an anonymous volume (one started before containers got tmpfs, or by hand)
+    leaves no volume once removed through the adapter, stopped first or not."""
+    for grace in (0.0, 1.0):
+        container = docker_host.client.containers.run(
+            BASE_IMAGE,
+            ["sleep", "30"],
+            detach=True,
+            volumes=["/data"],
+            labels={LABEL_INSTANCE: instance_label},
+        )
+        [volume] = [m["Name"] for m in container.attrs["Mounts"] if m["Type"] == "volume"]
+        docker_host.stop_and_remove(str(container.id), grace=grace)
+        left = {v.name for v in docker_host.client.volumes.list()}
+        if volume in left:  # a failed run leaves nothing behind either
+            docker_host.client.volumes.get(volume).remove(force=True)
+        assert volume not in left

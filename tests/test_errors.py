@@ -14,6 +14,7 @@ import pytest
 
 import pipeline
 from pipeline import errors
+from pipeline.config.settings import Repo, SecretGrant, Settings
 from pipeline.control import Control
 from pipeline.errors import (
     BodyTooLarge,
@@ -135,9 +136,14 @@ def test_malformed_secrets_file_is_a_secrets_error_that_hides_the_line(tmp_path:
 
 
 def test_missing_secret_is_a_secrets_error(tmp_path: Path) -> None:
-    """A server asking for a secret the VM lacks raises SecretsError naming the secret and where to add it."""
-    with pytest.raises(SecretsError, match=r"needs secret\(s\) API_TOKEN .* add them to"):
-        Secrets(tmp_path, env={}).values("weather", ["API_TOKEN"])
+    """A server asking for a secret the VM lacks raises SecretsError naming the secret and the command."""
+    settings = Settings(
+        tmp_path / "deploy.yaml", tmp_path, repos=(Repo("r", secrets=(SecretGrant("API_TOKEN"),)),)
+    )
+    with pytest.raises(
+        SecretsError, match=r"'weather': secret API_TOKEN .*`central-mcp secret set API_TOKEN`"
+    ):
+        Secrets(tmp_path, env={}).values(settings, "r", "weather", ["API_TOKEN"])
 
 
 def test_unreadable_database_is_a_state_error(tmp_path: Path) -> None:

@@ -93,7 +93,8 @@ def test_xray_analyzer_counts_lines_with_heuristics(
 def test_containers_are_hardened_and_bound_to_loopback(
     docker_host: DockerHost, built: dict[str, str], instance_label: str
 ) -> None:
-    """A started server publishes on 127.0.0.1 only, with no-new-privileges, no capabilities and limits."""
+    """A started server publishes on 127.0.0.1 only, with no-new-privileges, no capabilities, limits,
+    a read-only root with a capped /tmp, and the forced non-root user (which its image names too)."""
     running = _start(docker_host, built["property-search"], instance_label)
     attrs = docker_host.client.containers.get(running.id).attrs
     bindings = attrs["HostConfig"]["PortBindings"]["8080/tcp"]
@@ -102,4 +103,7 @@ def test_containers_are_hardened_and_bound_to_loopback(
     assert attrs["HostConfig"]["CapDrop"] == ["ALL"]
     assert attrs["HostConfig"]["Memory"] == 256 * 1024 * 1024
     assert (attrs["HostConfig"]["CpuPeriod"], attrs["HostConfig"]["CpuQuota"]) == (100_000, 50_000)
-    assert attrs["Config"]["User"] == "65534"
+    assert attrs["Config"]["User"] == "65534:65534"
+    assert attrs["HostConfig"]["ReadonlyRootfs"] is True
+    tmp = "rw,nosuid,nodev,noexec,uid=65534,gid=65534,size=67108864"
+    assert attrs["HostConfig"]["Tmpfs"] == {"/tmp": tmp}

@@ -315,3 +315,24 @@ def test_an_answer_that_trickles_past_the_timeout_ends_the_handshake() -> None:
         with pytest.raises((NotMCP, TimeoutError)):  # past the deadline, or the last read timed out
             gate.handshake(f"http://127.0.0.1:{port}/mcp", 0.5)
         assert time.monotonic() - started < 2
+
+
+def test_a_failed_initialize_is_reported_not_the_stateless_fallbacks_error() -> None:
+    """When initialize fails the gate reports that error first, not what the stateless retry then read."""
+
+    async def endpoint(request: Request) -> Response:
+        message = await request.json()
+        if message.get("method") == "initialize":
+            error = {"code": -32603, "message": "crypto is not defined"}
+            return JSONResponse({"jsonrpc": "2.0", "id": message["id"], "error": error})
+        refused = {"code": -32000, "message": "Bad Request: Server not initialized"}
+        return JSONResponse({"jsonrpc": "2.0", "id": None, "error": refused}, status_code=400)
+
+    app = Starlette(routes=[Route("/mcp", endpoint, methods=["POST"])])
+    with serve_asgi(app) as port, pytest.raises(GateError) as err:
+        gate.wait_until_healthy(f"http://127.0.0.1:{port}/mcp", timeout=0.5, interval=0.1)
+    text = str(err.value)
+    assert "initialize returned error -32603: crypto is not defined" in text, text
+    assert text.index("crypto is not defined") < text.find("Server not initialized") or (
+        "Server not initialized" not in text
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,12 @@ run:
 
 
 def _settings(tmp_path: Path) -> settings.Settings:
-    """Settings with one project, `demo`, for the access checks."""
+    """Settings with one project, `demo`, for the access checks, and secrets API_KEY and KEY granted."""
+    grants = (settings.SecretGrant("API_KEY"), settings.SecretGrant("KEY"))
     return settings.Settings(
         config_path=tmp_path / "deploy.yaml",
         state_dir=tmp_path / "state",
+        repos=(settings.Repo("central-mcp", secrets=grants),),
         projects=(settings.Project("demo"),),
     )
 
@@ -97,9 +100,6 @@ BAD = [
     pytest.param(_with("run:\n  port: 8080\n", ""), "$", 1, "'run' is a required", id="missing-run"),
     pytest.param(_with("port: 8080", "path: /mcp"), "$.run", 6, "'port' is a required", id="missing-port"),
     pytest.param(_with("name: srv", "name: s_rv"), "$.name", 1, "not a DNS label", id="name-not-dns"),
-    pytest.param(
-        _with("name: srv", "name: other"), "$.name", 1, "differs from its folder 'srv'", id="name-not-folder"
-    ),
     pytest.param(_with("1.0.0", "v1"), "$.version", 2, "not a semantic version", id="version-not-semver"),
     pytest.param(_with("1.0.0", "1.0"), "$.version", 2, "1.0 is not of type 'string'", id="version-float"),
     pytest.param(
@@ -135,6 +135,27 @@ BAD = [
         id="secret-bad-name",
     ),
     pytest.param(GOOD + "  secrets: [KEY, KEY]\n", "$.run.secrets", 7, "non-unique", id="secret-twice"),
+    pytest.param(
+        GOOD + "  secrets: [KEY, OTHER]\n",
+        "$.run.secrets[1]",
+        7,
+        "secret OTHER is not granted to server 'srv' of repo 'central-mcp'",
+        id="secret-not-granted",
+    ),
+    pytest.param(
+        GOOD + "  secrets: [CENTRAL_MCP_ADMIN_TOKEN]\n",
+        "$.run.secrets[0]",
+        7,
+        "CENTRAL_MCP_ADMIN_TOKEN is one of the provider's own credentials",
+        id="secret-provider-variable",
+    ),
+    pytest.param(
+        GOOD + "  secrets: [KEY]\nbuild: {args: {KEY: x}}\n",
+        "$.build.args.KEY",
+        8,
+        "build arg KEY has the name of a secret of this server",
+        id="build-arg-named-as-a-secret",
+    ),
     pytest.param(
         GOOD + "build: {context: ../../..}\n",
         "$.build.context",
@@ -172,6 +193,13 @@ BAD = [
         "below Docker's 6m minimum",
         id="memory-too-small",
     ),
+    pytest.param(
+        GOOD + "resources: {memory: 64g}\n",
+        "$.resources.memory",
+        7,
+        "server 'srv' asks for memory '64g', more than this VM allows (2g, limits.memory in deploy.yaml)",
+        id="memory-over-the-cap",
+    ),
     pytest.param(GOOD + "resources: {cpus: 0}\n", "$.resources.cpus", 7, "minimum of 0", id="cpus-zero"),
     pytest.param(
         GOOD + "access: [demo, billing]\n",
@@ -203,6 +231,21 @@ def test_bad_manifest_is_located(
     assert (problem.file, problem.path, problem.line) == (f"servers/{folder}/mcp-server.yaml", path, line)
     assert fragment in problem.message
     assert problem.hint
+
+
+def test_a_server_grant_covers_only_that_server(tmp_path: Path) -> None:
+    """A secret granted to one server of the repo passes for it and is refused, located, for another."""
+    grant = settings.SecretGrant("ONE_KEY", ("srv",))
+    repo = settings.Repo("central-mcp", secrets=(grant,))
+    config = dataclasses.replace(_settings(tmp_path), repos=(repo,))
+    text = GOOD + "  secrets: [ONE_KEY]\n"
+    _server(tmp_path / "repo", "srv", text)
+    _server(tmp_path / "repo", "other", text.replace("name: srv", "name: other"))
+    report = manifest.check_tree(tmp_path / "repo", config, repo=repo)
+    assert [m.name for m in report.manifests] == ["srv"]
+    [problem] = report.problems
+    assert (problem.file, problem.path) == ("servers/other/mcp-server.yaml", "$.run.secrets[0]")
+    assert "{name: ONE_KEY, servers: [other]}" in problem.hint
 
 
 def test_context_symlink_leaving_the_repo_is_refused(tmp_path: Path) -> None:
@@ -282,7 +325,7 @@ def test_every_fault_in_one_manifest_is_reported_in_line_order(tmp_path: Path) -
     )
     _server(tmp_path / "repo", "x", text)
     problems = _check(tmp_path).problems
-    assert len(problems) == 9
+    assert len(problems) == 8
     assert [p.line for p in problems] == sorted(p.line for p in problems)
     assert {p.path for p in problems} == {
         "$",
@@ -304,14 +347,29 @@ def test_read_raises_every_problem_at_once(tmp_path: Path) -> None:
     assert [p.path for p in caught.value.problems] == ["$.run.port", "$.colour"]
 
 
-def test_same_name_in_two_server_folders_trips_the_folder_rule(tmp_path: Path) -> None:
-    """Two manifests named `b` under servers/a and servers/b: only a's name≠folder is reported."""
+def test_a_folder_may_be_named_anything_the_server_name_comes_from_the_manifest(tmp_path: Path) -> None:
+    """`PROJECT_airbnsearch/mcp-server.yaml` naming `airbnsearch` is valid: a folder needs no DNS label."""
+    _server(tmp_path / "repo", "PROJECT_airbnsearch", _with("name: srv", "name: airbnsearch"), top=".")
+    report = _check(tmp_path, globs=["*/mcp-server.yaml"])
+    assert report.ok, report.problems
+    [server] = report.manifests
+    assert (server.name, server.folder, server.context) == (
+        "airbnsearch",
+        "PROJECT_airbnsearch",
+        "PROJECT_airbnsearch",
+    )
+
+
+def test_same_name_in_two_folders_is_refused_naming_both_files(tmp_path: Path) -> None:
+    """Two manifests named `b` under servers/a and servers/b: one duplicate, naming both files."""
     _server(tmp_path / "repo", "a", _with("name: srv", "name: b"))
     _server(tmp_path / "repo", "b", _with("name: srv", "name: b"))
     report = _check(tmp_path)
-    assert [m.folder for m in report.manifests] == ["servers/b"]
-    assert [(p.file, p.path) for p in report.problems] == [("servers/a/mcp-server.yaml", "$.name")]
-    assert "differs from its folder 'a'" in report.problems[0].message
+    assert [m.folder for m in report.manifests] == ["servers/a"]
+    [problem] = report.problems
+    assert (problem.file, problem.path) == ("servers/b/mcp-server.yaml", "$.name")
+    assert problem.message == "server name 'b' is also used by servers/a/mcp-server.yaml"
+    assert "servers/b/mcp-server.yaml" in problem.hint and "servers/a/mcp-server.yaml" in problem.hint
 
 
 def test_same_name_under_two_manifest_globs_is_a_duplicate(tmp_path: Path) -> None:
@@ -344,3 +402,23 @@ def test_discover_skips_git_folders_and_duplicates(tmp_path: Path) -> None:
         "servers/a/mcp-server.yaml",
         "servers/b/mcp-server.yaml",
     ]
+
+
+def test_limits_memory_in_deploy_yaml_sets_the_cap(tmp_path: Path) -> None:
+    """A manifest asking for more memory than deploy.yaml's limits.memory is refused naming both values."""
+    config = tmp_path / "deploy.yaml"
+    config.write_text("limits: {memory: 512m}\n")
+    _server(tmp_path / "repo", "srv", GOOD + "resources: {memory: 768m}\n")
+    report = manifest.check_tree(tmp_path / "repo", settings.load(config, env={}))
+    [problem] = report.problems
+    assert "memory '768m', more than this VM allows (512m, limits.memory" in problem.message
+    _server(tmp_path / "repo", "srv", GOOD + "resources: {memory: 512m}\n")
+    assert manifest.check_tree(tmp_path / "repo", settings.load(config, env={})).ok
+
+
+def test_a_name_that_is_not_a_dns_label_gets_a_hint_that_is_not_circular(tmp_path: Path) -> None:
+    """`name: PROJECT_other` is refused with an example of a good name, and the folder may stay as it is."""
+    _server(tmp_path / "repo", "PROJECT_other", _with("name: srv", "name: PROJECT_other"), top=".")
+    [problem] = _check(tmp_path, globs=["*/mcp-server.yaml"]).problems
+    assert problem.path == "$.name" and "'project-other'" in problem.hint
+    assert "folder keeps whatever name it has" in problem.hint

@@ -10,7 +10,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -611,7 +611,7 @@ def test_bad_project_key_is_refused_with_401(live_servers: Site) -> None:
     answer = live_servers.client().get("/registry.json", headers={"Authorization": "Bearer cmcp_nope"})
     assert answer.status_code == 401
     assert answer.headers["www-authenticate"].startswith("Bearer")
-    assert answer.json() == {"error": "unknown or revoked API key"}
+    assert answer.json()["error"].startswith("unknown or revoked API key; a project key is needed")
 
 
 def test_client_config_for_vscode_lists_the_projects_servers(live_servers: Site) -> None:
@@ -668,7 +668,7 @@ def test_admin_pages_need_the_token(guarded: Site, path: str) -> None:
 def test_admin_token_in_the_query_sets_a_cookie_that_opens_later_pages(guarded: Site) -> None:
     """Opening a page once with ?token= sets an HttpOnly cookie; the next request needs nothing else."""
     deploy_id = record_deploy(guarded.store)
-    client = guarded.client()
+    client = guarded.client(base_url="https://testserver")  # the cookie is Secure: the public URL is https
     first = client.get(f"/deploys?token={ADMIN_TOKEN}")
     assert first.status_code == 200
     cookie = first.headers["set-cookie"]
@@ -676,6 +676,71 @@ def test_admin_token_in_the_query_sets_a_cookie_that_opens_later_pages(guarded: 
     assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower()
     assert client.get(f"/deploys/{deploy_id}").status_code == 200
     assert guarded.client().get(f"/deploys/{deploy_id}").status_code == 401
+
+
+def _cookies(answer: Any) -> list[dict[str, str]]:
+    """Each Set-Cookie of an answer as {attribute (lower case): value}; the pair itself under "="."""
+    found = []
+    for header in answer.headers.get_list("set-cookie"):
+        pair, *attributes = (part.strip() for part in header.split(";"))
+        parsed = {"=": pair}
+        for attribute in attributes:
+            name, _, value = attribute.partition("=")
+            parsed[name.lower()] = value
+        found.append(parsed)
+    return found
+
+
+@pytest.mark.parametrize("public_url", ["https://mcp.example.test", "http://10.0.0.5:8900"])
+def test_admin_cookie_is_scoped_to_the_pages(tmp_path: Path, public_url: str) -> None:
+    """The admin cookie goes only to the pages' paths (never `/`, so never to `/mcp/`), HttpOnly,
+    SameSite=Strict, and Secure when the public URL is https."""
+    settings = replace(make_settings(tmp_path, ADMIN_TOKEN), public_url=public_url)
+    store = Store(tmp_path / "central-mcp.db")
+    try:
+        client = Site(settings, store).client(base_url=public_url.replace("10.0.0.5:8900", "testserver"))
+        answer = client.get("/deploys", params={"token": ADMIN_TOKEN})
+    finally:
+        store.close()
+    cookies = _cookies(answer)
+    assert sorted(c["path"] for c in cookies) == sorted(pages.ADMIN_COOKIE_PATHS)
+    assert "/" not in pages.ADMIN_COOKIE_PATHS
+    for cookie in cookies:
+        assert cookie["="] == f"{pages.ADMIN_COOKIE}={ADMIN_TOKEN}"
+        assert "httponly" in cookie and cookie["samesite"].lower() == "strict"
+        assert ("secure" in cookie) is public_url.startswith("https://")
+    for path in ("/deploys", "/deploys/1", "/deploys.json", "/client-config/web/vscode", "/servers"):
+        assert any(path == c["path"] or path.startswith(c["path"] + "/") for c in cookies), path
+    assert not any("/mcp/x".startswith(c["path"]) for c in cookies)
+
+
+def test_pages_carry_nosniff_and_a_strict_csp(site: Site) -> None:
+    """Every page says nosniff, sends no Referer (the ?token= must not leak), may not be framed, and
+    runs only the script and style it was served with (a per-answer nonce)."""
+    record_deploy(site.store)
+    client = site.client()
+    for path in ("/servers", "/deploys", "/deploys/1", "/deploys.json"):
+        answer = client.get(path)
+        assert answer.status_code == 200, path
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["referrer-policy"] == "no-referrer"
+        csp = answer.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+        assert "unsafe-inline" not in csp
+    page = client.get("/deploys/1")
+    nonce = re.search(r"'nonce-([^']+)'", page.headers["content-security-policy"])
+    assert nonce is not None and f'<script nonce="{nonce[1]}">' in page.text
+    assert f'<style nonce="{nonce[1]}">' in page.text
+    again = client.get("/deploys/1").headers["content-security-policy"]
+    assert nonce[1] not in again
+
+
+def test_root_leads_to_the_servers_page_keeping_the_token(guarded: Site) -> None:
+    """`/` sends the browser to `/servers` (the index, under a cookie path), with its query."""
+    answer = guarded.client(follow_redirects=False).get("/", params={"token": ADMIN_TOKEN})
+    assert answer.status_code in (302, 303, 307)
+    assert answer.headers["location"] == f"/servers?token={ADMIN_TOKEN}"
+    assert guarded.client().get("/", params={"token": ADMIN_TOKEN}).status_code == 200
 
 
 def test_admin_token_as_a_bearer_header_opens_the_pages(guarded: Site) -> None:

@@ -39,7 +39,7 @@ def release(server: str, number: int, status: ReleaseStatus, print_: str, repo: 
         repo=repo,
         commit_sha=f"{number:040d}",
         fingerprint=print_,
-        image=f"central-mcp/{server}:r{number}-{INSTANCE}",
+        image=f"central-mcp-server/{server}:r{number}-{INSTANCE}",
         version="1.0.0",
         status=status,
         deploy_id=number,
@@ -68,7 +68,7 @@ def test_a_new_server_is_built_as_r1_with_an_instance_scoped_image() -> None:
     assert (entry.action, entry.release, entry.why) == (Action.BUILD, 1, "new server → r1")
     assert entry.spec is not None
     assert (entry.spec.image, entry.spec.commit, entry.spec.repo) == (
-        f"central-mcp/alpha:r1-{INSTANCE}",
+        f"central-mcp-server/alpha:r1-{INSTANCE}",
         COMMIT,
         REPO,
     )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import socket
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from pipeline.proxy.access import OPEN_ACCESS
 from tests.support.loopback import free_port
 from tests.support.proxy_rig import (
     ACCEPT_BOTH,
@@ -128,6 +130,7 @@ async def test_mcp_headers_reach_the_upstream_unchanged(rig: Rig, method: str) -
     recorder = Recorder()
     with raw_upstream("x", recorder) as raw:
         rig.router.swap({"x": raw})
+        rig.router.open_session("sess-123", raw, OPEN_ACCESS)  # as if `raw` had issued it
         async with httpx2.AsyncClient() as http:
             body = json.dumps(jsonrpc("tools/call", {"name": "echo"})) if method == "POST" else None
             reply = await http.request(method, rig.url("x"), headers=sent, content=body)
@@ -168,6 +171,120 @@ async def test_forwarded_response_headers_appear_once(rig: Rig) -> None:
         assert sorted(n for n in set(names) if names.count(n) > 1) == []
 
 
+async def test_cookies_never_cross_the_proxy(rig: Rig) -> None:
+    """The browser's cookies (the admin cookie among them) never reach a server, and a server's
+    Set-Cookie never reaches the client: the proxy's origin is the provider's own."""
+
+    async def answer(request: Request) -> Response:
+        reply = Response(b'{"jsonrpc": "2.0", "id": 1, "result": {}}', media_type="application/json")
+        reply.set_cookie("central_mcp_admin", "planted-by-the-server", path="/")
+        reply.headers.append("Set-Cookie2", "old=1")
+        return reply
+
+    recorder = Recorder(answer)
+    with raw_upstream("x", recorder) as raw:
+        rig.router.swap({"x": raw})
+        async with httpx2.AsyncClient() as http:
+            reply = await http.post(
+                rig.url("x"),
+                headers={**ACCEPT_BOTH, "cookie": "central_mcp_admin=the-admin-token; other=1"},
+                content=json.dumps(jsonrpc("tools/list")),
+            )
+    assert reply.status_code == 200
+    assert "cookie" not in recorder.seen[0].headers
+    assert "the-admin-token" not in json.dumps(recorder.seen[0].headers)
+    assert "set-cookie" not in reply.headers and "set-cookie2" not in reply.headers
+
+
+@pytest.mark.parametrize(
+    "media_type", ["text/html; charset=utf-8", "image/svg+xml", "text/plain", "Application/JSON", None]
+)
+async def test_relayed_non_mcp_content_is_sandboxed(rig: Rig, media_type: str | None) -> None:
+    """An answer that is neither JSON nor an event stream (an HTML page, an SVG, no type at all) comes
+    with nosniff and a CSP sandbox, so it cannot act on the provider's origin."""
+
+    async def answer(request: Request) -> Response:
+        reply = Response(b"<script>fetch('/deploys.json')</script>", status_code=200)
+        if media_type is not None:
+            reply.headers["content-type"] = media_type
+        return reply
+
+    with raw_upstream("x", Recorder(answer)) as raw:
+        rig.router.swap({"x": raw})
+        async with httpx2.AsyncClient() as http:
+            reply = await http.get(rig.url("x", "/page"))
+    assert reply.status_code == 200
+    assert reply.headers["x-content-type-options"] == "nosniff"
+    csp = reply.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "sandbox" in csp
+
+
+async def test_mcp_answers_carry_no_sandbox_headers(rig: Rig) -> None:
+    """JSON and event-stream answers are relayed as they are: no headers added to the hot path."""
+    with sdk_upstream("x", "S", stateless=True, json_response=True) as s:
+        rig.router.swap({"x": s})
+        async with httpx2.AsyncClient() as http:
+            reply = await http.post(
+                rig.url("x"),
+                headers={**ACCEPT_BOTH, "mcp-protocol-version": LEGACY},
+                content=json.dumps(jsonrpc("tools/list")),
+            )
+    assert reply.status_code == 200
+    assert "content-security-policy" not in reply.headers
+
+
+def _raw_request(port: int, target: str) -> tuple[int, bytes]:
+    """Send `GET <target>` byte for byte (HTTP clients normalise dot segments away); return the
+    status and body of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(f"GET {target} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/mcp/x/../y",
+        "/mcp/x/..",
+        "/mcp/x/a/./b",
+        "/mcp/x/..%2f..%2fy",
+        "/mcp/x/%2e%2e/y",
+        "/mcp/x/%2E%2e%2Fy",
+        "/mcp/x/.%2e/y",
+        "/mcp/x/..%5cy",
+        "/mcp/x/a\\..\\y",
+        "/mcp/x/%252e%252e/y",
+        "/mcp/x/..;/y",
+        "/mcp/../x",
+        "/mcp/%2e%2e/x",
+    ],
+)
+async def test_dot_segments_are_refused_with_400_and_never_forwarded(rig: Rig, path: str) -> None:
+    """A path below `/mcp/<server>` with a dot segment — raw, percent-encoded, double-encoded or
+    with backslashes — answers 400 naming the path; the upstream sees nothing."""
+    recorder = Recorder()
+    with raw_upstream("x", recorder) as raw:
+        rig.router.swap({"x": raw})
+        status, body = await asyncio.to_thread(_raw_request, rig.port, path)
+    assert status == 400, body
+    assert "dot segment" in json.loads(body)["error"]
+    assert recorder.seen == []
+
+
+async def test_dots_inside_a_segment_are_forwarded(rig: Rig) -> None:
+    """Dots that are not whole segments (`a..b`, `.well-known`) are ordinary path characters."""
+    recorder = Recorder()
+    with raw_upstream("x", recorder) as raw:
+        rig.router.swap({"x": raw})
+        status, _ = await asyncio.to_thread(_raw_request, rig.port, "/mcp/x/.well-known/a..b")
+    assert status == 200
+    assert recorder.seen[0].path == "/mcp/.well-known/a..b"
+
+
 # status codes -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("status", [202, 400, 401, 403, 404, 405])
 async def test_upstream_status_and_body_pass_through_unchanged(rig: Rig, status: int) -> None:
@@ -202,13 +319,12 @@ async def test_upstream_status_and_body_pass_through_unchanged(rig: Rig, status:
     ("stateless", "method", "headers", "body", "status"),
     [
         (False, "POST", ACCEPT_BOTH, jsonrpc("tools/list"), 400),  # no session id
-        (False, "POST", {**ACCEPT_BOTH, "mcp-session-id": "unknown"}, jsonrpc("tools/list"), 404),
         (False, "PUT", ACCEPT_BOTH, None, 405),
         (True, "DELETE", ACCEPT_BOTH, None, 405),
         (True, "POST", ACCEPT_BOTH, {"jsonrpc": "2.0", "method": "notifications/initialized"}, 202),
         (False, "POST", ACCEPT_BOTH, "not json", 400),
     ],
-    ids=["missing-session", "unknown-session", "put", "stateless-delete", "notification", "parse-error"],
+    ids=["missing-session", "put", "stateless-delete", "notification", "parse-error"],
 )
 async def test_sdk_server_answers_reach_the_client_as_if_direct(
     rig: Rig, stateless: bool, method: str, headers: dict[str, str], body: object, status: int
@@ -223,6 +339,23 @@ async def test_sdk_server_answers_reach_the_client_as_if_direct(
     assert direct.status_code == status
     assert (proxied.status_code, proxied.content) == (direct.status_code, direct.content)
     assert proxied.headers["content-type"] == direct.headers["content-type"]
+
+
+async def test_unknown_session_id_gets_404_and_never_reaches_the_upstream(rig: Rig) -> None:
+    """A session id the proxy never saw issued (a guess, or one from before a restart that was not
+    saved) answers 404 with the JSON-RPC error that tells clients to initialize again."""
+    recorder = Recorder()
+    with raw_upstream("x", recorder) as raw:
+        rig.router.swap({"x": raw})
+        async with httpx2.AsyncClient() as http:
+            reply = await http.post(
+                rig.url("x"),
+                headers={**ACCEPT_BOTH, "mcp-session-id": "guessed"},
+                content=json.dumps(jsonrpc("tools/list")),
+            )
+    assert reply.status_code == 404
+    assert reply.json()["error"]["code"] == -32001
+    assert recorder.seen == []
 
 
 async def test_unknown_server_gets_404_naming_it(rig: Rig) -> None:

@@ -80,6 +80,26 @@ async def test_request_without_a_key_gets_401_with_www_authenticate(rig: Rig, re
     assert recorder.seen == []
 
 
+async def test_401_says_a_project_key_is_needed_and_how_to_get_one(rig: Rig, recorder: Recorder) -> None:
+    """Without a key, both the JSON body and WWW-Authenticate's error_description say that a project
+    key is needed and name the command that makes one; the Bearer challenge clients start OAuth on stays."""
+    for reply in (await _post(rig, "x"), await _post(rig, "x", "cmcp_" + "A" * 43)):
+        assert reply.status_code == 401
+        assert reply.headers["content-type"] == "application/json"
+        message = reply.json()["error"]
+        challenge = reply.headers["www-authenticate"]
+        assert challenge.startswith('Bearer realm="central-mcp"')
+        description = challenge.split('error_description="', 1)[1].rstrip('"')
+        for text in (message, description):
+            assert "project key" in text
+            assert "central-mcp keys create <project>" in text
+            assert "Authorization: Bearer" in text
+        assert all(c not in description for c in '"\\'), "RFC 6750: no quote or backslash inside"
+    missing, unknown = await _post(rig, "x"), await _post(rig, "x", "cmcp_" + "A" * 43)
+    assert "error=" not in missing.headers["www-authenticate"].replace("error_description", "")
+    assert 'error="invalid_token"' in unknown.headers["www-authenticate"]
+
+
 async def test_unknown_key_gets_401(rig: Rig, recorder: Recorder) -> None:
     """A well-formed key that was never issued answers 401."""
     reply = await _post(rig, "x", "cmcp_" + "A" * 43)

@@ -17,8 +17,12 @@ import httpx2
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
+from starlette.requests import Request
+from starlette.responses import Response
 
 from pipeline.proxy.router import Upstream
+from pipeline.proxy.sessions import Session, SessionTable
+from pipeline.store import SessionRow
 from tests.support.proxy_rig import (
     ACCEPT_BOTH,
     LEGACY,
@@ -154,14 +158,13 @@ async def test_delete_ends_the_session(rig: Rig, a_and_b: Pair) -> None:
     assert [r.status_code for r in responses if r.request.method == "DELETE"] == [200]
     assert rig.router.sessions_on("A") == 0
     assert rig.router.session(session_id) is None
-    assert not rig.router.is_retired_session(session_id)
     async with httpx2.AsyncClient() as http:
         after = await http.post(
             rig.url("x"),
             headers={**ACCEPT_BOTH, "mcp-session-id": session_id},
             content=json.dumps(jsonrpc("tools/list")),
         )
-    assert after.status_code == 404, "the ended session is the upstream's to refuse, and it does"
+    assert after.status_code == 404, "an ended session id answers 404"
 
 
 async def test_session_id_on_another_servers_path_gets_404(rig: Rig, a_and_b: Pair) -> None:
@@ -251,3 +254,127 @@ async def test_request_routed_before_a_swap_keeps_its_upstream_until_answered(ri
         writer.close()
         await deploy
     assert status_line.startswith(b"HTTP/1.1 200"), status_line
+
+
+# idle sessions ----------------------------------------------------------------------------------
+IDLE_TIMEOUT = 0.5
+
+
+@pytest.fixture
+def expiring(tmp_path: Path) -> Iterator[Rig]:
+    """A proxy whose sessions expire after IDLE_TIMEOUT with no request and no open stream."""
+    with running_proxy(tmp_path, session_idle_timeout=IDLE_TIMEOUT) as running:
+        yield running
+
+
+def _issuing_recorder(session_id: str) -> Recorder:
+    """A raw upstream that issues `session_id` to a request without one and answers DELETE with 200."""
+
+    async def answer(request: Request) -> Response:
+        if request.method == "DELETE":
+            return Response(status_code=200)
+        issued = {} if request.headers.get("mcp-session-id") else {"mcp-session-id": session_id}
+        body = b'{"jsonrpc": "2.0", "id": 1, "result": {}}'
+        return Response(body, media_type="application/json", headers=issued)
+
+    return Recorder(answer)
+
+
+async def test_idle_session_expires_and_is_ended_on_its_container(expiring: Rig) -> None:
+    """A session with no request for the idle timeout is forgotten, its container gets a DELETE for it
+    (clients such as mcp-remote never send one), and its id answers 404 from then on."""
+    recorder = _issuing_recorder("s-1")
+    with raw_upstream("x", recorder, container_id="R") as raw:
+        expiring.router.swap({"x": raw})
+        async with httpx2.AsyncClient() as http:
+            init = await http.post(expiring.url("x"), headers=ACCEPT_BOTH, content=b"{}")
+            assert init.headers["mcp-session-id"] == "s-1"
+            used = await http.post(
+                expiring.url("x"), headers={**ACCEPT_BOTH, "mcp-session-id": "s-1"}, content=b"{}"
+            )
+            assert used.status_code == 200
+            assert expiring.router.sessions_on("R") == 1
+            assert await eventually(lambda: expiring.router.session("s-1") is None, IDLE_TIMEOUT * 4)
+            assert await eventually(lambda: any(s.method == "DELETE" for s in recorder.seen))
+            deletes = [s for s in recorder.seen if s.method == "DELETE"]
+            assert [(d.path, d.headers["mcp-session-id"]) for d in deletes] == [("/mcp", "s-1")]
+            seen = len(recorder.seen)
+            after = await http.post(
+                expiring.url("x"), headers={**ACCEPT_BOTH, "mcp-session-id": "s-1"}, content=b"{}"
+            )
+    assert after.status_code == 404
+    assert after.json()["error"]["code"] == SESSION_GONE
+    assert len(recorder.seen) == seen, "the expired session's request was not forwarded"
+    assert expiring.router.sessions_on("R") == 0
+
+
+async def test_session_with_an_open_stream_does_not_expire(expiring: Rig) -> None:
+    """A session whose GET event stream stays open for several idle timeouts is kept and keeps working;
+    once the stream closes it expires like any other."""
+    with sdk_upstream("x", "A") as a:
+        expiring.router.swap({"x": a})
+        async with httpx2.AsyncClient(timeout=30) as http:
+            session_id = await _raw_session(http, expiring.url("x"))
+            headers = {
+                "accept": "text/event-stream",
+                "mcp-session-id": session_id,
+                "mcp-protocol-version": LEGACY,
+            }
+            async with http.stream("GET", expiring.url("x"), headers=headers) as stream:
+                assert stream.status_code == 200
+                await asyncio.sleep(IDLE_TIMEOUT * 4)
+                assert expiring.router.session(session_id) is not None
+                call = await http.post(
+                    expiring.url("x"),
+                    headers={**ACCEPT_BOTH, "mcp-session-id": session_id, "mcp-protocol-version": LEGACY},
+                    content=json.dumps(jsonrpc("tools/list")),
+                )
+                assert call.status_code == 200
+            assert await eventually(lambda: expiring.router.session(session_id) is None, IDLE_TIMEOUT * 4)
+
+
+# the session table ------------------------------------------------------------------------------
+def _session(session_id: str, container_id: str = "c1", key_id: str = "k1") -> Session:
+    return Session(session_id, "x", container_id, key_id)
+
+
+def test_busy_sessions_never_expire_and_idle_ones_expire_in_the_order_they_went_idle() -> None:
+    """Expiry ends only the sessions idle since before the cut-off; a busy one is skipped whatever its age."""
+    table = SessionTable()
+    old, busy, recent = _session("old"), _session("busy"), _session("recent")
+    table.open(old, now=1.0)
+    table.open(busy, now=0.0)
+    table.open(recent, now=5.0)
+    table.busy(busy)
+    assert [s.id for s in table.end_idle_since(4.0)] == ["old"]
+    assert old.ended and table.get("old") is None
+    table.rest(busy, now=6.0)
+    assert [s.id for s in table.end_idle_since(5.5)] == ["recent"]
+    assert [s.id for s in table.end_idle_since(6.0)] == ["busy"]
+    assert table.on("c1") == 0
+
+
+def test_session_changes_are_journaled_once_per_id_in_their_last_state() -> None:
+    """take_changes gives each session once, opened or ended as it is now; restored ones are not journaled."""
+    table = SessionTable()
+    table.restore([SessionRow("kept", "x", "c0", "k0")], now=0.0)
+    table.open(_session("a"), now=0.0)
+    table.open(_session("b"), now=0.0)
+    table.end("a")
+    table.end("kept")
+    opened, ended = table.take_changes()
+    assert opened == [SessionRow("b", "x", "c1", "k1")]
+    assert sorted(ended) == ["a", "kept"]
+    assert table.take_changes() == ([], [])
+
+
+def test_restore_keeps_only_sessions_of_live_containers(rig: Rig, a_and_b: Pair) -> None:
+    """At start-up the router takes back stored sessions of live containers and names the others."""
+    a, _ = a_and_b
+    restored, gone = rig.router.restore_sessions(
+        [SessionRow("on-a", "x", a.container_id, "k1"), SessionRow("on-old", "x", "stopped", "k1")]
+    )
+    assert (restored, gone) == (1, ["on-old"])
+    found = rig.router.session("on-a")
+    assert found is not None and found.key_id == "k1"
+    assert rig.router.session("on-old") is None

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
+from datetime import UTC, datetime
 from pathlib import Path
 
 import jsonschema
@@ -13,6 +16,7 @@ from pipeline.config.settings import Project, Settings
 from pipeline.store import Release
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "public"
+RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})")
 OFFICIAL = json.loads((FIXTURES / "mcp-registry-server.schema-2025-12-11.json").read_text())
 
 
@@ -79,10 +83,15 @@ def test_every_server_entry_validates_against_the_official_schema() -> None:
 
 
 def test_live_state_and_tools_are_in_meta() -> None:
-    """_meta carries status, release, commit, deployed_at, health and the gated tool list."""
-    meta = registry.registry(SETTINGS, [release("property-search")])["servers"][0]["_meta"][registry.META_KEY]
+    """_meta carries status, release, commit, RFC 3339 publishedAt/updatedAt, health and the tool list."""
+    live = dataclasses.replace(release("property-search"), created_at=1764173815.25, live_at=1764174000.0)
+    meta = registry.registry(SETTINGS, [live])["servers"][0]["_meta"][registry.META_KEY]
     assert (meta["status"], meta["release"], meta["commit"]) == ("live", "r3", "a" * 40)
-    assert meta["deployed_at"] == 2.0
+    assert meta["publishedAt"] == "2025-11-26T16:16:55.250Z"
+    assert meta["updatedAt"] == "2025-11-26T16:20:00.000Z"
+    assert "deployed_at" not in meta
+    for stamp in (meta["publishedAt"], meta["updatedAt"]):  # RFC 3339 as the official registry reads it
+        assert datetime.fromisoformat(stamp).tzinfo == UTC and RFC3339.fullmatch(stamp)
     assert meta["tools"] == [{"name": "search", "description": "Search.", "inputSchema": {"type": "object"}}]
 
 

@@ -35,6 +35,7 @@ def test_missing_deploy_yaml_gives_the_defaults(tmp_path: Path) -> None:
     assert loaded.repo().name == "central-mcp"
     assert loaded.repo().manifests == settings.DEFAULT_MANIFESTS
     assert loaded.proxy.keepalive == settings.DEFAULT_KEEPALIVE
+    assert loaded.proxy.session_idle_timeout == settings.DEFAULT_SESSION_IDLE_TIMEOUT
     assert loaded.projects == ()
     assert loaded.base_url == "http://127.0.0.1:8900"
 
@@ -62,6 +63,15 @@ def test_relative_state_dir_resolves_against_the_config_folder(tmp_path: Path) -
     """A relative state_dir is taken from deploy.yaml's folder, not the working directory."""
     loaded = settings.load(_write(tmp_path, "state_dir: st\n"), env={})
     assert loaded.state_dir == (tmp_path / "st").resolve()
+
+
+@pytest.mark.parametrize(("given", "seconds"), [("90s", 90.0), ("2h", 7200.0), ("0", 0.0)])
+def test_session_idle_timeout_is_read_from_the_proxy_section(
+    tmp_path: Path, given: str, seconds: float
+) -> None:
+    """`proxy.session_idle_timeout` is a duration; 0 turns expiry off."""
+    loaded = settings.load(_write(tmp_path, f"proxy: {{session_idle_timeout: '{given}'}}\n"), env={})
+    assert loaded.proxy.session_idle_timeout == seconds
 
 
 def test_settings_is_frozen(tmp_path: Path) -> None:
@@ -102,6 +112,25 @@ def test_webhook_and_rate_limits_are_read(tmp_path: Path) -> None:
     assert loaded.repo().webhook == settings.Webhook("gitea", "HOOK_SECRET")
     assert loaded.projects[0] == settings.Project("p", per_minute=10, burst=2)
     assert loaded.base_url == "https://mcp.example.com"
+
+
+def test_secret_grants_are_read(tmp_path: Path) -> None:
+    """A plain name is granted to every server of its repo; {name, servers} only to those servers."""
+    text = "repos:\n  - name: r\n    secrets: [ALL_KEY, {name: ONE_KEY, servers: [a, b]}]\n"
+    repo = settings.load(_write(tmp_path, text), env={}).repo()
+    assert repo.secrets == (settings.SecretGrant("ALL_KEY"), settings.SecretGrant("ONE_KEY", ("a", "b")))
+    assert repo.granted("a") == {"ALL_KEY", "ONE_KEY"}
+    assert repo.granted("c") == {"ALL_KEY"}
+
+
+def test_credential_names_are_every_env_name_deploy_yaml_reads_a_credential_from(tmp_path: Path) -> None:
+    """Webhook secrets, fetch tokens and the admin token's variable are the provider's credentials."""
+    text = (
+        "admin_token_env: ADMIN\nrepos:\n  - name: r\n"
+        "    webhook: {provider: github, secret_env: HOOK, token_env: FETCH}\n"
+    )
+    loaded = settings.load(_write(tmp_path, text), env={"ADMIN": "a"})
+    assert loaded.credential_names() == {"ADMIN", "HOOK", "FETCH"}
 
 
 BAD_CONFIGS = [
@@ -164,7 +193,42 @@ BAD_CONFIGS = [
         "minimum of 2",
         id="too-few-images-kept",
     ),
+    pytest.param('containers:\n  user: "0:0"\n', "$.containers.user", 2, "non-root uid:gid", id="root-user"),
+    pytest.param(
+        'containers:\n  user: "1000:0"\n', "$.containers.user", 2, "non-root uid:gid", id="root-group"
+    ),
+    pytest.param("containers:\n  user: nobody\n", "$.containers.user", 2, "non-root uid:gid", id="user-name"),
+    pytest.param("limits:\n  memory: lots\n", "$.limits.memory", 2, "not a size", id="limits-memory"),
     pytest.param("- listen\n", "$", 1, "must be a mapping", id="list-instead-of-mapping"),
+    pytest.param(
+        "admin_token_env: ADMIN\nrepos:\n  - name: r\n    secrets: [A, ADMIN]\n",
+        "$.repos[0].secrets[1]",
+        4,
+        "'ADMIN' is the name of one of the provider's own credentials",
+        id="grant-of-the-admin-token",
+    ),
+    pytest.param(
+        "repos:\n  - name: r\n    webhook: {provider: github, secret_env: HOOK}\n"
+        "    secrets: [{name: HOOK, servers: [s]}]\n",
+        "$.repos[0].secrets[0]",
+        4,
+        "'HOOK' is the name of one of the provider's own credentials",
+        id="grant-of-a-webhook-secret",
+    ),
+    pytest.param(
+        "repos:\n  - name: r\n    secrets: [CENTRAL_MCP_X]\n",
+        "$.repos[0].secrets[0]",
+        3,
+        "CENTRAL_MCP_*",
+        id="grant-of-a-provider-variable",
+    ),
+    pytest.param(
+        "repos:\n  - name: r\n    secrets: [not-a-name]\n",
+        "$.repos[0].secrets[0]",
+        3,
+        "not-a-name",
+        id="grant-of-a-bad-name",
+    ),
 ]
 
 
@@ -220,3 +284,62 @@ def test_a_proxy_cap_that_is_not_a_size_is_refused(tmp_path: Path) -> None:
     """`max_header: lots` is refused at its JSON path, as any malformed size is."""
     problems = _problems(tmp_path, "proxy:\n  max_header: lots\n")
     assert [p.path for p in problems] == ["$.proxy.max_header"]
+
+
+@pytest.mark.parametrize(
+    "name", ["owner/PROJECTS_all", "Owner.Name/Repo-2", "group/sub/project", "central-mcp"]
+)
+def test_repo_names_may_carry_an_owner_and_mixed_case(tmp_path: Path, name: str) -> None:
+    """Repo names as GitHub and GitLab spell them load, and every path derived from them stays put."""
+    from pipeline.hook import repo_path
+    from pipeline.webhook import mirror_path
+
+    loaded = settings.load(_write(tmp_path, f"repos:\n  - name: {name}\n"), env={})
+    repo = loaded.repo(name)
+    for path, parent in (
+        (repo_path(loaded, repo.name), loaded.state_dir / "repos"),
+        (mirror_path(loaded, repo), loaded.state_dir / "mirrors"),
+    ):
+        assert path.resolve().is_relative_to(parent) and path.name.endswith(".git")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["../etc", "owner/../../x", "/abs", "-upload", "owner//x", "owner/", "a b", "x;rm", ".hidden", "o/.git"],
+)
+def test_repo_names_that_could_leave_their_folder_or_reach_a_shell_are_refused(
+    tmp_path: Path, name: str
+) -> None:
+    """A name with `..`, a leading `/`, `-` or `.`, an empty part, a space or a shell character is refused."""
+    [problem] = _problems(tmp_path, f"repos:\n  - name: {name!r}\n")
+    assert problem.path == "$.repos[0].name"
+
+
+def _listen(tmp_path: Path, text: str, listen: settings.Listen) -> tuple[settings.Settings, list[str]]:
+    """deploy.yaml `text` with serve's overrides `listen` applied."""
+    return settings.listening(settings.load(_write(tmp_path, text), env={}), listen)
+
+
+def test_serve_port_moves_the_derived_public_url_with_it(tmp_path: Path) -> None:
+    """Without a public_url, `serve --port N` makes every link (base_url) point at port N."""
+    moved, warnings = _listen(tmp_path, "listen: {port: 8900}\n", settings.Listen(port=9123))
+    assert (moved.port, moved.base_url, warnings) == (9123, "http://127.0.0.1:9123", [])
+
+
+def test_a_public_url_naming_the_listen_address_follows_the_override(tmp_path: Path) -> None:
+    """A public_url that is the configured listen address itself follows --host/--port."""
+    text = "listen: {port: 8900}\npublic_url: http://localhost:8900/\n"
+    moved, warnings = _listen(tmp_path, text, settings.Listen(port=9123))
+    assert (moved.base_url, warnings) == ("http://localhost:9123", [])
+
+
+def test_a_public_url_of_a_front_is_kept_with_a_loud_warning(tmp_path: Path) -> None:
+    """A public_url of a TLS front stays (it may proxy to any port), but serve says so; --public-url wins."""
+    text = "listen: {port: 8900}\npublic_url: https://mcp.example.com\n"
+    kept, [warning] = _listen(tmp_path, text, settings.Listen(port=9123))
+    assert kept.base_url == "https://mcp.example.com"
+    assert "http://127.0.0.1:9123" in warning and "--public-url" in warning
+    given, warnings = _listen(tmp_path, text, settings.Listen(port=9123, public_url="http://10.0.0.5:9123/"))
+    assert (given.base_url, warnings) == ("http://10.0.0.5:9123", [])
+    same, warnings = _listen(tmp_path, text, settings.Listen())
+    assert (same.base_url, warnings) == ("https://mcp.example.com", [])

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import subprocess
+import tarfile
 from pathlib import Path
+from typing import Any
 
 import git
 import pytest
@@ -96,3 +98,53 @@ def test_fetch_reads_an_option_like_url_as_a_url(tmp_path: Path) -> None:
 
 def _git(*args: str) -> None:
     subprocess.run(["git", *args], check=True, capture_output=True)
+
+
+def _commit_files(work: Path, files: dict[str, bytes]) -> str:
+    """Commit these files into the work tree; return the commit."""
+    for name, data in files.items():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_bytes(data)
+    _git("-C", str(work), "add", ".")
+    _git("-C", str(work), *GIT_USER, "commit", "--quiet", "-m", "files")
+    return source.resolve(work, "HEAD")
+
+
+def test_a_snapshot_past_its_size_stops_before_writing_the_big_file(
+    work: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 64 MiB file of zeros (a few KiB in git) past an 8 MiB bound: SourceError naming the limit,
+    the file is never written (sizes are checked from the tar headers), and nothing is left."""
+    commit = _commit_files(work, {"a-small.txt": b"x" * 1000, "big.bin": bytes(64 * 1024 * 1024)})
+    written: list[tuple[str, int]] = []
+    extract = tarfile.TarFile.extract
+
+    def spy(self: tarfile.TarFile, member: tarfile.TarInfo, *args: Any, **kwargs: Any) -> None:
+        written.append((member.name, member.size))
+        extract(self, member, *args, **kwargs)
+
+    monkeypatch.setattr(tarfile.TarFile, "extract", spy)
+    bounds = source.Bounds(max_bytes=8 * 1024 * 1024, max_files=100)
+    with pytest.raises(SourceError, match=r"unpacks to more than 8m \(limits.snapshot_size in deploy.yaml; "):
+        source.take(work, "work", "refs/heads/main", commit, tmp_path / "snap", bounds=bounds)
+    assert ("big.bin", 64 * 1024 * 1024) not in written
+    assert sum(size for _, size in written) <= bounds.max_bytes
+    assert not (tmp_path / "snap").exists()
+
+
+def test_a_snapshot_with_too_many_files_is_refused_naming_the_limit(work: Path, tmp_path: Path) -> None:
+    """More files than the bound: SourceError naming limits.snapshot_files, nothing left."""
+    commit = _commit_files(work, {f"many/f{i}.txt": b"" for i in range(30)})
+    bounds = source.Bounds(max_bytes=1024 * 1024, max_files=10)
+    with pytest.raises(SourceError, match=r"more than 10 files and folders \(limits.snapshot_files"):
+        source.take(work, "work", "refs/heads/main", commit, tmp_path / "snap", bounds=bounds)
+    assert not (tmp_path / "snap").exists()
+
+
+def test_a_snapshot_within_its_bounds_unpacks_whole(work: Path, tmp_path: Path) -> None:
+    """Exactly at the bounds is allowed: every file is there with its content."""
+    commit = _commit_files(work, {"data/blob.bin": bytes(1024)})
+    bounds = source.Bounds(max_bytes=1024 + len("print('hi')\n"), max_files=5)  # app, main.py, data, blob
+    snap = source.take(work, "work", "refs/heads/main", commit, tmp_path / "snap", bounds=bounds)
+    assert (snap.root / "data" / "blob.bin").read_bytes() == bytes(1024)
+    assert (snap.root / "app" / "main.py").read_text() == "print('hi')\n"

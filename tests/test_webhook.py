@@ -325,11 +325,11 @@ def test_the_fetch_url_never_comes_from_the_delivery(monkeypatch: pytest.MonkeyP
     raw = json.dumps(body).encode()
     fetched: list[str] = []
 
-    def fetch_commit(settings: object, repo: object, url: str, *rest: object) -> Path:
+    def fetch_tip(settings: object, repo: object, url: str, *rest: object) -> Path:
         fetched.append(url)
         return Path("/nowhere")
 
-    monkeypatch.setattr(webhook, "fetch_commit", fetch_commit)
+    monkeypatch.setattr(webhook, "fetch_tip", fetch_tip)
     rx, rec = receiver(GITHUB)
     answer = rx.handle(
         Delivery("github", {"x-github-event": "push", "x-hub-signature-256": sign_github(SECRET, raw)}, raw)
@@ -351,3 +351,54 @@ def test_the_fetch_token_is_scoped_to_the_https_host_and_never_sent_in_clear() -
     assert "ghp_secret" not in " ".join(options)
     assert webhook._credentials(repo, env, "http://github.com/o/r.git") == ({}, [])
     assert webhook._credentials(repo, env, "/srv/mirror.git") == ({}, [])
+
+
+def _git(cwd: Path, *args: str) -> str:
+    """Run git in `cwd` with a fixed identity; return its stdout."""
+    import subprocess
+
+    ident = ["-c", "user.name=T", "-c", "user.email=t@example.test"]
+    done = subprocess.run(["git", *ident, *args], cwd=cwd, capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def _commit(work: Path, text: str) -> str:
+    """Commit `text` as README in the clone `work`; return the commit."""
+    (work / "README").write_text(text)
+    _git(work, "add", "README")
+    _git(work, "commit", "--quiet", "-m", text)
+    return _git(work, "rev-parse", "HEAD")
+
+
+def test_a_delivery_deploys_the_branch_tip_even_after_a_force_push(tmp_path: Path) -> None:
+    """fetch_tip snapshots what the configured branch holds now, whatever commit the delivery named."""
+    from pipeline.source import Snapshot
+    from pipeline.store import Store
+
+    upstream = tmp_path / "github.git"
+    work = tmp_path / "work"
+    upstream.mkdir()
+    _git(upstream, "init", "--quiet", "--bare", "--initial-branch=main")
+    _git(tmp_path, "clone", "--quiet", str(upstream), str(work))
+    c1, c2 = _commit(work, "c1"), _commit(work, "c2")
+    _git(work, "push", "--quiet", "origin", "HEAD:main")
+    repo = Repo(name="owner/repo", branch="main", clone_url=str(upstream), webhook=Webhook("github", "S"))
+    settings = Settings(config_path=tmp_path / "deploy.yaml", state_dir=tmp_path / "state", repos=(repo,))
+    log = DeployLog(Store(tmp_path / "state" / "db.sqlite"), 1)
+
+    assert Snapshot.load(webhook.fetch_tip(settings, repo, str(upstream), c1, log, {})).commit == c2
+    _git(work, "reset", "--quiet", "--hard", c1)
+    c3 = _commit(work, "c3")
+    _git(work, "push", "--quiet", "--force", "origin", "HEAD:main")
+    assert Snapshot.load(webhook.fetch_tip(settings, repo, str(upstream), c2, log, {})).commit == c3
+    assert webhook.mirror_path(settings, repo) == tmp_path / "state" / "mirrors" / "owner" / "repo.git"
+
+
+def test_a_repo_named_with_its_owner_in_another_case_matches() -> None:
+    """deploy.yaml's `owner/PROJECTS_all` matches a payload's `Owner/projects_all`: GitHub ignores case."""
+    body = json.loads(fixture("github-push-branch.json"))
+    body["repository"].update(full_name="Owner/projects_all", name="projects_all")
+    raw = json.dumps(body).encode()
+    repo = Repo(name="owner/PROJECTS_all", branch="master", webhook=Webhook("github", "GH_SECRET"))
+    rx, rec = receiver(repo)
+    assert rx.handle(github(raw)).status == 202 and rec.requests[0].repo == "owner/PROJECTS_all"

@@ -1,7 +1,13 @@
-"""Server manifests (`servers/<name>/mcp-server.yaml`): discovery, validation, the Manifest value."""
+"""Server manifests (`<folder>/mcp-server.yaml`): discovery, validation, the Manifest value.
+
+A folder may be named anything git allows (`PROJECT_airbnsearch/`); the server's name comes from
+its manifest alone — a DNS label, unique across the repository — and is what images, containers,
+routes (`/mcp/<name>`) and the registry use. The folder only locates the build input.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,8 +16,8 @@ from typing import Any
 from pipeline import buildrules
 from pipeline import dockerfile as dockerfile_mod
 from pipeline.config import schema, yamlsrc
-from pipeline.config.settings import Settings
-from pipeline.config.units import parse_duration, parse_size
+from pipeline.config.settings import PROVIDER_ENV_PREFIX, Repo, Settings
+from pipeline.config.units import format_size, parse_duration, parse_size
 from pipeline.errors import BuildError, ConfigError, Problem
 
 MANIFEST_NAME = "mcp-server.yaml"
@@ -21,6 +27,7 @@ DEFAULT_HEALTH_INTERVAL = 1.0
 DEFAULT_MEMORY = "256m"
 DEFAULT_CPUS = 0.5
 MIN_MEMORY = 6 * 1024 * 1024
+SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what the schema allows; it reports the rest
 
 
 @dataclass(frozen=True)
@@ -70,12 +77,16 @@ def discover(root: Path, globs: Iterable[str]) -> list[Path]:
     return sorted(found)
 
 
-def check_tree(root: Path, settings: Settings, globs: Iterable[str] | None = None) -> CheckReport:
-    """Validate every manifest under `root`; report every problem, never stop at the first."""
+def check_tree(
+    root: Path, settings: Settings, globs: Iterable[str] | None = None, repo: Repo | None = None
+) -> CheckReport:
+    """Validate every manifest under `root` (of `repo`, default the first in deploy.yaml); report
+    every problem, never stop at the first."""
     if not root.is_dir():
         raise ConfigError([Problem(str(root), 0, 0, "$", "no such directory", "give the repository's root")])
     root = root.resolve()
-    globs = tuple(globs) if globs is not None else settings.repo().manifests
+    repo = repo or settings.repo()
+    globs = tuple(globs) if globs is not None else repo.manifests
     manifests: list[Manifest] = []
     problems: list[Problem] = []
     seen: dict[str, str] = {}
@@ -89,7 +100,7 @@ def check_tree(root: Path, settings: Settings, globs: Iterable[str] | None = Non
             )
             continue
         try:
-            manifest, doc = _read(file, root, settings)
+            manifest, doc = _read(file, root, settings, repo)
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
@@ -98,7 +109,8 @@ def check_tree(root: Path, settings: Settings, globs: Iterable[str] | None = Non
                 doc.problem(
                     ("name",),
                     f"server name {manifest.name!r} is also used by {seen[manifest.name]}",
-                    "server names must be unique",
+                    f"server names must be unique in the repository: rename the server in {rel} "
+                    f"or in {seen[manifest.name]}",
                 )
             )
             continue
@@ -107,12 +119,12 @@ def check_tree(root: Path, settings: Settings, globs: Iterable[str] | None = Non
     return CheckReport(tuple(manifests), tuple(problems))
 
 
-def read(file: Path, root: Path, settings: Settings) -> Manifest:
+def read(file: Path, root: Path, settings: Settings, repo: Repo | None = None) -> Manifest:
     """Load and validate one manifest file; raise ConfigError listing all of its problems."""
-    return _read(file, root, settings)[0]
+    return _read(file, root, settings, repo or settings.repo())[0]
 
 
-def _read(file: Path, root: Path, settings: Settings) -> tuple[Manifest, yamlsrc.Document]:
+def _read(file: Path, root: Path, settings: Settings, repo: Repo) -> tuple[Manifest, yamlsrc.Document]:
     rel = file.relative_to(root).as_posix()
     doc = yamlsrc.load(file, display=rel)
     if not isinstance(doc.data, dict):
@@ -124,6 +136,7 @@ def _read(file: Path, root: Path, settings: Settings) -> tuple[Manifest, yamlsrc
             ]
         )
     problems = schema.validate(doc, "server") + _semantic_problems(doc, file.parent, root, settings)
+    problems += _secret_problems(doc, settings, repo)
     problems.sort(key=lambda p: (p.line, p.column))
     if problems:
         raise ConfigError(problems)
@@ -134,15 +147,6 @@ def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings
     """What a schema cannot say; written to run on any shape, so every fault shows at once."""
     data = doc.data
     problems: list[Problem] = []
-    name = data.get("name")
-    if isinstance(name, str) and name != folder.name:
-        problems.append(
-            doc.problem(
-                ("name",),
-                f"name {name!r} differs from its folder {folder.name!r}",
-                f"rename one so both read {folder.name!r}",
-            )
-        )
     if data.get("transport") == "stdio":
         problems.append(
             doc.problem(
@@ -162,6 +166,15 @@ def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings
                     ("resources", "memory"),
                     f"memory {memory!r} is below Docker's 6m minimum",
                     "give it at least 64m",
+                )
+            )
+        elif size is not None and size > settings.limits.memory:
+            problems.append(
+                doc.problem(
+                    ("resources", "memory"),
+                    f"server {data.get('name')!r} asks for memory {memory!r}, more than this VM allows "
+                    f"({format_size(settings.limits.memory)}, limits.memory in deploy.yaml)",
+                    "ask for less, or raise limits.memory in deploy.yaml",
                 )
             )
     problems += _health_problems(doc, settings)
@@ -253,6 +266,53 @@ def _fetch_problems(
             found, args, settings.build_base_images, settings.build_remote_add
         )
     ]
+
+
+def _secret_problems(doc: yamlsrc.Document, settings: Settings, repo: Repo) -> list[Problem]:
+    """run.secrets may name only what deploy.yaml grants this server, never a provider credential;
+    and no build arg may share a secret's name (build args are literal, kept in the image)."""
+    listed = _section(doc.data, "run").get("secrets")
+    names = {i: n for i, n in enumerate(listed if isinstance(listed, list) else []) if _secret_name(n)}
+    server = doc.data.get("name")
+    granted = repo.granted(server) if isinstance(server, str) else frozenset()
+    index = settings.repos.index(repo) if repo in settings.repos else 0
+    problems: list[Problem] = []
+    for i, name in names.items():
+        if name in settings.credential_names() or name.startswith(PROVIDER_ENV_PREFIX):
+            problems.append(
+                doc.problem(
+                    ("run", "secrets", i),
+                    f"{name} is one of the provider's own credentials, which no server ever receives",
+                    "give the server a secret of its own: `central-mcp secret set NAME` on the VM, "
+                    f"granted in deploy.yaml's repos[{index}].secrets",
+                )
+            )
+        elif name not in granted:
+            problems.append(
+                doc.problem(
+                    ("run", "secrets", i),
+                    f"secret {name} is not granted to server {server!r} of repo {repo.name!r}",
+                    f"in {settings.config_path}, under repos[{index}].secrets add `- {name}` (the whole "
+                    f"repo) or `- {{name: {name}, servers: [{server}]}}`; store its value with "
+                    f"`central-mcp secret set {name}`",
+                )
+            )
+    args = _section(_section(doc.data, "build"), "args")
+    for name in sorted(set(names.values()) & set(args)):
+        problems.append(
+            doc.problem(
+                ("build", "args", name),
+                f"build arg {name} has the name of a secret of this server, but build args are literal "
+                "values from git, kept in the image's history: a secret never goes into a build",
+                f"remove the build arg; the container gets {name} from run.secrets when it starts",
+                key=True,
+            )
+        )
+    return problems
+
+
+def _secret_name(value: object) -> bool:
+    return isinstance(value, str) and SECRET_NAME.fullmatch(value) is not None
 
 
 def _access_problems(doc: yamlsrc.Document, settings: Settings) -> list[Problem]:

@@ -71,6 +71,8 @@ def _hint(err: jsonschema.ValidationError) -> str:
         return f"use a value of type {err.validator_value}"
     if kind == "enum":
         return "use one of: " + ", ".join(repr(v) for v in value)
+    if kind == "pattern" and "x-hint" in schema:  # a schema's own hint for values people get wrong
+        return str(schema["x-hint"])
     if kind == "pattern":
         return f"write {schema['title']}" if "title" in schema else f"match the pattern {err.validator_value}"
     if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):

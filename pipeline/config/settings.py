@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pipeline.config import schema, yamlsrc
 from pipeline.config.units import parse_duration, parse_size
@@ -22,6 +23,7 @@ DEFAULT_NAMESPACE = "local.central-mcp"
 DEFAULT_DEPLOY_TIMEOUT = 300.0
 DEFAULT_DRAIN_TIMEOUT = 30.0
 DEFAULT_SESSION_DRAIN_TIMEOUT = 600.0
+DEFAULT_SESSION_IDLE_TIMEOUT = 3600.0  # a session with no request and no open stream this long ends
 DEFAULT_KEEPALIVE = 20.0
 MAX_KEEPALIVE = 25.0
 # What one client or one server may make the proxy hold (issue 12, items 7 and 8).
@@ -52,7 +54,14 @@ DEFAULT_WATCH_ERROR_RATE = 0.5
 DEFAULT_WATCH_MIN_REQUESTS = 10
 DEFAULT_WATCH_RESTARTS = 2
 DEFAULT_RETENTION_INTERVAL = 3600.0
+DEFAULT_CONTAINER_USER = "65534:65534"  # nobody:nogroup on Debian-based images
+DEFAULT_CONTAINER_TMPFS = 64 * 1024 * 1024
+DEFAULT_MAX_MEMORY = 2 * 1024**3
+DEFAULT_MAX_SNAPSHOT_SIZE = 512 * 1024**2
+DEFAULT_MAX_SNAPSHOT_FILES = 50_000
+DEFAULT_MAX_LOG_LINES = 10_000
 STATE_DIR_ENV = "CENTRAL_MCP_STATE_DIR"
+PROVIDER_ENV_PREFIX = "CENTRAL_MCP_"  # the provider's own variables: never a server's secret
 
 
 @dataclass(frozen=True)
@@ -67,6 +76,18 @@ class Webhook:
 
 
 @dataclass(frozen=True)
+class SecretGrant:
+    """One server secret given to a repo's servers: all of them, or only those named."""
+
+    name: str
+    servers: tuple[str, ...] = ()  # empty: every server of the repo
+
+    def covers(self, server: str) -> bool:
+        """Return whether this grant gives the secret to `server`."""
+        return not self.servers or server in self.servers
+
+
+@dataclass(frozen=True)
 class Repo:
     """A git repository this VM deploys."""
 
@@ -75,6 +96,11 @@ class Repo:
     manifests: tuple[str, ...] = DEFAULT_MANIFESTS
     clone_url: str = ""
     webhook: Webhook | None = None
+    secrets: tuple[SecretGrant, ...] = ()
+
+    def granted(self, server: str) -> frozenset[str]:
+        """The names of the server secrets deploy.yaml gives to `server` of this repo."""
+        return frozenset(g.name for g in self.secrets if g.covers(server))
 
 
 @dataclass(frozen=True)
@@ -99,6 +125,7 @@ class ProxyTimeouts:
     deploy_timeout: float = DEFAULT_DEPLOY_TIMEOUT
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
     session_drain_timeout: float = DEFAULT_SESSION_DRAIN_TIMEOUT
+    session_idle_timeout: float = DEFAULT_SESSION_IDLE_TIMEOUT  # 0: sessions never expire
     keepalive: float = DEFAULT_KEEPALIVE
     allowed_origins: tuple[str, ...] = ()
     max_body: int = DEFAULT_MAX_BODY
@@ -136,6 +163,24 @@ class MonitorConfig:
 
 
 @dataclass(frozen=True)
+class Containers:
+    """How every server container runs, whatever its image says."""
+
+    user: str = DEFAULT_CONTAINER_USER
+    tmpfs: int = DEFAULT_CONTAINER_TMPFS
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The most a manifest or a push may ask for."""
+
+    memory: int = DEFAULT_MAX_MEMORY
+    snapshot_size: int = DEFAULT_MAX_SNAPSHOT_SIZE
+    snapshot_files: int = DEFAULT_MAX_SNAPSHOT_FILES
+    log_lines: int = DEFAULT_MAX_LOG_LINES
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything one VM is configured with; built once by `load` and passed explicitly."""
 
@@ -158,12 +203,15 @@ class Settings:
     webhook_max_body: int = DEFAULT_WEBHOOK_MAX_BODY
     webhook_queue: int = DEFAULT_WEBHOOK_QUEUE
     admin_token: str = field(default="", repr=False)
+    admin_token_env: str = ""
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    containers: Containers = field(default_factory=Containers)
+    limits: Limits = field(default_factory=Limits)
 
     @property
     def base_url(self) -> str:
         """The public URL, or the listen address when none is set."""
-        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+        return (self.public_url or listen_url(self.host, self.port)).rstrip("/")
 
     def repo(self, name: str | None = None) -> Repo:
         """Return the named repo, or the first one when no name is given."""
@@ -181,9 +229,71 @@ class Settings:
             ]
         )
 
+    def credential_names(self) -> frozenset[str]:
+        """The env names of the provider's own credentials: never a server's secret."""
+        names = {self.admin_token_env}
+        for repo in self.repos:
+            if repo.webhook is not None:
+                names |= {repo.webhook.secret_env, repo.webhook.token_env}
+        return frozenset(n for n in names if n)
+
     def project(self, name: str) -> Project | None:
         """Return the named project, or None."""
         return next((p for p in self.projects if p.name == name), None)
+
+
+@dataclass(frozen=True)
+class Listen:
+    """What `serve`'s command line overrides in deploy.yaml: the listen address and public URL."""
+
+    host: str | None = None
+    port: int | None = None
+    public_url: str | None = None
+
+
+def listening(settings: Settings, listen: Listen) -> tuple[Settings, list[str]]:
+    """Apply `serve --host/--port/--public-url` to `settings`; return them and warnings to show.
+
+    The public URL follows the listen address when deploy.yaml sets none, or sets one that names
+    the configured listen address itself (`http://127.0.0.1:8900`); a public URL of a front
+    elsewhere (`https://mcp.example.com`) is kept, with a warning, unless `--public-url` is given:
+    the registry, mcp.json, client configs and deploy links all carry it.
+    """
+    host = listen.host or settings.host
+    port = listen.port or settings.port
+    moved = (host, port) != (settings.host, settings.port)
+    public_url = settings.public_url
+    warnings: list[str] = []
+    if listen.public_url is not None:
+        public_url = listen.public_url.rstrip("/")
+    elif public_url and moved and _names_listen_address(public_url, settings.host, settings.port):
+        parts = urlsplit(public_url)
+        public_url = urlunsplit(parts._replace(netloc=_netloc(listen.host or parts.hostname or host, port)))
+    elif public_url and moved:
+        warnings.append(
+            f"serving on {listen_url(host, port)}, but deploy.yaml's public_url {public_url} is kept: "
+            "the registry, mcp.json, client configs and deploy links point there, not at this "
+            "process; pass --public-url to point them here"
+        )
+    return replace(settings, host=host, port=port, public_url=public_url), warnings
+
+
+def listen_url(host: str, port: int) -> str:
+    """The http URL of a listen address (a wildcard address as 127.0.0.1)."""
+    return f"http://{_netloc(host, port)}"
+
+
+def _netloc(host: str, port: int) -> str:
+    host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _names_listen_address(url: str, host: str, port: int) -> bool:
+    """Whether `url` is the listen address itself rather than a front in front of it."""
+    parts = urlsplit(url)
+    default = 443 if parts.scheme == "https" else 80
+    local = {host, "127.0.0.1", "localhost", "::1"}
+    return parts.hostname in local and (parts.port or default) == port
 
 
 def load(path: Path = DEFAULT_CONFIG, env: Mapping[str, str] | None = None) -> Settings:
@@ -227,6 +337,7 @@ def _semantic_problems(doc: yamlsrc.Document) -> list[Problem]:
                     "add clone_url: https://<your host>/<owner>/<repo>.git",
                 )
             )
+    problems += _grant_problems(doc)
     proxy = data.get("proxy")
     keepalive = proxy.get("keepalive") if isinstance(proxy, dict) else None
     try:
@@ -244,10 +355,52 @@ def _semantic_problems(doc: yamlsrc.Document) -> list[Problem]:
     return problems
 
 
+def _grant_problems(doc: yamlsrc.Document) -> list[Problem]:
+    """A grant may not hand a server one of the provider's own credentials."""
+    data = doc.data
+    repos = data.get("repos")
+    credentials = {data.get("admin_token_env")}
+    for item in repos if isinstance(repos, list) else []:
+        hook = item.get("webhook") if isinstance(item, dict) else None
+        if isinstance(hook, dict):
+            credentials |= {hook.get("secret_env"), hook.get("token_env")}
+    problems: list[Problem] = []
+    for i, item in enumerate(repos if isinstance(repos, list) else []):
+        grants = item.get("secrets") if isinstance(item, dict) else None
+        for j, grant in enumerate(grants if isinstance(grants, list) else []):
+            name = grant.get("name") if isinstance(grant, dict) else grant
+            if isinstance(name, str) and (name in credentials or name.startswith(PROVIDER_ENV_PREFIX)):
+                problems.append(
+                    doc.problem(
+                        ("repos", i, "secrets", j),
+                        f"{name!r} is the name of one of the provider's own credentials "
+                        f"(a webhook secret or token, admin_token_env, or {PROVIDER_ENV_PREFIX}*)",
+                        "give the server a secret of its own under another name: "
+                        "`central-mcp secret set NAME`, then grant NAME here",
+                    )
+                )
+    return problems
+
+
+def state_dir_of(path: Path, env: Mapping[str, str] | None = None) -> Path:
+    """The state directory deploy.yaml at `path` names, read leniently: even a deploy.yaml that
+    fails validation leads `central-mcp reload` to the serve process, which reports its problems."""
+    env = os.environ if env is None else env
+    try:
+        data = yamlsrc.load(path).data if path.exists() else {}
+    except ConfigError:
+        data = {}
+    named = data.get("state_dir") if isinstance(data, dict) else None
+    return _state_dir(path, env, named if isinstance(named, str) else None)
+
+
+def _state_dir(path: Path, env: Mapping[str, str], named: str | None) -> Path:
+    return (path.resolve().parent / (env.get(STATE_DIR_ENV) or named or DEFAULT_STATE_DIR)).resolve()
+
+
 def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings:
     base = path.resolve().parent
     listen = data.get("listen", {})
-    state = env.get(STATE_DIR_ENV) or data.get("state_dir") or DEFAULT_STATE_DIR
     registry = data.get("registry", {})
     proxy = data.get("proxy", {})
     retention = data.get("retention", {})
@@ -255,7 +408,7 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
     webhooks = data.get("webhooks", {})
     return Settings(
         config_path=path,
-        state_dir=(base / state).resolve(),
+        state_dir=_state_dir(path, env, data.get("state_dir")),
         host=listen.get("host", DEFAULT_HOST),
         port=listen.get("port", DEFAULT_PORT),
         public_url=data.get("public_url", ""),
@@ -277,7 +430,10 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
         webhook_max_body=parse_size(webhooks.get("max_body", DEFAULT_WEBHOOK_MAX_BODY)),
         webhook_queue=webhooks.get("queue", DEFAULT_WEBHOOK_QUEUE),
         monitor=_monitor(data.get("monitor", {})),
+        containers=_containers(data.get("containers", {})),
+        limits=_limits(data.get("limits", {})),
         admin_token=env.get(data["admin_token_env"], "") if "admin_token_env" in data else "",
+        admin_token_env=data.get("admin_token_env", ""),
     )
 
 
@@ -288,6 +444,7 @@ def _proxy(data: dict[str, Any]) -> ProxyTimeouts:
         session_drain_timeout=parse_duration(
             data.get("session_drain_timeout", DEFAULT_SESSION_DRAIN_TIMEOUT)
         ),
+        session_idle_timeout=parse_duration(data.get("session_idle_timeout", DEFAULT_SESSION_IDLE_TIMEOUT)),
         keepalive=parse_duration(data.get("keepalive", DEFAULT_KEEPALIVE)),
         allowed_origins=tuple(data.get("allowed_origins", ())),
         max_body=parse_size(data.get("max_body", DEFAULT_MAX_BODY)),
@@ -315,6 +472,22 @@ def _monitor(data: dict[str, Any]) -> MonitorConfig:
     )
 
 
+def _containers(data: dict[str, Any]) -> Containers:
+    return Containers(
+        user=str(data.get("user", DEFAULT_CONTAINER_USER)),
+        tmpfs=parse_size(data.get("tmpfs", DEFAULT_CONTAINER_TMPFS)),
+    )
+
+
+def _limits(data: dict[str, Any]) -> Limits:
+    return Limits(
+        memory=parse_size(data.get("memory", DEFAULT_MAX_MEMORY)),
+        snapshot_size=parse_size(data.get("snapshot_size", DEFAULT_MAX_SNAPSHOT_SIZE)),
+        snapshot_files=data.get("snapshot_files", DEFAULT_MAX_SNAPSHOT_FILES),
+        log_lines=data.get("log_lines", DEFAULT_MAX_LOG_LINES),
+    )
+
+
 def _repo(data: dict[str, Any]) -> Repo:
     hook = data.get("webhook")
     return Repo(
@@ -331,7 +504,14 @@ def _repo(data: dict[str, Any]) -> Repo:
         )
         if hook
         else None,
+        secrets=tuple(_grant(g) for g in data.get("secrets", ())),
     )
+
+
+def _grant(data: str | dict[str, Any]) -> SecretGrant:
+    if isinstance(data, str):
+        return SecretGrant(data)
+    return SecretGrant(data["name"], tuple(data.get("servers", ())))
 
 
 def _project(data: dict[str, Any]) -> Project:

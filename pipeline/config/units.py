@@ -38,3 +38,11 @@ def parse_size(value: str | int) -> int:
         raise ValueError(f"size {value!r} is not a number with a unit (b, k, m, g)")
     unit = match.group(2).lower() if match.group(2) else None
     return int(float(match.group(1)) * _SIZE_BYTES[unit])
+
+
+def format_size(size: int) -> str:
+    """`size` bytes as an operator writes it: 2g, 512m, 64k, or a bare number."""
+    for unit, factor in (("g", 1024**3), ("m", 1024**2), ("k", 1024)):
+        if size >= factor and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)

@@ -18,6 +18,12 @@ from pipeline.config.settings import Project, Settings
 from pipeline.store import Store
 
 KEY_PREFIX = "cmcp_"
+# What a client without a usable key is told, in the body and in WWW-Authenticate (RFC 6750 allows
+# neither a quote nor a backslash in error_description).
+KEY_HOWTO = (
+    "a project key is needed: send it as `Authorization: Bearer <key>`; "
+    "the operator of this provider makes one with `central-mcp keys create <project>`"
+)
 KEY_CACHE_SECONDS = 5.0
 OPEN_ACCESS = "open"
 
@@ -60,12 +66,16 @@ class Gatekeeper:
     """Authenticates, authorizes and rate-limits proxy requests."""
 
     def __init__(self, settings: Settings, store: Store, clock: Callable[[], float] = time.monotonic) -> None:
-        self.settings = settings
         self.store = store
         self.clock = clock
         self._cache: dict[str, tuple[float, tuple[str, str] | None]] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
+        self.configure(settings)
+
+    def configure(self, settings: Settings) -> None:
+        """Use `settings` (projects, rate limits, origins) from now on: a reload of deploy.yaml."""
         self._origins = {_origin(o) for o in settings.proxy.allowed_origins} | {_origin(settings.base_url)}
+        self.settings = settings
 
     @property
     def required(self) -> bool:
@@ -86,10 +96,10 @@ class Gatekeeper:
             return OPEN_CALLER
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return _unauthorized("missing bearer token")
+            return _unauthorized("missing bearer token", "")
         found = self._lookup(token.strip())
         if found is None:
-            return _unauthorized("unknown or revoked API key")
+            return _unauthorized("unknown or revoked API key", "invalid_token")
         key_id, project_name = found
         project = self.settings.project(project_name)
         if project is None:
@@ -106,7 +116,7 @@ class Gatekeeper:
         scheme, _, token = authorization.partition(" ")
         found = self._lookup(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
         if found is None:
-            return _unauthorized("unknown or revoked API key")
+            return _unauthorized("unknown or revoked API key", "invalid_token")
         project = self.settings.project(found[1])
         if project is None:
             return Denied(403, f"project {found[1]!r} is no longer configured", {})
@@ -138,8 +148,12 @@ class Gatekeeper:
         return 0.0
 
 
-def _unauthorized(message: str) -> Denied:
-    return Denied(401, message, {"WWW-Authenticate": 'Bearer realm="central-mcp"'})
+def _unauthorized(problem: str, error: str) -> Denied:
+    """A 401 whose body and Bearer challenge say what was wrong and how to get a key (`error`: the
+    RFC 6750 code, none when no credentials came at all)."""
+    code = f'error="{error}", ' if error else ""
+    challenge = f'Bearer realm="central-mcp", {code}error_description="{problem}; {KEY_HOWTO}"'
+    return Denied(401, f"{problem}; {KEY_HOWTO}", {"WWW-Authenticate": challenge})
 
 
 def _origin(url: str) -> str:

@@ -13,6 +13,7 @@ from starlette.types import Receive, Scope, Send
 from pipeline.errors import BodyTooLarge, ClientGone
 
 Headers = list[tuple[bytes, bytes]]
+DOT_SEGMENTS = frozenset({".", ".."})
 STREAM_END: dict[str, Any] = {"type": "http.response.body", "body": b"", "more_body": False}
 
 
@@ -126,3 +127,16 @@ def mcp_target(path: str) -> tuple[str, str] | None:
         return None
     server, _, rest = path[5:].partition("/")
     return (server, rest) if server else None
+
+
+def has_dot_segment(server: str, rest: str) -> bool:
+    """Whether a decoded `/mcp/<server>/<rest>` path could step out of the server's path upstream:
+    a `.` or `..` segment (also as `..;`), a backslash (some servers read it as `/`), or a `%` left
+    after decoding (a double-encoded character that an upstream may decode again)."""
+    if server in DOT_SEGMENTS:
+        return True
+    if not rest:
+        return False
+    if "\\" in rest or "%" in rest:
+        return True
+    return "." in rest and any(seg.partition(";")[0] in DOT_SEGMENTS for seg in rest.split("/"))

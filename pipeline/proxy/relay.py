@@ -19,6 +19,7 @@ whole; one cut short is cut short for the client too (never ended as if whole).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Mapping
@@ -30,9 +31,17 @@ from starlette.types import Receive, Scope, Send
 from pipeline.config.settings import DEFAULT_MAX_BODY, DEFAULT_MAX_UPSTREAM_HEADER
 from pipeline.errors import BodyTooLarge, ClientGone, UpstreamError
 from pipeline.proxy.access import Caller, Denied, Gatekeeper
-from pipeline.proxy.exchange import AsgiExchange, Exchange, Headers
+from pipeline.proxy.exchange import (
+    DOT_SEGMENTS,
+    AsgiExchange,
+    Exchange,
+    Headers,
+    has_dot_segment,
+)
+from pipeline.proxy.expiry import expire_sessions
 from pipeline.proxy.pool import Connection, Pool
 from pipeline.proxy.router import Router, Upstream
+from pipeline.proxy.sessions import Session
 from pipeline.proxy.usage import Usage
 
 Reply = tuple[int, bytes, Headers]  # an answer the proxy makes itself: status, body, headers
@@ -53,9 +62,19 @@ HOP_BY_HOP = frozenset(
     }
 )
 # The Origin was checked here; SDK servers' own guard would refuse a public one. The whole body is
-# sent at once, so an Expect: 100-continue is answered by the front server, not the upstream.
-NOT_FORWARDED = HOP_BY_HOP | {b"origin", b"expect"}
-NOT_RELAYED = HOP_BY_HOP | {b"date", b"server"}  # uvicorn writes its own; forwarding them doubles them
+# sent at once, so an Expect: 100-continue is answered by the front server, not the upstream. The
+# browser's cookies (the admin cookie among them) belong to the provider's origin, not to a server.
+NOT_FORWARDED = HOP_BY_HOP | {b"origin", b"expect", b"cookie"}
+# uvicorn writes its own Date and Server (forwarding them doubles them); a server may not set cookies
+# on, or clear the data of, the provider's origin.
+NOT_RELAYED = HOP_BY_HOP | {b"date", b"server", b"set-cookie", b"set-cookie2", b"clear-site-data"}
+# Answers that are neither JSON nor an event stream (an HTML page, an SVG, no type at all) would run
+# on the provider's origin: the browser gets them sniff-free and sandboxed (an opaque origin).
+MCP_TYPES = (b"application/json", b"text/event-stream")
+SANDBOX = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"content-security-policy", b"default-src 'none'; sandbox; frame-ancestors 'none'"),
+)
 NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})  # no Content-Length: 0
 PATH_SAFE = "/:@!$&'()*+,;=~"  # RFC 3986 pchar and "/": not percent-encoded in the upstream path
 SESSION_HEADER = b"mcp-session-id"
@@ -84,6 +103,7 @@ class Ticket:
         "method",
         "origin",
         "request",
+        "session",
         "session_id",
         "started",
         "upstream",
@@ -98,6 +118,7 @@ class Ticket:
         self.session_id = session_id
         self.fields = fields  # the request headers that go upstream, as `name: value\r\n` lines
         self.upstream: Upstream | None = None
+        self.session: Session | None = None  # the live session the request belongs to, if any
         self.closer: asyncio.Event | None = None  # set when the upstream is retired
         self.request = b""  # the whole upstream request: head and body
         self.started = 0.0
@@ -118,6 +139,7 @@ class Proxy:
         gatekeeper: Gatekeeper,
         usage: Usage,
         keepalive: float,
+        session_idle_timeout: float = 0.0,
         *,
         max_body: int = DEFAULT_MAX_BODY,
         max_upstream_header: int = DEFAULT_MAX_UPSTREAM_HEADER,
@@ -128,14 +150,24 @@ class Proxy:
         self.keepalive = keepalive
         self.max_body = max_body  # a request body at most (413)
         self.max_upstream_header = max_upstream_header  # an answer's head at most (502)
+        self.session_idle_timeout = session_idle_timeout  # 0: sessions never expire
         self._pool: Pool | None = None
+        self._expiry: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Open the shared upstream connection pool."""
+        """Open the shared upstream connection pool; start expiring idle sessions."""
         self._pool = Pool(CONNECT_TIMEOUT, self.max_upstream_header)
+        if self.session_idle_timeout > 0:
+            self._expiry = asyncio.create_task(
+                expire_sessions(self.router, self._pool, self.session_idle_timeout)
+            )
 
     async def stop(self) -> None:
-        """Close the pool."""
+        """Stop expiring sessions; close the pool."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry
         if self._pool is not None:
             self._pool.close()
 
@@ -164,6 +196,8 @@ class Proxy:
 
     def admit(self, ex: Exchange) -> Ticket | Reply:
         """Read the request's headers: a ticket for it, or the answer that refuses it."""
+        if (ex.rest or ex.server in DOT_SEGMENTS) and has_dot_segment(ex.server, ex.rest):
+            return _dot_segment(ex.server, ex.rest)
         method = ex.method
         origin = authorization = declared = session_id = asked = ""
         fields: list[bytes] = []
@@ -195,10 +229,10 @@ class Proxy:
         """Pick the ticket's upstream and count it in flight there, with the upstream request
         made; or return the answer when there is none."""
         for _ in range(ROUTE_ATTEMPTS):
-            routed = self._route(ex.server, ticket.session_id, ticket.caller)
+            routed = self._route(ex.server, ticket)
             if not isinstance(routed, Upstream):
                 return _cors(routed, ticket.origin)
-            closer = self.router.enter(routed)
+            closer = self.router.enter(routed, ticket.session)
             if closer is not None:
                 ticket.upstream, ticket.closer = routed, closer
                 ticket.request = self._request(ex, routed, ticket.fields, body)
@@ -268,8 +302,9 @@ class Proxy:
         if upstream is None or ticket.closer is None:
             return
         ticket.closer = None
-        self.router.leave(upstream)
-        self.usage.count(ticket.caller, upstream.server, status, time.monotonic() - ticket.started)
+        now = time.monotonic()
+        self.router.leave(upstream, ticket.session, now)
+        self.usage.count(ticket.caller, upstream.server, status, now - ticket.started)
 
     def _preflight(self, origin: str, asked: str) -> Reply:
         """Answer a browser's CORS preflight: allowed origins need no key for it."""
@@ -289,16 +324,18 @@ class Proxy:
             ),
         )
 
-    def _route(self, server: str, session_id: str, caller: Caller) -> Upstream | Reply:
-        if session_id:
-            session = self.router.session(session_id)
-            if session is not None:
-                upstream = self.router.upstream_of(session)
-                if session.server != server or session.key_id != caller.key_id or upstream is None:
-                    return _session_gone()
-                return upstream
-            if self.router.is_retired_session(session_id):
+    def _route(self, server: str, ticket: Ticket) -> Upstream | Reply:
+        """The upstream for the ticket (its session's, when it carries one), or the answer.
+
+        A session id the proxy does not hold — never issued through it, ended, expired, retired,
+        or issued to another key — answers 404, which tells the client to initialize again.
+        """
+        if ticket.session_id:
+            session = ticket.session = self.router.session(ticket.session_id)
+            if session is None or session.server != server or session.key_id != ticket.caller.key_id:
                 return _session_gone()
+            upstream = self.router.upstream_of(session)
+            return upstream if upstream is not None else _session_gone()
         upstream = self.router.get(server)
         if upstream is not None:
             return upstream
@@ -325,18 +362,24 @@ class Proxy:
     def _relayed(self, ticket: Ticket, conn: Connection) -> Headers:
         """The answer's headers to relay; a session the answer opens or ends is recorded."""
         headers: Headers = []
-        issued = b""
+        issued = kind = b""
         for name, value in conn.headers:
             if name in NOT_RELAYED:
                 continue
             if name == SESSION_HEADER:
                 issued = value
+            elif name == b"content-type":
+                kind = value
             headers.append((name, value))
+        if not kind.startswith(MCP_TYPES):
+            headers.extend(SANDBOX)
         if conn.status < 300:
             assert ticket.upstream is not None
             self._track_session(
                 ticket.method, ticket.session_id, issued.decode("latin-1"), ticket.upstream, ticket.caller
             )
+        elif conn.status == 404 and ticket.session is not None:
+            self.router.end_session(ticket.session_id)  # the container no longer knows it
         return headers
 
     async def _stream_body(self, conn: Connection, ex: Exchange, ticket: Ticket, headers: Headers) -> int:
@@ -390,10 +433,8 @@ class Proxy:
     ) -> None:
         if method == "DELETE" and session_id:
             self.router.end_session(session_id)
-        elif issued and self.router.session(issued) is None:
+        elif issued and not session_id and self.router.session(issued) is None:
             self.router.open_session(issued, upstream, caller.key_id)
-        elif session_id and self.router.session(session_id) is None:
-            self.router.open_session(session_id, upstream, caller.key_id)  # adopt after a restart
 
 
 def is_stream(conn: Connection) -> bool:
@@ -433,6 +474,17 @@ def _json(
     """A JSON answer (compact as Starlette's JSONResponse renders it)."""
     body = json.dumps(content, ensure_ascii=False, separators=(",", ":") if compact else None).encode()
     return status, body, [*_encode(headers or {}), JSON_TYPE]
+
+
+def _dot_segment(server: str, rest: str) -> Reply:
+    path = f"/mcp/{server}/{rest}" if rest else f"/mcp/{server}"
+    return _json(
+        400,
+        {
+            "error": f"path {path!r} is refused: a dot segment ('.' or '..', also percent-encoded, "
+            "double-encoded or written with backslashes) may not appear in an /mcp/ path"
+        },
+    )
 
 
 def _session_gone() -> Reply:

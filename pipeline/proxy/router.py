@@ -3,6 +3,7 @@
 The table maps a server name to its live upstream; it is an immutable mapping replaced in
 one assignment. After a swap the old upstream keeps serving the sessions it issued until they
 end or the session drain timeout passes; then it is retired and its session ids answer 404.
+Sessions (sessions.py) are counted busy from `enter` to `leave`, under the same lock.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-RETIRED_SESSIONS_KEPT = 100_000
+from pipeline.proxy.sessions import Session, SessionTable
+from pipeline.store import SessionRow
 
 
 @dataclass(frozen=True)
@@ -36,23 +37,13 @@ class Upstream:
         return f"http://{self.host}:{self.port}{self.path}"
 
 
-@dataclass(frozen=True)
-class Session:
-    """An MCP session: the upstream that issued it and the API key that opened it."""
-
-    server: str
-    container_id: str
-    key_id: str
-
-
 class Router:
     """Routes, sessions and in-flight counts; thread-safe (deploys run on worker threads)."""
 
     def __init__(self) -> None:
         self._table: Mapping[str, Upstream] = MappingProxyType({})
         self._draining: dict[str, Upstream] = {}
-        self._sessions: dict[str, Session] = {}
-        self._retired: OrderedDict[str, None] = OrderedDict()
+        self._sessions = SessionTable()
         self._inflight: dict[str, int] = {}
         self._closers: dict[str, asyncio.Event] = {}  # set when the upstream is retired
         self._lock = threading.RLock()
@@ -92,12 +83,8 @@ class Router:
 
     # sessions -----------------------------------------------------------------------------
     def session(self, session_id: str) -> Session | None:
-        """Return the live session with this id, or None."""
+        """Return the live session with this id, or None (unknown, ended, expired or retired)."""
         return self._sessions.get(session_id)
-
-    def is_retired_session(self, session_id: str) -> bool:
-        """Whether this session id belonged to an upstream that is gone (answer 404)."""
-        return session_id in self._retired
 
     def upstream_of(self, session: Session) -> Upstream | None:
         """Return the upstream that issued a session, live or draining."""
@@ -106,24 +93,49 @@ class Router:
             return live
         return self._draining.get(session.container_id)
 
-    def open_session(self, session_id: str, upstream: Upstream, key_id: str) -> None:
-        """Remember that `upstream` issued `session_id` to `key_id`."""
+    def open_session(self, session_id: str, upstream: Upstream, key_id: str) -> Session:
+        """Remember that `upstream` issued `session_id` to `key_id` (idle from now)."""
+        session = Session(session_id, upstream.server, upstream.container_id, key_id)
         with self._lock:
-            self._sessions[session_id] = Session(upstream.server, upstream.container_id, key_id)
+            self._sessions.open(session, time.monotonic())
+        return session
 
     def end_session(self, session_id: str) -> None:
-        """Forget a session the client ended with DELETE."""
+        """Forget a session that ended (DELETE, or the upstream no longer knows it)."""
         with self._lock:
-            self._sessions.pop(session_id, None)
+            self._sessions.end(session_id)
 
     def sessions_on(self, container_id: str) -> int:
         """Return how many sessions an upstream holds."""
         with self._lock:
-            return sum(1 for s in self._sessions.values() if s.container_id == container_id)
+            return self._sessions.on(container_id)
+
+    def expire_idle(self, before: float) -> list[Session]:
+        """End the sessions with no request in flight since before `before`; return them."""
+        with self._lock:
+            return self._sessions.end_idle_since(before)
+
+    def take_session_changes(self) -> tuple[list[SessionRow], list[str]]:
+        """Sessions opened and ended since the last call, for the store."""
+        with self._lock:
+            return self._sessions.take_changes()
+
+    def restore_sessions(self, rows: list[SessionRow]) -> tuple[int, list[str]]:
+        """Take back stored sessions whose container is live (start-up, after the table is rebuilt);
+        return how many, and the ids of the others, which are gone for good."""
+        with self._lock:
+            live = {u.container_id for u in self._table.values()}
+            kept, gone = (
+                [r for r in rows if r.container_id in live],
+                [r.id for r in rows if r.container_id not in live],
+            )
+            self._sessions.restore(kept, time.monotonic())
+        return len(kept), gone
 
     # in-flight requests and open streams ----------------------------------------------------
-    def enter(self, upstream: Upstream) -> asyncio.Event | None:
-        """Count a request on `upstream` if it is still routable (else None: route again).
+    def enter(self, upstream: Upstream, session: Session | None = None) -> asyncio.Event | None:
+        """Count a request on `upstream` (and `session` busy) if it is still routable (else None:
+        route again).
 
         The check and the count happen under the lock that `drain` retires under, so a request
         is either counted before an upstream is retired or never sent to it. The event returned is
@@ -134,16 +146,23 @@ class Router:
             live = self._table.get(upstream.server)
             if (live is None or live.container_id != key) and key not in self._draining:
                 return None
+            if session is not None:
+                if session.ended:
+                    return None
+                self._sessions.busy(session)
             self._inflight[key] = self._inflight.get(key, 0) + 1
             closer = self._closers.get(key)
             if closer is None:
                 closer = self._closers[key] = asyncio.Event()
         return closer
 
-    def leave(self, upstream: Upstream) -> None:
-        """Count a request that ended on `upstream`."""
+    def leave(self, upstream: Upstream, session: Session | None = None, now: float = 0.0) -> None:
+        """Count a request that ended on `upstream` at `now` (its session idle from then if it was
+        its last)."""
         key = upstream.container_id
         with self._lock:
+            if session is not None:
+                self._sessions.rest(session, now)
             left = self._inflight.get(key, 1) - 1
             if left <= 0:
                 self._inflight.pop(key, None)
@@ -170,7 +189,7 @@ class Router:
         started = clock()
         while True:
             with self._lock:
-                sessions = self.sessions_on(container_id)
+                sessions = self._sessions.on(container_id)
                 if self._inflight.get(container_id, 0) == 0 and sessions == 0:
                     self._draining.pop(container_id, None)  # idle: stop routing to it, atomically
                     self._closers.pop(container_id, None)  # nothing is left to close
@@ -184,12 +203,7 @@ class Router:
         """Stop routing to a draining upstream: its sessions answer 404, open streams close."""
         with self._lock:
             self._draining.pop(container_id, None)
-            gone = [sid for sid, s in self._sessions.items() if s.container_id == container_id]
-            for sid in gone:
-                del self._sessions[sid]
-                self._retired[sid] = None
-            while len(self._retired) > RETIRED_SESSIONS_KEPT:
-                self._retired.popitem(last=False)
+            gone = self._sessions.end_all_on(container_id)
             closer = self._closers.pop(container_id, None)
         if closer is not None:
             if self.loop is not None and self.loop.is_running():

@@ -72,11 +72,12 @@ GATE_CASES = [
         ("sh", "-c", "echo 'crash fixture: exiting at once'; exit 3"),
     ),
     GateCase("hang", "hang", "no MCP handshake within 5s", "hang fixture: waiting forever without listening"),
-    # Plain HTTP answers initialize with 501; the gate then tries the stateless era's tools/list.
+    # Plain HTTP answers initialize with 501; the gate then tries the stateless era's tools/list,
+    # and reports initialize's answer first (the server's own error, issue 12).
     GateCase(
         "not-mcp",
         "not-mcp",
-        "no MCP handshake within 5s; last: tools/list answered HTTP 501",
+        "no MCP handshake within 5s; last: initialize answered HTTP 501",
         '"POST /mcp HTTP/1.1" 501',
     ),
 ]

@@ -72,4 +72,4 @@ def test_up_deploys_the_checkout_prints_where_to_look_and_stops_on_sigint(
             proc.kill()
         for container in docker_host.containers({LABEL_INSTANCE: instance_id(work / ".central-mcp")}):
             container.remove(force=True)
-        docker_host.remove_image(f"central-mcp/echo-up:r1-{instance_id(work / '.central-mcp')}")
+        docker_host.remove_image(f"central-mcp-server/echo-up:r1-{instance_id(work / '.central-mcp')}")

@@ -163,3 +163,56 @@ def test_hostile_deliveries_change_nothing(hooked: tuple[Provider, Path]) -> Non
     ).encode()
     assert _deliver(provider, other)[0] == 404
     assert provider.last_deploy_id() == before
+
+
+def test_a_replayed_old_delivery_keeps_the_branch_tip_live(
+    hooked: tuple[Provider, Path], tmp_path: Path
+) -> None:
+    """A captured c1 delivery re-sent with a new id after c2 went live deploys the branch's tip: no change."""
+    provider, github = hooked
+    ws = _github_clone(provider, github, tmp_path / "gh")
+    echo = ws.put("echo", name=provider.name("replayed"), env={"GREETING": "first"})
+    c1 = ws.commit("replay: c1")
+    ws.push()
+    first = _push_payload(github, ws, "0" * 40, "replay: c1")
+    status, answer = _deliver(provider, first, delivery="replay-c1")
+    assert status == 202 and _wait_finished(provider, answer["deploy"])["status"] == "succeeded"
+    assert provider.greeting(echo) == "first, Ada"
+
+    ws.manifest_path(echo).write_text(ws.manifest_path(echo).read_text().replace("first", "second"))
+    c2 = ws.commit("replay: c2")
+    ws.push()
+    second = _push_payload(github, ws, c1, "replay: c2")
+    status, answer = _deliver(provider, second, delivery="replay-c2")
+    assert status == 202 and _wait_finished(provider, answer["deploy"])["status"] == "succeeded"
+    assert provider.greeting(echo) == "second, Ada"
+
+    status, answer = _deliver(provider, first, delivery="replay-c1-again")
+    assert status == 202, answer
+    record = _wait_finished(provider, answer["deploy"])
+    log = provider.log(answer["deploy"])
+    assert record["status"] == "succeeded" and record["commit_sha"] == c2, log
+    assert "nothing to deploy" in log and f"the delivery named {c1[:12]}" in log
+    assert provider.greeting(echo) == "second, Ada"
+
+    rollback = provider.cli("rollback", echo)
+    assert rollback.returncode == 0, rollback.stdout + rollback.stderr
+    assert provider.greeting(echo) == "first, Ada"
+    status, answer = _deliver(provider, second, delivery="replay-c2-after-rollback")
+    assert status == 202 and _wait_finished(provider, answer["deploy"])["status"] == "succeeded"
+    assert f"{c2[:12]}, the tip of refs/heads/main, was deployed by deploy #" in provider.log(
+        answer["deploy"]
+    )
+    assert provider.greeting(echo) == "first, Ada", "a replayed delivery must not undo a rollback"
+
+    ws.manifest_path(echo).write_text(ws.manifest_path(echo).read_text().replace("second", "third"))
+    c3 = ws.commit("replay: c3")
+    ws.push()
+    status, answer = _deliver(provider, _push_payload(github, ws, c2, "replay: c3"), delivery="replay-c3")
+    assert status == 202 and _wait_finished(provider, answer["deploy"])["status"] == "succeeded"
+    assert provider.greeting(echo) == "third, Ada"
+    ws.git("reset", "--quiet", "--hard", c2)
+    ws.push(force=True)
+    status, answer = _deliver(provider, _push_payload(github, ws, c3, "replay: c2"), delivery="force-back")
+    assert status == 202 and _wait_finished(provider, answer["deploy"])["status"] == "succeeded"
+    assert provider.greeting(echo) == "second, Ada", "a force push back to an older commit deploys it"

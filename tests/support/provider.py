@@ -32,8 +32,10 @@ import docker.errors
 import yaml
 from mcp import Client
 
+from pipeline.buildrules import SERVER_IMAGES
 from pipeline.context import instance_id
 from pipeline.dockerhost import LABEL_COMMIT, LABEL_INSTANCE, LABEL_SERVER, DockerHost
+from pipeline.secrets import SECRETS_FILE, SERVER_SECRETS_DIR, SecretStore
 from tests.support.loopback import free_port
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -53,10 +55,12 @@ repos:
   - name: central-mcp
     branch: main
     manifests: ["servers/*/mcp-server.yaml"]
-proxy: {{{proxy}}}
-build: {{parallel: 2, network: none}}
+    secrets: [{grants}]
+{repo_extra}proxy: {{{proxy}}}
+build: {{{build}}}
 """
 PROXY_TIMEOUTS = {"deploy_timeout": "2m", "drain_timeout": "2s"}
+BUILD = {"parallel": "2", "network": "none"}
 
 
 @dataclass(frozen=True)
@@ -455,24 +459,56 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: flo
         time.sleep(interval)
 
 
+@dataclass(frozen=True)
+class VMSecrets:
+    """The secrets a test VM holds: the server-secret store, deploy.yaml's grants to the repo (YAML
+    flow items), more keys of its repo entry, the provider's secrets.env and environment."""
+
+    store: Mapping[str, str] = field(default_factory=lambda: {SECRET_NAME: SECRET_VALUE})
+    grants: tuple[str, ...] = (SECRET_NAME,)
+    repo_extra: str = ""
+    provider_file: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
 @contextmanager
 def running_provider(
-    root: Path, docker: DockerHost, extra_config: str = "", proxy: Mapping[str, str] | None = None
+    root: Path,
+    docker: DockerHost,
+    extra_config: str = "",
+    proxy: Mapping[str, str] | None = None,
+    build: Mapping[str, str] | None = None,
+    vm: VMSecrets | None = None,
 ) -> Iterator[Provider]:
     """Start a real `serve` subprocess with its own deploy.yaml (plus `extra_config`); clean up after.
 
-    `proxy` overrides or adds keys of the config's `proxy:` mapping (PROXY_TIMEOUTS by default).
+    `proxy` and `build` override or add keys of the config's `proxy:` and `build:` mappings
+    (PROXY_TIMEOUTS and BUILD by default); values are YAML flow text. `vm` sets its secrets (by
+    default FIXTURE_TOKEN, stored and granted to the repo).
     """
+    vm = vm or VMSecrets()
     state = root / "state"
     state.mkdir(parents=True)
-    (state / "secrets.env").write_text(f"# test secrets\n{SECRET_NAME}={SECRET_VALUE}\n")
+    for name, value in vm.store.items():
+        SecretStore(state / SERVER_SECRETS_DIR).set(name, value)
+    lines = "".join(f"{name}={value}\n" for name, value in vm.provider_file.items())
+    (state / SECRETS_FILE).write_text(f"# the provider's own credentials\n{lines}")
     config = root / "deploy.yaml"
     # The config's own port differs from --port on purpose: what the pusher is told must follow
     # the port the provider really serves on.
     timeouts = ", ".join(f"{key}: {value}" for key, value in {**PROXY_TIMEOUTS, **(proxy or {})}.items())
-    config.write_text(CONFIG.format(config_port=free_port(), proxy=timeouts) + extra_config)
+    builds = ", ".join(f"{key}: {value}" for key, value in {**BUILD, **(build or {})}.items())
+    text = CONFIG.format(
+        config_port=free_port(),
+        proxy=timeouts,
+        build=builds,
+        grants=", ".join(vm.grants),
+        repo_extra=vm.repo_extra,
+    )
+    config.write_text(text + extra_config)
     env = {k: v for k, v in os.environ.items() if k != SECRET_NAME and not k.startswith("GIT_")}
     env.update({"CENTRAL_MCP_STATE_DIR": str(state), "GIT_TERMINAL_PROMPT": "0", "PYTHONUNBUFFERED": "1"})
+    env.update(vm.env)
     provider = Provider(root, config, state, free_port(), env, docker, secrets.token_hex(3))
     try:
         provider.start()
@@ -519,8 +555,8 @@ def _remove_leftovers(provider: Provider) -> None:
     for container in provider.docker.containers({LABEL_INSTANCE: provider.instance}):
         container.remove(force=True)
     for name in provider.names:
-        for image in provider.docker.client.images.list(name=f"central-mcp/{name}"):
+        for image in provider.docker.client.images.list(name=f"{SERVER_IMAGES}/{name}"):
             for tag in image.tags:
-                if tag.startswith(f"central-mcp/{name}:"):
+                if tag.startswith(f"{SERVER_IMAGES}/{name}:"):
                     with suppress(docker.errors.ImageNotFound):
                         provider.docker.client.images.remove(tag, force=True)

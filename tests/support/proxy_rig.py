@@ -85,14 +85,16 @@ def running_proxy(
     allowed_origins: tuple[str, ...] = (),
     keepalive: float = KEEPALIVE,
     front: bool = True,
+    session_idle_timeout: float = 0.0,
     limits: dict[str, Any] | None = None,
     **config: Any,
 ) -> Iterator[Rig]:
     """Serve a proxy on loopback with a fresh Store in `state_dir`; yield its rig.
 
     As the provider serves it, `/mcp/` requests take front.py's fast path; with `front=False`
-    plain uvicorn serves the app, so every request goes through ASGI (`Proxy.handle`). `limits`:
-    more ProxyTimeouts fields (caps and client timeouts); `config`: more uvicorn.Config options.
+    plain uvicorn serves the app, so every request goes through ASGI (`Proxy.handle`). Sessions do not
+    expire unless `session_idle_timeout` (seconds) is given. `limits`: more ProxyTimeouts fields (caps
+    and client timeouts); `config`: more uvicorn.Config options.
     """
     settings = Settings(
         config_path=Path("deploy.yaml"),
@@ -102,6 +104,7 @@ def running_proxy(
             keepalive=keepalive,
             drain_timeout=5.0,
             session_drain_timeout=10.0,
+            session_idle_timeout=session_idle_timeout,
             allowed_origins=allowed_origins,
             **(limits or {}),
         ),
@@ -114,6 +117,7 @@ def running_proxy(
         Gatekeeper(settings, store, clock=clock),
         usage,
         keepalive,
+        session_idle_timeout,
         max_body=caps.max_body,
         max_upstream_header=caps.max_upstream_header,
     )
