@@ -13,7 +13,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from pipeline import gate, registry
@@ -74,7 +73,7 @@ class Monitor:
         self.submit = submit
         self.busy = busy
         self.usage = usage
-        self.probe = probe or partial(gate.handshake, max_bytes=ctx.settings.proxy.max_handshake)
+        self.probe = probe or self._handshake
         self.clock = clock
         self.health: dict[str, Health] = {}
         self.watches: dict[str, Watch] = {}
@@ -137,6 +136,10 @@ class Monitor:
         except (OSError, NotMCP, CentralMCPError) as exc:
             return f"{exc.__class__.__name__}: {exc}"
         return None
+
+    def _handshake(self, url: str, timeout: float) -> gate.GateResult:
+        """The real probe: the gate's handshake, reading at most `proxy.max_handshake`."""
+        return gate.handshake(url, timeout, self.ctx.settings.proxy.max_handshake)
 
     def _restart(self, upstream: Upstream, health: Health, reason: str) -> None:
         release = self.ctx.store.release(upstream.server, upstream.release)
