@@ -96,6 +96,23 @@ def test_an_answer_cut_short_upstream_is_cut_short_for_the_client(tmp_path: Path
 
 
 @pytest.mark.parametrize("way", FAST_AND_ASGI)
+def test_a_client_leaving_a_large_answer_is_not_counted_as_a_server_error(tmp_path: Path, way: str) -> None:
+    """A client that reads 1 MiB of a 64 MiB answer and leaves counts as a request, not as a 5xx
+    (the watch window rolls a release back on 5xx answers)."""
+    with (
+        running_proxy(tmp_path, front=way == "front") as rig,
+        raw_upstream("x", _streaming(LARGE, sized=True)) as up,
+    ):
+        rig.router.swap({"x": up})
+        with _connect(rig) as sock:
+            sock.sendall(b"POST /mcp/x HTTP/1.1\r\nhost: p\r\ncontent-length: 2\r\n\r\n{}")
+            received = 0
+            while received < MIB:
+                received += len(sock.recv(65536))
+        assert _eventually(lambda: rig.usage.totals("x") == (1, 0)), rig.usage.totals("x")
+
+
+@pytest.mark.parametrize("way", FAST_AND_ASGI)
 def test_huge_upstream_headers_get_502_naming_the_cap_in_bounded_memory(tmp_path: Path, way: str) -> None:
     """An upstream whose answer head runs to 32 MiB gets the client a 502 that names the server and
     the cap, and the proxy stops reading it past the cap (the peak memory barely rises)."""
@@ -348,6 +365,15 @@ def _closed_now(sock: socket.socket) -> bool:
     finally:
         sock.setblocking(True)
         sock.settimeout(10)
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def _read_request_head(sock: socket.socket) -> None:

@@ -393,7 +393,7 @@ class Proxy:
             await ex.end()
             return conn.status
         await ex.abort()
-        return 502
+        return 502 if conn.error is not None else conn.status  # else the client left: not the server's fault
 
     async def _relay(
         self, conn: Connection, ex: Exchange, closer: asyncio.Event | None, comment: bytes
