@@ -275,6 +275,29 @@ def test_a_client_that_reads_nothing_of_its_answer_is_dropped_after_the_send_tim
     assert 0 < received < LARGE // 4, f"received {received} bytes"
 
 
+@pytest.mark.parametrize("target", [FAST_PATH, ("PUT", "/mcp/x"), ASGI_PATH], ids=["fast", "asgi", "hooks"])
+def test_endless_chunk_trailers_are_cut_off_in_bounded_memory(tight: Rig, target: tuple[str, str]) -> None:
+    """A chunked body followed by endless trailer lines (httptools hands them over as headers) gets
+    413 and a closed connection once past `max_body` plus a head and one read, in bounded memory."""
+    method, path = target
+    trailers = b"".join(b"x-trailer-%d: %s\r\n" % (n, b"v" * 990) for n in range(1024))  # ~1 MiB
+    with peak_growth() as growth, _connect(tight) as sock:
+        with suppress(OSError):
+            sock.sendall(
+                f"{method} {path} HTTP/1.1\r\nhost: p\r\ntransfer-encoding: chunked\r\n\r\n".encode()
+            )
+            sock.sendall(b"2\r\n{}\r\n0\r\n")
+            for _ in range(64):
+                sock.sendall(trailers)
+        started = time.monotonic()
+        status, body = _read_answer(sock)  # until the proxy closes
+        closed_after = time.monotonic() - started
+        grew = growth()
+    assert status in (413, 404), body  # 404: the hooks route answered before the body, then the close
+    assert closed_after < 5
+    assert grew < 16 * MIB, f"peak memory rose by {grew / MIB:.0f} MiB"
+
+
 def test_connections_past_the_limit_get_503_and_are_closed(tight: Rig) -> None:
     """With 20 connections open, the 21st is answered 503 and closed at once; once some close, new
     connections are served again."""

@@ -33,7 +33,9 @@ while a head is incomplete, since httptools gathers a header line across reads b
 over); a head not complete within `header_timeout` of its first byte (or of the
 connection's) and a body not complete within `body_timeout` of its head get 408 and are closed;
 a client that reads nothing of its answer for `send_timeout` while the proxy waits to write is
-dropped; past `max_connections` open connections a new one gets 503 and is closed. The timeouts cost the
+dropped; past `max_connections` open connections a new one gets 503 and is closed. Whatever the
+route, a request's body (with its chunk trailers, which httptools hands over as headers) may not
+run past `max_body` plus a head and one read: then 413 and close. The timeouts cost the
 hot path no timer: one `Watchdog` per server sweeps the connections a few times per timeout and
 reads the phase and start time each connection notes down (on a clock the sweep keeps).
 """
@@ -106,6 +108,7 @@ def protocol_for(front: Front, limits: ProxyTimeouts) -> type[FrontProtocol]:
         "max_url": limits.max_url,
         "max_head": limits.max_header,
         "head_guard": limits.max_header + limits.max_url + READ_BYTES,
+        "body_guard": limits.max_body + limits.max_header + READ_BYTES,
     }
     return type("BoundFrontProtocol", (FrontProtocol,), bound)
 
@@ -119,12 +122,13 @@ class FrontProtocol(HttpToolsProtocol):
     max_url: int  # a request target's bytes at most (414)
     max_head: int  # a request's header bytes at most (431)
     head_guard: int  # bytes read while one head is incomplete at most: the caps, plus one read
+    body_guard: int  # bytes read while one body is incomplete at most (its trailers too)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Take the connection, unless `max_connections` are open: then answer 503 and close."""
         super().connection_made(transport)  # type: ignore[arg-type]
         self.refusal: HeadTooLarge | None = None
-        self.head_read = self.reading = 0
+        self.head_read = self.body_read = self.reading = 0
         self.stuck_since = 0.0  # when the watchdog first saw writes to this client paused
         if len(self.connections) > self.limits.max_connections:
             self.client_phase = IDLE
@@ -137,10 +141,15 @@ class FrontProtocol(HttpToolsProtocol):
         """Parse, then bound what httptools holds of a head that is still incomplete."""
         self.reading = size = len(data)
         HttpToolsProtocol.data_received(self, data)  # not super(): no proxy object per read
-        if self.client_phase is HEAD:
+        phase = self.client_phase
+        if phase is HEAD:
             self.head_read += size  # counts from the read the head began in: at most one read over
             if self.head_read > self.head_guard:
                 self._refuse(431, f"request headers over {self.max_head} bytes")
+        elif phase is BODY:
+            self.body_read += size
+            if self.body_read > self.body_guard:
+                self._refuse(413, f"request body over {self.limits.max_body} bytes")
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request httptools refused; 414 or 431 when a limit refused it."""
@@ -170,6 +179,7 @@ class FrontProtocol(HttpToolsProtocol):
         if self.head_read + self.reading > self.max_head and _size(self.headers) > self.max_head:
             raise self._refusing(HeadTooLarge(431, f"request headers over {self.max_head} bytes"))
         self.client_phase, self.phase_since = BODY, self.watchdog.now
+        self.body_read = 0
         # An answer made while parsing (a 404, 401, 429, 413) armed the keep-alive timer; the next
         # request in the same read must not run under it (uvicorn disarms it only when data arrives).
         self._unset_keepalive_if_required()
