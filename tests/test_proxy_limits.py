@@ -198,7 +198,7 @@ def test_a_huge_url_gets_414_without_stalling_other_clients(tight: Rig, target: 
         slowest = max(slowest, time.monotonic() - started)
     sender.join()
     assert answers == [414]
-    assert slowest < 0.5, f"a small request took {slowest:.2f}s while the huge URL arrived"
+    assert slowest < 1.0, f"a small request took {slowest:.2f}s while the huge URL arrived"
 
 
 @pytest.mark.parametrize(
