@@ -56,7 +56,7 @@ def proxy_app(upstream_port: int, state_dir: Path, with_key: bool) -> tuple[App,
     key = create_key(store, settings, "bench") if with_key else ""
     router, usage = Router(), Usage(store, Metrics())
     router.swap({SERVER: Upstream(SERVER, 1, "bench-1", "127.0.0.1", upstream_port, "/mcp")})
-    proxy = Proxy(router, Gatekeeper(settings, store), usage, settings.proxy.keepalive)
+    proxy = Proxy(router, Gatekeeper(settings, store), usage, settings.proxy.keepalive)  # default caps
 
     @asynccontextmanager
     async def lifespan(app: App) -> AsyncIterator[None]:

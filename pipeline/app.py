@@ -296,6 +296,8 @@ def _start_services(settings: Settings, docker: DockerHost | None) -> Services:
         usage,
         settings.proxy.keepalive,
         settings.proxy.session_idle_timeout,
+        max_body=settings.proxy.max_body,
+        max_upstream_header=settings.proxy.max_upstream_header,
     )
     dispatcher = Dispatcher(ctx)
     monitor = Monitor(ctx, dispatcher.submit, dispatcher.busy, usage)

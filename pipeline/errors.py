@@ -11,7 +11,8 @@
     │   └── BuildKitUnavailable     the engine refused a BuildKit build (the legacy builder is used)
     ├── BuildError                  an image did not build (carries the build log tail)
     ├── GateError                   a candidate did not pass the MCP health gate
-    │   └── NotMCP                  the endpoint answered, but not as an MCP server
+    │   ├── NotMCP                  the endpoint answered, but not as an MCP server
+    │   └── AnswerTooLarge          it answered more than the gate reads (proxy.max_handshake)
     ├── DeployError                 a deploy could not go on (lock, plan, swap)
     ├── NetworkError                a server network, the host firewall or a host-service relay is not right
     ├── ServeError                  the serve process did not start, or refused a request
@@ -19,6 +20,7 @@
     └── ProxyError                  one proxied request could not be relayed
         ├── ClientGone              the client left before its request body was complete
         ├── BodyTooLarge            the request body is over the proxy's limit
+        ├── HeadTooLarge            the request target or headers are over the proxy's limits
         └── UpstreamError           the upstream closed or spoke no HTTP (also a ConnectionError)
 
 `UpstreamError` is also a `ConnectionError` (so an `OSError`): the proxy handles it with
@@ -111,6 +113,10 @@ class NotMCP(GateError):
     """The endpoint answered, but not as an MCP server (kept distinct from 'not up yet')."""
 
 
+class AnswerTooLarge(GateError):
+    """The server answered the MCP handshake with more bytes than the gate reads (not retried)."""
+
+
 class DeployError(CentralMCPError):
     """A deploy could not continue (lock held, bad plan, failed swap)."""
 
@@ -155,6 +161,14 @@ class BodyTooLarge(ProxyError):
     def __init__(self, limit: int) -> None:
         self.limit = limit
         super().__init__(f"the request body is over {limit} bytes, the proxy's limit; send a smaller one")
+
+
+class HeadTooLarge(ProxyError):
+    """A client's request target or header lines are over the proxy's limits (414 or 431)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        super().__init__(message)
 
 
 class UpstreamError(ProxyError, ConnectionError):

@@ -6,6 +6,11 @@ era is gated with `tools/list` alone. "The port answers 200" is not enough.
 
 The gate waits for the candidate rather than sleeping a fixed interval: it retries quickly with a
 short bounded backoff, so a server is gated within tens of milliseconds of listening.
+
+What a server answers is bounded: one handshake reads at most `max_bytes` of answer bodies in all
+(deploy.yaml's `proxy.max_handshake`; the monitor's probes use the same handshake), and finishes
+within its `timeout` however slowly the bytes come. A server over the cap fails the gate at once
+(AnswerTooLarge), without retrying: it would answer the same again.
 """
 
 from __future__ import annotations
@@ -13,13 +18,16 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import socket
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
-from pipeline.errors import GateError, NotMCP
+from pipeline.config.settings import DEFAULT_MAX_HANDSHAKE
+from pipeline.errors import AnswerTooLarge, GateError, NotMCP
 
 SESSION_PROTOCOL = "2025-11-25"
 STATELESS_PROTOCOL = "2026-07-28"
@@ -27,6 +35,7 @@ REQUEST_TIMEOUT = 10.0
 ACCEPT = "application/json, text/event-stream"
 CLIENT_INFO = {"name": "central-mcp-gate", "version": "1"}
 MAX_PAGES = 50
+READ_CHUNK = 64 * 1024  # an answer is read this much at a time, the deadline checked in between
 # A failed attempt against a port where nothing listens yet costs ~0.2 ms (measured through
 # docker-proxy), so the gate retries fast and never pauses longer than MAX_BACKOFF: it sees a
 # candidate at most that long after the server listens, at well under 1% of a core meanwhile.
@@ -58,13 +67,15 @@ def wait_until_healthy(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     probe: Callable[[str, float], GateResult] | None = None,
+    max_bytes: int = DEFAULT_MAX_HANDSHAKE,
 ) -> GateResult:
-    """Run the handshake against `url` until it passes, the deadline passes, or `alive` is False.
+    """Run the handshake against `url` until it passes, the deadline passes, or `alive` is False;
+    an answer over `max_bytes` fails it at once (AnswerTooLarge).
 
     Attempts back off from FIRST_BACKOFF, doubling up to min(`interval`, MAX_BACKOFF); `alive` is
     asked first and then at most every ALIVE_PERIOD. `probe` defaults to `handshake`.
     """
-    attempt = probe or handshake
+    attempt = probe or partial(handshake, max_bytes=max_bytes)
     started = clock()
     deadline = started + timeout
     delays = backoff(interval)
@@ -99,15 +110,16 @@ def backoff(interval: float) -> Iterator[float]:
         delay = min(delay * 2, cap)
 
 
-def handshake(url: str, timeout: float) -> GateResult:
-    """Do one full handshake (or a stateless tools/list) against `url`."""
-    session = _Session(url, timeout)
+def handshake(url: str, timeout: float, max_bytes: int = DEFAULT_MAX_HANDSHAKE) -> GateResult:
+    """Do one full handshake (or a stateless tools/list) against `url`, within `timeout` seconds,
+    reading at most `max_bytes` of answers."""
+    session = _Session(url, timeout, max_bytes)
     try:
         init = session.request(
             "initialize", {"protocolVersion": SESSION_PROTOCOL, "capabilities": {}, "clientInfo": CLIENT_INFO}
         )
     except NotMCP as refused:
-        return _stateless(url, timeout, refused)
+        return _stateless(url, timeout, max_bytes, refused)
     if not isinstance(init.get("protocolVersion"), str):
         raise NotMCP(f"initialize result has no protocolVersion: {str(init)[:200]}")
     session.protocol = init["protocolVersion"]
@@ -118,12 +130,13 @@ def handshake(url: str, timeout: float) -> GateResult:
     return GateResult(session.protocol, str(info.get("name", "")), tools)
 
 
-def _stateless(url: str, timeout: float, refused: NotMCP) -> GateResult:
+def _stateless(url: str, timeout: float, max_bytes: int, refused: NotMCP) -> GateResult:
     """Gate a server that only speaks the stateless era; when it is not one either, report why
     `initialize` failed first: that is the server's real error (the retry only reads that the
     server was not initialized)."""
     try:
-        return GateResult(STATELESS_PROTOCOL, "", _Session(url, timeout, stateless=True).list_tools())
+        session = _Session(url, timeout, max_bytes, stateless=True)
+        return GateResult(STATELESS_PROTOCOL, "", session.list_tools())
     except (NotMCP, OSError, http.client.HTTPException) as exc:
         raise NotMCP(f"{refused} (tried as a stateless-era server too: {exc})") from refused
 
@@ -144,12 +157,15 @@ class _Connection(http.client.HTTPConnection):
 class _Session:
     """A minimal Streamable HTTP client: JSON or SSE answers, session id, protocol header."""
 
-    def __init__(self, url: str, timeout: float, *, stateless: bool = False) -> None:
+    def __init__(self, url: str, timeout: float, max_bytes: int, *, stateless: bool = False) -> None:
         parts = urlsplit(url)
         self.host = parts.hostname or "127.0.0.1"
         self.port = parts.port or 80
         self.path = parts.path or "/"
         self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.max_bytes = max_bytes
+        self.left = max_bytes  # answer bytes this handshake may still read
         self.stateless = stateless
         self.protocol = STATELESS_PROTOCOL if stateless else ""
         self.session_id = ""
@@ -195,7 +211,7 @@ class _Session:
         conn = _Connection(self.host, self.port, timeout=self.timeout)
         try:
             conn.request("DELETE", self.path, headers=self._headers(""))
-            conn.getresponse().read()
+            conn.getresponse()  # its body is not read: nothing in it matters
         except (OSError, http.client.HTTPException):
             pass  # closing is a courtesy; the gate already passed
         finally:
@@ -215,30 +231,61 @@ class _Session:
         conn = _Connection(self.host, self.port, timeout=self.timeout)
         try:
             conn.request("POST", self.path, body=json.dumps(body), headers=self._headers(method))
+            sock = conn.sock  # http.client lets go of it once an answer says it closes
             response = conn.getresponse()
             headers = {k.lower(): v for k, v in response.getheaders()}
             if "text/event-stream" in headers.get("content-type", ""):
-                payload = _read_sse_until_response(response, body.get("id"))
+                payload = self._read_sse_until_response(sock, response, method, body.get("id"))
             else:
-                payload = response.read()
+                payload = self._read_all(sock, response, method)
             return response.status, headers, payload
         finally:
             conn.close()
 
+    def _read_all(self, sock: socket.socket | None, response: http.client.HTTPResponse, method: str) -> bytes:
+        """The whole answer body, within the deadline and what is left of `max_bytes`."""
+        chunks: list[bytes] = []
+        while chunk := self._read(sock, method, response.read1):
+            chunks.append(chunk)
+        return b"".join(chunks)
 
-def _read_sse_until_response(response: http.client.HTTPResponse, want: object) -> bytes:
-    """Read SSE lines until the event that answers request `want` (the stream may stay open)."""
-    lines: list[bytes] = []
-    for raw in response:
-        lines.append(raw)
-        if raw.startswith(b"data:"):
-            try:
-                message = json.loads(raw[5:].strip())
-            except ValueError:
+    def _read_sse_until_response(
+        self, sock: socket.socket | None, response: http.client.HTTPResponse, method: str, want: object
+    ) -> bytes:
+        """Read SSE lines until the event that answers request `want` (the stream may stay open)."""
+        lines: list[bytes] = []
+        line: list[bytes] = []  # the pieces of a line longer than one read
+        while piece := self._read(sock, method, response.readline):
+            lines.append(piece)
+            line.append(piece)
+            if not piece.endswith(b"\n"):
                 continue
-            if isinstance(message, dict) and message.get("id") == want:
-                break
-    return b"".join(lines)
+            raw = b"".join(line)
+            line.clear()
+            if raw.startswith(b"data:"):
+                try:
+                    message = json.loads(raw[5:].strip())
+                except ValueError:
+                    continue
+                if isinstance(message, dict) and message.get("id") == want:
+                    break
+        return b"".join(lines)
+
+    def _read(self, sock: socket.socket | None, method: str, read: Callable[[int], bytes]) -> bytes:
+        """One bounded read of `method`'s answer: fail past the deadline or past `max_bytes`."""
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise NotMCP(f"{method}: the answer did not end within {self.timeout:g}s")
+        if sock is not None:
+            sock.settimeout(remaining)
+        data = read(min(READ_CHUNK, self.left + 1))
+        self.left -= len(data)
+        if self.left < 0:
+            raise AnswerTooLarge(
+                f"{method} answered more than {self.max_bytes} bytes in all, the most the gate reads "
+                "(deploy.yaml proxy.max_handshake); answer with less, or raise the cap"
+            )
+        return data
 
 
 def _find_response(content_type: str, payload: bytes, want: int) -> dict[str, Any]:

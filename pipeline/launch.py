@@ -101,6 +101,7 @@ def wait_healthy(
             timeout=timeout,
             interval=m.health_interval,
             alive=lambda: ctx.docker.status(running.id) == "running",
+            max_bytes=ctx.settings.proxy.max_handshake,
         )
     except GateError as exc:
         for line in ctx.docker.logs_tail(running.id, LOG_TAIL_LINES):

@@ -68,7 +68,7 @@ class Monitor:
         submit: Callable[[DeployRequest], int],
         busy: Callable[[str], bool],
         usage: Usage,
-        probe: Probe = gate.handshake,
+        probe: Probe | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -76,7 +76,7 @@ class Monitor:
         self.submit = submit
         self.busy = busy
         self.usage = usage
-        self.probe = probe
+        self.probe = probe or self._handshake
         self.clock = clock
         self.sleep = sleep
         self.health: dict[str, Health] = {}
@@ -165,6 +165,10 @@ class Monitor:
         except (OSError, NotMCP, CentralMCPError) as exc:
             return f"{exc.__class__.__name__}: {exc}"
         return None
+
+    def _handshake(self, url: str, timeout: float) -> gate.GateResult:
+        """The real probe: the gate's handshake, reading at most `proxy.max_handshake` (as reloaded)."""
+        return gate.handshake(url, timeout, self.ctx.settings.proxy.max_handshake)
 
     def _restart(self, upstream: Upstream, health: Health, reason: str) -> None:
         release = self.ctx.store.release(upstream.server, upstream.release)

@@ -43,6 +43,7 @@ LIVE = frozenset(
         "proxy.session_drain_timeout",
         "proxy.keepalive",
         "proxy.allowed_origins",
+        "proxy.max_handshake",  # read by each gate and probe
     }
 )
 

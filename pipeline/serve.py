@@ -35,6 +35,7 @@ def server(settings: Settings, listen: Listen | None = None) -> uvicorn.Server:
     logs.configure()
     config = front.config(
         create_app(settings, listen=listen),
+        settings.proxy,
         host=settings.host,
         port=settings.port,
         log_level="info",

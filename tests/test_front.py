@@ -18,7 +18,7 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from pipeline.proxy.exchange import MAX_BODY_BYTES
+from pipeline.config.settings import DEFAULT_MAX_BODY as MAX_BODY_BYTES
 from pipeline.proxy.relay import Proxy
 from tests.support.proxy_rig import Recorder, Rig, jsonrpc, raw_upstream, running_proxy
 

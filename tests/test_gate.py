@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
@@ -14,13 +15,14 @@ from typing import Any
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from pipeline import gate
-from pipeline.errors import GateError, NotMCP
+from pipeline.errors import AnswerTooLarge, GateError, NotMCP
 from tests.support.clock import FakeClock
-from tests.support.loopback import free_port, mcp_app, serve_asgi
+from tests.support.loopback import free_port, huge_tools_app, mcp_app, serve_asgi
+from tests.support.memory import peak_growth
 
 
 @pytest.mark.parametrize("stateless", [False, True])
@@ -277,6 +279,42 @@ def test_tools_list_pages_are_all_collected() -> None:
     with serve_asgi(app) as port:
         result = gate.wait_until_healthy(f"http://127.0.0.1:{port}/mcp", timeout=5, interval=0.1)
     assert [t["name"] for t in result.tools] == ["first", "second"]
+
+
+@pytest.mark.parametrize("sse", [False, True], ids=["json", "sse"])
+def test_a_huge_tools_list_fails_the_gate_at_once_naming_the_cap(sse: bool) -> None:
+    """A 150 MiB tools/list fails the gate at once (no retries until the deadline) with an error that
+    names the method and the cap, and the gate reads little past the cap."""
+    with serve_asgi(huge_tools_app(150 << 20, sse=sse)) as port, peak_growth() as growth:
+        started = time.monotonic()
+        with pytest.raises(AnswerTooLarge) as err:
+            url = f"http://127.0.0.1:{port}/mcp"
+            gate.wait_until_healthy(url, timeout=60, interval=0.1, max_bytes=1 << 20)
+        took = time.monotonic() - started
+        grew = growth()
+    assert "tools/list answered more than 1048576 bytes" in str(err.value)
+    assert "proxy.max_handshake" in str(err.value)
+    assert took < 10
+    assert grew < 16 << 20, f"peak memory rose by {grew >> 20} MiB"
+
+
+def test_an_answer_that_trickles_past_the_timeout_ends_the_handshake() -> None:
+    """A server that sends its answer a byte at a time cannot hold a handshake past its timeout."""
+
+    async def endpoint(request: Request) -> Response:
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(1000):
+                yield b" "
+                await asyncio.sleep(0.05)
+
+        return StreamingResponse(body(), media_type="application/json")
+
+    app = Starlette(routes=[Route("/mcp", endpoint, methods=["POST"])])
+    with serve_asgi(app) as port:
+        started = time.monotonic()
+        with pytest.raises((NotMCP, TimeoutError)):  # past the deadline, or the last read timed out
+            gate.handshake(f"http://127.0.0.1:{port}/mcp", 0.5)
+        assert time.monotonic() - started < 2
 
 
 def test_a_failed_initialize_is_reported_not_the_stateless_fallbacks_error() -> None:

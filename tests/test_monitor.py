@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pipeline.config.settings import MonitorConfig, Settings
+from pipeline.config.settings import MonitorConfig, ProxyTimeouts, Settings
 from pipeline.context import Context, DeployRequest
 from pipeline.errors import DockerError, EngineUnavailable, NotMCP
 from pipeline.monitor import Monitor
@@ -18,6 +19,8 @@ from pipeline.secrets import Secrets
 from pipeline.states import DeploySource
 from pipeline.store import Release, Store
 from tests.support.clock import FakeClock
+from tests.support.loopback import huge_tools_app, serve_asgi
+from tests.support.memory import peak_growth
 
 
 class FakeDocker:
@@ -287,3 +290,26 @@ def test_retention_keeps_live_previous_and_the_newest(world: dict[str, Any]) -> 
     assert kept == {1, 2, 4, 5, 6, 7, 8}
     assert removed["images"] == 1
     assert (removed["build_cache_bytes"], docker.cache_kept) == (1234, 2 * 1024**3)
+
+
+def test_the_real_probe_reads_no_more_than_max_handshake(world: dict[str, Any]) -> None:
+    """With the real probe, a server answering a 150 MiB tools/list fails its probe naming the cap
+    (deploy.yaml proxy.max_handshake), and the probe reads little past it."""
+    ctx: Context = world["ctx"]
+    capped = Context(
+        replace(ctx.settings, proxy=ProxyTimeouts(max_handshake=1 << 20)),
+        ctx.store,
+        ctx.docker,
+        ctx.router,
+        ctx.secrets,
+        ctx.instance,
+    )
+    monitor = Monitor(capped, world["monitor"].submit, lambda repo: False, world["usage"])
+    with serve_asgi(huge_tools_app(150 << 20, sse=False)) as port, peak_growth() as growth:
+        world["docker"].ports["c2"] = port
+        world["router"].replace_all([Upstream("svc", 2, "c2", "127.0.0.1", port, "/mcp")])
+        monitor.probe_all()
+        grew = growth()
+    error = monitor.health["svc"].last_error
+    assert "AnswerTooLarge" in error and "more than 1048576 bytes" in error and "max_handshake" in error
+    assert grew < 16 << 20, f"peak memory rose by {grew >> 20} MiB"

@@ -266,6 +266,26 @@ def test_keepalive_is_checked_even_when_another_fault_exists(tmp_path: Path) -> 
     assert {p.path for p in problems} == {"$.repos[1].name", "$.proxy.keepalive"}
 
 
+def test_proxy_caps_and_client_timeouts_are_read_with_units(tmp_path: Path) -> None:
+    """The proxy's caps take sizes and its client timeouts durations; unset ones are the named defaults."""
+    path = _write(
+        tmp_path,
+        "proxy:\n  max_body: 1MiB\n  max_header: 16k\n  max_url: 4KiB\n  header_timeout: 5s\n"
+        "  body_timeout: 500ms\n  send_timeout: 2m\n  max_connections: 50\n  max_upstream_header: 32k\n",
+    )
+    proxy = settings.load(path, env={}).proxy
+    assert (proxy.max_body, proxy.max_header, proxy.max_url) == (1 << 20, 16 * 1024, 4096)
+    assert (proxy.header_timeout, proxy.body_timeout, proxy.send_timeout) == (5.0, 0.5, 120.0)
+    assert (proxy.max_connections, proxy.max_upstream_header) == (50, 32 * 1024)
+    assert proxy.max_handshake == settings.DEFAULT_MAX_HANDSHAKE
+
+
+def test_a_proxy_cap_that_is_not_a_size_is_refused(tmp_path: Path) -> None:
+    """`max_header: lots` is refused at its JSON path, as any malformed size is."""
+    problems = _problems(tmp_path, "proxy:\n  max_header: lots\n")
+    assert [p.path for p in problems] == ["$.proxy.max_header"]
+
+
 @pytest.mark.parametrize(
     "name", ["owner/PROJECTS_all", "Owner.Name/Repo-2", "group/sub/project", "central-mcp"]
 )

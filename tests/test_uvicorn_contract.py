@@ -67,8 +67,11 @@ SHAPES: dict[str, Method | Attribute | Importable] = {
     "httptools_impl.HttpToolsProtocol": Importable(type),
     "httptools_impl.RequestResponseCycle": Importable(type),
     "httptools_impl.STATUS_LINE": Importable(dict),
+    "HttpToolsProtocol.connection_made": Method(("transport",), overridden=True),
+    "HttpToolsProtocol.data_received": Method(("data",), overridden=True),
+    "HttpToolsProtocol.send_400_response": Method(("msg",), overridden=True),
     "HttpToolsProtocol.on_message_begin": Method((), overridden=True),
-    "HttpToolsProtocol.on_url": Method(("url",), overridden=False),
+    "HttpToolsProtocol.on_url": Method(("url",), overridden=True),
     "HttpToolsProtocol.on_header": Method(("name", "value"), overridden=False),
     "HttpToolsProtocol.on_headers_complete": Method((), overridden=True),
     "HttpToolsProtocol.on_body": Method(("body",), overridden=True),
@@ -96,6 +99,7 @@ SHAPES: dict[str, Method | Attribute | Importable] = {
     "HttpToolsProtocol.server_state": Attribute((ServerState,)),
     "HttpToolsProtocol.loop": Attribute((asyncio.AbstractEventLoop,)),
     "HttpToolsProtocol.tasks": Attribute((set,)),
+    "HttpToolsProtocol.connections": Attribute((set,)),
     "ServerState.default_headers": Attribute((list,)),
     "RequestResponseCycle.__init__": Method(
         (

@@ -27,6 +27,16 @@ DEFAULT_SESSION_DRAIN_TIMEOUT = 600.0
 DEFAULT_SESSION_IDLE_TIMEOUT = 3600.0  # a session with no request and no open stream this long ends
 DEFAULT_KEEPALIVE = 20.0
 MAX_KEEPALIVE = 25.0
+# What one client or one server may make the proxy hold (issue 12, items 7 and 8).
+DEFAULT_MAX_BODY = 4 * 1024 * 1024  # an MCP request body
+DEFAULT_MAX_HEADER = 32 * 1024  # a request's header lines (as nginx's 4 x 8k buffers, about)
+DEFAULT_MAX_URL = 8 * 1024  # a request target (nginx's one 8k buffer)
+DEFAULT_HEADER_TIMEOUT = 10.0  # from a connection's first byte (or a request's) to its blank line
+DEFAULT_BODY_TIMEOUT = 60.0  # from a request's blank line to its body's last byte
+DEFAULT_SEND_TIMEOUT = 60.0  # a client that reads nothing of an answer the proxy waits to write (nginx's)
+DEFAULT_MAX_CONNECTIONS = 1000  # open client connections; a serve process needs ~2 descriptors each
+DEFAULT_MAX_UPSTREAM_HEADER = 64 * 1024  # an upstream answer's status line and headers
+DEFAULT_MAX_HANDSHAKE = 4 * 1024 * 1024  # what the gate and a probe read of one MCP handshake
 DEFAULT_RATE_PER_MINUTE = 600
 DEFAULT_RATE_BURST = 60
 DEFAULT_IMAGES_PER_SERVER = 5
@@ -120,7 +130,8 @@ class Project:
 
 @dataclass(frozen=True)
 class ProxyTimeouts:
-    """Seconds the proxy and the deploy engine wait for each phase."""
+    """Seconds the proxy and the deploy engine wait for each phase, and the bytes and connections
+    one client or one server may make the proxy hold."""
 
     deploy_timeout: float = DEFAULT_DEPLOY_TIMEOUT
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT
@@ -128,6 +139,15 @@ class ProxyTimeouts:
     session_idle_timeout: float = DEFAULT_SESSION_IDLE_TIMEOUT  # 0: sessions never expire
     keepalive: float = DEFAULT_KEEPALIVE
     allowed_origins: tuple[str, ...] = ()
+    max_body: int = DEFAULT_MAX_BODY
+    max_header: int = DEFAULT_MAX_HEADER
+    max_url: int = DEFAULT_MAX_URL
+    header_timeout: float = DEFAULT_HEADER_TIMEOUT
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    send_timeout: float = DEFAULT_SEND_TIMEOUT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_upstream_header: int = DEFAULT_MAX_UPSTREAM_HEADER
+    max_handshake: int = DEFAULT_MAX_HANDSHAKE
 
 
 @dataclass(frozen=True)
@@ -510,18 +530,7 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
         namespace=registry.get("namespace", DEFAULT_NAMESPACE),
         registry_dir=(base / registry["output_dir"]).resolve() if "output_dir" in registry else None,
         repos=tuple(_repo(r) for r in data.get("repos", [{"name": "central-mcp"}])),
-        proxy=ProxyTimeouts(
-            deploy_timeout=parse_duration(proxy.get("deploy_timeout", DEFAULT_DEPLOY_TIMEOUT)),
-            drain_timeout=parse_duration(proxy.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT)),
-            session_drain_timeout=parse_duration(
-                proxy.get("session_drain_timeout", DEFAULT_SESSION_DRAIN_TIMEOUT)
-            ),
-            session_idle_timeout=parse_duration(
-                proxy.get("session_idle_timeout", DEFAULT_SESSION_IDLE_TIMEOUT)
-            ),
-            keepalive=parse_duration(proxy.get("keepalive", DEFAULT_KEEPALIVE)),
-            allowed_origins=tuple(proxy.get("allowed_origins", ())),
-        ),
+        proxy=_proxy(proxy),
         projects=tuple(_project(p) for p in data.get("projects", [])),
         retention=Retention(
             images_per_server=retention.get("images_per_server", DEFAULT_IMAGES_PER_SERVER),
@@ -542,6 +551,28 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
         host_services=tuple(_host_service(k, v) for k, v in sorted(data.get("host_services", {}).items())),
         admin_token=env.get(data["admin_token_env"], "") if "admin_token_env" in data else "",
         admin_token_env=data.get("admin_token_env", ""),
+    )
+
+
+def _proxy(data: dict[str, Any]) -> ProxyTimeouts:
+    return ProxyTimeouts(
+        deploy_timeout=parse_duration(data.get("deploy_timeout", DEFAULT_DEPLOY_TIMEOUT)),
+        drain_timeout=parse_duration(data.get("drain_timeout", DEFAULT_DRAIN_TIMEOUT)),
+        session_drain_timeout=parse_duration(
+            data.get("session_drain_timeout", DEFAULT_SESSION_DRAIN_TIMEOUT)
+        ),
+        session_idle_timeout=parse_duration(data.get("session_idle_timeout", DEFAULT_SESSION_IDLE_TIMEOUT)),
+        keepalive=parse_duration(data.get("keepalive", DEFAULT_KEEPALIVE)),
+        allowed_origins=tuple(data.get("allowed_origins", ())),
+        max_body=parse_size(data.get("max_body", DEFAULT_MAX_BODY)),
+        max_header=parse_size(data.get("max_header", DEFAULT_MAX_HEADER)),
+        max_url=parse_size(data.get("max_url", DEFAULT_MAX_URL)),
+        header_timeout=parse_duration(data.get("header_timeout", DEFAULT_HEADER_TIMEOUT)),
+        body_timeout=parse_duration(data.get("body_timeout", DEFAULT_BODY_TIMEOUT)),
+        send_timeout=parse_duration(data.get("send_timeout", DEFAULT_SEND_TIMEOUT)),
+        max_connections=data.get("max_connections", DEFAULT_MAX_CONNECTIONS),
+        max_upstream_header=parse_size(data.get("max_upstream_header", DEFAULT_MAX_UPSTREAM_HEADER)),
+        max_handshake=parse_size(data.get("max_handshake", DEFAULT_MAX_HANDSHAKE)),
     )
 
 

@@ -13,7 +13,6 @@ from starlette.types import Receive, Scope, Send
 from pipeline.errors import BodyTooLarge, ClientGone
 
 Headers = list[tuple[bytes, bytes]]
-MAX_BODY_BYTES = 4 * 1024 * 1024
 DOT_SEGMENTS = frozenset({".", ".."})
 STREAM_END: dict[str, Any] = {"type": "http.response.body", "body": b"", "more_body": False}
 
@@ -27,9 +26,9 @@ class Exchange(Protocol):
     query: bytes
     headers: Headers  # lower-case names, as received
 
-    async def read_body(self) -> bytes:
+    async def read_body(self, limit: int) -> bytes:
         """The whole request body (raise ClientGone if the client left first, BodyTooLarge past
-        MAX_BODY_BYTES)."""
+        `limit` bytes)."""
 
     async def answer(self, status: int, body: bytes, headers: Headers) -> None:
         """Send a whole answer; the exchange adds its Content-Length (`headers` have none)."""
@@ -42,6 +41,9 @@ class Exchange(Protocol):
 
     async def end(self) -> None:
         """End a streamed answer."""
+
+    async def abort(self) -> None:
+        """End a streamed answer cut short, so that the client cannot take it for whole."""
 
     async def gone(self) -> None:
         """Return once the client has gone away."""
@@ -61,7 +63,7 @@ class AsgiExchange:
         self._send = send
         self._close = False  # the body was not read to its end: the connection cannot go on
 
-    async def read_body(self) -> bytes:
+    async def read_body(self, limit: int) -> bytes:
         """The whole request body."""
         message = await self._receive()
         body: bytes = message.get("body", b"")
@@ -77,9 +79,9 @@ class AsgiExchange:
                 raise ClientGone()
             chunk: bytes = message.get("body", b"")
             size += len(chunk)
-            if size > MAX_BODY_BYTES:
+            if size > limit:
                 self._close = True
-                raise BodyTooLarge(MAX_BODY_BYTES)
+                raise BodyTooLarge(limit)
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -103,6 +105,9 @@ class AsgiExchange:
     async def end(self) -> None:
         """End a streamed answer."""
         await self._send(STREAM_END)
+
+    async def abort(self) -> None:
+        """Leave the answer unended: uvicorn then closes the connection (and logs that it did)."""
 
     async def gone(self) -> None:
         """Return once the client has gone away."""

@@ -43,7 +43,7 @@ async def end_upstream(pool: Pool, upstream: Upstream, session_id: str) -> None:
         async with asyncio.timeout(END_UPSTREAM_TIMEOUT):
             conn = await pool.request(upstream.host, upstream.port, "DELETE", request)
             try:
-                await conn.read_body()
+                await conn.read_whole()  # None once too large to hold: then it is closed
             finally:
                 conn.release()
     except (OSError, TimeoutError) as exc:

@@ -24,12 +24,28 @@ timer, pipelined requests, read and write flow control, disconnects, a graceful 
 for running requests) works for it unchanged. That ties this module to uvicorn's protocol class;
 pyproject.toml pins the uvicorn minor version it was written against, and the proxy tests run
 through it as well as through ASGI.
+
+Before any of that, `FrontProtocol` bounds what a client may make the process hold, for every
+request whichever way it then takes (deploy.yaml's `proxy:` section): a request target over
+`max_url` bytes gets 414, header lines over `max_header` 431 (counted only when the reads that
+carried the head were larger than that, so a usual request pays one addition; and bounded per read
+while a head is incomplete, since httptools gathers a header line across reads before it hands it
+over); a head not complete within `header_timeout` of its first byte (or of the
+connection's) and a body not complete within `body_timeout` of its head get 408 and are closed;
+a client that reads nothing of its answer for `send_timeout` while the proxy waits to write is
+dropped; past `max_connections` open connections a new one gets 503 and is closed. Whatever the
+route, a request's body (with its chunk trailers, which httptools hands over as headers) may not
+run past `max_body` plus a head and one read: then 413 and close. The timeouts cost the
+hot path no timer: one `Watchdog` per server sweeps the connections a few times per timeout and
+reads the phase and start time each connection notes down (on a clock the sweep keeps).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Coroutine
+from enum import StrEnum
 from typing import Any, Protocol
 from urllib.parse import unquote
 
@@ -37,8 +53,9 @@ import uvicorn
 from starlette.types import Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from pipeline.errors import BodyTooLarge, ClientGone
-from pipeline.proxy.exchange import MAX_BODY_BYTES, Headers, has_body, mcp_target
+from pipeline.config.settings import ProxyTimeouts
+from pipeline.errors import BodyTooLarge, ClientGone, HeadTooLarge
+from pipeline.proxy.exchange import Headers, has_body, mcp_target
 from pipeline.proxy.pool import Connection
 from pipeline.proxy.relay import Proxy, Ticket, is_stream, too_large
 
@@ -49,6 +66,22 @@ CHUNKED = b"transfer-encoding: chunked\r\n"
 LAST_CHUNK = b"0\r\n\r\n"
 PLAIN_TEXT = (b"content-type", b"text/plain; charset=utf-8")
 NO_SCOPE: Any = {"type": "http"}  # a ProxyCycle has no ASGI scope; uvicorn's code paths it takes read none
+READ_BYTES = 256 * 1024  # the most one read hands the protocol (uvloop's and asyncio's buffers)
+SWEEPS_PER_TIMEOUT = 4  # how often the watchdog looks, per shortest timeout
+MAX_SWEEP_PERIOD = 1.0
+MIN_SWEEP_PERIOD = 0.01
+RETRY_AFTER = (b"retry-after", b"1")
+
+
+class Phase(StrEnum):
+    """What the proxy waits for from a client connection: nothing, a request's head, or its body."""
+
+    IDLE = "idle"  # between requests (uvicorn's keep-alive timer), or answering
+    HEAD = "head"
+    BODY = "body"
+
+
+IDLE, HEAD, BODY = Phase.IDLE, Phase.HEAD, Phase.BODY
 
 
 class Front(Protocol):
@@ -60,29 +93,93 @@ class Front(Protocol):
         """Serve every request the fast path leaves to ASGI."""
 
 
-def config(app: Front, **options: Any) -> uvicorn.Config:
-    """A uvicorn Config serving the ASGI `app`, whose `/mcp/` requests `app.proxy` takes when set."""
-    return uvicorn.Config(app, http=protocol_for(app), **options)
+def config(app: Front, limits: ProxyTimeouts | None = None, **options: Any) -> uvicorn.Config:
+    """A uvicorn Config serving the ASGI `app`, whose `/mcp/` requests `app.proxy` takes when set,
+    holding every client to `limits` (deploy.yaml's `proxy:` section; its defaults when None)."""
+    return uvicorn.Config(app, http=protocol_for(app, limits or ProxyTimeouts()), **options)
 
 
-def protocol_for(front: Front) -> type[FrontProtocol]:
-    """The protocol class uvicorn instantiates per connection, bound to `front`."""
-    return type("BoundFrontProtocol", (FrontProtocol,), {"front": front})
+def protocol_for(front: Front, limits: ProxyTimeouts) -> type[FrontProtocol]:
+    """The protocol class uvicorn instantiates per connection, bound to `front` and `limits`."""
+    bound = {
+        "front": front,
+        "limits": limits,
+        "watchdog": Watchdog(limits),
+        "max_url": limits.max_url,
+        "max_head": limits.max_header,
+        "head_guard": limits.max_header + limits.max_url + READ_BYTES,
+        "body_guard": limits.max_body + limits.max_header + READ_BYTES,
+    }
+    return type("BoundFrontProtocol", (FrontProtocol,), bound)
 
 
 class FrontProtocol(HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol, serving `/mcp/<server>` requests without an ASGI cycle."""
 
     front: Front
+    limits: ProxyTimeouts
+    watchdog: Watchdog
+    max_url: int  # a request target's bytes at most (414)
+    max_head: int  # a request's header bytes at most (431)
+    head_guard: int  # bytes read while one head is incomplete at most: the caps, plus one read
+    body_guard: int  # bytes read while one body is incomplete at most (its trailers too)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Take the connection, unless `max_connections` are open: then answer 503 and close."""
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self.refusal: HeadTooLarge | None = None
+        self.head_read = self.body_read = self.reading = 0
+        self.stuck_since = 0.0  # when the watchdog first saw writes to this client paused
+        if len(self.connections) > self.limits.max_connections:
+            self.client_phase = IDLE
+            self._refuse(503, f"over {self.limits.max_connections} open connections; retry", RETRY_AFTER)
+            return
+        self.watchdog.watch(self)
+        self.client_phase, self.phase_since = HEAD, self.watchdog.now  # its first request is due
+
+    def data_received(self, data: bytes) -> None:
+        """Parse, then bound what httptools holds of a head that is still incomplete."""
+        self.reading = size = len(data)
+        HttpToolsProtocol.data_received(self, data)  # not super(): no proxy object per read
+        phase = self.client_phase
+        if phase is HEAD:
+            self.head_read += size  # counts from the read the head began in: at most one read over
+            if self.head_read > self.head_guard:
+                self._refuse(431, f"request headers over {self.max_head} bytes")
+        elif phase is BODY:
+            self.body_read += size
+            if self.body_read > self.body_guard:
+                self._refuse(413, f"request body over {self.limits.max_body} bytes")
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request httptools refused; 414 or 431 when a limit refused it."""
+        refusal, self.refusal = self.refusal, None
+        if refusal is None:
+            super().send_400_response(msg)
+        else:
+            self._refuse(refusal.status, str(refusal))
 
     def on_message_begin(self) -> None:
         """Start reading a request; its ASGI scope is built only if it takes the ASGI way."""
         self.url = b""
         self.expect_100_continue = False
         self.headers = []
+        self.client_phase, self.phase_since = HEAD, self.watchdog.now
+        self.head_read = 0
+
+    def on_url(self, url: bytes) -> None:
+        """Collect the request target, up to `max_url` bytes."""
+        self.url += url
+        if len(self.url) > self.max_url:
+            raise self._refusing(HeadTooLarge(414, f"request target over {self.max_url} bytes"))
 
     def on_headers_complete(self) -> None:
         """Start the request: the proxy's fast path when it applies, else uvicorn's ASGI cycle."""
+        # The head is at most the reads that carried it: count its header lines only past the cap.
+        if self.head_read + self.reading > self.max_head and _size(self.headers) > self.max_head:
+            raise self._refusing(HeadTooLarge(431, f"request headers over {self.max_head} bytes"))
+        self.client_phase, self.phase_since = BODY, self.watchdog.now
+        self.body_read = 0
         # An answer made while parsing (a 404, 401, 429, 413) armed the keep-alive timer; the next
         # request in the same read must not run under it (uvicorn disarms it only when data arrives).
         self._unset_keepalive_if_required()
@@ -144,6 +241,7 @@ class FrontProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         """The request is all in: a waiting proxy request begins."""
+        self.client_phase = IDLE
         super().on_message_complete()
         cycle = self.cycle
         if isinstance(cycle, ProxyCycle) and cycle.waiting:
@@ -157,6 +255,80 @@ class FrontProtocol(HttpToolsProtocol):
         self.url, self.expect_100_continue = url, expect
         self.headers.extend(headers)  # the scope holds this list
         super().on_headers_complete()
+
+    def check_pace(self, now: float, watchdog: Watchdog) -> None:
+        """Close the connection if the head or body the proxy waits for is overdue (408); drop it if
+        the client has read nothing of its answer for `send_timeout`."""
+        if self.transport.is_closing():
+            return
+        if not self.flow.write_paused:
+            self.stuck_since = 0.0
+        elif not self.stuck_since:
+            self.stuck_since = now
+        elif now - self.stuck_since > watchdog.send_timeout + watchdog.period:
+            self.transport.abort()  # close() would wait to write what the client does not read
+            return
+        phase = self.client_phase
+        if phase is IDLE:
+            return
+        if self.flow.read_paused:  # the proxy, not the client, holds the request back (pipelining)
+            self.phase_since = now
+            return
+        timeout = watchdog.header_timeout if phase is HEAD else watchdog.body_timeout
+        if now - self.phase_since > timeout + watchdog.period:  # `since` is up to a period early
+            what = "headers" if phase is HEAD else "body"
+            self._refuse(408, f"request {what} not received within {timeout:g}s")
+
+    def _refusing(self, refusal: HeadTooLarge) -> HeadTooLarge:
+        """Note the refusal that uvicorn's `send_400_response` sends once httptools stops."""
+        self.refusal = refusal
+        return refusal
+
+    def _refuse(self, status: int, message: str, *extra: tuple[bytes, bytes]) -> None:
+        """Answer the request being read with `status` and a JSON error, unless it has an answer
+        already or another one is under way; then close."""
+        phase, self.client_phase = self.client_phase, IDLE
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle  # while a body is read, the cycle is that request's; else the one before
+        if cycle is None or (cycle.response_complete if phase is not BODY else not cycle.response_started):
+            body = json.dumps({"error": message}).encode()
+            fields = [STATUS_LINE[status], _encoded(self.server_state.default_headers)]
+            fields.extend(b"%s: %s\r\n" % field for field in (*extra, (b"content-type", b"application/json")))
+            fields.append(b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body))
+            self.transport.write(b"".join(fields) + body)
+        self.transport.close()
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # as uvicorn's connection_lost will: write nothing more
+            cycle.message_event.set()
+
+
+class Watchdog:
+    """One timer per server for the client timeouts: sweeps the open connections a few times per
+    timeout, closing those whose head or body is overdue; runs only while connections are open."""
+
+    def __init__(self, limits: ProxyTimeouts) -> None:
+        self.header_timeout = limits.header_timeout
+        self.body_timeout = limits.body_timeout
+        self.send_timeout = limits.send_timeout
+        shortest = min(limits.header_timeout, limits.body_timeout, limits.send_timeout)
+        self.period = min(max(shortest / SWEEPS_PER_TIMEOUT, MIN_SWEEP_PERIOD), MAX_SWEEP_PERIOD)
+        self.now = 0.0  # the loop's clock at the last sweep: what connections note their phase's start with
+        self._timer: asyncio.TimerHandle | None = None
+
+    def watch(self, protocol: FrontProtocol) -> None:
+        """Make sure the sweeps run over `protocol`'s server's connections."""
+        if self._timer is None:
+            loop = protocol.loop
+            self.now = loop.time()
+            self._timer = loop.call_later(self.period, self._sweep, loop, protocol.connections)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop, connections: set[Any]) -> None:
+        now = self.now = loop.time()
+        for connection in list(connections):
+            if isinstance(connection, FrontProtocol):
+                connection.check_pace(now, self)
+        self._timer = loop.call_later(self.period, self._sweep, loop, connections) if connections else None
 
 
 class ProxyCycle(RequestResponseCycle):
@@ -217,8 +389,8 @@ class ProxyCycle(RequestResponseCycle):
             if not isinstance(admitted, Ticket):
                 self._whole(*admitted)
                 return
-            if len(self.body) > MAX_BODY_BYTES:
-                self._whole(*too_large())
+            if len(self.body) > proxy.max_body:
+                self._whole(*too_large(proxy.max_body))
                 return
             self.ticket = admitted
             refused = proxy.route(self, admitted, bytes(self.body))
@@ -254,7 +426,7 @@ class ProxyCycle(RequestResponseCycle):
             elif conn.complete:
                 conn.listener = None
                 self._loop.call_soon(self._relay_whole)  # batched with the loop's other writes
-            elif conn.error is not None or (conn.head_done and is_stream(conn)):
+            elif conn.error is not None or (conn.head_done and (conn.held or is_stream(conn))):
                 conn.listener = None
                 self._spawn(self.proxy.forward(self, ticket, sent=conn))
         except Exception as exc:
@@ -306,20 +478,20 @@ class ProxyCycle(RequestResponseCycle):
             self.transport.close()
 
     # Exchange ---------------------------------------------------------------------------------
-    async def read_body(self) -> bytes:
+    async def read_body(self, limit: int) -> bytes:
         """The whole request body, as the parser collected it."""
         if self.waiting_for_100_continue and not self.transport.is_closing():
             self.transport.write(CONTINUE)
             self.waiting_for_100_continue = False
-        while self.more_body and not self.disconnected and len(self.body) <= MAX_BODY_BYTES:
+        while self.more_body and not self.disconnected and len(self.body) <= limit:
             self.flow.resume_reading()
             await self.message_event.wait()
             self.message_event.clear()
         if self.disconnected:
             raise ClientGone()
-        if len(self.body) > MAX_BODY_BYTES:
+        if len(self.body) > limit:
             self.keep_alive = False  # the rest of the body is not read: this connection cannot go on
-            raise BodyTooLarge(MAX_BODY_BYTES)
+            raise BodyTooLarge(limit)
         self.flow.resume_reading()  # paused while the body piled up; a disconnect must still be read
         return bytes(self.body)
 
@@ -329,23 +501,29 @@ class ProxyCycle(RequestResponseCycle):
             self._whole(status, body, headers)
 
     async def start(self, status: int, headers: Headers) -> None:
-        """Start a streamed answer (chunked)."""
+        """Start a streamed answer: with the Content-Length in `headers`, else chunked."""
         if not await self._writable():
             return
-        self.chunked_encoding = has_body(status)
+        self.chunked_encoding = has_body(status) and not any(name == b"content-length" for name, _ in headers)
         head = self._head(status, headers)
         self.transport.write(head + CHUNKED + b"\r\n" if self.chunked_encoding else head + b"\r\n")
 
     async def write(self, chunk: bytes) -> None:
-        """Send part of a streamed answer as one chunk."""
-        if chunk and self.chunked_encoding and await self._writable():
-            self.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        """Send part of a streamed answer (as one chunk when chunked)."""
+        if chunk and await self._writable():
+            self.transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk) if self.chunked_encoding else chunk)
 
     async def end(self) -> None:
         """End a streamed answer."""
         if await self._writable():
             if self.chunked_encoding:
                 self.transport.write(LAST_CHUNK)
+            self._complete()
+
+    async def abort(self) -> None:
+        """Cut a streamed answer short: close the connection before its length or last chunk."""
+        if not self.disconnected and not self.response_complete:
+            self.keep_alive = False
             self._complete()
 
     async def gone(self) -> None:
@@ -407,6 +585,11 @@ class ProxyCycle(RequestResponseCycle):
 
 def _nothing() -> None:
     pass
+
+
+def _size(headers: Headers) -> int:
+    """The bytes of header lines as they were sent (name, ": ", value, CRLF)."""
+    return sum(len(name) + len(value) + 4 for name, value in headers)
 
 
 _default_fields: tuple[list[tuple[bytes, bytes]], bytes] = ([], b"")

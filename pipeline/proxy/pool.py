@@ -2,12 +2,19 @@
 
 It sends a request head and body in one write and parses the answer with httptools, so a small
 JSON answer costs one write, one read and no per-request objects beyond the connection's own
-state. Bodies are handed over as they arrive (`read_chunk`, for event streams) or whole
-(`read_body`). A connection goes back to its pool only after a complete answer it may reuse.
+state. Bodies are handed over whole (`read_whole`) or as they arrive (`read_chunk`: event streams,
+and answers too large to hold). A connection goes back to its pool only after a complete answer it
+may reuse.
+
+What an upstream sends is bounded: an answer's head (status line and headers) over the pool's
+`max_head` bytes fails the answer with an UpstreamError, before httptools has gathered more than
+one read past it; past PAUSE_BYTES of unread body, reading from the upstream pauses until the
+proxy relays what it holds, so a large answer streams through in bounded memory.
 
 Instead of awaiting, a caller may set `Connection.listener`: it is then called (from the
 parser's callbacks) when the answer's head is in, when the answer is complete and when the
-connection ends or fails, and reads the state it needs (`head_done`, `complete`, `error`) there.
+connection ends or fails, and when the unread body reaches PAUSE_BYTES (`held`), and reads the
+state it needs (`head_done`, `complete`, `held`, `error`) there.
 """
 
 from __future__ import annotations
@@ -19,10 +26,12 @@ from typing import cast
 
 import httptools
 
+from pipeline.config.settings import DEFAULT_MAX_UPSTREAM_HEADER
 from pipeline.errors import UpstreamError
 
 IDLE_SECONDS = 4.0  # below the 5 s keep-alive of uvicorn and Node, so the server never closes first
-PAUSE_BYTES = 256 * 1024  # a stream's unread body above this pauses reading from the upstream
+PAUSE_BYTES = 256 * 1024  # unread body above this pauses reading from the upstream (the answer is held)
+MAX_HEAD_BYTES = DEFAULT_MAX_UPSTREAM_HEADER
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
@@ -38,8 +47,8 @@ class Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._chunks: list[bytes] = []
         self._buffered = 0
-        self._paused = False
-        self._streaming = False
+        self.held = False  # reading paused with PAUSE_BYTES of the body unread: relay with `read_chunk`
+        self._head_bytes = 0  # of the answer being read, until its head is done
         self._head_only = False
         self._busy = False
         self._keep_alive = False
@@ -64,6 +73,12 @@ class Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError(f"bad HTTP from the upstream: {exc}"))
+            return
+        if not self.head_done:  # all of this read was head: httptools holds it until the head ends
+            self._head_bytes += len(data)
+            if self._head_bytes > self._pool.max_head:
+                limit = self._pool.max_head
+                self._fail(UpstreamError(f"its answer's head is over {limit} bytes (max_upstream_header)"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -94,11 +109,12 @@ class Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         self._chunks.append(body)
         self._buffered += len(body)
-        if self._streaming and self._buffered > PAUSE_BYTES and not self._paused:
-            self._paused = True
+        if self._buffered > PAUSE_BYTES and not self.held:
+            self.held = True  # held: relayed as a stream, not whole
             assert self._transport is not None
             self._transport.pause_reading()
-        if self.listener is None:  # a listener reads the body once it is complete
+            self._wake()
+        elif self.listener is None:  # a listener reads the body once it is complete, or held
             self._wake()
 
     def on_message_complete(self) -> None:
@@ -121,11 +137,14 @@ class Connection(asyncio.Protocol):
                 raise self.error
             await self._wait()
 
-    async def read_body(self) -> bytes:
-        """Wait for the whole body and return it."""
+    async def read_whole(self) -> bytes | None:
+        """Wait for the whole body and return it; None once it is too large to hold (then relay it
+        with `read_chunk`)."""
         while not self.complete:
             if self.error is not None:
                 raise self.error
+            if self.held:
+                return None
             await self._wait()
         return self.take_body()
 
@@ -138,9 +157,8 @@ class Connection(asyncio.Protocol):
     async def read_chunk(self) -> bytes:
         """Return the body bytes that arrived since the last call; b"" once the body ended or broke.
 
-        Once a caller reads this way, reading from the upstream pauses while unread bytes pile up.
+        Reading from the upstream pauses while more than PAUSE_BYTES are unread.
         """
-        self._streaming = True
         while not self._chunks:
             if self.complete or self.error is not None:
                 return b""
@@ -148,8 +166,8 @@ class Connection(asyncio.Protocol):
         data = b"".join(self._chunks)
         self._chunks.clear()
         self._buffered = 0
-        if self._paused and self._transport is not None:
-            self._paused = False
+        if self.held and self._transport is not None:
+            self.held = False
             self._transport.resume_reading()
         return data
 
@@ -167,12 +185,12 @@ class Connection(asyncio.Protocol):
             return
         self.listener = None
         reusable = self.complete and self._keep_alive and not self._head_only
-        if reusable and not self.closed and not self._paused:  # paused: a stream's reads were held
+        if reusable and not self.closed and not self.held:  # paused: a stream's reads were held
             self.status = 0
             self.headers = []
-            self.head_done = self.complete = self._busy = self._streaming = False
+            self.head_done = self.complete = self._busy = False
             self._chunks.clear()
-            self._buffered = 0
+            self._buffered = self._head_bytes = 0
             self._pool.put(self)
         else:
             self.close()
@@ -214,9 +232,12 @@ class Connection(asyncio.Protocol):
 class Pool:
     """Idle keep-alive connections per (host, port); a new one is opened when none is idle."""
 
-    def __init__(self, connect_timeout: float, idle_seconds: float = IDLE_SECONDS) -> None:
+    def __init__(
+        self, connect_timeout: float, max_head: int = MAX_HEAD_BYTES, idle_seconds: float = IDLE_SECONDS
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self.connect_timeout = connect_timeout
+        self.max_head = max_head  # an answer's status line and headers at most
         self.idle_seconds = idle_seconds
         self._idle: dict[tuple[str, int], list[Connection]] = {}
         self._open: set[Connection] = set()

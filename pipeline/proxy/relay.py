@@ -9,8 +9,11 @@ address so that SDK servers' DNS-rebinding guard accepts it.
 `Proxy.serve` works on an `Exchange`: one client request and the means to answer it. front.py's
 HTTP protocol makes one straight from the parser for `/mcp/` requests, with no ASGI cycle in
 between (the fast path); `Proxy.handle` adapts an ASGI request to one, for every other way in
-(app.py's `proxy_routes`). Upstreams are reached with upstream.py's pooled HTTP/1.1 client,
-which writes a request in one go and relays a JSON answer whole.
+(app.py's `proxy_routes`). Upstreams are reached with pool.py's HTTP/1.1 client, which writes a
+request in one go. A JSON answer is relayed whole, with its length, when it is complete within
+pool.PAUSE_BYTES; a larger one streams through as it arrives (its Content-Length passed on, else
+chunked), reading from the upstream no faster than the client reads, so no answer is ever held
+whole; one cut short is cut short for the client too (never ended as if whole).
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ from urllib.parse import quote
 
 from starlette.types import Receive, Scope, Send
 
-from pipeline.errors import BodyTooLarge, ClientGone
+from pipeline.config.settings import DEFAULT_MAX_BODY, DEFAULT_MAX_UPSTREAM_HEADER
+from pipeline.errors import BodyTooLarge, ClientGone, UpstreamError
 from pipeline.proxy.access import Caller, Denied, Gatekeeper
 from pipeline.proxy.exchange import (
     DOT_SEGMENTS,
-    MAX_BODY_BYTES,
     AsgiExchange,
     Exchange,
     Headers,
@@ -137,18 +140,23 @@ class Proxy:
         usage: Usage,
         keepalive: float,
         session_idle_timeout: float = 0.0,
+        *,
+        max_body: int = DEFAULT_MAX_BODY,
+        max_upstream_header: int = DEFAULT_MAX_UPSTREAM_HEADER,
     ) -> None:
         self.router = router
         self.gatekeeper = gatekeeper
         self.usage = usage
         self.keepalive = keepalive
+        self.max_body = max_body  # a request body at most (413)
+        self.max_upstream_header = max_upstream_header  # an answer's head at most (502)
         self.session_idle_timeout = session_idle_timeout  # 0: sessions never expire
         self._pool: Pool | None = None
         self._expiry: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the shared upstream connection pool; start expiring idle sessions."""
-        self._pool = Pool(CONNECT_TIMEOUT)
+        self._pool = Pool(CONNECT_TIMEOUT, self.max_upstream_header)
         if self.session_idle_timeout > 0:
             self._expiry = asyncio.create_task(
                 expire_sessions(self.router, self._pool, self.session_idle_timeout)
@@ -174,11 +182,11 @@ class Proxy:
             await _send_reply(ex, ticket)
             return
         try:
-            body = await ex.read_body()  # read before routing: a slow body must not outlive a drain
+            body = await ex.read_body(self.max_body)  # before routing: a slow body must not outlive a drain
         except ClientGone:
             return
         except BodyTooLarge:
-            await _send_reply(ex, too_large())
+            await _send_reply(ex, too_large(self.max_body))
             return
         refused = self.route(ex, ticket, body)
         if refused is not None:
@@ -213,8 +221,8 @@ class Proxy:
         verdict = self.gatekeeper.check(authorization, origin, ex.server, live.access if live else ("all",))
         if isinstance(verdict, Denied):
             return _json(verdict.status, {"error": verdict.message}, verdict.headers)
-        if declared.isdecimal() and int(declared) > MAX_BODY_BYTES:
-            return too_large()
+        if declared.isdecimal() and int(declared) > self.max_body:
+            return too_large(self.max_body)
         return Ticket(method, verdict, origin, session_id, fields)
 
     def route(self, ex: Exchange, ticket: Ticket, body: bytes) -> Reply | None:
@@ -239,7 +247,7 @@ class Proxy:
 
     async def forward(self, ex: Exchange, ticket: Ticket, sent: Connection | None = None) -> None:
         """Send the ticket's request (unless the pooled connection `sent` carries it already) and
-        relay the answer: whole, or as an event stream."""
+        relay the answer: whole, or as it arrives (an event stream, or a body too large to hold)."""
         assert self._pool is not None, "Proxy.start() was not awaited"
         upstream = ticket.upstream
         assert upstream is not None, "Proxy.route() did not admit this ticket"
@@ -265,15 +273,18 @@ class Proxy:
                 if not any(k == b"cache-control" for k, _ in headers):
                     headers.append((b"cache-control", b"no-cache"))
                 await ex.start(status, _cors((status, b"", headers), ticket.origin)[2])
-                assert ticket.closer is not None
-                await self._relay(conn, ex, ticket.closer)
+                await self._relay(conn, ex, ticket.closer, KEEPALIVE_COMMENT)
+                await ex.end()
                 return
-            # JSON answers and 202s are small: relay them whole, with their length.
+            # JSON answers and 202s are mostly small: relay them whole, with their length.
             try:
-                payload = await conn.read_body()
+                payload = await conn.read_whole()
             except OSError as exc:
                 answer = _bad_gateway(upstream.server, exc)
             else:
+                if payload is None:
+                    status = await self._stream_body(conn, ex, ticket, headers)
+                    return
                 answer = (conn.status, payload, headers)
             status = answer[0]
             await _send_reply(ex, _cors(answer, ticket.origin))  # still in flight: a drain waits for this
@@ -371,10 +382,25 @@ class Proxy:
             self.router.end_session(ticket.session_id)  # the container no longer knows it
         return headers
 
-    async def _relay(self, conn: Connection, ex: Exchange, closer: asyncio.Event) -> None:
-        """Relay an event stream as it arrives; comment on quiet streams; stop when told to close
-        or when the client goes away."""
-        closing: asyncio.Future[Any] = asyncio.ensure_future(closer.wait())
+    async def _stream_body(self, conn: Connection, ex: Exchange, ticket: Ticket, headers: Headers) -> int:
+        """Relay a body too large to hold as it arrives, with the upstream's Content-Length when it
+        gave one; cut the client's answer short if the upstream's is. Return the status to count."""
+        length = conn.header(b"content-length")
+        if length:
+            headers.append((b"content-length", length))
+        await ex.start(conn.status, _cors((conn.status, b"", headers), ticket.origin)[2])
+        if await self._relay(conn, ex, None, b""):
+            await ex.end()
+            return conn.status
+        await ex.abort()
+        return 502 if conn.error is not None else conn.status  # else the client left: not the server's fault
+
+    async def _relay(
+        self, conn: Connection, ex: Exchange, closer: asyncio.Event | None, comment: bytes
+    ) -> bool:
+        """Relay a body as it arrives; write `comment` on a quiet stream at an event boundary; stop
+        when `closer` is set or the client goes away. Return whether the upstream's body ended whole."""
+        closing: asyncio.Future[Any] = asyncio.ensure_future((closer or asyncio.Event()).wait())
         gone: asyncio.Future[Any] = asyncio.ensure_future(ex.gone())
         reading: asyncio.Future[bytes] | None = None
         at_boundary = True
@@ -388,19 +414,19 @@ class Proxy:
                     chunk = reading.result()
                     reading = None
                     if not chunk:
-                        break  # the body ended, or the upstream went away mid-stream: end cleanly
+                        break  # the body ended, or the upstream went away mid-stream
                     at_boundary = chunk.endswith((b"\n\n", b"\r\n\r\n"))
                     await ex.write(chunk)
                 elif done:
                     break  # retired, or the client left
-                elif at_boundary:
-                    await ex.write(KEEPALIVE_COMMENT)
+                elif at_boundary and comment:
+                    await ex.write(comment)
         finally:
             closing.cancel()
             gone.cancel()
             if reading is not None:
                 reading.cancel()
-        await ex.end()
+        return conn.complete
 
     def _track_session(
         self, method: str, session_id: str, issued: str, upstream: Upstream, caller: Caller
@@ -416,9 +442,9 @@ def is_stream(conn: Connection) -> bool:
     return b"text/event-stream" in conn.header(b"content-type")
 
 
-def too_large() -> Reply:
-    """The answer to a request body over MAX_BODY_BYTES."""
-    return _json(413, {"error": f"request body over {MAX_BODY_BYTES} bytes"})
+def too_large(limit: int) -> Reply:
+    """The answer to a request body over `limit` bytes."""
+    return _json(413, {"error": f"request body over {limit} bytes"})
 
 
 async def _send_reply(ex: Exchange, answer: Reply) -> None:
@@ -474,6 +500,11 @@ def _session_gone() -> Reply:
 
 
 def _bad_gateway(server: str, exc: BaseException) -> Reply:
+    """A 502 naming the server; what went wrong when the upstream spoke badly (our own words)."""
+    if isinstance(exc, UpstreamError):
+        why = f"answered badly: {exc}"
+    else:
+        why = f"is unreachable: {exc.__class__.__name__}"
     return _json(
         502,
         {
@@ -481,7 +512,7 @@ def _bad_gateway(server: str, exc: BaseException) -> Reply:
             "id": None,
             "error": {
                 "code": -32603,
-                "message": f"server {server!r} is unreachable: {exc.__class__.__name__}",
+                "message": f"server {server!r} {why}",
             },
         },
         compact=False,

@@ -15,9 +15,14 @@ UVICORN_NAMES: Final[dict[str, str]] = {
     "httptools_impl.HttpToolsProtocol": "be the class FrontProtocol extends",
     "httptools_impl.RequestResponseCycle": "be the class ProxyCycle extends",
     "httptools_impl.STATUS_LINE": "start a fast-path answer with the status line for its code",
+    # HttpToolsProtocol: asyncio.Protocol methods, overridden
+    "HttpToolsProtocol.connection_made": "refuse a connection past `max_connections`, and start the "
+    "watchdog (super)",
+    "HttpToolsProtocol.data_received": "feed the parser (super), then bound a head still incomplete",
+    "HttpToolsProtocol.send_400_response": "answer 414/431 instead when a limit stopped the parser",
     # HttpToolsProtocol: parser callbacks, overridden or relied on
     "HttpToolsProtocol.on_message_begin": "reset a request without an ASGI scope; `_asgi` calls uvicorn's",
-    "HttpToolsProtocol.on_url": "collect the request target in `url` (uvicorn's, not overridden)",
+    "HttpToolsProtocol.on_url": "collect the request target in `url`, up to `max_url` bytes (as uvicorn's)",
     "HttpToolsProtocol.on_header": "collect `headers` and `expect_100_continue` (uvicorn's, not overridden)",
     "HttpToolsProtocol.on_headers_complete": "take the fast path, or call uvicorn's to start an ASGI cycle",
     "HttpToolsProtocol.on_body": "add to the cycle's body, pausing reads past the high-water mark (super)",
@@ -50,6 +55,7 @@ UVICORN_NAMES: Final[dict[str, str]] = {
     "HttpToolsProtocol.server_state": "give ProxyCycle uvicorn's default headers (server, date)",
     "HttpToolsProtocol.loop": "defer ProxyCycle's writes with call_soon and create its tasks",
     "HttpToolsProtocol.tasks": "add ProxyCycle's tasks to those uvicorn's graceful shutdown awaits",
+    "HttpToolsProtocol.connections": "count open connections; the watchdog sweeps them",
     "ServerState.default_headers": "write uvicorn's server and date header lines in every answer",
     # RequestResponseCycle
     "RequestResponseCycle.__init__": "build ProxyCycle's uvicorn state from the protocol's",

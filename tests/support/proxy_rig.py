@@ -86,13 +86,15 @@ def running_proxy(
     keepalive: float = KEEPALIVE,
     front: bool = True,
     session_idle_timeout: float = 0.0,
+    limits: dict[str, Any] | None = None,
     **config: Any,
 ) -> Iterator[Rig]:
     """Serve a proxy on loopback with a fresh Store in `state_dir`; yield its rig.
 
     As the provider serves it, `/mcp/` requests take front.py's fast path; with `front=False`
     plain uvicorn serves the app, so every request goes through ASGI (`Proxy.handle`). Sessions do not
-    expire unless `session_idle_timeout` (seconds) is given. `config`: more uvicorn.Config options.
+    expire unless `session_idle_timeout` (seconds) is given. `limits`: more ProxyTimeouts fields (caps
+    and client timeouts); `config`: more uvicorn.Config options.
     """
     settings = Settings(
         config_path=Path("deploy.yaml"),
@@ -104,13 +106,23 @@ def running_proxy(
             session_drain_timeout=10.0,
             session_idle_timeout=session_idle_timeout,
             allowed_origins=allowed_origins,
+            **(limits or {}),
         ),
     )
     store = Store(state_dir / "central-mcp.db")
     router, usage, clock = Router(), Usage(store), FakeClock()
-    proxy = Proxy(router, Gatekeeper(settings, store, clock=clock), usage, keepalive, session_idle_timeout)
+    caps = settings.proxy
+    proxy = Proxy(
+        router,
+        Gatekeeper(settings, store, clock=clock),
+        usage,
+        keepalive,
+        session_idle_timeout,
+        max_body=caps.max_body,
+        max_upstream_header=caps.max_upstream_header,
+    )
     try:
-        with serve_asgi(proxy_app(proxy, router), front=front, **config) as port:
+        with serve_asgi(proxy_app(proxy, router), front=front, limits=caps, **config) as port:
             yield Rig(port, router, store, settings, usage, clock)
     finally:
         store.close()
