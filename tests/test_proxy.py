@@ -197,7 +197,19 @@ async def test_cookies_never_cross_the_proxy(rig: Rig) -> None:
 
 
 @pytest.mark.parametrize(
-    "media_type", ["text/html; charset=utf-8", "image/svg+xml", "text/plain", "Application/JSON", None]
+    "media_type",
+    [
+        "text/html; charset=utf-8",
+        "image/svg+xml",
+        "text/plain",
+        "Application/JSON",
+        None,
+        # A browser reads a comma-separated Content-Type as a list and takes its last type (the Fetch
+        # standard's "extract a MIME type"): these are HTML to it, whatever their first type says.
+        "application/json, text/html",
+        "application/json;charset=utf-8,text/html",
+        "text/event-stream, text/html",
+    ],
 )
 async def test_relayed_non_mcp_content_is_sandboxed(rig: Rig, media_type: str | None) -> None:
     """An answer that is neither JSON nor an event stream (an HTML page, an SVG, no type at all) comes

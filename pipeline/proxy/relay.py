@@ -371,7 +371,7 @@ class Proxy:
             elif name == b"content-type":
                 kind = value
             headers.append((name, value))
-        if not kind.startswith(MCP_TYPES):
+        if not kind.startswith(MCP_TYPES) or b"," in kind:  # a browser takes a list's last type
             headers.extend(SANDBOX)
         if conn.status < 300:
             assert ticket.upstream is not None
