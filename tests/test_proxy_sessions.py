@@ -23,6 +23,7 @@ from starlette.responses import Response
 from pipeline.proxy.router import Upstream
 from pipeline.proxy.sessions import Session, SessionTable
 from pipeline.store import SessionRow
+from tests.support.loopback import free_port, serve_asgi
 from tests.support.proxy_rig import (
     ACCEPT_BOTH,
     LEGACY,
@@ -33,6 +34,7 @@ from tests.support.proxy_rig import (
     jsonrpc,
     raw_upstream,
     running_proxy,
+    sdk_app,
     sdk_upstream,
     text_of,
 )
@@ -306,6 +308,38 @@ async def test_idle_session_expires_and_is_ended_on_its_container(expiring: Rig)
     assert after.json()["error"]["code"] == SESSION_GONE
     assert len(recorder.seen) == seen, "the expired session's request was not forwarded"
     assert expiring.router.sessions_on("R") == 0
+
+
+async def test_expired_session_is_ended_on_a_container_reached_at_its_network_address(
+    expiring: Rig,
+) -> None:
+    """A container is reached at its address on its own network, not at 127.0.0.1, and an SDK server's
+    DNS-rebinding guard answers 421 to any Host but a loopback one: the DELETE that ends an expired
+    session carries the same loopback Host as every forwarded request, so the session really ends."""
+    port = free_port()
+    with serve_asgi(sdk_app("A", protect=True), port, host="127.0.0.2"):
+        upstream = Upstream("x", 1, "A", "127.0.0.2", port, "/mcp")  # as a container on its network
+        expiring.router.swap({"x": upstream})
+        async with httpx2.AsyncClient(timeout=30) as http:
+            session_id = await _raw_session(http, expiring.url("x"))
+            assert await eventually(lambda: expiring.router.session(session_id) is None, IDLE_TIMEOUT * 4)
+            headers = {
+                **ACCEPT_BOTH,
+                "host": upstream.authority,
+                "mcp-session-id": session_id,
+                "mcp-protocol-version": LEGACY,
+            }
+
+            async def ended_on_the_container() -> bool:
+                direct = await http.post(
+                    upstream.base_url, headers=headers, content=json.dumps(jsonrpc("tools/list"))
+                )
+                return direct.status_code == 404
+
+            deadline = time.monotonic() + 5
+            while not await ended_on_the_container():
+                assert time.monotonic() < deadline, "the container still holds the expired session"
+                await asyncio.sleep(0.1)
 
 
 async def test_session_with_an_open_stream_does_not_expire(expiring: Rig) -> None:

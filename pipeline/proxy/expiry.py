@@ -34,9 +34,10 @@ async def expire_sessions(router: Router, pool: Pool, timeout: float) -> None:
 
 
 async def end_upstream(pool: Pool, upstream: Upstream, session_id: str) -> None:
-    """DELETE a session on the container that issued it (bounded in time; a failure is logged)."""
+    """DELETE a session on the container that issued it (bounded in time; a failure is logged), with
+    the loopback Host every forwarded request carries (an SDK server's guard answers 421 to another)."""
     request = (
-        f"DELETE {upstream.path or '/'} HTTP/1.1\r\nhost: {upstream.host}:{upstream.port}\r\n"
+        f"DELETE {upstream.path or '/'} HTTP/1.1\r\nhost: {upstream.authority}\r\n"
         f"mcp-session-id: {session_id}\r\ncontent-length: 0\r\n\r\n"
     ).encode("latin-1")
     try:
