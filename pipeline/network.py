@@ -1,12 +1,13 @@
 """Per-server networks: each server's containers join a bridge network of their own, and nothing else.
 
 `cmcp-<instance>-<server>` is `internal` (no route out of the VM); a manifest's `run.network:
-egress` gives `cmcp-<instance>-<server>-egress` instead. Each gets a small explicit subnet from
-deploy.yaml's `network.pool` (Docker's own pools run out at about 30 networks) and a bridge
-interface named `cmcp<hash>`, so the firewall (firewall.py) can hold every one of them to the same
-rules. No port is published: the proxy reaches a container at its address on its network, which
-the host routes to, internal networks included. Docker's own rules keep one bridge from another;
-the firewall keeps them from the host and from link-local and metadata addresses.
+egress` gives `cmcp-<instance>-<server>.egress` instead (a dot, which no server name holds: with
+`-egress`, server `x-egress`'s network was server `x`'s egress network, shared). Each gets a small
+explicit subnet from deploy.yaml's `network.pool` (Docker's own pools run out at about 30 networks)
+and a bridge interface named `cmcp<hash>`, so the firewall (firewall.py) can hold every one of them
+to the same rules. No port is published: the proxy reaches a container at its address on its
+network, which the host routes to, internal networks included. Docker's own rules keep one bridge
+from another; the firewall keeps them from the host and from link-local and metadata addresses.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from pipeline.hostrelay import HostRelays
 
 NAME_PREFIX = "cmcp"
 BRIDGE_PREFIX = "cmcp"  # the firewall matches `cmcp+`; interface names hold 15 characters
-EGRESS_SUFFIX = "-egress"
+EGRESS_SUFFIX = ".egress"  # not a DNS label's character: no server name ends with it
 LABEL_EGRESS = "central-mcp.egress"
 CREATE_ATTEMPTS = 8  # another instance may take the same free subnet between our look and our create
 
@@ -47,7 +48,7 @@ class ServerNetwork:
 
 
 def network_name(instance: str, server: str, egress: bool) -> str:
-    """The name of a server's network (`cmcp-<instance>-<server>[-egress]`)."""
+    """The name of a server's network (`cmcp-<instance>-<server>[.egress]`)."""
     return f"{NAME_PREFIX}-{instance}-{server}{EGRESS_SUFFIX if egress else ''}"
 
 

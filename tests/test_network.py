@@ -32,7 +32,7 @@ def test_a_full_pool_says_how_to_widen_it() -> None:
 def test_names_fit_docker_and_the_kernel() -> None:
     """Network names carry instance and server; bridge names fit 15 characters and start with cmcp."""
     name = network_name("abcd1234", "x" * 63, egress=True)
-    assert name == f"cmcp-abcd1234-{'x' * 63}-egress"
+    assert name == f"cmcp-abcd1234-{'x' * 63}.egress"
     assert len(bridge_name(name)) == 15 and bridge_name(name).startswith("cmcp")
     assert bridge_name(name) != bridge_name(network_name("abcd1234", "x" * 63, egress=False))
 
@@ -76,3 +76,19 @@ def test_a_host_service_not_granted_to_the_server_is_refused(networks: Networks)
         networks.granted("other", ["svc"])
     with pytest.raises(NetworkError, match="'nope'"):
         networks.granted("granted", ["nope"])
+
+
+@pytest.mark.docker
+def test_a_server_named_like_another_servers_egress_network_gets_a_network_of_its_own(
+    networks: Networks,
+) -> None:
+    """Server `svc` with egress and server `svc-egress` without (both valid DNS labels) never share a
+    network: sharing one, `svc-egress` would reach `svc`'s container directly, past the proxy, and
+    get `svc`'s route out of the VM."""
+    egress = networks.ensure("svc", egress=True)
+    internal = networks.ensure("svc-egress", egress=False)
+    assert internal.name != egress.name and internal.bridge != egress.bridge
+    assert not internal.subnet.overlaps(egress.subnet)
+    attrs = networks.docker.network(internal.name)
+    assert attrs is not None and attrs["Internal"] is True
+    assert network_name("i", "svc", egress=True) != network_name("i", "svc-egress", egress=False)
