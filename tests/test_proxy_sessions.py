@@ -310,6 +310,30 @@ async def test_idle_session_expires_and_is_ended_on_its_container(expiring: Rig)
     assert expiring.router.sessions_on("R") == 0
 
 
+async def test_a_server_cannot_grow_the_session_table_with_huge_session_ids(rig: Rig) -> None:
+    """A session id is visible ASCII (the spec) and short: a server issuing a 60 KiB one on every
+    answer made the proxy hold (and save) 60 KiB per request until the idle timeout, an hour of a
+    key's requests some GiB. Such an id is neither tracked nor relayed; the answer still is."""
+    counter = iter(range(1_000_000))
+
+    async def answer(request: Request) -> Response:
+        issued = f"{next(counter):08d}".encode() + b"s" * (60 * 1024)
+        return Response(
+            b'{"jsonrpc": "2.0", "id": 1, "result": {}}',
+            media_type="application/json",
+            headers={"mcp-session-id": issued.decode()},
+        )
+
+    with raw_upstream("x", Recorder(answer), container_id="R") as raw:
+        rig.router.swap({"x": raw})
+        async with httpx2.AsyncClient() as http:
+            for _ in range(20):
+                reply = await http.post(rig.url("x"), headers=ACCEPT_BOTH, content=b"{}")
+                assert reply.status_code == 200
+                assert "mcp-session-id" not in reply.headers
+    assert rig.router.sessions_on("R") == 0
+
+
 async def test_expired_session_is_ended_on_a_container_reached_at_its_network_address(
     expiring: Rig,
 ) -> None:

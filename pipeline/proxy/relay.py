@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -78,6 +79,10 @@ SANDBOX = (
 NO_BODY_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "CONNECT"})  # no Content-Length: 0
 PATH_SAFE = "/:@!$&'()*+,;=~"  # RFC 3986 pchar and "/": not percent-encoded in the upstream path
 SESSION_HEADER = b"mcp-session-id"
+# A session id is visible ASCII (the spec); a longer one than this is no session id but a server
+# making the proxy hold (and save) its bytes for every request until the idle timeout.
+MAX_SESSION_ID = 1024
+SESSION_ID = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_SESSION_ID)
 RETRY_AFTER_SECONDS = "5"
 CONNECT_TIMEOUT = 10.0
 KEEPALIVE_COMMENT = b": keep-alive\n\n"
@@ -367,6 +372,8 @@ class Proxy:
             if name in NOT_RELAYED:
                 continue
             if name == SESSION_HEADER:
+                if not SESSION_ID.fullmatch(value):
+                    continue  # neither tracked nor relayed (MAX_SESSION_ID)
                 issued = value
             elif name == b"content-type":
                 kind = value
