@@ -138,6 +138,45 @@ def test_huge_upstream_headers_get_502_naming_the_cap_in_bounded_memory(tmp_path
     assert grew < 8 * MIB, f"peak memory rose by {grew / MIB:.0f} MiB"
 
 
+@pytest.mark.parametrize("way", FAST_AND_ASGI)
+@pytest.mark.parametrize("pooled", [False, True], ids=["new-connection", "pooled-connection"])
+def test_a_client_that_leaves_before_a_silent_server_answers_frees_the_upstream(
+    tmp_path: Path, way: str, pooled: bool
+) -> None:
+    """A server that never answers does not hold the proxy's upstream connection, its in-flight count
+    (a drain waits on it) and its task once the client has gone: each retry of a client that gave up
+    would else leave one more of each for as long as the server likes."""
+    requests: list[int] = []
+    closed = threading.Event()
+
+    def silent(sock: socket.socket) -> None:
+        while True:
+            _read_request_head(sock)
+            requests.append(1)
+            if pooled and len(requests) == 1:  # the first one is answered: its connection is pooled
+                sock.sendall(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}"
+                )
+                continue
+            sock.settimeout(10)
+            if sock.recv(65536) == b"":
+                closed.set()
+            return
+
+    with (
+        running_proxy(tmp_path, front=way == "front") as rig,
+        _tcp_upstream(silent) as port,
+    ):
+        rig.router.swap({"x": upstream("x", port, "raw")})
+        if pooled:
+            assert _fetch(rig, "POST", "/mcp/x", b"{}")[0] == 200
+        with _connect(rig) as sock:
+            sock.sendall(b"POST /mcp/x HTTP/1.1\r\nhost: p\r\ncontent-length: 2\r\n\r\n{}")
+            assert _eventually(lambda: len(requests) == (2 if pooled else 1))
+        assert closed.wait(5), "the upstream connection outlived the client that left"
+        assert _eventually(lambda: rig.router.inflight("raw") == 0)
+
+
 # item 8: what a client sends ------------------------------------------------------------------
 @pytest.fixture
 def tight(tmp_path: Path) -> Iterator[Rig]:

@@ -68,6 +68,7 @@ SHAPES: dict[str, Method | Attribute | Importable] = {
     "httptools_impl.RequestResponseCycle": Importable(type),
     "httptools_impl.STATUS_LINE": Importable(dict),
     "HttpToolsProtocol.connection_made": Method(("transport",), overridden=True),
+    "HttpToolsProtocol.connection_lost": Method(("exc",), overridden=True),
     "HttpToolsProtocol.data_received": Method(("data",), overridden=True),
     "HttpToolsProtocol.send_400_response": Method(("msg",), overridden=True),
     "HttpToolsProtocol.on_message_begin": Method((), overridden=True),

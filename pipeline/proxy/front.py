@@ -57,7 +57,7 @@ from pipeline.config.settings import ProxyTimeouts
 from pipeline.errors import BodyTooLarge, ClientGone, HeadTooLarge
 from pipeline.proxy.exchange import Headers, has_body, mcp_target
 from pipeline.proxy.pool import Connection
-from pipeline.proxy.relay import Proxy, Ticket, is_stream, too_large
+from pipeline.proxy.relay import CLIENT_GONE, Proxy, Ticket, is_stream, too_large
 
 FAST_METHODS = frozenset({b"GET", b"POST", b"DELETE", b"OPTIONS"})
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -136,6 +136,13 @@ class FrontProtocol(HttpToolsProtocol):
             return
         self.watchdog.watch(self)
         self.client_phase, self.phase_since = HEAD, self.watchdog.now  # its first request is due
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """The client left: a proxy request still waiting on its upstream without a task lets go of it."""
+        cycle = self.cycle
+        super().connection_lost(exc)
+        if isinstance(cycle, ProxyCycle):
+            cycle.client_left()
 
     def data_received(self, data: bytes) -> None:
         """Parse, then bound what httptools holds of a head that is still incomplete."""
@@ -406,6 +413,21 @@ class ProxyCycle(RequestResponseCycle):
             self._loop.call_soon(self._send)  # batched with the loop's other writes
         except Exception as exc:
             self._crash(exc)
+
+    def client_left(self) -> None:
+        """The client went away: if the answer is still awaited on a pooled connection's callbacks
+        (no task watches the client then), close that connection and end the request, so that a
+        server that never answers holds neither."""
+        conn, ticket = self.conn, self.ticket
+        if conn is None or ticket is None or conn.listener is None:
+            return  # not waiting on callbacks: a task (or nothing) has the request
+        conn.listener = None
+        self.conn = None  # a `_send` still due sends nothing
+        if self.sent:
+            conn.release()  # closes it: its answer is not complete
+        else:
+            conn.close()
+        self.proxy.finish(ticket, CLIENT_GONE)
 
     def _send(self) -> None:
         conn, ticket = self.conn, self.ticket

@@ -23,8 +23,8 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Coroutine, Mapping
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from starlette.types import Receive, Scope, Send
@@ -46,6 +46,7 @@ from pipeline.proxy.sessions import Session
 from pipeline.proxy.usage import Usage
 
 Reply = tuple[int, bytes, Headers]  # an answer the proxy makes itself: status, body, headers
+T = TypeVar("T")
 
 HOP_BY_HOP = frozenset(
     {
@@ -84,6 +85,7 @@ SESSION_HEADER = b"mcp-session-id"
 MAX_SESSION_ID = 1024
 SESSION_ID = re.compile(rb"[\x21-\x7e]{1,%d}" % MAX_SESSION_ID)
 RETRY_AFTER_SECONDS = "5"
+CLIENT_GONE = 499  # counted for a request whose client left before its answer came (nginx's code)
 CONNECT_TIMEOUT = 10.0
 KEEPALIVE_COMMENT = b": keep-alive\n\n"
 ROUTE_ATTEMPTS = 3
@@ -258,9 +260,13 @@ class Proxy:
         assert upstream is not None, "Proxy.route() did not admit this ticket"
         try:
             if sent is not None:
-                conn = await self._pool.answer_to(sent, ticket.method, ticket.request)
+                waiting = self._pool.answer_to(sent, ticket.method, ticket.request)
             else:
-                conn = await self._pool.request(upstream.host, upstream.port, ticket.method, ticket.request)
+                waiting = self._pool.request(upstream.host, upstream.port, ticket.method, ticket.request)
+            conn = await _unless_gone(ex, waiting)  # a silent server holds nothing once the client left
+        except ClientGone:
+            self.finish(ticket, CLIENT_GONE)
+            return
         except OSError as exc:  # refused, reset, timed out, or not HTTP
             self.finish(ticket, 502)
             await _send_reply(ex, _cors(_bad_gateway(upstream.server, exc), ticket.origin))
@@ -283,7 +289,10 @@ class Proxy:
                 return
             # JSON answers and 202s are mostly small: relay them whole, with their length.
             try:
-                payload = await conn.read_whole()
+                payload = await _unless_gone(ex, conn.read_whole())
+            except ClientGone:
+                status = CLIENT_GONE
+                return
             except OSError as exc:
                 answer = _bad_gateway(upstream.server, exc)
             else:
@@ -442,6 +451,24 @@ class Proxy:
             self.router.end_session(session_id)
         elif issued and not session_id and self.router.session(issued) is None:
             self.router.open_session(issued, upstream, caller.key_id)
+
+
+async def _unless_gone(ex: Exchange, waiting: Coroutine[Any, Any, T]) -> T:
+    """Await `waiting`, unless the client goes away first: then cancel it (the pool closes the
+    upstream connection it waited on) and raise ClientGone."""
+    work: asyncio.Future[T] = asyncio.ensure_future(waiting)
+    gone: asyncio.Future[None] = asyncio.ensure_future(ex.gone())
+    try:
+        await asyncio.wait((work, gone), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not work.done():
+            work.cancel()
+            with contextlib.suppress(BaseException):
+                await work
+    if work.cancelled():
+        raise ClientGone()
+    return work.result()
 
 
 def is_stream(conn: Connection) -> bool:

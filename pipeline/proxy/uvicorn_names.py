@@ -18,6 +18,8 @@ UVICORN_NAMES: Final[dict[str, str]] = {
     # HttpToolsProtocol: asyncio.Protocol methods, overridden
     "HttpToolsProtocol.connection_made": "refuse a connection past `max_connections`, and start the "
     "watchdog (super)",
+    "HttpToolsProtocol.connection_lost": "mark the cycle disconnected (super), then let a proxy request "
+    "waiting on its upstream without a task go",
     "HttpToolsProtocol.data_received": "feed the parser (super), then bound a head still incomplete",
     "HttpToolsProtocol.send_400_response": "answer 414/431 instead when a limit stopped the parser",
     # HttpToolsProtocol: parser callbacks, overridden or relied on
