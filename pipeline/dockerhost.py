@@ -5,7 +5,8 @@ no-new-privileges, all capabilities dropped, memory and CPU limits, a read-only 
 size-capped tmpfs at /tmp and at every VOLUME the image declares, a non-root user whatever the
 image's USER says) and labelled so that what runs can be read back, the network they are reached on
 included. overlay2 on ext4 has no per-container disk quota: a container writes only to
-memory-backed tmpfs, counted in its memory limit, and never gets a Docker volume.
+memory-backed tmpfs, counted in its memory limit, and never gets a Docker volume; what it prints
+goes to a json-file log of LOG_FILES rotated files of LOG_FILE_SIZE (unbounded, it filled the disk).
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ STOP_GRACE_SECONDS = 10
 ERROR_BODY_BYTES = 4096  # of an engine's refusal, quoted in the error
 MAX_LINE_CHARS = 8192  # of one build output line, as logged
 CPU_PERIOD = 100_000  # µs: the CFS period a container's CPU quota is counted in (Docker's default)
+LOG_FILE_SIZE = "8m"  # a server's output kept on the host: at most LOG_FILES files of this size
+LOG_FILES = "2"
 TMP_DIR = "/tmp"  # the writable tmpfs every server container gets, and its HOME
 TMPFS_OPTIONS = "rw,nosuid,nodev,noexec"
 
@@ -265,6 +268,9 @@ class DockerHost:
                 mem_limit=spec.memory_bytes,
                 cpu_period=CPU_PERIOD,
                 cpu_quota=_quota(min(max(spec.cpus, spec.startup_cpus), cpus)),
+                log_config=docker.types.LogConfig(
+                    type="json-file", config={"max-size": LOG_FILE_SIZE, "max-file": LOG_FILES}
+                ),
                 security_opt=["no-new-privileges"],
                 cap_drop=["ALL"],
                 pids_limit=256,

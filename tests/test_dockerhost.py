@@ -11,10 +11,15 @@ import pytest
 
 from pipeline import dockerfile
 from pipeline.baseimage import BASE_IMAGE
-from pipeline.dockerhost import LABEL_INSTANCE, DockerHost
+from pipeline.config.settings import Settings
+from pipeline.dockerhost import LABEL_INSTANCE, DockerHost, RunSpec
 from pipeline.errors import BuildError, BuildKitUnavailable
+from pipeline.hostrelay import HostRelays
+from pipeline.network import Networks
 
 LABELS = {"central-mcp.server": "probe", "central-mcp.release": "r1"}
+MIB = 1 << 20
+MAX_LOGGED = 24 * MIB  # of a server's output kept on the host's disk, rotated files included
 
 
 @pytest.fixture
@@ -167,3 +172,41 @@ def test_removing_a_container_removes_its_anonymous_volumes(
         if volume in left:  # a failed run leaves nothing behind either
             docker_host.client.volumes.get(volume).remove(force=True)
         assert volume not in left
+
+
+@pytest.mark.docker
+def test_what_a_server_logs_takes_bounded_space_on_the_host(
+    docker_host: DockerHost, instance_label: str
+) -> None:
+    """A server's root is read-only and its /tmp a capped tmpfs, but its output went to an unbounded
+    json-file on the host's disk: a server printing without end filled the disk the engine and the
+    provider's database live on. What it logs is kept to a few rotated files."""
+    settings = Settings(config_path=Path("deploy.yaml"), state_dir=Path(".central-mcp"))
+    networks = Networks(docker_host, settings, instance_label, HostRelays(settings.network))
+    net = networks.ensure("logs", egress=False)
+    try:
+        spill = "import sys\nline = 'x' * 1023 + '\\n'\nfor _ in range(64 * 1024): sys.stdout.write(line)\n"
+        running = docker_host.run(
+            RunSpec(
+                BASE_IMAGE,
+                f"cmcp-{instance_label[-20:]}-logs",
+                8000,
+                {LABEL_INSTANCE: instance_label},
+                {},
+                128 * MIB,
+                0.5,
+                ("python3", "-c", spill),
+                restart="never",
+                network=net.name,
+            )
+        )
+        container = docker_host.client.containers.get(running.id)
+        container.wait(timeout=60)
+        container.reload()
+        log = Path(container.attrs["LogPath"])
+        written = sum(f.stat().st_size for f in log.parent.glob(log.name + "*"))
+        assert written <= MAX_LOGGED, f"{written / MIB:.0f} MiB of a server's output kept on the host"
+    finally:
+        for container in docker_host.containers({LABEL_INSTANCE: instance_label}):
+            container.remove(force=True)
+        networks.prune({})
