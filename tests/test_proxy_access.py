@@ -20,6 +20,7 @@ from pipeline.proxy.router import Upstream
 from tests.support.loopback import free_port
 from tests.support.proxy_rig import (
     ACCEPT_BOTH,
+    LEGACY,
     Recorder,
     Rig,
     connect,
@@ -163,6 +164,46 @@ async def test_session_opened_with_one_key_gets_404_with_another(rig: Rig) -> No
             stolen = await _post(rig, "x", k2, **{"mcp-session-id": session_id})
             assert stolen.status_code == 404
             assert text_of(await client.call_tool("whoami")) == "A"
+
+
+async def _open_session(http: httpx2.AsyncClient, url: str, token: str) -> str:
+    """Open a session with a raw initialize + initialized under `token`; return its id."""
+    auth = {"authorization": f"Bearer {token}"}
+    init = jsonrpc(
+        "initialize",
+        {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+    )
+    reply = await http.post(url, headers={**ACCEPT_BOTH, **auth}, content=json.dumps(init))
+    session_id = reply.headers["mcp-session-id"]
+    headers = {**ACCEPT_BOTH, **auth, "mcp-session-id": session_id, "mcp-protocol-version": LEGACY}
+    note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    assert (await http.post(url, headers=headers, content=json.dumps(note))).status_code == 202
+    return session_id
+
+
+async def test_a_second_session_header_cannot_reach_another_keys_session(rig: Rig) -> None:
+    """A request carrying its own session id and, first, another key's gets no further than its own:
+    the proxy checked the last one while a server reads the first, so K2 ended K1's session."""
+    k1, k2 = _key(rig, "web"), _key(rig, "web")
+    with sdk_upstream("x", "A") as a:
+        rig.router.swap({"x": a})
+        async with httpx2.AsyncClient(timeout=30) as http:
+            s1 = await _open_session(http, rig.url("x"), k1)
+            s2 = await _open_session(http, rig.url("x"), k2)
+            both = [
+                ("authorization", f"Bearer {k2}"),
+                ("mcp-session-id", s1),
+                ("mcp-session-id", s2),
+                ("mcp-protocol-version", LEGACY),
+            ]
+            await http.delete(rig.url("x"), headers=both)
+            mine = {**ACCEPT_BOTH, "authorization": f"Bearer {k1}", "mcp-session-id": s1}
+            still = await http.post(
+                rig.url("x"),
+                headers={**mine, "mcp-protocol-version": LEGACY},
+                content=json.dumps(jsonrpc("tools/list")),
+            )
+    assert still.status_code == 200, "K2 ended the session of K1"
 
 
 async def test_rate_limit_answers_429_with_retry_after(rig: Rig, recorder: Recorder) -> None:

@@ -207,6 +207,7 @@ class Proxy:
             return _dot_segment(ex.server, ex.rest)
         method = ex.method
         origin = authorization = declared = session_id = asked = ""
+        sessions = False
         fields: list[bytes] = []
         for name, value in ex.headers:
             if name in NOT_FORWARDED:
@@ -218,6 +219,9 @@ class Proxy:
                     declared = value.decode("latin-1")
                 continue
             if name == SESSION_HEADER:
+                if sessions:  # the proxy would check one and a server read another
+                    return _json(400, {"error": "more than one Mcp-Session-Id header"})
+                sessions = True
                 session_id = value.decode("latin-1")
             elif name == b"access-control-request-headers":
                 asked = value.decode("latin-1")
