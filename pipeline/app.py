@@ -175,15 +175,9 @@ def create_app(
         s = services(request)
         checks = await asyncio.to_thread(_self_check, s)
         ok = all(v == "ok" for v in checks.values())
-        return JSONResponse(
-            {
-                "ok": ok,
-                "checks": checks,
-                "routes": sorted(s.ctx.router.table),
-                "servers": {k: h.summary() for k, h in s.monitor.health.items()},
-            },
-            status_code=200 if ok else 503,
-        )
+        admin = pages.admin_denied(request, s.ctx.settings) is None
+        shown = _servers_shown(s, admin)
+        return JSONResponse({"ok": ok, "checks": checks, **shown}, status_code=200 if ok else 503)
 
     async def metrics(request: Request) -> Response:
         s = services(request)
@@ -338,6 +332,16 @@ def _on_hangup(services: Services) -> bool:
         log.info("SIGHUP does not reload here (not the main thread); use `central-mcp reload`")
         return False
     return True
+
+
+def _servers_shown(s: Services, admin: bool) -> dict[str, Any]:
+    """The routes and server health /healthz lists: every server for the admin (or when no admin
+    token is set), else, as the registry without a key, only those whose manifest allows `all` (a
+    restricted server's name and state are its projects' business)."""
+    table = s.ctx.router.table
+    shown = {name for name, upstream in table.items() if admin or "all" in upstream.access}
+    health = {name: h.summary() for name, h in s.monitor.health.items() if admin or name in shown}
+    return {"routes": sorted(shown), "servers": health}
 
 
 def _self_check(s: Services) -> dict[str, str]:

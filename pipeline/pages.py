@@ -83,7 +83,7 @@ def routes(get: Getter) -> list[Route]:
         async def guarded(request: Request) -> Response:
             src = get(request)
             request.state.nonce = secrets.token_urlsafe(16)
-            response = _admin_denied(request, src.settings) or await handler(request, src)
+            response = admin_denied(request, src.settings) or await handler(request, src)
             response.headers.update(PAGE_HEADERS)
             response.headers["Content-Security-Policy"] = PAGE_POLICY.format(nonce=request.state.nonce)
             if request.query_params.get("token") and src.settings.admin_token and response.status_code != 401:
@@ -285,7 +285,8 @@ def _optional_caller(request: Request, src: Sources) -> Caller | Denied | None:
     return src.gatekeeper.identify(request.headers["authorization"])
 
 
-def _admin_denied(request: Request, settings: Settings) -> Response | None:
+def admin_denied(request: Request, settings: Settings) -> Response | None:
+    """None when the request carries the admin token (or none is set), else the 401 to answer."""
     token = settings.admin_token
     if not token:
         return None

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from types import SimpleNamespace
 
-from pipeline.app import _self_check
+from pipeline.app import _self_check, _servers_shown
 from pipeline.config.settings import Settings
 from pipeline.firewall import Guard, Status
+from pipeline.monitor import Health
+from pipeline.proxy.router import Router, Upstream
 from pipeline.store import Store
 
 
@@ -57,3 +60,21 @@ def test_a_missing_firewall_fails_healthz_naming_the_fix(tmp_path: Path) -> None
 
     assert checks["firewall"] == "failing: no CMCP-INPUT chain; run `sudo central-mcp firewall`"
     store.close()
+
+
+def test_healthz_names_a_restricted_server_only_to_the_admin() -> None:
+    """Without a key the registry lists only servers whose manifest allows `all`; /healthz, which needs
+    no key either, listed every route and its health, restricted ones included."""
+    public = Upstream("open", 1, "c1", "10.0.0.2", 8000, "/mcp")
+    restricted = Upstream("payroll", 1, "c2", "10.0.0.3", 8000, "/mcp", access=("finance",))
+    router = Router()
+    router.swap({"open": public, "payroll": restricted})
+    health = {"open": Health(), "payroll": Health()}
+    services = SimpleNamespace(ctx=SimpleNamespace(router=router), monitor=SimpleNamespace(health=health))
+
+    anonymous = _servers_shown(services, admin=False)  # type: ignore[arg-type]
+    admin = _servers_shown(services, admin=True)  # type: ignore[arg-type]
+
+    assert "payroll" not in json.dumps(anonymous)
+    assert anonymous["routes"] == ["open"] and list(anonymous["servers"]) == ["open"]
+    assert admin["routes"] == ["open", "payroll"] and sorted(admin["servers"]) == ["open", "payroll"]
