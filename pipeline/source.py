@@ -174,12 +174,21 @@ def init_bare(path: Path, branch: str) -> None:
         ) from exc
 
 
-def fetch(mirror: Path, url: str, refspec: str, env: Mapping[str, str], options: list[str]) -> None:
-    """Fetch `refspec` from `url` into the bare `mirror`; `env` and `-c` `options` carry credentials.
+def fetch(
+    mirror: Path,
+    url: str,
+    refspec: str,
+    env: Mapping[str, str],
+    options: list[str],
+    timeout: float | None = None,
+) -> None:
+    """Fetch `refspec` from `url` into the bare `mirror`; `env` and `-c` `options` carry credentials;
+    git is stopped after `timeout` seconds (a server that accepts and then sends nothing).
 
     Raises git.GitCommandError, whose stderr the caller masks before it shows it.
     """
-    _run(["git", "-C", str(mirror), *options, "fetch", "--quiet", "--", url, refspec], {**os.environ, **env})
+    args = ["git", "-C", str(mirror), *options, "fetch", "--quiet", "--", url, refspec]
+    _run(args, {**os.environ, **env}, timeout)
 
 
 def snapshots_dir(state_dir: Path) -> Path:
@@ -193,9 +202,13 @@ def new_workdir(parent: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="snap-", dir=parent))
 
 
-def _run(args: list[str], env: Mapping[str, str] | None = None) -> None:
-    """Run a git command that writes (no shell); raise git.GitCommandError with its stderr."""
-    proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False)
+def _run(args: list[str], env: Mapping[str, str] | None = None, timeout: float | None = None) -> None:
+    """Run a git command that writes (no shell); raise git.GitCommandError with its stderr (saying
+    so when it did not end within `timeout` seconds)."""
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, env=env, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise git.GitCommandError("git", -1, f"no answer within {timeout:g}s (proxy.deploy_timeout)") from exc
     if proc.returncode != 0:
         raise git.GitCommandError(
             "git", proc.returncode, proc.stderr

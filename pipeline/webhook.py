@@ -177,7 +177,7 @@ def fetch_tip(
     try:
         source.init_bare(mirror, repo.branch)
         log.line(f"fetching {repo.branch} from {_redact(url)}")
-        source.fetch(mirror, url, f"+{ref}:{ref}", git_env, config)
+        source.fetch(mirror, url, f"+{ref}:{ref}", git_env, config, settings.proxy.deploy_timeout)
         tip = source.resolve(mirror, ref)
     except git.GitCommandError as exc:
         detail = log.masker(str(exc.stderr or "").strip().removeprefix("stderr: "))

@@ -402,3 +402,56 @@ def test_a_repo_named_with_its_owner_in_another_case_matches() -> None:
     repo = Repo(name="owner/PROJECTS_all", branch="master", webhook=Webhook("github", "GH_SECRET"))
     rx, rec = receiver(repo)
     assert rx.handle(github(raw)).status == 202 and rec.requests[0].repo == "owner/PROJECTS_all"
+
+
+def test_a_fetch_that_never_ends_fails_by_the_deploy_timeout(tmp_path: Path) -> None:
+    """A git server that accepts the fetch and then sends nothing held the repo's deploy lane, and every
+    later delivery behind it, for good: proxy.deploy_timeout bounds the whole runbook, the fetch too."""
+    import socket
+    import threading
+    import time
+
+    from pipeline.config.settings import ProxyTimeouts
+    from pipeline.errors import SourceError
+    from pipeline.store import Store
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        try:
+            while True:
+                held.append(listener.accept()[0])  # read nothing, answer nothing
+        except OSError:
+            return
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/owner/repo.git"
+    repo = Repo(name="owner/repo", branch="main", clone_url=url, webhook=Webhook("github", "S"))
+    settings = Settings(
+        config_path=tmp_path / "deploy.yaml",
+        state_dir=tmp_path / "state",
+        repos=(repo,),
+        proxy=ProxyTimeouts(deploy_timeout=2.0),
+    )
+    log = DeployLog(Store(tmp_path / "state" / "db.sqlite"), 1)
+    outcome: list[BaseException | None] = []
+
+    def fetch() -> None:
+        try:
+            webhook.fetch_tip(settings, repo, url, "0" * 40, log, {})
+            outcome.append(None)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    started = time.monotonic()
+    worker = threading.Thread(target=fetch, daemon=True)
+    worker.start()
+    worker.join(15)
+    took = time.monotonic() - started
+    listener.close()
+    for sock in held:
+        sock.close()
+    worker.join(15)
+    assert took < 15, "the fetch was still waiting on a silent git server after 15 s"
+    assert isinstance(outcome[0], SourceError) and "2s" in str(outcome[0]), outcome
