@@ -236,6 +236,24 @@ async def test_origin_not_allowed_gets_403(rig: Rig, recorder: Recorder) -> None
     assert recorder.seen == []
 
 
+@pytest.mark.parametrize("origin", ["null", "app.example", "file://"])
+async def test_an_allowed_origin_written_without_a_scheme_lets_no_opaque_origin_in(
+    tmp_path: Path, origin: str
+) -> None:
+    """`allowed_origins: [app.example]` (a host, no scheme) is a slip that matched `Origin: null`, which
+    every sandboxed frame and data: page on any site sends: with open access, any web page could call
+    every server. A schemeless entry and an opaque origin match nothing."""
+    recording = Recorder()
+    with (
+        running_proxy(tmp_path, allowed_origins=("app.example",)) as rig,
+        raw_upstream("x", recording) as raw,
+    ):
+        rig.router.swap({"x": raw})
+        reply = await _post(rig, "x", origin=origin)
+    assert reply.status_code == 403
+    assert recording.seen == []
+
+
 @pytest.mark.parametrize("origin", [APP_ORIGIN, "HTTPS://APP.EXAMPLE", "http://127.0.0.1:8900"])
 async def test_allowed_origin_passes(rig: Rig, recorder: Recorder, origin: str) -> None:
     """An Origin on the allow-list (any case), or the provider's own base URL, is forwarded."""

@@ -74,7 +74,8 @@ class Gatekeeper:
 
     def configure(self, settings: Settings) -> None:
         """Use `settings` (projects, rate limits, origins) from now on: a reload of deploy.yaml."""
-        self._origins = {_origin(o) for o in settings.proxy.allowed_origins} | {_origin(settings.base_url)}
+        origins = {_origin(o) for o in settings.proxy.allowed_origins} | {_origin(settings.base_url)}
+        self._origins = origins - {""}  # an entry without a scheme lets nothing in
         self.settings = settings
 
     @property
@@ -157,5 +158,7 @@ def _unauthorized(problem: str, error: str) -> Denied:
 
 
 def _origin(url: str) -> str:
+    """`scheme://host[:port]`, lower case; "" for what has no scheme or host (an opaque `null`, or an
+    allow-list entry written as a bare host), which matches nothing."""
     parts = urlsplit(url.strip())
-    return f"{parts.scheme}://{parts.netloc}".lower()
+    return f"{parts.scheme}://{parts.netloc}".lower() if parts.scheme and parts.netloc else ""
