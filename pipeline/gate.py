@@ -121,7 +121,7 @@ def handshake(url: str, timeout: float, max_bytes: int = DEFAULT_MAX_HANDSHAKE) 
     except NotMCP as refused:
         return _stateless(url, timeout, max_bytes, refused)
     if not isinstance(init.get("protocolVersion"), str):
-        raise NotMCP(f"initialize result has no protocolVersion: {str(init)[:200]}")
+        raise NotMCP(f"initialize result has no protocolVersion: {_excerpt(json.dumps(init).encode())}")
     session.protocol = init["protocolVersion"]
     session.notify("notifications/initialized")
     tools = session.list_tools()

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 MASK = "****"
+CUT = "…"  # what ends an excerpt cut short (gate.py): the start of a form before it is hidden too
 MIN_MASKED_LENGTH = 3  # a value shorter than this is not masked at all
 MIN_ENCODED_LENGTH = 6  # an encoded form (or fragment) shorter than this is not masked
 ALIGNMENT_SKIP = (0, 2, 3)  # base64 characters that mix bits of what precedes a value offset by 0, 1, 2 bytes
@@ -58,7 +59,24 @@ class Masker:
         for pattern in self.patterns:
             if pattern in text:
                 text = text.replace(pattern, MASK)
-        return text
+        return self._cut_short(text) if CUT in text else text
+
+    def _cut_short(self, text: str) -> str:
+        """Hide the start of a form cut off by a `…` (an excerpt of a server's answer): cut after
+        its last character but one, a value showed all of that to whoever read the excerpt."""
+        parts = text.split(CUT)
+        for i, part in enumerate(parts[:-1]):
+            start = len(part)  # where the longest start of a form that ends the part begins
+            for pattern in self.patterns:
+                at = part.find(pattern[0], max(0, len(part) - len(pattern) + 1))
+                while 0 <= at <= len(part) - MIN_ENCODED_LENGTH:
+                    if pattern.startswith(part[at:]):
+                        start = min(start, at)
+                        break
+                    at = part.find(pattern[0], at + 1)
+            if start < len(part):
+                parts[i] = part[:start] + MASK
+        return CUT.join(parts)
 
     def data(self, value: Any) -> Any:
         """`value` (decoded JSON: what a container answered) with every string in it masked."""

@@ -336,3 +336,21 @@ def test_a_failed_initialize_is_reported_not_the_stateless_fallbacks_error() -> 
     assert text.index("crypto is not defined") < text.find("Server not initialized") or (
         "Server not initialized" not in text
     )
+
+
+@pytest.mark.parametrize("kept", [6, 20, 39])
+def test_a_secret_cut_off_in_the_gates_error_is_masked_all_the_same(kept: int) -> None:
+    """The gate quotes a server's error cut at 160 characters, and output is masked after that: a
+    server placing its secret across the cut showed all of it but its last characters to the pusher."""
+    from pipeline.masking import Masker
+
+    secret = "Zq8v3LrT0pWmX2cN7bKd4HfYs9AeUg5J1oViEtRn"  # 40 characters
+    # "-32000: " and the filler fill the 160 characters the excerpt keeps up to `kept` of the secret
+    message = "x" * (160 - len("-32000: ") - kept) + secret
+    body = {"jsonrpc": "2.0", "id": 1, "error": {"code": -32000, "message": message}}
+    app = Starlette(routes=[Route("/mcp", lambda r: JSONResponse(body), methods=["POST"])])
+    with serve_asgi(app) as port, pytest.raises(GateError) as err:
+        gate.wait_until_healthy(f"http://127.0.0.1:{port}/mcp", timeout=0.5, interval=0.1)
+    assert secret[:kept] in str(err.value)  # the cut is where the test put it
+    shown = Masker([secret])(str(err.value))
+    assert secret[:kept] not in shown, shown
