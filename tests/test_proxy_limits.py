@@ -8,6 +8,7 @@ checked (item 8), on front.py's fast path (`/mcp/x` POST/GET) and on the way it 
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import socket
@@ -175,6 +176,32 @@ def test_a_client_that_leaves_before_a_silent_server_answers_frees_the_upstream(
             assert _eventually(lambda: len(requests) == (2 if pooled else 1))
         assert closed.wait(5), "the upstream connection outlived the client that left"
         assert _eventually(lambda: rig.router.inflight("raw") == 0)
+
+
+def test_a_client_leaving_after_its_answer_leaves_the_next_request_on_that_upstream_alone(
+    tmp_path: Path,
+) -> None:
+    """Once answered, a request's pooled upstream connection carries other clients' requests: the
+    client that leaves afterwards (its keep-alive connection closing) must not cut theirs off."""
+
+    async def answer(request: Request) -> Response:
+        if await request.body() == b"slow":
+            await asyncio.sleep(1.0)
+        return Response(b"{}", media_type="application/json")
+
+    with running_proxy(tmp_path) as rig, raw_upstream("x", Recorder(answer)) as up:
+        rig.router.swap({"x": up})
+        assert _fetch(rig, "POST", "/mcp/x", b"{}")[0] == 200  # an upstream connection is pooled
+        first = _connect(rig)
+        first.sendall(b"POST /mcp/x HTTP/1.1\r\nhost: p\r\ncontent-length: 2\r\n\r\n{}")
+        assert first.recv(65536).startswith(b"HTTP/1.1 200")  # answered on the pooled connection
+        result: list[int] = []
+        other = threading.Thread(target=lambda: result.append(_fetch(rig, "POST", "/mcp/x", b"slow")[0]))
+        other.start()
+        time.sleep(0.3)  # the other request waits on the pooled connection
+        first.close()
+        other.join(10)
+    assert result == [200]
 
 
 # item 8: what a client sends ------------------------------------------------------------------

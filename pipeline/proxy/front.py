@@ -419,8 +419,9 @@ class ProxyCycle(RequestResponseCycle):
         (no task watches the client then), close that connection and end the request, so that a
         server that never answers holds neither."""
         conn, ticket = self.conn, self.ticket
-        if conn is None or ticket is None or conn.listener is None:
-            return  # not waiting on callbacks: a task (or nothing) has the request
+        if conn is None or ticket is None or conn.listener != self._upstream_event:
+            return  # not waiting on callbacks: a task has the request, or it ended (and its pooled
+            # connection may carry another client's request by now)
         conn.listener = None
         self.conn = None  # a `_send` still due sends nothing
         if self.sent:
