@@ -136,7 +136,8 @@ def test_http_1_0_request_is_answered_then_closed(rig: Rig) -> None:
 
 
 async def test_client_that_leaves_before_the_answer_leaves_nothing_in_flight(tmp_path: Path) -> None:
-    """A client gone while the upstream works is not counted in flight once the upstream answered."""
+    """A client gone while the upstream works is no longer counted in flight, without waiting for the
+    upstream's answer (a server that never answers would hold it for good)."""
 
     async def slow(request: Request) -> Response:
         await asyncio.sleep(0.5)
@@ -147,8 +148,7 @@ async def test_client_that_leaves_before_the_answer_leaves_nothing_in_flight(tmp
         with _connect(rig) as sock:
             sock.sendall(_post(b"/mcp/x", b"{}"))
             await asyncio.sleep(0.1)
-        assert rig.router.inflight("slow") == 1
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 0.3  # before the upstream answers
         while rig.router.inflight("slow") and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert rig.router.inflight("slow") == 0
