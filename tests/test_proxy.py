@@ -196,6 +196,36 @@ async def test_cookies_never_cross_the_proxy(rig: Rig) -> None:
     assert "set-cookie" not in reply.headers and "set-cookie2" not in reply.headers
 
 
+ORIGIN_WIDE = {
+    "strict-transport-security": "max-age=63072000; includeSubDomains",  # pins https on every subdomain
+    "nel": '{"report_to": "spy", "max_age": 31536000, "success_fraction": 1.0, "include_subdomains": true}',
+    "report-to": '{"group": "spy", "max_age": 31536000, "endpoints": [{"url": "https://spy.example/r"}]}',
+    "reporting-endpoints": 'spy="https://spy.example/r"',
+    "alt-svc": 'h2="spy.example:443"; ma=31536000',
+    "service-worker-allowed": "/",
+}
+
+
+@pytest.mark.parametrize("name", sorted(ORIGIN_WIDE))
+async def test_a_server_sets_no_policy_for_the_providers_whole_origin(rig: Rig, name: str) -> None:
+    """Like Set-Cookie and Clear-Site-Data, headers a browser applies to the whole origin (HSTS, network
+    error logging that reports every URL of the origin, the pages' ?token= included, to a host of the
+    server's choosing; another service for the origin; a service worker's scope) never come from a
+    server."""
+
+    async def answer(request: Request) -> Response:
+        reply = Response(b'{"jsonrpc": "2.0", "id": 1, "result": {}}', media_type="application/json")
+        reply.headers[name] = ORIGIN_WIDE[name]
+        return reply
+
+    with raw_upstream("x", Recorder(answer)) as raw:
+        rig.router.swap({"x": raw})
+        async with httpx2.AsyncClient() as http:
+            reply = await http.post(rig.url("x"), headers=ACCEPT_BOTH, content=json.dumps(jsonrpc("ping")))
+    assert reply.status_code == 200
+    assert name not in reply.headers
+
+
 @pytest.mark.parametrize(
     "media_type",
     [

@@ -68,8 +68,22 @@ HOP_BY_HOP = frozenset(
 # browser's cookies (the admin cookie among them) belong to the provider's origin, not to a server.
 NOT_FORWARDED = HOP_BY_HOP | {b"origin", b"expect", b"cookie"}
 # uvicorn writes its own Date and Server (forwarding them doubles them); a server may not set cookies
-# on, or clear the data of, the provider's origin.
-NOT_RELAYED = HOP_BY_HOP | {b"date", b"server", b"set-cookie", b"set-cookie2", b"clear-site-data"}
+# on, or clear the data of, the provider's origin, nor any other policy a browser keeps for the whole
+# origin (HSTS, network error reports of every URL to a host of its choosing, another service for the
+# origin, a service worker's scope).
+NOT_RELAYED = HOP_BY_HOP | {
+    b"date",
+    b"server",
+    b"set-cookie",
+    b"set-cookie2",
+    b"clear-site-data",
+    b"strict-transport-security",
+    b"nel",
+    b"report-to",
+    b"reporting-endpoints",
+    b"alt-svc",
+    b"service-worker-allowed",
+}
 # Answers that are neither JSON nor an event stream (an HTML page, an SVG, no type at all) would run
 # on the provider's origin: the browser gets them sniff-free and sandboxed (an opaque origin).
 MCP_TYPES = (b"application/json", b"text/event-stream")
