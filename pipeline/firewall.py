@@ -8,9 +8,10 @@ networks are untouched):
 - `CMCP-INPUT` (jumped to from INPUT for packets from the pool): answers to connections the host
   opened (the proxy's) pass; a new connection passes only to a host-service relay port, and only
   towards an address of the interface it arrived on (its own network's gateway); the rest is dropped.
-- `CMCP-FORWARD` (jumped to from DOCKER-USER, which Docker keeps first in FORWARD): egress servers
-  never reach `network.egress_deny` (link-local, cloud metadata) nor another pool subnet; internal
-  networks have no route out already (Docker's rules).
+- `CMCP-FORWARD` (jumped to from DOCKER-USER, which Docker keeps first in FORWARD, for packets from
+  or to the pool): egress servers never reach `network.egress_deny` (link-local, cloud metadata) nor
+  another pool subnet, and no new connection is routed into the pool from outside (the LAN), whatever
+  the FORWARD policy; internal networks have no route out already (Docker's rules).
 
 `central-mcp firewall` (root; `make setup` and `.ci/run` run it) installs them idempotently, in
 one iptables-restore transaction, and writes a stamp a non-root serve can read. Serve checks them
@@ -77,6 +78,9 @@ def hooks(settings: Settings) -> list[tuple[str, str]]:
         ("INPUT", f"-i {bridges} -j {INPUT_CHAIN}"),
         ("DOCKER-USER", f"-s {pool} -j {FORWARD_CHAIN}"),
         ("DOCKER-USER", f"-i {bridges} -j {FORWARD_CHAIN}"),
+        # Into the pool from elsewhere (the LAN, routed by the host): dropped unless it answers a
+        # container, whatever the FORWARD policy (Docker leaves it ACCEPT if forwarding was on).
+        ("DOCKER-USER", f"-d {pool} -j {FORWARD_CHAIN}"),
     ]
 
 

@@ -53,6 +53,18 @@ def test_hooks_catch_the_pool_and_the_bridges_but_never_the_default_bridge_or_lo
     assert not any("docker0" in rule or "172.17" in rule for _, rule in hooks)
 
 
+def test_new_connections_routed_into_the_pool_from_outside_are_dropped() -> None:
+    """Packets *to* the pool go through CMCP-FORWARD too, whose last rule drops a routed (not bridged)
+    new connection: an egress server's container is unreachable from the LAN even where the host's
+    FORWARD policy is ACCEPT (Docker leaves it so when IP forwarding was on before it started)."""
+    settings = _settings()
+    assert ("DOCKER-USER", "-d 10.213.0.0/16 -j CMCP-FORWARD") in firewall.hooks(settings)
+    rules = firewall.rules(settings)
+    established = rules.index("-A CMCP-FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j RETURN")
+    routed_in = rules.index("-A CMCP-FORWARD -d 10.213.0.0/16 -m physdev ! --physdev-is-bridged -j DROP")
+    assert established < routed_in  # answers to what the containers opened still come back
+
+
 def test_the_guard_refuses_containers_while_the_firewall_is_missing_and_rechecks() -> None:
     """A missing firewall raises a NetworkError naming the fix; once installed, the next check passes."""
     answers = [
