@@ -181,6 +181,9 @@ def create_app(
 
     async def metrics(request: Request) -> Response:
         s = services(request)
+        denied = pages.admin_denied(request, s.ctx.settings)  # its labels name every server and project
+        if denied is not None:
+            return denied
         s.ctx.metrics.live.set(len(s.ctx.router.table))
         return Response(s.ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
