@@ -87,10 +87,7 @@ def reload(control: Control) -> dict[str, Any]:
         response = conn.getresponse()
         raw = response.read(MAX_ANSWER)
     except (OSError, http.client.HTTPException) as exc:
-        raise ServeUnavailable(
-            f"cannot reach central-mcp serve at {control.url} (pid {control.pid}): {exc}; "
-            "start it with `central-mcp serve`, or check that the pid is still running"
-        ) from exc
+        raise _unreachable(control, exc) from exc
     finally:
         conn.close()
     try:
@@ -125,9 +122,14 @@ def _post_lines(control: Control, path: str, body: dict[str, Any]) -> Iterator[d
             if raw.strip():
                 yield json.loads(raw)
     except (OSError, http.client.HTTPException) as exc:
-        raise ServeUnavailable(
-            f"cannot reach central-mcp serve at {control.url} (pid {control.pid}): {exc}; "
-            "start it with `central-mcp serve`, or check that the pid is still running"
-        ) from exc
+        raise _unreachable(control, exc) from exc
     finally:
         conn.close()
+
+
+def _unreachable(control: Control, exc: Exception) -> ServeUnavailable:
+    """The error for a serve process that does not answer at its control address."""
+    return ServeUnavailable(
+        f"cannot reach central-mcp serve at {control.url} (pid {control.pid}): {exc}; "
+        "start it with `central-mcp serve`, or check that the pid is still running"
+    )
