@@ -12,18 +12,14 @@ from __future__ import annotations
 
 import secrets
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from pipeline import firewall
-from pipeline.config.settings import HostService, Settings
 from pipeline.dockerhost import DockerHost
 from tests.support.dockerd import restart_dockerd
-from tests.support.loopback import free_port
-from tests.support.netns import MARK, host_listener, probe_from
+from tests.support.netns import MARK, granted_service, host_listener, probe_from
 from tests.support.provider import Provider, running_provider
 
 pytestmark = [pytest.mark.docker, pytest.mark.dockerd_restart]
@@ -48,20 +44,12 @@ def test_every_live_server_answers_again_within_30s_of_dockerd_coming_back(
 ) -> None:
     """After dockerd stops and starts again, the same serve process has every server answering
     within 30 s, on fresh containers, and the granted host service is still relayed."""
-    tag, port = secrets.token_hex(3), free_port()
+    tag = secrets.token_hex(3)
     relayed = f"restart-relayed-{tag}"
-    settings = Settings(
-        config_path=Path("deploy.yaml"),
-        state_dir=Path(".central-mcp"),
-        host_services=(HostService("standin", "127.0.0.1", port, (relayed,)),),
-    )
-    firewall.install(settings)
-    config = yaml.safe_dump(
-        {"host_services": {"standin": {"address": f"127.0.0.1:{port}", "servers": [relayed]}}}
-    )
-    try:
+    with granted_service(relayed) as service:
+        port, settings = service.port, service.settings
         with running_provider(
-            tmp_path_factory.mktemp("restart"), docker_host, extra_config=config
+            tmp_path_factory.mktemp("restart"), docker_host, extra_config=service.config
         ) as provider:
             provider.names.add(relayed)
             workspace = provider.clone(tmp_path_factory.mktemp("clone") / "work")
@@ -110,5 +98,3 @@ def test_every_live_server_answers_again_within_30s_of_dockerd_coming_back(
                 assert probe_from(container, [f"standin:{port}"]) == {
                     f"standin:{port}": "open:" + MARK.decode()
                 }
-    finally:
-        firewall.install(Settings(config_path=Path("deploy.yaml"), state_dir=Path(".central-mcp")))

@@ -9,21 +9,19 @@ namespace routed via the host (with a link-local address standing for cloud meta
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from pipeline import firewall
-from pipeline.config.settings import HostService, Settings
 from pipeline.dockerhost import DockerHost
 from tests.support.loopback import free_port
 from tests.support.netns import (
     MARK,
     dummy_address,
+    granted_service,
     host_listener,
     outside,
     probe_from,
@@ -88,7 +86,7 @@ def test_a_server_cannot_reach_the_host(provider: Provider, pair: tuple[str, str
         dummy_address(DUMMY_ADDRESS),
         host_listener(gateway_a, port),
         host_listener(DUMMY_ADDRESS, port),
-        host_listener(gateway_b, port) if gateway_b != gateway_a else _nothing(),
+        host_listener(gateway_b, port) if gateway_b != gateway_a else contextlib.nullcontext(),
     ):
         assert probe_from_host(targets) == dict.fromkeys(targets, OPEN)
         seen = probe_from(_container(provider, a), targets)
@@ -105,47 +103,29 @@ def test_no_server_publishes_a_port(provider: Provider, pair: tuple[str, str]) -
         assert not container.attrs["HostConfig"].get("PortBindings")
 
 
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
 # egress and host services -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory, docker_host: DockerHost) -> Iterator[dict[str, Any]]:
     """A provider whose deploy.yaml grants a host service (a listener on the host's 127.0.0.1) to
     server `relayed`; server `egress` asks for egress. The firewall opens the service's port."""
     tag = secrets.token_hex(3)
-    relayed, egress, port = f"iso-relayed-{tag}", f"iso-egress-{tag}", free_port()
-    settings = Settings(
-        config_path=Path("deploy.yaml"),
-        state_dir=Path(".central-mcp"),
-        host_services=(HostService("standin", "127.0.0.1", port, (relayed,)),),
-    )
-    firewall.install(settings)
-    config = yaml.safe_dump(
-        {"host_services": {"standin": {"address": f"127.0.0.1:{port}", "servers": [relayed]}}}
-    )
-    try:
-        with running_provider(
-            tmp_path_factory.mktemp("served"), docker_host, extra_config=config
-        ) as provider:
-            provider.names.update({relayed, egress})
-            workspace = provider.clone(tmp_path_factory.mktemp("clone") / "work")
+    relayed, egress = f"iso-relayed-{tag}", f"iso-egress-{tag}"
+    root = tmp_path_factory.mktemp("served")
+    with (
+        granted_service(relayed) as service,
+        running_provider(root, docker_host, extra_config=service.config) as provider,
+    ):
+        provider.names.update({relayed, egress})
+        workspace = provider.clone(tmp_path_factory.mktemp("clone") / "work")
 
-            def use_service(data: dict[str, Any]) -> None:
-                data["run"]["host_services"] = ["standin"]
+        def use_service(data: dict[str, Any]) -> None:
+            data["run"]["host_services"] = ["standin"]
 
-            def use_egress(data: dict[str, Any]) -> None:
-                data["run"]["network"] = "egress"
+        def use_egress(data: dict[str, Any]) -> None:
+            data["run"]["network"] = "egress"
 
-            _deploy(workspace, ("echo", relayed, use_service), ("echo", egress, use_egress))
-            yield {"provider": provider, "relayed": relayed, "egress": egress, "port": port}
-    finally:
-        firewall.install(Settings(config_path=Path("deploy.yaml"), state_dir=Path(".central-mcp")))
+        _deploy(workspace, ("echo", relayed, use_service), ("echo", egress, use_egress))
+        yield {"provider": provider, "relayed": relayed, "egress": egress, "port": service.port}
 
 
 def test_a_host_service_reaches_only_the_server_granted_it(served: dict[str, Any]) -> None:

@@ -18,7 +18,14 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import yaml
+
+from pipeline import firewall
+from pipeline.config.settings import HostService, Settings
+from tests.support.loopback import free_port
 
 MARK = b"stand-in-ok"
 CONNECT_TIMEOUT = 2.0
@@ -164,3 +171,31 @@ def probe_from_host(targets: list[str], timeout: float = CONNECT_TIMEOUT) -> dic
     )
     result: dict[str, str] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
+
+
+@dataclass(frozen=True)
+class GrantedService:
+    """A host service `standin` on a free port of the host's 127.0.0.1, granted to one server."""
+
+    settings: Settings  # what the firewall was installed for
+    port: int
+    config: str  # deploy.yaml text declaring the service and its grant
+
+
+@contextlib.contextmanager
+def granted_service(server: str) -> Iterator[GrantedService]:
+    """Declare `standin` for `server` and open the firewall for its port; install the plain
+    firewall again after (root)."""
+    port = free_port()
+    settings = Settings(
+        config_path=Path("deploy.yaml"),
+        state_dir=Path(".central-mcp"),
+        host_services=(HostService("standin", "127.0.0.1", port, (server,)),),
+    )
+    service = {"address": f"127.0.0.1:{port}", "servers": [server]}
+    config = yaml.safe_dump({"host_services": {"standin": service}})
+    firewall.install(settings)
+    try:
+        yield GrantedService(settings, port, config)
+    finally:
+        firewall.install(Settings(config_path=Path("deploy.yaml"), state_dir=Path(".central-mcp")))
