@@ -15,6 +15,7 @@
     │   └── AnswerTooLarge          it answered more than the gate reads (proxy.max_handshake)
     ├── DeployError                 a deploy could not go on (lock, plan, swap)
     ├── NetworkError                a server network, the host firewall or a host-service relay is not right
+    │   └── RemoteRefused           a remote's address leads into the VM, or its certificate fails
     ├── ServeError                  the serve process did not start, or refused a request
     │   └── ServeUnavailable        no serve process answers for this state directory
     └── ProxyError                  one proxied request could not be relayed
@@ -103,6 +104,11 @@ class BuildError(CentralMCPError):
 class NetworkError(CentralMCPError):
     """A server's network, the host firewall that isolates it, or a host-service relay is missing or
     could not be set up."""
+
+
+class RemoteRefused(NetworkError):
+    """A remote server's host resolves to an address the provider never reaches for one (loopback,
+    private, link-local, metadata, the server pool), or its TLS certificate does not verify."""
 
 
 class GateError(CentralMCPError):
