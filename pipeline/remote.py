@@ -24,6 +24,7 @@ from pipeline.config.settings import Settings
 from pipeline.errors import RemoteRefused
 
 HTTPS_PORT = 443
+HTTP_PORT = 80
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Sequence[str]]
@@ -128,10 +129,13 @@ class Dialer:
         context = tls_context(settings.remotes.ca_file)
         return cls(Guard.from_settings(settings), context, settings.remotes.connect_timeout, resolver)
 
-    def connect(self, host: str, port: int) -> socket.socket:
-        """A socket to `host`, at an address checked now, over verified TLS (SNI `host`)."""
+    def connect(self, host: str, port: int, *, tls: bool = True) -> socket.socket:
+        """A socket to `host`, at an address checked now, over verified TLS (SNI `host`) unless
+        `tls` is False (plain http, which check allows only for a loopback host)."""
         address = resolve(host, port, self.guard, self.resolver)
         raw = socket.create_connection((address, port), timeout=self.connect_timeout)
+        if not tls:
+            return raw
         try:
             return self.context.wrap_socket(raw, server_hostname=host)
         except ssl.SSLCertVerificationError as exc:
@@ -146,10 +150,12 @@ class Dialer:
     def http(self, url: str, timeout: float) -> http.client.HTTPConnection:
         """An http.client connection to `url`'s host that connects through this dialer."""
         parts = urlsplit(url)
-        return _Connection(self, parts.hostname or "", parts.port or HTTPS_PORT, timeout)
+        if parts.scheme == "https":
+            return _TLSConnection(self, parts.hostname or "", parts.port or HTTPS_PORT, timeout)
+        return _PlainConnection(self, parts.hostname or "", parts.port or HTTP_PORT, timeout)
 
 
-class _Connection(http.client.HTTPSConnection):
+class _TLSConnection(http.client.HTTPSConnection):
     """http.client over a Dialer: the address checked on each connect, TLS verified."""
 
     def __init__(self, dialer: Dialer, host: str, port: int, timeout: float) -> None:
@@ -158,6 +164,18 @@ class _Connection(http.client.HTTPSConnection):
 
     def connect(self) -> None:
         self.sock = self.dialer.connect(self.host, self.port)
+        self.sock.settimeout(self.timeout)
+
+
+class _PlainConnection(http.client.HTTPConnection):
+    """http.client over a Dialer without TLS: the address still checked on each connect."""
+
+    def __init__(self, dialer: Dialer, host: str, port: int, timeout: float) -> None:
+        super().__init__(host, port, timeout=timeout)
+        self.dialer = dialer
+
+    def connect(self) -> None:
+        self.sock = self.dialer.connect(self.host, self.port, tls=False)
         self.sock.settimeout(self.timeout)
 
 
