@@ -23,6 +23,7 @@
         ├── BodyTooLarge            the request body is over the proxy's limit
         ├── HeadTooLarge            the request target or headers are over the proxy's limits
         └── UpstreamError           the upstream closed or spoke no HTTP (also a ConnectionError)
+            └── UpstreamRefused     the proxy would not connect: a remote's address or certificate is refused
 
 `UpstreamError` is also a `ConnectionError` (so an `OSError`): the proxy handles it with
 refused and reset connections in one `except OSError`. `DatabaseDamaged` is also an
@@ -183,3 +184,8 @@ class UpstreamError(ProxyError, ConnectionError):
     Also a ConnectionError, so the proxy's `except OSError` treats it like a refused or reset
     connection (answer 502; retry an idempotent request once).
     """
+
+
+class UpstreamRefused(UpstreamError):
+    """The proxy did not connect to a remote server: its address leads into the VM, or its TLS
+    certificate does not verify (RemoteRefused, met on the proxy's path)."""

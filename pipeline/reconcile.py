@@ -68,6 +68,8 @@ def _reopen_relays(ctx: Context, live: dict[str, Release], say: Callable[[str], 
     if ctx.networks is None:
         return
     for server, release in live.items():
+        if release.manifest.get("remote") is not None:
+            continue  # no container, no network
         run = _run(release)
         try:
             ctx.networks.reopen(
@@ -101,4 +103,4 @@ def _restart(ctx: Context, release: Release, say: Callable[[str], None]) -> Upst
             ctx.docker.stop_and_remove(running.id, grace=1)
         return None
     ctx.store.set_container(release.server, release.number, running.id, running.port)
-    return launch.upstream(spec, running)
+    return launch.upstream(ctx, spec, running)

@@ -11,12 +11,13 @@ check and the connect (DNS rebinding) gains nothing.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import ipaddress
 import socket
 import ssl
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -177,6 +178,70 @@ class _PlainConnection(http.client.HTTPConnection):
     def connect(self) -> None:
         self.sock = self.dialer.connect(self.host, self.port, tls=False)
         self.sock.settimeout(self.timeout)
+
+
+@dataclass(frozen=True)
+class Route:
+    """A remote server as the proxy reaches it: its name and port, TLS or not, the header lines it adds."""
+
+    url: str
+    headers: bytes = field(default=b"", repr=False)  # `name: value\r\n` lines, secret values included
+    names: frozenset[bytes] = frozenset()  # those headers' names, lowercase: a client's are dropped
+
+    @property
+    def host(self) -> str:
+        """The host name: what the address check, SNI and Host use."""
+        return urlsplit(self.url).hostname or ""
+
+    @property
+    def port(self) -> int:
+        """The port, from the URL or its scheme."""
+        parts = urlsplit(self.url)
+        return parts.port or (HTTPS_PORT if parts.scheme == "https" else HTTP_PORT)
+
+    @property
+    def tls(self) -> bool:
+        """Whether the remote is reached over TLS (always, but for an allowed loopback host)."""
+        return urlsplit(self.url).scheme == "https"
+
+    @property
+    def authority(self) -> str:
+        """The Host sent to the remote: its own name and port, as in the URL."""
+        return urlsplit(self.url).netloc.rpartition("@")[2]
+
+    @property
+    def path(self) -> str:
+        """The remote's MCP endpoint path."""
+        return urlsplit(self.url).path or "/"
+
+
+def route(url: str, headers: Mapping[str, str]) -> Route:
+    """The proxy's route to a remote at `url` adding `headers` (values checked printable by the schema)."""
+    lines = b"".join(f"{name.lower()}: {value}\r\n".encode("latin-1") for name, value in headers.items())
+    return Route(url, lines, frozenset(name.lower().encode("latin-1") for name in headers))
+
+
+async def open_connection(
+    dialer: Dialer, host: str, port: int, tls: bool, factory: Callable[[], asyncio.Protocol]
+) -> asyncio.Protocol:
+    """The proxy's connection to a remote: resolved and checked now, off the event loop, then
+    connected to the checked address with TLS verified against the name."""
+    loop = asyncio.get_running_loop()
+    address = await loop.run_in_executor(None, resolve, host, port, dialer.guard, dialer.resolver)
+    try:
+        _, protocol = await loop.create_connection(
+            factory,
+            address,
+            port,
+            ssl=dialer.context if tls else None,
+            server_hostname=host if tls else None,
+            ssl_handshake_timeout=dialer.connect_timeout if tls else None,
+        )
+    except ssl.SSLCertVerificationError as exc:
+        raise RemoteRefused(
+            f"remote host {host}: TLS certificate not trusted ({exc.verify_message})"
+        ) from exc
+    return protocol
 
 
 def _kind(ip: IPAddress) -> str | None:

@@ -6,113 +6,76 @@ made in the test; deploy.yaml allows 127.0.0.1 as a remote host, as a test's dep
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from pipeline import gate, remote
-from pipeline.config import settings
 from pipeline.errors import GateError, RemoteRefused
+from tests.support import remote as remote_support
 from tests.support import tls
 from tests.support.loopback import mcp_app, serve_asgi
-
-TOKEN = "Bearer s3cret-remote-token"
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-
-class _Guarded:
-    """An ASGI app that answers 401 unless Authorization is TOKEN, and records each Host it saw."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.hosts: list[str] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            headers = {k.decode().lower(): v.decode() for k, v in scope["headers"]}
-            self.hosts.append(headers.get("host", ""))
-            if headers.get("authorization") != TOKEN:
-                await send({"type": "http.response.start", "status": 401, "headers": []})
-                await send({"type": "http.response.body", "body": b"no"})
-                return
-        await self.app(scope, receive, send)
+from tests.support.remote import TOKEN, StandIn, dialer
 
 
 @pytest.fixture(scope="module")
-def stand_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, tls.ServerCert, _Guarded]]:
+def stand_in(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StandIn]:
     """The stand-in remote: an SDK server over TLS on 127.0.0.1, wanting TOKEN."""
-    cert = tls.server_cert(tmp_path_factory.mktemp("tls"), "stand-in-ca", ["127.0.0.1", "localhost"])
-    app = _Guarded(mcp_app("weather"))
-    with serve_asgi(app, ssl_certfile=str(cert.cert_file), ssl_keyfile=str(cert.key_file)) as port:
-        yield port, cert, app
+    with remote_support.stand_in(tmp_path_factory.mktemp("tls")) as running:
+        yield running
 
 
-def _dialer(ca_file: Path | None, allow: tuple[str, ...] = ("127.0.0.1", "localhost")) -> remote.Dialer:
-    """A dialer as deploy.yaml would make it: `allow` in remotes.allow_hosts, `ca_file` the CA."""
-    return remote.Dialer.from_settings(
-        settings.Settings(
-            config_path=Path("deploy.yaml"),
-            state_dir=Path("state"),
-            remotes=settings.RemotesConfig(allow_hosts=allow, ca_file=ca_file, connect_timeout=2.0),
-        )
-    )
-
-
-def _gate(url: str, dialer: remote.Dialer, token: str = TOKEN, timeout: float = 5.0) -> gate.GateResult:
-    """Gate `url` through `dialer`, with Authorization `token`."""
-    via = gate.Via(dialer.http, {"Authorization": token})
+def _gate(url: str, through: remote.Dialer, token: str = TOKEN, timeout: float = 5.0) -> gate.GateResult:
+    """Gate `url` through a dialer, with Authorization `token`."""
+    via = gate.Via(through.http, {"Authorization": token})
     return gate.wait_until_healthy(url, timeout=timeout, interval=0.05, via=via)
 
 
 def test_a_remote_behind_the_configured_ca_passes_the_gate(
-    stand_in: tuple[int, tls.ServerCert, _Guarded],
+    stand_in: StandIn,
 ) -> None:
     """Over TLS verified against the configured CA, with the secret header and the remote's Host."""
-    port, cert, app = stand_in
-    result = _gate(f"https://localhost:{port}/mcp", _dialer(cert.ca_file))
-    assert (result.server_name, [t["name"] for t in result.tools]) == ("weather", ["echo"])
+    port, cert, app = stand_in.port, stand_in.cert, stand_in.app
+    result = _gate(f"https://localhost:{port}/mcp", dialer(cert.ca_file))
+    assert result.server_name == "server-weather"
+    assert {t["name"] for t in result.tools} == {"whoami", "echo", "slow"}
     assert app.hosts[-1] == f"localhost:{port}"
 
 
-def test_a_certificate_from_an_untrusted_ca_fails_at_once(
-    stand_in: tuple[int, tls.ServerCert, _Guarded], tmp_path: Path
-) -> None:
+def test_a_certificate_from_an_untrusted_ca_fails_at_once(stand_in: StandIn, tmp_path: Path) -> None:
     """A CA other than the server's refuses the certificate at once, not at the gate's deadline."""
-    port, _, _ = stand_in
+    port = stand_in.port
     _, _, other_ca = tls.make_ca(tmp_path, "other-ca")
     with pytest.raises(RemoteRefused, match="TLS certificate not trusted"):
-        _gate(f"https://127.0.0.1:{port}/mcp", _dialer(other_ca), timeout=30)
+        _gate(f"https://127.0.0.1:{port}/mcp", dialer(other_ca), timeout=30)
 
 
-def test_the_systems_cas_do_not_trust_the_test_ca(stand_in: tuple[int, tls.ServerCert, _Guarded]) -> None:
+def test_the_systems_cas_do_not_trust_the_test_ca(stand_in: StandIn) -> None:
     """Without remotes.ca_file the system's CAs are used, and they do not know the test's CA."""
-    port, _, _ = stand_in
+    port = stand_in.port
     with pytest.raises(RemoteRefused, match="not trusted"):
-        _gate(f"https://127.0.0.1:{port}/mcp", _dialer(None))
+        _gate(f"https://127.0.0.1:{port}/mcp", dialer(None))
 
 
 def test_a_loopback_remote_not_allowed_is_refused_before_connecting(
-    stand_in: tuple[int, tls.ServerCert, _Guarded],
+    stand_in: StandIn,
 ) -> None:
     """127.0.0.1 not in remotes.allow_hosts: refused by the address guard, the server never asked."""
-    port, cert, app = stand_in
+    port, cert, app = stand_in.port, stand_in.cert, stand_in.app
     before = len(app.hosts)
     with pytest.raises(RemoteRefused, match="loopback"):
-        _gate(f"https://127.0.0.1:{port}/mcp", _dialer(cert.ca_file, allow=()))
+        _gate(f"https://127.0.0.1:{port}/mcp", dialer(cert.ca_file, allow=()))
     assert len(app.hosts) == before
 
 
 def test_a_remote_refusing_the_header_fails_the_gate_naming_the_status(
-    stand_in: tuple[int, tls.ServerCert, _Guarded],
+    stand_in: StandIn,
 ) -> None:
     """A wrong secret is a failed gate whose message says what the remote answered."""
-    port, cert, _ = stand_in
+    port, cert = stand_in.port, stand_in.cert
     with pytest.raises(GateError, match="HTTP 401"):
-        _gate(f"https://127.0.0.1:{port}/mcp", _dialer(cert.ca_file), token="Bearer wrong", timeout=0.5)
+        _gate(f"https://127.0.0.1:{port}/mcp", dialer(cert.ca_file), token="Bearer wrong", timeout=0.5)
 
 
 def test_a_remote_that_stopped_answering_fails_the_gate(tmp_path: Path) -> None:
@@ -123,4 +86,4 @@ def test_a_remote_that_stopped_answering_fails_the_gate(tmp_path: Path) -> None:
     ) as port:
         pass
     with pytest.raises(GateError, match="no MCP handshake within"):
-        _gate(f"https://127.0.0.1:{port}/mcp", _dialer(cert.ca_file), timeout=0.3)
+        _gate(f"https://127.0.0.1:{port}/mcp", dialer(cert.ca_file), timeout=0.3)

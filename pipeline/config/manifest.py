@@ -521,7 +521,7 @@ def from_data(data: dict[str, Any], folder: str) -> Manifest:
         port=run.get("port", 0),
         path=run.get("path", DEFAULT_PATH),
         env={k: _text(v) for k, v in run.get("env", {}).items()},
-        secrets=tuple(run.get("secrets", ())),
+        secrets=tuple(dict.fromkeys([*run.get("secrets", ()), *_header_secrets(data)])),
         command=tuple(run.get("command", ())),
         health_timeout=parse_duration(health.get("timeout", DEFAULT_HEALTH_TIMEOUT)),
         health_interval=parse_duration(health.get("interval", DEFAULT_HEALTH_INTERVAL)),
@@ -534,6 +534,12 @@ def from_data(data: dict[str, Any], folder: str) -> Manifest:
         remote=_remote(data["remote"]) if "remote" in data else None,
         raw=data,
     )
+
+
+def _header_secrets(data: dict[str, Any]) -> list[str]:
+    """The secrets a remote's headers name: checked granted and stored like run.secrets."""
+    headers = data.get("remote", {}).get("headers", {})
+    return [v["secret"] for v in headers.values() if isinstance(v, dict)]
 
 
 def _remote(data: dict[str, Any]) -> Remote:
