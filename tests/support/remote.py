@@ -27,6 +27,7 @@ class Guarded:
 
     app: Any
     seen: list[list[tuple[str, str]]] = field(default_factory=list)  # each request's headers
+    down: bool = False  # answer every request 503, as a remote that stopped serving
 
     def values(self, name: str) -> list[list[str]]:
         """Per request, every value of header `name` (lowercase)."""
@@ -41,8 +42,9 @@ class Guarded:
         if scope["type"] == "http":
             pairs = [(k.decode().lower(), v.decode()) for k, v in scope["headers"]]
             self.seen.append(pairs)
-            if [v for k, v in pairs if k == "authorization"] != [TOKEN]:
-                await send({"type": "http.response.start", "status": 401, "headers": []})
+            status = 503 if self.down else 401
+            if self.down or [v for k, v in pairs if k == "authorization"] != [TOKEN]:
+                await send({"type": "http.response.start", "status": status, "headers": []})
                 await send({"type": "http.response.body", "body": b"no"})
                 return
         await self.app(scope, receive, send)
