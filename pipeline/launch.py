@@ -24,7 +24,7 @@ from pipeline.dockerhost import (
     Running,
     RunSpec,
 )
-from pipeline.errors import GateError, RemoteRefused
+from pipeline.errors import GateError, RemoteRefused, SecretsError
 from pipeline.gate import GateResult
 from pipeline.plan import ReleaseSpec
 from pipeline.proxy.router import Upstream
@@ -140,6 +140,12 @@ def remote_headers(ctx: Context, spec: ReleaseSpec) -> dict[str, str]:
     assert m.remote is not None
     names = tuple(m.remote.secret_headers.values())
     values = ctx.secrets.values(ctx.settings, spec.repo, m.name, names)
+    for header, name in m.remote.secret_headers.items():
+        if not remote.HEADER_VALUE.fullmatch(values[name]):
+            raise SecretsError(
+                f"secret {name} (header {header} of remote server {m.name!r}) holds a character an HTTP "
+                "header cannot carry (a line break, a control or non-ASCII character)",
+            )
     return {**m.remote.headers, **{h: values[n] for h, n in m.remote.secret_headers.items()}}
 
 

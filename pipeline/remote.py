@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import ipaddress
+import re
 import socket
 import ssl
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +30,7 @@ HTTP_PORT = 80
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Sequence[str]]
+HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")  # what a header value may hold: no line break, nothing else
 # Metadata services reached at addresses `is_private`/`is_link_local` may not cover on every
 # Python: AWS's IPv6 one, Alibaba's (in the shared 100.64/10 range).
 METADATA = ("169.254.169.254/32", "fd00:ec2::254/128", "100.100.100.200/32")
@@ -216,7 +218,10 @@ class Route:
 
 
 def route(url: str, headers: Mapping[str, str]) -> Route:
-    """The proxy's route to a remote at `url` adding `headers` (values checked printable by the schema)."""
+    """The proxy's route to a remote at `url` adding `headers` (values printable ASCII: the schema
+    checks literal ones, launch.remote_headers secrets' values, before the gate)."""
+    if not all(HEADER_VALUE.fullmatch(v) for v in headers.values()):
+        raise ValueError("a header value holds a line break or a character outside printable ASCII")
     lines = b"".join(f"{name.lower()}: {value}\r\n".encode("latin-1") for name, value in headers.items())
     return Route(url, lines, frozenset(name.lower().encode("latin-1") for name in headers))
 

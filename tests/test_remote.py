@@ -115,3 +115,24 @@ def test_the_real_resolver_refuses_a_loopback_literal() -> None:
         dialer.connect("127.0.0.1", 443)
     with pytest.raises(RemoteRefused, match="metadata"):
         dialer.connect("169.254.169.254", 443)
+
+
+@pytest.mark.parametrize("value", ["a\r\nx-injected: 1", "tab\tok\n", "caf\u00e9"])
+def test_a_header_value_with_a_line_break_or_non_ascii_makes_no_route(value: str) -> None:
+    """No header can be smuggled into a request to a remote through a value."""
+    with pytest.raises(ValueError, match="line break"):
+        remote.route("https://w.example/mcp", {"Authorization": value})
+
+
+def test_a_route_carries_its_headers_as_lines_and_their_names() -> None:
+    """The proxy adds the lines as they are and drops a client's headers of those names."""
+    route = remote.route("https://w.example:8443/mcp", {"Authorization": "Bearer t", "X-Client": "c"})
+    assert route.headers == b"authorization: Bearer t\r\nx-client: c\r\n"
+    assert route.names == frozenset({b"authorization", b"x-client"})
+    assert (route.host, route.port, route.tls, route.authority, route.path) == (
+        "w.example",
+        8443,
+        True,
+        "w.example:8443",
+        "/mcp",
+    )

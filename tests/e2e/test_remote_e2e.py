@@ -59,8 +59,8 @@ def _put(workspace: Workspace, name: str, url: str, version: str = "1.0.0") -> N
 def test_a_remote_deploys_serves_and_its_failure_shows_and_blocks_deploys(
     remote_vm: tuple[Provider, StandIn], tmp_path: Path
 ) -> None:
-    """Push → gated over TLS → tools listed and called through /mcp/<name>; the remote stops → /healthz
-    says so; a push changing it is rejected because its gate fails."""
+    """Push → gated over TLS → tools listed and called through /mcp/<name>, again after serve restarts;
+    the remote stops → /healthz says so; a push changing it is rejected because its gate fails."""
     provider, running = remote_vm
     workspace = provider.clone(tmp_path / "work")
     name = provider.name("weather")
@@ -75,6 +75,10 @@ def test_a_remote_deploys_serves_and_its_failure_shows_and_blocks_deploys(
     status, _, listing = provider.get("/registry.json")
     assert status == 200 and f"/mcp/{name}" in listing  # listed, with our URL as its remote
     assert running.url() not in listing and TOKEN not in listing
+
+    provider.stop()  # a new serve process gates the remote again and routes to it
+    provider.start()
+    assert provider.call(name, "whoami") == {"result": "weather"}
 
     running.app.down = True  # the remote stops answering as MCP
 
