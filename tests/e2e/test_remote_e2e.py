@@ -88,6 +88,10 @@ def test_a_remote_deploys_serves_and_its_failure_shows_and_blocks_deploys(
         return state.startswith(("failing", "down"))
 
     wait_for("the remote's failure in /healthz", down, timeout=15)
+    _, _, listing = provider.get("/registry.json")
+    [entry] = [e for e in json.loads(listing)["servers"] if e["server"]["name"].endswith(f"/{name}")]
+    live = json.dumps(entry["_meta"])
+    assert "failing" in live or "down" in live, live  # the registry's live state says so too
 
     _put(workspace, name, running.url(), version="1.0.1")
     workspace.commit("change the remote while it is down")
