@@ -17,6 +17,7 @@ import ipaddress
 import re
 import socket
 import ssl
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,7 +136,7 @@ class Dialer:
     def connect(self, host: str, port: int, *, tls: bool = True) -> socket.socket:
         """A socket to `host`, at an address checked now, over verified TLS (SNI `host`) unless
         `tls` is False (plain http, which check allows only for a loopback host)."""
-        address = resolve(host, port, self.guard, self.resolver)
+        address = _within(self.connect_timeout, resolve, host, port, self.guard, self.resolver)
         raw = socket.create_connection((address, port), timeout=self.connect_timeout)
         if not tls:
             return raw
@@ -247,6 +248,27 @@ async def open_connection(
             f"remote host {host}: TLS certificate not trusted ({exc.verify_message})"
         ) from exc
     return protocol
+
+
+def _within(seconds: float, fn: Callable[..., str], *args: object) -> str:
+    """`fn(*args)` on a daemon thread, waited for at most `seconds`: the system resolver takes no
+    timeout, and a gate or probe must end by its deadline (a stuck lookup ends on its own)."""
+    box: list[str | BaseException] = []
+
+    def run() -> None:
+        try:
+            box.append(fn(*args))
+        except BaseException as exc:  # handed to the caller below
+            box.append(exc)
+
+    thread = threading.Thread(target=run, name="remote-resolve", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if not box:
+        raise TimeoutError(f"resolving remote host {args[0]} took longer than {seconds:g}s")
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
 
 
 def _kind(ip: IPAddress) -> str | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -136,3 +138,19 @@ def test_a_route_carries_its_headers_as_lines_and_their_names() -> None:
         "w.example:8443",
         "/mcp",
     )
+
+
+def test_a_lookup_that_hangs_ends_within_the_connect_timeout() -> None:
+    """The system resolver takes no timeout; the dialer stops waiting after connect_timeout."""
+    release = threading.Event()
+
+    def stuck(host: str, port: int) -> Sequence[str]:
+        release.wait(5)
+        return ["93.184.215.14"]
+
+    dialer = remote.Dialer(_guard(), remote.tls_context(None), 0.1, stuck)
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"longer than 0\.1s"):
+        dialer.connect("slow.example", 443)
+    assert time.monotonic() - started < 1.0
+    release.set()
