@@ -59,7 +59,8 @@ def _put(workspace: Workspace, name: str, url: str, version: str = "1.0.0") -> N
 def test_a_remote_deploys_serves_and_its_failure_shows_and_blocks_deploys(
     remote_vm: tuple[Provider, StandIn], tmp_path: Path
 ) -> None:
-    """Push → gated over TLS → tools listed and called through /mcp/<name>, again after serve restarts;
+    """Push → gated over TLS → tools listed and called through /mcp/<name>; a second release rolled
+    back; called again after serve restarts;
     the remote stops → /healthz says so; a push changing it is rejected because its gate fails."""
     provider, running = remote_vm
     workspace = provider.clone(tmp_path / "work")
@@ -75,6 +76,13 @@ def test_a_remote_deploys_serves_and_its_failure_shows_and_blocks_deploys(
     status, _, listing = provider.get("/registry.json")
     assert status == 200 and f"/mcp/{name}" in listing  # listed, with our URL as its remote
     assert running.url() not in listing and TOKEN not in listing
+
+    _put(workspace, name, running.url(), version="1.0.1")  # a second release, then back to the first
+    workspace.commit("remote v1.0.1")
+    assert workspace.push().ok
+    back = provider.cli("rollback", name)
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert provider.releases(name) == {"r1": "live", "r2": "previous"}
 
     provider.stop()  # a new serve process gates the remote again and routes to it
     provider.start()
@@ -93,7 +101,7 @@ def test_a_remote_deploys_serves_and_its_failure_shows_and_blocks_deploys(
     live = json.dumps(entry["_meta"])
     assert "failing" in live or "down" in live, live  # the registry's live state says so too
 
-    _put(workspace, name, running.url(), version="1.0.1")
+    _put(workspace, name, running.url(), version="1.0.2")
     workspace.commit("change the remote while it is down")
     push = workspace.push()
     assert not push.ok
