@@ -295,6 +295,7 @@ def _start_services(settings: Settings, docker: DockerHost | None) -> Services:
         settings.proxy.session_idle_timeout,
         max_body=settings.proxy.max_body,
         max_upstream_header=settings.proxy.max_upstream_header,
+        dialer=ctx.dialer,
     )
     dispatcher = Dispatcher(ctx)
     monitor = Monitor(ctx, dispatcher.submit, dispatcher.busy, usage)

@@ -19,6 +19,7 @@ from pipeline.firewall import Guard
 from pipeline.metrics import Metrics
 from pipeline.network import Networks
 from pipeline.proxy.router import Router
+from pipeline.remote import Dialer, Resolver, system_resolver
 from pipeline.secrets import Secrets
 from pipeline.states import DeploySource
 from pipeline.store import Release, Store
@@ -71,6 +72,15 @@ class Context:
     """The servers' own networks and host-service relays (None where no container is started)."""
     firewall: Guard | None = None
     """The host firewall those networks need (None where no container is started)."""
+    resolver: Resolver = system_resolver
+    """How remote servers' host names are resolved (tests inject one: no hosts file, no DNS)."""
+    _dialer: tuple[Settings, Dialer] | None = field(default=None, repr=False)
+
+    def dialer(self) -> Dialer:
+        """How remote servers are reached under the current settings (rebuilt after a reload)."""
+        if self._dialer is None or self._dialer[0] is not self.settings:
+            self._dialer = (self.settings, Dialer.from_settings(self.settings, self.resolver))
+        return self._dialer[1]
 
     def server_networks(self) -> Networks:
         """The networks, or NetworkError where this context starts no container."""

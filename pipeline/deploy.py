@@ -150,7 +150,7 @@ class Runbook:
         release = self.ctx.store.release(server, number)
         if release is None:
             raise DeployError(f"server {server!r} has no release r{number}")
-        if not self.ctx.docker.image_exists(release.image):
+        if release.manifest.get("remote") is None and not self.ctx.docker.image_exists(release.image):
             raise DeployError(
                 f"the image {release.image} of {server} r{number} was pruned; push the old commit instead"
             )
@@ -236,7 +236,7 @@ class Runbook:
             rolled_back,
         )
         changes: dict[str, Upstream | None] = {
-            c.name: launch.upstream(c.spec, c.running) for c in live if c.running
+            c.name: launch.upstream(self.ctx, c.spec, c.running) for c in live if c.running
         }
         changes.update(dict.fromkeys(removed))
         replaced = self.ctx.router.swap(changes)
@@ -283,7 +283,8 @@ class Runbook:
                 upstream.container_id, proxy.drain_timeout, proxy.session_drain_timeout
             )
             closed = self.ctx.router.retire(upstream.container_id)
-            self.ctx.docker.stop_and_remove(upstream.container_id, STOP_GRACE_SECONDS)
+            if not launch.is_remote(upstream.container_id):
+                self.ctx.docker.stop_and_remove(upstream.container_id, STOP_GRACE_SECONDS)
             self._prune_networks(upstream.server)
             how = "drained" if drained else f"drain deadline passed ({closed} session(s) closed)"
             self.log.line(f"{upstream.server}: old r{upstream.release} {how}, stopped and removed")

@@ -15,6 +15,7 @@
     │   └── AnswerTooLarge          it answered more than the gate reads (proxy.max_handshake)
     ├── DeployError                 a deploy could not go on (lock, plan, swap)
     ├── NetworkError                a server network, the host firewall or a host-service relay is not right
+    │   └── RemoteRefused           a remote's address leads into the VM, or its certificate fails
     ├── ServeError                  the serve process did not start, or refused a request
     │   └── ServeUnavailable        no serve process answers for this state directory
     └── ProxyError                  one proxied request could not be relayed
@@ -22,6 +23,7 @@
         ├── BodyTooLarge            the request body is over the proxy's limit
         ├── HeadTooLarge            the request target or headers are over the proxy's limits
         └── UpstreamError           the upstream closed or spoke no HTTP (also a ConnectionError)
+            └── UpstreamRefused     the proxy would not connect: a remote's address or certificate is refused
 
 `UpstreamError` is also a `ConnectionError` (so an `OSError`): the proxy handles it with
 refused and reset connections in one `except OSError`. `DatabaseDamaged` is also an
@@ -105,6 +107,11 @@ class NetworkError(CentralMCPError):
     could not be set up."""
 
 
+class RemoteRefused(NetworkError):
+    """A remote server's host resolves to an address the provider never reaches for one (loopback,
+    private, link-local, metadata, the server pool), or its TLS certificate does not verify."""
+
+
 class GateError(CentralMCPError):
     """A candidate container failed the MCP health gate."""
 
@@ -177,3 +184,8 @@ class UpstreamError(ProxyError, ConnectionError):
     Also a ConnectionError, so the proxy's `except OSError` treats it like a refused or reset
     connection (answer 502; retry an idempotent request once).
     """
+
+
+class UpstreamRefused(UpstreamError):
+    """The proxy did not connect to a remote server: its address leads into the VM, or its TLS
+    certificate does not verify (RemoteRefused, met on the proxy's path)."""

@@ -20,7 +20,7 @@ import json
 import math
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -68,14 +68,16 @@ def wait_until_healthy(
     sleep: Callable[[float], None] = time.sleep,
     probe: Callable[[str, float], GateResult] | None = None,
     max_bytes: int = DEFAULT_MAX_HANDSHAKE,
+    via: Via | None = None,
 ) -> GateResult:
     """Run the handshake against `url` until it passes, the deadline passes, or `alive` is False;
-    an answer over `max_bytes` fails it at once (AnswerTooLarge).
+    an answer over `max_bytes` fails it at once (AnswerTooLarge), and so does a remote whose address
+    or certificate is refused (RemoteRefused): neither would answer otherwise a moment later.
 
     Attempts back off from FIRST_BACKOFF, doubling up to min(`interval`, MAX_BACKOFF); `alive` is
     asked first and then at most every ALIVE_PERIOD. `probe` defaults to `handshake`.
     """
-    attempt = probe or partial(handshake, max_bytes=max_bytes)
+    attempt = probe or partial(handshake, max_bytes=max_bytes, via=via)
     started = clock()
     deadline = started + timeout
     delays = backoff(interval)
@@ -110,16 +112,18 @@ def backoff(interval: float) -> Iterator[float]:
         delay = min(delay * 2, cap)
 
 
-def handshake(url: str, timeout: float, max_bytes: int = DEFAULT_MAX_HANDSHAKE) -> GateResult:
+def handshake(
+    url: str, timeout: float, max_bytes: int = DEFAULT_MAX_HANDSHAKE, via: Via | None = None
+) -> GateResult:
     """Do one full handshake (or a stateless tools/list) against `url`, within `timeout` seconds,
-    reading at most `max_bytes` of answers."""
-    session = _Session(url, timeout, max_bytes)
+    reading at most `max_bytes` of answers; `via` reaches a remote server (TLS, headers)."""
+    session = _Session(url, timeout, max_bytes, via=via)
     try:
         init = session.request(
             "initialize", {"protocolVersion": SESSION_PROTOCOL, "capabilities": {}, "clientInfo": CLIENT_INFO}
         )
     except NotMCP as refused:
-        return _stateless(url, timeout, max_bytes, refused)
+        return _stateless(url, timeout, max_bytes, refused, via)
     if not isinstance(init.get("protocolVersion"), str):
         raise NotMCP(f"initialize result has no protocolVersion: {_excerpt(json.dumps(init).encode())}")
     session.protocol = init["protocolVersion"]
@@ -130,15 +134,23 @@ def handshake(url: str, timeout: float, max_bytes: int = DEFAULT_MAX_HANDSHAKE) 
     return GateResult(session.protocol, str(info.get("name", "")), tools)
 
 
-def _stateless(url: str, timeout: float, max_bytes: int, refused: NotMCP) -> GateResult:
+def _stateless(url: str, timeout: float, max_bytes: int, refused: NotMCP, via: Via | None) -> GateResult:
     """Gate a server that only speaks the stateless era; when it is not one either, report why
     `initialize` failed first: that is the server's real error (the retry only reads that the
     server was not initialized)."""
     try:
-        session = _Session(url, timeout, max_bytes, stateless=True)
+        session = _Session(url, timeout, max_bytes, stateless=True, via=via)
         return GateResult(STATELESS_PROTOCOL, "", session.list_tools())
     except (NotMCP, OSError, http.client.HTTPException) as exc:
         raise NotMCP(f"{refused} (tried as a stateless-era server too: {exc})") from refused
+
+
+@dataclass(frozen=True)
+class Via:
+    """How the gate reaches a remote server: a connection per request, and headers to add."""
+
+    connect: Callable[[str, float], http.client.HTTPConnection]  # (url, timeout): checked, TLS verified
+    headers: Mapping[str, str] = field(default_factory=dict)
 
 
 class _Connection(http.client.HTTPConnection):
@@ -157,11 +169,17 @@ class _Connection(http.client.HTTPConnection):
 class _Session:
     """A minimal Streamable HTTP client: JSON or SSE answers, session id, protocol header."""
 
-    def __init__(self, url: str, timeout: float, max_bytes: int, *, stateless: bool = False) -> None:
+    def __init__(
+        self, url: str, timeout: float, max_bytes: int, *, stateless: bool = False, via: Via | None = None
+    ) -> None:
         parts = urlsplit(url)
+        self.url = url
         self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 80
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
         self.path = parts.path or "/"
+        self.via = via
+        # A container is asked as 127.0.0.1 (the SDK's DNS-rebinding guard accepts it); a remote by its name.
+        self.authority = parts.netloc.rpartition("@")[2] if via else f"127.0.0.1:{self.port}"
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
         self.max_bytes = max_bytes
@@ -208,7 +226,7 @@ class _Session:
     def close(self) -> None:
         if not self.session_id:
             return
-        conn = _Connection(self.host, self.port, timeout=self.timeout)
+        conn = self._connection()
         try:
             conn.request("DELETE", self.path, headers=self._headers(""))
             conn.getresponse()  # its body is not read: nothing in it matters
@@ -217,8 +235,14 @@ class _Session:
         finally:
             conn.close()
 
+    def _connection(self) -> http.client.HTTPConnection:
+        if self.via is not None:
+            return self.via.connect(self.url, self.timeout)
+        return _Connection(self.host, self.port, timeout=self.timeout)
+
     def _headers(self, method: str) -> dict[str, str]:
-        headers = {"Accept": ACCEPT, "Content-Type": "application/json", "Host": f"127.0.0.1:{self.port}"}
+        headers = {**(self.via.headers if self.via else {})}
+        headers |= {"Accept": ACCEPT, "Content-Type": "application/json", "Host": self.authority}
         if self.protocol:
             headers["MCP-Protocol-Version"] = self.protocol
         if self.session_id:
@@ -228,7 +252,7 @@ class _Session:
         return headers
 
     def _post(self, body: dict[str, Any], method: str) -> tuple[int, dict[str, str], bytes]:
-        conn = _Connection(self.host, self.port, timeout=self.timeout)
+        conn = self._connection()
         try:
             conn.request("POST", self.path, body=json.dumps(body), headers=self._headers(method))
             sock = conn.sock  # http.client lets go of it once an answer says it closes

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from pipeline import gate
+from pipeline import gate, remote
 from pipeline.context import Context
 from pipeline.dockerhost import (
     LABEL_COMMIT,
@@ -24,7 +24,7 @@ from pipeline.dockerhost import (
     Running,
     RunSpec,
 )
-from pipeline.errors import GateError
+from pipeline.errors import GateError, RemoteRefused, SecretsError
 from pipeline.gate import GateResult
 from pipeline.plan import ReleaseSpec
 from pipeline.proxy.router import Upstream
@@ -36,12 +36,23 @@ ROLE_SERVER = "server"
 # at 1). Bounded by the gate's deadline; it never takes a request before the limit applies.
 STARTUP_CPUS = 1.0
 EGRESS = "egress"  # run.network: the server may open connections out of the VM
+REMOTE_ID = "remote:"  # what a remote release's "container id" starts with: no container has one
+
+
+def is_remote(container_id: str) -> bool:
+    """Whether `container_id` names a remote release (nothing to stop, remove or ask Docker about)."""
+    return container_id.startswith(REMOTE_ID)
 
 
 def start(ctx: Context, spec: ReleaseSpec, suffix: str) -> Running:
     """Start a container of `spec` named `cmcp-<instance>-<server>-r<N>-<suffix>` on its server's
-    own network (host services it names resolve to that network's relays)."""
+    own network (host services it names resolve to that network's relays). A remote server starts
+    nothing: its Running names the release and the remote's host and port."""
     m = spec.manifest
+    if m.remote is not None:
+        route = remote.Route(m.remote.url)
+        name = f"{REMOTE_ID}{ctx.instance}:{m.name}:r{spec.number}"
+        return Running(name, name, route.host, route.port)
     env = {**m.env, **ctx.secrets.values(ctx.settings, spec.repo, m.name, m.secrets)}
     name = f"cmcp-{ctx.instance}-{m.name}-r{spec.number}-{suffix}"
     networks = ctx.server_networks()
@@ -93,6 +104,8 @@ def wait_healthy(
     timeout = m.health_timeout
     if deadline is not None:
         timeout = max(0.1, min(timeout, deadline - time.monotonic()))
+    if m.remote is not None:
+        return _wait_remote(ctx, spec, timeout)
     try:
         if not running.host:
             raise GateError("the container exited before completing the MCP handshake (it got no address)")
@@ -112,7 +125,47 @@ def wait_healthy(
     return result
 
 
-def upstream(spec: ReleaseSpec, running: Running) -> Upstream:
-    """The proxy's route to a started container of `spec`."""
+def upstream(ctx: Context, spec: ReleaseSpec, running: Running) -> Upstream:
+    """The proxy's route to a started container of `spec`, or to its remote server."""
     m = spec.manifest
-    return Upstream(m.name, spec.number, running.id, running.host, running.port, m.path, m.access)
+    if m.remote is None:
+        return Upstream(m.name, spec.number, running.id, running.host, running.port, m.path, m.access)
+    route = remote.route(m.remote.url, remote_headers(ctx, spec))
+    return Upstream(m.name, spec.number, running.id, route.host, route.port, route.path, m.access, route)
+
+
+def remote_headers(ctx: Context, spec: ReleaseSpec) -> dict[str, str]:
+    """The headers the provider adds for a remote server: literal ones and granted secrets' values."""
+    m = spec.manifest
+    assert m.remote is not None
+    names = tuple(m.remote.secret_headers.values())
+    values = ctx.secrets.values(ctx.settings, spec.repo, m.name, names)
+    for header, name in m.remote.secret_headers.items():
+        if not remote.HEADER_VALUE.fullmatch(values[name]):
+            raise SecretsError(
+                f"secret {name} (header {header} of remote server {m.name!r}) holds a character an HTTP "
+                "header cannot carry (a line break, a control or non-ASCII character)",
+            )
+    return {**m.remote.headers, **{h: values[n] for h, n in m.remote.secret_headers.items()}}
+
+
+def gate_via(ctx: Context, spec: ReleaseSpec) -> gate.Via:
+    """How the gate and the probes reach `spec`'s remote server: checked, verified, with its headers."""
+    return gate.Via(ctx.dialer().http, remote_headers(ctx, spec))
+
+
+def _wait_remote(ctx: Context, spec: ReleaseSpec, timeout: float) -> GateResult:
+    m = spec.manifest
+    assert m.remote is not None
+    try:
+        return gate.wait_until_healthy(
+            m.remote.url,
+            timeout=timeout,
+            interval=m.health_interval,
+            max_bytes=ctx.settings.proxy.max_handshake,
+            via=gate_via(ctx, spec),
+        )
+    except (GateError, RemoteRefused) as exc:
+        raise GateError(
+            f"{m.name} r{spec.number} (remote {m.remote.url}) failed the MCP health gate: {exc}"
+        ) from exc

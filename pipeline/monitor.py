@@ -8,6 +8,7 @@ same gate and swap and show up at /deploys with their reason.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import threading
 import time
@@ -15,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline import gate, registry
+from pipeline import gate, launch, registry
 from pipeline.context import Context, DeployRequest, redeploy
 from pipeline.dockerhost import LABEL_INSTANCE, LABEL_SERVER, container_address
 from pipeline.errors import CentralMCPError, EngineUnavailable, NotMCP
+from pipeline.plan import ReleaseSpec
 from pipeline.proxy.router import Upstream
 from pipeline.proxy.usage import Usage
 from pipeline.states import PUSHED, DeploySource, ReleaseStatus
@@ -140,6 +142,8 @@ class Monitor:
 
     def _failure(self, upstream: Upstream) -> str | None:
         """Return why the upstream is unhealthy, or None; re-route when Docker moved its address."""
+        if upstream.remote is not None:
+            return self._remote_failure(upstream)
         attrs = self.ctx.docker.inspect(upstream.container_id)
         if attrs is None:
             return f"{CONTAINER_DOWN}gone"
@@ -166,6 +170,23 @@ class Monitor:
             return f"{exc.__class__.__name__}: {exc}"
         return None
 
+    def _remote_failure(self, upstream: Upstream) -> str | None:
+        """Why a remote server is unhealthy (its handshake, through the address check and TLS), or None."""
+        release = self.ctx.store.release(upstream.server, upstream.release)
+        if release is None:
+            return f"release r{upstream.release} is not in the store"
+        try:
+            via = launch.gate_via(self.ctx, ReleaseSpec.of(release))
+            gate.handshake(
+                upstream.base_url,
+                self.ctx.settings.monitor.probe_timeout,
+                self.ctx.settings.proxy.max_handshake,
+                via,
+            )
+        except (OSError, http.client.HTTPException, CentralMCPError) as exc:
+            return f"remote {upstream.base_url}: {exc.__class__.__name__}: {exc}"
+        return None
+
     def _handshake(self, url: str, timeout: float) -> gate.GateResult:
         """The real probe: the gate's handshake, reading at most `proxy.max_handshake` (as reloaded)."""
         return gate.handshake(url, timeout, self.ctx.settings.proxy.max_handshake)
@@ -173,6 +194,9 @@ class Monitor:
     def _restart(self, upstream: Upstream, health: Health, reason: str) -> None:
         release = self.ctx.store.release(upstream.server, upstream.release)
         policy = str((release.manifest.get("run") or {}).get("restart", "on-failure")) if release else "never"
+        if release is not None and release.manifest.get("remote") is not None:
+            log.warning("%s: a remote server is not restarted; it stays %s", upstream.server, health.status)
+            return
         if policy == "never" or release is None:
             log.warning("%s: restart policy is %s; leaving it %s", upstream.server, policy, health.status)
             return

@@ -53,7 +53,7 @@ class Candidate:
     """A server being prepared: built (or reused), started and gated, not yet live."""
 
     spec: ReleaseSpec
-    build: bool
+    build: bool  # a new release (built, unless it is a remote server), not an earlier one reused
     running: Running | None = None
     tools: list[dict[str, object]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
@@ -105,7 +105,7 @@ class Preparation:
 
     def _prepare(self, c: Candidate) -> None:
         try:
-            if c.build:
+            if c.build and c.spec.manifest.remote is None:  # a remote server has nothing to build
                 self._timed(c, "build", lambda: self._build(c))
             self._timed(c, "start", lambda: self._start(c))
             self._timed(c, "gate", lambda: self._gate(c))
@@ -196,7 +196,8 @@ class Preparation:
         for c in self.candidates:
             if c.running is None:
                 continue
-            self.ctx.docker.stop_and_remove(c.running.id, grace=1)
+            if not launch.is_remote(c.running.id):
+                self.ctx.docker.stop_and_remove(c.running.id, grace=1)
             if c.build and self.ctx.store.release(c.name, c.spec.number):
                 self.ctx.store.set_release_status(c.name, c.spec.number, ReleaseStatus.FAILED)
             live = self.ctx.router.get(c.name)

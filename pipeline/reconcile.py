@@ -68,6 +68,8 @@ def _reopen_relays(ctx: Context, live: dict[str, Release], say: Callable[[str], 
     if ctx.networks is None:
         return
     for server, release in live.items():
+        if release.manifest.get("remote") is not None:
+            continue  # no container, no network
         run = _run(release)
         try:
             ctx.networks.reopen(
@@ -90,15 +92,18 @@ def _upstream(release: Release, container_id: str, host: str, port: int) -> Upst
 def _restart(ctx: Context, release: Release, say: Callable[[str], None]) -> Upstream | None:
     """Start a fresh container of a live release whose container is missing (same labels and gate)."""
     spec = ReleaseSpec.of(release)
-    say(f"{release.server} r{release.number}: its container is missing; starting it again")
+    if release.manifest.get("remote") is not None:
+        say(f"{release.server} r{release.number}: a remote server; gating it again before routing to it")
+    else:
+        say(f"{release.server} r{release.number}: its container is missing; starting it again")
     running = None
     try:
         running = launch.start(ctx, spec, "restart")
         launch.wait_healthy(ctx, spec, running, say)
     except CentralMCPError as exc:
         say(f"{release.server} r{release.number}: could not be started again: {exc}")
-        if running is not None:  # it failed its gate: it must never take a request
+        if running is not None and not launch.is_remote(running.id):  # failed its gate: never routed
             ctx.docker.stop_and_remove(running.id, grace=1)
         return None
     ctx.store.set_container(release.server, release.number, running.id, running.port)
-    return launch.upstream(spec, running)
+    return launch.upstream(ctx, spec, running)

@@ -44,6 +44,7 @@ LIVE = frozenset(
         "proxy.keepalive",
         "proxy.allowed_origins",
         "proxy.max_handshake",  # read by each gate and probe
+        "remotes",  # Context.dialer follows the settings: the next connection to a remote uses them
     }
 )
 

@@ -97,7 +97,9 @@ def test_full_manifest_converts_units_and_values(tmp_path: Path) -> None:
 BAD = [
     pytest.param(_with("name: srv\n", ""), "$", 1, "'name' is a required property", id="missing-name"),
     pytest.param(_with("version: 1.0.0\n", ""), "$", 1, "'version' is a required", id="missing-version"),
-    pytest.param(_with("run:\n  port: 8080\n", ""), "$", 1, "'run' is a required", id="missing-run"),
+    pytest.param(
+        _with("run:\n  port: 8080\n", ""), "$", 1, "needs `run` (a container) or `remote`", id="missing-run"
+    ),
     pytest.param(_with("port: 8080", "path: /mcp"), "$.run", 6, "'port' is a required", id="missing-port"),
     pytest.param(_with("name: srv", "name: s_rv"), "$.name", 1, "not a DNS label", id="name-not-dns"),
     pytest.param(_with("1.0.0", "v1"), "$.version", 2, "not a semantic version", id="version-not-semver"),

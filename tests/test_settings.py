@@ -386,3 +386,20 @@ def test_bad_network_settings_are_located(tmp_path: Path, text: str, path: str, 
     """A malformed pool, prefix, deny entry or host service is refused at its JSON path."""
     problems = _problems(tmp_path, text)
     assert any(p.path == path and fragment in p.message for p in problems), problems
+
+
+def test_remotes_section_is_read_with_its_ca_file_next_to_deploy_yaml(tmp_path: Path) -> None:
+    """remotes.allow_hosts are kept lowercase without a trailing dot; ca_file resolves beside deploy.yaml."""
+    (tmp_path / "ca.pem").write_text("")
+    text = "remotes:\n  allow_hosts: [Stand-In.test., 127.0.0.1]\n  ca_file: ca.pem\n  connect_timeout: 2s\n"
+    loaded = settings.load(_write(tmp_path, text), env={})
+    assert loaded.remotes.allow_hosts == ("stand-in.test", "127.0.0.1")
+    assert loaded.remotes.ca_file == (tmp_path / "ca.pem").resolve()
+    assert loaded.remotes.connect_timeout == 2.0
+    assert loaded.remotes.allows("STAND-IN.test")
+
+
+def test_a_missing_remotes_ca_file_is_refused_at_its_key(tmp_path: Path) -> None:
+    """A ca_file that is not there is named at $.remotes.ca_file, not found at the first remote call."""
+    [problem] = _problems(tmp_path, "remotes:\n  ca_file: nowhere.pem\n")
+    assert (problem.path, problem.message) == ("$.remotes.ca_file", "no CA file at 'nowhere.pem'")

@@ -7,14 +7,17 @@ routes (`/mcp/<name>`) and the registry use. The folder only locates the build i
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipeline import buildrules
 from pipeline import dockerfile as dockerfile_mod
+from pipeline import remote as remote_mod
 from pipeline.config import schema, yamlsrc
 from pipeline.config.settings import PROVIDER_ENV_PREFIX, Repo, Settings
 from pipeline.config.units import format_size, parse_duration, parse_size
@@ -27,7 +30,40 @@ DEFAULT_HEALTH_INTERVAL = 1.0
 DEFAULT_MEMORY = "256m"
 DEFAULT_CPUS = 0.5
 MIN_MEMORY = 6 * 1024 * 1024
+# Headers the provider sets itself on a request to a remote: a manifest may not set them.
+RESERVED_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "te",
+        "trailer",
+        "keep-alive",
+        "proxy-authorization",
+        "mcp-session-id",
+        "mcp-protocol-version",
+        "content-type",
+        "accept",
+    }
+)
+LOOPBACK_NAMES = frozenset({"localhost"})
 SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what the schema allows; it reports the rest
+
+
+@dataclass(frozen=True)
+class Remote:
+    """Where a remote server lives, and the headers the proxy adds on the way there."""
+
+    url: str
+    headers: Mapping[str, str] = field(default_factory=dict)  # literal values, from git
+    secret_headers: Mapping[str, str] = field(default_factory=dict)  # header -> secret name
+
+    @property
+    def host(self) -> str:
+        """The URL's host name (what SNI, Host and the address check use)."""
+        return urlsplit(self.url).hostname or ""
 
 
 @dataclass(frozen=True)
@@ -55,6 +91,7 @@ class Manifest:
     restart: str = "on-failure"
     network: str = "internal"
     host_services: tuple[str, ...] = ()
+    remote: Remote | None = None
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
 
@@ -155,7 +192,14 @@ def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings
                 ("transport",), "transport 'stdio' is not served yet", "serve it over streamable-http"
             )
         )
-    problems += _build_problems(doc, folder, root, settings)
+    if "remote" in data:
+        problems += _remote_problems(doc, settings)
+    elif "run" not in data:
+        problems.append(
+            doc.problem((), "a server needs `run` (a container) or `remote` (a URL)", "add run.port")
+        )
+    else:
+        problems += _build_problems(doc, folder, root, settings)
     memory = _section(data, "resources").get("memory")
     if isinstance(memory, str):
         try:
@@ -183,6 +227,68 @@ def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings
     problems += _access_problems(doc, settings)
     problems += _host_service_problems(doc, settings)
     return problems
+
+
+def _remote_problems(doc: yamlsrc.Document, settings: Settings) -> list[Problem]:
+    """A remote has no build or run, speaks https (plain http only on loopback), names no address
+    inside the VM (unless deploy.yaml allows the host) and sets no header the proxy owns."""
+    problems = [
+        doc.problem((key,), f"a remote server has no {key}: it runs elsewhere", f"remove {key}, or remote")
+        for key in ("build", "run")
+        if key in doc.data
+    ]
+    remote = _section(doc.data, "remote")
+    url = remote.get("url")
+    if isinstance(url, str):
+        problems += _remote_url_problems(doc, url, remote_mod.Guard.from_settings(settings))
+    for name in _section(remote, "headers"):
+        if name.lower() in RESERVED_HEADERS:
+            problems.append(
+                doc.problem(
+                    ("remote", "headers", name),
+                    f"header {name} is set by the provider itself",
+                    "remove it: the proxy sets Host, framing and MCP headers to the remote's",
+                    key=True,
+                )
+            )
+    return problems
+
+
+def _remote_url_problems(doc: yamlsrc.Document, url: str, guard: remote_mod.Guard) -> list[Problem]:
+    where = ("remote", "url")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        return [doc.problem(where, f"{url!r} is not a URL: {exc}", "write https://host[:port]/path")]
+    host = parts.hostname or ""
+    if not host or parts.username or parts.password or parts.fragment:
+        return [
+            doc.problem(
+                where,
+                f"{url!r} needs a host, and no user, password or #fragment",
+                "write https://host[:port]/path; credentials go in remote.headers as a secret",
+            )
+        ]
+    if parts.scheme != "https" and not _loopback(host):
+        return [
+            doc.problem(
+                where,
+                f"remote {url!r} is not https: the secret headers would cross the network in clear",
+                "use https:// (plain http is accepted only for a loopback host)",
+            )
+        ]
+    why = remote_mod.literal_problem(host, guard)
+    return [doc.problem(where, why, "point it at the server's public name")] if why else []
+
+
+def _loopback(host: str) -> bool:
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _health_problems(doc: yamlsrc.Document, settings: Settings) -> list[Problem]:
@@ -275,16 +381,22 @@ def _secret_problems(doc: yamlsrc.Document, settings: Settings, repo: Repo) -> l
     """run.secrets may name only what deploy.yaml grants this server, never a provider credential;
     and no build arg may share a secret's name (build args are literal, kept in the image)."""
     listed = _section(doc.data, "run").get("secrets")
-    names = {i: n for i, n in enumerate(listed if isinstance(listed, list) else []) if _secret_name(n)}
+    named: dict[tuple[str | int, ...], object] = {
+        ("run", "secrets", i): n for i, n in enumerate(listed if isinstance(listed, list) else [])
+    }
+    for header, value in _section(_section(doc.data, "remote"), "headers").items():
+        if isinstance(value, dict):
+            named[("remote", "headers", header, "secret")] = value.get("secret")
+    names = {path: n for path, n in named.items() if isinstance(n, str) and _secret_name(n)}
     server = doc.data.get("name")
     granted = repo.granted(server) if isinstance(server, str) else frozenset()
     index = settings.repos.index(repo) if repo in settings.repos else 0
     problems: list[Problem] = []
-    for i, name in names.items():
+    for path, name in names.items():
         if name in settings.credential_names() or name.startswith(PROVIDER_ENV_PREFIX):
             problems.append(
                 doc.problem(
-                    ("run", "secrets", i),
+                    path,
                     f"{name} is one of the provider's own credentials, which no server ever receives",
                     "give the server a secret of its own: `central-mcp secret set NAME` on the VM, "
                     f"granted in deploy.yaml's repos[{index}].secrets",
@@ -293,7 +405,7 @@ def _secret_problems(doc: yamlsrc.Document, settings: Settings, repo: Repo) -> l
         elif name not in granted:
             problems.append(
                 doc.problem(
-                    ("run", "secrets", i),
+                    path,
                     f"secret {name} is not granted to server {server!r} of repo {repo.name!r}",
                     f"in {settings.config_path}, under repos[{index}].secrets add `- {name}` (the whole "
                     f"repo) or `- {{name: {name}, servers: [{server}]}}`; store its value with "
@@ -393,7 +505,7 @@ def _inside(
 def from_data(data: dict[str, Any], folder: str) -> Manifest:
     """Build a Manifest from already validated data found in `folder`."""
     build = data.get("build", {})
-    run = data["run"]
+    run = data.get("run", {})
     health = data.get("health", {})
     resources = data.get("resources", {})
     context = (Path(folder) / build.get("context", ".")).as_posix()
@@ -406,10 +518,10 @@ def from_data(data: dict[str, Any], folder: str) -> Manifest:
         context=str(Path(context)),
         dockerfile=build.get("dockerfile", "Dockerfile"),
         build_args={k: _text(v) for k, v in build.get("args", {}).items()},
-        port=run["port"],
+        port=run.get("port", 0),
         path=run.get("path", DEFAULT_PATH),
         env={k: _text(v) for k, v in run.get("env", {}).items()},
-        secrets=tuple(run.get("secrets", ())),
+        secrets=tuple(dict.fromkeys([*run.get("secrets", ()), *_header_secrets(data)])),
         command=tuple(run.get("command", ())),
         health_timeout=parse_duration(health.get("timeout", DEFAULT_HEALTH_TIMEOUT)),
         health_interval=parse_duration(health.get("interval", DEFAULT_HEALTH_INTERVAL)),
@@ -419,7 +531,23 @@ def from_data(data: dict[str, Any], folder: str) -> Manifest:
         restart=run.get("restart", "on-failure"),
         network=run.get("network", "internal"),
         host_services=tuple(run.get("host_services", ())),
+        remote=_remote(data["remote"]) if "remote" in data else None,
         raw=data,
+    )
+
+
+def _header_secrets(data: dict[str, Any]) -> list[str]:
+    """The secrets a remote's headers name: checked granted and stored like run.secrets."""
+    headers = data.get("remote", {}).get("headers", {})
+    return [v["secret"] for v in headers.values() if isinstance(v, dict)]
+
+
+def _remote(data: dict[str, Any]) -> Remote:
+    headers = data.get("headers", {})
+    return Remote(
+        url=data["url"],
+        headers={k: v for k, v in headers.items() if isinstance(v, str)},
+        secret_headers={k: v["secret"] for k, v in headers.items() if isinstance(v, dict)},
     )
 
 

@@ -71,6 +71,7 @@ DEFAULT_EGRESS_DENY = (
 )  # link-local (AWS/GCP/Azure metadata), Alibaba's
 DEFAULT_RELAY_MAX_CONNECTIONS = 64
 DEFAULT_RELAY_IDLE_TIMEOUT = 300.0
+DEFAULT_REMOTE_CONNECT_TIMEOUT = 5.0  # resolving and connecting to a remote server, TLS included
 STATE_DIR_ENV = "CENTRAL_MCP_STATE_DIR"
 PROVIDER_ENV_PREFIX = "CENTRAL_MCP_"  # the provider's own variables: never a server's secret
 
@@ -203,6 +204,19 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True)
+class RemotesConfig:
+    """Remote servers: hosts allowed although they resolve inside the VM, the CA that verifies them."""
+
+    allow_hosts: tuple[str, ...] = ()  # host names or literal addresses, matched exactly (lowercase)
+    ca_file: Path | None = None  # None: the system's trusted CAs
+    connect_timeout: float = DEFAULT_REMOTE_CONNECT_TIMEOUT
+
+    def allows(self, host: str) -> bool:
+        """Whether deploy.yaml lets remote servers reach `host` whatever it resolves to."""
+        return host.lower().rstrip(".") in self.allow_hosts
+
+
+@dataclass(frozen=True)
 class HostService:
     """A service of the VM that the provider relays into the networks of the servers granted it."""
 
@@ -245,6 +259,7 @@ class Settings:
     limits: Limits = field(default_factory=Limits)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     host_services: tuple[HostService, ...] = ()
+    remotes: RemotesConfig = field(default_factory=RemotesConfig)
 
     @property
     def base_url(self) -> str:
@@ -344,7 +359,7 @@ def load(path: Path = DEFAULT_CONFIG, env: Mapping[str, str] | None = None) -> S
     doc = yamlsrc.load(path) if path.exists() else yamlsrc.Document(str(path), {})
     if not isinstance(doc.data, dict):
         raise ConfigError([doc.problem((), "deploy.yaml must be a mapping", "write key: value pairs")])
-    problems = schema.validate(doc, "deploy") + _semantic_problems(doc)
+    problems = schema.validate(doc, "deploy") + _semantic_problems(doc) + _remotes_problems(doc, path)
     if problems:
         raise ConfigError(problems)
     return _build(doc.data, path, env)
@@ -496,6 +511,21 @@ def _network_problems(doc: yamlsrc.Document) -> list[Problem]:
 _CIDR_HINT = "write it as address/prefix with the host bits zero, like 10.213.0.0/16"
 
 
+def _remotes_problems(doc: yamlsrc.Document, path: Path) -> list[Problem]:
+    """remotes.ca_file must be a readable file next to deploy.yaml (or an absolute path)."""
+    remotes = doc.data.get("remotes")
+    ca_file = remotes.get("ca_file") if isinstance(remotes, dict) else None
+    if not isinstance(ca_file, str) or (path.resolve().parent / ca_file).is_file():
+        return []
+    return [
+        doc.problem(
+            ("remotes", "ca_file"),
+            f"no CA file at {ca_file!r}",
+            "give a PEM file of CA certificates, relative to deploy.yaml, or remove ca_file",
+        )
+    ]
+
+
 def _ipv4_network(value: object) -> ipaddress.IPv4Network | None:
     try:
         return ipaddress.IPv4Network(value) if isinstance(value, str) else None
@@ -549,6 +579,7 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
         limits=_limits(data.get("limits", {})),
         network=_network(data.get("network", {})),
         host_services=tuple(_host_service(k, v) for k, v in sorted(data.get("host_services", {}).items())),
+        remotes=_remotes(data.get("remotes", {}), base),
         admin_token=env.get(data["admin_token_env"], "") if "admin_token_env" in data else "",
         admin_token_env=data.get("admin_token_env", ""),
     )
@@ -615,6 +646,15 @@ def _network(data: dict[str, Any]) -> NetworkConfig:
         ),
         relay_max_connections=relay.get("max_connections", DEFAULT_RELAY_MAX_CONNECTIONS),
         relay_idle_timeout=parse_duration(relay.get("idle_timeout", DEFAULT_RELAY_IDLE_TIMEOUT)),
+    )
+
+
+def _remotes(data: dict[str, Any], base: Path) -> RemotesConfig:
+    ca_file = data.get("ca_file")
+    return RemotesConfig(
+        allow_hosts=tuple(h.lower().rstrip(".") for h in data.get("allow_hosts", ())),
+        ca_file=(base / ca_file).resolve() if ca_file else None,
+        connect_timeout=parse_duration(data.get("connect_timeout", DEFAULT_REMOTE_CONNECT_TIMEOUT)),
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from pipeline.proxy.pool import Pool
 from pipeline.proxy.router import Router, Upstream
@@ -22,15 +23,16 @@ MAX_INTERVAL = 30.0
 END_UPSTREAM_TIMEOUT = 5.0  # for the DELETE that ends an expired session on its container
 
 
-async def expire_sessions(router: Router, pool: Pool, timeout: float) -> None:
-    """Until cancelled: end the sessions idle for `timeout` seconds, here and on their containers."""
+async def expire_sessions(router: Router, pool_for: Callable[[Upstream], Pool], timeout: float) -> None:
+    """Until cancelled: end the sessions idle for `timeout` seconds, here and on their containers
+    (reached through the pool `pool_for` names: a remote's is checked and verified)."""
     interval = min(max(timeout / CHECKS_PER_TIMEOUT, MIN_INTERVAL), MAX_INTERVAL)
     while True:
         await asyncio.sleep(interval)
         ended = router.expire_idle(time.monotonic() - timeout)
         ends = [(u, s.id) for s in ended if (u := router.upstream_of(s)) is not None]
         if ends:
-            await asyncio.gather(*(end_upstream(pool, u, sid) for u, sid in ends))
+            await asyncio.gather(*(end_upstream(pool_for(u), u, sid) for u, sid in ends))
 
 
 async def end_upstream(pool: Pool, upstream: Upstream, session_id: str) -> None:
@@ -38,8 +40,9 @@ async def end_upstream(pool: Pool, upstream: Upstream, session_id: str) -> None:
     the loopback Host every forwarded request carries (an SDK server's guard answers 421 to another)."""
     request = (
         f"DELETE {upstream.path or '/'} HTTP/1.1\r\nhost: {upstream.authority}\r\n"
-        f"mcp-session-id: {session_id}\r\ncontent-length: 0\r\n\r\n"
+        f"mcp-session-id: {session_id}\r\ncontent-length: 0\r\n"
     ).encode("latin-1")
+    request += (upstream.remote.headers if upstream.remote is not None else b"") + b"\r\n"
     try:
         async with asyncio.timeout(END_UPSTREAM_TIMEOUT):
             conn = await pool.request(upstream.host, upstream.port, "DELETE", request)

@@ -26,8 +26,10 @@ from typing import cast
 
 import httptools
 
+from pipeline import remote
 from pipeline.config.settings import DEFAULT_MAX_UPSTREAM_HEADER
-from pipeline.errors import UpstreamError
+from pipeline.errors import RemoteRefused, UpstreamError, UpstreamRefused
+from pipeline.remote import Dialer
 
 IDLE_SECONDS = 4.0  # below the 5 s keep-alive of uvicorn and Node, so the server never closes first
 PAUSE_BYTES = 256 * 1024  # unread body above this pauses reading from the upstream (the answer is held)
@@ -317,5 +319,29 @@ class Pool:
     async def _connect(self, key: tuple[str, int]) -> Connection:
         async with asyncio.timeout(self.connect_timeout):
             _, conn = await self.loop.create_connection(lambda: Connection(self, key), *key)
+        self._open.add(conn)
+        return conn
+
+
+class RemotePool(Pool):
+    """The pool for remote servers: each new connection resolves the host and checks the address
+    again (pipeline/remote.py), connects to that address, and verifies TLS against the name. Kept
+    apart from `Pool`, whose containers are reached at an address the provider gave them."""
+
+    def __init__(
+        self, dialer: Callable[[], Dialer], tls: bool, connect_timeout: float, max_head: int = MAX_HEAD_BYTES
+    ) -> None:
+        super().__init__(connect_timeout, max_head)
+        self.dialer = dialer  # asked per connection: a reload's CA and allowed hosts apply at once
+        self.tls = tls
+
+    async def _connect(self, key: tuple[str, int]) -> Connection:
+        dialer = self.dialer()
+        try:
+            async with asyncio.timeout(max(self.connect_timeout, dialer.connect_timeout)):
+                conn = await remote.open_connection(dialer, *key, self.tls, lambda: Connection(self, key))
+        except RemoteRefused as exc:
+            raise UpstreamRefused(str(exc)) from exc
+        assert isinstance(conn, Connection)
         self._open.add(conn)
         return conn

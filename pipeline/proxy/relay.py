@@ -23,14 +23,14 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote
 
 from starlette.types import Receive, Scope, Send
 
 from pipeline.config.settings import DEFAULT_MAX_BODY, DEFAULT_MAX_UPSTREAM_HEADER
-from pipeline.errors import BodyTooLarge, ClientGone, UpstreamError
+from pipeline.errors import BodyTooLarge, ClientGone, UpstreamError, UpstreamRefused
 from pipeline.proxy.access import Caller, Denied, Gatekeeper
 from pipeline.proxy.exchange import (
     DOT_SEGMENTS,
@@ -40,10 +40,11 @@ from pipeline.proxy.exchange import (
     has_dot_segment,
 )
 from pipeline.proxy.expiry import expire_sessions
-from pipeline.proxy.pool import Connection, Pool
+from pipeline.proxy.pool import Connection, Pool, RemotePool
 from pipeline.proxy.router import Router, Upstream
 from pipeline.proxy.sessions import Session
 from pipeline.proxy.usage import Usage
+from pipeline.remote import Dialer
 
 Reply = tuple[int, bytes, Headers]  # an answer the proxy makes itself: status, body, headers
 T = TypeVar("T")
@@ -164,8 +165,10 @@ class Proxy:
         *,
         max_body: int = DEFAULT_MAX_BODY,
         max_upstream_header: int = DEFAULT_MAX_UPSTREAM_HEADER,
+        dialer: Callable[[], Dialer] | None = None,
     ) -> None:
         self.router = router
+        self.dialer = dialer  # how remote servers are reached; None: this proxy serves none
         self.gatekeeper = gatekeeper
         self.usage = usage
         self.keepalive = keepalive
@@ -173,14 +176,20 @@ class Proxy:
         self.max_upstream_header = max_upstream_header  # an answer's head at most (502)
         self.session_idle_timeout = session_idle_timeout  # 0: sessions never expire
         self._pool: Pool | None = None
+        self._remote_pools: dict[bool, Pool] = {}  # by TLS or not
         self._expiry: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Open the shared upstream connection pool; start expiring idle sessions."""
         self._pool = Pool(CONNECT_TIMEOUT, self.max_upstream_header)
+        if self.dialer is not None:
+            self._remote_pools = {
+                tls: RemotePool(self.dialer, tls, CONNECT_TIMEOUT, self.max_upstream_header)
+                for tls in (True, False)
+            }
         if self.session_idle_timeout > 0:
             self._expiry = asyncio.create_task(
-                expire_sessions(self.router, self._pool, self.session_idle_timeout)
+                expire_sessions(self.router, self.pool_for, self.session_idle_timeout)
             )
 
     async def stop(self) -> None:
@@ -189,8 +198,9 @@ class Proxy:
             self._expiry.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._expiry
-        if self._pool is not None:
-            self._pool.close()
+        for pool in (self._pool, *self._remote_pools.values()):
+            if pool is not None:
+                pool.close()
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         """ASGI: serve a request that did not come through front.py's fast path."""
@@ -267,20 +277,30 @@ class Proxy:
 
     def idle_connection(self, ticket: Ticket) -> Connection | None:
         """A pooled keep-alive connection to the ticket's upstream, if one is idle."""
-        assert self._pool is not None and ticket.upstream is not None
-        return self._pool.take((ticket.upstream.host, ticket.upstream.port))
+        assert ticket.upstream is not None
+        return self.pool_for(ticket.upstream).take((ticket.upstream.host, ticket.upstream.port))
+
+    def pool_for(self, upstream: Upstream) -> Pool:
+        """The pool that reaches `upstream`: containers', or remote servers' (checked, TLS)."""
+        if upstream.remote is None:
+            assert self._pool is not None, "Proxy.start() was not awaited"
+            return self._pool
+        pool = self._remote_pools.get(upstream.remote.tls)
+        if pool is None:
+            raise UpstreamError(f"this proxy was started without a way to reach remote {upstream.server!r}")
+        return pool
 
     async def forward(self, ex: Exchange, ticket: Ticket, sent: Connection | None = None) -> None:
         """Send the ticket's request (unless the pooled connection `sent` carries it already) and
         relay the answer: whole, or as it arrives (an event stream, or a body too large to hold)."""
-        assert self._pool is not None, "Proxy.start() was not awaited"
         upstream = ticket.upstream
         assert upstream is not None, "Proxy.route() did not admit this ticket"
         try:
+            pool = self.pool_for(upstream)
             if sent is not None:
-                waiting = self._pool.answer_to(sent, ticket.method, ticket.request)
+                waiting = pool.answer_to(sent, ticket.method, ticket.request)
             else:
-                waiting = self._pool.request(upstream.host, upstream.port, ticket.method, ticket.request)
+                waiting = pool.request(upstream.host, upstream.port, ticket.method, ticket.request)
             conn = await _unless_gone(ex, waiting)  # a silent server holds nothing once the client left
         except ClientGone:
             self.finish(ticket, CLIENT_GONE)
@@ -384,6 +404,9 @@ class Proxy:
         """The upstream request: request line, Host, the forwarded headers, length and body."""
         method, rest, query = ex.method, ex.rest, ex.query
         target = (upstream.path + "/" + quote(rest, safe=PATH_SAFE) if rest else upstream.path) or "/"
+        if upstream.remote is not None:  # its own headers, never a client's of the same names
+            names = upstream.remote.names
+            fields = [upstream.remote.headers, *(f for f in fields if f.split(b":", 1)[0] not in names)]
         fields.append(
             b"\r\n" if not body and method in NO_BODY_METHODS else b"content-length: %d\r\n\r\n" % len(body)
         )
@@ -553,7 +576,9 @@ def _session_gone() -> Reply:
 
 def _bad_gateway(server: str, exc: BaseException) -> Reply:
     """A 502 naming the server; what went wrong when the upstream spoke badly (our own words)."""
-    if isinstance(exc, UpstreamError):
+    if isinstance(exc, UpstreamRefused):
+        why = f"was not connected to: {exc}"
+    elif isinstance(exc, UpstreamError):
         why = f"answered badly: {exc}"
     else:
         why = f"is unreachable: {exc.__class__.__name__}"

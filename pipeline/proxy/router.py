@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from pipeline.proxy.sessions import Session, SessionTable
+from pipeline.remote import Route
 from pipeline.store import SessionRow
 
 
@@ -30,16 +31,21 @@ class Upstream:
     port: int
     path: str
     access: tuple[str, ...] = ("all",)
+    remote: Route | None = None  # a remote server: no container, `container_id` only names the release
 
     @property
     def base_url(self) -> str:
         """The upstream's MCP endpoint URL."""
+        if self.remote is not None:
+            return self.remote.url
         return f"http://{self.host}:{self.port}{self.path}"
 
     @property
     def authority(self) -> str:
-        """The Host sent upstream: loopback, as SDK servers' DNS-rebinding guard accepts, whatever
-        address the container is reached at on its network."""
+        """The Host sent upstream: loopback for a container, as SDK servers' DNS-rebinding guard
+        accepts, whatever address it is reached at on its network; a remote's own name."""
+        if self.remote is not None:
+            return self.remote.authority
         return f"127.0.0.1:{self.port}"
 
 

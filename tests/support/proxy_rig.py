@@ -32,6 +32,7 @@ from pipeline.proxy.access import Gatekeeper
 from pipeline.proxy.relay import Proxy
 from pipeline.proxy.router import Router, Upstream
 from pipeline.proxy.usage import Usage
+from pipeline.remote import Dialer
 from pipeline.store import Store
 from tests.support.clock import FakeClock
 from tests.support.loopback import serve_asgi
@@ -87,6 +88,7 @@ def running_proxy(
     front: bool = True,
     session_idle_timeout: float = 0.0,
     limits: dict[str, Any] | None = None,
+    dialer: Callable[[], Dialer] | None = None,
     **config: Any,
 ) -> Iterator[Rig]:
     """Serve a proxy on loopback with a fresh Store in `state_dir`; yield its rig.
@@ -94,7 +96,7 @@ def running_proxy(
     As the provider serves it, `/mcp/` requests take front.py's fast path; with `front=False`
     plain uvicorn serves the app, so every request goes through ASGI (`Proxy.handle`). Sessions do not
     expire unless `session_idle_timeout` (seconds) is given. `limits`: more ProxyTimeouts fields (caps
-    and client timeouts); `config`: more uvicorn.Config options.
+    and client timeouts); `dialer` reaches remote servers; `config`: more uvicorn.Config options.
     """
     settings = Settings(
         config_path=Path("deploy.yaml"),
@@ -120,6 +122,7 @@ def running_proxy(
         session_idle_timeout,
         max_body=caps.max_body,
         max_upstream_header=caps.max_upstream_header,
+        dialer=dialer,
     )
     try:
         with serve_asgi(proxy_app(proxy, router), front=front, limits=caps, **config) as port:
