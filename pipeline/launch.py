@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from pipeline import gate
+from pipeline import gate, stdio
 from pipeline.context import Context
 from pipeline.dockerhost import (
     LABEL_COMMIT,
@@ -42,6 +42,7 @@ def start(ctx: Context, spec: ReleaseSpec, suffix: str) -> Running:
     env = {**m.env, **ctx.secrets.values(ctx.settings, spec.repo, m.name, m.secrets)}
     name = f"cmcp-{ctx.instance}-{m.name}-r{spec.number}-{suffix}"
     ctx.docker.remove_container_named(name)
+    command = stdio.bridge_command(m, ctx.settings) if stdio.is_stdio(m) else m.command
     run = RunSpec(
         spec.image,
         name,
@@ -50,7 +51,7 @@ def start(ctx: Context, spec: ReleaseSpec, suffix: str) -> Running:
         env,
         m.memory_bytes,
         m.cpus,
-        m.command,
+        command,
         m.restart,
         startup_cpus=STARTUP_CPUS,
         user=ctx.settings.containers.user,

@@ -93,11 +93,12 @@ class Bridge:
     async def reap(self) -> None:
         """Forever: end sessions idle past idle_timeout, and sessions whose process ended."""
         while True:
-            await asyncio.sleep(min(30.0, max(0.05, self.config.idle_timeout / 4)))
+            limit = self.config.idle_timeout  # 0: sessions never expire
+            await asyncio.sleep(min(30.0, max(0.05, limit / 4)) if limit > 0 else 1.0)
             now = time.monotonic()
             for session in list(self.sessions.values()):
-                idle = not session.calls and session.stream is None
-                if session.closed or (idle and now - session.last_seen > self.config.idle_timeout):
+                idle = limit > 0 and not session.calls and session.stream is None
+                if session.closed or (idle and now - session.last_seen > limit):
                     await self._end(session)
 
     async def _post(self, request: Request, reply: Reply) -> None:

@@ -27,6 +27,10 @@ DEFAULT_HEALTH_INTERVAL = 1.0
 DEFAULT_MEMORY = "256m"
 DEFAULT_CPUS = 0.5
 MIN_MEMORY = 6 * 1024 * 1024
+STDIO = "stdio"
+DEFAULT_SESSIONS = "per-session"
+DEFAULT_MAX_PROCESSES = 16  # a Node server runs ~11 threads; the container's pids limit is 256
+DEFAULT_POOL = 1
 SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what the schema allows; it reports the rest
 
 
@@ -53,6 +57,9 @@ class Manifest:
     cpus: float
     access: tuple[str, ...]
     restart: str = "on-failure"
+    sessions: str = DEFAULT_SESSIONS
+    max_processes: int = DEFAULT_MAX_PROCESSES
+    pool: int = DEFAULT_POOL
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
 
@@ -147,12 +154,7 @@ def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings
     """What a schema cannot say; written to run on any shape, so every fault shows at once."""
     data = doc.data
     problems: list[Problem] = []
-    if data.get("transport") == "stdio":
-        problems.append(
-            doc.problem(
-                ("transport",), "transport 'stdio' is not served yet", "serve it over streamable-http"
-            )
-        )
+    problems += _stdio_problems(doc)
     problems += _build_problems(doc, folder, root, settings)
     memory = _section(data, "resources").get("memory")
     if isinstance(memory, str):
@@ -180,6 +182,42 @@ def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings
     problems += _health_problems(doc, settings)
     problems += _access_problems(doc, settings)
     return problems
+
+
+def _stdio_problems(doc: yamlsrc.Document) -> list[Problem]:
+    """stdio needs the program to run; the sharing fields mean nothing to an HTTP server."""
+    data = doc.data
+    run = _section(data, "run")
+    if data.get("transport") == STDIO:
+        if "command" not in run:
+            where = ("run",) if "run" in data else ("transport",)
+            return [
+                doc.problem(
+                    where,
+                    "transport 'stdio' needs run.command: the program the bridge starts for each session",
+                    'add e.g. `command: ["python3", "-m", "my_server"]` under run (an argv list, no shell)',
+                )
+            ]
+        if run.get("sessions") == "shared" and "pool" in run:
+            return [
+                doc.problem(
+                    ("run", "pool"),
+                    "run.pool is for per-session servers: a shared server has one process",
+                    "remove run.pool, or use sessions: per-session",
+                    key=True,
+                )
+            ]
+        return []
+    return [
+        doc.problem(
+            ("run", field),
+            f"run.{field} is for transport 'stdio' only; this server speaks {data.get('transport')!r}",
+            f"remove run.{field}, or set transport: stdio",
+            key=True,
+        )
+        for field in ("sessions", "max_processes", "pool")
+        if field in run
+    ]
 
 
 def _health_problems(doc: yamlsrc.Document, settings: Settings) -> list[Problem]:
@@ -385,6 +423,9 @@ def from_data(data: dict[str, Any], folder: str) -> Manifest:
         cpus=float(resources.get("cpus", DEFAULT_CPUS)),
         access=tuple(data.get("access", ("all",))),
         restart=run.get("restart", "on-failure"),
+        sessions=run.get("sessions", DEFAULT_SESSIONS),
+        max_processes=run.get("max_processes", DEFAULT_MAX_PROCESSES),
+        pool=run.get("pool", DEFAULT_POOL),
         raw=data,
     )
 
