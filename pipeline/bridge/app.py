@@ -9,6 +9,7 @@ session to own a process, so this is what the program really offers (`eras: [ses
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import time
@@ -57,12 +58,11 @@ class Bridge:
         self.shared: Hub | None = None
         self.shared_init: Message = {}
         self.draining = False
+        self.ready = asyncio.Event()  # shared mode: the shared process answered initialize
 
-    async def start(self) -> None:
-        """Fill the warm pool, or start and initialize the shared process."""
-        if self.config.sessions == "shared":
-            await self._start_shared()
-        else:
+    def start(self) -> None:
+        """Fill the warm pool (per-session mode; shared mode starts its process in watch_shared)."""
+        if self.config.sessions != "shared":
             self.pool.refill()
 
     async def handle(self, request: Request, reply: Reply) -> None:
@@ -117,7 +117,7 @@ class Bridge:
         if "method" in message and "id" in message:
             return await self._call(session.hub.call(session, message), reply)
         if "method" in message:
-            if not (self.shared is not None and message["method"] == "notifications/initialized"):
+            if not (self.config.sessions == "shared" and message["method"] == "notifications/initialized"):
                 session.hub.notify(session, message)
         elif not session.hub.respond(session, message):
             return await _json(
@@ -144,7 +144,7 @@ class Bridge:
     async def _initialize(self, message: Message, reply: Reply) -> None:
         if self.draining:
             return await _json(reply, 503, error(message["id"], OVER_CAPACITY, "the server is shutting down"))
-        if self.shared is not None:
+        if self.config.sessions == "shared":
             return await self._initialize_shared(message, reply)
         try:
             hub = await self.pool.take()
@@ -165,11 +165,12 @@ class Bridge:
         return await _json(reply, 200, answer, {"Mcp-Session-Id": session.id})
 
     async def _initialize_shared(self, message: Message, reply: Reply) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.ready.wait(), self.config.init_timeout)
         hub = self.shared
-        if hub is None or not hub.alive:
-            return await _json(
-                reply, 200, error(message["id"], CONNECTION_CLOSED, "the server is restarting")
-            )
+        if hub is None or not hub.alive or not self.ready.is_set():
+            text = f"the shared server process did not initialize within {self.config.init_timeout:g}s"
+            return await _json(reply, 200, error(message["id"], CONNECTION_CLOSED, text))
         session = _new_session(hub, message)
         hub.sessions[session.id] = session
         self.sessions[session.id] = session
@@ -289,6 +290,7 @@ class Bridge:
             if "result" in answer and hub.alive:
                 hub.notify_process({"jsonrpc": "2.0", "method": "notifications/initialized"})
                 self.shared, self.shared_init = hub, answer["result"]
+                self.ready.set()
                 self.pool.succeeded()
                 return
             log(f"the shared process did not initialize: {answer.get('error')}")
@@ -296,13 +298,15 @@ class Bridge:
             await asyncio.sleep(self.pool.backoff())
 
     async def watch_shared(self) -> None:
-        """Forever (shared mode): when the shared process ends, start another."""
+        """Forever (shared mode): start the shared process, and another whenever it ends."""
+        await self._start_shared()
         while not self.draining:
             await asyncio.sleep(0.2)
             if self.shared is not None and not self.shared.alive and not self.draining:
                 for session in list(self.shared.sessions.values()):
                     await self._end(session)
                 self.pool.restarts += 1
+                self.ready.clear()
                 await self.shared.child.stop()
                 await self._start_shared()
 

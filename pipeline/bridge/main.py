@@ -54,7 +54,7 @@ async def run(config: Config) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     server = await wire.serve(config.host, config.port, bridge.handle)
-    await bridge.start()
+    bridge.start()
     tasks = [loop.create_task(bridge.reap())]
     if config.sessions == "shared":
         tasks.append(loop.create_task(bridge.watch_shared()))
