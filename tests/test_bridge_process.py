@@ -143,7 +143,7 @@ def test_a_sampling_request_reaches_the_calling_client_and_its_answer_returns(mo
     async def run(url: str) -> list[Any]:
         asking = _calls(url, [("ask", {"question": "q1"})], sampling_callback=sampler)
         (_, results), _ = await asyncio.gather(asking, idle(url))
-        return results
+        return list(results)
 
     with running_bridge(f"--sessions={mode}") as url:
         assert asyncio.run(run(url)) == ["answer to q1"]
