@@ -194,7 +194,8 @@ class Bridge:
                     hub.forget(call)
                     return await _end_call(reply, answer)
                 try:
-                    message = await asyncio.wait_for(call.queue.get(), wait)
+                    async with asyncio.timeout(wait):  # no task per wait, unlike wait_for
+                        message = await call.queue.get()
                 except TimeoutError:
                     if not reply.streaming:
                         await reply.start_stream()

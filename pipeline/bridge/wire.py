@@ -135,7 +135,8 @@ async def _connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 
 async def _read_request(reader: asyncio.StreamReader, wait: float) -> Request | None:
     try:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), wait)
+        async with asyncio.timeout(wait):  # no task per request, unlike wait_for
+            head = await reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError as exc:
         if exc.partial:
             raise BadRequest("the request head broke off") from exc
@@ -156,7 +157,8 @@ async def _read_request(reader: asyncio.StreamReader, wait: float) -> Request | 
         if not sep:
             raise BadRequest(f"a header line without ':': {line[:80]!r}")
         headers[name.strip().lower()] = value.strip()
-    body = await asyncio.wait_for(_read_body(reader, headers), HEAD_TIMEOUT)
+    async with asyncio.timeout(HEAD_TIMEOUT):
+        body = await _read_body(reader, headers)
     return Request(parts[0], parts[1].split("?", 1)[0], headers, body)
 
 
