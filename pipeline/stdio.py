@@ -14,10 +14,13 @@ import shutil
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from pipeline.config.manifest import STDIO, Manifest
+from pipeline.config.manifest import DEFAULT_MAX_PROCESSES, DEFAULT_POOL, DEFAULT_SESSIONS, STDIO, Manifest
 from pipeline.config.settings import Settings
-from pipeline.dockerhost import DockerHost
+
+if TYPE_CHECKING:  # check and the registry use this module without loading the docker SDK
+    from pipeline.dockerhost import DockerHost
 
 BRIDGE_SOURCE = Path(__file__).resolve().parent / "bridge"
 BRIDGE_DIR = "/opt/central-mcp"
@@ -76,3 +79,32 @@ def bridge_command(manifest: Manifest, settings: Settings) -> tuple[str, ...]:
     if idle:
         options.append(f"--idle-timeout={idle:g}")
     return (*options, "--", *manifest.command)
+
+
+def offer(raw: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What a stdio server offers its clients (None for other kinds), from its manifest's data:
+    shown by `check` and in the registry's live state."""
+    if raw.get("transport") != STDIO:
+        return None
+    run = raw.get("run") if isinstance(raw.get("run"), Mapping) else {}
+    assert isinstance(run, Mapping)
+    sessions = run.get("sessions", DEFAULT_SESSIONS)
+    shared = sessions == "shared"
+    return {
+        "sessions": sessions,
+        "maxProcesses": run.get("max_processes", DEFAULT_MAX_PROCESSES),
+        "warmProcesses": 0 if shared else run.get("pool", DEFAULT_POOL),
+        "eras": list(SESSION_ERAS),
+    }
+
+
+def describe(raw: Mapping[str, Any]) -> str:
+    """One line for `check`: how a stdio server is shared and which protocol era it offers."""
+    found = offer(raw)
+    if found is None:
+        return ""
+    if found["sessions"] == "shared":
+        how = "one shared process"
+    else:
+        how = f"a process per session ({found['warmProcesses']} warm, at most {found['maxProcesses']})"
+    return f"stdio, {how}, session era only: 2026-07-28 clients fall back to initialize"
