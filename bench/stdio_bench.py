@@ -62,7 +62,9 @@ def main() -> None:
                         asyncio.run(_load(url, concurrency, args.duration, CALL))
                     )
     direct = _direct_stdio(program, args.duration)
+    ceiling = _direct_stdio_throughput(program, args.duration)
     _print_load(results, direct)
+    print(f"direct stdio, 16 calls in flight on one process (no HTTP, no bridge): {ceiling:.0f} calls/s")
     _print_startup(args.tools, program, args.sessions)
 
 
@@ -281,6 +283,40 @@ def _direct_stdio(program: list[str], duration: float) -> float:
         latencies.append(time.perf_counter() - started)
     proc.kill()
     return statistics.median(latencies[50:]) * 1000
+
+
+def _direct_stdio_throughput(program: list[str], duration: float, in_flight: int = 16) -> float:
+    """calls/s of one program fed straight on stdin with `in_flight` calls outstanding: the most
+    any bridge that shares one process can reach."""
+    proc = subprocess.Popen(program, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert proc.stdin and proc.stdout
+    params = {"protocolVersion": ERA, "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}
+    lines = [
+        {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params},
+        {"jsonrpc": "2.0", "method": "notifications/initialized"},
+    ]
+    proc.stdin.write(json.dumps(lines[0]).encode() + b"\n")
+    proc.stdin.flush()
+    proc.stdout.readline()
+    proc.stdin.write(json.dumps(lines[1]).encode() + b"\n")
+
+    def call(i: int) -> bytes:
+        return (
+            json.dumps({"jsonrpc": "2.0", "id": i, "method": "tools/call", "params": CALL}).encode() + b"\n"
+        )
+
+    proc.stdin.write(b"".join(call(i) for i in range(1, in_flight + 1)))
+    proc.stdin.flush()
+    answered, stop = 0, time.perf_counter() + duration
+    started = time.perf_counter()
+    while time.perf_counter() < stop:
+        proc.stdout.readline()
+        answered += 1
+        proc.stdin.write(call(in_flight + answered))
+        proc.stdin.flush()
+    took = time.perf_counter() - started
+    proc.kill()
+    return answered / took
 
 
 def _print_load(results: dict[str, dict[int, list[tuple[float, float]]]], direct: float) -> None:

@@ -46,6 +46,7 @@ class Child:
         self.junk = 0
         self.closed = False
         self._reader: asyncio.Task[None] | None = None
+        self._out: list[bytes] = []
 
     async def start(self) -> None:
         """Start the program; raise OSError when it cannot be started."""
@@ -76,7 +77,16 @@ class Child:
         """Write one message as a line to the program's stdin."""
         if self.closed or self.process is None or self.process.stdin is None:
             raise ConnectionError("the server process has ended")
-        self.process.stdin.write(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        # Written once per turn of the event loop: one pipe write (and one wake-up of the program)
+        # for every message that became ready in that turn.
+        self._out.append(json.dumps(message, separators=(",", ":")).encode() + b"\n")
+        if len(self._out) == 1:
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self.process is not None and self.process.stdin is not None and not self.closed:
+            self.process.stdin.write(b"".join(out))
 
     async def stop(self) -> None:
         """End the program: close stdin, then SIGTERM, then SIGKILL; remove its directory."""
