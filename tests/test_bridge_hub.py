@@ -181,3 +181,16 @@ def test_an_unrelated_notification_reaches_every_session_stream() -> None:
     _from_program(hub, child, note)
     assert _drain(call_a) == [note]
     assert b.stream.get_nowait() == note
+
+
+def test_a_server_request_whose_session_ends_gets_an_error_in_the_program() -> None:
+    """When the session a server request went to ends unanswered, the program gets a JSON-RPC
+    error for it instead of waiting forever."""
+    hub, child = _hub()
+    a = _session(hub, "a", roots={})
+    hub.call(a, _request(1))
+    _from_program(hub, child, {"jsonrpc": "2.0", "id": "r1", "method": "roots/list"})
+    hub.drop_server_requests(a)
+    assert child.sent[-1]["id"] == "r1"
+    assert child.sent[-1]["error"]["message"] == "the client's session ended"
+    assert hub.server_requests == {}

@@ -27,6 +27,7 @@ SESSION_NOT_FOUND = -32001
 INVALID_REQUEST = -32600
 PARSE_ERROR = -32700
 OVER_CAPACITY = -32005
+MAX_SHARED_SESSIONS = 1000  # sessions of one shared process (per-session mode: max_processes)
 KEEPALIVE = 15.0  # seconds between SSE comments on a quiet stream (proxies cut idle reads)
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -171,6 +172,9 @@ class Bridge:
         if hub is None or not hub.alive or not self.ready.is_set():
             text = f"the shared server process did not initialize within {self.config.init_timeout:g}s"
             return await _json(reply, 200, error(message["id"], CONNECTION_CLOSED, text))
+        if len(hub.sessions) >= MAX_SHARED_SESSIONS:
+            text = f"this shared server has {MAX_SHARED_SESSIONS} sessions open; end one (DELETE) first"
+            return await _json(reply, 200, error(message["id"], OVER_CAPACITY, text))
         session = _new_session(hub, message)
         hub.sessions[session.id] = session
         self.sessions[session.id] = session
@@ -262,6 +266,7 @@ class Bridge:
         self.sessions.pop(session.id, None)
         hub = session.hub
         hub.sessions.pop(session.id, None)
+        hub.drop_server_requests(session)
         if hub is not self.shared:
             self.pool.release(hub)
             await hub.child.stop()

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 MAX_LINE_BYTES = 4 * 1024 * 1024  # of one JSON-RPC message on stdout
+MAX_UNREAD_BYTES = 16 * 1024 * 1024  # written to stdin and not yet read by the program
 JUNK_BUDGET = 20  # non-JSON stdout lines tolerated (logged) before the process is ended
 STOP_GRACE = 2.0  # seconds between closing stdin / SIGTERM and SIGKILL
 WORK_ROOT = "/tmp"  # the container's writable tmpfs
@@ -77,6 +78,10 @@ class Child:
         """Write one message as a line to the program's stdin."""
         if self.closed or self.process is None or self.process.stdin is None:
             raise ConnectionError("the server process has ended")
+        if self.process.stdin.transport.get_write_buffer_size() > MAX_UNREAD_BYTES:
+            raise ConnectionError(
+                f"the server has not read the last {MAX_UNREAD_BYTES} bytes sent to its stdin"
+            )
         # Written once per turn of the event loop: one pipe write (and one wake-up of the program)
         # for every message that became ready in that turn.
         self._out.append(json.dumps(message, separators=(",", ":")).encode() + b"\n")

@@ -170,6 +170,15 @@ class Hub:
         self.notify_process(message)
         return True
 
+    def drop_server_requests(self, session: Session) -> None:
+        """A session ended: the program's requests waiting for its answer get an error instead."""
+        for request_key, owner in list(self.server_requests.items()):
+            if owner is session:
+                del self.server_requests[request_key]
+                self.notify_process(
+                    error(json.loads(request_key), SERVER_ERROR, "the client's session ended")
+                )
+
     def notify_process(self, message: Message) -> None:
         """Write a message to the process unless it has ended."""
         with contextlib.suppress(ConnectionError, OSError):
