@@ -9,6 +9,7 @@ One run, side by side, on loopback: the same `echo` tool of the stdio fixture se
 Each client is a session-era session (initialize, initialized, then tools/call in a loop) on its own
 keep-alive connection; C=16 is 16 sessions at once. The load is a raw asyncio HTTP/1.1 client.
 
+Last, what offering only the session era costs a 2026-07-28 client: its answered discover probe.
 Then per-session start-up: the time from POST initialize to the answer of the first tools/call of a
 new session, with our bridge's warm pool (`--pool=1`) and without it (cold), for `mcp-server-time`
 (PyPI, `get_current_time`) and the fixture; supergateway `--stateful` (a process per session) too.
@@ -66,6 +67,7 @@ def main() -> None:
     _print_load(results, direct)
     print(f"direct stdio, 16 calls in flight on one process (no HTTP, no bridge): {ceiling:.0f} calls/s")
     _print_startup(args.tools, program, args.sessions)
+    _print_era_cost(program, args.sessions)
 
 
 def _targets(tools: Path, program: list[str]) -> dict[str, Any]:
@@ -366,6 +368,28 @@ def _print_startup(tools: Path, program: list[str], sessions: int) -> None:
         ) as url:
             times = _starts(url, call, sessions)
         print(f"  supergateway       {label:<18} {_fmt(times)}")
+
+
+def _print_era_cost(program: list[str], sessions: int) -> None:
+    """What offering only the session era costs a 2026-07-28 client: one more round trip, its
+    server/discover probe answered -32022 (then it initializes as any session-era client)."""
+    probe = {"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {}}
+
+    async def discover(port: int) -> float:
+        conn = Conn(port)
+        await conn.open()
+        started = time.perf_counter()
+        status, _, body = await conn.post(probe)
+        took = (time.perf_counter() - started) * 1000
+        conn.close()
+        if status != 400 or b"-32022" not in body:
+            raise RuntimeError(f"server/discover: {status} {body[:200]!r}")
+        return took
+
+    with _bridge(program, "--sessions=per-session") as url:
+        port = int(url.split(":")[2].split("/")[0])
+        times = [asyncio.run(discover(port)) for _ in range(max(50, sessions))]
+    print(f"\na 2026-07-28 client's server/discover probe, answered -32022, ms (median, max): {_fmt(times)}")
 
 
 def _starts(url: str, call: dict[str, Any], sessions: int) -> list[float]:
