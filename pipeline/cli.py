@@ -239,7 +239,7 @@ def _report(
             "ok": not problems,
             "servers": list(folders),
             "folders": folders,
-            "kinds": kinds,
+            **({"kinds": kinds} if kinds else {}),
             "problems": [p.as_json() for p in problems],
         }
         _out(json.dumps(body, indent=2))
