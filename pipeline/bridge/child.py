@@ -139,7 +139,10 @@ class Child:
         except ValueError:
             message = None
         if isinstance(message, dict):
-            self.on_message(self, message)
+            try:
+                self.on_message(self, message)
+            except Exception as exc:  # a bug of ours drops one message, never the process's reader
+                _log(f"pid {self.pid}: could not route {str(message)[:200]}: {exc!r}")
             return ""
         if not line.strip():
             return ""

@@ -8,6 +8,7 @@ time to arrive); answers are a whole body or a chunked event stream; connections
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -105,6 +106,8 @@ async def serve(host: str, port: int, handler: Handler) -> asyncio.Server:
             await _connection(reader, writer, handler)
         except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
             pass  # the client went away, or was too slow: nothing to answer
+        except Exception as exc:  # a bug of ours ends this connection, never the bridge
+            sys.stderr.write(f"central-mcp bridge: a request failed: {exc!r}\n")
         finally:
             writer.close()
 
