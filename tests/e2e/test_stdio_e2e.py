@@ -1,5 +1,6 @@
 """End to end: a pushed stdio server with its own Dockerfile deploys through `git push`, behind
-the provider's bridge, and answers the SDK client through /mcp/<name> with a project key.
+the provider's bridge, and answers the Python SDK client and the TypeScript SDK client (npm)
+through /mcp/<name> with a project key.
 
 Real pushes into a real serve and the real Docker engine: each MCP session gets its own process
 (its own HOME under /tmp), state does not cross sessions, a 2026-era client falls back to the
@@ -10,6 +11,7 @@ the gate with the bridge's error in the deploy log while the live release keeps 
 from __future__ import annotations
 
 import asyncio
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +22,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
 from pipeline.dockerhost import DockerHost
+from tests.support import ts_sdk
 from tests.support.provider import Provider, running_provider
 
 pytestmark = pytest.mark.docker
@@ -77,6 +80,20 @@ def test_a_pushed_stdio_server_answers_the_sdk_client_with_a_key(site: Site) -> 
     version, [echoed] = asyncio.run(_session(site, [("echo", {"text": "through the bridge"})]))
     assert version == SESSION_ERA
     assert echoed == "through the bridge"
+
+
+def test_the_typescript_sdk_client_lists_and_calls_through_the_bridge(
+    site: Site, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The official TypeScript SDK client (npm) negotiates the session era with a key, lists the
+    stdio program's tools and calls one."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are not installed: `apt-get install nodejs npm`")
+    script = ts_sdk.install(tmp_path_factory.getbasetemp() / "ts-sdk")
+    found = ts_sdk.call(script, site.url(), site.key, "echo", {"text": "from typescript"})
+    assert found["protocolVersion"] == SESSION_ERA
+    assert {"echo", "remember", "recall"} <= set(found["tools"])
+    assert found["result"]["content"][0]["text"] == "from typescript"
 
 
 def test_each_session_gets_its_own_process_and_state(site: Site) -> None:
