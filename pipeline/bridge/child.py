@@ -52,7 +52,7 @@ class Child:
     async def start(self) -> None:
         """Start the program; raise OSError when it cannot be started."""
         self.home = tempfile.mkdtemp(prefix="session-", dir=self.work_root)
-        env = {**self.env, "HOME": self.home}
+        env = {**self.env, "HOME": self.home, "TMPDIR": self.home}
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *self.command,

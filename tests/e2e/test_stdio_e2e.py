@@ -11,6 +11,7 @@ the gate with the bridge's error in the deploy log while the live release keeps 
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -94,6 +95,20 @@ def test_the_typescript_sdk_client_lists_and_calls_through_the_bridge(
     assert found["protocolVersion"] == SESSION_ERA
     assert {"echo", "remember", "recall"} <= set(found["tools"])
     assert found["result"]["content"][0]["text"] == "from typescript"
+
+
+def test_the_registry_says_how_the_stdio_server_is_served(site: Site) -> None:
+    """The registry's live state names the sharing, the cap, the warm pool and the session era."""
+    status, _, body = site.provider.get("/registry.json")
+    assert status == 200, body
+    [entry] = [e for e in json.loads(body)["servers"] if e["server"]["name"].endswith(f"/{site.server}")]
+    [live] = entry["_meta"].values()
+    assert live["stdio"] == {
+        "sessions": "per-session",
+        "maxProcesses": 4,
+        "warmProcesses": 1,
+        "eras": ["session"],
+    }
 
 
 def test_each_session_gets_its_own_process_and_state(site: Site) -> None:
