@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +215,18 @@ def test_a_request_for_another_path_or_method_is_refused() -> None:
         call = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
         gone = httpx2.post(url, headers={**ACCEPT, "mcp-session-id": "nope"}, content=json.dumps(call))
         assert (gone.status_code, gone.json()["error"]["code"]) == (404, -32001)
+
+
+def test_an_idle_session_ends_with_its_process() -> None:
+    """A session with nothing in flight past the idle timeout is ended: its process stops and its
+    id answers 404 (the client initializes again)."""
+    with running_bridge("--idle-timeout=1", "--pool=0") as url:
+        opened = httpx2.post(url, headers=ACCEPT, content=json.dumps(INIT), timeout=20)
+        session = {**ACCEPT, "mcp-session-id": opened.headers["mcp-session-id"]}
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "pid", "arguments": {}}}
+        who = httpx2.post(url, headers=session, content=json.dumps(call), timeout=20).json()
+        pid = int(who["result"]["structuredContent"]["result"].split()[0])
+        time.sleep(3)
+        gone = httpx2.post(url, headers=session, content=json.dumps(call), timeout=20)
+        assert gone.status_code == 404
+        assert not os.path.exists(f"/proc/{pid}"), "the idle session's process still runs"

@@ -28,6 +28,7 @@ INVALID_REQUEST = -32600
 PARSE_ERROR = -32700
 OVER_CAPACITY = -32005
 MAX_SHARED_SESSIONS = 1000  # sessions of one shared process (per-session mode: max_processes)
+REAP_INTERVAL = 2.0  # seconds between looks for idle sessions and ended processes
 KEEPALIVE = 15.0  # seconds between SSE comments on a quiet stream (proxies cut idle reads)
 JSON_HEADERS = {"Content-Type": "application/json"}
 
@@ -95,7 +96,8 @@ class Bridge:
         """Forever: end sessions idle past idle_timeout, and sessions whose process ended."""
         while True:
             limit = self.config.idle_timeout  # 0: sessions never expire
-            await asyncio.sleep(min(30.0, max(0.05, limit / 4)) if limit > 0 else 1.0)
+            # Often enough that a session whose process died stops counting toward the cap soon.
+            await asyncio.sleep(min(REAP_INTERVAL, max(0.05, limit / 4)) if limit > 0 else REAP_INTERVAL)
             now = time.monotonic()
             for session in list(self.sessions.values()):
                 idle = limit > 0 and not session.calls and session.stream is None
