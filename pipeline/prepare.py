@@ -167,7 +167,7 @@ class Preparation:
             )
         for note in found.notes:
             self.log.line(prefix + note)
-        self.ctx.docker.build(
+        own_id = self.ctx.docker.build(
             c.spec.image,
             context,
             found.text,
@@ -187,6 +187,7 @@ class Preparation:
                 lambda line: self.log.output(prefix + line),
                 settings.build_network,
                 max(0.1, self.deadline - time.monotonic()),
+                own_id,
             )
 
     def _start(self, c: Candidate) -> None:

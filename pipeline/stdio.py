@@ -10,6 +10,7 @@ only in pushed Dockerfiles.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipeline.config.manifest import DEFAULT_MAX_PROCESSES, DEFAULT_POOL, DEFAULT_SESSIONS, STDIO, Manifest
 from pipeline.config.settings import Settings
+from pipeline.errors import DockerError
 
 if TYPE_CHECKING:  # check and the registry use this module without loading the docker SDK
     from pipeline.dockerhost import DockerHost
@@ -56,13 +58,22 @@ def add_bridge(
     on_line: Callable[[str], None],
     network: str,
     timeout: float,
+    own_id: str = "",
 ) -> None:
-    """Rebuild `image` with the bridge layer on top, under the same tag."""
+    """Rebuild `image` with the bridge layer on top, under the same tag; then remove the server's
+    own image (`own_id`), left untagged, which retention (by tag) would never find."""
     with tempfile.TemporaryDirectory(prefix="central-mcp-bridge-") as tmp:
         context = Path(tmp)
         shutil.copytree(BRIDGE_SOURCE, context / BRIDGE_PACKAGE, ignore=shutil.ignore_patterns("__pycache__"))
         (context / "bridge.py").write_text(ENTRY_TEXT)
-        docker.build(image, context, layer_dockerfile(image), [], {}, labels, on_line, network, timeout)
+        built = docker.build(
+            image, context, layer_dockerfile(image), [], {}, labels, on_line, network, timeout
+        )
+    if own_id and own_id != built:
+        # BuildKit records no parent, so the layers stay with the new image; the legacy builder's
+        # child image keeps its parent (the engine refuses, and that is fine).
+        with contextlib.suppress(DockerError):
+            docker.remove_image(own_id)
 
 
 def bridge_command(manifest: Manifest, settings: Settings) -> tuple[str, ...]:

@@ -22,7 +22,7 @@ import pytest
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from pipeline.dockerhost import DockerHost
+from pipeline.dockerhost import LABEL_SERVER, DockerHost
 from tests.support import ts_sdk
 from tests.support.provider import Provider, running_provider
 
@@ -95,6 +95,13 @@ def test_the_typescript_sdk_client_lists_and_calls_through_the_bridge(
     assert found["protocolVersion"] == SESSION_ERA
     assert {"echo", "remember", "recall"} <= set(found["tools"])
     assert found["result"]["content"][0]["text"] == "from typescript"
+
+
+def test_the_servers_own_image_is_not_left_behind_untagged(site: Site) -> None:
+    """After the bridge layer is built under the release's tag, no untagged image of the server is
+    left (retention finds images by tag, so one would never be removed)."""
+    filters = {"dangling": True, "label": f"{LABEL_SERVER}={site.server}"}
+    assert site.provider.docker.client.images.list(filters=filters) == []
 
 
 def test_the_registry_says_how_the_stdio_server_is_served(site: Site) -> None:
