@@ -15,6 +15,8 @@ from .hub import Hub
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
+START_WAIT = 10.0  # seconds a new session waits for that process (it may be backing off)
+START_POLL = 0.005  # seconds between looks at a process being started for the pool
 
 
 class CapacityError(Exception):
@@ -38,6 +40,12 @@ class Pool:
 
     async def take(self) -> Hub:
         """A started process for a new session: a waiting one, else a cold start under the cap."""
+        waited = 0.0
+        while (
+            not self.idle and self.starting and self.live + self.starting >= self.cap and waited < START_WAIT
+        ):
+            await asyncio.sleep(START_POLL)  # the last place under the cap is being filled: take it
+            waited += START_POLL
         while self.idle:
             hub = self.idle.pop(0)
             if hub.alive:
@@ -52,6 +60,9 @@ class Pool:
         hub = await self.start_hub()
         self.refill()
         return hub
+
+    def _filling_last_place(self) -> bool:
+        return not self.idle and self.starting > 0 and self.live + self.starting >= self.cap
 
     async def start_hub(self) -> Hub:
         """Start one process (counted as live)."""
