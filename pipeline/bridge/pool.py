@@ -41,9 +41,7 @@ class Pool:
     async def take(self) -> Hub:
         """A started process for a new session: a waiting one, else a cold start under the cap."""
         waited = 0.0
-        while (
-            not self.idle and self.starting and self.live + self.starting >= self.cap and waited < START_WAIT
-        ):
+        while self._filling_last_place() and waited < START_WAIT:
             await asyncio.sleep(START_POLL)  # the last place under the cap is being filled: take it
             waited += START_POLL
         while self.idle:
@@ -60,9 +58,6 @@ class Pool:
         hub = await self.start_hub()
         self.refill()
         return hub
-
-    def _filling_last_place(self) -> bool:
-        return not self.idle and self.starting > 0 and self.live + self.starting >= self.cap
 
     async def start_hub(self) -> Hub:
         """Start one process (counted as live)."""
@@ -108,6 +103,9 @@ class Pool:
         for hub in self.idle:
             await hub.child.stop()
         self.idle = []
+
+    def _filling_last_place(self) -> bool:
+        return not self.idle and self.starting > 0 and self.live + self.starting >= self.cap
 
     async def _add(self) -> None:
         delay = min(BACKOFF_MAX, BACKOFF_START * 2 ** (self.failures - 1)) if self.failures else 0.0
