@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pipeline import stdio
 from pipeline.config import settings as settings_mod
 from pipeline.config.manifest import MANIFEST_NAME, Manifest, check_tree
 from pipeline.errors import CentralMCPError, ConfigError, Problem, SecretsError, StateError
@@ -204,7 +205,8 @@ def _check(args: argparse.Namespace) -> int:
             )
         )
     folders = {m.name: m.folder for m in report.manifests}
-    _report(problems, folders, args.json)
+    kinds = {m.name: stdio.describe(m.raw) for m in report.manifests if stdio.describe(m.raw)}
+    _report(problems, folders, args.json, kinds)
     return EXIT_OK if not problems else EXIT_FAILED
 
 
@@ -231,13 +233,18 @@ def _unstored_secrets(settings: settings_mod.Settings, manifests: Sequence[Manif
     ]
 
 
-def _report(problems: list[Problem], folders: dict[str, str], as_json: bool) -> None:
-    """Print check's verdict; each server with the folder it comes from (names need not match)."""
+def _report(
+    problems: list[Problem], folders: dict[str, str], as_json: bool, kinds: dict[str, str] | None = None
+) -> None:
+    """Print check's verdict; each server with the folder it comes from (names need not match), and
+    for a stdio server how it is shared and which protocol era it offers."""
+    kinds = kinds or {}
     if as_json:
         body = {
             "ok": not problems,
             "servers": list(folders),
             "folders": folders,
+            **({"kinds": kinds} if kinds else {}),
             "problems": [p.as_json() for p in problems],
         }
         _out(json.dumps(body, indent=2))
@@ -245,7 +252,9 @@ def _report(problems: list[Problem], folders: dict[str, str], as_json: bool) -> 
     for problem in problems:
         _out(problem.render())
     verdict = "ok" if not problems else f"{len(problems)} problem(s)"
-    servers = ", ".join(f"{name} ({folder}/)" for name, folder in folders.items())
+    servers = ", ".join(
+        f"{name} ({folder}/{'; ' + kinds[name] if name in kinds else ''})" for name, folder in folders.items()
+    )
     _out(
         f"checked {len(folders) + len({p.file for p in problems})} file(s): {verdict}"
         + (f"; servers: {servers}" if servers else "")

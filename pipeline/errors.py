@@ -15,7 +15,8 @@
     │   └── AnswerTooLarge          it answered more than the gate reads (proxy.max_handshake)
     ├── DeployError                 a deploy could not go on (lock, plan, swap)
     ├── NetworkError                a server network, the host firewall or a host-service relay is not right
-    │   └── RemoteRefused           a remote's address leads into the VM, or its certificate fails
+    │   ├── RemoteRefused           a remote's address leads into the VM, or its certificate fails
+    │   └── LookupTimedOut          a remote host's name lookup outlasted remotes.connect_timeout (also a TimeoutError)
     ├── ServeError                  the serve process did not start, or refused a request
     │   └── ServeUnavailable        no serve process answers for this state directory
     └── ProxyError                  one proxied request could not be relayed
@@ -110,6 +111,11 @@ class NetworkError(CentralMCPError):
 class RemoteRefused(NetworkError):
     """A remote server's host resolves to an address the provider never reaches for one (loopback,
     private, link-local, metadata, the server pool), or its TLS certificate does not verify."""
+
+
+class LookupTimedOut(NetworkError, TimeoutError):
+    """A remote host's name lookup took longer than remotes.connect_timeout: an OSError like any
+    connection that does not come up, so the gate keeps waiting and the proxy answers 502."""
 
 
 class GateError(CentralMCPError):

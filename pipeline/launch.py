@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from pipeline import gate, remote
+from pipeline import gate, remote, stdio
 from pipeline.context import Context
 from pipeline.dockerhost import (
     LABEL_COMMIT,
@@ -66,7 +66,7 @@ def start(ctx: Context, spec: ReleaseSpec, suffix: str) -> Running:
             env,
             m.memory_bytes,
             m.cpus,
-            m.command,
+            stdio.bridge_command(m, ctx.settings) if stdio.is_stdio(m) else m.command,
             m.restart,
             startup_cpus=STARTUP_CPUS,
             network=net.name,

@@ -15,7 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pipeline import buildrules, dockerfile, launch
+from pipeline import buildrules, dockerfile, launch, stdio
 from pipeline.context import Context
 from pipeline.deploylog import DeployLog
 from pipeline.dockerhost import LABEL_COMMIT, LABEL_FINGERPRINT, LABEL_RELEASE, LABEL_SERVER, Running
@@ -167,7 +167,7 @@ class Preparation:
             )
         for note in found.notes:
             self.log.line(prefix + note)
-        self.ctx.docker.build(
+        own_id = self.ctx.docker.build(
             c.spec.image,
             context,
             found.text,
@@ -178,6 +178,17 @@ class Preparation:
             network=settings.build_network,
             timeout=max(0.1, self.deadline - time.monotonic()),
         )
+        if stdio.is_stdio(m):
+            self.log.line(f"{m.name}: adding the stdio bridge ({m.sessions})")
+            stdio.add_bridge(
+                self.ctx.docker,
+                c.spec.image,
+                labels,
+                lambda line: self.log.output(prefix + line),
+                settings.build_network,
+                max(0.1, self.deadline - time.monotonic()),
+                own_id,
+            )
 
     def _start(self, c: Candidate) -> None:
         c.running = launch.start(self.ctx, c.spec, f"d{self.deploy_id}")

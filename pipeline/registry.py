@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline import stdio
 from pipeline.config.settings import Project, Settings
 from pipeline.store import Release
 
@@ -193,6 +194,7 @@ def _live_meta(release: Release, health: dict[str, str]) -> dict[str, Any]:
         "publishedAt": rfc3339(release.created_at),
         "updatedAt": rfc3339(release.live_at or release.created_at),
         "health": health.get(release.server, "passed MCP health gate"),
+        **({"stdio": offered} if (offered := stdio.offer(release.manifest)) else {}),
         "tools": [
             {
                 "name": t.get("name"),

@@ -24,7 +24,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from pipeline.config.settings import Settings
-from pipeline.errors import RemoteRefused
+from pipeline.errors import LookupTimedOut, RemoteRefused
 
 HTTPS_PORT = 443
 HTTP_PORT = 80
@@ -265,7 +265,7 @@ def _within(seconds: float, fn: Callable[..., str], *args: object) -> str:
     thread.start()
     thread.join(seconds)
     if not box:
-        raise TimeoutError(f"resolving remote host {args[0]} took longer than {seconds:g}s")
+        raise LookupTimedOut(f"resolving remote host {args[0]} took longer than {seconds:g}s")
     if isinstance(box[0], BaseException):
         raise box[0]
     return box[0]

@@ -112,7 +112,35 @@ BAD = [
         id="unknown-transport",
     ),
     pytest.param(
-        _with("streamable-http", "stdio"), "$.transport", 4, "'stdio' is not served yet", id="stdio-transport"
+        _with("streamable-http", "stdio"), "$.run", 6, "'stdio' needs run.command", id="stdio-without-command"
+    ),
+    pytest.param(
+        GOOD + "  sessions: shared\n",
+        "$.run.sessions",
+        7,
+        "for transport 'stdio' only",
+        id="sessions-on-http",
+    ),
+    pytest.param(
+        _with("streamable-http", "stdio") + "  command: [srv]\n  sessions: shared\n  pool: 2\n",
+        "$.run.pool",
+        9,
+        "a shared server has one process",
+        id="pool-on-shared",
+    ),
+    pytest.param(
+        _with("streamable-http", "stdio") + "  command: [srv]\n  sessions: each\n",
+        "$.run.sessions",
+        8,
+        "'each' is not one of",
+        id="sessions-unknown",
+    ),
+    pytest.param(
+        _with("streamable-http", "stdio") + "  command: [srv]\n  max_processes: 0\n",
+        "$.run.max_processes",
+        8,
+        "minimum of 1",
+        id="max-processes-zero",
     ),
     pytest.param(GOOD + "colour: blue\n", "$.colour", 7, "unknown key 'colour'", id="unknown-top-key"),
     pytest.param(GOOD + "  ports: [1]\n", "$.run.ports", 7, "unknown key 'ports'", id="unknown-run-key"),
@@ -334,7 +362,7 @@ def test_every_fault_in_one_manifest_is_reported_in_line_order(tmp_path: Path) -
         "$.colour",
         "$.name",
         "$.version",
-        "$.transport",
+        "$.run",
         "$.run.port",
         "$.run.path",
         "$.resources.cpus",

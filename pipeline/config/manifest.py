@@ -49,6 +49,10 @@ RESERVED_HEADERS = frozenset(
     }
 )
 LOOPBACK_NAMES = frozenset({"localhost"})
+STDIO = "stdio"
+DEFAULT_SESSIONS = "per-session"
+DEFAULT_MAX_PROCESSES = 16  # a Node server runs ~11 threads; the container's pids limit is 256
+DEFAULT_POOL = 1
 SECRET_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what the schema allows; it reports the rest
 
 
@@ -92,6 +96,9 @@ class Manifest:
     network: str = "internal"
     host_services: tuple[str, ...] = ()
     remote: Remote | None = None
+    sessions: str = DEFAULT_SESSIONS
+    max_processes: int = DEFAULT_MAX_PROCESSES
+    pool: int = DEFAULT_POOL
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
 
@@ -186,12 +193,7 @@ def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings
     """What a schema cannot say; written to run on any shape, so every fault shows at once."""
     data = doc.data
     problems: list[Problem] = []
-    if data.get("transport") == "stdio":
-        problems.append(
-            doc.problem(
-                ("transport",), "transport 'stdio' is not served yet", "serve it over streamable-http"
-            )
-        )
+    problems += _stdio_problems(doc)
     if "remote" in data:
         problems += _remote_problems(doc, settings)
     elif "run" not in data:
@@ -289,6 +291,42 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _stdio_problems(doc: yamlsrc.Document) -> list[Problem]:
+    """stdio needs the program to run; the sharing fields mean nothing to an HTTP server."""
+    data = doc.data
+    run = _section(data, "run")
+    if data.get("transport") == STDIO:
+        if "command" not in run:
+            where = ("run",) if "run" in data else ("transport",)
+            return [
+                doc.problem(
+                    where,
+                    "transport 'stdio' needs run.command: the program the bridge starts for each session",
+                    'add e.g. `command: ["python3", "-m", "my_server"]` under run (an argv list, no shell)',
+                )
+            ]
+        if run.get("sessions") == "shared" and "pool" in run:
+            return [
+                doc.problem(
+                    ("run", "pool"),
+                    "run.pool is for per-session servers: a shared server has one process",
+                    "remove run.pool, or use sessions: per-session",
+                    key=True,
+                )
+            ]
+        return []
+    return [
+        doc.problem(
+            ("run", field),
+            f"run.{field} is for transport 'stdio' only; this server speaks {data.get('transport')!r}",
+            f"remove run.{field}, or set transport: stdio",
+            key=True,
+        )
+        for field in ("sessions", "max_processes", "pool")
+        if field in run
+    ]
 
 
 def _health_problems(doc: yamlsrc.Document, settings: Settings) -> list[Problem]:
@@ -532,6 +570,9 @@ def from_data(data: dict[str, Any], folder: str) -> Manifest:
         network=run.get("network", "internal"),
         host_services=tuple(run.get("host_services", ())),
         remote=_remote(data["remote"]) if "remote" in data else None,
+        sessions=run.get("sessions", DEFAULT_SESSIONS),
+        max_processes=run.get("max_processes", DEFAULT_MAX_PROCESSES),
+        pool=run.get("pool", DEFAULT_POOL),
         raw=data,
     )
 

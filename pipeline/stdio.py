@@ -1,0 +1,121 @@
+"""stdio servers: the bridge layer over a server's image, and the bridge's command line.
+
+After a stdio server's own image is built, the provider builds one more layer of its own over it:
+the bridge package (pipeline/bridge, standard library only) copied to /opt/central-mcp and made
+the entrypoint. So any image with a `python3` (3.11+) serves its stdio program over streamable
+HTTP on the manifest's port and path, and a pushed Dockerfile needs nothing for it. The layer's
+Dockerfile is the provider's own: its FROM names the image just built, which buildrules refuses
+only in pushed Dockerfiles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipeline.config.manifest import DEFAULT_MAX_PROCESSES, DEFAULT_POOL, DEFAULT_SESSIONS, STDIO, Manifest
+from pipeline.config.settings import Settings
+from pipeline.errors import DockerError
+
+if TYPE_CHECKING:  # check and the registry use this module without loading the docker SDK
+    from pipeline.dockerhost import DockerHost
+
+BRIDGE_SOURCE = Path(__file__).resolve().parent / "bridge"
+BRIDGE_DIR = "/opt/central-mcp"
+BRIDGE_PACKAGE = "cmcp_bridge"
+ENTRY = f"{BRIDGE_DIR}/bridge.py"
+ENTRY_TEXT = f'"""Run the central-mcp stdio bridge."""\n\nfrom {BRIDGE_PACKAGE}.main import main\n\nmain()\n'
+# On SIGTERM the proxy has drained the container already; calls still running get this long,
+# within Docker's stop grace (dockerhost.STOP_GRACE_SECONDS).
+BRIDGE_DRAIN_SECONDS = 5.0
+SESSION_ERAS = ("session",)  # what a stdio server offers outside: see pipeline/bridge/app.py
+
+
+def is_stdio(manifest: Manifest) -> bool:
+    """Whether the server is a stdio program behind the bridge."""
+    return manifest.transport == STDIO
+
+
+def layer_dockerfile(image: str) -> str:
+    """The provider's own Dockerfile that puts the bridge over `image`."""
+    return (
+        f"FROM {image}\n"
+        f"COPY {BRIDGE_PACKAGE} {BRIDGE_DIR}/{BRIDGE_PACKAGE}\n"
+        f"COPY bridge.py {ENTRY}\n"
+        f'ENTRYPOINT ["python3", "-E", "-s", "{ENTRY}"]\n'
+        "CMD []\n"
+    )
+
+
+def add_bridge(
+    docker: DockerHost,
+    image: str,
+    labels: Mapping[str, str],
+    on_line: Callable[[str], None],
+    network: str,
+    timeout: float,
+    own_id: str = "",
+) -> None:
+    """Rebuild `image` with the bridge layer on top, under the same tag; then remove the server's
+    own image (`own_id`), left untagged, which retention (by tag) would never find."""
+    with tempfile.TemporaryDirectory(prefix="central-mcp-bridge-") as tmp:
+        context = Path(tmp)
+        shutil.copytree(BRIDGE_SOURCE, context / BRIDGE_PACKAGE, ignore=shutil.ignore_patterns("__pycache__"))
+        (context / "bridge.py").write_text(ENTRY_TEXT)
+        built = docker.build(
+            image, context, layer_dockerfile(image), [], {}, labels, on_line, network, timeout
+        )
+    if own_id and own_id != built:
+        # BuildKit records no parent, so the layers stay with the new image; the legacy builder's
+        # child image keeps its parent (the engine refuses, and that is fine).
+        with contextlib.suppress(DockerError):
+            docker.remove_image(own_id)
+
+
+def bridge_command(manifest: Manifest, settings: Settings) -> tuple[str, ...]:
+    """The bridge's arguments (after the layer's entrypoint), then the stdio program's argv."""
+    idle = settings.proxy.session_idle_timeout or 0
+    options = [
+        f"--port={manifest.port}",
+        f"--path={manifest.path}",
+        f"--sessions={manifest.sessions}",
+        f"--max-processes={manifest.max_processes}",
+        f"--pool={manifest.pool if manifest.sessions != 'shared' else 0}",
+        f"--drain-timeout={BRIDGE_DRAIN_SECONDS:g}",
+    ]
+    if idle:
+        options.append(f"--idle-timeout={idle:g}")
+    return (*options, "--", *manifest.command)
+
+
+def offer(raw: Mapping[str, Any]) -> dict[str, Any] | None:
+    """What a stdio server offers its clients (None for other kinds), from its manifest's data:
+    shown by `check` and in the registry's live state."""
+    if raw.get("transport") != STDIO:
+        return None
+    run = raw.get("run") if isinstance(raw.get("run"), Mapping) else {}
+    assert isinstance(run, Mapping)
+    sessions = run.get("sessions", DEFAULT_SESSIONS)
+    shared = sessions == "shared"
+    return {
+        "sessions": sessions,
+        "maxProcesses": run.get("max_processes", DEFAULT_MAX_PROCESSES),
+        "warmProcesses": 0 if shared else run.get("pool", DEFAULT_POOL),
+        "eras": list(SESSION_ERAS),
+    }
+
+
+def describe(raw: Mapping[str, Any]) -> str:
+    """One line for `check`: how a stdio server is shared and which protocol era it offers."""
+    found = offer(raw)
+    if found is None:
+        return ""
+    if found["sessions"] == "shared":
+        how = "one shared process"
+    else:
+        how = f"a process per session ({found['warmProcesses']} warm, at most {found['maxProcesses']})"
+    return f"stdio, {how}, session era only: 2026-07-28 clients fall back to initialize"

@@ -1,0 +1,105 @@
+"""pipeline/stdio.py: the bridge layer over a stdio server's image, its command line, and what
+`check` and the registry say a stdio server offers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline import cli, stdio
+from pipeline.config import manifest, settings
+from tests.test_cli import DEPLOY, GOOD, _check, _write
+
+STDIO_DATA = {
+    "name": "t",
+    "version": "1.0.0",
+    "description": "d",
+    "transport": "stdio",
+    "run": {"port": 8080, "command": ["python3", "-m", "srv"], "max_processes": 4},
+}
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A tree with deploy.yaml and one stdio server `srv`."""
+    root = tmp_path / "repo"
+    _write(root / "deploy.yaml", DEPLOY)
+    text = GOOD.replace("streamable-http", "stdio").replace(
+        "  port: 8080\n", "  port: 8080\n  command: [srv]\n"
+    )
+    _write(root / "servers" / "srv" / "mcp-server.yaml", text)
+    _write(root / "servers" / "srv" / "Dockerfile", "FROM scratch\n")
+    return root
+
+
+def _settings(tmp_path: Path) -> settings.Settings:
+    return settings.Settings(config_path=tmp_path / "deploy.yaml", state_dir=tmp_path)
+
+
+def test_the_bridge_command_carries_the_manifest_and_ends_with_the_program(tmp_path: Path) -> None:
+    """Port, path, sharing, cap and pool become bridge options; the program's argv follows `--`
+    untouched (no shell)."""
+    found = manifest.from_data(STDIO_DATA, "servers/t")
+    argv = stdio.bridge_command(found, _settings(tmp_path))
+    assert argv[argv.index("--") :] == ("--", "python3", "-m", "srv")
+    assert {"--port=8080", "--path=/mcp", "--sessions=per-session", "--max-processes=4", "--pool=1"} <= set(
+        argv
+    )
+
+
+def test_a_shared_server_starts_no_warm_pool(tmp_path: Path) -> None:
+    """In shared mode the pool option is 0: the shared process is the only one."""
+    data = {**STDIO_DATA, "run": {**STDIO_DATA["run"], "sessions": "shared"}}  # type: ignore[dict-item]
+    argv = stdio.bridge_command(manifest.from_data(data, "servers/t"), _settings(tmp_path))
+    assert "--pool=0" in argv and "--sessions=shared" in argv
+
+
+def test_the_layer_copies_the_bridge_and_makes_it_the_entrypoint() -> None:
+    """The provider's own Dockerfile builds FROM the server's image and runs the bridge."""
+    text = stdio.layer_dockerfile("central-mcp-server/t:r1-abc")
+    assert text.splitlines()[0] == "FROM central-mcp-server/t:r1-abc"
+    assert 'ENTRYPOINT ["python3", "-E", "-s", "/opt/central-mcp/bridge.py"]' in text
+
+
+def test_the_copied_bridge_runs_under_another_package_name(tmp_path: Path) -> None:
+    """The package imports only itself, relatively, so it runs as /opt/central-mcp/cmcp_bridge."""
+    shutil.copytree(stdio.BRIDGE_SOURCE, tmp_path / stdio.BRIDGE_PACKAGE)
+    (tmp_path / "bridge.py").write_text(stdio.ENTRY_TEXT)
+    done = subprocess.run(
+        [sys.executable, "-E", "-s", str(tmp_path / "bridge.py"), "--port=1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert "give the stdio program after `--`" in done.stderr
+
+
+def test_what_a_stdio_server_offers_is_named_for_check_and_the_registry() -> None:
+    """offer() lists the sharing, the cap, the warm pool and the eras; an HTTP server offers None."""
+    assert stdio.offer(STDIO_DATA) == {
+        "sessions": "per-session",
+        "maxProcesses": 4,
+        "warmProcesses": 1,
+        "eras": ["session"],
+    }
+    assert stdio.offer({"transport": "streamable-http"}) is None
+    assert "session era only" in stdio.describe(STDIO_DATA)
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_check_shows_how_a_stdio_server_is_served(
+    repo: Path, capsys: pytest.CaptureFixture[str], as_json: bool
+) -> None:
+    """`check` names a stdio server's sharing and its era next to its folder (and in --json)."""
+    assert _check(repo, *(["--json"] if as_json else [])) == cli.EXIT_OK
+    out = capsys.readouterr().out
+    if as_json:
+        assert "session era only" in json.loads(out)["kinds"]["srv"]
+    else:
+        assert "srv (servers/srv/; stdio, a process per session (1 warm, at most 16), session era only" in out
