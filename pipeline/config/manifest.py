@@ -15,10 +15,11 @@ from typing import Any
 
 from pipeline import buildrules
 from pipeline import dockerfile as dockerfile_mod
-from pipeline.config import schema, yamlsrc
+from pipeline.config import schema, serverjson, yamlsrc
 from pipeline.config.settings import PROVIDER_ENV_PREFIX, Repo, Settings
 from pipeline.config.units import format_size, parse_duration, parse_size
 from pipeline.errors import BuildError, ConfigError, Problem
+from pipeline.packages import spec as package_spec
 
 MANIFEST_NAME = "mcp-server.yaml"
 DEFAULT_PATH = "/mcp"
@@ -53,7 +54,14 @@ class Manifest:
     cpus: float
     access: tuple[str, ...]
     restart: str = "on-failure"
+    package: str = ""  # `pypi:NAME==VERSION` / `npm:NAME@VERSION`: built by the provider, no Dockerfile
+    args: tuple[str, ...] = ()  # after the package's entry command
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def package_spec(self) -> package_spec.PackageSpec | None:
+        """The package this server is built from, or None for a Dockerfile."""
+        return package_spec.parse(self.package) if self.package else None
 
 
 @dataclass(frozen=True)
@@ -70,11 +78,22 @@ class CheckReport:
 
 
 def discover(root: Path, globs: Iterable[str]) -> list[Path]:
-    """Return the manifest files under `root` matching `globs`, sorted, without duplicates."""
+    """Return the manifest files under `root` matching `globs`, sorted, without duplicates.
+
+    A glob whose last part is `mcp-server.yaml` also finds `server.json` in the same places; a
+    folder holding both is described by its mcp-server.yaml alone.
+    """
     found: set[Path] = set()
     for pattern in globs:
-        found.update(p for p in root.glob(pattern) if p.is_file() and ".git" not in p.parts)
-    return sorted(found)
+        head, _, last = pattern.rpartition("/")
+        patterns = [pattern]
+        if last == MANIFEST_NAME:
+            patterns.append(f"{head}/{serverjson.SERVER_JSON}" if head else serverjson.SERVER_JSON)
+        for each in patterns:
+            found.update(p for p in root.glob(each) if p.is_file() and ".git" not in p.parts)
+    return sorted(
+        p for p in found if p.name != serverjson.SERVER_JSON or (p.parent / MANIFEST_NAME) not in found
+    )
 
 
 def check_tree(
@@ -127,6 +146,11 @@ def read(file: Path, root: Path, settings: Settings, repo: Repo | None = None) -
 def _read(file: Path, root: Path, settings: Settings, repo: Repo) -> tuple[Manifest, yamlsrc.Document]:
     rel = file.relative_to(root).as_posix()
     doc = yamlsrc.load(file, display=rel)
+    if file.name == serverjson.SERVER_JSON:
+        data, problems = serverjson.to_manifest(doc, settings, repo)
+        if problems:
+            raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column)))
+        return from_data(data, file.parent.relative_to(root).as_posix()), doc
     if not isinstance(doc.data, dict):
         raise ConfigError(
             [
@@ -209,7 +233,17 @@ def _section(data: dict[str, Any], key: str) -> dict[str, Any]:
 
 def _build_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings: Settings) -> list[Problem]:
     build = _section(doc.data, "build")
+    if "package" in build:  # no Dockerfile to check; the schema refuses context/dockerfile/args with it
+        return _package_problems(doc, build["package"])
     problems: list[Problem] = []
+    if "args" in _section(doc.data, "run"):
+        problems.append(
+            doc.problem(
+                ("run", "args"),
+                "run.args follow the entry command of build.package, and this server builds a Dockerfile",
+                "write the whole command in run.command (or the Dockerfile's CMD)",
+            )
+        )
     context_value = build.get("context", ".")
     dockerfile_value = build.get("dockerfile", "Dockerfile")
     if not isinstance(context_value, str) or not isinstance(dockerfile_value, str):
@@ -244,6 +278,26 @@ def _build_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings: S
             )
         )
     return problems
+
+
+def _package_problems(doc: yamlsrc.Document, value: object) -> list[Problem]:
+    """build.package must name one exact version of a PyPI or npm package."""
+    if not isinstance(value, str):
+        return []  # reported by the schema
+    try:
+        package_spec.parse(value)
+    except package_spec.SpecError as exc:
+        return [doc.problem(("build", "package"), str(exc), exc.hint)]
+    run = _section(doc.data, "run")
+    if "args" in run and "command" in run:
+        return [
+            doc.problem(
+                ("run", "args"),
+                "run.args follow the package's entry command, which run.command replaces",
+                "put the arguments in run.command, or drop run.command",
+            )
+        ]
+    return []
 
 
 def _fetch_problems(
@@ -385,6 +439,8 @@ def from_data(data: dict[str, Any], folder: str) -> Manifest:
         cpus=float(resources.get("cpus", DEFAULT_CPUS)),
         access=tuple(data.get("access", ("all",))),
         restart=run.get("restart", "on-failure"),
+        package=build.get("package", ""),
+        args=tuple(run.get("args", ())),
         raw=data,
     )
 
