@@ -16,6 +16,7 @@ one rename, so a half-finished download is never mistaken for a cached one.
 from __future__ import annotations
 
 import configparser
+import errno
 import hashlib
 import json
 import os
@@ -183,10 +184,20 @@ class _Runner:
             finally:
                 if proc.poll() is None:
                     _kill(proc)
-        if code in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ):
+        tail = _tail(log) if code != 0 else ""
+        # Killed by SIGXFSZ, or (Python ignores that signal) a write that failed with EFBIG.
+        if code in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ) or os.strerror(errno.EFBIG) in tail:
             raise BuildError(self._over(f"a file over {self._mib(self.bounds.max_bytes)}"))
         if code != 0:
-            raise BuildError(f"could not {what}: `{Path(argv[0]).name}` exited {code}:\n{_tail(log)}")
+            raise BuildError(f"could not {what}: `{Path(argv[0]).name}` exited {code}:\n{tail}")
+        self._bounded()  # a download quicker than one poll is measured here
+
+    def _bounded(self) -> None:
+        files, size = measure(self.watch)
+        if size > self.bounds.max_bytes:
+            raise BuildError(self._over(f"more than {self._mib(self.bounds.max_bytes)} in all"))
+        if files > self.bounds.max_files:
+            raise BuildError(self._over(f"more than {self.bounds.max_files} files"))
 
     def _wait(self, proc: subprocess.Popen[bytes], what: str) -> int:
         while True:
@@ -200,13 +211,11 @@ class _Runner:
                     f"could not {what} within {self.limit:g}s (packages.timeout in deploy.yaml, "
                     "or what is left of proxy.deploy_timeout); the download was stopped"
                 )
-            files, size = measure(self.watch)
-            if size > self.bounds.max_bytes:
+            try:
+                self._bounded()
+            except BuildError:
                 _kill(proc)
-                raise BuildError(self._over(f"more than {self._mib(self.bounds.max_bytes)} in all"))
-            if files > self.bounds.max_files:
-                _kill(proc)
-                raise BuildError(self._over(f"more than {self.bounds.max_files} files"))
+                raise
 
     def _over(self, what: str) -> str:
         return (

@@ -107,7 +107,7 @@ def _pypi(rest: str) -> PackageSpec:
     if not PYPI_NAME.fullmatch(name):
         raise SpecError(f"{name!r} is not a PyPI project name", "letters, digits, '.', '_' and '-' only")
     if not PYPI_VERSION.fullmatch(version):
-        ranged = any(m in version for m in "*,<>=~! ")
+        ranged = any(m in version for m in "*,<>=~!")
         what = "a range or a wildcard, not one version" if ranged else "not an exact PEP 440 version"
         raise SpecError(
             f"version {version!r} of {name} is {what}", f'pin one exact version: "pypi:{name}==1.2.0"'
