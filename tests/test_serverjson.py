@@ -237,3 +237,12 @@ def test_read_of_a_bad_server_json_raises_every_problem(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         manifest.read(file, tmp_path, _settings(tmp_path))
     assert {p.path for p in caught.value.problems} == {"$", "$.name"}  # two required keys missing; a bad name
+
+
+def test_the_readme_package_example_passes_check(tmp_path: Path) -> None:
+    """The README's build.package example is a valid manifest (its stdio transport waits for the bridge)."""
+    from tests.support.readme import yaml_example
+
+    _write(tmp_path, "time", manifest.MANIFEST_NAME, yaml_example("Servers from a published package"))
+    report = _check(tmp_path)
+    assert {p.path for p in report.problems} <= {"$.transport"}, [p.render() for p in report.problems]
