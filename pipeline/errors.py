@@ -10,6 +10,7 @@
     │   ├── EngineUnavailable       no Docker engine answers
     │   └── BuildKitUnavailable     the engine refused a BuildKit build (the legacy builder is used)
     ├── BuildError                  an image did not build (carries the build log tail)
+    ├── PackageSpecError            build.package is not one exact PyPI/npm version (also a ValueError)
     ├── GateError                   a candidate did not pass the MCP health gate
     │   └── NotMCP                  the endpoint answered, but not as an MCP server
     ├── DeployError                 a deploy could not go on (lock, plan, swap)
@@ -95,6 +96,14 @@ class BuildKitUnavailable(DockerError):
 
 class BuildError(CentralMCPError):
     """An image failed to build; the message carries the end of the build log."""
+
+
+class PackageSpecError(CentralMCPError, ValueError):
+    """A package spec with a range, a tag, no version, an unknown registry or a bad name; carries the fix."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 class GateError(CentralMCPError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from pipeline.errors import PackageSpecError
 from pipeline.packages import spec
 from pipeline.packages.spec import Registry
 
@@ -57,7 +58,7 @@ def test_an_exact_version_parses_and_prints_back(
 def test_a_range_a_tag_or_a_bad_name_is_refused_with_the_fix(text: str, message: str, hint: str) -> None:
     """Ranges, tags, missing versions, unknown registries and names that could be options are refused,
     each saying what to write instead."""
-    with pytest.raises(spec.SpecError) as caught:
+    with pytest.raises(PackageSpecError) as caught:
         spec.parse(text)
     assert message in str(caught.value)
     assert hint in caught.value.hint
@@ -65,7 +66,7 @@ def test_a_range_a_tag_or_a_bad_name_is_refused_with_the_fix(text: str, message:
 
 def test_an_overlong_spec_is_refused_before_it_is_read() -> None:
     """A spec past MAX_SPEC_LENGTH is refused by its length alone."""
-    with pytest.raises(spec.SpecError, match="characters long"):
+    with pytest.raises(PackageSpecError, match="characters long"):
         spec.parse("pypi:" + "a" * spec.MAX_SPEC_LENGTH + "==1.0")
 
 
@@ -80,5 +81,5 @@ def test_the_requirement_is_what_pip_and_npm_are_given() -> None:
 def test_build_makes_a_spec_from_server_json_fields() -> None:
     """server.json's registryType, identifier and version make the same spec, checked the same way."""
     assert str(spec.build("npm", "@a/b", "1.0.0")) == "npm:@a/b@1.0.0"
-    with pytest.raises(spec.SpecError, match="a range or a tag"):
+    with pytest.raises(PackageSpecError, match="a range or a tag"):
         spec.build("npm", "@a/b", "latest")

@@ -18,7 +18,7 @@ from pipeline import dockerfile as dockerfile_mod
 from pipeline.config import schema, serverjson, yamlsrc
 from pipeline.config.settings import PROVIDER_ENV_PREFIX, Repo, Settings
 from pipeline.config.units import format_size, parse_duration, parse_size
-from pipeline.errors import BuildError, ConfigError, Problem
+from pipeline.errors import BuildError, ConfigError, PackageSpecError, Problem
 from pipeline.packages import spec as package_spec
 
 MANIFEST_NAME = "mcp-server.yaml"
@@ -286,7 +286,7 @@ def _package_problems(doc: yamlsrc.Document, value: object) -> list[Problem]:
         return []  # reported by the schema
     try:
         package_spec.parse(value)
-    except package_spec.SpecError as exc:
+    except PackageSpecError as exc:
         return [doc.problem(("build", "package"), str(exc), exc.hint)]
     run = _section(doc.data, "run")
     if "args" in run and "command" in run:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from pipeline.config import schema
 from pipeline.config.settings import PROVIDER_ENV_PREFIX, Repo, Settings
 from pipeline.config.yamlsrc import Document, JsonPath
-from pipeline.errors import Problem
+from pipeline.errors import PackageSpecError, Problem
 from pipeline.packages import spec as package_spec
 
 SERVER_JSON = "server.json"
@@ -119,7 +119,7 @@ def _spec(reading: _Reading, index: int, package: dict[str, Any]) -> package_spe
         return None
     try:
         spec = package_spec.build(registry, str(package["identifier"]), str(package["version"]))
-    except package_spec.SpecError as exc:
+    except PackageSpecError as exc:
         reading.fault((*_at(index), "version"), str(exc), exc.hint)
         return None
     base = package.get("registryBaseUrl")

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pipeline.errors import PackageSpecError
+
 
 class Registry(StrEnum):
     """Where a package comes from."""
@@ -60,21 +62,15 @@ class PackageSpec:
         return self.name.rsplit("/", 1)[-1]
 
 
-class SpecError(ValueError):
-    """A package spec that is not exact, or names no known registry; carries the likely fix."""
-
-    def __init__(self, message: str, hint: str) -> None:
-        super().__init__(message)
-        self.hint = hint
-
-
 def parse(text: str) -> PackageSpec:
-    """Parse `pypi:NAME==VERSION` or `npm:NAME@VERSION`; raise SpecError saying what is wrong."""
+    """Parse `pypi:NAME==VERSION` or `npm:NAME@VERSION`; raise PackageSpecError saying what is wrong."""
     if len(text) > MAX_SPEC_LENGTH:
-        raise SpecError(f"the package spec is {len(text)} characters long", f"at most {MAX_SPEC_LENGTH}")
+        raise PackageSpecError(
+            f"the package spec is {len(text)} characters long", f"at most {MAX_SPEC_LENGTH}"
+        )
     registry, colon, rest = text.partition(":")
     if not colon:
-        raise SpecError(
+        raise PackageSpecError(
             f"{text!r} names no registry",
             'write "pypi:NAME==VERSION" or "npm:NAME@VERSION", e.g. "pypi:mcp-server-time==2026.10.19"',
         )
@@ -82,7 +78,7 @@ def parse(text: str) -> PackageSpec:
         return _pypi(rest)
     if registry == Registry.NPM:
         return _npm(rest)
-    raise SpecError(
+    raise PackageSpecError(
         f"unknown registry {registry!r}",
         "use pypi: or npm: (an image of its own is built from a Dockerfile: build.context/dockerfile)",
     )
@@ -99,17 +95,21 @@ def _pypi(rest: str) -> PackageSpec:
     if not sep:
         cut = next((i for i, c in enumerate(rest) if c in "<>=~!,;[ "), len(rest))
         if cut < len(rest):
-            raise SpecError(
+            raise PackageSpecError(
                 f"{rest!r} asks for a range of versions, not one",
                 f'pin one exact version: "pypi:{rest[:cut]}==<version>"',
             )
-        raise SpecError(f"{rest!r} gives no version", f'pin one exact version: "pypi:{rest}==<version>"')
+        raise PackageSpecError(
+            f"{rest!r} gives no version", f'pin one exact version: "pypi:{rest}==<version>"'
+        )
     if not PYPI_NAME.fullmatch(name):
-        raise SpecError(f"{name!r} is not a PyPI project name", "letters, digits, '.', '_' and '-' only")
+        raise PackageSpecError(
+            f"{name!r} is not a PyPI project name", "letters, digits, '.', '_' and '-' only"
+        )
     if not PYPI_VERSION.fullmatch(version):
         ranged = any(m in version for m in "*,<>=~!")
         what = "a range or a wildcard, not one version" if ranged else "not an exact PEP 440 version"
-        raise SpecError(
+        raise PackageSpecError(
             f"version {version!r} of {name} is {what}", f'pin one exact version: "pypi:{name}==1.2.0"'
         )
     return PackageSpec(Registry.PYPI, name, version)
@@ -118,16 +118,16 @@ def _pypi(rest: str) -> PackageSpec:
 def _npm(rest: str) -> PackageSpec:
     at = rest.rfind("@")
     if at <= 0:  # none, or only a scope's leading @
-        raise SpecError(f"{rest!r} gives no version", f'pin one exact version: "npm:{rest}@<version>"')
+        raise PackageSpecError(f"{rest!r} gives no version", f'pin one exact version: "npm:{rest}@<version>"')
     name, version = rest[:at], rest[at + 1 :]
     if len(name) > NPM_MAX_NAME or not NPM_NAME.fullmatch(name):
-        raise SpecError(
+        raise PackageSpecError(
             f"{name!r} is not an npm package name",
             "lowercase letters, digits, '.', '_', '~' and '-', with an optional @scope/",
         )
     if not SEMVER.fullmatch(version):
         ranged = version == "" or any(m in version for m in _RANGE_MARKS) or not version[:1].isdigit()
-        raise SpecError(
+        raise PackageSpecError(
             f"version {version!r} of {name} is "
             + ("a range or a tag, not one version" if ranged else "not an exact semantic version"),
             f'pin one exact version, e.g. "npm:{name}@1.2.3"',
