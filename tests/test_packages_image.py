@@ -162,3 +162,30 @@ def test_the_node_base_image_runs_node_with_webcrypto_and_python_with_the_sdk(
         node_base_image, ["sh", "-c", script], remove=True, network_mode="none", user="65534:65534"
     ).decode()
     assert out.split() == ["object", "sdk"]
+
+
+@pytest.mark.docker
+def test_the_base_image_is_a_build_arg_so_a_registry_image_can_stand_in(
+    docker_host: DockerHost, package_cache: Path, built: list[str], tmp_path: Path
+) -> None:
+    """packages.python_image names the base the generated Dockerfile builds on (as python:3.12-slim
+    would on a VM with a registry): the built image carries what that base carries."""
+    stand_in = f"central-mcp-test/registry-python:{os.getpid()}"
+    built.append(stand_in)
+    (tmp_path / "Dockerfile").write_text("")
+    docker_host.build(
+        stand_in,
+        tmp_path,
+        'FROM central-mcp/python:3.11\nLABEL registry.example/base="stand-in"\n',
+        [],
+        {},
+        {},
+        lambda line: None,
+        network="none",
+        timeout=120,
+    )
+    packages = dataclasses.replace(Packages(), python_image=stand_in)
+    staged = fetch.fetch(spec.parse(TIME), packages, package_cache, lambda line: None)
+    tag, _ = _build(docker_host, staged, packages, built)
+    assert docker_host.image_labels(tag)["registry.example/base"] == "stand-in"
+    assert _answer(_stdio(tag), 1)["serverInfo"] == {"name": "mcp-time", "version": "2026.10.19"}
