@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -127,3 +128,17 @@ def test_the_real_server_everything_installs_with_scripts_off(package_cache: Pat
     assert staged.command[0] == "node"
     assert staged.command[1].startswith("/opt/server/node_modules/@modelcontextprotocol/server-everything/")
     assert not (staged.root / "tmp").exists()  # npm's cache was left behind on the host
+
+
+def test_work_left_by_a_killed_download_is_swept(tmp_path: Path) -> None:
+    """A `.fetch-*` folder older than twice the timeout (its provider was killed) goes at the next fetch;
+    a younger one (a download in progress) stays."""
+    old, young = tmp_path / ".fetch-old", tmp_path / ".fetch-young"
+    for folder in (old, young):
+        (folder / "out").mkdir(parents=True)
+    long_ago = time.time() - 3600
+    os.utime(old, (long_ago, long_ago))
+    index = _index(tinypkg=[Hosted("tinypkg-1.0-py3-none-any.whl", body=tiny_wheel("tinypkg", "1.0"))])
+    with serving(index) as url:
+        _fetch("pypi:tinypkg==1.0", tmp_path, pypi_index=url, timeout=60.0)
+    assert not old.exists() and young.exists()

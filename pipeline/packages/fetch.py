@@ -76,7 +76,6 @@ class Staged:
     command: tuple[str, ...]  # inside the image; () when the package names no entry point
     files: int
     size: int
-    cached: bool = False
     pip_wheel: str = ""  # PyPI: the pip wheel that installs the others inside the build
 
 
@@ -95,6 +94,7 @@ def fetch(
         say(f"{spec}: cached ({staged.files} files, {staged.size / 1024**2:.1f} MiB)")
         return staged
     cache.mkdir(parents=True, exist_ok=True)
+    _sweep(cache, bounds.timeout)
     limit = min(bounds.timeout, timeout) if timeout is not None else bounds.timeout
     work = Path(tempfile.mkdtemp(prefix=".fetch-", dir=cache))
     try:
@@ -121,6 +121,17 @@ def fetch(
         return _load(spec, target)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _sweep(cache: Path, timeout: float) -> None:
+    """Remove work folders a killed provider left: none is older than its download's timeout."""
+    for work in cache.glob(".fetch-*"):
+        try:
+            stale = time.time() - work.stat().st_mtime > 2 * timeout
+        except OSError:
+            continue
+        if stale:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def measure(root: Path) -> tuple[int, int]:
@@ -152,7 +163,6 @@ def _load(spec: PackageSpec, root: Path) -> Staged:
         tuple(record.get("command", ())),
         int(record["files"]),
         int(record["bytes"]),
-        cached=True,
         pip_wheel=str(record.get("pip_wheel", "")),
     )
 
