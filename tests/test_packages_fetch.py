@@ -14,7 +14,7 @@ import pytest
 from pipeline.config.settings import Packages
 from pipeline.errors import BuildError
 from pipeline.packages import fetch, spec
-from tests.support.package_index import Hosted, Index, serving, tiny_wheel
+from tests.support.package_index import Hosted, Index, NpmRegistry, serving, serving_npm, tiny_wheel
 
 MIB = 1024 * 1024
 TIME = "pypi:mcp-server-time==2026.10.19"
@@ -142,3 +142,24 @@ def test_work_left_by_a_killed_download_is_swept(tmp_path: Path) -> None:
     with serving(index) as url:
         _fetch("pypi:tinypkg==1.0", tmp_path, pypi_index=url, timeout=60.0)
     assert not old.exists() and young.exists()
+
+
+def test_no_lifecycle_script_of_an_npm_package_runs_on_the_host(tmp_path: Path) -> None:
+    """A package whose preinstall, install and postinstall scripts would leave a marker is laid out with
+    none of them run; its bin is the entry command."""
+    marker = tmp_path / "ran"
+    script = f"node -e \"require('fs').writeFileSync('{marker}', 'x')\""
+    manifest = {
+        "name": "evil-pkg",
+        "version": "1.0.0",
+        "bin": {"evil-pkg": "./index.js"},
+        "scripts": {"preinstall": script, "install": script, "postinstall": script, "prepare": script},
+    }
+    registry = NpmRegistry(
+        {"evil-pkg": {"package.json": json.dumps(manifest), "index.js": "console.log(1)\n"}}
+    )
+    with serving_npm(registry) as url:
+        staged, _ = _fetch("npm:evil-pkg@1.0.0", tmp_path / "cache", npm_registry=url)
+    assert not marker.exists()
+    assert staged.command == ("node", "/opt/server/node_modules/evil-pkg/index.js")
+    assert (staged.root / fetch.APP / "node_modules" / "evil-pkg" / "index.js").is_file()

@@ -1,9 +1,13 @@
-"""A PEP 503 simple index on loopback, for pip downloads that must be refused or stopped."""
+"""A PEP 503 simple index and an npm registry on loopback, for downloads that must be refused or stopped."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import io
+import json
+import tarfile
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -11,7 +15,7 @@ from dataclasses import dataclass, field
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response, StreamingResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.support.loopback import serve_asgi
@@ -96,3 +100,58 @@ def tiny_wheel(name: str, version: str, scripts: dict[str, str] | None = None) -
         for path, text in files.items():
             archive.writestr(path, text)
     return buffer.getvalue()
+
+
+@dataclass
+class NpmRegistry:
+    """An npm registry of one-version packages, each a tarball of `files` (path → text)."""
+
+    packages: dict[str, dict[str, str]]
+    base: str = ""
+
+    def app(self) -> Starlette:
+        """The registry as an ASGI app: /<name> (the packument) and /<name>/-/<file>.tgz."""
+        return Starlette(routes=[Route("/{name}", self._packument), Route("/{name}/-/{file}", self._tarball)])
+
+    async def _packument(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in self.packages:
+            return Response(status_code=404)
+        manifest = json.loads(self.packages[name]["package.json"])
+        body = self._tgz(name)
+        version = manifest["version"]
+        dist = {
+            "tarball": f"{self.base}/{name}/-/{name}-{version}.tgz",
+            "shasum": hashlib.sha1(body).hexdigest(),
+            "integrity": "sha512-" + base64.b64encode(hashlib.sha512(body).digest()).decode(),
+        }
+        packument = {
+            "name": name,
+            "dist-tags": {"latest": version},
+            "versions": {version: {**manifest, "dist": dist}},
+        }
+        return JSONResponse(packument)
+
+    async def _tarball(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        if name not in self.packages:
+            return Response(status_code=404)
+        return Response(self._tgz(name), media_type="application/octet-stream")
+
+    def _tgz(self, name: str) -> bytes:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.USTAR_FORMAT) as archive:
+            for path, text in sorted(self.packages[name].items()):
+                data = text.encode()
+                info = tarfile.TarInfo(f"package/{path}")
+                info.size, info.mode, info.mtime = len(data), 0o644, 0
+                archive.addfile(info, io.BytesIO(data))
+        return buffer.getvalue()
+
+
+@contextmanager
+def serving_npm(registry: NpmRegistry) -> Iterator[str]:
+    """Serve `registry` on loopback; yield its URL."""
+    with serve_asgi(registry.app()) as port:
+        registry.base = f"http://127.0.0.1:{port}"
+        yield registry.base + "/"
