@@ -11,6 +11,7 @@ in deploy.yaml's `packages` section instead of the offline `central-mcp/*` image
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Mapping, Sequence
 
 from pipeline.config.settings import Packages
@@ -47,7 +48,7 @@ def dockerfile(staged: Staged, packages: Packages, args: Sequence[str] = ()) -> 
 
 def _python(staged: Staged) -> list[str]:
     venv = IMAGE_ROOT
-    pip = f"/pkg/{WHEELS}/{staged.pip_wheel}/pip"
+    pip = shlex.quote(f"/pkg/{WHEELS}/{staged.pip_wheel}/pip")  # a file name the index chose: quoted
     return [
         f"FROM ${{{BASE_ARG}}} AS install",
         f"COPY {WHEELS} /pkg/{WHEELS}",
