@@ -1,9 +1,14 @@
-"""The Python base image the example servers build on, made offline with debootstrap.
+"""The base images servers build on, made offline with debootstrap: Python, and Node for npm packages.
 
 No container registry answers on these machines, so `FROM python:3.12-slim` cannot be
 pulled. `make` builds `central-mcp/python:3.11` instead: Debian bookworm (minbase) with
 python3, plus the official `mcp` SDK installed from wheels downloaded on the host. On a VM
 with a registry, set the build arg BASE_IMAGE=python:3.12-slim and this step is not needed.
+
+`central-mcp base-image --runtime node` makes `central-mcp/node:18` the same way with Debian's
+`nodejs` (18, which needs `--experimental-global-webcrypto` for current npm servers: set in
+NODE_OPTIONS) — and python3 with the SDK too, so the provider's stdio bridge (Python) runs in it.
+npm packages are laid out on the host (pipeline/packages/fetch.py), so the image needs no npm.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.dockerhost import LABEL_ROLE, DockerHost
@@ -29,6 +35,10 @@ LABEL_BASE_VERSION = "central-mcp.base-version"
 SUITE = "bookworm"
 MIRROR = "http://deb.debian.org/debian"
 PYTHON_VERSION = "3.11"
+NODE_IMAGE = "central-mcp/node:18"
+# The Node image's own version, raised like BASE_VERSION: 1, Debian's nodejs + python3 and the SDK.
+NODE_BASE_VERSION = "1"
+NODE_OPTIONS = "--experimental-global-webcrypto"  # bookworm's Node 18: globalThis.crypto for npm servers
 SDK_REQUIREMENT = "mcp>=2.0,<3"
 _ARCH = platform.machine()
 _PLATFORM = (
@@ -52,39 +62,73 @@ PRUNED = (
 )
 
 
+@dataclass(frozen=True)
+class Runtime:
+    """One base image: its tag, version, Debian packages, and what its image config adds."""
+
+    name: str
+    tag: str
+    version: str
+    include: tuple[str, ...]
+    env: tuple[str, ...] = ()
+    cmd: str = "python3"
+
+
+PYTHON = Runtime("python", BASE_IMAGE, BASE_VERSION, ("python3", "ca-certificates"))
+NODE = Runtime(
+    "node",
+    NODE_IMAGE,
+    NODE_BASE_VERSION,
+    ("nodejs", "python3", "ca-certificates"),
+    (f"NODE_OPTIONS={NODE_OPTIONS}",),
+    "node",
+)
+RUNTIMES = {r.name: r for r in (PYTHON, NODE)}
+
+
 def ensure_base_image(
-    host: DockerHost, cache: Path, say: Callable[[str], None], *, force: bool = False, tag: str = BASE_IMAGE
+    host: DockerHost,
+    cache: Path,
+    say: Callable[[str], None],
+    *,
+    force: bool = False,
+    tag: str | None = None,
+    runtime: Runtime = PYTHON,
 ) -> bool:
-    """Make `tag` unless it exists; return whether it was made."""
+    """Make the runtime's image (as `tag`, default its own) unless it exists; return whether it was made."""
+    tag = tag or runtime.tag
     if not force and host.image_exists(tag):
         found = host.image_labels(tag).get(LABEL_BASE_VERSION, "1")
-        if not found.isdigit() or int(found) >= int(BASE_VERSION):  # never replace a newer one
+        if not found.isdigit() or int(found) >= int(runtime.version):  # never replace a newer one
             say(f"base image {tag} is present")
             return False
-        say(f"base image {tag} is version {found}; making version {BASE_VERSION}")
-    say(f"making base image {tag}: debootstrap {SUITE} + python3 + {SDK_REQUIREMENT} (about a minute)")
+        say(f"base image {tag} is version {found}; making version {runtime.version}")
+    packages = " + ".join(runtime.include[:-1])
+    say(f"making base image {tag}: debootstrap {SUITE} + {packages} + {SDK_REQUIREMENT} (about a minute)")
     wheels = download_wheels(cache / "wheels", say)
     with tempfile.TemporaryDirectory(prefix="central-mcp-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
-        _debootstrap(rootfs, say)
+        _debootstrap(rootfs, runtime.include, say)
         _install_sdk(rootfs, wheels)
         for part in PRUNED:
             shutil.rmtree(rootfs / part, ignore_errors=True)
         tarball = Path(tmp) / "rootfs.tar"
         _check(["tar", "-C", str(rootfs), "-cf", str(tarball), "."], "pack the root file system")
-        host.import_rootfs(
-            tarball,
-            tag,
-            [
-                "ENV PYTHONUNBUFFERED=1",
-                "ENV PYTHONDONTWRITEBYTECODE=1",
-                "WORKDIR /app",
-                f'LABEL {LABEL_ROLE}="base" {LABEL_BASE_VERSION}="{BASE_VERSION}"',
-                'CMD ["python3"]',
-            ],
-        )
+        host.import_rootfs(tarball, tag, _changes(runtime))
     say(f"base image {tag} is ready")
     return True
+
+
+def _changes(runtime: Runtime) -> list[str]:
+    """The image config `docker import` gives the root file system."""
+    return [
+        "ENV PYTHONUNBUFFERED=1",
+        "ENV PYTHONDONTWRITEBYTECODE=1",
+        *(f"ENV {pair}" for pair in runtime.env),
+        "WORKDIR /app",
+        f'LABEL {LABEL_ROLE}="base" {LABEL_BASE_VERSION}="{runtime.version}"',
+        f'CMD ["{runtime.cmd}"]',
+    ]
 
 
 def download_wheels(target: Path, say: Callable[[str], None]) -> Path:
@@ -108,7 +152,7 @@ def download_wheels(target: Path, say: Callable[[str], None]) -> Path:
     return target
 
 
-def _debootstrap(rootfs: Path, say: Callable[[str], None]) -> None:
+def _debootstrap(rootfs: Path, include: tuple[str, ...], say: Callable[[str], None]) -> None:
     if shutil.which("debootstrap") is None:
         if os.geteuid() != 0:
             raise DockerError(
@@ -118,7 +162,7 @@ def _debootstrap(rootfs: Path, say: Callable[[str], None]) -> None:
         _check(["apt-get", "update", "-qq"], "update the package lists")
         _check(["apt-get", "install", "-y", "-qq", "debootstrap"], "install debootstrap")
     _check(
-        ["debootstrap", "--variant=minbase", "--include=python3,ca-certificates", SUITE, str(rootfs), MIRROR],
+        ["debootstrap", "--variant=minbase", f"--include={','.join(include)}", SUITE, str(rootfs), MIRROR],
         "debootstrap the base file system",
     )
 

@@ -59,9 +59,15 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_check)
 
     base = sub.add_parser(
-        "base-image", parents=[common], help="make the local Python base image when missing"
+        "base-image", parents=[common], help="make a local base image (Python, or Node) when missing"
     )
     base.add_argument("--force", action="store_true", help="make it again even if present")
+    base.add_argument(
+        "--runtime",
+        choices=("python", "node"),
+        default="python",
+        help="python: central-mcp/python:3.11 (default); node: central-mcp/node:18, for npm packages",
+    )
     base.set_defaults(handler=_base_image)
 
     engine = sub.add_parser(
@@ -262,12 +268,13 @@ def _report(
 
 
 def _base_image(args: argparse.Namespace) -> int:
-    from pipeline.baseimage import ensure_base_image
+    from pipeline.baseimage import RUNTIMES, ensure_base_image
     from pipeline.engine import ensure_engine
 
     settings = settings_mod.load(_config_path(args))
     host = ensure_engine(_out)
-    ensure_base_image(host, settings.state_dir / "cache", _out, force=args.force)
+    runtime = RUNTIMES[args.runtime]
+    ensure_base_image(host, settings.state_dir / "cache", _out, force=args.force, runtime=runtime)
     return EXIT_OK
 
 

@@ -10,13 +10,14 @@
     │   ├── EngineUnavailable       no Docker engine answers
     │   └── BuildKitUnavailable     the engine refused a BuildKit build (the legacy builder is used)
     ├── BuildError                  an image did not build (carries the build log tail)
+    ├── PackageSpecError            build.package is not one exact PyPI/npm version (also a ValueError)
     ├── GateError                   a candidate did not pass the MCP health gate
     │   ├── NotMCP                  the endpoint answered, but not as an MCP server
     │   └── AnswerTooLarge          it answered more than the gate reads (proxy.max_handshake)
     ├── DeployError                 a deploy could not go on (lock, plan, swap)
     ├── NetworkError                a server network, the host firewall or a host-service relay is not right
     │   ├── RemoteRefused           a remote's address leads into the VM, or its certificate fails
-    │   └── LookupTimedOut          a remote host's name lookup outlasted remotes.connect_timeout (also a TimeoutError)
+    │   └── LookupTimedOut          a remote host's lookup outlasted remotes.connect_timeout (a TimeoutError)
     ├── ServeError                  the serve process did not start, or refused a request
     │   └── ServeUnavailable        no serve process answers for this state directory
     └── ProxyError                  one proxied request could not be relayed
@@ -116,6 +117,14 @@ class RemoteRefused(NetworkError):
 class LookupTimedOut(NetworkError, TimeoutError):
     """A remote host's name lookup took longer than remotes.connect_timeout: an OSError like any
     connection that does not come up, so the gate keeps waiting and the proxy answers 502."""
+
+
+class PackageSpecError(CentralMCPError, ValueError):
+    """A package spec with a range, a tag, no version, an unknown registry or a bad name; carries the fix."""
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
 
 
 class GateError(CentralMCPError):

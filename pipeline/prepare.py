@@ -20,10 +20,15 @@ from pipeline.context import Context
 from pipeline.deploylog import DeployLog
 from pipeline.dockerhost import LABEL_COMMIT, LABEL_FINGERPRINT, LABEL_RELEASE, LABEL_SERVER, Running
 from pipeline.errors import BuildError, CentralMCPError, DeployError
+from pipeline.packages import fetch as package_fetch
+from pipeline.packages import image as package_image
 from pipeline.plan import Action, Plan, ReleaseSpec
 from pipeline.source import Snapshot
 from pipeline.states import ReleaseStatus, ServerOutcome
 from pipeline.store import Release
+
+PACKAGE_CACHE = "packages"  # under the state dir: one folder per registry, name and exact version
+OFFLINE_BASE_PREFIX = "central-mcp/"  # base images made here (baseimage.py), never pulled
 
 
 @dataclass
@@ -148,6 +153,9 @@ class Preparation:
             LABEL_FINGERPRINT: c.spec.fingerprint,
         }
         prefix = f"{m.name} | "
+        if m.package:
+            self._build_package(c, labels, prefix)
+            return
         context = snapshot_root / m.context
         found = dockerfile.read(snapshot_root, context, m.dockerfile)
         settings = self.ctx.settings
@@ -189,6 +197,43 @@ class Preparation:
                 max(0.1, self.deadline - time.monotonic()),
                 own_id,
             )
+
+    def _build_package(self, c: Candidate, labels: dict[str, str], prefix: str) -> None:
+        """Download the package on the host (bounded, cached), then install it with no network."""
+        m, settings = c.spec.manifest, self.ctx.settings
+        spec = m.package_spec
+        assert spec is not None
+        staged = package_fetch.fetch(
+            spec,
+            settings.packages,
+            settings.state_dir / PACKAGE_CACHE,
+            lambda line: self.log.line(prefix + line),
+            timeout=max(0.1, self.deadline - time.monotonic()),
+        )
+        if not staged.command and not m.command:
+            raise BuildError(
+                f"{m.name}: {spec} names no entry point to run (a console script named like it, or an "
+                "npm bin); set run.command in its manifest"
+            )
+        base = package_image.base_image(staged, settings.packages)
+        if base.startswith(OFFLINE_BASE_PREFIX) and not self.ctx.docker.image_exists(base):
+            runtime = "node" if base.startswith(OFFLINE_BASE_PREFIX + "node") else "python"
+            raise BuildError(
+                f"{m.name}: the base image {base} for {spec.registry} packages is missing on this VM: "
+                f"make it with `central-mcp base-image --runtime {runtime}` (or name another in "
+                "deploy.yaml's packages section)"
+            )
+        self.ctx.docker.build(
+            c.spec.image,
+            staged.root,
+            package_image.dockerfile(staged, settings.packages, m.args),
+            [],
+            package_image.build_args(staged, settings.packages),
+            {**labels, package_image.LABEL_PACKAGE: str(spec)},
+            lambda line: self.log.output(prefix + line),
+            network="none",  # everything it installs is in the context: no build of a package has network
+            timeout=max(0.1, self.deadline - time.monotonic()),
+        )
 
     def _start(self, c: Candidate) -> None:
         c.running = launch.start(self.ctx, c.spec, f"d{self.deploy_id}")

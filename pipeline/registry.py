@@ -14,9 +14,11 @@ import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pipeline import stdio
 from pipeline.config.settings import Project, Settings
+from pipeline.packages import spec as package_spec
 from pipeline.store import Release
 
 SERVER_SCHEMA = "https://static.modelcontextprotocol.io/schemas/2025-12-11/server.schema.json"
@@ -56,8 +58,9 @@ def registry(
 
 
 def server_json(settings: Settings, release: Release) -> dict[str, Any]:
-    """One server.json (2025-12-11) for a live release."""
+    """One server.json (2025-12-11) for a live release: its endpoint here, and the package it runs."""
     manifest = release.manifest
+    packages = _packages(settings, manifest)
     return {
         "$schema": SERVER_SCHEMA,
         "name": f"{settings.namespace}/{release.server}",
@@ -77,7 +80,38 @@ def server_json(settings: Settings, release: Release) -> dict[str, Any]:
                 ],
             }
         ],
+        **({"packages": packages} if packages else {}),
     }
+
+
+def _packages(settings: Settings, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The published package a release was built from (build.package), as server.json lists one."""
+    text = (manifest.get("build") or {}).get("package")
+    if not isinstance(text, str) or not text:
+        return []
+    spec = package_spec.parse(text)
+    index = (
+        settings.packages.pypi_index
+        if spec.registry is package_spec.Registry.PYPI
+        else settings.packages.npm_registry
+    )
+    url = urlsplit(index)
+    run = manifest.get("run") or {}
+    entry: dict[str, Any] = {
+        "registryType": str(spec.registry),
+        "registryBaseUrl": f"{url.scheme}://{url.hostname}" + (f":{url.port}" if url.port else ""),
+        "identifier": spec.name,
+        "version": spec.version,
+        "transport": {"type": "stdio"}
+        if manifest.get("transport") == "stdio"
+        else {
+            "type": "streamable-http",
+            "url": f"http://localhost:{run.get('port')}{run.get('path', '/mcp')}",
+        },
+    }
+    if run.get("args") and not run.get("command"):
+        entry["packageArguments"] = [{"type": "positional", "value": str(a)} for a in run["args"]]
+    return [entry]
 
 
 def mcp_json(settings: Settings, releases: list[Release], *, keyed: bool = True) -> dict[str, Any]:

@@ -33,6 +33,7 @@ LIVE = frozenset(
         "build_network",
         "build_base_images",
         "build_remote_add",
+        "packages",
         "webhook_max_body",
         "webhook_queue",
         "admin_token",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +50,20 @@ def instance_label(request: pytest.FixtureRequest, docker_host: DockerHost) -> I
     yield value
     for container in docker_host.containers({LABEL_INSTANCE: value}):
         container.remove(force=True)
+
+
+@pytest.fixture(scope="session")
+def package_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One package cache for the session: the real downloads of mcp-server-time and server-everything
+    happen once and every test after reads them from it."""
+    return tmp_path_factory.mktemp("packages")
+
+
+@pytest.fixture(scope="session")
+def node_base_image(docker_host: DockerHost, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """central-mcp/node:18, made offline once (about a minute) when this engine lacks it."""
+    from pipeline import baseimage
+
+    cache = tmp_path_factory.mktemp("base-cache")
+    baseimage.ensure_base_image(docker_host, cache, lambda line: None, runtime=baseimage.NODE)
+    return baseimage.NODE_IMAGE

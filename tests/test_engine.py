@@ -101,3 +101,38 @@ def test_a_base_image_of_a_newer_version_is_kept(tmp_path: Path) -> None:
     said: list[str] = []
     assert baseimage.ensure_base_image(NewerImage(), tmp_path, said.append) is False  # type: ignore[arg-type]
     assert said == [f"base image {baseimage.BASE_IMAGE} is present"]
+
+
+def test_the_node_base_image_is_made_with_nodejs_python_and_webcrypto(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`base-image --runtime node` debootstraps nodejs and python3 and sets NODE_OPTIONS and its own label."""
+
+    class NoImage:
+        def image_exists(self, tag: str) -> bool:
+            return False
+
+    made: list[object] = []
+    monkeypatch.setattr(baseimage, "download_wheels", lambda target, say: target)
+    monkeypatch.setattr(baseimage, "_debootstrap", lambda rootfs, include, say: made.append(include))
+
+    class Stop(Exception):
+        pass
+
+    def install(rootfs: Path, wheels: Path) -> None:
+        raise Stop
+
+    monkeypatch.setattr(baseimage, "_install_sdk", install)
+    said: list[str] = []
+    with pytest.raises(Stop):
+        baseimage.ensure_base_image(NoImage(), tmp_path, said.append, runtime=baseimage.NODE)  # type: ignore[arg-type]
+    assert made == [("nodejs", "python3", "ca-certificates")]
+    assert said[0].startswith(
+        f"making base image {baseimage.NODE_IMAGE}: debootstrap bookworm + nodejs + python3"
+    )
+    changes = baseimage._changes(baseimage.NODE)
+    assert "ENV NODE_OPTIONS=--experimental-global-webcrypto" in changes
+    assert (
+        f'LABEL central-mcp.role="base" {baseimage.LABEL_BASE_VERSION}="{baseimage.NODE_BASE_VERSION}"'
+        in changes
+    )

@@ -165,3 +165,54 @@ def test_files_are_written_atomically_and_hold_no_secret_names_values(tmp_path: 
     data = json.loads((out / "registry.json").read_text())
     assert data["metadata"]["count"] == 1
     assert "API_TOKEN" not in (out / "registry.json").read_text()
+
+
+def _package_release(server: str, build: dict[str, str], run: dict[str, object], transport: str) -> Release:
+    r = release(server)
+    manifest = {**r.manifest, "transport": transport, "build": build, "run": run}
+    return dataclasses.replace(r, manifest=manifest)
+
+
+def test_a_package_server_lists_its_package_next_to_our_remote() -> None:
+    """A server built from build.package lists that package (registry, name, exact version, transport,
+    its arguments) beside the remote it is served at, valid against the official schema; the index's
+    credentials never show, and a Dockerfile server lists no packages."""
+    settings = dataclasses.replace(
+        SETTINGS,
+        packages=dataclasses.replace(
+            SETTINGS.packages, pypi_index="https://user:token@mirror.example/simple"
+        ),
+    )
+    time_server = _package_release(
+        "time", {"package": "pypi:mcp-server-time==2026.10.19"}, {"port": 8080, "args": ["--x"]}, "stdio"
+    )
+    everything = _package_release(
+        "everything",
+        {"package": "npm:@modelcontextprotocol/server-everything@2026.8.31"},
+        {"port": 3001, "path": "/mcp", "args": ["streamableHttp"]},
+        "streamable-http",
+    )
+    document = registry.registry(settings, [time_server, everything, release("plain")])
+    entries = {e["server"]["name"].split("/")[1]: e["server"] for e in document["servers"]}
+    for entry in entries.values():
+        jsonschema.validate(entry, OFFICIAL)
+    assert entries["time"]["packages"] == [
+        {
+            "registryType": "pypi",
+            "registryBaseUrl": "https://mirror.example",
+            "identifier": "mcp-server-time",
+            "version": "2026.10.19",
+            "transport": {"type": "stdio"},
+            "packageArguments": [{"type": "positional", "value": "--x"}],
+        }
+    ]
+    [npm] = entries["everything"]["packages"]
+    assert (npm["registryType"], npm["identifier"], npm["version"]) == (
+        "npm",
+        "@modelcontextprotocol/server-everything",
+        "2026.8.31",
+    )
+    assert npm["transport"] == {"type": "streamable-http", "url": "http://localhost:3001/mcp"}
+    assert entries["time"]["remotes"][0]["url"] == "https://mcp.example.com/mcp/time"
+    assert "packages" not in entries["plain"]
+    assert "token" not in json.dumps(document)

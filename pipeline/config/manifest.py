@@ -18,10 +18,11 @@ from urllib.parse import urlsplit
 from pipeline import buildrules
 from pipeline import dockerfile as dockerfile_mod
 from pipeline import remote as remote_mod
-from pipeline.config import schema, yamlsrc
+from pipeline.config import schema, serverjson, yamlsrc
 from pipeline.config.settings import PROVIDER_ENV_PREFIX, Repo, Settings
 from pipeline.config.units import format_size, parse_duration, parse_size
-from pipeline.errors import BuildError, ConfigError, Problem
+from pipeline.errors import BuildError, ConfigError, PackageSpecError, Problem
+from pipeline.packages import spec as package_spec
 
 MANIFEST_NAME = "mcp-server.yaml"
 DEFAULT_PATH = "/mcp"
@@ -99,7 +100,14 @@ class Manifest:
     sessions: str = DEFAULT_SESSIONS
     max_processes: int = DEFAULT_MAX_PROCESSES
     pool: int = DEFAULT_POOL
+    package: str = ""  # `pypi:NAME==VERSION` / `npm:NAME@VERSION`: built by the provider, no Dockerfile
+    args: tuple[str, ...] = ()  # after the package's entry command
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    @property
+    def package_spec(self) -> package_spec.PackageSpec | None:
+        """The package this server is built from, or None for a Dockerfile."""
+        return package_spec.parse(self.package) if self.package else None
 
 
 @dataclass(frozen=True)
@@ -116,11 +124,22 @@ class CheckReport:
 
 
 def discover(root: Path, globs: Iterable[str]) -> list[Path]:
-    """Return the manifest files under `root` matching `globs`, sorted, without duplicates."""
+    """Return the manifest files under `root` matching `globs`, sorted, without duplicates.
+
+    A glob whose last part is `mcp-server.yaml` also finds `server.json` in the same places; a
+    folder holding both is described by its mcp-server.yaml alone.
+    """
     found: set[Path] = set()
     for pattern in globs:
-        found.update(p for p in root.glob(pattern) if p.is_file() and ".git" not in p.parts)
-    return sorted(found)
+        head, _, last = pattern.rpartition("/")
+        patterns = [pattern]
+        if last == MANIFEST_NAME:
+            patterns.append(f"{head}/{serverjson.SERVER_JSON}" if head else serverjson.SERVER_JSON)
+        for each in patterns:
+            found.update(p for p in root.glob(each) if p.is_file() and ".git" not in p.parts)
+    return sorted(
+        p for p in found if p.name != serverjson.SERVER_JSON or (p.parent / MANIFEST_NAME) not in found
+    )
 
 
 def check_tree(
@@ -173,6 +192,11 @@ def read(file: Path, root: Path, settings: Settings, repo: Repo | None = None) -
 def _read(file: Path, root: Path, settings: Settings, repo: Repo) -> tuple[Manifest, yamlsrc.Document]:
     rel = file.relative_to(root).as_posix()
     doc = yamlsrc.load(file, display=rel)
+    if file.name == serverjson.SERVER_JSON:
+        data, problems = serverjson.to_manifest(doc, settings, repo)
+        if problems:
+            raise ConfigError(sorted(problems, key=lambda p: (p.line, p.column)))
+        return from_data(data, file.parent.relative_to(root).as_posix()), doc
     if not isinstance(doc.data, dict):
         raise ConfigError(
             [
@@ -294,11 +318,12 @@ def _loopback(host: str) -> bool:
 
 
 def _stdio_problems(doc: yamlsrc.Document) -> list[Problem]:
-    """stdio needs the program to run; the sharing fields mean nothing to an HTTP server."""
+    """stdio needs the program to run (a package brings its own); the sharing fields mean nothing
+    to an HTTP server."""
     data = doc.data
     run = _section(data, "run")
     if data.get("transport") == STDIO:
-        if "command" not in run:
+        if "command" not in run and "package" not in _section(data, "build"):
             where = ("run",) if "run" in data else ("transport",)
             return [
                 doc.problem(
@@ -356,7 +381,17 @@ def _section(data: dict[str, Any], key: str) -> dict[str, Any]:
 
 def _build_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings: Settings) -> list[Problem]:
     build = _section(doc.data, "build")
+    if "package" in build:  # no Dockerfile to check; the schema refuses context/dockerfile/args with it
+        return _package_problems(doc, build["package"])
     problems: list[Problem] = []
+    if "args" in _section(doc.data, "run"):
+        problems.append(
+            doc.problem(
+                ("run", "args"),
+                "run.args follow the entry command of build.package, and this server builds a Dockerfile",
+                "write the whole command in run.command (or the Dockerfile's CMD)",
+            )
+        )
     context_value = build.get("context", ".")
     dockerfile_value = build.get("dockerfile", "Dockerfile")
     if not isinstance(context_value, str) or not isinstance(dockerfile_value, str):
@@ -391,6 +426,26 @@ def _build_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings: S
             )
         )
     return problems
+
+
+def _package_problems(doc: yamlsrc.Document, value: object) -> list[Problem]:
+    """build.package must name one exact version of a PyPI or npm package."""
+    if not isinstance(value, str):
+        return []  # reported by the schema
+    try:
+        package_spec.parse(value)
+    except PackageSpecError as exc:
+        return [doc.problem(("build", "package"), str(exc), exc.hint)]
+    run = _section(doc.data, "run")
+    if "args" in run and "command" in run:
+        return [
+            doc.problem(
+                ("run", "args"),
+                "run.args follow the package's entry command, which run.command replaces",
+                "put the arguments in run.command, or drop run.command",
+            )
+        ]
+    return []
 
 
 def _fetch_problems(
@@ -573,6 +628,8 @@ def from_data(data: dict[str, Any], folder: str) -> Manifest:
         sessions=run.get("sessions", DEFAULT_SESSIONS),
         max_processes=run.get("max_processes", DEFAULT_MAX_PROCESSES),
         pool=run.get("pool", DEFAULT_POOL),
+        package=build.get("package", ""),
+        args=tuple(run.get("args", ())),
         raw=data,
     )
 

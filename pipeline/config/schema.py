@@ -24,7 +24,10 @@ def load_schema(name: str) -> dict[str, Any]:
 
 def validate(doc: Document, schema_name: str) -> list[Problem]:
     """Return one Problem per schema violation in `doc`, in file order."""
-    validator = jsonschema.Draft202012Validator(load_schema(schema_name))
+    found = load_schema(schema_name)
+    validator = jsonschema.validators.validator_for(found)(
+        found
+    )  # ours are 2020-12; server.json's is draft 7
     problems = [_problem(doc, err) for err in validator.iter_errors(doc.data)]
     return sorted(problems, key=lambda p: (p.line, p.column, p.path))
 
@@ -47,7 +50,7 @@ def _problem(doc: Document, err: jsonschema.ValidationError) -> Problem:
                 key=True,
             )
     schema = _schema_of(err)
-    message = err.message
+    message = str(schema.get("x-message", err.message))  # a schema's own words for a rule it states
     if kind == "pattern" and "title" in schema:
         message = f"{err.instance!r} is not {schema['title']}"
     return doc.problem(path, message, _hint(err))
@@ -71,7 +74,7 @@ def _hint(err: jsonschema.ValidationError) -> str:
         return f"use a value of type {err.validator_value}"
     if kind == "enum":
         return "use one of: " + ", ".join(repr(v) for v in value)
-    if kind == "pattern" and "x-hint" in schema:  # a schema's own hint for values people get wrong
+    if kind in ("pattern", "not") and "x-hint" in schema:  # a schema's own hint for values people get wrong
         return str(schema["x-hint"])
     if kind == "pattern":
         return f"write {schema['title']}" if "title" in schema else f"match the pattern {err.validator_value}"

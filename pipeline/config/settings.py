@@ -44,7 +44,15 @@ DEFAULT_DEPLOYS_KEPT = 500
 DEFAULT_DEPLOY_MAX_AGE = 90 * 86400.0
 DEFAULT_BUILD_PARALLEL = 2
 DEFAULT_BUILD_NETWORK = "default"
-DEFAULT_BASE_IMAGES = ("central-mcp/python:*",)  # the offline base image `make` builds, any tag
+DEFAULT_BASE_IMAGES = ("central-mcp/python:*", "central-mcp/node:*")  # the offline base images, any tag
+DEFAULT_PYPI_INDEX = "https://pypi.org/simple"
+DEFAULT_NPM_REGISTRY = "https://registry.npmjs.org/"
+DEFAULT_PYTHON_IMAGE = "central-mcp/python:3.11"  # pipeline/baseimage.py makes it offline
+DEFAULT_PYTHON_VERSION = "3.11"  # Debian bookworm's, in that image
+DEFAULT_NODE_IMAGE = "central-mcp/node:18"
+DEFAULT_PACKAGE_MAX_BYTES = 512 * 1024**2  # one package's download, every file it writes
+DEFAULT_PACKAGE_MAX_FILES = 50_000  # server-everything with its dependencies: ~4,500
+DEFAULT_PACKAGE_TIMEOUT = 300.0
 DEFAULT_WEBHOOK_MAX_BODY = 1024 * 1024
 DEFAULT_WEBHOOK_QUEUE = 16
 DEFAULT_PROBE_INTERVAL = 15.0
@@ -183,6 +191,21 @@ class Containers:
 
 
 @dataclass(frozen=True)
+class Packages:
+    """Where servers built from a published package come from, what they run on, and the bounds
+    of one host download."""
+
+    pypi_index: str = DEFAULT_PYPI_INDEX
+    npm_registry: str = DEFAULT_NPM_REGISTRY
+    python_image: str = DEFAULT_PYTHON_IMAGE
+    python_version: str = DEFAULT_PYTHON_VERSION
+    node_image: str = DEFAULT_NODE_IMAGE
+    max_bytes: int = DEFAULT_PACKAGE_MAX_BYTES
+    max_files: int = DEFAULT_PACKAGE_MAX_FILES
+    timeout: float = DEFAULT_PACKAGE_TIMEOUT
+
+
+@dataclass(frozen=True)
 class Limits:
     """The most a manifest or a push may ask for."""
 
@@ -250,6 +273,7 @@ class Settings:
     build_network: str = DEFAULT_BUILD_NETWORK
     build_base_images: tuple[str, ...] = DEFAULT_BASE_IMAGES
     build_remote_add: bool = False
+    packages: Packages = field(default_factory=Packages)
     webhook_max_body: int = DEFAULT_WEBHOOK_MAX_BODY
     webhook_queue: int = DEFAULT_WEBHOOK_QUEUE
     admin_token: str = field(default="", repr=False)
@@ -572,6 +596,7 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
         build_network=build.get("network", DEFAULT_BUILD_NETWORK),
         build_base_images=tuple(build.get("base_images", DEFAULT_BASE_IMAGES)),
         build_remote_add=bool(build.get("remote_add", False)),
+        packages=_packages(data.get("packages", {})),
         webhook_max_body=parse_size(webhooks.get("max_body", DEFAULT_WEBHOOK_MAX_BODY)),
         webhook_queue=webhooks.get("queue", DEFAULT_WEBHOOK_QUEUE),
         monitor=_monitor(data.get("monitor", {})),
@@ -624,6 +649,19 @@ def _containers(data: dict[str, Any]) -> Containers:
     return Containers(
         user=str(data.get("user", DEFAULT_CONTAINER_USER)),
         tmpfs=parse_size(data.get("tmpfs", DEFAULT_CONTAINER_TMPFS)),
+    )
+
+
+def _packages(data: dict[str, Any]) -> Packages:
+    return Packages(
+        pypi_index=data.get("pypi_index", DEFAULT_PYPI_INDEX),
+        npm_registry=data.get("npm_registry", DEFAULT_NPM_REGISTRY),
+        python_image=data.get("python_image", DEFAULT_PYTHON_IMAGE),
+        python_version=data.get("python_version", DEFAULT_PYTHON_VERSION),
+        node_image=data.get("node_image", DEFAULT_NODE_IMAGE),
+        max_bytes=parse_size(data.get("max_bytes", DEFAULT_PACKAGE_MAX_BYTES)),
+        max_files=data.get("max_files", DEFAULT_PACKAGE_MAX_FILES),
+        timeout=parse_duration(data.get("timeout", DEFAULT_PACKAGE_TIMEOUT)),
     )
 
 
