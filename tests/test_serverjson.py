@@ -245,4 +245,4 @@ def test_the_readme_package_example_passes_check(tmp_path: Path) -> None:
 
     _write(tmp_path, "time", manifest.MANIFEST_NAME, yaml_example("Servers from a published package"))
     report = _check(tmp_path)
-    assert report.problems == [], [p.render() for p in report.problems]
+    assert not report.problems, [p.render() for p in report.problems]
