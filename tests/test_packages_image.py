@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,14 +97,31 @@ def _build(
 
 def _stdio(tag: str) -> list[dict[str, object]]:
     """Run the image's command as the provider runs a server (no network, read-only, nobody) and speak
-    one MCP handshake to it on stdin; return its answers."""
-    request = "".join(json.dumps(m) + "\n" for m in HANDSHAKE)
+    one MCP handshake to it on stdin; return its answers. stdin stays open until the last request is
+    answered: a server may end on EOF before it answers what it has read."""
     run = ["docker", "run", "--rm", "-i", "--network", "none", "--read-only", "--user", "65534:65534"]
     run += ["--tmpfs", "/tmp", "-e", "HOME=/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
-    done = subprocess.run(
-        [*run, tag], input=request, capture_output=True, text=True, timeout=STDIO_TIMEOUT, check=False
-    )
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    last = 2  # the id of HANDSHAKE's last request (tools/list)
+    answers: list[dict[str, object]] = []
+    with subprocess.Popen(
+        [*run, tag], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+    ) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("".join(json.dumps(m) + "\n" for m in HANDSHAKE))
+        proc.stdin.flush()
+        killer = threading.Timer(STDIO_TIMEOUT, proc.kill)
+        killer.start()
+        try:
+            for line in proc.stdout:
+                if line.startswith("{"):
+                    answers.append(json.loads(line))
+                    if answers[-1].get("id") == last:
+                        break
+        finally:
+            killer.cancel()
+            proc.stdin.close()
+            proc.wait(timeout=STDIO_TIMEOUT)
+    return answers
 
 
 def _answer(answers: list[dict[str, object]], request_id: int) -> dict[str, object]:
