@@ -89,15 +89,16 @@ class Monitor:
     # probes and restarts ------------------------------------------------------------------
     def probe_all(self) -> None:
         """Probe every live server once (a scheduled job); while no engine answers, wait for it up to
-        one probe interval, so containers that stopped with the daemon are replaced as it comes back."""
-        if self.ctx.router.table and not self._engine_answers():
-            return
+        one probe interval, so containers that stopped with the daemon are replaced as it comes back.
+        Remote servers need no engine: they are probed either way."""
+        engine = not any(u.remote is None for u in self.ctx.router.table.values()) or self._engine_answers()
         repos = self._repos()
         for server, upstream in sorted(self.ctx.router.table.items()):
-            if self._deploying(server, repos):
+            if self._deploying(server, repos) or (upstream.remote is None and not engine):
                 continue
             self._probe(upstream)
-        self.check_watches()
+        if engine:
+            self.check_watches()
 
     def _engine_answers(self) -> bool:
         deadline = self.clock() + self.ctx.settings.monitor.probe_interval

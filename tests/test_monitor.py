@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from pipeline import remote
 from pipeline.config.settings import MonitorConfig, ProxyTimeouts, Settings
 from pipeline.context import Context, DeployRequest
 from pipeline.errors import DockerError, EngineUnavailable, NotMCP
@@ -203,6 +204,29 @@ def test_no_engine_is_no_reason_to_restart(world: dict[str, Any]) -> None:
         world["monitor"].probe_all()
     assert world["submitted"] == [] and "svc" not in world["monitor"].health
     assert 3 * 14 <= world["clock"]() - started <= 3 * 15
+
+
+def test_remote_servers_are_probed_while_no_engine_answers(world: dict[str, Any]) -> None:
+    """A remote server needs no Docker: while the engine is away its probe still runs (and fails
+    when the remote does), and the containers' probes wait for the engine."""
+
+    def down(*args: object) -> None:
+        raise EngineUnavailable("no Docker engine answers")
+
+    world["docker"].ping = world["docker"].inspect = down
+    monitor: Monitor = world["monitor"]
+    weather = Upstream("weather", 1, "remote:inst:weather:r1", "weather.example", 443, "/mcp")
+    world["router"].swap({"weather": replace(weather, remote=remote.Route("https://weather.example/mcp"))})
+    asked: list[str] = []
+
+    def failure(upstream: Upstream) -> str:
+        asked.append(upstream.server)
+        return "remote down"
+
+    monitor._remote_failure = failure  # type: ignore[method-assign]
+    monitor.probe_all()
+    assert asked == ["weather"]
+    assert monitor.health["weather"].status == "failing" and "svc" not in monitor.health
 
 
 def test_containers_that_stopped_with_the_engine_are_replaced_as_it_comes_back(world: dict[str, Any]) -> None:
