@@ -114,8 +114,12 @@ def resolve(host: str, port: int, guard: Guard, resolver: Resolver = system_reso
 
 
 def tls_context(ca_file: Path | None) -> ssl.SSLContext:
-    """A client context that verifies certificates and host names: against `ca_file`, or the system's CAs."""
-    return ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    """A client context that verifies certificates and host names against the system's CAs and, when
+    given, `ca_file`'s too: a private CA for one remote leaves public remotes trusted."""
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        context.load_verify_locations(cafile=str(ca_file))
+    return context
 
 
 @dataclass(frozen=True)

@@ -87,3 +87,10 @@ def test_a_remote_that_stopped_answering_fails_the_gate(tmp_path: Path) -> None:
         pass
     with pytest.raises(GateError, match="no MCP handshake within"):
         _gate(f"https://127.0.0.1:{port}/mcp", dialer(cert.ca_file), timeout=0.3)
+
+
+def test_a_ca_file_adds_to_the_systems_cas(stand_in: StandIn) -> None:
+    """remotes.ca_file adds its CA to the system's: a private remote is trusted and public ones stay so."""
+    system = remote.tls_context(None).cert_store_stats()["x509_ca"]
+    with_file = remote.tls_context(stand_in.cert.ca_file).cert_store_stats()["x509_ca"]
+    assert system > 0 and with_file == system + 1

@@ -231,7 +231,7 @@ class RemotesConfig:
     """Remote servers: hosts allowed although they resolve inside the VM, the CA that verifies them."""
 
     allow_hosts: tuple[str, ...] = ()  # host names or literal addresses, matched exactly (lowercase)
-    ca_file: Path | None = None  # None: the system's trusted CAs
+    ca_file: Path | None = None  # CAs trusted for remotes besides the system's
     connect_timeout: float = DEFAULT_REMOTE_CONNECT_TIMEOUT
 
     def allows(self, host: str) -> bool:
