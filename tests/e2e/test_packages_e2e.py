@@ -147,6 +147,7 @@ class Keyed:
     everything: str
     memory: str
     time_sj: str
+    memory_as_is: str
     key: str
     push_output: str
 
@@ -171,12 +172,15 @@ def keyed(
         _folder(ws, memory, "mcp-server.yaml", _manifest(memory, MEMORY, "stdio", run))
         time_sj = provider.name("time-sj")
         _folder(ws, time_sj, "server.json", _time_server_json(time_sj))
-        ws.commit("add time, everything, memory and a server.json's time over stdio")
+        as_is = provider.name("memory-as-is")
+        _folder(ws, as_is, "mcp-server.yaml", _manifest(as_is, MEMORY, "stdio", {"port": 8080}))
+        ws.commit("add time, everything, memory (twice) and a server.json's time over stdio")
         push = ws.push()
         assert push.ok, push.output
         made = provider.cli("keys", "create", "web")
         assert made.returncode == 0, made.stderr
-        yield Keyed(provider, time_server, everything, memory, time_sj, made.stdout.strip(), push.output)
+        key = made.stdout.strip()
+        yield Keyed(provider, time_server, everything, memory, time_sj, as_is, key, push.output)
 
 
 def _time_server_json(server: str) -> dict[str, Any]:
@@ -308,3 +312,23 @@ def test_memory_per_session_keeps_each_sessions_graph_to_itself(keyed: Keyed) ->
     assert "alice" not in _text(second[0]) and "alice" not in _text(second[1])
     [[later]] = asyncio.run(_sessions(keyed, keyed.memory, [[("read_graph", {})]]))
     assert "alice" not in _text(later)
+
+
+def test_a_package_cannot_write_into_its_own_files(keyed: Keyed) -> None:
+    """The root is read-only for a package too: server-memory with no MEMORY_FILE_PATH writes next
+    to its script, and create_entities answers that error (EROFS) without harming the session."""
+    headers = {"authorization": f"Bearer {keyed.key}"}
+
+    async def attempt() -> tuple[CallToolResult, CallToolResult]:
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=60) as http,
+            Client(streamable_http_client(keyed.url(keyed.memory_as_is), http_client=http)) as client,
+        ):
+            entity = {"name": "bob", "entityType": "person", "observations": []}
+            created = await client.call_tool("create_entities", {"entities": [entity]})
+            return created, await client.call_tool("read_graph", {})
+
+    created, graph = asyncio.run(attempt())
+    assert created.is_error and "EROFS" in _text(created)
+    assert "/opt/server/node_modules/@modelcontextprotocol/server-memory/" in _text(created)
+    assert not graph.is_error and "bob" not in _text(graph)
