@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -150,6 +152,7 @@ class Keyed:
     memory_as_is: str
     key: str
     push_output: str
+    workspace: Workspace
 
     def url(self, server: str) -> str:
         """The server's proxy URL."""
@@ -180,7 +183,7 @@ def keyed(
         made = provider.cli("keys", "create", "web")
         assert made.returncode == 0, made.stderr
         key = made.stdout.strip()
-        yield Keyed(provider, time_server, everything, memory, time_sj, as_is, key, push.output)
+        yield Keyed(provider, time_server, everything, memory, time_sj, as_is, key, push.output, ws)
 
 
 def _time_server_json(server: str) -> dict[str, Any]:
@@ -282,16 +285,21 @@ def test_a_package_keeps_its_program_across_a_restart(keyed: Keyed) -> None:
     reconciliation or a rollback does) serves with nothing re-staged."""
     [container] = keyed.provider.running(keyed.time)
     keyed.provider.docker.client.containers.get(container).restart(timeout=5)
-    wait_for("the restarted bridge to answer", lambda: _answers(keyed, keyed.time), RESTART_TIMEOUT, 0.5)
+    _wait_answering(keyed, keyed.time, "the restarted bridge")
 
 
-def _answers(keyed: Keyed, server: str) -> bool:
-    """Whether a session of `server` gets the current time (False while its bridge is not up)."""
+def _wait_answering(keyed: Keyed, server: str, what: str) -> None:
+    """Wait until a session of `server` gets the current time."""
+    wait_for(f"{what} to answer", lambda: not _failure(keyed, server), RESTART_TIMEOUT, 0.5)
+
+
+def _failure(keyed: Keyed, server: str) -> str:
+    """Why a session of `server` did not get the current time ("" when it did)."""
     try:
         [[now]] = asyncio.run(_sessions(keyed, server, [[("get_current_time", {"timezone": "UTC"})]]))
-    except Exception:  # the SDK raises exception groups while the port is closed
-        return False
-    return bool(json.loads(_text(now))["timezone"] == "UTC")
+    except Exception as exc:  # the SDK raises exception groups while the port is closed
+        return "".join(traceback.format_exception(exc))[-3000:]
+    return "" if json.loads(_text(now))["timezone"] == "UTC" else _text(now)
 
 
 def test_memory_per_session_keeps_each_sessions_graph_to_itself(keyed: Keyed) -> None:
@@ -332,3 +340,34 @@ def test_a_package_cannot_write_into_its_own_files(keyed: Keyed) -> None:
     assert created.is_error and "EROFS" in _text(created)
     assert "/opt/server/node_modules/@modelcontextprotocol/server-memory/" in _text(created)
     assert not graph.is_error and "bob" not in _text(graph)
+
+
+def test_rollback_and_reconciliation_start_a_package_from_its_image_alone(keyed: Keyed) -> None:
+    """With the package cache gone, `rollback` makes r1 of time/ live again and start-up
+    reconciliation restarts its removed container, both from the image alone: nothing is
+    downloaded or staged again, and it answers each time."""
+    p, ws = keyed.provider, keyed.workspace
+    ws.sync()
+    run = {"port": 8080, "args": ["--local-timezone", "Europe/Paris"]}
+    _folder(ws, keyed.time, "mcp-server.yaml", _manifest(keyed.time, TIME, "stdio", run))
+    ws.commit("time r2: another local zone")
+    push = ws.push()
+    assert push.ok and f"{keyed.time}: r2 is live" in push.output, push.output
+    assert "Europe/Paris" in asyncio.run(_tools(keyed, keyed.time))["get_current_time"]
+    cache = p.state / "packages"
+    shutil.rmtree(cache)
+
+    back = p.cli("rollback", keyed.time, "r1")
+
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert "downloading" not in back.stdout and not cache.exists()
+    assert "Europe/Paris" not in asyncio.run(_tools(keyed, keyed.time))["get_current_time"]
+    assert not (failure := _failure(keyed, keyed.time)), failure
+    p.kill()
+    for container in p.running(keyed.time):
+        p.docker.client.containers.get(container).remove(force=True)
+
+    p.start()
+
+    _wait_answering(keyed, keyed.time, "the reconciled time server")
+    assert not cache.exists() and "downloading" not in p.serve_log()
