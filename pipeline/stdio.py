@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pipeline.config.manifest import DEFAULT_MAX_PROCESSES, DEFAULT_POOL, DEFAULT_SESSIONS, STDIO, Manifest
 from pipeline.config.settings import Settings
 from pipeline.errors import DockerError
+from pipeline.packages.fetch import open_to_all
 
 if TYPE_CHECKING:  # check and the registry use this module without loading the docker SDK
     from pipeline.dockerhost import DockerHost
@@ -79,6 +80,7 @@ def add_bridge(
         shutil.copytree(BRIDGE_SOURCE, context / BRIDGE_PACKAGE, ignore=shutil.ignore_patterns("__pycache__"))
         (context / "bridge.py").write_text(ENTRY_TEXT)
         (context / PROGRAM).write_text(json.dumps(list(program)) + "\n")
+        open_to_all(context)  # COPY keeps the host's modes, and the bridge runs as containers.user
         built = docker.build(
             image, context, layer_dockerfile(image), [], {}, labels, on_line, network, timeout
         )
