@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -163,3 +164,22 @@ def test_no_lifecycle_script_of_an_npm_package_runs_on_the_host(tmp_path: Path) 
     assert not marker.exists()
     assert staged.command == ("node", "/opt/server/node_modules/evil-pkg/index.js")
     assert (staged.root / fetch.APP / "node_modules" / "evil-pkg" / "index.js").is_file()
+
+
+def test_a_staged_tree_is_opened_to_every_user_whatever_the_umask(tmp_path: Path) -> None:
+    """Under umask 077 a download's files would be root's alone in the image (COPY keeps modes) and
+    the container's user could not read them: folders 755, files 644, the owner's executables 755,
+    symlinks untouched."""
+    old = os.umask(0o077)
+    try:
+        (tmp_path / "lib").mkdir()
+        (tmp_path / "lib" / "index.js").write_text("x")
+        (tmp_path / "lib" / "cli.js").write_text("#!/usr/bin/env node\n")
+        (tmp_path / "lib" / "cli.js").chmod(0o700)
+        (tmp_path / "bin").symlink_to("lib")
+    finally:
+        os.umask(old)
+    fetch.open_to_all(tmp_path)
+    modes = {p.name: stat.S_IMODE(p.lstat().st_mode) for p in tmp_path.rglob("*")}
+    assert (modes["lib"], modes["index.js"], modes["cli.js"]) == (0o755, 0o644, 0o755)
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755

@@ -24,6 +24,7 @@ import platform
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -46,6 +47,8 @@ PIP_REQUIREMENT = "pip==25.3"  # runs from its wheel inside the build: a base im
 POLL_SECONDS = 0.25
 LOG_TAIL_BYTES = 2000
 MAX_METADATA_BYTES = 1024 * 1024  # entry_points.txt or package.json read from a download
+# What open_to_all leaves: root owns the image's copy, any user reads it, nobody else writes it.
+DIR_MODE, FILE_MODE, EXEC_MODE = 0o755, 0o644, 0o755
 GLIBC_MINOR = 36  # Debian bookworm's glibc 2.36: manylinux_2_17 … manylinux_2_36 wheels run on it
 PASSED_ENV = (
     "PATH",
@@ -108,6 +111,7 @@ def fetch(
         else:
             record = _npm(spec, bounds, runner, out)
         shutil.rmtree(out / "tmp", ignore_errors=True)
+        open_to_all(out)
         files, size = measure(out)
         record |= {"spec": str(spec), "files": files, "bytes": size}
         (out / STAGED_FILE).write_text(json.dumps(record, indent=1) + "\n")
@@ -132,6 +136,19 @@ def _sweep(cache: Path, timeout: float) -> None:
             continue
         if stale:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def open_to_all(root: Path) -> None:
+    """Make every folder and file under `root` readable by any user (folders and the owner's
+    executables searchable and runnable too): a build's COPY keeps the modes the host's umask left,
+    and the container runs as an unprivileged user (containers.user). Symlinks are left alone."""
+    for folder, _, names in os.walk(root):
+        os.chmod(folder, DIR_MODE)
+        for name in names:
+            path = os.path.join(folder, name)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISREG(mode):
+                os.chmod(path, EXEC_MODE if mode & stat.S_IXUSR else FILE_MODE)
 
 
 def measure(root: Path) -> tuple[int, int]:
