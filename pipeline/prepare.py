@@ -29,6 +29,7 @@ from pipeline.store import Release
 
 PACKAGE_CACHE = "packages"  # under the state dir: one folder per registry, name and exact version
 OFFLINE_BASE_PREFIX = "central-mcp/"  # base images made here (baseimage.py), never pulled
+NO_NETWORK = "none"  # the build network of a package's image and its bridge layer
 
 
 @dataclass
@@ -191,6 +192,7 @@ class Preparation:
             stdio.add_bridge(
                 self.ctx.docker,
                 c.spec.image,
+                stdio.program(m),
                 labels,
                 lambda line: self.log.output(prefix + line),
                 settings.build_network,
@@ -223,17 +225,30 @@ class Preparation:
                 f"make it with `central-mcp base-image --runtime {runtime}` (or name another in "
                 "deploy.yaml's packages section)"
             )
-        self.ctx.docker.build(
+        labels = {**labels, package_image.LABEL_PACKAGE: str(spec)}
+        own_id = self.ctx.docker.build(
             c.spec.image,
             staged.root,
             package_image.dockerfile(staged, settings.packages, m.args),
             [],
             package_image.build_args(staged, settings.packages),
-            {**labels, package_image.LABEL_PACKAGE: str(spec)},
+            labels,
             lambda line: self.log.output(prefix + line),
-            network="none",  # everything it installs is in the context: no build of a package has network
+            network=NO_NETWORK,  # everything it installs is in the context: no build of a package has network
             timeout=max(0.1, self.deadline - time.monotonic()),
         )
+        if stdio.is_stdio(m):  # the same layer as a Dockerfile's, the package's argv recorded in it
+            self.log.line(f"{m.name}: adding the stdio bridge ({m.sessions})")
+            stdio.add_bridge(
+                self.ctx.docker,
+                c.spec.image,
+                stdio.program(m, staged.command),
+                labels,
+                lambda line: self.log.output(prefix + line),
+                NO_NETWORK,
+                max(0.1, self.deadline - time.monotonic()),
+                own_id,
+            )
 
     def _start(self, c: Candidate) -> None:
         c.running = launch.start(self.ctx, c.spec, f"d{self.deploy_id}")

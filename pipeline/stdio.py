@@ -6,14 +6,21 @@ the entrypoint. So any image with a `python3` (3.11+) serves its stdio program o
 HTTP on the manifest's port and path, and a pushed Dockerfile needs nothing for it. The layer's
 Dockerfile is the provider's own: its FROM names the image just built, which buildrules refuses
 only in pushed Dockerfiles.
+
+The program's argv (run.command, or a package's entry command and run.args) is recorded in the
+layer too, as PROGRAM_FILE, which the bridge reads when its command line names no program. So the
+image alone knows what it runs: a restart, start-up reconciliation and a rollback start it with the
+bridge's options only, for a Dockerfile's image and a package's alike, and never re-stage a package.
+A changed run.command changes the fingerprint (the whole manifest is in it), so it is a new build.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +35,8 @@ BRIDGE_SOURCE = Path(__file__).resolve().parent / "bridge"
 BRIDGE_DIR = "/opt/central-mcp"
 BRIDGE_PACKAGE = "cmcp_bridge"
 ENTRY = f"{BRIDGE_DIR}/bridge.py"
+PROGRAM = "program.json"  # the program's argv as a JSON list: see pipeline/bridge/main.py
+PROGRAM_FILE = f"{BRIDGE_DIR}/{PROGRAM}"
 ENTRY_TEXT = f'"""Run the central-mcp stdio bridge."""\n\nfrom {BRIDGE_PACKAGE}.main import main\n\nmain()\n'
 # On SIGTERM the proxy has drained the container already; calls still running get this long,
 # within Docker's stop grace (dockerhost.STOP_GRACE_SECONDS).
@@ -46,6 +55,7 @@ def layer_dockerfile(image: str) -> str:
         f"FROM {image}\n"
         f"COPY {BRIDGE_PACKAGE} {BRIDGE_DIR}/{BRIDGE_PACKAGE}\n"
         f"COPY bridge.py {ENTRY}\n"
+        f"COPY {PROGRAM} {PROGRAM_FILE}\n"
         f'ENTRYPOINT ["python3", "-E", "-s", "{ENTRY}"]\n'
         "CMD []\n"
     )
@@ -54,18 +64,21 @@ def layer_dockerfile(image: str) -> str:
 def add_bridge(
     docker: DockerHost,
     image: str,
+    program: Sequence[str],
     labels: Mapping[str, str],
     on_line: Callable[[str], None],
     network: str,
     timeout: float,
     own_id: str = "",
 ) -> None:
-    """Rebuild `image` with the bridge layer on top, under the same tag; then remove the server's
-    own image (`own_id`), left untagged, which retention (by tag) would never find."""
+    """Rebuild `image` with the bridge layer on top, `program` recorded in it, under the same tag;
+    then remove the server's own image (`own_id`), left untagged, which retention (by tag) would
+    never find."""
     with tempfile.TemporaryDirectory(prefix="central-mcp-bridge-") as tmp:
         context = Path(tmp)
         shutil.copytree(BRIDGE_SOURCE, context / BRIDGE_PACKAGE, ignore=shutil.ignore_patterns("__pycache__"))
         (context / "bridge.py").write_text(ENTRY_TEXT)
+        (context / PROGRAM).write_text(json.dumps(list(program)) + "\n")
         built = docker.build(
             image, context, layer_dockerfile(image), [], {}, labels, on_line, network, timeout
         )
@@ -77,7 +90,7 @@ def add_bridge(
 
 
 def bridge_command(manifest: Manifest, settings: Settings) -> tuple[str, ...]:
-    """The bridge's arguments (after the layer's entrypoint), then the stdio program's argv."""
+    """The bridge's arguments (after the layer's entrypoint); the program's argv is in the layer."""
     idle = settings.proxy.session_idle_timeout or 0
     options = [
         f"--port={manifest.port}",
@@ -89,7 +102,12 @@ def bridge_command(manifest: Manifest, settings: Settings) -> tuple[str, ...]:
     ]
     if idle:
         options.append(f"--idle-timeout={idle:g}")
-    return (*options, "--", *manifest.command)
+    return tuple(options)
+
+
+def program(manifest: Manifest, entry: Sequence[str] = ()) -> tuple[str, ...]:
+    """The stdio program's argv: run.command, else a package's `entry` command and run.args."""
+    return manifest.command or (*entry, *manifest.args)
 
 
 def offer(raw: Mapping[str, Any]) -> dict[str, Any] | None:

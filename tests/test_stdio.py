@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import cli, stdio
+from pipeline.bridge import main as bridge_main
 from pipeline.config import manifest, settings
 from tests.test_cli import DEPLOY, GOOD, _check, _write
 
@@ -41,14 +42,28 @@ def _settings(tmp_path: Path) -> settings.Settings:
     return settings.Settings(config_path=tmp_path / "deploy.yaml", state_dir=tmp_path)
 
 
-def test_the_bridge_command_carries_the_manifest_and_ends_with_the_program(tmp_path: Path) -> None:
-    """Port, path, sharing, cap and pool become bridge options; the program's argv follows `--`
-    untouched (no shell)."""
+def test_the_bridge_command_carries_the_manifest_and_no_program(tmp_path: Path) -> None:
+    """Port, path, sharing, cap and pool become bridge options; the program is not on the command
+    line (it is recorded in the image), so whatever starts the container needs only the manifest."""
     found = manifest.from_data(STDIO_DATA, "servers/t")
     argv = stdio.bridge_command(found, _settings(tmp_path))
-    assert argv[argv.index("--") :] == ("--", "python3", "-m", "srv")
+    assert "--" not in argv and "srv" not in argv
     assert {"--port=8080", "--path=/mcp", "--sessions=per-session", "--max-processes=4", "--pool=1"} <= set(
         argv
+    )
+
+
+def test_the_program_is_run_command_or_the_package_entry_and_its_args() -> None:
+    """run.command wins; a package's entry command is followed by run.args, untouched (no shell)."""
+    found = manifest.from_data(STDIO_DATA, "servers/t")
+    assert stdio.program(found, ("ignored",)) == ("python3", "-m", "srv")
+    run = {"port": 8080, "args": ["--local-timezone", "UTC; rm -rf /"]}
+    package = {**STDIO_DATA, "build": {"package": "pypi:mcp-server-time==2026.10.19"}, "run": run}
+    entry = ("/opt/server/bin/mcp-server-time",)
+    assert stdio.program(manifest.from_data(package, "servers/t"), entry) == (
+        *entry,
+        "--local-timezone",
+        "UTC; rm -rf /",
     )
 
 
@@ -64,6 +79,7 @@ def test_the_layer_copies_the_bridge_and_makes_it_the_entrypoint() -> None:
     text = stdio.layer_dockerfile("central-mcp-server/t:r1-abc")
     assert text.splitlines()[0] == "FROM central-mcp-server/t:r1-abc"
     assert 'ENTRYPOINT ["python3", "-E", "-s", "/opt/central-mcp/bridge.py"]' in text
+    assert "COPY program.json /opt/central-mcp/program.json" in text
 
 
 def test_the_copied_bridge_runs_under_another_package_name(tmp_path: Path) -> None:
@@ -77,7 +93,28 @@ def test_the_copied_bridge_runs_under_another_package_name(tmp_path: Path) -> No
         timeout=30,
         check=False,
     )
-    assert "give the stdio program after `--`" in done.stderr
+    assert "no program after `--` and none readable in" in done.stderr
+    (tmp_path / "program.json").write_text('["x", 1]')  # next to the package, as in the layer
+    done = subprocess.run(
+        [sys.executable, "-E", "-s", str(tmp_path / "bridge.py"), "--port=1"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert "must hold a JSON list of strings naming a program" in done.stderr
+
+
+def test_the_bridge_reads_the_recorded_program_when_given_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No `--`: the argv comes from the recorded file; one after `--` still wins."""
+    recorded = tmp_path / "program.json"
+    recorded.write_text(json.dumps(["node", "/opt/server/x.js", "--flag"]))
+    monkeypatch.setattr(bridge_main, "PROGRAM_FILE", recorded)
+    assert bridge_main.parse(["--port=9"]).command == ("node", "/opt/server/x.js", "--flag")
+    assert bridge_main.parse(["--port=9", "--"]).command == ("node", "/opt/server/x.js", "--flag")
+    assert bridge_main.parse(["--port=9", "--", "srv"]).command == ("srv",)
 
 
 def test_what_a_stdio_server_offers_is_named_for_check_and_the_registry() -> None:

@@ -1,24 +1,50 @@
-"""The bridge's command line: `bridge [options] -- PROGRAM ARGS...`; SIGTERM drains and exits."""
+"""The bridge's command line: `bridge [options] [-- PROGRAM ARGS...]`; SIGTERM drains and exits.
+
+With no program after `--`, the program is the one recorded in the image's layer: PROGRAM_FILE,
+next to this package, a JSON list of strings (pipeline/stdio.py writes it).
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import wire
 from .app import Bridge, Config
 from .child import _log as log
 
+PROGRAM_FILE = Path(__file__).resolve().parent.parent / "program.json"
+MAX_PROGRAM_BYTES = 64 * 1024
+
+
+def recorded_program() -> tuple[str, ...]:
+    """The program's argv recorded in the image; exit saying what is wrong when there is none."""
+    path = PROGRAM_FILE
+    try:
+        with path.open("rb") as file:
+            text = file.read(MAX_PROGRAM_BYTES + 1)
+        data = json.loads(text) if len(text) <= MAX_PROGRAM_BYTES else None
+    except (OSError, ValueError) as exc:
+        message = f"central-mcp bridge: no program after `--` and none readable in {path}: {exc}"
+        raise SystemExit(message) from exc
+    if not isinstance(data, list) or not data or not data[0] or not all(isinstance(a, str) for a in data):
+        raise SystemExit(
+            f"central-mcp bridge: {path} must hold a JSON list of strings naming a program "
+            f"(at most {MAX_PROGRAM_BYTES} bytes)"
+        )
+    return tuple(data)
+
 
 def parse(argv: Sequence[str]) -> Config:
     """Read the options and the program's argv (after `--`)."""
     args = list(argv)
-    if "--" not in args or args.index("--") == len(args) - 1:
-        raise SystemExit("central-mcp bridge: give the stdio program after `--`")
-    split = args.index("--")
+    split = args.index("--") if "--" in args else len(args)
+    command = tuple(args[split + 1 :]) or recorded_program()
     parser = argparse.ArgumentParser(prog="central-mcp-bridge")
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--path", default="/mcp")
@@ -32,7 +58,7 @@ def parse(argv: Sequence[str]) -> Config:
     parser.add_argument("--drain-timeout", type=float, default=10.0)
     o = parser.parse_args(args[:split])
     return Config(
-        tuple(args[split + 1 :]),
+        command,
         o.port,
         o.path,
         o.host,
