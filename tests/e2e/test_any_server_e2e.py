@@ -226,9 +226,10 @@ def test_the_registry_lists_all_three_truthfully(site: Site) -> None:
     assert all(len(found) == 1 for found in entries.values()), body
     for kind, [entry] in entries.items():
         [remote] = entry["server"]["remotes"]
-        assert remote["url"].endswith(f"/mcp/{site.servers[kind]}"), remote
-        assert remote["type"] == "streamable-http"
+        assert (remote["type"], remote["url"]) == ("streamable-http", site.url(kind)), remote
         [live] = entry["_meta"].values()
+        assert (live["status"], live["release"]) == ("live", "r1"), live
+        assert CALLS[kind][0] in [tool["name"] for tool in live["tools"]]
         assert ("stdio" in live) == (kind != "weather"), live
     assert _package(entries["time"][0]) == ("pypi", TIME_NAME, TIME_VERSION, "stdio")
     assert _package(entries["everything"][0]) == ("npm", EVERYTHING_NAME, EVERYTHING_VERSION, "stdio")
