@@ -27,7 +27,6 @@ from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
 from pipeline.dockerhost import DockerHost
-from pipeline.prepare import PACKAGE_CACHE
 from tests.support import ts_sdk
 from tests.support.provider import Provider, VMSecrets, running_provider
 from tests.support.remote import TOKEN, StandIn, stand_in
@@ -83,9 +82,9 @@ def site(
         config = PROJECTS + f"remotes: {{allow_hosts: [localhost], ca_file: {remote.cert.ca_file}}}\n"
         vm = VMSecrets(store={SECRET: TOKEN}, grants=(SECRET,))
         proxy = {"deploy_timeout": "5m"}
-        with running_provider(root / "vm", docker_host, config, proxy=proxy, vm=vm) as provider:
-            # the session's package cache: a download another test made is not made again
-            (provider.state / PACKAGE_CACHE).symlink_to(package_cache, target_is_directory=True)
+        with running_provider(
+            root / "vm", docker_host, config, proxy=proxy, vm=vm, package_cache=package_cache
+        ) as provider:
             workspace = provider.clone(root / "work")
             servers = {kind: provider.name(kind) for kind in CALLS}
             for kind, server in servers.items():
