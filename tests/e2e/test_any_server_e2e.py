@@ -206,10 +206,55 @@ def test_the_typescript_sdk_client_lists_and_calls_each_kind_in_each_era(
     _answered(kind, found["result"]["content"][0]["text"])
 
 
+@pytest.mark.parametrize("kind", list(CALLS))
+def test_a_typescript_client_pinned_to_the_stateless_era_gets_it_only_where_offered(
+    site: Site, tmp_path_factory: pytest.TempPathFactory, kind: str
+) -> None:
+    """The v2 TypeScript client pinned to 2026-07-28 (no probe, no fallback) calls the remote with no
+    session; a stdio server refuses it with -32022 naming the session-era versions."""
+    if reason := ts_sdk.missing(STATELESS_ERA):
+        pytest.skip(reason)
+    script = ts_sdk.install(tmp_path_factory.getbasetemp() / "ts-sdk")
+    tool, args = CALLS[kind]
+    done = ts_sdk.run(script, site.url(kind), site.key, tool, args, STATELESS_ERA)
+    if OFFERED[kind] == STATELESS_ERA:
+        assert done.returncode == 0, done.stderr[-2000:]
+        found = json.loads(done.stdout.strip().splitlines()[-1])
+        assert (found["protocolVersion"], found["era"], found["session"]) == (STATELESS_ERA, "modern", None)
+        _answered(kind, found["result"]["content"][0]["text"])
+    else:
+        assert done.returncode != 0, done.stdout
+        assert "UnsupportedProtocolVersionError" in done.stderr, done.stderr[-2000:]
+        assert f"code: {UNSUPPORTED_VERSION}" in done.stderr and f"'{SESSION_ERA}'" in done.stderr
+
+
 def test_the_remote_got_the_secret_header_never_the_clients_key(site: Site) -> None:
-    """Every request the remote received carried the VM's secret header and never a project key."""
+    """Every request the remote received carried the VM's secret header and never a project key;
+    the secret shows in no push output or deploy log."""
     assert site.remote.app.seen, "the remote was never reached"
     assert all(values == [TOKEN] for values in site.remote.app.values("authorization"))
+    deploy = site.provider.last_deploy_id()
+    assert TOKEN not in site.push_output and TOKEN not in site.provider.log(deploy)
+
+
+@pytest.mark.parametrize("kind", list(CALLS))
+def test_without_a_key_no_kind_answers(site: Site, kind: str) -> None:
+    """The project key is what lets the clients in: without one every kind answers 401, and
+    nothing reaches the remote."""
+    seen = len(site.remote.app.seen)
+    initialize = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": SESSION_ERA,
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    status, _, body = site.provider.post(f"/mcp/{site.servers[kind]}", initialize)
+    assert status == 401, body
+    assert len(site.remote.app.seen) == seen
 
 
 def test_the_registry_lists_all_three_truthfully(site: Site) -> None:

@@ -3,6 +3,7 @@
 // MODE "v1" (the default): @modelcontextprotocol/sdk 1.x, the session era's initialize handshake.
 // MODE "legacy" or "auto": the v2 client (@modelcontextprotocol/client) with that versionNegotiation
 // mode; "auto" probes the 2026-07-28 era with server/discover and falls back to initialize.
+// MODE a version ("2026-07-28"): the v2 client pinned to it, no probe and no fallback.
 const [url, key, tool, args, mode = "v1"] = process.argv.slice(2);
 const sdk =
   mode === "v1"
@@ -13,7 +14,8 @@ const sdk =
     : await import("@modelcontextprotocol/client");
 const headers = key ? { Authorization: `Bearer ${key}` } : {};
 const transport = new sdk.StreamableHTTPClientTransport(new URL(url), { requestInit: { headers } });
-const options = mode === "v1" ? {} : { versionNegotiation: { mode } };
+const pinned = /^\d{4}-\d{2}-\d{2}$/.test(mode) ? { pin: mode } : mode;
+const options = mode === "v1" ? {} : { versionNegotiation: { mode: pinned } };
 const client = new sdk.Client({ name: "central-mcp-test", version: "1.0.0" }, options);
 await client.connect(transport);
 const tools = (await client.listTools()).tools.map((t) => t.name);

@@ -52,13 +52,20 @@ def install(into: Path) -> Path:
 def call(script: Path, url: str, key: str, tool: str, args: dict[str, Any], mode: str = V1) -> dict[str, Any]:
     """Connect with the TypeScript SDK client of `mode`, list tools and call `tool`; return what the
     script printed: protocolVersion, era ('legacy' or 'modern'), session, tools, result."""
-    done = subprocess.run(
+    done = run(script, url, key, tool, args, mode)
+    assert done.returncode == 0, done.stderr[-2000:]
+    found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return found
+
+
+def run(
+    script: Path, url: str, key: str, tool: str, args: dict[str, Any], mode: str = V1
+) -> subprocess.CompletedProcess[str]:
+    """Run the client script of `mode` (V1, LEGACY, AUTO, or a version to pin); return how it ended."""
+    return subprocess.run(
         ["node", str(script), url, key, tool, json.dumps(args), mode],
         capture_output=True,
         text=True,
         timeout=CALL_TIMEOUT,
         check=False,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    found: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return found
