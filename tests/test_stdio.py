@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import cli, stdio
+from pipeline.bridge import child
 from pipeline.bridge import main as bridge_main
 from pipeline.config import manifest, settings
 from tests.test_cli import DEPLOY, GOOD, _check, _write
@@ -140,3 +141,16 @@ def test_check_shows_how_a_stdio_server_is_served(
         assert "session era only" in json.loads(out)["kinds"]["srv"]
     else:
         assert "srv (servers/srv/; stdio, a process per session (1 warm, at most 16), session era only" in out
+
+
+def test_a_leading_home_in_the_environment_is_the_sessions_own() -> None:
+    """`$HOME` alone or before `/` becomes the session's HOME (so server-memory's MEMORY_FILE_PATH is
+    per session); anything else, `$HOMEX` or a `$HOME` further in, is left as written."""
+    env = {"A": "$HOME/memory.jsonl", "B": "$HOME", "C": "$HOMEX/y", "D": "x/$HOME/y", "E": "plain"}
+    assert child.session_env(env, "/tmp/session-1") == {
+        "A": "/tmp/session-1/memory.jsonl",
+        "B": "/tmp/session-1",
+        "C": "$HOMEX/y",
+        "D": "x/$HOME/y",
+        "E": "plain",
+    }

@@ -22,6 +22,7 @@ MAX_UNREAD_BYTES = 16 * 1024 * 1024  # written to stdin and not yet read by the 
 JUNK_BUDGET = 20  # non-JSON stdout lines tolerated (logged) before the process is ended
 STOP_GRACE = 2.0  # seconds between closing stdin / SIGTERM and SIGKILL
 WORK_ROOT = "/tmp"  # the container's writable tmpfs
+SESSION_HOME = "$HOME"  # an env value `$HOME` or `$HOME/...` names the session's own HOME (or in it)
 
 Message = dict[str, Any]
 
@@ -52,7 +53,7 @@ class Child:
     async def start(self) -> None:
         """Start the program; raise OSError when it cannot be started."""
         self.home = tempfile.mkdtemp(prefix="session-", dir=self.work_root)
-        env = {**self.env, "HOME": self.home, "TMPDIR": self.home}
+        env = {**session_env(self.env, self.home), "HOME": self.home, "TMPDIR": self.home}
         try:
             self.process = await asyncio.create_subprocess_exec(
                 *self.command,
@@ -162,6 +163,15 @@ def _signal(process: asyncio.subprocess.Process, how: str) -> None:
 def _log(text: str) -> None:
     sys.stderr.write(f"central-mcp bridge: {text}\n")
     sys.stderr.flush()
+
+
+def session_env(env: dict[str, str], home: str) -> dict[str, str]:
+    """`env` with a leading SESSION_HOME of a value (alone or before `/`) replaced by `home`: a
+    program that keeps state in a file named by its environment keeps it per session."""
+    return {
+        k: home + v[len(SESSION_HOME) :] if v == SESSION_HOME or v.startswith(SESSION_HOME + "/") else v
+        for k, v in env.items()
+    }
 
 
 def base_env() -> dict[str, str]:

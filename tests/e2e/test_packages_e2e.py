@@ -1,20 +1,28 @@
 """Servers from published packages, no Dockerfile, deployed by a real `git push`: the host downloads
 the package (bounded, scripts off), the build has no network, the gate, the swap, the proxy and the
-registry treat it like any server. The stdio ones answer through /mcp/<name> once the stdio bridge
-(issue 13's stdio part) lands: that test is xfail until then."""
+registry treat it like any server. The stdio ones run behind the provider's bridge (its layer over
+the package's image, the package's argv recorded in it) and answer the SDK client through
+/mcp/<name> with a project key; per-session mode gives each MCP session its own process and HOME."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import httpx2
 import pytest
 import yaml
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.types import CallToolResult, TextContent
 
-from pipeline.dockerhost import DockerHost
+from pipeline.dockerhost import LABEL_SERVER, DockerHost
 from pipeline.packages import image
-from tests.support.provider import Provider, Workspace
+from pipeline.stdio import PROGRAM_FILE
+from tests.support.provider import Provider, Workspace, running_provider, wait_for
 
 pytestmark = pytest.mark.docker
 TIME = "pypi:mcp-server-time==2026.10.19"
@@ -22,6 +30,12 @@ EVERYTHING_NAME = "@modelcontextprotocol/server-everything"
 EVERYTHING_VERSION = "2026.8.31"
 EVERYTHING = f"npm:{EVERYTHING_NAME}@{EVERYTHING_VERSION}"
 EVERYTHING_HTTP_PORT = 3001  # server-everything's own streamable-HTTP mode listens here
+MEMORY = "npm:@modelcontextprotocol/server-memory@2026.8.31"
+# server-memory keeps its graph next to its own script unless told: a read-only root refuses that,
+# and the file would be shared by every session of the container; `$HOME` is the session's own.
+MEMORY_ENV = {"MEMORY_FILE_PATH": "$HOME/memory.jsonl"}
+PROJECTS = "projects: [{name: web}]\n"
+RESTART_TIMEOUT = 30
 
 
 def _folder(ws: Workspace, server: str, file: str, data: dict[str, Any]) -> None:
@@ -122,21 +136,127 @@ def test_a_range_is_refused_before_anything_is_downloaded(provider: Provider, sy
     assert "downloading on the host" not in push.output and ": cached (" not in push.output  # no fetch
 
 
-@pytest.mark.xfail(
-    reason="needs the stdio bridge (issue 13, stdio part): until it lands check refuses transport stdio, "
-    "so these package servers cannot answer through /mcp/<name>",
-    strict=False,
-)
+@dataclass
+class Keyed:
+    """A provider with project `web`, time/, everything/ and memory/ live over stdio, a key of `web`."""
+
+    provider: Provider
+    time: str
+    everything: str
+    memory: str
+    key: str
+    push_output: str
+
+    def url(self, server: str) -> str:
+        """The server's proxy URL."""
+        return f"{self.provider.base}/mcp/{server}"
+
+
+@pytest.fixture(scope="module")
+def keyed(
+    tmp_path_factory: pytest.TempPathFactory, docker_host: DockerHost, node_base_image: str
+) -> Iterator[Keyed]:
+    """One push of three stdio package servers (PyPI and npm) to a provider that wants project keys."""
+    root = tmp_path_factory.mktemp("keyed")
+    with running_provider(root, docker_host, extra_config=PROJECTS) as provider:
+        ws = provider.clone(tmp_path_factory.mktemp("keyed-clone") / "work")
+        time_server, everything = provider.name("time"), provider.name("everything-stdio")
+        memory = provider.name("memory")
+        _folder(ws, time_server, "mcp-server.yaml", _manifest(time_server, TIME, "stdio", {"port": 8080}))
+        _folder(ws, everything, "mcp-server.yaml", _manifest(everything, EVERYTHING, "stdio", {"port": 8080}))
+        run = {"port": 8080, "sessions": "per-session", "env": MEMORY_ENV}
+        _folder(ws, memory, "mcp-server.yaml", _manifest(memory, MEMORY, "stdio", run))
+        ws.commit("add time, everything and memory over stdio")
+        push = ws.push()
+        assert push.ok, push.output
+        made = provider.cli("keys", "create", "web")
+        assert made.returncode == 0, made.stderr
+        yield Keyed(provider, time_server, everything, memory, made.stdout.strip(), push.output)
+
+
+async def _sessions(
+    keyed: Keyed, server: str, calls: list[list[tuple[str, dict[str, Any]]]]
+) -> list[list[CallToolResult]]:
+    """Open one SDK session with the key per list of calls, all at once; make the calls in rounds
+    (the first call of every session, then the second...); return each session's results."""
+    headers = {"authorization": f"Bearer {keyed.key}"}
+    async with httpx2.AsyncClient(headers=headers, timeout=60) as http:
+        clients = [Client(streamable_http_client(keyed.url(server), http_client=http)) for _ in calls]
+        opened = [await client.__aenter__() for client in clients]
+        try:
+            results: list[list[CallToolResult]] = [[] for _ in calls]
+            for round_ in range(max(len(c) for c in calls)):
+                for i, session_calls in enumerate(calls):
+                    if round_ < len(session_calls):
+                        tool, args = session_calls[round_]
+                        result = await opened[i].call_tool(tool, args)
+                        assert not result.is_error, f"{tool}: {result.content}"
+                        results[i].append(result)
+            return results
+        finally:
+            for client in reversed(clients):
+                await client.__aexit__(None, None, None)
+
+
+def _text(result: CallToolResult) -> str:
+    return "".join(c.text for c in result.content if isinstance(c, TextContent))
+
+
 def test_time_and_everything_over_stdio_deploy_by_push_and_answer_through_the_proxy(
-    provider: Provider, synced: Workspace, node_base_image: str, tmp_path: Path
+    keyed: Keyed, docker_host: DockerHost
 ) -> None:
     """time/ (pypi mcp-server-time) and everything/ (npm server-everything), both stdio: one push
-    builds both images with no network and the SDK client calls a tool of each through /mcp/<name>."""
-    time_server, everything = provider.name("time"), provider.name("everything-stdio")
-    _folder(synced, time_server, "mcp-server.yaml", _manifest(time_server, TIME, "stdio", {"port": 8080}))
-    _folder(synced, everything, "mcp-server.yaml", _manifest(everything, EVERYTHING, "stdio", {"port": 8080}))
-    synced.commit("add time and everything over stdio")
-    push = synced.push()
-    assert push.ok, push.output
-    assert "get_current_time" in provider.tool_names(time_server)
-    assert provider.call(everything, "echo", {"message": "hi"})
+    builds both images with no network, the bridge layer over each records the package's argv, and
+    the SDK client calls a tool of each through /mcp/<name> with a project key."""
+    out = keyed.push_output
+    for server in (keyed.time, keyed.everything, keyed.memory):
+        assert f"{server}: r1 is live" in out and f"{server}: adding the stdio bridge" in out
+    [[now]] = asyncio.run(_sessions(keyed, keyed.time, [[("get_current_time", {"timezone": "UTC"})]]))
+    assert json.loads(_text(now))["timezone"] == "UTC"
+    [[echoed]] = asyncio.run(_sessions(keyed, keyed.everything, [[("echo", {"message": "via bridge"})]]))
+    assert "via bridge" in _text(echoed)
+    tag = f"central-mcp-server/{keyed.time}:r1-{keyed.provider.instance}"
+    program = docker_host.client.containers.run(
+        tag, entrypoint=["cat", PROGRAM_FILE], remove=True, network_mode="none"
+    )
+    assert json.loads(program) == ["/opt/server/bin/mcp-server-time"]
+    assert docker_host.image_labels(tag).get(image.LABEL_PACKAGE) == TIME
+    filters = {"dangling": True, "label": f"{LABEL_SERVER}={keyed.time}"}
+    assert docker_host.client.images.list(filters=filters) == []  # the package's own image went
+
+
+def test_a_package_keeps_its_program_across_a_restart(keyed: Keyed) -> None:
+    """The program is in the image, so a container started again from it (as a restart, start-up
+    reconciliation or a rollback does) serves with nothing re-staged."""
+    [container] = keyed.provider.running(keyed.time)
+    keyed.provider.docker.client.containers.get(container).restart(timeout=5)
+    wait_for("the restarted bridge to answer", lambda: _answers(keyed, keyed.time), RESTART_TIMEOUT, 0.5)
+
+
+def _answers(keyed: Keyed, server: str) -> bool:
+    """Whether a session of `server` gets the current time (False while its bridge is not up)."""
+    try:
+        [[now]] = asyncio.run(_sessions(keyed, server, [[("get_current_time", {"timezone": "UTC"})]]))
+    except Exception:  # the SDK raises exception groups while the port is closed
+        return False
+    return bool(json.loads(_text(now))["timezone"] == "UTC")
+
+
+def test_memory_per_session_keeps_each_sessions_graph_to_itself(keyed: Keyed) -> None:
+    """server-memory (npm) in per-session mode: an entity created in one session is in that
+    session's graph and not in another's open at the same time, nor in a later session's."""
+    entity = {"name": "alice", "entityType": "person", "observations": ["likes tea"]}
+    first, second = asyncio.run(
+        _sessions(
+            keyed,
+            keyed.memory,
+            [
+                [("create_entities", {"entities": [entity]}), ("read_graph", {})],
+                [("read_graph", {}), ("read_graph", {})],
+            ],
+        )
+    )
+    assert "alice" in _text(first[1])
+    assert "alice" not in _text(second[0]) and "alice" not in _text(second[1])
+    [[later]] = asyncio.run(_sessions(keyed, keyed.memory, [[("read_graph", {})]]))
+    assert "alice" not in _text(later)
