@@ -10,6 +10,7 @@ import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx2
@@ -154,11 +155,14 @@ class Keyed:
 
 @pytest.fixture(scope="module")
 def keyed(
-    tmp_path_factory: pytest.TempPathFactory, docker_host: DockerHost, node_base_image: str
+    tmp_path_factory: pytest.TempPathFactory,
+    docker_host: DockerHost,
+    node_base_image: str,
+    package_cache: Path,
 ) -> Iterator[Keyed]:
     """One push of three stdio package servers (PyPI and npm) to a provider that wants project keys."""
     root = tmp_path_factory.mktemp("keyed")
-    with running_provider(root, docker_host, extra_config=PROJECTS) as provider:
+    with running_provider(root, docker_host, extra_config=PROJECTS, package_cache=package_cache) as provider:
         ws = provider.clone(tmp_path_factory.mktemp("keyed-clone") / "work")
         time_server, everything = provider.name("time"), provider.name("everything-stdio")
         memory = provider.name("memory")
