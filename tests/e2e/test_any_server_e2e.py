@@ -80,6 +80,7 @@ def site(
     root = tmp_path_factory.mktemp("any-server")
     with stand_in(root) as remote:
         config = PROJECTS + f"remotes: {{allow_hosts: [localhost], ca_file: {remote.cert.ca_file}}}\n"
+        config += "monitor: {probe_interval: 1h}\n"  # no probe among the requests a test reads back
         vm = VMSecrets(store={SECRET: TOKEN}, grants=(SECRET,))
         proxy = {"deploy_timeout": "5m"}
         with running_provider(
@@ -167,10 +168,15 @@ def test_the_python_sdk_client_lists_and_calls_each_kind_in_each_era(
 
 
 def test_a_python_client_pinned_to_the_stateless_era_reaches_the_remote(site: Site) -> None:
-    """A client that speaks only 2026-07-28 (mode pinned, no probe, no fallback) calls the remote."""
+    """A client that speaks only 2026-07-28 (mode pinned, no probe, no fallback) calls the remote;
+    the remote itself saw every request of it in that era, with no session."""
+    before = len(site.remote.app.seen)
     version, _, text = asyncio.run(_python(site, "weather", STATELESS_ERA))
     assert version == STATELESS_ERA
     _answered("weather", text)
+    seen = [dict(pairs) for pairs in site.remote.app.seen[before:]]
+    assert seen and all(h.get("mcp-protocol-version") == STATELESS_ERA for h in seen), seen
+    assert not any("mcp-session-id" in h for h in seen), seen
 
 
 @pytest.mark.parametrize("kind", ["time", "everything"])
