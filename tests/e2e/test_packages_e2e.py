@@ -36,7 +36,8 @@ MEMORY = "npm:@modelcontextprotocol/server-memory@2026.8.31"
 # and the file would be shared by every session of the container; `$HOME` is the session's own.
 MEMORY_ENV = {"MEMORY_FILE_PATH": "$HOME/memory.jsonl"}
 PROJECTS = "projects: [{name: web}]\n"
-RESTART_TIMEOUT = 30
+RESTART_TIMEOUT = 60  # a loaded 2-core VM starts the bridge and its warm process slowly
+SJ_TIMEZONE = "Asia/Tokyo"
 
 
 def _folder(ws: Workspace, server: str, file: str, data: dict[str, Any]) -> None:
@@ -139,12 +140,15 @@ def test_a_range_is_refused_before_anything_is_downloaded(provider: Provider, sy
 
 @dataclass
 class Keyed:
-    """A provider with project `web`, time/, everything/ and memory/ live over stdio, a key of `web`."""
+    """A provider with project `web`, time/, everything/, memory/ and a server.json's time live over
+    stdio, a key of `web`."""
 
     provider: Provider
     time: str
     everything: str
     memory: str
+    time_sj: str
+    memory_as_is: str
     key: str
     push_output: str
 
@@ -170,12 +174,36 @@ def keyed(
         _folder(ws, everything, "mcp-server.yaml", _manifest(everything, EVERYTHING, "stdio", {"port": 8080}))
         run = {"port": 8080, "sessions": "per-session", "env": MEMORY_ENV}
         _folder(ws, memory, "mcp-server.yaml", _manifest(memory, MEMORY, "stdio", run))
-        ws.commit("add time, everything and memory over stdio")
+        time_sj = provider.name("time-sj")
+        _folder(ws, time_sj, "server.json", _time_server_json(time_sj))
+        as_is = provider.name("memory-as-is")
+        _folder(ws, as_is, "mcp-server.yaml", _manifest(as_is, MEMORY, "stdio", {"port": 8080}))
+        ws.commit("add time, everything, memory (twice) and a server.json's time over stdio")
         push = ws.push()
         assert push.ok, push.output
         made = provider.cli("keys", "create", "web")
         assert made.returncode == 0, made.stderr
-        yield Keyed(provider, time_server, everything, memory, made.stdout.strip(), push.output)
+        key = made.stdout.strip()
+        yield Keyed(provider, time_server, everything, memory, time_sj, as_is, key, push.output)
+
+
+def _time_server_json(server: str) -> dict[str, Any]:
+    """An official server.json for mcp-server-time over stdio, with a named package argument."""
+    name, version = TIME.removeprefix("pypi:").split("==")
+    package = {
+        "registryType": "pypi",
+        "identifier": name,
+        "version": version,
+        "transport": {"type": "stdio"},
+        "packageArguments": [{"type": "named", "name": "--local-timezone", "value": SJ_TIMEZONE}],
+    }
+    return {
+        "$schema": "https://static.modelcontextprotocol.io/schemas/2025-12-11/server.schema.json",
+        "name": f"io.github.test/{server}",
+        "description": "mcp-server-time, described by its server.json",
+        "version": "1.0.0",
+        "packages": [package],
+    }
 
 
 async def _sessions(
@@ -227,6 +255,30 @@ def test_time_and_everything_over_stdio_deploy_by_push_and_answer_through_the_pr
     assert docker_host.image_labels(tag).get(image.LABEL_PACKAGE) == TIME
     filters = {"dangling": True, "label": f"{LABEL_SERVER}={keyed.time}"}
     assert docker_host.client.images.list(filters=filters) == []  # the package's own image went
+    for server in (keyed.time, keyed.everything):  # served under the hardened container's rules
+        [container] = keyed.provider.running(server)
+        attrs = docker_host.client.containers.get(container).attrs
+        assert attrs["Config"]["User"] == "65534:65534" and attrs["HostConfig"]["ReadonlyRootfs"]
+        assert "/tmp" in attrs["HostConfig"]["Tmpfs"]
+
+
+def test_a_server_json_stdio_package_runs_with_its_package_arguments(keyed: Keyed) -> None:
+    """A server.json's stdio package takes the same path: its packageArguments follow the entry
+    command in the recorded program (mcp-server-time names its --local-timezone in a tool's input schema)."""
+    tools = asyncio.run(_tools(keyed, keyed.time_sj))
+    assert SJ_TIMEZONE in tools["get_current_time"]
+    [[now]] = asyncio.run(_sessions(keyed, keyed.time_sj, [[("get_current_time", {"timezone": "UTC"})]]))
+    assert json.loads(_text(now))["timezone"] == "UTC"
+
+
+async def _tools(keyed: Keyed, server: str) -> dict[str, str]:
+    """The tools of `server` by name, each as its JSON text, listed with the key."""
+    headers = {"authorization": f"Bearer {keyed.key}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=60) as http,
+        Client(streamable_http_client(keyed.url(server), http_client=http)) as client,
+    ):
+        return {tool.name: tool.model_dump_json() for tool in (await client.list_tools()).tools}
 
 
 def test_a_package_keeps_its_program_across_a_restart(keyed: Keyed) -> None:
@@ -264,3 +316,23 @@ def test_memory_per_session_keeps_each_sessions_graph_to_itself(keyed: Keyed) ->
     assert "alice" not in _text(second[0]) and "alice" not in _text(second[1])
     [[later]] = asyncio.run(_sessions(keyed, keyed.memory, [[("read_graph", {})]]))
     assert "alice" not in _text(later)
+
+
+def test_a_package_cannot_write_into_its_own_files(keyed: Keyed) -> None:
+    """The root is read-only for a package too: server-memory with no MEMORY_FILE_PATH writes next
+    to its script, and create_entities answers that error (EROFS) without harming the session."""
+    headers = {"authorization": f"Bearer {keyed.key}"}
+
+    async def attempt() -> tuple[CallToolResult, CallToolResult]:
+        async with (
+            httpx2.AsyncClient(headers=headers, timeout=60) as http,
+            Client(streamable_http_client(keyed.url(keyed.memory_as_is), http_client=http)) as client,
+        ):
+            entity = {"name": "bob", "entityType": "person", "observations": []}
+            created = await client.call_tool("create_entities", {"entities": [entity]})
+            return created, await client.call_tool("read_graph", {})
+
+    created, graph = asyncio.run(attempt())
+    assert created.is_error and "EROFS" in _text(created)
+    assert "/opt/server/node_modules/@modelcontextprotocol/server-memory/" in _text(created)
+    assert not graph.is_error and "bob" not in _text(graph)
