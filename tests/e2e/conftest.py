@@ -29,9 +29,14 @@ def host_firewall() -> None:
 
 
 @pytest.fixture(scope="module")
-def provider(tmp_path_factory: pytest.TempPathFactory, docker_host: DockerHost) -> Iterator[Provider]:
-    """A real serve process shared by the module's tests (containers and images removed afterwards)."""
-    with running_provider(tmp_path_factory.mktemp("provider"), docker_host) as running:
+def provider(
+    tmp_path_factory: pytest.TempPathFactory, docker_host: DockerHost, package_cache: Path
+) -> Iterator[Provider]:
+    """A real serve process shared by the module's tests (containers and images removed afterwards),
+    its package cache the session's: each package version is downloaded once per run."""
+    with running_provider(
+        tmp_path_factory.mktemp("provider"), docker_host, package_cache=package_cache
+    ) as running:
         yield running
 
 

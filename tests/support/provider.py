@@ -35,6 +35,7 @@ from mcp import Client
 from pipeline.buildrules import SERVER_IMAGES
 from pipeline.context import instance_id
 from pipeline.dockerhost import LABEL_COMMIT, LABEL_INSTANCE, LABEL_SERVER, DockerHost
+from pipeline.prepare import PACKAGE_CACHE
 from pipeline.secrets import SECRETS_FILE, SERVER_SECRETS_DIR, SecretStore
 from tests.support.loopback import free_port
 
@@ -479,16 +480,20 @@ def running_provider(
     proxy: Mapping[str, str] | None = None,
     build: Mapping[str, str] | None = None,
     vm: VMSecrets | None = None,
+    package_cache: Path | None = None,
 ) -> Iterator[Provider]:
     """Start a real `serve` subprocess with its own deploy.yaml (plus `extra_config`); clean up after.
 
     `proxy` and `build` override or add keys of the config's `proxy:` and `build:` mappings
     (PROXY_TIMEOUTS and BUILD by default); values are YAML flow text. `vm` sets its secrets (by
-    default FIXTURE_TOKEN, stored and granted to the repo).
+    default FIXTURE_TOKEN, stored and granted to the repo). `package_cache`, when given, is the state
+    dir's package cache (a link to it), so a package one test downloaded is not downloaded again.
     """
     vm = vm or VMSecrets()
     state = root / "state"
     state.mkdir(parents=True)
+    if package_cache is not None:
+        (state / PACKAGE_CACHE).symlink_to(package_cache, target_is_directory=True)
     for name, value in vm.store.items():
         SecretStore(state / SERVER_SECRETS_DIR).set(name, value)
     lines = "".join(f"{name}={value}\n" for name, value in vm.provider_file.items())
