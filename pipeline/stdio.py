@@ -11,6 +11,7 @@ only in pushed Dockerfiles.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -38,6 +39,19 @@ SESSION_ERAS = ("session",)  # what a stdio server offers outside: see pipeline/
 def is_stdio(manifest: Manifest) -> bool:
     """Whether the server is a stdio program behind the bridge."""
     return manifest.transport == STDIO
+
+
+def bridge_version(source: Path = BRIDGE_SOURCE) -> str:
+    """A hash of what the bridge layer puts into an image (every file of the bridge package, the
+    entry script, the layer's Dockerfile): part of a stdio server's fingerprint, so a change to the
+    bridge rebuilds every stdio server on the next push. Read each time (a few files): an upgrade of
+    the provider's checkout under a running serve is what the next build copies."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(f"{path.relative_to(source).as_posix()}\0{path.stat().st_size}\0".encode())
+        digest.update(path.read_bytes())
+    digest.update(ENTRY_TEXT.encode() + layer_dockerfile("").encode())
+    return digest.hexdigest()
 
 
 def layer_dockerfile(image: str) -> str:

@@ -103,3 +103,19 @@ def test_check_shows_how_a_stdio_server_is_served(
         assert "session era only" in json.loads(out)["kinds"]["srv"]
     else:
         assert "srv (servers/srv/; stdio, a process per session (1 warm, at most 16), session era only" in out
+
+
+def test_the_bridge_version_follows_every_file_of_the_bridge(tmp_path: Path) -> None:
+    """A change to any bridge file (or a new one) gives another version; compiled caches do not."""
+    copy = tmp_path / "bridge"
+    shutil.copytree(stdio.BRIDGE_SOURCE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    first = stdio.bridge_version(copy)
+    assert first == stdio.bridge_version(stdio.BRIDGE_SOURCE)
+    (copy / "__pycache__").mkdir()
+    (copy / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"compiled")
+    assert stdio.bridge_version(copy) == first
+    (copy / "wire.py").write_text((copy / "wire.py").read_text() + "\n# a change\n")
+    changed = stdio.bridge_version(copy)
+    assert changed != first
+    (copy / "extra.py").write_text("")
+    assert stdio.bridge_version(copy) not in (first, changed)
