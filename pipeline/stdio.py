@@ -12,15 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
+import json
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.bridge.stats import MAX_REASON, STATS_PATH
 from pipeline.config.manifest import DEFAULT_MAX_PROCESSES, DEFAULT_POOL, DEFAULT_SESSIONS, STDIO, Manifest
 from pipeline.config.settings import Settings
-from pipeline.errors import DockerError
+from pipeline.errors import DockerError, NotMCP
 
 if TYPE_CHECKING:  # check and the registry use this module without loading the docker SDK
     from pipeline.dockerhost import DockerHost
@@ -33,6 +37,7 @@ ENTRY_TEXT = f'"""Run the central-mcp stdio bridge."""\n\nfrom {BRIDGE_PACKAGE}.
 # On SIGTERM the proxy has drained the container already; calls still running get this long,
 # within Docker's stop grace (dockerhost.STOP_GRACE_SECONDS).
 BRIDGE_DRAIN_SECONDS = 5.0
+MAX_STATS_BYTES = 64 * 1024  # of the bridge's stats answer (a container's bytes: bounded)
 SESSION_ERAS = ("session",)  # what a stdio server offers outside: see pipeline/bridge/app.py
 
 
@@ -104,6 +109,63 @@ def bridge_command(manifest: Manifest, settings: Settings) -> tuple[str, ...]:
     if idle:
         options.append(f"--idle-timeout={idle:g}")
     return (*options, "--", *manifest.command)
+
+
+@dataclass(frozen=True)
+class Processes:
+    """What a stdio server's bridge reports of its processes (see pipeline/bridge/stats.py)."""
+
+    running: int
+    started: int
+    stopped: int
+    exited: int
+    last_exit: str
+    isolation: str
+
+    def as_json(self) -> dict[str, Any]:
+        """The form /healthz shows."""
+        return {
+            "running": self.running,
+            "started": self.started,
+            "stopped": self.stopped,
+            "exited": self.exited,
+            "lastExit": self.last_exit,
+            "isolation": self.isolation,
+        }
+
+    def summary(self) -> str:
+        """One phrase for the registry's health."""
+        text = f"stdio processes: {self.running} running, {self.started} started, {self.exited} exited"
+        return text + (f" (last: {self.last_exit})" if self.last_exit else "")
+
+
+def read_processes(host: str, port: int, timeout: float) -> Processes:
+    """Ask a stdio server's bridge for its process counts (bounded in time and size); raise OSError
+    or NotMCP when it does not answer them."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", STATS_PATH)
+        response = connection.getresponse()
+        body = response.read(MAX_STATS_BYTES + 1)
+    except http.client.HTTPException as exc:
+        raise NotMCP(f"the bridge's {STATS_PATH} answered badly: {exc}") from exc
+    finally:
+        connection.close()
+    try:
+        data: Any = json.loads(body) if response.status == 200 and len(body) <= MAX_STATS_BYTES else None
+        counts = data["processes"]
+        return Processes(
+            int(counts["running"]),
+            int(counts["started"]),
+            int(counts["stopped"]),
+            int(counts["exited"]),
+            str(counts["lastExit"])[:MAX_REASON],
+            str(data["isolation"])[:MAX_REASON],
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        raise NotMCP(
+            f"the bridge's {STATS_PATH} answered {response.status} without its process counts"
+        ) from exc
 
 
 def offer(raw: Mapping[str, Any]) -> dict[str, Any] | None:

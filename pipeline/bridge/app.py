@@ -15,6 +15,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from . import sandbox, stats
 from .child import Message, base_env
 from .child import _log as log
 from .hub import CONNECTION_CLOSED, Call, Hub, Session, error
@@ -68,8 +69,10 @@ class Bridge:
             self.pool.refill()
 
     async def handle(self, request: Request, reply: Reply) -> None:
-        """Answer one HTTP request on the MCP endpoint."""
-        if request.path.rstrip("/") != self.config.path.rstrip("/"):
+        """Answer one HTTP request on the MCP endpoint (or the provider's GET of the stats)."""
+        if request.method == "GET" and request.path == stats.STATS_PATH:
+            await _json(reply, 200, self.stats())
+        elif request.path.rstrip("/") != self.config.path.rstrip("/"):
             await reply.send(404, b"not found", {"Content-Type": "text/plain"})
         elif request.method == "POST":
             await self._post(request, reply)
@@ -79,6 +82,23 @@ class Bridge:
             await self._delete(request, reply)
         else:
             await reply.send(405, b"", {"Allow": "GET, POST, DELETE"})
+
+    def stats(self) -> Message:
+        """What the provider's probes read: sessions, processes started and ended, confinement."""
+        counts = stats.COUNTS
+        return {
+            "sessions": self.config.sessions,
+            "open": len(self.sessions),
+            "warm": len(self.pool.idle),
+            "processes": {
+                "running": counts.running,
+                "started": counts.started,
+                "stopped": counts.stopped,
+                "exited": counts.exited,
+                "lastExit": counts.last_exit,
+            },
+            "isolation": sandbox.status(),
+        }
 
     async def drain(self) -> None:
         """Refuse new sessions, let calls in flight finish (up to drain_timeout), end every process."""

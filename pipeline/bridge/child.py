@@ -19,7 +19,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from . import sandbox
+from . import sandbox, stats
 
 MAX_LINE_BYTES = 4 * 1024 * 1024  # of one JSON-RPC message on stdout
 MAX_UNREAD_BYTES = 16 * 1024 * 1024  # written to stdin and not yet read by the program
@@ -80,6 +80,7 @@ class Child:
         finally:
             if confine is not None:
                 os.close(confine)
+        stats.COUNTS.started += 1
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     @property
@@ -139,6 +140,7 @@ class Child:
                 reason = f"the server process exited with code {code}"
                 break
             reason = self._line(line)
+        stats.COUNTS.ended(not self.closed, f"pid {self.pid}: {reason}")
         if not self.closed:
             self.closed = True
             _log(f"pid {self.pid}: {reason}")
