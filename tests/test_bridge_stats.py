@@ -7,6 +7,7 @@ that exits at once) are counted at the stats path, which no MCP client reaches t
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import httpx2
@@ -49,3 +50,24 @@ def test_a_program_that_exits_is_counted_and_restarted_for_the_next_session() ->
         seen = _stats(url)["processes"]
     assert (seen["started"], seen["exited"], seen["running"]) == (2, 2, 0)
     assert seen["lastExit"].endswith("the server process exited with code 3")
+
+
+def test_a_session_never_used_after_initialize_ends_with_its_process() -> None:
+    """A client that gave up waiting for initialize's answer never learns its session id: that
+    session ends within init_timeout (its process stopped) instead of holding it until the idle
+    timeout; a session whose client sent notifications/initialized stays."""
+    initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    with running_bridge("--init-timeout=3", "--pool=0") as url:
+        used = httpx2.post(url, headers=ACCEPT, content=json.dumps(INIT), timeout=20)
+        session = {**ACCEPT, "mcp-session-id": used.headers["mcp-session-id"]}
+        assert (
+            httpx2.post(url, headers=session, content=json.dumps(initialized), timeout=20).status_code == 202
+        )
+        httpx2.post(url, headers=ACCEPT, content=json.dumps(INIT), timeout=20)  # never used
+        assert _stats(url)["processes"]["running"] == 2
+        time.sleep(6)  # init_timeout, then up to one look of the reaper (2s)
+        seen = _stats(url)
+        ping = {"jsonrpc": "2.0", "id": 2, "method": "ping"}
+        still = httpx2.post(url, headers=session, content=json.dumps(ping), timeout=20)
+    assert (seen["open"], seen["processes"]["running"], seen["processes"]["stopped"]) == (1, 1, 1)
+    assert still.status_code == 200 and "result" in still.json(), still.text

@@ -61,6 +61,10 @@ class Bridge:
         self.shared: Hub | None = None
         self.shared_init: Message = {}
         self.draining = False
+        # per-session mode: session id -> when it must have sent its first request after initialize
+        # (every client sends notifications/initialized at once). One whose client gave up waiting
+        # for the answer never learns its id, and would hold its process until the idle timeout.
+        self.unclaimed: dict[str, float] = {}
         self.ready = asyncio.Event()  # shared mode: the shared process answered initialize
 
     def start(self) -> None:
@@ -113,7 +117,8 @@ class Bridge:
         await self.pool.close()
 
     async def reap(self) -> None:
-        """Forever: end sessions idle past idle_timeout, and sessions whose process ended."""
+        """Forever: end sessions idle past idle_timeout, sessions whose process ended, and sessions
+        never used after initialize within init_timeout."""
         while True:
             limit = self.config.idle_timeout  # 0: sessions never expire
             # Often enough that a session whose process died stops counting toward the cap soon.
@@ -121,7 +126,8 @@ class Bridge:
             now = time.monotonic()
             for session in list(self.sessions.values()):
                 idle = limit > 0 and not session.calls and session.stream is None
-                if session.closed or (idle and now - session.last_seen > limit):
+                unclaimed = self.unclaimed.get(session.id, now) < now
+                if session.closed or unclaimed or (idle and now - session.last_seen > limit):
                     await self._end(session)
 
     async def _post(self, request: Request, reply: Reply) -> None:
@@ -159,6 +165,7 @@ class Bridge:
             await _json(reply, 400, answer)
             return None
         session = self.sessions.get(sid)
+        self.unclaimed.pop(sid, None)
         if session is None or session.closed:
             await _json(reply, 404, error(message.get("id"), SESSION_NOT_FOUND, "session not found"))
             return None
@@ -185,6 +192,7 @@ class Bridge:
         self.pool.succeeded()
         hub.sessions[session.id] = session
         self.sessions[session.id] = session
+        self.unclaimed[session.id] = time.monotonic() + self.config.init_timeout
         return await _json(reply, 200, answer, {"Mcp-Session-Id": session.id})
 
     async def _initialize_shared(self, message: Message, reply: Reply) -> None:
@@ -286,6 +294,7 @@ class Bridge:
     async def _end(self, session: Session) -> None:
         session.close()
         self.sessions.pop(session.id, None)
+        self.unclaimed.pop(session.id, None)
         hub = session.hub
         hub.sessions.pop(session.id, None)
         hub.drop_server_requests(session)
