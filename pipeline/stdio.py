@@ -37,6 +37,9 @@ ENTRY_TEXT = f'"""Run the central-mcp stdio bridge."""\n\nfrom {BRIDGE_PACKAGE}.
 # On SIGTERM the proxy has drained the container already; calls still running get this long,
 # within Docker's stop grace (dockerhost.STOP_GRACE_SECONDS).
 BRIDGE_DRAIN_SECONDS = 5.0
+# A process must answer initialize within this, and within half the manifest's health.timeout, so
+# the gate hears the bridge's own reason ("did not answer initialize within ...") before its deadline.
+BRIDGE_INIT_SECONDS = 20.0
 MAX_STATS_BYTES = 64 * 1024  # of the bridge's stats answer (a container's bytes: bounded)
 SESSION_ERAS = ("session",)  # what a stdio server offers outside: see pipeline/bridge/app.py
 
@@ -105,6 +108,7 @@ def bridge_command(manifest: Manifest, settings: Settings) -> tuple[str, ...]:
         f"--max-processes={manifest.max_processes}",
         f"--pool={manifest.pool if manifest.sessions != 'shared' else 0}",
         f"--drain-timeout={BRIDGE_DRAIN_SECONDS:g}",
+        f"--init-timeout={max(1.0, min(BRIDGE_INIT_SECONDS, manifest.health_timeout / 2)):g}",
     ]
     if idle:
         options.append(f"--idle-timeout={idle:g}")
