@@ -37,9 +37,11 @@ ENTRY_TEXT = f'"""Run the central-mcp stdio bridge."""\n\nfrom {BRIDGE_PACKAGE}.
 # On SIGTERM the proxy has drained the container already; calls still running get this long,
 # within Docker's stop grace (dockerhost.STOP_GRACE_SECONDS).
 BRIDGE_DRAIN_SECONDS = 5.0
-# A process must answer initialize within this, and within half the manifest's health.timeout, so
-# the gate hears the bridge's own reason ("did not answer initialize within ...") before its deadline.
+# A process must answer initialize within this, and within 3/4 of the manifest's health.timeout, so
+# the gate hears the bridge's own reason ("did not answer initialize within ...") before its deadline
+# while a cold start on a loaded VM still has most of the gate's time.
 BRIDGE_INIT_SECONDS = 20.0
+BRIDGE_INIT_SHARE = 0.75
 MAX_STATS_BYTES = 64 * 1024  # of the bridge's stats answer (a container's bytes: bounded)
 SESSION_ERAS = ("session",)  # what a stdio server offers outside: see pipeline/bridge/app.py
 
@@ -108,7 +110,7 @@ def bridge_command(manifest: Manifest, settings: Settings) -> tuple[str, ...]:
         f"--max-processes={manifest.max_processes}",
         f"--pool={manifest.pool if manifest.sessions != 'shared' else 0}",
         f"--drain-timeout={BRIDGE_DRAIN_SECONDS:g}",
-        f"--init-timeout={max(1.0, min(BRIDGE_INIT_SECONDS, manifest.health_timeout / 2)):g}",
+        f"--init-timeout={max(1.0, min(BRIDGE_INIT_SECONDS, manifest.health_timeout * BRIDGE_INIT_SHARE)):g}",
     ]
     if idle:
         options.append(f"--idle-timeout={idle:g}")

@@ -50,7 +50,7 @@ def test_the_bridge_command_carries_the_manifest_and_ends_with_the_program(tmp_p
     assert {"--port=8080", "--path=/mcp", "--sessions=per-session", "--max-processes=4", "--pool=1"} <= set(
         argv
     )
-    assert "--init-timeout=15" in argv  # half the default health.timeout: the gate hears the bridge's reason
+    assert "--init-timeout=20" in argv  # 3/4 of the default 30s health.timeout, at most 20s
 
 
 def test_a_shared_server_starts_no_warm_pool(tmp_path: Path) -> None:

@@ -186,6 +186,8 @@ class Bridge:
         session = _new_session(hub, message)
         answer = await self._final(hub.call(session, message), self.config.init_timeout)
         if "error" in answer or not hub.alive:
+            # In the container's log too: a gate whose own attempt timed out first still shows it.
+            log(f"pid {hub.child.pid}: a new session failed: {str(answer.get('error'))[:300]}")
             self.pool.release(hub)
             await hub.child.stop()
             return await _json(reply, 200, answer)

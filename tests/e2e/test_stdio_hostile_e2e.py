@@ -27,7 +27,7 @@ pytestmark = pytest.mark.docker
 # ~2 s at the fixture's 0.5 CPU): probing every second would take all of it.
 MONITOR = "monitor: {probe_interval: 3s, probe_timeout: 5s}\n"
 JUNK = "more than 20 lines that are not JSON-RPC"
-HEALTH = {"timeout": "8s", "interval": "200ms"}  # the bridge's init timeout is half of it: 4s
+HEALTH = {"timeout": "16s", "interval": "200ms"}  # the bridge's init timeout is 3/4 of it: 12s
 
 
 @pytest.fixture(scope="module")
@@ -50,9 +50,9 @@ def _echo(provider: Provider, server: str, text: str) -> Any:
     ("fixture", "argv", "reason"),
     [
         ("stdio", ["--hostile", "junk"], JUNK),
-        ("stdio", ["--hostile", "mute"], "did not answer initialize within 4s"),
+        ("stdio", ["--hostile", "mute"], "did not answer initialize within 12s"),
         ("stdio", ["--hostile", "flood"], "wrote a stdout line over 4194304 bytes"),
-        ("stdio-hostile", ["lines"], "did not answer initialize within 4s"),
+        ("stdio-hostile", ["lines"], "did not answer initialize within 12s"),
     ],
     ids=["junk", "mute", "flood-one-line", "flood-lines"],
 )
