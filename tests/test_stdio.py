@@ -8,11 +8,14 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pipeline import cli, stdio
+from pipeline import cli, errors, stdio
+from pipeline.bridge.stats import STATS_PATH
 from pipeline.config import manifest, settings
+from tests.support.loopback import serve_asgi
 from tests.test_cli import DEPLOY, GOOD, _check, _write
 
 STDIO_DATA = {
@@ -120,3 +123,27 @@ def test_the_bridge_version_follows_every_file_of_the_bridge(tmp_path: Path) -> 
     assert changed != first
     (copy / "extra.py").write_text("")
     assert stdio.bridge_version(copy) not in (first, changed)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"x" * (stdio.MAX_STATS_BYTES + 1), "without its process counts"),
+        (b'{"processes": {"running": "many"}}', "without its process counts"),
+        (b"not json", "without its process counts"),
+    ],
+    ids=["too-large", "wrong-shape", "not-json"],
+)
+def test_a_bridge_answer_without_counts_is_refused_naming_the_path(body: bytes, fragment: str) -> None:
+    """The probe's reader takes at most MAX_STATS_BYTES of a container's answer and refuses one that
+    is too large, not JSON or not shaped as the bridge's counts, naming the path it asked."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    with serve_asgi(app, lifespan="off") as port, pytest.raises(errors.NotMCP) as caught:
+        stdio.read_processes("127.0.0.1", port, 5)
+    assert fragment in str(caught.value) and STATS_PATH in str(caught.value)
