@@ -345,7 +345,12 @@ def _servers_shown(s: Services, admin: bool) -> dict[str, Any]:
     table = s.ctx.router.table
     shown = {name for name, upstream in table.items() if admin or "all" in upstream.access}
     health = {name: h.summary() for name, h in s.monitor.health.items() if admin or name in shown}
-    return {"routes": sorted(shown), "servers": health}
+    processes = {
+        name: h.processes.as_json()
+        for name, h in s.monitor.health.items()
+        if h.processes is not None and (admin or name in shown)
+    }
+    return {"routes": sorted(shown), "servers": health, **({"stdio": processes} if processes else {})}
 
 
 def _self_check(s: Services) -> dict[str, str]:

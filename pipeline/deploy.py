@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from pipeline import launch, registry
+from pipeline import launch, registry, stdio
 from pipeline.config.manifest import Manifest, check_tree
 from pipeline.context import Context, DeployRequest
 from pipeline.deploylog import DeployLog
@@ -122,10 +122,7 @@ class Runbook:
 
     def _plan_push(self, manifests: list[Manifest], snapshot: Snapshot) -> Plan:
         build_args = self.ctx.settings.build_args
-        prints = {
-            m.name: fingerprint(m, [snapshot.tree_hash(m.folder), snapshot.tree_hash(m.context)], build_args)
-            for m in manifests
-        }
+        prints = {m.name: fingerprint(m, _inputs(m, snapshot), build_args) for m in manifests}
         history = {server: self.ctx.store.releases(server) for server in _servers(self.ctx, manifests)}
         reusable = {
             r.image
@@ -326,6 +323,13 @@ class Runbook:
         if self.snapshot_dir is not None:
             shutil.rmtree(self.snapshot_dir, ignore_errors=True)
         return status
+
+
+def _inputs(m: Manifest, snapshot: Snapshot) -> list[str]:
+    """What a server's build is made of besides its manifest: its folder's and its context's trees,
+    and for a stdio server the bridge the provider layers over it."""
+    trees = [snapshot.tree_hash(m.folder), snapshot.tree_hash(m.context)]
+    return [*trees, f"bridge:{stdio.bridge_version()}"] if stdio.is_stdio(m) else trees
 
 
 def _servers(ctx: Context, manifests: list[Manifest]) -> set[str]:

@@ -82,6 +82,7 @@ def wait_until_healthy(
     deadline = started + timeout
     delays = backoff(interval)
     last = "no answer yet"
+    answered = ""  # the last thing the server itself said (a later attempt may only time out)
     checked = -math.inf
     while True:
         if clock() - checked >= ALIVE_PERIOD:
@@ -96,10 +97,11 @@ def wait_until_healthy(
             # nothing in the container listens yet): not up yet.
             last = f"connection: {exc.__class__.__name__}: {exc}"
         except NotMCP as exc:
-            last = str(exc)
+            last = answered = str(exc)
         remaining = deadline - clock()
         if remaining <= 0:
-            raise GateError(f"no MCP handshake within {timeout:g}s; last: {last}")
+            said = f"; the server last answered: {answered}" if answered and answered != last else ""
+            raise GateError(f"no MCP handshake within {timeout:g}s; last: {last}{said}")
         sleep(min(next(delays), remaining))
 
 
@@ -127,9 +129,11 @@ def handshake(
     if not isinstance(init.get("protocolVersion"), str):
         raise NotMCP(f"initialize result has no protocolVersion: {_excerpt(json.dumps(init).encode())}")
     session.protocol = init["protocolVersion"]
-    session.notify("notifications/initialized")
-    tools = session.list_tools()
-    session.close()
+    try:
+        session.notify("notifications/initialized")
+        tools = session.list_tools()
+    finally:  # a failed probe ends its session too: a stdio server holds a process for each
+        session.close()
     info = init.get("serverInfo") or {}
     return GateResult(session.protocol, str(info.get("name", "")), tools)
 

@@ -43,6 +43,13 @@ class Metrics:
         self.restarts = Counter(
             "central_mcp_restarts_total", "Containers replaced by the restart policy", ["server"], registry=r
         )
+        self.stdio_processes = Gauge(
+            "central_mcp_stdio_processes",
+            "A stdio server's processes as its live container's bridge reports them: running now, "
+            "started and exited on their own (crashed) since the container started",
+            ["server", "state"],
+            registry=r,
+        )
         self.live = Gauge("central_mcp_live_releases", "Servers with a live release", registry=r)
         self.watch_rollbacks = Counter(
             "central_mcp_watch_rollbacks_total",

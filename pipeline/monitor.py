@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline import gate, launch, registry
+from pipeline import gate, launch, registry, stdio
 from pipeline.context import Context, DeployRequest, redeploy
 from pipeline.dockerhost import LABEL_INSTANCE, LABEL_SERVER, container_address
 from pipeline.errors import CentralMCPError, EngineUnavailable, NotMCP
@@ -30,6 +30,7 @@ BUILD_CACHE_KEEP_BYTES = 2 * 1024**3
 CONTAINER_DOWN = "its container is "  # gone, exited, ...: no probe is needed to know
 ENGINE_POLL = 1.0  # seconds between pings while the engine is away
 Probe = Callable[[str, float], Any]
+ReadProcesses = Callable[[str, int, float], stdio.Processes]
 
 
 @dataclass
@@ -41,12 +42,14 @@ class Health:
     last_error: str = ""
     checked_at: float = 0.0
     restarts: list[float] = field(default_factory=list)
+    processes: stdio.Processes | None = None  # a stdio server's, as its bridge last reported them
 
     def summary(self) -> str:
         """One phrase for the registry's _meta."""
-        if self.status == "healthy":
-            return "healthy"
-        return f"{self.status}: {self.last_error}" if self.last_error else self.status
+        text = self.status
+        if self.status != "healthy" and self.last_error:
+            text = f"{self.status}: {self.last_error}"
+        return f"{text}; {self.processes.summary()}" if self.processes else text
 
 
 @dataclass
@@ -71,6 +74,7 @@ class Monitor:
         busy: Callable[[str], bool],
         usage: Usage,
         probe: Probe | None = None,
+        read_processes: ReadProcesses = stdio.read_processes,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -79,6 +83,8 @@ class Monitor:
         self.busy = busy
         self.usage = usage
         self.probe = probe or self._handshake
+        self.read_processes = read_processes
+        self._stdio: dict[tuple[str, int], bool] = {}  # (server, release): a stdio server?
         self.clock = clock
         self.sleep = sleep
         self.health: dict[str, Health] = {}
@@ -123,6 +129,7 @@ class Monitor:
             log.warning("%s: not probed: %s", upstream.server, exc)
             return
         health.checked_at = time.time()
+        self._count_processes(upstream, health)
         if error is None:
             if health.status != "healthy":
                 log.info("%s r%d is healthy", upstream.server, upstream.release)
@@ -170,6 +177,28 @@ class Monitor:
         except (OSError, NotMCP, CentralMCPError) as exc:
             return f"{exc.__class__.__name__}: {exc}"
         return None
+
+    def _count_processes(self, upstream: Upstream, health: Health) -> None:
+        """For a stdio server, read its bridge's process counts into its health and the metrics."""
+        key = (upstream.server, upstream.release)
+        if key not in self._stdio:
+            release = self.ctx.store.release(*key)
+            self._stdio[key] = release is not None and stdio.offer(release.manifest) is not None
+        if not self._stdio[key]:
+            return
+        try:
+            found = self.read_processes(upstream.host, upstream.port, self.ctx.settings.monitor.probe_timeout)
+        except (OSError, CentralMCPError) as exc:
+            log.warning("%s: its bridge's process counts: %s", upstream.server, exc)
+            health.processes = None
+            return
+        health.processes = found
+        for state, count in (
+            ("running", found.running),
+            ("started", found.started),
+            ("exited", found.exited),
+        ):
+            self.ctx.metrics.stdio_processes.labels(upstream.server, state).set(count)
 
     def _remote_failure(self, upstream: Upstream) -> str | None:
         """Why a remote server is unhealthy (its handshake, through the address check and TLS), or None."""

@@ -17,16 +17,20 @@ A changed run.command changes the fingerprint (the whole manifest is in it), so 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import http.client
 import json
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.bridge.stats import MAX_REASON, STATS_PATH
 from pipeline.config.manifest import DEFAULT_MAX_PROCESSES, DEFAULT_POOL, DEFAULT_SESSIONS, STDIO, Manifest
 from pipeline.config.settings import Settings
-from pipeline.errors import DockerError
+from pipeline.errors import DockerError, NotMCP
 from pipeline.packages.fetch import open_to_all
 
 if TYPE_CHECKING:  # check and the registry use this module without loading the docker SDK
@@ -42,12 +46,31 @@ ENTRY_TEXT = f'"""Run the central-mcp stdio bridge."""\n\nfrom {BRIDGE_PACKAGE}.
 # On SIGTERM the proxy has drained the container already; calls still running get this long,
 # within Docker's stop grace (dockerhost.STOP_GRACE_SECONDS).
 BRIDGE_DRAIN_SECONDS = 5.0
+# A process must answer initialize within this, and within 3/4 of the manifest's health.timeout, so
+# the gate hears the bridge's own reason ("did not answer initialize within ...") before its deadline
+# while a cold start on a loaded VM still has most of the gate's time.
+BRIDGE_INIT_SECONDS = 20.0
+BRIDGE_INIT_SHARE = 0.75
+MAX_STATS_BYTES = 64 * 1024  # of the bridge's stats answer (a container's bytes: bounded)
 SESSION_ERAS = ("session",)  # what a stdio server offers outside: see pipeline/bridge/app.py
 
 
 def is_stdio(manifest: Manifest) -> bool:
     """Whether the server is a stdio program behind the bridge."""
     return manifest.transport == STDIO
+
+
+def bridge_version(source: Path = BRIDGE_SOURCE) -> str:
+    """A hash of what the bridge layer puts into an image (every file of the bridge package, the
+    entry script, the layer's Dockerfile): part of a stdio server's fingerprint, so a change to the
+    bridge rebuilds every stdio server on the next push. Read each time (a few files): an upgrade of
+    the provider's checkout under a running serve is what the next build copies."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in source.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+        digest.update(f"{path.relative_to(source).as_posix()}\0{path.stat().st_size}\0".encode())
+        digest.update(path.read_bytes())
+    digest.update(ENTRY_TEXT.encode() + layer_dockerfile("").encode())
+    return digest.hexdigest()
 
 
 def layer_dockerfile(image: str) -> str:
@@ -101,6 +124,7 @@ def bridge_command(manifest: Manifest, settings: Settings) -> tuple[str, ...]:
         f"--max-processes={manifest.max_processes}",
         f"--pool={manifest.pool if manifest.sessions != 'shared' else 0}",
         f"--drain-timeout={BRIDGE_DRAIN_SECONDS:g}",
+        f"--init-timeout={max(1.0, min(BRIDGE_INIT_SECONDS, manifest.health_timeout * BRIDGE_INIT_SHARE)):g}",
     ]
     if idle:
         options.append(f"--idle-timeout={idle:g}")
@@ -110,6 +134,63 @@ def bridge_command(manifest: Manifest, settings: Settings) -> tuple[str, ...]:
 def program(manifest: Manifest, entry: Sequence[str] = ()) -> tuple[str, ...]:
     """The stdio program's argv: run.command, else a package's `entry` command and run.args."""
     return manifest.command or (*entry, *manifest.args)
+
+
+@dataclass(frozen=True)
+class Processes:
+    """What a stdio server's bridge reports of its processes (see pipeline/bridge/stats.py)."""
+
+    running: int
+    started: int
+    stopped: int
+    exited: int
+    last_exit: str
+    isolation: str
+
+    def as_json(self) -> dict[str, Any]:
+        """The form /healthz shows."""
+        return {
+            "running": self.running,
+            "started": self.started,
+            "stopped": self.stopped,
+            "exited": self.exited,
+            "lastExit": self.last_exit,
+            "isolation": self.isolation,
+        }
+
+    def summary(self) -> str:
+        """One phrase for the registry's health."""
+        text = f"stdio processes: {self.running} running, {self.started} started, {self.exited} exited"
+        return text + (f" (last: {self.last_exit})" if self.last_exit else "")
+
+
+def read_processes(host: str, port: int, timeout: float) -> Processes:
+    """Ask a stdio server's bridge for its process counts (bounded in time and size); raise OSError
+    or NotMCP when it does not answer them."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        connection.request("GET", STATS_PATH)
+        response = connection.getresponse()
+        body = response.read(MAX_STATS_BYTES + 1)
+    except http.client.HTTPException as exc:
+        raise NotMCP(f"the bridge's {STATS_PATH} answered badly: {exc}") from exc
+    finally:
+        connection.close()
+    try:
+        data: Any = json.loads(body) if response.status == 200 and len(body) <= MAX_STATS_BYTES else None
+        counts = data["processes"]
+        return Processes(
+            int(counts["running"]),
+            int(counts["started"]),
+            int(counts["stopped"]),
+            int(counts["exited"]),
+            str(counts["lastExit"])[:MAX_REASON],
+            str(data["isolation"])[:MAX_REASON],
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        raise NotMCP(
+            f"the bridge's {STATS_PATH} answered {response.status} without its process counts"
+        ) from exc
 
 
 def offer(raw: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -161,6 +161,22 @@ def test_deadline_holds_and_the_error_names_the_last_failure() -> None:
     assert "ConnectionRefusedError" in str(err.value)
 
 
+def test_a_last_attempt_cut_by_the_deadline_keeps_what_the_server_said() -> None:
+    """A server that answers initialize with an error, then a last attempt that only times out (the
+    deadline cut it short): the error names the timeout and the server's own answer before it."""
+    fake = FakeTime()
+    answers = iter([NotMCP("initialize returned error -32000: did not answer initialize within 4s")])
+
+    def probe(url: str, timeout: float) -> gate.GateResult:
+        fake.now += min(timeout, 4.5)  # the bridge answers after its 4s init timeout
+        raise next(answers, TimeoutError("timed out"))
+
+    with pytest.raises(GateError) as err:
+        _gate(fake, probe, timeout=8.0)
+    assert "last: connection: TimeoutError: timed out" in str(err.value)
+    assert "the server last answered: initialize returned error -32000: did not answer" in str(err.value)
+
+
 def test_connection_refused_then_success_returns_quickly() -> None:
     """Three refusals then a handshake pass after 10 + 20 + 40 ms, not after three intervals."""
     fake = FakeTime()

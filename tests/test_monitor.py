@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from pipeline import remote
+from pipeline import remote, stdio
 from pipeline.config.settings import MonitorConfig, ProxyTimeouts, Settings
 from pipeline.context import Context, DeployRequest
 from pipeline.errors import DockerError, EngineUnavailable, NotMCP
@@ -337,3 +337,31 @@ def test_the_real_probe_reads_no_more_than_max_handshake(world: dict[str, Any]) 
     error = monitor.health["svc"].last_error
     assert "AnswerTooLarge" in error and "more than 1048576 bytes" in error and "max_handshake" in error
     assert grew < 16 << 20, f"peak memory rose by {grew >> 20} MiB"
+
+
+def test_a_stdio_servers_process_counts_reach_its_health_and_metrics(world: dict[str, Any]) -> None:
+    """For a live stdio release the probe reads its bridge's process counts into the server's health
+    (and its summary) and the stdio process gauge; an HTTP server's bridge is never asked."""
+    monitor, store, router, docker = world["monitor"], world["store"], world["router"], world["docker"]
+    asked: list[tuple[str, int]] = []
+
+    def counts(host: str, port: int, timeout: float) -> stdio.Processes:
+        asked.append((host, port))
+        return stdio.Processes(1, 5, 2, 2, "pid 9: the server process exited with code 3", "landlock ABI 7")
+
+    monitor.read_processes = counts
+    monitor.probe_all()
+    assert asked == [] and monitor.health["svc"].processes is None
+    piped = replace(release("svc", 3, "candidate"), manifest={"name": "svc", "transport": "stdio", "run": {}})
+    store.add_release(piped)
+    store.commit_swap([piped.placement], [])
+    docker.states["c3"], docker.ports["c3"] = "running", 5003
+    router.replace_all([Upstream("svc", 3, "c3", "127.0.0.1", 5003, "/mcp")])
+    monitor.probe_all()
+    assert asked == [("127.0.0.1", 5003)]
+    assert monitor.health["svc"].summary() == (
+        "healthy; stdio processes: 1 running, 5 started, 2 exited "
+        "(last: pid 9: the server process exited with code 3)"
+    )
+    exposed = world["ctx"].metrics.render().decode()
+    assert 'central_mcp_stdio_processes{server="svc",state="exited"} 2.0' in exposed

@@ -8,13 +8,16 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pipeline import cli, stdio
+from pipeline import cli, errors, stdio
 from pipeline.bridge import child
 from pipeline.bridge import main as bridge_main
+from pipeline.bridge.stats import STATS_PATH
 from pipeline.config import manifest, settings
+from tests.support.loopback import serve_asgi
 from tests.test_cli import DEPLOY, GOOD, _check, _write
 
 STDIO_DATA = {
@@ -52,6 +55,7 @@ def test_the_bridge_command_carries_the_manifest_and_no_program(tmp_path: Path) 
     assert {"--port=8080", "--path=/mcp", "--sessions=per-session", "--max-processes=4", "--pool=1"} <= set(
         argv
     )
+    assert "--init-timeout=20" in argv  # 3/4 of the default 30s health.timeout, at most 20s
 
 
 def test_the_program_is_run_command_or_the_package_entry_and_its_args() -> None:
@@ -154,3 +158,43 @@ def test_a_leading_home_in_the_environment_is_the_sessions_own() -> None:
         "D": "x/$HOME/y",
         "E": "plain",
     }
+
+
+def test_the_bridge_version_follows_every_file_of_the_bridge(tmp_path: Path) -> None:
+    """A change to any bridge file (or a new one) gives another version; compiled caches do not."""
+    copy = tmp_path / "bridge"
+    shutil.copytree(stdio.BRIDGE_SOURCE, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    first = stdio.bridge_version(copy)
+    assert first == stdio.bridge_version(stdio.BRIDGE_SOURCE)
+    (copy / "__pycache__").mkdir()
+    (copy / "__pycache__" / "app.cpython-311.pyc").write_bytes(b"compiled")
+    assert stdio.bridge_version(copy) == first
+    (copy / "wire.py").write_text((copy / "wire.py").read_text() + "\n# a change\n")
+    changed = stdio.bridge_version(copy)
+    assert changed != first
+    (copy / "extra.py").write_text("")
+    assert stdio.bridge_version(copy) not in (first, changed)
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        (b"x" * (stdio.MAX_STATS_BYTES + 1), "without its process counts"),
+        (b'{"processes": {"running": "many"}}', "without its process counts"),
+        (b"not json", "without its process counts"),
+    ],
+    ids=["too-large", "wrong-shape", "not-json"],
+)
+def test_a_bridge_answer_without_counts_is_refused_naming_the_path(body: bytes, fragment: str) -> None:
+    """The probe's reader takes at most MAX_STATS_BYTES of a container's answer and refuses one that
+    is too large, not JSON or not shaped as the bridge's counts, naming the path it asked."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+
+    with serve_asgi(app, lifespan="off") as port, pytest.raises(errors.NotMCP) as caught:
+        stdio.read_processes("127.0.0.1", port, 5)
+    assert fragment in str(caught.value) and STATS_PATH in str(caught.value)

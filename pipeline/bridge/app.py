@@ -15,6 +15,7 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from . import sandbox, stats
 from .child import Message, base_env
 from .child import _log as log
 from .hub import CONNECTION_CLOSED, Call, Hub, Session, error
@@ -60,6 +61,10 @@ class Bridge:
         self.shared: Hub | None = None
         self.shared_init: Message = {}
         self.draining = False
+        # per-session mode: session id -> when it must have sent its first request after initialize
+        # (every client sends notifications/initialized at once). One whose client gave up waiting
+        # for the answer never learns its id, and would hold its process until the idle timeout.
+        self.unclaimed: dict[str, float] = {}
         self.ready = asyncio.Event()  # shared mode: the shared process answered initialize
 
     def start(self) -> None:
@@ -68,8 +73,10 @@ class Bridge:
             self.pool.refill()
 
     async def handle(self, request: Request, reply: Reply) -> None:
-        """Answer one HTTP request on the MCP endpoint."""
-        if request.path.rstrip("/") != self.config.path.rstrip("/"):
+        """Answer one HTTP request on the MCP endpoint (or the provider's GET of the stats)."""
+        if request.method == "GET" and request.path == stats.STATS_PATH:
+            await _json(reply, 200, self.stats())
+        elif request.path.rstrip("/") != self.config.path.rstrip("/"):
             await reply.send(404, b"not found", {"Content-Type": "text/plain"})
         elif request.method == "POST":
             await self._post(request, reply)
@@ -79,6 +86,23 @@ class Bridge:
             await self._delete(request, reply)
         else:
             await reply.send(405, b"", {"Allow": "GET, POST, DELETE"})
+
+    def stats(self) -> Message:
+        """What the provider's probes read: sessions, processes started and ended, confinement."""
+        counts = stats.COUNTS
+        return {
+            "sessions": self.config.sessions,
+            "open": len(self.sessions),
+            "warm": len(self.pool.idle),
+            "processes": {
+                "running": counts.running,
+                "started": counts.started,
+                "stopped": counts.stopped,
+                "exited": counts.exited,
+                "lastExit": counts.last_exit,
+            },
+            "isolation": sandbox.status(),
+        }
 
     async def drain(self) -> None:
         """Refuse new sessions, let calls in flight finish (up to drain_timeout), end every process."""
@@ -93,7 +117,8 @@ class Bridge:
         await self.pool.close()
 
     async def reap(self) -> None:
-        """Forever: end sessions idle past idle_timeout, and sessions whose process ended."""
+        """Forever: end sessions idle past idle_timeout, sessions whose process ended, and sessions
+        never used after initialize within init_timeout."""
         while True:
             limit = self.config.idle_timeout  # 0: sessions never expire
             # Often enough that a session whose process died stops counting toward the cap soon.
@@ -101,7 +126,8 @@ class Bridge:
             now = time.monotonic()
             for session in list(self.sessions.values()):
                 idle = limit > 0 and not session.calls and session.stream is None
-                if session.closed or (idle and now - session.last_seen > limit):
+                unclaimed = self.unclaimed.get(session.id, now) < now
+                if session.closed or unclaimed or (idle and now - session.last_seen > limit):
                     await self._end(session)
 
     async def _post(self, request: Request, reply: Reply) -> None:
@@ -139,6 +165,7 @@ class Bridge:
             await _json(reply, 400, answer)
             return None
         session = self.sessions.get(sid)
+        self.unclaimed.pop(sid, None)
         if session is None or session.closed:
             await _json(reply, 404, error(message.get("id"), SESSION_NOT_FOUND, "session not found"))
             return None
@@ -159,12 +186,15 @@ class Bridge:
         session = _new_session(hub, message)
         answer = await self._final(hub.call(session, message), self.config.init_timeout)
         if "error" in answer or not hub.alive:
+            # In the container's log too: a gate whose own attempt timed out first still shows it.
+            log(f"pid {hub.child.pid}: a new session failed: {str(answer.get('error'))[:300]}")
             self.pool.release(hub)
             await hub.child.stop()
             return await _json(reply, 200, answer)
         self.pool.succeeded()
         hub.sessions[session.id] = session
         self.sessions[session.id] = session
+        self.unclaimed[session.id] = time.monotonic() + self.config.init_timeout
         return await _json(reply, 200, answer, {"Mcp-Session-Id": session.id})
 
     async def _initialize_shared(self, message: Message, reply: Reply) -> None:
@@ -266,6 +296,7 @@ class Bridge:
     async def _end(self, session: Session) -> None:
         session.close()
         self.sessions.pop(session.id, None)
+        self.unclaimed.pop(session.id, None)
         hub = session.hub
         hub.sessions.pop(session.id, None)
         hub.drop_server_requests(session)

@@ -1,8 +1,9 @@
 """One stdio MCP program: started without a shell, fed JSON-RPC lines, its lines read back, bounded.
 
-stdout carries only the protocol: a line longer than the cap, or more non-JSON lines than the
-junk budget, ends the process (its callers get a JSON-RPC error through `on_exit`). stderr is
-inherited, so it lands in the container's log and never in the protocol.
+The process is confined (sandbox.py) to writing under its own directory. stdout carries only
+the protocol: a line longer than the cap, or more non-JSON lines than the junk budget, ends the
+process (its callers get a JSON-RPC error through `on_exit`). stderr is inherited, so it lands
+in the container's log and never in the protocol.
 """
 
 from __future__ import annotations
@@ -12,10 +13,13 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
 from typing import Any
+
+from . import sandbox, stats
 
 MAX_LINE_BYTES = 4 * 1024 * 1024  # of one JSON-RPC message on stdout
 MAX_UNREAD_BYTES = 16 * 1024 * 1024  # written to stdin and not yet read by the program
@@ -54,7 +58,9 @@ class Child:
         """Start the program; raise OSError when it cannot be started."""
         self.home = tempfile.mkdtemp(prefix="session-", dir=self.work_root)
         env = {**session_env(self.env, self.home), "HOME": self.home, "TMPDIR": self.home}
+        confine = None
         try:
+            confine = sandbox.ruleset(self.home, self.work_root)
             self.process = await asyncio.create_subprocess_exec(
                 *self.command,
                 stdin=asyncio.subprocess.PIPE,
@@ -64,10 +70,18 @@ class Child:
                 env=env,
                 limit=MAX_LINE_BYTES,
                 start_new_session=True,
+                preexec_fn=None if confine is None else sandbox.restrictor(confine),
             )
         except OSError:
             shutil.rmtree(self.home, ignore_errors=True)
             raise
+        except subprocess.SubprocessError as exc:  # the process could not confine itself
+            shutil.rmtree(self.home, ignore_errors=True)
+            raise OSError(f"could not confine the process to {self.home}: {exc}") from exc
+        finally:
+            if confine is not None:
+                os.close(confine)
+        stats.COUNTS.started += 1
         self._reader = asyncio.get_running_loop().create_task(self._read())
 
     @property
@@ -127,6 +141,7 @@ class Child:
                 reason = f"the server process exited with code {code}"
                 break
             reason = self._line(line)
+        stats.COUNTS.ended(not self.closed, f"pid {self.pid}: {reason}")
         if not self.closed:
             self.closed = True
             _log(f"pid {self.pid}: {reason}")
