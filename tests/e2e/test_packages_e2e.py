@@ -359,7 +359,10 @@ def test_rollback_and_reconciliation_start_a_package_from_its_image_alone(keyed:
     assert push.ok and f"{keyed.time}: r2 is live" in push.output, push.output
     assert "Europe/Paris" in asyncio.run(_tools(keyed, keyed.time))["get_current_time"]
     cache = p.state / "packages"
-    shutil.rmtree(cache)
+    if cache.is_symlink():  # the run's shared download cache: this provider loses its link only
+        cache.unlink()
+    else:
+        shutil.rmtree(cache)
 
     back = p.cli("rollback", keyed.time, "r1")
 
