@@ -41,6 +41,7 @@ FIXTURE = HERE.parent / "tests" / "fixtures" / "servers" / "stdio" / "server.py"
 ERA = "2025-11-25"
 START_TIMEOUT = 30.0
 CALL = {"name": "echo", "arguments": {"text": "hello"}}
+NATIVE = "native SDK (HTTP)"
 TIME_CALL = {"name": "get_current_time", "arguments": {"timezone": "UTC"}}
 
 
@@ -51,9 +52,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tools", type=Path, default=Path("/tmp/stdio-bench"))
     parser.add_argument("--sessions", type=int, default=12, help="new sessions timed per start-up figure")
+    parser.add_argument("--only", default="", help="comma-separated target names (native always runs)")
+    parser.add_argument("--load-only", action="store_true", help="skip the start-up and era figures")
     args = parser.parse_args()
     program = [sys.executable, str(FIXTURE)]
     targets = _targets(args.tools, program)
+    if args.only:
+        wanted = {name.strip() for name in args.only.split(",")} | {NATIVE}
+        targets = {name: start for name, start in targets.items() if name in wanted}
     results: dict[str, dict[int, list[tuple[float, float]]]] = {name: {1: [], 16: []} for name in targets}
     for _ in range(args.rounds):  # interleaved, so a noisy moment hurts every target alike
         for name, start in targets.items():
@@ -66,14 +72,15 @@ def main() -> None:
     ceiling = _direct_stdio_throughput(program, args.duration)
     _print_load(results, direct)
     print(f"direct stdio, 16 calls in flight on one process (no HTTP, no bridge): {ceiling:.0f} calls/s")
-    _print_startup(args.tools, program, args.sessions)
-    _print_era_cost(program, args.sessions)
+    if not args.load_only:
+        _print_startup(args.tools, program, args.sessions)
+        _print_era_cost(program, args.sessions)
 
 
 def _targets(tools: Path, program: list[str]) -> dict[str, Any]:
     venv, npm = tools / "venv" / "bin", tools / "npm" / "node_modules" / ".bin"
     return {
-        "native SDK (HTTP)": lambda: _server(lambda port: [*program, "--http", str(port)]),
+        NATIVE: lambda: _server(lambda port: [*program, "--http", str(port)]),
         "ours per-session": lambda: _bridge(program, "--sessions=per-session", "--max-processes=20"),
         "ours shared": lambda: _bridge(program, "--sessions=shared"),
         "mcp-proxy": lambda: _server(
@@ -322,7 +329,7 @@ def _direct_stdio_throughput(program: list[str], duration: float, in_flight: int
 
 
 def _print_load(results: dict[str, dict[int, list[tuple[float, float]]]], direct: float) -> None:
-    native = results["native SDK (HTTP)"]
+    native = results[NATIVE]
     base_rps = statistics.median(r for r, _ in native[16])
     base_p50 = statistics.median(p for _, p in native[1])
     print(f"\ntools/call echo, medians of rounds; direct stdio p50 at C=1: {direct:.2f} ms")
