@@ -225,7 +225,7 @@ class Hub:
 
     def _answer(self, message: Message) -> None:
         bridge_id = message.get("id")
-        call = self.calls.get(bridge_id) if isinstance(bridge_id, int) else None
+        call = self.calls.get(bridge_id) if type(bridge_id) is int else None  # not True: True == 1
         if call is not None:
             self.finish(call, {**message, "id": call.client_id})
 
