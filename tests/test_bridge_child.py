@@ -104,3 +104,35 @@ def test_junk_past_the_budget_in_one_write_ends_the_process(tmp_path: Path) -> N
     messages, reasons = _run(JUNK, tmp_path)
     assert messages == []
     assert reasons == ["the server wrote more than 20 lines that are not JSON-RPC to stdout"]
+
+
+ECHO = r"""
+import sys
+for line in sys.stdin:
+    sys.stdout.write(line); sys.stdout.flush()
+"""
+
+
+def test_a_line_held_for_a_busy_program_is_written_within_the_hold(tmp_path: Path) -> None:
+    """A busy program's lines wait to share a write, but never past HOLD: a program that writes
+    nothing meanwhile (say, it waits for this very line) still gets it."""
+
+    async def run() -> tuple[list[Message], float]:
+        got: list[Message] = []
+        child = Child([sys.executable, "-c", ECHO], base_env(), lambda c, m: got.append(m), lambda c, r: None)
+        child.work_root = str(tmp_path)
+        child.busy = lambda: True
+        await child.start()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        child.send({"jsonrpc": "2.0", "id": 1, "method": "ping"})
+        child.send({"jsonrpc": "2.0", "id": 2, "method": "ping"})
+        while len(got) < 2 and loop.time() - started < 10:
+            await asyncio.sleep(0.005)
+        took = loop.time() - started
+        await child.stop()
+        return got, took
+
+    got, took = asyncio.run(run())
+    assert [m["id"] for m in got] == [1, 2]
+    assert took < 5

@@ -124,6 +124,7 @@ class Hub:
         self.started = time.monotonic()
         child.on_message = self.on_message
         child.on_exit = self.on_exit
+        child.busy = lambda: len(self.calls) > 1
 
     @property
     def alive(self) -> bool:
