@@ -65,11 +65,6 @@ class Reply:
         self.done = False
         self.on_lost: Callable[[], object] | None = None  # called if the client goes away first
 
-    @property
-    def lost(self) -> bool:
-        """Whether the client's connection has closed."""
-        return self.connection.lost
-
     def answer(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None) -> None:
         """Answer with a whole body now (a client that went away is not written to)."""
         if self.started:
