@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -41,6 +42,10 @@ FIXTURE = HERE.parent / "tests" / "fixtures" / "servers" / "stdio" / "server.py"
 ERA = "2025-11-25"
 START_TIMEOUT = 30.0
 CALL = {"name": "echo", "arguments": {"text": "hello"}}
+NATIVE = "native SDK (HTTP)"
+WARM_UP = 1.0  # seconds each load session calls before its calls are timed
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+_PIDS: dict[str, int] = {}  # url → pid of the server serving it
 TIME_CALL = {"name": "get_current_time", "arguments": {"timezone": "UTC"}}
 
 
@@ -51,29 +56,41 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tools", type=Path, default=Path("/tmp/stdio-bench"))
     parser.add_argument("--sessions", type=int, default=12, help="new sessions timed per start-up figure")
+    parser.add_argument("--only", default="", help="comma-separated target names (native always runs)")
+    parser.add_argument("--load-only", action="store_true", help="skip the start-up and era figures")
     args = parser.parse_args()
     program = [sys.executable, str(FIXTURE)]
     targets = _targets(args.tools, program)
+    if args.only:
+        wanted = {name.strip() for name in args.only.split(",")} | {NATIVE}
+        targets = {name: start for name, start in targets.items() if name in wanted}
     results: dict[str, dict[int, list[tuple[float, float]]]] = {name: {1: [], 16: []} for name in targets}
+    cpu: dict[str, list[tuple[float, float]]] = {name: [] for name in targets}
     for _ in range(args.rounds):  # interleaved, so a noisy moment hurts every target alike
         for name, start in targets.items():
             with start() as url:
                 for concurrency in (1, 16):
-                    results[name][concurrency].append(
-                        asyncio.run(_load(url, concurrency, args.duration, CALL))
-                    )
+                    rps, p50, used = asyncio.run(_load(url, concurrency, args.duration, CALL, _PIDS[url]))
+                    results[name][concurrency].append((rps, p50))
+                    if concurrency == 16:
+                        cpu[name].append(used)
     direct = _direct_stdio(program, args.duration)
-    ceiling = _direct_stdio_throughput(program, args.duration)
+    ceiling, ceiling_cpu = _direct_stdio_throughput(program, args.duration)
     _print_load(results, direct)
-    print(f"direct stdio, 16 calls in flight on one process (no HTTP, no bridge): {ceiling:.0f} calls/s")
-    _print_startup(args.tools, program, args.sessions)
-    _print_era_cost(program, args.sessions)
+    print(
+        f"direct stdio, 16 calls in flight on one process (no HTTP, no bridge): {ceiling:.0f} calls/s, "
+        f"the program using {ceiling_cpu:.0f} µs of CPU per call"
+    )
+    _print_cpu(cpu)
+    if not args.load_only:
+        _print_startup(args.tools, program, args.sessions)
+        _print_era_cost(program, args.sessions)
 
 
 def _targets(tools: Path, program: list[str]) -> dict[str, Any]:
     venv, npm = tools / "venv" / "bin", tools / "npm" / "node_modules" / ".bin"
     return {
-        "native SDK (HTTP)": lambda: _server(lambda port: [*program, "--http", str(port)]),
+        NATIVE: lambda: _server(lambda port: [*program, "--http", str(port)]),
         "ours per-session": lambda: _bridge(program, "--sessions=per-session", "--max-processes=20"),
         "ours shared": lambda: _bridge(program, "--sessions=shared"),
         "mcp-proxy": lambda: _server(
@@ -131,6 +148,7 @@ def _server(argv_for: Any) -> Iterator[str]:
     )
     try:
         url = f"http://127.0.0.1:{port}/mcp"
+        _PIDS[url] = proc.pid
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             try:
@@ -236,10 +254,20 @@ async def _delete(conn: Conn) -> None:
     await conn.reader.readexactly(length)
 
 
-async def _load(url: str, concurrency: int, duration: float, call: dict[str, Any]) -> tuple[float, float]:
-    """`concurrency` sessions calling for `duration` seconds; return (calls/s, p50 ms)."""
+async def _load(
+    url: str, concurrency: int, duration: float, call: dict[str, Any], pid: int = 0
+) -> tuple[float, float, tuple[float, float]]:
+    """`concurrency` sessions calling for `duration` seconds; return calls/s, p50 ms, and the CPU
+    µs per call of the server process `pid` and of its descendants (the programs) meanwhile."""
     port = int(url.split(":")[2].split("/")[0])
     latencies: list[float] = []
+    window: list[tuple[float, dict[int, float]]] = []
+
+    async def sample() -> None:  # CPU within the timed window: after the warm-up, before DELETEs
+        await asyncio.sleep(WARM_UP + 0.1)
+        window.append((time.perf_counter(), _cpu_tree(pid)))
+        await asyncio.sleep(duration - 0.2)
+        window.append((time.perf_counter(), _cpu_tree(pid)))
 
     async def worker() -> None:
         conn = Conn(port)
@@ -247,7 +275,7 @@ async def _load(url: str, concurrency: int, duration: float, call: dict[str, Any
         params = {"protocolVersion": ERA, "capabilities": {}, "clientInfo": {"name": "bench", "version": "1"}}
         await conn.call("initialize", params)
         await conn.post({"jsonrpc": "2.0", "method": "notifications/initialized"})
-        warm = time.perf_counter() + 1.0
+        warm = time.perf_counter() + WARM_UP
         stop = warm + duration
         while (now := time.perf_counter()) < stop:
             await conn.call("tools/call", call)
@@ -257,8 +285,37 @@ async def _load(url: str, concurrency: int, duration: float, call: dict[str, Any
             await _delete(conn)
         conn.close()
 
+    sampler = asyncio.get_running_loop().create_task(sample())
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return len(latencies) / duration, statistics.median(latencies) * 1000
+    used = (0.0, 0.0)
+    if len(window) == 2 and pid:
+        (started, before), (ended, after) = window
+        calls = len(latencies) / duration * (ended - started)
+        spent = {p: after.get(p, before[p]) - before[p] for p in before}
+        own = spent.pop(pid, 0.0)
+        used = (own / calls * 1e6, sum(spent.values()) / calls * 1e6)
+    sampler.cancel()
+    return len(latencies) / duration, statistics.median(latencies) * 1000, used
+
+
+def _cpu_tree(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of `pid` and of each of its descendants alive now (Linux /proc)."""
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    tree, frontier = {pid}, {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - tree
+        tree |= frontier
+    return {p: times[p] for p in tree if p in times}
 
 
 def _direct_stdio(program: list[str], duration: float) -> float:
@@ -287,7 +344,7 @@ def _direct_stdio(program: list[str], duration: float) -> float:
     return statistics.median(latencies[50:]) * 1000
 
 
-def _direct_stdio_throughput(program: list[str], duration: float, in_flight: int = 16) -> float:
+def _direct_stdio_throughput(program: list[str], duration: float, in_flight: int = 16) -> tuple[float, float]:
     """calls/s of one program fed straight on stdin with `in_flight` calls outstanding: the most
     any bridge that shares one process can reach."""
     proc = subprocess.Popen(program, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
@@ -310,19 +367,20 @@ def _direct_stdio_throughput(program: list[str], duration: float, in_flight: int
     proc.stdin.write(b"".join(call(i) for i in range(1, in_flight + 1)))
     proc.stdin.flush()
     answered, stop = 0, time.perf_counter() + duration
-    started = time.perf_counter()
+    started, before = time.perf_counter(), _cpu_tree(proc.pid)[proc.pid]
     while time.perf_counter() < stop:
         proc.stdout.readline()
         answered += 1
         proc.stdin.write(call(in_flight + answered))
         proc.stdin.flush()
     took = time.perf_counter() - started
+    used = _cpu_tree(proc.pid)[proc.pid] - before
     proc.kill()
-    return answered / took
+    return answered / took, used / answered * 1e6
 
 
 def _print_load(results: dict[str, dict[int, list[tuple[float, float]]]], direct: float) -> None:
-    native = results["native SDK (HTTP)"]
+    native = results[NATIVE]
     base_rps = statistics.median(r for r, _ in native[16])
     base_p50 = statistics.median(p for _, p in native[1])
     print(f"\ntools/call echo, medians of rounds; direct stdio p50 at C=1: {direct:.2f} ms")
@@ -337,6 +395,19 @@ def _print_load(results: dict[str, dict[int, list[tuple[float, float]]]], direct
             f"{name:<20} {rps:>13.0f} {rps / base_rps:>9.2f} {p50:>11.2f} "
             f"{p50 - base_p50:>+12.2f} {p50 - direct:>+11.2f}"
         )
+
+
+def _print_cpu(cpu: dict[str, list[tuple[float, float]]]) -> None:
+    print("\nCPU µs per call at C=16 (medians of rounds): the server process, and its stdio programs")
+    for name, used in cpu.items():
+        own = statistics.median(u for u, _ in used)
+        programs = statistics.median(p for _, p in used)
+        split = (
+            f"{own:>6.0f} + programs {programs:>4.0f} = {own + programs:>4.0f}"
+            if programs
+            else f"{own:>6.0f}"
+        )
+        print(f"  {name:<20} {split}")
 
 
 def _print_startup(tools: Path, program: list[str], sessions: int) -> None:

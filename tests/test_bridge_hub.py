@@ -75,6 +75,19 @@ def test_two_sessions_with_the_same_request_id_get_their_own_answers() -> None:
     assert not a.calls and not b.calls and not hub.calls
 
 
+def test_an_answer_under_an_id_the_bridge_never_issued_answers_no_call() -> None:
+    """The program's answer must carry the bridge id exactly: `true`, `1.0` or `"1"` for bridge
+    id 1 answer nothing (JSON-RPC ids are strings or integers; Python's True == 1 == 1.0)."""
+    hub, child = _hub()
+    call = hub.call(_session(hub, "a"), _request("mine"))
+    assert child.sent[0]["id"] == 1
+    for forged in (True, 1.0, "1", None, [1]):
+        _from_program(hub, child, {"jsonrpc": "2.0", "id": forged, "result": {"forged": True}})
+    assert _drain(call) == []
+    _from_program(hub, child, {"jsonrpc": "2.0", "id": 1, "result": {}})
+    assert _drain(call) == [{"jsonrpc": "2.0", "id": "mine", "result": {}}]
+
+
 def test_progress_goes_to_the_caller_under_its_own_token() -> None:
     """A progressToken is replaced by one of ours; progress under it reaches only the caller, with
     the caller's token."""

@@ -13,10 +13,11 @@ import contextlib
 import json
 import secrets
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from . import sandbox, stats
-from .child import Message, base_env
+from .child import Message, base_env, dump
 from .child import _log as log
 from .hub import CONNECTION_CLOSED, Call, Hub, Session, error
 from .pool import CapacityError, Pool
@@ -66,26 +67,30 @@ class Bridge:
         # for the answer never learns its id, and would hold its process until the idle timeout.
         self.unclaimed: dict[str, float] = {}
         self.ready = asyncio.Event()  # shared mode: the shared process answered initialize
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         """Fill the warm pool (per-session mode; shared mode starts its process in watch_shared)."""
         if self.config.sessions != "shared":
             self.pool.refill()
 
-    async def handle(self, request: Request, reply: Reply) -> None:
-        """Answer one HTTP request on the MCP endpoint (or the provider's GET of the stats)."""
+    def handle(self, request: Request, reply: Reply) -> Awaitable[None] | None:
+        """Answer one HTTP request on the MCP endpoint (or the provider's GET of the stats): at once,
+        when the program answers, or as a coroutine (the wire runs it as a task) when the answer
+        needs waiting of its own."""
         if request.method == "GET" and request.path == stats.STATS_PATH:
-            await _json(reply, 200, self.stats())
+            _json(reply, 200, self.stats())
         elif request.path.rstrip("/") != self.config.path.rstrip("/"):
-            await reply.send(404, b"not found", {"Content-Type": "text/plain"})
+            reply.answer(404, b"not found", {"Content-Type": "text/plain"})
         elif request.method == "POST":
-            await self._post(request, reply)
+            return self._post(request, reply)
         elif request.method == "GET":
-            await self._get(request, reply)
+            return self._get(request, reply)
         elif request.method == "DELETE":
-            await self._delete(request, reply)
+            return self._delete(request, reply)
         else:
-            await reply.send(405, b"", {"Allow": "GET, POST, DELETE"})
+            reply.answer(405, b"", {"Allow": "GET, POST, DELETE"})
+        return None
 
     def stats(self) -> Message:
         """What the provider's probes read: sessions, processes started and ended, confinement."""
@@ -130,31 +135,34 @@ class Bridge:
                 if session.closed or unclaimed or (idle and now - session.last_seen > limit):
                     await self._end(session)
 
-    async def _post(self, request: Request, reply: Reply) -> None:
+    def _post(self, request: Request, reply: Reply) -> Awaitable[None] | None:
         try:
             message = json.loads(request.body)
         except ValueError:
-            return await _json(reply, 400, error(None, PARSE_ERROR, "the body is not JSON"))
+            _json(reply, 400, error(None, PARSE_ERROR, "the body is not JSON"))
+            return None
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":
-            return await _json(reply, 400, error(None, INVALID_REQUEST, "send one JSON-RPC 2.0 message"))
+            _json(reply, 400, error(None, INVALID_REQUEST, "send one JSON-RPC 2.0 message"))
+            return None
         if message.get("method") == "initialize" and "id" in message:
-            return await self._initialize(message, reply)
-        session = await self._session(request, reply, message)
+            return self._initialize(message, reply)
+        session = self._session(request, reply, message)
         if session is None:
             return None
         session.last_seen = time.monotonic()
         if "method" in message and "id" in message:
-            return await self._call(session.hub.call(session, message), reply)
+            self._respond(session.hub.call(session, message), reply)
+            return None
         if "method" in message:
             if not (self.config.sessions == "shared" and message["method"] == "notifications/initialized"):
                 session.hub.notify(session, message)
         elif not session.hub.respond(session, message):
-            return await _json(
-                reply, 400, error(message.get("id"), INVALID_REQUEST, "no such server request")
-            )
-        return await reply.send(202)
+            _json(reply, 400, error(message.get("id"), INVALID_REQUEST, "no such server request"))
+            return None
+        reply.answer(202)
+        return None
 
-    async def _session(self, request: Request, reply: Reply, message: Message) -> Session | None:
+    def _session(self, request: Request, reply: Reply, message: Message) -> Session | None:
         sid = request.headers.get("mcp-session-id")
         if sid is None:
             requested = request.headers.get("mcp-protocol-version", "")
@@ -162,27 +170,27 @@ class Bridge:
                 message.get("id"), UNSUPPORTED_VERSION, "this server offers the session era: initialize first"
             )
             answer["error"]["data"] = {"supported": HANDSHAKE_VERSIONS, "requested": requested}
-            await _json(reply, 400, answer)
+            _json(reply, 400, answer)
             return None
         session = self.sessions.get(sid)
         self.unclaimed.pop(sid, None)
         if session is None or session.closed:
-            await _json(reply, 404, error(message.get("id"), SESSION_NOT_FOUND, "session not found"))
+            _json(reply, 404, error(message.get("id"), SESSION_NOT_FOUND, "session not found"))
             return None
         return session
 
     async def _initialize(self, message: Message, reply: Reply) -> None:
         if self.draining:
-            return await _json(reply, 503, error(message["id"], OVER_CAPACITY, "the server is shutting down"))
+            return _json(reply, 503, error(message["id"], OVER_CAPACITY, "the server is shutting down"))
         if self.config.sessions == "shared":
             return await self._initialize_shared(message, reply)
         try:
             hub = await self.pool.take()
         except CapacityError as exc:
-            return await _json(reply, 200, error(message["id"], OVER_CAPACITY, str(exc)))
+            return _json(reply, 200, error(message["id"], OVER_CAPACITY, str(exc)))
         except OSError as exc:
             text = f"could not start run.command {list(self.config.command)}: {exc}"
-            return await _json(reply, 200, error(message["id"], CONNECTION_CLOSED, text))
+            return _json(reply, 200, error(message["id"], CONNECTION_CLOSED, text))
         session = _new_session(hub, message)
         answer = await self._final(hub.call(session, message), self.config.init_timeout)
         if "error" in answer or not hub.alive:
@@ -190,12 +198,12 @@ class Bridge:
             log(f"pid {hub.child.pid}: a new session failed: {str(answer.get('error'))[:300]}")
             self.pool.release(hub)
             await hub.child.stop()
-            return await _json(reply, 200, answer)
+            return _json(reply, 200, answer)
         self.pool.succeeded()
         hub.sessions[session.id] = session
         self.sessions[session.id] = session
         self.unclaimed[session.id] = time.monotonic() + self.config.init_timeout
-        return await _json(reply, 200, answer, {"Mcp-Session-Id": session.id})
+        return _json(reply, 200, answer, {"Mcp-Session-Id": session.id})
 
     async def _initialize_shared(self, message: Message, reply: Reply) -> None:
         with contextlib.suppress(TimeoutError):
@@ -203,10 +211,10 @@ class Bridge:
         hub = self.shared
         if hub is None or not hub.alive or not self.ready.is_set():
             text = f"the shared server process did not initialize within {self.config.init_timeout:g}s"
-            return await _json(reply, 200, error(message["id"], CONNECTION_CLOSED, text))
+            return _json(reply, 200, error(message["id"], CONNECTION_CLOSED, text))
         if len(hub.sessions) >= MAX_SHARED_SESSIONS:
             text = f"this shared server has {MAX_SHARED_SESSIONS} sessions open; end one (DELETE) first"
-            return await _json(reply, 200, error(message["id"], OVER_CAPACITY, text))
+            return _json(reply, 200, error(message["id"], OVER_CAPACITY, text))
         session = _new_session(hub, message)
         hub.sessions[session.id] = session
         self.sessions[session.id] = session
@@ -215,12 +223,55 @@ class Bridge:
         if asked in HANDSHAKE_VERSIONS and asked < str(result.get("protocolVersion", "")):
             result["protocolVersion"] = asked
         answer = {"jsonrpc": "2.0", "id": message["id"], "result": result}
-        return await _json(reply, 200, answer, {"Mcp-Session-Id": session.id})
+        return _json(reply, 200, answer, {"Mcp-Session-Id": session.id})
 
-    async def _call(self, call: Call, reply: Reply) -> None:
+    def _respond(self, call: Call, reply: Reply) -> None:
+        """Answer a call when the program's answer arrives, written from the callback that reads it;
+        a progress note or a request for the client first, or KEEPALIVE without an answer, turns
+        the answer into an event stream served by a task (`_call`)."""
         hub = call.session.hub
         deadline = time.monotonic() + self.config.call_timeout
+        if call.pending:  # answered already (the process had ended)
+            self._stream(call, reply, deadline, False)
+            return
+        loop = asyncio.get_running_loop()
+        timer = loop.call_later(min(KEEPALIVE, self.config.call_timeout), self._late, call, reply, deadline)
+
+        def arrived(message: Message) -> None:
+            timer.cancel()
+            call.waiter = None
+            if "method" not in message and ("result" in message or "error" in message):
+                hub.forget(call)
+                _json(reply, 200, message)
+            else:
+                call.put(message)
+                self._stream(call, reply, deadline, False)
+
+        def lost() -> None:
+            timer.cancel()
+            call.waiter = None
+            hub.forget(call)
+
+        call.waiter = arrived
+        reply.on_lost = lost
+
+    def _late(self, call: Call, reply: Reply, deadline: float) -> None:
+        """No answer within KEEPALIVE: go on as an event stream, with a comment now."""
+        call.waiter = None
+        self._stream(call, reply, deadline, time.monotonic() < deadline)
+
+    def _stream(self, call: Call, reply: Reply, deadline: float, ping: bool) -> None:
+        task = asyncio.get_running_loop().create_task(self._call(call, reply, deadline, ping))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        reply.on_lost = task.cancel
+
+    async def _call(self, call: Call, reply: Reply, deadline: float, ping: bool) -> None:
+        hub = call.session.hub
         try:
+            if ping:
+                await reply.start_stream()
+                await reply.comment()
             while True:
                 wait = min(KEEPALIVE, deadline - time.monotonic())
                 if wait <= 0:
@@ -261,7 +312,7 @@ class Bridge:
     async def _get(self, request: Request, reply: Reply) -> None:
         if "text/event-stream" not in request.headers.get("accept", "text/event-stream"):
             return await reply.send(406, b"accept text/event-stream", {"Content-Type": "text/plain"})
-        session = await self._session(request, reply, {})
+        session = self._session(request, reply, {})
         if session is None:
             return None
         if session.stream is not None:
@@ -288,7 +339,7 @@ class Bridge:
                 session.last_seen = time.monotonic()
 
     async def _delete(self, request: Request, reply: Reply) -> None:
-        session = await self._session(request, reply, {})
+        session = self._session(request, reply, {})
         if session is not None:
             await self._end(session)
             await reply.send(200)
@@ -361,12 +412,12 @@ async def _end_call(reply: Reply, answer: Message) -> None:
         await reply.event(_dump(answer))
         await reply.end_stream()
     else:
-        await _json(reply, 200, answer)
+        _json(reply, 200, answer)
 
 
-async def _json(reply: Reply, status: int, message: Message, headers: dict[str, str] | None = None) -> None:
-    await reply.send(status, _dump(message), {**JSON_HEADERS, **(headers or {})})
+def _json(reply: Reply, status: int, message: Message, headers: dict[str, str] | None = None) -> None:
+    reply.answer(status, _dump(message), {**JSON_HEADERS, **headers} if headers else JSON_HEADERS)
 
 
 def _dump(message: Message) -> bytes:
-    return json.dumps(message, separators=(",", ":")).encode()
+    return dump(message)

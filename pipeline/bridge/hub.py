@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,11 +50,27 @@ class Call:
     bridge_id: int
     token: Any = None
     client_token: Any = None
-    queue: asyncio.Queue[Message] = field(default_factory=lambda: asyncio.Queue(QUEUE_SIZE))
     done: bool = False
+    waiter: Callable[[Message], None] | None = None  # takes messages instead of the queue
+    _queue: asyncio.Queue[Message] | None = field(default=None, repr=False)
+
+    @property
+    def queue(self) -> asyncio.Queue[Message]:
+        """The messages for this call's stream (made on first use: most answers skip it)."""
+        if self._queue is None:
+            self._queue = asyncio.Queue(QUEUE_SIZE)
+        return self._queue
+
+    @property
+    def pending(self) -> bool:
+        """Whether messages wait in the queue."""
+        return self._queue is not None and not self._queue.empty()
 
     def put(self, message: Message) -> None:
         """Queue a message for this call's stream; a call whose client stopped reading is dropped."""
+        if self.waiter is not None:
+            self.waiter(message)
+            return
         try:
             self.queue.put_nowait(message)
         except asyncio.QueueFull:
@@ -107,6 +124,7 @@ class Hub:
         self.started = time.monotonic()
         child.on_message = self.on_message
         child.on_exit = self.on_exit
+        child.busy = lambda: len(self.calls) > 1
 
     @property
     def alive(self) -> bool:
@@ -208,7 +226,7 @@ class Hub:
 
     def _answer(self, message: Message) -> None:
         bridge_id = message.get("id")
-        call = self.calls.get(bridge_id) if isinstance(bridge_id, int) else None
+        call = self.calls.get(bridge_id) if type(bridge_id) is int else None  # not True: True == 1
         if call is not None:
             self.finish(call, {**message, "id": call.client_id})
 
