@@ -1,0 +1,291 @@
+"""The aggregate endpoint `/mcp` as SDK clients see it: both eras, namespaced tools routed to the
+right server through the proxy, progress, per-project selection, lazy upstream sessions, swaps.
+
+Every test runs the real proxy on loopback with real SDK servers behind it (tests/support).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp.shared.exceptions import MCPError
+
+from pipeline.config.settings import Project
+from pipeline.proxy.access import create_key
+from pipeline.proxy.catalog import MAX_NAME, public_name
+from pipeline.proxy.router import Upstream
+from tests.support.proxy_rig import (
+    ACCEPT_BOTH,
+    LEGACY,
+    MODERN,
+    Rig,
+    connect,
+    eventually,
+    jsonrpc,
+    running_proxy,
+    sdk_upstream,
+    text_of,
+)
+
+TOOLS = ("echo", "slow", "whoami")  # what every sdk_app serves
+PROJECTS = (
+    Project("web", servers=("a", "b")),
+    Project("picky", servers=("all",), tools_allow=("a", "b:whoami"), tools_deny=("a:slow",)),
+    Project("other", servers=("c",)),
+)
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    """A proxy with open access (no projects), as the provider serves it."""
+    with running_proxy(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def keyed(tmp_path: Path) -> Iterator[Rig]:
+    """A proxy whose keys belong to PROJECTS."""
+    with running_proxy(tmp_path, projects=PROJECTS) as running:
+        yield running
+
+
+def serve(rig: Rig, stack: ExitStack, *names: str, **options: Any) -> dict[str, Upstream]:
+    """Start an SDK server per name (its `whoami` answers the name in capitals) and route them."""
+    ups = {n: stack.enter_context(sdk_upstream(n, n.upper(), **options)) for n in names}
+    rig.router.swap(dict(ups))
+    return ups
+
+
+def bearer(rig: Rig, project: str) -> dict[str, str]:
+    """Headers carrying a fresh key of `project`."""
+    return {"authorization": f"Bearer {create_key(rig.store, rig.settings, project)}"}
+
+
+def names(listed: Any) -> set[str]:
+    """The tool names of a tools/list result."""
+    return {t.name for t in listed.tools}
+
+
+# both eras --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode,version", [("legacy", LEGACY), ("auto", MODERN)], ids=["session", "stateless"])
+async def test_tools_of_every_server_are_listed_namespaced_and_calls_reach_their_server(
+    rig: Rig, mode: str, version: str
+) -> None:
+    """tools/list is the union of the live servers' tools as `<server>__<tool>`; a call reaches the
+    server its name says, in both eras (the negotiated version asserted)."""
+    with ExitStack() as stack:
+        serve(rig, stack, "a", "b")
+        async with connect(rig.endpoint, mode=mode) as client:
+            assert client.protocol_version == version
+            listed = await client.list_tools()
+            assert names(listed) == {f"{s}__{t}" for s in "ab" for t in TOOLS}
+            echo = next(t for t in listed.tools if t.name == "a__echo")
+            assert "Return the text unchanged." in (echo.description or "") and "a" in (echo.title or "")
+            assert text_of(await client.call_tool("a__whoami")) == "A"
+            assert text_of(await client.call_tool("b__whoami")) == "B"
+            assert text_of(await client.call_tool("b__echo", {"text": "hi"})) == "hi"
+
+
+async def test_progress_of_a_tool_streams_through_the_aggregate(rig: Rig) -> None:
+    """A tool's progress notifications reach the client while the call runs."""
+    with ExitStack() as stack:
+        serve(rig, stack, "a")
+        seen: list[float] = []
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            seen.append(progress)
+
+        async with connect(rig.endpoint, mode="legacy") as client:
+            result = await client.call_tool(
+                "a__slow", {"seconds": 0.3, "steps": 3}, progress_callback=on_progress
+            )
+    assert text_of(result) == "A"
+    assert seen == [1, 2, 3]
+
+
+async def test_unknown_tool_is_a_jsonrpc_error_not_a_server_error(rig: Rig) -> None:
+    """A name no live server serves gets a JSON-RPC error naming it."""
+    with ExitStack() as stack:
+        serve(rig, stack, "a")
+        async with connect(rig.endpoint, mode="legacy") as client:
+            with pytest.raises(MCPError, match="zz__echo"):
+                await client.call_tool("zz__echo", {"text": "x"})
+
+
+# projects ---------------------------------------------------------------------------------------
+async def test_a_projects_key_sees_only_its_servers(keyed: Rig) -> None:
+    """A key of `web` lists and calls only a and b; c (another project's) is absent and refused."""
+    with ExitStack() as stack:
+        serve(keyed, stack, "a", "b", "c")
+        async with connect(keyed.endpoint, headers=bearer(keyed, "web")) as client:
+            assert names(await client.list_tools()) == {f"{s}__{t}" for s in "ab" for t in TOOLS}
+            with pytest.raises(MCPError, match="c__whoami"):
+                await client.call_tool("c__whoami")
+        async with connect(keyed.endpoint, headers=bearer(keyed, "other")) as client:
+            assert names(await client.list_tools()) == {f"c__{t}" for t in TOOLS}
+            assert text_of(await client.call_tool("c__whoami")) == "C"
+
+
+async def test_denied_tools_are_absent_and_a_call_to_one_is_refused(keyed: Rig) -> None:
+    """`tools: {allow: [a, b:whoami], deny: [a:slow]}` lists a's tools but slow, and b's whoami; a
+    call to a denied tool is a JSON-RPC error (HTTP 200), not a 500."""
+    with ExitStack() as stack:
+        serve(keyed, stack, "a", "b")
+        headers = bearer(keyed, "picky")
+        async with connect(keyed.endpoint, headers=headers) as client:
+            assert names(await client.list_tools()) == {"a__echo", "a__whoami", "b__whoami"}
+            with pytest.raises(MCPError, match="not allowed for project 'picky'"):
+                await client.call_tool("a__slow", {"seconds": 0, "steps": 1})
+            assert text_of(await client.call_tool("b__whoami")) == "B"
+
+
+async def test_no_key_gets_401(keyed: Rig) -> None:
+    """Without a key the aggregate answers 401 with the Bearer challenge, as `/mcp/<server>` does."""
+    async with httpx2.AsyncClient() as http:
+        answer = await http.post(keyed.endpoint, json=jsonrpc("tools/list"), headers=ACCEPT_BOTH)
+    assert answer.status_code == 401
+    assert answer.headers["www-authenticate"].startswith("Bearer")
+
+
+# sessions ---------------------------------------------------------------------------------------
+async def test_upstream_sessions_are_opened_lazily_one_per_client_session_and_server(rig: Rig) -> None:
+    """20 client sessions that each call 2 of 5 servers hold at most 40 upstream sessions; ending the
+    client sessions ends theirs."""
+    servers = ("a", "b", "c", "d", "e")
+    with ExitStack() as stack:
+        ups = serve(rig, stack, *servers)
+
+        async def one(i: int) -> None:
+            async with connect(rig.endpoint, mode="legacy") as client:
+                for server in (servers[i % 5], servers[(i + 1) % 5]):
+                    assert text_of(await client.call_tool(f"{server}__whoami")) == server.upper()
+                    assert text_of(await client.call_tool(f"{server}__echo", {"text": "x"})) == "x"
+                await asyncio.sleep(0.3)  # all 20 open at once
+                held = sum(rig.router.sessions_on(u.container_id) for u in ups.values())
+                assert held <= 40
+
+        await asyncio.gather(*(one(i) for i in range(20)))
+        assert await eventually(
+            lambda: sum(rig.router.sessions_on(u.container_id) for u in ups.values()) == 0
+        )
+
+
+async def test_a_swapped_server_keeps_the_client_on_its_release_until_the_session_ends(rig: Rig) -> None:
+    """After a swap, an open client session still reaches the release its upstream session is on;
+    a new client session reaches the new release."""
+    with ExitStack() as stack:
+        serve(rig, stack, "a")
+        async with connect(rig.endpoint, mode="legacy") as old:
+            assert text_of(await old.call_tool("a__whoami")) == "A"
+            new_release = stack.enter_context(sdk_upstream("a", "A2"))
+            rig.router.swap({"a": new_release})
+            assert text_of(await old.call_tool("a__whoami")) == "A"
+            async with connect(rig.endpoint, mode="legacy") as fresh:
+                assert text_of(await fresh.call_tool("a__whoami")) == "A2"
+            rig.router.retire("A")  # the session drain deadline passed
+            assert text_of(await old.call_tool("a__whoami")) == "A2"
+
+
+async def test_a_removed_server_vanishes_and_calls_to_it_get_a_clear_error(rig: Rig) -> None:
+    """A server taken out of the table leaves the list; a call to one of its tools names it."""
+    with ExitStack() as stack:
+        serve(rig, stack, "a", "b")
+        async with connect(rig.endpoint, mode="legacy") as client:
+            assert "b__whoami" in names(await client.list_tools())
+            rig.router.swap({"b": None})
+            assert names(await client.list_tools()) == {f"a__{t}" for t in TOOLS}
+            with pytest.raises(MCPError, match="no live server 'b'"):
+                await client.call_tool("b__whoami")
+
+
+async def test_a_swap_that_changes_the_tools_sends_list_changed(rig: Rig) -> None:
+    """A session-era client with its GET stream open gets tools/list_changed when a swap adds a
+    server, and then lists the new tools."""
+    with ExitStack() as stack:
+        serve(rig, stack, "a")
+        changed = asyncio.Event()
+
+        async def on_message(message: Any) -> None:
+            if "ToolListChanged" in type(getattr(message, "root", message)).__name__:
+                changed.set()
+
+        async with connect(rig.endpoint, mode="legacy", message_handler=on_message) as client:
+            assert names(await client.list_tools()) == {f"a__{t}" for t in TOOLS}
+            await asyncio.sleep(0.2)  # the client's GET stream is open
+            b = stack.enter_context(sdk_upstream("b", "B"))
+            rig.router.swap({"b": b})
+            await asyncio.wait_for(changed.wait(), 5)
+            assert "b__echo" in names(await client.list_tools())
+
+
+# names ------------------------------------------------------------------------------------------
+def test_long_names_are_shortened_with_a_stable_hash_and_stay_unique() -> None:
+    """A pair past the spec's 128 characters gets a stable, distinct short name."""
+    long_a, long_b = "t" * 200, "t" * 199 + "u"
+    assert len(public_name("srv", long_a)) == MAX_NAME
+    assert public_name("srv", long_a) == public_name("srv", long_a)
+    assert public_name("srv", long_a) != public_name("srv", long_b)
+    assert public_name("srv", "echo") == "srv__echo"
+
+
+# zero downtime ----------------------------------------------------------------------------------
+REDEPLOY_DRAIN = (5.0, 10.0)  # request and session drain timeouts of each redeploy
+
+
+def _redeploy(rig: Rig, stack: ExitStack, lock: threading.Lock, server: str, label: str) -> bool:
+    """What a deploy does after its gate: swap in a new release, drain the old, retire it."""
+    with lock:
+        fresh = stack.enter_context(sdk_upstream(server, label))
+    old = rig.router.get(server)
+    assert old is not None
+    rig.router.swap({server: fresh})
+    emptied = rig.router.drain(old.container_id, *REDEPLOY_DRAIN)
+    rig.router.retire(old.container_id)
+    return emptied
+
+
+async def test_twenty_clients_see_no_failure_while_three_servers_are_redeployed(rig: Rig) -> None:
+    """20 session-era clients calling tools of 3 servers through /mcp while each server is
+    redeployed once (swap, drain, retire): zero failed calls, and the new releases answer."""
+    with ExitStack() as stack:
+        serve(rig, stack, "a", "b", "c")
+        lock, finished = threading.Lock(), threading.Event()
+        failures: list[str] = []
+        answers: Counter[str] = Counter()
+
+        async def worker(i: int) -> None:
+            while not finished.is_set():
+                try:
+                    async with connect(rig.endpoint, mode="legacy") as client:
+                        for n in range(4):
+                            server = "abc"[(i + n) % 3]
+                            answers[text_of(await client.call_tool(f"{server}__whoami"))] += 1
+                except Exception as exc:  # every failure is the finding
+                    failures.append(repr(exc))
+
+        def until(check: Callable[[], bool]) -> None:
+            deadline = time.monotonic() + 60
+            while not check() and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+        def deploys() -> list[bool]:
+            until(lambda: {"A", "B", "C"} <= set(answers))  # every client busy first (a loaded box is slow)
+            done = [_redeploy(rig, stack, lock, s, f"{s.upper()}2") for s in "abc"]
+            until(lambda: {"A2", "B2", "C2"} <= set(answers))
+            finished.set()
+            return done
+
+        workers = asyncio.gather(*(worker(i) for i in range(20)))
+        drained, _ = await asyncio.gather(asyncio.to_thread(deploys), workers)
+    assert failures == []
+    assert all(drained), drained
+    assert {"A", "B", "C", "A2", "B2", "C2"} <= set(answers), answers
