@@ -18,6 +18,7 @@ from typing import Any
 import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
+from mcp_types import CreateMessageResult, PromptReference, TextContent
 
 from pipeline.config.settings import Project
 from pipeline.proxy.access import create_key
@@ -31,6 +32,7 @@ from tests.support.proxy_rig import (
     connect,
     eventually,
     jsonrpc,
+    rich_upstream,
     running_proxy,
     sdk_upstream,
     text_of,
@@ -289,3 +291,78 @@ async def test_twenty_clients_see_no_failure_while_three_servers_are_redeployed(
     assert failures == []
     assert all(drained), drained
     assert {"A", "B", "C", "A2", "B2", "C2"} <= set(answers), answers
+
+
+# resources, prompts, completion, logging, sampling -----------------------------------------------
+@pytest.fixture
+def rich(rig: Rig) -> Iterator[Rig]:
+    """The rig with `r`, a server with resources, a template, a prompt, sampling and logging, beside
+    `a`, a server with tools only."""
+    with ExitStack() as stack:
+        r = stack.enter_context(rich_upstream("r", "R"))
+        a = stack.enter_context(sdk_upstream("a", "A"))
+        rig.router.swap({"r": r, "a": a})
+        yield rig
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"], ids=["session", "stateless"])
+async def test_resources_and_templates_are_listed_under_reversible_uris_and_read(
+    rich: Rig, mode: str
+) -> None:
+    """Resources and templates carry `central-mcp://<server>/<uri>`; reading one (or an expanded
+    template) reaches its server with the server's own URI and gives the aggregate's URI back."""
+    async with connect(rich.endpoint, mode=mode) as client:
+        resources = await client.list_resources()
+        assert [str(r.uri) for r in resources.resources] == ["central-mcp://r/note://readme"]
+        templates = await client.list_resource_templates()
+        assert [t.uri_template for t in templates.resource_templates] == [
+            "central-mcp://r/note://topics/{topic}"
+        ]
+        read = await client.read_resource("central-mcp://r/note://readme")
+        assert read.contents[0].text == "readme of R"  # type: ignore[union-attr]
+        assert str(read.contents[0].uri) == "central-mcp://r/note://readme"
+        topic = await client.read_resource("central-mcp://r/note://topics/tea")
+        assert topic.contents[0].text == "R on tea"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"], ids=["session", "stateless"])
+async def test_prompts_are_namespaced_and_completion_and_ping_work(rich: Rig, mode: str) -> None:
+    """prompts/list names `r__greet`; prompts/get and completion reach r; ping answers."""
+    async with connect(rich.endpoint, mode=mode) as client:
+        assert [p.name for p in (await client.list_prompts()).prompts] == ["r__greet"]
+        got = await client.get_prompt("r__greet", {"name": "Ada"})
+        assert "Hello Ada, from R" in got.messages[0].content.text  # type: ignore[union-attr]
+        done = await client.complete(
+            PromptReference(type="ref/prompt", name="r__greet"), {"name": "name", "value": "Ad"}
+        )
+        assert done.completion.values == ["Ad-R"]
+        await client.send_ping()
+
+
+async def test_a_servers_sampling_request_reaches_the_client_and_its_answer_the_server(rich: Rig) -> None:
+    """A tool that samples: the request reaches the session-era client's callback (its id rewritten
+    for the aggregate), and the client's answer goes back to the server, which finishes the call."""
+    asked: list[str] = []
+
+    async def sample(context: Any, params: Any) -> CreateMessageResult:
+        asked.append(params.messages[0].content.text)
+        return CreateMessageResult(role="assistant", content=TextContent(type="text", text="blue"), model="m")
+
+    async with connect(rich.endpoint, mode="legacy", sampling_callback=sample) as client:
+        result = await client.call_tool("r__ask", {"question": "sky colour?"})
+    assert asked == ["sky colour?"]
+    assert text_of(result) == "R heard: blue"
+
+
+async def test_set_level_reaches_the_servers_and_their_log_lines_reach_the_client(rich: Rig) -> None:
+    """logging/setLevel is kept and sent to each server session as it opens; a tool's log line
+    reaches the client's logging callback."""
+    lines: list[Any] = []
+
+    async def on_log(params: Any) -> None:
+        lines.append(params.data)
+
+    async with connect(rich.endpoint, mode="legacy", logging_callback=on_log) as client:
+        await client.set_logging_level("info")
+        assert text_of(await client.call_tool("r__chatty")) == "R"
+    assert lines == ["chatty R says hello"]

@@ -1,10 +1,12 @@
 """What a project's aggregate endpoint offers: public names, the project's selection, and each
-release's tool list cached.
+release's lists (tools, prompts, resources, resource templates) cached.
 
-A tool `t` of server `s` is offered as `s__t`: a server name is a DNS label, which holds no `_`, so
-the first `__` splits a public name back and no two pairs collide. A public name past MAX_NAME
-characters (the spec's limit) keeps its first characters and ends with a stable hash of the pair;
-every public name is looked up in the view's own table, never parsed, so a hashed one routes too.
+A tool or prompt `t` of server `s` is offered as `s__t`: a server name is a DNS label, which holds
+no `_`, so the first `__` splits a public name back and no two pairs collide. A public name past
+MAX_NAME characters (the spec's limit) keeps its first characters and ends with a stable hash of
+the pair; the view's own table maps every public name back, so a hashed one routes too. A resource
+URI `u` of server `s` is offered as `central-mcp://s/u` (a template likewise): unique, and
+reversible by taking the prefix off.
 
 A release's list is kept under its container id: a swap names a new container, so the cache is
 invalidated by the swap itself and a list is fetched once per release, not per request. A
@@ -23,6 +25,9 @@ from typing import Any
 from pipeline.config.settings import Project
 
 SEPARATOR = "__"
+URI_SCHEME = "central-mcp://"
+KINDS = ("tools", "prompts", "resources", "resourceTemplates")  # the result keys of the four lists
+NAMED = frozenset({"tools", "prompts"})
 MAX_NAME = 128  # the spec: a tool name is 1 to 128 characters
 HASH_CHARS = 8
 MAX_VIEWS = 256  # project views kept (one per project and set of releases; old ones go first)
@@ -39,53 +44,74 @@ def public_name(server: str, name: str) -> str:
     return f"{joined[: MAX_NAME - HASH_CHARS - 1]}-{digest}"
 
 
-def offered(server: str, tool: Mapping[str, Any]) -> dict[str, Any]:
-    """A server's tool as the aggregate lists it: namespaced, its title and description saying
-    which server serves it (the original text kept)."""
-    item = dict(tool)
-    name = str(tool.get("name", ""))
-    item["name"] = public_name(server, name)
-    item["title"] = f"{tool.get('title') or name} ({server})"
-    description = str(tool.get("description") or "").strip()
-    item["description"] = f"{description}\n\n(served by {server})" if description else f"(served by {server})"
-    return item
+def public_uri(server: str, uri: str) -> str:
+    """The aggregate's URI for a resource (or template) `uri` of `server`."""
+    return f"{URI_SCHEME}{server}/{uri}"
+
+
+def server_uri(uri: str) -> tuple[str, str] | None:
+    """The (server, server's own URI) an aggregate URI stands for, or None if it is none."""
+    if not uri.startswith(URI_SCHEME):
+        return None
+    server, sep, rest = uri[len(URI_SCHEME) :].partition("/")
+    return (server, rest) if server and sep and rest else None
+
+
+def offered(server: str, item: Mapping[str, Any], kind: str = "tools") -> dict[str, Any]:
+    """A server's tool, prompt, resource or template as the aggregate lists it: namespaced, its
+    title and description saying which server serves it (the original text kept)."""
+    out = dict(item)
+    name = str(item.get("name", ""))
+    if kind in NAMED:
+        out["name"] = public_name(server, name)
+    elif kind == "resources":
+        out["uri"] = public_uri(server, str(item.get("uri", "")))
+    else:
+        out["uriTemplate"] = public_uri(server, str(item.get("uriTemplate", "")))
+    out["title"] = f"{item.get('title') or name} ({server})"
+    description = str(item.get("description") or "").strip()
+    out["description"] = f"{description}\n\n(served by {server})" if description else f"(served by {server})"
+    return out
 
 
 @dataclass(frozen=True)
 class View:
-    """One project's tools: the list to send, serialized, and where each public name goes."""
+    """One project's list of one kind: serialized, and where each public name goes."""
 
-    payload: bytes  # the JSON array of tools
-    routes: Mapping[str, tuple[str, str]]  # public name -> (server, the server's own name)
+    payload: bytes  # the JSON array
+    routes: Mapping[str, tuple[str, str]]  # public name (or URI) -> (server, the server's own)
     names: frozenset[str] = field(default=frozenset())
 
 
+Lists = dict[str, list[dict[str, Any]]]  # kind -> items
+
+
 class Catalog:
-    """Tool lists per release (by container id) and per-project views built from them."""
+    """Lists per release (by container id) and per-project views built from them."""
 
     def __init__(self) -> None:
-        self._lists: dict[str, list[dict[str, Any]]] = {}
-        self._views: dict[tuple[str, Releases], View] = {}
+        self._lists: dict[str, Lists] = {}
+        self._views: dict[tuple[str, Releases, str], View] = {}
         self.modern: dict[str, bool] = {}  # by container id: whether the release speaks 2026-07-28
 
-    def tools_of(self, container_id: str) -> list[dict[str, Any]] | None:
-        """The cached tool list of a release, or None if it was not fetched yet."""
-        return self._lists.get(container_id)
+    def has(self, container_id: str) -> bool:
+        """Whether a release's lists were fetched."""
+        return container_id in self._lists
 
-    def keep(self, container_id: str, tools: list[dict[str, Any]]) -> None:
-        """Cache a release's tool list (fetched once per release)."""
-        self._lists[container_id] = tools
+    def keep(self, container_id: str, lists: Lists) -> None:
+        """Cache a release's lists (fetched once per release)."""
+        self._lists[container_id] = lists
 
-    def view(self, project: Project | None, releases: Releases) -> View | None:
-        """The project's view over `releases`, when every one of their lists is cached."""
-        key = (project.name if project else "", releases)
+    def view(self, project: Project | None, releases: Releases, kind: str = "tools") -> View | None:
+        """The project's view of `kind` over `releases`, when every one of their lists is cached."""
+        key = (project.name if project else "", releases, kind)
         found = self._views.get(key)
         if found is not None:
             return found
-        lists = [(server, self._lists.get(cid)) for server, cid in releases]
-        if any(tools is None for _, tools in lists):
+        if not all(cid in self._lists for _, cid in releases):
             return None
-        built = _build(project, lists)  # type: ignore[arg-type]
+        lists = [(server, self._lists[cid].get(kind, [])) for server, cid in releases]
+        built = _build(project, lists, kind)
         if len(self._views) >= MAX_VIEWS:
             self._views.pop(next(iter(self._views)))
         self._views[key] = built
@@ -99,19 +125,20 @@ class Catalog:
         self._views = {}
 
 
-def _build(project: Project | None, lists: list[tuple[str, list[dict[str, Any]]]]) -> View:
-    """A project's view: every allowed tool of every listed release, namespaced."""
+def _build(project: Project | None, lists: list[tuple[str, list[dict[str, Any]]]], kind: str) -> View:
+    """A project's view of one kind: every allowed item of every listed release, namespaced."""
     items: list[dict[str, Any]] = []
     routes: dict[str, tuple[str, str]] = {}
-    for server, tools in lists:
-        for tool in tools:
-            name = str(tool.get("name", ""))
-            if not name or (project is not None and not project.may_call(server, name)):
+    field_name = "name" if kind in NAMED else "uri" if kind == "resources" else "uriTemplate"
+    for server, found in lists:
+        for entry in found:
+            own = str(entry.get(field_name, ""))
+            if not own or (kind == "tools" and project is not None and not project.may_call(server, own)):
                 continue
-            item = offered(server, tool)
-            if item["name"] in routes:
+            item = offered(server, entry, kind)
+            if item[field_name] in routes:
                 continue  # a server listing one name twice: the first wins
-            routes[item["name"]] = (server, name)
+            routes[item[field_name]] = (server, own)
             items.append(item)
     payload = json.dumps(items, ensure_ascii=False, separators=(",", ":")).encode()
     return View(payload, routes, frozenset(routes))

@@ -35,6 +35,7 @@ MODERN_META = {
     "io.modelcontextprotocol/clientInfo": CLIENT_INFO,
     "io.modelcontextprotocol/clientCapabilities": {},
 }
+ID_SEPARATOR = "/"  # a server's request id as the client sees it: `<server>/<id as JSON>`
 UPSTREAM_TIMEOUT = 30.0  # for the aggregate's own requests (initialize, lists); calls are the client's
 
 
@@ -135,16 +136,30 @@ class Collected(InnerExchange):
 
 class Piped(InnerExchange):
     """An inner request whose answer goes to the client's exchange as it arrives, with the client's
-    session header instead of the server's; a lost upstream session (404) is held back instead."""
+    session header instead of the server's; a lost upstream session (404) is held back instead.
+
+    With `requests_of` (a server name), the ids of that server's own requests in an event stream
+    (sampling, elicitation, roots) are rewritten `<server>/<id>` for a session-era client, event by
+    event; everything else in the stream passes through untouched.
+    """
 
     def __init__(
-        self, method: str, server: str, headers: Headers, body: bytes, client: Exchange, session: Headers
+        self,
+        method: str,
+        server: str,
+        headers: Headers,
+        body: bytes,
+        client: Exchange,
+        session: Headers,
+        requests_of: str = "",
     ) -> None:
         super().__init__(method, server, headers, body)
         self.client = client
         self.session = session  # the aggregate's own session header for the client, or none
+        self.requests_of = requests_of
         self.lost = False  # the proxy or server no longer knows the upstream session: open another
         self.status = 0
+        self._partial = b""  # an event not yet whole (only while rewriting)
 
     async def answer(self, status: int, body: bytes, headers: Headers) -> None:
         """Pass a whole answer on, unless it says the upstream session is gone."""
@@ -152,19 +167,29 @@ class Piped(InnerExchange):
         if status == 404 and any(k == b"mcp-session-id" for k, _ in self.headers):
             self.lost = True
             return
+        if self.requests_of and _is_stream(headers):
+            body = self._rewrite(body, final=True)
         await self.client.answer(status, body, self._headers(headers))
 
     async def start(self, status: int, headers: Headers) -> None:
         """Start the client's streamed answer."""
         self.status = status
+        if not _is_stream(headers):
+            self.requests_of = ""
         await self.client.start(status, self._headers(headers))
 
     async def write(self, chunk: bytes) -> None:
-        """Pass a part on."""
+        """Pass a part on (whole events only, while rewriting)."""
+        if self.requests_of:
+            chunk = self._rewrite(chunk, final=False)
+            if not chunk:
+                return
         await self.client.write(chunk)
 
     async def end(self) -> None:
         """End the client's answer."""
+        if self._partial:
+            await self.client.write(self._rewrite(b"", final=True))
         await self.client.end()
 
     async def abort(self) -> None:
@@ -178,6 +203,37 @@ class Piped(InnerExchange):
     def _headers(self, headers: Headers) -> Headers:
         return [(k, v) for k, v in headers if k != b"mcp-session-id"] + self.session
 
+    def _rewrite(self, chunk: bytes, final: bool) -> bytes:
+        """The whole events in what arrived so far, a server request's id rewritten in each."""
+        text = (self._partial + chunk).replace(b"\r\n", b"\n")
+        whole, sep, self._partial = text.rpartition(b"\n\n")
+        if final:
+            whole, sep, self._partial = text, b"", b""
+        if not whole:
+            return b""
+        return b"\n\n".join(self._event(e) for e in whole.split(b"\n\n")) + sep
+
+    def _event(self, event: bytes) -> bytes:
+        if b'"method"' not in event or b'"id"' not in event:
+            return event  # results and notifications pass untouched
+        lines = event.split(b"\n")
+        data = [i for i, line in enumerate(lines) if line.startswith(b"data:")]
+        if len(data) != 1:
+            return event
+        try:
+            message = json.loads(lines[data[0]][5:])
+        except ValueError:
+            return event
+        if not isinstance(message, dict) or "method" not in message or "id" not in message:
+            return event
+        message["id"] = f"{self.requests_of}{ID_SEPARATOR}{json.dumps(message['id'])}"
+        lines[data[0]] = b"data: " + json.dumps(message, ensure_ascii=False).encode()
+        return b"\n".join(lines)
+
+
+def _is_stream(headers: Headers) -> bool:
+    return any(k == b"content-type" and b"text/event-stream" in v for k, v in headers)
+
 
 @dataclass
 class Link:
@@ -188,6 +244,8 @@ class Link:
     capabilities: dict[str, Any] = field(default_factory=dict)  # the client's, passed on
     client_info: dict[str, Any] = field(default_factory=lambda: dict(CLIENT_INFO))
     sessions: dict[str, str] = field(default_factory=dict)  # server -> upstream session id ("": none)
+    offers: dict[str, dict[str, Any]] = field(default_factory=dict)  # server -> its capabilities
+    level: str = ""  # the client's logging/setLevel, sent to each session as it opens
     _opening: dict[str, asyncio.Future[str]] = field(default_factory=dict)
 
     def headers(self, server: str) -> Headers:
@@ -232,10 +290,14 @@ class Link:
         fields: Headers = [(b"authorization", self.authorization), ACCEPT, JSON_BODY]
         answer = await send(self.proxy, server, fields, "initialize", init)
         session = answer.header(b"mcp-session-id")
+        offers = answer.result.get("capabilities")
+        self.offers[server] = offers if isinstance(offers, dict) else {}
         self.sessions[server] = session
         done = [*self.headers(server)]
         note = json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode()
         await self.proxy.serve(Collected("POST", server, done, note))
+        if self.level and "logging" in self.offers[server]:
+            await send(self.proxy, server, self.headers(server), "logging/setLevel", {"level": self.level})
         return session
 
     async def _end(self, server: str, session: str) -> None:

@@ -21,6 +21,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types import Completion, SamplingMessage, TextContent
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -300,3 +301,53 @@ def raw_upstream(server: str, recorder: Recorder, container_id: str = "raw") -> 
 def jsonrpc(method: str, params: dict[str, Any] | None = None, request_id: int = 1) -> dict[str, Any]:
     """A JSON-RPC request body."""
     return {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}}
+
+
+def rich_app(label: str) -> Starlette:
+    """An SDK MCP server with more than tools: a resource, a resource template, a prompt with
+    completion, a tool that asks the client to sample (`ask`) and one that logs (`chatty`)."""
+    server = MCPServer(f"rich-{label}")
+
+    @server.resource("note://readme", description="The readme.")
+    def readme() -> str:
+        return f"readme of {label}"
+
+    @server.resource("note://topics/{topic}", description="A note on a topic.")
+    def topic(topic: str) -> str:
+        return f"{label} on {topic}"
+
+    @server.prompt(description="Greet someone.")
+    def greet(name: str) -> str:
+        return f"Hello {name}, from {label}"
+
+    async def complete(ref: Any, argument: Any, context: Any) -> Completion:
+        return Completion(values=[f"{argument.value}-{label}"])
+
+    server.completion()(complete)  # type: ignore[no-untyped-call]  # the SDK's decorator is untyped
+
+    @server.tool()
+    async def ask(question: str, ctx: Context) -> str:
+        """Ask the client's model, through sampling; return what it said."""
+        message = SamplingMessage(role="user", content=TextContent(type="text", text=question))
+        # related to the call, so the request rides the call's own stream (not the session's GET stream)
+        answer = await ctx.session.create_message([message], max_tokens=10, related_request_id=ctx.request_id)
+        return f"{label} heard: {answer.content.text}"
+
+    @server.tool()
+    async def chatty(ctx: Context) -> str:
+        """Log a line at info, then answer."""
+        await ctx.info(f"chatty {label} says hello")
+        return label
+
+    return server.streamable_http_app(
+        streamable_http_path="/mcp",
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+        host="0.0.0.0",
+    )
+
+
+@contextmanager
+def rich_upstream(server: str, label: str) -> Iterator[Upstream]:
+    """Serve `rich_app(label)` on loopback; yield it as an Upstream (container id = label)."""
+    with serve_asgi(rich_app(label)) as port:
+        yield upstream(server, port, container_id=label)
