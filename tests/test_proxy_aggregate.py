@@ -7,6 +7,7 @@ Every test runs the real proxy on loopback with real SDK servers behind it (test
 from __future__ import annotations
 
 import asyncio
+import shutil
 import threading
 import time
 from collections import Counter
@@ -24,6 +25,7 @@ from pipeline.config.settings import Project
 from pipeline.proxy.access import create_key
 from pipeline.proxy.catalog import MAX_NAME, public_name
 from pipeline.proxy.router import Upstream
+from tests.support import ts_sdk
 from tests.support.proxy_rig import (
     ACCEPT_BOTH,
     LEGACY,
@@ -366,3 +368,23 @@ async def test_set_level_reaches_the_servers_and_their_log_lines_reach_the_clien
         await client.set_logging_level("info")
         assert text_of(await client.call_tool("r__chatty")) == "R"
     assert lines == ["chatty R says hello"]
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None or shutil.which("npm") is None, reason="node and npm are needed"
+)
+async def test_the_typescript_sdk_client_lists_and_calls_through_the_aggregate(
+    keyed: Rig, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The official TypeScript SDK client, with a project key, lists the project's namespaced tools
+    and calls one through /mcp."""
+    with ExitStack() as stack:
+        serve(keyed, stack, "a", "b", "c")
+        key = create_key(keyed.store, keyed.settings, "web")
+        script = await asyncio.to_thread(ts_sdk.install, tmp_path_factory.getbasetemp() / "ts-sdk")
+        found = await asyncio.to_thread(
+            ts_sdk.call, script, keyed.endpoint, key, "b__echo", {"text": "from ts"}
+        )
+    assert found["protocolVersion"] == LEGACY
+    assert set(found["tools"]) == {f"{s}__{t}" for s in "ab" for t in TOOLS}
+    assert found["result"]["content"][0]["text"] == "from ts"
