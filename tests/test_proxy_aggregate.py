@@ -388,3 +388,12 @@ async def test_the_typescript_sdk_client_lists_and_calls_through_the_aggregate(
     assert found["protocolVersion"] == LEGACY
     assert set(found["tools"]) == {f"{s}__{t}" for s in "ab" for t in TOOLS}
     assert found["result"]["content"][0]["text"] == "from ts"
+
+
+async def test_the_aggregate_answers_through_asgi_too(tmp_path: Path) -> None:
+    """Served without front.py's protocol (plain uvicorn, ASGI), `/mcp` and `/mcp/` work the same."""
+    with running_proxy(tmp_path, front=False) as plain, ExitStack() as stack:
+        serve(plain, stack, "a")
+        for url in (plain.endpoint, plain.endpoint + "/"):
+            async with connect(url, mode="legacy") as client:
+                assert text_of(await client.call_tool("a__whoami")) == "A"

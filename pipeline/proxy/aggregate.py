@@ -101,9 +101,12 @@ class Aggregate:
         await self.clients.end_all()
 
     async def handle(self, scope: Scope, receive: Receive, send_: Send) -> None:
-        """ASGI: serve one request to `/mcp`."""
+        """ASGI: serve one request to `/mcp` that did not come through front.py's protocol."""
         scope.setdefault("path_params", {"server": ""})
-        ex = AsgiExchange(scope, receive, send_)
+        await self.serve(AsgiExchange(scope, receive, send_))
+
+    async def serve(self, ex: Exchange) -> None:
+        """Serve one request to `/mcp` (front.py hands its requests here as they are parsed)."""
         try:
             reply = await self._serve(ex)
         except ClientGone:
@@ -116,7 +119,7 @@ class Aggregate:
         pinned = session.pinned(self._container_of) if session is not None else {}
         return await self.listing.view(caller, pinned, kind)
 
-    async def _serve(self, ex: AsgiExchange) -> Reply | None:
+    async def _serve(self, ex: Exchange) -> Reply | None:
         """Answer one request (None: it was answered as a stream)."""
         head = {k.decode("latin-1"): v.decode("latin-1") for k, v in ex.headers}
         origin = head.get("origin", "")
