@@ -397,3 +397,27 @@ async def test_the_aggregate_answers_through_asgi_too(tmp_path: Path) -> None:
         for url in (plain.endpoint, plain.endpoint + "/"):
             async with connect(url, mode="legacy") as client:
                 assert text_of(await client.call_tool("a__whoami")) == "A"
+
+
+async def test_a_client_moved_to_a_new_release_hears_that_its_tools_changed(rig: Rig) -> None:
+    """A session kept on the old release sees no change at the swap; once the old release is retired
+    its next call moves it to the new release, and it gets tools/list_changed since the tools differ."""
+    with ExitStack() as stack:
+        serve(rig, stack, "a")
+        changed = asyncio.Event()
+
+        async def on_message(message: Any) -> None:
+            if "ToolListChanged" in type(getattr(message, "root", message)).__name__:
+                changed.set()
+
+        async with connect(rig.endpoint, mode="legacy", message_handler=on_message) as client:
+            assert text_of(await client.call_tool("a__whoami")) == "A"
+            assert "a__whoami" in names(await client.list_tools())
+            await asyncio.sleep(0.2)  # the client's GET stream is open
+            rig.router.swap({"a": stack.enter_context(rich_upstream("a", "R2"))})
+            await asyncio.sleep(0.3)
+            assert not changed.is_set()  # still on the release that issued its session
+            rig.router.retire("A")
+            assert text_of(await client.call_tool("a__chatty")) == "R2"
+            await asyncio.wait_for(changed.wait(), 5)
+            assert "a__chatty" in names(await client.list_tools())

@@ -307,7 +307,7 @@ class Aggregate:
         are read whole, to give their URIs back as the aggregate's)."""
         rewrite = _resource_uris if method == "resources/read" else None
         if session is not None:
-            return await self._on_session(ex, session.link, server, body, session.id, request_id, rewrite)
+            return await self._on_session(ex, session, server, body, request_id, rewrite)
         authorization = head.get("authorization", "").encode("latin-1")
         if await self.listing.modern(server):
             headers = modern_headers(authorization, method, name if method != "completion/complete" else "")
@@ -320,18 +320,13 @@ class Aggregate:
         return await self._converted(self._stateless_link(caller, head), server, body, request_id, rewrite)
 
     async def _on_session(
-        self,
-        ex: Exchange,
-        link: Link,
-        server: str,
-        body: bytes,
-        session_id: str,
-        request_id: object,
-        rewrite: Any,
+        self, ex: Exchange, session: ClientSession, server: str, body: bytes, request_id: object, rewrite: Any
     ) -> Reply | None:
-        """Send a request on the link's session with `server`; a session its release no longer
-        holds is opened again on the live release, once."""
-        mine = [(b"mcp-session-id", session_id.encode())]
+        """Send a request on the client session's upstream session with `server`; one its release no
+        longer holds is opened again on the live release, once (and the client told if its lists
+        changed with the move)."""
+        link = session.link
+        mine = [(b"mcp-session-id", session.id.encode())]
         for _ in range(2):
             try:
                 await link.session(server)
@@ -348,6 +343,7 @@ class Aggregate:
                 if not piped.lost:
                     return None
             link.lost(server)  # its release was retired: open a session on the live one
+            self.clients.check(session, self._viewer)
         return _rpc_error(request_id, SERVER_GONE, f"server {server!r} lost the session twice; retry")
 
     async def _converted(
@@ -418,7 +414,10 @@ class Aggregate:
         live = {u.container_id for u in self.proxy.router.table.values()}
         held = {cid for c in self.clients.by_id.values() for cid in c.pinned(self._container_of).values()}
         self.listing.prune(live | held)
-        self.clients.after_swap(lambda session, kind: self.view(session.caller, session, kind))
+        self.clients.after_swap(self._viewer)
+
+    async def _viewer(self, session: ClientSession, kind: str) -> View:
+        return await self.view(session.caller, session, kind)
 
 
 def _whole(inner: Collected, server: str, request_id: object, rewrite: Any, modern: bool) -> Reply:

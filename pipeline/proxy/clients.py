@@ -113,8 +113,12 @@ class ClientSessions:
     def after_swap(self, view: Viewer) -> None:
         """Look at each streaming session's views; tell it of every kind that changed."""
         for session in list(self.by_id.values()):
-            if session.streams and session.listed:
-                self._spawn(_tell_if_changed(session, view))
+            self.check(session, view)
+
+    def check(self, session: ClientSession, view: Viewer) -> None:
+        """Tell one session of every kind whose view changed (when it has a stream to hear it)."""
+        if session.streams and session.listed:
+            self._spawn(_tell_if_changed(session, view))
 
     async def expire(self, interval_floor: float = 0.05) -> None:
         """Until cancelled: end the sessions idle past the timeout."""
