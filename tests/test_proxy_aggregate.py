@@ -421,3 +421,21 @@ async def test_a_client_moved_to_a_new_release_hears_that_its_tools_changed(rig:
             assert text_of(await client.call_tool("a__chatty")) == "R2"
             await asyncio.wait_for(changed.wait(), 5)
             assert "a__chatty" in names(await client.list_tools())
+
+
+async def test_a_cancelled_call_is_cancelled_on_its_server(rig: Rig) -> None:
+    """A session-era client that abandons a slow call sends notifications/cancelled; the aggregate
+    passes it to the server running that call, which stops it (it never returns)."""
+    ended: list[float] = []
+    with ExitStack() as stack:
+        ups = {"a": stack.enter_context(sdk_upstream("a", "A", ended=ended))}
+        rig.router.swap(dict(ups))
+        async with connect(rig.endpoint, mode="legacy") as client:
+            call = asyncio.ensure_future(client.call_tool("a__slow", {"seconds": 1.0, "steps": 2}))
+            await asyncio.sleep(0.3)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            await asyncio.sleep(1.5)
+            assert text_of(await client.call_tool("a__whoami")) == "A"
+    assert ended == []

@@ -177,6 +177,8 @@ class Aggregate:
             session.last_used = time.monotonic()
             if method is None and request_id is not None:
                 return await self._answer_server(session, message)
+        if method == "notifications/cancelled" and session is not None:
+            return await self._cancel(session, message)
         if not isinstance(method, str) or request_id is None:
             return 202, b"", []  # a notification
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
@@ -339,7 +341,12 @@ class Aggregate:
                     return _whole(inner, server, request_id, rewrite, modern=False)
             else:
                 piped = Piped("POST", server, link.headers(server), body, ex, mine, server)
-                await self.proxy.serve(piped)
+                key = json.dumps(request_id)
+                session.inflight[key] = server
+                try:
+                    await self.proxy.serve(piped)
+                finally:
+                    session.inflight.pop(key, None)
                 if not piped.lost:
                     return None
             link.lost(server)  # its release was retired: open a session on the live one
@@ -380,6 +387,16 @@ class Aggregate:
         inner = Collected("POST", server, session.link.headers(server), answer)
         await self.proxy.serve(inner)
         return (202 if inner.status < 300 else inner.status), b"", []
+
+    async def _cancel(self, session: ClientSession, message: dict[str, Any]) -> Reply:
+        """notifications/cancelled: passed to the server that runs the request it names, if any."""
+        params = message.get("params") if isinstance(message.get("params"), dict) else {}
+        assert isinstance(params, dict)
+        server = session.inflight.get(json.dumps(params.get("requestId")))
+        if server is not None and session.link.sessions.get(server):
+            note = json.dumps(message).encode()
+            await self.proxy.serve(Collected("POST", server, session.link.headers(server), note))
+        return 202, b"", []
 
     async def _set_level(self, session: ClientSession, request_id: object, params: dict[str, Any]) -> Reply:
         """logging/setLevel: kept for the sessions still to open, sent to those open that log."""

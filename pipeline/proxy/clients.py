@@ -47,6 +47,7 @@ class ClientSession:
     last_used: float = field(default_factory=time.monotonic)
     listed: dict[str, frozenset[str]] = field(default_factory=dict)  # kind -> names last sent
     streams: list[asyncio.Queue[bytes]] = field(default_factory=list)  # its open GET streams
+    inflight: dict[str, str] = field(default_factory=dict)  # its requests (id as JSON) -> their server
 
     def pinned(self, upstream_of: Callable[[str], str | None]) -> dict[str, str]:
         """server -> the container its upstream session is on (`upstream_of`: session id -> it)."""
