@@ -22,6 +22,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CreateMessageResult, PromptReference, TextContent
 
 from pipeline.config.settings import Project
+from pipeline.proxy import upstreams
 from pipeline.proxy.access import create_key
 from pipeline.proxy.catalog import MAX_NAME, public_name
 from pipeline.proxy.router import Upstream
@@ -439,3 +440,18 @@ async def test_a_cancelled_call_is_cancelled_on_its_server(rig: Rig) -> None:
             await asyncio.sleep(1.5)
             assert text_of(await client.call_tool("a__whoami")) == "A"
     assert ended == []
+
+
+async def test_a_server_answering_too_much_is_left_out_of_the_list_not_held(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the aggregate reads whole from a server is bounded: past the cap the server is left out
+    of the lists (the request still answers) and a call that needs its handshake gets a JSON-RPC
+    error naming it, instead of the answer being held in memory."""
+    monkeypatch.setattr(upstreams, "MAX_HELD", 200)  # below any SDK server's streamed answer
+    with ExitStack() as stack:
+        serve(rig, stack, "a")
+        async with connect(rig.endpoint, mode="legacy") as client:
+            assert names(await client.list_tools()) == set()
+            with pytest.raises(MCPError, match="server 'a' answered more than 200 bytes"):
+                await client.call_tool("a__whoami")

@@ -21,7 +21,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import BodyTooLarge
+from pipeline.config.settings import DEFAULT_MAX_HANDSHAKE
+from pipeline.errors import BodyTooLarge, UpstreamError
 from pipeline.proxy.exchange import Exchange, Headers
 from pipeline.proxy.relay import Proxy
 
@@ -37,6 +38,9 @@ MODERN_META = {
 }
 ID_SEPARATOR = "/"  # a server's request id as the client sees it: `<server>/<id as JSON>`
 UPSTREAM_TIMEOUT = 30.0  # for the aggregate's own requests (initialize, lists); calls are the client's
+# What the aggregate holds of one answer it reads whole (a list, a resource) or of one event it
+# rewrites: what the gate reads of a handshake. Past it the answer fails as the server's fault.
+MAX_HELD = DEFAULT_MAX_HANDSHAKE
 
 
 class UpstreamFailed(Exception):
@@ -98,17 +102,22 @@ class Collected(InnerExchange):
         self.chunks: list[bytes] = []
         self.whole = False
         self.result: dict[str, Any] = {}  # the JSON-RPC result, once `send` checked it
+        self.held = 0  # bytes kept
 
     async def answer(self, status: int, body: bytes, headers: Headers) -> None:
         """Keep a whole answer."""
         self.status, self.answer_headers, self.chunks, self.whole = status, headers, [body], True
+        self.held = len(body)
 
     async def start(self, status: int, headers: Headers) -> None:
         """Keep a streamed answer's head."""
         self.status, self.answer_headers = status, headers
 
     async def write(self, chunk: bytes) -> None:
-        """Keep a streamed answer's part."""
+        """Keep a streamed answer's part, up to MAX_HELD bytes in all."""
+        self.held += len(chunk)
+        if self.held > MAX_HELD:
+            raise UpstreamError(f"server {self.server!r} answered more than {MAX_HELD} bytes")
         self.chunks.append(chunk)
 
     async def end(self) -> None:
@@ -207,6 +216,8 @@ class Piped(InnerExchange):
         """The whole events in what arrived so far, a server request's id rewritten in each."""
         text = (self._partial + chunk).replace(b"\r\n", b"\n")
         whole, sep, self._partial = text.rpartition(b"\n\n")
+        if len(self._partial) > MAX_HELD:  # no event ends: pass it on as it is, rewriting no more
+            self.requests_of, whole, sep, self._partial = "", text, b"", b""
         if final:
             whole, sep, self._partial = text, b"", b""
         if not whole:
