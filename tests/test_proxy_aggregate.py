@@ -455,3 +455,26 @@ async def test_a_server_answering_too_much_is_left_out_of_the_list_not_held(
             assert names(await client.list_tools()) == set()
             with pytest.raises(MCPError, match="server 'a' answered more than 200 bytes"):
                 await client.call_tool("a__whoami")
+
+
+async def test_an_idle_client_session_ends_with_its_upstream_sessions(tmp_path: Path) -> None:
+    """A client session with no request and no stream past `session_idle_timeout` ends: its id then
+    answers 404 and the upstream sessions it opened are ended too."""
+    with running_proxy(tmp_path, session_idle_timeout=0.4) as idle, ExitStack() as stack:
+        ups = serve(idle, stack, "a")
+        async with httpx2.AsyncClient(timeout=10) as http:
+            init = jsonrpc(
+                "initialize",
+                {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+            )
+            opened = await http.post(idle.endpoint, json=init, headers=ACCEPT_BOTH)
+            headers = {**ACCEPT_BOTH, "mcp-session-id": opened.headers["mcp-session-id"]}
+            called = await http.post(
+                idle.endpoint, json=jsonrpc("tools/call", {"name": "a__whoami"}, 2), headers=headers
+            )
+            assert called.status_code == 200 and '"A"' in called.text
+            assert idle.router.sessions_on(ups["a"].container_id) == 1
+            await asyncio.sleep(1.2)
+            late = await http.post(idle.endpoint, json=jsonrpc("ping", {}, 3), headers=headers)
+        assert late.status_code == 404
+        assert idle.router.sessions_on(ups["a"].container_id) == 0
