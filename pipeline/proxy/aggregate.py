@@ -22,7 +22,8 @@ reaches and kept serialized. After a swap, each session-era client with an open 
 view changed gets the list_changed of that kind (clients.py); a stateless-era client sees the new
 list on its next request.
 
-Server-to-client requests (sampling, elicitation, roots) ride the event stream of the call that
+Names and URIs are made in catalog.py and undone in addressing.py; the aggregate's own answers
+are in replies.py. Server-to-client requests (sampling, elicitation, roots) ride the event stream of the call that
 caused them; for a session-era client their ids are rewritten `<server>/<id>` on the way out, so
 that two servers' ids never meet, and the client's answer is sent to that server's session.
 """
@@ -39,12 +40,15 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from pipeline.errors import BodyTooLarge, ClientGone
+from pipeline.proxy import replies
 from pipeline.proxy.access import OPEN_CALLER, Caller, Denied
-from pipeline.proxy.catalog import MAX_NAME, SEPARATOR, URI_SCHEME, View, server_uri
+from pipeline.proxy.addressing import Addressing
+from pipeline.proxy.catalog import View
 from pipeline.proxy.clients import ClientSession, ClientSessions
 from pipeline.proxy.exchange import AsgiExchange, Exchange
 from pipeline.proxy.listing import LIST_METHODS, Listing
 from pipeline.proxy.relay import Proxy, Reply, too_large
+from pipeline.proxy.replies import CAPABILITIES, JSON_TYPE, SERVER_INFO
 from pipeline.proxy.upstreams import (
     ID_SEPARATOR,
     LEGACY_VERSION,
@@ -58,20 +62,10 @@ from pipeline.proxy.upstreams import (
 )
 
 SESSION_VERSIONS = ("2025-03-26", "2025-06-18", LEGACY_VERSION)
-SERVER_INFO = {"name": "central-mcp", "version": "1"}
-CAPABILITIES: dict[str, Any] = {
-    "tools": {"listChanged": True},
-    "prompts": {"listChanged": True},
-    "resources": {"listChanged": True},
-    "completions": {},
-    "logging": {},
-}
-JSON_TYPE = (b"content-type", b"application/json")
 MODERN_LIST = b',"resultType":"complete","cacheScope":"private","ttlMs":0'  # 2026-07-28's list fields
 LISTS = {method: kind for kind, method in LIST_METHODS.items()}
 INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32600, -32601, -32602
 SERVER_GONE = -32603
-Target = tuple[str, dict[str, Any], str]  # server, the params it gets, the Mcp-Name it gets
 
 
 class Aggregate:
@@ -80,6 +74,7 @@ class Aggregate:
     def __init__(self, proxy: Proxy, idle_timeout: float = 0.0) -> None:
         self.proxy = proxy
         self.listing = Listing(proxy)
+        self.addressing = Addressing(proxy)
         self.clients = ClientSessions(idle_timeout, lambda: proxy.keepalive)
         self._stateless: dict[str, Link] = {}  # by key id
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -127,7 +122,7 @@ class Aggregate:
             return self.proxy._preflight(origin, head.get("access-control-request-headers", ""))
         caller = self._caller(head.get("authorization", ""), origin)
         if isinstance(caller, Denied):
-            return _error_reply(caller.status, caller.message, caller.headers)
+            return replies.error_reply(caller.status, caller.message, caller.headers)
         session_id = head.get("mcp-session-id", "")
         if ex.method in ("GET", "DELETE"):
             found = self._session(caller, session_id)
@@ -139,7 +134,9 @@ class Aggregate:
             await self.clients.stream(ex, found)
             return None
         if ex.method != "POST":
-            return _error_reply(405, f"{ex.method} is not served on /mcp", {"Allow": "GET, POST, DELETE"})
+            return replies.error_reply(
+                405, f"{ex.method} is not served on /mcp", {"Allow": "GET, POST, DELETE"}
+            )
         try:
             body = await ex.read_body(self.proxy.max_body)
         except BodyTooLarge:
@@ -159,15 +156,17 @@ class Aggregate:
         try:
             message = json.loads(body)
         except ValueError:
-            return _rpc_error(None, -32700, "the body is not JSON", status=400)
+            return replies.rpc_error(None, -32700, "the body is not JSON", status=400)
         if not isinstance(message, dict):
-            return _rpc_error(None, INVALID_REQUEST, "one JSON-RPC message per POST (no batches)", status=400)
+            return replies.rpc_error(
+                None, INVALID_REQUEST, "one JSON-RPC message per POST (no batches)", status=400
+            )
         method, request_id = message.get("method"), message.get("id")
         modern = head.get("mcp-protocol-version") == MODERN_VERSION
         if method == "initialize" and not modern:
             return self._initialize(caller, head, message)
         if method == "server/discover":
-            return _result(request_id, _discover(), modern=True)
+            return replies.result(request_id, replies.discover(), modern=True)
         session: ClientSession | None = None
         if not modern:
             found = self._session(caller, session_id)
@@ -184,14 +183,16 @@ class Aggregate:
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
         assert isinstance(params, dict)
         if method == "ping":
-            return _result(request_id, {}, modern)
+            return replies.result(request_id, {}, modern)
         if method in LISTS:
             return await self._list(caller, session, request_id, modern, LISTS[method])
         if method == "logging/setLevel" and session is not None:
             return await self._set_level(session, request_id, params)
-        target = await self._target(caller, session, method, params)
+        target = await self.addressing.target(
+            caller, lambda kind: self.view(caller, session, kind), method, params
+        )
         if isinstance(target, str):
-            return _rpc_error(request_id, INVALID_PARAMS, target)
+            return replies.rpc_error(request_id, INVALID_PARAMS, target)
         server, forwarded_params, name = target
         forwarded = json.dumps(dict(message, params=forwarded_params), ensure_ascii=False).encode()
         return await self._forward(ex, caller, session, head, server, method, name, forwarded, request_id)
@@ -210,16 +211,18 @@ class Aggregate:
         session = ClientSession(secrets.token_hex(16), caller, link, version)
         self.clients.add(session)
         result = {"protocolVersion": version, "capabilities": CAPABILITIES, "serverInfo": SERVER_INFO}
-        status, body, headers = _result(message.get("id"), result, modern=False)
+        status, body, headers = replies.result(message.get("id"), result, modern=False)
         return status, body, [*headers, (b"mcp-session-id", session.id.encode())]
 
     def _session(self, caller: Caller, session_id: str) -> ClientSession | Reply:
         """The client's session, or the answer the spec gives for a missing (400) or unknown (404) one."""
         if not session_id:
-            return _rpc_error(None, INVALID_REQUEST, "Mcp-Session-Id header required (initialize first)", 400)
+            return replies.rpc_error(
+                None, INVALID_REQUEST, "Mcp-Session-Id header required (initialize first)", 400
+            )
         session = self.clients.get(session_id)
         if session is None or session.caller.key_id != caller.key_id:
-            return _rpc_error(None, -32001, "session not found; send a new initialize", status=404)
+            return replies.rpc_error(None, -32001, "session not found; send a new initialize", status=404)
         return session
 
     # lists and targets --------------------------------------------------------------------------
@@ -234,63 +237,6 @@ class Aggregate:
         rid = json.dumps(request_id).encode()
         body = b'{"jsonrpc":"2.0","id":%s,"result":{"%s":%s%s}}' % (rid, kind.encode(), view.payload, extra)
         return 200, body, [JSON_TYPE]
-
-    async def _target(
-        self, caller: Caller, session: ClientSession | None, method: str, params: dict[str, Any]
-    ) -> Target | str:
-        """The server a request goes to, with the params and Mcp-Name it gets there; or why none."""
-        if method in ("tools/call", "prompts/get"):
-            kind = "tools" if method == "tools/call" else "prompts"
-            named = await self._named(caller, session, kind, params.get("name"))
-            if isinstance(named, str):
-                return named
-            return named[0], dict(params, name=named[1]), named[1]
-        if method in ("resources/read", "resources/subscribe", "resources/unsubscribe"):
-            found = server_uri(str(params.get("uri", "")))
-            if found is None or not self._reaches(caller, found[0]):
-                return f"no resource {params.get('uri')!r} on /mcp (resources/list names every one)"
-            return found[0], dict(params, uri=found[1]), found[1]
-        if method == "completion/complete":
-            return await self._completion(caller, session, params)
-        return f"method {method!r} is not served by /mcp"
-
-    async def _named(
-        self, caller: Caller, session: ClientSession | None, kind: str, name: object
-    ) -> tuple[str, str] | str:
-        """The (server, own name) of a public tool or prompt name, or why it routes nowhere."""
-        if not isinstance(name, str):
-            return f"{kind[:-1]} name missing"
-        server, sep, own = name.partition(SEPARATOR)
-        if not (sep and own and len(name) < MAX_NAME):
-            route = (await self.view(caller, session, kind)).routes.get(name)
-            if route is None:
-                return f"no {kind[:-1]} {name!r} on /mcp ({kind}/list names every one offered)"
-            server, own = route
-        if not self._reaches(caller, server):
-            return f"no {kind[:-1]} {name!r}: no live server {server!r} for this key"
-        if kind == "tools" and caller.project is not None and not caller.project.may_call(server, own):
-            return f"tool {name!r} is not allowed for project {caller.project.name!r} (deploy.yaml tools)"
-        return server, own
-
-    async def _completion(
-        self, caller: Caller, session: ClientSession | None, params: dict[str, Any]
-    ) -> Target | str:
-        """completion/complete goes to the server of its prompt or resource template."""
-        ref = params.get("ref") if isinstance(params.get("ref"), dict) else {}
-        assert isinstance(ref, dict)
-        if ref.get("type") == "ref/prompt":
-            named = await self._named(caller, session, "prompts", ref.get("name"))
-            if isinstance(named, str):
-                return named
-            return named[0], dict(params, ref=dict(ref, name=named[1])), named[1]
-        found = server_uri(str(ref.get("uri", "")))
-        if found is None or not self._reaches(caller, found[0]):
-            return f"no completion target {ref!r} on /mcp"
-        return found[0], dict(params, ref=dict(ref, uri=found[1])), found[1]
-
-    def _reaches(self, caller: Caller, server: str) -> bool:
-        live = self.proxy.router.get(server)
-        return live is not None and self.proxy.gatekeeper.reaches(caller, server, live.access)
 
     # forwarding ---------------------------------------------------------------------------------
     async def _forward(
@@ -307,7 +253,7 @@ class Aggregate:
     ) -> Reply | None:
         """Send a request to its server through the proxy; the answer goes straight back (resources
         are read whole, to give their URIs back as the aggregate's)."""
-        rewrite = _resource_uris if method == "resources/read" else None
+        rewrite = replies.resource_uris if method == "resources/read" else None
         if session is not None:
             return await self._on_session(ex, session, server, body, request_id, rewrite)
         authorization = head.get("authorization", "").encode("latin-1")
@@ -318,7 +264,7 @@ class Aggregate:
                 return None
             inner = Collected("POST", server, headers, body)
             await self.proxy.serve(inner)
-            return _whole(inner, server, request_id, rewrite, modern=False)
+            return replies.whole(inner, server, request_id, rewrite, modern=False)
         return await self._converted(self._stateless_link(caller, head), server, body, request_id, rewrite)
 
     async def _on_session(
@@ -333,12 +279,14 @@ class Aggregate:
             try:
                 await link.session(server)
             except (UpstreamFailed, OSError, TimeoutError) as exc:
-                return _rpc_error(request_id, SERVER_GONE, f"server {server!r} is not reachable now: {exc}")
+                return replies.rpc_error(
+                    request_id, SERVER_GONE, f"server {server!r} is not reachable now: {exc}"
+                )
             if rewrite is not None:
                 inner = Collected("POST", server, link.headers(server), body)
                 await self.proxy.serve(inner)
                 if inner.status != 404:
-                    return _whole(inner, server, request_id, rewrite, modern=False)
+                    return replies.whole(inner, server, request_id, rewrite, modern=False)
             else:
                 piped = Piped("POST", server, link.headers(server), body, ex, mine, server)
                 key = json.dumps(request_id)
@@ -351,7 +299,7 @@ class Aggregate:
                     return None
             link.lost(server)  # its release was retired: open a session on the live one
             self.clients.check(session, self._viewer)
-        return _rpc_error(request_id, SERVER_GONE, f"server {server!r} lost the session twice; retry")
+        return replies.rpc_error(request_id, SERVER_GONE, f"server {server!r} lost the session twice; retry")
 
     async def _converted(
         self, link: Link, server: str, body: bytes, request_id: object, rewrite: Any
@@ -362,25 +310,27 @@ class Aggregate:
             try:
                 await link.session(server)
             except (UpstreamFailed, OSError, TimeoutError) as exc:
-                return _rpc_error(request_id, SERVER_GONE, f"server {server!r} is not reachable now: {exc}")
+                return replies.rpc_error(
+                    request_id, SERVER_GONE, f"server {server!r} is not reachable now: {exc}"
+                )
             inner = Collected("POST", server, link.headers(server), body)
             await self.proxy.serve(inner)
             if inner.status != 404:
-                return _whole(inner, server, request_id, rewrite, modern=True)
+                return replies.whole(inner, server, request_id, rewrite, modern=True)
             link.lost(server)
-        return _rpc_error(request_id, SERVER_GONE, f"server {server!r} lost the session twice; retry")
+        return replies.rpc_error(request_id, SERVER_GONE, f"server {server!r} lost the session twice; retry")
 
     async def _answer_server(self, session: ClientSession, message: dict[str, Any]) -> Reply:
         """The client's answer to a server's request (sampling, elicitation, roots): to that server."""
         server, sep, own = str(message.get("id")).partition(ID_SEPARATOR)
         if not sep or server not in session.link.sessions:
-            return _rpc_error(
+            return replies.rpc_error(
                 None, INVALID_REQUEST, f"no server request {message.get('id')!r} is waiting", 400
             )
         try:
             original = json.loads(own)
         except ValueError:
-            return _rpc_error(
+            return replies.rpc_error(
                 None, INVALID_REQUEST, f"no server request {message.get('id')!r} is waiting", 400
             )
         answer = json.dumps(dict(message, id=original)).encode()
@@ -402,13 +352,13 @@ class Aggregate:
         """logging/setLevel: kept for the sessions still to open, sent to those open that log."""
         level = params.get("level")
         if not isinstance(level, str):
-            return _rpc_error(request_id, INVALID_PARAMS, "logging/setLevel needs a level")
+            return replies.rpc_error(request_id, INVALID_PARAMS, "logging/setLevel needs a level")
         link = session.link
         link.level = level
         for server in [s for s, sid in link.sessions.items() if "logging" in link.offers.get(s, {})]:
             with contextlib.suppress(UpstreamFailed, OSError, TimeoutError):
                 await send(self.proxy, server, link.headers(server), "logging/setLevel", {"level": level})
-        return _result(request_id, {}, modern=False)
+        return replies.result(request_id, {}, modern=False)
 
     def _stateless_link(self, caller: Caller, head: dict[str, str]) -> Link:
         """The upstream sessions of a stateless-era client's key."""
@@ -435,52 +385,3 @@ class Aggregate:
 
     async def _viewer(self, session: ClientSession, kind: str) -> View:
         return await self.view(session.caller, session, kind)
-
-
-def _whole(inner: Collected, server: str, request_id: object, rewrite: Any, modern: bool) -> Reply:
-    """A collected answer for the client: its result rewritten, in the client's era."""
-    message = inner.message(request_id)
-    if message is None:
-        return inner.status or 502, b"".join(inner.chunks), [JSON_TYPE]
-    result = message.get("result")
-    if isinstance(result, dict):
-        if rewrite is not None:
-            rewrite(server, result)
-        if modern:
-            result.setdefault("resultType", "complete")
-    return 200, json.dumps(message, ensure_ascii=False).encode(), [JSON_TYPE]
-
-
-def _resource_uris(server: str, result: dict[str, Any]) -> None:
-    """A resources/read result's URIs, given back as the aggregate's."""
-    for content in result.get("contents", ()):
-        if isinstance(content, dict) and isinstance(content.get("uri"), str):
-            content["uri"] = f"{URI_SCHEME}{server}/{content['uri']}"
-
-
-def _discover() -> dict[str, Any]:
-    """The answer to a stateless-era client's server/discover."""
-    return {
-        "supportedVersions": [MODERN_VERSION],
-        "capabilities": CAPABILITIES,
-        "cacheScope": "private",
-        "ttlMs": 0,
-        "_meta": {"io.modelcontextprotocol/serverInfo": SERVER_INFO},
-    }
-
-
-def _result(request_id: object, result: dict[str, Any], modern: bool) -> Reply:
-    if modern:
-        result = {**result, "resultType": "complete"}
-    body = json.dumps({"jsonrpc": "2.0", "id": request_id, "result": result}, separators=(",", ":"))
-    return 200, body.encode(), [JSON_TYPE]
-
-
-def _rpc_error(request_id: object, code: int, message: str, status: int = 200) -> Reply:
-    error = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
-    return status, json.dumps(error, separators=(",", ":")).encode(), [JSON_TYPE]
-
-
-def _error_reply(status: int, message: str, headers: dict[str, str]) -> Reply:
-    encoded = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-    return status, json.dumps({"error": message}).encode(), [*encoded, JSON_TYPE]
