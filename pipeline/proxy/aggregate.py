@@ -23,9 +23,10 @@ view changed gets the list_changed of that kind (clients.py); a stateless-era cl
 list on its next request.
 
 Names and URIs are made in catalog.py and undone in addressing.py; the aggregate's own answers
-are in replies.py. Server-to-client requests (sampling, elicitation, roots) ride the event stream of the call that
-caused them; for a session-era client their ids are rewritten `<server>/<id>` on the way out, so
-that two servers' ids never meet, and the client's answer is sent to that server's session.
+are in replies.py. Server-to-client requests (sampling, elicitation, roots) ride the event stream
+of the call that caused them; for a session-era client their ids are rewritten `<server>/<id>` on
+the way out, so that two servers' ids never meet, and the client's answer is sent to that
+server's session; a client's notifications/cancelled goes to the server running that call.
 """
 
 from __future__ import annotations
