@@ -478,3 +478,28 @@ async def test_an_idle_client_session_ends_with_its_upstream_sessions(tmp_path: 
             late = await http.post(idle.endpoint, json=jsonrpc("ping", {}, 3), headers=headers)
         assert late.status_code == 404
         assert idle.router.sessions_on(ups["a"].container_id) == 0
+
+
+async def test_a_stateless_call_to_a_stateless_server_takes_the_proxys_own_path(keyed: Rig) -> None:
+    """A 2026-07-28 tools/call to a server that speaks it is handed to the proxy as a `/mcp/<server>`
+    request (rewritten for that server, checked against the key again); a denied tool is not, and
+    gets its JSON-RPC error from the aggregate's coroutine."""
+    assert keyed.aggregate is not None
+    aggregate, quick = keyed.aggregate, []
+    original = aggregate.quick_call
+
+    def spy(ex: Any, body: bytes) -> Any:
+        found = original(ex, body)
+        quick.append(found[0] if found else None)
+        return found
+
+    aggregate.quick_call = spy  # type: ignore[method-assign]
+    with ExitStack() as stack:
+        serve(keyed, stack, "a", "b")
+        async with connect(keyed.endpoint, mode="auto", headers=bearer(keyed, "picky")) as client:
+            assert client.protocol_version == MODERN
+            await client.list_tools()  # learns that a and b speak 2026-07-28
+            assert text_of(await client.call_tool("a__echo", {"text": "fast"})) == "fast"
+            with pytest.raises(MCPError, match="not allowed"):
+                await client.call_tool("a__slow", {"seconds": 0, "steps": 1})
+    assert "a" in quick and quick[-1] is None

@@ -59,6 +59,16 @@ class Addressing:
             return f"tool {name!r} is not allowed for project {caller.project.name!r} (deploy.yaml tools)"
         return server, own
 
+    def split(self, caller: Caller, name: str) -> tuple[str, str] | None:
+        """The (server, own name) of an unhashed public tool name the caller may call, else None
+        (then `named` says why, or finds a hashed name in the view)."""
+        server, sep, own = name.partition(SEPARATOR)
+        if not (sep and own and len(name) < MAX_NAME) or not self.reaches(caller, server):
+            return None
+        if caller.project is not None and not caller.project.may_call(server, own):
+            return None
+        return server, own
+
     def reaches(self, caller: Caller, server: str) -> bool:
         """Whether `server` is live and the caller's key reaches it."""
         live = self.proxy.router.get(server)

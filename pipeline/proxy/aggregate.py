@@ -46,7 +46,7 @@ from pipeline.proxy.access import OPEN_CALLER, Caller, Denied
 from pipeline.proxy.addressing import Addressing
 from pipeline.proxy.catalog import View
 from pipeline.proxy.clients import ClientSession, ClientSessions
-from pipeline.proxy.exchange import AsgiExchange, Exchange
+from pipeline.proxy.exchange import AsgiExchange, Exchange, Headers
 from pipeline.proxy.listing import LIST_METHODS, Listing
 from pipeline.proxy.relay import Proxy, Reply, too_large
 from pipeline.proxy.replies import CAPABILITIES, JSON_TYPE, SERVER_INFO
@@ -62,6 +62,7 @@ from pipeline.proxy.upstreams import (
     send,
 )
 
+MODERN_BYTES = MODERN_VERSION.encode()
 SESSION_VERSIONS = ("2025-03-26", "2025-06-18", LEGACY_VERSION)
 MODERN_LIST = b',"resultType":"complete","cacheScope":"private","ttlMs":0'  # 2026-07-28's list fields
 LISTS = {method: kind for kind, method in LIST_METHODS.items()}
@@ -109,6 +110,42 @@ class Aggregate:
             return
         if reply is not None:
             await ex.answer(*reply)
+
+    def quick_call(self, ex: Exchange, body: bytes) -> tuple[str, Headers, bytes] | None:
+        """For a stateless-era tools/call to a stateless-era server, nothing to wait for: the server,
+        headers and body to send it through the proxy as a `/mcp/<server>` request is sent (front.py
+        then answers it from the pooled connection's callbacks). None for anything else."""
+        if ex.method != "POST":
+            return None
+        authorization, name_at, modern = "", -1, False
+        for at, (key, value) in enumerate(ex.headers):
+            if key == b"mcp-protocol-version":
+                modern = value == MODERN_BYTES
+            elif key == b"authorization":
+                authorization = value.decode("latin-1")
+            elif key == b"mcp-name":
+                name_at = at
+            elif key == b"origin":
+                return None  # CORS: the coroutine's way
+        caller = self._caller(authorization, "")
+        if not modern or isinstance(caller, Denied):
+            return None
+        try:
+            message = json.loads(body)
+        except ValueError:
+            return None
+        params = message.get("params") if isinstance(message, dict) else None
+        if not isinstance(params, dict) or message.get("method") != "tools/call" or message.get("id") is None:
+            return None
+        name = params.get("name")
+        found = self.addressing.split(caller, name) if isinstance(name, str) else None
+        live = self.proxy.router.get(found[0]) if found else None
+        if found is None or live is None or not self.listing.catalog.modern.get(live.container_id):
+            return None
+        headers = [h for at, h in enumerate(ex.headers) if at != name_at]
+        headers.append((b"mcp-name", found[1].encode()))
+        forwarded = json.dumps(dict(message, params=dict(params, name=found[1])), ensure_ascii=False)
+        return found[0], headers, forwarded.encode()
 
     async def view(self, caller: Caller, session: ClientSession | None = None, kind: str = "tools") -> View:
         """The caller's view of one kind (a session's own releases where it is still on them)."""

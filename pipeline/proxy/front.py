@@ -667,9 +667,20 @@ class AggregateCycle(ProxyCycle):
         await self._guarded(self.aggregate.serve(self))
 
     def begin(self) -> None:
-        """Serve the request, its body all in, in a task: the aggregate reads it before it knows where
-        it goes."""
-        self._spawn(self.aggregate.serve(self))
+        """Serve the request, its body all in: a stateless-era tools/call to a stateless-era server as
+        `/mcp/<server>` serves one, with its name and body rewritten for that server (no task); any
+        other request with the aggregate's coroutine, in a task."""
+        try:
+            quick = self.aggregate.quick_call(self, bytes(self.body)) if not self.more_body else None
+        except Exception as exc:
+            self._crash(exc)
+            return
+        if quick is None:
+            self._spawn(self.aggregate.serve(self))
+            return
+        self.server, self.headers, body = quick
+        self.body = bytearray(body)
+        super().begin()
 
 
 def _size(headers: Headers) -> int:
