@@ -169,9 +169,10 @@ def _summary(runs: list[Run], args: argparse.Namespace) -> str:
                 rps, p50 = medians[target, c]
                 lines.append(f"C={c:<3} {target:<28} {rps:9.0f} req/s  p50 {p50:.2f} ms")
     for c in args.concurrency:
-        if ("/mcp", c) in medians and ("/mcp/<server>", c) in medians:
-            ratio = medians["/mcp", c][0] / medians["/mcp/<server>", c][0]
-            added = medians["/mcp", c][1] - medians["/mcp/<server>", c][1]
+        pairs = _pairs(runs, c)
+        if pairs:  # medians of per-round ratios, as proxy_bench.py's goals: the rounds interleave
+            ratio = statistics.median(ours.rps / theirs.rps for ours, theirs in pairs)
+            added = statistics.median(ours.p50 - theirs.p50 for ours, theirs in pairs)
             goal = ""
             if c == 16:
                 goal = f"  goal >= {GOAL_CALL_RATIO}x: {_met(ratio >= GOAL_CALL_RATIO)}"
@@ -185,6 +186,17 @@ def _summary(runs: list[Run], args: argparse.Namespace) -> str:
             met = _met(p50 <= GOAL_LIST_P50_MS)
             lines.append(f"C=1  {target}: p50 {p50:.2f} ms  goal <= {GOAL_LIST_P50_MS:g} ms: {met}")
     return "\n".join(lines)
+
+
+def _pairs(runs: list[Run], concurrency: int) -> list[tuple[Run, Run]]:
+    """(/mcp, /mcp/<server>) runs of the same round at `concurrency`."""
+    mine = {(r.target, r.round): r for r in runs if r.concurrency == concurrency}
+    rounds = sorted({r.round for r in runs})
+    return [
+        (mine[("/mcp", n)], mine[("/mcp/<server>", n)])
+        for n in rounds
+        if ("/mcp", n) in mine and ("/mcp/<server>", n) in mine
+    ]
 
 
 def _met(ok: bool) -> str:
