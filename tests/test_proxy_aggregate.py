@@ -46,6 +46,7 @@ PROJECTS = (
     Project("web", servers=("a", "b")),
     Project("picky", servers=("all",), tools_allow=("a", "b:whoami"), tools_deny=("a:slow",)),
     Project("other", servers=("c",)),
+    Project("tight", servers=("all",), per_minute=6, burst=2),
 )
 
 
@@ -159,6 +160,20 @@ async def test_no_key_gets_401(keyed: Rig) -> None:
         answer = await http.post(keyed.endpoint, json=jsonrpc("tools/list"), headers=ACCEPT_BOTH)
     assert answer.status_code == 401
     assert answer.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_requests_the_aggregate_answers_itself_take_rate_limit_tokens(keyed: Rig) -> None:
+    """initialize, lists and ping cost the key a token like any call: past its burst, 429 with
+    Retry-After (so opening sessions is no way around the limit)."""
+    init = jsonrpc(
+        "initialize",
+        {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    )
+    headers = {**ACCEPT_BOTH, **bearer(keyed, "tight")}
+    async with httpx2.AsyncClient(timeout=10) as http:
+        answers = [await http.post(keyed.endpoint, json=init, headers=headers) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert answers[2].headers["retry-after"]
 
 
 # sessions ---------------------------------------------------------------------------------------

@@ -131,6 +131,14 @@ class Gatekeeper:
             return Denied(403, f"project {found[1]!r} is no longer configured", {})
         return Caller(found[0], project)
 
+    def limit(self, caller: Caller) -> Denied | None:
+        """Take a token from the caller's rate-limit bucket (a request the aggregate answers itself);
+        the 429 when none is left."""
+        if caller.project is None:
+            return None
+        wait = self._take(caller.key_id, caller.project)
+        return Denied(429, "rate limit exceeded", {"Retry-After": str(math.ceil(wait))}) if wait > 0 else None
+
     def reaches(self, caller: Caller, server: str, access: tuple[str, ...]) -> bool:
         """Whether `caller` may use `server` (whose manifest allows `access`), as `check` decides."""
         project = caller.project

@@ -65,6 +65,18 @@ from pipeline.proxy.upstreams import (
 MODERN_BYTES = MODERN_VERSION.encode()
 SESSION_VERSIONS = ("2025-03-26", "2025-06-18", LEGACY_VERSION)
 MODERN_LIST = b',"resultType":"complete","cacheScope":"private","ttlMs":0'  # 2026-07-28's list fields
+FORWARDED = frozenset(  # what goes to a server (through the proxy, which rate-limits it)
+    {
+        "tools/call",
+        "prompts/get",
+        "resources/read",
+        "resources/subscribe",
+        "resources/unsubscribe",
+        "completion/complete",
+        "notifications/cancelled",
+        None,  # a client's answer to a server's request
+    }
+)
 LISTS = {method: kind for kind, method in LIST_METHODS.items()}
 INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32600, -32601, -32602
 SERVER_GONE = -32603
@@ -200,6 +212,10 @@ class Aggregate:
                 None, INVALID_REQUEST, "one JSON-RPC message per POST (no batches)", status=400
             )
         method, request_id = message.get("method"), message.get("id")
+        if method not in FORWARDED:  # the proxy's path takes a token for the rest
+            limited = self.proxy.gatekeeper.limit(caller)
+            if limited is not None:
+                return replies.error_reply(limited.status, limited.message, limited.headers)
         modern = head.get("mcp-protocol-version") == MODERN_VERSION
         if method == "initialize" and not modern:
             return self._initialize(caller, head, message)
