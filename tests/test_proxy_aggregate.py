@@ -20,6 +20,10 @@ import httpx2
 import pytest
 from mcp.shared.exceptions import MCPError
 from mcp_types import CreateMessageResult, PromptReference, TextContent
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from pipeline.config.settings import Project
 from pipeline.proxy import upstreams
@@ -27,6 +31,7 @@ from pipeline.proxy.access import create_key
 from pipeline.proxy.catalog import MAX_NAME, public_name
 from pipeline.proxy.router import Upstream
 from tests.support import ts_sdk
+from tests.support.loopback import serve_asgi
 from tests.support.proxy_rig import (
     ACCEPT_BOTH,
     LEGACY,
@@ -39,6 +44,7 @@ from tests.support.proxy_rig import (
     running_proxy,
     sdk_upstream,
     text_of,
+    upstream,
 )
 
 TOOLS = ("echo", "slow", "whoami")  # what every sdk_app serves
@@ -518,3 +524,44 @@ async def test_a_stateless_call_to_a_stateless_server_takes_the_proxys_own_path(
             with pytest.raises(MCPError, match="not allowed"):
                 await client.call_tool("a__slow", {"seconds": 0, "steps": 1})
     assert "a" in quick and quick[-1] is None
+
+
+def legacy_only_app() -> Starlette:
+    """A raw session-era-only MCP server: `initialize` issues a session; `server/discover` is an
+    unknown method; one tool `hello`."""
+
+    async def endpoint(request: Request) -> Response:
+        if request.method == "DELETE":
+            return Response(status_code=200)
+        message = await request.json()
+        if "id" not in message:
+            return Response(status_code=202)
+        method, rid = message["method"], message["id"]
+        if method == "initialize":
+            info = {"protocolVersion": LEGACY, "capabilities": {"tools": {}}, "serverInfo": {"name": "old"}}
+            body = {"jsonrpc": "2.0", "id": rid, "result": info}
+            return JSONResponse(body, headers={"mcp-session-id": "legacy-session"})
+        if request.headers.get("mcp-session-id") != "legacy-session":
+            return JSONResponse(
+                {"jsonrpc": "2.0", "id": rid, "error": {"code": -32600, "message": "no session"}}, 400
+            )
+        if method == "tools/list":
+            tool = {"name": "hello", "inputSchema": {"type": "object"}}
+            return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": {"tools": [tool]}})
+        if method == "tools/call":
+            content = [{"type": "text", "text": "hello from the old era"}]
+            return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": {"content": content}})
+        return JSONResponse({"jsonrpc": "2.0", "id": rid, "error": {"code": -32601, "message": "unknown"}})
+
+    return Starlette(routes=[Route("/mcp", endpoint, methods=["POST", "DELETE"])])
+
+
+async def test_a_stateless_era_client_reaches_a_session_era_only_server(rig: Rig) -> None:
+    """A 2026-07-28 client calls a server that speaks only the session era: the aggregate calls it on
+    a session of the key and gives the answer back in the client's era."""
+    with serve_asgi(legacy_only_app()) as port:
+        rig.router.swap({"old": upstream("old", port, container_id="old-1")})
+        async with connect(rig.endpoint, mode="auto") as client:
+            assert client.protocol_version == MODERN
+            assert names(await client.list_tools()) == {"old__hello"}
+            assert text_of(await client.call_tool("old__hello")) == "hello from the old era"
