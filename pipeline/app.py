@@ -36,6 +36,7 @@ from pipeline.hostrelay import HostRelays
 from pipeline.monitor import Health, Monitor
 from pipeline.network import Networks
 from pipeline.proxy.access import Gatekeeper
+from pipeline.proxy.aggregate import Aggregate
 from pipeline.proxy.exchange import mcp_target
 from pipeline.proxy.relay import Proxy
 from pipeline.proxy.router import Router
@@ -50,6 +51,7 @@ from pipeline.webhook import PROVIDERS, Delivery, Receiver
 log = logging.getLogger("central-mcp")
 MCP_METHODS = ["GET", "POST", "DELETE", "PUT", "PATCH", "OPTIONS", "HEAD"]
 MCP_METHOD_SET = frozenset(MCP_METHODS)
+AGGREGATE_PATHS = ("/mcp", "/mcp/")
 FOLLOW_WAIT = 1.0
 FLUSH_SECONDS = 5.0  # usage counters and session bindings are saved this often, and at shutdown
 
@@ -66,6 +68,7 @@ class Services:
     webhooks: Receiver
     control: control_mod.Control
     pages: PageSources
+    aggregate: Aggregate
     listen: Listen = field(default_factory=Listen)
     scheduler: BackgroundScheduler | None = None
     reloading: threading.Lock = field(default_factory=threading.Lock)
@@ -114,8 +117,10 @@ def create_app(
         services.listen = listen or Listen()
         services.ctx.router.loop = asyncio.get_running_loop()
         await services.proxy.start()
+        await services.aggregate.start()
         app.state.services = services
         app.proxy = services.proxy
+        app.aggregate = services.aggregate
         services.control.save(settings.state_dir)
         flusher = asyncio.create_task(_flush_periodically(services))
         services.scheduler = scheduler = _scheduler(services.monitor, settings) if schedule else None
@@ -129,7 +134,8 @@ def create_app(
                 scheduler.shutdown(wait=False)
             flusher.cancel()
             (settings.state_dir / control_mod.CONTROL_FILE).unlink(missing_ok=True)
-            app.proxy = None
+            app.proxy = app.aggregate = None
+            await services.aggregate.stop()
             await services.proxy.stop()
             await asyncio.to_thread(_flush, services)
             if services.ctx.networks is not None:
@@ -190,7 +196,11 @@ def create_app(
     async def mcp(scope: Scope, receive: Receive, send: Send) -> None:
         await scope["app"].state.services.proxy.handle(scope, receive, send)
 
+    async def aggregate(scope: Scope, receive: Receive, send: Send) -> None:
+        await scope["app"].state.services.aggregate.handle(scope, receive, send)
+
     routes = [
+        *aggregate_routes(aggregate),
         *proxy_routes(mcp),
         Route("/api/deploys", submit_deploy, methods=["POST"]),
         Route("/api/reload", reload, methods=["POST"]),
@@ -211,6 +221,7 @@ class App(Starlette):
     """
 
     proxy: Proxy | None = None
+    aggregate: Aggregate | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         proxy = self.proxy
@@ -220,6 +231,10 @@ class App(Starlette):
             and scope["method"] in MCP_METHOD_SET
             and not scope.get("root_path")
         ):
+            if scope["path"] in AGGREGATE_PATHS and self.aggregate is not None:
+                scope["app"] = self
+                await self.aggregate.handle(scope, receive, send)
+                return
             target = mcp_target(scope["path"])
             if target is not None:
                 scope["app"] = self
@@ -242,6 +257,12 @@ class PageSources:
     def live_log(self, deploy_id: int) -> DeployLog | None:
         """The in-memory log of a deploy this process runs or ran."""
         return self.logs.get(deploy_id)
+
+
+def aggregate_routes(endpoint: ASGIApp) -> list[Route]:
+    """The aggregate endpoint's routes: `/mcp` and `/mcp/` (no slash redirect)."""
+    app = _RawASGI(endpoint)
+    return [Route(path, app, methods=MCP_METHODS) for path in AGGREGATE_PATHS]
 
 
 def proxy_routes(endpoint: ASGIApp) -> list[Route]:
@@ -302,7 +323,9 @@ def _start_services(settings: Settings, docker: DockerHost | None) -> Services:
     receiver = Receiver(settings, dispatcher.submit_delivery, dispatcher.waiting)
     registry.write_files(settings, store.live_releases())
     sources = PageSources(settings, store, proxy.gatekeeper, dispatcher.logs, monitor.health)
-    return Services(ctx, dispatcher, proxy, usage, monitor, receiver, control_mod.new_control(url), sources)
+    aggregate = Aggregate(proxy, settings.proxy.session_idle_timeout)
+    control = control_mod.new_control(url)
+    return Services(ctx, dispatcher, proxy, usage, monitor, receiver, control, sources, aggregate)
 
 
 def _scheduler(monitor: Monitor, settings: Settings) -> BackgroundScheduler:

@@ -131,6 +131,11 @@ def _parser() -> argparse.ArgumentParser:
         default="vscode",
         choices=["vscode", "cursor", "claude-code", "claude-desktop"],
     )
+    config.add_argument(
+        "--per-server",
+        action="store_true",
+        help="one entry per server at /mcp/<server> instead of the project's one endpoint /mcp",
+    )
     config.set_defaults(handler=_client_config)
 
     webhook = sub.add_parser(
@@ -441,7 +446,8 @@ def _client_config(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     if not keyed:
         _err("deploy.yaml lists no projects: /mcp/* takes no key, so this config carries none")
-    _out(json.dumps(registry.client_config(settings, releases, args.fmt, keyed=keyed), indent=2))
+    document = registry.client_config(settings, releases, args.fmt, keyed=keyed, per_server=args.per_server)
+    _out(json.dumps(document, indent=2))
     return EXIT_OK
 
 

@@ -256,9 +256,9 @@ async def _registry(request: Request, src: Sources, which: str) -> Response:
     shown = registry.visible(releases, project) if project is not None else registry.public(releases)
     health = {name: h.summary() for name, h in src.health.items()}
     document = (
-        registry.registry(src.settings, shown, health)
+        registry.registry(src.settings, shown, health, project)
         if which == "registry"
-        else registry.mcp_json(src.settings, shown)
+        else registry.mcp_json(src.settings, shown, per_server=_per_server(request))
     )
     body, tag = registry.etag(document)
     if tag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
@@ -272,10 +272,16 @@ async def _client_config(request: Request, src: Sources) -> Response:
         return JSONResponse({"error": "no such project"}, status_code=404)
     releases = registry.visible(await asyncio.to_thread(src.store.live_releases), project)
     try:
-        document = registry.client_config(src.settings, releases, request.path_params["fmt"])
+        fmt = request.path_params["fmt"]
+        document = registry.client_config(src.settings, releases, fmt, per_server=_per_server(request))
     except ValueError as exc:
         return JSONResponse({"error": str(exc)}, status_code=404)
     return JSONResponse(document)
+
+
+def _per_server(request: Request) -> bool:
+    """Whether `?per_server=1` asks for one entry per server instead of the aggregate's."""
+    return request.query_params.get("per_server", "") in ("1", "true", "yes")
 
 
 def _optional_caller(request: Request, src: Sources) -> Caller | Denied | None:

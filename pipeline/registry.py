@@ -1,5 +1,10 @@
 """What projects read: /registry.json (official MCP registry shape), /mcp.json, client configs.
 
+/mcp.json and the client configs offer one entry by default, AGGREGATE_ENTRY at `/mcp`: the
+project's aggregate endpoint, where its key reaches every tool it may use as `<server>__<tool>`;
+`per_server` gives one entry per server at `/mcp/<server>` instead. The registry names the
+aggregate endpoint in its metadata and each tool's aggregate name beside it.
+
 Built from the live releases only, so the registry never lists what is not live, and from
 manifests and tool lists, which hold no secret values. Written atomically after every
 committed swap, and served with an ETag.
@@ -19,6 +24,7 @@ from urllib.parse import urlsplit
 from pipeline import stdio
 from pipeline.config.settings import Project, Settings
 from pipeline.packages import spec as package_spec
+from pipeline.proxy.catalog import public_name
 from pipeline.store import Release
 
 SERVER_SCHEMA = "https://static.modelcontextprotocol.io/schemas/2025-12-11/server.schema.json"
@@ -28,6 +34,8 @@ SERVER_SCHEMA = "https://static.modelcontextprotocol.io/schemas/2025-12-11/serve
 META_KEY = "io.central-mcp/live"
 KEY_ENV = "CENTRAL_MCP_API_KEY"
 FORMATS = ("vscode", "cursor", "claude-code", "claude-desktop")
+AGGREGATE_ENTRY = "central-mcp"  # the one entry a project's client config holds by default
+AGGREGATE_KEY = "io.central-mcp/aggregate"
 
 
 def visible(releases: list[Release], project: Project | None) -> list[Release]:
@@ -47,14 +55,19 @@ def public(releases: list[Release]) -> list[Release]:
 
 
 def registry(
-    settings: Settings, releases: list[Release], health: dict[str, str] | None = None
+    settings: Settings,
+    releases: list[Release],
+    health: dict[str, str] | None = None,
+    project: Project | None = None,
 ) -> dict[str, Any]:
-    """The registry document: {"servers": [{"server": ..., "_meta": ...}], "metadata": {"count": N}}."""
+    """The registry document: {"servers": [{"server": ..., "_meta": ...}], "metadata": {"count": N,
+    AGGREGATE_KEY: the aggregate endpoint (and the project whose key asked)}}."""
     entries = [
-        {"server": server_json(settings, r), "_meta": {META_KEY: _live_meta(r, health or {})}}
+        {"server": server_json(settings, r), "_meta": {META_KEY: _live_meta(r, health or {}, project)}}
         for r in sorted(releases, key=lambda r: r.server)
     ]
-    return {"servers": entries, "metadata": {"count": len(entries)}}
+    aggregate = {"url": aggregate_endpoint(settings), **({"project": project.name} if project else {})}
+    return {"servers": entries, "metadata": {"count": len(entries), AGGREGATE_KEY: aggregate}}
 
 
 def server_json(settings: Settings, release: Release) -> dict[str, Any]:
@@ -114,28 +127,35 @@ def _packages(settings: Settings, manifest: dict[str, Any]) -> list[dict[str, An
     return [entry]
 
 
-def mcp_json(settings: Settings, releases: list[Release], *, keyed: bool = True) -> dict[str, Any]:
-    """The generic `mcpServers` file that projects drop into their client config."""
+def mcp_json(
+    settings: Settings, releases: list[Release], *, keyed: bool = True, per_server: bool = False
+) -> dict[str, Any]:
+    """The generic `mcpServers` file that projects drop into their client config: the aggregate
+    entry, or (`per_server`) one entry per server."""
     return {
         "mcpServers": {
-            r.server: {
-                "type": "http",
-                "url": endpoint(settings, r.server),
-                **_headers(f"Bearer ${{{KEY_ENV}}}", keyed),
-            }
-            for r in sorted(releases, key=lambda r: r.server)
+            name: {"type": "http", "url": url, **_headers(f"Bearer ${{{KEY_ENV}}}", keyed)}
+            for name, url in entries(settings, releases, per_server)
         }
     }
 
 
+def entries(settings: Settings, releases: list[Release], per_server: bool) -> list[tuple[str, str]]:
+    """(name, URL) of each entry a client config holds: the aggregate's, or each server's."""
+    if not per_server:
+        return [(AGGREGATE_ENTRY, aggregate_endpoint(settings))]
+    return [(r.server, endpoint(settings, r.server)) for r in sorted(releases, key=lambda r: r.server)]
+
+
 def client_config(
-    settings: Settings, releases: list[Release], fmt: str, *, keyed: bool = True
+    settings: Settings, releases: list[Release], fmt: str, *, keyed: bool = True, per_server: bool = False
 ) -> dict[str, Any]:
     """A ready-to-paste config for one client: vscode, cursor, claude-code or claude-desktop.
 
-    `keyed` False (deploy.yaml lists no projects, so /mcp/* takes no key) leaves the key out.
+    `keyed` False (deploy.yaml lists no projects, so /mcp/* takes no key) leaves the key out;
+    `per_server` lists each server instead of the aggregate endpoint.
     """
-    names = sorted(r.server for r in releases)
+    urls = dict(entries(settings, releases, per_server))
     if fmt == "vscode":
         inputs = [
             {
@@ -146,25 +166,20 @@ def client_config(
             }
         ]
         servers = {
-            n: {
-                "type": "http",
-                "url": endpoint(settings, n),
-                **_headers("Bearer ${input:central-mcp-key}", keyed),
-            }
-            for n in names
+            n: {"type": "http", "url": url, **_headers("Bearer ${input:central-mcp-key}", keyed)}
+            for n, url in urls.items()
         }
         return {"inputs": inputs, "servers": servers} if keyed else {"servers": servers}
     if fmt == "cursor":
         return {
             "mcpServers": {
-                n: {"url": endpoint(settings, n), **_headers(f"Bearer ${{env:{KEY_ENV}}}", keyed)}
-                for n in names
+                n: {"url": url, **_headers(f"Bearer ${{env:{KEY_ENV}}}", keyed)} for n, url in urls.items()
             }
         }
     if fmt == "claude-code":
-        return mcp_json(settings, releases, keyed=keyed)
+        return mcp_json(settings, releases, keyed=keyed, per_server=per_server)
     if fmt == "claude-desktop":
-        return {"mcpServers": {n: _mcp_remote(endpoint(settings, n), keyed) for n in names}}
+        return {"mcpServers": {n: _mcp_remote(url, keyed) for n, url in urls.items()}}
     raise ValueError(f"unknown client format {fmt!r}; use one of {', '.join(FORMATS)}")
 
 
@@ -186,6 +201,11 @@ def _mcp_remote(url: str, keyed: bool) -> dict[str, Any]:
 def endpoint(settings: Settings, server: str) -> str:
     """The public MCP endpoint of a server."""
     return f"{settings.base_url}/mcp/{server}"
+
+
+def aggregate_endpoint(settings: Settings) -> str:
+    """The public aggregate endpoint: every server a project's key reaches, behind one URL."""
+    return f"{settings.base_url}/mcp"
 
 
 def etag(document: dict[str, Any]) -> tuple[bytes, str]:
@@ -220,7 +240,7 @@ def _access(release: Release) -> tuple[str, ...]:
     return tuple(release.manifest.get("access", ("all",)))
 
 
-def _live_meta(release: Release, health: dict[str, str]) -> dict[str, Any]:
+def _live_meta(release: Release, health: dict[str, str], project: Project | None) -> dict[str, Any]:
     return {
         "status": release.status,
         "release": release.name,
@@ -234,7 +254,16 @@ def _live_meta(release: Release, health: dict[str, str]) -> dict[str, Any]:
                 "name": t.get("name"),
                 "description": t.get("description", ""),
                 "inputSchema": t.get("inputSchema", {}),
+                **_aggregate_name(release.server, t, project),
             }
             for t in release.tools
         ],
     }
+
+
+def _aggregate_name(server: str, tool: dict[str, Any], project: Project | None) -> dict[str, str]:
+    """A tool's name on the aggregate endpoint, unless the project's selection leaves it out."""
+    name = str(tool.get("name", ""))
+    if not name or (project is not None and not project.may_call(server, name)):
+        return {}
+    return {"aggregateName": public_name(server, name)}

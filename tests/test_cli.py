@@ -350,6 +350,9 @@ def test_client_config_with_a_wrong_state_dir_is_an_error(
     assert not (tmp_path / "wrong").exists(), "a read-only command must not create a state dir"
     monkeypatch.delenv("CENTRAL_MCP_STATE_DIR")
     assert cli.main(["--config", str(config), "client-config", "demo", "--format", "cursor"]) == cli.EXIT_OK
+    assert json.loads(capsys.readouterr().out)["mcpServers"]["central-mcp"]["url"] == "https://vm.test/mcp"
+    each = ["--config", str(config), "client-config", "demo", "--format", "cursor", "--per-server"]
+    assert cli.main(each) == cli.EXIT_OK
     assert json.loads(capsys.readouterr().out)["mcpServers"]["srv"]["url"] == "https://vm.test/mcp/srv"
 
 
@@ -361,7 +364,7 @@ def test_client_config_without_projects_lists_every_live_server_without_a_key(
     config = _live_state(tmp_path)
     assert cli.main(["--config", str(config), "client-config", "--format", "claude-code"]) == cli.EXIT_OK
     out, err = capsys.readouterr()
-    assert json.loads(out) == {"mcpServers": {"srv": {"type": "http", "url": "https://vm.test/mcp/srv"}}}
+    assert json.loads(out) == {"mcpServers": {"central-mcp": {"type": "http", "url": "https://vm.test/mcp"}}}
     assert "takes no key" in err
     assert cli.main(["--config", str(config), "client-config", "demo"]) == cli.EXIT_FAILED
     assert "deploy.yaml lists no projects" in capsys.readouterr().err

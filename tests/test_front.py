@@ -285,9 +285,10 @@ def test_a_bug_in_the_proxy_answers_500_and_leaves_nothing_in_flight(
 
 
 def test_paths_the_fast_path_does_not_parse_go_through_asgi(rig: Rig) -> None:
-    """`/mcp/` without a server name and a request target with a fragment are left to ASGI's routing."""
+    """`/mcp/` without a server name (the aggregate endpoint, which refuses a message without a
+    session with 400) and a request target with a fragment are left to ASGI's routing."""
     with _connect(rig) as sock:
         sock.sendall(_post(b"/mcp/", b"{}") + _post(b"/mcp/x#part", b"{}"))
         answers = _read_answers(sock, 2)
-    assert [a[0] for a in answers] == [404, 200]
+    assert [a[0] for a in answers] == [400, 200]
     assert answers[1][2] == b"{}"

@@ -585,8 +585,21 @@ def test_project_key_narrows_the_registry_and_mcp_json_to_its_servers(live_serve
     auth = {"Authorization": f"Bearer {key}"}
     registry = client.get("/registry.json", headers=auth).json()
     assert [e["server"]["name"] for e in registry["servers"]] == ["local.central-mcp/alpha"]
-    assert list(client.get("/mcp.json", headers=auth).json()["mcpServers"]) == ["alpha"]
-    assert list(client.get("/mcp.json").json()["mcpServers"]) == ["alpha", "beta"]
+    each = "/mcp.json?per_server=1"
+    assert list(client.get(each, headers=auth).json()["mcpServers"]) == ["alpha"]
+    assert list(client.get(each).json()["mcpServers"]) == ["alpha", "beta"]
+    single = client.get("/mcp.json", headers=auth).json()["mcpServers"]
+    assert single == {
+        "central-mcp": {
+            "type": "http",
+            "url": "https://mcp.example.test/mcp",
+            "headers": {"Authorization": "Bearer ${CENTRAL_MCP_API_KEY}"},
+        }
+    }
+    assert registry["metadata"]["io.central-mcp/aggregate"] == {
+        "url": "https://mcp.example.test/mcp",
+        "project": "web",
+    }
     full, narrow = client.get("/registry.json"), client.get("/registry.json", headers=auth)
     assert full.headers["etag"] != narrow.headers["etag"]
 
@@ -600,9 +613,11 @@ def test_without_a_key_servers_restricted_to_projects_are_not_listed(live_server
 
     anonymous = [e["server"]["name"] for e in client.get("/registry.json").json()["servers"]]
     assert "local.central-mcp/gamma" not in anonymous
-    assert "gamma" not in client.get("/mcp.json").json()["mcpServers"]
+    assert "gamma" not in client.get("/mcp.json?per_server=1").json()["mcpServers"]
     assert "private" not in client.get("/registry.json").text
-    ops = client.get("/mcp.json", headers={"Authorization": f"Bearer {key}"}).json()["mcpServers"]
+    ops = client.get("/mcp.json?per_server=1", headers={"Authorization": f"Bearer {key}"}).json()[
+        "mcpServers"
+    ]
     assert "gamma" in ops
 
 
@@ -615,9 +630,18 @@ def test_bad_project_key_is_refused_with_401(live_servers: Site) -> None:
 
 
 def test_client_config_for_vscode_lists_the_projects_servers(live_servers: Site) -> None:
-    """/client-config/web/vscode is VS Code's mcp.json with an input for the key and web's servers only."""
+    """/client-config/web/vscode is VS Code's mcp.json with an input for the key and the aggregate
+    entry; with ?per_server=1, web's servers only."""
     client = live_servers.client()
-    config = client.get("/client-config/web/vscode").json()
+    single = client.get("/client-config/web/vscode").json()
+    assert single["servers"] == {
+        "central-mcp": {
+            "type": "http",
+            "url": "https://mcp.example.test/mcp",
+            "headers": {"Authorization": "Bearer ${input:central-mcp-key}"},
+        }
+    }
+    config = client.get("/client-config/web/vscode?per_server=1").json()
     assert config["inputs"][0]["password"] is True
     assert config["servers"] == {
         "alpha": {
@@ -756,7 +780,7 @@ def test_registry_files_stay_readable_without_the_admin_token(guarded: Site) -> 
     client = guarded.client()
     assert client.get("/registry.json").status_code == 200
     assert (
-        client.get("/mcp.json").json()["mcpServers"]["alpha"]["url"] == "https://mcp.example.test/mcp/alpha"
+        client.get("/mcp.json").json()["mcpServers"]["central-mcp"]["url"] == "https://mcp.example.test/mcp"
     )
 
 

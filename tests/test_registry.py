@@ -62,7 +62,7 @@ SETTINGS = Settings(
 def test_every_server_entry_validates_against_the_official_schema() -> None:
     """Each `server` of /registry.json validates against the official 2025-12-11 server.schema.json."""
     doc = registry.registry(SETTINGS, [release("property-search"), release("999x-ray-analyzer")])
-    assert doc["metadata"] == {"count": 2}
+    assert doc["metadata"] == {"count": 2, "io.central-mcp/aggregate": {"url": "https://mcp.example.com/mcp"}}
     for entry in doc["servers"]:
         jsonschema.validate(entry["server"], OFFICIAL)
     first = doc["servers"][0]["server"]
@@ -92,12 +92,49 @@ def test_live_state_and_tools_are_in_meta() -> None:
     assert "deployed_at" not in meta
     for stamp in (meta["publishedAt"], meta["updatedAt"]):  # RFC 3339 as the official registry reads it
         assert datetime.fromisoformat(stamp).tzinfo == UTC and RFC3339.fullmatch(stamp)
-    assert meta["tools"] == [{"name": "search", "description": "Search.", "inputSchema": {"type": "object"}}]
+    assert meta["tools"] == [
+        {
+            "name": "search",
+            "description": "Search.",
+            "inputSchema": {"type": "object"},
+            "aggregateName": "property-search__search",
+        }
+    ]
 
 
-def test_mcp_json_uses_the_key_variable_not_a_key() -> None:
-    """mcp.json lists http servers whose Authorization header names ${CENTRAL_MCP_API_KEY}."""
-    doc = registry.mcp_json(SETTINGS, [release("property-search")])
+def test_mcp_json_offers_the_aggregate_entry_by_default() -> None:
+    """mcp.json's default is one entry, the project's aggregate endpoint /mcp, keyed by variable."""
+    doc = registry.mcp_json(SETTINGS, [release("property-search"), release("999x-ray-analyzer")])
+    assert doc == {
+        "mcpServers": {
+            "central-mcp": {
+                "type": "http",
+                "url": "https://mcp.example.com/mcp",
+                "headers": {"Authorization": "Bearer ${CENTRAL_MCP_API_KEY}"},
+            }
+        }
+    }
+
+
+def test_registry_names_the_aggregate_endpoint_and_each_tools_aggregate_name() -> None:
+    """The registry's metadata names /mcp and the asking project; a tool carries its aggregate name
+    unless the project's selection leaves it out."""
+    picky = Project("picky", tools_deny=("property-search:search",))
+    doc = registry.registry(SETTINGS, [release("property-search")], project=picky)
+    assert doc["metadata"]["io.central-mcp/aggregate"] == {
+        "url": "https://mcp.example.com/mcp",
+        "project": "picky",
+    }
+    assert "aggregateName" not in doc["servers"][0]["_meta"]["io.central-mcp/live"]["tools"][0]
+    tools = registry.registry(SETTINGS, [release("property-search")])["servers"][0]["_meta"][
+        "io.central-mcp/live"
+    ]
+    assert tools["tools"][0]["aggregateName"] == "property-search__search"
+
+
+def test_mcp_json_per_server_uses_the_key_variable_not_a_key() -> None:
+    """Per server, mcp.json lists http servers whose Authorization header names ${CENTRAL_MCP_API_KEY}."""
+    doc = registry.mcp_json(SETTINGS, [release("property-search")], per_server=True)
     assert doc == {
         "mcpServers": {
             "property-search": {
@@ -129,7 +166,7 @@ def test_a_project_sees_only_the_servers_it_may_use() -> None:
 @pytest.mark.parametrize("fmt", registry.FORMATS)
 def test_client_configs_have_each_clients_shape(fmt: str) -> None:
     """Each client format has the shape its client reads, and never a key value."""
-    doc = registry.client_config(SETTINGS, [release("property-search")], fmt)
+    doc = registry.client_config(SETTINGS, [release("property-search")], fmt, per_server=True)
     text = json.dumps(doc)
     assert "cmcp_" not in text
     if fmt == "vscode":
@@ -143,6 +180,16 @@ def test_client_configs_have_each_clients_shape(fmt: str) -> None:
         assert doc["mcpServers"]["property-search"]["url"].endswith("/mcp/property-search")
 
 
+@pytest.mark.parametrize("fmt", registry.FORMATS)
+def test_client_configs_offer_the_single_aggregate_entry_by_default(fmt: str) -> None:
+    """Each client format holds one entry by default, `central-mcp` at /mcp."""
+    doc = registry.client_config(SETTINGS, [release("a"), release("b")], fmt)
+    servers = doc["servers"] if fmt == "vscode" else doc["mcpServers"]
+    assert list(servers) == ["central-mcp"]
+    assert "https://mcp.example.com/mcp" in json.dumps(servers["central-mcp"])
+    assert "/mcp/a" not in json.dumps(doc)
+
+
 def test_unknown_client_format_names_the_choices() -> None:
     """An unknown format is refused with the list of formats."""
     with pytest.raises(ValueError, match="vscode"):
@@ -151,9 +198,9 @@ def test_unknown_client_format_names_the_choices() -> None:
 
 def test_etag_changes_with_content_only() -> None:
     """The same document gives the same ETag; a change gives another."""
-    one = registry.etag(registry.mcp_json(SETTINGS, [release("a")]))
-    two = registry.etag(registry.mcp_json(SETTINGS, [release("a")]))
-    three = registry.etag(registry.mcp_json(SETTINGS, [release("b")]))
+    one = registry.etag(registry.mcp_json(SETTINGS, [release("a")], per_server=True))
+    two = registry.etag(registry.mcp_json(SETTINGS, [release("a")], per_server=True))
+    three = registry.etag(registry.mcp_json(SETTINGS, [release("b")], per_server=True))
     assert one == two and one[1] != three[1]
 
 

@@ -100,6 +100,24 @@ def test_project_access_honours_all_and_named_servers(tmp_path: Path) -> None:
     assert loaded.project("missing") is None
 
 
+def test_project_tool_selection_allows_then_denies_by_server_tool_glob(tmp_path: Path) -> None:
+    """`tools: {allow, deny}` selects what the aggregate offers: a bare server name means all its
+    tools, globs match `server:tool`, and deny wins over allow."""
+    text = "projects:\n  - name: p\n    tools: {allow: [fs, 'git:log*'], deny: ['fs:write*']}\n"
+    project = settings.load(_write(tmp_path, text), env={}).project("p")
+    assert project is not None
+    assert project.may_call("fs", "read") and not project.may_call("fs", "write_file")
+    assert project.may_call("git", "log_one") and not project.may_call("git", "push")
+    assert not project.may_call("other", "read")
+    assert settings.Project("open").may_call("any", "tool")
+
+
+def test_a_tool_pattern_with_a_space_is_refused_naming_where(tmp_path: Path) -> None:
+    """A `projects[].tools` pattern that no `server:tool` can match is a config problem at its path."""
+    problems = _problems(tmp_path, "projects:\n  - name: p\n    tools: {deny: ['fs: write']}\n")
+    assert any("$.projects[0].tools.deny[0]" in p.render() for p in problems), problems
+
+
 def test_webhook_and_rate_limits_are_read(tmp_path: Path) -> None:
     """A repo's webhook and a project's rate limit land in their frozen values."""
     text = (

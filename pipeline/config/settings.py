@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -131,10 +132,25 @@ class Project:
     servers: tuple[str, ...] = ("all",)
     per_minute: int = DEFAULT_RATE_PER_MINUTE
     burst: int = DEFAULT_RATE_BURST
+    tools_allow: tuple[str, ...] = ()  # `server:tool` globs; none: every tool of a reachable server
+    tools_deny: tuple[str, ...] = ()  # `server:tool` globs taken out of what `tools_allow` lets in
 
     def may_use(self, server: str) -> bool:
         """Return whether this project may reach `server`."""
         return "all" in self.servers or server in self.servers
+
+    def may_call(self, server: str, tool: str) -> bool:
+        """Return whether this project's aggregate endpoint offers `tool` of `server` (deploy.yaml's
+        `tools: {allow, deny}`; a pattern without `:` names a whole server)."""
+        pair = f"{server}:{tool}"
+        if self.tools_allow and not any(_matches(pair, p) for p in self.tools_allow):
+            return False
+        return not any(_matches(pair, p) for p in self.tools_deny)
+
+
+def _matches(pair: str, pattern: str) -> bool:
+    """Whether `server:tool` matches a `server:tool` glob (`server` alone: `server:*`)."""
+    return fnmatch.fnmatchcase(pair, pattern if ":" in pattern else f"{pattern}:*")
 
 
 @dataclass(frozen=True)
@@ -735,4 +751,6 @@ def _project(data: dict[str, Any]) -> Project:
         servers=tuple(data.get("servers", ("all",))),
         per_minute=rate.get("per_minute", DEFAULT_RATE_PER_MINUTE),
         burst=rate.get("burst", DEFAULT_RATE_BURST),
+        tools_allow=tuple(data.get("tools", {}).get("allow", ())),
+        tools_deny=tuple(data.get("tools", {}).get("deny", ())),
     )

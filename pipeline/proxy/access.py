@@ -7,6 +7,7 @@ deploy.yaml, whose `servers` list bounds what the key reaches.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import math
 import secrets
 import time
@@ -37,6 +38,8 @@ class Caller:
 
 
 OPEN_CALLER = Caller(OPEN_ACCESS, None)  # immutable: one for every request when access is open
+AGGREGATE_ID = "aggregate"  # the key id of the aggregate's own requests (its list fetches)
+AGGREGATE_CALLER = Caller(AGGREGATE_ID, None)
 
 
 @dataclass(frozen=True)
@@ -70,6 +73,9 @@ class Gatekeeper:
         self.clock = clock
         self._cache: dict[str, tuple[float, tuple[str, str] | None]] = {}
         self._buckets: dict[str, tuple[float, float]] = {}
+        # The aggregate endpoint's own token, for the lists it caches for every project: it lives in
+        # this process's memory only, and the aggregate shows a project only what its key reaches.
+        self.internal_token = secrets.token_urlsafe(32)
         self.configure(settings)
 
     def configure(self, settings: Settings) -> None:
@@ -100,6 +106,8 @@ class Gatekeeper:
             return _unauthorized("missing bearer token", "")
         found = self._lookup(token.strip())
         if found is None:
+            if hmac.compare_digest(token.strip().encode(), self.internal_token.encode()):
+                return AGGREGATE_CALLER
             return _unauthorized("unknown or revoked API key", "invalid_token")
         key_id, project_name = found
         project = self.settings.project(project_name)
@@ -122,6 +130,21 @@ class Gatekeeper:
         if project is None:
             return Denied(403, f"project {found[1]!r} is no longer configured", {})
         return Caller(found[0], project)
+
+    def limit(self, caller: Caller) -> Denied | None:
+        """Take a token from the caller's rate-limit bucket (a request the aggregate answers itself);
+        the 429 when none is left."""
+        if caller.project is None:
+            return None
+        wait = self._take(caller.key_id, caller.project)
+        return Denied(429, "rate limit exceeded", {"Retry-After": str(math.ceil(wait))}) if wait > 0 else None
+
+    def reaches(self, caller: Caller, server: str, access: tuple[str, ...]) -> bool:
+        """Whether `caller` may use `server` (whose manifest allows `access`), as `check` decides."""
+        project = caller.project
+        if project is None:
+            return True
+        return project.may_use(server) and ("all" in access or project.name in access)
 
     def _lookup(self, token: str) -> tuple[str, str] | None:
         digest = _digest(token)

@@ -55,6 +55,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from pipeline.config.settings import ProxyTimeouts
 from pipeline.errors import BodyTooLarge, ClientGone, HeadTooLarge
+from pipeline.proxy.aggregate import Aggregate
 from pipeline.proxy.exchange import Headers, has_body, mcp_target
 from pipeline.proxy.pool import Connection
 from pipeline.proxy.relay import CLIENT_GONE, Proxy, Ticket, is_stream, too_large
@@ -71,6 +72,7 @@ SWEEPS_PER_TIMEOUT = 4  # how often the watchdog looks, per shortest timeout
 MAX_SWEEP_PERIOD = 1.0
 MIN_SWEEP_PERIOD = 0.01
 RETRY_AFTER = (b"retry-after", b"1")
+AGGREGATE_TARGETS = frozenset({b"/mcp", b"/mcp/"})
 
 
 class Phase(StrEnum):
@@ -85,9 +87,11 @@ IDLE, HEAD, BODY = Phase.IDLE, Phase.HEAD, Phase.BODY
 
 
 class Front(Protocol):
-    """What the protocol serves `/mcp/` with (app.py's App): `proxy` is set while it runs, else None."""
+    """What the protocol serves `/mcp/` with (app.py's App): `proxy` is set while it runs, else None;
+    `aggregate` likewise serves `/mcp`."""
 
     proxy: Proxy | None
+    aggregate: Aggregate | None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve every request the fast path leaves to ASGI."""
@@ -200,7 +204,8 @@ class FrontProtocol(HttpToolsProtocol):
             or self.limit_concurrency is not None
             or self.parser.should_upgrade()
         ):
-            self._asgi()
+            if not self._aggregate(proxy, method):
+                self._asgi()
             return
         raw, _, query = self.url.partition(b"?")
         if b"#" in self.url:
@@ -213,7 +218,8 @@ class FrontProtocol(HttpToolsProtocol):
             return
         target = mcp_target(unquote(path) if "%" in path else path)
         if target is None:
-            self._asgi()
+            if not self._aggregate(proxy, method):
+                self._asgi()
             return
         server, rest = target
         if self.transport.is_closing():
@@ -229,6 +235,33 @@ class FrontProtocol(HttpToolsProtocol):
             version,
             keep_alive=version != "1.0" and self.parser.should_keep_alive(),
         )
+        self._start(cycle)
+
+    def _aggregate(self, proxy: Proxy | None, method: bytes) -> bool:
+        """Take a request to the aggregate endpoint `/mcp` (or `/mcp/`) as an `AggregateCycle`, as
+        `/mcp/<server>` requests are taken: False to leave it to ASGI. Only requests that missed the
+        proxy's fast path get here, so that path pays nothing for it."""
+        aggregate = self.front.aggregate
+        if (
+            aggregate is None
+            or proxy is None
+            or self.url not in AGGREGATE_TARGETS
+            or method not in FAST_METHODS
+            or self.root_path
+            or self.limit_concurrency is not None
+            or self.parser.should_upgrade()
+        ):
+            return False
+        if self.transport.is_closing():
+            return True  # an answer just closed the connection: a request after it cannot be answered
+        version = self.parser.get_http_version()
+        keep_alive = version != "1.0" and self.parser.should_keep_alive()
+        method_name = method.decode("ascii")
+        self._start(AggregateCycle(self, proxy, method_name, "", "", b"", version, keep_alive, aggregate))
+        return True
+
+    def _start(self, cycle: ProxyCycle) -> None:
+        """Make `cycle` the connection's; begin it once its body is in (after the one before it)."""
         previous, self.cycle = self.cycle, cycle
         if previous is not None and not previous.response_complete:
             self.flow.pause_reading()  # pipelined: uvicorn starts it when the one before has answered
@@ -608,6 +641,46 @@ class ProxyCycle(RequestResponseCycle):
 
 def _nothing() -> None:
     pass
+
+
+class AggregateCycle(ProxyCycle):
+    """One request to the aggregate endpoint `/mcp`, served by its coroutine on the connection's
+    transport (one write per whole answer, as a `/mcp/<server>` request is answered)."""
+
+    def __init__(
+        self,
+        protocol: FrontProtocol,
+        proxy: Proxy,
+        method: str,
+        server: str,
+        rest: str,
+        query: bytes,
+        version: str,
+        keep_alive: bool,
+        aggregate: Aggregate,
+    ) -> None:
+        super().__init__(protocol, proxy, method, server, rest, query, version, keep_alive)
+        self.aggregate = aggregate
+
+    async def run_asgi(self, app: Any) -> None:
+        """Serve the request with the aggregate's coroutine."""
+        await self._guarded(self.aggregate.serve(self))
+
+    def begin(self) -> None:
+        """Serve the request, its body all in: a stateless-era tools/call to a stateless-era server as
+        `/mcp/<server>` serves one, with its name and body rewritten for that server (no task); any
+        other request with the aggregate's coroutine, in a task."""
+        try:
+            quick = self.aggregate.quick_call(self, bytes(self.body)) if not self.more_body else None
+        except Exception as exc:
+            self._crash(exc)
+            return
+        if quick is None:
+            self._spawn(self.aggregate.serve(self))
+            return
+        self.server, self.headers, body = quick
+        self.body = bytearray(body)
+        super().begin()
 
 
 def _size(headers: Headers) -> int:

@@ -61,6 +61,7 @@ class Router:
         self._lock = threading.RLock()
         self.known: frozenset[str] = frozenset()
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.listeners: list[Callable[[], None]] = []  # told after each swap (from the swapping thread)
 
     @property
     def table(self) -> Mapping[str, Upstream]:
@@ -85,6 +86,7 @@ class Router:
                 self._draining[old.container_id] = old
             self._table = MappingProxyType(table)
             self.known = frozenset(self.known | set(table)) - {n for n, u in changes.items() if u is None}
+        self._tell()
         return replaced
 
     def replace_all(self, upstreams: Iterable[Upstream], known: Iterable[str] = ()) -> None:
@@ -92,6 +94,12 @@ class Router:
         with self._lock:
             self._table = MappingProxyType({u.server: u for u in upstreams})
             self.known = frozenset(set(known) | set(self._table))
+        self._tell()
+
+    def _tell(self) -> None:
+        """Tell the listeners the table changed (the aggregate: its lists and clients)."""
+        for listener in list(self.listeners):
+            listener()
 
     # sessions -----------------------------------------------------------------------------
     def session(self, session_id: str) -> Session | None:

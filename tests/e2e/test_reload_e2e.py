@@ -43,7 +43,7 @@ def test_serve_port_is_where_the_registry_and_client_configs_point(
     echo = ws.put("echo")
     ws.commit("add echo")
     assert ws.push().ok
-    status, _, body = provider.get("/mcp.json")
+    status, _, body = provider.get("/mcp.json?per_server=1")
     assert status == 200
     assert json.loads(body)["mcpServers"][echo]["url"] == f"http://127.0.0.1:{provider.port}/mcp/{echo}"
     assert f"http://127.0.0.1:{provider.port}/mcp/{echo}" in provider.get("/")[2]

@@ -21,14 +21,16 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp_types import Completion, SamplingMessage, TextContent
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from pipeline.app import App, proxy_routes
+from pipeline.app import App, aggregate_routes, proxy_routes
 from pipeline.config.settings import Project, ProxyTimeouts, Settings
 from pipeline.proxy.access import Gatekeeper
+from pipeline.proxy.aggregate import Aggregate
 from pipeline.proxy.relay import Proxy
 from pipeline.proxy.router import Router, Upstream
 from pipeline.proxy.usage import Usage
@@ -55,27 +57,41 @@ class Rig:
     settings: Settings
     usage: Usage
     clock: FakeClock  # the Gatekeeper's: key-cache expiry and rate-limit refills
+    aggregate: Aggregate | None = None  # the `/mcp` endpoint over the proxy
 
     def url(self, server: str, rest: str = "") -> str:
         """The proxy URL of `server` (with `rest` appended verbatim)."""
         return f"http://127.0.0.1:{self.port}/mcp/{server}{rest}"
 
+    @property
+    def endpoint(self) -> str:
+        """The aggregate endpoint's URL."""
+        return f"http://127.0.0.1:{self.port}/mcp"
 
-def proxy_app(proxy: Proxy, router: Router) -> App:
-    """The proxy's two routes in an app whose lifespan opens and closes the upstream pool."""
+
+def proxy_app(proxy: Proxy, router: Router, aggregate: Aggregate | None = None) -> App:
+    """The proxy's routes (and the aggregate's, when given) in an app whose lifespan opens and
+    closes the upstream pool."""
 
     @asynccontextmanager
     async def lifespan(app: App) -> AsyncIterator[None]:
         router.loop = asyncio.get_running_loop()
         await proxy.start()
-        app.proxy = proxy  # as the real app: proxy requests skip Starlette's routing
+        if aggregate is not None:
+            await aggregate.start()
+        app.proxy, app.aggregate = proxy, aggregate  # as the real app: skip Starlette's routing
         try:
             yield
         finally:
-            app.proxy = None
+            app.proxy = app.aggregate = None
+            if aggregate is not None:
+                await aggregate.stop()
             await proxy.stop()
 
-    return App(routes=proxy_routes(proxy.handle), lifespan=lifespan)
+    routes = proxy_routes(proxy.handle)
+    if aggregate is not None:
+        routes = [*aggregate_routes(aggregate.handle), *routes]
+    return App(routes=routes, lifespan=lifespan)
 
 
 @contextmanager
@@ -124,9 +140,10 @@ def running_proxy(
         max_upstream_header=caps.max_upstream_header,
         dialer=dialer,
     )
+    aggregate = Aggregate(proxy, session_idle_timeout)
     try:
-        with serve_asgi(proxy_app(proxy, router), front=front, limits=caps, **config) as port:
-            yield Rig(port, router, store, settings, usage, clock)
+        with serve_asgi(proxy_app(proxy, router, aggregate), front=front, limits=caps, **config) as port:
+            yield Rig(port, router, store, settings, usage, clock, aggregate)
     finally:
         store.close()
 
@@ -203,8 +220,10 @@ async def connect(
     mode: str = "legacy",
     headers: dict[str, str] | None = None,
     statuses: list[httpx2.Response] | None = None,
+    **options: Any,
 ) -> AsyncIterator[Client]:
-    """An SDK Client on `url` with the SDK's default timeouts; every HTTP response lands in `statuses`."""
+    """An SDK Client on `url` with the SDK's default timeouts; every HTTP response lands in `statuses`;
+    `options`: more Client options (callbacks)."""
     http = httpx2.AsyncClient(headers=headers, timeout=SDK_TIMEOUT)
     if statuses is not None:
         seen = statuses
@@ -213,7 +232,7 @@ async def connect(
             seen.append(response)
 
         http.event_hooks["response"].append(record)
-    async with http, Client(streamable_http_client(url, http_client=http), mode=mode) as client:
+    async with http, Client(streamable_http_client(url, http_client=http), mode=mode, **options) as client:
         yield client
 
 
@@ -282,3 +301,53 @@ def raw_upstream(server: str, recorder: Recorder, container_id: str = "raw") -> 
 def jsonrpc(method: str, params: dict[str, Any] | None = None, request_id: int = 1) -> dict[str, Any]:
     """A JSON-RPC request body."""
     return {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}}
+
+
+def rich_app(label: str) -> Starlette:
+    """An SDK MCP server with more than tools: a resource, a resource template, a prompt with
+    completion, a tool that asks the client to sample (`ask`) and one that logs (`chatty`)."""
+    server = MCPServer(f"rich-{label}")
+
+    @server.resource("note://readme", description="The readme.")
+    def readme() -> str:
+        return f"readme of {label}"
+
+    @server.resource("note://topics/{topic}", description="A note on a topic.")
+    def topic(topic: str) -> str:
+        return f"{label} on {topic}"
+
+    @server.prompt(description="Greet someone.")
+    def greet(name: str) -> str:
+        return f"Hello {name}, from {label}"
+
+    async def complete(ref: Any, argument: Any, context: Any) -> Completion:
+        return Completion(values=[f"{argument.value}-{label}"])
+
+    server.completion()(complete)  # type: ignore[no-untyped-call]  # the SDK's decorator is untyped
+
+    @server.tool()
+    async def ask(question: str, ctx: Context) -> str:
+        """Ask the client's model, through sampling; return what it said."""
+        message = SamplingMessage(role="user", content=TextContent(type="text", text=question))
+        # related to the call, so the request rides the call's own stream (not the session's GET stream)
+        answer = await ctx.session.create_message([message], max_tokens=10, related_request_id=ctx.request_id)
+        return f"{label} heard: {answer.content.text}"
+
+    @server.tool()
+    async def chatty(ctx: Context) -> str:
+        """Log a line at info, then answer."""
+        await ctx.info(f"chatty {label} says hello")
+        return label
+
+    return server.streamable_http_app(
+        streamable_http_path="/mcp",
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+        host="0.0.0.0",
+    )
+
+
+@contextmanager
+def rich_upstream(server: str, label: str) -> Iterator[Upstream]:
+    """Serve `rich_app(label)` on loopback; yield it as an Upstream (container id = label)."""
+    with serve_asgi(rich_app(label)) as port:
+        yield upstream(server, port, container_id=label)

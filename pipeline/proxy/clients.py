@@ -1,0 +1,149 @@
+"""The aggregate's sessions with session-era clients: the table, GET streams, idle expiry, and the
+list_changed notifications a swap calls for.
+
+A client session owns a `Link` (upstreams.py): its upstream sessions, one per server at most. It
+ends by DELETE, or after `proxy.session_idle_timeout` with no request and no open stream; then its
+upstream sessions are DELETEd too. After a swap, each session with an open GET stream gets the
+list_changed notifications of every kind (tools, prompts, resources) whose view changed for it
+since it last listed that kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.proxy.access import Caller
+from pipeline.proxy.catalog import View
+from pipeline.proxy.exchange import Exchange, Headers
+from pipeline.proxy.upstreams import Link
+
+SSE_HEADERS: Headers = [
+    (b"content-type", b"text/event-stream"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+KEEPALIVE = b": keep-alive\n\n"
+CHANGED = {
+    "tools": "notifications/tools/list_changed",
+    "prompts": "notifications/prompts/list_changed",
+    "resources": "notifications/resources/list_changed",
+    "resourceTemplates": "notifications/resources/list_changed",
+}
+Viewer = Callable[["ClientSession", str], Awaitable[View]]  # a session's current view of one kind
+
+
+@dataclass
+class ClientSession:
+    """The aggregate's session with one session-era client."""
+
+    id: str
+    caller: Caller
+    link: Link
+    version: str
+    last_used: float = field(default_factory=time.monotonic)
+    listed: dict[str, frozenset[str]] = field(default_factory=dict)  # kind -> names last sent
+    streams: list[asyncio.Queue[bytes]] = field(default_factory=list)  # its open GET streams
+    inflight: dict[str, str] = field(default_factory=dict)  # its requests (id as JSON) -> their server
+
+    def pinned(self, upstream_of: Callable[[str], str | None]) -> dict[str, str]:
+        """server -> the container its upstream session is on (`upstream_of`: session id -> it)."""
+        found = {server: upstream_of(sid) if sid else None for server, sid in self.link.sessions.items()}
+        return {server: cid for server, cid in found.items() if cid}
+
+    def tell(self, method: str) -> None:
+        """Queue a notification on every open GET stream."""
+        event = b'event: message\ndata: {"jsonrpc":"2.0","method":"%s"}\n\n' % method.encode()
+        for queue in self.streams:
+            queue.put_nowait(event)
+
+
+class ClientSessions:
+    """The client sessions by id."""
+
+    def __init__(self, idle_timeout: float, keepalive: Callable[[], float]) -> None:
+        self.idle_timeout = idle_timeout  # 0: they end only by DELETE
+        self.keepalive = keepalive
+        self.by_id: dict[str, ClientSession] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def get(self, session_id: str) -> ClientSession | None:
+        """The live session with this id, or None."""
+        return self.by_id.get(session_id)
+
+    def add(self, session: ClientSession) -> None:
+        """Hold a new session."""
+        self.by_id[session.id] = session
+
+    async def end(self, session: ClientSession) -> None:
+        """End a session and its upstream sessions."""
+        self.by_id.pop(session.id, None)
+        await session.link.close()
+
+    async def end_all(self) -> None:
+        """End every session (shutdown)."""
+        sessions, self.by_id = list(self.by_id.values()), {}
+        await asyncio.gather(*(s.link.close() for s in sessions), return_exceptions=True)
+
+    async def stream(self, ex: Exchange, session: ClientSession) -> None:
+        """Serve a GET stream: queued notifications, keep-alive comments, until the client leaves."""
+        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        session.streams.append(queue)
+        await ex.start(200, [*SSE_HEADERS, (b"mcp-session-id", session.id.encode())])
+        gone = asyncio.ensure_future(ex.gone())
+        try:
+            while not gone.done() and session.id in self.by_id:
+                getting = asyncio.ensure_future(queue.get())
+                done, _ = await asyncio.wait({getting, gone}, timeout=self.keepalive())
+                if getting in done:
+                    await ex.write(getting.result())
+                else:
+                    getting.cancel()
+                    if not done:
+                        await ex.write(KEEPALIVE)
+                session.last_used = time.monotonic()
+            if not gone.done():
+                await ex.end()
+        finally:
+            gone.cancel()
+            session.streams.remove(queue)
+
+    def after_swap(self, view: Viewer) -> None:
+        """Look at each streaming session's views; tell it of every kind that changed."""
+        for session in list(self.by_id.values()):
+            self.check(session, view)
+
+    def check(self, session: ClientSession, view: Viewer) -> None:
+        """Tell one session of every kind whose view changed (when it has a stream to hear it)."""
+        if session.streams and session.listed:
+            self._spawn(_tell_if_changed(session, view))
+
+    async def expire(self, interval_floor: float = 0.05) -> None:
+        """Until cancelled: end the sessions idle past the timeout."""
+        interval = max(self.idle_timeout / 4, interval_floor)
+        while True:
+            await asyncio.sleep(interval)
+            before = time.monotonic() - self.idle_timeout
+            idle = [s for s in self.by_id.values() if not s.streams and s.last_used < before]
+            for session in idle:
+                self.by_id.pop(session.id, None)
+            if idle:
+                await asyncio.gather(*(s.link.close() for s in idle), return_exceptions=True)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+async def _tell_if_changed(session: ClientSession, view: Viewer) -> None:
+    """Send list_changed for each kind whose view lost or gained an item since it was listed."""
+    told: set[str] = set()
+    for kind, names in list(session.listed.items()):
+        now = (await view(session, kind)).names  # a server that cannot be listed is left out, not raised
+        if now != names and CHANGED[kind] not in told:
+            told.add(CHANGED[kind])
+            session.tell(CHANGED[kind])

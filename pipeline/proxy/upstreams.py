@@ -1,0 +1,382 @@
+"""The aggregate's side as an MCP client: one request to one server, sent through `Proxy.serve`.
+
+Nothing here opens a socket: an `InnerExchange` is a request the aggregate makes up (the client's
+own Authorization, a JSON-RPC body) and hands to the proxy exactly as front.py hands it a client's,
+so the key, the project's scope for that server, its rate limit, usage, the session table and the
+drain all apply as they do on `/mcp/<server>`. The answer is collected whole (`Collected`), or,
+for a call whose answer goes back to the client as it is, passed to the client's own exchange as
+it arrives (`Piped`: an event stream flows through unbuffered, progress notifications included).
+
+`Link` holds the upstream sessions one owner (a client session of the aggregate, or a stateless
+client's key) has opened, one per server at most, opened lazily on first use. The proxy's router
+binds each to the key and to the release that issued it, so a call stays on that release until
+the session ends or its drain deadline passes; then the proxy answers 404 and the link opens a new
+session on the live release and sends the call again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.config.settings import DEFAULT_MAX_HANDSHAKE
+from pipeline.errors import BodyTooLarge, UpstreamError
+from pipeline.proxy.exchange import Exchange, Headers
+from pipeline.proxy.relay import Proxy
+
+LEGACY_VERSION = "2025-11-25"  # what the aggregate speaks to each server: the session era's last
+MODERN_VERSION = "2026-07-28"
+ACCEPT = (b"accept", b"application/json, text/event-stream")
+JSON_BODY = (b"content-type", b"application/json")
+CLIENT_INFO = {"name": "central-mcp-aggregate", "version": "1"}
+MODERN_META = {
+    "io.modelcontextprotocol/protocolVersion": MODERN_VERSION,
+    "io.modelcontextprotocol/clientInfo": CLIENT_INFO,
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+ID_SEPARATOR = "/"  # a server's request id as the client sees it: `<server>/<id as JSON>`
+UPSTREAM_TIMEOUT = 30.0  # for the aggregate's own requests (initialize, lists); calls are the client's
+# What the aggregate holds of one answer it reads whole (a list, a resource) or of one event it
+# rewrites: what the gate reads of a handshake. Past it the answer fails as the server's fault.
+MAX_HELD = DEFAULT_MAX_HANDSHAKE
+
+
+class UpstreamFailed(Exception):
+    """A server's answer to the aggregate's own request was not a usable JSON-RPC result."""
+
+    def __init__(self, server: str, status: int, message: str) -> None:
+        super().__init__(f"server {server!r}: {message}")
+        self.server = server
+        self.status = status
+
+
+class InnerExchange:
+    """A request the aggregate makes to one server through the proxy; the answer is `handle`d."""
+
+    def __init__(self, method: str, server: str, headers: Headers, body: bytes) -> None:
+        self.method = method
+        self.server = server
+        self.rest = ""
+        self.query = b""
+        self.headers = headers
+        self.body = body
+
+    async def read_body(self, limit: int) -> bytes:
+        """The body the aggregate made."""
+        if len(self.body) > limit:
+            raise BodyTooLarge(limit)
+        return self.body
+
+    async def answer(self, status: int, body: bytes, headers: Headers) -> None:
+        """A whole answer."""
+        raise NotImplementedError
+
+    async def start(self, status: int, headers: Headers) -> None:
+        """A streamed answer begins."""
+        raise NotImplementedError
+
+    async def write(self, chunk: bytes) -> None:
+        """More of a streamed answer."""
+        raise NotImplementedError
+
+    async def end(self) -> None:
+        """A streamed answer ended whole."""
+
+    async def abort(self) -> None:
+        """A streamed answer was cut short."""
+
+    async def gone(self) -> None:
+        """The aggregate never leaves its own request."""
+        await asyncio.Event().wait()
+
+
+class Collected(InnerExchange):
+    """An inner request whose answer is kept whole: status, headers and body."""
+
+    def __init__(self, method: str, server: str, headers: Headers, body: bytes) -> None:
+        super().__init__(method, server, headers, body)
+        self.status = 0
+        self.answer_headers: Headers = []
+        self.chunks: list[bytes] = []
+        self.whole = False
+        self.result: dict[str, Any] = {}  # the JSON-RPC result, once `send` checked it
+        self.held = 0  # bytes kept
+
+    async def answer(self, status: int, body: bytes, headers: Headers) -> None:
+        """Keep a whole answer."""
+        self.status, self.answer_headers, self.chunks, self.whole = status, headers, [body], True
+        self.held = len(body)
+
+    async def start(self, status: int, headers: Headers) -> None:
+        """Keep a streamed answer's head."""
+        self.status, self.answer_headers = status, headers
+
+    async def write(self, chunk: bytes) -> None:
+        """Keep a streamed answer's part, up to MAX_HELD bytes in all."""
+        self.held += len(chunk)
+        if self.held > MAX_HELD:
+            raise UpstreamError(f"server {self.server!r} answered more than {MAX_HELD} bytes")
+        self.chunks.append(chunk)
+
+    async def end(self) -> None:
+        """The streamed answer is whole."""
+        self.whole = True
+
+    def header(self, name: bytes) -> str:
+        """One answer header's value ("" when absent)."""
+        return next((v.decode("latin-1") for k, v in self.answer_headers if k == name), "")
+
+    def message(self, request_id: object) -> dict[str, Any] | None:
+        """The JSON-RPC answer to `request_id` in the body (JSON, or an event stream's events)."""
+        body = b"".join(self.chunks)
+        if b"text/event-stream" in self.header(b"content-type").encode():
+            for message in sse_messages(body):
+                if message.get("id") == request_id and "method" not in message:
+                    return message
+            return None
+        try:
+            found = json.loads(body)
+        except ValueError:
+            return None
+        return found if isinstance(found, dict) else None
+
+
+class Piped(InnerExchange):
+    """An inner request whose answer goes to the client's exchange as it arrives, with the client's
+    session header instead of the server's; a lost upstream session (404) is held back instead.
+
+    With `requests_of` (a server name), the ids of that server's own requests in an event stream
+    (sampling, elicitation, roots) are rewritten `<server>/<id>` for a session-era client, event by
+    event; everything else in the stream passes through untouched.
+    """
+
+    def __init__(
+        self,
+        method: str,
+        server: str,
+        headers: Headers,
+        body: bytes,
+        client: Exchange,
+        session: Headers,
+        requests_of: str = "",
+    ) -> None:
+        super().__init__(method, server, headers, body)
+        self.client = client
+        self.session = session  # the aggregate's own session header for the client, or none
+        self.requests_of = requests_of
+        self.lost = False  # the proxy or server no longer knows the upstream session: open another
+        self.status = 0
+        self._partial = b""  # an event not yet whole (only while rewriting)
+
+    async def answer(self, status: int, body: bytes, headers: Headers) -> None:
+        """Pass a whole answer on, unless it says the upstream session is gone."""
+        self.status = status
+        if status == 404 and any(k == b"mcp-session-id" for k, _ in self.headers):
+            self.lost = True
+            return
+        if self.requests_of and _is_stream(headers):
+            body = self._rewrite(body, final=True)
+        await self.client.answer(status, body, self._headers(headers))
+
+    async def start(self, status: int, headers: Headers) -> None:
+        """Start the client's streamed answer."""
+        self.status = status
+        if not _is_stream(headers):
+            self.requests_of = ""
+        await self.client.start(status, self._headers(headers))
+
+    async def write(self, chunk: bytes) -> None:
+        """Pass a part on (whole events only, while rewriting)."""
+        if self.requests_of:
+            chunk = self._rewrite(chunk, final=False)
+            if not chunk:
+                return
+        await self.client.write(chunk)
+
+    async def end(self) -> None:
+        """End the client's answer."""
+        if self._partial:
+            await self.client.write(self._rewrite(b"", final=True))
+        await self.client.end()
+
+    async def abort(self) -> None:
+        """Cut the client's answer short too."""
+        await self.client.abort()
+
+    async def gone(self) -> None:
+        """The client left: the proxy stops waiting on the server."""
+        await self.client.gone()
+
+    def _headers(self, headers: Headers) -> Headers:
+        return [(k, v) for k, v in headers if k != b"mcp-session-id"] + self.session
+
+    def _rewrite(self, chunk: bytes, final: bool) -> bytes:
+        """The whole events in what arrived so far, a server request's id rewritten in each."""
+        text = (self._partial + chunk).replace(b"\r\n", b"\n")
+        whole, sep, self._partial = text.rpartition(b"\n\n")
+        if len(self._partial) > MAX_HELD:  # no event ends: pass it on as it is, rewriting no more
+            self.requests_of, whole, sep, self._partial = "", text, b"", b""
+        if final:
+            whole, sep, self._partial = text, b"", b""
+        if not whole:
+            return b""
+        return b"\n\n".join(self._event(e) for e in whole.split(b"\n\n")) + sep
+
+    def _event(self, event: bytes) -> bytes:
+        if b'"method"' not in event or b'"id"' not in event:
+            return event  # results and notifications pass untouched
+        lines = event.split(b"\n")
+        data = [i for i, line in enumerate(lines) if line.startswith(b"data:")]
+        if len(data) != 1:
+            return event
+        try:
+            message = json.loads(lines[data[0]][5:])
+        except ValueError:
+            return event
+        if not isinstance(message, dict) or "method" not in message or "id" not in message:
+            return event
+        message["id"] = f"{self.requests_of}{ID_SEPARATOR}{json.dumps(message['id'])}"
+        lines[data[0]] = b"data: " + json.dumps(message, ensure_ascii=False).encode()
+        return b"\n".join(lines)
+
+
+def _is_stream(headers: Headers) -> bool:
+    return any(k == b"content-type" and b"text/event-stream" in v for k, v in headers)
+
+
+@dataclass
+class Link:
+    """The upstream sessions of one owner, by server: opened lazily, ended with the owner."""
+
+    proxy: Proxy
+    authorization: bytes
+    capabilities: dict[str, Any] = field(default_factory=dict)  # the client's, passed on
+    client_info: dict[str, Any] = field(default_factory=lambda: dict(CLIENT_INFO))
+    sessions: dict[str, str] = field(default_factory=dict)  # server -> upstream session id ("": none)
+    offers: dict[str, dict[str, Any]] = field(default_factory=dict)  # server -> its capabilities
+    level: str = ""  # the client's logging/setLevel, sent to each session as it opens
+    _opening: dict[str, asyncio.Future[str]] = field(default_factory=dict)
+
+    def headers(self, server: str) -> Headers:
+        """The headers of a request on this owner's session with `server` (opened already)."""
+        fields: Headers = [(b"authorization", self.authorization), ACCEPT, JSON_BODY]
+        fields.append((b"mcp-protocol-version", LEGACY_VERSION.encode()))
+        session = self.sessions.get(server, "")
+        if session:
+            fields.append((b"mcp-session-id", session.encode("latin-1")))
+        return fields
+
+    async def session(self, server: str) -> str:
+        """This owner's session id with `server`, opened (initialize, then initialized) if it has none."""
+        if server in self.sessions:
+            return self.sessions[server]
+        opening = self._opening.get(server)
+        if opening is None:
+            opening = self._opening[server] = asyncio.ensure_future(self._open(server))
+        try:
+            return await asyncio.shield(opening)
+        finally:
+            if opening.done():
+                self._opening.pop(server, None)
+
+    def lost(self, server: str) -> None:
+        """Forget the session with `server` (its release retired it): the next use opens another."""
+        self.sessions.pop(server, None)
+
+    async def close(self) -> None:
+        """End every upstream session this owner opened (DELETE through the proxy)."""
+        servers, self.sessions = dict(self.sessions), {}
+        ends = [self._end(server, sid) for server, sid in servers.items() if sid]
+        if ends:
+            await asyncio.gather(*ends, return_exceptions=True)
+
+    async def _open(self, server: str) -> str:
+        init = {
+            "protocolVersion": LEGACY_VERSION,
+            "capabilities": self.capabilities,
+            "clientInfo": self.client_info,
+        }
+        fields: Headers = [(b"authorization", self.authorization), ACCEPT, JSON_BODY]
+        answer = await send(self.proxy, server, fields, "initialize", init)
+        session = answer.header(b"mcp-session-id")
+        offers = answer.result.get("capabilities")
+        self.offers[server] = offers if isinstance(offers, dict) else {}
+        self.sessions[server] = session
+        done = [*self.headers(server)]
+        note = json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode()
+        await self.proxy.serve(Collected("POST", server, done, note))
+        if self.level and "logging" in self.offers[server]:
+            await send(self.proxy, server, self.headers(server), "logging/setLevel", {"level": self.level})
+        return session
+
+    async def _end(self, server: str, session: str) -> None:
+        fields: Headers = [
+            (b"authorization", self.authorization),
+            (b"mcp-session-id", session.encode("latin-1")),
+            (b"mcp-protocol-version", LEGACY_VERSION.encode()),
+        ]
+        async with asyncio.timeout(UPSTREAM_TIMEOUT):
+            await self.proxy.serve(Collected("DELETE", server, fields, b""))
+
+
+async def speaks_modern(proxy: Proxy, server: str, authorization: bytes) -> bool:
+    """Whether `server`'s live release answers a 2026-07-28 server/discover naming that version."""
+    fields: Headers = [(b"authorization", authorization), ACCEPT, JSON_BODY]
+    fields += [(b"mcp-protocol-version", MODERN_VERSION.encode()), (b"mcp-method", b"server/discover")]
+    try:
+        answer = await send(proxy, server, fields, "server/discover", {"_meta": MODERN_META})
+    except (UpstreamFailed, OSError, TimeoutError):
+        return False
+    return MODERN_VERSION in answer.result.get("supportedVersions", ())
+
+
+def modern_headers(authorization: bytes, method: str, name: str) -> Headers:
+    """The headers of a stateless-era request (its method and name repeated as the era asks)."""
+    fields: Headers = [(b"authorization", authorization), ACCEPT, JSON_BODY]
+    fields += [(b"mcp-protocol-version", MODERN_VERSION.encode()), (b"mcp-method", method.encode())]
+    if name:
+        fields.append((b"mcp-name", name.encode()))
+    return fields
+
+
+async def send(
+    proxy: Proxy, server: str, fields: Headers, method: str, params: dict[str, Any], request_id: int = 1
+) -> Collected:
+    """Send one JSON-RPC request of the aggregate's own to `server`; the answer, checked to be a
+    result (else UpstreamFailed naming the server and what it said)."""
+    body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}).encode()
+    inner = Collected("POST", server, fields, body)
+    async with asyncio.timeout(UPSTREAM_TIMEOUT):
+        await proxy.serve(inner)
+    message = inner.message(request_id)
+    if inner.status != 200 or message is None:
+        raise UpstreamFailed(server, inner.status, _why(inner, message))
+    if "result" not in message:
+        raise UpstreamFailed(server, inner.status, f"{method} failed: {message.get('error')}")
+    result = message["result"]
+    inner.result = result if isinstance(result, dict) else {}
+    return inner
+
+
+def sse_messages(body: bytes) -> list[dict[str, Any]]:
+    """The JSON-RPC messages in an event stream's `data:` lines."""
+    messages: list[dict[str, Any]] = []
+    for event in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+        data = b"\n".join(line[5:].lstrip() for line in event.split(b"\n") if line.startswith(b"data:"))
+        if not data:
+            continue
+        try:
+            found = json.loads(data)
+        except ValueError:
+            continue
+        if isinstance(found, dict):
+            messages.append(found)
+    return messages
+
+
+def _why(inner: Collected, message: dict[str, Any] | None) -> str:
+    """What was wrong with an answer: its status and the proxy's or server's own words."""
+    text = b"".join(inner.chunks)[:300].decode("utf-8", "replace")
+    return f"answered {inner.status}: {text}" if message is None or inner.status != 200 else text

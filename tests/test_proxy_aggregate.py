@@ -1,0 +1,567 @@
+"""The aggregate endpoint `/mcp` as SDK clients see it: both eras, namespaced tools routed to the
+right server through the proxy, progress, per-project selection, lazy upstream sessions, swaps.
+
+Every test runs the real proxy on loopback with real SDK servers behind it (tests/support).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import pytest
+from mcp.shared.exceptions import MCPError
+from mcp_types import CreateMessageResult, PromptReference, TextContent
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from pipeline.config.settings import Project
+from pipeline.proxy import upstreams
+from pipeline.proxy.access import create_key
+from pipeline.proxy.catalog import MAX_NAME, public_name
+from pipeline.proxy.router import Upstream
+from tests.support import ts_sdk
+from tests.support.loopback import serve_asgi
+from tests.support.proxy_rig import (
+    ACCEPT_BOTH,
+    LEGACY,
+    MODERN,
+    Rig,
+    connect,
+    eventually,
+    jsonrpc,
+    rich_upstream,
+    running_proxy,
+    sdk_upstream,
+    text_of,
+    upstream,
+)
+
+TOOLS = ("echo", "slow", "whoami")  # what every sdk_app serves
+PROJECTS = (
+    Project("web", servers=("a", "b")),
+    Project("picky", servers=("all",), tools_allow=("a", "b:whoami"), tools_deny=("a:slow",)),
+    Project("other", servers=("c",)),
+    Project("tight", servers=("all",), per_minute=6, burst=2),
+)
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    """A proxy with open access (no projects), as the provider serves it."""
+    with running_proxy(tmp_path) as running:
+        yield running
+
+
+@pytest.fixture
+def keyed(tmp_path: Path) -> Iterator[Rig]:
+    """A proxy whose keys belong to PROJECTS."""
+    with running_proxy(tmp_path, projects=PROJECTS) as running:
+        yield running
+
+
+def serve(rig: Rig, stack: ExitStack, *names: str, **options: Any) -> dict[str, Upstream]:
+    """Start an SDK server per name (its `whoami` answers the name in capitals) and route them."""
+    ups = {n: stack.enter_context(sdk_upstream(n, n.upper(), **options)) for n in names}
+    rig.router.swap(dict(ups))
+    return ups
+
+
+def bearer(rig: Rig, project: str) -> dict[str, str]:
+    """Headers carrying a fresh key of `project`."""
+    return {"authorization": f"Bearer {create_key(rig.store, rig.settings, project)}"}
+
+
+def names(listed: Any) -> set[str]:
+    """The tool names of a tools/list result."""
+    return {t.name for t in listed.tools}
+
+
+# both eras --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("mode,version", [("legacy", LEGACY), ("auto", MODERN)], ids=["session", "stateless"])
+async def test_tools_of_every_server_are_listed_namespaced_and_calls_reach_their_server(
+    rig: Rig, mode: str, version: str
+) -> None:
+    """tools/list is the union of the live servers' tools as `<server>__<tool>`; a call reaches the
+    server its name says, in both eras (the negotiated version asserted)."""
+    with ExitStack() as stack:
+        serve(rig, stack, "a", "b")
+        async with connect(rig.endpoint, mode=mode) as client:
+            assert client.protocol_version == version
+            listed = await client.list_tools()
+            assert names(listed) == {f"{s}__{t}" for s in "ab" for t in TOOLS}
+            echo = next(t for t in listed.tools if t.name == "a__echo")
+            assert "Return the text unchanged." in (echo.description or "") and "a" in (echo.title or "")
+            assert text_of(await client.call_tool("a__whoami")) == "A"
+            assert text_of(await client.call_tool("b__whoami")) == "B"
+            assert text_of(await client.call_tool("b__echo", {"text": "hi"})) == "hi"
+
+
+async def test_progress_of_a_tool_streams_through_the_aggregate(rig: Rig) -> None:
+    """A tool's progress notifications reach the client while the call runs."""
+    with ExitStack() as stack:
+        serve(rig, stack, "a")
+        seen: list[float] = []
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            seen.append(progress)
+
+        async with connect(rig.endpoint, mode="legacy") as client:
+            result = await client.call_tool(
+                "a__slow", {"seconds": 0.3, "steps": 3}, progress_callback=on_progress
+            )
+    assert text_of(result) == "A"
+    assert seen == [1, 2, 3]
+
+
+async def test_unknown_tool_is_a_jsonrpc_error_not_a_server_error(rig: Rig) -> None:
+    """A name no live server serves gets a JSON-RPC error naming it."""
+    with ExitStack() as stack:
+        serve(rig, stack, "a")
+        async with connect(rig.endpoint, mode="legacy") as client:
+            with pytest.raises(MCPError, match="zz__echo"):
+                await client.call_tool("zz__echo", {"text": "x"})
+
+
+# projects ---------------------------------------------------------------------------------------
+async def test_a_projects_key_sees_only_its_servers(keyed: Rig) -> None:
+    """A key of `web` lists and calls only a and b; c (another project's) is absent and refused."""
+    with ExitStack() as stack:
+        serve(keyed, stack, "a", "b", "c")
+        async with connect(keyed.endpoint, headers=bearer(keyed, "web")) as client:
+            assert names(await client.list_tools()) == {f"{s}__{t}" for s in "ab" for t in TOOLS}
+            with pytest.raises(MCPError, match="c__whoami"):
+                await client.call_tool("c__whoami")
+        async with connect(keyed.endpoint, headers=bearer(keyed, "other")) as client:
+            assert names(await client.list_tools()) == {f"c__{t}" for t in TOOLS}
+            assert text_of(await client.call_tool("c__whoami")) == "C"
+
+
+async def test_denied_tools_are_absent_and_a_call_to_one_is_refused(keyed: Rig) -> None:
+    """`tools: {allow: [a, b:whoami], deny: [a:slow]}` lists a's tools but slow, and b's whoami; a
+    call to a denied tool is a JSON-RPC error (HTTP 200), not a 500."""
+    with ExitStack() as stack:
+        serve(keyed, stack, "a", "b")
+        headers = bearer(keyed, "picky")
+        async with connect(keyed.endpoint, headers=headers) as client:
+            assert names(await client.list_tools()) == {"a__echo", "a__whoami", "b__whoami"}
+            with pytest.raises(MCPError, match="not allowed for project 'picky'"):
+                await client.call_tool("a__slow", {"seconds": 0, "steps": 1})
+            assert text_of(await client.call_tool("b__whoami")) == "B"
+
+
+async def test_no_key_gets_401(keyed: Rig) -> None:
+    """Without a key the aggregate answers 401 with the Bearer challenge, as `/mcp/<server>` does."""
+    async with httpx2.AsyncClient() as http:
+        answer = await http.post(keyed.endpoint, json=jsonrpc("tools/list"), headers=ACCEPT_BOTH)
+    assert answer.status_code == 401
+    assert answer.headers["www-authenticate"].startswith("Bearer")
+
+
+async def test_requests_the_aggregate_answers_itself_take_rate_limit_tokens(keyed: Rig) -> None:
+    """initialize, lists and ping cost the key a token like any call: past its burst, 429 with
+    Retry-After (so opening sessions is no way around the limit)."""
+    init = jsonrpc(
+        "initialize",
+        {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    )
+    headers = {**ACCEPT_BOTH, **bearer(keyed, "tight")}
+    async with httpx2.AsyncClient(timeout=10) as http:
+        answers = [await http.post(keyed.endpoint, json=init, headers=headers) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    assert answers[2].headers["retry-after"]
+
+
+# sessions ---------------------------------------------------------------------------------------
+async def test_upstream_sessions_are_opened_lazily_one_per_client_session_and_server(rig: Rig) -> None:
+    """20 client sessions that each call 2 of 5 servers hold at most 40 upstream sessions; ending the
+    client sessions ends theirs."""
+    servers = ("a", "b", "c", "d", "e")
+    with ExitStack() as stack:
+        ups = serve(rig, stack, *servers)
+
+        async def one(i: int) -> None:
+            async with connect(rig.endpoint, mode="legacy") as client:
+                for server in (servers[i % 5], servers[(i + 1) % 5]):
+                    assert text_of(await client.call_tool(f"{server}__whoami")) == server.upper()
+                    assert text_of(await client.call_tool(f"{server}__echo", {"text": "x"})) == "x"
+                await asyncio.sleep(0.3)  # all 20 open at once
+                held = sum(rig.router.sessions_on(u.container_id) for u in ups.values())
+                assert held <= 40
+
+        await asyncio.gather(*(one(i) for i in range(20)))
+        assert await eventually(
+            lambda: sum(rig.router.sessions_on(u.container_id) for u in ups.values()) == 0
+        )
+
+
+async def test_a_swapped_server_keeps_the_client_on_its_release_until_the_session_ends(rig: Rig) -> None:
+    """After a swap, an open client session still reaches the release its upstream session is on;
+    a new client session reaches the new release."""
+    with ExitStack() as stack:
+        serve(rig, stack, "a")
+        async with connect(rig.endpoint, mode="legacy") as old:
+            assert text_of(await old.call_tool("a__whoami")) == "A"
+            new_release = stack.enter_context(sdk_upstream("a", "A2"))
+            rig.router.swap({"a": new_release})
+            assert text_of(await old.call_tool("a__whoami")) == "A"
+            async with connect(rig.endpoint, mode="legacy") as fresh:
+                assert text_of(await fresh.call_tool("a__whoami")) == "A2"
+            rig.router.retire("A")  # the session drain deadline passed
+            assert text_of(await old.call_tool("a__whoami")) == "A2"
+
+
+async def test_a_removed_server_vanishes_and_calls_to_it_get_a_clear_error(rig: Rig) -> None:
+    """A server taken out of the table leaves the list; a call to one of its tools names it."""
+    with ExitStack() as stack:
+        serve(rig, stack, "a", "b")
+        async with connect(rig.endpoint, mode="legacy") as client:
+            assert "b__whoami" in names(await client.list_tools())
+            rig.router.swap({"b": None})
+            assert names(await client.list_tools()) == {f"a__{t}" for t in TOOLS}
+            with pytest.raises(MCPError, match="no live server 'b'"):
+                await client.call_tool("b__whoami")
+
+
+async def test_a_swap_that_changes_the_tools_sends_list_changed(rig: Rig) -> None:
+    """A session-era client with its GET stream open gets tools/list_changed when a swap adds a
+    server, and then lists the new tools."""
+    with ExitStack() as stack:
+        serve(rig, stack, "a")
+        changed = asyncio.Event()
+
+        async def on_message(message: Any) -> None:
+            if "ToolListChanged" in type(getattr(message, "root", message)).__name__:
+                changed.set()
+
+        async with connect(rig.endpoint, mode="legacy", message_handler=on_message) as client:
+            assert names(await client.list_tools()) == {f"a__{t}" for t in TOOLS}
+            await asyncio.sleep(0.2)  # the client's GET stream is open
+            b = stack.enter_context(sdk_upstream("b", "B"))
+            rig.router.swap({"b": b})
+            await asyncio.wait_for(changed.wait(), 5)
+            assert "b__echo" in names(await client.list_tools())
+
+
+# names ------------------------------------------------------------------------------------------
+def test_long_names_are_shortened_with_a_stable_hash_and_stay_unique() -> None:
+    """A pair past the spec's 128 characters gets a stable, distinct short name."""
+    long_a, long_b = "t" * 200, "t" * 199 + "u"
+    assert len(public_name("srv", long_a)) == MAX_NAME
+    assert public_name("srv", long_a) == public_name("srv", long_a)
+    assert public_name("srv", long_a) != public_name("srv", long_b)
+    assert public_name("srv", "echo") == "srv__echo"
+
+
+# zero downtime ----------------------------------------------------------------------------------
+REDEPLOY_DRAIN = (5.0, 10.0)  # request and session drain timeouts of each redeploy
+
+
+def _redeploy(rig: Rig, stack: ExitStack, lock: threading.Lock, server: str, label: str) -> bool:
+    """What a deploy does after its gate: swap in a new release, drain the old, retire it."""
+    with lock:
+        fresh = stack.enter_context(sdk_upstream(server, label))
+    old = rig.router.get(server)
+    assert old is not None
+    rig.router.swap({server: fresh})
+    emptied = rig.router.drain(old.container_id, *REDEPLOY_DRAIN)
+    rig.router.retire(old.container_id)
+    return emptied
+
+
+async def test_twenty_clients_see_no_failure_while_three_servers_are_redeployed(rig: Rig) -> None:
+    """20 session-era clients calling tools of 3 servers through /mcp while each server is
+    redeployed once (swap, drain, retire): zero failed calls, and the new releases answer."""
+    with ExitStack() as stack:
+        serve(rig, stack, "a", "b", "c")
+        lock, finished = threading.Lock(), threading.Event()
+        failures: list[str] = []
+        answers: Counter[str] = Counter()
+
+        async def worker(i: int) -> None:
+            while not finished.is_set():
+                try:
+                    async with connect(rig.endpoint, mode="legacy") as client:
+                        for n in range(4):
+                            server = "abc"[(i + n) % 3]
+                            answers[text_of(await client.call_tool(f"{server}__whoami"))] += 1
+                except Exception as exc:  # every failure is the finding
+                    failures.append(repr(exc))
+
+        def until(check: Callable[[], bool]) -> None:
+            deadline = time.monotonic() + 60
+            while not check() and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+        def deploys() -> list[bool]:
+            until(lambda: {"A", "B", "C"} <= set(answers))  # every client busy first (a loaded box is slow)
+            done = [_redeploy(rig, stack, lock, s, f"{s.upper()}2") for s in "abc"]
+            until(lambda: {"A2", "B2", "C2"} <= set(answers))
+            finished.set()
+            return done
+
+        workers = asyncio.gather(*(worker(i) for i in range(20)))
+        drained, _ = await asyncio.gather(asyncio.to_thread(deploys), workers)
+    assert failures == []
+    assert all(drained), drained
+    assert {"A", "B", "C", "A2", "B2", "C2"} <= set(answers), answers
+
+
+# resources, prompts, completion, logging, sampling -----------------------------------------------
+@pytest.fixture
+def rich(rig: Rig) -> Iterator[Rig]:
+    """The rig with `r`, a server with resources, a template, a prompt, sampling and logging, beside
+    `a`, a server with tools only."""
+    with ExitStack() as stack:
+        r = stack.enter_context(rich_upstream("r", "R"))
+        a = stack.enter_context(sdk_upstream("a", "A"))
+        rig.router.swap({"r": r, "a": a})
+        yield rig
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"], ids=["session", "stateless"])
+async def test_resources_and_templates_are_listed_under_reversible_uris_and_read(
+    rich: Rig, mode: str
+) -> None:
+    """Resources and templates carry `central-mcp://<server>/<uri>`; reading one (or an expanded
+    template) reaches its server with the server's own URI and gives the aggregate's URI back."""
+    async with connect(rich.endpoint, mode=mode) as client:
+        resources = await client.list_resources()
+        assert [str(r.uri) for r in resources.resources] == ["central-mcp://r/note://readme"]
+        templates = await client.list_resource_templates()
+        assert [t.uri_template for t in templates.resource_templates] == [
+            "central-mcp://r/note://topics/{topic}"
+        ]
+        read = await client.read_resource("central-mcp://r/note://readme")
+        assert read.contents[0].text == "readme of R"  # type: ignore[union-attr]
+        assert str(read.contents[0].uri) == "central-mcp://r/note://readme"
+        topic = await client.read_resource("central-mcp://r/note://topics/tea")
+        assert topic.contents[0].text == "R on tea"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"], ids=["session", "stateless"])
+async def test_prompts_are_namespaced_and_completion_and_ping_work(rich: Rig, mode: str) -> None:
+    """prompts/list names `r__greet`; prompts/get and completion reach r; ping answers."""
+    async with connect(rich.endpoint, mode=mode) as client:
+        assert [p.name for p in (await client.list_prompts()).prompts] == ["r__greet"]
+        got = await client.get_prompt("r__greet", {"name": "Ada"})
+        assert "Hello Ada, from R" in got.messages[0].content.text  # type: ignore[union-attr]
+        done = await client.complete(
+            PromptReference(type="ref/prompt", name="r__greet"), {"name": "name", "value": "Ad"}
+        )
+        assert done.completion.values == ["Ad-R"]
+        await client.send_ping()
+
+
+async def test_a_servers_sampling_request_reaches_the_client_and_its_answer_the_server(rich: Rig) -> None:
+    """A tool that samples: the request reaches the session-era client's callback (its id rewritten
+    for the aggregate), and the client's answer goes back to the server, which finishes the call."""
+    asked: list[str] = []
+
+    async def sample(context: Any, params: Any) -> CreateMessageResult:
+        asked.append(params.messages[0].content.text)
+        return CreateMessageResult(role="assistant", content=TextContent(type="text", text="blue"), model="m")
+
+    async with connect(rich.endpoint, mode="legacy", sampling_callback=sample) as client:
+        result = await client.call_tool("r__ask", {"question": "sky colour?"})
+    assert asked == ["sky colour?"]
+    assert text_of(result) == "R heard: blue"
+
+
+async def test_set_level_reaches_the_servers_and_their_log_lines_reach_the_client(rich: Rig) -> None:
+    """logging/setLevel is kept and sent to each server session as it opens; a tool's log line
+    reaches the client's logging callback."""
+    lines: list[Any] = []
+
+    async def on_log(params: Any) -> None:
+        lines.append(params.data)
+
+    async with connect(rich.endpoint, mode="legacy", logging_callback=on_log) as client:
+        await client.set_logging_level("info")
+        assert text_of(await client.call_tool("r__chatty")) == "R"
+    assert lines == ["chatty R says hello"]
+
+
+@pytest.mark.skipif(
+    shutil.which("node") is None or shutil.which("npm") is None, reason="node and npm are needed"
+)
+async def test_the_typescript_sdk_client_lists_and_calls_through_the_aggregate(
+    keyed: Rig, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The official TypeScript SDK client, with a project key, lists the project's namespaced tools
+    and calls one through /mcp."""
+    with ExitStack() as stack:
+        serve(keyed, stack, "a", "b", "c")
+        key = create_key(keyed.store, keyed.settings, "web")
+        script = await asyncio.to_thread(ts_sdk.install, tmp_path_factory.getbasetemp() / "ts-sdk")
+        found = await asyncio.to_thread(
+            ts_sdk.call, script, keyed.endpoint, key, "b__echo", {"text": "from ts"}
+        )
+    assert found["protocolVersion"] == LEGACY
+    assert set(found["tools"]) == {f"{s}__{t}" for s in "ab" for t in TOOLS}
+    assert found["result"]["content"][0]["text"] == "from ts"
+
+
+async def test_the_aggregate_answers_through_asgi_too(tmp_path: Path) -> None:
+    """Served without front.py's protocol (plain uvicorn, ASGI), `/mcp` and `/mcp/` work the same."""
+    with running_proxy(tmp_path, front=False) as plain, ExitStack() as stack:
+        serve(plain, stack, "a")
+        for url in (plain.endpoint, plain.endpoint + "/"):
+            async with connect(url, mode="legacy") as client:
+                assert text_of(await client.call_tool("a__whoami")) == "A"
+
+
+async def test_a_client_moved_to_a_new_release_hears_that_its_tools_changed(rig: Rig) -> None:
+    """A session kept on the old release sees no change at the swap; once the old release is retired
+    its next call moves it to the new release, and it gets tools/list_changed since the tools differ."""
+    with ExitStack() as stack:
+        serve(rig, stack, "a")
+        changed = asyncio.Event()
+
+        async def on_message(message: Any) -> None:
+            if "ToolListChanged" in type(getattr(message, "root", message)).__name__:
+                changed.set()
+
+        async with connect(rig.endpoint, mode="legacy", message_handler=on_message) as client:
+            assert text_of(await client.call_tool("a__whoami")) == "A"
+            assert "a__whoami" in names(await client.list_tools())
+            await asyncio.sleep(0.2)  # the client's GET stream is open
+            rig.router.swap({"a": stack.enter_context(rich_upstream("a", "R2"))})
+            await asyncio.sleep(0.3)
+            assert not changed.is_set()  # still on the release that issued its session
+            rig.router.retire("A")
+            assert text_of(await client.call_tool("a__chatty")) == "R2"
+            await asyncio.wait_for(changed.wait(), 5)
+            assert "a__chatty" in names(await client.list_tools())
+
+
+async def test_a_cancelled_call_is_cancelled_on_its_server(rig: Rig) -> None:
+    """A session-era client that abandons a slow call sends notifications/cancelled; the aggregate
+    passes it to the server running that call, which stops it (it never returns)."""
+    ended: list[float] = []
+    with ExitStack() as stack:
+        ups = {"a": stack.enter_context(sdk_upstream("a", "A", ended=ended))}
+        rig.router.swap(dict(ups))
+        async with connect(rig.endpoint, mode="legacy") as client:
+            call = asyncio.ensure_future(client.call_tool("a__slow", {"seconds": 1.0, "steps": 2}))
+            await asyncio.sleep(0.3)
+            call.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            await asyncio.sleep(1.5)
+            assert text_of(await client.call_tool("a__whoami")) == "A"
+    assert ended == []
+
+
+async def test_a_server_answering_too_much_is_left_out_of_the_list_not_held(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the aggregate reads whole from a server is bounded: past the cap the server is left out
+    of the lists (the request still answers) and a call that needs its handshake gets a JSON-RPC
+    error naming it, instead of the answer being held in memory."""
+    monkeypatch.setattr(upstreams, "MAX_HELD", 200)  # below any SDK server's streamed answer
+    with ExitStack() as stack:
+        serve(rig, stack, "a")
+        async with connect(rig.endpoint, mode="legacy") as client:
+            assert names(await client.list_tools()) == set()
+            with pytest.raises(MCPError, match="server 'a' answered more than 200 bytes"):
+                await client.call_tool("a__whoami")
+
+
+async def test_an_idle_client_session_ends_with_its_upstream_sessions(tmp_path: Path) -> None:
+    """A client session with no request and no stream past `session_idle_timeout` ends: its id then
+    answers 404 and the upstream sessions it opened are ended too."""
+    with running_proxy(tmp_path, session_idle_timeout=0.4) as idle, ExitStack() as stack:
+        ups = serve(idle, stack, "a")
+        async with httpx2.AsyncClient(timeout=10) as http:
+            init = jsonrpc(
+                "initialize",
+                {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+            )
+            opened = await http.post(idle.endpoint, json=init, headers=ACCEPT_BOTH)
+            headers = {**ACCEPT_BOTH, "mcp-session-id": opened.headers["mcp-session-id"]}
+            called = await http.post(
+                idle.endpoint, json=jsonrpc("tools/call", {"name": "a__whoami"}, 2), headers=headers
+            )
+            assert called.status_code == 200 and '"A"' in called.text
+            assert idle.router.sessions_on(ups["a"].container_id) == 1
+            await asyncio.sleep(1.2)
+            late = await http.post(idle.endpoint, json=jsonrpc("ping", {}, 3), headers=headers)
+        assert late.status_code == 404
+        assert idle.router.sessions_on(ups["a"].container_id) == 0
+
+
+async def test_a_stateless_call_to_a_stateless_server_takes_the_proxys_own_path(keyed: Rig) -> None:
+    """A 2026-07-28 tools/call to a server that speaks it is handed to the proxy as a `/mcp/<server>`
+    request (rewritten for that server, checked against the key again); a denied tool is not, and
+    gets its JSON-RPC error from the aggregate's coroutine."""
+    assert keyed.aggregate is not None
+    aggregate, quick = keyed.aggregate, []
+    original = aggregate.quick_call
+
+    def spy(ex: Any, body: bytes) -> Any:
+        found = original(ex, body)
+        quick.append(found[0] if found else None)
+        return found
+
+    aggregate.quick_call = spy  # type: ignore[method-assign]
+    with ExitStack() as stack:
+        serve(keyed, stack, "a", "b")
+        async with connect(keyed.endpoint, mode="auto", headers=bearer(keyed, "picky")) as client:
+            assert client.protocol_version == MODERN
+            await client.list_tools()  # learns that a and b speak 2026-07-28
+            assert text_of(await client.call_tool("a__echo", {"text": "fast"})) == "fast"
+            with pytest.raises(MCPError, match="not allowed"):
+                await client.call_tool("a__slow", {"seconds": 0, "steps": 1})
+    assert "a" in quick and quick[-1] is None
+
+
+def legacy_only_app() -> Starlette:
+    """A raw session-era-only MCP server: `initialize` issues a session; `server/discover` is an
+    unknown method; one tool `hello`."""
+
+    async def endpoint(request: Request) -> Response:
+        if request.method == "DELETE":
+            return Response(status_code=200)
+        message = await request.json()
+        if "id" not in message:
+            return Response(status_code=202)
+        method, rid = message["method"], message["id"]
+        if method == "initialize":
+            info = {"protocolVersion": LEGACY, "capabilities": {"tools": {}}, "serverInfo": {"name": "old"}}
+            body = {"jsonrpc": "2.0", "id": rid, "result": info}
+            return JSONResponse(body, headers={"mcp-session-id": "legacy-session"})
+        if request.headers.get("mcp-session-id") != "legacy-session":
+            return JSONResponse(
+                {"jsonrpc": "2.0", "id": rid, "error": {"code": -32600, "message": "no session"}}, 400
+            )
+        if method == "tools/list":
+            tool = {"name": "hello", "inputSchema": {"type": "object"}}
+            return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": {"tools": [tool]}})
+        if method == "tools/call":
+            content = [{"type": "text", "text": "hello from the old era"}]
+            return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": {"content": content}})
+        return JSONResponse({"jsonrpc": "2.0", "id": rid, "error": {"code": -32601, "message": "unknown"}})
+
+    return Starlette(routes=[Route("/mcp", endpoint, methods=["POST", "DELETE"])])
+
+
+async def test_a_stateless_era_client_reaches_a_session_era_only_server(rig: Rig) -> None:
+    """A 2026-07-28 client calls a server that speaks only the session era: the aggregate calls it on
+    a session of the key and gives the answer back in the client's era."""
+    with serve_asgi(legacy_only_app()) as port:
+        rig.router.swap({"old": upstream("old", port, container_id="old-1")})
+        async with connect(rig.endpoint, mode="auto") as client:
+            assert client.protocol_version == MODERN
+            assert names(await client.list_tools()) == {"old__hello"}
+            assert text_of(await client.call_tool("old__hello")) == "hello from the old era"
