@@ -24,8 +24,9 @@
         ├── ClientGone              the client left before its request body was complete
         ├── BodyTooLarge            the request body is over the proxy's limit
         ├── HeadTooLarge            the request target or headers are over the proxy's limits
-        └── UpstreamError           the upstream closed or spoke no HTTP (also a ConnectionError)
-            └── UpstreamRefused     the proxy would not connect: a remote's address or certificate is refused
+        ├── UpstreamError           the upstream closed or spoke no HTTP (also a ConnectionError)
+        │   └── UpstreamRefused     the proxy would not connect: a remote's address or certificate is refused
+        └── UpstreamFailed          a server's answer to the aggregate's own request was no usable result
 
 `UpstreamError` is also a `ConnectionError` (so an `OSError`): the proxy handles it with
 refused and reset connections in one `except OSError`. `DatabaseDamaged` is also an
@@ -204,3 +205,12 @@ class UpstreamError(ProxyError, ConnectionError):
 class UpstreamRefused(UpstreamError):
     """The proxy did not connect to a remote server: its address leads into the VM, or its TLS
     certificate does not verify (RemoteRefused, met on the proxy's path)."""
+
+
+class UpstreamFailed(ProxyError):
+    """A server's answer to the aggregate's own request (/mcp) was not a usable JSON-RPC result."""
+
+    def __init__(self, server: str, status: int, message: str) -> None:
+        super().__init__(f"server {server!r}: {message}")
+        self.server = server
+        self.status = status

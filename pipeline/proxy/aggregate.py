@@ -40,7 +40,7 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
-from pipeline.errors import BodyTooLarge, ClientGone
+from pipeline.errors import BodyTooLarge, ClientGone, UpstreamFailed
 from pipeline.proxy import replies
 from pipeline.proxy.access import OPEN_CALLER, Caller, Denied
 from pipeline.proxy.addressing import Addressing
@@ -57,7 +57,6 @@ from pipeline.proxy.upstreams import (
     Collected,
     Link,
     Piped,
-    UpstreamFailed,
     modern_headers,
     send,
 )

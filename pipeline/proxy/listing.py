@@ -17,10 +17,11 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pipeline.errors import UpstreamFailed
 from pipeline.proxy.access import Caller
 from pipeline.proxy.catalog import KINDS, Catalog, Lists, Releases, View
 from pipeline.proxy.relay import Proxy
-from pipeline.proxy.upstreams import Link, UpstreamFailed, send, speaks_modern
+from pipeline.proxy.upstreams import Link, send, speaks_modern
 
 log = logging.getLogger("central-mcp")
 MAX_LIST_PAGES = 20  # a server's pages of one list followed at most

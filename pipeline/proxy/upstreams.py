@@ -16,13 +16,14 @@ session on the live release and sends the call again.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.config.settings import DEFAULT_MAX_HANDSHAKE
-from pipeline.errors import BodyTooLarge, UpstreamError
+from pipeline.errors import BodyTooLarge, UpstreamError, UpstreamFailed
 from pipeline.proxy.exchange import Exchange, Headers
 from pipeline.proxy.relay import Proxy
 
@@ -43,16 +44,7 @@ UPSTREAM_TIMEOUT = 30.0  # for the aggregate's own requests (initialize, lists);
 MAX_HELD = DEFAULT_MAX_HANDSHAKE
 
 
-class UpstreamFailed(Exception):
-    """A server's answer to the aggregate's own request was not a usable JSON-RPC result."""
-
-    def __init__(self, server: str, status: int, message: str) -> None:
-        super().__init__(f"server {server!r}: {message}")
-        self.server = server
-        self.status = status
-
-
-class InnerExchange:
+class InnerExchange(abc.ABC):
     """A request the aggregate makes to one server through the proxy; the answer is `handle`d."""
 
     def __init__(self, method: str, server: str, headers: Headers, body: bytes) -> None:
@@ -69,22 +61,22 @@ class InnerExchange:
             raise BodyTooLarge(limit)
         return self.body
 
+    @abc.abstractmethod
     async def answer(self, status: int, body: bytes, headers: Headers) -> None:
         """A whole answer."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def start(self, status: int, headers: Headers) -> None:
         """A streamed answer begins."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     async def write(self, chunk: bytes) -> None:
         """More of a streamed answer."""
-        raise NotImplementedError
 
-    async def end(self) -> None:
+    async def end(self) -> None:  # noqa: B027 - a hook: nothing to do unless a kind says so
         """A streamed answer ended whole."""
 
-    async def abort(self) -> None:
+    async def abort(self) -> None:  # noqa: B027 - a hook, as end
         """A streamed answer was cut short."""
 
     async def gone(self) -> None:
