@@ -210,7 +210,8 @@ class UpstreamRefused(UpstreamError):
 class UpstreamFailed(ProxyError):
     """A server's answer to the aggregate's own request (/mcp) was not a usable JSON-RPC result."""
 
-    def __init__(self, server: str, status: int, message: str) -> None:
+    def __init__(self, server: str, status: int, message: str, retry_after: str = "") -> None:
         super().__init__(f"server {server!r}: {message}")
         self.server = server
         self.status = status
+        self.retry_after = retry_after  # the answer's Retry-After (a 429 of the key's rate limit)

@@ -182,6 +182,32 @@ async def test_requests_the_aggregate_answers_itself_take_rate_limit_tokens(keye
     assert answers[2].headers["retry-after"]
 
 
+async def test_a_call_whose_upstream_session_is_rate_limited_answers_429(keyed: Rig) -> None:
+    """Past its burst, a call that must first open its server's session answers what a limited call
+    does, 429 with Retry-After, not an error saying the server is unreachable (found by the
+    aggregate's zero-downtime e2e: 20 clients on one key)."""
+    with ExitStack() as stack:
+        serve(keyed, stack, "a", "b")
+        init = jsonrpc(
+            "initialize",
+            {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+        )
+        headers = {**ACCEPT_BOTH, **bearer(keyed, "tight")}
+        async with httpx2.AsyncClient(timeout=10) as http:
+            opened = await http.post(keyed.endpoint, json=init, headers=headers)  # token 1 of 2
+            headers |= {"mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": LEGACY}
+            # a's upstream session takes token 2 and its call is refused; b's session cannot open.
+            calls = [
+                await http.post(
+                    keyed.endpoint, json=jsonrpc("tools/call", {"name": f"{s}__whoami"}), headers=headers
+                )
+                for s in ("a", "b")
+            ]
+    assert [c.status_code for c in calls] == [429, 429], calls[1].text
+    assert all(c.headers["retry-after"] for c in calls)
+    assert calls[1].json() == {"error": "rate limit exceeded"}
+
+
 # sessions ---------------------------------------------------------------------------------------
 async def test_upstream_sessions_are_opened_lazily_one_per_client_session_and_server(rig: Rig) -> None:
     """20 client sessions that each call 2 of 5 servers hold at most 40 upstream sessions; ending the

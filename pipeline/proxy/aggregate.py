@@ -79,6 +79,7 @@ FORWARDED = frozenset(  # what goes to a server (through the proxy, which rate-l
 LISTS = {method: kind for kind, method in LIST_METHODS.items()}
 INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32600, -32601, -32602
 SERVER_GONE = -32603
+RATE_LIMITED = 429  # the proxy's answer to a key past its rate limit
 
 
 class Aggregate:
@@ -332,9 +333,7 @@ class Aggregate:
             try:
                 await link.session(server)
             except (UpstreamFailed, OSError, TimeoutError) as exc:
-                return replies.rpc_error(
-                    request_id, SERVER_GONE, f"server {server!r} is not reachable now: {exc}"
-                )
+                return _unopened(server, request_id, exc)
             if rewrite is not None:
                 inner = Collected("POST", server, link.headers(server), body)
                 await self.proxy.serve(inner)
@@ -363,9 +362,7 @@ class Aggregate:
             try:
                 await link.session(server)
             except (UpstreamFailed, OSError, TimeoutError) as exc:
-                return replies.rpc_error(
-                    request_id, SERVER_GONE, f"server {server!r} is not reachable now: {exc}"
-                )
+                return _unopened(server, request_id, exc)
             inner = Collected("POST", server, link.headers(server), body)
             await self.proxy.serve(inner)
             if inner.status != 404:
@@ -438,3 +435,12 @@ class Aggregate:
 
     async def _viewer(self, session: ClientSession, kind: str) -> View:
         return await self.view(session.caller, session, kind)
+
+
+def _unopened(server: str, request_id: object, exc: Exception) -> Reply:
+    """Why a server's session could not be opened: the key's rate limit is the 429 a call past it
+    gets (Retry-After kept, so the client backs off); anything else says the server is unreachable."""
+    if isinstance(exc, UpstreamFailed) and exc.status == RATE_LIMITED:
+        retry = {"Retry-After": exc.retry_after} if exc.retry_after else {}
+        return replies.error_reply(RATE_LIMITED, "rate limit exceeded", retry)
+    return replies.rpc_error(request_id, SERVER_GONE, f"server {server!r} is not reachable now: {exc}")

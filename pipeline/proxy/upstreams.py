@@ -344,7 +344,7 @@ async def send(
         await proxy.serve(inner)
     message = inner.message(request_id)
     if inner.status != 200 or message is None:
-        raise UpstreamFailed(server, inner.status, _why(inner, message))
+        raise UpstreamFailed(server, inner.status, _why(inner, message), inner.header(b"retry-after"))
     if "result" not in message:
         raise UpstreamFailed(server, inner.status, f"{method} failed: {message.get('error')}")
     result = message["result"]
