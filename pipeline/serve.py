@@ -71,6 +71,7 @@ def up(settings: Settings, workdir: Path, say: Callable[[str], None], listen: Li
     _push(workdir, path, repo.branch, say)
     say(f"deploys:   {base}/deploys")
     say(f"registry:  {base}/registry.json   {base}/mcp.json")
+    say(f"one entry: {base}/mcp   (every server a project's key may use, as <server>__<tool>)")
     say(f"servers:   {base}/mcp/<server>")
     _first_key(settings, say)
     for line in remotes:

@@ -1,14 +1,20 @@
-"""`central-mcp up` (what `make run` starts): serve, deploy this checkout's servers, print where to look."""
+"""`central-mcp up` (what `make run` starts): serve, deploy this checkout's servers, print where to look;
+the deployed servers are reachable through the project's one endpoint `/mcp` with the printed key."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,9 +22,29 @@ from pipeline.context import instance_id
 from pipeline.dockerhost import LABEL_INSTANCE, DockerHost
 from tests.support.loopback import free_port
 from tests.support.provider import FIXTURES
+from tests.support.proxy_rig import connect
 
 pytestmark = pytest.mark.docker
 FIXTURE = FIXTURES / "echo"
+PRINTED_KEY = re.compile(r"api key:\s+(cmcp_\S+)")
+
+
+def _through_the_aggregate(base: str, key: str) -> tuple[dict[str, Any], set[str], str]:
+    """The registry as the key's project reads it; the tools /mcp lists and echo-up's greeting there."""
+    headers = {"authorization": f"Bearer {key}"}
+    with urllib.request.urlopen(
+        urllib.request.Request(f"{base}/registry.json", headers=headers), timeout=10
+    ) as r:
+        registry: dict[str, Any] = json.loads(r.read())
+
+    async def listed_and_called() -> tuple[set[str], str]:
+        async with connect(f"{base}/mcp", headers=headers) as client:
+            names = {tool.name for tool in (await client.list_tools()).tools}
+            greeted = await client.call_tool("echo-up__greet", {"name": "Ada"})
+            return names, str((greeted.structured_content or {}).get("greeting"))
+
+    names, greeting = asyncio.run(listed_and_called())
+    return registry, names, greeting
 
 
 def test_up_deploys_the_checkout_prints_where_to_look_and_stops_on_sigint(
@@ -65,6 +91,17 @@ def test_up_deploys_the_checkout_prints_where_to_look_and_stops_on_sigint(
         assert "==> succeeded: live: echo-up r1" in output
         assert f"http://127.0.0.1:{port}/deploys" in output and "git remote add vm" in output
         assert "api key:   cmcp_" in output
+        assert f"one entry: http://127.0.0.1:{port}/mcp " in output
+        found = PRINTED_KEY.search(output)
+        assert found, output
+        registry, names, greeting = _through_the_aggregate(f"http://127.0.0.1:{port}", found[1])
+        assert registry["metadata"]["io.central-mcp/aggregate"] == {
+            "url": f"http://127.0.0.1:{port}/mcp",
+            "project": "demo",
+        }
+        tools = registry["servers"][0]["_meta"]["io.central-mcp/live"]["tools"]
+        assert [t["aggregateName"] for t in tools] == ["echo-up__greet"]
+        assert names == {"echo-up__greet"} and greeting == "hello, Ada"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(60) == 0
     finally:
