@@ -7,7 +7,8 @@ twice (stateless; the second copy, `greeter`, gains a `farewell` tool in the mid
 answer names the server and release that gave it, so a call answered by the wrong server fails.
 Clients of three kinds: session-era clients holding one session through every push (they must hear
 tools/list_changed and then call the new tool), session-era clients in one-round sessions, and
-2026-07-28 clients (no session; they list again each round).
+2026-07-28 clients (no session; they list again each round). The second test shortens the session
+drain so that a held session crosses its deadline: the aggregate moves it to the new release unseen.
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ STREAM_STEPS, STREAM_DELAY = 3, 0.2  # a streamed call: ~0.6 s, one progress not
 CALL_TIMEOUT = 30.0  # a call that takes longer counts as failed instead of hanging the test
 WIND_DOWN_TIMEOUT = 60.0
 REMOVAL_TIMEOUT = 30.0
+SESSION_DRAIN_TIMEOUT = 3.0  # the drain-deadline test's proxy.session_drain_timeout
+MOVE_TIMEOUT = 20.0  # how long after the push the held session must have moved
+CALL_INTERVAL = 0.2
 # A load test, not a rate-limit test: 20 clients share the key, far past the default 600 a minute.
 PROJECTS = "projects: [{name: web, rate_limit: {per_minute: 100000, burst: 10000}}]\n"
 NEW_TOOL = "farewell"
@@ -294,5 +298,53 @@ async def test_twenty_clients_on_the_aggregate_see_no_failure_across_three_redep
             wait_for,
             f"{server}'s old releases to drain and be removed",
             lambda server=server: len(provider.containers(server)) == 1,  # type: ignore[misc]
+            REMOVAL_TIMEOUT,
+        )
+
+
+async def test_a_held_session_moves_to_the_new_release_at_the_session_drain_deadline(
+    tmp_path: Path, docker_host: DockerHost
+) -> None:
+    """Past the session drain deadline the aggregate opens the client's session with the stateful
+    server again on the live release: calls answered v1 then v2, none failed, the old container goes."""
+    with running_provider(
+        tmp_path / "vm",
+        docker_host,
+        extra_config=PROJECTS,
+        proxy={"session_drain_timeout": f"{SESSION_DRAIN_TIMEOUT:.0f}s"},
+    ) as provider:
+        workspace = provider.clone(tmp_path / "work")
+        made = provider.cli("keys", "create", "web")
+        assert made.returncode == 0, made.stderr
+        streamer = provider.name("streamer")
+        workspace.put("streamer", name=streamer, env={"RELEASE": f"{streamer}@v1"})
+        workspace.commit("v1")
+        assert (first := workspace.push()).ok, first.output
+        tool, answers = f"{streamer}__whoami", []
+        async with connect(
+            f"{provider.base}/mcp", headers={"authorization": f"Bearer {made.stdout.strip()}"}
+        ) as client:
+            answers.append(text_of(await client.call_tool(tool)))
+            workspace.put("streamer", name=streamer, env={"RELEASE": f"{streamer}@v2"})
+            workspace.commit("v2")
+            push = await asyncio.to_thread(workspace.push)
+            assert push.ok, push.output
+            swapped = time.monotonic()
+            while answers[-1].endswith("@v1") and time.monotonic() < swapped + MOVE_TIMEOUT:
+                await asyncio.sleep(CALL_INTERVAL)
+                result = await client.call_tool(tool, read_timeout_seconds=CALL_TIMEOUT)
+                assert not result.is_error, result.content
+                answers.append(text_of(result))
+            moved = time.monotonic() - swapped
+        assert answers[-1] == f"{streamer}@v2", answers[-5:]
+        assert answers[1].endswith("@v1") and moved >= SESSION_DRAIN_TIMEOUT - 1, (moved, answers[:3])
+        print(
+            f"\nsession drain e2e: the held session moved to v2 {moved:.1f}s after the push, "
+            f"{len(answers)} calls"
+        )
+        await asyncio.to_thread(
+            wait_for,
+            "the old release's container to go",
+            lambda: len(provider.containers(streamer)) == 1,
             REMOVAL_TIMEOUT,
         )
