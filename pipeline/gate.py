@@ -293,7 +293,7 @@ class _Session:
             if raw.startswith(b"data:"):
                 try:
                     message = json.loads(raw[5:].strip())
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue
                 if isinstance(message, dict) and message.get("id") == want:
                     break
@@ -326,7 +326,7 @@ def _find_response(content_type: str, payload: bytes, want: int) -> dict[str, An
     for candidate in candidates:
         try:
             message = json.loads(candidate)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(message, dict) and message.get("id") == want:
             return message

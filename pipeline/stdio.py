@@ -187,7 +187,7 @@ def read_processes(host: str, port: int, timeout: float) -> Processes:
             str(counts["lastExit"])[:MAX_REASON],
             str(data["isolation"])[:MAX_REASON],
         )
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
         raise NotMCP(
             f"the bridge's {STATS_PATH} answered {response.status} without its process counts"
         ) from exc

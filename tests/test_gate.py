@@ -370,3 +370,13 @@ def test_a_secret_cut_off_in_the_gates_error_is_masked_all_the_same(kept: int) -
     assert secret[:kept] in str(err.value)  # the cut is where the test put it
     shown = Masker([secret])(str(err.value))
     assert secret[:kept] not in shown, shown
+
+
+def test_an_answer_nested_past_the_parsers_depth_is_not_mcp() -> None:
+    """A server answering JSON nested too deep for the parser (RecursionError) fails the gate
+    with NotMCP, as any answer that is not JSON does."""
+    deep = b"[" * 100_000
+    with pytest.raises(NotMCP):
+        gate._find_response("application/json", deep, 1)
+    with pytest.raises(NotMCP):
+        gate._find_response("text/event-stream", b"data: " + deep + b"\n\n", 1)

@@ -183,3 +183,12 @@ def test_a_staged_tree_is_opened_to_every_user_whatever_the_umask(tmp_path: Path
     modes = {p.name: stat.S_IMODE(p.lstat().st_mode) for p in tmp_path.rglob("*")}
     assert (modes["lib"], modes["index.js"], modes["cli.js"]) == (0o755, 0o644, 0o755)
     assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
+
+
+def test_a_package_json_nested_past_the_parsers_depth_is_a_build_error(tmp_path: Path) -> None:
+    """A downloaded package.json too deep for the parser is refused by name, not a crash."""
+    folder = tmp_path / "node_modules" / "deep"
+    folder.mkdir(parents=True)
+    (folder / "package.json").write_text("[" * 100_000)
+    with pytest.raises(BuildError, match="not JSON"):
+        fetch._npm_bin(spec.parse("npm:deep@1.0.0"), tmp_path)

@@ -565,3 +565,23 @@ async def test_a_stateless_era_client_reaches_a_session_era_only_server(rig: Rig
             assert client.protocol_version == MODERN
             assert names(await client.list_tools()) == {"old__hello"}
             assert text_of(await client.call_tool("old__hello")) == "hello from the old era"
+
+
+@pytest.mark.parametrize("version", [LEGACY, MODERN], ids=["session", "stateless"])
+async def test_deeply_nested_json_is_a_parse_error_not_a_500(rig: Rig, version: str) -> None:
+    """A body nested past the parser's recursion limit is a JSON-RPC parse error (400), and the
+    connection's next request is served (Python's json raises RecursionError, not ValueError)."""
+    with ExitStack() as stack:
+        serve(rig, stack, "a")
+        headers = {**ACCEPT_BOTH, "mcp-protocol-version": version, "content-type": "application/json"}
+        async with httpx2.AsyncClient(timeout=10) as http:
+            answer = await http.post(rig.endpoint, content=b"[" * 100_000, headers=headers)
+            assert answer.status_code == 400, answer.text
+            assert answer.json()["error"]["code"] == -32700
+            nested = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a__echo","x":%s}}' % (
+                b"[" * 100_000 + b"]" * 100_000
+            )
+            answer = await http.post(rig.endpoint, content=nested, headers=headers)
+            assert answer.status_code == 400, answer.text
+            ping = await http.post(rig.endpoint, json=jsonrpc("server/discover"), headers=headers)
+            assert ping.status_code == 200

@@ -377,7 +377,7 @@ def _npm_bin(spec: PackageSpec, app: Path) -> tuple[str, ...]:
         raise BuildError(f"{spec}: the download holds no readable package.json of {spec.name}")
     try:
         data = json.loads(meta.read_text("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BuildError(f"{spec}: its package.json is not JSON ({exc})") from exc
     found = data.get("bin") if isinstance(data, dict) else None
     bins = {spec.unscoped: found} if isinstance(found, str) else found if isinstance(found, dict) else {}

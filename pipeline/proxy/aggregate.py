@@ -143,7 +143,7 @@ class Aggregate:
             return None
         try:
             message = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth
             return None
         params = message.get("params") if isinstance(message, dict) else None
         if not isinstance(params, dict) or message.get("method") != "tools/call" or message.get("id") is None:
@@ -204,7 +204,7 @@ class Aggregate:
         """Answer one JSON-RPC message."""
         try:
             message = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth
             return replies.rpc_error(None, -32700, "the body is not JSON", status=400)
         if not isinstance(message, dict):
             return replies.rpc_error(
@@ -382,7 +382,7 @@ class Aggregate:
             )
         try:
             original = json.loads(own)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth
             return replies.rpc_error(
                 None, INVALID_REQUEST, f"no server request {message.get('id')!r} is waiting", 400
             )

@@ -130,7 +130,7 @@ class Collected(InnerExchange):
             return None
         try:
             found = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth
             return None
         return found if isinstance(found, dict) else None
 
@@ -225,7 +225,7 @@ class Piped(InnerExchange):
             return event
         try:
             message = json.loads(lines[data[0]][5:])
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth
             return event
         if not isinstance(message, dict) or "method" not in message or "id" not in message:
             return event
@@ -361,7 +361,7 @@ def sse_messages(body: bytes) -> list[dict[str, Any]]:
             continue
         try:
             found = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth
             continue
         if isinstance(found, dict):
             messages.append(found)
