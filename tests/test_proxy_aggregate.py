@@ -585,3 +585,32 @@ async def test_deeply_nested_json_is_a_parse_error_not_a_500(rig: Rig, version: 
             assert answer.status_code == 400, answer.text
             ping = await http.post(rig.endpoint, json=jsonrpc("server/discover"), headers=headers)
             assert ping.status_code == 200
+
+
+async def test_a_quick_call_sends_the_server_only_its_own_mcp_name(keyed: Rig) -> None:
+    """A client's Mcp-Name headers (however many: it may repeat the header with a denied tool's
+    name) never reach the server; the rewritten request carries exactly the server's own name."""
+    assert keyed.aggregate is not None
+    aggregate, sent = keyed.aggregate, []
+    original = aggregate.quick_call
+
+    def spy(ex: Any, body: bytes) -> Any:
+        found = original(ex, body)
+        if found:
+            sent.append([v for k, v in found[1] if k == b"mcp-name"])
+        return found
+
+    aggregate.quick_call = spy  # type: ignore[method-assign]
+    with ExitStack() as stack:
+        serve(keyed, stack, "a")
+        headers = {**ACCEPT_BOTH, **bearer(keyed, "picky"), "mcp-protocol-version": MODERN}
+        async with connect(keyed.endpoint, mode="auto", headers=bearer(keyed, "picky")) as client:
+            await client.list_tools()  # learns that a speaks 2026-07-28
+        call = jsonrpc("tools/call", {"name": "a__echo", "arguments": {"text": "x"}})
+        async with httpx2.AsyncClient(timeout=10) as http:
+            await http.post(
+                keyed.endpoint,
+                json=call,
+                headers=[*headers.items(), ("mcp-name", "slow"), ("mcp-name", "a__echo")],
+            )
+    assert sent == [[b"echo"]]

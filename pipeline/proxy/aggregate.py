@@ -128,14 +128,12 @@ class Aggregate:
         then answers it from the pooled connection's callbacks). None for anything else."""
         if ex.method != "POST":
             return None
-        authorization, name_at, modern = "", -1, False
-        for at, (key, value) in enumerate(ex.headers):
+        authorization, modern = "", False
+        for key, value in ex.headers:
             if key == b"mcp-protocol-version":
                 modern = value == MODERN_BYTES
             elif key == b"authorization":
                 authorization = value.decode("latin-1")
-            elif key == b"mcp-name":
-                name_at = at
             elif key == b"origin":
                 return None  # CORS: the coroutine's way
         caller = self._caller(authorization, "")
@@ -153,7 +151,7 @@ class Aggregate:
         live = self.proxy.router.get(found[0]) if found else None
         if found is None or live is None or not self.listing.catalog.modern.get(live.container_id):
             return None
-        headers = [h for at, h in enumerate(ex.headers) if at != name_at]
+        headers = [h for h in ex.headers if h[0] != b"mcp-name"]  # every one the client sent
         headers.append((b"mcp-name", found[1].encode()))
         forwarded = json.dumps(dict(message, params=dict(params, name=found[1])), ensure_ascii=False)
         return found[0], headers, forwarded.encode()
