@@ -21,9 +21,7 @@ import hashlib
 import http.client
 import json
 import shutil
-import socket
 import tempfile
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,7 @@ from pipeline.bridge.stats import MAX_REASON, STATS_PATH
 from pipeline.config.manifest import DEFAULT_MAX_PROCESSES, DEFAULT_POOL, DEFAULT_SESSIONS, STDIO, Manifest
 from pipeline.config.settings import Settings
 from pipeline.errors import DockerError, NotMCP
+from pipeline.gate import cut_at
 from pipeline.packages.fetch import open_to_all
 
 if TYPE_CHECKING:  # check and the registry use this module without loading the docker SDK
@@ -166,31 +165,20 @@ class Processes:
         return text + (f" (last: {self.last_exit})" if self.last_exit else "")
 
 
-def _shut(connection: http.client.HTTPConnection) -> None:
-    """End a connection's reads from another thread (its socket shut down, not closed)."""
-    sock = connection.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-
 def read_processes(host: str, port: int, timeout: float) -> Processes:
     """Ask a stdio server's bridge for its process counts (bounded in time and size); raise OSError
     or NotMCP when it does not answer them."""
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
     # The socket's timeout bounds each read only: a container answering a byte at a time would hold
     # the monitor, which probes servers one after another. At `timeout` the socket is shut down.
-    cutoff = threading.Timer(timeout, _shut, (connection,))
-    cutoff.daemon = True
-    cutoff.start()
     try:
-        connection.request("GET", STATS_PATH)
-        response = connection.getresponse()
-        body = response.read(MAX_STATS_BYTES + 1)
+        with cut_at(connection, timeout):
+            connection.request("GET", STATS_PATH)
+            response = connection.getresponse()
+            body = response.read(MAX_STATS_BYTES + 1)
     except http.client.HTTPException as exc:
         raise NotMCP(f"the bridge's {STATS_PATH} answered badly: {exc}") from exc
     finally:
-        cutoff.cancel()
         connection.close()
     try:
         data: Any = json.loads(body) if response.status == 200 and len(body) <= MAX_STATS_BYTES else None
