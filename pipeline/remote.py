@@ -37,7 +37,8 @@ HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")  # what a header value may hold: no
 # Python: AWS's IPv6 one, Alibaba's (in the shared 100.64/10 range).
 RESOLVER_THREADS = 4  # lookups of distinct remote hosts at once (each host has one at a time)
 _RESOLVER = ThreadPoolExecutor(RESOLVER_THREADS, thread_name_prefix="remote-resolve")
-_LOOKUPS: dict[tuple[str, int, int], asyncio.Future[str]] = {}  # in flight, shared by their callers
+# Lookups in flight, shared by their callers.
+_LOOKUPS: dict[tuple[str, int, Guard, Resolver], asyncio.Future[str]] = {}
 METADATA = ("169.254.169.254/32", "fd00:ec2::254/128", "100.100.100.200/32")
 
 
@@ -262,7 +263,7 @@ async def _resolved(dialer: Dialer, host: str, port: int) -> str:
     """`resolve` off the loop, on the resolver's own threads, one lookup per host at a time: a remote
     whose name resolves slowly (its DNS is its owner's to make slow) holds one thread while its
     callers wait, never every thread that other remotes and the provider's pages use."""
-    key = (host, port, id(dialer))
+    key = (host, port, dialer.guard, dialer.resolver)  # a reload's new guard looks up anew
     found = _LOOKUPS.get(key)
     if found is None:
         loop = asyncio.get_running_loop()
