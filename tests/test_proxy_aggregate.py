@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pipeline.config.settings import Project
-from pipeline.proxy import upstreams
+from pipeline.proxy import replies, upstreams
 from pipeline.proxy.access import create_key
 from pipeline.proxy.catalog import MAX_NAME, public_name
 from pipeline.proxy.router import Upstream
@@ -614,3 +614,15 @@ async def test_a_quick_call_sends_the_server_only_its_own_mcp_name(keyed: Rig) -
                 headers=[*headers.items(), ("mcp-name", "slow"), ("mcp-name", "a__echo")],
             )
     assert sent == [[b"echo"]]
+
+
+@pytest.mark.parametrize("contents", [5, None, "text", {"uri": "x"}, [5, {"uri": 3}]])
+def test_a_resource_read_result_of_any_shape_is_given_back_not_a_500(contents: Any) -> None:
+    """A server's resources/read result whose contents are not a list of objects (a number, a
+    mapping) is given back as it is; only string URIs of object contents are rewritten."""
+    result = {"contents": contents}
+    replies.resource_uris("a", result)
+    assert result == {"contents": contents}
+    listed = {"contents": [{"uri": "file:///x", "text": "t"}]}
+    replies.resource_uris("a", listed)
+    assert listed == {"contents": [{"uri": "central-mcp://a/file:///x", "text": "t"}]}
