@@ -526,9 +526,10 @@ async def test_a_stateless_call_to_a_stateless_server_takes_the_proxys_own_path(
     assert "a" in quick and quick[-1] is None
 
 
-def legacy_only_app() -> Starlette:
+def legacy_only_app(tools: Any = None, versions: Any = None) -> Starlette:
     """A raw session-era-only MCP server: `initialize` issues a session; `server/discover` is an
-    unknown method; one tool `hello`."""
+    unknown method (or, given `versions`, answers them as its supportedVersions, whatever they are);
+    one tool `hello` (or `tools` as its tools/list result's tools, whatever it is)."""
 
     async def endpoint(request: Request) -> Response:
         if request.method == "DELETE":
@@ -537,6 +538,8 @@ def legacy_only_app() -> Starlette:
         if "id" not in message:
             return Response(status_code=202)
         method, rid = message["method"], message["id"]
+        if method == "server/discover" and versions is not None:
+            return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": {"supportedVersions": versions}})
         if method == "initialize":
             info = {"protocolVersion": LEGACY, "capabilities": {"tools": {}}, "serverInfo": {"name": "old"}}
             body = {"jsonrpc": "2.0", "id": rid, "result": info}
@@ -547,7 +550,8 @@ def legacy_only_app() -> Starlette:
             )
         if method == "tools/list":
             tool = {"name": "hello", "inputSchema": {"type": "object"}}
-            return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": {"tools": [tool]}})
+            listed = [tool] if tools is None else tools
+            return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": {"tools": listed}})
         if method == "tools/call":
             content = [{"type": "text", "text": "hello from the old era"}]
             return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": {"content": content}})
@@ -626,3 +630,22 @@ def test_a_resource_read_result_of_any_shape_is_given_back_not_a_500(contents: A
     listed = {"contents": [{"uri": "file:///x", "text": "t"}]}
     replies.resource_uris("a", listed)
     assert listed == {"contents": [{"uri": "central-mcp://a/file:///x", "text": "t"}]}
+
+
+@pytest.mark.parametrize(
+    ("tools", "versions"),
+    [(5, None), ({"name": "x"}, None), (True, None), (None, 5)],
+    ids=["number", "mapping", "bool", "versions-number"],
+)
+async def test_a_server_listing_misshapen_tools_is_left_out_not_a_500_for_everyone(
+    rig: Rig, tools: Any, versions: Any
+) -> None:
+    """A server whose tools/list result holds something other than a list is left out of the
+    aggregate's list, which still names every other server's tools (else one server's answer would
+    break tools/list for every key that reaches it)."""
+    with ExitStack() as stack, serve_asgi(legacy_only_app(tools, versions)) as port:
+        ups = {"a": stack.enter_context(sdk_upstream("a", "A"))}
+        rig.router.swap({**ups, "bad": upstream("bad", port, container_id="bad-1")})
+        async with connect(rig.endpoint, mode="legacy") as client:
+            listed = names(await client.list_tools())
+    assert {f"a__{t}" for t in TOOLS} <= listed <= {f"a__{t}" for t in TOOLS} | {"bad__hello"}

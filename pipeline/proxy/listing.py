@@ -126,7 +126,12 @@ class Listing:
             answer = await send(
                 self.proxy, server, link.headers(server), LIST_METHODS[kind], params, page + 1
             )
-            items.extend(i for i in answer.result.get(kind, ()) if isinstance(i, dict))
+            found = answer.result.get(kind, [])
+            if not isinstance(found, list):  # the server's own answer: any shape
+                raise UpstreamFailed(
+                    server, answer.status, f"its {LIST_METHODS[kind]} result has no {kind} list"
+                )
+            items.extend(i for i in found if isinstance(i, dict))
             cursor = answer.result.get("nextCursor")
             if not cursor:
                 break

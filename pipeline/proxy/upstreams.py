@@ -321,7 +321,8 @@ async def speaks_modern(proxy: Proxy, server: str, authorization: bytes) -> bool
         answer = await send(proxy, server, fields, "server/discover", {"_meta": MODERN_META})
     except (UpstreamFailed, OSError, TimeoutError):
         return False
-    return MODERN_VERSION in answer.result.get("supportedVersions", ())
+    versions = answer.result.get("supportedVersions")
+    return isinstance(versions, list) and MODERN_VERSION in versions
 
 
 def modern_headers(authorization: bytes, method: str, name: str) -> Headers:
