@@ -22,7 +22,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CreateMessageResult, PromptReference, TextContent
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from pipeline.config.settings import Project
@@ -649,3 +649,53 @@ async def test_a_server_listing_misshapen_tools_is_left_out_not_a_500_for_everyo
         async with connect(rig.endpoint, mode="legacy") as client:
             listed = names(await client.list_tools())
     assert {f"a__{t}" for t in TOOLS} <= listed <= {f"a__{t}" for t in TOOLS} | {"bad__hello"}
+
+
+def forever_app(streaming: list[float]) -> Starlette:
+    """A session-era-only server whose tools/call answers an event stream that never ends (a
+    comment every 50 ms); `streaming` gets the time of each comment sent."""
+
+    async def comments() -> Any:
+        while True:
+            streaming.append(time.monotonic())
+            yield b": still working\n\n"
+            await asyncio.sleep(0.05)
+
+    async def endpoint(request: Request) -> Response:
+        if request.method == "DELETE":
+            return Response(status_code=200)
+        message = await request.json()
+        if "id" not in message:
+            return Response(status_code=202)
+        method, rid = message["method"], message["id"]
+        if method == "initialize":
+            info = {"protocolVersion": LEGACY, "capabilities": {"tools": {}}, "serverInfo": {"name": "s"}}
+            body = {"jsonrpc": "2.0", "id": rid, "result": info}
+            return JSONResponse(body, headers={"mcp-session-id": "forever-session"})
+        if method == "tools/list":
+            tool = {"name": "wait", "inputSchema": {"type": "object"}}
+            return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": {"tools": [tool]}})
+        if method == "tools/call":
+            return StreamingResponse(comments(), media_type="text/event-stream")
+        return JSONResponse({"jsonrpc": "2.0", "id": rid, "error": {"code": -32601, "message": "unknown"}})
+
+    return Starlette(routes=[Route("/mcp", endpoint, methods=["POST", "DELETE"])])
+
+
+async def test_a_client_that_leaves_ends_the_aggregates_request_to_its_server(rig: Rig) -> None:
+    """A stateless-era client's call to a session-era-only server (read whole by the aggregate)
+    ends at the server when the client leaves: else a server streaming forever held the request,
+    its task and an upstream connection for as long as it liked, one more per call."""
+    streaming: list[float] = []
+    with serve_asgi(forever_app(streaming)) as port:
+        rig.router.swap({"s": upstream("s", port, container_id="s-1")})
+        async with connect(rig.endpoint, mode="auto") as client:
+            assert names(await client.list_tools()) == {"s__wait"}
+        headers = {**ACCEPT_BOTH, "mcp-protocol-version": MODERN}
+        call = jsonrpc("tools/call", {"name": "s__wait", "arguments": {}})
+        async with httpx2.AsyncClient(timeout=0.5) as http:
+            with pytest.raises(httpx2.TimeoutException):
+                await http.post(rig.endpoint, json=call, headers=headers)
+        left = time.monotonic()
+        await asyncio.sleep(1.0)
+    assert streaming and streaming[-1] < left + 0.5

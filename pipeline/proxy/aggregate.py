@@ -226,9 +226,9 @@ class Aggregate:
             session = found
             session.last_used = time.monotonic()
             if method is None and request_id is not None:
-                return await self._answer_server(session, message)
+                return await self._answer_server(ex, session, message)
         if method == "notifications/cancelled" and session is not None:
-            return await self._cancel(session, message)
+            return await self._cancel(ex, session, message)
         if not isinstance(method, str) or request_id is None:
             return 202, b"", []  # a notification
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
@@ -313,10 +313,11 @@ class Aggregate:
             if rewrite is None:
                 await self.proxy.serve(Piped("POST", server, headers, body, ex, []))
                 return None
-            inner = Collected("POST", server, headers, body)
+            inner = Collected("POST", server, headers, body, ex)
             await self.proxy.serve(inner)
             return replies.whole(inner, server, request_id, rewrite, modern=False)
-        return await self._converted(self._stateless_link(caller, head), server, body, request_id, rewrite)
+        link = self._stateless_link(caller, head)
+        return await self._converted(ex, link, server, body, request_id, rewrite)
 
     async def _on_session(
         self, ex: Exchange, session: ClientSession, server: str, body: bytes, request_id: object, rewrite: Any
@@ -334,7 +335,7 @@ class Aggregate:
                     request_id, SERVER_GONE, f"server {server!r} is not reachable now: {exc}"
                 )
             if rewrite is not None:
-                inner = Collected("POST", server, link.headers(server), body)
+                inner = Collected("POST", server, link.headers(server), body, ex)
                 await self.proxy.serve(inner)
                 if inner.status != 404:
                     return replies.whole(inner, server, request_id, rewrite, modern=False)
@@ -353,7 +354,7 @@ class Aggregate:
         return replies.rpc_error(request_id, SERVER_GONE, f"server {server!r} lost the session twice; retry")
 
     async def _converted(
-        self, link: Link, server: str, body: bytes, request_id: object, rewrite: Any
+        self, ex: Exchange, link: Link, server: str, body: bytes, request_id: object, rewrite: Any
     ) -> Reply:
         """A stateless-era client's request to a session-era-only server: sent on the key's session,
         the answer given back whole in the client's era."""
@@ -364,14 +365,14 @@ class Aggregate:
                 return replies.rpc_error(
                     request_id, SERVER_GONE, f"server {server!r} is not reachable now: {exc}"
                 )
-            inner = Collected("POST", server, link.headers(server), body)
+            inner = Collected("POST", server, link.headers(server), body, ex)
             await self.proxy.serve(inner)
             if inner.status != 404:
                 return replies.whole(inner, server, request_id, rewrite, modern=True)
             link.lost(server)
         return replies.rpc_error(request_id, SERVER_GONE, f"server {server!r} lost the session twice; retry")
 
-    async def _answer_server(self, session: ClientSession, message: dict[str, Any]) -> Reply:
+    async def _answer_server(self, ex: Exchange, session: ClientSession, message: dict[str, Any]) -> Reply:
         """The client's answer to a server's request (sampling, elicitation, roots): to that server."""
         server, sep, own = str(message.get("id")).partition(ID_SEPARATOR)
         if not sep or server not in session.link.sessions:
@@ -385,18 +386,18 @@ class Aggregate:
                 None, INVALID_REQUEST, f"no server request {message.get('id')!r} is waiting", 400
             )
         answer = json.dumps(dict(message, id=original)).encode()
-        inner = Collected("POST", server, session.link.headers(server), answer)
+        inner = Collected("POST", server, session.link.headers(server), answer, ex)
         await self.proxy.serve(inner)
         return (202 if inner.status < 300 else inner.status), b"", []
 
-    async def _cancel(self, session: ClientSession, message: dict[str, Any]) -> Reply:
+    async def _cancel(self, ex: Exchange, session: ClientSession, message: dict[str, Any]) -> Reply:
         """notifications/cancelled: passed to the server that runs the request it names, if any."""
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
         assert isinstance(params, dict)
         server = session.inflight.get(json.dumps(params.get("requestId")))
         if server is not None and session.link.sessions.get(server):
             note = json.dumps(message).encode()
-            await self.proxy.serve(Collected("POST", server, session.link.headers(server), note))
+            await self.proxy.serve(Collected("POST", server, session.link.headers(server), note, ex))
         return 202, b"", []
 
     async def _set_level(self, session: ClientSession, request_id: object, params: dict[str, Any]) -> Reply:

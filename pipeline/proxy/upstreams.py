@@ -85,10 +85,14 @@ class InnerExchange(abc.ABC):
 
 
 class Collected(InnerExchange):
-    """An inner request whose answer is kept whole: status, headers and body."""
+    """An inner request whose answer is kept whole: status, headers and body. Made for a client's
+    request (`client`), it ends when that client leaves, as a `/mcp/<server>` request does."""
 
-    def __init__(self, method: str, server: str, headers: Headers, body: bytes) -> None:
+    def __init__(
+        self, method: str, server: str, headers: Headers, body: bytes, client: Exchange | None = None
+    ) -> None:
         super().__init__(method, server, headers, body)
+        self.client = client
         self.status = 0
         self.answer_headers: Headers = []
         self.chunks: list[bytes] = []
@@ -115,6 +119,13 @@ class Collected(InnerExchange):
     async def end(self) -> None:
         """The streamed answer is whole."""
         self.whole = True
+
+    async def gone(self) -> None:
+        """The client left (never, for the aggregate's own requests)."""
+        if self.client is not None:
+            await self.client.gone()
+        else:
+            await super().gone()
 
     def header(self, name: bytes) -> str:
         """One answer header's value ("" when absent)."""
