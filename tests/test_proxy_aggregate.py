@@ -26,7 +26,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from pipeline.config.settings import Project
-from pipeline.proxy import replies, upstreams
+from pipeline.proxy import listing, replies, upstreams
 from pipeline.proxy.access import create_key
 from pipeline.proxy.catalog import MAX_NAME, public_name
 from pipeline.proxy.router import Upstream
@@ -699,3 +699,37 @@ async def test_a_client_that_leaves_ends_the_aggregates_request_to_its_server(ri
         left = time.monotonic()
         await asyncio.sleep(1.0)
     assert streaming and streaming[-1] < left + 0.5
+
+
+def silent_after_initialize_app() -> Starlette:
+    """A server that answers initialize and then never answers notifications/initialized."""
+
+    async def endpoint(request: Request) -> Response:
+        if request.method == "DELETE":
+            return Response(status_code=200)
+        message = await request.json()
+        if "id" not in message:
+            await asyncio.sleep(3600)
+        info = {"protocolVersion": LEGACY, "capabilities": {"tools": {}}, "serverInfo": {"name": "s"}}
+        body = {"jsonrpc": "2.0", "id": message["id"], "result": info}
+        return JSONResponse(body, headers={"mcp-session-id": "silent-session"})
+
+    return Starlette(routes=[Route("/mcp", endpoint, methods=["POST", "DELETE"])])
+
+
+async def test_a_server_that_never_finishes_its_handshake_delays_other_lists_once(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that never answers notifications/initialized is left out of tools/list after
+    LIST_TIMEOUT, and the next lists are not held again while RETRY_AFTER runs: one such server
+    held every key's tools/list that reaches it, forever."""
+    monkeypatch.setattr(listing, "LIST_TIMEOUT", 0.5)
+    with ExitStack() as stack, serve_asgi(silent_after_initialize_app()) as port:
+        ups = {"a": stack.enter_context(sdk_upstream("a", "A"))}
+        rig.router.swap({**ups, "silent": upstream("silent", port, container_id="silent-1")})
+        async with connect(rig.endpoint, mode="legacy") as client:
+            async with asyncio.timeout(5):
+                assert names(await client.list_tools()) == {f"a__{t}" for t in TOOLS}
+            started = time.monotonic()
+            assert names(await client.list_tools()) == {f"a__{t}" for t in TOOLS}
+            assert time.monotonic() - started < 0.4
