@@ -733,3 +733,18 @@ async def test_a_server_that_never_finishes_its_handshake_delays_other_lists_onc
             started = time.monotonic()
             assert names(await client.list_tools()) == {f"a__{t}" for t in TOOLS}
             assert time.monotonic() - started < 0.4
+
+
+async def test_a_call_to_a_server_that_never_finishes_its_handshake_gets_an_error(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client's first call to a server that never answers notifications/initialized gets a
+    JSON-RPC error naming the server after UPSTREAM_TIMEOUT, instead of waiting forever."""
+    monkeypatch.setattr(upstreams, "UPSTREAM_TIMEOUT", 0.5)
+    monkeypatch.setattr(listing, "LIST_TIMEOUT", 0.5)
+    with serve_asgi(silent_after_initialize_app()) as port:
+        rig.router.swap({"silent": upstream("silent", port, container_id="silent-1")})
+        async with connect(rig.endpoint, mode="legacy") as client:
+            async with asyncio.timeout(5):
+                with pytest.raises(MCPError, match="silent"):
+                    await client.call_tool("silent__anything")

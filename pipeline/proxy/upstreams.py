@@ -309,7 +309,8 @@ class Link:
         self.sessions[server] = session
         done = [*self.headers(server)]
         note = json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode()
-        await self.proxy.serve(Collected("POST", server, done, note))
+        async with asyncio.timeout(UPSTREAM_TIMEOUT):  # as every request of the aggregate's own
+            await self.proxy.serve(Collected("POST", server, done, note))
         if self.level and "logging" in self.offers[server]:
             await send(self.proxy, server, self.headers(server), "logging/setLevel", {"level": self.level})
         return session
