@@ -19,8 +19,10 @@ import http.client
 import json
 import math
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -157,6 +159,26 @@ class Via:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+@contextmanager
+def cut_at(conn: http.client.HTTPConnection, seconds: float) -> Iterator[None]:
+    """Shut `conn`'s socket down after `seconds` (from a timer thread): a socket's timeout bounds
+    each read only, and an answer sent a byte at a time would take any number of them."""
+    timer = threading.Timer(max(seconds, 0.0), _shut, (conn,))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _shut(conn: http.client.HTTPConnection) -> None:
+    """End a connection's reads from another thread (its socket shut down, not closed)."""
+    if conn.sock is not None:
+        with suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_RDWR)
+
+
 class _Connection(http.client.HTTPConnection):
     """An HTTP connection that waits at most CONNECT_TIMEOUT to connect, then `timeout` per read."""
 
@@ -232,8 +254,9 @@ class _Session:
             return
         conn = self._connection()
         try:
-            conn.request("DELETE", self.path, headers=self._headers(""))
-            conn.getresponse()  # its body is not read: nothing in it matters
+            with cut_at(conn, self.timeout):
+                conn.request("DELETE", self.path, headers=self._headers(""))
+                conn.getresponse()  # its body is not read: nothing in it matters
         except (OSError, http.client.HTTPException):
             pass  # closing is a courtesy; the gate already passed
         finally:
@@ -258,15 +281,16 @@ class _Session:
     def _post(self, body: dict[str, Any], method: str) -> tuple[int, dict[str, str], bytes]:
         conn = self._connection()
         try:
-            conn.request("POST", self.path, body=json.dumps(body), headers=self._headers(method))
-            sock = conn.sock  # http.client lets go of it once an answer says it closes
-            response = conn.getresponse()
-            headers = {k.lower(): v for k, v in response.getheaders()}
-            if "text/event-stream" in headers.get("content-type", ""):
-                payload = self._read_sse_until_response(sock, response, method, body.get("id"))
-            else:
-                payload = self._read_all(sock, response, method)
-            return response.status, headers, payload
+            with cut_at(conn, self.deadline - time.monotonic()):
+                conn.request("POST", self.path, body=json.dumps(body), headers=self._headers(method))
+                sock = conn.sock  # http.client lets go of it once an answer says it closes
+                response = conn.getresponse()
+                headers = {k.lower(): v for k, v in response.getheaders()}
+                if "text/event-stream" in headers.get("content-type", ""):
+                    payload = self._read_sse_until_response(sock, response, method, body.get("id"))
+                else:
+                    payload = self._read_all(sock, response, method)
+                return response.status, headers, payload
         finally:
             conn.close()
 
@@ -293,7 +317,7 @@ class _Session:
             if raw.startswith(b"data:"):
                 try:
                     message = json.loads(raw[5:].strip())
-                except ValueError:
+                except (ValueError, RecursionError):
                     continue
                 if isinstance(message, dict) and message.get("id") == want:
                     break
@@ -326,7 +350,7 @@ def _find_response(content_type: str, payload: bytes, want: int) -> dict[str, An
     for candidate in candidates:
         try:
             message = json.loads(candidate)
-        except ValueError:
+        except (ValueError, RecursionError):
             continue
         if isinstance(message, dict) and message.get("id") == want:
             return message

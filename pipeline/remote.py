@@ -19,6 +19,7 @@ import socket
 import ssl
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -34,6 +35,10 @@ Resolver = Callable[[str, int], Sequence[str]]
 HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")  # what a header value may hold: no line break, nothing else
 # Metadata services reached at addresses `is_private`/`is_link_local` may not cover on every
 # Python: AWS's IPv6 one, Alibaba's (in the shared 100.64/10 range).
+RESOLVER_THREADS = 4  # lookups of distinct remote hosts at once (each host has one at a time)
+_RESOLVER = ThreadPoolExecutor(RESOLVER_THREADS, thread_name_prefix="remote-resolve")
+# Lookups in flight, shared by their callers.
+_LOOKUPS: dict[tuple[str, int, Guard, Resolver], asyncio.Future[str]] = {}
 METADATA = ("169.254.169.254/32", "fd00:ec2::254/128", "100.100.100.200/32")
 
 
@@ -236,8 +241,8 @@ async def open_connection(
 ) -> asyncio.Protocol:
     """The proxy's connection to a remote: resolved and checked now, off the event loop, then
     connected to the checked address with TLS verified against the name."""
+    address = await _resolved(dialer, host, port)
     loop = asyncio.get_running_loop()
-    address = await loop.run_in_executor(None, resolve, host, port, dialer.guard, dialer.resolver)
     try:
         _, protocol = await loop.create_connection(
             factory,
@@ -252,6 +257,22 @@ async def open_connection(
             f"remote host {host}: TLS certificate not trusted ({exc.verify_message})"
         ) from exc
     return protocol
+
+
+async def _resolved(dialer: Dialer, host: str, port: int) -> str:
+    """`resolve` off the loop, on the resolver's own threads, one lookup per host at a time: a remote
+    whose name resolves slowly (its DNS is its owner's to make slow) holds one thread while its
+    callers wait, never every thread that other remotes and the provider's pages use."""
+    key = (host, port, dialer.guard, dialer.resolver)  # a reload's new guard looks up anew
+    found = _LOOKUPS.get(key)
+    if found is None:
+        loop = asyncio.get_running_loop()
+        found = asyncio.ensure_future(
+            loop.run_in_executor(_RESOLVER, resolve, host, port, dialer.guard, dialer.resolver)
+        )
+        _LOOKUPS[key] = found
+        found.add_done_callback(lambda _: _LOOKUPS.pop(key, None))
+    return await asyncio.shield(found)
 
 
 def _within(seconds: float, fn: Callable[..., str], *args: object) -> str:

@@ -31,6 +31,7 @@ from pipeline.bridge.stats import MAX_REASON, STATS_PATH
 from pipeline.config.manifest import DEFAULT_MAX_PROCESSES, DEFAULT_POOL, DEFAULT_SESSIONS, STDIO, Manifest
 from pipeline.config.settings import Settings
 from pipeline.errors import DockerError, NotMCP
+from pipeline.gate import cut_at
 from pipeline.packages.fetch import open_to_all
 
 if TYPE_CHECKING:  # check and the registry use this module without loading the docker SDK
@@ -168,10 +169,13 @@ def read_processes(host: str, port: int, timeout: float) -> Processes:
     """Ask a stdio server's bridge for its process counts (bounded in time and size); raise OSError
     or NotMCP when it does not answer them."""
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    # The socket's timeout bounds each read only: a container answering a byte at a time would hold
+    # the monitor, which probes servers one after another. At `timeout` the socket is shut down.
     try:
-        connection.request("GET", STATS_PATH)
-        response = connection.getresponse()
-        body = response.read(MAX_STATS_BYTES + 1)
+        with cut_at(connection, timeout):
+            connection.request("GET", STATS_PATH)
+            response = connection.getresponse()
+            body = response.read(MAX_STATS_BYTES + 1)
     except http.client.HTTPException as exc:
         raise NotMCP(f"the bridge's {STATS_PATH} answered badly: {exc}") from exc
     finally:
@@ -187,7 +191,7 @@ def read_processes(host: str, port: int, timeout: float) -> Processes:
             str(counts["lastExit"])[:MAX_REASON],
             str(data["isolation"])[:MAX_REASON],
         )
-    except (ValueError, TypeError, KeyError) as exc:
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
         raise NotMCP(
             f"the bridge's {STATS_PATH} answered {response.status} without its process counts"
         ) from exc

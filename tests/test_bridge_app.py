@@ -169,3 +169,25 @@ def test_a_client_that_goes_away_before_its_answer_frees_its_call() -> None:
         return tracked, json.loads(body)["id"], json.loads(body)["result"]["structuredContent"]["result"]
 
     assert _serve(test) == (0, 2, "still")
+
+
+def test_a_body_nested_past_the_parsers_depth_is_a_parse_error_and_the_connection_goes_on() -> None:
+    """`[` * 100000 is a 400 parse error (json raises RecursionError for it, not ValueError), and
+    the same connection's next call is answered."""
+
+    async def test(bridge: Bridge, port: int) -> tuple[int, int, Any]:
+        (reader, writer), session = await _session(port)
+        body = b"[" * 100_000
+        writer.write(
+            f"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Mcp-Session-Id: {session}\r\n"
+            f"Accept: application/json, text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        status, _, answer = await _answer(reader)
+        writer.write(_post(_call(2, "echo", text="after"), session))
+        after, _, text = await _answer(reader)
+        writer.close()
+        return status, json.loads(answer)["error"]["code"], (after, json.loads(text)["id"])
+
+    assert _serve(test) == (400, app_module.PARSE_ERROR, (200, 2))

@@ -136,3 +136,18 @@ def test_a_line_held_for_a_busy_program_is_written_within_the_hold(tmp_path: Pat
     got, took = asyncio.run(run())
     assert [m["id"] for m in got] == [1, 2]
     assert took < 5
+
+
+DEEP = r"""
+import sys
+sys.stdout.write("[" * 100000 + "\n" + '{"jsonrpc":"2.0","id":7,"result":{}}\n'); sys.stdout.flush()
+"""
+
+
+def test_a_line_nested_past_the_parsers_depth_is_junk_and_the_next_line_is_delivered(
+    tmp_path: Path,
+) -> None:
+    """A stdout line json cannot parse for its depth (RecursionError) counts as junk; the answer
+    after it in the same write still arrives."""
+    messages, _ = _run(DEEP, tmp_path)
+    assert messages == [{"jsonrpc": "2.0", "id": 7, "result": {}}]

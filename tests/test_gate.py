@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import itertools
 import socket
 import threading
@@ -370,3 +371,61 @@ def test_a_secret_cut_off_in_the_gates_error_is_masked_all_the_same(kept: int) -
     assert secret[:kept] in str(err.value)  # the cut is where the test put it
     shown = Masker([secret])(str(err.value))
     assert secret[:kept] not in shown, shown
+
+
+def test_an_answer_nested_past_the_parsers_depth_is_not_mcp() -> None:
+    """A server answering JSON nested too deep for the parser (RecursionError) fails the gate
+    with NotMCP, as any answer that is not JSON does."""
+    deep = b"[" * 100_000
+    with pytest.raises(NotMCP):
+        gate._find_response("application/json", deep, 1)
+    with pytest.raises(NotMCP):
+        gate._find_response("text/event-stream", b"data: " + deep + b"\n\n", 1)
+
+
+def _dripping_server(head: bytes) -> tuple[socket.socket, threading.Event]:
+    """A server on 127.0.0.1 that sends `head`, then one more byte every 50 ms, to every client."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            conn.sendall(head)
+            while not stop.is_set():
+                try:
+                    conn.sendall(b"a")
+                except OSError:
+                    return
+                time.sleep(0.05)
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return listener, stop
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"HTTP/1.1 200 OK\r\nX-Slow: ", b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{"],
+    ids=["head", "body"],
+)
+def test_a_server_dripping_its_answer_is_cut_at_the_handshakes_timeout(head: bytes) -> None:
+    """An answer sent a byte at a time, each byte within the socket's timeout, ends the handshake at
+    its timeout in all: a header line or a body read per read only would hold the gate (or the
+    monitor's probe, which probes every server in turn) for an hour."""
+    listener, stop = _dripping_server(head)
+    started = time.monotonic()
+    try:
+        with pytest.raises((OSError, http.client.HTTPException, NotMCP)):
+            gate.handshake(f"http://127.0.0.1:{listener.getsockname()[1]}/mcp", 0.5)
+        assert time.monotonic() - started < 3
+    finally:
+        stop.set()
+        listener.close()

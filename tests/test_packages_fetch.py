@@ -6,7 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import stat
+import subprocess
+import tarfile
 import time
 from pathlib import Path
 
@@ -183,3 +186,49 @@ def test_a_staged_tree_is_opened_to_every_user_whatever_the_umask(tmp_path: Path
     modes = {p.name: stat.S_IMODE(p.lstat().st_mode) for p in tmp_path.rglob("*")}
     assert (modes["lib"], modes["index.js"], modes["cli.js"]) == (0o755, 0o644, 0o755)
     assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o755
+
+
+def test_a_package_json_nested_past_the_parsers_depth_is_a_build_error(tmp_path: Path) -> None:
+    """A downloaded package.json too deep for the parser is refused by name, not a crash."""
+    folder = tmp_path / "node_modules" / "deep"
+    folder.mkdir(parents=True)
+    (folder / "package.json").write_text("[" * 100_000)
+    with pytest.raises(BuildError, match="not JSON"):
+        fetch._npm_bin(spec.parse("npm:deep@1.0.0"), tmp_path)
+
+
+def _host_sources(root: Path) -> dict[str, str]:
+    """Things on the host a published package's dependencies may name: a git repository (as a
+    provider holds every project's), a tarball and a folder, each with a marker file."""
+    folder = root / "folder"
+    folder.mkdir(parents=True)
+    (folder / "package.json").write_text(json.dumps({"name": "hostdir", "version": "1.0.0"}))
+    (folder / "secret.txt").write_text("HOST-SECRET\n")
+    tarball = root / "secret.tgz"
+    with tarfile.open(tarball, "w:gz") as archive:
+        archive.add(folder, arcname="package")
+    work = root / "work"
+    shutil.copytree(folder, work)
+    git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
+    subprocess.run([*git, "init", "-q", str(work)], check=True)
+    subprocess.run([*git, "-C", str(work), "add", "-A"], check=True)
+    subprocess.run([*git, "-C", str(work), "commit", "-qm", "x"], check=True)
+    subprocess.run(["git", "clone", "-q", "--bare", str(work), str(root / "repo.git")], check=True)
+    return {
+        "git": f"git+file://{root / 'repo.git'}",
+        "tarball": f"file:{tarball}",
+        "folder": f"file:{folder}",
+    }
+
+
+@pytest.mark.parametrize("kind", ["git", "tarball", "folder"])
+def test_a_dependency_from_outside_the_registry_is_refused(tmp_path: Path, kind: str) -> None:
+    """A published package whose dependency names a host git repository, tarball or folder (npm
+    installs those as readily as registry packages) is refused, naming it: the host's files never
+    reach the image."""
+    source = _host_sources(tmp_path / "host")[kind]
+    manifest = {"name": "evil-pkg", "version": "1.0.0", "bin": "index.js", "dependencies": {"dep": source}}
+    registry = NpmRegistry({"evil-pkg": {"package.json": json.dumps(manifest), "index.js": "1\n"}})
+    with serving_npm(registry) as url, pytest.raises(BuildError, match="'dep' is not from the registry"):
+        _fetch("npm:evil-pkg@1.0.0", tmp_path / "cache", npm_registry=url)
+    assert not list((tmp_path / "cache").rglob("secret.txt"))

@@ -22,11 +22,11 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CreateMessageResult, PromptReference, TextContent
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from pipeline.config.settings import Project
-from pipeline.proxy import upstreams
+from pipeline.proxy import listing, replies, upstreams
 from pipeline.proxy.access import create_key
 from pipeline.proxy.catalog import MAX_NAME, public_name
 from pipeline.proxy.router import Upstream
@@ -552,9 +552,10 @@ async def test_a_stateless_call_to_a_stateless_server_takes_the_proxys_own_path(
     assert "a" in quick and quick[-1] is None
 
 
-def legacy_only_app() -> Starlette:
+def legacy_only_app(tools: Any = None, versions: Any = None) -> Starlette:
     """A raw session-era-only MCP server: `initialize` issues a session; `server/discover` is an
-    unknown method; one tool `hello`."""
+    unknown method (or, given `versions`, answers them as its supportedVersions, whatever they are);
+    one tool `hello` (or `tools` as its tools/list result's tools, whatever it is)."""
 
     async def endpoint(request: Request) -> Response:
         if request.method == "DELETE":
@@ -563,6 +564,8 @@ def legacy_only_app() -> Starlette:
         if "id" not in message:
             return Response(status_code=202)
         method, rid = message["method"], message["id"]
+        if method == "server/discover" and versions is not None:
+            return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": {"supportedVersions": versions}})
         if method == "initialize":
             info = {"protocolVersion": LEGACY, "capabilities": {"tools": {}}, "serverInfo": {"name": "old"}}
             body = {"jsonrpc": "2.0", "id": rid, "result": info}
@@ -573,7 +576,8 @@ def legacy_only_app() -> Starlette:
             )
         if method == "tools/list":
             tool = {"name": "hello", "inputSchema": {"type": "object"}}
-            return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": {"tools": [tool]}})
+            listed = [tool] if tools is None else tools
+            return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": {"tools": listed}})
         if method == "tools/call":
             content = [{"type": "text", "text": "hello from the old era"}]
             return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": {"content": content}})
@@ -591,3 +595,182 @@ async def test_a_stateless_era_client_reaches_a_session_era_only_server(rig: Rig
             assert client.protocol_version == MODERN
             assert names(await client.list_tools()) == {"old__hello"}
             assert text_of(await client.call_tool("old__hello")) == "hello from the old era"
+
+
+@pytest.mark.parametrize("version", [LEGACY, MODERN], ids=["session", "stateless"])
+async def test_deeply_nested_json_is_a_parse_error_not_a_500(rig: Rig, version: str) -> None:
+    """A body nested past the parser's recursion limit is a JSON-RPC parse error (400), and the
+    connection's next request is served (Python's json raises RecursionError, not ValueError)."""
+    with ExitStack() as stack:
+        serve(rig, stack, "a")
+        headers = {**ACCEPT_BOTH, "mcp-protocol-version": version, "content-type": "application/json"}
+        async with httpx2.AsyncClient(timeout=10) as http:
+            answer = await http.post(rig.endpoint, content=b"[" * 100_000, headers=headers)
+            assert answer.status_code == 400, answer.text
+            assert answer.json()["error"]["code"] == -32700
+            nested = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"a__echo","x":%s}}' % (
+                b"[" * 100_000 + b"]" * 100_000
+            )
+            answer = await http.post(rig.endpoint, content=nested, headers=headers)
+            assert answer.status_code == 400, answer.text
+            ping = await http.post(rig.endpoint, json=jsonrpc("server/discover"), headers=headers)
+            assert ping.status_code == 200
+
+
+async def test_a_quick_call_sends_the_server_only_its_own_mcp_name(keyed: Rig) -> None:
+    """A client's Mcp-Name headers (however many: it may repeat the header with a denied tool's
+    name) never reach the server; the rewritten request carries exactly the server's own name."""
+    assert keyed.aggregate is not None
+    aggregate, sent = keyed.aggregate, []
+    original = aggregate.quick_call
+
+    def spy(ex: Any, body: bytes) -> Any:
+        found = original(ex, body)
+        if found:
+            sent.append([v for k, v in found[1] if k == b"mcp-name"])
+        return found
+
+    aggregate.quick_call = spy  # type: ignore[method-assign]
+    with ExitStack() as stack:
+        serve(keyed, stack, "a")
+        headers = {**ACCEPT_BOTH, **bearer(keyed, "picky"), "mcp-protocol-version": MODERN}
+        async with connect(keyed.endpoint, mode="auto", headers=bearer(keyed, "picky")) as client:
+            await client.list_tools()  # learns that a speaks 2026-07-28
+        call = jsonrpc("tools/call", {"name": "a__echo", "arguments": {"text": "x"}})
+        async with httpx2.AsyncClient(timeout=10) as http:
+            await http.post(
+                keyed.endpoint,
+                json=call,
+                headers=[*headers.items(), ("mcp-name", "slow"), ("mcp-name", "a__echo")],
+            )
+    assert sent == [[b"echo"]]
+
+
+@pytest.mark.parametrize("contents", [5, None, "text", {"uri": "x"}, [5, {"uri": 3}]])
+def test_a_resource_read_result_of_any_shape_is_given_back_not_a_500(contents: Any) -> None:
+    """A server's resources/read result whose contents are not a list of objects (a number, a
+    mapping) is given back as it is; only string URIs of object contents are rewritten."""
+    result = {"contents": contents}
+    replies.resource_uris("a", result)
+    assert result == {"contents": contents}
+    listed = {"contents": [{"uri": "file:///x", "text": "t"}]}
+    replies.resource_uris("a", listed)
+    assert listed == {"contents": [{"uri": "central-mcp://a/file:///x", "text": "t"}]}
+
+
+@pytest.mark.parametrize(
+    ("tools", "versions"),
+    [(5, None), ({"name": "x"}, None), (True, None), (None, 5)],
+    ids=["number", "mapping", "bool", "versions-number"],
+)
+async def test_a_server_listing_misshapen_tools_is_left_out_not_a_500_for_everyone(
+    rig: Rig, tools: Any, versions: Any
+) -> None:
+    """A server whose tools/list result holds something other than a list is left out of the
+    aggregate's list, which still names every other server's tools (else one server's answer would
+    break tools/list for every key that reaches it)."""
+    with ExitStack() as stack, serve_asgi(legacy_only_app(tools, versions)) as port:
+        ups = {"a": stack.enter_context(sdk_upstream("a", "A"))}
+        rig.router.swap({**ups, "bad": upstream("bad", port, container_id="bad-1")})
+        async with connect(rig.endpoint, mode="legacy") as client:
+            listed = names(await client.list_tools())
+    assert {f"a__{t}" for t in TOOLS} <= listed <= {f"a__{t}" for t in TOOLS} | {"bad__hello"}
+
+
+def forever_app(streaming: list[float]) -> Starlette:
+    """A session-era-only server whose tools/call answers an event stream that never ends (a
+    comment every 50 ms); `streaming` gets the time of each comment sent."""
+
+    async def comments() -> Any:
+        while True:
+            streaming.append(time.monotonic())
+            yield b": still working\n\n"
+            await asyncio.sleep(0.05)
+
+    async def endpoint(request: Request) -> Response:
+        if request.method == "DELETE":
+            return Response(status_code=200)
+        message = await request.json()
+        if "id" not in message:
+            return Response(status_code=202)
+        method, rid = message["method"], message["id"]
+        if method == "initialize":
+            info = {"protocolVersion": LEGACY, "capabilities": {"tools": {}}, "serverInfo": {"name": "s"}}
+            body = {"jsonrpc": "2.0", "id": rid, "result": info}
+            return JSONResponse(body, headers={"mcp-session-id": "forever-session"})
+        if method == "tools/list":
+            tool = {"name": "wait", "inputSchema": {"type": "object"}}
+            return JSONResponse({"jsonrpc": "2.0", "id": rid, "result": {"tools": [tool]}})
+        if method == "tools/call":
+            return StreamingResponse(comments(), media_type="text/event-stream")
+        return JSONResponse({"jsonrpc": "2.0", "id": rid, "error": {"code": -32601, "message": "unknown"}})
+
+    return Starlette(routes=[Route("/mcp", endpoint, methods=["POST", "DELETE"])])
+
+
+async def test_a_client_that_leaves_ends_the_aggregates_request_to_its_server(rig: Rig) -> None:
+    """A stateless-era client's call to a session-era-only server (read whole by the aggregate)
+    ends at the server when the client leaves: else a server streaming forever held the request,
+    its task and an upstream connection for as long as it liked, one more per call."""
+    streaming: list[float] = []
+    with serve_asgi(forever_app(streaming)) as port:
+        rig.router.swap({"s": upstream("s", port, container_id="s-1")})
+        async with connect(rig.endpoint, mode="auto") as client:
+            assert names(await client.list_tools()) == {"s__wait"}
+        headers = {**ACCEPT_BOTH, "mcp-protocol-version": MODERN}
+        call = jsonrpc("tools/call", {"name": "s__wait", "arguments": {}})
+        async with httpx2.AsyncClient(timeout=0.5) as http:
+            with pytest.raises(httpx2.TimeoutException):
+                await http.post(rig.endpoint, json=call, headers=headers)
+        left = time.monotonic()
+        await asyncio.sleep(1.0)
+    assert streaming and streaming[-1] < left + 0.5
+
+
+def silent_after_initialize_app() -> Starlette:
+    """A server that answers initialize and then never answers notifications/initialized."""
+
+    async def endpoint(request: Request) -> Response:
+        if request.method == "DELETE":
+            return Response(status_code=200)
+        message = await request.json()
+        if "id" not in message:
+            await asyncio.sleep(3600)
+        info = {"protocolVersion": LEGACY, "capabilities": {"tools": {}}, "serverInfo": {"name": "s"}}
+        body = {"jsonrpc": "2.0", "id": message["id"], "result": info}
+        return JSONResponse(body, headers={"mcp-session-id": "silent-session"})
+
+    return Starlette(routes=[Route("/mcp", endpoint, methods=["POST", "DELETE"])])
+
+
+async def test_a_server_that_never_finishes_its_handshake_delays_other_lists_once(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that never answers notifications/initialized is left out of tools/list after
+    LIST_TIMEOUT, and the next lists are not held again while RETRY_AFTER runs: one such server
+    held every key's tools/list that reaches it, forever."""
+    monkeypatch.setattr(listing, "LIST_TIMEOUT", 0.5)
+    with ExitStack() as stack, serve_asgi(silent_after_initialize_app()) as port:
+        ups = {"a": stack.enter_context(sdk_upstream("a", "A"))}
+        rig.router.swap({**ups, "silent": upstream("silent", port, container_id="silent-1")})
+        async with connect(rig.endpoint, mode="legacy") as client:
+            async with asyncio.timeout(5):
+                assert names(await client.list_tools()) == {f"a__{t}" for t in TOOLS}
+            started = time.monotonic()
+            assert names(await client.list_tools()) == {f"a__{t}" for t in TOOLS}
+            assert time.monotonic() - started < 0.4
+
+
+async def test_a_call_to_a_server_that_never_finishes_its_handshake_gets_an_error(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client's first call to a server that never answers notifications/initialized gets a
+    JSON-RPC error naming the server after UPSTREAM_TIMEOUT, instead of waiting forever."""
+    monkeypatch.setattr(upstreams, "UPSTREAM_TIMEOUT", 0.5)
+    monkeypatch.setattr(listing, "LIST_TIMEOUT", 0.5)
+    with serve_asgi(silent_after_initialize_app()) as port:
+        rig.router.swap({"silent": upstream("silent", port, container_id="silent-1")})
+        async with connect(rig.endpoint, mode="legacy") as client:
+            async with asyncio.timeout(5):
+                with pytest.raises(MCPError, match="silent"):
+                    await client.call_tool("silent__anything")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -154,3 +156,39 @@ def test_a_lookup_that_hangs_ends_within_the_connect_timeout() -> None:
         dialer.connect("slow.example", 443)
     assert time.monotonic() - started < 1.0
     release.set()
+
+
+def test_a_remote_slow_to_resolve_holds_one_lookup_not_the_event_loops_threads() -> None:
+    """Many connections to a host whose DNS hangs share one lookup on the resolver's own threads:
+    the loop's default executor (the pages' database reads) and a lookup of another remote go on."""
+    release, asked = threading.Event(), []
+
+    def resolver(host: str, port: int) -> Sequence[str]:
+        asked.append(host)
+        if host == "slow.example":
+            release.wait(10)
+        return ["127.0.0.1"]
+
+    async def run() -> float:
+        listener = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        dialer = remote.Dialer(_guard(("fast.test",)), remote.tls_context(None), 5.0, resolver)
+
+        async def slow() -> None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await remote.open_connection(dialer, "slow.example", port, False, asyncio.Protocol)
+
+        try:
+            await asyncio.gather(*(slow() for _ in range(12)))
+            started = time.monotonic()
+            async with asyncio.timeout(3):
+                await asyncio.to_thread(lambda: None)
+                await remote.open_connection(dialer, "fast.test", port, False, asyncio.Protocol)
+            return time.monotonic() - started
+        finally:
+            release.set()
+            listener.close()
+
+    assert asyncio.run(run()) < 1.0
+    assert asked.count("slow.example") == 1

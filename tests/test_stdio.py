@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -198,3 +201,34 @@ def test_a_bridge_answer_without_counts_is_refused_naming_the_path(body: bytes, 
     with serve_asgi(app, lifespan="off") as port, pytest.raises(errors.NotMCP) as caught:
         stdio.read_processes("127.0.0.1", port, 5)
     assert fragment in str(caught.value) and STATS_PATH in str(caught.value)
+
+
+def test_a_bridge_dripping_its_answer_is_cut_at_the_probe_timeout() -> None:
+    """A container that sends its answer a byte at a time, each within the socket timeout, holds the
+    probe's reader no longer than the timeout in all (the monitor probes servers one after another:
+    one such server would stall every other's probes and restarts)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def drip() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+            while not stop.is_set():  # one header line, a byte at a time: 64 KiB takes an hour
+                try:
+                    conn.sendall(b"a")
+                except OSError:
+                    return
+                time.sleep(0.05)
+
+    dripper = threading.Thread(target=drip, daemon=True)
+    dripper.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises((OSError, errors.NotMCP)):
+            stdio.read_processes("127.0.0.1", listener.getsockname()[1], 0.5)
+        assert time.monotonic() - started < 3
+    finally:
+        stop.set()
+        listener.close()
+        dripper.join(5)

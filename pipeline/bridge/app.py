@@ -138,7 +138,7 @@ class Bridge:
     def _post(self, request: Request, reply: Reply) -> Awaitable[None] | None:
         try:
             message = json.loads(request.body)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth
             _json(reply, 400, error(None, PARSE_ERROR, "the body is not JSON"))
             return None
         if not isinstance(message, dict) or message.get("jsonrpc") != "2.0":

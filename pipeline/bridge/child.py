@@ -222,7 +222,7 @@ class Child:
         """Deliver one stdout line; return a reason to end the process, or ''."""
         try:
             message = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth
             message = None
         if isinstance(message, dict):
             try:

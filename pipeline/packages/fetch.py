@@ -33,6 +33,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pipeline.config.settings import Packages
 from pipeline.errors import BuildError
@@ -366,7 +367,34 @@ def _npm(spec: PackageSpec, bounds: Packages, runner: _Runner, out: Path) -> dic
         ],
         f"download {spec} and its dependencies (lifecycle scripts off)",
     )  # fmt: skip
+    _from_registry(spec, app, bounds.npm_registry)
     return {"command": list(_npm_bin(spec, app))}
+
+
+def _from_registry(spec: PackageSpec, app: Path, registry: str) -> None:
+    """Refuse a tree with a package npm took from anywhere but the registry: a published package's
+    dependency may name a git repository, tarball or folder on the host (the provider holds every
+    project's repositories), which npm installs as readily, and the image would carry it."""
+    lock = app / "package-lock.json"
+    try:
+        packages = json.loads(lock.read_text("utf-8")).get("packages")
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError, AttributeError) as exc:
+        raise BuildError(f"{spec}: npm left no readable package-lock.json ({exc})") from exc
+    home = urlsplit(registry)
+    found_in = packages if isinstance(packages, dict) else {}
+    # node_modules/<name> first: a linked folder's own entry is keyed by its path, not its name
+    for where, entry in sorted(found_in.items(), key=lambda item: not item[0].startswith("node_modules/")):
+        if not where or (isinstance(entry, dict) and entry.get("inBundle") is True):
+            continue  # the staging package itself; a package bundled in a registry tarball
+        resolved = entry.get("resolved") if isinstance(entry, dict) else None
+        found = urlsplit(resolved) if isinstance(resolved, str) else None
+        linked = isinstance(entry, dict) and entry.get("link")
+        if linked or found is None or (found.scheme, found.netloc) != (home.scheme, home.netloc):
+            name = where.rpartition("node_modules/")[2]
+            raise BuildError(
+                f"{spec}: its dependency {name!r} is not from the registry "
+                f"({resolved or 'a link to a folder'}): only {registry} packages are installed"
+            )
 
 
 def _npm_bin(spec: PackageSpec, app: Path) -> tuple[str, ...]:
@@ -377,7 +405,7 @@ def _npm_bin(spec: PackageSpec, app: Path) -> tuple[str, ...]:
         raise BuildError(f"{spec}: the download holds no readable package.json of {spec.name}")
     try:
         data = json.loads(meta.read_text("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise BuildError(f"{spec}: its package.json is not JSON ({exc})") from exc
     found = data.get("bin") if isinstance(data, dict) else None
     bins = {spec.unscoped: found} if isinstance(found, str) else found if isinstance(found, dict) else {}

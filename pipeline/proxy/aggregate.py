@@ -129,14 +129,12 @@ class Aggregate:
         then answers it from the pooled connection's callbacks). None for anything else."""
         if ex.method != "POST":
             return None
-        authorization, name_at, modern = "", -1, False
-        for at, (key, value) in enumerate(ex.headers):
+        authorization, modern = "", False
+        for key, value in ex.headers:
             if key == b"mcp-protocol-version":
                 modern = value == MODERN_BYTES
             elif key == b"authorization":
                 authorization = value.decode("latin-1")
-            elif key == b"mcp-name":
-                name_at = at
             elif key == b"origin":
                 return None  # CORS: the coroutine's way
         caller = self._caller(authorization, "")
@@ -144,7 +142,7 @@ class Aggregate:
             return None
         try:
             message = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth
             return None
         params = message.get("params") if isinstance(message, dict) else None
         if not isinstance(params, dict) or message.get("method") != "tools/call" or message.get("id") is None:
@@ -154,7 +152,7 @@ class Aggregate:
         live = self.proxy.router.get(found[0]) if found else None
         if found is None or live is None or not self.listing.catalog.modern.get(live.container_id):
             return None
-        headers = [h for at, h in enumerate(ex.headers) if at != name_at]
+        headers = [h for h in ex.headers if h[0] != b"mcp-name"]  # every one the client sent
         headers.append((b"mcp-name", found[1].encode()))
         forwarded = json.dumps(dict(message, params=dict(params, name=found[1])), ensure_ascii=False)
         return found[0], headers, forwarded.encode()
@@ -205,7 +203,7 @@ class Aggregate:
         """Answer one JSON-RPC message."""
         try:
             message = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth
             return replies.rpc_error(None, -32700, "the body is not JSON", status=400)
         if not isinstance(message, dict):
             return replies.rpc_error(
@@ -229,9 +227,9 @@ class Aggregate:
             session = found
             session.last_used = time.monotonic()
             if method is None and request_id is not None:
-                return await self._answer_server(session, message)
+                return await self._answer_server(ex, session, message)
         if method == "notifications/cancelled" and session is not None:
-            return await self._cancel(session, message)
+            return await self._cancel(ex, session, message)
         if not isinstance(method, str) or request_id is None:
             return 202, b"", []  # a notification
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
@@ -316,10 +314,11 @@ class Aggregate:
             if rewrite is None:
                 await self.proxy.serve(Piped("POST", server, headers, body, ex, []))
                 return None
-            inner = Collected("POST", server, headers, body)
+            inner = Collected("POST", server, headers, body, ex)
             await self.proxy.serve(inner)
             return replies.whole(inner, server, request_id, rewrite, modern=False)
-        return await self._converted(self._stateless_link(caller, head), server, body, request_id, rewrite)
+        link = self._stateless_link(caller, head)
+        return await self._converted(ex, link, server, body, request_id, rewrite)
 
     async def _on_session(
         self, ex: Exchange, session: ClientSession, server: str, body: bytes, request_id: object, rewrite: Any
@@ -335,7 +334,7 @@ class Aggregate:
             except (UpstreamFailed, OSError, TimeoutError) as exc:
                 return _unopened(server, request_id, exc)
             if rewrite is not None:
-                inner = Collected("POST", server, link.headers(server), body)
+                inner = Collected("POST", server, link.headers(server), body, ex)
                 await self.proxy.serve(inner)
                 if inner.status != 404:
                     return replies.whole(inner, server, request_id, rewrite, modern=False)
@@ -354,7 +353,7 @@ class Aggregate:
         return replies.rpc_error(request_id, SERVER_GONE, f"server {server!r} lost the session twice; retry")
 
     async def _converted(
-        self, link: Link, server: str, body: bytes, request_id: object, rewrite: Any
+        self, ex: Exchange, link: Link, server: str, body: bytes, request_id: object, rewrite: Any
     ) -> Reply:
         """A stateless-era client's request to a session-era-only server: sent on the key's session,
         the answer given back whole in the client's era."""
@@ -363,14 +362,14 @@ class Aggregate:
                 await link.session(server)
             except (UpstreamFailed, OSError, TimeoutError) as exc:
                 return _unopened(server, request_id, exc)
-            inner = Collected("POST", server, link.headers(server), body)
+            inner = Collected("POST", server, link.headers(server), body, ex)
             await self.proxy.serve(inner)
             if inner.status != 404:
                 return replies.whole(inner, server, request_id, rewrite, modern=True)
             link.lost(server)
         return replies.rpc_error(request_id, SERVER_GONE, f"server {server!r} lost the session twice; retry")
 
-    async def _answer_server(self, session: ClientSession, message: dict[str, Any]) -> Reply:
+    async def _answer_server(self, ex: Exchange, session: ClientSession, message: dict[str, Any]) -> Reply:
         """The client's answer to a server's request (sampling, elicitation, roots): to that server."""
         server, sep, own = str(message.get("id")).partition(ID_SEPARATOR)
         if not sep or server not in session.link.sessions:
@@ -379,23 +378,23 @@ class Aggregate:
             )
         try:
             original = json.loads(own)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth
             return replies.rpc_error(
                 None, INVALID_REQUEST, f"no server request {message.get('id')!r} is waiting", 400
             )
         answer = json.dumps(dict(message, id=original)).encode()
-        inner = Collected("POST", server, session.link.headers(server), answer)
+        inner = Collected("POST", server, session.link.headers(server), answer, ex)
         await self.proxy.serve(inner)
         return (202 if inner.status < 300 else inner.status), b"", []
 
-    async def _cancel(self, session: ClientSession, message: dict[str, Any]) -> Reply:
+    async def _cancel(self, ex: Exchange, session: ClientSession, message: dict[str, Any]) -> Reply:
         """notifications/cancelled: passed to the server that runs the request it names, if any."""
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
         assert isinstance(params, dict)
         server = session.inflight.get(json.dumps(params.get("requestId")))
         if server is not None and session.link.sessions.get(server):
             note = json.dumps(message).encode()
-            await self.proxy.serve(Collected("POST", server, session.link.headers(server), note))
+            await self.proxy.serve(Collected("POST", server, session.link.headers(server), note, ex))
         return 202, b"", []
 
     async def _set_level(self, session: ClientSession, request_id: object, params: dict[str, Any]) -> Reply:

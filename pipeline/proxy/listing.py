@@ -5,8 +5,9 @@ client's rate limit pays for a cache fill), through `Proxy.serve` like every oth
 the session is ended; whether the release speaks 2026-07-28 is asked once at the same time. They
 are cached under the release's container id (catalog.py), so a swap invalidates them by naming a
 new container. A caller's view is built from the releases its key reaches; a server whose lists
-cannot be fetched is left out of the view (and asked again on the next request) instead of
-failing it.
+cannot be fetched within LIST_TIMEOUT (both handshakes and every page) is left out of the view
+instead of failing it, and asked again after RETRY_AFTER: a server that answers slowly, or never,
+costs the callers of every other server's lists one wait per RETRY_AFTER, not one per request.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -25,6 +27,8 @@ from pipeline.proxy.upstreams import Link, send, speaks_modern
 
 log = logging.getLogger("central-mcp")
 MAX_LIST_PAGES = 20  # a server's pages of one list followed at most
+LIST_TIMEOUT = 30.0  # a release's lists fetched within this in all (handshakes and every page)
+RETRY_AFTER = 10.0  # a release whose lists could not be fetched is left out this long
 LIST_METHODS = {
     "tools": "tools/list",
     "prompts": "prompts/list",
@@ -46,6 +50,7 @@ class Listing:
         self.proxy = proxy
         self.catalog = Catalog()
         self._fetching: dict[str, asyncio.Future[None]] = {}  # by container id
+        self._failed: dict[str, float] = {}  # container id -> when its lists last failed
 
     async def view(self, caller: Caller, pinned: Mapping[str, str], kind: str = "tools") -> View:
         """The caller's view of `kind`, missing release lists fetched first (`pinned`: server ->
@@ -84,16 +89,31 @@ class Listing:
         """Fetch and cache a release's lists once, however many requests wait for them."""
         if self.catalog.has(container_id):
             return
+        if time.monotonic() - self._failed.get(container_id, -RETRY_AFTER) < RETRY_AFTER:
+            return
         fetching = self._fetching.get(container_id)
         if fetching is None:
-            fetching = self._fetching[container_id] = asyncio.ensure_future(self._fetch(server))
+            fetching = self._fetching[container_id] = asyncio.ensure_future(
+                self._bounded(server, container_id)
+            )
             fetching.add_done_callback(lambda _: self._fetching.pop(container_id, None))
         with contextlib.suppress(UpstreamFailed, OSError, TimeoutError):
             await asyncio.shield(fetching)
 
     def prune(self, keep: Iterable[str]) -> None:
         """Forget the lists of releases neither live nor held by a session (after a swap)."""
-        self.catalog.prune(keep)
+        kept = set(keep)
+        self.catalog.prune(kept)
+        self._failed = {cid: at for cid, at in self._failed.items() if cid in kept}
+
+    async def _bounded(self, server: str, container_id: str) -> None:
+        """`_fetch` within LIST_TIMEOUT; a failure is remembered for RETRY_AFTER."""
+        try:
+            async with asyncio.timeout(LIST_TIMEOUT):
+                await self._fetch(server)
+        except (UpstreamFailed, OSError, TimeoutError):
+            self._failed[container_id] = time.monotonic()
+            raise
 
     async def _fetch(self, server: str) -> None:
         """The lists `server`'s live release advertises, on a session of the aggregate's own."""
@@ -126,7 +146,12 @@ class Listing:
             answer = await send(
                 self.proxy, server, link.headers(server), LIST_METHODS[kind], params, page + 1
             )
-            items.extend(i for i in answer.result.get(kind, ()) if isinstance(i, dict))
+            found = answer.result.get(kind, [])
+            if not isinstance(found, list):  # the server's own answer: any shape
+                raise UpstreamFailed(
+                    server, answer.status, f"its {LIST_METHODS[kind]} result has no {kind} list"
+                )
+            items.extend(i for i in found if isinstance(i, dict))
             cursor = answer.result.get("nextCursor")
             if not cursor:
                 break

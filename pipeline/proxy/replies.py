@@ -37,7 +37,8 @@ def whole(inner: Collected, server: str, request_id: object, rewrite: Any, moder
 
 def resource_uris(server: str, result: dict[str, Any]) -> None:
     """A resources/read result's URIs, given back as the aggregate's."""
-    for content in result.get("contents", ()):
+    contents = result.get("contents")
+    for content in contents if isinstance(contents, list) else ():  # a server's own shape: any
         if isinstance(content, dict) and isinstance(content.get("uri"), str):
             content["uri"] = f"{URI_SCHEME}{server}/{content['uri']}"
 

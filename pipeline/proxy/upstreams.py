@@ -85,10 +85,14 @@ class InnerExchange(abc.ABC):
 
 
 class Collected(InnerExchange):
-    """An inner request whose answer is kept whole: status, headers and body."""
+    """An inner request whose answer is kept whole: status, headers and body. Made for a client's
+    request (`client`), it ends when that client leaves, as a `/mcp/<server>` request does."""
 
-    def __init__(self, method: str, server: str, headers: Headers, body: bytes) -> None:
+    def __init__(
+        self, method: str, server: str, headers: Headers, body: bytes, client: Exchange | None = None
+    ) -> None:
         super().__init__(method, server, headers, body)
+        self.client = client
         self.status = 0
         self.answer_headers: Headers = []
         self.chunks: list[bytes] = []
@@ -116,6 +120,13 @@ class Collected(InnerExchange):
         """The streamed answer is whole."""
         self.whole = True
 
+    async def gone(self) -> None:
+        """The client left (never, for the aggregate's own requests)."""
+        if self.client is not None:
+            await self.client.gone()
+        else:
+            await super().gone()
+
     def header(self, name: bytes) -> str:
         """One answer header's value ("" when absent)."""
         return next((v.decode("latin-1") for k, v in self.answer_headers if k == name), "")
@@ -130,7 +141,7 @@ class Collected(InnerExchange):
             return None
         try:
             found = json.loads(body)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth
             return None
         return found if isinstance(found, dict) else None
 
@@ -225,7 +236,7 @@ class Piped(InnerExchange):
             return event
         try:
             message = json.loads(lines[data[0]][5:])
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth
             return event
         if not isinstance(message, dict) or "method" not in message or "id" not in message:
             return event
@@ -298,7 +309,8 @@ class Link:
         self.sessions[server] = session
         done = [*self.headers(server)]
         note = json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode()
-        await self.proxy.serve(Collected("POST", server, done, note))
+        async with asyncio.timeout(UPSTREAM_TIMEOUT):  # as every request of the aggregate's own
+            await self.proxy.serve(Collected("POST", server, done, note))
         if self.level and "logging" in self.offers[server]:
             await send(self.proxy, server, self.headers(server), "logging/setLevel", {"level": self.level})
         return session
@@ -321,7 +333,8 @@ async def speaks_modern(proxy: Proxy, server: str, authorization: bytes) -> bool
         answer = await send(proxy, server, fields, "server/discover", {"_meta": MODERN_META})
     except (UpstreamFailed, OSError, TimeoutError):
         return False
-    return MODERN_VERSION in answer.result.get("supportedVersions", ())
+    versions = answer.result.get("supportedVersions")
+    return isinstance(versions, list) and MODERN_VERSION in versions
 
 
 def modern_headers(authorization: bytes, method: str, name: str) -> Headers:
@@ -361,7 +374,7 @@ def sse_messages(body: bytes) -> list[dict[str, Any]]:
             continue
         try:
             found = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # nested past the parser's depth
             continue
         if isinstance(found, dict):
             messages.append(found)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import hashlib
 import io
 import json
@@ -140,13 +141,15 @@ class NpmRegistry:
 
     def _tgz(self, name: str) -> bytes:
         buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.USTAR_FORMAT) as archive:
+        with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as archive:
             for path, text in sorted(self.packages[name].items()):
                 data = text.encode()
                 info = tarfile.TarInfo(f"package/{path}")
                 info.size, info.mode, info.mtime = len(data), 0o644, 0
                 archive.addfile(info, io.BytesIO(data))
-        return buffer.getvalue()
+        # gzip's header holds a time: the packument's integrity and the tarball served a second
+        # later must be the same bytes.
+        return gzip.compress(buffer.getvalue(), mtime=0)
 
 
 @contextmanager
