@@ -330,7 +330,12 @@ class _Session:
             raise NotMCP(f"{method}: the answer did not end within {self.timeout:g}s")
         if sock is not None:
             sock.settimeout(remaining)
-        data = read(min(READ_CHUNK, self.left + 1))
+        try:
+            data = read(min(READ_CHUNK, self.left + 1))
+        except (OSError, http.client.HTTPException) as exc:
+            if time.monotonic() >= self.deadline:  # cut_at shut the socket: say why, not how
+                raise NotMCP(f"{method}: the answer did not end within {self.timeout:g}s") from exc
+            raise
         self.left -= len(data)
         if self.left < 0:
             raise AnswerTooLarge(
