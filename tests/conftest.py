@@ -30,6 +30,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def bridge_work_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Bridges run on this host keep their sessions' directories here, not in /tmp, which Landlock
+    would hide whole from their programs (in a container /tmp is the work root; here the checkout
+    and its .venv may be under /tmp)."""
+    from pipeline.bridge import child
+
+    root = tmp_path_factory.mktemp("bridge-work")
+    before = os.environ.get(child.WORK_ROOT_ENV)
+    os.environ[child.WORK_ROOT_ENV] = str(root)
+    yield root
+    if before is None:
+        os.environ.pop(child.WORK_ROOT_ENV, None)
+    else:
+        os.environ[child.WORK_ROOT_ENV] = before
+
+
 @pytest.fixture(scope="session")
 def docker_host() -> DockerHost:
     """The real Docker engine; in CI a missing engine fails the test instead of skipping it."""

@@ -28,6 +28,7 @@ READ_CHUNK = 64 * 1024  # bytes read from the program's stdout at once, into one
 JUNK_BUDGET = 20  # non-JSON stdout lines tolerated (logged) before the process is ended
 STOP_GRACE = 2.0  # seconds between closing stdin / SIGTERM and SIGKILL
 WORK_ROOT = "/tmp"  # the container's writable tmpfs
+WORK_ROOT_ENV = "CENTRAL_MCP_BRIDGE_WORK_ROOT"  # another work root: a bridge run on a host (tests)
 SESSION_HOME = "$HOME"  # an env value `$HOME` or `$HOME/...` names the session's own HOME (or in it)
 
 Message = dict[str, Any]
@@ -42,13 +43,13 @@ class Child:
         env: dict[str, str],
         on_message: Callable[[Child, Message], None],
         on_exit: Callable[[Child, str], None],
-        work_root: str = WORK_ROOT,
+        work_root: str = "",
     ) -> None:
         self.command = command
         self.env = env
         self.on_message = on_message
         self.on_exit = on_exit
-        self.work_root = work_root
+        self.work_root = work_root or os.environ.get(WORK_ROOT_ENV) or WORK_ROOT
         self.process: asyncio.subprocess.Process | None = None
         self.home = ""
         self.junk = 0

@@ -77,15 +77,24 @@ def ruleset(home: str, work_root: str) -> int | None:
     if fd < 0:
         raise OSError(ctypes.get_errno(), "landlock_create_ruleset")
     try:
-        hidden = work_root.strip("/").split("/", 1)[0]
-        for entry in sorted(os.listdir("/")):
-            if entry != hidden:
-                _allow(fd, f"/{entry}", (DEVICES if entry == DEVICE_DIR else READ) & handled)
+        _allow_all_but(fd, os.path.realpath(work_root), handled)
         _allow(fd, home, handled)
     except OSError:
         os.close(fd)
         raise
     return fd
+
+
+def _allow_all_but(fd: int, hidden: str, handled: int) -> None:
+    """Grant reading everything but `hidden`: every entry of each folder on the way down to it but
+    the one that leads there (a container's work root is /tmp itself; a test's is deeper)."""
+    folder = "/"
+    for part in [p for p in hidden.split("/") if p]:
+        for entry in sorted(os.listdir(folder)):
+            if entry != part:
+                path = os.path.join(folder, entry)
+                _allow(fd, path, (DEVICES if path == f"/{DEVICE_DIR}" else READ) & handled)
+        folder = os.path.join(folder, part)
 
 
 def restrictor(fd: int) -> Callable[[], None]:
