@@ -65,3 +65,38 @@ def test_a_confined_process_writes_only_its_own_directory(tmp_path: Path) -> Non
     assert seen["other_write"] == seen["other_read"] == "PermissionError"
     assert seen["parent"] == ("PermissionError" if sandbox.abi() >= 6 else "ok")
     assert sandbox.status() == f"landlock ABI {sandbox.abi()}"
+
+
+def test_a_link_that_leads_into_the_work_root_opens_nothing_of_it(tmp_path: Path) -> None:
+    """Beside the work root, what is readable stays readable (a checkout under /tmp keeps its
+    .venv), but a link resolving to a folder that holds the work root is not followed into it."""
+    work = tmp_path / "deep" / "work"
+    home, other = work / "a", work / "b"
+    home.mkdir(parents=True)
+    other.mkdir()
+    (other / "secret").write_text("b's")
+    (tmp_path / "beside").write_text("readable")
+    (tmp_path / "link").symlink_to(tmp_path / "deep")
+    fd = sandbox.ruleset(str(home), str(work))
+    assert fd is not None
+    script = "import sys; print(open(sys.argv[1]).read()); open(sys.argv[2]).read()"
+    try:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                script,
+                str(tmp_path / "beside"),
+                str(tmp_path / "link" / "work" / "b" / "secret"),
+            ],
+            preexec_fn=sandbox.restrictor(fd),
+            cwd=home,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    finally:
+        os.close(fd)
+    assert done.stdout.strip() == "readable"
+    assert done.returncode != 0 and "PermissionError" in done.stderr

@@ -91,10 +91,16 @@ def _allow_all_but(fd: int, hidden: str, handled: int) -> None:
     folder = "/"
     for part in [p for p in hidden.split("/") if p]:
         for entry in sorted(os.listdir(folder)):
-            if entry != part:
-                path = os.path.join(folder, entry)
+            path = os.path.join(folder, entry)
+            if entry != part and not _leads_into(path, hidden):
                 _allow(fd, path, (DEVICES if path == f"/{DEVICE_DIR}" else READ) & handled)
         folder = os.path.join(folder, part)
+
+
+def _leads_into(path: str, hidden: str) -> bool:
+    """Whether `path` (a link, say) resolves to `hidden`, into it, or to a folder holding it."""
+    target = os.path.realpath(path)
+    return os.path.commonpath([target, hidden]) in (target, hidden)
 
 
 def restrictor(fd: int) -> Callable[[], None]:
