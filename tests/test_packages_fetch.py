@@ -232,3 +232,17 @@ def test_a_dependency_from_outside_the_registry_is_refused(tmp_path: Path, kind:
     with serving_npm(registry) as url, pytest.raises(BuildError, match="'dep' is not from the registry"):
         _fetch("npm:evil-pkg@1.0.0", tmp_path / "cache", npm_registry=url)
     assert not list((tmp_path / "cache").rglob("secret.txt"))
+
+
+def test_npm_through_a_linked_cache_keys_its_lock_by_the_trees_own_paths(tmp_path: Path) -> None:
+    """A cache reached through a link (a state dir moved to another disk) still gives a lock whose
+    entries are node_modules/<name>: npm runs in the real folder."""
+    manifest = {"name": "plain-pkg", "version": "1.0.0", "bin": {"plain-pkg": "./index.js"}}
+    registry = NpmRegistry({"plain-pkg": {"package.json": json.dumps(manifest), "index.js": "1\n"}})
+    real = tmp_path / "disk" / "cache"
+    real.mkdir(parents=True)
+    (tmp_path / "link").symlink_to(real)
+    with serving_npm(registry) as url:
+        staged, _ = _fetch("npm:plain-pkg@1.0.0", tmp_path / "link", npm_registry=url)
+    lock = json.loads((staged.root / fetch.APP / "package-lock.json").read_text())
+    assert "node_modules/plain-pkg" in lock["packages"], list(lock["packages"])

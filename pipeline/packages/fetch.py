@@ -92,6 +92,9 @@ def fetch(
     timeout: float | None = None,
 ) -> Staged:
     """The staged download of `spec`: from the cache, or downloaded now within `bounds`."""
+    # npm keys its lock by paths relative to the real folder: through a link (a state dir on
+    # another disk, say) they would climb out of the tree and name no package.
+    cache = cache.resolve()
     target = cache / spec.registry / spec.name / spec.version
     if (target / STAGED_FILE).is_file():
         staged = _load(spec, target)

@@ -17,7 +17,7 @@ import pytest
 
 import pipeline
 from pipeline import stdio
-from pipeline.dockerhost import DockerHost
+from pipeline.dockerhost import LABEL_INSTANCE, LABEL_RELEASE, LABEL_SERVER, DockerHost
 from tests.support.provider import Provider, VMSecrets, running_provider
 
 pytestmark = pytest.mark.docker
@@ -71,7 +71,9 @@ def test_a_changed_bridge_rebuilds_stdio_servers_only(upgraded: Provider, code: 
     assert f"{piped}: changed since r1 → r2" in second.output
     assert f"{plain}: unchanged (live r1)" in second.output
     assert upgraded.releases(piped)["r2"] == "live"
-    [running] = upgraded.running(piped)
+    # r1 may still be draining beside it: the container to read is r2's
+    labels = {LABEL_INSTANCE: upgraded.instance, LABEL_SERVER: piped, LABEL_RELEASE: "r2"}
+    [running] = [c.id for c in upgraded.docker.containers(labels) if c.status == "running"]
     container = upgraded.docker.client.containers.get(running)
     copied = f"{stdio.BRIDGE_DIR}/{stdio.BRIDGE_PACKAGE}/app.py"
     code_, output = container.exec_run(["tail", "-n", "1", copied])
