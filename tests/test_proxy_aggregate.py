@@ -7,7 +7,6 @@ Every test runs the real proxy on loopback with real SDK servers behind it (test
 from __future__ import annotations
 
 import asyncio
-import shutil
 import threading
 import time
 from collections import Counter
@@ -418,14 +417,12 @@ async def test_set_level_reaches_the_servers_and_their_log_lines_reach_the_clien
     assert lines == ["chatty R says hello"]
 
 
-@pytest.mark.skipif(
-    shutil.which("node") is None or shutil.which("npm") is None, reason="node and npm are needed"
-)
 async def test_the_typescript_sdk_client_lists_and_calls_through_the_aggregate(
     keyed: Rig, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """The official TypeScript SDK client, with a project key, lists the project's namespaced tools
     and calls one through /mcp."""
+    ts_sdk.require()
     with ExitStack() as stack:
         serve(keyed, stack, "a", "b", "c")
         key = create_key(keyed.store, keyed.settings, "web")

@@ -199,8 +199,7 @@ def test_the_typescript_sdk_client_lists_and_calls_each_kind_in_each_era(
     """The official TypeScript SDK client with a key lists and calls a tool of each server: 1.x and
     v2 in legacy mode hold a session in the session era; v2 in auto mode ends in the stateless era
     (no session) on the remote and falls back to a session-era session on a stdio server."""
-    if reason := ts_sdk.missing(mode):
-        pytest.skip(reason)
+    ts_sdk.require(mode)
     script = ts_sdk.install(tmp_path_factory.getbasetemp() / "ts-sdk")
     tool, args = CALLS[kind]
     found = ts_sdk.call(script, site.url(kind), site.key, tool, args, mode)
@@ -218,8 +217,7 @@ def test_a_typescript_client_pinned_to_the_stateless_era_gets_it_only_where_offe
 ) -> None:
     """The v2 TypeScript client pinned to 2026-07-28 (no probe, no fallback) calls the remote with no
     session; a stdio server refuses it with -32022 naming the session-era versions."""
-    if reason := ts_sdk.missing(STATELESS_ERA):
-        pytest.skip(reason)
+    ts_sdk.require(STATELESS_ERA)
     script = ts_sdk.install(tmp_path_factory.getbasetemp() / "ts-sdk")
     tool, args = CALLS[kind]
     done = ts_sdk.run(script, site.url(kind), site.key, tool, args, STATELESS_ERA)

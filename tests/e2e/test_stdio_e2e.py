@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -88,8 +87,7 @@ def test_the_typescript_sdk_client_lists_and_calls_through_the_bridge(
 ) -> None:
     """The official TypeScript SDK client (npm) negotiates the session era with a key, lists the
     stdio program's tools and calls one."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.skip("node and npm are not installed: `apt-get install nodejs npm`")
+    ts_sdk.require()
     script = ts_sdk.install(tmp_path_factory.getbasetemp() / "ts-sdk")
     found = ts_sdk.call(script, site.url(), site.key, "echo", {"text": "from typescript"})
     assert found["protocolVersion"] == SESSION_ERA

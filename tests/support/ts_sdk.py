@@ -4,10 +4,13 @@ only) and its v2 successor `@modelcontextprotocol/client`, which negotiates the 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 TS_SDK = "@modelcontextprotocol/sdk@1.32.2"
 TS_CLIENT_V2 = "@modelcontextprotocol/client@2.4.0"
@@ -30,6 +33,15 @@ def missing(mode: str = V1) -> str:
     version = subprocess.run(["node", "--version"], capture_output=True, text=True, check=False).stdout
     major = int(version.strip().lstrip("v").split(".")[0] or 0)
     return "" if major >= V2_NODE else f"{TS_CLIENT_V2} needs node >= {V2_NODE}, this is {version.strip()}"
+
+
+def require(mode: str = V1) -> None:
+    """Skip the calling test when the client of `mode` cannot run here; in CI, fail it instead."""
+    reason = missing(mode)
+    if reason and os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"in CI the TypeScript client must run: {reason}")
+    if reason:
+        pytest.skip(reason)
 
 
 def install(into: Path) -> Path:
