@@ -15,7 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pipeline import buildrules, contract, dockerfile, launch, stdio
+from pipeline import buildrules, contract, dockerfile, launch, stdio, surfaces
 from pipeline.context import Context
 from pipeline.deploylog import DeployLog
 from pipeline.dockerhost import LABEL_COMMIT, LABEL_FINGERPRINT, LABEL_RELEASE, LABEL_SERVER, Running
@@ -122,7 +122,9 @@ class Preparation:
             self._timed(c, "gate", lambda: self._gate(c))
         except CentralMCPError as exc:
             self.abort.set()
-            self.outcomes[c.name] = Outcome(ServerOutcome.FAILED, c.spec.number, reason=str(exc))
+            self.outcomes[c.name] = Outcome(
+                ServerOutcome.FAILED, c.spec.number, reason=str(exc), contract=c.contract
+            )
             self.log.line(f"{c.name}: FAILED — {exc}")
             raise
         tools = [str(t.get("name")) for t in c.tools]
@@ -295,9 +297,7 @@ class Preparation:
         live = next((r for r in self.ctx.store.live_releases() if r.server == c.name), None)
         if live is None or live.number == c.spec.number:
             return
-        kept = self.ctx.store.surface(live.server, live.number)
-        old = contract.Surface.from_json(kept) if kept is not None else contract.Surface(tools=live.tools)
-        differences = contract.diff(old, surface)
+        differences = contract.diff(surfaces.of_release(self.ctx.store, live), surface)
         versions = (live.version, c.spec.manifest.version)
         c.contract = [d.render() for d in differences]
         said = f"{c.name}: r{c.spec.number} ({versions[1]}) vs live r{live.number} ({versions[0]}), contract"
