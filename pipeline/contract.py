@@ -73,6 +73,8 @@ class Difference:
 
     def render(self) -> str:
         """One line: `tool search: changed — inputSchema: new required property 'limit' (breaking)`."""
+        if self.change is Change.REMOVED:
+            return f"{SINGULAR[self.kind]} {self.name}: removed" + (" (breaking)" if self.breaking else "")
         said = [*(f"{b} (breaking)" for b in self.breaking), *self.details]
         tail = f" — {'; '.join(said)}" if said else ""
         return f"{SINGULAR[self.kind]} {self.name}: {self.change.value}{tail}"
@@ -165,7 +167,7 @@ def _changes(kind: str, old: dict[str, Any], new: dict[str, Any]) -> tuple[list[
     if kind == "tools":
         breaking += [f"inputSchema: {n}" for n in narrowing(old.get("inputSchema"), new.get("inputSchema"))]
         if old.get("inputSchema") != new.get("inputSchema") and not breaking:
-            details.append("inputSchema widened")
+            details.append("inputSchema changed, not narrowed")
         if old.get("outputSchema") != new.get("outputSchema"):
             details.append("outputSchema changed")
     if kind == "prompts":

@@ -274,13 +274,13 @@ class Preparation:
         names = ", ".join(str(t.get("name")) for t in c.tools)
         self.log.line(f"{c.name}: speaks MCP {result.protocol_version}, {len(c.tools)} tool(s): {names}")
         surface = self._surface(c, result)
-        self._compare(c, surface)
-        if c.build:
+        if c.build:  # recorded first: a candidate the contract refuses is kept as a failed release
             self.ctx.store.add_release(_candidate_release(c, self.deploy_id))
         try:
             self.ctx.store.save_surface(c.name, c.spec.number, surface.as_json())
         except StateError as exc:  # the release stands; only its lists are not kept for the next diff
             self.log.line(f"{c.name}: its lists are not kept: {exc}")
+        self._compare(c, surface)
 
     def _surface(self, c: Candidate, result: GateResult) -> contract.Surface:
         """The candidate's tools, prompts and resources as the gate read them, secrets masked."""

@@ -151,3 +151,9 @@ def test_surface_round_trips_through_json() -> None:
     surface = Surface(tools=[_tool("a")], prompts=None, resources=[])
     assert Surface.from_json(surface.as_json()) == surface
     assert Surface.from_json({"tools": []}) == Surface(tools=[])
+
+
+def test_removals_and_additions_render_on_one_line() -> None:
+    """A removed tool reads `tool a: removed (breaking)`, an added one `tool b: added`."""
+    found = contract.diff(Surface(tools=[_tool("a")]), Surface(tools=[_tool("b")]))
+    assert sorted(d.render() for d in found) == ["tool a: removed (breaking)", "tool b: added"]
