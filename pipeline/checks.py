@@ -105,7 +105,6 @@ def validate_arguments(pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any
             input=payload.encode(),
             capture_output=True,
             timeout=VALIDATE_TIMEOUT,
-            preexec_fn=_limit_memory,
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
@@ -181,10 +180,6 @@ def _bounded(text: str) -> str:
     return repr(text[:GOT_CHARS] + "…") if len(text) > GOT_CHARS else repr(text)
 
 
-def _limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (VALIDATE_MEMORY, VALIDATE_MEMORY))
-
-
 def _validate_here(schema: Mapping[str, Any], arguments: Mapping[str, Any]) -> str:
     """In the child: the first problem of `arguments` against `schema` ('' when valid)."""
     import jsonschema
@@ -206,7 +201,9 @@ def _validate_here(schema: Mapping[str, Any], arguments: Mapping[str, Any]) -> s
 
 
 def _main() -> None:
-    """The child: read [[schema, arguments], ...] on stdin, write one problem per pair."""
+    """The child: read [[schema, arguments], ...] on stdin, write one problem per pair. It bounds
+    its own memory before reading anything (a preexec_fn is not safe in the threaded provider)."""
+    resource.setrlimit(resource.RLIMIT_AS, (VALIDATE_MEMORY, VALIDATE_MEMORY))
     pairs = json.loads(sys.stdin.buffer.read())
     sys.stdout.write(json.dumps([_validate_here(s, a) for s, a in pairs]))
 

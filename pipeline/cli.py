@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pipeline import stdio
 from pipeline.config import settings as settings_mod
@@ -242,23 +243,21 @@ def _check(args: argparse.Namespace) -> int:
         )
     folders = {m.name: m.folder for m in report.manifests}
     kinds = {m.name: stdio.describe(m.raw) for m in report.manifests if stdio.describe(m.raw)}
-    _report(problems, folders, args.json, kinds)
-    refused = _against(args, report.manifests) if args.against and not problems else False
+    against = _against(args, report.manifests) if args.against and not problems else None
+    _report(problems, folders, args.json, kinds, against)
+    refused = against is not None and against["refused"]
     return EXIT_OK if not problems and not refused else EXIT_FAILED
 
 
-def _against(args: argparse.Namespace, manifests: Sequence[Manifest]) -> bool:
-    """Print what a push of `manifests` would meet at the provider `args.against`; whether it would
-    certainly be refused (known only for servers given with --lists)."""
+def _against(args: argparse.Namespace, manifests: Sequence[Manifest]) -> dict[str, Any]:
+    """What a push of `manifests` would meet at the provider `args.against`: its findings, and whether
+    it would certainly be refused (known only for servers given with --lists)."""
     from pipeline import surfaces
 
     live = surfaces.fetch_live(args.against, os.environ.get(ADMIN_TOKEN_ENV, ""))
     given = dict(_given_lists(item) for item in args.lists)
     lines, refused = surfaces.foresee(manifests, live, given, args.message)
-    _out(f"against {args.against}:")
-    for line in lines:
-        _out(f"  {line}")
-    return refused
+    return {"url": args.against, "findings": lines, "refused": refused}
 
 
 def _given_lists(item: str) -> tuple[str, Surface]:
@@ -312,18 +311,24 @@ def _unstored_secrets(settings: settings_mod.Settings, manifests: Sequence[Manif
 
 
 def _report(
-    problems: list[Problem], folders: dict[str, str], as_json: bool, kinds: dict[str, str] | None = None
+    problems: list[Problem],
+    folders: dict[str, str],
+    as_json: bool,
+    kinds: dict[str, str] | None = None,
+    against: dict[str, Any] | None = None,
 ) -> None:
     """Print check's verdict; each server with the folder it comes from (names need not match), and
-    for a stdio server how it is shared and which protocol era it offers."""
+    for a stdio server how it is shared and which protocol era it offers; then, with --against, what
+    a push would meet at that provider."""
     kinds = kinds or {}
     if as_json:
         body = {
-            "ok": not problems,
+            "ok": not problems and not (against or {}).get("refused"),
             "servers": list(folders),
             "folders": folders,
             **({"kinds": kinds} if kinds else {}),
             "problems": [p.as_json() for p in problems],
+            **({"against": against} if against is not None else {}),
         }
         _out(json.dumps(body, indent=2))
         return
@@ -337,6 +342,10 @@ def _report(
         f"checked {len(folders) + len({p.file for p in problems})} file(s): {verdict}"
         + (f"; servers: {servers}" if servers else "")
     )
+    if against is not None:
+        _out(f"against {against['url']}:")
+        for line in against["findings"]:
+            _out(f"  {line}")
 
 
 def _base_image(args: argparse.Namespace) -> int:

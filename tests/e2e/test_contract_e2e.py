@@ -184,6 +184,11 @@ def test_check_against_a_running_provider_foresees_a_refusal(
 
     plain = _cli(provider, env_token, "check", root, "--against", provider.base)
     assert plain.returncode == 0, plain.stdout + plain.stderr
+    as_json = _cli(
+        provider, env_token, "check", root, "--json", "--against", provider.base, "--lists", f"{echo}={lists}"
+    )
+    report = json.loads(as_json.stdout)
+    assert not report["ok"] and report["against"]["refused"] and report["against"]["url"] == provider.base
     unauthorized = _cli(provider, {}, "check", root, "--against", provider.base)
     assert unauthorized.returncode == 1 and "CENTRAL_MCP_ADMIN_TOKEN" in unauthorized.stderr
 
@@ -202,3 +207,32 @@ def _cli(provider: Provider, env: dict[str, str], *args: str) -> Any:
         timeout=60,
         check=False,
     )
+
+
+def test_a_stdio_servers_checks_run_through_its_bridge(provider: Provider, workspace: Workspace) -> None:
+    """A stdio server's check passes through the bridge; an expectation its answer misses rejects
+    the next push, naming the check and what came back."""
+
+    def checked(expect: str) -> Any:
+        def change(data: dict[str, Any]) -> None:
+            data["checks"] = [
+                {"tool": "echo", "arguments": {"text": "hi there"}, "expect": {"contains": expect}}
+            ]
+
+        return change
+
+    workspace.sync()
+    workspace.git("reset", "--quiet", "--hard")  # check --against's test left echo edited, uncommitted
+    server = workspace.put("stdio", manifest=checked("hi there"))
+    first = _push(workspace, "a stdio server with a check")
+    assert first.ok, first.output
+    assert 'check \'echo\' (tools/call echo {"text": "hi there"}) passed' in first.output
+
+    workspace.sync()
+    workspace.put("stdio", name=server, manifest=checked("goodbye"))
+    second = _push(workspace, "a check its answer misses")
+    assert not second.ok
+    assert "check 'echo' (tools/call echo {\"text\": \"hi there\"}) expected text containing 'goodbye'" in (
+        second.output
+    )
+    assert "got isError=false, text: 'hi there'" in second.output
