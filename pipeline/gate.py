@@ -161,13 +161,13 @@ def session(
     """An initialized session with `url` (a stateless one when the server only speaks that era),
     ended on leaving; the handshake itself must finish within `timeout`."""
     found = _Session(url, timeout, max_bytes, via=via)
-    try:
+    init: dict[str, Any] | None = None
+    with suppress(NotMCP):  # refused: a server of the stateless era (a call then fails for itself)
         init = found.request(
             "initialize", {"protocolVersion": SESSION_PROTOCOL, "capabilities": {}, "clientInfo": CLIENT_INFO}
         )
-    except NotMCP:
-        found = _Session(url, timeout, max_bytes, stateless=True, via=via)
-        yield found
+    if init is None:
+        yield _Session(url, timeout, max_bytes, stateless=True, via=via)
         return
     found.protocol = str(init.get("protocolVersion", SESSION_PROTOCOL))
     try:
@@ -251,6 +251,7 @@ class _Session:
         self.protocol = STATELESS_PROTOCOL if stateless else ""
         self.session_id = ""
         self.next_id = 0
+        self.name = ""  # the tool a stateless-era call names (its Mcp-Name header)
 
     def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
         message = self.exchange(method, params)
@@ -277,6 +278,7 @@ class _Session:
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
         self.left = self.max_bytes
+        self.name = name
         return self.exchange("tools/call", {"name": name, "arguments": dict(arguments)})
 
     def list_optional(self, kind: str, offered: Mapping[str, Any]) -> list[dict[str, Any]] | None:
@@ -346,6 +348,8 @@ class _Session:
             headers["Mcp-Session-Id"] = self.session_id
         if self.stateless and method:
             headers["Mcp-Method"] = method
+            if method == "tools/call" and self.name:
+                headers["Mcp-Name"] = self.name
         return headers
 
     def _post(self, body: dict[str, Any], method: str) -> tuple[int, dict[str, str], bytes]:

@@ -8,6 +8,10 @@ from typing import Any
 import pytest
 from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
 
 from pipeline import checks, gate
 from pipeline.config import checkspec, manifest
@@ -186,3 +190,27 @@ def test_one_bad_check_fails_read(tmp_path: Path) -> None:
 
     with pytest.raises(ConfigError):
         manifest.read(folder / manifest.MANIFEST_NAME, root, _settings(tmp_path))
+
+
+def test_a_stateless_era_server_is_called_with_mcp_method_and_mcp_name() -> None:
+    """A 2026-07-28 server that refuses initialize gets each check's call with Mcp-Method and Mcp-Name."""
+    seen: list[tuple[str, str, str]] = []
+
+    async def endpoint(request: Request) -> JSONResponse:
+        message = await request.json()
+        headers = request.headers
+        seen.append((message["method"], headers.get("mcp-method", ""), headers.get("mcp-name", "")))
+        if message["method"] == "initialize":
+            error = {"code": -32601, "message": "stateless only"}
+            return JSONResponse({"jsonrpc": "2.0", "id": message["id"], "error": error})
+        result = {"content": [{"type": "text", "text": "found it"}]}
+        return JSONResponse({"jsonrpc": "2.0", "id": message["id"], "result": result})
+
+    app = Starlette(routes=[Route("/mcp", endpoint, methods=["POST"])])
+    tools = [{"name": "lookup", "inputSchema": {"type": "object"}}]
+    with serve_asgi(app) as port:
+        url = f"http://127.0.0.1:{port}/mcp"
+        assert checks.run(url, [_c("lookup", contains="found")], tools) == [
+            "check 'lookup' (tools/call lookup {}) passed"
+        ]
+    assert seen[-1] == ("tools/call", "tools/call", "lookup")
