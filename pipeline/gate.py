@@ -146,8 +146,9 @@ def handshake(
         tools = session.list_tools()
         capabilities = init.get("capabilities")
         offered: dict[str, Any] = capabilities if isinstance(capabilities, dict) else {}
-        resources = session.list_optional("resources", offered) if surface else None
+        # prompts first: resources are the long list (a data listing), and may use up max_bytes
         prompts = session.list_optional("prompts", offered) if surface else None
+        resources = session.list_optional("resources", offered) if surface else None
     finally:  # a failed probe ends its session too: a stdio server holds a process for each
         session.close()
     info = init.get("serverInfo") or {}
@@ -283,7 +284,9 @@ class _Session:
 
     def list_optional(self, kind: str, offered: Mapping[str, Any]) -> list[dict[str, Any]] | None:
         """Every page of `kind`/list when the server offers `kind`, else None; None too when the
-        list cannot be read (the contract then leaves that kind out rather than guess)."""
+        list cannot be read, whatever the reason (the contract then leaves that kind out rather than
+        guess; the gate never fails on what only the contract reads: a server may list more
+        resources than the gate reads, `proxy.max_handshake`)."""
         if kind not in offered:
             return None
         found: list[dict[str, Any]] = []
@@ -298,7 +301,7 @@ class _Session:
                 if not page.get("nextCursor"):
                     return found
                 params = {"cursor": page["nextCursor"]}
-        except NotMCP:
+        except (GateError, OSError, http.client.HTTPException):
             return None
         return None
 
