@@ -27,7 +27,7 @@ VALIDATE_TIMEOUT = 10.0  # the child that validates every check's arguments, in 
 VALIDATE_MEMORY = 512 * 1024 * 1024  # its address space
 MAX_SCHEMA_BYTES = 256 * 1024  # a tool's inputSchema as JSON; a bigger one is not validated against
 GOT_CHARS = 300  # what came back, as shown in a failure
-SESSION_TIMEOUT = 10.0  # the checks' own handshake
+SESSION_TIMEOUT = 10.0  # the checks' own handshake, unless the caller gives its own
 Validate = Callable[[Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]], list[str]]
 
 
@@ -39,9 +39,11 @@ def run(
     max_bytes: int = DEFAULT_MAX_HANDSHAKE,
     via: gate.Via | None = None,
     validate: Validate | None = None,
+    session_timeout: float = SESSION_TIMEOUT,
 ) -> list[str]:
-    """Validate every check's arguments against `tools`, then call each against `url`; return one
-    line per check passed, or raise CheckFailed at the first that fails."""
+    """Validate every check's arguments against `tools`, then open a session (within
+    `session_timeout`) and call each against `url`; return one line per check passed, or raise
+    CheckFailed at the first that fails."""
     if not checks:
         return []
     schemas = {str(t.get("name")): t.get("inputSchema") for t in tools}
@@ -59,7 +61,7 @@ def run(
             )
     passed = []
     try:
-        with gate.session(url, SESSION_TIMEOUT, max_bytes, via) as session:
+        with gate.session(url, session_timeout, max_bytes, via) as session:
             for check in checks:
                 passed.append(_call(session, check))
     except CheckFailed:

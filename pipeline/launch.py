@@ -118,7 +118,8 @@ def wait_healthy(
             max_bytes=ctx.settings.proxy.max_handshake,
             surface=True,
         )
-        for line in checks.run(url, m.checks, result.tools, max_bytes=ctx.settings.proxy.max_handshake):
+        max_bytes = ctx.settings.proxy.max_handshake
+        for line in checks.run(url, m.checks, result.tools, max_bytes=max_bytes, session_timeout=timeout):
             say(f"{m.name}: {line}")
     except GateError as exc:
         for line in ctx.docker.logs_tail(running.id, LOG_TAIL_LINES):
@@ -175,7 +176,9 @@ def _wait_remote(ctx: Context, spec: ReleaseSpec, timeout: float, say: Callable[
             surface=True,
         )
         read_only = [c for c in m.checks if c.read_only]
-        for line in checks.run(m.remote.url, read_only, result.tools, max_bytes=max_bytes, via=via):
+        for line in checks.run(
+            m.remote.url, read_only, result.tools, max_bytes=max_bytes, via=via, session_timeout=timeout
+        ):
             say(f"{m.name}: {line}")
         return result
     except (GateError, RemoteRefused) as exc:

@@ -237,8 +237,16 @@ class Monitor:
         self, url: str, found: list[checkspec.Check], tools: list[dict[str, Any]], via: gate.Via | None
     ) -> None:
         """The real probe checks: each tool called, its answer read up to `proxy.max_handshake`."""
-        max_bytes = self.ctx.settings.proxy.max_handshake
-        checks.run(url, found, tools, max_bytes=max_bytes, via=via, validate=lambda pairs: [""] * len(pairs))
+        settings = self.ctx.settings
+        checks.run(
+            url,
+            found,
+            tools,
+            max_bytes=settings.proxy.max_handshake,
+            via=via,
+            validate=lambda pairs: [""] * len(pairs),
+            session_timeout=settings.monitor.probe_timeout,
+        )
 
     def _handshake(self, url: str, timeout: float) -> gate.GateResult:
         """The real probe: the gate's handshake, reading at most `proxy.max_handshake` (as reloaded)."""
