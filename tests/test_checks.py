@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +215,24 @@ def test_a_stateless_era_server_is_called_with_mcp_method_and_mcp_name() -> None
             "check 'lookup' (tools/call lookup {}) passed"
         ]
     assert seen[-1] == ("tools/call", "tools/call", "lookup")
+
+
+def test_a_schema_without_a_regex_is_validated_without_a_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a schema with `pattern` or `patternProperties` pays for the child process."""
+    spawned: list[object] = []
+    real = subprocess.run
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        spawned.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(subprocess, "run", counting)
+    plain = {"type": "object", "properties": {"a": {"type": "integer"}}}
+    assert checks.validate_arguments([(plain, {"a": "x"})]) == ["$.arguments.a: 'x' is not of type 'integer'"]
+    assert spawned == []
+    regex = {"type": "object", "properties": {"a": {"type": "string", "pattern": "^b"}}}
+    assert checks.validate_arguments([(plain, {"a": 1}), (regex, {"a": "c"})]) == [
+        "",
+        "$.arguments.a: 'c' does not match '^b'",
+    ]
+    assert len(spawned) == 1
