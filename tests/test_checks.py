@@ -172,6 +172,7 @@ def test_manifest_checks_are_parsed(tmp_path: Path) -> None:
         ("checks:\n  - tool: add\n    timeout: 10m\n", "$.checks[0].timeout"),
         ("checks:\n  - tool: add\n  - tool: add\n", "$.checks[1].name"),
         ("contract: loose\n", "$.contract"),
+        ("probe_checks: true\nchecks:\n  - tool: add\n", "$.probe_checks"),
     ],
 )
 def test_bad_checks_are_located(tmp_path: Path, text: str, where: str) -> None:

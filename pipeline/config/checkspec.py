@@ -65,9 +65,9 @@ def problems(doc: yamlsrc.Document, deploy_timeout: float) -> list[Problem]:
     """What the schema cannot say of `checks`: arguments too big, timeouts over what a deploy may
     take, a name used twice."""
     items = doc.data.get("checks")
+    found: list[Problem] = _probe_problems(doc, items if isinstance(items, list) else [])
     if not isinstance(items, list):
-        return []
-    found: list[Problem] = []
+        return found
     seen: set[str] = set()
     total = 0.0
     for index, item in enumerate(items):
@@ -101,6 +101,21 @@ def problems(doc: yamlsrc.Document, deploy_timeout: float) -> list[Problem]:
             )
         )
     return found
+
+
+def _probe_problems(doc: yamlsrc.Document, items: list[Any]) -> list[Problem]:
+    """probe_checks with no check marked read_only would run nothing: say so."""
+    if doc.data.get("probe_checks") is not True:
+        return []
+    if any(isinstance(item, dict) and item.get("read_only") is True for item in items):
+        return []
+    return [
+        doc.problem(
+            ("probe_checks",),
+            "probe_checks runs the checks marked read_only: true, and none is",
+            "mark the checks that change nothing read_only: true, or remove probe_checks",
+        )
+    ]
 
 
 def _timeout_problem(
