@@ -23,7 +23,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline import control as control_mod
-from pipeline import pages, registry
+from pipeline import pages, registry, surfaces
 from pipeline import reload as reload_mod
 from pipeline.config.settings import Listen, Settings, listen_url
 from pipeline.context import Context, DeployRequest, instance_id
@@ -193,6 +193,13 @@ def create_app(
         s.ctx.metrics.live.set(len(s.ctx.router.table))
         return Response(s.ctx.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    async def contract(request: Request) -> Response:
+        s = services(request)
+        denied = pages.admin_denied(request, s.ctx.settings)  # every server's tools and schemas
+        if denied is not None:
+            return denied
+        return JSONResponse(await asyncio.to_thread(surfaces.live_json, s.ctx.store))
+
     async def mcp(scope: Scope, receive: Receive, send: Send) -> None:
         await scope["app"].state.services.proxy.handle(scope, receive, send)
 
@@ -204,6 +211,7 @@ def create_app(
         *proxy_routes(mcp),
         Route("/api/deploys", submit_deploy, methods=["POST"]),
         Route("/api/reload", reload, methods=["POST"]),
+        Route(surfaces.CONTRACT_PATH, contract),
         *pages.routes(lambda request: services(request).pages),
         Route("/hooks/{provider}", webhook, methods=["POST"]),
         Route("/healthz", healthz),

@@ -8,11 +8,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pipeline import stdio
 from pipeline.config import settings as settings_mod
 from pipeline.config.manifest import MANIFEST_NAME, Manifest, check_tree
-from pipeline.errors import CentralMCPError, ConfigError, Problem, SecretsError, StateError
+from pipeline.contract import Surface
+from pipeline.errors import CentralMCPError, ConfigError, DeployError, Problem, SecretsError, StateError
 from pipeline.states import DeploySource
 from pipeline.store import Store
 
@@ -20,6 +22,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 DATABASE = "central-mcp.db"
+ADMIN_TOKEN_ENV = "CENTRAL_MCP_ADMIN_TOKEN"  # `check --against`: never on the command line
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -56,6 +59,23 @@ def _parser() -> argparse.ArgumentParser:
         "path", nargs="?", type=Path, default=Path("."), help="repository root to check (default: .)"
     )
     check.add_argument("--json", action="store_true", help="print the report as JSON")
+    check.add_argument(
+        "--against",
+        metavar="URL",
+        help="also compare the manifests with what the provider at URL has live (its admin token from "
+        f"${ADMIN_TOKEN_ENV})",
+    )
+    check.add_argument(
+        "--lists",
+        metavar="SERVER=FILE",
+        action="append",
+        default=[],
+        help="with --against: a server's new tools/prompts/resources as JSON (e.g. a tools/list result), "
+        "so the contract diff and any refusal show before the push",
+    )
+    check.add_argument(
+        "--message", default="", help="with --lists: the commit message to judge (e.g. [allow-breaking])"
+    )
     check.set_defaults(handler=_check)
 
     base = sub.add_parser(
@@ -115,6 +135,12 @@ def _parser() -> argparse.ArgumentParser:
     releases = sub.add_parser("releases", parents=[common], help="list a server's releases")
     releases.add_argument("server")
     releases.set_defaults(handler=_releases)
+
+    diff = sub.add_parser("diff", parents=[common], help="the tool contract diff between two releases")
+    diff.add_argument("server")
+    diff.add_argument("first", nargs="?", help="e.g. r3 (default: the release live before the newer one)")
+    diff.add_argument("second", nargs="?", help="e.g. r4 (default: the live release)")
+    diff.set_defaults(handler=_diff)
 
     rollback = sub.add_parser("rollback", parents=[common], help="make an earlier release live again")
     rollback.add_argument("server")
@@ -217,8 +243,48 @@ def _check(args: argparse.Namespace) -> int:
         )
     folders = {m.name: m.folder for m in report.manifests}
     kinds = {m.name: stdio.describe(m.raw) for m in report.manifests if stdio.describe(m.raw)}
-    _report(problems, folders, args.json, kinds)
-    return EXIT_OK if not problems else EXIT_FAILED
+    against = _against(args, report.manifests) if args.against and not problems else None
+    _report(problems, folders, args.json, kinds, against)
+    refused = against is not None and against["refused"]
+    return EXIT_OK if not problems and not refused else EXIT_FAILED
+
+
+def _against(args: argparse.Namespace, manifests: Sequence[Manifest]) -> dict[str, Any]:
+    """What a push of `manifests` would meet at the provider `args.against`: its findings, and whether
+    it would certainly be refused (known only for servers given with --lists)."""
+    from pipeline import surfaces
+
+    live = surfaces.fetch_live(args.against, os.environ.get(ADMIN_TOKEN_ENV, ""))
+    given = dict(_given_lists(item) for item in args.lists)
+    lines, refused = surfaces.foresee(manifests, live, given, args.message)
+    return {"url": args.against, "findings": lines, "refused": refused}
+
+
+def _given_lists(item: str) -> tuple[str, Surface]:
+    """`SERVER=FILE` read as that server's lists: {"tools": [...], ...} or a bare tools array."""
+    server, sep, file = item.partition("=")
+    if not sep or not server or not file:
+        raise DeployError(f"--lists {item!r}: write SERVER=FILE")
+    try:
+        data = json.loads(Path(file).read_text())
+    except (OSError, ValueError) as exc:
+        raise DeployError(f"--lists {item!r}: cannot read {file} as JSON: {exc}") from exc
+    return server, Surface.from_json({"tools": data} if isinstance(data, list) else data)
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from pipeline import contract, surfaces
+
+    store = _existing_store(settings_mod.load(_config_path(args)))
+    older, newer = surfaces.pair(store, args.server, args.first, args.second)
+    found = contract.diff(surfaces.of_release(store, older), surfaces.of_release(store, newer))
+    _out(f"{args.server}: {older.name} (v{older.version}) -> {newer.name} (v{newer.version})")
+    for line in [d.render() for d in found] or ["no change to the contract"]:
+        _out(f"  {line}")
+    if any(d.breaking for d in found):
+        bump = "a major bump" if contract.is_major_bump(older.version, newer.version) else "no major bump"
+        _out(f"  breaking: yes ({bump})")
+    return EXIT_OK
 
 
 def _unstored_secrets(settings: settings_mod.Settings, manifests: Sequence[Manifest]) -> list[Problem]:
@@ -245,18 +311,24 @@ def _unstored_secrets(settings: settings_mod.Settings, manifests: Sequence[Manif
 
 
 def _report(
-    problems: list[Problem], folders: dict[str, str], as_json: bool, kinds: dict[str, str] | None = None
+    problems: list[Problem],
+    folders: dict[str, str],
+    as_json: bool,
+    kinds: dict[str, str] | None = None,
+    against: dict[str, Any] | None = None,
 ) -> None:
     """Print check's verdict; each server with the folder it comes from (names need not match), and
-    for a stdio server how it is shared and which protocol era it offers."""
+    for a stdio server how it is shared and which protocol era it offers; then, with --against, what
+    a push would meet at that provider."""
     kinds = kinds or {}
     if as_json:
         body = {
-            "ok": not problems,
+            "ok": not problems and not (against or {}).get("refused"),
             "servers": list(folders),
             "folders": folders,
             **({"kinds": kinds} if kinds else {}),
             "problems": [p.as_json() for p in problems],
+            **({"against": against} if against is not None else {}),
         }
         _out(json.dumps(body, indent=2))
         return
@@ -270,6 +342,10 @@ def _report(
         f"checked {len(folders) + len({p.file for p in problems})} file(s): {verdict}"
         + (f"; servers: {servers}" if servers else "")
     )
+    if against is not None:
+        _out(f"against {against['url']}:")
+        for line in against["findings"]:
+            _out(f"  {line}")
 
 
 def _base_image(args: argparse.Namespace) -> int:

@@ -13,8 +13,10 @@
     ├── PackageSpecError            build.package is not one exact PyPI/npm version (also a ValueError)
     ├── GateError                   a candidate did not pass the MCP health gate
     │   ├── NotMCP                  the endpoint answered, but not as an MCP server
-    │   └── AnswerTooLarge          it answered more than the gate reads (proxy.max_handshake)
+    │   ├── AnswerTooLarge          it answered more than the gate reads (proxy.max_handshake)
+    │   └── CheckFailed             a manifest's smoke check (a tool call) did not get what it expects
     ├── DeployError                 a deploy could not go on (lock, plan, swap)
+    │   └── ContractBroken          a breaking change of the tool contract without a major version bump
     ├── NetworkError                a server network, the host firewall or a host-service relay is not right
     │   ├── RemoteRefused           a remote's address leads into the VM, or its certificate fails
     │   └── LookupTimedOut          a remote host's lookup outlasted remotes.connect_timeout (a TimeoutError)
@@ -140,8 +142,16 @@ class AnswerTooLarge(GateError):
     """The server answered the MCP handshake with more bytes than the gate reads (not retried)."""
 
 
+class CheckFailed(GateError):
+    """A smoke check's tool call failed, or did not answer what the manifest expects."""
+
+
 class DeployError(CentralMCPError):
     """A deploy could not continue (lock held, bad plan, failed swap)."""
+
+
+class ContractBroken(DeployError):
+    """A candidate removes a tool or narrows an input without a major version bump (refused)."""
 
 
 class SecretsError(CentralMCPError):

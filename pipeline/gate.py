@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -58,6 +58,9 @@ class GateResult:
     server_name: str
     tools: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    # Asked for with `surface`: None when the server offers none, or its list could not be read.
+    resources: list[dict[str, Any]] | None = None
+    prompts: list[dict[str, Any]] | None = None
 
 
 def wait_until_healthy(
@@ -71,15 +74,17 @@ def wait_until_healthy(
     probe: Callable[[str, float], GateResult] | None = None,
     max_bytes: int = DEFAULT_MAX_HANDSHAKE,
     via: Via | None = None,
+    surface: bool = False,
 ) -> GateResult:
     """Run the handshake against `url` until it passes, the deadline passes, or `alive` is False;
     an answer over `max_bytes` fails it at once (AnswerTooLarge), and so does a remote whose address
     or certificate is refused (RemoteRefused): neither would answer otherwise a moment later.
 
     Attempts back off from FIRST_BACKOFF, doubling up to min(`interval`, MAX_BACKOFF); `alive` is
-    asked first and then at most every ALIVE_PERIOD. `probe` defaults to `handshake`.
+    asked first and then at most every ALIVE_PERIOD. `probe` defaults to `handshake` (which also
+    lists resources and prompts with `surface`).
     """
-    attempt = probe or partial(handshake, max_bytes=max_bytes, via=via)
+    attempt = probe or partial(handshake, max_bytes=max_bytes, via=via, surface=surface)
     started = clock()
     deadline = started + timeout
     delays = backoff(interval)
@@ -93,7 +98,7 @@ def wait_until_healthy(
             checked = clock()
         try:
             result = attempt(url, min(REQUEST_TIMEOUT, max(deadline - clock(), 0.1)))
-            return GateResult(result.protocol_version, result.server_name, result.tools, clock() - started)
+            return replace(result, seconds=clock() - started)
         except (OSError, http.client.HTTPException) as exc:
             # Refused, or accepted and closed unanswered (Docker's userland proxy does that while
             # nothing in the container listens yet): not up yet.
@@ -117,10 +122,15 @@ def backoff(interval: float) -> Iterator[float]:
 
 
 def handshake(
-    url: str, timeout: float, max_bytes: int = DEFAULT_MAX_HANDSHAKE, via: Via | None = None
+    url: str,
+    timeout: float,
+    max_bytes: int = DEFAULT_MAX_HANDSHAKE,
+    via: Via | None = None,
+    surface: bool = False,
 ) -> GateResult:
     """Do one full handshake (or a stateless tools/list) against `url`, within `timeout` seconds,
-    reading at most `max_bytes` of answers; `via` reaches a remote server (TLS, headers)."""
+    reading at most `max_bytes` of answers; `via` reaches a remote server (TLS, headers). With
+    `surface`, the resources and prompts the server offers are listed too (for the tool contract)."""
     session = _Session(url, timeout, max_bytes, via=via)
     try:
         init = session.request(
@@ -134,10 +144,38 @@ def handshake(
     try:
         session.notify("notifications/initialized")
         tools = session.list_tools()
+        capabilities = init.get("capabilities")
+        offered: dict[str, Any] = capabilities if isinstance(capabilities, dict) else {}
+        # prompts first: resources are the long list (a data listing), and may use up max_bytes
+        prompts = session.list_optional("prompts", offered) if surface else None
+        resources = session.list_optional("resources", offered) if surface else None
     finally:  # a failed probe ends its session too: a stdio server holds a process for each
         session.close()
     info = init.get("serverInfo") or {}
-    return GateResult(session.protocol, str(info.get("name", "")), tools)
+    return GateResult(session.protocol, str(info.get("name", "")), tools, 0.0, resources, prompts)
+
+
+@contextmanager
+def session(
+    url: str, timeout: float, max_bytes: int = DEFAULT_MAX_HANDSHAKE, via: Via | None = None
+) -> Iterator[_Session]:
+    """An initialized session with `url` (a stateless one when the server only speaks that era),
+    ended on leaving; the handshake itself must finish within `timeout`."""
+    found = _Session(url, timeout, max_bytes, via=via)
+    init: dict[str, Any] | None = None
+    with suppress(NotMCP):  # refused: a server of the stateless era (a call then fails for itself)
+        init = found.request(
+            "initialize", {"protocolVersion": SESSION_PROTOCOL, "capabilities": {}, "clientInfo": CLIENT_INFO}
+        )
+    if init is None:
+        yield _Session(url, timeout, max_bytes, stateless=True, via=via)
+        return
+    found.protocol = str(init.get("protocolVersion", SESSION_PROTOCOL))
+    try:
+        found.notify("notifications/initialized")
+        yield found
+    finally:
+        found.close()
 
 
 def _stateless(url: str, timeout: float, max_bytes: int, refused: NotMCP, via: Via | None) -> GateResult:
@@ -214,21 +252,58 @@ class _Session:
         self.protocol = STATELESS_PROTOCOL if stateless else ""
         self.session_id = ""
         self.next_id = 0
+        self.name = ""  # the tool a stateless-era call names (its Mcp-Name header)
 
     def request(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        self.next_id += 1
-        body = {"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params}
-        status, headers, payload = self._post(body, method)
-        if status != 200:
-            raise NotMCP(f"{method} answered HTTP {status}: {_excerpt(payload)}")
-        self.session_id = headers.get("mcp-session-id", self.session_id)
-        message = _find_response(headers.get("content-type", ""), payload, self.next_id)
+        message = self.exchange(method, params)
         if "error" in message:
             raise NotMCP(f"{method} returned error {_rpc_error(message['error'])}")
         result = message.get("result")
         if not isinstance(result, dict):
             raise NotMCP(f"{method} returned no result object")
         return result
+
+    def exchange(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Send one request and return the JSON-RPC message answering it (a result or an error)."""
+        self.next_id += 1
+        body = {"jsonrpc": "2.0", "id": self.next_id, "method": method, "params": params}
+        status, headers, payload = self._post(body, method)
+        if status != 200:
+            raise NotMCP(f"{method} answered HTTP {status}: {_excerpt(payload)}")
+        self.session_id = headers.get("mcp-session-id", self.session_id)
+        return _find_response(headers.get("content-type", ""), payload, self.next_id)
+
+    def call(self, name: str, arguments: Mapping[str, Any], timeout: float) -> dict[str, Any]:
+        """Call tool `name` within `timeout`, reading at most `max_bytes` of its answer; return the
+        JSON-RPC message answering it."""
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.left = self.max_bytes
+        self.name = name
+        return self.exchange("tools/call", {"name": name, "arguments": dict(arguments)})
+
+    def list_optional(self, kind: str, offered: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+        """Every page of `kind`/list when the server offers `kind`, else None; None too when the
+        list cannot be read, whatever the reason (the contract then leaves that kind out rather than
+        guess; the gate never fails on what only the contract reads: a server may list more
+        resources than the gate reads, `proxy.max_handshake`)."""
+        if kind not in offered:
+            return None
+        found: list[dict[str, Any]] = []
+        params: dict[str, Any] = {}
+        try:
+            for _ in range(MAX_PAGES):
+                page = self.request(f"{kind}/list", params)
+                listed = page.get(kind)
+                if not isinstance(listed, list):
+                    return None
+                found.extend(item for item in listed if isinstance(item, dict))
+                if not page.get("nextCursor"):
+                    return found
+                params = {"cursor": page["nextCursor"]}
+        except (GateError, OSError, http.client.HTTPException):
+            return None
+        return None
 
     def notify(self, method: str) -> None:
         status, _, payload = self._post({"jsonrpc": "2.0", "method": method}, method)
@@ -276,6 +351,8 @@ class _Session:
             headers["Mcp-Session-Id"] = self.session_id
         if self.stateless and method:
             headers["Mcp-Method"] = method
+            if method == "tools/call" and self.name:
+                headers["Mcp-Name"] = self.name
         return headers
 
     def _post(self, body: dict[str, Any], method: str) -> tuple[int, dict[str, str], bytes]:
@@ -343,6 +420,9 @@ class _Session:
                 "(deploy.yaml proxy.max_handshake); answer with less, or raise the cap"
             )
         return data
+
+
+Session = _Session  # what `session` yields: request, call, list_tools
 
 
 def _find_response(content_type: str, payload: bytes, want: int) -> dict[str, Any]:

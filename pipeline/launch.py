@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from pipeline import gate, remote, stdio
+from pipeline import checks, gate, remote, stdio
 from pipeline.context import Context
 from pipeline.dockerhost import (
     LABEL_COMMIT,
@@ -98,24 +98,29 @@ def wait_healthy(
     deadline: float | None = None,
 ) -> GateResult:
     """Gate a started container (within its health timeout, and by `deadline` on the monotonic
-    clock when given), then hold it to its manifest's CPU limit; on failure copy its last log
-    lines to `say` and raise GateError."""
+    clock when given), run its manifest's smoke checks, then hold it to its manifest's CPU limit;
+    on failure copy its last log lines to `say` and raise GateError."""
     m = spec.manifest
     timeout = m.health_timeout
     if deadline is not None:
         timeout = max(0.1, min(timeout, deadline - time.monotonic()))
     if m.remote is not None:
-        return _wait_remote(ctx, spec, timeout)
+        return _wait_remote(ctx, spec, timeout, say)
     try:
         if not running.host:
             raise GateError("the container exited before completing the MCP handshake (it got no address)")
+        url = f"http://{running.host}:{running.port}{m.path}"
         result = gate.wait_until_healthy(
-            f"http://{running.host}:{running.port}{m.path}",
+            url,
             timeout=timeout,
             interval=m.health_interval,
             alive=lambda: ctx.docker.status(running.id) == "running",
             max_bytes=ctx.settings.proxy.max_handshake,
+            surface=True,
         )
+        max_bytes = ctx.settings.proxy.max_handshake
+        for line in checks.run(url, m.checks, result.tools, max_bytes=max_bytes, session_timeout=timeout):
+            say(f"{m.name}: {line}")
     except GateError as exc:
         for line in ctx.docker.logs_tail(running.id, LOG_TAIL_LINES):
             say(f"{m.name} (container) | {line}")
@@ -154,17 +159,28 @@ def gate_via(ctx: Context, spec: ReleaseSpec) -> gate.Via:
     return gate.Via(ctx.dialer().http, remote_headers(ctx, spec))
 
 
-def _wait_remote(ctx: Context, spec: ReleaseSpec, timeout: float) -> GateResult:
+def _wait_remote(ctx: Context, spec: ReleaseSpec, timeout: float, say: Callable[[str], None]) -> GateResult:
+    """Gate a remote server, then run its read-only checks (a remote's gate is its live endpoint:
+    a check that changes something is left to the owner's own tests)."""
     m = spec.manifest
     assert m.remote is not None
     try:
-        return gate.wait_until_healthy(
+        via = gate_via(ctx, spec)
+        max_bytes = ctx.settings.proxy.max_handshake
+        result = gate.wait_until_healthy(
             m.remote.url,
             timeout=timeout,
             interval=m.health_interval,
-            max_bytes=ctx.settings.proxy.max_handshake,
-            via=gate_via(ctx, spec),
+            max_bytes=max_bytes,
+            via=via,
+            surface=True,
         )
+        read_only = [c for c in m.checks if c.read_only]
+        for line in checks.run(
+            m.remote.url, read_only, result.tools, max_bytes=max_bytes, via=via, session_timeout=timeout
+        ):
+            say(f"{m.name}: {line}")
+        return result
     except (GateError, RemoteRefused) as exc:
         raise GateError(
             f"{m.name} r{spec.number} (remote {m.remote.url}) failed the MCP health gate: {exc}"

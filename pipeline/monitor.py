@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline import gate, launch, registry, stdio
+from pipeline import checks, gate, launch, registry, stdio
+from pipeline.config import checkspec
 from pipeline.context import Context, DeployRequest, redeploy
 from pipeline.dockerhost import LABEL_INSTANCE, LABEL_SERVER, container_address
 from pipeline.errors import CentralMCPError, EngineUnavailable, NotMCP
@@ -31,6 +32,7 @@ CONTAINER_DOWN = "its container is "  # gone, exited, ...: no probe is needed to
 ENGINE_POLL = 1.0  # seconds between pings while the engine is away
 Probe = Callable[[str, float], Any]
 ReadProcesses = Callable[[str, int, float], stdio.Processes]
+RunChecks = Callable[[str, list[checkspec.Check], list[dict[str, Any]], gate.Via | None], None]
 
 
 @dataclass
@@ -75,6 +77,7 @@ class Monitor:
         usage: Usage,
         probe: Probe | None = None,
         read_processes: ReadProcesses = stdio.read_processes,
+        run_checks: RunChecks | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
@@ -83,6 +86,7 @@ class Monitor:
         self.busy = busy
         self.usage = usage
         self.probe = probe or self._handshake
+        self.run_checks = run_checks or self._run_checks
         self.read_processes = read_processes
         self._stdio: dict[tuple[str, int], bool] = {}  # (server, release): a stdio server?
         self.clock = clock
@@ -174,9 +178,20 @@ class Monitor:
             self.ctx.store.set_container(upstream.server, upstream.release, upstream.container_id, port)
         try:
             self.probe(upstream.base_url, self.ctx.settings.monitor.probe_timeout)
+            self._probe_checks(upstream)
         except (OSError, NotMCP, CentralMCPError) as exc:
             return f"{exc.__class__.__name__}: {exc}"
         return None
+
+    def _probe_checks(self, upstream: Upstream, via: gate.Via | None = None) -> None:
+        """Run the release's read-only checks when its manifest says probe_checks (their arguments
+        were validated against this same release's schemas at its gate: not again here)."""
+        release = self.ctx.store.release(upstream.server, upstream.release)
+        if release is None or not release.manifest.get("probe_checks"):
+            return
+        read_only = [c for c in checkspec.parse(release.manifest) if c.read_only]
+        if read_only:
+            self.run_checks(upstream.base_url, read_only, release.tools, via)
 
     def _count_processes(self, upstream: Upstream, health: Health) -> None:
         """For a stdio server, read its bridge's process counts into its health and the metrics."""
@@ -213,9 +228,25 @@ class Monitor:
                 self.ctx.settings.proxy.max_handshake,
                 via,
             )
+            self._probe_checks(upstream, via)
         except (OSError, http.client.HTTPException, CentralMCPError) as exc:
             return f"remote {upstream.base_url}: {exc.__class__.__name__}: {exc}"
         return None
+
+    def _run_checks(
+        self, url: str, found: list[checkspec.Check], tools: list[dict[str, Any]], via: gate.Via | None
+    ) -> None:
+        """The real probe checks: each tool called, its answer read up to `proxy.max_handshake`."""
+        settings = self.ctx.settings
+        checks.run(
+            url,
+            found,
+            tools,
+            max_bytes=settings.proxy.max_handshake,
+            via=via,
+            validate=lambda pairs: [""] * len(pairs),
+            session_timeout=settings.monitor.probe_timeout,
+        )
 
     def _handshake(self, url: str, timeout: float) -> gate.GateResult:
         """The real probe: the gate's handshake, reading at most `proxy.max_handshake` (as reloaded)."""

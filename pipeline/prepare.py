@@ -15,11 +15,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pipeline import buildrules, dockerfile, launch, stdio
+from pipeline import buildrules, contract, dockerfile, launch, stdio, surfaces
 from pipeline.context import Context
 from pipeline.deploylog import DeployLog
 from pipeline.dockerhost import LABEL_COMMIT, LABEL_FINGERPRINT, LABEL_RELEASE, LABEL_SERVER, Running
-from pipeline.errors import BuildError, CentralMCPError, DeployError
+from pipeline.errors import BuildError, CentralMCPError, DeployError, StateError
+from pipeline.gate import GateResult
 from pipeline.packages import fetch as package_fetch
 from pipeline.packages import image as package_image
 from pipeline.plan import Action, Plan, ReleaseSpec
@@ -41,6 +42,7 @@ class Outcome:
     reason: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     tools: list[str] = field(default_factory=list)
+    contract: list[str] = field(default_factory=list)  # the diff with the live release, one line each
 
     def as_json(self, mask: Callable[[str], str]) -> dict[str, Any]:
         """The stored form, secrets masked: only the fields that say something."""
@@ -51,6 +53,8 @@ class Outcome:
             data["reason"] = mask(self.reason)
         if self.outcome in (ServerOutcome.GATED, ServerOutcome.SWAPPED):
             data |= {"timings": self.timings, "tools": self.tools}
+        if self.contract:
+            data["contract"] = [mask(line) for line in self.contract]
         return data
 
 
@@ -63,6 +67,7 @@ class Candidate:
     running: Running | None = None
     tools: list[dict[str, object]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    contract: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -117,11 +122,15 @@ class Preparation:
             self._timed(c, "gate", lambda: self._gate(c))
         except CentralMCPError as exc:
             self.abort.set()
-            self.outcomes[c.name] = Outcome(ServerOutcome.FAILED, c.spec.number, reason=str(exc))
+            self.outcomes[c.name] = Outcome(
+                ServerOutcome.FAILED, c.spec.number, reason=str(exc), contract=c.contract
+            )
             self.log.line(f"{c.name}: FAILED — {exc}")
             raise
         tools = [str(t.get("name")) for t in c.tools]
-        self.outcomes[c.name] = Outcome(ServerOutcome.GATED, c.spec.number, timings=c.timings, tools=tools)
+        self.outcomes[c.name] = Outcome(
+            ServerOutcome.GATED, c.spec.number, timings=c.timings, tools=tools, contract=c.contract
+        )
 
     def _timed(self, c: Candidate, stage: str, action: Callable[[], None]) -> None:
         if self.abort.is_set():
@@ -142,6 +151,11 @@ class Preparation:
     def snapshot_root(self) -> Path:
         """The pushed commit's files (read once; built servers share it)."""
         return Snapshot.load(self.snapshot_dir).root
+
+    @cached_property
+    def snapshot_message(self) -> str:
+        """The pushed commit's message (where [allow-breaking] may be)."""
+        return Snapshot.load(self.snapshot_dir).message
 
     def _build(self, c: Candidate) -> None:
         snapshot_root = self.snapshot_root
@@ -259,8 +273,45 @@ class Preparation:
         c.tools = self.log.masker.data(list(result.tools))  # stored, shown and listed in the registry
         names = ", ".join(str(t.get("name")) for t in c.tools)
         self.log.line(f"{c.name}: speaks MCP {result.protocol_version}, {len(c.tools)} tool(s): {names}")
-        if c.build:
+        surface = self._surface(c, result)
+        if c.build:  # recorded first: a candidate the contract refuses is kept as a failed release
             self.ctx.store.add_release(_candidate_release(c, self.deploy_id))
+        try:
+            self.ctx.store.save_surface(c.name, c.spec.number, surface.as_json())
+        except StateError as exc:  # the release stands; only its lists are not kept for the next diff
+            self.log.line(f"{c.name}: its lists are not kept: {exc}")
+        self._compare(c, surface)
+
+    def _surface(self, c: Candidate, result: GateResult) -> contract.Surface:
+        """The candidate's tools, prompts and resources as the gate read them, secrets masked."""
+        mask = self.log.masker.data
+        return contract.Surface(
+            c.tools,
+            mask(result.prompts) if result.prompts is not None else None,
+            mask(result.resources) if result.resources is not None else None,
+        )
+
+    def _compare(self, c: Candidate, surface: contract.Surface) -> None:
+        """Show how the candidate's contract differs from the live release's; refuse a breaking change
+        without a major version bump in a pushed release (a rollback goes back on purpose)."""
+        live = next((r for r in self.ctx.store.live_releases() if r.server == c.name), None)
+        if live is None or live.number == c.spec.number:
+            return
+        differences = contract.diff(surfaces.of_release(self.ctx.store, live), surface)
+        versions = (live.version, c.spec.manifest.version)
+        c.contract = [d.render() for d in differences]
+        said = f"{c.name}: r{c.spec.number} ({versions[1]}) vs live r{live.number} ({versions[0]}), contract"
+        self.log.line(f"{said}: {len(differences) or 'no'} change(s)")
+        for line in c.contract:
+            self.log.line(f"{c.name}:   {line}")
+        if not c.build:
+            return
+        m = c.spec.manifest
+        refused = contract.refusal(differences, c.name, versions, m.contract, self.snapshot_message)
+        if refused is not None:
+            raise refused
+        if any(d.breaking for d in differences):
+            self.log.line(f"{c.name}: breaking change(s) accepted ({_why_accepted(versions, m.contract)})")
 
     def discard(self) -> None:
         """Stop and remove every candidate started so far (the deploy failed before its commit)."""
@@ -275,6 +326,16 @@ class Preparation:
             keeps = "the live release keeps serving" if live else "nothing of it was live"
             self.log.line(f"{c.name}: candidate r{c.spec.number} removed; {keeps}")
         self.candidates = []
+
+
+def _why_accepted(versions: tuple[str, str], mode: str) -> str:
+    if contract.is_major_bump(*versions):
+        return f"major version bump {versions[0]} -> {versions[1]}"
+    return (
+        "contract: warn in the manifest"
+        if mode == "warn"
+        else f"{contract.ALLOW_BREAKING} in the commit message"
+    )
 
 
 def _candidate_release(c: Candidate, deploy_id: int) -> Release:

@@ -16,6 +16,7 @@ from pipeline.errors import DatabaseDamaged, StateError
 
 # SQLITE_CORRUPT and SQLITE_NOTADB: the file is damaged past its header, not busy or full.
 CORRUPT_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+MAX_SURFACE_BYTES = 8 * 1024 * 1024  # one release's tools, prompts and resources as JSON
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS deploys (
@@ -38,6 +39,9 @@ CREATE TABLE IF NOT EXISTS releases (
     tools TEXT NOT NULL DEFAULT '[]', manifest TEXT NOT NULL DEFAULT '{}',
     created_at REAL NOT NULL, live_at REAL,
     PRIMARY KEY (server, number)
+);
+CREATE TABLE IF NOT EXISTS surfaces (
+    server TEXT NOT NULL, number INTEGER NOT NULL, lists TEXT NOT NULL, PRIMARY KEY (server, number)
 );
 CREATE TABLE IF NOT EXISTS heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS deliveries (
@@ -411,6 +415,32 @@ class Store:
             (server, number),
         )
         return {str(t.get("name")) for t in found[0].tools} if found else None
+
+    def save_surface(self, server: str, number: int, lists: dict[str, Any]) -> None:
+        """Keep a release's tools, prompts and resources (as its gate read them: bounded by
+        proxy.max_handshake, and refused past MAX_SURFACE_BYTES)."""
+        text = json.dumps(lists)
+        if len(text) > MAX_SURFACE_BYTES:
+            raise StateError(
+                f"{server} r{number}: its lists are {len(text)} bytes as JSON, over the "
+                f"{MAX_SURFACE_BYTES} kept per release"
+            )
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO surfaces (server, number, lists) VALUES (?, ?, ?)",
+                (server, number, text),
+            )
+
+    def surface(self, server: str, number: int) -> dict[str, Any] | None:
+        """A release's lists as kept (None when it has none: a release older than this table)."""
+        with self._reading() as db:
+            row = db.execute(
+                "SELECT lists FROM surfaces WHERE server = ? AND number = ?", (server, number)
+            ).fetchone()
+        if row is None:
+            return None
+        found: dict[str, Any] = json.loads(row[0])
+        return found
 
     def _releases(self, where: str, args: tuple[Any, ...]) -> list[Release]:
         with self._reading() as db:

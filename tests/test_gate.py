@@ -429,3 +429,37 @@ def test_a_server_dripping_its_answer_is_cut_at_the_handshakes_timeout(head: byt
     finally:
         stop.set()
         listener.close()
+
+
+def test_optional_lists_the_gate_cannot_read_leave_the_kind_out() -> None:
+    """A server offering resources whose resources/list is over max_handshake still passes the gate,
+    its resources unknown (None), its prompts listed; only the tool contract reads them."""
+
+    async def endpoint(request: Request) -> Response:
+        message = await request.json()
+        if "id" not in message:
+            return Response(status_code=202)
+        method, answer_id = message["method"], message["id"]
+        if method == "initialize":
+            capabilities: dict[str, Any] = {"tools": {}, "resources": {}, "prompts": {}}
+            info = {
+                "protocolVersion": "2025-11-25",
+                "capabilities": capabilities,
+                "serverInfo": {"name": "s"},
+            }
+            return JSONResponse({"jsonrpc": "2.0", "id": answer_id, "result": info})
+        lists: dict[str, dict[str, Any]] = {
+            "tools/list": {"tools": [{"name": "t", "inputSchema": {"type": "object"}}]},
+            "prompts/list": {"prompts": [{"name": "p"}]},
+            "resources/list": {
+                "resources": [{"uri": f"file:///{i}", "name": "x" * 100} for i in range(2000)]
+            },
+        }
+        return JSONResponse({"jsonrpc": "2.0", "id": answer_id, "result": lists[method]})
+
+    app = Starlette(routes=[Route("/mcp", endpoint, methods=["POST", "DELETE"])])
+    with serve_asgi(app) as port:
+        url = f"http://127.0.0.1:{port}/mcp"
+        result = gate.wait_until_healthy(url, timeout=5, interval=0.1, max_bytes=100_000, surface=True)
+    assert [t["name"] for t in result.tools] == ["t"]
+    assert result.prompts == [{"name": "p"}] and result.resources is None

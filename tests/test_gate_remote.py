@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import gate, remote
-from pipeline.errors import GateError, RemoteRefused
+from pipeline import checks, gate, remote
+from pipeline.config.checkspec import Check, Expect
+from pipeline.errors import CheckFailed, GateError, RemoteRefused
 from tests.support import remote as remote_support
 from tests.support import tls
 from tests.support.loopback import mcp_app, serve_asgi
@@ -94,3 +95,17 @@ def test_a_ca_file_adds_to_the_systems_cas(stand_in: StandIn) -> None:
     system = remote.tls_context(None).cert_store_stats()["x509_ca"]
     with_file = remote.tls_context(stand_in.cert.ca_file).cert_store_stats()["x509_ca"]
     assert system > 0 and with_file == system + 1
+
+
+def test_read_only_checks_run_against_a_remote_over_verified_tls(stand_in: StandIn) -> None:
+    """A remote's smoke check is called through the same checked, verified connection, with its header."""
+    url = f"https://localhost:{stand_in.port}/mcp"
+    via = gate.Via(dialer(stand_in.cert.ca_file).http, {"Authorization": TOKEN})
+    result = gate.wait_until_healthy(url, timeout=5.0, interval=0.05, via=via)
+    check = Check("echoes", "echo", {"text": "over tls"}, Expect(contains="over tls"), 5.0, True)
+    assert checks.run(url, [check], result.tools, via=via) == [
+        'check \'echoes\' (tools/call echo {"text": "over tls"}) passed'
+    ]
+    missed = Check("misses", "echo", {"text": "x"}, Expect(contains="nope"), 5.0, True)
+    with pytest.raises(CheckFailed, match=r"check 'misses' .* expected text containing 'nope'"):
+        checks.run(url, [missed], result.tools, via=via)

@@ -11,7 +11,7 @@ import pytest
 from pipeline import remote, stdio
 from pipeline.config.settings import MonitorConfig, ProxyTimeouts, Settings
 from pipeline.context import Context, DeployRequest
-from pipeline.errors import DockerError, EngineUnavailable, NotMCP
+from pipeline.errors import CheckFailed, DockerError, EngineUnavailable, NotMCP
 from pipeline.monitor import Monitor
 from pipeline.proxy.access import Caller
 from pipeline.proxy.router import Router, Upstream
@@ -365,3 +365,56 @@ def test_a_stdio_servers_process_counts_reach_its_health_and_metrics(world: dict
     )
     exposed = world["ctx"].metrics.render().decode()
     assert 'central_mcp_stdio_processes{server="svc",state="exited"} 2.0' in exposed
+
+
+PROBED = {
+    "probe_checks": True,
+    "checks": [
+        {"name": "reads", "tool": "get", "read_only": True},
+        {"name": "writes", "tool": "put"},
+    ],
+}
+
+
+def _with_probe_checks(world: dict[str, Any], manifest: dict[str, Any]) -> list[list[str]]:
+    """Release r3 of `svc` live with `manifest` added, and a recording run_checks; what it was given."""
+    stored = release("svc", 3, "candidate")
+    world["store"].add_release(replace(stored, manifest={**stored.manifest, **manifest}))
+    world["store"].commit_swap([stored.placement], [])
+    world["router"].replace_all([Upstream("svc", 3, "c3", "127.0.0.1", 5003, "/mcp")])
+    world["docker"].states["c3"], world["docker"].ports["c3"] = "running", 5003
+    ran: list[list[str]] = []
+
+    def run_checks(url: str, found: list[Any], tools: list[dict[str, Any]], via: object) -> None:
+        ran.append([c.name for c in found])
+        if world["failing"].get("checks"):
+            raise world["failing"]["checks"]
+
+    world["monitor"].run_checks = run_checks
+    return ran
+
+
+def test_probe_checks_run_the_read_only_checks(world: dict[str, Any]) -> None:
+    """With probe_checks, each probe runs the checks marked read_only, and only those."""
+    ran = _with_probe_checks(world, PROBED)
+    world["monitor"].probe_all()
+    assert ran == [["reads"]]
+    assert world["monitor"].health["svc"].status == "healthy"
+
+
+def test_a_failing_probe_check_counts_as_a_failed_probe(world: dict[str, Any]) -> None:
+    """A read-only check that fails makes the probe fail, with the check's message."""
+    _with_probe_checks(world, PROBED)
+    world["failing"]["checks"] = CheckFailed(
+        "check 'reads' (tools/call get {}) expected text containing 'ok'"
+    )
+    world["monitor"].probe_all()
+    health = world["monitor"].health["svc"]
+    assert health.status == "failing" and "check 'reads'" in health.last_error
+
+
+def test_without_probe_checks_no_check_runs(world: dict[str, Any]) -> None:
+    """Checks are the gate's alone unless the manifest says probe_checks."""
+    ran = _with_probe_checks(world, {**PROBED, "probe_checks": False})
+    world["monitor"].probe_all()
+    assert ran == []

@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 from pipeline import buildrules
 from pipeline import dockerfile as dockerfile_mod
 from pipeline import remote as remote_mod
-from pipeline.config import schema, serverjson, yamlsrc
+from pipeline.config import checkspec, schema, serverjson, yamlsrc
+from pipeline.config.checkspec import Check
 from pipeline.config.settings import PROVIDER_ENV_PREFIX, Repo, Settings
 from pipeline.config.units import format_size, parse_duration, parse_size
 from pipeline.errors import BuildError, ConfigError, PackageSpecError, Problem
@@ -102,6 +103,9 @@ class Manifest:
     pool: int = DEFAULT_POOL
     package: str = ""  # `pypi:NAME==VERSION` / `npm:NAME@VERSION`: built by the provider, no Dockerfile
     args: tuple[str, ...] = ()  # after the package's entry command
+    checks: tuple[Check, ...] = ()  # smoke calls the gate makes after the handshake
+    probe_checks: bool = False  # the read-only checks run in the health probes too
+    contract: str = checkspec.CONTRACT_ENFORCE  # or warn: a breaking change is shown, not refused
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -250,6 +254,7 @@ def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings
                 )
             )
     problems += _health_problems(doc, settings)
+    problems += checkspec.problems(doc, settings.proxy.deploy_timeout)
     problems += _access_problems(doc, settings)
     problems += _host_service_problems(doc, settings)
     return problems
@@ -630,6 +635,9 @@ def from_data(data: dict[str, Any], folder: str) -> Manifest:
         pool=run.get("pool", DEFAULT_POOL),
         package=build.get("package", ""),
         args=tuple(run.get("args", ())),
+        checks=checkspec.parse(data),
+        probe_checks=bool(data.get("probe_checks", False)),
+        contract=str(data.get("contract", checkspec.CONTRACT_ENFORCE)),
         raw=data,
     )
 
