@@ -433,6 +433,9 @@ class ProxyCycle(RequestResponseCycle):
                 self._whole(*too_large(proxy.max_body))
                 return
             self.ticket = admitted
+            if proxy.waker is not None and proxy.asleep(self.server, admitted):
+                self._spawn(proxy.carry(self, admitted, bytes(self.body)))  # held while it starts
+                return
             refused = proxy.route(self, admitted, bytes(self.body))
             if refused is not None:
                 self._whole(*refused)
