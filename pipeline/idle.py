@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any
 
-from pipeline import launch
+from pipeline import gate, launch
 from pipeline.config.units import parse_duration
 from pipeline.context import Context
 from pipeline.errors import CentralMCPError, WakeFailed
@@ -33,6 +34,7 @@ from pipeline.states import ReleaseStatus, ServerStatus
 log = logging.getLogger("central-mcp.idle")
 STOP_GRACE = 2.0  # seconds an idle server gets to exit on SIGTERM (it holds no request)
 WAKE_SUFFIX = "wake"  # container name suffix of a server started by its first request
+LISTEN_BACKOFF = 0.02  # the most a wake waits between connection attempts while the process starts
 WAKE_ERROR = -32603  # JSON-RPC internal error: the answer's code when a start fails
 Reply = tuple[int, bytes, list[tuple[bytes, bytes]]]
 
@@ -182,7 +184,7 @@ class Idler:
             waiting.set_exception(WakeFailed(why))
         else:
             self._failed.pop(server, None)
-            log.info("%s: started for a request in %.2fs", server, time.monotonic() - started)
+            log.info("%s: started for its waiting requests in %.3fs", server, time.monotonic() - started)
             self.ctx.metrics.wakes.labels(server, "started").inc()
             waiting.set_result(None)
         finally:
@@ -195,19 +197,34 @@ class Idler:
             if server not in self.asleep:
                 return  # started already (a deploy, or the start before)
             spec = ReleaseSpec.of(self._release(server))
-            deadline = time.monotonic() + self.ctx.settings.idle.wake_timeout
+            began = time.monotonic()
+            deadline = began + self.ctx.settings.idle.wake_timeout
             running = launch.start(self.ctx, spec, WAKE_SUFFIX)
+            started = time.monotonic()
             try:
+                listening = started + _listening(running.host, running.port, deadline)
                 launch.wait_healthy(self.ctx, spec, running, self._say, deadline)
             except CentralMCPError:
                 self.ctx.docker.stop_and_remove(running.id, grace=0)
                 raise
+            gated = time.monotonic()
             self.ctx.store.set_container(server, spec.number, running.id, running.port)
             self.ctx.store.clear_idle(server)
             self.health[server] = Health()
             self.ctx.router.swap({server: launch.upstream(self.ctx, spec, running)})
             self._unmark(server)
         self._count()
+        log.info(
+            "%s r%d: woken in %.3fs (container created and started %.3fs, process listening %.3fs, "
+            "MCP gate %.3fs, routed %.3fs)",
+            server,
+            spec.number,
+            time.monotonic() - began,
+            started - began,
+            listening - started,
+            gated - listening,
+            time.monotonic() - gated,
+        )
 
     def _release(self, server: str) -> Any:
         number = self.ctx.store.idle().get(server)
@@ -254,6 +271,20 @@ def unavailable(server: str, why: str, retry_after: float) -> Reply:
     seconds = str(max(1, round(retry_after))).encode()
     headers = [(b"retry-after", seconds), (b"content-type", b"application/json")]
     return 503, json.dumps(body).encode(), headers
+
+
+def _listening(host: str, port: int, deadline: float) -> float:
+    """Wait until the server's process accepts connections (or the deadline passes; the gate then
+    says why); return the seconds it took."""
+    started = time.monotonic()
+    delays = gate.backoff(LISTEN_BACKOFF)
+    while host and time.monotonic() < deadline:
+        try:
+            socket.create_connection((host, port), timeout=LISTEN_BACKOFF).close()
+            break
+        except OSError:
+            time.sleep(next(delays))
+    return time.monotonic() - started
 
 
 def _retrieved(future: asyncio.Future[None]) -> None:
