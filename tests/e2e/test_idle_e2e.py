@@ -179,3 +179,34 @@ def test_fifty_idle_servers_leave_no_container_running(
 
     wait_for("fifty servers to scale to zero", none_running, IDLE_AFTER + STOP_SLACK * 3)
     assert all("idle" in server_meta(idle_provider, s)["health"] for s in fleet)
+
+
+def test_the_aggregate_keeps_listing_an_idle_server_and_a_call_through_it_wakes_the_server(
+    idle_provider: Provider, idle_workspace: Workspace
+) -> None:
+    """`/mcp` lists an idle server's tools as they were (listing never wakes it); calling one
+    through `/mcp` starts it and answers."""
+    idle_workspace.sync()
+    server = idle_workspace.put("echo", name=idle_provider.name("echo-agg"), manifest=scaled_to_zero)
+    idle_workspace.commit("an echo server behind the aggregate that scales to zero")
+    push = idle_workspace.push()
+    assert push.ok, push.output
+    tool = f"{server}__greet"
+
+    async def tools() -> list[str]:
+        async with connect(f"{idle_provider.base}/mcp", mode="legacy") as client:
+            return [t.name for t in (await client.list_tools()).tools]
+
+    assert tool in asyncio.run(tools())  # its lists are fetched while it runs
+    wait_idle(idle_provider, server)
+    assert tool in asyncio.run(tools())
+    assert not idle_provider.containers(server), "listing through /mcp woke the idle server"
+
+    async def call() -> str:
+        async with connect(f"{idle_provider.base}/mcp", mode="legacy") as client:
+            result = await client.call_tool(tool, {"name": "agg"})
+            assert not result.is_error, result.content
+            return str((result.structured_content or {})["greeting"])
+
+    assert asyncio.run(call()) == "hello, agg"
+    assert len(idle_provider.running(server)) == 1
