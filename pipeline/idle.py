@@ -238,9 +238,11 @@ class Idler:
 
     # bookkeeping --------------------------------------------------------------------------
     def _swapped(self) -> None:
-        """A swap routed an asleep server (a deploy, a rollback): it is idle no longer."""
+        """A swap routed an asleep server (a deploy, a rollback) or removed it (its folder is gone
+        from the commit): it is idle no longer."""
+        router = self.ctx.router
         for server in self.asleep:
-            if self.ctx.router.get(server) is not None:
+            if router.get(server) is not None or server not in router.known:
                 self._unmark(server)
                 self.ctx.store.clear_idle(server)
                 self._count()

@@ -153,6 +153,23 @@ def test_restore_takes_back_idle_servers_and_forgets_stale_records(world: World)
     assert world.health["svc"].status == ServerStatus.IDLE
 
 
+def test_a_deploy_that_routes_or_removes_an_idle_server_ends_its_idleness(world: World) -> None:
+    """A swap that makes a release of an idle server live, or removes the server, forgets it is
+    idle (its requests are routed, or answered 404, instead of waking a release that is not live)."""
+    _asleep(world)
+    second = replace(release("svc", 2, "candidate"), manifest=SCALED, container_id="c9")
+    world.store.add_release(second)
+    world.store.commit_swap([second.placement], [])
+    world.router.swap({"svc": Upstream("svc", 2, "c9", "127.0.0.1", 5009, "/mcp")})
+    assert world.idler.asleep == frozenset() and world.store.idle() == {}
+    world.idler.sweep()
+    world.clock.advance(10)
+    world.idler.sweep()
+    assert world.idler.asleep == {"svc"}
+    world.router.swap({"svc": None})
+    assert world.idler.asleep == frozenset() and world.store.idle() == {}
+
+
 def _asleep(world: World) -> None:
     world.idler.sweep()
     world.clock.advance(10)
