@@ -158,6 +158,25 @@ def test_session_era_client_and_stateless_request_each_wake_an_idle_server(
     assert len(idle_provider.running(echo)) == 1
 
 
+def test_an_idle_server_stays_idle_across_a_provider_restart_and_wakes_after_it(
+    idle_provider: Provider, idle_workspace: Workspace
+) -> None:
+    """A serve that stops and starts again (start-up reconciliation) leaves an idle server stopped
+    and shown idle; its first request afterwards starts it."""
+    idle_workspace.sync()
+    server = idle_workspace.put("echo", name=idle_provider.name("echo-restart"), manifest=scaled_to_zero)
+    idle_workspace.commit("an echo server that stays idle across a restart")
+    push = idle_workspace.push()
+    assert push.ok, push.output
+    wait_idle(idle_provider, server)
+    idle_provider.stop()
+    idle_provider.start()
+    time.sleep(2.0)  # two probe intervals
+    assert not idle_provider.containers(server), "the restarted provider started the idle server"
+    assert "idle" in server_meta(idle_provider, server)["health"]
+    assert asyncio.run(call_greet(f"{idle_provider.base}/mcp/{server}", "again")) == "hello, again"
+
+
 def test_fifty_idle_servers_leave_no_container_running(
     idle_provider: Provider, idle_workspace: Workspace
 ) -> None:
