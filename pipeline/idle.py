@@ -97,8 +97,11 @@ class Idler:
             after = self._idle_after(upstream)
             if after is None or self._used(upstream, now) or now - self._seen[server][2] < after:
                 continue
-            if not self.busy(server) and self.stop(upstream):
-                stopped.append(server)
+            try:
+                if not self.busy(server) and self.stop(upstream):
+                    stopped.append(server)
+            except CentralMCPError as exc:  # the engine away, say: the others are still looked at
+                log.warning("%s: stopping it for want of use failed: %s", server, exc)
         return stopped
 
     def stop(self, upstream: Upstream) -> bool:

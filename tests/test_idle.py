@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.config.settings import IdleConfig, Project, Settings
 from pipeline.context import Context
-from pipeline.errors import GateError
+from pipeline.errors import DockerError, GateError
 from pipeline.idle import Idler, idle_after, unavailable
 from pipeline.monitor import Health
 from pipeline.proxy.access import Caller
@@ -39,8 +39,11 @@ class FakeDocker:
 
     def __init__(self) -> None:
         self.removed: list[str] = []
+        self.refused: set[str] = set()
 
     def stop_and_remove(self, container_id: str, grace: float = 0.0) -> None:
+        if container_id in self.refused:
+            raise DockerError(f"remove {container_id}: the engine is away")
         self.removed.append(container_id)
 
 
@@ -140,6 +143,19 @@ def test_a_min_one_server_is_never_stopped(world: World, tmp_path: Path) -> None
     world.idler.sweep()
     world.clock.advance(100_000)
     assert "other" not in world.idler.sweep()
+
+
+def test_one_server_that_cannot_be_stopped_does_not_keep_the_others_running(world: World) -> None:
+    """A Docker error stopping one idle server is logged; the sweep still stops the next one."""
+    other = replace(release("other", 1, "candidate"), manifest=dict(SCALED, name="other"), container_id="o1")
+    world.store.add_release(other)
+    world.store.commit_swap([other.placement], [])
+    world.router.swap({"other": Upstream("other", 1, "o1", "127.0.0.1", 5002, "/mcp")})
+    world.docker.refused.add("o1")
+    world.idler.sweep()
+    world.clock.advance(10)
+    assert world.idler.sweep() == ["svc"]
+    assert world.docker.removed == ["c1"]
 
 
 def test_restore_takes_back_idle_servers_and_forgets_stale_records(world: World) -> None:
