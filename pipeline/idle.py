@@ -86,6 +86,7 @@ class Idler:
                 self.ctx.store.clear_idle(server)
                 continue
             self._mark(server, tuple(release.manifest.get("access", ("all",))))
+        self._count()
         return sorted(self.asleep)
 
     # stopping -----------------------------------------------------------------------------

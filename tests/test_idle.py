@@ -165,6 +165,7 @@ def test_restore_takes_back_idle_servers_and_forgets_stale_records(world: World)
     world.store.set_idle("svc", 1, 0.0)
     world.store.set_idle("gone", 3, 0.0)
     assert world.idler.restore() == ["svc"]
+    assert world.idler.ctx.metrics.registry.get_sample_value("central_mcp_idle_servers") == 1
     assert world.store.idle() == {"svc": 1}
     assert world.health["svc"].status == ServerStatus.IDLE
 
