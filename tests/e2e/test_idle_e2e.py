@@ -187,6 +187,8 @@ def test_fifty_idle_servers_leave_no_container_running(
         idle_workspace.put("echo", name=idle_provider.name(f"z{i:02d}"), manifest=scaled_to_zero)
         for i in range(FLEET)
     ]
+    for server in fleet:  # the same build context for all fifty: their images share cached layers
+        (idle_workspace.root / "servers" / server / ".dockerignore").write_text("mcp-server.yaml\n")
     idle_workspace.commit("fifty servers that scale to zero")
     push = idle_workspace.push()
     assert push.ok, push.output
