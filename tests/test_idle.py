@@ -18,9 +18,10 @@ from pipeline.context import Context
 from pipeline.errors import DockerError, GateError
 from pipeline.idle import Idler, idle_after, unavailable
 from pipeline.monitor import Health
-from pipeline.proxy.access import Caller
-from pipeline.proxy.relay import Reply
+from pipeline.proxy.access import Caller, Gatekeeper
+from pipeline.proxy.relay import Proxy, Reply, Ticket
 from pipeline.proxy.router import Router, Upstream
+from pipeline.proxy.upstreams import Collected
 from pipeline.proxy.usage import Usage
 from pipeline.secrets import Secrets
 from pipeline.states import ServerStatus
@@ -343,3 +344,44 @@ async def test_a_failed_wake_answers_the_wakers_503(rig: Rig) -> None:
         reply = await _post(rig, _key(rig, "web"))
     assert reply.status_code == 503 and reply.headers["retry-after"] == "5"
     assert "'x' is idle and could not be started" in reply.json()["error"]["message"]
+
+
+class LateWaker(FakeWaker):
+    """A server that falls asleep just after the proxy's first look (the idle job runs on a thread)."""
+
+    def __init__(self, router: Router, up: Upstream) -> None:
+        super().__init__(router, up)
+        self.looks = 0
+
+    @property
+    def asleep(self) -> frozenset[str]:
+        self.looks += 1
+        return self._asleep if self.looks > 1 else frozenset()
+
+    @asleep.setter
+    def asleep(self, value: frozenset[str]) -> None:
+        self._asleep = value
+
+
+async def test_a_server_that_falls_asleep_between_the_look_and_the_route_is_woken(tmp_path: Path) -> None:
+    """A request that found its server awake, then no route (it was parked meanwhile), wakes it and
+    is forwarded instead of getting 503."""
+    settings = Settings(config_path=Path("deploy.yaml"), state_dir=tmp_path)
+    store = Store(tmp_path / "db.sqlite")
+    router = Router()
+    router.replace_all([], known=["x"])
+    proxy = Proxy(router, Gatekeeper(settings, store), Usage(store), 5.0)
+    inner = Collected("POST", "x", [(b"content-type", b"application/json")], b"{}")
+    ticket = proxy.admit(inner)
+    assert isinstance(ticket, Ticket)
+    up = Upstream("x", 1, "c1", "127.0.0.1", 1, "/mcp")
+    waker = proxy.waker = LateWaker(router, up)
+    forwarded: list[Upstream | None] = []
+
+    async def forward(ex: object, admitted: Ticket, sent: object = None) -> None:
+        forwarded.append(admitted.upstream)
+
+    proxy.forward = forward  # type: ignore[method-assign,assignment]
+    await proxy.carry(inner, ticket, b"{}")
+    store.close()
+    assert (forwarded, waker.wakes, inner.status) == ([up], 1, 0)

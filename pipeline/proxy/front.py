@@ -438,6 +438,9 @@ class ProxyCycle(RequestResponseCycle):
                 return
             refused = proxy.route(self, admitted, bytes(self.body))
             if refused is not None:
+                if proxy.asleep(self.server, admitted):  # it went to sleep since the look above
+                    self._spawn(proxy.carry(self, admitted, bytes(self.body)))
+                    return
                 self._whole(*refused)
                 return
             conn = proxy.idle_connection(admitted)

@@ -104,6 +104,7 @@ CLIENT_GONE = 499  # counted for a request whose client left before its answer c
 CONNECT_TIMEOUT = 10.0
 KEEPALIVE_COMMENT = b": keep-alive\n\n"
 ROUTE_ATTEMPTS = 3
+WAKE_ATTEMPTS = 2  # a server that went to sleep between the look and the route is woken once more
 ALLOWED_HEADERS = (
     "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, "
     "Mcp-Method, Mcp-Name, Last-Event-ID"
@@ -238,18 +239,24 @@ class Proxy:
         await self.carry(ex, ticket, body)
 
     async def carry(self, ex: Exchange, ticket: Ticket, body: bytes) -> None:
-        """Route an admitted request with its body and forward it; an asleep server is woken first."""
-        if self.asleep(ex.server, ticket):
-            assert self.waker is not None
-            refused = await self.waker.wake(ex.server)
-            if refused is not None:
-                await _send_reply(ex, _cors(refused, ticket.origin))
+        """Route an admitted request with its body and forward it; an asleep server is woken first
+        (again if it went to sleep between that look and the route: the idle job runs on a thread)."""
+        refused: Reply | None = None
+        for _ in range(WAKE_ATTEMPTS):
+            if self.asleep(ex.server, ticket):
+                assert self.waker is not None
+                woken = await self.waker.wake(ex.server)
+                if woken is not None:
+                    await _send_reply(ex, _cors(woken, ticket.origin))
+                    return
+            refused = self.route(ex, ticket, body)
+            if refused is None:
+                await self.forward(ex, ticket)
                 return
-        refused = self.route(ex, ticket, body)
-        if refused is not None:
-            await _send_reply(ex, refused)
-            return
-        await self.forward(ex, ticket)
+            if not self.asleep(ex.server, ticket):
+                break
+        assert refused is not None  # only a request that was forwarded left the loop without one
+        await _send_reply(ex, refused)
 
     def asleep(self, server: str, ticket: Ticket) -> bool:
         """Whether a request must wake its server first (one without a session: a session died
