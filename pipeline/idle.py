@@ -212,6 +212,9 @@ class Idler:
                 self.ctx.docker.stop_and_remove(running.id, grace=0)
                 raise
             gated = time.monotonic()
+            if server not in self.asleep:  # a deploy routed or removed it meanwhile: it is not ours
+                self.ctx.docker.stop_and_remove(running.id, grace=0)
+                return
             self.ctx.store.set_container(server, spec.number, running.id, running.port)
             self.ctx.store.clear_idle(server)
             self.health[server] = Health()

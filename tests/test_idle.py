@@ -13,8 +13,11 @@ from pathlib import Path
 import httpx2
 import pytest
 
+from pipeline import idle as idle_mod
+from pipeline import launch
 from pipeline.config.settings import IdleConfig, Project, Settings
 from pipeline.context import Context
+from pipeline.dockerhost import Running
 from pipeline.errors import DockerError, GateError
 from pipeline.idle import Idler, idle_after, unavailable
 from pipeline.monitor import Health
@@ -32,7 +35,14 @@ from tests.test_monitor import release
 from tests.test_proxy_access import _key
 
 CALLER = Caller("k", None)
-SCALED = {"name": "svc", "run": {"port": 8080}, "scale": {"min": 0, "idle_after": "10s"}}
+SCALED = {
+    "name": "svc",
+    "version": "1.0.0",
+    "description": "a server that scales to zero",
+    "transport": "streamable-http",
+    "run": {"port": 8080},
+    "scale": {"min": 0, "idle_after": "10s"},
+}
 
 
 class FakeDocker:
@@ -186,6 +196,26 @@ def test_a_deploy_that_routes_or_removes_an_idle_server_ends_its_idleness(world:
     assert world.idler.asleep == {"svc"}
     world.router.swap({"svc": None})
     assert world.idler.asleep == frozenset() and world.store.idle() == {}
+
+
+def test_a_deploy_that_routes_the_server_while_its_wake_starts_keeps_the_deploys_release(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wake whose gate is passed after a deploy made another release live removes its own
+    container and leaves the deploy's route in place."""
+    _asleep(world)
+    deployed = Upstream("svc", 2, "c9", "127.0.0.1", 5009, "/mcp")
+    started = Running("w1", "w", "127.0.0.1", 1)
+    monkeypatch.setattr(launch, "start", lambda ctx, spec, suffix: started)
+    monkeypatch.setattr(idle_mod, "_listening", lambda host, port, deadline: 0.0)
+
+    def gate_while_a_deploy_swaps(*args: object) -> None:
+        world.router.swap({"svc": deployed})
+
+    monkeypatch.setattr(launch, "wait_healthy", gate_while_a_deploy_swaps)
+    world.idler.start("svc")
+    assert world.router.get("svc") == deployed
+    assert world.docker.removed == ["c1", "w1"]
 
 
 def _asleep(world: World) -> None:
