@@ -9,7 +9,7 @@ import logging
 import signal
 import sqlite3
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +33,7 @@ from pipeline.dockerhost import DockerHost
 from pipeline.errors import CentralMCPError
 from pipeline.firewall import Guard
 from pipeline.hostrelay import HostRelays
+from pipeline.idle import Idler
 from pipeline.monitor import Health, Monitor
 from pipeline.network import Networks
 from pipeline.proxy.access import Gatekeeper
@@ -69,6 +70,7 @@ class Services:
     control: control_mod.Control
     pages: PageSources
     aggregate: Aggregate
+    idler: Idler
     listen: Listen = field(default_factory=Listen)
     scheduler: BackgroundScheduler | None = None
     reloading: threading.Lock = field(default_factory=threading.Lock)
@@ -93,7 +95,7 @@ class Services:
         self.pages.settings = settings
         self.proxy.gatekeeper.configure(settings)
         self.proxy.keepalive = settings.proxy.keepalive
-        if self.scheduler is not None and settings.monitor != old.monitor:
+        if self.scheduler is not None and (settings.monitor, settings.idle) != (old.monitor, old.idle):
             _reschedule(self.scheduler, settings)
         try:  # the namespace or the public URL may have changed; like any listener, never undo
             registry.write_files(settings, self.ctx.store.live_releases())
@@ -123,7 +125,7 @@ def create_app(
         app.aggregate = services.aggregate
         services.control.save(settings.state_dir)
         flusher = asyncio.create_task(_flush_periodically(services))
-        services.scheduler = scheduler = _scheduler(services.monitor, settings) if schedule else None
+        services.scheduler = scheduler = _scheduler(services, settings) if schedule else None
         hangup = _on_hangup(services)
         try:
             yield
@@ -328,17 +330,32 @@ def _start_services(settings: Settings, docker: DockerHost | None) -> Services:
     )
     dispatcher = Dispatcher(ctx)
     monitor = Monitor(ctx, dispatcher.submit, dispatcher.busy, usage)
+    idler = Idler(ctx, usage, monitor.health, _server_busy(ctx, dispatcher.busy))
+    idler.restore()
+    proxy.waker = idler
     receiver = Receiver(settings, dispatcher.submit_delivery, dispatcher.waiting)
     registry.write_files(settings, store.live_releases())
     sources = PageSources(settings, store, proxy.gatekeeper, dispatcher.logs, monitor.health)
     aggregate = Aggregate(proxy, settings.proxy.session_idle_timeout)
     control = control_mod.new_control(url)
-    return Services(ctx, dispatcher, proxy, usage, monitor, receiver, control, sources, aggregate)
+    return Services(ctx, dispatcher, proxy, usage, monitor, receiver, control, sources, aggregate, idler)
 
 
-def _scheduler(monitor: Monitor, settings: Settings) -> BackgroundScheduler:
+def _server_busy(ctx: Context, busy: Callable[[str], bool]) -> Callable[[str], bool]:
+    """Whether a deploy of a server's repo runs or waits (the idle job leaves such a server be)."""
+
+    def server_busy(server: str) -> bool:
+        release = next((r for r in ctx.store.live_releases() if r.server == server), None)
+        return release is not None and busy(release.repo)
+
+    return server_busy
+
+
+def _scheduler(services: Services, settings: Settings) -> BackgroundScheduler:
     """Start the monitor's jobs: each never overlaps itself; a late run is coalesced."""
+    monitor = services.monitor
     scheduler = BackgroundScheduler(job_defaults={"max_instances": 1, "coalesce": True})
+    scheduler.add_job(services.idler.sweep, "interval", seconds=settings.idle.check_interval, id="idle")
     scheduler.add_job(monitor.probe_all, "interval", seconds=settings.monitor.probe_interval, id="probe")
     scheduler.add_job(
         monitor.retention, "interval", seconds=settings.monitor.retention_interval, id="retention"
@@ -351,6 +368,7 @@ def _reschedule(scheduler: BackgroundScheduler, settings: Settings) -> None:
     """Give the monitor's jobs the intervals of reloaded settings."""
     scheduler.reschedule_job("probe", trigger="interval", seconds=settings.monitor.probe_interval)
     scheduler.reschedule_job("retention", trigger="interval", seconds=settings.monitor.retention_interval)
+    scheduler.reschedule_job("idle", trigger="interval", seconds=settings.idle.check_interval)
 
 
 def _on_hangup(services: Services) -> bool:

@@ -431,7 +431,9 @@ class DockerHost:
         """Return every container (running or not) carrying all these labels."""
         with _translated("list containers"):
             filters = [f"{k}={v}" for k, v in labels.items()]
-            return list(self.client.containers.list(all=True, filters={"label": filters}))
+            # ignore_removed: one removed between the list and its inspection (a drain) is left out
+            found = self.client.containers.list(all=True, filters={"label": filters}, ignore_removed=True)
+            return list(found)
 
     def remove_image(self, tag: str) -> None:
         """Remove an image by tag; a missing image is fine."""

@@ -28,7 +28,8 @@
         ├── HeadTooLarge            the request target or headers are over the proxy's limits
         ├── UpstreamError           the upstream closed or spoke no HTTP (also a ConnectionError)
         │   └── UpstreamRefused     the proxy would not connect: a remote's address or certificate is refused
-        └── UpstreamFailed          a server's answer to the aggregate's own request was no usable result
+        ├── UpstreamFailed          a server's answer to the aggregate's own request was no usable result
+        └── WakeFailed              a server scaled to zero did not start for a request (503)
 
 `UpstreamError` is also a `ConnectionError` (so an `OSError`): the proxy handles it with
 refused and reset connections in one `except OSError`. `DatabaseDamaged` is also an
@@ -225,3 +226,7 @@ class UpstreamFailed(ProxyError):
         self.server = server
         self.status = status
         self.retry_after = retry_after  # the answer's Retry-After (a 429 of the key's rate limit)
+
+
+class WakeFailed(ProxyError):
+    """A server scaled to zero could not be started (or not in time) for the requests waiting on it."""

@@ -50,6 +50,15 @@ class Metrics:
             ["server", "state"],
             registry=r,
         )
+        self.idle = Gauge(
+            "central_mcp_idle_servers", "Live servers scaled to zero (stopped until a request)", registry=r
+        )
+        self.wakes = Counter(
+            "central_mcp_wakes_total",
+            "Idle servers started by a request, by outcome",
+            ["server", "outcome"],
+            registry=r,
+        )
         self.live = Gauge("central_mcp_live_releases", "Servers with a live release", registry=r)
         self.watch_rollbacks = Counter(
             "central_mcp_watch_rollbacks_total",

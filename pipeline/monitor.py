@@ -139,6 +139,8 @@ class Monitor:
                 log.info("%s r%d is healthy", upstream.server, upstream.release)
             health.status, health.failures, health.last_error = "healthy", 0, ""
             return
+        if self.ctx.router.get(upstream.server) is None:
+            return  # scaled to zero (or removed) while it was probed: nothing is wrong, nothing to restart
         error = self.ctx.secrets.masker(self.ctx.settings)(error)  # a server's own answer may hold one
         health.failures += 1
         if error.startswith(CONTAINER_DOWN):  # a stopped container needs no more probes to be sure

@@ -46,8 +46,9 @@ def reconcile(ctx: Context, say: Callable[[str], None]) -> list[Upstream]:
                 continue
         say(f"removing leftover container {container.name}")
         ctx.docker.stop_and_remove(container.id, grace=1)
+    idle = ctx.store.idle()  # scaled to zero: left stopped until a request wakes it (idle.py)
     for server, release in live.items():
-        if server not in routed:
+        if server not in routed and idle.get(server) != release.number:
             upstream = _restart(ctx, release, say)
             if upstream is not None:
                 routed[server] = upstream

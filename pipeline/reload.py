@@ -28,6 +28,7 @@ LIVE = frozenset(
         "projects",
         "retention",
         "monitor",
+        "idle",
         "build_parallel",
         "build_args",
         "build_network",

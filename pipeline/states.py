@@ -19,6 +19,16 @@ class ReleaseStatus(StrEnum):
     ROLLED_BACK = "rolled-back"  # made live, then rolled back by the watch window
 
 
+class ServerStatus(StrEnum):
+    """How a live server stands between deploys (the monitor's word, shown on the pages)."""
+
+    UNKNOWN = "unknown"
+    HEALTHY = "healthy"
+    FAILING = "failing"
+    DOWN = "down"
+    IDLE = "idle"  # scale.min 0: stopped for want of use; its first request starts it again
+
+
 class DeployStatus(StrEnum):
     """Where one deploy stands."""
 

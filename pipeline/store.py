@@ -54,6 +54,9 @@ CREATE TABLE IF NOT EXISTS api_keys (
 CREATE TABLE IF NOT EXISTS sessions (
     id TEXT PRIMARY KEY, server TEXT NOT NULL, container_id TEXT NOT NULL, key_id TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS idle (
+    server TEXT PRIMARY KEY, number INTEGER NOT NULL, since REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS usage (
     key_id TEXT NOT NULL, project TEXT NOT NULL, server TEXT NOT NULL,
     requests INTEGER NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0,
@@ -366,6 +369,24 @@ class Store:
                 "UPDATE releases SET container_id = ?, host_port = ? WHERE server = ? AND number = ?",
                 (container_id, host_port, server, number),
             )
+
+    def set_idle(self, server: str, number: int, since: float) -> None:
+        """Record that a server's live release was stopped for want of use (scale to zero)."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO idle (server, number, since) VALUES (?, ?, ?)",
+                (server, number, since),
+            )
+
+    def clear_idle(self, server: str) -> None:
+        """Record that a server runs again (woken, or a deploy made a release live)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM idle WHERE server = ?", (server,))
+
+    def idle(self) -> dict[str, int]:
+        """The servers stopped for want of use, with the live release each will start again."""
+        with self._reading() as db:
+            return {row[0]: int(row[1]) for row in db.execute("SELECT server, number FROM idle").fetchall()}
 
     def set_release_status(self, server: str, number: int, status: str) -> None:
         """Set one release's status."""

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from docker.models.containers import ContainerCollection
 
 from pipeline import dockerfile
 from pipeline.baseimage import BASE_IMAGE
@@ -210,3 +211,23 @@ def test_what_a_server_logs_takes_bounded_space_on_the_host(
         for container in docker_host.containers({LABEL_INSTANCE: instance_label}):
             container.remove(force=True)
         networks.prune({})
+
+
+@pytest.mark.docker
+def test_listing_containers_skips_one_removed_while_it_is_listed(
+    docker_host: DockerHost, instance_label: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A container removed between the engine's list and its inspection (the idle job, a drain) is
+    left out instead of failing the whole listing with `not found`."""
+    labels = {LABEL_INSTANCE: instance_label}
+    doomed = docker_host.client.containers.create(BASE_IMAGE, command=["true"], labels=labels)
+    kept = docker_host.client.containers.create(BASE_IMAGE, command=["true"], labels=labels)
+    inspect = ContainerCollection.get
+
+    def removed_first(collection: ContainerCollection, container_id: str) -> object:
+        if container_id == doomed.id:
+            doomed.remove(force=True)
+        return inspect(collection, container_id)
+
+    monkeypatch.setattr(ContainerCollection, "get", removed_first)
+    assert [c.id for c in docker_host.containers(labels)] == [kept.id]

@@ -488,3 +488,26 @@ def test_an_unknown_network_mode_is_refused(tmp_path: Path) -> None:
 
 def _data() -> dict[str, object]:
     return {"name": "srv", "version": "1.0.0", "description": "d", "transport": "streamable-http"}
+
+
+def test_scale_min_zero_with_idle_after_is_valid_and_kept_in_the_raw_manifest(tmp_path: Path) -> None:
+    """`scale: {min: 0, idle_after: 10m}` passes and is stored with the release (idle.py reads it)."""
+    _server(tmp_path / "repo", "srv", GOOD + "scale: {min: 0, idle_after: 10m}\n")
+    report = _check(tmp_path)
+    assert report.ok, report.problems
+    assert report.manifests[0].raw["scale"] == {"min": 0, "idle_after": "10m"}
+
+
+@pytest.mark.parametrize(
+    ("scale", "path"),
+    [
+        ("{min: -1}", "$.scale.min"),
+        ("{min: 0, idle_after: soon}", "$.scale.idle_after"),
+        ("{idle: 1}", "$.scale.idle"),
+    ],
+)
+def test_a_bad_scale_is_refused_at_its_path(tmp_path: Path, scale: str, path: str) -> None:
+    """A negative min, a duration that is not one, or an unknown key is refused where it is."""
+    _server(tmp_path / "repo", "srv", GOOD + f"scale: {scale}\n")
+    report = _check(tmp_path)
+    assert [p.path for p in report.problems] == [path], report.problems

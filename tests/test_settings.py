@@ -421,3 +421,17 @@ def test_a_missing_remotes_ca_file_is_refused_at_its_key(tmp_path: Path) -> None
     """A ca_file that is not there is named at $.remotes.ca_file, not found at the first remote call."""
     [problem] = _problems(tmp_path, "remotes:\n  ca_file: nowhere.pem\n")
     assert (problem.path, problem.message) == ("$.remotes.ca_file", "no CA file at 'nowhere.pem'")
+
+
+def test_idle_section_is_read_with_units_and_defaults(tmp_path: Path) -> None:
+    """`idle:` gives the default idle_after, the job's interval, the wake's hold and retry pause."""
+    loaded = settings.load(_write(tmp_path, "idle: {after: 5m, wake_timeout: 10s}\n"), env={})
+    assert loaded.idle == settings.IdleConfig(
+        after=300.0,
+        check_interval=settings.DEFAULT_IDLE_CHECK_INTERVAL,
+        wake_timeout=10.0,
+        retry_after=settings.DEFAULT_WAKE_RETRY_AFTER,
+    )
+    assert settings.load(tmp_path / "none.yaml", env={}).idle.after == settings.DEFAULT_IDLE_AFTER
+    [problem] = _problems(tmp_path, "idle: {after: soon}\n")
+    assert problem.path == "$.idle.after"

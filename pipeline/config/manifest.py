@@ -268,6 +268,14 @@ def _remote_problems(doc: yamlsrc.Document, settings: Settings) -> list[Problem]
         for key in ("build", "run")
         if key in doc.data
     ]
+    if _section(doc.data, "scale").get("min", 1) == 0:
+        problems.append(
+            doc.problem(
+                ("scale", "min"),
+                f"remote server {doc.data.get('name')!r} has no container to stop when idle",
+                "remove scale.min: 0 (it scales to zero only with run)",
+            )
+        )
     remote = _section(doc.data, "remote")
     url = remote.get("url")
     if isinstance(url, str):

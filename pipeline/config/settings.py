@@ -64,6 +64,10 @@ DEFAULT_WATCH_ERROR_RATE = 0.5
 DEFAULT_WATCH_MIN_REQUESTS = 10
 DEFAULT_WATCH_RESTARTS = 2
 DEFAULT_RETENTION_INTERVAL = 3600.0
+DEFAULT_IDLE_AFTER = 600.0  # scale.min 0: unused this long, a server is stopped
+DEFAULT_IDLE_CHECK_INTERVAL = 30.0
+DEFAULT_WAKE_TIMEOUT = 30.0  # a first request held at most this long while its server starts
+DEFAULT_WAKE_RETRY_AFTER = 5.0  # after a failed start, 503 this long before a request tries again
 DEFAULT_CONTAINER_USER = "65534:65534"  # nobody:nogroup on Debian-based images
 DEFAULT_CONTAINER_TMPFS = 64 * 1024 * 1024
 DEFAULT_MAX_MEMORY = 2 * 1024**3
@@ -199,6 +203,16 @@ class MonitorConfig:
 
 
 @dataclass(frozen=True)
+class IdleConfig:
+    """Scale to zero: when a `scale.min: 0` server stops, and how its first request waits for it."""
+
+    after: float = DEFAULT_IDLE_AFTER
+    check_interval: float = DEFAULT_IDLE_CHECK_INTERVAL
+    wake_timeout: float = DEFAULT_WAKE_TIMEOUT
+    retry_after: float = DEFAULT_WAKE_RETRY_AFTER
+
+
+@dataclass(frozen=True)
 class Containers:
     """How every server container runs, whatever its image says."""
 
@@ -295,6 +309,7 @@ class Settings:
     admin_token: str = field(default="", repr=False)
     admin_token_env: str = ""
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    idle: IdleConfig = field(default_factory=IdleConfig)
     containers: Containers = field(default_factory=Containers)
     limits: Limits = field(default_factory=Limits)
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -616,6 +631,7 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
         webhook_max_body=parse_size(webhooks.get("max_body", DEFAULT_WEBHOOK_MAX_BODY)),
         webhook_queue=webhooks.get("queue", DEFAULT_WEBHOOK_QUEUE),
         monitor=_monitor(data.get("monitor", {})),
+        idle=_idle(data.get("idle", {})),
         containers=_containers(data.get("containers", {})),
         limits=_limits(data.get("limits", {})),
         network=_network(data.get("network", {})),
@@ -658,6 +674,15 @@ def _monitor(data: dict[str, Any]) -> MonitorConfig:
         watch_min_requests=data.get("watch_min_requests", DEFAULT_WATCH_MIN_REQUESTS),
         watch_restarts=data.get("watch_restarts", DEFAULT_WATCH_RESTARTS),
         retention_interval=parse_duration(data.get("retention_interval", DEFAULT_RETENTION_INTERVAL)),
+    )
+
+
+def _idle(data: dict[str, Any]) -> IdleConfig:
+    return IdleConfig(
+        after=parse_duration(data.get("after", DEFAULT_IDLE_AFTER)),
+        check_interval=parse_duration(data.get("check_interval", DEFAULT_IDLE_CHECK_INTERVAL)),
+        wake_timeout=parse_duration(data.get("wake_timeout", DEFAULT_WAKE_TIMEOUT)),
+        retry_after=parse_duration(data.get("retry_after", DEFAULT_WAKE_RETRY_AFTER)),
     )
 
 

@@ -70,9 +70,17 @@ class Addressing:
         return server, own
 
     def reaches(self, caller: Caller, server: str) -> bool:
-        """Whether `server` is live and the caller's key reaches it."""
+        """Whether `server` is live (or scaled to zero: a request wakes it) and the caller's key
+        reaches it."""
         live = self.proxy.router.get(server)
-        return live is not None and self.proxy.gatekeeper.reaches(caller, server, live.access)
+        if live is not None:
+            return self.proxy.gatekeeper.reaches(caller, server, live.access)
+        waker = self.proxy.waker
+        return (
+            waker is not None
+            and server in waker.asleep
+            and self.proxy.gatekeeper.reaches(caller, server, waker.access(server))
+        )
 
     async def _completion(self, caller: Caller, view: Viewer, params: dict[str, Any]) -> Target | str:
         """completion/complete goes to the server of its prompt or resource template."""

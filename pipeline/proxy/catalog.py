@@ -102,6 +102,12 @@ class Catalog:
         """Cache a release's lists (fetched once per release)."""
         self._lists[container_id] = lists
 
+    def alias(self, container_id: str, key: str) -> None:
+        """Keep a release's lists under `key` too (a server scaled to zero: its container is gone)."""
+        if container_id in self._lists:
+            self._lists[key] = self._lists[container_id]
+            self.modern[key] = self.modern.get(container_id, False)
+
     def view(self, project: Project | None, releases: Releases, kind: str = "tools") -> View | None:
         """The project's view of `kind` over `releases`, when every one of their lists is cached."""
         key = (project.name if project else "", releases, kind)

@@ -433,8 +433,14 @@ class ProxyCycle(RequestResponseCycle):
                 self._whole(*too_large(proxy.max_body))
                 return
             self.ticket = admitted
+            if proxy.waker is not None and proxy.asleep(self.server, admitted):
+                self._spawn(proxy.carry(self, admitted, bytes(self.body)))  # held while it starts
+                return
             refused = proxy.route(self, admitted, bytes(self.body))
             if refused is not None:
+                if proxy.asleep(self.server, admitted):  # it went to sleep since the look above
+                    self._spawn(proxy.carry(self, admitted, bytes(self.body)))
+                    return
                 self._whole(*refused)
                 return
             conn = proxy.idle_connection(admitted)

@@ -28,6 +28,7 @@ from pipeline.proxy.upstreams import Link, send, speaks_modern
 log = logging.getLogger("central-mcp")
 MAX_LIST_PAGES = 20  # a server's pages of one list followed at most
 LIST_TIMEOUT = 30.0  # a release's lists fetched within this in all (handshakes and every page)
+ASLEEP = "asleep:"  # + server: the lists of a server scaled to zero (pipeline/idle.py), kept while it sleeps
 RETRY_AFTER = 10.0  # a release whose lists could not be fetched is left out this long
 LIST_METHODS = {
     "tools": "tools/list",
@@ -51,6 +52,7 @@ class Listing:
         self.catalog = Catalog()
         self._fetching: dict[str, asyncio.Future[None]] = {}  # by container id
         self._failed: dict[str, float] = {}  # container id -> when its lists last failed
+        self._server_of: dict[str, str] = {}  # container id -> its server, for those with lists
 
     async def view(self, caller: Caller, pinned: Mapping[str, str], kind: str = "tools") -> View:
         """The caller's view of `kind`, missing release lists fetched first (`pinned`: server ->
@@ -66,15 +68,23 @@ class Listing:
         return found
 
     def releases(self, caller: Caller, pinned: Mapping[str, str]) -> Releases:
-        """(server, container id) of every live server the caller reaches, pinned ones kept."""
+        """(server, container id) of every live server the caller reaches, pinned ones kept; a
+        server scaled to zero with the lists it had (a call to it wakes it; a list never does)."""
         gatekeeper = self.proxy.gatekeeper
-        return tuple(
-            sorted(
-                (server, pinned.get(server, up.container_id))
-                for server, up in self.proxy.router.table.items()
-                if gatekeeper.reaches(caller, server, up.access)
-            )
-        )
+        found = [
+            (server, pinned.get(server, up.container_id))
+            for server, up in self.proxy.router.table.items()
+            if gatekeeper.reaches(caller, server, up.access)
+        ]
+        waker = self.proxy.waker
+        if waker is not None:
+            found += [
+                (server, ASLEEP + server)
+                for server in waker.asleep
+                if self.catalog.has(ASLEEP + server)
+                and gatekeeper.reaches(caller, server, waker.access(server))
+            ]
+        return tuple(sorted(found))
 
     async def modern(self, server: str) -> bool:
         """Whether `server`'s live release speaks 2026-07-28 (learnt with its lists)."""
@@ -101,8 +111,17 @@ class Listing:
             await asyncio.shield(fetching)
 
     def prune(self, keep: Iterable[str]) -> None:
-        """Forget the lists of releases neither live nor held by a session (after a swap)."""
+        """Forget the lists of releases neither live nor held by a session (after a swap), but keep
+        those of servers scaled to zero under ASLEEP + server."""
         kept = set(keep)
+        waker = self.proxy.waker
+        asleep = waker.asleep if waker is not None else frozenset()
+        for container_id, server in list(self._server_of.items()):
+            if server in asleep and container_id not in kept:
+                self.catalog.alias(container_id, ASLEEP + server)
+            if container_id not in kept:
+                del self._server_of[container_id]
+        kept |= {ASLEEP + server for server in asleep}
         self.catalog.prune(kept)
         self._failed = {cid: at for cid, at in self._failed.items() if cid in kept}
 
@@ -131,6 +150,7 @@ class Listing:
                 modern = await speaks_modern(self.proxy, server, link.authorization)
                 self.catalog.modern[container_id] = modern
                 self.catalog.keep(container_id, lists)
+                self._server_of[container_id] = server
         except (UpstreamFailed, OSError, TimeoutError) as exc:
             log.info("aggregate: listing what %s offers failed: %s", server, exc)
             raise

@@ -23,8 +23,8 @@ import contextlib
 import json
 import re
 import time
-from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine, Mapping, Set
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 from starlette.types import Receive, Scope, Send
@@ -104,6 +104,7 @@ CLIENT_GONE = 499  # counted for a request whose client left before its answer c
 CONNECT_TIMEOUT = 10.0
 KEEPALIVE_COMMENT = b": keep-alive\n\n"
 ROUTE_ATTEMPTS = 3
+WAKE_ATTEMPTS = 2  # a server that went to sleep between the look and the route is woken once more
 ALLOWED_HEADERS = (
     "Authorization, Content-Type, Accept, Mcp-Session-Id, MCP-Protocol-Version, "
     "Mcp-Method, Mcp-Name, Last-Event-ID"
@@ -146,6 +147,21 @@ class Ticket:
         self.started = 0.0
 
 
+class Waker(Protocol):
+    """Starts servers scaled to zero (pipeline/idle.py): the proxy holds their first requests."""
+
+    @property
+    def asleep(self) -> Set[str]:
+        """The servers with no container now (read on the hot path; replaced in one step)."""
+
+    def access(self, server: str) -> tuple[str, ...]:
+        """Who may use an asleep server (its live release's `access`)."""
+
+    async def wake(self, server: str) -> Reply | None:
+        """Start `server` (one start for all who wait) and return None once it is routed, or the
+        answer for a request that cannot wait longer."""
+
+
 class Proxy:
     """Forwards MCP requests to the upstream the router names.
 
@@ -178,6 +194,7 @@ class Proxy:
         self._pool: Pool | None = None
         self._remote_pools: dict[bool, Pool] = {}  # by TLS or not
         self._expiry: asyncio.Task[None] | None = None
+        self.waker: Waker | None = None  # scale to zero: starts an asleep server on its first request
 
     async def start(self) -> None:
         """Open the shared upstream connection pool; start expiring idle sessions."""
@@ -219,11 +236,32 @@ class Proxy:
         except BodyTooLarge:
             await _send_reply(ex, too_large(self.max_body))
             return
-        refused = self.route(ex, ticket, body)
-        if refused is not None:
-            await _send_reply(ex, refused)
-            return
-        await self.forward(ex, ticket)
+        await self.carry(ex, ticket, body)
+
+    async def carry(self, ex: Exchange, ticket: Ticket, body: bytes) -> None:
+        """Route an admitted request with its body and forward it; an asleep server is woken first
+        (again if it went to sleep between that look and the route: the idle job runs on a thread)."""
+        refused: Reply | None = None
+        for _ in range(WAKE_ATTEMPTS):
+            if self.asleep(ex.server, ticket):
+                assert self.waker is not None
+                woken = await self.waker.wake(ex.server)
+                if woken is not None:
+                    await _send_reply(ex, _cors(woken, ticket.origin))
+                    return
+            refused = self.route(ex, ticket, body)
+            if refused is None:
+                await self.forward(ex, ticket)
+                return
+            if not self.asleep(ex.server, ticket):
+                break
+        assert refused is not None  # only a request that was forwarded left the loop without one
+        await _send_reply(ex, refused)
+
+    def asleep(self, server: str, ticket: Ticket) -> bool:
+        """Whether a request must wake its server first (one without a session: a session died
+        with the container, and its 404 makes the client initialize, which wakes it)."""
+        return self.waker is not None and server in self.waker.asleep and not ticket.session_id
 
     def admit(self, ex: Exchange) -> Ticket | Reply:
         """Read the request's headers: a ticket for it, or the answer that refuses it."""
@@ -253,7 +291,8 @@ class Proxy:
         if method == "OPTIONS" and origin:
             return self._preflight(origin, asked)
         live = self.router.get(ex.server)
-        verdict = self.gatekeeper.check(authorization, origin, ex.server, live.access if live else ("all",))
+        access = live.access if live else self._asleep_access(ex.server)
+        verdict = self.gatekeeper.check(authorization, origin, ex.server, access)
         if isinstance(verdict, Denied):
             return _json(verdict.status, {"error": verdict.message}, verdict.headers)
         if declared.isdecimal() and int(declared) > self.max_body:
@@ -357,6 +396,12 @@ class Proxy:
         now = time.monotonic()
         self.router.leave(upstream, ticket.session, now)
         self.usage.count(ticket.caller, upstream.server, status, now - ticket.started)
+
+    def _asleep_access(self, server: str) -> tuple[str, ...]:
+        """An asleep server's access (no upstream names it), so the key is checked before it wakes."""
+        if self.waker is not None and server in self.waker.asleep:
+            return self.waker.access(server)
+        return ("all",)
 
     def _preflight(self, origin: str, asked: str) -> Reply:
         """Answer a browser's CORS preflight: allowed origins need no key for it."""

@@ -89,6 +89,18 @@ class Router:
         self._tell()
         return replaced
 
+    def park(self, server: str) -> Upstream | None:
+        """Take `server` out of the table but keep it known (scaled to zero); its upstream drains."""
+        with self._lock:
+            table = dict(self._table)
+            replaced = table.pop(server, None)
+            if replaced is not None:
+                self._draining[replaced.container_id] = replaced
+            self._table = MappingProxyType(table)
+            self.known = self.known | {server}
+        self._tell()
+        return replaced
+
     def replace_all(self, upstreams: Iterable[Upstream], known: Iterable[str] = ()) -> None:
         """Replace the whole table (start-up reconciliation); `known` servers lacking one answer 503."""
         with self._lock:
