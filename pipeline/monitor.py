@@ -132,6 +132,7 @@ class Monitor:
             cid = target.container_id
             if error is None:
                 self.replica_failures.pop(cid, None)
+                self.ctx.router.reinstate(cid)  # if the proxy had taken it out of rotation
                 continue
             error = self.ctx.secrets.masker(self.ctx.settings)(error)
             errors.append(error)

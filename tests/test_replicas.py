@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from pipeline.proxy.router import Router, TargetState
+from tests.support.loopback import free_port
 from tests.support.proxy_rig import (
     ACCEPT_BOTH,
     MODERN,
@@ -51,6 +52,7 @@ def _minting(label: str) -> Recorder:
     async def answer(request: Request) -> Response:
         message = json.loads(await request.body())
         state = message["params"].get("requestState")
+        result: dict[str, object]
         if state is None:
             result = {"resultType": "input_required", "requestState": f"{label}-{message['id']}"}
         else:
@@ -122,7 +124,10 @@ async def test_a_replica_leaving_rotation_keeps_its_sessions_until_drained(rig: 
     with sdk_upstream("x", "A") as a, sdk_upstream("x", "B") as b:
         rig.router.swap({"x": (a, b)})
         async with connect(rig.url("x")) as one, connect(rig.url("x")) as two:
-            first, second = text_of(await one.call_tool("whoami", {})), text_of(await two.call_tool("whoami", {}))
+            first, second = (
+                text_of(await one.call_tool("whoami", {})),
+                text_of(await two.call_tool("whoami", {})),
+            )
             assert {first, second} == {"A", "B"}
             leaving = rig.router.remove_target("B")
             assert leaving is not None and leaving.state is TargetState.DRAINING
@@ -135,7 +140,7 @@ async def test_a_replica_leaving_rotation_keeps_its_sessions_until_drained(rig: 
 
 
 def test_the_last_replica_is_never_removed_and_a_replaced_one_drains() -> None:
-    """remove_target keeps a server's last replica; replace_target swaps one in place, the old one draining."""
+    """remove_target keeps a server's last replica; replace_target swaps one in place (the old one drains)."""
     router = Router()
     router.swap({"x": (upstream("x", 1, "A"), upstream("x", 2, "B"))})
     assert router.remove_target("A") is not None
@@ -166,3 +171,33 @@ def test_add_target_refuses_a_release_that_is_not_live() -> None:
         router.add_target(upstream("x", 2, "B", release=7))
     router.add_target(upstream("x", 2, "B"))
     assert len(router.groups["x"].targets) == 2
+
+
+async def test_a_replica_that_cannot_be_connected_to_leaves_rotation_and_no_request_fails(rig: Rig) -> None:
+    """Requests outside sessions that meet a replica refusing connections go to the other replica (nothing
+    was sent), and that replica leaves rotation until the monitor reinstates it."""
+    live = Recorder()
+    with raw_upstream("x", live, "A") as ua:
+        dead = upstream("x", free_port(), "B")
+        rig.router.swap({"x": (ua, dead)})
+        async with httpx2.AsyncClient(timeout=10) as http:
+            body = json.dumps(jsonrpc("tools/call", {"name": "ask"}))
+            answers = [await http.post(rig.url("x"), content=body, headers=STATELESS) for _ in range(6)]
+        assert [a.status_code for a in answers] == [200] * 6
+        assert len(live.seen) == 6
+        target = rig.router.target("B")
+        assert target is not None and target.state is TargetState.UNHEALTHY
+        rig.router.reinstate("B")
+        assert rig.router.groups["x"].targets[1].state is TargetState.HEALTHY
+    assert rig.router.inflight("A") == rig.router.inflight("B") == 0
+
+
+async def test_the_only_replica_unreachable_still_answers_502(rig: Rig) -> None:
+    """With no other replica to go to, a refused connection answers 502 naming the server, no address."""
+    rig.router.swap({"x": upstream("x", free_port(), "A")})
+    async with httpx2.AsyncClient(timeout=10) as http:
+        answer = await http.post(rig.url("x"), json=jsonrpc("tools/call", {"name": "ask"}), headers=STATELESS)
+    assert answer.status_code == 502
+    assert "is unreachable: ConnectionRefusedError" in answer.text and "127.0.0.1" not in answer.text
+    target = rig.router.target("A")
+    assert target is not None and target.state is TargetState.HEALTHY

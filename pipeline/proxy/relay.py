@@ -30,7 +30,7 @@ from urllib.parse import quote
 from starlette.types import Receive, Scope, Send
 
 from pipeline.config.settings import DEFAULT_MAX_BODY, DEFAULT_MAX_UPSTREAM_HEADER
-from pipeline.errors import BodyTooLarge, ClientGone, UpstreamError, UpstreamRefused
+from pipeline.errors import BodyTooLarge, ClientGone, UpstreamError, UpstreamRefused, UpstreamUnreachable
 from pipeline.proxy.access import Caller, Denied, Gatekeeper
 from pipeline.proxy.exchange import (
     DOT_SEGMENTS,
@@ -310,6 +310,9 @@ class Proxy:
             self.finish(ticket, CLIENT_GONE)
             return
         except OSError as exc:  # refused, reset, timed out, or not HTTP
+            if isinstance(exc, UpstreamUnreachable) and self._failover(ticket):
+                await self.forward(ex, ticket)  # nothing was sent: another replica takes it
+                return
             self.finish(ticket, 502)
             await _send_reply(ex, _cors(_bad_gateway(upstream.server, exc), ticket.origin))
             return
@@ -348,6 +351,24 @@ class Proxy:
         finally:
             conn.release()  # pools it if the answer is complete, else closes it
             self.finish(ticket, status)
+
+    def _failover(self, ticket: Ticket) -> bool:
+        """Move a request outside any session off a replica no connection could be made to (taken
+        out of rotation) onto another healthy one; False when there is none (then 502)."""
+        old = ticket.target
+        if old is None or ticket.session_id or not self.router.suspend(old):
+            return False
+        new = self.router.pick(old.upstream.server)
+        closer = self.router.enter(new) if new is not None and new is not old else None
+        if new is None or closer is None:
+            return False
+        self.router.leave(old)
+        host = b"\r\nhost: %s\r\n"
+        ticket.request = ticket.request.replace(
+            host % old.upstream.authority.encode(), host % new.upstream.authority.encode(), 1
+        )
+        ticket.target, ticket.upstream, ticket.closer = new, new.upstream, closer
+        return True
 
     def whole_answer(self, ticket: Ticket, conn: Connection) -> Reply:
         """The answer to relay for a complete upstream answer that is not an event stream."""
@@ -630,6 +651,8 @@ def _bad_gateway(server: str, exc: BaseException) -> Reply:
     """A 502 naming the server; what went wrong when the upstream spoke badly (our own words)."""
     if isinstance(exc, UpstreamRefused):
         why = f"was not connected to: {exc}"
+    elif isinstance(exc, UpstreamUnreachable):  # the cause's name only: not the container's address
+        why = f"is unreachable: {(exc.__cause__ or exc).__class__.__name__}"
     elif isinstance(exc, UpstreamError):
         why = f"answered badly: {exc}"
     else:

@@ -143,6 +143,25 @@ class Router:
         self._tell()
         return old
 
+    def suspend(self, target: Target) -> bool:
+        """Take a live replica that could not be connected to out of rotation, if another healthy
+        one remains (the monitor's probes bring it back or replace it); return whether it was."""
+        with self._lock:
+            group = self._groups.get(target.upstream.server)
+            if target.state is not TargetState.HEALTHY or group is None or target not in group.targets:
+                return False
+            if not any(t is not target and t.state is TargetState.HEALTHY for t in group.targets):
+                return False
+            target.state = TargetState.UNHEALTHY
+        return True
+
+    def reinstate(self, container_id: str) -> None:
+        """Put a suspended replica that answers its probes again back in rotation."""
+        with self._lock:
+            target = self._targets.get(container_id)
+            if target is not None and target.state is TargetState.UNHEALTHY:
+                target.state = TargetState.HEALTHY
+
     def readdress(self, container_id: str, upstream: Upstream) -> None:
         """Route to a live target at its new address (Docker moved it); its counts stay."""
         with self._lock:

@@ -51,6 +51,7 @@ class TargetState(StrEnum):
     """Where a target is in its life."""
 
     HEALTHY = "healthy"  # in rotation
+    UNHEALTHY = "unhealthy"  # out of rotation (no connection could be made): its sessions still try it
     DRAINING = "draining"  # out of rotation: its own sessions and requests finish
     RETIRED = "retired"  # gone: nothing is routed to it
 
