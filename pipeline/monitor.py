@@ -43,12 +43,15 @@ class Health:
     checked_at: float = 0.0
     restarts: list[float] = field(default_factory=list)
     processes: stdio.Processes | None = None  # a stdio server's, as its bridge last reported them
+    replicas: int = 1  # containers in rotation, as the last probe found them
 
     def summary(self) -> str:
         """One phrase for the registry's _meta."""
         text = self.status
         if self.status != "healthy" and self.last_error:
             text = f"{self.status}: {self.last_error}"
+        if self.replicas > 1:
+            text = f"{text}; {self.replicas} replicas"
         return f"{text}; {self.processes.summary()}" if self.processes else text
 
 
@@ -106,6 +109,7 @@ class Monitor:
             upstream = group.first
             if self._deploying(server, repos) or (upstream.remote is None and not engine):
                 continue
+            self.health.setdefault(server, Health()).replicas = len(group.targets)
             if len(group.targets) > 1:
                 self._probe_replicas(group)
             else:
@@ -123,6 +127,7 @@ class Monitor:
         rotation and is replaced while the others serve. The server is healthy while one is."""
         health = self.health.setdefault(group.server, Health())
         errors: list[str] = []
+        down: list[tuple[str, str]] = []  # replicas past the failure threshold, and why
         for target in group.targets:
             try:
                 error = self._failure(target.upstream)
@@ -143,14 +148,20 @@ class Monitor:
             log.warning(
                 "%s replica %s probe failed (%d in a row): %s", group.server, cid[:12], failures, error
             )
-            if failures >= self._threshold and group.server not in self._replacing:
-                self._replace(group.server, cid, error)
+            if failures >= self._threshold:
+                down.append((cid, error))
         health.checked_at = time.time()
         healthy = len(group.targets) - len(errors)
         health.status = "healthy" if healthy else "down"
         health.last_error = (
             "" if not errors else f"{len(errors)} of {len(group.targets)} replicas failing: {errors[0]}"
         )
+        if not healthy and len(down) == len(group.targets):
+            for target in group.targets:  # counted again from zero, as a single container's failures are
+                self.replica_failures.pop(target.container_id, None)
+            self._restart(group.first, health, health.last_error)  # none left serving: a restart deploy
+        elif down and group.server not in self._replacing:
+            self._replace(group.server, *down[0])
 
     def _replace(self, server: str, container_id: str, reason: str) -> None:
         """Replace one failing replica in a thread (the server is skipped by scaling meanwhile)."""
