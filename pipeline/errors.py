@@ -26,7 +26,7 @@
         ├── HeadTooLarge            the request target or headers are over the proxy's limits
         ├── UpstreamError           the upstream closed or spoke no HTTP (also a ConnectionError)
         │   ├── UpstreamRefused     the proxy would not connect: a remote's address or certificate is refused
-        │   └── UpstreamUnreachable no connection to a container could be made: nothing was sent
+        │   └── UpstreamUnreachable  no connection to a container could be made: nothing was sent
         └── UpstreamFailed          a server's answer to the aggregate's own request was no usable result
 
 `UpstreamError` is also a `ConnectionError` (so an `OSError`): the proxy handles it with

@@ -223,3 +223,26 @@ async def test_autoscaling_adds_a_replica_under_load_and_removes_it_after(
         assert text_of(await client.call_tool("whoami")).startswith("v1@")
     time.sleep(1.5)  # a few samples at rest: never below min
     assert len(_running(provider, server)) == 1
+
+
+async def test_a_restarted_serve_finds_its_replicas_again_and_starts_a_missing_one(
+    provider: Provider, workspace: Workspace
+) -> None:
+    """serve killed with two replicas live, one of them removed meanwhile: at start-up the survivor is
+    routed again from its labels, a new replica is started, and sessions spread over both."""
+    server, push = _push(workspace, "replica", "v1", min=2, max=2)
+    assert push.ok, push.output
+    first, second = _running(provider, server)
+    provider.kill()
+    provider.docker.client.containers.get(second).remove(force=True)
+    provider.start()
+    running = _running(provider, server)
+    assert len(running) == 2 and first in running and second not in running
+    load, stop = Load(), asyncio.Event()
+    url = f"{provider.base}/mcp/{server}"
+    clients = [asyncio.create_task(_sessions(url, load, stop, tool="whoami")) for _ in range(SESSIONS)]
+    await asyncio.sleep(2.0)
+    stop.set()
+    await asyncio.gather(*clients)
+    assert load.failures == [], load.failures[:3]
+    assert set(load.calls) == {c[:12] for c in running}, load.calls
