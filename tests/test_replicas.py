@@ -263,3 +263,14 @@ async def test_a_waker_that_fails_answers_503_naming_the_server(rig: Rig) -> Non
         answer = await http.post(rig.url("x"), json=jsonrpc("tools/call", {"name": "ask"}), headers=STATELESS)
     assert answer.status_code == 503
     assert "could not be started" in answer.text and "MCP handshake" in answer.text
+
+
+def test_swapping_in_a_routed_container_again_keeps_its_target_and_counts() -> None:
+    """A container that is already routed keeps its Target (in-flight count, closer) through a swap."""
+    router = Router()
+    router.swap({"x": upstream("x", 1, "A")})
+    target = router.pick("x")
+    assert target is not None and router.enter(target) is not None
+    router.swap({"x": (upstream("x", 2, "A"), upstream("x", 3, "B"))})
+    assert router.target("A") is target and target.inflight == 1 and target.upstream.port == 2
+    assert target.state is TargetState.HEALTHY

@@ -76,9 +76,8 @@ class Router:
                 if change is None:
                     groups.pop(name, None)
                 else:
-                    group = groups[name] = group_of(
-                        (change,) if isinstance(change, Upstream) else tuple(change)
-                    )
+                    ups = (change,) if isinstance(change, Upstream) else tuple(change)
+                    group = groups[name] = self._group(ups)
                     self._targets.update((t.container_id, t) for t in group.targets)
             kept = {t.container_id for g in groups.values() for t in g.targets}
             for old in replaced.values():
@@ -89,6 +88,19 @@ class Router:
             self.known = frozenset(self.known | set(groups)) - {n for n, c in changes.items() if c is None}
         self._tell()
         return replaced
+
+    def _group(self, upstreams: tuple[Upstream, ...]) -> TargetGroup:
+        """A group of these upstreams; a container already routed keeps its target (and its counts)."""
+        group = group_of(upstreams)
+        targets = []
+        for fresh in group.targets:
+            known = self._targets.get(fresh.container_id)
+            if known is None or known.state is TargetState.RETIRED:
+                targets.append(fresh)
+                continue
+            known.upstream, known.state = fresh.upstream, TargetState.HEALTHY
+            targets.append(known)
+        return TargetGroup(group.server, group.release, tuple(targets))
 
     def replace_all(self, upstreams: Iterable[Upstream], known: Iterable[str] = ()) -> None:
         """Replace the whole table (start-up reconciliation; one server's upstreams make one group);
