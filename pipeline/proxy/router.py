@@ -60,7 +60,13 @@ class Router:
     def pick(self, server: str) -> Target | None:
         """The live replica of `server` a new request goes to (fewest in flight), or None."""
         group = self._groups.get(server)
-        return group.pick() if group is not None else None
+        if group is None:
+            return None
+        targets = group.targets
+        if len(targets) == 1:  # the usual server: no choice to make (the hot path)
+            only = targets[0]
+            return only if only.state is TargetState.HEALTHY else None
+        return group.pick()
 
     def target(self, container_id: str) -> Target | None:
         """The live or draining target with this id, or None."""
