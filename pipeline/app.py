@@ -360,6 +360,7 @@ def _scheduler(services: Services, settings: Settings) -> BackgroundScheduler:
     scheduler.add_job(
         monitor.retention, "interval", seconds=settings.monitor.retention_interval, id="retention"
     )
+    scheduler.add_job(monitor.autoscale, "interval", seconds=settings.scale.interval, id="autoscale")
     scheduler.start()
     return scheduler
 
@@ -369,6 +370,7 @@ def _reschedule(scheduler: BackgroundScheduler, settings: Settings) -> None:
     scheduler.reschedule_job("probe", trigger="interval", seconds=settings.monitor.probe_interval)
     scheduler.reschedule_job("retention", trigger="interval", seconds=settings.monitor.retention_interval)
     scheduler.reschedule_job("idle", trigger="interval", seconds=settings.idle.check_interval)
+    scheduler.reschedule_job("autoscale", trigger="interval", seconds=settings.scale.interval)
 
 
 def _on_hangup(services: Services) -> bool:

@@ -110,6 +110,9 @@ class Idler:
         recorded idle. False if it was replaced or took a request meanwhile."""
         server, cid, router = upstream.server, upstream.container_id, self.ctx.router
         with self._server_lock(server):
+            group = router.groups.get(server)
+            if group is None or len(group.targets) != 1:  # autoscaling takes it down to one first
+                return False
             if router.get(server) != upstream or router.inflight(cid) or router.sessions_on(cid):
                 return False
             self._mark(server, upstream.access)  # from here its requests wait for a start

@@ -139,7 +139,9 @@ def test_an_open_session_or_stream_keeps_the_server_running(world: World) -> Non
     world.clock.advance(3600)
     assert world.idler.sweep() == []
     world.router.end_session("s1")
-    world.router.enter(upstream)
+    target = world.router.target(upstream.container_id)
+    assert target is not None
+    world.router.enter(target)
     world.clock.advance(3600)
     assert world.idler.sweep() == []
     assert world.docker.removed == []

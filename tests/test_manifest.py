@@ -511,3 +511,13 @@ def test_a_bad_scale_is_refused_at_its_path(tmp_path: Path, scale: str, path: st
     _server(tmp_path / "repo", "srv", GOOD + f"scale: {scale}\n")
     report = _check(tmp_path)
     assert [p.path for p in report.problems] == [path], report.problems
+
+
+def test_scale_max_below_min_is_refused_naming_both(tmp_path: Path) -> None:
+    """`scale: {min: 3, max: 2}` is located at $.scale.max; min alone raises deploy.yaml's max with it."""
+    _server(tmp_path / "repo", "srv", GOOD + "scale: {min: 3, max: 2}\n")
+    [problem] = _check(tmp_path).problems
+    assert problem.path == "$.scale.max" and "scale.max 2 below scale.min 3" in problem.message
+    _server(tmp_path / "repo", "srv", GOOD + "scale: {min: 3}\n")
+    report = _check(tmp_path)
+    assert report.ok and report.manifests[0].scale == manifest.Scale(min=3)

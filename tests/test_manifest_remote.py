@@ -116,8 +116,8 @@ def test_a_server_with_neither_run_nor_remote_is_refused(tmp_path: Path) -> None
 
 
 def test_a_remote_cannot_scale_to_zero(tmp_path: Path) -> None:
-    """`scale.min: 0` on a remote is refused at scale.min, naming the server: nothing to stop."""
+    """`scale` (min 0 included) on a remote is refused at scale, naming the server: nothing to stop."""
     text = REMOTE.format(url="https://weather.example.com/mcp") + "scale: {min: 0, idle_after: 5m}\n"
     [(path, message)] = _messages(_check(tmp_path, text))
-    assert path == "$.scale.min"
-    assert "'weather' has no container to stop when idle" in message
+    assert path == "$.scale"
+    assert "'weather' has no replicas and no container to stop when idle" in message
