@@ -258,10 +258,11 @@ async def test_a_removed_server_vanishes_and_calls_to_it_get_a_clear_error(rig: 
                 await client.call_tool("b__whoami")
 
 
-async def test_a_swap_that_changes_the_tools_sends_list_changed(rig: Rig) -> None:
+@pytest.mark.parametrize("keepalive", [0.3, 10.0], ids=["chatty", "quiet"])
+async def test_a_swap_that_changes_the_tools_sends_list_changed(tmp_path: Path, keepalive: float) -> None:
     """A session-era client with its GET stream open gets tools/list_changed when a swap adds a
-    server, and then lists the new tools."""
-    with ExitStack() as stack:
+    server (at once, not at the stream's next keep-alive), and then lists the new tools."""
+    with running_proxy(tmp_path, keepalive=keepalive) as rig, ExitStack() as stack:
         serve(rig, stack, "a")
         changed = asyncio.Event()
 

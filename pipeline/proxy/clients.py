@@ -97,7 +97,9 @@ class ClientSessions:
         try:
             while not gone.done() and session.id in self.by_id:
                 getting = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({getting, gone}, timeout=self.keepalive())
+                done, _ = await asyncio.wait(
+                    {getting, gone}, timeout=self.keepalive(), return_when=asyncio.FIRST_COMPLETED
+                )
                 if getting in done:
                     await ex.write(getting.result())
                 else:
