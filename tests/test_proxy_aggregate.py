@@ -418,6 +418,43 @@ async def test_set_level_reaches_the_servers_and_their_log_lines_reach_the_clien
     assert lines == ["chatty R says hello"]
 
 
+QUIET = 10.0  # a keep-alive longer than any wait below: what reaches a GET stream comes at once
+
+
+async def test_what_a_server_sends_outside_a_call_reaches_the_clients_get_stream(tmp_path: Path) -> None:
+    """After resources/subscribe (routed by the aggregate's URI), the server's own resources/updated
+    reach the client under the aggregate's URI; its own tools/list_changed reaches the client, and
+    the next tools/list (the release's cached list dropped) shows the tool it gained."""
+    with running_proxy(tmp_path, keepalive=QUIET) as rig, rich_upstream("r", "R") as r:
+        rig.router.swap({"r": r})
+        await _hears_what_r_sends(rig)
+
+
+async def _hears_what_r_sends(rich: Rig) -> None:
+    updated: list[str] = []
+    changed = asyncio.Event()
+
+    async def on_message(message: Any) -> None:
+        root = getattr(message, "root", message)
+        kind = type(root).__name__
+        if "ResourceUpdated" in kind:
+            updated.append(str(root.params.uri))
+        elif "ToolListChanged" in kind:
+            changed.set()
+
+    async with connect(rich.endpoint, mode="legacy", message_handler=on_message) as client:
+        caps = client.server_capabilities
+        assert caps.resources is not None and caps.resources.subscribe
+        assert "r__extra" not in names(await client.list_tools())
+        await asyncio.sleep(0.2)  # the client's GET stream is open
+        await client.subscribe_resource("central-mcp://r/note://readme")
+        await asyncio.wait_for(changed.wait(), 5)
+        assert await eventually(lambda: len(updated) >= 3, 5)
+        assert set(updated) == {"central-mcp://r/note://readme"}
+        assert "r__extra" in names(await client.list_tools())
+        assert text_of(await client.call_tool("r__extra")) == "extra of R"
+
+
 async def test_the_typescript_sdk_client_lists_and_calls_through_the_aggregate(
     keyed: Rig, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -26,7 +26,9 @@ Names and URIs are made in catalog.py and undone in addressing.py; the aggregate
 are in replies.py. Server-to-client requests (sampling, elicitation, roots) ride the event stream
 of the call that caused them; for a session-era client their ids are rewritten `<server>/<id>` on
 the way out, so that two servers' ids never meet, and the client's answer is sent to that
-server's session; a client's notifications/cancelled goes to the server running that call.
+server's session; a client's notifications/cancelled goes to the server running that call. What a
+server sends outside a call arrives on the upstream session's GET stream, which the aggregate holds
+while the client holds its own (feeds.py), and is rewritten the same way (`_heard`).
 """
 
 from __future__ import annotations
@@ -44,15 +46,17 @@ from pipeline.errors import BodyTooLarge, ClientGone, UpstreamFailed
 from pipeline.proxy import replies
 from pipeline.proxy.access import OPEN_CALLER, Caller, Denied
 from pipeline.proxy.addressing import Addressing
-from pipeline.proxy.catalog import View
-from pipeline.proxy.clients import ClientSession, ClientSessions
+from pipeline.proxy.catalog import View, public_uri
+from pipeline.proxy.clients import CHANGED, ClientSession, ClientSessions
 from pipeline.proxy.exchange import AsgiExchange, Exchange, Headers
+from pipeline.proxy.feeds import Feeds
 from pipeline.proxy.listing import LIST_METHODS, Listing
 from pipeline.proxy.relay import Proxy, Reply, too_large
-from pipeline.proxy.replies import CAPABILITIES, JSON_TYPE, SERVER_INFO
+from pipeline.proxy.replies import JSON_TYPE, SERVER_INFO, SESSION_CAPABILITIES
 from pipeline.proxy.upstreams import (
     ID_SEPARATOR,
     LEGACY_VERSION,
+    MAX_HELD,
     MODERN_VERSION,
     Collected,
     Link,
@@ -80,6 +84,8 @@ LISTS = {method: kind for kind, method in LIST_METHODS.items()}
 INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32600, -32601, -32602
 SERVER_GONE = -32603
 RATE_LIMITED = 429  # the proxy's answer to a key past its rate limit
+SERVER_CHANGED = frozenset(CHANGED.values())  # a server's own list_changed, heard on a feed
+CHANGED_WINDOW = 1.0  # a server's list_changed reaches the clients at most once per window (the last kept)
 
 
 class Aggregate:
@@ -93,6 +99,8 @@ class Aggregate:
         self._stateless: dict[str, Link] = {}  # by key id
         self._loop: asyncio.AbstractEventLoop | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self._told: dict[tuple[str, str], float] = {}  # (server, list_changed) -> when clients were told
+        self._pending: dict[tuple[str, str], asyncio.TimerHandle] = {}  # a telling held to the window
 
     async def start(self) -> None:
         """Hear of swaps; expire idle client sessions."""
@@ -107,6 +115,8 @@ class Aggregate:
             self.proxy.router.listeners.remove(self._swapped)
         if self._expiry is not None:
             self._expiry.cancel()
+        for handle in self._pending.values():
+            handle.cancel()
         await self.clients.end_all()
 
     async def handle(self, scope: Scope, receive: Receive, send_: Send) -> None:
@@ -261,8 +271,9 @@ class Aggregate:
         if isinstance(params.get("clientInfo"), dict):
             link.client_info = params["clientInfo"]
         session = ClientSession(secrets.token_hex(16), caller, link, version)
+        session.feeds = Feeds(self.proxy, link, lambda s, heard: self._heard(session, s, heard), MAX_HELD)
         self.clients.add(session)
-        result = {"protocolVersion": version, "capabilities": CAPABILITIES, "serverInfo": SERVER_INFO}
+        result = {"protocolVersion": version, "capabilities": SESSION_CAPABILITIES, "serverInfo": SERVER_INFO}
         status, body, headers = replies.result(message.get("id"), result, modern=False)
         return status, body, [*headers, (b"mcp-session-id", session.id.encode())]
 
@@ -333,6 +344,8 @@ class Aggregate:
                 await link.session(server)
             except (UpstreamFailed, OSError, TimeoutError) as exc:
                 return _unopened(server, request_id, exc)
+            if session.streams and session.feeds is not None:
+                session.feeds.open(server)
             if rewrite is not None:
                 inner = Collected("POST", server, link.headers(server), body, ex)
                 await self.proxy.serve(inner)
@@ -415,6 +428,47 @@ class Aggregate:
         if link is None:
             link = self._stateless[caller.key_id] = Link(self.proxy, head.get("authorization", "").encode())
         return link
+
+    # what servers send outside a call ------------------------------------------------------------
+    def _heard(self, session: ClientSession, server: str, message: dict[str, Any]) -> None:
+        """A message on a session's feed from `server`: rewritten as a call's would be, queued on the
+        client's GET streams; a server's own list_changed is the aggregate's to spread."""
+        method = message.get("method")
+        if not isinstance(method, str):
+            return  # an answer on a GET stream: nothing of the aggregate's waits for one
+        if method in SERVER_CHANGED:
+            self._server_changed(session, server, method)
+            return
+        params = message.get("params")
+        uri = params.get("uri") if isinstance(params, dict) else None
+        if method == "notifications/resources/updated" and isinstance(params, dict) and isinstance(uri, str):
+            message = dict(message, params=dict(params, uri=public_uri(server, uri)))
+        if "id" in message:  # the server's own request: answered through _answer_server
+            message = dict(message, id=f"{server}{ID_SEPARATOR}{json.dumps(message['id'])}")
+        session.send(message)
+
+    def _server_changed(self, session: ClientSession, server: str, method: str) -> None:
+        """A server changed a list: its release's cached lists go; every client session that sees
+        the server hears list_changed (once per CHANGED_WINDOW, however many sessions heard it)."""
+        container_id = session.pinned(self._container_of).get(server)
+        if container_id:
+            self.listing.forget(container_id)
+        key = (server, method)
+        if key in self._pending or self._loop is None:
+            return
+        wait = self._told.get(key, -CHANGED_WINDOW) + CHANGED_WINDOW - time.monotonic()
+        if wait <= 0:
+            self._tell_changed(key)
+        else:
+            self._pending[key] = self._loop.call_later(wait, self._tell_changed, key)
+
+    def _tell_changed(self, key: tuple[str, str]) -> None:
+        self._pending.pop(key, None)
+        self._told[key] = time.monotonic()
+        server, method = key
+        for session in list(self.clients.by_id.values()):
+            if session.streams and self.addressing.reaches(session.caller, server):
+                session.tell(method)
 
     # swaps --------------------------------------------------------------------------------------
     def _container_of(self, session_id: str) -> str | None:

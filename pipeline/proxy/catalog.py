@@ -117,6 +117,11 @@ class Catalog:
         self._views[key] = built
         return built
 
+    def forget(self, container_id: str) -> None:
+        """Forget one release's lists and every view (the views built from them are stale)."""
+        self._lists.pop(container_id, None)
+        self._views = {}
+
     def prune(self, live: Iterable[str]) -> None:
         """Forget the lists of releases that are gone and every view (after a swap)."""
         keep = set(live)

@@ -100,6 +100,11 @@ class Listing:
         with contextlib.suppress(UpstreamFailed, OSError, TimeoutError):
             await asyncio.shield(fetching)
 
+    def forget(self, container_id: str) -> None:
+        """Forget one release's lists (its server said one changed): fetched again when next asked."""
+        self.catalog.forget(container_id)
+        self._failed.pop(container_id, None)
+
     def prune(self, keep: Iterable[str]) -> None:
         """Forget the lists of releases neither live nor held by a session (after a swap)."""
         kept = set(keep)

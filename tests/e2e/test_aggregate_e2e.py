@@ -75,3 +75,42 @@ async def test_one_endpoint_lists_calls_and_follows_a_deploy(
             "headers": {"Authorization": "Bearer ${CENTRAL_MCP_API_KEY}"},
         }
     }
+
+
+async def test_what_a_server_sends_outside_a_call_reaches_an_sdk_client_on_mcp(
+    provider: Provider, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A container that speaks on its own: after resources/subscribe through /mcp, its
+    resources/updated reach the SDK client under the aggregate's URI, and its own tools/list_changed
+    reaches the client, whose next tools/list shows the tool the server gained."""
+    workspace = provider.clone(tmp_path_factory.mktemp("clone") / "work")
+    notifier = workspace.put("notifier")
+    workspace.commit("notifier")
+    push = workspace.push()
+    assert push.ok, push.output
+    made = provider.cli("keys", "create", "web")
+    assert made.returncode == 0, made.stderr
+    headers = {"authorization": f"Bearer {made.stdout.strip()}"}
+    updated: list[str] = []
+    changed = asyncio.Event()
+
+    async def on_message(message: Any) -> None:
+        root = getattr(message, "root", message)
+        if "ResourceUpdated" in type(root).__name__:
+            updated.append(str(root.params.uri))
+        elif "ToolListChanged" in type(root).__name__:
+            changed.set()
+
+    async with connect(f"{provider.base}/mcp", headers=headers, message_handler=on_message) as client:
+        assert f"{notifier}__extra" not in {t.name for t in (await client.list_tools()).tools}
+        await asyncio.sleep(0.3)  # the client's GET stream is open
+        uri = f"central-mcp://{notifier}/note://readme"
+        await client.subscribe_resource(uri)
+        await asyncio.wait_for(changed.wait(), 15)
+        for _ in range(100):
+            if len(updated) >= 3:
+                break
+            await asyncio.sleep(0.1)
+        assert len(updated) >= 3 and set(updated) == {uri}
+        assert f"{notifier}__extra" in {t.name for t in (await client.list_tools()).tools}
+        assert text_of(await client.call_tool(f"{notifier}__extra")) == "extra"

@@ -19,9 +19,11 @@ from typing import Any
 import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.session import ServerSession
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp_types import Completion, SamplingMessage, TextContent
+from mcp_types import Completion, EmptyResult, SamplingMessage, SubscribeRequestParams, TextContent
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -303,10 +305,42 @@ def jsonrpc(method: str, params: dict[str, Any] | None = None, request_id: int =
     return {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}}
 
 
+UPDATE_EVERY = 0.1  # how often rich_app tells a subscribed session that its resource was updated
+UPDATES = 30  # how many times
+
+
 def rich_app(label: str) -> Starlette:
     """An SDK MCP server with more than tools: a resource, a resource template, a prompt with
-    completion, a tool that asks the client to sample (`ask`) and one that logs (`chatty`)."""
+    completion, a tool that asks the client to sample (`ask`) and one that logs (`chatty`).
+
+    On its own (outside any call, so on the session's GET stream) it tells a session that subscribed
+    to a resource that it was updated, every UPDATE_EVERY seconds, UPDATES times; after the second,
+    it gains a tool `extra` and sends tools/list_changed."""
     server = MCPServer(f"rich-{label}")
+    announcing: set[asyncio.Task[None]] = set()
+    gained: list[str] = []
+
+    def extra() -> str:
+        """A tool the server gained on its own."""
+        return f"extra of {label}"
+
+    async def announce(session: ServerSession, uri: str) -> None:
+        for sent in range(UPDATES):
+            await asyncio.sleep(UPDATE_EVERY)
+            await session.send_resource_updated(uri)
+            if sent == 1 and not gained:
+                gained.append("extra")
+                server.add_tool(extra)
+                await session.send_tool_list_changed()
+
+    async def subscribe(ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams) -> EmptyResult:
+        task = asyncio.create_task(announce(ctx.session, str(params.uri)))
+        announcing.add(task)
+        task.add_done_callback(announcing.discard)
+        return EmptyResult()
+
+    # MCPServer has no decorator for resources/subscribe: its low-level server takes the handler
+    server._lowlevel_server.add_request_handler("resources/subscribe", SubscribeRequestParams, subscribe)
 
     @server.resource("note://readme", description="The readme.")
     def readme() -> str:
