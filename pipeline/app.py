@@ -323,7 +323,7 @@ def _start_services(settings: Settings, docker: DockerHost | None) -> Services:
     receiver = Receiver(settings, dispatcher.submit_delivery, dispatcher.waiting)
     registry.write_files(settings, store.live_releases())
     sources = PageSources(settings, store, proxy.gatekeeper, dispatcher.logs, monitor.health)
-    aggregate = Aggregate(proxy, settings.proxy.session_idle_timeout)
+    aggregate = Aggregate(proxy, settings.proxy.session_idle_timeout, settings.aggregate)
     control = control_mod.new_control(url)
     return Services(ctx, dispatcher, proxy, usage, monitor, receiver, control, sources, aggregate)
 

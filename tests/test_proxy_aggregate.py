@@ -24,8 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from pipeline.config.settings import Project
-from pipeline.proxy import listing, replies, upstreams
+from pipeline.config.settings import AggregateConfig, Project
+from pipeline.proxy import replies
 from pipeline.proxy.access import create_key
 from pipeline.proxy.catalog import MAX_NAME, public_name
 from pipeline.proxy.router import Upstream
@@ -179,6 +179,34 @@ async def test_requests_the_aggregate_answers_itself_take_rate_limit_tokens(keye
         answers = [await http.post(keyed.endpoint, json=init, headers=headers) for _ in range(3)]
     assert [a.status_code for a in answers] == [200, 200, 429]
     assert answers[2].headers["retry-after"]
+
+
+async def test_a_key_past_its_session_or_stream_cap_gets_429_naming_the_setting(tmp_path: Path) -> None:
+    """`aggregate.max_sessions_per_key` and `max_streams_per_key` bound what one key holds on /mcp:
+    one more initialize, or one more GET stream, is a 429 whose JSON-RPC error names the setting;
+    another key is not held back, and a DELETEd session frees its place."""
+    caps = AggregateConfig(max_sessions_per_key=2, max_streams_per_key=1)
+    init = jsonrpc(
+        "initialize",
+        {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    )
+    with running_proxy(tmp_path, projects=PROJECTS, aggregate=caps) as rig:
+        mine, other = {**ACCEPT_BOTH, **bearer(rig, "web")}, {**ACCEPT_BOTH, **bearer(rig, "web")}
+        async with httpx2.AsyncClient(timeout=10) as http:
+            answers = [await http.post(rig.endpoint, json=init, headers=mine) for _ in range(3)]
+            assert [a.status_code for a in answers] == [200, 200, 429]
+            assert "aggregate.max_sessions_per_key" in answers[2].json()["error"]["message"]
+            assert (await http.post(rig.endpoint, json=init, headers=other)).status_code == 200
+            first, second = (a.headers["mcp-session-id"] for a in answers[:2])
+            stream = {**mine, "accept": "text/event-stream", "mcp-protocol-version": LEGACY}
+            async with http.stream("GET", rig.endpoint, headers={**stream, "mcp-session-id": first}) as held:
+                assert held.status_code == 200
+                refused = await http.get(rig.endpoint, headers={**stream, "mcp-session-id": second})
+                assert refused.status_code == 429
+                assert "aggregate.max_streams_per_key" in refused.json()["error"]["message"]
+            ended = await http.delete(rig.endpoint, headers={**stream, "mcp-session-id": second})
+            assert ended.status_code == 200
+            assert (await http.post(rig.endpoint, json=init, headers=mine)).status_code == 200
 
 
 async def test_a_call_whose_upstream_session_is_rate_limited_answers_429(keyed: Rig) -> None:
@@ -524,14 +552,12 @@ async def test_a_cancelled_call_is_cancelled_on_its_server(rig: Rig) -> None:
     assert ended == []
 
 
-async def test_a_server_answering_too_much_is_left_out_of_the_list_not_held(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """What the aggregate reads whole from a server is bounded: past the cap the server is left out
-    of the lists (the request still answers) and a call that needs its handshake gets a JSON-RPC
-    error naming it, instead of the answer being held in memory."""
-    monkeypatch.setattr(upstreams, "MAX_HELD", 200)  # below any SDK server's streamed answer
-    with ExitStack() as stack:
+async def test_a_server_answering_too_much_is_left_out_of_the_list_not_held(tmp_path: Path) -> None:
+    """What the aggregate reads whole from a server is bounded (`aggregate.max_held`): past the cap
+    the server is left out of the lists (the request still answers) and a call that needs its
+    handshake gets a JSON-RPC error naming it, instead of the answer being held in memory."""
+    tight = AggregateConfig(max_held=200)  # below any SDK server's streamed answer
+    with running_proxy(tmp_path, aggregate=tight) as rig, ExitStack() as stack:
         serve(rig, stack, "a")
         async with connect(rig.endpoint, mode="legacy") as client:
             assert names(await client.list_tools()) == set()
@@ -778,14 +804,16 @@ def silent_after_initialize_app() -> Starlette:
     return Starlette(routes=[Route("/mcp", endpoint, methods=["POST", "DELETE"])])
 
 
-async def test_a_server_that_never_finishes_its_handshake_delays_other_lists_once(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_server_that_never_finishes_its_handshake_delays_other_lists_once(tmp_path: Path) -> None:
     """A server that never answers notifications/initialized is left out of tools/list after
-    LIST_TIMEOUT, and the next lists are not held again while RETRY_AFTER runs: one such server
-    held every key's tools/list that reaches it, forever."""
-    monkeypatch.setattr(listing, "LIST_TIMEOUT", 0.5)
-    with ExitStack() as stack, serve_asgi(silent_after_initialize_app()) as port:
+    `aggregate.list_timeout`, and the next lists are not held again while `list_retry_after` runs:
+    one such server held every key's tools/list that reaches it, forever."""
+    short = AggregateConfig(list_timeout=0.5)
+    with (
+        running_proxy(tmp_path, aggregate=short) as rig,
+        ExitStack() as stack,
+        serve_asgi(silent_after_initialize_app()) as port,
+    ):
         ups = {"a": stack.enter_context(sdk_upstream("a", "A"))}
         rig.router.swap({**ups, "silent": upstream("silent", port, container_id="silent-1")})
         async with connect(rig.endpoint, mode="legacy") as client:
@@ -796,14 +824,11 @@ async def test_a_server_that_never_finishes_its_handshake_delays_other_lists_onc
             assert time.monotonic() - started < 0.4
 
 
-async def test_a_call_to_a_server_that_never_finishes_its_handshake_gets_an_error(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_call_to_a_server_that_never_finishes_its_handshake_gets_an_error(tmp_path: Path) -> None:
     """A client's first call to a server that never answers notifications/initialized gets a
-    JSON-RPC error naming the server after UPSTREAM_TIMEOUT, instead of waiting forever."""
-    monkeypatch.setattr(upstreams, "UPSTREAM_TIMEOUT", 0.5)
-    monkeypatch.setattr(listing, "LIST_TIMEOUT", 0.5)
-    with serve_asgi(silent_after_initialize_app()) as port:
+    JSON-RPC error naming the server after `aggregate.upstream_timeout`, not waiting forever."""
+    short = AggregateConfig(upstream_timeout=0.5, list_timeout=0.5)
+    with running_proxy(tmp_path, aggregate=short) as rig, serve_asgi(silent_after_initialize_app()) as port:
         rig.router.swap({"silent": upstream("silent", port, container_id="silent-1")})
         async with connect(rig.endpoint, mode="legacy") as client:
             async with asyncio.timeout(5):

@@ -42,6 +42,7 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
+from pipeline.config.settings import AggregateConfig
 from pipeline.errors import BodyTooLarge, ClientGone, UpstreamFailed
 from pipeline.proxy import replies
 from pipeline.proxy.access import OPEN_CALLER, Caller, Denied
@@ -56,7 +57,6 @@ from pipeline.proxy.replies import JSON_TYPE, SERVER_INFO, SESSION_CAPABILITIES
 from pipeline.proxy.upstreams import (
     ID_SEPARATOR,
     LEGACY_VERSION,
-    MAX_HELD,
     MODERN_VERSION,
     Collected,
     Link,
@@ -83,7 +83,8 @@ FORWARDED = frozenset(  # what goes to a server (through the proxy, which rate-l
 LISTS = {method: kind for kind, method in LIST_METHODS.items()}
 INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32600, -32601, -32602
 SERVER_GONE = -32603
-RATE_LIMITED = 429  # the proxy's answer to a key past its rate limit
+RATE_LIMITED = 429  # the proxy's answer to a key past its rate limit (and the aggregate's past a cap)
+OVER_CAP = -32000  # the JSON-RPC code of a session or stream refused by `aggregate.max_*_per_key`
 SERVER_CHANGED = frozenset(CHANGED.values())  # a server's own list_changed, heard on a feed
 CHANGED_WINDOW = 1.0  # a server's list_changed reaches the clients at most once per window (the last kept)
 
@@ -91,9 +92,12 @@ CHANGED_WINDOW = 1.0  # a server's list_changed reaches the clients at most once
 class Aggregate:
     """The `/mcp` endpoint over a running Proxy."""
 
-    def __init__(self, proxy: Proxy, idle_timeout: float = 0.0) -> None:
+    def __init__(
+        self, proxy: Proxy, idle_timeout: float = 0.0, config: AggregateConfig | None = None
+    ) -> None:
         self.proxy = proxy
-        self.listing = Listing(proxy)
+        self.config = config = config or AggregateConfig()
+        self.listing = Listing(proxy, config)
         self.addressing = Addressing(proxy)
         self.clients = ClientSessions(idle_timeout, lambda: proxy.keepalive)
         self._stateless: dict[str, Link] = {}  # by key id
@@ -189,6 +193,9 @@ class Aggregate:
             if ex.method == "DELETE":
                 await self.clients.end(found)
                 return 200, b"", []
+            held = self.clients.streams_of(caller.key_id)
+            if held >= self.config.max_streams_per_key:
+                return _over_cap(f"{held} /mcp GET streams", "aggregate.max_streams_per_key", "close one")
             await self.clients.stream(ex, found)
             return None
         if ex.method != "POST":
@@ -261,17 +268,23 @@ class Aggregate:
 
     def _initialize(self, caller: Caller, head: dict[str, str], message: dict[str, Any]) -> Reply:
         """Open a client session: the aggregate's own id, its capabilities, no upstream session yet."""
+        held = self.clients.sessions_of(caller.key_id)
+        if held >= self.config.max_sessions_per_key:
+            why = "end one (DELETE /mcp with its Mcp-Session-Id) or let one expire"
+            setting = "aggregate.max_sessions_per_key"
+            return _over_cap(f"{held} /mcp sessions", setting, why, message.get("id"))
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
         assert isinstance(params, dict)
         asked = params.get("protocolVersion")
         version = asked if asked in SESSION_VERSIONS else LEGACY_VERSION
-        link = Link(self.proxy, head.get("authorization", "").encode("latin-1"))
+        link = Link(self.proxy, head.get("authorization", "").encode("latin-1"), config=self.config)
         if isinstance(params.get("capabilities"), dict):
             link.capabilities = params["capabilities"]
         if isinstance(params.get("clientInfo"), dict):
             link.client_info = params["clientInfo"]
         session = ClientSession(secrets.token_hex(16), caller, link, version)
-        session.feeds = Feeds(self.proxy, link, lambda s, heard: self._heard(session, s, heard), MAX_HELD)
+        held = self.config.max_held
+        session.feeds = Feeds(self.proxy, link, lambda s, heard: self._heard(session, s, heard), held)
         self.clients.add(session)
         result = {"protocolVersion": version, "capabilities": SESSION_CAPABILITIES, "serverInfo": SERVER_INFO}
         status, body, headers = replies.result(message.get("id"), result, modern=False)
@@ -323,9 +336,9 @@ class Aggregate:
         if await self.listing.modern(server):
             headers = modern_headers(authorization, method, name if method != "completion/complete" else "")
             if rewrite is None:
-                await self.proxy.serve(Piped("POST", server, headers, body, ex, []))
+                await self.proxy.serve(Piped("POST", server, headers, body, ex, [], max_held=self._held))
                 return None
-            inner = Collected("POST", server, headers, body, ex)
+            inner = Collected("POST", server, headers, body, ex, self._held)
             await self.proxy.serve(inner)
             return replies.whole(inner, server, request_id, rewrite, modern=False)
         link = self._stateless_link(caller, head)
@@ -347,12 +360,12 @@ class Aggregate:
             if session.streams and session.feeds is not None:
                 session.feeds.open(server)
             if rewrite is not None:
-                inner = Collected("POST", server, link.headers(server), body, ex)
+                inner = Collected("POST", server, link.headers(server), body, ex, self._held)
                 await self.proxy.serve(inner)
                 if inner.status != 404:
                     return replies.whole(inner, server, request_id, rewrite, modern=False)
             else:
-                piped = Piped("POST", server, link.headers(server), body, ex, mine, server)
+                piped = Piped("POST", server, link.headers(server), body, ex, mine, server, self._held)
                 key = json.dumps(request_id)
                 session.inflight[key] = server
                 try:
@@ -375,7 +388,7 @@ class Aggregate:
                 await link.session(server)
             except (UpstreamFailed, OSError, TimeoutError) as exc:
                 return _unopened(server, request_id, exc)
-            inner = Collected("POST", server, link.headers(server), body, ex)
+            inner = Collected("POST", server, link.headers(server), body, ex, self._held)
             await self.proxy.serve(inner)
             if inner.status != 404:
                 return replies.whole(inner, server, request_id, rewrite, modern=True)
@@ -396,7 +409,7 @@ class Aggregate:
                 None, INVALID_REQUEST, f"no server request {message.get('id')!r} is waiting", 400
             )
         answer = json.dumps(dict(message, id=original)).encode()
-        inner = Collected("POST", server, session.link.headers(server), answer, ex)
+        inner = Collected("POST", server, session.link.headers(server), answer, ex, self._held)
         await self.proxy.serve(inner)
         return (202 if inner.status < 300 else inner.status), b"", []
 
@@ -407,7 +420,8 @@ class Aggregate:
         server = session.inflight.get(json.dumps(params.get("requestId")))
         if server is not None and session.link.sessions.get(server):
             note = json.dumps(message).encode()
-            await self.proxy.serve(Collected("POST", server, session.link.headers(server), note, ex))
+            headers = session.link.headers(server)
+            await self.proxy.serve(Collected("POST", server, headers, note, ex, self._held))
         return 202, b"", []
 
     async def _set_level(self, session: ClientSession, request_id: object, params: dict[str, Any]) -> Reply:
@@ -419,14 +433,16 @@ class Aggregate:
         link.level = level
         for server in [s for s, sid in link.sessions.items() if "logging" in link.offers.get(s, {})]:
             with contextlib.suppress(UpstreamFailed, OSError, TimeoutError):
-                await send(self.proxy, server, link.headers(server), "logging/setLevel", {"level": level})
+                headers = link.headers(server)
+                await send(self.proxy, server, headers, "logging/setLevel", {"level": level}, 1, self.config)
         return replies.result(request_id, {}, modern=False)
 
     def _stateless_link(self, caller: Caller, head: dict[str, str]) -> Link:
         """The upstream sessions of a stateless-era client's key."""
         link = self._stateless.get(caller.key_id)
         if link is None:
-            link = self._stateless[caller.key_id] = Link(self.proxy, head.get("authorization", "").encode())
+            authorization = head.get("authorization", "").encode()
+            link = self._stateless[caller.key_id] = Link(self.proxy, authorization, config=self.config)
         return link
 
     # what servers send outside a call ------------------------------------------------------------
@@ -470,6 +486,10 @@ class Aggregate:
             if session.streams and self.addressing.reaches(session.caller, server):
                 session.tell(method)
 
+    @property
+    def _held(self) -> int:
+        return self.config.max_held
+
     # swaps --------------------------------------------------------------------------------------
     def _container_of(self, session_id: str) -> str | None:
         held = self.proxy.router.session(session_id)
@@ -488,6 +508,12 @@ class Aggregate:
 
     async def _viewer(self, session: ClientSession, kind: str) -> View:
         return await self.view(session.caller, session, kind)
+
+
+def _over_cap(held: str, setting: str, fix: str, request_id: object = None) -> Reply:
+    """The answer to a session or GET stream past a key's cap: 429 with a JSON-RPC error saying so."""
+    message = f"this key already holds {held}, the most deploy.yaml's {setting} allows; {fix}"
+    return replies.rpc_error(request_id, OVER_CAP, message, status=RATE_LIMITED)
 
 
 def _unopened(server: str, request_id: object, exc: Exception) -> Reply:

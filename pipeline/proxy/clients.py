@@ -98,6 +98,14 @@ class ClientSessions:
         """The live session with this id, or None."""
         return self.by_id.get(session_id)
 
+    def sessions_of(self, key_id: str) -> int:
+        """How many sessions one key holds."""
+        return sum(1 for s in self.by_id.values() if s.caller.key_id == key_id)
+
+    def streams_of(self, key_id: str) -> int:
+        """How many GET streams one key holds open."""
+        return sum(len(s.streams) for s in self.by_id.values() if s.caller.key_id == key_id)
+
     def add(self, session: ClientSession) -> None:
         """Hold a new session."""
         self.by_id[session.id] = session

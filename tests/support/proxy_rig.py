@@ -30,7 +30,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from pipeline.app import App, aggregate_routes, proxy_routes
-from pipeline.config.settings import Project, ProxyTimeouts, Settings
+from pipeline.config.settings import AggregateConfig, Project, ProxyTimeouts, Settings
 from pipeline.proxy.access import Gatekeeper
 from pipeline.proxy.aggregate import Aggregate
 from pipeline.proxy.relay import Proxy
@@ -107,6 +107,7 @@ def running_proxy(
     session_idle_timeout: float = 0.0,
     limits: dict[str, Any] | None = None,
     dialer: Callable[[], Dialer] | None = None,
+    aggregate: AggregateConfig | None = None,
     **config: Any,
 ) -> Iterator[Rig]:
     """Serve a proxy on loopback with a fresh Store in `state_dir`; yield its rig.
@@ -114,7 +115,8 @@ def running_proxy(
     As the provider serves it, `/mcp/` requests take front.py's fast path; with `front=False`
     plain uvicorn serves the app, so every request goes through ASGI (`Proxy.handle`). Sessions do not
     expire unless `session_idle_timeout` (seconds) is given. `limits`: more ProxyTimeouts fields (caps
-    and client timeouts); `dialer` reaches remote servers; `config`: more uvicorn.Config options.
+    and client timeouts); `dialer` reaches remote servers; `aggregate`: deploy.yaml's `aggregate`
+    (caps, timeouts; the defaults if None); `config`: more uvicorn.Config options.
     """
     settings = Settings(
         config_path=Path("deploy.yaml"),
@@ -142,10 +144,10 @@ def running_proxy(
         max_upstream_header=caps.max_upstream_header,
         dialer=dialer,
     )
-    aggregate = Aggregate(proxy, session_idle_timeout)
+    joined = Aggregate(proxy, session_idle_timeout, aggregate)
     try:
-        with serve_asgi(proxy_app(proxy, router, aggregate), front=front, limits=caps, **config) as port:
-            yield Rig(port, router, store, settings, usage, clock, aggregate)
+        with serve_asgi(proxy_app(proxy, router, joined), front=front, limits=caps, **config) as port:
+            yield Rig(port, router, store, settings, usage, clock, joined)
     finally:
         store.close()
 
