@@ -93,6 +93,7 @@ class Services:
         self.pages.settings = settings
         self.proxy.gatekeeper.configure(settings)
         self.proxy.keepalive = settings.proxy.keepalive
+        self.aggregate.reconfigured()  # a project's servers or tools may have changed: views, list_changed
         if self.scheduler is not None and settings.monitor != old.monitor:
             _reschedule(self.scheduler, settings)
         try:  # the namespace or the public URL may have changed; like any listener, never undo

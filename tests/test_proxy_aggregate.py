@@ -7,6 +7,7 @@ Every test runs the real proxy on loopback with real SDK servers behind it (test
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections import Counter
@@ -157,6 +158,40 @@ async def test_denied_tools_are_absent_and_a_call_to_one_is_refused(keyed: Rig) 
             with pytest.raises(MCPError, match="not allowed for project 'picky'"):
                 await client.call_tool("a__slow", {"seconds": 0, "steps": 1})
             assert text_of(await client.call_tool("b__whoami")) == "B"
+
+
+async def test_a_reload_that_changes_a_projects_tools_takes_effect_at_once(keyed: Rig) -> None:
+    """deploy.yaml reloaded with `picky` denying one more tool: the connected client hears
+    tools/list_changed, its next tools/list lacks the tool and a call to it is refused (views are
+    keyed by the project as it now is, not its name); a project removed ends its sessions."""
+    changed = asyncio.Event()
+
+    async def on_message(message: Any) -> None:
+        if "ToolListChanged" in type(getattr(message, "root", message)).__name__:
+            changed.set()
+
+    headers = bearer(keyed, "picky")
+    assert keyed.aggregate is not None
+    with ExitStack() as stack:
+        serve(keyed, stack, "a", "b")
+        async with connect(keyed.endpoint, headers=headers, message_handler=on_message) as client:
+            assert names(await client.list_tools()) == {"a__echo", "a__whoami", "b__whoami"}
+            await asyncio.sleep(0.2)  # the client's GET stream is open
+            stricter = Project("picky", tools_allow=("a", "b:whoami"), tools_deny=("a:slow", "a:echo"))
+            projects = tuple(stricter if p.name == "picky" else p for p in PROJECTS)
+            keyed.aggregate.proxy.gatekeeper.configure(dataclasses.replace(keyed.settings, projects=projects))
+            await asyncio.to_thread(
+                keyed.aggregate.reconfigured
+            )  # as Services._apply, on the reload's thread
+            await asyncio.wait_for(changed.wait(), 5)
+            assert names(await client.list_tools()) == {"a__whoami", "b__whoami"}
+            with pytest.raises(MCPError, match="not allowed for project 'picky'"):
+                await client.call_tool("a__echo", {"text": "x"})
+            held = len(keyed.aggregate.clients.by_id)
+            without = tuple(p for p in PROJECTS if p.name != "picky")
+            keyed.aggregate.proxy.gatekeeper.configure(dataclasses.replace(keyed.settings, projects=without))
+            await asyncio.to_thread(keyed.aggregate.reconfigured)
+            assert await eventually(lambda: len(keyed.aggregate.clients.by_id) == held - 1)  # type: ignore[union-attr]
 
 
 async def test_no_key_gets_401(keyed: Rig) -> None:

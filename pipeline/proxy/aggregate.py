@@ -243,6 +243,7 @@ class Aggregate:
                 return found
             session = found
             session.last_used = time.monotonic()
+            session.caller = caller  # as the key's project is now (deploy.yaml may have been reloaded)
             if method is None and request_id is not None:
                 return await self._answer_server(ex, session, message)
         if method == "notifications/cancelled" and session is not None:
@@ -499,6 +500,26 @@ class Aggregate:
         """The router swapped (a deploy thread): look at the sessions' views on the loop."""
         if self._loop is not None and self._loop.is_running():
             self._loop.call_soon_threadsafe(self._after_swap)
+
+    def reconfigured(self) -> None:
+        """deploy.yaml was reloaded (a thread): look again at every session's views, on the loop."""
+        if self._loop is not None and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._after_reload)
+
+    def _after_reload(self) -> None:
+        """Each session takes its project as reloaded (one that is gone ends the session) and hears
+        list_changed for each kind whose view changed with it."""
+        settings = self.proxy.gatekeeper.settings
+        for session in list(self.clients.by_id.values()):
+            project = session.caller.project
+            if project is None:
+                continue
+            now = settings.project(project.name)
+            if now is None:
+                self.clients.end_soon(session)
+            elif now != project:
+                session.caller = Caller(session.caller.key_id, now)
+        self.clients.after_swap(self._viewer)
 
     def _after_swap(self) -> None:
         live = {u.container_id for u in self.proxy.router.table.values()}

@@ -115,6 +115,11 @@ class ClientSessions:
         self.by_id.pop(session.id, None)
         await session.close()
 
+    def end_soon(self, session: ClientSession) -> None:
+        """End a session in the background (its project left deploy.yaml)."""
+        self.by_id.pop(session.id, None)
+        self._spawn(session.close())
+
     async def end_all(self) -> None:
         """End every session (shutdown)."""
         sessions, self.by_id = list(self.by_id.values()), {}

@@ -114,3 +114,39 @@ async def test_what_a_server_sends_outside_a_call_reaches_an_sdk_client_on_mcp(
         assert len(updated) >= 3 and set(updated) == {uri}
         assert f"{notifier}__extra" in {t.name for t in (await client.list_tools()).tools}
         assert text_of(await client.call_tool(f"{notifier}__extra")) == "extra"
+
+
+async def test_a_reload_that_changes_a_projects_tools_reaches_connected_clients(
+    provider: Provider, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """`central-mcp reload` with `web` denying `greet` too: the connected SDK client hears
+    tools/list_changed at once and its next tools/list lacks the tool (deploy.yaml restored after)."""
+    workspace = provider.clone(tmp_path_factory.mktemp("clone") / "work")
+    echo = workspace.put("echo")
+    workspace.commit("echo")
+    push = workspace.push()
+    assert push.ok, push.output
+    made = provider.cli("keys", "create", "web")
+    assert made.returncode == 0, made.stderr
+    changed = asyncio.Event()
+
+    async def on_message(message: Any) -> None:
+        if "ToolListChanged" in type(getattr(message, "root", message)).__name__:
+            changed.set()
+
+    before = provider.config.read_text()
+    headers = {"authorization": f"Bearer {made.stdout.strip()}"}
+    try:
+        async with connect(f"{provider.base}/mcp", headers=headers, message_handler=on_message) as client:
+            assert f"{echo}__greet" in {t.name for t in (await client.list_tools()).tools}
+            await asyncio.sleep(0.3)  # the client's GET stream is open
+            provider.config.write_text(
+                before.replace("deny: ['*:slow_count']", "deny: ['*:slow_count', '*:greet']")
+            )
+            done = await asyncio.to_thread(provider.cli, "reload")
+            assert done.returncode == 0, done.stderr
+            await asyncio.wait_for(changed.wait(), 10)
+            assert f"{echo}__greet" not in {t.name for t in (await client.list_tools()).tools}
+    finally:
+        provider.config.write_text(before)
+        provider.cli("reload")
