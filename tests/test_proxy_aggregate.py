@@ -867,5 +867,41 @@ async def test_a_call_to_a_server_that_never_finishes_its_handshake_gets_an_erro
         rig.router.swap({"silent": upstream("silent", port, container_id="silent-1")})
         async with connect(rig.endpoint, mode="legacy") as client:
             async with asyncio.timeout(5):
-                with pytest.raises(MCPError, match="silent"):
-                    await client.call_tool("silent__anything")
+                for _ in range(2):  # the second too: the half-open session is not kept as open
+                    with pytest.raises(MCPError, match="notifications/initialized got no answer"):
+                        await client.call_tool("silent__anything")
+
+
+def refusing_initialized_app(seen: list[str]) -> Starlette:
+    """A server that answers initialize, refuses notifications/initialized with 400, and records the
+    method (or DELETE) of every request it gets."""
+
+    async def endpoint(request: Request) -> Response:
+        if request.method == "DELETE":
+            seen.append("DELETE")
+            return Response(status_code=200)
+        message = await request.json()
+        seen.append(message.get("method", ""))
+        if "id" not in message:
+            return JSONResponse({"error": "not now"}, status_code=400)
+        info = {"protocolVersion": LEGACY, "capabilities": {"tools": {}}, "serverInfo": {"name": "s"}}
+        result = info if message.get("method") == "initialize" else {"content": [], "tools": []}
+        body = {"jsonrpc": "2.0", "id": message["id"], "result": result}
+        return JSONResponse(body, headers={"mcp-session-id": "refused-session"})
+
+    return Starlette(routes=[Route("/mcp", endpoint, methods=["POST", "DELETE"])])
+
+
+async def test_a_session_whose_initialized_is_refused_is_never_used(tmp_path: Path) -> None:
+    """A server that refuses notifications/initialized (400): the call gets a JSON-RPC error naming
+    the notification, the half-open session is ended, and no request ever goes on it (the next call
+    tries to open one again): it used to be kept as if open."""
+    seen: list[str] = []
+    with running_proxy(tmp_path) as rig, serve_asgi(refusing_initialized_app(seen)) as port:
+        rig.router.swap({"s": upstream("s", port, container_id="s-1")})
+        async with connect(rig.endpoint, mode="legacy") as client:
+            for _ in range(2):
+                with pytest.raises(MCPError, match="notifications/initialized answered 400"):
+                    await client.call_tool("s__anything")
+    assert "tools/call" not in seen
+    assert await eventually(lambda: seen.count("DELETE") == 2)

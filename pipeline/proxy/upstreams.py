@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -271,6 +272,7 @@ class Link:
     level: str = ""  # the client's logging/setLevel, sent to each session as it opens
     config: AggregateConfig = DEFAULTS  # its requests' timeout and what it holds of an answer
     _opening: dict[str, asyncio.Future[str]] = field(default_factory=dict)
+    _ending: set[asyncio.Future[None]] = field(default_factory=set)  # sessions ended in the background
 
     def headers(self, server: str) -> Headers:
         """The headers of a request on this owner's session with `server` (opened already)."""
@@ -316,15 +318,43 @@ class Link:
         session = answer.header(b"mcp-session-id")
         offers = answer.result.get("capabilities")
         self.offers[server] = offers if isinstance(offers, dict) else {}
-        self.sessions[server] = session
-        done = [*self.headers(server)]
-        note = json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode()
-        async with asyncio.timeout(self.config.upstream_timeout):  # as every request of its own
-            await self.proxy.serve(Collected("POST", server, done, note, max_held=self.config.max_held))
+        await self._initialized(server, session)
+        self.sessions[server] = session  # only now: no request goes on a session not initialized
         if self.level and "logging" in self.offers[server]:
             level, headers = {"level": self.level}, self.headers(server)
             await send(self.proxy, server, headers, "logging/setLevel", level, config=self.config)
         return session
+
+    async def _initialized(self, server: str, session: str) -> None:
+        """Send notifications/initialized on a new session; an answer that is not 2xx (the spec's way
+        to refuse a notification; the key's 429) or none in time leaves the session unusable: it is
+        ended and the open fails (a server may drop every request of a session never initialized)."""
+        fields: Headers = [(b"authorization", self.authorization), ACCEPT, JSON_BODY]
+        fields.append((b"mcp-protocol-version", LEGACY_VERSION.encode()))
+        if session:
+            fields.append((b"mcp-session-id", session.encode("latin-1")))
+        note = json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode()
+        inner = Collected("POST", server, fields, note, max_held=self.config.max_held)
+        try:
+            async with asyncio.timeout(self.config.upstream_timeout):  # as every request of its own
+                await self.proxy.serve(inner)
+        except TimeoutError:
+            inner.status = 0
+        if 200 <= inner.status < 300:
+            return
+        if session:  # in the background: a silent server must not hold the call another timeout
+            ending = asyncio.ensure_future(self._end_quietly(server, session))
+            self._ending.add(ending)
+            ending.add_done_callback(self._ending.discard)
+        why = f"answered {inner.status}" if inner.status else "got no answer in time"
+        retry = inner.header(b"retry-after")
+        raise UpstreamFailed(server, inner.status, f"notifications/initialized {why}", retry)
+
+    async def _end_quietly(self, server: str, session: str) -> None:
+        """End a session that never became usable; if that is refused too (the same 429), the
+        proxy's idle expiry ends it."""
+        with contextlib.suppress(UpstreamError, OSError, TimeoutError):
+            await self._end(server, session)
 
     async def _end(self, server: str, session: str) -> None:
         fields: Headers = [
