@@ -194,6 +194,30 @@ async def test_a_reload_that_changes_a_projects_tools_takes_effect_at_once(keyed
             assert await eventually(lambda: len(keyed.aggregate.clients.by_id) == held - 1)  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("mode", ["legacy", "auto"], ids=["session", "stateless"])
+async def test_a_projects_tools_rule_holds_on_the_per_server_path_too(keyed: Rig, mode: str) -> None:
+    """`picky` (allow a and b:whoami, deny a:slow) on /mcp/<server>: tools/list lacks the tools the
+    rule denies and a call to one is a JSON-RPC error naming the project, never reaching the server
+    (it did reach it: the rule held on /mcp only); allowed tools answer as before."""
+    calls: list[str] = []
+    with ExitStack() as stack:
+        ups = {n: stack.enter_context(sdk_upstream(n, n.upper(), calls=calls)) for n in ("a", "b")}
+        keyed.router.swap(dict(ups))
+        headers = bearer(keyed, "picky")
+        async with connect(keyed.url("a"), mode=mode, headers=headers) as client:
+            assert names(await client.list_tools()) == {"echo", "whoami"}
+            with pytest.raises(MCPError, match="not allowed for project 'picky'"):
+                await client.call_tool("slow", {"seconds": 0, "steps": 1})
+            assert text_of(await client.call_tool("whoami")) == "A"
+        async with connect(keyed.url("b"), mode=mode, headers=headers) as client:
+            assert names(await client.list_tools()) == {"whoami"}
+            with pytest.raises(MCPError, match="not allowed for project 'picky'"):
+                await client.call_tool("echo", {"text": "x"})
+        async with connect(keyed.url("b"), mode=mode, headers=bearer(keyed, "web")) as client:
+            assert names(await client.list_tools()) == set(TOOLS)  # no rule: the proxy's own path
+    assert calls == ["whoami"]
+
+
 async def test_no_key_gets_401(keyed: Rig) -> None:
     """Without a key the aggregate answers 401 with the Bearer challenge, as `/mcp/<server>` does."""
     async with httpx2.AsyncClient() as http:

@@ -145,8 +145,8 @@ class Project:
         return "all" in self.servers or server in self.servers
 
     def may_call(self, server: str, tool: str) -> bool:
-        """Return whether this project's aggregate endpoint offers `tool` of `server` (deploy.yaml's
-        `tools: {allow, deny}`; a pattern without `:` names a whole server)."""
+        """Return whether this project's keys may list and call `tool` of `server`, on /mcp and on
+        /mcp/<server> (deploy.yaml's `tools: {allow, deny}`; a pattern without `:` names a server)."""
         pair = f"{server}:{tool}"
         if self.tools_allow and not any(_matches(pair, p) for p in self.tools_allow):
             return False

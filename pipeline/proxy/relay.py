@@ -31,6 +31,7 @@ from starlette.types import Receive, Scope, Send
 
 from pipeline.config.settings import DEFAULT_MAX_BODY, DEFAULT_MAX_UPSTREAM_HEADER
 from pipeline.errors import BodyTooLarge, ClientGone, UpstreamError, UpstreamRefused
+from pipeline.proxy import selection
 from pipeline.proxy.access import Caller, Denied, Gatekeeper
 from pipeline.proxy.exchange import (
     DOT_SEGMENTS,
@@ -212,6 +213,10 @@ class Proxy:
         if not isinstance(ticket, Ticket):
             await _send_reply(ex, ticket)
             return
+        await self.serve_admitted(ex, ticket)
+
+    async def serve_admitted(self, ex: Exchange, ticket: Ticket) -> None:
+        """Read, route and forward one admitted request (its project's tool rule applied, if any)."""
         try:
             body = await ex.read_body(self.max_body)  # before routing: a slow body must not outlive a drain
         except ClientGone:
@@ -219,6 +224,13 @@ class Proxy:
         except BodyTooLarge:
             await _send_reply(ex, too_large(self.max_body))
             return
+        project = ticket.caller.project
+        if project is not None and selection.selects(project):  # deploy.yaml's projects[].tools
+            refused = selection.refusal(project, ex, body)
+            if refused is not None:
+                await _send_reply(ex, refused)
+                return
+            ex = selection.filtered(project, ex, body)
         refused = self.route(ex, ticket, body)
         if refused is not None:
             await _send_reply(ex, refused)
