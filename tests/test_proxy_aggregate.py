@@ -510,36 +510,39 @@ QUIET = 10.0  # a keep-alive longer than any wait below: what reaches a GET stre
 
 async def test_what_a_server_sends_outside_a_call_reaches_the_clients_get_stream(tmp_path: Path) -> None:
     """After resources/subscribe (routed by the aggregate's URI), the server's own resources/updated
-    reach the client under the aggregate's URI; its own tools/list_changed reaches the client, and
-    the next tools/list (the release's cached list dropped) shows the tool it gained."""
+    reach the client under the aggregate's URI; its own tools/list_changed reaches that client and a
+    bystander that only lists (no session with the server: it hears of it from the aggregate), and
+    the next tools/list (the release's cached list dropped) shows the tool the server gained."""
+    heard: dict[str, list[str]] = {"client": [], "bystander": []}
+
+    def recorder(who: str) -> Any:
+        async def on_message(message: Any) -> None:
+            root = getattr(message, "root", message)
+            uri = getattr(getattr(root, "params", None), "uri", "")
+            heard[who].append(f"{type(root).__name__} {uri}".strip())
+
+        return on_message
+
+    updated = "ResourceUpdatedNotification central-mcp://r/note://readme"
     with running_proxy(tmp_path, keepalive=QUIET) as rig, rich_upstream("r", "R") as r:
         rig.router.swap({"r": r})
-        await _hears_what_r_sends(rig)
-
-
-async def _hears_what_r_sends(rich: Rig) -> None:
-    updated: list[str] = []
-    changed = asyncio.Event()
-
-    async def on_message(message: Any) -> None:
-        root = getattr(message, "root", message)
-        kind = type(root).__name__
-        if "ResourceUpdated" in kind:
-            updated.append(str(root.params.uri))
-        elif "ToolListChanged" in kind:
-            changed.set()
-
-    async with connect(rich.endpoint, mode="legacy", message_handler=on_message) as client:
-        caps = client.server_capabilities
-        assert caps.resources is not None and caps.resources.subscribe
-        assert "r__extra" not in names(await client.list_tools())
-        await asyncio.sleep(0.2)  # the client's GET stream is open
-        await client.subscribe_resource("central-mcp://r/note://readme")
-        await asyncio.wait_for(changed.wait(), 5)
-        assert await eventually(lambda: len(updated) >= 3, 5)
-        assert set(updated) == {"central-mcp://r/note://readme"}
-        assert "r__extra" in names(await client.list_tools())
-        assert text_of(await client.call_tool("r__extra")) == "extra of R"
+        async with (
+            connect(rig.endpoint, mode="legacy", message_handler=recorder("client")) as client,
+            connect(rig.endpoint, mode="legacy", message_handler=recorder("bystander")) as bystander,
+        ):
+            caps = client.server_capabilities
+            assert caps.resources is not None and caps.resources.subscribe
+            assert "r__extra" not in names(await client.list_tools())
+            assert "r__extra" not in names(await bystander.list_tools())
+            await asyncio.sleep(0.2)  # the clients' GET streams are open
+            await client.subscribe_resource("central-mcp://r/note://readme")
+            assert await eventually(lambda: heard["client"].count(updated) >= 3, 5)
+            changed = "ToolListChangedNotification"
+            assert await eventually(lambda: changed in heard["client"] and changed in heard["bystander"], 5)
+            assert set(heard["client"]) == {updated, changed}
+            assert heard["bystander"] == [changed]
+            assert "r__extra" in names(await bystander.list_tools())
+            assert text_of(await client.call_tool("r__extra")) == "extra of R"
 
 
 async def test_the_typescript_sdk_client_lists_and_calls_through_the_aggregate(
