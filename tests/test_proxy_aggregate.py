@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import threading
 import time
 from collections import Counter
@@ -932,3 +933,60 @@ async def test_a_session_whose_initialized_is_refused_is_never_used(tmp_path: Pa
                     await client.call_tool("s__anything")
     assert "tools/call" not in seen
     assert await eventually(lambda: seen.count("DELETE") == 2)
+
+
+def streaming_app(gets: list[int], stream: bool) -> Starlette:
+    """A session-era server whose GET stream (when `stream`) sends one log line and ends, or which
+    answers GET 405 (it offers none); `gets` receives each GET's status."""
+    opened = iter(range(1_000_000))
+
+    async def endpoint(request: Request) -> Response:
+        if request.method == "GET":
+            gets.append(200 if stream else 405)
+            if not stream:
+                return Response(status_code=405)
+            line = {
+                "jsonrpc": "2.0",
+                "method": "notifications/message",
+                "params": {"level": "info", "data": "hi"},
+            }
+            event = f"event: message\ndata: {json.dumps(line)}\n\n".encode()
+            return Response(event, media_type="text/event-stream")
+        if request.method == "DELETE":
+            return Response(status_code=200)
+        message = await request.json()
+        if "id" not in message:
+            return Response(status_code=202)
+        info = {"protocolVersion": LEGACY, "capabilities": {"tools": {}}, "serverInfo": {"name": "s"}}
+        result = info if message.get("method") == "initialize" else {"content": [], "tools": []}
+        body = {"jsonrpc": "2.0", "id": message["id"], "result": result}
+        return JSONResponse(body, headers={"mcp-session-id": f"streaming-{next(opened)}"})
+
+    return Starlette(routes=[Route("/mcp", endpoint, methods=["GET", "POST", "DELETE"])])
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["ends", "405"])
+async def test_an_upstream_get_stream_that_ends_is_opened_again_and_one_refused_is_not(
+    tmp_path: Path, stream: bool
+) -> None:
+    """A server's GET stream that ends is opened again (RECONNECT_DELAY later) while the upstream
+    session lives, and what each brings reaches the client; a server that answers GET 405 (it
+    offers no stream) is not asked again."""
+    gets: list[int] = []
+    lines: list[Any] = []
+
+    async def on_log(params: Any) -> None:
+        lines.append(params.data)
+
+    with running_proxy(tmp_path, keepalive=QUIET) as rig, serve_asgi(streaming_app(gets, stream)) as port:
+        rig.router.swap({"s": upstream("s", port, container_id="s-1")})
+        async with connect(rig.endpoint, mode="legacy", logging_callback=on_log) as client:
+            await asyncio.sleep(0.2)  # the client's GET stream is open
+            await client.call_tool("s__anything")
+            if stream:
+                ok = await eventually(lambda: len(gets) >= 2 and len(lines) >= 2, 5)
+                assert ok, (gets, lines)
+                assert set(lines) == {"hi"}
+            else:
+                await asyncio.sleep(1.5)
+                assert gets == [405]
