@@ -544,6 +544,10 @@ async def test_what_a_server_sends_outside_a_call_reaches_the_clients_get_stream
             assert heard["bystander"] == [changed]
             assert "r__extra" in names(await bystander.list_tools())
             assert text_of(await client.call_tool("r__extra")) == "extra of R"
+        # the clients left (their sessions ended with their feeds): the upstream GET streams ended as
+        # a client's leaving does, not counted as the server's failures
+        assert rig.aggregate is not None and rig.aggregate.clients.by_id == {}
+        assert rig.usage.totals("r")[1] == 0
 
 
 async def test_the_typescript_sdk_client_lists_and_calls_through_the_aggregate(

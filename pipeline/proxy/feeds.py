@@ -97,11 +97,13 @@ class Feeds:
             self.open(server)
 
     def stop(self) -> None:
-        """Stop every feed (the client has no GET stream left)."""
+        """Stop every feed (the client has no GET stream left): a stream open ends as a client's
+        leaving does (the proxy counts no failure); one waiting to be opened again is cancelled."""
         for feed, task in list(self.running.values()):
             if feed is not None:
                 feed.stop.set()
-            task.cancel()
+            else:
+                task.cancel()
         self.running = {}
 
     async def close(self) -> None:
@@ -129,6 +131,7 @@ class Feeds:
             await self.proxy.serve(feed)
             if feed.status != 200 or feed.stop.is_set():
                 return
+            self.running[server] = (None, current[1])  # waiting: stop() cancels it
             quiet = 0 if feed.messages else quiet + 1
             await asyncio.sleep(self.delay)
             if self.link.sessions.get(server) != session:
