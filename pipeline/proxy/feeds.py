@@ -18,7 +18,6 @@ session is gone; 409, 429, ...) ends it until the next call opens the pair's ses
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -110,13 +109,15 @@ class Feeds:
         """Stop every feed and wait until they are gone (the client session ends)."""
         tasks = [task for _, task in self.running.values()]
         self.stop()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            await asyncio.wait(tasks)  # each one's failure, if any, is logged by `_ended`
 
     def _ended(self, server: str, task: asyncio.Task[None]) -> None:
+        """A feed's task ended: forget it; log why if it failed (a bug: the proxy answers errors)."""
         if server in self.running and self.running[server][1] is task:
             del self.running[server]
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("aggregate: the feed of %s failed: %r", server, task.exception())
 
     async def _run(self, server: str) -> None:
         """Hold the server's GET stream open while the upstream session is the same one."""

@@ -17,7 +17,7 @@ import json
 from typing import Any
 
 from pipeline.config.settings import DEFAULT_MAX_HANDSHAKE, Project
-from pipeline.errors import BodyTooLarge
+from pipeline.errors import UpstreamError
 from pipeline.proxy.exchange import Exchange, Headers
 
 DENIED = -32602  # invalid params: the tool is not one this key may call here
@@ -83,7 +83,7 @@ class Filtered:
         """Keep a part (the answer goes out whole, filtered, when it ends)."""
         self.held += len(chunk)
         if self.held > MAX_FILTERED:
-            raise BodyTooLarge(MAX_FILTERED)  # the proxy cuts the stream: the client's answer is aborted
+            raise UpstreamError(f"server {self.server!r}'s tools/list answer is over {MAX_FILTERED} bytes")
         self.chunks.append(chunk)
 
     async def end(self) -> None:
