@@ -9,21 +9,31 @@ runs it). Rounds interleave the two targets; the summary gives `/mcp`'s throughp
 `list`: tools/list on `/mcp` over `--servers` routes (default 20) to one SDK server with `--tools`
 tools (default 20): each route is its own release, so the aggregate fetches 20 lists once and then
 answers from its cache (goal: ≤ 20 ms p50). Requests are stateless-era POSTs; the load is wrk.
-Not a test: run it by hand (see bench/README.md).
+
+`--contextforge BIN` (IBM ContextForge's `mcpgateway` from its PyPI package, installed in a venv of
+its own) adds it side by side: started on a fresh SQLite database with generated secrets, the same
+SDK server registered as its gateway `bench`, a virtual server made of its tools; then the same
+tools/call (`bench-echo`, 2025-06-18 headers, an admin JWT) through `/servers/<id>/mcp`, and its
+tools/list over that one server. Not a test: run it by hand (see bench/README.md).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import secrets
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.request
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from proxy_bench import (  # a sibling script, not a package
@@ -35,6 +45,7 @@ from proxy_bench import (  # a sibling script, not a package
     _cpu_seconds,
     _free_port,
     _process,
+    _wait_for_port,
 )
 
 GOAL_CALL_RATIO = 0.9
@@ -71,6 +82,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--servers", type=int, default=20)
     parser.add_argument("--tools", type=int, default=20)
+    parser.add_argument("--contextforge", metavar="BIN", help="ContextForge's mcpgateway, measured beside")
     args = parser.parse_args(argv)
     wrk = shutil.which("wrk")
     if not wrk:
@@ -90,6 +102,9 @@ def main(argv: list[str]) -> None:
             targets["/mcp"] = call(f"{base}/mcp", "bench__echo")
         if args.part in ("list", "both"):
             targets[f"/mcp tools/list {args.servers}x{args.tools}"] = listing(f"{base}/mcp")
+        if args.contextforge:
+            forge = stack.enter_context(_contextforge(Path(args.contextforge), tmp, up))
+            targets.update({k: v for k, v in forge.items() if args.part == "both" or args.part in k})
         for name, request in targets.items():
             _check(name, request)
             _wrk(wrk, tmp, name, request, max(args.concurrency), 2.0, 0)  # warm-up
@@ -105,6 +120,97 @@ def main(argv: list[str]) -> None:
                     print(_row(run), flush=True)
     print()
     print(_summary(runs, args))
+
+
+CF_VERSION = "2025-06-18"  # what ContextForge's streamable HTTP is sent (it answers stateless POSTs)
+
+
+@contextmanager
+def _contextforge(binary: Path, tmp: Path, upstream: int) -> Iterator[dict[str, Request]]:
+    """Run ContextForge with the SDK server registered; yield its call and list targets."""
+    port = _free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"sqlite:///{tmp}/contextforge.db",
+        "AUTH_REQUIRED": "true",
+        "MCPGATEWAY_ADMIN_API_ENABLED": "true",
+        "MCPGATEWAY_UI_ENABLED": "false",
+        "JWT_SECRET_KEY": secrets.token_hex(32),
+        "AUTH_ENCRYPTION_SECRET": secrets.token_hex(32),
+        "BASIC_AUTH_PASSWORD": "Aa1!" + secrets.token_hex(12),
+        "PLATFORM_ADMIN_PASSWORD": "Aa1!" + secrets.token_hex(12),
+        "PLATFORM_ADMIN_EMAIL": "admin@example.com",
+        "SSRF_ALLOW_LOCALHOST": "true",
+        "ENVIRONMENT": "development",
+        "DEV_MODE": "true",
+        "CACHE_TYPE": "memory",
+        "LOG_LEVEL": "ERROR",
+        "PLUGINS_ENABLED": "false",
+        "RATE_LIMITING_ENABLED": "false",  # its default (100 MCP requests a minute) would be all it measures
+    }
+    with (tmp / "contextforge.log").open("w") as log:
+        command = [str(binary), "--host", "127.0.0.1", "--port", str(port)]
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp, text=True)
+        try:
+            _wait_for_port(port, child)
+            yield _forge_targets(binary, env, f"http://127.0.0.1:{port}", upstream)
+        finally:
+            child.terminate()
+            child.wait(15)
+
+
+def _forge_targets(binary: Path, env: dict[str, str], base: str, upstream: int) -> dict[str, Request]:
+    """Register the SDK server, make a virtual server of its tools; the requests to measure."""
+    maker = [str(binary.parent / "python"), "-m", "mcpgateway.utils.create_jwt_token"]
+    made = subprocess.run(
+        [*maker, "--username", "admin@example.com", "--admin", "--exp", "600"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    auth = {"authorization": f"Bearer {made.stdout.strip().splitlines()[-1]}"}
+    for _ in range(60):  # it listens before its database is ready
+        try:
+            _admin(base, "GET", "/health", auth)
+            break
+        except OSError:
+            time.sleep(0.5)
+    gateway = {"name": "bench", "url": f"http://127.0.0.1:{upstream}/mcp", "transport": "STREAMABLEHTTP"}
+    _admin(base, "POST", "/gateways", auth, gateway)
+    found = _admin(base, "GET", "/tools", auth)
+    tools = found if isinstance(found, list) else found.get("items", [])
+    server = _admin(
+        base,
+        "POST",
+        "/servers",
+        auth,
+        {"server": {"name": "agg", "associated_tools": [t["id"] for t in tools]}},
+    )
+    url = f"{base}/servers/{server['id']}/mcp"
+    headers = {**auth, "content-type": "application/json", "accept": "application/json, text/event-stream"}
+    headers["mcp-protocol-version"] = CF_VERSION
+    called = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {"name": "bench-echo", "arguments": {"text": "hi"}},
+    }
+    listed = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    return {
+        "contextforge call": (url, headers, json.dumps(called).encode(), b'"hi"'),
+        f"contextforge list 1x{len(tools)}": (url, headers, json.dumps(listed).encode(), b'"tools"'),
+    }
+
+
+def _admin(base: str, method: str, path: str, headers: dict[str, str], body: Any = None) -> Any:
+    """One request to ContextForge's admin API; its JSON answer."""
+    data = json.dumps(body).encode() if body is not None else None
+    sent = urllib.request.Request(
+        base + path, data=data, method=method, headers={**headers, "content-type": "application/json"}
+    )
+    with urllib.request.urlopen(sent, timeout=60) as reply:
+        return json.loads(reply.read())
 
 
 def _check(name: str, request: Request) -> None:
@@ -180,6 +286,15 @@ def _summary(runs: list[Run], args: argparse.Namespace) -> str:
                 goal = f"  goal added p50 <= {GOAL_ADDED_P50_MS} ms: {_met(added <= GOAL_ADDED_P50_MS)}"
             lines.append(
                 f"C={c:<3} /mcp vs /mcp/<server>: {ratio:.2f}x throughput, p50 {added:+.2f} ms{goal}"
+            )
+    for c in args.concurrency:
+        forge, direct = medians.get(("contextforge call", c)), medians.get(("/mcp/<server>", c))
+        ours = medians.get(("/mcp", c))
+        if forge and direct and ours:
+            lines.append(
+                f"C={c:<3} contextforge vs /mcp/<server>: {forge[0] / direct[0]:.2f}x throughput, "
+                f"p50 {forge[1] - direct[1]:+.2f} ms "
+                f"(/mcp: {ours[0] / direct[0]:.2f}x, {ours[1] - direct[1]:+.2f} ms)"
             )
     for (target, c), (_, p50) in medians.items():
         if "tools/list" in target and c == 1:

@@ -325,6 +325,14 @@ def _targets(
             child = stack.enter_context(_process(command, port, {**os.environ, "PYTHONPATH": str(root)}))
             targets[f"central-mcp@{label}"] = (f"http://127.0.0.1:{port}/mcp/bench", HEADERS)
             pids[f"central-mcp@{label}"] = child.pid
+            if "central-mcp+key" in wanted:  # the keyed path of that checkout too
+                port = _free_port()
+                env = {**os.environ, "PYTHONPATH": str(root)}
+                child = stack.enter_context(_process([*command[:-1], str(port), "--key"], port, env))
+                key = child.stdout.readline().strip() if child.stdout else ""
+                keyed = {**HEADERS, "authorization": f"Bearer {key}"}
+                targets[f"central-mcp+key@{label}"] = (f"http://127.0.0.1:{port}/mcp/bench", keyed)
+                pids[f"central-mcp+key@{label}"] = child.pid
         yield targets, pids
 
 

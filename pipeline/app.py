@@ -95,6 +95,7 @@ class Services:
         self.pages.settings = settings
         self.proxy.gatekeeper.configure(settings)
         self.proxy.keepalive = settings.proxy.keepalive
+        self.aggregate.reconfigured()  # a project's servers or tools may have changed: views, list_changed
         if self.scheduler is not None and (settings.monitor, settings.idle) != (old.monitor, old.idle):
             _reschedule(self.scheduler, settings)
         try:  # the namespace or the public URL may have changed; like any listener, never undo
@@ -336,7 +337,7 @@ def _start_services(settings: Settings, docker: DockerHost | None) -> Services:
     receiver = Receiver(settings, dispatcher.submit_delivery, dispatcher.waiting)
     registry.write_files(settings, store.live_releases())
     sources = PageSources(settings, store, proxy.gatekeeper, dispatcher.logs, monitor.health)
-    aggregate = Aggregate(proxy, settings.proxy.session_idle_timeout)
+    aggregate = Aggregate(proxy, settings.proxy.session_idle_timeout, settings.aggregate)
     control = control_mod.new_control(url)
     return Services(ctx, dispatcher, proxy, usage, monitor, receiver, control, sources, aggregate, idler)
 

@@ -7,6 +7,8 @@ Every test runs the real proxy on loopback with real SDK servers behind it (test
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import threading
 import time
 from collections import Counter
@@ -24,8 +26,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from pipeline.config.settings import Project
-from pipeline.proxy import listing, replies, upstreams
+from pipeline.config.settings import AggregateConfig, Project
+from pipeline.proxy import replies
 from pipeline.proxy.access import create_key
 from pipeline.proxy.catalog import MAX_NAME, public_name
 from pipeline.proxy.router import Upstream
@@ -159,6 +161,64 @@ async def test_denied_tools_are_absent_and_a_call_to_one_is_refused(keyed: Rig) 
             assert text_of(await client.call_tool("b__whoami")) == "B"
 
 
+async def test_a_reload_that_changes_a_projects_tools_takes_effect_at_once(keyed: Rig) -> None:
+    """deploy.yaml reloaded with `picky` denying one more tool: the connected client hears
+    tools/list_changed, its next tools/list lacks the tool and a call to it is refused (views are
+    keyed by the project as it now is, not its name); a project removed ends its sessions."""
+    changed = asyncio.Event()
+
+    async def on_message(message: Any) -> None:
+        if "ToolListChanged" in type(getattr(message, "root", message)).__name__:
+            changed.set()
+
+    headers = bearer(keyed, "picky")
+    assert keyed.aggregate is not None
+    with ExitStack() as stack:
+        serve(keyed, stack, "a", "b")
+        async with connect(keyed.endpoint, headers=headers, message_handler=on_message) as client:
+            assert names(await client.list_tools()) == {"a__echo", "a__whoami", "b__whoami"}
+            await asyncio.sleep(0.2)  # the client's GET stream is open
+            stricter = Project("picky", tools_allow=("a", "b:whoami"), tools_deny=("a:slow", "a:echo"))
+            projects = tuple(stricter if p.name == "picky" else p for p in PROJECTS)
+            keyed.aggregate.proxy.gatekeeper.configure(dataclasses.replace(keyed.settings, projects=projects))
+            await asyncio.to_thread(
+                keyed.aggregate.reconfigured
+            )  # as Services._apply, on the reload's thread
+            await asyncio.wait_for(changed.wait(), 5)
+            assert names(await client.list_tools()) == {"a__whoami", "b__whoami"}
+            with pytest.raises(MCPError, match="not allowed for project 'picky'"):
+                await client.call_tool("a__echo", {"text": "x"})
+            held = len(keyed.aggregate.clients.by_id)
+            without = tuple(p for p in PROJECTS if p.name != "picky")
+            keyed.aggregate.proxy.gatekeeper.configure(dataclasses.replace(keyed.settings, projects=without))
+            await asyncio.to_thread(keyed.aggregate.reconfigured)
+            assert await eventually(lambda: len(keyed.aggregate.clients.by_id) == held - 1)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("mode", ["legacy", "auto"], ids=["session", "stateless"])
+async def test_a_projects_tools_rule_holds_on_the_per_server_path_too(keyed: Rig, mode: str) -> None:
+    """`picky` (allow a and b:whoami, deny a:slow) on /mcp/<server>: tools/list lacks the tools the
+    rule denies and a call to one is a JSON-RPC error naming the project, never reaching the server
+    (it did reach it: the rule held on /mcp only); allowed tools answer as before."""
+    calls: list[str] = []
+    with ExitStack() as stack:
+        ups = {n: stack.enter_context(sdk_upstream(n, n.upper(), calls=calls)) for n in ("a", "b")}
+        keyed.router.swap(dict(ups))
+        headers = bearer(keyed, "picky")
+        async with connect(keyed.url("a"), mode=mode, headers=headers) as client:
+            assert names(await client.list_tools()) == {"echo", "whoami"}
+            with pytest.raises(MCPError, match="not allowed for project 'picky'"):
+                await client.call_tool("slow", {"seconds": 0, "steps": 1})
+            assert text_of(await client.call_tool("whoami")) == "A"
+        async with connect(keyed.url("b"), mode=mode, headers=headers) as client:
+            assert names(await client.list_tools()) == {"whoami"}
+            with pytest.raises(MCPError, match="not allowed for project 'picky'"):
+                await client.call_tool("echo", {"text": "x"})
+        async with connect(keyed.url("b"), mode=mode, headers=bearer(keyed, "web")) as client:
+            assert names(await client.list_tools()) == set(TOOLS)  # no rule: the proxy's own path
+    assert calls == ["whoami"]
+
+
 async def test_no_key_gets_401(keyed: Rig) -> None:
     """Without a key the aggregate answers 401 with the Bearer challenge, as `/mcp/<server>` does."""
     async with httpx2.AsyncClient() as http:
@@ -179,6 +239,34 @@ async def test_requests_the_aggregate_answers_itself_take_rate_limit_tokens(keye
         answers = [await http.post(keyed.endpoint, json=init, headers=headers) for _ in range(3)]
     assert [a.status_code for a in answers] == [200, 200, 429]
     assert answers[2].headers["retry-after"]
+
+
+async def test_a_key_past_its_session_or_stream_cap_gets_429_naming_the_setting(tmp_path: Path) -> None:
+    """`aggregate.max_sessions_per_key` and `max_streams_per_key` bound what one key holds on /mcp:
+    one more initialize, or one more GET stream, is a 429 whose JSON-RPC error names the setting;
+    another key is not held back, and a DELETEd session frees its place."""
+    caps = AggregateConfig(max_sessions_per_key=2, max_streams_per_key=1)
+    init = jsonrpc(
+        "initialize",
+        {"protocolVersion": LEGACY, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    )
+    with running_proxy(tmp_path, projects=PROJECTS, aggregate=caps) as rig:
+        mine, other = {**ACCEPT_BOTH, **bearer(rig, "web")}, {**ACCEPT_BOTH, **bearer(rig, "web")}
+        async with httpx2.AsyncClient(timeout=10) as http:
+            answers = [await http.post(rig.endpoint, json=init, headers=mine) for _ in range(3)]
+            assert [a.status_code for a in answers] == [200, 200, 429]
+            assert "aggregate.max_sessions_per_key" in answers[2].json()["error"]["message"]
+            assert (await http.post(rig.endpoint, json=init, headers=other)).status_code == 200
+            first, second = (a.headers["mcp-session-id"] for a in answers[:2])
+            stream = {**mine, "accept": "text/event-stream", "mcp-protocol-version": LEGACY}
+            async with http.stream("GET", rig.endpoint, headers={**stream, "mcp-session-id": first}) as held:
+                assert held.status_code == 200
+                refused = await http.get(rig.endpoint, headers={**stream, "mcp-session-id": second})
+                assert refused.status_code == 429
+                assert "aggregate.max_streams_per_key" in refused.json()["error"]["message"]
+            ended = await http.delete(rig.endpoint, headers={**stream, "mcp-session-id": second})
+            assert ended.status_code == 200
+            assert (await http.post(rig.endpoint, json=init, headers=mine)).status_code == 200
 
 
 async def test_a_call_whose_upstream_session_is_rate_limited_answers_429(keyed: Rig) -> None:
@@ -258,10 +346,11 @@ async def test_a_removed_server_vanishes_and_calls_to_it_get_a_clear_error(rig: 
                 await client.call_tool("b__whoami")
 
 
-async def test_a_swap_that_changes_the_tools_sends_list_changed(rig: Rig) -> None:
+@pytest.mark.parametrize("keepalive", [0.3, 10.0], ids=["chatty", "quiet"])
+async def test_a_swap_that_changes_the_tools_sends_list_changed(tmp_path: Path, keepalive: float) -> None:
     """A session-era client with its GET stream open gets tools/list_changed when a swap adds a
-    server, and then lists the new tools."""
-    with ExitStack() as stack:
+    server (at once, not at the stream's next keep-alive), and then lists the new tools."""
+    with running_proxy(tmp_path, keepalive=keepalive) as rig, ExitStack() as stack:
         serve(rig, stack, "a")
         changed = asyncio.Event()
 
@@ -417,6 +506,50 @@ async def test_set_level_reaches_the_servers_and_their_log_lines_reach_the_clien
     assert lines == ["chatty R says hello"]
 
 
+QUIET = 10.0  # a keep-alive longer than any wait below: what reaches a GET stream comes at once
+
+
+async def test_what_a_server_sends_outside_a_call_reaches_the_clients_get_stream(tmp_path: Path) -> None:
+    """After resources/subscribe (routed by the aggregate's URI), the server's own resources/updated
+    reach the client under the aggregate's URI; its own tools/list_changed reaches that client and a
+    bystander that only lists (no session with the server: it hears of it from the aggregate), and
+    the next tools/list (the release's cached list dropped) shows the tool the server gained."""
+    heard: dict[str, list[str]] = {"client": [], "bystander": []}
+
+    def recorder(who: str) -> Any:
+        async def on_message(message: Any) -> None:
+            root = getattr(message, "root", message)
+            uri = getattr(getattr(root, "params", None), "uri", "")
+            heard[who].append(f"{type(root).__name__} {uri}".strip())
+
+        return on_message
+
+    updated = "ResourceUpdatedNotification central-mcp://r/note://readme"
+    with running_proxy(tmp_path, keepalive=QUIET) as rig, rich_upstream("r", "R") as r:
+        rig.router.swap({"r": r})
+        async with (
+            connect(rig.endpoint, mode="legacy", message_handler=recorder("client")) as client,
+            connect(rig.endpoint, mode="legacy", message_handler=recorder("bystander")) as bystander,
+        ):
+            caps = client.server_capabilities
+            assert caps.resources is not None and caps.resources.subscribe
+            assert "r__extra" not in names(await client.list_tools())
+            assert "r__extra" not in names(await bystander.list_tools())
+            await asyncio.sleep(0.2)  # the clients' GET streams are open
+            await client.subscribe_resource("central-mcp://r/note://readme")
+            assert await eventually(lambda: heard["client"].count(updated) >= 3, 5)
+            changed = "ToolListChangedNotification"
+            assert await eventually(lambda: changed in heard["client"] and changed in heard["bystander"], 5)
+            assert set(heard["client"]) == {updated, changed}
+            assert heard["bystander"] == [changed]
+            assert "r__extra" in names(await bystander.list_tools())
+            assert text_of(await client.call_tool("r__extra")) == "extra of R"
+        # the clients left (their sessions ended with their feeds): the upstream GET streams ended as
+        # a client's leaving does, not counted as the server's failures
+        assert rig.aggregate is not None and rig.aggregate.clients.by_id == {}
+        assert rig.usage.totals("r")[1] == 0
+
+
 async def test_the_typescript_sdk_client_lists_and_calls_through_the_aggregate(
     keyed: Rig, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -486,14 +619,12 @@ async def test_a_cancelled_call_is_cancelled_on_its_server(rig: Rig) -> None:
     assert ended == []
 
 
-async def test_a_server_answering_too_much_is_left_out_of_the_list_not_held(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """What the aggregate reads whole from a server is bounded: past the cap the server is left out
-    of the lists (the request still answers) and a call that needs its handshake gets a JSON-RPC
-    error naming it, instead of the answer being held in memory."""
-    monkeypatch.setattr(upstreams, "MAX_HELD", 200)  # below any SDK server's streamed answer
-    with ExitStack() as stack:
+async def test_a_server_answering_too_much_is_left_out_of_the_list_not_held(tmp_path: Path) -> None:
+    """What the aggregate reads whole from a server is bounded (`aggregate.max_held`): past the cap
+    the server is left out of the lists (the request still answers) and a call that needs its
+    handshake gets a JSON-RPC error naming it, instead of the answer being held in memory."""
+    tight = AggregateConfig(max_held=200)  # below any SDK server's streamed answer
+    with running_proxy(tmp_path, aggregate=tight) as rig, ExitStack() as stack:
         serve(rig, stack, "a")
         async with connect(rig.endpoint, mode="legacy") as client:
             assert names(await client.list_tools()) == set()
@@ -740,14 +871,16 @@ def silent_after_initialize_app() -> Starlette:
     return Starlette(routes=[Route("/mcp", endpoint, methods=["POST", "DELETE"])])
 
 
-async def test_a_server_that_never_finishes_its_handshake_delays_other_lists_once(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_server_that_never_finishes_its_handshake_delays_other_lists_once(tmp_path: Path) -> None:
     """A server that never answers notifications/initialized is left out of tools/list after
-    LIST_TIMEOUT, and the next lists are not held again while RETRY_AFTER runs: one such server
-    held every key's tools/list that reaches it, forever."""
-    monkeypatch.setattr(listing, "LIST_TIMEOUT", 0.5)
-    with ExitStack() as stack, serve_asgi(silent_after_initialize_app()) as port:
+    `aggregate.list_timeout`, and the next lists are not held again while `list_retry_after` runs:
+    one such server held every key's tools/list that reaches it, forever."""
+    short = AggregateConfig(list_timeout=0.5)
+    with (
+        running_proxy(tmp_path, aggregate=short) as rig,
+        ExitStack() as stack,
+        serve_asgi(silent_after_initialize_app()) as port,
+    ):
         ups = {"a": stack.enter_context(sdk_upstream("a", "A"))}
         rig.router.swap({**ups, "silent": upstream("silent", port, container_id="silent-1")})
         async with connect(rig.endpoint, mode="legacy") as client:
@@ -758,16 +891,106 @@ async def test_a_server_that_never_finishes_its_handshake_delays_other_lists_onc
             assert time.monotonic() - started < 0.4
 
 
-async def test_a_call_to_a_server_that_never_finishes_its_handshake_gets_an_error(
-    rig: Rig, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_call_to_a_server_that_never_finishes_its_handshake_gets_an_error(tmp_path: Path) -> None:
     """A client's first call to a server that never answers notifications/initialized gets a
-    JSON-RPC error naming the server after UPSTREAM_TIMEOUT, instead of waiting forever."""
-    monkeypatch.setattr(upstreams, "UPSTREAM_TIMEOUT", 0.5)
-    monkeypatch.setattr(listing, "LIST_TIMEOUT", 0.5)
-    with serve_asgi(silent_after_initialize_app()) as port:
+    JSON-RPC error naming the server after `aggregate.upstream_timeout`, not waiting forever."""
+    short = AggregateConfig(upstream_timeout=0.5, list_timeout=0.5)
+    with running_proxy(tmp_path, aggregate=short) as rig, serve_asgi(silent_after_initialize_app()) as port:
         rig.router.swap({"silent": upstream("silent", port, container_id="silent-1")})
         async with connect(rig.endpoint, mode="legacy") as client:
             async with asyncio.timeout(5):
-                with pytest.raises(MCPError, match="silent"):
-                    await client.call_tool("silent__anything")
+                for _ in range(2):  # the second too: the half-open session is not kept as open
+                    with pytest.raises(MCPError, match="notifications/initialized got no answer"):
+                        await client.call_tool("silent__anything")
+
+
+def refusing_initialized_app(seen: list[str]) -> Starlette:
+    """A server that answers initialize, refuses notifications/initialized with 400, and records the
+    method (or DELETE) of every request it gets."""
+
+    async def endpoint(request: Request) -> Response:
+        if request.method == "DELETE":
+            seen.append("DELETE")
+            return Response(status_code=200)
+        message = await request.json()
+        seen.append(message.get("method", ""))
+        if "id" not in message:
+            return JSONResponse({"error": "not now"}, status_code=400)
+        info = {"protocolVersion": LEGACY, "capabilities": {"tools": {}}, "serverInfo": {"name": "s"}}
+        result = info if message.get("method") == "initialize" else {"content": [], "tools": []}
+        body = {"jsonrpc": "2.0", "id": message["id"], "result": result}
+        return JSONResponse(body, headers={"mcp-session-id": "refused-session"})
+
+    return Starlette(routes=[Route("/mcp", endpoint, methods=["POST", "DELETE"])])
+
+
+async def test_a_session_whose_initialized_is_refused_is_never_used(tmp_path: Path) -> None:
+    """A server that refuses notifications/initialized (400): the call gets a JSON-RPC error naming
+    the notification, the half-open session is ended, and no request ever goes on it (the next call
+    tries to open one again): it used to be kept as if open."""
+    seen: list[str] = []
+    with running_proxy(tmp_path) as rig, serve_asgi(refusing_initialized_app(seen)) as port:
+        rig.router.swap({"s": upstream("s", port, container_id="s-1")})
+        async with connect(rig.endpoint, mode="legacy") as client:
+            for _ in range(2):
+                with pytest.raises(MCPError, match="notifications/initialized answered 400"):
+                    await client.call_tool("s__anything")
+    assert "tools/call" not in seen
+    assert await eventually(lambda: seen.count("DELETE") == 2)
+
+
+def streaming_app(gets: list[int], stream: bool) -> Starlette:
+    """A session-era server whose GET stream (when `stream`) sends one log line and ends, or which
+    answers GET 405 (it offers none); `gets` receives each GET's status."""
+    opened = iter(range(1_000_000))
+
+    async def endpoint(request: Request) -> Response:
+        if request.method == "GET":
+            gets.append(200 if stream else 405)
+            if not stream:
+                return Response(status_code=405)
+            line = {
+                "jsonrpc": "2.0",
+                "method": "notifications/message",
+                "params": {"level": "info", "data": "hi"},
+            }
+            event = f"event: message\ndata: {json.dumps(line)}\n\n".encode()
+            return Response(event, media_type="text/event-stream")
+        if request.method == "DELETE":
+            return Response(status_code=200)
+        message = await request.json()
+        if "id" not in message:
+            return Response(status_code=202)
+        info = {"protocolVersion": LEGACY, "capabilities": {"tools": {}}, "serverInfo": {"name": "s"}}
+        result = info if message.get("method") == "initialize" else {"content": [], "tools": []}
+        body = {"jsonrpc": "2.0", "id": message["id"], "result": result}
+        return JSONResponse(body, headers={"mcp-session-id": f"streaming-{next(opened)}"})
+
+    return Starlette(routes=[Route("/mcp", endpoint, methods=["GET", "POST", "DELETE"])])
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["ends", "405"])
+async def test_an_upstream_get_stream_that_ends_is_opened_again_and_one_refused_is_not(
+    tmp_path: Path, stream: bool
+) -> None:
+    """A server's GET stream that ends is opened again (RECONNECT_DELAY later) while the upstream
+    session lives, and what each brings reaches the client; a server that answers GET 405 (it
+    offers no stream) is not asked again."""
+    gets: list[int] = []
+    lines: list[Any] = []
+
+    async def on_log(params: Any) -> None:
+        lines.append(params.data)
+
+    with running_proxy(tmp_path, keepalive=QUIET) as rig, serve_asgi(streaming_app(gets, stream)) as port:
+        rig.router.swap({"s": upstream("s", port, container_id="s-1")})
+        async with connect(rig.endpoint, mode="legacy", logging_callback=on_log) as client:
+            await asyncio.sleep(0.2)  # the client's GET stream is open
+            await client.call_tool("s__anything")
+            if stream:
+                ok = await eventually(lambda: len(gets) >= 2 and len(lines) >= 2, 5)
+                assert ok, (gets, lines)
+                assert set(lines) == {"hi"}
+            else:
+                await asyncio.sleep(1.5)
+                assert gets == [405]

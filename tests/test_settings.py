@@ -304,6 +304,24 @@ def test_a_proxy_cap_that_is_not_a_size_is_refused(tmp_path: Path) -> None:
     assert [p.path for p in problems] == ["$.proxy.max_header"]
 
 
+def test_the_aggregate_section_is_read_with_units_and_defaults_unchanged(tmp_path: Path) -> None:
+    """`aggregate:` gives /mcp's per-key caps, what it holds of one answer and its own timeouts; left
+    out, each is the value the aggregate used before it was a setting (4MiB, 30s, 30s, 10s)."""
+    defaults = settings.load(tmp_path / "deploy.yaml", env={}).aggregate
+    assert (defaults.max_held, defaults.upstream_timeout) == (4 * 1024 * 1024, 30.0)
+    assert (defaults.list_timeout, defaults.list_retry_after) == (30.0, 10.0)
+    path = _write(
+        tmp_path,
+        "aggregate:\n  max_sessions_per_key: 3\n  max_streams_per_key: 2\n  max_held: 64k\n"
+        "  upstream_timeout: 500ms\n  list_timeout: 2s\n  list_retry_after: 1m\n",
+    )
+    loaded = settings.load(path, env={}).aggregate
+    assert (loaded.max_sessions_per_key, loaded.max_streams_per_key, loaded.max_held) == (3, 2, 64 * 1024)
+    assert (loaded.upstream_timeout, loaded.list_timeout, loaded.list_retry_after) == (0.5, 2.0, 60.0)
+    problems = _problems(tmp_path, "aggregate:\n  max_streams_per_key: 0\n  list_timeout: soon\n")
+    assert sorted(p.path for p in problems) == ["$.aggregate.list_timeout", "$.aggregate.max_streams_per_key"]
+
+
 @pytest.mark.parametrize(
     "name", ["owner/PROJECTS_all", "Owner.Name/Repo-2", "group/sub/project", "central-mcp"]
 )

@@ -38,6 +38,11 @@ DEFAULT_SEND_TIMEOUT = 60.0  # a client that reads nothing of an answer the prox
 DEFAULT_MAX_CONNECTIONS = 1000  # open client connections; a serve process needs ~2 descriptors each
 DEFAULT_MAX_UPSTREAM_HEADER = 64 * 1024  # an upstream answer's status line and headers
 DEFAULT_MAX_HANDSHAKE = 4 * 1024 * 1024  # what the gate and a probe read of one MCP handshake
+DEFAULT_AGGREGATE_MAX_SESSIONS = 256  # /mcp client sessions one key may hold
+DEFAULT_AGGREGATE_MAX_STREAMS = 64  # /mcp GET streams one key may hold (each: one upstream per server)
+DEFAULT_AGGREGATE_UPSTREAM_TIMEOUT = 30.0  # the aggregate's own requests (initialize, lists), each
+DEFAULT_AGGREGATE_LIST_TIMEOUT = 30.0  # a release's lists fetched within this in all
+DEFAULT_AGGREGATE_LIST_RETRY = 10.0  # a release whose lists could not be fetched is left out this long
 DEFAULT_RATE_PER_MINUTE = 600
 DEFAULT_RATE_BURST = 60
 DEFAULT_IMAGES_PER_SERVER = 5
@@ -149,8 +154,8 @@ class Project:
         return "all" in self.servers or server in self.servers
 
     def may_call(self, server: str, tool: str) -> bool:
-        """Return whether this project's aggregate endpoint offers `tool` of `server` (deploy.yaml's
-        `tools: {allow, deny}`; a pattern without `:` names a whole server)."""
+        """Return whether this project's keys may list and call `tool` of `server`, on /mcp and on
+        /mcp/<server> (deploy.yaml's `tools: {allow, deny}`; a pattern without `:` names a server)."""
         pair = f"{server}:{tool}"
         if self.tools_allow and not any(_matches(pair, p) for p in self.tools_allow):
             return False
@@ -182,6 +187,19 @@ class ProxyTimeouts:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_upstream_header: int = DEFAULT_MAX_UPSTREAM_HEADER
     max_handshake: int = DEFAULT_MAX_HANDSHAKE
+
+
+@dataclass(frozen=True)
+class AggregateConfig:
+    """The aggregate endpoint `/mcp`: what one key may hold open there, and the bounds of the
+    requests the aggregate makes of its own."""
+
+    max_sessions_per_key: int = DEFAULT_AGGREGATE_MAX_SESSIONS
+    max_streams_per_key: int = DEFAULT_AGGREGATE_MAX_STREAMS
+    max_held: int = DEFAULT_MAX_HANDSHAKE  # one answer it reads whole, or one event it rewrites
+    upstream_timeout: float = DEFAULT_AGGREGATE_UPSTREAM_TIMEOUT
+    list_timeout: float = DEFAULT_AGGREGATE_LIST_TIMEOUT
+    list_retry_after: float = DEFAULT_AGGREGATE_LIST_RETRY
 
 
 @dataclass(frozen=True)
@@ -313,6 +331,7 @@ class Settings:
     registry_dir: Path | None = None
     repos: tuple[Repo, ...] = (Repo(name="central-mcp"),)
     proxy: ProxyTimeouts = field(default_factory=ProxyTimeouts)
+    aggregate: AggregateConfig = field(default_factory=AggregateConfig)
     projects: tuple[Project, ...] = ()
     retention: Retention = field(default_factory=Retention)
     build_parallel: int = DEFAULT_BUILD_PARALLEL
@@ -634,6 +653,7 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
         registry_dir=(base / registry["output_dir"]).resolve() if "output_dir" in registry else None,
         repos=tuple(_repo(r) for r in data.get("repos", [{"name": "central-mcp"}])),
         proxy=_proxy(proxy),
+        aggregate=_aggregate(data.get("aggregate", {})),
         projects=tuple(_project(p) for p in data.get("projects", [])),
         retention=Retention(
             images_per_server=retention.get("images_per_server", DEFAULT_IMAGES_PER_SERVER),
@@ -680,6 +700,17 @@ def _proxy(data: dict[str, Any]) -> ProxyTimeouts:
         max_connections=data.get("max_connections", DEFAULT_MAX_CONNECTIONS),
         max_upstream_header=parse_size(data.get("max_upstream_header", DEFAULT_MAX_UPSTREAM_HEADER)),
         max_handshake=parse_size(data.get("max_handshake", DEFAULT_MAX_HANDSHAKE)),
+    )
+
+
+def _aggregate(data: dict[str, Any]) -> AggregateConfig:
+    return AggregateConfig(
+        max_sessions_per_key=data.get("max_sessions_per_key", DEFAULT_AGGREGATE_MAX_SESSIONS),
+        max_streams_per_key=data.get("max_streams_per_key", DEFAULT_AGGREGATE_MAX_STREAMS),
+        max_held=parse_size(data.get("max_held", DEFAULT_MAX_HANDSHAKE)),
+        upstream_timeout=parse_duration(data.get("upstream_timeout", DEFAULT_AGGREGATE_UPSTREAM_TIMEOUT)),
+        list_timeout=parse_duration(data.get("list_timeout", DEFAULT_AGGREGATE_LIST_TIMEOUT)),
+        list_retry_after=parse_duration(data.get("list_retry_after", DEFAULT_AGGREGATE_LIST_RETRY)),
     )
 
 

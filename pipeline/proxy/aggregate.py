@@ -26,7 +26,9 @@ Names and URIs are made in catalog.py and undone in addressing.py; the aggregate
 are in replies.py. Server-to-client requests (sampling, elicitation, roots) ride the event stream
 of the call that caused them; for a session-era client their ids are rewritten `<server>/<id>` on
 the way out, so that two servers' ids never meet, and the client's answer is sent to that
-server's session; a client's notifications/cancelled goes to the server running that call.
+server's session; a client's notifications/cancelled goes to the server running that call. What a
+server sends outside a call arrives on the upstream session's GET stream, which the aggregate holds
+while the client holds its own (feeds.py), and is rewritten the same way (`_heard`).
 """
 
 from __future__ import annotations
@@ -40,16 +42,18 @@ from typing import Any
 
 from starlette.types import Receive, Scope, Send
 
+from pipeline.config.settings import AggregateConfig
 from pipeline.errors import BodyTooLarge, ClientGone, UpstreamFailed
 from pipeline.proxy import replies
 from pipeline.proxy.access import OPEN_CALLER, Caller, Denied
 from pipeline.proxy.addressing import Addressing
-from pipeline.proxy.catalog import View
-from pipeline.proxy.clients import ClientSession, ClientSessions
+from pipeline.proxy.catalog import View, public_uri
+from pipeline.proxy.clients import CHANGED, ClientSession, ClientSessions
 from pipeline.proxy.exchange import AsgiExchange, Exchange, Headers
+from pipeline.proxy.feeds import Feeds
 from pipeline.proxy.listing import LIST_METHODS, Listing
 from pipeline.proxy.relay import Proxy, Reply, too_large
-from pipeline.proxy.replies import CAPABILITIES, JSON_TYPE, SERVER_INFO
+from pipeline.proxy.replies import JSON_TYPE, SERVER_INFO, SESSION_CAPABILITIES
 from pipeline.proxy.upstreams import (
     ID_SEPARATOR,
     LEGACY_VERSION,
@@ -79,20 +83,28 @@ FORWARDED = frozenset(  # what goes to a server (through the proxy, which rate-l
 LISTS = {method: kind for kind, method in LIST_METHODS.items()}
 INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32600, -32601, -32602
 SERVER_GONE = -32603
-RATE_LIMITED = 429  # the proxy's answer to a key past its rate limit
+RATE_LIMITED = 429  # the proxy's answer to a key past its rate limit (and the aggregate's past a cap)
+OVER_CAP = -32000  # the JSON-RPC code of a session or stream refused by `aggregate.max_*_per_key`
+SERVER_CHANGED = frozenset(CHANGED.values())  # a server's own list_changed, heard on a feed
+CHANGED_WINDOW = 1.0  # a server's list_changed reaches the clients at most once per window (the last kept)
 
 
 class Aggregate:
     """The `/mcp` endpoint over a running Proxy."""
 
-    def __init__(self, proxy: Proxy, idle_timeout: float = 0.0) -> None:
+    def __init__(
+        self, proxy: Proxy, idle_timeout: float = 0.0, config: AggregateConfig | None = None
+    ) -> None:
         self.proxy = proxy
-        self.listing = Listing(proxy)
+        self.config = config = config or AggregateConfig()
+        self.listing = Listing(proxy, config)
         self.addressing = Addressing(proxy)
         self.clients = ClientSessions(idle_timeout, lambda: proxy.keepalive)
         self._stateless: dict[str, Link] = {}  # by key id
         self._loop: asyncio.AbstractEventLoop | None = None
         self._expiry: asyncio.Task[None] | None = None
+        self._told: dict[tuple[str, str], float] = {}  # (server, list_changed) -> when clients were told
+        self._pending: dict[tuple[str, str], asyncio.TimerHandle] = {}  # a telling held to the window
 
     async def start(self) -> None:
         """Hear of swaps; expire idle client sessions."""
@@ -107,6 +119,8 @@ class Aggregate:
             self.proxy.router.listeners.remove(self._swapped)
         if self._expiry is not None:
             self._expiry.cancel()
+        for handle in self._pending.values():
+            handle.cancel()
         await self.clients.end_all()
 
     async def handle(self, scope: Scope, receive: Receive, send_: Send) -> None:
@@ -179,6 +193,9 @@ class Aggregate:
             if ex.method == "DELETE":
                 await self.clients.end(found)
                 return 200, b"", []
+            held = self.clients.streams_of(caller.key_id)
+            if held >= self.config.max_streams_per_key:
+                return _over_cap(f"{held} /mcp GET streams", "aggregate.max_streams_per_key", "close one")
             await self.clients.stream(ex, found)
             return None
         if ex.method != "POST":
@@ -226,6 +243,7 @@ class Aggregate:
                 return found
             session = found
             session.last_used = time.monotonic()
+            session.caller = caller  # as the key's project is now (deploy.yaml may have been reloaded)
             if method is None and request_id is not None:
                 return await self._answer_server(ex, session, message)
         if method == "notifications/cancelled" and session is not None:
@@ -251,18 +269,25 @@ class Aggregate:
 
     def _initialize(self, caller: Caller, head: dict[str, str], message: dict[str, Any]) -> Reply:
         """Open a client session: the aggregate's own id, its capabilities, no upstream session yet."""
+        held = self.clients.sessions_of(caller.key_id)
+        if held >= self.config.max_sessions_per_key:
+            why = "end one (DELETE /mcp with its Mcp-Session-Id) or let one expire"
+            setting = "aggregate.max_sessions_per_key"
+            return _over_cap(f"{held} /mcp sessions", setting, why, message.get("id"))
         params = message.get("params") if isinstance(message.get("params"), dict) else {}
         assert isinstance(params, dict)
         asked = params.get("protocolVersion")
         version = asked if asked in SESSION_VERSIONS else LEGACY_VERSION
-        link = Link(self.proxy, head.get("authorization", "").encode("latin-1"))
+        link = Link(self.proxy, head.get("authorization", "").encode("latin-1"), config=self.config)
         if isinstance(params.get("capabilities"), dict):
             link.capabilities = params["capabilities"]
         if isinstance(params.get("clientInfo"), dict):
             link.client_info = params["clientInfo"]
         session = ClientSession(secrets.token_hex(16), caller, link, version)
+        held = self.config.max_held
+        session.feeds = Feeds(self.proxy, link, lambda s, heard: self._heard(session, s, heard), held)
         self.clients.add(session)
-        result = {"protocolVersion": version, "capabilities": CAPABILITIES, "serverInfo": SERVER_INFO}
+        result = {"protocolVersion": version, "capabilities": SESSION_CAPABILITIES, "serverInfo": SERVER_INFO}
         status, body, headers = replies.result(message.get("id"), result, modern=False)
         return status, body, [*headers, (b"mcp-session-id", session.id.encode())]
 
@@ -312,9 +337,9 @@ class Aggregate:
         if await self.listing.modern(server):
             headers = modern_headers(authorization, method, name if method != "completion/complete" else "")
             if rewrite is None:
-                await self.proxy.serve(Piped("POST", server, headers, body, ex, []))
+                await self.proxy.serve(Piped("POST", server, headers, body, ex, [], max_held=self._held))
                 return None
-            inner = Collected("POST", server, headers, body, ex)
+            inner = Collected("POST", server, headers, body, ex, self._held)
             await self.proxy.serve(inner)
             return replies.whole(inner, server, request_id, rewrite, modern=False)
         link = self._stateless_link(caller, head)
@@ -333,13 +358,15 @@ class Aggregate:
                 await link.session(server)
             except (UpstreamFailed, OSError, TimeoutError) as exc:
                 return _unopened(server, request_id, exc)
+            if session.streams and session.feeds is not None:
+                session.feeds.open(server)
             if rewrite is not None:
-                inner = Collected("POST", server, link.headers(server), body, ex)
+                inner = Collected("POST", server, link.headers(server), body, ex, self._held)
                 await self.proxy.serve(inner)
                 if inner.status != 404:
                     return replies.whole(inner, server, request_id, rewrite, modern=False)
             else:
-                piped = Piped("POST", server, link.headers(server), body, ex, mine, server)
+                piped = Piped("POST", server, link.headers(server), body, ex, mine, server, self._held)
                 key = json.dumps(request_id)
                 session.inflight[key] = server
                 try:
@@ -362,7 +389,7 @@ class Aggregate:
                 await link.session(server)
             except (UpstreamFailed, OSError, TimeoutError) as exc:
                 return _unopened(server, request_id, exc)
-            inner = Collected("POST", server, link.headers(server), body, ex)
+            inner = Collected("POST", server, link.headers(server), body, ex, self._held)
             await self.proxy.serve(inner)
             if inner.status != 404:
                 return replies.whole(inner, server, request_id, rewrite, modern=True)
@@ -383,7 +410,7 @@ class Aggregate:
                 None, INVALID_REQUEST, f"no server request {message.get('id')!r} is waiting", 400
             )
         answer = json.dumps(dict(message, id=original)).encode()
-        inner = Collected("POST", server, session.link.headers(server), answer, ex)
+        inner = Collected("POST", server, session.link.headers(server), answer, ex, self._held)
         await self.proxy.serve(inner)
         return (202 if inner.status < 300 else inner.status), b"", []
 
@@ -394,7 +421,8 @@ class Aggregate:
         server = session.inflight.get(json.dumps(params.get("requestId")))
         if server is not None and session.link.sessions.get(server):
             note = json.dumps(message).encode()
-            await self.proxy.serve(Collected("POST", server, session.link.headers(server), note, ex))
+            headers = session.link.headers(server)
+            await self.proxy.serve(Collected("POST", server, headers, note, ex, self._held))
         return 202, b"", []
 
     async def _set_level(self, session: ClientSession, request_id: object, params: dict[str, Any]) -> Reply:
@@ -406,15 +434,62 @@ class Aggregate:
         link.level = level
         for server in [s for s, sid in link.sessions.items() if "logging" in link.offers.get(s, {})]:
             with contextlib.suppress(UpstreamFailed, OSError, TimeoutError):
-                await send(self.proxy, server, link.headers(server), "logging/setLevel", {"level": level})
+                headers = link.headers(server)
+                await send(self.proxy, server, headers, "logging/setLevel", {"level": level}, 1, self.config)
         return replies.result(request_id, {}, modern=False)
 
     def _stateless_link(self, caller: Caller, head: dict[str, str]) -> Link:
         """The upstream sessions of a stateless-era client's key."""
         link = self._stateless.get(caller.key_id)
         if link is None:
-            link = self._stateless[caller.key_id] = Link(self.proxy, head.get("authorization", "").encode())
+            authorization = head.get("authorization", "").encode()
+            link = self._stateless[caller.key_id] = Link(self.proxy, authorization, config=self.config)
         return link
+
+    # what servers send outside a call ------------------------------------------------------------
+    def _heard(self, session: ClientSession, server: str, message: dict[str, Any]) -> None:
+        """A message on a session's feed from `server`: rewritten as a call's would be, queued on the
+        client's GET streams; a server's own list_changed is the aggregate's to spread."""
+        method = message.get("method")
+        if not isinstance(method, str):
+            return  # an answer on a GET stream: nothing of the aggregate's waits for one
+        if method in SERVER_CHANGED:
+            self._server_changed(session, server, method)
+            return
+        params = message.get("params")
+        uri = params.get("uri") if isinstance(params, dict) else None
+        if method == "notifications/resources/updated" and isinstance(params, dict) and isinstance(uri, str):
+            message = dict(message, params=dict(params, uri=public_uri(server, uri)))
+        if "id" in message:  # the server's own request: answered through _answer_server
+            message = dict(message, id=f"{server}{ID_SEPARATOR}{json.dumps(message['id'])}")
+        session.send(message)
+
+    def _server_changed(self, session: ClientSession, server: str, method: str) -> None:
+        """A server changed a list: its release's cached lists go; every client session that sees
+        the server hears list_changed (once per CHANGED_WINDOW, however many sessions heard it)."""
+        container_id = session.pinned(self._container_of).get(server)
+        if container_id:
+            self.listing.forget(container_id)
+        key = (server, method)
+        if key in self._pending or self._loop is None:
+            return
+        wait = self._told.get(key, -CHANGED_WINDOW) + CHANGED_WINDOW - time.monotonic()
+        if wait <= 0:
+            self._tell_changed(key)
+        else:
+            self._pending[key] = self._loop.call_later(wait, self._tell_changed, key)
+
+    def _tell_changed(self, key: tuple[str, str]) -> None:
+        self._pending.pop(key, None)
+        self._told[key] = time.monotonic()
+        server, method = key
+        for session in list(self.clients.by_id.values()):
+            if session.streams and self.addressing.reaches(session.caller, server):
+                session.tell(method)
+
+    @property
+    def _held(self) -> int:
+        return self.config.max_held
 
     # swaps --------------------------------------------------------------------------------------
     def _container_of(self, session_id: str) -> str | None:
@@ -426,6 +501,26 @@ class Aggregate:
         if self._loop is not None and self._loop.is_running():
             self._loop.call_soon_threadsafe(self._after_swap)
 
+    def reconfigured(self) -> None:
+        """deploy.yaml was reloaded (a thread): look again at every session's views, on the loop."""
+        if self._loop is not None and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._after_reload)
+
+    def _after_reload(self) -> None:
+        """Each session takes its project as reloaded (one that is gone ends the session) and hears
+        list_changed for each kind whose view changed with it."""
+        settings = self.proxy.gatekeeper.settings
+        for session in list(self.clients.by_id.values()):
+            project = session.caller.project
+            if project is None:
+                continue
+            now = settings.project(project.name)
+            if now is None:
+                self.clients.end_soon(session)
+            elif now != project:
+                session.caller = Caller(session.caller.key_id, now)
+        self.clients.after_swap(self._viewer)
+
     def _after_swap(self) -> None:
         live = {u.container_id for u in self.proxy.router.table.values()}
         held = {cid for c in self.clients.by_id.values() for cid in c.pinned(self._container_of).values()}
@@ -434,6 +529,12 @@ class Aggregate:
 
     async def _viewer(self, session: ClientSession, kind: str) -> View:
         return await self.view(session.caller, session, kind)
+
+
+def _over_cap(held: str, setting: str, fix: str, request_id: object = None) -> Reply:
+    """The answer to a session or GET stream past a key's cap: 429 with a JSON-RPC error saying so."""
+    message = f"this key already holds {held}, the most deploy.yaml's {setting} allows; {fix}"
+    return replies.rpc_error(request_id, OVER_CAP, message, status=RATE_LIMITED)
 
 
 def _unopened(server: str, request_id: object, exc: Exception) -> Reply:

@@ -91,7 +91,7 @@ class Catalog:
 
     def __init__(self) -> None:
         self._lists: dict[str, Lists] = {}
-        self._views: dict[tuple[str, Releases, str], View] = {}
+        self._views: dict[tuple[Project | None, Releases, str], View] = {}
         self.modern: dict[str, bool] = {}  # by container id: whether the release speaks 2026-07-28
 
     def has(self, container_id: str) -> bool:
@@ -110,7 +110,7 @@ class Catalog:
 
     def view(self, project: Project | None, releases: Releases, kind: str = "tools") -> View | None:
         """The project's view of `kind` over `releases`, when every one of their lists is cached."""
-        key = (project.name if project else "", releases, kind)
+        key = (project, releases, kind)  # the project itself: a reload that changes its tools is a new key
         found = self._views.get(key)
         if found is not None:
             return found
@@ -122,6 +122,11 @@ class Catalog:
             self._views.pop(next(iter(self._views)))
         self._views[key] = built
         return built
+
+    def forget(self, container_id: str) -> None:
+        """Forget one release's lists and every view (the views built from them are stale)."""
+        self._lists.pop(container_id, None)
+        self._views = {}
 
     def prune(self, live: Iterable[str]) -> None:
         """Forget the lists of releases that are gone and every view (after a swap)."""

@@ -11,6 +11,8 @@ since it last listed that kind.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,7 +21,10 @@ from typing import Any
 from pipeline.proxy.access import Caller
 from pipeline.proxy.catalog import View
 from pipeline.proxy.exchange import Exchange, Headers
+from pipeline.proxy.feeds import Feeds
 from pipeline.proxy.upstreams import Link
+
+log = logging.getLogger("central-mcp")
 
 SSE_HEADERS: Headers = [
     (b"content-type", b"text/event-stream"),
@@ -27,6 +32,7 @@ SSE_HEADERS: Headers = [
     (b"x-accel-buffering", b"no"),
 ]
 KEEPALIVE = b": keep-alive\n\n"
+MAX_QUEUED = 256  # messages waiting for a client's GET stream; past it more are dropped (logged)
 CHANGED = {
     "tools": "notifications/tools/list_changed",
     "prompts": "notifications/prompts/list_changed",
@@ -48,6 +54,7 @@ class ClientSession:
     listed: dict[str, frozenset[str]] = field(default_factory=dict)  # kind -> names last sent
     streams: list[asyncio.Queue[bytes]] = field(default_factory=list)  # its open GET streams
     inflight: dict[str, str] = field(default_factory=dict)  # its requests (id as JSON) -> their server
+    feeds: Feeds | None = None  # its upstream GET streams (feeds.py)
 
     def pinned(self, upstream_of: Callable[[str], str | None]) -> dict[str, str]:
         """server -> the container its upstream session is on (`upstream_of`: session id -> it)."""
@@ -56,9 +63,26 @@ class ClientSession:
 
     def tell(self, method: str) -> None:
         """Queue a notification on every open GET stream."""
-        event = b'event: message\ndata: {"jsonrpc":"2.0","method":"%s"}\n\n' % method.encode()
+        self.queue(b'event: message\ndata: {"jsonrpc":"2.0","method":"%s"}\n\n' % method.encode())
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Queue a JSON-RPC message on every open GET stream."""
+        data = json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+        self.queue(b"event: message\ndata: " + data + b"\n\n")
+
+    def queue(self, event: bytes) -> None:
+        """Queue one event on every open GET stream (dropped on a stream MAX_QUEUED behind)."""
         for queue in self.streams:
-            queue.put_nowait(event)
+            try:
+                queue.put_nowait(event)
+            except asyncio.QueueFull:
+                log.warning("aggregate: session %s reads too slowly; a message is dropped", self.id[:8])
+
+    async def close(self) -> None:
+        """End its feeds, then its upstream sessions."""
+        if self.feeds is not None:
+            await self.feeds.close()
+        await self.link.close()
 
 
 class ClientSessions:
@@ -74,6 +98,14 @@ class ClientSessions:
         """The live session with this id, or None."""
         return self.by_id.get(session_id)
 
+    def sessions_of(self, key_id: str) -> int:
+        """How many sessions one key holds."""
+        return sum(1 for s in self.by_id.values() if s.caller.key_id == key_id)
+
+    def streams_of(self, key_id: str) -> int:
+        """How many GET streams one key holds open."""
+        return sum(len(s.streams) for s in self.by_id.values() if s.caller.key_id == key_id)
+
     def add(self, session: ClientSession) -> None:
         """Hold a new session."""
         self.by_id[session.id] = session
@@ -81,23 +113,32 @@ class ClientSessions:
     async def end(self, session: ClientSession) -> None:
         """End a session and its upstream sessions."""
         self.by_id.pop(session.id, None)
-        await session.link.close()
+        await session.close()
+
+    def end_soon(self, session: ClientSession) -> None:
+        """End a session in the background (its project left deploy.yaml)."""
+        self.by_id.pop(session.id, None)
+        self._spawn(session.close())
 
     async def end_all(self) -> None:
         """End every session (shutdown)."""
         sessions, self.by_id = list(self.by_id.values()), {}
-        await asyncio.gather(*(s.link.close() for s in sessions), return_exceptions=True)
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
 
     async def stream(self, ex: Exchange, session: ClientSession) -> None:
         """Serve a GET stream: queued notifications, keep-alive comments, until the client leaves."""
-        queue: asyncio.Queue[bytes] = asyncio.Queue()
+        queue: asyncio.Queue[bytes] = asyncio.Queue(MAX_QUEUED)
         session.streams.append(queue)
         await ex.start(200, [*SSE_HEADERS, (b"mcp-session-id", session.id.encode())])
+        if session.feeds is not None:
+            session.feeds.open_all()
         gone = asyncio.ensure_future(ex.gone())
         try:
             while not gone.done() and session.id in self.by_id:
                 getting = asyncio.ensure_future(queue.get())
-                done, _ = await asyncio.wait({getting, gone}, timeout=self.keepalive())
+                done, _ = await asyncio.wait(
+                    {getting, gone}, timeout=self.keepalive(), return_when=asyncio.FIRST_COMPLETED
+                )
                 if getting in done:
                     await ex.write(getting.result())
                 else:
@@ -110,6 +151,8 @@ class ClientSessions:
         finally:
             gone.cancel()
             session.streams.remove(queue)
+            if not session.streams and session.feeds is not None:
+                session.feeds.stop()
 
     def after_swap(self, view: Viewer) -> None:
         """Look at each streaming session's views; tell it of every kind that changed."""
@@ -131,7 +174,7 @@ class ClientSessions:
             for session in idle:
                 self.by_id.pop(session.id, None)
             if idle:
-                await asyncio.gather(*(s.link.close() for s in idle), return_exceptions=True)
+                await asyncio.gather(*(s.close() for s in idle), return_exceptions=True)
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)

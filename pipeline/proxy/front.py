@@ -59,6 +59,7 @@ from pipeline.proxy.aggregate import Aggregate
 from pipeline.proxy.exchange import Headers, has_body, mcp_target
 from pipeline.proxy.pool import Connection
 from pipeline.proxy.relay import CLIENT_GONE, Proxy, Ticket, is_stream, too_large
+from pipeline.proxy.selection import selects
 
 FAST_METHODS = frozenset({b"GET", b"POST", b"DELETE", b"OPTIONS"})
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -431,6 +432,9 @@ class ProxyCycle(RequestResponseCycle):
                 return
             if len(self.body) > proxy.max_body:
                 self._whole(*too_large(proxy.max_body))
+                return
+            if admitted.caller.project is not None and selects(admitted.caller.project):
+                self._spawn(proxy.serve_admitted(self, admitted))  # its tools rule (selection.py)
                 return
             self.ticket = admitted
             if proxy.waker is not None and proxy.asleep(self.server, admitted):

@@ -5,9 +5,10 @@ client's rate limit pays for a cache fill), through `Proxy.serve` like every oth
 the session is ended; whether the release speaks 2026-07-28 is asked once at the same time. They
 are cached under the release's container id (catalog.py), so a swap invalidates them by naming a
 new container. A caller's view is built from the releases its key reaches; a server whose lists
-cannot be fetched within LIST_TIMEOUT (both handshakes and every page) is left out of the view
-instead of failing it, and asked again after RETRY_AFTER: a server that answers slowly, or never,
-costs the callers of every other server's lists one wait per RETRY_AFTER, not one per request.
+cannot be fetched within deploy.yaml's `aggregate.list_timeout` (both handshakes and every page)
+is left out of the view instead of failing it, and asked again after `aggregate.list_retry_after`:
+a server that answers slowly, or never, costs the callers of every other server's lists one wait
+per retry period, not one per request.
 """
 
 from __future__ import annotations
@@ -19,17 +20,16 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pipeline.config.settings import AggregateConfig
 from pipeline.errors import UpstreamFailed
 from pipeline.proxy.access import Caller
 from pipeline.proxy.catalog import KINDS, Catalog, Lists, Releases, View
 from pipeline.proxy.relay import Proxy
-from pipeline.proxy.upstreams import Link, send, speaks_modern
+from pipeline.proxy.upstreams import DEFAULTS, Link, send, speaks_modern
 
 log = logging.getLogger("central-mcp")
 MAX_LIST_PAGES = 20  # a server's pages of one list followed at most
-LIST_TIMEOUT = 30.0  # a release's lists fetched within this in all (handshakes and every page)
 ASLEEP = "asleep:"  # + server: the lists of a server scaled to zero (pipeline/idle.py), kept while it sleeps
-RETRY_AFTER = 10.0  # a release whose lists could not be fetched is left out this long
 LIST_METHODS = {
     "tools": "tools/list",
     "prompts": "prompts/list",
@@ -47,8 +47,9 @@ CAPABILITY = {
 class Listing:
     """Release lists fetched once each, and the views callers get of them."""
 
-    def __init__(self, proxy: Proxy) -> None:
+    def __init__(self, proxy: Proxy, config: AggregateConfig = DEFAULTS) -> None:
         self.proxy = proxy
+        self.config = config
         self.catalog = Catalog()
         self._fetching: dict[str, asyncio.Future[None]] = {}  # by container id
         self._failed: dict[str, float] = {}  # container id -> when its lists last failed
@@ -99,7 +100,8 @@ class Listing:
         """Fetch and cache a release's lists once, however many requests wait for them."""
         if self.catalog.has(container_id):
             return
-        if time.monotonic() - self._failed.get(container_id, -RETRY_AFTER) < RETRY_AFTER:
+        retry = self.config.list_retry_after
+        if time.monotonic() - self._failed.get(container_id, -retry) < retry:
             return
         fetching = self._fetching.get(container_id)
         if fetching is None:
@@ -109,6 +111,11 @@ class Listing:
             fetching.add_done_callback(lambda _: self._fetching.pop(container_id, None))
         with contextlib.suppress(UpstreamFailed, OSError, TimeoutError):
             await asyncio.shield(fetching)
+
+    def forget(self, container_id: str) -> None:
+        """Forget one release's lists (its server said one changed): fetched again when next asked."""
+        self.catalog.forget(container_id)
+        self._failed.pop(container_id, None)
 
     def prune(self, keep: Iterable[str]) -> None:
         """Forget the lists of releases neither live nor held by a session (after a swap), but keep
@@ -126,9 +133,9 @@ class Listing:
         self._failed = {cid: at for cid, at in self._failed.items() if cid in kept}
 
     async def _bounded(self, server: str, container_id: str) -> None:
-        """`_fetch` within LIST_TIMEOUT; a failure is remembered for RETRY_AFTER."""
+        """`_fetch` within the list timeout; a failure is remembered for the retry period."""
         try:
-            async with asyncio.timeout(LIST_TIMEOUT):
+            async with asyncio.timeout(self.config.list_timeout):
                 await self._fetch(server)
         except (UpstreamFailed, OSError, TimeoutError):
             self._failed[container_id] = time.monotonic()
@@ -136,7 +143,8 @@ class Listing:
 
     async def _fetch(self, server: str) -> None:
         """The lists `server`'s live release advertises, on a session of the aggregate's own."""
-        link = Link(self.proxy, f"Bearer {self.proxy.gatekeeper.internal_token}".encode())
+        token = f"Bearer {self.proxy.gatekeeper.internal_token}".encode()
+        link = Link(self.proxy, token, config=self.config)
         try:
             session = await link.session(server)
             held = self.proxy.router.session(session) if session else None
@@ -147,7 +155,7 @@ class Listing:
             for kind in KINDS:
                 lists[kind] = await self._pages(link, server, kind) if CAPABILITY[kind] in offers else []
             if container_id:
-                modern = await speaks_modern(self.proxy, server, link.authorization)
+                modern = await speaks_modern(self.proxy, server, link.authorization, self.config)
                 self.catalog.modern[container_id] = modern
                 self.catalog.keep(container_id, lists)
                 self._server_of[container_id] = server
@@ -163,9 +171,8 @@ class Listing:
         cursor: object = None
         for page in range(MAX_LIST_PAGES):
             params = {"cursor": cursor} if cursor else {}
-            answer = await send(
-                self.proxy, server, link.headers(server), LIST_METHODS[kind], params, page + 1
-            )
+            method, headers = LIST_METHODS[kind], link.headers(server)
+            answer = await send(self.proxy, server, headers, method, params, page + 1, self.config)
             found = answer.result.get(kind, [])
             if not isinstance(found, list):  # the server's own answer: any shape
                 raise UpstreamFailed(

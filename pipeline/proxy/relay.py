@@ -37,6 +37,7 @@ from pipeline.errors import (
     UpstreamRefused,
     UpstreamUnreachable,
 )
+from pipeline.proxy import selection
 from pipeline.proxy.access import Caller, Denied, Gatekeeper
 from pipeline.proxy.exchange import (
     DOT_SEGMENTS,
@@ -239,6 +240,10 @@ class Proxy:
         if not isinstance(ticket, Ticket):
             await _send_reply(ex, ticket)
             return
+        await self.serve_admitted(ex, ticket)
+
+    async def serve_admitted(self, ex: Exchange, ticket: Ticket) -> None:
+        """Read, route and forward one admitted request (its project's tool rule applied, if any)."""
         try:
             body = await ex.read_body(self.max_body)  # before routing: a slow body must not outlive a drain
         except ClientGone:
@@ -246,6 +251,13 @@ class Proxy:
         except BodyTooLarge:
             await _send_reply(ex, too_large(self.max_body))
             return
+        project = ticket.caller.project
+        if project is not None and selection.selects(project):  # deploy.yaml's projects[].tools
+            refused = selection.refusal(project, ex, body)
+            if refused is not None:
+                await _send_reply(ex, refused)
+                return
+            ex = selection.filtered(project, ex, body)
         await self.carry(ex, ticket, body)
 
     async def carry(self, ex: Exchange, ticket: Ticket, body: bytes) -> None:

@@ -19,6 +19,12 @@ CAPABILITIES: dict[str, Any] = {
     "completions": {},
     "logging": {},
 }
+# A session-era client also subscribes to resources: the server's resources/updated reach it on its
+# GET stream (feeds.py). A stateless-era client has no stream to hear them on.
+SESSION_CAPABILITIES: dict[str, Any] = {
+    **CAPABILITIES,
+    "resources": {"listChanged": True, "subscribe": True},
+}
 
 
 def whole(inner: Collected, server: str, request_id: object, rewrite: Any, modern: bool) -> Reply:

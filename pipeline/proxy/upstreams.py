@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.config.settings import DEFAULT_MAX_HANDSHAKE
+from pipeline.config.settings import AggregateConfig
 from pipeline.errors import BodyTooLarge, UpstreamError, UpstreamFailed
 from pipeline.proxy.exchange import Exchange, Headers
 from pipeline.proxy.relay import Proxy
@@ -38,10 +39,10 @@ MODERN_META = {
     "io.modelcontextprotocol/clientCapabilities": {},
 }
 ID_SEPARATOR = "/"  # a server's request id as the client sees it: `<server>/<id as JSON>`
-UPSTREAM_TIMEOUT = 30.0  # for the aggregate's own requests (initialize, lists); calls are the client's
-# What the aggregate holds of one answer it reads whole (a list, a resource) or of one event it
-# rewrites: what the gate reads of a handshake. Past it the answer fails as the server's fault.
-MAX_HELD = DEFAULT_MAX_HANDSHAKE
+# deploy.yaml's `aggregate`: `upstream_timeout` for the aggregate's own requests (initialize, lists;
+# calls are the client's) and `max_held`, what it holds of one answer it reads whole (a list, a
+# resource) or of one event it rewrites (past it the answer fails as the server's fault).
+DEFAULTS = AggregateConfig()
 
 
 class InnerExchange(abc.ABC):
@@ -89,10 +90,17 @@ class Collected(InnerExchange):
     request (`client`), it ends when that client leaves, as a `/mcp/<server>` request does."""
 
     def __init__(
-        self, method: str, server: str, headers: Headers, body: bytes, client: Exchange | None = None
+        self,
+        method: str,
+        server: str,
+        headers: Headers,
+        body: bytes,
+        client: Exchange | None = None,
+        max_held: int = DEFAULTS.max_held,
     ) -> None:
         super().__init__(method, server, headers, body)
         self.client = client
+        self.max_held = max_held
         self.status = 0
         self.answer_headers: Headers = []
         self.chunks: list[bytes] = []
@@ -110,10 +118,10 @@ class Collected(InnerExchange):
         self.status, self.answer_headers = status, headers
 
     async def write(self, chunk: bytes) -> None:
-        """Keep a streamed answer's part, up to MAX_HELD bytes in all."""
+        """Keep a streamed answer's part, up to `max_held` bytes in all."""
         self.held += len(chunk)
-        if self.held > MAX_HELD:
-            raise UpstreamError(f"server {self.server!r} answered more than {MAX_HELD} bytes")
+        if self.held > self.max_held:
+            raise UpstreamError(f"server {self.server!r} answered more than {self.max_held} bytes")
         self.chunks.append(chunk)
 
     async def end(self) -> None:
@@ -164,8 +172,10 @@ class Piped(InnerExchange):
         client: Exchange,
         session: Headers,
         requests_of: str = "",
+        max_held: int = DEFAULTS.max_held,
     ) -> None:
         super().__init__(method, server, headers, body)
+        self.max_held = max_held
         self.client = client
         self.session = session  # the aggregate's own session header for the client, or none
         self.requests_of = requests_of
@@ -219,7 +229,7 @@ class Piped(InnerExchange):
         """The whole events in what arrived so far, a server request's id rewritten in each."""
         text = (self._partial + chunk).replace(b"\r\n", b"\n")
         whole, sep, self._partial = text.rpartition(b"\n\n")
-        if len(self._partial) > MAX_HELD:  # no event ends: pass it on as it is, rewriting no more
+        if len(self._partial) > self.max_held:  # no event ends: pass it on as it is, rewriting no more
             self.requests_of, whole, sep, self._partial = "", text, b"", b""
         if final:
             whole, sep, self._partial = text, b"", b""
@@ -260,7 +270,9 @@ class Link:
     sessions: dict[str, str] = field(default_factory=dict)  # server -> upstream session id ("": none)
     offers: dict[str, dict[str, Any]] = field(default_factory=dict)  # server -> its capabilities
     level: str = ""  # the client's logging/setLevel, sent to each session as it opens
+    config: AggregateConfig = DEFAULTS  # its requests' timeout and what it holds of an answer
     _opening: dict[str, asyncio.Future[str]] = field(default_factory=dict)
+    _ending: set[asyncio.Future[None]] = field(default_factory=set)  # sessions ended in the background
 
     def headers(self, server: str) -> Headers:
         """The headers of a request on this owner's session with `server` (opened already)."""
@@ -302,18 +314,47 @@ class Link:
             "clientInfo": self.client_info,
         }
         fields: Headers = [(b"authorization", self.authorization), ACCEPT, JSON_BODY]
-        answer = await send(self.proxy, server, fields, "initialize", init)
+        answer = await send(self.proxy, server, fields, "initialize", init, config=self.config)
         session = answer.header(b"mcp-session-id")
         offers = answer.result.get("capabilities")
         self.offers[server] = offers if isinstance(offers, dict) else {}
-        self.sessions[server] = session
-        done = [*self.headers(server)]
-        note = json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode()
-        async with asyncio.timeout(UPSTREAM_TIMEOUT):  # as every request of the aggregate's own
-            await self.proxy.serve(Collected("POST", server, done, note))
+        await self._initialized(server, session)
+        self.sessions[server] = session  # only now: no request goes on a session not initialized
         if self.level and "logging" in self.offers[server]:
-            await send(self.proxy, server, self.headers(server), "logging/setLevel", {"level": self.level})
+            level, headers = {"level": self.level}, self.headers(server)
+            await send(self.proxy, server, headers, "logging/setLevel", level, config=self.config)
         return session
+
+    async def _initialized(self, server: str, session: str) -> None:
+        """Send notifications/initialized on a new session; an answer that is not 2xx (the spec's way
+        to refuse a notification; the key's 429) or none in time leaves the session unusable: it is
+        ended and the open fails (a server may drop every request of a session never initialized)."""
+        fields: Headers = [(b"authorization", self.authorization), ACCEPT, JSON_BODY]
+        fields.append((b"mcp-protocol-version", LEGACY_VERSION.encode()))
+        if session:
+            fields.append((b"mcp-session-id", session.encode("latin-1")))
+        note = json.dumps({"jsonrpc": "2.0", "method": "notifications/initialized"}).encode()
+        inner = Collected("POST", server, fields, note, max_held=self.config.max_held)
+        try:
+            async with asyncio.timeout(self.config.upstream_timeout):  # as every request of its own
+                await self.proxy.serve(inner)
+        except TimeoutError:
+            inner.status = 0
+        if 200 <= inner.status < 300:
+            return
+        if session:  # in the background: a silent server must not hold the call another timeout
+            ending = asyncio.ensure_future(self._end_quietly(server, session))
+            self._ending.add(ending)
+            ending.add_done_callback(self._ending.discard)
+        why = f"answered {inner.status}" if inner.status else "got no answer in time"
+        retry = inner.header(b"retry-after")
+        raise UpstreamFailed(server, inner.status, f"notifications/initialized {why}", retry)
+
+    async def _end_quietly(self, server: str, session: str) -> None:
+        """End a session that never became usable; if that is refused too (the same 429), the
+        proxy's idle expiry ends it."""
+        with contextlib.suppress(UpstreamError, OSError, TimeoutError):
+            await self._end(server, session)
 
     async def _end(self, server: str, session: str) -> None:
         fields: Headers = [
@@ -321,16 +362,18 @@ class Link:
             (b"mcp-session-id", session.encode("latin-1")),
             (b"mcp-protocol-version", LEGACY_VERSION.encode()),
         ]
-        async with asyncio.timeout(UPSTREAM_TIMEOUT):
-            await self.proxy.serve(Collected("DELETE", server, fields, b""))
+        async with asyncio.timeout(self.config.upstream_timeout):
+            await self.proxy.serve(Collected("DELETE", server, fields, b"", max_held=self.config.max_held))
 
 
-async def speaks_modern(proxy: Proxy, server: str, authorization: bytes) -> bool:
+async def speaks_modern(
+    proxy: Proxy, server: str, authorization: bytes, config: AggregateConfig = DEFAULTS
+) -> bool:
     """Whether `server`'s live release answers a 2026-07-28 server/discover naming that version."""
     fields: Headers = [(b"authorization", authorization), ACCEPT, JSON_BODY]
     fields += [(b"mcp-protocol-version", MODERN_VERSION.encode()), (b"mcp-method", b"server/discover")]
     try:
-        answer = await send(proxy, server, fields, "server/discover", {"_meta": MODERN_META})
+        answer = await send(proxy, server, fields, "server/discover", {"_meta": MODERN_META}, config=config)
     except (UpstreamFailed, OSError, TimeoutError):
         return False
     versions = answer.result.get("supportedVersions")
@@ -347,13 +390,19 @@ def modern_headers(authorization: bytes, method: str, name: str) -> Headers:
 
 
 async def send(
-    proxy: Proxy, server: str, fields: Headers, method: str, params: dict[str, Any], request_id: int = 1
+    proxy: Proxy,
+    server: str,
+    fields: Headers,
+    method: str,
+    params: dict[str, Any],
+    request_id: int = 1,
+    config: AggregateConfig = DEFAULTS,
 ) -> Collected:
     """Send one JSON-RPC request of the aggregate's own to `server`; the answer, checked to be a
     result (else UpstreamFailed naming the server and what it said)."""
     body = json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}).encode()
-    inner = Collected("POST", server, fields, body)
-    async with asyncio.timeout(UPSTREAM_TIMEOUT):
+    inner = Collected("POST", server, fields, body, max_held=config.max_held)
+    async with asyncio.timeout(config.upstream_timeout):
         await proxy.serve(inner)
     message = inner.message(request_id)
     if inner.status != 200 or message is None:

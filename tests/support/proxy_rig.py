@@ -19,16 +19,18 @@ from typing import Any
 import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.server.context import ServerRequestContext
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.session import ServerSession
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp_types import Completion, SamplingMessage, TextContent
+from mcp_types import Completion, EmptyResult, SamplingMessage, SubscribeRequestParams, TextContent
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from pipeline.app import App, aggregate_routes, proxy_routes
-from pipeline.config.settings import Project, ProxyTimeouts, Settings
+from pipeline.config.settings import AggregateConfig, Project, ProxyTimeouts, Settings
 from pipeline.proxy.access import Gatekeeper
 from pipeline.proxy.aggregate import Aggregate
 from pipeline.proxy.relay import Proxy
@@ -105,6 +107,7 @@ def running_proxy(
     session_idle_timeout: float = 0.0,
     limits: dict[str, Any] | None = None,
     dialer: Callable[[], Dialer] | None = None,
+    aggregate: AggregateConfig | None = None,
     **config: Any,
 ) -> Iterator[Rig]:
     """Serve a proxy on loopback with a fresh Store in `state_dir`; yield its rig.
@@ -112,7 +115,8 @@ def running_proxy(
     As the provider serves it, `/mcp/` requests take front.py's fast path; with `front=False`
     plain uvicorn serves the app, so every request goes through ASGI (`Proxy.handle`). Sessions do not
     expire unless `session_idle_timeout` (seconds) is given. `limits`: more ProxyTimeouts fields (caps
-    and client timeouts); `dialer` reaches remote servers; `config`: more uvicorn.Config options.
+    and client timeouts); `dialer` reaches remote servers; `aggregate`: deploy.yaml's `aggregate`
+    (caps, timeouts; the defaults if None); `config`: more uvicorn.Config options.
     """
     settings = Settings(
         config_path=Path("deploy.yaml"),
@@ -140,10 +144,10 @@ def running_proxy(
         max_upstream_header=caps.max_upstream_header,
         dialer=dialer,
     )
-    aggregate = Aggregate(proxy, session_idle_timeout)
+    joined = Aggregate(proxy, session_idle_timeout, aggregate)
     try:
-        with serve_asgi(proxy_app(proxy, router, aggregate), front=front, limits=caps, **config) as port:
-            yield Rig(port, router, store, settings, usage, clock, aggregate)
+        with serve_asgi(proxy_app(proxy, router, joined), front=front, limits=caps, **config) as port:
+            yield Rig(port, router, store, settings, usage, clock, joined)
     finally:
         store.close()
 
@@ -303,10 +307,42 @@ def jsonrpc(method: str, params: dict[str, Any] | None = None, request_id: int =
     return {"jsonrpc": "2.0", "id": request_id, "method": method, "params": params or {}}
 
 
+UPDATE_EVERY = 0.1  # how often rich_app tells a subscribed session that its resource was updated
+UPDATES = 30  # how many times
+
+
 def rich_app(label: str) -> Starlette:
     """An SDK MCP server with more than tools: a resource, a resource template, a prompt with
-    completion, a tool that asks the client to sample (`ask`) and one that logs (`chatty`)."""
+    completion, a tool that asks the client to sample (`ask`) and one that logs (`chatty`).
+
+    On its own (outside any call, so on the session's GET stream) it tells a session that subscribed
+    to a resource that it was updated, every UPDATE_EVERY seconds, UPDATES times; after the second,
+    it gains a tool `extra` and sends tools/list_changed."""
     server = MCPServer(f"rich-{label}")
+    announcing: set[asyncio.Task[None]] = set()
+    gained: list[str] = []
+
+    def extra() -> str:
+        """A tool the server gained on its own."""
+        return f"extra of {label}"
+
+    async def announce(session: ServerSession, uri: str) -> None:
+        for sent in range(UPDATES):
+            await asyncio.sleep(UPDATE_EVERY)
+            await session.send_resource_updated(uri)
+            if sent == 1 and not gained:
+                gained.append("extra")
+                server.add_tool(extra)
+                await session.send_tool_list_changed()
+
+    async def subscribe(ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams) -> EmptyResult:
+        task = asyncio.create_task(announce(ctx.session, str(params.uri)))
+        announcing.add(task)
+        task.add_done_callback(announcing.discard)
+        return EmptyResult()
+
+    # MCPServer has no decorator for resources/subscribe: its low-level server takes the handler
+    server._lowlevel_server.add_request_handler("resources/subscribe", SubscribeRequestParams, subscribe)
 
     @server.resource("note://readme", description="The readme.")
     def readme() -> str:
