@@ -29,6 +29,7 @@ LIVE = frozenset(
         "retention",
         "monitor",
         "build_parallel",
+        "build_starts",
         "build_args",
         "build_network",
         "build_base_images",
