@@ -4,8 +4,9 @@ Runs a real `central-mcp serve` on a loopback port with its own state dir, pushe
 git into its bare repo (the pre-receive hook deploys into the real Docker engine), reads the
 deploy records, prints a table, and removes what it made. Usage: `python bench/deploy_bench.py
 [--first-only] [--starts N]`: `--first-only` runs the first push of SERVERS servers and prints its
-breakdown, then stops; `--starts N` sets deploy.yaml's `build.starts`. With PYTHONPATH naming
-another checkout, the provider under test is that checkout's (a before/after comparison).
+breakdown, then stops; `--starts N` sets deploy.yaml's `build.starts`. The provider under test is
+the `pipeline` that `python -m` finds from the current folder: run it from another checkout's folder
+(`cd ../before && python /path/to/bench/deploy_bench.py`) for a before/after comparison.
 
 To split the gate's time, a watcher follows the engine's container starts and polls each new
 container's port every 5 ms (20 ms during the first push) until its server answers HTTP (any
@@ -64,6 +65,9 @@ def main() -> None:
     env = {**os.environ, "CENTRAL_MCP_STATE_DIR": str(tmp / "state")}
     cli = [sys.executable, "-m", "pipeline", "--config", str(tmp / "deploy.yaml")]
     serve = subprocess.Popen([*cli, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ask = [sys.executable, "-c", "import pipeline; print(pipeline.__file__)"]  # found as `-m` finds it
+    where = subprocess.run(ask, env=env, capture_output=True, text=True, check=False)
+    print(f"provider under test: {Path(where.stdout.strip()).parent.parent}")
     watch = ListenWatch(_instance(env))
     try:
         _wait_up(port)
