@@ -295,8 +295,9 @@ def _first_breakdown(state: Path, first: dict[str, Any], watch: ListenWatch) -> 
 def _engine_parts(
     rows: list[tuple[float, str]], deploy_id: int, watch: ListenWatch
 ) -> dict[str, list[float]]:
-    """Split each server's start and gate at the engine's events: build ok → its network created →
-    container created → started → start ok (its address known) → its server answers HTTP → gate ok."""
+    """Split each server's start and gate at the engine's events: build ok → its network created (0
+    when it was made before) → container created (with any wait for a start slot) → started → start
+    ok (its address known) → its server answers HTTP → gate ok."""
     ends = {(text.split(": ")[0], text.split()[1]): ts for ts, text in rows if " ok in " in text}
     parts: dict[str, list[float]] = {}
     for name, created in watch.created.items():
@@ -308,8 +309,8 @@ def _engine_parts(
         built, started = ends[(server, "build")], watch.started.get(name, math.nan)
         network = next((t for n, t in watch.networks.items() if n.endswith(f"-{server}")), math.nan)
         marks = [
-            ("  network create", network if network >= built else built),
-            ("  container create", created),
+            ("  network created", network if network >= built else built),
+            ("  container created", created),
             ("  container start", started),
             ("  address (start ok)", ends.get((server, "start"), math.nan)),
             ("  listen (server up)", watch.listening.get(name, math.nan)),
