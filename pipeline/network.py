@@ -107,18 +107,12 @@ class Networks:
     def ensure(self, server: str, egress: bool) -> ServerNetwork:
         """Return the server's network, creating it with a free subnet of the pool when missing."""
         name = network_name(self.instance, server, egress)
-        attrs = self.docker.network(name)
+        if (found := self._existing(name, server, egress)) is not None:
+            return found
         cfg = self.settings.network
-        if attrs is not None:
-            net = _parsed(attrs, server, egress)
-            if not net.subnet.subnet_of(pool_of(cfg)):
-                raise NetworkError(
-                    f"network {name} has subnet {net.subnet}, outside network.pool {cfg.pool}, so the "
-                    f"firewall does not cover it: remove it (`docker network rm {name}`, after "
-                    f"stopping its containers) and deploy again"
-                )
-            return net
         with self._create:
+            if (found := self._existing(name, server, egress)) is not None:  # made while we waited
+                return found
             last: DockerError | None = None
             for _ in range(CREATE_ATTEMPTS):
                 subnet = free_subnet(
@@ -140,9 +134,9 @@ class Networks:
                     return _parsed(attrs, server, egress)
                 except DockerError as exc:
                     last = exc
-                    found = self.docker.network(name)  # another thread of ours may have made it
-                    if found is not None:
-                        return _parsed(found, server, egress)
+                    made = self.docker.network(name)  # another instance may have made it
+                    if made is not None:
+                        return _parsed(made, server, egress)
         raise NetworkError(f"could not create network {name} for {server}: {last}")
 
     def prune(self, wanted: Mapping[str, Iterable[str]], server: str | None = None) -> list[str]:
@@ -170,6 +164,21 @@ class Networks:
             if services:
                 with self.joining(server, egress, services):
                     pass
+
+    def _existing(self, name: str, server: str, egress: bool) -> ServerNetwork | None:
+        """The network `name` if it exists (refused when its subnet is outside the pool)."""
+        attrs = self.docker.network(name)
+        if attrs is None:
+            return None
+        net = _parsed(attrs, server, egress)
+        cfg = self.settings.network
+        if not net.subnet.subnet_of(pool_of(cfg)):
+            raise NetworkError(
+                f"network {name} has subnet {net.subnet}, outside network.pool {cfg.pool}, so the "
+                f"firewall does not cover it: remove it (`docker network rm {name}`, after "
+                f"stopping its containers) and deploy again"
+            )
+        return net
 
     def _lock(self, server: str) -> threading.Lock:
         with self._guard:

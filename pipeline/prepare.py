@@ -31,6 +31,7 @@ from pipeline.store import Release
 PACKAGE_CACHE = "packages"  # under the state dir: one folder per registry, name and exact version
 OFFLINE_BASE_PREFIX = "central-mcp/"  # base images made here (baseimage.py), never pulled
 NO_NETWORK = "none"  # the build network of a package's image and its bridge layer
+MAX_PREPARE_THREADS = 64  # servers waiting for a build or start slot each hold a thread
 
 
 @dataclass
@@ -101,16 +102,27 @@ class Preparation:
         self.snapshot_dir = snapshot_dir
         self.candidates: list[Candidate] = []
         self.abort = threading.Event()
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
 
     def run(self, plan: Plan) -> list[Candidate]:
-        """Build, start and gate every changed server in parallel; raise on the first failure."""
+        """Build, start and gate every changed server in parallel; raise on the first failure.
+
+        At most `build.parallel` builds and `build.starts` starts-and-gates run at once, each server
+        taking a start slot as soon as its own image is built: a gate mostly waits for the server's
+        own start-up, so holding a build slot meanwhile left the builder idle."""
         self.candidates = [Candidate(e.spec, e.action is Action.BUILD) for e in plan.to_prepare if e.spec]
         if not self.candidates:
             return []
+        settings = self.ctx.settings
+        self._slots = {
+            "build": threading.BoundedSemaphore(settings.build_parallel),
+            "start": threading.BoundedSemaphore(settings.build_starts),
+        }
         with (
             self.log.step(f"build, start and gate {len(self.candidates)} server(s)"),
-            ThreadPoolExecutor(max_workers=self.ctx.settings.build_parallel) as pool,
+            ThreadPoolExecutor(max_workers=min(len(self.candidates), MAX_PREPARE_THREADS) + 1) as pool,
         ):
+            pool.submit(self._networks_ahead)
             futures = [pool.submit(self._prepare, c) for c in self.candidates]
             failures = [e for e in (f.exception() for f in futures) if e is not None]
             if failures:
@@ -123,9 +135,11 @@ class Preparation:
     def _prepare(self, c: Candidate) -> None:
         try:
             if c.build and c.spec.manifest.remote is None:  # a remote server has nothing to build
-                self._timed(c, "build", lambda: self._build(c))
-            self._timed(c, "start", lambda: self._start(c))
-            self._timed(c, "gate", lambda: self._gate(c))
+                with self._slots["build"]:
+                    self._timed(c, "build", lambda: self._build(c))
+            with self._slots["start"]:
+                self._timed(c, "start", lambda: self._start(c))
+                self._timed(c, "gate", lambda: self._gate(c))
         except CentralMCPError as exc:
             self.abort.set()
             self.outcomes[c.name] = Outcome(
@@ -137,6 +151,18 @@ class Preparation:
         self.outcomes[c.name] = Outcome(
             ServerOutcome.GATED, c.spec.number, timings=c.timings, tools=tools, contract=c.contract
         )
+
+    def _networks_ahead(self) -> None:
+        """Make the candidates' missing networks while their images build, one after another (the
+        engine creates networks one at a time anyway): off each server's way from build to start."""
+        for c in self.candidates:
+            m = c.spec.manifest
+            if m.remote is not None or self.abort.is_set():
+                continue
+            try:
+                self.ctx.server_networks().ensure(m.name, m.network == launch.EGRESS)
+            except CentralMCPError:
+                return  # the server's own start makes its network again, and reports what fails
 
     def _timed(self, c: Candidate, stage: str, action: Callable[[], None]) -> None:
         if self.abort.is_set():

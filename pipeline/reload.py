@@ -30,6 +30,7 @@ LIVE = frozenset(
         "monitor",
         "idle",
         "build_parallel",
+        "build_starts",
         "build_args",
         "build_network",
         "build_base_images",

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import ipaddress
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import cast
 
 import pytest
 
 from pipeline.config.settings import HostService, NetworkConfig, Settings
 from pipeline.dockerhost import LABEL_INSTANCE, DockerHost
-from pipeline.errors import NetworkError
+from pipeline.errors import DockerError, NetworkError
 from pipeline.hostrelay import HostRelays
 from pipeline.network import Networks, bridge_name, free_subnet, network_name
 
@@ -92,3 +95,46 @@ def test_a_server_named_like_another_servers_egress_network_gets_a_network_of_it
     attrs = networks.docker.network(internal.name)
     assert attrs is not None and attrs["Internal"] is True
     assert network_name("i", "svc", egress=True) != network_name("i", "svc-egress", egress=False)
+
+
+class _RacyEngine:
+    """The network calls of DockerHost, in memory; the first two lookups meet at a barrier, so two
+    threads both find the network missing before either makes it."""
+
+    def __init__(self) -> None:
+        self.made: dict[str, dict[str, object]] = {}
+        self.creates = 0
+        self.meet = threading.Barrier(2)
+        self.lookups = 0
+        self.lock = threading.Lock()
+
+    def network(self, name: str) -> dict[str, object] | None:
+        with self.lock:
+            self.lookups += 1
+            first_two = self.lookups <= 2
+            found = self.made.get(name)
+        if first_two:
+            self.meet.wait(5)
+        return found
+
+    def subnets(self) -> list[str]:
+        return [str(n["IPAM"]["Config"][0]["Subnet"]) for n in self.made.values()]  # type: ignore[index]
+
+    def create_network(self, name: str, subnet: str, gateway: str, **_: object) -> dict[str, object]:
+        self.creates += 1
+        if name in self.made:
+            raise DockerError(f"create network {name}: Docker engine said network {name} already exists")
+        self.made[name] = {"Name": name, "IPAM": {"Config": [{"Subnet": subnet, "Gateway": gateway}]}}
+        return self.made[name]
+
+
+def test_two_threads_ensuring_one_network_make_it_once() -> None:
+    """A deploy makes its networks ahead while a server's start may ask for the same one: the second
+    caller finds the network made while it waited for the create lock instead of making it again."""
+    engine = _RacyEngine()
+    settings = Settings(config_path=Path("deploy.yaml"), state_dir=Path(".central-mcp"))
+    networks = Networks(cast(DockerHost, engine), settings, "abcd1234", HostRelays(settings.network))
+    with ThreadPoolExecutor(2) as pool:
+        found = list(pool.map(lambda _: networks.ensure("svc", egress=False), range(2)))
+    assert found[0] == found[1]
+    assert engine.creates == 1

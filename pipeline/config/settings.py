@@ -49,6 +49,7 @@ DEFAULT_IMAGES_PER_SERVER = 5
 DEFAULT_DEPLOYS_KEPT = 500
 DEFAULT_DEPLOY_MAX_AGE = 90 * 86400.0
 DEFAULT_BUILD_PARALLEL = 2
+DEFAULT_BUILD_STARTS = 4  # changed servers starting and passing their gate at once (bench/README.md)
 DEFAULT_BUILD_NETWORK = "default"
 DEFAULT_BASE_IMAGES = ("central-mcp/python:*", "central-mcp/node:*")  # the offline base images, any tag
 DEFAULT_PYPI_INDEX = "https://pypi.org/simple"
@@ -335,6 +336,7 @@ class Settings:
     projects: tuple[Project, ...] = ()
     retention: Retention = field(default_factory=Retention)
     build_parallel: int = DEFAULT_BUILD_PARALLEL
+    build_starts: int = DEFAULT_BUILD_STARTS
     build_args: Mapping[str, str] = field(default_factory=dict)
     build_network: str = DEFAULT_BUILD_NETWORK
     build_base_images: tuple[str, ...] = DEFAULT_BASE_IMAGES
@@ -661,6 +663,7 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
             deploy_max_age=parse_duration(retention.get("deploy_max_age", DEFAULT_DEPLOY_MAX_AGE)),
         ),
         build_parallel=build.get("parallel", DEFAULT_BUILD_PARALLEL),
+        build_starts=build.get("starts", DEFAULT_BUILD_STARTS),
         build_args={k: str(v) for k, v in build.get("args", {}).items()},
         build_network=build.get("network", DEFAULT_BUILD_NETWORK),
         build_base_images=tuple(build.get("base_images", DEFAULT_BASE_IMAGES)),
