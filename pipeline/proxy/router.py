@@ -108,6 +108,21 @@ class Router:
             targets.append(known)
         return TargetGroup(group.server, group.release, tuple(targets))
 
+    def park(self, server: str) -> Upstream | None:
+        """Take `server` out of the table but keep it known (scaled to zero): all its replicas drain;
+        return its first replica's address (None if it had none)."""
+        with self._lock:
+            groups = dict(self._groups)
+            parked = groups.pop(server, None)
+            if parked is None:
+                return None
+            for target in parked.targets:
+                target.state = TargetState.DRAINING
+            self._publish(groups)
+            self.known = self.known | {server}
+        self._tell()
+        return parked.first if parked.targets else None
+
     def replace_all(self, upstreams: Iterable[Upstream], known: Iterable[str] = ()) -> None:
         """Replace the whole table (start-up reconciliation; one server's upstreams make one group);
         `known` servers lacking one answer 503."""
