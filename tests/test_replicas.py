@@ -212,3 +212,14 @@ def test_swapping_in_a_routed_container_again_keeps_its_target_and_counts() -> N
     router.swap({"x": (upstream("x", 2, "A"), upstream("x", 3, "B"))})
     assert router.target("A") is target and target.inflight == 1 and target.upstream.port == 2
     assert target.state is TargetState.HEALTHY
+
+
+def test_a_parked_server_stays_known_and_all_its_replicas_drain() -> None:
+    """park (scale to zero): the server leaves the table, stays known; each replica drains, then retires."""
+    router = Router()
+    router.swap({"x": (upstream("x", 1, "A"), upstream("x", 2, "B"))})
+    assert router.park("x") == upstream("x", 1, "A")
+    assert router.get("x") is None and router.pick("x") is None and "x" in router.known
+    assert [router.target(c).state for c in "AB"] == [TargetState.DRAINING] * 2  # type: ignore[union-attr]
+    assert router.drain("A", 1.0, 1.0) and router.drain("B", 1.0, 1.0)
+    assert router.park("x") is None

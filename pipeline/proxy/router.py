@@ -95,18 +95,6 @@ class Router:
         self._tell()
         return replaced
 
-    def park(self, server: str) -> TargetGroup | None:
-        """Take `server` out of the table but keep it known (scaled to zero); its targets drain."""
-        with self._lock:
-            groups = dict(self._groups)
-            replaced = groups.pop(server, None)
-            for target in replaced.targets if replaced is not None else ():
-                target.state = TargetState.DRAINING
-            self._publish(groups)
-            self.known = self.known | {server}
-        self._tell()
-        return replaced
-
     def _group(self, upstreams: tuple[Upstream, ...]) -> TargetGroup:
         """A group of these upstreams; a container already routed keeps its target (and its counts)."""
         group = group_of(upstreams)
@@ -119,6 +107,21 @@ class Router:
             known.upstream, known.state = fresh.upstream, TargetState.HEALTHY
             targets.append(known)
         return TargetGroup(group.server, group.release, tuple(targets))
+
+    def park(self, server: str) -> Upstream | None:
+        """Take `server` out of the table but keep it known (scaled to zero): all its replicas drain;
+        return its first replica's address (None if it had none)."""
+        with self._lock:
+            groups = dict(self._groups)
+            parked = groups.pop(server, None)
+            if parked is None:
+                return None
+            for target in parked.targets:
+                target.state = TargetState.DRAINING
+            self._publish(groups)
+            self.known = self.known | {server}
+        self._tell()
+        return parked.first if parked.targets else None
 
     def replace_all(self, upstreams: Iterable[Upstream], known: Iterable[str] = ()) -> None:
         """Replace the whole table (start-up reconciliation; one server's upstreams make one group);
