@@ -522,7 +522,7 @@ class Aggregate:
         self.clients.after_swap(self._viewer)
 
     def _after_swap(self) -> None:
-        live = {u.container_id for u in self.proxy.router.table.values()}
+        live = {t.container_id for g in self.proxy.router.groups.values() for t in g.targets}
         held = {cid for c in self.clients.by_id.values() for cid in c.pinned(self._container_of).values()}
         self.listing.prune(live | held)
         self.clients.after_swap(self._viewer)
