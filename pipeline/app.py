@@ -343,6 +343,7 @@ def _scheduler(monitor: Monitor, settings: Settings) -> BackgroundScheduler:
     scheduler.add_job(
         monitor.retention, "interval", seconds=settings.monitor.retention_interval, id="retention"
     )
+    scheduler.add_job(monitor.autoscale, "interval", seconds=settings.scale.interval, id="autoscale")
     scheduler.start()
     return scheduler
 
@@ -351,6 +352,7 @@ def _reschedule(scheduler: BackgroundScheduler, settings: Settings) -> None:
     """Give the monitor's jobs the intervals of reloaded settings."""
     scheduler.reschedule_job("probe", trigger="interval", seconds=settings.monitor.probe_interval)
     scheduler.reschedule_job("retention", trigger="interval", seconds=settings.monitor.retention_interval)
+    scheduler.reschedule_job("autoscale", trigger="interval", seconds=settings.scale.interval)
 
 
 def _on_hangup(services: Services) -> bool:

@@ -28,7 +28,7 @@ from pipeline.deploylog import DeployLog
 from pipeline.errors import CentralMCPError, ConfigError, DeployError, SecretsError, SourceError
 from pipeline.plan import REMOVE_ALL, Action, Plan, fingerprint, plan_push, plan_release
 from pipeline.prepare import Candidate, Outcome, Preparation
-from pipeline.proxy.router import Upstream
+from pipeline.proxy.router import TargetGroup, Upstream
 from pipeline.source import EXPECT_OLD, GIT_DIR, ZERO_SHA, Snapshot, resolve
 from pipeline.states import DeploySource, DeployStatus, ReleaseStatus, ServerOutcome
 from pipeline.store import Placement, Release
@@ -39,11 +39,12 @@ OVERTAKE_LOOKBACK = 50  # recent deploys searched for one that moved a waiting p
 
 @dataclass(frozen=True)
 class Committed:
-    """What a commit changed: the candidates made live and the upstreams they replaced."""
+    """What a commit changed: the candidates made live and the releases (groups of replicas) they
+    replaced."""
 
     live: list[Candidate]
     removed: list[str]
-    old: list[Upstream]
+    old: list[TargetGroup]
 
 
 class Runbook:
@@ -232,8 +233,8 @@ class Runbook:
             removed,
             rolled_back,
         )
-        changes: dict[str, Upstream | None] = {
-            c.name: launch.upstream(self.ctx, c.spec, c.running) for c in live if c.running
+        changes: dict[str, tuple[Upstream, ...] | None] = {
+            c.name: tuple(launch.upstream(self.ctx, c.spec, r) for r in c.started) for c in live if c.running
         }
         changes.update(dict.fromkeys(removed))
         replaced = self.ctx.router.swap(changes)
@@ -271,25 +272,18 @@ class Runbook:
         registry.write_files(self.ctx.settings, live)
 
     # drain and discard ----------------------------------------------------------------------
-    def _drain_later(self, old: list[Upstream]) -> None:
-        """Let old upstreams finish their requests and sessions, then retire and stop them."""
-        proxy = self.ctx.settings.proxy
-
-        def drain(upstream: Upstream) -> None:
-            drained = self.ctx.router.drain(
-                upstream.container_id, proxy.drain_timeout, proxy.session_drain_timeout
-            )
-            closed = self.ctx.router.retire(upstream.container_id)
-            if not launch.is_remote(upstream.container_id):
-                self.ctx.docker.stop_and_remove(upstream.container_id, STOP_GRACE_SECONDS)
-            self._prune_networks(upstream.server)
-            how = "drained" if drained else f"drain deadline passed ({closed} session(s) closed)"
-            self.log.line(f"{upstream.server}: old r{upstream.release} {how}, stopped and removed")
-
-        for upstream in old:
-            threading.Thread(
-                target=drain, args=(upstream,), name=f"drain-{upstream.server}", daemon=True
-            ).start()
+    def _drain_later(self, old: list[TargetGroup]) -> None:
+        """Let every replica of the old releases finish its requests and sessions, then retire and
+        stop it."""
+        for group in old:
+            for target in group.targets:
+                upstream = target.upstream
+                threading.Thread(
+                    target=drain_and_stop,
+                    args=(self.ctx, upstream, self.log.line, self._prune_networks),
+                    name=f"drain-{upstream.server}",
+                    daemon=True,
+                ).start()
 
     def _prune_networks(self, server: str) -> None:
         """Remove the server's networks no container uses any more (all of them once it is gone)."""
@@ -323,6 +317,24 @@ class Runbook:
         if self.snapshot_dir is not None:
             shutil.rmtree(self.snapshot_dir, ignore_errors=True)
         return status
+
+
+def drain_and_stop(
+    ctx: Context, upstream: Upstream, say: Callable[[str], None], after: Callable[[str], None] | None = None
+) -> bool:
+    """Let a target out of rotation finish its requests and sessions (to the drain deadlines), retire
+    it, stop and remove its container; return whether it emptied in time."""
+    proxy = ctx.settings.proxy
+    drained = ctx.router.drain(upstream.container_id, proxy.drain_timeout, proxy.session_drain_timeout)
+    closed = ctx.router.retire(upstream.container_id)
+    if not launch.is_remote(upstream.container_id):
+        ctx.docker.stop_and_remove(upstream.container_id, STOP_GRACE_SECONDS)
+    if after is not None:
+        after(upstream.server)
+    how = "drained" if drained else f"drain deadline passed ({closed} session(s) closed)"
+    replica = upstream.container_id[:12]
+    say(f"{upstream.server}: old r{upstream.release} ({replica}) {how}, stopped and removed")
+    return drained
 
 
 def _inputs(m: Manifest, snapshot: Snapshot) -> list[str]:

@@ -27,7 +27,8 @@
         ├── BodyTooLarge            the request body is over the proxy's limit
         ├── HeadTooLarge            the request target or headers are over the proxy's limits
         ├── UpstreamError           the upstream closed or spoke no HTTP (also a ConnectionError)
-        │   └── UpstreamRefused     the proxy would not connect: a remote's address or certificate is refused
+        │   ├── UpstreamRefused     the proxy would not connect: a remote's address or certificate is refused
+        │   └── UpstreamUnreachable  no connection to a container could be made: nothing was sent
         └── UpstreamFailed          a server's answer to the aggregate's own request was no usable result
 
 `UpstreamError` is also a `ConnectionError` (so an `OSError`): the proxy handles it with
@@ -215,6 +216,11 @@ class UpstreamError(ProxyError, ConnectionError):
 class UpstreamRefused(UpstreamError):
     """The proxy did not connect to a remote server: its address leads into the VM, or its TLS
     certificate does not verify (RemoteRefused, met on the proxy's path)."""
+
+
+class UpstreamUnreachable(UpstreamError):
+    """No connection to a container could be made (refused, unreachable, timed out): nothing of the
+    request was sent, so another replica may take it."""
 
 
 class UpstreamFailed(ProxyError):

@@ -185,3 +185,14 @@ def _wait_remote(ctx: Context, spec: ReleaseSpec, timeout: float, say: Callable[
         raise GateError(
             f"{m.name} r{spec.number} (remote {m.remote.url}) failed the MCP health gate: {exc}"
         ) from exc
+
+
+def replicas(ctx: Context, spec: ReleaseSpec) -> tuple[int, int]:
+    """How many replicas of `spec` run at least and at most: its manifest's `scale`, else
+    deploy.yaml's; a remote server is one endpoint elsewhere (1, 1)."""
+    m = spec.manifest
+    if m.remote is not None:
+        return 1, 1
+    low = m.scale.min if m.scale.min is not None else ctx.settings.scale.min
+    high = m.scale.max if m.scale.max is not None else ctx.settings.scale.max
+    return low, max(low, high)

@@ -16,13 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline import checks, gate, launch, registry, stdio
+from pipeline import checks, gate, launch, registry, scaling, stdio
 from pipeline.config import checkspec
 from pipeline.context import Context, DeployRequest, redeploy
 from pipeline.dockerhost import LABEL_INSTANCE, LABEL_SERVER, container_address
 from pipeline.errors import CentralMCPError, EngineUnavailable, NotMCP
 from pipeline.plan import ReleaseSpec
-from pipeline.proxy.router import Upstream
+from pipeline.proxy.router import TargetGroup, Upstream
 from pipeline.proxy.usage import Usage
 from pipeline.states import PUSHED, DeploySource, ReleaseStatus
 
@@ -45,12 +45,15 @@ class Health:
     checked_at: float = 0.0
     restarts: list[float] = field(default_factory=list)
     processes: stdio.Processes | None = None  # a stdio server's, as its bridge last reported them
+    replicas: int = 1  # containers in rotation, as the last probe found them
 
     def summary(self) -> str:
         """One phrase for the registry's _meta."""
         text = self.status
         if self.status != "healthy" and self.last_error:
             text = f"{self.status}: {self.last_error}"
+        if self.replicas > 1:
+            text = f"{text}; {self.replicas} replicas"
         return f"{text}; {self.processes.summary()}" if self.processes else text
 
 
@@ -92,6 +95,9 @@ class Monitor:
         self.clock = clock
         self.sleep = sleep
         self.health: dict[str, Health] = {}
+        self.replica_failures: dict[str, int] = {}  # container id -> failed probes in a row (replicas)
+        self.autoscaler = scaling.Autoscaler(ctx, clock)
+        self._replacing: set[str] = set()
         self.watches: dict[str, Watch] = {}
         self._lock = threading.Lock()
         ctx.on_swap.append(self.on_swap)
@@ -103,12 +109,78 @@ class Monitor:
         Remote servers need no engine: they are probed either way."""
         engine = not any(u.remote is None for u in self.ctx.router.table.values()) or self._engine_answers()
         repos = self._repos()
-        for server, upstream in sorted(self.ctx.router.table.items()):
+        for server, group in sorted(self.ctx.router.groups.items()):
+            upstream = group.first
             if self._deploying(server, repos) or (upstream.remote is None and not engine):
                 continue
-            self._probe(upstream)
+            self.health.setdefault(server, Health()).replicas = len(group.targets)
+            if len(group.targets) > 1:
+                self._probe_replicas(group)
+            else:
+                self._probe(upstream)
         if engine:
             self.check_watches()
+
+    def autoscale(self) -> None:
+        """Sample in-flight requests per replica and scale servers between their bounds (a job)."""
+        repos = self._repos()
+        self.autoscaler.sample(lambda server: self._deploying(server, repos) or server in self._replacing)
+
+    def _probe_replicas(self, group: TargetGroup) -> None:
+        """Probe each replica of a server; one that fails `failure_threshold` probes in a row leaves
+        rotation and is replaced while the others serve. The server is healthy while one is."""
+        health = self.health.setdefault(group.server, Health())
+        errors: list[str] = []
+        down: list[tuple[str, str]] = []  # replicas past the failure threshold, and why
+        for target in group.targets:
+            try:
+                error = self._failure(target.upstream)
+            except EngineUnavailable as exc:
+                health.status, health.last_error = "unknown", str(exc)
+                return
+            cid = target.container_id
+            if error is None:
+                self.replica_failures.pop(cid, None)
+                self.ctx.router.reinstate(cid)  # if the proxy had taken it out of rotation
+                continue
+            error = self.ctx.secrets.masker(self.ctx.settings)(error)
+            errors.append(error)
+            failures = self.replica_failures[cid] = self.replica_failures.get(cid, 0) + 1
+            if error.startswith(CONTAINER_DOWN):
+                failures = self.replica_failures[cid] = max(failures, self._threshold)
+            self.ctx.metrics.probe_failures.labels(group.server).inc()
+            log.warning(
+                "%s replica %s probe failed (%d in a row): %s", group.server, cid[:12], failures, error
+            )
+            if failures >= self._threshold:
+                down.append((cid, error))
+        health.checked_at = time.time()
+        healthy = len(group.targets) - len(errors)
+        health.status = "healthy" if healthy else "down"
+        health.last_error = (
+            "" if not errors else f"{len(errors)} of {len(group.targets)} replicas failing: {errors[0]}"
+        )
+        if not healthy and len(down) == len(group.targets):
+            for target in group.targets:  # counted again from zero, as a single container's failures are
+                self.replica_failures.pop(target.container_id, None)
+            self._restart(group.first, health, health.last_error)  # none left serving: a restart deploy
+        elif down and group.server not in self._replacing:
+            self._replace(group.server, *down[0])
+
+    def _replace(self, server: str, container_id: str, reason: str) -> None:
+        """Replace one failing replica in a thread (the server is skipped by scaling meanwhile)."""
+        self._replacing.add(server)
+        self.replica_failures.pop(container_id, None)
+        self.ctx.metrics.restarts.labels(server).inc()
+        self.health.setdefault(server, Health()).restarts.append(self.clock())
+
+        def work() -> None:
+            try:
+                scaling.replace_replica(self.ctx, container_id, reason)
+            finally:
+                self._replacing.discard(server)
+
+        threading.Thread(target=work, name=f"replace-{server}", daemon=True).start()
 
     def _engine_answers(self) -> bool:
         deadline = self.clock() + self.ctx.settings.monitor.probe_interval
@@ -165,6 +237,7 @@ class Monitor:
         host, port = container_address(attrs)
         if host and (host, port) != (upstream.host, upstream.port):
             log.info("%s: its container moved to %s:%d; re-routing", upstream.server, host, port)
+            first = self.ctx.router.get(upstream.server)
             upstream = Upstream(
                 upstream.server,
                 upstream.release,
@@ -174,8 +247,9 @@ class Monitor:
                 upstream.path,
                 upstream.access,
             )
-            self.ctx.router.swap({upstream.server: upstream})
-            self.ctx.store.set_container(upstream.server, upstream.release, upstream.container_id, port)
+            self.ctx.router.readdress(upstream.container_id, upstream)
+            if first is not None and first.container_id == upstream.container_id:
+                self.ctx.store.set_container(upstream.server, upstream.release, upstream.container_id, port)
         try:
             self.probe(upstream.base_url, self.ctx.settings.monitor.probe_timeout)
             self._probe_checks(upstream)
@@ -353,7 +427,7 @@ class Monitor:
                     images += 1
         deploys = self.ctx.store.prune_deploys(keep.deploys, time.time() - keep.deploy_max_age)
         containers = 0
-        live_ids = {u.container_id for u in self.ctx.router.table.values()}
+        live_ids = {t.container_id for g in self.ctx.router.groups.values() for t in g.targets}
         for container in self.ctx.docker.containers({LABEL_INSTANCE: self.ctx.instance}):
             if container.status in ("exited", "dead", "created") and container.id not in live_ids:
                 self.ctx.docker.stop_and_remove(container.id, grace=0)

@@ -65,6 +65,7 @@ class Candidate:
     spec: ReleaseSpec
     build: bool  # a new release (built, unless it is a remote server), not an earlier one reused
     running: Running | None = None
+    replicas: list[Running] = field(default_factory=list)  # its other replicas (scale.min > 1)
     tools: list[dict[str, object]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     contract: list[str] = field(default_factory=list)
@@ -73,6 +74,11 @@ class Candidate:
     def name(self) -> str:
         """The server's name."""
         return self.spec.server
+
+    @property
+    def started(self) -> list[Running]:
+        """Every replica started so far, the first one first."""
+        return [self.running, *self.replicas] if self.running is not None else list(self.replicas)
 
 
 class Preparation:
@@ -265,11 +271,22 @@ class Preparation:
             )
 
     def _start(self, c: Candidate) -> None:
+        """Start the release's `scale.min` replicas (named `d<deploy>`, `d<deploy>-2`, ...)."""
         c.running = launch.start(self.ctx, c.spec, f"d{self.deploy_id}")
+        wanted, _ = launch.replicas(self.ctx, c.spec)
+        for n in range(2, wanted + 1):
+            if self.abort.is_set():
+                raise DeployError(f"{c.name}: another server failed; its replicas are not started")
+            c.replicas.append(launch.start(self.ctx, c.spec, f"d{self.deploy_id}-{n}"))
 
     def _gate(self, c: Candidate) -> None:
+        """Gate every replica; the first one's answer gives the release's tools."""
         assert c.running is not None
         result = launch.wait_healthy(self.ctx, c.spec, c.running, self.log.line, self.deadline)
+        for running in c.replicas:
+            launch.wait_healthy(self.ctx, c.spec, running, self.log.line, self.deadline)
+        if c.replicas:
+            self.log.line(f"{c.name}: {len(c.started)} replicas passed the gate")
         c.tools = self.log.masker.data(list(result.tools))  # stored, shown and listed in the registry
         names = ", ".join(str(t.get("name")) for t in c.tools)
         self.log.line(f"{c.name}: speaks MCP {result.protocol_version}, {len(c.tools)} tool(s): {names}")
@@ -318,8 +335,9 @@ class Preparation:
         for c in self.candidates:
             if c.running is None:
                 continue
-            if not launch.is_remote(c.running.id):
-                self.ctx.docker.stop_and_remove(c.running.id, grace=1)
+            for running in c.started:
+                if not launch.is_remote(running.id):
+                    self.ctx.docker.stop_and_remove(running.id, grace=1)
             if c.build and self.ctx.store.release(c.name, c.spec.number):
                 self.ctx.store.set_release_status(c.name, c.spec.number, ReleaseStatus.FAILED)
             live = self.ctx.router.get(c.name)

@@ -33,30 +33,32 @@ def reconcile(ctx: Context, say: Callable[[str], None]) -> list[Upstream]:
         shutil.rmtree(snapshot, ignore_errors=True)
     live = {r.server: r for r in ctx.store.live_releases()}
     _reopen_relays(ctx, live, say)
-    routed: dict[str, Upstream] = {}
+    routed: dict[str, list[Upstream]] = {}
     for container in ctx.docker.containers({LABEL_INSTANCE: ctx.instance}):
         labels = container.labels
         release = live.get(labels.get(LABEL_SERVER, ""))
         if release and labels.get(LABEL_RELEASE) == release.name and container.status == "running":
             host, port = container_address(container.attrs)
-            if host and release.server not in routed:
-                routed[release.server] = _upstream(release, container.id, host, port)
-                if port != release.host_port or container.id != release.container_id:
+            replicas = routed.setdefault(release.server, [])
+            if host and len(replicas) < _most(ctx, release):
+                replicas.append(_upstream(release, container.id, host, port))
+                if len(replicas) == 1 and (port != release.host_port or container.id != release.container_id):
                     ctx.store.set_container(release.server, release.number, container.id, port)
                 continue
         say(f"removing leftover container {container.name}")
         ctx.docker.stop_and_remove(container.id, grace=1)
     for server, release in live.items():
-        if server not in routed:
-            upstream = _restart(ctx, release, say)
+        replicas = routed.setdefault(server, [])
+        for n in range(len(replicas) + 1, _least(ctx, release) + 1):
+            upstream = _restart(ctx, release, say, "restart" if n == 1 else f"restart-{n}")
             if upstream is not None:
-                routed[server] = upstream
-    ctx.router.replace_all(routed.values(), known=live)
+                replicas.append(upstream)
+    ctx.router.replace_all([u for ups in routed.values() for u in ups], known=live)
     if ctx.networks is not None:
         wanted = {s: _run(r).get("host_services", ()) for s, r in live.items()}
         for name in ctx.networks.prune(wanted):
             say(f"removed network {name}: no container uses it")
-    return list(routed.values())
+    return [u for ups in routed.values() for u in ups]
 
 
 def _masked(say: Callable[[str], None], mask: Callable[[str], str]) -> Callable[[str], None]:
@@ -89,7 +91,19 @@ def _upstream(release: Release, container_id: str, host: str, port: int) -> Upst
     return Upstream(release.server, release.number, container_id, host, port, release.path, access)
 
 
-def _restart(ctx: Context, release: Release, say: Callable[[str], None]) -> Upstream | None:
+def _least(ctx: Context, release: Release) -> int:
+    """How many replicas of a live release run at least (its `scale.min`)."""
+    return launch.replicas(ctx, ReleaseSpec.of(release))[0]
+
+
+def _most(ctx: Context, release: Release) -> int:
+    """How many replicas of a live release may run (its `scale.max`): the autoscaled ones are kept."""
+    return launch.replicas(ctx, ReleaseSpec.of(release))[1]
+
+
+def _restart(
+    ctx: Context, release: Release, say: Callable[[str], None], suffix: str = "restart"
+) -> Upstream | None:
     """Start a fresh container of a live release whose container is missing (same labels and gate)."""
     spec = ReleaseSpec.of(release)
     if release.manifest.get("remote") is not None:
@@ -98,12 +112,13 @@ def _restart(ctx: Context, release: Release, say: Callable[[str], None]) -> Upst
         say(f"{release.server} r{release.number}: its container is missing; starting it again")
     running = None
     try:
-        running = launch.start(ctx, spec, "restart")
+        running = launch.start(ctx, spec, suffix)
         launch.wait_healthy(ctx, spec, running, say)
     except CentralMCPError as exc:
         say(f"{release.server} r{release.number}: could not be started again: {exc}")
         if running is not None and not launch.is_remote(running.id):  # failed its gate: never routed
             ctx.docker.stop_and_remove(running.id, grace=1)
         return None
-    ctx.store.set_container(release.server, release.number, running.id, running.port)
+    if suffix == "restart":
+        ctx.store.set_container(release.server, release.number, running.id, running.port)
     return launch.upstream(ctx, spec, running)

@@ -488,3 +488,16 @@ def test_an_unknown_network_mode_is_refused(tmp_path: Path) -> None:
 
 def _data() -> dict[str, object]:
     return {"name": "srv", "version": "1.0.0", "description": "d", "transport": "streamable-http"}
+
+
+def test_scale_max_below_min_is_refused_naming_both(tmp_path: Path) -> None:
+    """`scale: {min: 3, max: 2}` is located at $.scale.max; min alone raises deploy.yaml's max with it."""
+    _server(tmp_path / "repo", "srv", GOOD + "scale: {min: 3, max: 2}\n")
+    [problem] = _check(tmp_path).problems
+    assert problem.path == "$.scale.max" and "scale.max 2 below scale.min 3" in problem.message
+    _server(tmp_path / "repo", "srv", GOOD + "scale: {min: 3}\n")
+    report = _check(tmp_path)
+    assert report.ok and report.manifests[0].scale == manifest.Scale(min=3)
+    _server(tmp_path / "repo", "srv", GOOD + "scale: {min: 0}\n")
+    [problem] = _check(tmp_path).problems
+    assert problem.path == "$.scale.min"

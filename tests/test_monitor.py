@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pipeline import remote, stdio
+from pipeline import remote, scaling, stdio
 from pipeline.config.settings import MonitorConfig, ProxyTimeouts, Settings
 from pipeline.context import Context, DeployRequest
 from pipeline.errors import CheckFailed, DockerError, EngineUnavailable, NotMCP
@@ -418,3 +419,47 @@ def test_without_probe_checks_no_check_runs(world: dict[str, Any]) -> None:
     ran = _with_probe_checks(world, {**PROBED, "probe_checks": False})
     world["monitor"].probe_all()
     assert ran == []
+
+
+def test_a_failing_replica_leaves_rotation_and_is_replaced_while_the_other_serves(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Of two replicas, the dead one leaves rotation at once and a new one takes its place; no restart
+    deploy is submitted and the server stays healthy, listed with its replicas."""
+    router: Router = world["router"]
+    router.add_target(Upstream("svc", 2, "c2b", "127.0.0.1", 5012, "/mcp"))
+    world["docker"].states["c2b"], world["docker"].ports["c2b"] = "exited", 5012
+    added: list[str] = []
+    stopped: list[str] = []
+
+    def add_replica(ctx: Context, server: str, why: str) -> Upstream:
+        new = Upstream(server, 2, "c2c", "127.0.0.1", 5022, "/mcp")
+        added.append(why)
+        ctx.router.add_target(new)
+        return new
+
+    monkeypatch.setattr(scaling, "add_replica", add_replica)
+    monkeypatch.setattr(scaling, "drain_and_stop", lambda ctx, up, say: stopped.append(up.container_id))
+    monitor: Monitor = world["monitor"]
+    monitor.probe_all()
+    deadline = time.monotonic() + 5
+    while monitor._replacing and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [t.container_id for t in router.groups["svc"].targets] == ["c2", "c2c"]
+    assert stopped == ["c2b"] and added == ["replacing c2b"]
+    assert world["submitted"] == []
+    assert "1 of 2 replicas failing" in monitor.health["svc"].last_error
+    world["docker"].states["c2c"], world["docker"].ports["c2c"] = "running", 5022
+    monitor.probe_all()
+    assert monitor.health["svc"].summary() == "healthy; 2 replicas"
+
+
+def test_when_every_replica_fails_the_release_is_restarted(world: dict[str, Any]) -> None:
+    """With no replica left serving, one restart deploy replaces the whole release (all its replicas)."""
+    world["router"].add_target(Upstream("svc", 2, "c2b", "127.0.0.1", 5012, "/mcp"))
+    world["docker"].states["c2"] = "exited"
+    world["docker"].states["c2b"], world["docker"].ports["c2b"] = "exited", 5012
+    world["monitor"].probe_all()
+    (request,) = world["submitted"]
+    assert (request.source, request.rollback) == ("restart", ("svc", 2))
+    assert world["monitor"].health["svc"].status == "down"

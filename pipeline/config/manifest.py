@@ -73,6 +73,17 @@ class Remote:
 
 
 @dataclass(frozen=True)
+class Scale:
+    """A manifest's `scale`: what it says, None where deploy.yaml's `scale` decides."""
+
+    min: int | None = None
+    max: int | None = None
+    target_inflight: float | None = None
+    window: float | None = None
+    cooldown: float | None = None
+
+
+@dataclass(frozen=True)
 class Manifest:
     """One server's validated manifest, with paths resolved inside the repository."""
 
@@ -106,6 +117,7 @@ class Manifest:
     checks: tuple[Check, ...] = ()  # smoke calls the gate makes after the handshake
     probe_checks: bool = False  # the read-only checks run in the health probes too
     contract: str = checkspec.CONTRACT_ENFORCE  # or warn: a breaking change is shown, not refused
+    scale: Scale = Scale()
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -255,9 +267,30 @@ def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings
             )
     problems += _health_problems(doc, settings)
     problems += checkspec.problems(doc, settings.proxy.deploy_timeout)
+    problems += _scale_problems(doc, settings)
     problems += _access_problems(doc, settings)
     problems += _host_service_problems(doc, settings)
     return problems
+
+
+def _scale_problems(doc: yamlsrc.Document, settings: Settings) -> list[Problem]:
+    """`scale.max` may not be below `scale.min` (deploy.yaml's when the manifest has none); a remote server is
+    one endpoint elsewhere, so it has no replicas to scale."""
+    scale = _section(doc.data, "scale")
+    if not scale:
+        return []
+    if "remote" in doc.data:
+        return [doc.problem(("scale",), "a remote server has no replicas: it runs elsewhere", "remove scale")]
+    low, high = scale.get("min", settings.scale.min), scale.get("max")
+    if isinstance(low, int) and isinstance(high, int) and high < low:
+        return [
+            doc.problem(
+                ("scale", "max"),
+                f"server {doc.data.get('name')!r} has scale.max {high} below scale.min {low}",
+                "raise scale.max to at least scale.min",
+            )
+        ]
+    return []
 
 
 def _remote_problems(doc: yamlsrc.Document, settings: Settings) -> list[Problem]:
@@ -638,7 +671,21 @@ def from_data(data: dict[str, Any], folder: str) -> Manifest:
         checks=checkspec.parse(data),
         probe_checks=bool(data.get("probe_checks", False)),
         contract=str(data.get("contract", checkspec.CONTRACT_ENFORCE)),
+        scale=scale_of(data),
         raw=data,
+    )
+
+
+def scale_of(data: Mapping[str, Any]) -> Scale:
+    """The `scale` of validated manifest data (a stored release's manifest too)."""
+    scale = data.get("scale") or {}
+    window, cooldown, target = scale.get("window"), scale.get("cooldown"), scale.get("target_inflight")
+    return Scale(
+        min=scale.get("min"),
+        max=scale.get("max"),
+        target_inflight=float(target) if target is not None else None,
+        window=parse_duration(window) if window is not None else None,
+        cooldown=parse_duration(cooldown) if cooldown is not None else None,
     )
 
 

@@ -63,6 +63,11 @@ DEFAULT_WATCH_WINDOW = 300.0
 DEFAULT_WATCH_ERROR_RATE = 0.5
 DEFAULT_WATCH_MIN_REQUESTS = 10
 DEFAULT_WATCH_RESTARTS = 2
+DEFAULT_REPLICAS = 1  # scale.min and scale.max: one container per server
+DEFAULT_TARGET_INFLIGHT = 4.0  # requests in flight per replica that autoscaling keeps under
+DEFAULT_SCALE_WINDOW = 60.0  # load high (or low) this long before a replica is added (removed)
+DEFAULT_SCALE_COOLDOWN = 120.0  # at least this long between two scaling steps of one server
+DEFAULT_SCALE_INTERVAL = 2.0  # how often the monitor samples in-flight requests
 DEFAULT_RETENTION_INTERVAL = 3600.0
 DEFAULT_CONTAINER_USER = "65534:65534"  # nobody:nogroup on Debian-based images
 DEFAULT_CONTAINER_TMPFS = 64 * 1024 * 1024
@@ -199,6 +204,18 @@ class MonitorConfig:
 
 
 @dataclass(frozen=True)
+class ScaleConfig:
+    """deploy.yaml's `scale`: the defaults of each manifest's `scale`, and the sampling interval."""
+
+    min: int = DEFAULT_REPLICAS
+    max: int = DEFAULT_REPLICAS
+    target_inflight: float = DEFAULT_TARGET_INFLIGHT
+    window: float = DEFAULT_SCALE_WINDOW
+    cooldown: float = DEFAULT_SCALE_COOLDOWN
+    interval: float = DEFAULT_SCALE_INTERVAL
+
+
+@dataclass(frozen=True)
 class Containers:
     """How every server container runs, whatever its image says."""
 
@@ -295,6 +312,7 @@ class Settings:
     admin_token: str = field(default="", repr=False)
     admin_token_env: str = ""
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
     containers: Containers = field(default_factory=Containers)
     limits: Limits = field(default_factory=Limits)
     network: NetworkConfig = field(default_factory=NetworkConfig)
@@ -616,6 +634,7 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
         webhook_max_body=parse_size(webhooks.get("max_body", DEFAULT_WEBHOOK_MAX_BODY)),
         webhook_queue=webhooks.get("queue", DEFAULT_WEBHOOK_QUEUE),
         monitor=_monitor(data.get("monitor", {})),
+        scale=_scale(data.get("scale", {})),
         containers=_containers(data.get("containers", {})),
         limits=_limits(data.get("limits", {})),
         network=_network(data.get("network", {})),
@@ -658,6 +677,17 @@ def _monitor(data: dict[str, Any]) -> MonitorConfig:
         watch_min_requests=data.get("watch_min_requests", DEFAULT_WATCH_MIN_REQUESTS),
         watch_restarts=data.get("watch_restarts", DEFAULT_WATCH_RESTARTS),
         retention_interval=parse_duration(data.get("retention_interval", DEFAULT_RETENTION_INTERVAL)),
+    )
+
+
+def _scale(data: dict[str, Any]) -> ScaleConfig:
+    return ScaleConfig(
+        min=data.get("min", DEFAULT_REPLICAS),
+        max=max(data.get("max", DEFAULT_REPLICAS), data.get("min", DEFAULT_REPLICAS)),
+        target_inflight=float(data.get("target_inflight", DEFAULT_TARGET_INFLIGHT)),
+        window=parse_duration(data.get("window", DEFAULT_SCALE_WINDOW)),
+        cooldown=parse_duration(data.get("cooldown", DEFAULT_SCALE_COOLDOWN)),
+        interval=parse_duration(data.get("interval", DEFAULT_SCALE_INTERVAL)),
     )
 
 

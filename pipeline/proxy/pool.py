@@ -28,7 +28,7 @@ import httptools
 
 from pipeline import remote
 from pipeline.config.settings import DEFAULT_MAX_UPSTREAM_HEADER
-from pipeline.errors import RemoteRefused, UpstreamError, UpstreamRefused
+from pipeline.errors import RemoteRefused, UpstreamError, UpstreamRefused, UpstreamUnreachable
 from pipeline.remote import Dialer
 
 IDLE_SECONDS = 4.0  # below the 5 s keep-alive of uvicorn and Node, so the server never closes first
@@ -317,8 +317,11 @@ class Pool:
         return conn
 
     async def _connect(self, key: tuple[str, int]) -> Connection:
-        async with asyncio.timeout(self.connect_timeout):
-            _, conn = await self.loop.create_connection(lambda: Connection(self, key), *key)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                _, conn = await self.loop.create_connection(lambda: Connection(self, key), *key)
+        except OSError as exc:  # TimeoutError too: nothing was sent
+            raise UpstreamUnreachable(f"{exc.__class__.__name__}: {exc}") from exc
         self._open.add(conn)
         return conn
 

@@ -24,13 +24,20 @@ import json
 import re
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 from starlette.types import Receive, Scope, Send
 
 from pipeline.config.settings import DEFAULT_MAX_BODY, DEFAULT_MAX_UPSTREAM_HEADER
-from pipeline.errors import BodyTooLarge, ClientGone, UpstreamError, UpstreamRefused
+from pipeline.errors import (
+    BodyTooLarge,
+    CentralMCPError,
+    ClientGone,
+    UpstreamError,
+    UpstreamRefused,
+    UpstreamUnreachable,
+)
 from pipeline.proxy.access import Caller, Denied, Gatekeeper
 from pipeline.proxy.exchange import (
     DOT_SEGMENTS,
@@ -41,7 +48,7 @@ from pipeline.proxy.exchange import (
 )
 from pipeline.proxy.expiry import expire_sessions
 from pipeline.proxy.pool import Connection, Pool, RemotePool
-from pipeline.proxy.router import Router, Upstream
+from pipeline.proxy.router import Router, Target, Upstream
 from pipeline.proxy.sessions import Session
 from pipeline.proxy.usage import Usage
 from pipeline.remote import Dialer
@@ -110,6 +117,22 @@ ALLOWED_HEADERS = (
 )
 EXPOSED_HEADERS = b"Mcp-Session-Id, MCP-Protocol-Version"
 JSON_TYPE = (b"content-type", b"application/json")
+REQUEST_STATE = b'"requestState"'  # a stateless-era multi-round-trip request's state (2026-07-28)
+MAX_REQUEST_STATE = 64 * 1024  # longer ones are not remembered (a retry then goes to any replica)
+
+
+class Waker(Protocol):
+    """What starts a server that has no live target on purpose (scaled to zero): the proxy holds a
+    request for it while `wake` runs, then routes it as any other."""
+
+    def asleep(self, server: str) -> bool:
+        """Whether `server` is known and has no live target on purpose (cheap: asked per such request)."""
+
+    async def wake(self, server: str) -> None:
+        """Return once `server` has a live target (concurrent calls share one start); raise if it cannot."""
+
+
+WAKE: Reply = (0, b"", [])  # route's answer for a server that is asleep: `woken` routes it after waking it
 
 
 class Ticket:
@@ -128,6 +151,7 @@ class Ticket:
         "session",
         "session_id",
         "started",
+        "target",
         "upstream",
     )
 
@@ -140,6 +164,7 @@ class Ticket:
         self.session_id = session_id
         self.fields = fields  # the request headers that go upstream, as `name: value\r\n` lines
         self.upstream: Upstream | None = None
+        self.target: Target | None = None  # the replica it goes to (`upstream` is its address)
         self.session: Session | None = None  # the live session the request belongs to, if any
         self.closer: asyncio.Event | None = None  # set when the upstream is retired
         self.request = b""  # the whole upstream request: head and body
@@ -178,6 +203,7 @@ class Proxy:
         self._pool: Pool | None = None
         self._remote_pools: dict[bool, Pool] = {}  # by TLS or not
         self._expiry: asyncio.Task[None] | None = None
+        self.waker: Waker | None = None  # set by whoever scales servers to zero
 
     async def start(self) -> None:
         """Open the shared upstream connection pool; start expiring idle sessions."""
@@ -220,10 +246,38 @@ class Proxy:
             await _send_reply(ex, too_large(self.max_body))
             return
         refused = self.route(ex, ticket, body)
+        if refused is WAKE:
+            refused = await self.woken(ex, ticket, body)
         if refused is not None:
             await _send_reply(ex, refused)
             return
         await self.forward(ex, ticket)
+
+    async def serve_woken(self, ex: Exchange, ticket: Ticket, body: bytes) -> None:
+        """Wake the ticket's server, then route and forward the request (front.py's fast path, whose
+        `route` answered WAKE)."""
+        refused = await self.woken(ex, ticket, body)
+        if refused is not None:
+            await _send_reply(ex, refused)
+            return
+        await self.forward(ex, ticket)
+
+    async def woken(self, ex: Exchange, ticket: Ticket, body: bytes) -> Reply | None:
+        """Wake the request's server and route the request: None when routed, else the answer."""
+        assert self.waker is not None
+        try:
+            await self.waker.wake(ex.server)
+        except (CentralMCPError, OSError) as exc:  # it could not start: a 503 saying why, never a hang
+            reason = str(exc) if isinstance(exc, CentralMCPError) else exc.__class__.__name__
+            return _json(
+                503, {"error": f"server {ex.server!r} could not be started: {reason}"}, {"Retry-After": "5"}
+            )
+        refused = self.route(ex, ticket, body)
+        if refused is WAKE:
+            return _json(
+                503, {"error": f"server {ex.server!r} is still starting; retry"}, {"Retry-After": "1"}
+            )
+        return refused
 
     def admit(self, ex: Exchange) -> Ticket | Reply:
         """Read the request's headers: a ticket for it, or the answer that refuses it."""
@@ -264,13 +318,15 @@ class Proxy:
         """Pick the ticket's upstream and count it in flight there, with the upstream request
         made; or return the answer when there is none."""
         for _ in range(ROUTE_ATTEMPTS):
-            routed = self._route(ex.server, ticket)
-            if not isinstance(routed, Upstream):
+            routed = self._route(ex.server, ticket, body)
+            if routed is WAKE:
+                return WAKE
+            if not isinstance(routed, Target):
                 return _cors(routed, ticket.origin)
             closer = self.router.enter(routed, ticket.session)
             if closer is not None:
-                ticket.upstream, ticket.closer = routed, closer
-                ticket.request = self._request(ex, routed, ticket.fields, body)
+                ticket.target, ticket.upstream, ticket.closer = routed, routed.upstream, closer
+                ticket.request = self._request(ex, routed.upstream, ticket.fields, body)
                 ticket.started = time.monotonic()
                 return None
         return _json(503, {"error": f"server {ex.server!r} is being replaced; retry"}, {"Retry-After": "1"})
@@ -306,6 +362,9 @@ class Proxy:
             self.finish(ticket, CLIENT_GONE)
             return
         except OSError as exc:  # refused, reset, timed out, or not HTTP
+            if isinstance(exc, UpstreamUnreachable) and self._failover(ticket):
+                await self.forward(ex, ticket)  # nothing was sent: another replica takes it
+                return
             self.finish(ticket, 502)
             await _send_reply(ex, _cors(_bad_gateway(upstream.server, exc), ticket.origin))
             return
@@ -322,7 +381,7 @@ class Proxy:
                 if not any(k == b"cache-control" for k, _ in headers):
                     headers.append((b"cache-control", b"no-cache"))
                 await ex.start(status, _cors((status, b"", headers), ticket.origin)[2])
-                await self._relay(conn, ex, ticket.closer, KEEPALIVE_COMMENT)
+                await self._relay(conn, ex, ticket.closer, KEEPALIVE_COMMENT, ticket)
                 await ex.end()
                 return
             # JSON answers and 202s are mostly small: relay them whole, with their length.
@@ -337,6 +396,7 @@ class Proxy:
                 if payload is None:
                     status = await self._stream_body(conn, ex, ticket, headers)
                     return
+                self._learn(ticket, payload)
                 answer = (conn.status, payload, headers)
             status = answer[0]
             await _send_reply(ex, _cors(answer, ticket.origin))  # still in flight: a drain waits for this
@@ -344,18 +404,38 @@ class Proxy:
             conn.release()  # pools it if the answer is complete, else closes it
             self.finish(ticket, status)
 
+    def _failover(self, ticket: Ticket) -> bool:
+        """Move a request outside any session off a replica no connection could be made to (taken
+        out of rotation) onto another healthy one; False when there is none (then 502)."""
+        old = ticket.target
+        if old is None or ticket.session_id or not self.router.suspend(old):
+            return False
+        new = self.router.pick(old.upstream.server)
+        closer = self.router.enter(new) if new is not None and new is not old else None
+        if new is None or closer is None:
+            return False
+        self.router.leave(old)
+        host = b"\r\nhost: %s\r\n"
+        ticket.request = ticket.request.replace(
+            host % old.upstream.authority.encode(), host % new.upstream.authority.encode(), 1
+        )
+        ticket.target, ticket.upstream, ticket.closer = new, new.upstream, closer
+        return True
+
     def whole_answer(self, ticket: Ticket, conn: Connection) -> Reply:
         """The answer to relay for a complete upstream answer that is not an event stream."""
-        return _cors((conn.status, conn.take_body(), self._relayed(ticket, conn)), ticket.origin)
+        body = conn.take_body()
+        self._learn(ticket, body)
+        return _cors((conn.status, body, self._relayed(ticket, conn)), ticket.origin)
 
     def finish(self, ticket: Ticket, status: int) -> None:
         """The ticket's request has ended: no longer in flight; counted in the usage. Idempotent."""
-        upstream = ticket.upstream
-        if upstream is None or ticket.closer is None:
+        upstream, target = ticket.upstream, ticket.target
+        if upstream is None or target is None or ticket.closer is None:
             return
         ticket.closer = None
         now = time.monotonic()
-        self.router.leave(upstream, ticket.session, now)
+        self.router.leave(target, ticket.session, now)
         self.usage.count(ticket.caller, upstream.server, status, now - ticket.started)
 
     def _preflight(self, origin: str, asked: str) -> Reply:
@@ -376,8 +456,9 @@ class Proxy:
             ),
         )
 
-    def _route(self, server: str, ticket: Ticket) -> Upstream | Reply:
-        """The upstream for the ticket (its session's, when it carries one), or the answer.
+    def _route(self, server: str, ticket: Ticket, body: bytes) -> Target | Reply:
+        """The target for the ticket (its session's, when it carries one; the one that minted the
+        request state it carries back; else the least busy replica), or the answer.
 
         A session id the proxy does not hold — never issued through it, ended, expired, retired,
         or issued to another key — answers 404, which tells the client to initialize again.
@@ -386,11 +467,17 @@ class Proxy:
             session = ticket.session = self.router.session(ticket.session_id)
             if session is None or session.server != server or session.key_id != ticket.caller.key_id:
                 return _session_gone()
-            upstream = self.router.upstream_of(session)
-            return upstream if upstream is not None else _session_gone()
-        upstream = self.router.get(server)
-        if upstream is not None:
-            return upstream
+            target = self.router.target_of(session)
+            return target if target is not None else _session_gone()
+        if REQUEST_STATE in body:  # a stateless-era retry: back to the replica that minted its state
+            pinned = self._pinned(server, body)
+            if pinned is not None:
+                return pinned
+        target = self.router.pick(server)
+        if target is not None:
+            return target
+        if self.waker is not None and self.waker.asleep(server):
+            return WAKE
         if server in self.router.known:
             return _json(
                 503,
@@ -398,6 +485,28 @@ class Proxy:
                 {"Retry-After": RETRY_AFTER_SECONDS},
             )
         return _json(404, {"error": f"no server named {server!r}"})
+
+    def _pinned(self, server: str, body: bytes) -> Target | None:
+        """The replica that minted the request state a request carries back, if it still serves."""
+        group = self.router.groups.get(server)
+        if group is None or len(group.targets) < 2:
+            return None  # one replica: nothing to choose
+        state = request_state(body, "params")
+        target = self.router.pinned(state) if state else None
+        return target if target is not None and target.upstream.server == server else None
+
+    def _learn(self, ticket: Ticket, body: bytes) -> None:
+        """Remember which replica minted the request state an answer carries (a server with replicas)."""
+        target = ticket.target
+        if target is None or REQUEST_STATE not in body or ticket.session_id:
+            return
+        group = self.router.groups.get(target.upstream.server)
+        if group is None or len(group.targets) < 2:
+            return
+        for line in body.splitlines() if body.lstrip()[:1] != b"{" else (body,):
+            state = request_state(line.removeprefix(b"data:"), "result")
+            if state:
+                self.router.pin(state, target.container_id)
 
     @staticmethod
     def _request(ex: Exchange, upstream: Upstream, fields: list[bytes], body: bytes) -> bytes:
@@ -453,7 +562,12 @@ class Proxy:
         return 502 if conn.error is not None else conn.status  # else the client left: not the server's fault
 
     async def _relay(
-        self, conn: Connection, ex: Exchange, closer: asyncio.Event | None, comment: bytes
+        self,
+        conn: Connection,
+        ex: Exchange,
+        closer: asyncio.Event | None,
+        comment: bytes,
+        ticket: Ticket | None = None,
     ) -> bool:
         """Relay a body as it arrives; write `comment` on a quiet stream at an event boundary; stop
         when `closer` is set or the client goes away. Return whether the upstream's body ended whole."""
@@ -473,6 +587,8 @@ class Proxy:
                     if not chunk:
                         break  # the body ended, or the upstream went away mid-stream
                     at_boundary = chunk.endswith((b"\n\n", b"\r\n\r\n"))
+                    if ticket is not None:
+                        self._learn(ticket, chunk)
                     await ex.write(chunk)
                 elif done:
                     break  # retired, or the client left
@@ -510,6 +626,17 @@ async def _unless_gone(ex: Exchange, waiting: Coroutine[Any, Any, T]) -> T:
     if work.cancelled():
         raise ClientGone()
     return work.result()
+
+
+def request_state(text: bytes, member: str) -> str:
+    """The `requestState` of a JSON-RPC message's `params` or `result` ("" if it has none)."""
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return ""
+    part = message.get(member) if isinstance(message, dict) else None
+    state = part.get("requestState") if isinstance(part, dict) else None
+    return state if isinstance(state, str) and 0 < len(state) <= MAX_REQUEST_STATE else ""
 
 
 def is_stream(conn: Connection) -> bool:
@@ -578,6 +705,8 @@ def _bad_gateway(server: str, exc: BaseException) -> Reply:
     """A 502 naming the server; what went wrong when the upstream spoke badly (our own words)."""
     if isinstance(exc, UpstreamRefused):
         why = f"was not connected to: {exc}"
+    elif isinstance(exc, UpstreamUnreachable):  # the cause's name only: not the container's address
+        why = f"is unreachable: {(exc.__cause__ or exc).__class__.__name__}"
     elif isinstance(exc, UpstreamError):
         why = f"answered badly: {exc}"
     else:

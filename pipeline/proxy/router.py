@@ -1,9 +1,13 @@
-"""The route table and the upstreams' lives: live, draining (old sessions only), retired.
+"""The route table and the targets' lives: a release is a group of targets (its replicas), each
+healthy, draining (its own sessions only) or retired (pipeline/proxy/targets.py).
 
-The table maps a server name to its live upstream; it is an immutable mapping replaced in
-one assignment. After a swap the old upstream keeps serving the sessions it issued until they
-end or the session drain timeout passes; then it is retired and its session ids answer 404.
-Sessions (sessions.py) are counted busy from `enter` to `leave`, under the same lock.
+The table maps a server name to its live group; it is an immutable mapping replaced in one
+assignment. A request outside any session goes to the live group's least busy healthy replica; a
+session's requests go to the target that issued it, and a stateless-era retry that carries a
+`requestState` goes to the target that minted it (`pin`). After a swap the old targets keep serving
+the sessions they issued until those end or the session drain timeout passes; then they are retired
+and their session ids answer 404. Sessions (sessions.py) are counted busy from `enter` to `leave`,
+under the same lock.
 """
 
 from __future__ import annotations
@@ -11,53 +15,29 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 
 from pipeline.proxy.sessions import Session, SessionTable
-from pipeline.remote import Route
+from pipeline.proxy.targets import Target, TargetGroup, TargetState, Upstream, group_of
 from pipeline.store import SessionRow
 
+__all__ = ["MAX_PINS", "Router", "Target", "TargetGroup", "TargetState", "Upstream"]
 
-@dataclass(frozen=True)
-class Upstream:
-    """One running release of a server that the proxy may forward to."""
-
-    server: str
-    release: int
-    container_id: str
-    host: str
-    port: int
-    path: str
-    access: tuple[str, ...] = ("all",)
-    remote: Route | None = None  # a remote server: no container, `container_id` only names the release
-
-    @property
-    def base_url(self) -> str:
-        """The upstream's MCP endpoint URL."""
-        if self.remote is not None:
-            return self.remote.url
-        return f"http://{self.host}:{self.port}{self.path}"
-
-    @property
-    def authority(self) -> str:
-        """The Host sent upstream: loopback for a container, as SDK servers' DNS-rebinding guard
-        accepts, whatever address it is reached at on its network; a remote's own name."""
-        if self.remote is not None:
-            return self.remote.authority
-        return f"127.0.0.1:{self.port}"
+MAX_PINS = 10_000  # request states remembered (the oldest forgotten first): bounded, whatever servers mint
+Change = Upstream | Sequence[Upstream] | None
 
 
 class Router:
-    """Routes, sessions and in-flight counts; thread-safe (deploys run on worker threads)."""
+    """Routes, targets, sessions and in-flight counts; thread-safe (deploys run on worker threads)."""
 
     def __init__(self) -> None:
+        self._groups: Mapping[str, TargetGroup] = MappingProxyType({})
         self._table: Mapping[str, Upstream] = MappingProxyType({})
-        self._draining: dict[str, Upstream] = {}
+        self._targets: dict[str, Target] = {}  # every target not retired (live and draining), by id
         self._sessions = SessionTable()
-        self._inflight: dict[str, int] = {}
-        self._closers: dict[str, asyncio.Event] = {}  # set when the upstream is retired
+        self._pins: OrderedDict[str, str] = OrderedDict()  # request state -> the container that minted it
         self._lock = threading.RLock()
         self.known: frozenset[str] = frozenset()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -65,53 +45,183 @@ class Router:
 
     @property
     def table(self) -> Mapping[str, Upstream]:
-        """The current table (never mutated; a swap replaces it)."""
+        """Each live server's first replica (never mutated; a swap replaces it)."""
         return self._table
 
+    @property
+    def groups(self) -> Mapping[str, TargetGroup]:
+        """Each live server's group of replicas (never mutated; a swap replaces it)."""
+        return self._groups
+
     def get(self, server: str) -> Upstream | None:
-        """Return the live upstream of `server`, or None."""
+        """Return the first live replica of `server`, or None."""
         return self._table.get(server)
 
-    def swap(self, changes: Mapping[str, Upstream | None]) -> dict[str, Upstream]:
-        """Apply changes (None removes a server) in one step; the replaced upstreams start draining."""
+    def pick(self, server: str) -> Target | None:
+        """The live replica of `server` a new request goes to (fewest in flight), or None."""
+        group = self._groups.get(server)
+        return group.pick() if group is not None else None
+
+    def target(self, container_id: str) -> Target | None:
+        """The live or draining target with this id, or None."""
+        return self._targets.get(container_id)
+
+    def swap(self, changes: Mapping[str, Change]) -> dict[str, TargetGroup]:
+        """Apply changes (an upstream, or a release's replicas; None removes a server) in one step;
+        return the replaced groups, whose targets start draining."""
         with self._lock:
-            table = dict(self._table)
-            replaced = {name: table[name] for name in changes if name in table}
-            for name, upstream in changes.items():
-                if upstream is None:
-                    table.pop(name, None)
+            groups = dict(self._groups)
+            replaced = {name: groups[name] for name in changes if name in groups}
+            for name, change in changes.items():
+                if change is None:
+                    groups.pop(name, None)
                 else:
-                    table[name] = upstream
+                    ups = (change,) if isinstance(change, Upstream) else tuple(change)
+                    group = groups[name] = self._group(ups)
+                    self._targets.update((t.container_id, t) for t in group.targets)
+            kept = {t.container_id for g in groups.values() for t in g.targets}
             for old in replaced.values():
-                self._draining[old.container_id] = old
-            self._table = MappingProxyType(table)
-            self.known = frozenset(self.known | set(table)) - {n for n, u in changes.items() if u is None}
+                for target in old.targets:
+                    if target.container_id not in kept:
+                        target.state = TargetState.DRAINING
+            self._publish(groups)
+            self.known = frozenset(self.known | set(groups)) - {n for n, c in changes.items() if c is None}
         self._tell()
         return replaced
 
+    def _group(self, upstreams: tuple[Upstream, ...]) -> TargetGroup:
+        """A group of these upstreams; a container already routed keeps its target (and its counts)."""
+        group = group_of(upstreams)
+        targets = []
+        for fresh in group.targets:
+            known = self._targets.get(fresh.container_id)
+            if known is None or known.state is TargetState.RETIRED:
+                targets.append(fresh)
+                continue
+            known.upstream, known.state = fresh.upstream, TargetState.HEALTHY
+            targets.append(known)
+        return TargetGroup(group.server, group.release, tuple(targets))
+
     def replace_all(self, upstreams: Iterable[Upstream], known: Iterable[str] = ()) -> None:
-        """Replace the whole table (start-up reconciliation); `known` servers lacking one answer 503."""
+        """Replace the whole table (start-up reconciliation; one server's upstreams make one group);
+        `known` servers lacking one answer 503."""
+        by_server: dict[str, list[Upstream]] = {}
+        for upstream in upstreams:
+            by_server.setdefault(upstream.server, []).append(upstream)
         with self._lock:
-            self._table = MappingProxyType({u.server: u for u in upstreams})
-            self.known = frozenset(set(known) | set(self._table))
+            groups = {name: group_of(tuple(ups)) for name, ups in by_server.items()}
+            self._targets = {t.container_id: t for g in groups.values() for t in g.targets}
+            self._publish(groups)
+            self.known = frozenset(set(known) | set(groups))
         self._tell()
+
+    def add_target(self, upstream: Upstream) -> Target:
+        """Put one more replica of the live release of `upstream.server` in rotation."""
+        target = Target(upstream)
+        with self._lock:
+            group = self._groups.get(upstream.server)
+            if group is None or group.release != upstream.release:
+                raise ValueError(f"{upstream.server} r{upstream.release} is not live: no replica is added")
+            self._targets[target.container_id] = target
+            self._publish({**self._groups, upstream.server: group.plus(target)})
+        self._tell()
+        return target
+
+    def remove_target(self, container_id: str) -> Target | None:
+        """Take one live replica out of rotation (it drains: its sessions stay); return it. The last
+        replica of a server is never removed this way (None)."""
+        with self._lock:
+            target = self._targets.get(container_id)
+            group = self._groups.get(target.upstream.server) if target is not None else None
+            if target is None or group is None or target not in group.targets or len(group.targets) < 2:
+                return None
+            target.state = TargetState.DRAINING
+            self._publish({**self._groups, group.server: group.without(container_id)})
+        self._tell()
+        return target
+
+    def replace_target(self, container_id: str, upstream: Upstream) -> Target | None:
+        """Put `upstream` in a live replica's place in one step (the old one drains); return the old."""
+        new = Target(upstream)
+        with self._lock:
+            old = self._targets.get(container_id)
+            group = self._groups.get(upstream.server)
+            if old is None or group is None or old not in group.targets:
+                return None
+            old.state = TargetState.DRAINING
+            self._targets[new.container_id] = new
+            targets = tuple(new if t is old else t for t in group.targets)
+            self._publish({**self._groups, group.server: TargetGroup(group.server, group.release, targets)})
+        self._tell()
+        return old
+
+    def suspend(self, target: Target) -> bool:
+        """Take a live replica that could not be connected to out of rotation, if another healthy
+        one remains (the monitor's probes bring it back or replace it); return whether it was."""
+        with self._lock:
+            group = self._groups.get(target.upstream.server)
+            if target.state is not TargetState.HEALTHY or group is None or target not in group.targets:
+                return False
+            if not any(t is not target and t.state is TargetState.HEALTHY for t in group.targets):
+                return False
+            target.state = TargetState.UNHEALTHY
+        return True
+
+    def reinstate(self, container_id: str) -> None:
+        """Put a suspended replica that answers its probes again back in rotation."""
+        with self._lock:
+            target = self._targets.get(container_id)
+            if target is not None and target.state is TargetState.UNHEALTHY:
+                target.state = TargetState.HEALTHY
+
+    def readdress(self, container_id: str, upstream: Upstream) -> None:
+        """Route to a live target at its new address (Docker moved it); its counts stay."""
+        with self._lock:
+            target = self._targets.get(container_id)
+            if target is None or target.upstream.container_id != upstream.container_id:
+                return
+            target.upstream = upstream
+            self._publish(dict(self._groups))
+        self._tell()
+
+    def _publish(self, groups: Mapping[str, TargetGroup]) -> None:
+        """Replace the table (under the lock): one assignment each for the groups and first replicas."""
+        self._groups = MappingProxyType(dict(groups))
+        self._table = MappingProxyType({name: g.first for name, g in groups.items() if g.targets})
 
     def _tell(self) -> None:
         """Tell the listeners the table changed (the aggregate: its lists and clients)."""
         for listener in list(self.listeners):
             listener()
 
+    # request state (the stateless era's multi-round-trip requests) --------------------------
+    def pin(self, state: str, container_id: str) -> None:
+        """Remember that `container_id` minted request state `state` (its retry goes back there)."""
+        with self._lock:
+            self._pins[state] = container_id
+            self._pins.move_to_end(state)
+            while len(self._pins) > MAX_PINS:
+                self._pins.popitem(last=False)
+
+    def pinned(self, state: str) -> Target | None:
+        """The target that minted `state`, if it still serves (else None: any replica may take it)."""
+        container_id = self._pins.get(state)
+        target = self._targets.get(container_id) if container_id is not None else None
+        return target if target is not None and target.state is not TargetState.RETIRED else None
+
     # sessions -----------------------------------------------------------------------------
     def session(self, session_id: str) -> Session | None:
         """Return the live session with this id, or None (unknown, ended, expired or retired)."""
         return self._sessions.get(session_id)
 
+    def target_of(self, session: Session) -> Target | None:
+        """Return the target that issued a session, live or draining (None once retired)."""
+        return self._targets.get(session.container_id)
+
     def upstream_of(self, session: Session) -> Upstream | None:
-        """Return the upstream that issued a session, live or draining."""
-        live = self._table.get(session.server)
-        if live is not None and live.container_id == session.container_id:
-            return live
-        return self._draining.get(session.container_id)
+        """Return the address of the target that issued a session, live or draining."""
+        target = self._targets.get(session.container_id)
+        return target.upstream if target is not None else None
 
     def open_session(self, session_id: str, upstream: Upstream, key_id: str) -> Session:
         """Remember that `upstream` issued `session_id` to `key_id` (idle from now)."""
@@ -144,7 +254,7 @@ class Router:
         """Take back stored sessions whose container is live (start-up, after the table is rebuilt);
         return how many, and the ids of the others, which are gone for good."""
         with self._lock:
-            live = {u.container_id for u in self._table.values()}
+            live = {t.container_id for g in self._groups.values() for t in g.targets}
             kept, gone = (
                 [r for r in rows if r.container_id in live],
                 [r.id for r in rows if r.container_id not in live],
@@ -153,46 +263,33 @@ class Router:
         return len(kept), gone
 
     # in-flight requests and open streams ----------------------------------------------------
-    def enter(self, upstream: Upstream, session: Session | None = None) -> asyncio.Event | None:
-        """Count a request on `upstream` (and `session` busy) if it is still routable (else None:
+    def enter(self, target: Target, session: Session | None = None) -> asyncio.Event | None:
+        """Count a request on `target` (and `session` busy) if it is still routable (else None:
         route again).
 
         The check and the count happen under the lock that `drain` retires under, so a request
-        is either counted before an upstream is retired or never sent to it. The event returned is
-        set when the upstream is retired (one per upstream, shared by its requests).
+        is either counted before a target is retired or never sent to it. The event returned is
+        set when the target is retired (one per target, shared by its requests).
         """
-        key = upstream.container_id
         with self._lock:
-            live = self._table.get(upstream.server)
-            if (live is None or live.container_id != key) and key not in self._draining:
+            if target.state is TargetState.RETIRED or (session is not None and session.ended):
                 return None
             if session is not None:
-                if session.ended:
-                    return None
                 self._sessions.busy(session)
-            self._inflight[key] = self._inflight.get(key, 0) + 1
-            closer = self._closers.get(key)
-            if closer is None:
-                closer = self._closers[key] = asyncio.Event()
-        return closer
+            return target.admit()
 
-    def leave(self, upstream: Upstream, session: Session | None = None, now: float = 0.0) -> None:
-        """Count a request that ended on `upstream` at `now` (its session idle from then if it was
+    def leave(self, target: Target, session: Session | None = None, now: float = 0.0) -> None:
+        """Count a request that ended on `target` at `now` (its session idle from then if it was
         its last)."""
-        key = upstream.container_id
         with self._lock:
             if session is not None:
                 self._sessions.rest(session, now)
-            left = self._inflight.get(key, 1) - 1
-            if left <= 0:
-                self._inflight.pop(key, None)
-            else:
-                self._inflight[key] = left
+            target.done()
 
     def inflight(self, container_id: str) -> int:
         """Return how many requests are running on a container."""
-        with self._lock:
-            return self._inflight.get(container_id, 0)
+        target = self._targets.get(container_id)
+        return target.inflight if target is not None else 0
 
     def drain(
         self,
@@ -202,17 +299,21 @@ class Router:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> bool:
-        """Wait until the upstream holds no request and no session; True if it emptied in time.
+        """Wait until a draining target holds no request and no session; True if it emptied in time
+        (then it is retired, atomically: nothing more is routed to it).
 
         Requests alone get `request_timeout`; while sessions remain, `session_timeout` applies.
         """
         started = clock()
         while True:
             with self._lock:
+                target = self._targets.get(container_id)
                 sessions = self._sessions.on(container_id)
-                if self._inflight.get(container_id, 0) == 0 and sessions == 0:
-                    self._draining.pop(container_id, None)  # idle: stop routing to it, atomically
-                    self._closers.pop(container_id, None)  # nothing is left to close
+                if target is None:
+                    return True
+                if target.inflight == 0 and sessions == 0 and target.state is not TargetState.HEALTHY:
+                    del self._targets[container_id]
+                    target.retire()  # nothing is left to close
                     return True
             limit = session_timeout if sessions else request_timeout
             if clock() - started >= limit:
@@ -220,11 +321,11 @@ class Router:
             sleep(0.05)
 
     def retire(self, container_id: str) -> int:
-        """Stop routing to a draining upstream: its sessions answer 404, open streams close."""
+        """Stop routing to a draining target: its sessions answer 404, its open streams close."""
         with self._lock:
-            self._draining.pop(container_id, None)
+            target = self._targets.pop(container_id, None)
+            closer = target.retire() if target is not None else None
             gone = self._sessions.end_all_on(container_id)
-            closer = self._closers.pop(container_id, None)
         if closer is not None:
             if self.loop is not None and self.loop.is_running():
                 self.loop.call_soon_threadsafe(closer.set)
