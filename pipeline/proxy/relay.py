@@ -50,6 +50,7 @@ from pipeline.proxy.expiry import expire_sessions
 from pipeline.proxy.pool import Connection, Pool, RemotePool
 from pipeline.proxy.router import Router, Target, Upstream
 from pipeline.proxy.sessions import Session
+from pipeline.proxy.split import rpc_failed
 from pipeline.proxy.usage import Usage
 from pipeline.remote import Dialer
 
@@ -148,6 +149,7 @@ class Ticket:
         "method",
         "origin",
         "request",
+        "rpc_error",
         "session",
         "session_id",
         "started",
@@ -169,6 +171,7 @@ class Ticket:
         self.closer: asyncio.Event | None = None  # set when the upstream is retired
         self.request = b""  # the whole upstream request: head and body
         self.started = 0.0
+        self.rpc_error = False  # a canary's answer carried a JSON-RPC error (split.rpc_failed)
 
 
 class Proxy:
@@ -437,6 +440,8 @@ class Proxy:
         now = time.monotonic()
         self.router.leave(target, ticket.session, now)
         self.usage.count(ticket.caller, upstream.server, status, now - ticket.started)
+        if self.router.splits and ticket.method == "POST":  # a canary is being judged
+            self.router.observe(target, status, ticket.rpc_error, now - ticket.started)
 
     def _preflight(self, origin: str, asked: str) -> Reply:
         """Answer a browser's CORS preflight: allowed origins need no key for it."""
@@ -489,8 +494,8 @@ class Proxy:
     def _pinned(self, server: str, body: bytes) -> Target | None:
         """The replica that minted the request state a request carries back, if it still serves."""
         group = self.router.groups.get(server)
-        if group is None or len(group.targets) < 2:
-            return None  # one replica: nothing to choose
+        if group is None or (len(group.targets) < 2 and server not in self.router.splits):
+            return None  # one replica and no canary: nothing to choose
         state = request_state(body, "params")
         target = self.router.pinned(state) if state else None
         return target if target is not None and target.upstream.server == server else None
@@ -498,10 +503,19 @@ class Proxy:
     def _learn(self, ticket: Ticket, body: bytes) -> None:
         """Remember which replica minted the request state an answer carries (a server with replicas)."""
         target = ticket.target
-        if target is None or REQUEST_STATE not in body or ticket.session_id:
+        if target is None:
             return
-        group = self.router.groups.get(target.upstream.server)
-        if group is None or len(group.targets) < 2:
+        splits = self.router.splits
+        if splits and not ticket.rpc_error:  # JSON-RPC errors are parsed on a canary's answers only
+            split = splits.get(target.upstream.server)
+            ticket.rpc_error = (
+                split is not None and split.canary.release == target.upstream.release and (rpc_failed(body))
+            )
+        if REQUEST_STATE not in body or ticket.session_id:
+            return
+        server = target.upstream.server
+        group = self.router.groups.get(server)
+        if group is None or (len(group.targets) < 2 and server not in splits):
             return
         for line in body.splitlines() if body.lstrip()[:1] != b"{" else (body,):
             state = request_state(line.removeprefix(b"data:"), "result")
