@@ -155,8 +155,10 @@ class Canary:
             verdict, why = judge(stable, canary, rollout)
             if verdict is Verdict.WAIT and waits < rollout.max_waits:
                 waits += 1
+                self.first_step.set()  # an attached push waits one interval, not a step short of traffic
                 continue
             if verdict is Verdict.WAIT and rollout.on_insufficient is OnInsufficient.WAIT:
+                self.first_step.set()
                 continue  # on until promote or rollback is said
             self.steps.history.append(
                 {"step": self.steps.percent, "verdict": verdict, "why": why, **self._figures()}
