@@ -503,24 +503,24 @@ class Proxy:
     def _learn(self, ticket: Ticket, body: bytes) -> None:
         """Remember which replica minted the request state an answer carries (a server with replicas)."""
         target = ticket.target
-        if target is None:
-            return
-        splits = self.router.splits
-        if splits and not ticket.rpc_error:  # JSON-RPC errors are parsed on a canary's answers only
-            split = splits.get(target.upstream.server)
-            ticket.rpc_error = (
-                split is not None and split.canary.release == target.upstream.release and (rpc_failed(body))
-            )
-        if REQUEST_STATE not in body or ticket.session_id:
+        if self.router.splits and target is not None and not ticket.rpc_error:
+            ticket.rpc_error = self._canary_failed(target, body)
+        if target is None or REQUEST_STATE not in body or ticket.session_id:
             return
         server = target.upstream.server
         group = self.router.groups.get(server)
-        if group is None or (len(group.targets) < 2 and server not in splits):
+        if group is None or (len(group.targets) < 2 and server not in self.router.splits):
             return
         for line in body.splitlines() if body.lstrip()[:1] != b"{" else (body,):
             state = request_state(line.removeprefix(b"data:"), "result")
             if state:
                 self.router.pin(state, target.container_id)
+
+    def _canary_failed(self, target: Target, body: bytes) -> bool:
+        """Whether an answer of a canary release carries a JSON-RPC error (parsed on canaries only:
+        the stable release's answers are never read)."""
+        split = self.router.splits.get(target.upstream.server)
+        return split is not None and split.canary.release == target.upstream.release and rpc_failed(body)
 
     @staticmethod
     def _request(ex: Exchange, upstream: Upstream, fields: list[bytes], body: bytes) -> bytes:

@@ -39,7 +39,9 @@ class Router:
         self._targets: dict[str, Target] = {}  # every target not retired (live and draining), by id
         self._sessions = SessionTable()
         self._pins: OrderedDict[str, str] = OrderedDict()  # request state -> the container that minted it
-        self._splits: Mapping[str, Split] = MappingProxyType({})  # servers with a canary beside them
+        # the servers with a canary beside their live release (empty, the common case): replaced in
+        # one assignment, read on the hot path as a plain attribute
+        self.splits: Mapping[str, Split] = MappingProxyType({})
         self._lock = threading.RLock()
         self.known: frozenset[str] = frozenset()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -65,7 +67,7 @@ class Router:
         group = self._groups.get(server)
         if group is None:
             return None
-        if self._splits and (split := self._splits.get(server)) is not None:
+        if self.splits and (split := self.splits.get(server)) is not None:
             chosen = split.choose(group)
             return chosen.pick() or group.pick()
         return group.pick()
@@ -203,11 +205,6 @@ class Router:
             listener()
 
     # canaries (pipeline/canary.py runs them) ------------------------------------------------
-    @property
-    def splits(self) -> Mapping[str, Split]:
-        """The servers with a canary release beside the live one (empty, the common case)."""
-        return self._splits
-
     def start_split(self, server: str, upstreams: Sequence[Upstream], percent: int) -> Split:
         """Put a candidate release beside the live one of `server`, taking `percent` of new traffic."""
         with self._lock:
@@ -217,17 +214,17 @@ class Router:
             canary = self._group(tuple(upstreams))
             self._targets.update((t.container_id, t) for t in canary.targets)
             split = Split(stable.release, canary, percent)
-            self._splits = MappingProxyType({**self._splits, server: split})
+            self.splits = MappingProxyType({**self.splits, server: split})
         return split
 
     def end_split(self, server: str, promote: bool) -> TargetGroup | None:
         """End the canary of `server`: promoted, it becomes the live release (the stable one drains,
         as after a swap); else it drains and the stable keeps everything. Return the group to drain."""
         with self._lock:
-            split = self._splits.get(server)
+            split = self.splits.get(server)
             if split is None:
                 return None
-            self._splits = MappingProxyType({k: v for k, v in self._splits.items() if k != server})
+            self.splits = MappingProxyType({k: v for k, v in self.splits.items() if k != server})
             if promote:
                 return self.swap({server: tuple(t.upstream for t in split.canary.targets)}).get(server)
             for target in split.canary.targets:
@@ -236,7 +233,7 @@ class Router:
 
     def observe(self, target: Target, status: int, rpc_error: bool, seconds: float) -> None:
         """Count a request that ended on a server with a canary (its step's figures)."""
-        split = self._splits.get(target.upstream.server)
+        split = self.splits.get(target.upstream.server)
         if split is not None:
             split.observe(target.upstream.release, status >= 500, rpc_error, seconds)
 
