@@ -91,13 +91,14 @@ class Canary:
         self.steps = steps
         self._promote, self._rollback, self.log, self.clock = promote, rollback, log, clock
         self._said: str = ""
+        self._why: str = ""
         self._wake = threading.Event()
         self.first_step = threading.Event()  # set once the first step is judged (an attached push waits)
         self.done = threading.Event()
 
-    def say(self, command: str) -> None:
-        """Promote or roll back by hand (`central-mcp promote|rollback SERVER`)."""
-        self._said = command
+    def say(self, command: str, why: str = "") -> None:
+        """Promote or roll back by hand (`central-mcp promote|rollback SERVER`), or for `why`."""
+        self._said, self._why = command, why
         self._wake.set()
 
     def view(self) -> dict[str, Any]:
@@ -149,7 +150,7 @@ class Canary:
             if self._said:
                 said = self._said
                 phase = Phase.PROMOTED if said == "promote" else Phase.ROLLED_BACK
-                self._end(phase, f"{said} said by hand at {self.steps.percent}%")
+                self._end(phase, self._why or f"{said} said by hand at {self.steps.percent}%")
                 return Verdict.ROLLBACK, said
             stable, canary = self.split.figures[self.steps.stable], self.split.figures[self.steps.canary]
             verdict, why = judge(stable, canary, rollout)
@@ -218,12 +219,13 @@ class Canaries:
         """The canary a deploy started (running or finished), or None."""
         return self._by_deploy.get(deploy_id)
 
-    def say(self, server: str, command: str) -> Canary:
-        """Promote or roll back the running canary of `server`; wait until it has; return it."""
+    def say(self, server: str, command: str, why: str = "") -> Canary:
+        """Promote or roll back the running canary of `server` (by hand, or for `why`); wait until it
+        has; return it."""
         canary = self._running.get(server)
         if canary is None:
             raise DeployError(f"server {server!r} has no canary under way: nothing to {command}")
-        canary.say(command)
+        canary.say(command, why)
         canary.done.wait()
         return canary
 

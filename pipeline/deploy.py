@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
 import threading
@@ -227,6 +228,7 @@ class Runbook:
     def commit(self, candidates: list[Candidate], removed: list[str]) -> Committed:
         """Make the candidates live and the removed servers gone: the store, then the routes."""
         live = [c for c in candidates if c.running is not None]
+        self._supersede_canaries([c.name for c in live] + removed)
         canaries = [c for c in live if self._as_canary(c)]
         live = [c for c in live if c not in canaries]
         rolled_back: list[tuple[str, int]] = []
@@ -266,6 +268,19 @@ class Runbook:
         )
 
     # canaries -------------------------------------------------------------------------------
+    def _supersede_canaries(self, servers: list[str]) -> None:
+        """Roll back the canary under way of each server this deploy changes (a newer push, a
+        rollback, a removal supersedes it); a restart replaces a container and leaves it running."""
+        if self.request.source == DeploySource.RESTART:
+            return
+        for server in servers:
+            if self.ctx.canaries.running(server) is not None:
+                self.log.line(
+                    f"{server}: the canary under way is rolled back: deploy #{self.id} supersedes it"
+                )
+                with contextlib.suppress(DeployError):  # it ended meanwhile
+                    self.ctx.canaries.say(server, "rollback", f"superseded by deploy #{self.id}")
+
     def _start_canaries(self, candidates: list[Candidate]) -> str:
         """Put each canary beside its stable release and wait for every first step's verdict (an
         attached push waits for that only); return why any was rolled back at it ('' if none)."""

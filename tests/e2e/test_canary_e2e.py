@@ -207,3 +207,24 @@ async def test_promote_and_rollback_end_a_running_canary(provider: Provider, wor
     assert (releases["r2"], releases["r3"]) == ("live", "rolled-back"), releases
     again = provider.cli("promote", server)
     assert again.returncode != 0 and "no canary under way" in again.stderr
+
+
+async def test_a_newer_push_supersedes_a_running_canary(provider: Provider, workspace: Workspace) -> None:
+    """A push while v2 is a canary rolls v2 back first (the reason says which deploy superseded it); v3
+    then stands beside v1, the release that was stable all along, and promoting it makes it live."""
+    server, first = _push(workspace, "v1", None, BY_HAND)
+    assert first.ok, first.output
+    _, second = _push(workspace, "v2", server, BY_HAND)
+    assert second.ok, second.output
+    _, third = _push(workspace, "v3", server, BY_HAND)
+    assert third.ok, third.output
+    assert (
+        f"superseded by deploy #{third.deploy_id}" in (provider.deploy(second.deploy_id)["canary"]["reason"])
+    )
+    canary = provider.deploy(third.deploy_id)["canary"]
+    assert (canary["phase"], canary["stable"]["release"], canary["canary"]["release"]) == ("running", 1, 3)
+    releases = provider.releases(server)
+    assert (releases["r1"], releases["r2"]) == ("live", "rolled-back"), releases
+    promoted = provider.cli("promote", server)
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    assert await _release_now(f"{provider.base}/mcp/{server}") == "v3"
