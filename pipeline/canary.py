@@ -199,13 +199,17 @@ class Canaries:
         self._by_deploy: dict[int, Canary] = {}
         self._lock = threading.Lock()
 
-    def start(self, canary: Canary) -> threading.Thread:
-        """Run `canary` on its own thread."""
+    def add(self, canary: Canary) -> None:
+        """Count `canary` as running (`start` runs it) and remember it for its deploy's pages."""
         with self._lock:
             self._running[canary.steps.server] = canary
             self._by_deploy[canary.steps.deploy_id] = canary
             while len(self._by_deploy) > MAX_FINISHED:
                 self._by_deploy.pop(next(iter(self._by_deploy)))
+
+    def start(self, canary: Canary) -> threading.Thread:
+        """Run `canary` on its own thread."""
+        self.add(canary)
         thread = threading.Thread(target=self._run, args=(canary,), name=f"canary-{canary.steps.server}")
         thread.daemon = True
         thread.start()
