@@ -35,7 +35,7 @@ SHORT_STEPS = {
     "on_insufficient": "promote",
     "margins": {"max_p99_ratio": 20},  # a new container's first calls on two busy cores are slow
 }
-LONG_STEP = {"steps": [10, 100], "step_interval": "14s", "min_requests": 20, "on_insufficient": "rollback"}
+LONG_STEP = {"steps": [10, 100], "step_interval": "20s", "min_requests": 20, "on_insufficient": "rollback"}
 BY_HAND = {"steps": [10, 100], "step_interval": "1s", "min_requests": 1000000, "on_insufficient": "wait"}
 
 
