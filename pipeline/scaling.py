@@ -137,6 +137,7 @@ class Autoscaler:
             return None
         spec = ReleaseSpec.of(release)
         low, high = launch.replicas(self.ctx, spec)
+        low = max(1, low)  # scale.min 0 (scale to zero) is the idle job's; autoscaling keeps one
         scale, defaults = spec.manifest.scale, self.ctx.settings.scale
         return Bounds(
             low,

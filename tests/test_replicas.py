@@ -18,9 +18,7 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import Response
 
-from pipeline.errors import GateError
-from pipeline.proxy.relay import Proxy
-from pipeline.proxy.router import Router, TargetState, Upstream
+from pipeline.proxy.router import Router, TargetState
 from tests.support.loopback import free_port
 from tests.support.proxy_rig import (
     ACCEPT_BOTH,
@@ -205,66 +203,6 @@ async def test_the_only_replica_unreachable_still_answers_502(rig: Rig) -> None:
     assert target is not None and target.state is TargetState.HEALTHY
 
 
-def _proxy(rig: Rig) -> Proxy:
-    assert rig.aggregate is not None
-    return rig.aggregate.proxy
-
-
-class FakeWaker:
-    """A waker that puts `upstream` in rotation when asked, once, however many requests wait."""
-
-    def __init__(self, router: Router, up: Upstream, fail: bool = False) -> None:
-        self.router, self.up, self.fail = router, up, fail
-        self.starts = 0
-        self._starting: asyncio.Task[None] | None = None
-
-    def asleep(self, server: str) -> bool:
-        return server == self.up.server and self.router.pick(server) is None
-
-    async def wake(self, server: str) -> None:
-        if self._starting is None:
-            self._starting = asyncio.ensure_future(self._start())
-        await asyncio.shield(self._starting)
-
-    async def _start(self) -> None:
-        self.starts += 1
-        await asyncio.sleep(0.2)  # a container starting
-        if self.fail:
-            raise GateError("the container exited before completing the MCP handshake")
-        self.router.swap({self.up.server: self.up})
-
-
-@pytest.mark.parametrize("front", [True, False], ids=["fast path", "asgi"])
-async def test_requests_to_a_server_with_no_live_target_wait_for_the_waker(
-    tmp_path: Path, front: bool
-) -> None:
-    """The seam for scale-to-zero: a request to a server the waker says is asleep is held while it
-    wakes, then answered; concurrent ones share the one start."""
-    recorder = Recorder()
-    with running_proxy(tmp_path, front=front) as rig, raw_upstream("x", recorder, "A") as ua:
-        waker = FakeWaker(rig.router, ua)
-        _proxy(rig).waker = waker
-        rig.router.replace_all([], known=["x"])
-        async with httpx2.AsyncClient(timeout=10) as http:
-            body = json.dumps(jsonrpc("tools/call", {"name": "ask"}))
-            answers = await asyncio.gather(
-                *(http.post(rig.url("x"), content=body, headers=STATELESS) for _ in range(10))
-            )
-    assert [a.status_code for a in answers] == [200] * 10
-    assert waker.starts == 1 and len(recorder.seen) == 10
-
-
-async def test_a_waker_that_fails_answers_503_naming_the_server(rig: Rig) -> None:
-    """When the server cannot be started the held request gets a 503 saying why, not a hang."""
-    waker = FakeWaker(rig.router, upstream("x", free_port(), "A"), fail=True)
-    _proxy(rig).waker = waker
-    rig.router.replace_all([], known=["x"])
-    async with httpx2.AsyncClient(timeout=10) as http:
-        answer = await http.post(rig.url("x"), json=jsonrpc("tools/call", {"name": "ask"}), headers=STATELESS)
-    assert answer.status_code == 503
-    assert "could not be started" in answer.text and "MCP handshake" in answer.text
-
-
 def test_swapping_in_a_routed_container_again_keeps_its_target_and_counts() -> None:
     """A container that is already routed keeps its Target (in-flight count, closer) through a swap."""
     router = Router()
@@ -274,3 +212,14 @@ def test_swapping_in_a_routed_container_again_keeps_its_target_and_counts() -> N
     router.swap({"x": (upstream("x", 2, "A"), upstream("x", 3, "B"))})
     assert router.target("A") is target and target.inflight == 1 and target.upstream.port == 2
     assert target.state is TargetState.HEALTHY
+
+
+def test_a_parked_server_stays_known_and_all_its_replicas_drain() -> None:
+    """park (scale to zero): the server leaves the table, stays known; each replica drains, then retires."""
+    router = Router()
+    router.swap({"x": (upstream("x", 1, "A"), upstream("x", 2, "B"))})
+    assert router.park("x") == upstream("x", 1, "A")
+    assert router.get("x") is None and router.pick("x") is None and "x" in router.known
+    assert [router.target(c).state for c in "AB"] == [TargetState.DRAINING] * 2  # type: ignore[union-attr]
+    assert router.drain("A", 1.0, 1.0) and router.drain("B", 1.0, 1.0)
+    assert router.park("x") is None

@@ -58,7 +58,7 @@ from pipeline.errors import BodyTooLarge, ClientGone, HeadTooLarge
 from pipeline.proxy.aggregate import Aggregate
 from pipeline.proxy.exchange import Headers, has_body, mcp_target
 from pipeline.proxy.pool import Connection
-from pipeline.proxy.relay import CLIENT_GONE, WAKE, Proxy, Ticket, is_stream, too_large
+from pipeline.proxy.relay import CLIENT_GONE, Proxy, Ticket, is_stream, too_large
 
 FAST_METHODS = frozenset({b"GET", b"POST", b"DELETE", b"OPTIONS"})
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -433,11 +433,7 @@ class ProxyCycle(RequestResponseCycle):
                 self._whole(*too_large(proxy.max_body))
                 return
             self.ticket = admitted
-            body = bytes(self.body)
-            refused = proxy.route(self, admitted, body)
-            if refused is WAKE:  # a server scaled to zero: held while it starts
-                self._spawn(proxy.serve_woken(self, admitted, body))
-                return
+            refused = proxy.route(self, admitted, bytes(self.body))
             if refused is not None:
                 self._whole(*refused)
                 return

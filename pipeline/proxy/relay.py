@@ -24,20 +24,13 @@ import json
 import re
 import time
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from starlette.types import Receive, Scope, Send
 
 from pipeline.config.settings import DEFAULT_MAX_BODY, DEFAULT_MAX_UPSTREAM_HEADER
-from pipeline.errors import (
-    BodyTooLarge,
-    CentralMCPError,
-    ClientGone,
-    UpstreamError,
-    UpstreamRefused,
-    UpstreamUnreachable,
-)
+from pipeline.errors import BodyTooLarge, ClientGone, UpstreamError, UpstreamRefused, UpstreamUnreachable
 from pipeline.proxy.access import Caller, Denied, Gatekeeper
 from pipeline.proxy.exchange import (
     DOT_SEGMENTS,
@@ -122,20 +115,6 @@ REQUEST_STATE = b'"requestState"'  # a stateless-era multi-round-trip request's 
 MAX_REQUEST_STATE = 64 * 1024  # longer ones are not remembered (a retry then goes to any replica)
 
 
-class Waker(Protocol):
-    """What starts a server that has no live target on purpose (scaled to zero): the proxy holds a
-    request for it while `wake` runs, then routes it as any other."""
-
-    def asleep(self, server: str) -> bool:
-        """Whether `server` is known and has no live target on purpose (cheap: asked per such request)."""
-
-    async def wake(self, server: str) -> None:
-        """Return once `server` has a live target (concurrent calls share one start); raise if it cannot."""
-
-
-WAKE: Reply = (0, b"", [])  # route's answer for a server that is asleep: `woken` routes it after waking it
-
-
 class Ticket:
     """One request on its way through the proxy: what its headers said, then where it goes.
 
@@ -206,7 +185,6 @@ class Proxy:
         self._pool: Pool | None = None
         self._remote_pools: dict[bool, Pool] = {}  # by TLS or not
         self._expiry: asyncio.Task[None] | None = None
-        self.waker: Waker | None = None  # set by whoever scales servers to zero
 
     async def start(self) -> None:
         """Open the shared upstream connection pool; start expiring idle sessions."""
@@ -249,38 +227,10 @@ class Proxy:
             await _send_reply(ex, too_large(self.max_body))
             return
         refused = self.route(ex, ticket, body)
-        if refused is WAKE:
-            refused = await self.woken(ex, ticket, body)
         if refused is not None:
             await _send_reply(ex, refused)
             return
         await self.forward(ex, ticket)
-
-    async def serve_woken(self, ex: Exchange, ticket: Ticket, body: bytes) -> None:
-        """Wake the ticket's server, then route and forward the request (front.py's fast path, whose
-        `route` answered WAKE)."""
-        refused = await self.woken(ex, ticket, body)
-        if refused is not None:
-            await _send_reply(ex, refused)
-            return
-        await self.forward(ex, ticket)
-
-    async def woken(self, ex: Exchange, ticket: Ticket, body: bytes) -> Reply | None:
-        """Wake the request's server and route the request: None when routed, else the answer."""
-        assert self.waker is not None
-        try:
-            await self.waker.wake(ex.server)
-        except (CentralMCPError, OSError) as exc:  # it could not start: a 503 saying why, never a hang
-            reason = str(exc) if isinstance(exc, CentralMCPError) else exc.__class__.__name__
-            return _json(
-                503, {"error": f"server {ex.server!r} could not be started: {reason}"}, {"Retry-After": "5"}
-            )
-        refused = self.route(ex, ticket, body)
-        if refused is WAKE:
-            return _json(
-                503, {"error": f"server {ex.server!r} is still starting; retry"}, {"Retry-After": "1"}
-            )
-        return refused
 
     def admit(self, ex: Exchange) -> Ticket | Reply:
         """Read the request's headers: a ticket for it, or the answer that refuses it."""
@@ -322,8 +272,6 @@ class Proxy:
         made; or return the answer when there is none."""
         for _ in range(ROUTE_ATTEMPTS):
             routed = self._route(ex.server, ticket, body)
-            if routed is WAKE:
-                return WAKE
             if not isinstance(routed, Target):
                 return _cors(routed, ticket.origin)
             closer = self.router.enter(routed, ticket.session)
@@ -481,8 +429,6 @@ class Proxy:
         target = self.router.pick(server)
         if target is not None:
             return target
-        if self.waker is not None and self.waker.asleep(server):
-            return WAKE
         if server in self.router.known:
             return _json(
                 503,

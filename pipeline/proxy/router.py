@@ -70,6 +70,10 @@ class Router:
         if self.splits and (split := self.splits.get(server)) is not None:
             chosen = split.choose(group)
             return chosen.pick() or group.pick()
+        targets = group.targets
+        if len(targets) == 1:  # the usual server: no choice to make (the hot path)
+            only = targets[0]
+            return only if only.state is TargetState.HEALTHY else None
         return group.pick()
 
     def target(self, container_id: str) -> Target | None:
@@ -111,6 +115,21 @@ class Router:
             known.upstream, known.state = fresh.upstream, TargetState.HEALTHY
             targets.append(known)
         return TargetGroup(group.server, group.release, tuple(targets))
+
+    def park(self, server: str) -> Upstream | None:
+        """Take `server` out of the table but keep it known (scaled to zero): all its replicas drain;
+        return its first replica's address (None if it had none)."""
+        with self._lock:
+            groups = dict(self._groups)
+            parked = groups.pop(server, None)
+            if parked is None:
+                return None
+            for target in parked.targets:
+                target.state = TargetState.DRAINING
+            self._publish(groups)
+            self.known = self.known | {server}
+        self._tell()
+        return parked.first if parked.targets else None
 
     def replace_all(self, upstreams: Iterable[Upstream], known: Iterable[str] = ()) -> None:
         """Replace the whole table (start-up reconciliation; one server's upstreams make one group);
