@@ -25,12 +25,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from pipeline import control as control_mod
 from pipeline import pages, registry, surfaces
 from pipeline import reload as reload_mod
+from pipeline.canary import Canaries
 from pipeline.config.settings import Listen, Settings, listen_url
 from pipeline.context import Context, DeployRequest, instance_id
 from pipeline.deploylog import DeployLog, Event
 from pipeline.dispatch import Dispatcher
 from pipeline.dockerhost import DockerHost
-from pipeline.errors import CentralMCPError
+from pipeline.errors import CentralMCPError, DeployError
 from pipeline.firewall import Guard
 from pipeline.hostrelay import HostRelays
 from pipeline.idle import Idler
@@ -55,6 +56,7 @@ MCP_METHOD_SET = frozenset(MCP_METHODS)
 AGGREGATE_PATHS = ("/mcp", "/mcp/")
 FOLLOW_WAIT = 1.0
 FLUSH_SECONDS = 5.0  # usage counters and session bindings are saved this often, and at shutdown
+CANARY_COMMANDS = ("promote", "rollback")  # what `central-mcp promote|rollback SERVER` say to a canary
 
 
 @dataclass
@@ -173,6 +175,19 @@ def create_app(
         answer = await asyncio.to_thread(s.webhooks.handle, delivery)
         return JSONResponse(answer.body, status_code=answer.status, headers=dict(answer.headers or {}))
 
+    async def canary(request: Request) -> Response:
+        s = services(request)
+        if not _authorized(request, s.control):
+            return JSONResponse({"error": "bad or missing control token"}, status_code=403)
+        server, command = request.path_params["server"], request.path_params["command"]
+        if command not in CANARY_COMMANDS:
+            return JSONResponse({"error": f"say promote or rollback, not {command!r}"}, status_code=404)
+        try:
+            found = await asyncio.to_thread(s.ctx.canaries.say, server, command)
+        except DeployError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=404)
+        return JSONResponse(found.view())
+
     async def reload(request: Request) -> Response:
         s = services(request)
         if not _authorized(request, s.control):
@@ -214,6 +229,7 @@ def create_app(
         *proxy_routes(mcp),
         Route("/api/deploys", submit_deploy, methods=["POST"]),
         Route("/api/reload", reload, methods=["POST"]),
+        Route("/api/canaries/{server}/{command}", canary, methods=["POST"]),
         Route(surfaces.CONTRACT_PATH, contract),
         *pages.routes(lambda request: services(request).pages),
         Route("/hooks/{provider}", webhook, methods=["POST"]),
@@ -264,10 +280,16 @@ class PageSources:
     gatekeeper: Gatekeeper
     logs: dict[int, DeployLog]
     health: Mapping[str, Health] = field(default_factory=dict)
+    canaries: Canaries = field(default_factory=Canaries)
 
     def live_log(self, deploy_id: int) -> DeployLog | None:
         """The in-memory log of a deploy this process runs or ran."""
         return self.logs.get(deploy_id)
+
+    def canary(self, deploy_id: int) -> dict[str, Any] | None:
+        """The canary rollout a deploy started (its step and both releases' figures, live), if any."""
+        found = self.canaries.of_deploy(deploy_id)
+        return found.view() if found is not None else None
 
 
 def aggregate_routes(endpoint: ASGIApp) -> list[Route]:
@@ -336,7 +358,7 @@ def _start_services(settings: Settings, docker: DockerHost | None) -> Services:
     proxy.waker = idler
     receiver = Receiver(settings, dispatcher.submit_delivery, dispatcher.waiting)
     registry.write_files(settings, store.live_releases())
-    sources = PageSources(settings, store, proxy.gatekeeper, dispatcher.logs, monitor.health)
+    sources = PageSources(settings, store, proxy.gatekeeper, dispatcher.logs, monitor.health, ctx.canaries)
     aggregate = Aggregate(proxy, settings.proxy.session_idle_timeout, settings.aggregate)
     control = control_mod.new_control(url)
     return Services(ctx, dispatcher, proxy, usage, monitor, receiver, control, sources, aggregate, idler)

@@ -142,7 +142,13 @@ def _parser() -> argparse.ArgumentParser:
     diff.add_argument("second", nargs="?", help="e.g. r4 (default: the live release)")
     diff.set_defaults(handler=_diff)
 
-    rollback = sub.add_parser("rollback", parents=[common], help="make an earlier release live again")
+    promote = sub.add_parser("promote", parents=[common], help="promote a server's running canary to 100%%")
+    promote.add_argument("server")
+    promote.set_defaults(handler=_promote)
+
+    rollback = sub.add_parser(
+        "rollback", parents=[common], help="roll back a running canary, or make an earlier release live again"
+    )
     rollback.add_argument("server")
     rollback.add_argument("release", nargs="?", help="e.g. r3 (default: the previous release)")
     rollback.set_defaults(handler=_rollback)
@@ -467,10 +473,33 @@ def _releases(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _promote(args: argparse.Namespace) -> int:
+    said = _say_to_canary(args, "promote")
+    return EXIT_FAILED if said is None else said
+
+
+def _say_to_canary(args: argparse.Namespace, command: str) -> int | None:
+    """Promote or roll back a running canary; its exit code, or None when the server has none."""
+    from pipeline import control
+
+    settings = settings_mod.load(_config_path(args))
+    status, answer = control.canary(control.Control.load(settings.state_dir), args.server, command)
+    if status != 200:
+        if command == "promote" or status != 404:
+            _err(str(answer.get("error", answer)))
+        return None if status == 404 else EXIT_FAILED
+    _out(f"{args.server}: canary r{answer['canary']['release']} {answer['phase']}: {answer['reason']}")
+    return (
+        EXIT_OK if answer["phase"] == ("promoted" if command == "promote" else "rolled-back") else EXIT_FAILED
+    )
+
+
 def _rollback(args: argparse.Namespace) -> int:
     from pipeline import control
     from pipeline.hook import render
 
+    if not args.release and (said := _say_to_canary(args, "rollback")) is not None:
+        return said
     settings = settings_mod.load(_config_path(args))
     found = _existing_store(settings).releases(args.server)
     if args.release:

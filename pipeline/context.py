@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pipeline.canary import Canaries
 from pipeline.config.settings import Settings
 from pipeline.deploylog import DeployLog
 from pipeline.dockerhost import DockerHost
@@ -74,6 +75,8 @@ class Context:
     """The host firewall those networks need (None where no container is started)."""
     resolver: Resolver = system_resolver
     """How remote servers' host names are resolved (tests inject one: no hosts file, no DNS)."""
+    canaries: Canaries = field(default_factory=Canaries)
+    """The canary rollouts under way (pipeline/canary.py)."""
     _dialer: tuple[Settings, Dialer] | None = field(default=None, repr=False)
 
     def dialer(self) -> Dialer:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from pipeline.errors import ServeError, ServeUnavailable
 
@@ -100,6 +100,27 @@ def reload(control: Control) -> dict[str, Any]:
             f"the serve process at {control.url} refused the reload ({response.status}): {detail}"
         )
     return outcome
+
+
+def canary(control: Control, server: str, command: str) -> tuple[int, dict[str, Any]]:
+    """Ask the serve process to promote or roll back the canary of `server`; return the status
+    (200 done, 404 no canary under way) and its answer (the rollout as the deploy page shows it)."""
+    parts = urlsplit(control.url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=STREAM_TIMEOUT)
+    try:
+        path = f"/api/canaries/{quote(server, safe='')}/{command}"
+        conn.request("POST", path, body=b"{}", headers={TOKEN_HEADER: control.token})
+        response = conn.getresponse()
+        raw = response.read(MAX_ANSWER)
+    except (OSError, http.client.HTTPException) as exc:
+        raise _unreachable(control, exc) from exc
+    finally:
+        conn.close()
+    try:
+        answer: dict[str, Any] = json.loads(raw)
+    except ValueError:
+        answer = {"error": raw.decode("utf-8", "replace")[:500]}
+    return response.status, answer
 
 
 def _post_lines(control: Control, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:

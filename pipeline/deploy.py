@@ -12,16 +12,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 from pipeline import launch, registry, stdio
+from pipeline.canary import Canary, Phase, Steps
 from pipeline.config.manifest import Manifest, check_tree
 from pipeline.context import Context, DeployRequest
 from pipeline.deploylog import DeployLog
@@ -32,6 +34,8 @@ from pipeline.proxy.router import TargetGroup, Upstream
 from pipeline.source import EXPECT_OLD, GIT_DIR, ZERO_SHA, Snapshot, resolve
 from pipeline.states import DeploySource, DeployStatus, ReleaseStatus, ServerOutcome
 from pipeline.store import Placement, Release
+
+CANARY_SOURCES = (DeploySource.PUSH, DeploySource.WEBHOOK, DeploySource.CLI)  # a new release, not a way back
 
 STOP_GRACE_SECONDS = 10.0
 OVERTAKE_LOOKBACK = 50  # recent deploys searched for one that moved a waiting push's branch
@@ -45,6 +49,7 @@ class Committed:
     live: list[Candidate]
     removed: list[str]
     old: list[TargetGroup]
+    canaries: list[Candidate] = field(default_factory=list)  # beside their stable releases, not swapped
 
 
 class Runbook:
@@ -86,6 +91,8 @@ class Runbook:
             return self._end(DeployStatus.FAILED, f"internal error: {exc!r}", started)
         self._drain_later(committed.old)
         self.tell(committed)
+        if committed.canaries and (rolled_back := self._start_canaries(committed.canaries)):
+            return self._end(DeployStatus.FAILED, rolled_back, started)
         return self._end(DeployStatus.SUCCEEDED, _summary(committed), started)
 
     # plan ---------------------------------------------------------------------------------
@@ -221,6 +228,9 @@ class Runbook:
     def commit(self, candidates: list[Candidate], removed: list[str]) -> Committed:
         """Make the candidates live and the removed servers gone: the store, then the routes."""
         live = [c for c in candidates if c.running is not None]
+        self._supersede_canaries([c.name for c in live] + removed)
+        canaries = [c for c in live if self._as_canary(c)]
+        live = [c for c in live if c not in canaries]
         rolled_back: list[tuple[str, int]] = []
         if self.request.source == DeploySource.AUTO_ROLLBACK:
             rolled_back = [
@@ -245,7 +255,77 @@ class Runbook:
             self.log.line(f"{c.name}: r{c.spec.number} is live")
         for name in removed:
             self.outcomes[name] = Outcome(ServerOutcome.REMOVED)
-        return Committed(live, removed, list(replaced.values()))
+        return Committed(live, removed, list(replaced.values()), canaries)
+
+    def _as_canary(self, c: Candidate) -> bool:
+        """Whether a candidate goes live as a canary: its manifest says so, a push brought it, and a
+        release of its server is live to stand beside (a first release is swapped in)."""
+        return (
+            c.spec.manifest.rollout.canary
+            and self.request.source in CANARY_SOURCES
+            and c.name in self.ctx.router.groups
+            and c.name not in self.ctx.router.splits
+        )
+
+    # canaries -------------------------------------------------------------------------------
+    def _supersede_canaries(self, servers: list[str]) -> None:
+        """Roll back the canary under way of each server this deploy changes (a newer push, a
+        rollback, a removal supersedes it); a restart replaces a container and leaves it running."""
+        if self.request.source == DeploySource.RESTART:
+            return
+        for server in servers:
+            if self.ctx.canaries.running(server) is not None:
+                self.log.line(
+                    f"{server}: the canary under way is rolled back: deploy #{self.id} supersedes it"
+                )
+                with contextlib.suppress(DeployError):  # it ended meanwhile
+                    self.ctx.canaries.say(server, "rollback", f"superseded by deploy #{self.id}")
+
+    def _start_canaries(self, candidates: list[Candidate]) -> str:
+        """Put each canary beside its stable release and wait for every first step's verdict (an
+        attached push waits for that only); return why any was rolled back at it ('' if none)."""
+        started = []
+        for c in candidates:
+            rollout = c.spec.manifest.rollout
+            upstreams = [launch.upstream(self.ctx, c.spec, r) for r in c.started]
+            split = self.ctx.router.start_split(c.name, upstreams, rollout.steps[0])
+            steps = Steps(c.name, self.id, split.stable, c.spec.number, rollout)
+            canary = Canary(
+                split, steps, partial(self._promote, c), partial(self._roll_back, c), self.log.line
+            )
+            self.outcomes[c.name].outcome = ServerOutcome.CANARY
+            self.ctx.canaries.start(canary)
+            started.append(canary)
+        for canary in started:
+            canary.first_step.wait()
+        for canary in started:
+            s = canary.steps
+            if s.phase is Phase.RUNNING:
+                self.log.line(
+                    f"{s.server}: canary r{s.canary} passed its first step; the rollout continues "
+                    f"({'% → '.join(str(p) for p in s.rollout.steps)}%, every {s.rollout.step_interval:g}s): "
+                    f"watch it at /deploys/{self.id}, or say `central-mcp promote {s.server}` / "
+                    f"`central-mcp rollback {s.server}`"
+                )
+        return "; ".join(
+            f"{k.steps.server}: canary r{k.steps.canary} rolled back: {k.steps.reason}"
+            for k in started
+            if k.steps.phase is Phase.ROLLED_BACK
+        )
+
+    def _promote(self, c: Candidate) -> None:
+        """Make a canary the live release: the store, then the routes; the stable release drains."""
+        assert c.running is not None
+        self.ctx.store.commit_swap([Placement(c.name, c.spec.number, c.running.id, c.running.port)], [])
+        old = self.ctx.router.end_split(c.name, promote=True)
+        self._drain_later([old] if old is not None else [])
+        self.tell(Committed([c], [], []))
+
+    def _roll_back(self, c: Candidate, reason: str) -> None:
+        """Take a canary out: it drains, the stable release keeps everything."""
+        group = self.ctx.router.end_split(c.name, promote=False)
+        self.ctx.store.set_release_status(c.name, c.spec.number, ReleaseStatus.ROLLED_BACK)
+        self._drain_later([group] if group is not None else [])
 
     def tell(self, committed: Committed) -> None:
         """Tell the listeners what went live; a listener's failure is logged, never raised."""
@@ -352,4 +432,5 @@ def _servers(ctx: Context, manifests: list[Manifest]) -> set[str]:
 def _summary(committed: Committed) -> str:
     changed = ", ".join(f"{c.name} r{c.spec.number}" for c in committed.live)
     gone = ", ".join(f"{name} removed" for name in committed.removed)
-    return "live: " + "; ".join(x for x in (changed, gone) if x)
+    canaries = ", ".join(f"{c.name} r{c.spec.number} as a canary" for c in committed.canaries)
+    return "live: " + "; ".join(x for x in (changed, gone, canaries) if x)

@@ -69,6 +69,9 @@ class Sources(Protocol):
     def live_log(self, deploy_id: int) -> DeployLog | None:
         """The in-memory log of a deploy this process runs, if any."""
 
+    def canary(self, deploy_id: int) -> dict[str, Any] | None:
+        """The canary rollout a deploy started (its step and both releases' figures, live), if any."""
+
 
 Getter = Callable[[Request], Sources]
 
@@ -160,7 +163,7 @@ async def _deploys(request: Request, src: Sources) -> Response:
 
 async def _deploys_json(request: Request, src: Sources) -> Response:
     rows = await asyncio.to_thread(src.store.deploys, 50, 0)
-    return JSONResponse({"deploys": [_record(d) for d in rows]})
+    return JSONResponse({"deploys": [_record(d, src.canary(d.id)) for d in rows]})
 
 
 async def _deploy_page(request: Request, src: Sources) -> Response:
@@ -170,6 +173,7 @@ async def _deploy_page(request: Request, src: Sources) -> Response:
     events = await asyncio.to_thread(src.store.events, found.id)
     view = deploy_view(found)
     view["servers"] = _with_tool_changes(src, found)
+    view["canary"] = src.canary(found.id)
     html = TEMPLATES.get_template("deploy.html").render(
         nonce=request.state.nonce,
         d=view,
@@ -183,7 +187,7 @@ async def _deploy_json(request: Request, src: Sources) -> Response:
     found = await _find(src, request)
     if found is None:
         return JSONResponse({"error": "no such deploy"}, status_code=404)
-    return JSONResponse(_record(found))
+    return JSONResponse(_record(found, src.canary(found.id)))
 
 
 async def _deploy_log(request: Request, src: Sources) -> Response:
@@ -321,8 +325,9 @@ async def _find(src: Sources, request: Request) -> Deploy | None:
     return await asyncio.to_thread(src.store.deploy, int(request.path_params["id"]))
 
 
-def _record(d: Deploy) -> dict[str, Any]:
-    return {k: v for k, v in deploy_view(d).items() if k not in ("ago",)}
+def _record(d: Deploy, canary: dict[str, Any] | None = None) -> dict[str, Any]:
+    record = {k: v for k, v in deploy_view(d).items() if k not in ("ago",)}
+    return {**record, "canary": canary} if canary is not None else record
 
 
 def _with_tool_changes(src: Sources, d: Deploy) -> dict[str, Any]:

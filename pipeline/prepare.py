@@ -52,7 +52,7 @@ class Outcome:
             data["release"] = self.release
         if self.reason:
             data["reason"] = mask(self.reason)
-        if self.outcome in (ServerOutcome.GATED, ServerOutcome.SWAPPED):
+        if self.outcome in (ServerOutcome.GATED, ServerOutcome.SWAPPED, ServerOutcome.CANARY):
             data |= {"timings": self.timings, "tools": self.tools}
         if self.contract:
             data["contract"] = [mask(line) for line in self.contract]

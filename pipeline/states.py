@@ -64,4 +64,5 @@ class ServerOutcome(StrEnum):
     GATED = "gated"  # passed its gate; the deploy failed before the swap
     FAILED = "failed"
     SWAPPED = "swapped"
+    CANARY = "canary"  # live beside the stable release, taking a share of new traffic
     REMOVED = "removed"

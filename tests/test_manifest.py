@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import manifest, settings
+from pipeline.config import manifest, rolloutspec, settings
 from pipeline.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -521,3 +521,34 @@ def test_scale_max_below_min_is_refused_naming_both(tmp_path: Path) -> None:
     _server(tmp_path / "repo", "srv", GOOD + "scale: {min: 3}\n")
     report = _check(tmp_path)
     assert report.ok and report.manifests[0].scale == manifest.Scale(min=3)
+
+
+def test_a_canary_rollout_is_parsed_and_the_default_stays_the_swap(tmp_path: Path) -> None:
+    """`rollout: {strategy: canary, ...}` becomes a Rollout with its margins; no rollout is the swap."""
+    _server(tmp_path / "repo", "srv", GOOD)
+    assert _check(tmp_path).manifests[0].rollout == rolloutspec.SWAP
+    assert not rolloutspec.SWAP.canary
+    _server(
+        tmp_path / "repo",
+        "srv",
+        GOOD
+        + "rollout:\n  strategy: canary\n  steps: [5, 25, 100]\n  step_interval: 1s\n"
+        + "  margins: {max_error_rate_increase: 0.1, max_p99_ratio: 3}\n"
+        + "  min_requests: 4\n  on_insufficient: promote\n",
+    )
+    report = _check(tmp_path)
+    assert report.ok, report.problems
+    rollout = report.manifests[0].rollout
+    assert rollout.canary and rollout.steps == (5, 25, 100) and rollout.step_interval == 1.0
+    assert (rollout.max_error_rate_increase, rollout.max_p99_ratio, rollout.min_requests) == (0.1, 3.0, 4)
+    assert rollout.on_insufficient is rolloutspec.OnInsufficient.PROMOTE
+
+
+def test_canary_steps_that_do_not_rise_to_100_are_refused(tmp_path: Path) -> None:
+    """Steps must rise, each once, and end at 100; an unknown strategy is a schema problem."""
+    _server(tmp_path / "repo", "srv", GOOD + "rollout: {strategy: canary, steps: [50, 10]}\n")
+    [problem] = _check(tmp_path).problems
+    assert problem.path == "$.rollout.steps" and "end at 100" in problem.message
+    _server(tmp_path / "repo", "srv", GOOD + "rollout: {strategy: blue-green}\n")
+    [problem] = _check(tmp_path).problems
+    assert problem.path == "$.rollout.strategy"

@@ -21,9 +21,12 @@ from starlette.testclient import TestClient
 
 from pipeline import pages
 from pipeline.app import PageSources
+from pipeline.canary import Canaries, Canary, Steps
+from pipeline.config.rolloutspec import Rollout, Strategy
 from pipeline.config.settings import Project, Settings
 from pipeline.deploylog import DeployLog
 from pipeline.proxy.access import Gatekeeper, create_key
+from pipeline.proxy.router import Router, Upstream
 from pipeline.store import Release, Store
 from tests.support.loopback import serve_asgi
 
@@ -42,11 +45,13 @@ class Site:
     settings: Settings
     store: Store
     logs: dict[int, DeployLog] = field(default_factory=dict)
+    canaries: Canaries = field(default_factory=Canaries)
 
     @property
     def app(self) -> Starlette:
         """A tiny Starlette app with just the page routes."""
-        sources = PageSources(self.settings, self.store, Gatekeeper(self.settings, self.store), self.logs)
+        gatekeeper = Gatekeeper(self.settings, self.store)
+        sources = PageSources(self.settings, self.store, gatekeeper, self.logs, canaries=self.canaries)
         return Starlette(routes=pages.routes(lambda request: sources))
 
     def client(self, **kwargs: Any) -> TestClient:
@@ -788,3 +793,31 @@ def test_correct_query_token_wins_over_a_stale_cookie(guarded: Site) -> None:
     """After the admin token changes, opening a page with the new ?token= works despite the old cookie."""
     client = guarded.client(cookies={pages.ADMIN_COOKIE: "the-old-token"})
     assert client.get(f"/deploys?token={ADMIN_TOKEN}").status_code == 200
+
+
+def test_a_deploys_canary_shows_its_step_and_both_releases_figures_live(site: Site) -> None:
+    """/deploys/<id>.json carries the canary's step and each release's requests, failures and p99;
+    the page shows them, JSON-RPC errors counted for the canary only."""
+    deploy_id = record_deploy(site.store, servers={"alpha": {"outcome": "canary", "release": 2}})
+    router = Router()
+    router.swap({"alpha": Upstream("alpha", 1, "c1", "127.0.0.1", 5001, "/mcp")})
+    split = router.start_split("alpha", [Upstream("alpha", 2, "c2", "127.0.0.1", 5002, "/mcp")], 10)
+    rollout = Rollout(Strategy.CANARY, (10, 50, 100))
+    steps = Steps("alpha", deploy_id, 1, 2, rollout, percent=10)
+    site.canaries.add(Canary(split, steps, lambda: None, lambda _: None, print))
+    split.observe(1, False, False, 0.02)
+    split.observe(2, False, True, 0.04)
+    client = site.client()
+    canary = client.get(f"/deploys/{deploy_id}.json").json()["canary"]
+    assert (canary["phase"], canary["step"], canary["steps"]) == ("running", 10, [10, 50, 100])
+    assert canary["stable"] == {
+        "release": 1,
+        "requests": 1,
+        "failed": 0,
+        "rpc_errors": 0,
+        "error_rate": 0.0,
+        "p99_ms": 20.0,
+    }
+    assert canary["canary"]["failed"] == 1 and canary["canary"]["rpc_errors"] == 1
+    page = client.get(f"/deploys/{deploy_id}").text
+    assert "Canary: alpha r2 — running at 10%" in page and "not parsed" in page

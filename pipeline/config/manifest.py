@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 from pipeline import buildrules
 from pipeline import dockerfile as dockerfile_mod
 from pipeline import remote as remote_mod
-from pipeline.config import checkspec, schema, serverjson, yamlsrc
+from pipeline.config import checkspec, rolloutspec, schema, serverjson, yamlsrc
 from pipeline.config.checkspec import Check
 from pipeline.config.settings import PROVIDER_ENV_PREFIX, Repo, Settings
 from pipeline.config.units import format_size, parse_duration, parse_size
@@ -118,6 +118,7 @@ class Manifest:
     probe_checks: bool = False  # the read-only checks run in the health probes too
     contract: str = checkspec.CONTRACT_ENFORCE  # or warn: a breaking change is shown, not refused
     scale: Scale = Scale()
+    rollout: rolloutspec.Rollout = rolloutspec.SWAP  # all at once, or a canary
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -268,6 +269,7 @@ def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings
     problems += _health_problems(doc, settings)
     problems += checkspec.problems(doc, settings.proxy.deploy_timeout)
     problems += _scale_problems(doc, settings)
+    problems += rolloutspec.problems(doc)
     problems += _access_problems(doc, settings)
     problems += _host_service_problems(doc, settings)
     return problems
@@ -679,6 +681,7 @@ def from_data(data: dict[str, Any], folder: str) -> Manifest:
         probe_checks=bool(data.get("probe_checks", False)),
         contract=str(data.get("contract", checkspec.CONTRACT_ENFORCE)),
         scale=scale_of(data),
+        rollout=rolloutspec.parse(data),
         raw=data,
     )
 

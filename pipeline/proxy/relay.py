@@ -50,6 +50,7 @@ from pipeline.proxy.expiry import expire_sessions
 from pipeline.proxy.pool import Connection, Pool, RemotePool
 from pipeline.proxy.router import Router, Target, Upstream
 from pipeline.proxy.sessions import Session
+from pipeline.proxy.split import rpc_failed
 from pipeline.proxy.usage import Usage
 from pipeline.remote import Dialer
 
@@ -135,6 +136,7 @@ class Ticket:
         "method",
         "origin",
         "request",
+        "rpc_error",
         "session",
         "session_id",
         "started",
@@ -156,6 +158,7 @@ class Ticket:
         self.closer: asyncio.Event | None = None  # set when the upstream is retired
         self.request = b""  # the whole upstream request: head and body
         self.started = 0.0
+        self.rpc_error = False  # a canary's answer carried a JSON-RPC error (split.rpc_failed)
 
 
 class Waker(Protocol):
@@ -442,6 +445,8 @@ class Proxy:
         now = time.monotonic()
         self.router.leave(target, ticket.session, now)
         self.usage.count(ticket.caller, upstream.server, status, now - ticket.started)
+        if self.router.splits and ticket.method == "POST":  # a canary is being judged
+            self.router.observe(target, status, ticket.rpc_error, now - ticket.started)
 
     def _asleep_access(self, server: str) -> tuple[str, ...]:
         """An asleep server's access (no upstream names it), so the key is checked before it wakes."""
@@ -498,8 +503,8 @@ class Proxy:
     def _pinned(self, server: str, body: bytes) -> Target | None:
         """The replica that minted the request state a request carries back, if it still serves."""
         group = self.router.groups.get(server)
-        if group is None or len(group.targets) < 2:
-            return None  # one replica: nothing to choose
+        if group is None or (len(group.targets) < 2 and server not in self.router.splits):
+            return None  # one replica and no canary: nothing to choose
         state = request_state(body, "params")
         target = self.router.pinned(state) if state else None
         return target if target is not None and target.upstream.server == server else None
@@ -507,15 +512,24 @@ class Proxy:
     def _learn(self, ticket: Ticket, body: bytes) -> None:
         """Remember which replica minted the request state an answer carries (a server with replicas)."""
         target = ticket.target
+        if self.router.splits and target is not None and not ticket.rpc_error:
+            ticket.rpc_error = self._canary_failed(target, body)
         if target is None or REQUEST_STATE not in body or ticket.session_id:
             return
-        group = self.router.groups.get(target.upstream.server)
-        if group is None or len(group.targets) < 2:
+        server = target.upstream.server
+        group = self.router.groups.get(server)
+        if group is None or (len(group.targets) < 2 and server not in self.router.splits):
             return
         for line in body.splitlines() if body.lstrip()[:1] != b"{" else (body,):
             state = request_state(line.removeprefix(b"data:"), "result")
             if state:
                 self.router.pin(state, target.container_id)
+
+    def _canary_failed(self, target: Target, body: bytes) -> bool:
+        """Whether an answer of a canary release carries a JSON-RPC error (parsed on canaries only:
+        the stable release's answers are never read)."""
+        split = self.router.splits.get(target.upstream.server)
+        return split is not None and split.canary.release == target.upstream.release and rpc_failed(body)
 
     @staticmethod
     def _request(ex: Exchange, upstream: Upstream, fields: list[bytes], body: bytes) -> bytes:

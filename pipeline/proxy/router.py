@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 
 from pipeline.proxy.sessions import Session, SessionTable
+from pipeline.proxy.split import Split
 from pipeline.proxy.targets import Target, TargetGroup, TargetState, Upstream, group_of
 from pipeline.store import SessionRow
 
@@ -38,6 +39,9 @@ class Router:
         self._targets: dict[str, Target] = {}  # every target not retired (live and draining), by id
         self._sessions = SessionTable()
         self._pins: OrderedDict[str, str] = OrderedDict()  # request state -> the container that minted it
+        # the servers with a canary beside their live release (empty, the common case): replaced in
+        # one assignment, read on the hot path as a plain attribute
+        self.splits: Mapping[str, Split] = MappingProxyType({})
         self._lock = threading.RLock()
         self.known: frozenset[str] = frozenset()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -58,10 +62,14 @@ class Router:
         return self._table.get(server)
 
     def pick(self, server: str) -> Target | None:
-        """The live replica of `server` a new request goes to (fewest in flight), or None."""
+        """The live replica of `server` a new request goes to (fewest in flight), or None; with a
+        canary beside the live release, its share of them go to the canary."""
         group = self._groups.get(server)
         if group is None:
             return None
+        if self.splits and (split := self.splits.get(server)) is not None:
+            chosen = split.choose(group)
+            return chosen.pick() or group.pick()
         targets = group.targets
         if len(targets) == 1:  # the usual server: no choice to make (the hot path)
             only = targets[0]
@@ -214,6 +222,39 @@ class Router:
         """Tell the listeners the table changed (the aggregate: its lists and clients)."""
         for listener in list(self.listeners):
             listener()
+
+    # canaries (pipeline/canary.py runs them) ------------------------------------------------
+    def start_split(self, server: str, upstreams: Sequence[Upstream], percent: int) -> Split:
+        """Put a candidate release beside the live one of `server`, taking `percent` of new traffic."""
+        with self._lock:
+            stable = self._groups.get(server)
+            if stable is None:
+                raise ValueError(f"{server} has no live release: a canary needs one beside it")
+            canary = self._group(tuple(upstreams))
+            self._targets.update((t.container_id, t) for t in canary.targets)
+            split = Split(stable.release, canary, percent)
+            self.splits = MappingProxyType({**self.splits, server: split})
+        return split
+
+    def end_split(self, server: str, promote: bool) -> TargetGroup | None:
+        """End the canary of `server`: promoted, it becomes the live release (the stable one drains,
+        as after a swap); else it drains and the stable keeps everything. Return the group to drain."""
+        with self._lock:
+            split = self.splits.get(server)
+            if split is None:
+                return None
+            self.splits = MappingProxyType({k: v for k, v in self.splits.items() if k != server})
+            if promote:
+                return self.swap({server: tuple(t.upstream for t in split.canary.targets)}).get(server)
+            for target in split.canary.targets:
+                target.state = TargetState.DRAINING
+            return split.canary
+
+    def observe(self, target: Target, status: int, rpc_error: bool, seconds: float) -> None:
+        """Count a request that ended on a server with a canary (its step's figures)."""
+        split = self.splits.get(target.upstream.server)
+        if split is not None:
+            split.observe(target.upstream.release, status >= 500, rpc_error, seconds)
 
     # request state (the stateless era's multi-round-trip requests) --------------------------
     def pin(self, state: str, container_id: str) -> None:
