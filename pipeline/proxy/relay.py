@@ -641,7 +641,7 @@ def request_state(text: bytes, member: str) -> str:
     """The `requestState` of a JSON-RPC message's `params` or `result` ("" if it has none)."""
     try:
         message = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the parser's depth
         return ""
     part = message.get(member) if isinstance(message, dict) else None
     state = part.get("requestState") if isinstance(part, dict) else None

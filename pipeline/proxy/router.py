@@ -13,6 +13,7 @@ under the same lock.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -25,6 +26,7 @@ from pipeline.store import SessionRow
 
 __all__ = ["MAX_PINS", "Router", "Target", "TargetGroup", "TargetState", "Upstream"]
 
+PIN_DIGEST = 16  # bytes of a pinned request state's digest (collisions: 2**-128)
 MAX_PINS = 10_000  # request states remembered (the oldest forgotten first): bounded, whatever servers mint
 Change = Upstream | Sequence[Upstream] | None
 
@@ -37,7 +39,7 @@ class Router:
         self._table: Mapping[str, Upstream] = MappingProxyType({})
         self._targets: dict[str, Target] = {}  # every target not retired (live and draining), by id
         self._sessions = SessionTable()
-        self._pins: OrderedDict[str, str] = OrderedDict()  # request state -> the container that minted it
+        self._pins: OrderedDict[bytes, str] = OrderedDict()  # request state's digest -> its minter
         self._lock = threading.RLock()
         self.known: frozenset[str] = frozenset()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -218,15 +220,16 @@ class Router:
     # request state (the stateless era's multi-round-trip requests) --------------------------
     def pin(self, state: str, container_id: str) -> None:
         """Remember that `container_id` minted request state `state` (its retry goes back there)."""
+        key = _pin_key(state)
         with self._lock:
-            self._pins[state] = container_id
-            self._pins.move_to_end(state)
+            self._pins[key] = container_id
+            self._pins.move_to_end(key)
             while len(self._pins) > MAX_PINS:
                 self._pins.popitem(last=False)
 
     def pinned(self, state: str) -> Target | None:
         """The target that minted `state`, if it still serves (else None: any replica may take it)."""
-        container_id = self._pins.get(state)
+        container_id = self._pins.get(_pin_key(state))
         target = self._targets.get(container_id) if container_id is not None else None
         return target if target is not None and target.state is not TargetState.RETIRED else None
 
@@ -353,3 +356,8 @@ class Router:
             else:
                 closer.set()
         return len(gone)
+
+
+def _pin_key(state: str) -> bytes:
+    """A request state's fixed-size digest: MAX_PINS states cost the same however long each is."""
+    return hashlib.blake2b(state.encode(), digest_size=PIN_DIGEST).digest()
