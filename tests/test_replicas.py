@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from pipeline.proxy.relay import MAX_REQUEST_STATE, request_state
-from pipeline.proxy.router import Router, TargetState
+from pipeline.proxy.router import MAX_PINS, Router, TargetState
 from tests.support.loopback import free_port
 from tests.support.proxy_rig import (
     ACCEPT_BOTH,
@@ -256,7 +256,22 @@ def test_pins_hold_a_bounded_size_whatever_states_servers_mint() -> None:
     long = "s" * MAX_REQUEST_STATE
     for n in range(200):
         router.pin(f"{n}{long}", "A")
-    assert sum(len(k) for k in router._pins) <= 200 * 64
-    picked = router.pinned(f"7{long}")
+    assert sum(len(k) for k in router._pins["x"]) <= 200 * 64
+    picked = router.pinned("x", f"7{long}")
     assert picked is not None and picked.container_id == "A"
-    assert router.pinned(f"7{long}x") is None
+    assert router.pinned("x", f"7{long}x") is None
+
+
+def test_one_servers_request_states_never_evict_anothers() -> None:
+    """A server minting MAX_PINS states (one tenant's, say) leaves another server's pins in place: the
+    table was shared, so its retries went to any replica, and a state is asked for only on its own
+    server."""
+    router = Router()
+    router.swap({"x": (upstream("x", 1, "A"), upstream("x", 2, "B"))})
+    router.swap({"y": (upstream("y", 3, "C"), upstream("y", 4, "D"))})
+    router.pin("mine", "B")
+    for n in range(MAX_PINS + 1):
+        router.pin(f"flood-{n}", "C")
+    picked = router.pinned("x", "mine")
+    assert picked is not None and picked.container_id == "B"
+    assert router.pinned("y", "mine") is None and router.pinned("x", "flood-5") is None

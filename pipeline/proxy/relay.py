@@ -501,7 +501,7 @@ class Proxy:
         if group is None or len(group.targets) < 2:
             return None  # one replica: nothing to choose
         state = request_state(body, "params")
-        target = self.router.pinned(state) if state else None
+        target = self.router.pinned(server, state) if state else None
         return target if target is not None and target.upstream.server == server else None
 
     def _learn(self, ticket: Ticket, body: bytes) -> None:

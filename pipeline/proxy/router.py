@@ -27,7 +27,7 @@ from pipeline.store import SessionRow
 __all__ = ["MAX_PINS", "Router", "Target", "TargetGroup", "TargetState", "Upstream"]
 
 PIN_DIGEST = 16  # bytes of a pinned request state's digest (collisions: 2**-128)
-MAX_PINS = 10_000  # request states remembered (the oldest forgotten first): bounded, whatever servers mint
+MAX_PINS = 10_000  # request states kept per server (the oldest forgotten first), whatever servers mint
 Change = Upstream | Sequence[Upstream] | None
 
 
@@ -39,7 +39,7 @@ class Router:
         self._table: Mapping[str, Upstream] = MappingProxyType({})
         self._targets: dict[str, Target] = {}  # every target not retired (live and draining), by id
         self._sessions = SessionTable()
-        self._pins: OrderedDict[bytes, str] = OrderedDict()  # request state's digest -> its minter
+        self._pins: dict[str, OrderedDict[bytes, str]] = {}  # server -> state's digest -> its minter
         self._lock = threading.RLock()
         self.known: frozenset[str] = frozenset()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -222,14 +222,20 @@ class Router:
         """Remember that `container_id` minted request state `state` (its retry goes back there)."""
         key = _pin_key(state)
         with self._lock:
-            self._pins[key] = container_id
-            self._pins.move_to_end(key)
-            while len(self._pins) > MAX_PINS:
-                self._pins.popitem(last=False)
+            target = self._targets.get(container_id)
+            if target is None:
+                return
+            pins = self._pins.setdefault(target.upstream.server, OrderedDict())  # one server's own
+            pins[key] = container_id
+            pins.move_to_end(key)
+            while len(pins) > MAX_PINS:
+                pins.popitem(last=False)
 
-    def pinned(self, state: str) -> Target | None:
-        """The target that minted `state`, if it still serves (else None: any replica may take it)."""
-        container_id = self._pins.get(_pin_key(state))
+    def pinned(self, server: str, state: str) -> Target | None:
+        """The target of `server` that minted `state`, if it still serves (else None: any replica may
+        take it)."""
+        pins = self._pins.get(server)
+        container_id = pins.get(_pin_key(state)) if pins is not None else None
         target = self._targets.get(container_id) if container_id is not None else None
         return target if target is not None and target.state is not TargetState.RETIRED else None
 
