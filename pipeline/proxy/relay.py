@@ -253,11 +253,11 @@ class Proxy:
             return
         project = ticket.caller.project
         if project is not None and selection.selects(project):  # deploy.yaml's projects[].tools
-            refused = selection.refusal(project, ex, body)
-            if refused is not None:
-                await _send_reply(ex, refused)
+            screened = selection.screen(project, ex, body)
+            if isinstance(screened, tuple):
+                await _send_reply(ex, screened)
                 return
-            ex = selection.filtered(project, ex, body)
+            ex = screened
         await self.carry(ex, ticket, body)
 
     async def carry(self, ex: Exchange, ticket: Ticket, body: bytes) -> None:

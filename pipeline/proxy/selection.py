@@ -33,17 +33,19 @@ def selects(project: Project | None) -> bool:
     return project is not None and bool(project.tools_allow or project.tools_deny)
 
 
-def refusal(project: Project, ex: Exchange, body: bytes) -> Reply | None:
-    """The JSON-RPC error for a tools/call of a denied tool, if the request holds one; a parse
-    error for a body this parser cannot read (a laxer server's might, and run a denied tool)."""
+def screen(project: Project, ex: Exchange, body: bytes) -> Reply | Exchange:
+    """The answer refusing the request (a tools/call of a denied tool; a body this parser cannot
+    read, which a laxer server's might, and run a denied tool), or the exchange to answer it on:
+    one that filters a tools/list answer, or the client's own. The body is parsed once."""
     if ex.method != "POST":
-        return None
+        return ex
     found = _json(body)
     if found is UNREADABLE and body.strip():
         text = f"the body is not JSON the provider can read (project {project.name!r} has a tools rule)"
         answer = {"jsonrpc": "2.0", "id": None, "error": {"code": PARSE_ERROR, "message": text}}
         return 400, json.dumps(answer, ensure_ascii=False).encode(), [JSON_TYPE]
-    for message in _messages(found):
+    messages = _messages(found)
+    for message in messages:
         params = message.get("params")
         name = params.get("name") if isinstance(params, dict) else None
         calling = message.get("method") == "tools/call" and isinstance(name, str)
@@ -52,12 +54,7 @@ def refusal(project: Project, ex: Exchange, body: bytes) -> Reply | None:
             error = {"code": DENIED, "message": f"{text} (deploy.yaml tools)"}
             answer = {"jsonrpc": "2.0", "id": message.get("id"), "error": error}
             return 200, json.dumps(answer, ensure_ascii=False).encode(), [JSON_TYPE]
-    return None
-
-
-def filtered(project: Project, ex: Exchange, body: bytes) -> Exchange:
-    """The exchange to answer on: one that filters a tools/list answer, or the client's own."""
-    if ex.method == "POST" and any(m.get("method") == "tools/list" for m in _messages(_json(body))):
+    if any(m.get("method") == "tools/list" for m in messages):
         return Filtered(ex, project)
     return ex
 
