@@ -1038,3 +1038,45 @@ async def test_a_tools_list_spelled_with_json_escapes_is_filtered_too(keyed: Rig
                 body = b'{"jsonrpc":"2.0","id":1,"method":"' + method + b'"}'
                 answer = await http.post(keyed.url("a"), content=body, headers=headers)
                 assert {t["name"] for t in answer.json()["result"]["tools"]} == {"echo", "whoami"}
+
+
+@pytest.mark.parametrize(
+    ("front", "expect"),
+    [(True, ""), (True, "expect: 100-continue\r\n"), (False, "")],
+    ids=["fast", "100", "asgi"],
+)
+async def test_a_server_routed_while_a_request_was_admitted_is_checked_against_its_access(
+    tmp_path: Path, front: bool, expect: str
+) -> None:
+    """A request admitted while its server had no live upstream (a first deploy, a wake) was checked
+    against ("all",); when the server went live with `access: [web]` before the request's body ended
+    it was forwarded for a key of `picky`, which that access refuses (the fast front admits on the
+    headers too when the client asks `Expect: 100-continue`). Now the access of the target it is
+    routed to is checked: 403, nothing forwarded; a key of `web` still gets through."""
+    with running_proxy(tmp_path, projects=PROJECTS, front=front) as keyed:
+        recorder = Recorder()
+        body = json.dumps(jsonrpc("tools/call", {"name": "whoami", "arguments": {}})).encode()
+        with raw_upstream("a", recorder) as a:
+            restricted = dataclasses.replace(a, access=("web",))
+            for project, status in (("picky", 403), ("web", 200)):
+                keyed.router.swap({"a": None})
+                reader, writer = await asyncio.open_connection("127.0.0.1", keyed.port)
+                key = bearer(keyed, project)["authorization"]
+                head = (
+                    f"POST /mcp/a HTTP/1.1\r\nhost: x\r\nauthorization: {key}"
+                    f"\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\n"
+                    f"mcp-protocol-version: {MODERN}\r\n{expect}content-length: {len(body)}\r\n\r\n"
+                )
+                writer.write(head.encode() + body[:10])
+                await writer.drain()
+                await asyncio.sleep(0.2)  # admitted on its headers; its server is not live
+                keyed.router.swap({"a": restricted})  # a deploy (or a wake) routes it now
+                writer.write(body[10:])
+                await writer.drain()
+                answer = await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)
+                while answer.startswith(b"HTTP/1.1 100"):
+                    await reader.readuntil(b"\r\n")  # the blank line ending the 100
+                    answer = await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)
+                writer.close()
+                assert answer.split()[1] == str(status).encode(), (project, answer)
+        assert len(recorder.seen) == 1

@@ -129,6 +129,7 @@ class Ticket:
     """
 
     __slots__ = (
+        "access",
         "caller",
         "closer",
         "fields",
@@ -156,6 +157,7 @@ class Ticket:
         self.closer: asyncio.Event | None = None  # set when the upstream is retired
         self.request = b""  # the whole upstream request: head and body
         self.started = 0.0
+        self.access: tuple[str, ...] = ("all",)  # the server's `access` it was admitted under
 
 
 class Waker(Protocol):
@@ -319,7 +321,9 @@ class Proxy:
             return _json(verdict.status, {"error": verdict.message}, verdict.headers)
         if declared.isdecimal() and int(declared) > self.max_body:
             return too_large(self.max_body)
-        return Ticket(method, verdict, origin, session_id, fields)
+        ticket = Ticket(method, verdict, origin, session_id, fields)
+        ticket.access = access
+        return ticket
 
     def route(self, ex: Exchange, ticket: Ticket, body: bytes) -> Reply | None:
         """Pick the ticket's upstream and count it in flight there, with the upstream request
@@ -483,10 +487,10 @@ class Proxy:
         if REQUEST_STATE in body:  # a stateless-era retry: back to the replica that minted its state
             pinned = self._pinned(server, body)
             if pinned is not None:
-                return pinned
+                return pinned if self._admits(ticket, pinned) else _not_for(ticket, server)
         target = self.router.pick(server)
         if target is not None:
-            return target
+            return target if self._admits(ticket, target) else _not_for(ticket, server)
         if server in self.router.known:
             return _json(
                 503,
@@ -494,6 +498,14 @@ class Proxy:
                 {"Retry-After": RETRY_AFTER_SECONDS},
             )
         return _json(404, {"error": f"no server named {server!r}"})
+
+    def _admits(self, ticket: Ticket, target: Target) -> bool:
+        """Whether the target's `access` lets the ticket's key in: it was admitted under another (its
+        server was not live yet, or a deploy changed it while the body came)."""
+        access = target.upstream.access
+        return access == ticket.access or self.gatekeeper.reaches(
+            ticket.caller, target.upstream.server, access
+        )
 
     def _pinned(self, server: str, body: bytes) -> Target | None:
         """The replica that minted the request state a request carries back, if it still serves."""
@@ -635,6 +647,13 @@ async def _unless_gone(ex: Exchange, waiting: Coroutine[Any, Any, T]) -> T:
     if work.cancelled():
         raise ClientGone()
     return work.result()
+
+
+def _not_for(ticket: Ticket, server: str) -> Reply:
+    """The 403 for a key whose project the routed release's `access` leaves out (access.py's words)."""
+    project = ticket.caller.project
+    name = project.name if project is not None else ""
+    return _cors(_json(403, {"error": f"project {name!r} may not use server {server!r}"}), ticket.origin)
 
 
 def request_state(text: bytes, member: str) -> str:
