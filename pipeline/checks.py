@@ -3,8 +3,8 @@ a live release by the health probes, the read-only ones, when the manifest says 
 
 Each check's arguments are first validated against the tool's inputSchema as the candidate lists
 it. That schema is the server's, so untrusted: bounded in size (MAX_SCHEMA_BYTES), its $refs never
-fetched, and when it holds a regular expression (which could backtrack for ever) validated in a
-child process bounded in time and memory (VALIDATE_TIMEOUT, VALIDATE_MEMORY), not in the provider.
+fetched, and when it holds a regular expression or a $ref (which could backtrack, or branch, for
+ever) validated in a child process bounded in time and memory (VALIDATE_TIMEOUT, VALIDATE_MEMORY).
 Then each tool is called with its own timeout, reading at most `max_bytes` of its answer. A failure
 raises CheckFailed naming the check, what it expected and (bounded) what came back.
 """
@@ -30,7 +30,9 @@ VALIDATE_TIMEOUT = 10.0  # the child that validates every check's arguments, in 
 VALIDATE_MEMORY = 512 * 1024 * 1024  # its address space
 MAX_SCHEMA_BYTES = 256 * 1024  # a tool's inputSchema as JSON; a bigger one is not validated against
 GOT_CHARS = 300  # what came back, as shown in a failure
-REGEX_KEYWORDS = frozenset({"pattern", "patternProperties"})
+# Validated in the child: a regular expression may backtrack for ever, and $refs may branch at each
+# level (anyOf of two refs to the next level, 30 levels: 2**30 paths in a 3 KB schema).
+RISKY_KEYWORDS = frozenset({"pattern", "patternProperties", "$ref", "$dynamicRef", "$recursiveRef"})
 MAX_SCHEMA_DEPTH = 64  # a schema nested deeper is validated in the child
 SESSION_TIMEOUT = 10.0  # the checks' own handshake, unless the caller gives its own
 Validate = Callable[[Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]], list[str]]
@@ -104,24 +106,25 @@ def judge(check: Check, message: Mapping[str, Any]) -> str:
 
 def validate_arguments(pairs: Sequence[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> list[str]:
     """Validate each (schema, arguments) pair; return one problem per pair ('' when it is valid).
-    A schema with a regular expression is validated in a child process bounded in time and memory
-    (a pattern may backtrack for ever); the others here: without one, validating a bounded schema
-    against bounded arguments takes bounded time, and the child costs ~0.3 s (bench/checks_bench.py)."""
-    risky = [i for i, (schema, _) in enumerate(pairs) if _has_regex(schema)]
+    A schema with a regular expression or a $ref is validated in a child process bounded in time and
+    memory (a pattern may backtrack for ever, refs may branch exponentially); the others here: a
+    tree, validating a bounded one against bounded arguments takes bounded time, and the child
+    costs ~0.3 s (bench/checks_bench.py)."""
+    risky = [i for i, (schema, _) in enumerate(pairs) if _is_risky(schema)]
     found = dict(zip(risky, _validate_in_child([pairs[i] for i in risky]) if risky else [], strict=True))
     return [found[i] if i in found else _validate_here(*pair) for i, pair in enumerate(pairs)]
 
 
-def _has_regex(value: object, depth: int = 0) -> bool:
-    """Whether a schema holds a `pattern` or `patternProperties` keyword (or is too deep to tell)."""
+def _is_risky(value: object, depth: int = 0) -> bool:
+    """Whether a schema holds a regular expression or a $ref (or is too deep to tell)."""
     if depth > MAX_SCHEMA_DEPTH:
         return True
     if isinstance(value, dict):
-        if REGEX_KEYWORDS & value.keys():
+        if RISKY_KEYWORDS & value.keys():
             return True
-        return any(_has_regex(v, depth + 1) for v in value.values())
+        return any(_is_risky(v, depth + 1) for v in value.values())
     if isinstance(value, list):
-        return any(_has_regex(v, depth + 1) for v in value)
+        return any(_is_risky(v, depth + 1) for v in value)
     return False
 
 

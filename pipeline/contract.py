@@ -103,7 +103,8 @@ def narrowing(old: object, new: object, where: str = "", depth: int = 0) -> list
     if now and (lost or not was):
         found.append(f"{where or 'input'}: type {_show(old.get('type'))} became {_show(new.get('type'))}")
     if isinstance(old.get("enum"), list) and isinstance(new.get("enum"), list):
-        gone = [v for v in old["enum"] if v not in new["enum"]]
+        kept = {_json_value(v) for v in new["enum"]}  # a set: enums may be long (linear, not n*m)
+        gone = [v for v in old["enum"] if _json_value(v) not in kept]
         if gone:
             found.append(f"{where or 'input'}: enum values removed {json.dumps(gone)[:100]}")
     before, after = _properties(old), _properties(new)
@@ -171,10 +172,11 @@ def _changes(kind: str, old: dict[str, Any], new: dict[str, Any]) -> tuple[list[
         if old.get("outputSchema") != new.get("outputSchema"):
             details.append("outputSchema changed")
     if kind == "prompts":
-        before = {a.get("name"): a for a in _items(old.get("arguments")) or []}
+        before = {str(a.get("name")): a for a in _items(old.get("arguments")) or []}  # names: any JSON
         for arg in _items(new.get("arguments")) or []:
-            if arg.get("required") and not (before.get(arg.get("name")) or {}).get("required"):
-                breaking.append(f"new required argument {arg.get('name')!r}")
+            name = str(arg.get("name"))
+            if arg.get("required") and not (before.get(name) or {}).get("required"):
+                breaking.append(f"new required argument {name!r}")
     if kind == "resources" and old.get("mimeType") != new.get("mimeType"):
         details.append(f"mimeType {old.get('mimeType')!r} became {new.get('mimeType')!r}")
     if old.get("description") != new.get("description"):
@@ -204,6 +206,13 @@ def _properties(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _names(value: object) -> list[str]:
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _json_value(value: object) -> str:
+    """A JSON value's canonical text: equal values alike (1 and 1.0), unequal ones not (true and 1)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return json.dumps(value, sort_keys=True, allow_nan=True)
 
 
 def _at(where: str, name: str) -> str:

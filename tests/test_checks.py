@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -237,3 +238,34 @@ def test_a_schema_without_a_regex_is_validated_without_a_child(monkeypatch: pyte
         "$.arguments.a: 'c' does not match '^b'",
     ]
     assert len(spawned) == 1
+
+
+def _branching(levels: int) -> dict[str, Any]:
+    """A 3 KB schema whose $refs branch in two at each of `levels` levels: 2**levels paths to try."""
+    defs: dict[str, Any] = {
+        f"a{i}": {"anyOf": [{"$ref": f"#/$defs/a{i + 1}"}, {"$ref": f"#/$defs/a{i + 1}"}]}
+        for i in range(levels)
+    }
+    defs[f"a{levels}"] = {"type": "string"}
+    return {"type": "object", "properties": {"x": {"$ref": "#/$defs/a0"}}, "$defs": defs}
+
+
+def test_a_schema_whose_refs_branch_exponentially_is_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small schema without a regex whose $refs branch at each level (2**30 paths) fails the checks
+    at VALIDATE_TIMEOUT in the child: validated in the provider it held the gate's (or the monitor's
+    probe) thread for days (16 levels took 7 s)."""
+    monkeypatch.setattr(checks, "VALIDATE_TIMEOUT", 1.0)
+    found: list[object] = []
+
+    def validate() -> None:
+        try:
+            found.append(checks.validate_arguments([(_branching(30), {"x": 1})]))
+        except CheckFailed as exc:
+            found.append(exc)
+
+    worker = threading.Thread(target=validate, daemon=True)
+    worker.start()
+    worker.join(20)
+    assert len(found) == 1 and isinstance(found[0], CheckFailed)
+    assert "took over 1s" in str(found[0])
+    assert checks.validate_arguments([(_branching(2), {"x": 1})])[0].startswith("$.arguments.x: 1 is not")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -157,3 +158,34 @@ def test_removals_and_additions_render_on_one_line() -> None:
     """A removed tool reads `tool a: removed (breaking)`, an added one `tool b: added`."""
     found = contract.diff(Surface(tools=[_tool("a")]), Surface(tools=[_tool("b")]))
     assert sorted(d.render() for d in found) == ["tool a: removed (breaking)", "tool b: added"]
+
+
+@pytest.mark.parametrize("name", [["x"], {"a": 1}, None, 3])
+def test_a_prompt_argument_named_by_a_non_string_is_compared_not_crashed(name: object) -> None:
+    """A candidate's prompt argument whose name is a list or object (its own answer, untrusted)
+    is compared by its text: diff raised TypeError (unhashable) and failed the deploy as a bug."""
+    old = Surface(prompts=[{"name": "p", "arguments": [{"name": name}]}])
+    new = Surface(prompts=[{"name": "p", "arguments": [{"name": name, "required": True}]}])
+    (only,) = contract.diff(old, new)
+    assert only.breaking == (f"new required argument {str(name)!r}",)
+    assert contract.diff(Surface(prompts=[{"name": "p"}]), new)[0].breaking
+
+
+def test_long_enums_are_compared_in_linear_time() -> None:
+    """Two releases' enums of 60,000 values each compare in well under a second (each old value was
+    looked for in the new list: minutes for the lists a 4 MiB handshake holds, the deploy's thread
+    busy all along)."""
+    size = 60_000
+    old = {"enum": list(range(size))}
+    new = {"enum": list(range(size, 2 * size))}
+    started = time.monotonic()
+    (found,) = contract.narrowing(old, new)
+    assert time.monotonic() - started < 5.0
+    assert found.startswith("input: enum values removed [0, 1, 2")
+
+
+def test_enum_values_are_equal_as_json_values_are() -> None:
+    """true and 1 are different JSON values (Python's == says equal); 1 and 1.0 are the same number."""
+    assert contract.narrowing({"enum": [True, 1.0, {"a": [1]}]}, {"enum": [1, {"a": [1]}]}) == [
+        "input: enum values removed [true]"
+    ]

@@ -37,10 +37,12 @@ from tests.support.proxy_rig import (
     ACCEPT_BOTH,
     LEGACY,
     MODERN,
+    Recorder,
     Rig,
     connect,
     eventually,
     jsonrpc,
+    raw_upstream,
     rich_upstream,
     running_proxy,
     sdk_upstream,
@@ -994,3 +996,87 @@ async def test_an_upstream_get_stream_that_ends_is_opened_again_and_one_refused_
             else:
                 await asyncio.sleep(1.5)
                 assert gets == [405]
+
+
+async def test_a_body_the_provider_cannot_read_never_carries_a_denied_call_past_the_rule(
+    keyed: Rig,
+) -> None:
+    """For a key whose project has a tools rule, a POST body the provider's parser refuses (a byte
+    that is not UTF-8, nesting past its depth) is answered 400 with a JSON-RPC parse error and never
+    forwarded: it went through unchecked, and a server whose parser is laxer (Node's, Go's: invalid
+    UTF-8 becomes U+FFFD, no depth limit at 1,500) ran the denied tool."""
+    recorder = Recorder()
+    call = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"slow","arguments":{"x":'
+    bodies = [call + b'"\xff"}}}', call + b"[" * 1500 + b"]" * 1500 + b"}}}"]
+    headers = {**ACCEPT_BOTH, **bearer(keyed, "picky"), "mcp-protocol-version": MODERN}
+    with raw_upstream("a", recorder) as a:
+        keyed.router.swap({"a": a})
+        async with httpx2.AsyncClient(timeout=10) as http:
+            for body in bodies:
+                answer = await http.post(keyed.url("a"), content=body, headers=headers)
+                assert answer.status_code == 400
+                assert answer.json()["error"]["code"] == -32700
+                assert "project 'picky'" in answer.json()["error"]["message"]
+            web = {**ACCEPT_BOTH, **bearer(keyed, "web"), "mcp-protocol-version": MODERN}
+            assert (await http.post(keyed.url("a"), content=bodies[0], headers=web)).status_code == 200
+    assert len(recorder.seen) == 1  # only the key without a rule got through (its server's to judge)
+
+
+async def test_a_tools_list_spelled_with_json_escapes_is_filtered_too(keyed: Rig) -> None:
+    """`"tools\\/list"` is tools/list to every JSON parser: its answer lacks the denied tools as a
+    plainly spelled one's does (the filter looked for the bytes `tools/list`)."""
+
+    async def listing(request: Request) -> Response:
+        tools = [{"name": n, "inputSchema": {"type": "object"}} for n in TOOLS]
+        return JSONResponse({"jsonrpc": "2.0", "id": 1, "result": {"tools": tools}})
+
+    headers = {**ACCEPT_BOTH, **bearer(keyed, "picky"), "mcp-protocol-version": MODERN}
+    with raw_upstream("a", Recorder(listing)) as a:
+        keyed.router.swap({"a": a})
+        async with httpx2.AsyncClient(timeout=10) as http:
+            for method in (b"tools/list", b"tools\\/list", b"\\u0074ools/list"):
+                body = b'{"jsonrpc":"2.0","id":1,"method":"' + method + b'"}'
+                answer = await http.post(keyed.url("a"), content=body, headers=headers)
+                assert {t["name"] for t in answer.json()["result"]["tools"]} == {"echo", "whoami"}
+
+
+@pytest.mark.parametrize(
+    ("front", "expect"),
+    [(True, ""), (True, "expect: 100-continue\r\n"), (False, "")],
+    ids=["fast", "100", "asgi"],
+)
+async def test_a_server_routed_while_a_request_was_admitted_is_checked_against_its_access(
+    tmp_path: Path, front: bool, expect: str
+) -> None:
+    """A request admitted while its server had no live upstream (a first deploy, a wake) was checked
+    against ("all",); when the server went live with `access: [web]` before the request's body ended
+    it was forwarded for a key of `picky`, which that access refuses (the fast front admits on the
+    headers too when the client asks `Expect: 100-continue`). Now the access of the target it is
+    routed to is checked: 403, nothing forwarded; a key of `web` still gets through."""
+    with running_proxy(tmp_path, projects=PROJECTS, front=front) as keyed:
+        recorder = Recorder()
+        body = json.dumps(jsonrpc("tools/call", {"name": "whoami", "arguments": {}})).encode()
+        with raw_upstream("a", recorder) as a:
+            restricted = dataclasses.replace(a, access=("web",))
+            for project, status in (("picky", 403), ("web", 200)):
+                keyed.router.swap({"a": None})
+                reader, writer = await asyncio.open_connection("127.0.0.1", keyed.port)
+                key = bearer(keyed, project)["authorization"]
+                head = (
+                    f"POST /mcp/a HTTP/1.1\r\nhost: x\r\nauthorization: {key}"
+                    f"\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\n"
+                    f"mcp-protocol-version: {MODERN}\r\n{expect}content-length: {len(body)}\r\n\r\n"
+                )
+                writer.write(head.encode() + body[:10])
+                await writer.drain()
+                await asyncio.sleep(0.2)  # admitted on its headers; its server is not live
+                keyed.router.swap({"a": restricted})  # a deploy (or a wake) routes it now
+                writer.write(body[10:])
+                await writer.drain()
+                answer = await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)
+                while answer.startswith(b"HTTP/1.1 100"):
+                    await reader.readuntil(b"\r\n")  # the blank line ending the 100
+                    answer = await asyncio.wait_for(reader.readuntil(b"\r\n"), 10)
+                writer.close()
+                assert answer.split()[1] == str(status).encode(), (project, answer)
+        assert len(recorder.seen) == 1

@@ -18,7 +18,8 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import Response
 
-from pipeline.proxy.router import Router, TargetState
+from pipeline.proxy.relay import MAX_REQUEST_STATE, request_state
+from pipeline.proxy.router import MAX_PINS, Router, TargetState
 from tests.support.loopback import free_port
 from tests.support.proxy_rig import (
     ACCEPT_BOTH,
@@ -223,3 +224,54 @@ def test_a_parked_server_stays_known_and_all_its_replicas_drain() -> None:
     assert [router.target(c).state for c in "AB"] == [TargetState.DRAINING] * 2  # type: ignore[union-attr]
     assert router.drain("A", 1.0, 1.0) and router.drain("B", 1.0, 1.0)
     assert router.park("x") is None
+
+
+async def test_request_state_nested_past_the_parser_depth_is_routed_not_crashed(rig: Rig) -> None:
+    """A client's body (or a replica's answer) carrying `requestState` and JSON nested past the
+    parser's depth is not pinned: the request is balanced and answered, the proxy keeps serving."""
+    deep = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"requestState":"A-1","x":'
+    deep += b"[" * 100_000 + b"]" * 100_000 + b"}}"
+    a, b = Recorder(), Recorder()
+    with raw_upstream("x", a, "A") as ua, raw_upstream("x", b, "B") as ub:
+        rig.router.swap({"x": (ua, ub)})
+        async with httpx2.AsyncClient(timeout=10) as http:
+            answer = await http.post(rig.url("x"), content=deep, headers=STATELESS)
+            assert answer.status_code == 200
+            assert len(a.seen) + len(b.seen) == 1
+            body = jsonrpc("tools/call", {"name": "ask", "arguments": {}}, 2)
+            assert (await http.post(rig.url("x"), json=body, headers=STATELESS)).status_code == 200
+
+
+def test_request_state_of_a_nested_past_the_parser_depth_message_is_none() -> None:
+    """request_state reads no state from JSON nested past the parser's depth (no RecursionError)."""
+    deep = b'{"result":{"requestState":"s","x":' + b"[" * 100_000 + b"]" * 100_000 + b"}}"
+    assert request_state(deep, "result") == ""
+
+
+def test_pins_hold_a_bounded_size_whatever_states_servers_mint() -> None:
+    """Request states up to MAX_REQUEST_STATE long are pinned by a fixed-size digest: MAX_PINS of
+    them cost kilobytes each at most, not their own length."""
+    router = Router()
+    router.swap({"x": (upstream("x", 1, "A"), upstream("x", 2, "B"))})
+    long = "s" * MAX_REQUEST_STATE
+    for n in range(200):
+        router.pin(f"{n}{long}", "A")
+    assert sum(len(k) for k in router._pins["x"]) <= 200 * 64
+    picked = router.pinned("x", f"7{long}")
+    assert picked is not None and picked.container_id == "A"
+    assert router.pinned("x", f"7{long}x") is None
+
+
+def test_one_servers_request_states_never_evict_anothers() -> None:
+    """A server minting MAX_PINS states (one tenant's, say) leaves another server's pins in place: the
+    table was shared, so its retries went to any replica, and a state is asked for only on its own
+    server."""
+    router = Router()
+    router.swap({"x": (upstream("x", 1, "A"), upstream("x", 2, "B"))})
+    router.swap({"y": (upstream("y", 3, "C"), upstream("y", 4, "D"))})
+    router.pin("mine", "B")
+    for n in range(MAX_PINS + 1):
+        router.pin(f"flood-{n}", "C")
+    picked = router.pinned("x", "mine")
+    assert picked is not None and picked.container_id == "B"
+    assert router.pinned("y", "mine") is None and router.pinned("x", "flood-5") is None

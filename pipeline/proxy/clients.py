@@ -33,6 +33,7 @@ SSE_HEADERS: Headers = [
 ]
 KEEPALIVE = b": keep-alive\n\n"
 MAX_QUEUED = 256  # messages waiting for a client's GET stream; past it more are dropped (logged)
+MAX_QUEUED_BYTES = 8 * 1024 * 1024  # and their bytes (an event may be aggregate.max_held long)
 CHANGED = {
     "tools": "notifications/tools/list_changed",
     "prompts": "notifications/prompts/list_changed",
@@ -40,6 +41,29 @@ CHANGED = {
     "resourceTemplates": "notifications/resources/list_changed",
 }
 Viewer = Callable[["ClientSession", str], Awaitable[View]]  # a session's current view of one kind
+
+
+class EventQueue(asyncio.Queue[bytes]):
+    """A GET stream's waiting events, bounded in number (MAX_QUEUED) and in bytes (MAX_QUEUED_BYTES;
+    one event always fits an empty queue)."""
+
+    def __init__(self, max_bytes: int = MAX_QUEUED_BYTES) -> None:
+        super().__init__(MAX_QUEUED)
+        self.max_bytes = max_bytes
+        self.bytes = 0
+
+    def put_nowait(self, item: bytes) -> None:
+        """Queue an event, or raise QueueFull past either bound."""
+        if self.bytes and self.bytes + len(item) > self.max_bytes:
+            raise asyncio.QueueFull
+        super().put_nowait(item)
+        self.bytes += len(item)
+
+    def get_nowait(self) -> bytes:
+        """Take the oldest event."""
+        item = super().get_nowait()
+        self.bytes -= len(item)
+        return item
 
 
 @dataclass
@@ -52,7 +76,7 @@ class ClientSession:
     version: str
     last_used: float = field(default_factory=time.monotonic)
     listed: dict[str, frozenset[str]] = field(default_factory=dict)  # kind -> names last sent
-    streams: list[asyncio.Queue[bytes]] = field(default_factory=list)  # its open GET streams
+    streams: list[EventQueue] = field(default_factory=list)  # its open GET streams
     inflight: dict[str, str] = field(default_factory=dict)  # its requests (id as JSON) -> their server
     feeds: Feeds | None = None  # its upstream GET streams (feeds.py)
 
@@ -71,7 +95,8 @@ class ClientSession:
         self.queue(b"event: message\ndata: " + data + b"\n\n")
 
     def queue(self, event: bytes) -> None:
-        """Queue one event on every open GET stream (dropped on a stream MAX_QUEUED behind)."""
+        """Queue one event on every open GET stream (dropped on a stream MAX_QUEUED events or
+        MAX_QUEUED_BYTES behind)."""
         for queue in self.streams:
             try:
                 queue.put_nowait(event)
@@ -127,7 +152,7 @@ class ClientSessions:
 
     async def stream(self, ex: Exchange, session: ClientSession) -> None:
         """Serve a GET stream: queued notifications, keep-alive comments, until the client leaves."""
-        queue: asyncio.Queue[bytes] = asyncio.Queue(MAX_QUEUED)
+        queue = EventQueue()
         session.streams.append(queue)
         await ex.start(200, [*SSE_HEADERS, (b"mcp-session-id", session.id.encode())])
         if session.feeds is not None:

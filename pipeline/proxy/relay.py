@@ -130,6 +130,7 @@ class Ticket:
     """
 
     __slots__ = (
+        "access",
         "caller",
         "closer",
         "fields",
@@ -159,6 +160,7 @@ class Ticket:
         self.request = b""  # the whole upstream request: head and body
         self.started = 0.0
         self.rpc_error = False  # a canary's answer carried a JSON-RPC error (split.rpc_failed)
+        self.access: tuple[str, ...] = ("all",)  # the server's `access` it was admitted under
 
 
 class Waker(Protocol):
@@ -256,11 +258,11 @@ class Proxy:
             return
         project = ticket.caller.project
         if project is not None and selection.selects(project):  # deploy.yaml's projects[].tools
-            refused = selection.refusal(project, ex, body)
-            if refused is not None:
-                await _send_reply(ex, refused)
+            screened = selection.screen(project, ex, body)
+            if isinstance(screened, tuple):
+                await _send_reply(ex, screened)
                 return
-            ex = selection.filtered(project, ex, body)
+            ex = screened
         await self.carry(ex, ticket, body)
 
     async def carry(self, ex: Exchange, ticket: Ticket, body: bytes) -> None:
@@ -322,7 +324,9 @@ class Proxy:
             return _json(verdict.status, {"error": verdict.message}, verdict.headers)
         if declared.isdecimal() and int(declared) > self.max_body:
             return too_large(self.max_body)
-        return Ticket(method, verdict, origin, session_id, fields)
+        ticket = Ticket(method, verdict, origin, session_id, fields)
+        ticket.access = access
+        return ticket
 
     def route(self, ex: Exchange, ticket: Ticket, body: bytes) -> Reply | None:
         """Pick the ticket's upstream and count it in flight there, with the upstream request
@@ -488,10 +492,10 @@ class Proxy:
         if REQUEST_STATE in body:  # a stateless-era retry: back to the replica that minted its state
             pinned = self._pinned(server, body)
             if pinned is not None:
-                return pinned
+                return pinned if self._admits(ticket, pinned) else _not_for(ticket, server)
         target = self.router.pick(server)
         if target is not None:
-            return target
+            return target if self._admits(ticket, target) else _not_for(ticket, server)
         if server in self.router.known:
             return _json(
                 503,
@@ -500,13 +504,21 @@ class Proxy:
             )
         return _json(404, {"error": f"no server named {server!r}"})
 
+    def _admits(self, ticket: Ticket, target: Target) -> bool:
+        """Whether the target's `access` lets the ticket's key in: it was admitted under another (its
+        server was not live yet, or a deploy changed it while the body came)."""
+        access = target.upstream.access
+        return access == ticket.access or self.gatekeeper.reaches(
+            ticket.caller, target.upstream.server, access
+        )
+
     def _pinned(self, server: str, body: bytes) -> Target | None:
         """The replica that minted the request state a request carries back, if it still serves."""
         group = self.router.groups.get(server)
         if group is None or (len(group.targets) < 2 and server not in self.router.splits):
             return None  # one replica and no canary: nothing to choose
         state = request_state(body, "params")
-        target = self.router.pinned(state) if state else None
+        target = self.router.pinned(server, state) if state else None
         return target if target is not None and target.upstream.server == server else None
 
     def _learn(self, ticket: Ticket, body: bytes) -> None:
@@ -651,11 +663,18 @@ async def _unless_gone(ex: Exchange, waiting: Coroutine[Any, Any, T]) -> T:
     return work.result()
 
 
+def _not_for(ticket: Ticket, server: str) -> Reply:
+    """The 403 for a key whose project the routed release's `access` leaves out (access.py's words)."""
+    project = ticket.caller.project
+    name = project.name if project is not None else ""
+    return _cors(_json(403, {"error": f"project {name!r} may not use server {server!r}"}), ticket.origin)
+
+
 def request_state(text: bytes, member: str) -> str:
     """The `requestState` of a JSON-RPC message's `params` or `result` ("" if it has none)."""
     try:
         message = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past the parser's depth
         return ""
     part = message.get(member) if isinstance(message, dict) else None
     state = part.get("requestState") if isinstance(part, dict) else None

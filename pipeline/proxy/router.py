@@ -13,6 +13,7 @@ under the same lock.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import threading
 import time
 from collections import OrderedDict
@@ -26,7 +27,8 @@ from pipeline.store import SessionRow
 
 __all__ = ["MAX_PINS", "Router", "Target", "TargetGroup", "TargetState", "Upstream"]
 
-MAX_PINS = 10_000  # request states remembered (the oldest forgotten first): bounded, whatever servers mint
+PIN_DIGEST = 16  # bytes of a pinned request state's digest (collisions: 2**-128)
+MAX_PINS = 10_000  # request states kept per server (the oldest forgotten first), whatever servers mint
 Change = Upstream | Sequence[Upstream] | None
 
 
@@ -38,7 +40,7 @@ class Router:
         self._table: Mapping[str, Upstream] = MappingProxyType({})
         self._targets: dict[str, Target] = {}  # every target not retired (live and draining), by id
         self._sessions = SessionTable()
-        self._pins: OrderedDict[str, str] = OrderedDict()  # request state -> the container that minted it
+        self._pins: dict[str, OrderedDict[bytes, str]] = {}  # server -> state's digest -> its minter
         # the servers with a canary beside their live release (empty, the common case): replaced in
         # one assignment, read on the hot path as a plain attribute
         self.splits: Mapping[str, Split] = MappingProxyType({})
@@ -259,15 +261,22 @@ class Router:
     # request state (the stateless era's multi-round-trip requests) --------------------------
     def pin(self, state: str, container_id: str) -> None:
         """Remember that `container_id` minted request state `state` (its retry goes back there)."""
+        key = _pin_key(state)
         with self._lock:
-            self._pins[state] = container_id
-            self._pins.move_to_end(state)
-            while len(self._pins) > MAX_PINS:
-                self._pins.popitem(last=False)
+            target = self._targets.get(container_id)
+            if target is None:
+                return
+            pins = self._pins.setdefault(target.upstream.server, OrderedDict())  # one server's own
+            pins[key] = container_id
+            pins.move_to_end(key)
+            while len(pins) > MAX_PINS:
+                pins.popitem(last=False)
 
-    def pinned(self, state: str) -> Target | None:
-        """The target that minted `state`, if it still serves (else None: any replica may take it)."""
-        container_id = self._pins.get(state)
+    def pinned(self, server: str, state: str) -> Target | None:
+        """The target of `server` that minted `state`, if it still serves (else None: any replica may
+        take it)."""
+        pins = self._pins.get(server)
+        container_id = pins.get(_pin_key(state)) if pins is not None else None
         target = self._targets.get(container_id) if container_id is not None else None
         return target if target is not None and target.state is not TargetState.RETIRED else None
 
@@ -394,3 +403,8 @@ class Router:
             else:
                 closer.set()
         return len(gone)
+
+
+def _pin_key(state: str) -> bytes:
+    """A request state's fixed-size digest: MAX_PINS states cost the same however long each is."""
+    return hashlib.blake2b(state.encode(), digest_size=PIN_DIGEST).digest()

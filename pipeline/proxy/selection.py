@@ -21,6 +21,8 @@ from pipeline.errors import UpstreamError
 from pipeline.proxy.exchange import Exchange, Headers
 
 DENIED = -32602  # invalid params: the tool is not one this key may call here
+PARSE_ERROR = -32700  # JSON-RPC's: a body the rule cannot be checked on is not forwarded
+UNREADABLE = object()  # _json's answer for a body that is not JSON this parser reads
 MAX_FILTERED = DEFAULT_MAX_HANDSHAKE  # a tools/list answer read whole to filter it
 JSON_TYPE = (b"content-type", b"application/json")
 Reply = tuple[int, bytes, Headers]  # relay.py's: status, body, headers
@@ -31,9 +33,19 @@ def selects(project: Project | None) -> bool:
     return project is not None and bool(project.tools_allow or project.tools_deny)
 
 
-def refusal(project: Project, ex: Exchange, body: bytes) -> Reply | None:
-    """The JSON-RPC error for a tools/call of a denied tool, if the request holds one."""
-    for message in _messages(body) if ex.method == "POST" else ():
+def screen(project: Project, ex: Exchange, body: bytes) -> Reply | Exchange:
+    """The answer refusing the request (a tools/call of a denied tool; a body this parser cannot
+    read, which a laxer server's might, and run a denied tool), or the exchange to answer it on:
+    one that filters a tools/list answer, or the client's own. The body is parsed once."""
+    if ex.method != "POST":
+        return ex
+    found = _json(body)
+    if found is UNREADABLE and body.strip():
+        text = f"the body is not JSON the provider can read (project {project.name!r} has a tools rule)"
+        answer = {"jsonrpc": "2.0", "id": None, "error": {"code": PARSE_ERROR, "message": text}}
+        return 400, json.dumps(answer, ensure_ascii=False).encode(), [JSON_TYPE]
+    messages = _messages(found)
+    for message in messages:
         params = message.get("params")
         name = params.get("name") if isinstance(params, dict) else None
         calling = message.get("method") == "tools/call" and isinstance(name, str)
@@ -42,13 +54,7 @@ def refusal(project: Project, ex: Exchange, body: bytes) -> Reply | None:
             error = {"code": DENIED, "message": f"{text} (deploy.yaml tools)"}
             answer = {"jsonrpc": "2.0", "id": message.get("id"), "error": error}
             return 200, json.dumps(answer, ensure_ascii=False).encode(), [JSON_TYPE]
-    return None
-
-
-def filtered(project: Project, ex: Exchange, body: bytes) -> Exchange:
-    """The exchange to answer on: one that filters a tools/list answer, or the client's own."""
-    listing = ex.method == "POST" and b"tools/list" in body
-    if listing and any(m.get("method") == "tools/list" for m in _messages(body)):
+    if any(m.get("method") == "tools/list" for m in messages):
         return Filtered(ex, project)
     return ex
 
@@ -112,9 +118,8 @@ class Filtered:
         return body
 
 
-def _messages(body: bytes) -> list[dict[str, Any]]:
-    """The JSON-RPC messages of a request body (one, or a batch); none when it is not JSON."""
-    found = _json(body)
+def _messages(found: Any) -> list[dict[str, Any]]:
+    """The JSON-RPC messages of a parsed request body (one, or a batch); none when it is not JSON."""
     items = found if isinstance(found, list) else [found]
     return [m for m in items if isinstance(m, dict)]
 
@@ -148,5 +153,5 @@ def _filter(message: dict[str, Any], project: Project, server: str) -> bool:
 def _json(body: bytes) -> Any:
     try:
         return json.loads(body)
-    except (ValueError, RecursionError):  # nested past the parser's depth
-        return None
+    except (ValueError, RecursionError):  # not UTF-8 or not JSON; nested past the parser's depth
+        return UNREADABLE
