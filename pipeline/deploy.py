@@ -113,6 +113,9 @@ class Runbook:
             return Plan(())
         self._refuse_if_overtaken(snapshot)
         with self.log.step("validate manifests"):
+            if snapshot.exported is not None:
+                unpacked = ", ".join(snapshot.exported) or "no server folder"
+                self.log.line(f"unpacked the manifests and {unpacked} (what changed against live releases)")
             manifests = self._validate(snapshot)
         with self.log.step("plan"):
             plan = self._plan_push(manifests, snapshot)
