@@ -48,7 +48,8 @@ ROUNDS = 3
 LIVE_GOAL = 1.2  # seconds, push → live for the one-line change (issue 11)
 FIRST_GOAL = 8.0  # seconds, the first push of SERVERS servers (issue 16)
 BIG_GOAL = 1.0  # seconds, a docs-only push in a repo with VENDOR_MB of vendored files (issue 16)
-VENDOR_MB = 141  # of random (incompressible) files in vendor/, 1 MiB each
+VENDOR_MB = 141  # of random (incompressible) files in vendor/ ...
+VENDOR_FILE_KB = 10  # ... of 10 KiB each, 100 to a folder: 14,100 files, like a vendored dependency tree
 LISTEN_POLL = 0.005  # seconds between polls of a started container's port
 # ... during the first push, where ten pollers at 5 ms cost the push it measures ~0.4 CPU-s (3 under load)
 FIRST_LISTEN_POLL = 0.02
@@ -189,11 +190,16 @@ def _report(rows: list[dict[str, Any]], noops: list[dict[str, Any]]) -> None:
 def _big_repo(work: Path, port: int) -> None:
     """Add VENDOR_MB of random files under vendor/ (one push), then time docs-only pushes end to end
     through the real hook: the provider should unpack and deploy nothing."""
-    (work / "vendor").mkdir(exist_ok=True)
-    for i in range(VENDOR_MB):
-        (work / "vendor" / f"blob{i:03}.bin").write_bytes(os.urandom(1024 * 1024))
+    files = VENDOR_MB * 1024 // VENDOR_FILE_KB
+    for i in range(files):
+        folder = work / "vendor" / f"pkg{i // 100:03}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"file{i % 100:02}.bin").write_bytes(os.urandom(VENDOR_FILE_KB * 1024))
     added = _push(work, "vendor", port)
-    print(f"\nadding {VENDOR_MB} MB of vendored files (one push): {added['seconds']:.2f}s, {added['status']}")
+    print(
+        f"\nadding {VENDOR_MB} MB of vendored files ({files} files, one push): {added['seconds']:.2f}s, "
+        f"{added['status']}"
+    )
     pushes = []
     for round_ in range(ROUNDS):
         (work / "docs").mkdir(exist_ok=True)

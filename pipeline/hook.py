@@ -146,6 +146,7 @@ def _deploy(
     origin: DeploySource = DeploySource.PUSH,
 ) -> bool:
     control = control_mod.Control.load(settings.state_dir)
+    select = partial.selector(settings, repo, partial.live_prints(settings))  # only what changed is unpacked
     workdir = source.new_workdir(source.snapshots_dir(settings.state_dir))
     try:
         # A push names the branch value it expects to replace; the deploy refuses to go on if
@@ -161,7 +162,7 @@ def _deploy(
             expect,
             source.bounds(settings),
             repo.manifests,
-            partial.selector(settings, repo, partial.live_prints(settings)),
+            select,
         )
     except SourceError:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -57,6 +57,7 @@ GIT_DIR = "git_dir"
 SNAPSHOTS = "snapshots"
 TAR_TAIL_BYTES = 1024 * 1024  # past the end-of-archive marker git writes at most one 10 KiB record
 ERROR_BYTES = 8192  # of git's stderr, quoted in the error
+PATHS_PER_ARCHIVE = 500  # paths named to one `git archive` (a repo may hold thousands of manifests)
 
 
 def folder_key(folder: str) -> str:
@@ -315,6 +316,10 @@ def _extract(
     header, so the bounds are checked before anything of it is written, and git is stopped at the
     first one past them."""
     if paths is not None and not paths:
+        return
+    if paths is not None and len(paths) > PATHS_PER_ARCHIVE:  # never past the system's argument size
+        for start in range(0, len(paths), PATHS_PER_ARCHIVE):
+            _extract(repo_path, commit, root, env, budget, paths[start : start + PATHS_PER_ARCHIVE])
         return
     args = ["git", "-C", str(repo_path), "archive", "--format=tar", "--end-of-options", commit]
     if paths is not None and paths != ["."]:

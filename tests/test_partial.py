@@ -221,3 +221,44 @@ def test_a_context_outside_the_folder_is_named_by_its_own_tree() -> None:
     assert snap.tree_hash("servers/b/../../shared") == "t1"
     assert snap.holds("servers/b/../../shared/sub") and not snap.holds("servers/b")
     assert snap.tree_hash("../outside") == ""
+
+
+def test_many_manifests_are_unpacked_over_several_archives(
+    big: Repo2, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past PATHS_PER_ARCHIVE manifests, git archive is run again for the rest: none is left out."""
+    monkeypatch.setattr(source, "PATHS_PER_ARCHIVE", 1)
+    commit = big.git("rev-parse", "HEAD").strip()
+
+    snap = source.take(
+        big.work,
+        "big",
+        "refs/heads/main",
+        commit,
+        tmp_path / "snap",
+        manifests=Repo(name="big").manifests,
+        select=lambda _snapshot: [],
+    )
+
+    files = sorted(p.relative_to(snap.root).as_posix() for p in snap.root.rglob("*") if p.is_file())
+    assert files == ["servers/a/mcp-server.yaml", "servers/b/mcp-server.yaml"]
+
+
+def test_a_build_whose_files_were_not_unpacked_is_refused_clearly() -> None:
+    """A server that changed against its live release after the push was read (a rollback in between)
+    is planned for a build the partial snapshot has no files for: the deploy says so, builds nothing."""
+    import yaml
+
+    from pipeline.config.manifest import from_data
+    from pipeline.deploy import _unpacked
+    from pipeline.errors import DeployError
+    from pipeline.plan import Action, Entry, Plan, ReleaseSpec
+
+    manifest = from_data(yaml.safe_load((FIXTURES / "echo" / "mcp-server.yaml").read_text()), "servers/echo")
+    spec = ReleaseSpec(manifest, 2, "image", "print", "c" * 40, "big")
+    plan = Plan((Entry("echo", Action.BUILD, "changed", 2, spec),))
+    held = Snapshot("big", "refs/heads/main", "c" * 40, Path("."), {}, exported=("servers/echo",))
+
+    assert _unpacked(plan, held) is plan
+    with pytest.raises(DeployError, match="the push did not bring its files: push again"):
+        _unpacked(plan, Snapshot("big", "refs/heads/main", "c" * 40, Path("."), {}, exported=()))
