@@ -3,9 +3,11 @@
 Runs a real `central-mcp serve` on a loopback port with its own state dir, pushes with real
 git into its bare repo (the pre-receive hook deploys into the real Docker engine), reads the
 deploy records, prints a table, and removes what it made. Usage: `python bench/deploy_bench.py
-[--first-only] [--starts N]`: `--first-only` runs the first push of SERVERS servers and prints its
-breakdown, then stops; `--starts N` sets deploy.yaml's `build.starts`. The provider under test is
-the `pipeline` that `python -m` finds from the current folder: run it from another checkout's folder
+[--first-only] [--big-repo] [--starts N]`: `--first-only` runs the first push of SERVERS servers and
+prints its breakdown, then stops; `--big-repo` runs that first push, then adds VENDOR_MB of random
+vendored files in one push and times docs-only pushes of that big repo (issue 16), then stops (the
+full run ends with the same figure); `--starts N` sets deploy.yaml's `build.starts`. The provider under
+test is the `pipeline` that `python -m` finds from the current folder: run it from another checkout's folder
 (`cd ../before && python /path/to/bench/deploy_bench.py`) for a before/after comparison.
 
 To split the gate's time, a watcher follows the engine's container starts and polls each new
@@ -45,6 +47,9 @@ SERVERS = 10
 ROUNDS = 3
 LIVE_GOAL = 1.2  # seconds, push → live for the one-line change (issue 11)
 FIRST_GOAL = 8.0  # seconds, the first push of SERVERS servers (issue 16)
+BIG_GOAL = 1.0  # seconds, a docs-only push in a repo with VENDOR_MB of vendored files (issue 16)
+VENDOR_MB = 141  # of random (incompressible) files in vendor/ ...
+VENDOR_FILE_KB = 10  # ... of 10 KiB each, 100 to a folder: 14,100 files, like a vendored dependency tree
 LISTEN_POLL = 0.005  # seconds between polls of a started container's port
 # ... during the first push, where ten pollers at 5 ms cost the push it measures ~0.4 CPU-s (3 under load)
 FIRST_LISTEN_POLL = 0.02
@@ -95,6 +100,9 @@ def main() -> None:
         _first_breakdown(tmp / "state", first, watch)
         if "--first-only" in sys.argv[1:]:
             return
+        if "--big-repo" in sys.argv[1:]:
+            _big_repo(work, port)
+            return
         rows = []
         for round_ in range(ROUNDS):
             manifest = work / "servers" / names[0] / "mcp-server.yaml"
@@ -107,6 +115,7 @@ def main() -> None:
             (work / "NOTES.md").write_text(f"note {round_}\n")
             noops.append(_push(work, f"no-op {round_}", port))
         _report(rows, noops)
+        _big_repo(work, port)
     finally:
         watch.stop()
         serve.send_signal(signal.SIGTERM)
@@ -176,6 +185,33 @@ def _report(rows: list[dict[str, Any]], noops: list[dict[str, Any]]) -> None:
     print(f"\nno-op push (median of {ROUNDS}): {med('seconds', noops):.2f}s   (goal ≤ 2 s)")
     print(f"pipeline overhead ('rest'): {med('rest', rows):.2f}s   (goal ≤ 1 s)")
     print("statuses:", ", ".join(r["status"] for r in rows + noops))
+
+
+def _big_repo(work: Path, port: int) -> None:
+    """Add VENDOR_MB of random files under vendor/ (one push), then time docs-only pushes end to end
+    through the real hook: the provider should unpack and deploy nothing."""
+    files = VENDOR_MB * 1024 // VENDOR_FILE_KB
+    for i in range(files):
+        folder = work / "vendor" / f"pkg{i // 100:03}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"file{i % 100:02}.bin").write_bytes(os.urandom(VENDOR_FILE_KB * 1024))
+    added = _push(work, "vendor", port)
+    print(
+        f"\nadding {VENDOR_MB} MB of vendored files ({files} files, one push): {added['seconds']:.2f}s, "
+        f"{added['status']}"
+    )
+    pushes = []
+    for round_ in range(ROUNDS):
+        (work / "docs").mkdir(exist_ok=True)
+        (work / "docs" / "index.md").write_text(f"docs {round_}\n")
+        pushes.append(_push(work, f"docs only {round_}", port))
+    seconds = sorted(p["seconds"] for p in pushes)
+    print(
+        f"docs-only push, {VENDOR_MB} MB vendored (median of {ROUNDS}): {seconds[len(seconds) // 2]:.2f}s   "
+        f"(goal ≤ {BIG_GOAL:g} s; each: {', '.join(f'{s:.2f}' for s in seconds)}; "
+        f"intake median {sorted(p['intake'] for p in pushes)[len(pushes) // 2]:.2f}s; builds: "
+        f"{', '.join(str(p['builds']) for p in pushes)}; statuses: {', '.join(p['status'] for p in pushes)})"
+    )
 
 
 class ListenWatch:

@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from pipeline import launch, registry, stdio
+from pipeline import launch, registry
 from pipeline.canary import Canary, Phase, Steps
 from pipeline.config.manifest import Manifest, check_tree
 from pipeline.context import Context, DeployRequest
 from pipeline.deploylog import DeployLog
 from pipeline.errors import CentralMCPError, ConfigError, DeployError, SecretsError, SourceError
+from pipeline.partial import inputs
 from pipeline.plan import REMOVE_ALL, Action, Plan, fingerprint, plan_push, plan_release
 from pipeline.prepare import Candidate, Outcome, Preparation
 from pipeline.proxy.router import TargetGroup, Upstream
@@ -119,6 +120,9 @@ class Runbook:
             return Plan(())
         self._refuse_if_overtaken(snapshot)
         with self.log.step("validate manifests"):
+            if snapshot.exported is not None:
+                unpacked = ", ".join(snapshot.exported) or "no server folder"
+                self.log.line(f"unpacked the manifests and {unpacked} (what changed against live releases)")
             manifests = self._validate(snapshot)
         with self.log.step("plan"):
             plan = self._plan_push(manifests, snapshot)
@@ -130,7 +134,7 @@ class Runbook:
 
     def _plan_push(self, manifests: list[Manifest], snapshot: Snapshot) -> Plan:
         build_args = self.ctx.settings.build_args
-        prints = {m.name: fingerprint(m, _inputs(m, snapshot), build_args) for m in manifests}
+        prints = {m.name: fingerprint(m, inputs(m, snapshot), build_args) for m in manifests}
         history = {server: self.ctx.store.releases(server) for server in _servers(self.ctx, manifests)}
         reusable = {
             r.image
@@ -140,7 +144,7 @@ class Runbook:
             and r.status in (ReleaseStatus.PREVIOUS, ReleaseStatus.RETIRED)
             and self.ctx.docker.image_exists(r.image)
         }
-        return plan_push(
+        plan = plan_push(
             manifests,
             prints,
             history,
@@ -150,6 +154,7 @@ class Runbook:
             instance=self.ctx.instance,
             remove_all=REMOVE_ALL in snapshot.message,
         )
+        return _unpacked(plan, snapshot)
 
     def _stored_release(self, server: str, number: int) -> Release:
         release = self.ctx.store.release(server, number)
@@ -206,7 +211,7 @@ class Runbook:
 
     def _validate(self, snapshot: Snapshot) -> list[Manifest]:
         repo = self.ctx.settings.repo(self.request.repo)
-        report = check_tree(snapshot.root, self.ctx.settings, repo.manifests, repo)
+        report = check_tree(snapshot.root, self.ctx.settings, repo.manifests, repo, snapshot.holds)
         if report.problems:
             for problem in report.problems:
                 self.log.line(problem.render())
@@ -417,11 +422,22 @@ def drain_and_stop(
     return drained
 
 
-def _inputs(m: Manifest, snapshot: Snapshot) -> list[str]:
-    """What a server's build is made of besides its manifest: its folder's and its context's trees,
-    and for a stdio server the bridge the provider layers over it."""
-    trees = [snapshot.tree_hash(m.folder), snapshot.tree_hash(m.context)]
-    return [*trees, f"bridge:{stdio.bridge_version()}"] if stdio.is_stdio(m) else trees
+def _unpacked(plan: Plan, snapshot: Snapshot) -> Plan:
+    """`plan`, once sure that every server it builds was unpacked (a partial snapshot holds only what
+    changed against the live releases the push saw; a rollback since then may need more)."""
+    missing = [
+        e.server
+        for e in plan.entries
+        if e.action is Action.BUILD
+        and e.spec is not None
+        and not (snapshot.holds(e.spec.manifest.folder) and snapshot.holds(e.spec.manifest.context))
+    ]
+    if missing:
+        raise DeployError(
+            f"{', '.join(missing)} changed against the live release after the push was read (a rollback "
+            "or another deploy in between), so the push did not bring its files: push again"
+        )
+    return plan
 
 
 def _servers(ctx: Context, manifests: list[Manifest]) -> set[str]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import control as control_mod
-from pipeline import source
+from pipeline import partial, source
 from pipeline.config.settings import Repo, Settings
 from pipeline.errors import CentralMCPError, SourceError
 from pipeline.states import DeploySource
@@ -146,13 +146,23 @@ def _deploy(
     origin: DeploySource = DeploySource.PUSH,
 ) -> bool:
     control = control_mod.Control.load(settings.state_dir)
+    select = partial.selector(settings, repo, partial.live_prints(settings))  # only what changed is unpacked
     workdir = source.new_workdir(source.snapshots_dir(settings.state_dir))
     try:
         # A push names the branch value it expects to replace; the deploy refuses to go on if
         # another deploy moved the branch while this one waited (git would refuse the update).
         expect = {source.EXPECT_OLD: update.old, source.GIT_DIR: str(git_dir)} if update.old else {}
         snap = source.take(
-            git_dir, repo.name, update.ref, update.new, workdir, env, expect, source.bounds(settings)
+            git_dir,
+            repo.name,
+            update.ref,
+            update.new,
+            workdir,
+            env,
+            expect,
+            source.bounds(settings),
+            repo.manifests,
+            select,
         )
     except SourceError:
         shutil.rmtree(workdir, ignore_errors=True)

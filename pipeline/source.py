@@ -30,18 +30,22 @@ rev-parse) or `--` (init, fetch, push), so a value starting with `-` is never an
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
+import posixpath
 import shutil
 import subprocess
 import tarfile
 import tempfile
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import git
 
+from pipeline.config.manifest import MANIFEST_NAME
+from pipeline.config.serverjson import SERVER_JSON
 from pipeline.config.settings import DEFAULT_MAX_SNAPSHOT_FILES, DEFAULT_MAX_SNAPSHOT_SIZE, Settings
 from pipeline.config.units import format_size
 from pipeline.errors import SourceError
@@ -53,6 +57,13 @@ GIT_DIR = "git_dir"
 SNAPSHOTS = "snapshots"
 TAR_TAIL_BYTES = 1024 * 1024  # past the end-of-archive marker git writes at most one 10 KiB record
 ERROR_BYTES = 8192  # of git's stderr, quoted in the error
+PATHS_PER_ARCHIVE = 500  # paths named to one `git archive` (a repo may hold thousands of manifests)
+
+
+def folder_key(folder: str) -> str:
+    """`folder` as the snapshot names it: relative to the root, `..` resolved (a manifest's build
+    context `servers/b/../../shared` is `shared`), "." for the root."""
+    return posixpath.normpath(folder.strip("/") or ".")
 
 
 @dataclass(frozen=True)
@@ -67,10 +78,18 @@ class Snapshot:
     author: str = ""
     message: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
+    exported: tuple[str, ...] | None = None  # the folders unpacked besides the manifests; None: all
+
+    def holds(self, folder: str) -> bool:
+        """Whether `folder`'s files were unpacked (a partial snapshot holds only what a deploy needs)."""
+        if self.exported is None:
+            return True
+        path = folder_key(folder)
+        return any(e == "." or path == e or path.startswith(e + "/") for e in self.exported)
 
     def tree_hash(self, folder: str) -> str:
         """Return the git tree hash of `folder` (relative to the repo root)."""
-        return self.trees.get(folder.strip("/") or ".", "")
+        return self.trees.get(folder_key(folder), "")
 
     def save(self) -> None:
         """Write the metadata beside the files so another process can load the snapshot."""
@@ -82,6 +101,7 @@ class Snapshot:
             "author": self.author,
             "message": self.message,
             "extra": dict(self.extra),
+            "exported": None if self.exported is None else list(self.exported),
         }
         (self.root.parent / SNAPSHOT_META).write_text(json.dumps(meta))
 
@@ -101,6 +121,7 @@ class Snapshot:
             meta["author"],
             meta["message"],
             meta.get("extra", {}),
+            None if meta.get("exported") is None else tuple(meta["exported"]),
         )
 
 
@@ -117,6 +138,9 @@ def bounds(settings: Settings) -> Bounds:
     return Bounds(settings.limits.snapshot_size, settings.limits.snapshot_files)
 
 
+Select = Callable[["Snapshot"], Collection[str]]
+
+
 def take(
     repo_path: Path,
     repo_name: str,
@@ -126,25 +150,75 @@ def take(
     env: Mapping[str, str] | None = None,
     extra: Mapping[str, str] | None = None,
     bounds: Bounds | None = None,
+    manifests: Sequence[str] = (),
+    select: Select | None = None,
 ) -> Snapshot:
     """Export `commit` of the repository at `repo_path` into `into`/tree and describe it; past
-    `bounds` stop unpacking at once and raise SourceError naming the limit."""
+    `bounds` stop unpacking at once and raise SourceError naming the limit.
+
+    With `select`, only the files matching the `manifests` globs are unpacked first; `select` is
+    then shown that partial snapshot and names the folders to unpack besides (a push's changed
+    servers), so a push costs what it changed, not the size of the repository.
+    """
     env = dict(os.environ if env is None else env)
     root = into / "tree"
     root.mkdir(parents=True, exist_ok=False)
     try:
-        _extract(repo_path, commit, root, env, bounds or Bounds())
-        trees = _trees(repo_path, commit, env)
+        trees, files = _listing(repo_path, commit, env)
         author, message = _describe(repo_path, commit, env)
+        base = Snapshot(repo_name, ref, commit, root, trees, author, message, dict(extra or {}))
+        budget = _Budget(bounds or Bounds())
+        if select is None:
+            _extract(repo_path, commit, root, env, budget)
+            snapshot = base
+        else:
+            _extract(repo_path, commit, root, env, budget, [f for f in files if _is_manifest(f, manifests)])
+            partial = replace(base, exported=())
+            folders = _outermost({folder_key(f) for f in select(partial)} & set(trees))
+            _extract(repo_path, commit, root, env, budget, folders)
+            snapshot = replace(base, exported=tuple(folders))
     except SourceError:
         shutil.rmtree(into, ignore_errors=True)
         raise
     except (git.GitCommandError, tarfile.TarError, OSError) as exc:
         shutil.rmtree(into, ignore_errors=True)
         raise SourceError(f"cannot read commit {commit[:12]} of {repo_path}: {_why(exc)}") from exc
-    snapshot = Snapshot(repo_name, ref, commit, root, trees, author, message, dict(extra or {}))
     snapshot.save()
     return snapshot
+
+
+def _is_manifest(path: str, globs: Sequence[str]) -> bool:
+    """Whether `path` is a file `manifest.discover` may find with `globs` (server.json beside)."""
+    for pattern in globs:
+        head, _, last = pattern.rpartition("/")
+        patterns = [pattern]
+        if last == MANIFEST_NAME:
+            patterns.append(f"{head}/{SERVER_JSON}" if head else SERVER_JSON)
+        if any(_glob_match(path.split("/"), each.strip("/").split("/")) for each in patterns):
+            return True
+    return False
+
+
+def _glob_match(parts: Sequence[str], pattern: Sequence[str]) -> bool:
+    """Path.glob's matching of one path: `**` spans any number of folders, `*` one name."""
+    if not pattern:
+        return not parts
+    if pattern[0] == "**":
+        return any(_glob_match(parts[i:], pattern[1:]) for i in range(len(parts)))
+    if pattern[0] in ("", "."):
+        return _glob_match(parts, pattern[1:])
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], pattern[0]) and _glob_match(parts[1:], pattern[1:])
+
+
+def _outermost(folders: Collection[str]) -> list[str]:
+    """`folders` without those inside another of them, sorted."""
+    if "." in folders:
+        return ["."]
+    kept: list[str] = []
+    for folder in sorted(folders):
+        if not any(folder.startswith(k + "/") for k in kept):
+            kept.append(folder)
+    return kept
 
 
 def resolve(repo_path: Path, ref: str, *, discover: bool = False) -> str:
@@ -221,16 +295,42 @@ def _git(repo_path: Path, env: Mapping[str, str]) -> git.Git:
     return runner
 
 
-def _extract(repo_path: Path, commit: str, root: Path, env: Mapping[str, str], bounds: Bounds) -> None:
-    """Unpack `git archive` as it streams: each entry's size is in its header, so the bounds are
-    checked before anything of it is written, and git is stopped at the first one past them."""
+class _Budget:
+    """What unpacking may still use of the bounds, over every archive of one snapshot."""
+
+    def __init__(self, bounds: Bounds) -> None:
+        self.bounds = bounds
+        self.files = 0
+        self.bytes = 0
+
+
+def _extract(
+    repo_path: Path,
+    commit: str,
+    root: Path,
+    env: Mapping[str, str],
+    budget: _Budget,
+    paths: Sequence[str] | None = None,
+) -> None:
+    """Unpack `git archive` (of `paths` only, if given) as it streams: each entry's size is in its
+    header, so the bounds are checked before anything of it is written, and git is stopped at the
+    first one past them."""
+    if paths is not None and not paths:
+        return
+    if paths is not None and len(paths) > PATHS_PER_ARCHIVE:  # never past the system's argument size
+        for start in range(0, len(paths), PATHS_PER_ARCHIVE):
+            _extract(repo_path, commit, root, env, budget, paths[start : start + PATHS_PER_ARCHIVE])
+        return
     args = ["git", "-C", str(repo_path), "archive", "--format=tar", "--end-of-options", commit]
+    if paths is not None and paths != ["."]:
+        args += paths  # after --end-of-options: a path starting with `-` is never an option
+    env = {**env, "GIT_LITERAL_PATHSPECS": "1"}  # a folder's name is never a pattern
     with tempfile.TemporaryFile() as errors:
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errors, env=dict(env))
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errors, env=env)
         assert proc.stdout is not None
         try:
             with tarfile.open(fileobj=proc.stdout, mode="r|") as archive:
-                _unpack(archive, root, commit, bounds)
+                _unpack(archive, root, commit, budget)
             proc.stdout.read(TAR_TAIL_BYTES)  # the archive's padding, so that git ends on its own
         finally:
             proc.stdout.close()
@@ -243,17 +343,18 @@ def _extract(repo_path: Path, commit: str, root: Path, env: Mapping[str, str], b
             raise git.GitCommandError(["git", "archive"], proc.returncode, stderr)
 
 
-def _unpack(archive: tarfile.TarFile, root: Path, commit: str, bounds: Bounds) -> None:
-    total = 0
-    for files, member in enumerate(archive, start=1):
-        total += member.size
-        if files > bounds.max_files:
+def _unpack(archive: tarfile.TarFile, root: Path, commit: str, budget: _Budget) -> None:
+    bounds = budget.bounds
+    for member in archive:
+        budget.files += 1
+        budget.bytes += member.size
+        if budget.files > bounds.max_files:
             raise SourceError(
                 f"commit {commit[:12]} holds more than {bounds.max_files} files and folders "
                 "(limits.snapshot_files in deploy.yaml); nothing was deployed: keep generated or "
                 "vendored trees out of the repository, or raise the limit"
             )
-        if total > bounds.max_bytes:
+        if budget.bytes > bounds.max_bytes:
             raise SourceError(
                 f"commit {commit[:12]} unpacks to more than {format_size(bounds.max_bytes)} "
                 f"(limits.snapshot_size in deploy.yaml; stopped at {member.name}); nothing was "
@@ -274,9 +375,11 @@ def _no_links_out(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
         raise
 
 
-def _trees(repo_path: Path, commit: str, env: Mapping[str, str]) -> dict[str, str]:
+def _listing(repo_path: Path, commit: str, env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """The tree hash of every folder of `commit`, and the path of every other entry."""
     out = _git(repo_path, env).ls_tree("-r", "-t", "-z", "--end-of-options", commit)
     trees = {".": _git(repo_path, env).rev_parse("--verify", "--end-of-options", f"{commit}^{{tree}}")}
+    files = []
     for entry in out.split("\0"):
         if not entry:
             continue
@@ -284,7 +387,9 @@ def _trees(repo_path: Path, commit: str, env: Mapping[str, str]) -> dict[str, st
         _, kind, sha = info.split()
         if kind == "tree":
             trees[path] = sha
-    return trees
+        else:
+            files.append(path)
+    return trees, files
 
 
 def _describe(repo_path: Path, commit: str, env: Mapping[str, str]) -> tuple[str, str]:

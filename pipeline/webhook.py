@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import git
 
-from pipeline import source
+from pipeline import partial, source
 from pipeline.config.settings import Repo, Settings
 from pipeline.context import DeployRequest
 from pipeline.deploylog import DeployLog
@@ -139,7 +139,8 @@ class Receiver:
         url = fetch_url(repo)
 
         def fetch(log: DeployLog) -> Path:
-            return fetch_tip(self.settings, repo, url, push.after, log, self.env)
+            live = partial.live_prints(self.settings)
+            return fetch_tip(self.settings, repo, url, push.after, log, self.env, live)
 
         return DeployRequest(
             source=DeploySource.WEBHOOK,
@@ -162,13 +163,20 @@ def fetch_url(repo: Repo) -> str:
 
 
 def fetch_tip(
-    settings: Settings, repo: Repo, url: str, hint: str, log: DeployLog, env: Mapping[str, str]
+    settings: Settings,
+    repo: Repo,
+    url: str,
+    hint: str,
+    log: DeployLog,
+    env: Mapping[str, str],
+    live: Mapping[str, str] | None = None,
 ) -> Path:
     """Fetch the configured branch from `url` into the repo's mirror and snapshot its tip.
 
     A delivery is a trigger, never the source of truth: its commit (`hint`) is only logged. The
     branch's tip is deployed, so a replayed old delivery redeploys what the branch already holds
     (a no-op), while force pushes and newer pushes that raced the delivery deploy what is there.
+    With `live` (server -> live fingerprint) only what changed is unpacked (partial.py).
     """
     ref = f"refs/heads/{repo.branch}"
     mirror = mirror_path(settings, repo)
@@ -188,7 +196,10 @@ def fetch_tip(
             "branch's tip (a delivery only triggers a deploy)"
         )
     workdir = source.new_workdir(source.snapshots_dir(settings.state_dir))
-    source.take(mirror, repo.name, ref, tip, workdir, bounds=source.bounds(settings))
+    select = partial.selector(settings, repo, live) if live is not None else None
+    source.take(
+        mirror, repo.name, ref, tip, workdir, None, None, source.bounds(settings), repo.manifests, select
+    )
     return workdir
 
 

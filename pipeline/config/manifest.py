@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,11 +159,23 @@ def discover(root: Path, globs: Iterable[str]) -> list[Path]:
     )
 
 
+Held = Callable[[str], bool]  # whether a folder (relative to the root) was unpacked
+
+
+def _all(_folder: str) -> bool:
+    return True
+
+
 def check_tree(
-    root: Path, settings: Settings, globs: Iterable[str] | None = None, repo: Repo | None = None
+    root: Path,
+    settings: Settings,
+    globs: Iterable[str] | None = None,
+    repo: Repo | None = None,
+    held: Held = _all,
 ) -> CheckReport:
     """Validate every manifest under `root` (of `repo`, default the first in deploy.yaml); report
-    every problem, never stop at the first."""
+    every problem, never stop at the first. A server whose build context is not `held` (a partial
+    snapshot: it did not change) has its manifest checked, not its build files."""
     if not root.is_dir():
         raise ConfigError([Problem(str(root), 0, 0, "$", "no such directory", "give the repository's root")])
     root = root.resolve()
@@ -182,7 +194,7 @@ def check_tree(
             )
             continue
         try:
-            manifest, doc = _read(file, root, settings, repo)
+            manifest, doc = _read(file, root, settings, repo, held)
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
@@ -206,7 +218,9 @@ def read(file: Path, root: Path, settings: Settings, repo: Repo | None = None) -
     return _read(file, root, settings, repo or settings.repo())[0]
 
 
-def _read(file: Path, root: Path, settings: Settings, repo: Repo) -> tuple[Manifest, yamlsrc.Document]:
+def _read(
+    file: Path, root: Path, settings: Settings, repo: Repo, held: Held = _all
+) -> tuple[Manifest, yamlsrc.Document]:
     rel = file.relative_to(root).as_posix()
     doc = yamlsrc.load(file, display=rel)
     if file.name == serverjson.SERVER_JSON:
@@ -222,7 +236,7 @@ def _read(file: Path, root: Path, settings: Settings, repo: Repo) -> tuple[Manif
                 )
             ]
         )
-    problems = schema.validate(doc, "server") + _semantic_problems(doc, file.parent, root, settings)
+    problems = schema.validate(doc, "server") + _semantic_problems(doc, file.parent, root, settings, held)
     problems += _secret_problems(doc, settings, repo)
     problems.sort(key=lambda p: (p.line, p.column))
     if problems:
@@ -230,7 +244,9 @@ def _read(file: Path, root: Path, settings: Settings, repo: Repo) -> tuple[Manif
     return from_data(doc.data, file.parent.relative_to(root).as_posix()), doc
 
 
-def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings: Settings) -> list[Problem]:
+def _semantic_problems(
+    doc: yamlsrc.Document, folder: Path, root: Path, settings: Settings, held: Held = _all
+) -> list[Problem]:
     """What a schema cannot say; written to run on any shape, so every fault shows at once."""
     data = doc.data
     problems: list[Problem] = []
@@ -242,7 +258,7 @@ def _semantic_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings
             doc.problem((), "a server needs `run` (a container) or `remote` (a URL)", "add run.port")
         )
     else:
-        problems += _build_problems(doc, folder, root, settings)
+        problems += _build_problems(doc, folder, root, settings, held)
     memory = _section(data, "resources").get("memory")
     if isinstance(memory, str):
         try:
@@ -426,7 +442,9 @@ def _section(data: dict[str, Any], key: str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _build_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings: Settings) -> list[Problem]:
+def _build_problems(
+    doc: yamlsrc.Document, folder: Path, root: Path, settings: Settings, held: Held = _all
+) -> list[Problem]:
     build = _section(doc.data, "build")
     if "package" in build:  # no Dockerfile to check; the schema refuses context/dockerfile/args with it
         return _package_problems(doc, build["package"])
@@ -444,8 +462,8 @@ def _build_problems(doc: yamlsrc.Document, folder: Path, root: Path, settings: S
     if not isinstance(context_value, str) or not isinstance(dockerfile_value, str):
         return problems
     context = _inside(doc, ("build", "context"), context_value, folder, root, problems)
-    if context is None:
-        return problems
+    if context is None or not held(context.relative_to(root).as_posix()):
+        return problems  # not unpacked: unchanged since its live release, whose build was checked
     dockerfile = _inside(doc, ("build", "dockerfile"), dockerfile_value, context, root, problems)
     where = ("build", "dockerfile") if "dockerfile" in build else ("name",)
     if dockerfile is not None and not dockerfile.is_file():
