@@ -80,47 +80,40 @@ def stream(
 
 def reload(control: Control) -> dict[str, Any]:
     """Ask the serve process to reload deploy.yaml; return its outcome (pipeline/reload.py)."""
-    parts = urlsplit(control.url)
-    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=RELOAD_TIMEOUT)
-    try:
-        conn.request("POST", "/api/reload", body=b"{}", headers={TOKEN_HEADER: control.token})
-        response = conn.getresponse()
-        raw = response.read(MAX_ANSWER)
-    except (OSError, http.client.HTTPException) as exc:
-        raise _unreachable(control, exc) from exc
-    finally:
-        conn.close()
+    status, raw = _post(control, "/api/reload", RELOAD_TIMEOUT)
     try:
         outcome: dict[str, Any] = json.loads(raw)
     except ValueError:
         outcome = {}
-    if response.status not in (200, 422) or "ok" not in outcome:
+    if status not in (200, 422) or "ok" not in outcome:
         detail = raw.decode("utf-8", "replace")[:500]
-        raise ServeError(
-            f"the serve process at {control.url} refused the reload ({response.status}): {detail}"
-        )
+        raise ServeError(f"the serve process at {control.url} refused the reload ({status}): {detail}")
     return outcome
 
 
 def canary(control: Control, server: str, command: str) -> tuple[int, dict[str, Any]]:
     """Ask the serve process to promote or roll back the canary of `server`; return the status
     (200 done, 404 no canary under way) and its answer (the rollout as the deploy page shows it)."""
-    parts = urlsplit(control.url)
-    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=STREAM_TIMEOUT)
-    try:
-        path = f"/api/canaries/{quote(server, safe='')}/{command}"
-        conn.request("POST", path, body=b"{}", headers={TOKEN_HEADER: control.token})
-        response = conn.getresponse()
-        raw = response.read(MAX_ANSWER)
-    except (OSError, http.client.HTTPException) as exc:
-        raise _unreachable(control, exc) from exc
-    finally:
-        conn.close()
+    status, raw = _post(control, f"/api/canaries/{quote(server, safe='')}/{command}", STREAM_TIMEOUT)
     try:
         answer: dict[str, Any] = json.loads(raw)
     except ValueError:
         answer = {"error": raw.decode("utf-8", "replace")[:500]}
-    return response.status, answer
+    return status, answer
+
+
+def _post(control: Control, path: str, timeout: float) -> tuple[int, bytes]:
+    """POST an empty JSON body to the serve process's admin API; its status and (bounded) answer."""
+    parts = urlsplit(control.url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
+    try:
+        conn.request("POST", path, body=b"{}", headers={TOKEN_HEADER: control.token})
+        response = conn.getresponse()
+        return response.status, response.read(MAX_ANSWER)
+    except (OSError, http.client.HTTPException) as exc:
+        raise _unreachable(control, exc) from exc
+    finally:
+        conn.close()
 
 
 def _post_lines(control: Control, path: str, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
