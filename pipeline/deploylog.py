@@ -143,8 +143,6 @@ class DeployLog:
                     events, finished = self.events[seen:], self.finished
                 for event in events:
                     yield event
-                    if event.kind == "end":  # lines after it (the old release's drain) are kept, not followed
-                        return
                 seen += len(events)
                 if finished and seen >= len(self.events):
                     return

@@ -240,9 +240,7 @@ async def _follow(src: Sources, deploy_id: int, after: int, *, end: bool = True)
     stored = await asyncio.to_thread(src.store.events, deploy_id, max(after, 0))
     for seq, ts, kind, text in stored:
         yield Event(seq, ts, kind, text)
-        if kind == "end":  # lines stored after it (the old release's drain) are not followed
-            return
-    if not end:
+    if not end or (stored and stored[-1][2] == "end"):
         return
     found = await asyncio.to_thread(src.store.deploy, deploy_id)
     if found is not None and found.status in FINISHED:

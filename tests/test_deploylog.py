@@ -94,20 +94,3 @@ def test_a_live_reader_gets_lines_before_they_are_stored(tmp_path: Path) -> None
     log.finish("succeeded", "ok")
     assert [t for _, _, _, t in store.events(1)][-1] == "succeeded: ok" and len(store.events(1)) == 4
     store.close()
-
-
-def test_a_line_written_after_the_end_never_follows_the_end_on_a_live_reader(tmp_path: Path) -> None:
-    """The old release's drain runs after the deploy's end and writes its line then: it is kept, but a
-    reader stops at `end` (the pusher's CLI took a last line that was not `end` for a cut stream)."""
-    store = Store(tmp_path / "central-mcp.db")
-    log = DeployLog(store, 1, Masker([]))
-    log.finish("succeeded", "live: weather r1")
-    log.line("weather: old r2 drained, stopped and removed")
-
-    async def read() -> list[str]:
-        return [e.kind async for e in log.follow(0)]
-
-    assert asyncio.run(read()) == ["end"]
-    log.save()
-    assert [kind for _, _, kind, _ in store.events(1, 0)] == ["end", "log"]
-    store.close()
