@@ -65,17 +65,20 @@ def new_control(url: str) -> Control:
 def stream(
     control: Control, path: str, body: dict[str, Any], on_event: Callable[[dict[str, Any]], None]
 ) -> dict[str, Any]:
-    """POST `body` to the serve process and pass each streamed event on; return the last one."""
-    last: dict[str, Any] = {}
+    """POST `body` to the serve process and pass each streamed event on; return the `end` event.
+
+    Lines may follow it: the old release drains after the deploy has ended and says so."""
+    end: dict[str, Any] = {}
     for event in _post_lines(control, path, body):
         on_event(event)
-        last = event
-    if last.get("kind") != "end":
+        if event.get("kind") == "end":
+            end = event
+    if not end:
         raise ServeError(
             f"the serve process at {control.url} (pid {control.pid}) closed the stream before the "
             "deploy ended; its log says why, and the deploys page shows how far the deploy got"
         )
-    return last
+    return end
 
 
 def reload(control: Control) -> dict[str, Any]:
