@@ -47,7 +47,7 @@ from pipeline.reconcile import reconcile
 from pipeline.secrets import Secrets
 from pipeline.source import snapshots_dir
 from pipeline.states import DeploySource
-from pipeline.store import Store
+from pipeline.store import DATABASE, Store
 from pipeline.webhook import PROVIDERS, Delivery, Receiver
 
 log = logging.getLogger("central-mcp")
@@ -323,7 +323,7 @@ class _RawASGI:
 
 def _start_services(settings: Settings, docker: DockerHost | None) -> Services:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    store = Store(settings.state_dir / "central-mcp.db")
+    store = Store(settings.state_dir / DATABASE)
     host = docker or DockerHost()
     host.ping()
     instance = instance_id(settings.state_dir)

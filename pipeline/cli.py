@@ -16,12 +16,11 @@ from pipeline.config.manifest import MANIFEST_NAME, Manifest, check_tree
 from pipeline.contract import Surface
 from pipeline.errors import CentralMCPError, ConfigError, DeployError, Problem, SecretsError, StateError
 from pipeline.states import DeploySource
-from pipeline.store import Store
+from pipeline.store import DATABASE, Store
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
-DATABASE = "central-mcp.db"
 ADMIN_TOKEN_ENV = "CENTRAL_MCP_ADMIN_TOKEN"  # `check --against`: never on the command line
 
 Handler = Callable[[argparse.Namespace], int]

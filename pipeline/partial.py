@@ -18,9 +18,7 @@ from pipeline.config.manifest import Manifest, check_tree
 from pipeline.config.settings import Repo, Settings
 from pipeline.plan import fingerprint
 from pipeline.source import Select, Snapshot
-from pipeline.store import Store
-
-DATABASE = "central-mcp.db"  # as cli.DATABASE: the serve process's store, read here for live releases
+from pipeline.store import DATABASE, Store
 
 
 def inputs(m: Manifest, snapshot: Snapshot) -> list[str]:

@@ -19,7 +19,7 @@ from pipeline.errors import ServeError, SourceError
 from pipeline.hook import init_repo
 from pipeline.proxy import front
 from pipeline.proxy.access import create_key
-from pipeline.store import Store
+from pipeline.store import DATABASE, Store
 
 STARTUP_TIMEOUT = 120.0
 STOP_TIMEOUT = 60.0
@@ -89,7 +89,7 @@ def _preflight(settings: Settings) -> None:
     uvicorn turns an error raised in the lifespan into a logged traceback and exit status 3;
     raised here, it reaches the CLI, which prints its message (what is wrong and the fix).
     """
-    store = Store(settings.state_dir / "central-mcp.db")
+    store = Store(settings.state_dir / DATABASE)
     try:
         store.verify()  # damage past the header would otherwise surface mid-lifespan, as a traceback
     finally:
@@ -101,7 +101,7 @@ def _first_key(settings: Settings, say: Callable[[str], None]) -> None:
     """With projects configured and no key yet, make one so the quick start can call a server."""
     if not settings.projects:
         return
-    store = Store(settings.state_dir / "central-mcp.db")
+    store = Store(settings.state_dir / DATABASE)
     if any(k["revoked_at"] is None for k in store.api_keys()):
         return
     project = settings.projects[0].name

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 from pipeline.errors import DatabaseDamaged, StateError
 
 # SQLITE_CORRUPT and SQLITE_NOTADB: the file is damaged past its header, not busy or full.
+DATABASE = "central-mcp.db"  # the store's file in the state directory
 CORRUPT_CODES = (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
 MAX_SURFACE_BYTES = 8 * 1024 * 1024  # one release's tools, prompts and resources as JSON
 

@@ -327,11 +327,11 @@ def test_the_readmes_webhook_example_passes_check(tmp_path: Path, capsys: pytest
 
 def _live_state(tmp_path: Path, projects: str = "") -> Path:
     """A deploy.yaml (with `projects` text) and a state dir whose database holds one live server `srv`."""
-    from pipeline.store import Placement, Store
+    from pipeline.store import DATABASE, Placement, Store
     from tests.test_registry import release
 
     state = tmp_path / "state"
-    store = Store(state / cli.DATABASE)
+    store = Store(state / DATABASE)
     store.add_release(release("srv", number=1))
     store.commit_swap([Placement("srv", 1, "c", 1234)], [])
     store.close()
