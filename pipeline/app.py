@@ -26,7 +26,7 @@ from pipeline import control as control_mod
 from pipeline import pages, registry, surfaces
 from pipeline import reload as reload_mod
 from pipeline.canary import Canaries
-from pipeline.config.settings import Listen, Settings, listen_url
+from pipeline.config.settings import ENGINE_SWARM, Listen, Settings, listen_url
 from pipeline.context import Context, DeployRequest, instance_id
 from pipeline.deploylog import DeployLog, Event
 from pipeline.dispatch import Dispatcher
@@ -48,6 +48,7 @@ from pipeline.secrets import Secrets
 from pipeline.source import snapshots_dir
 from pipeline.states import DeploySource
 from pipeline.store import DATABASE, Store
+from pipeline.swarm import SwarmHost
 from pipeline.webhook import PROVIDERS, Delivery, Receiver
 
 log = logging.getLogger("central-mcp")
@@ -324,11 +325,13 @@ class _RawASGI:
 def _start_services(settings: Settings, docker: DockerHost | None) -> Services:
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     store = Store(settings.state_dir / DATABASE)
-    host = docker or DockerHost()
-    host.ping()
     instance = instance_id(settings.state_dir)
+    host = _engine(settings, instance, docker)
+    host.ping()
     ctx = Context(settings, store, host, Router(), Secrets(settings.state_dir), instance)
     ctx.networks = Networks(host, settings, instance, HostRelays(settings.network))
+    if isinstance(host, SwarmHost):
+        host.server_networks = ctx.networks
     ctx.firewall = Guard(settings)
     firewall = ctx.firewall.status
     if not firewall.ok:
@@ -362,6 +365,15 @@ def _start_services(settings: Settings, docker: DockerHost | None) -> Services:
     aggregate = Aggregate(proxy, settings.proxy.session_idle_timeout, settings.aggregate)
     control = control_mod.new_control(url)
     return Services(ctx, dispatcher, proxy, usage, monitor, receiver, control, sources, aggregate, idler)
+
+
+def _engine(settings: Settings, instance: str, docker: DockerHost | None) -> DockerHost:
+    """This VM's Docker engine, or with `engine: swarm` the same engine acting through Swarm."""
+    if settings.engine != ENGINE_SWARM:
+        return docker or DockerHost()
+    host = SwarmHost(settings, instance, docker.client if docker is not None else None)
+    host.node_id()  # refuses an engine that is no swarm manager, naming the command that makes it one
+    return host
 
 
 def _server_busy(ctx: Context, busy: Callable[[str], bool]) -> Callable[[str], bool]:

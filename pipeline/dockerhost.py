@@ -85,6 +85,8 @@ class RunSpec:
     """The one network the container joins (its server's own); required."""
     extra_hosts: Mapping[str, str] = field(default_factory=dict)
     """Names the container resolves to an address (host services, at its network's gateway)."""
+    secret_env: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """The server's granted secrets (environment here; files read by a shim on Swarm: swarm.py)."""
 
 
 @dataclass(frozen=True)
@@ -259,7 +261,7 @@ class DockerHost:
                 name=spec.name,
                 detach=True,
                 labels=dict(spec.labels),
-                environment={"HOME": TMP_DIR, **spec.env},
+                environment={"HOME": TMP_DIR, **spec.env, **spec.secret_env},
                 read_only=True,
                 tmpfs=self._tmpfs(spec),
                 user=spec.user,
@@ -417,6 +419,13 @@ class DockerHost:
         except DockerError as exc:
             if "not found" not in str(exc):
                 raise
+
+    def hostname(self, container_id: str) -> str:
+        """The host name a server sees in its container: Docker's default, the id's first 12."""
+        return container_id[:12]
+
+    def tend(self) -> None:
+        """Housekeeping an engine needs between deploys (the Swarm engine's relay); none here."""
 
     def remove_container_named(self, name: str) -> None:
         """Remove a container by name if one exists (a leftover of an earlier run)."""

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from pipeline import checks, gate, remote, stdio
+from pipeline.config.settings import ENGINE_SWARM
 from pipeline.context import Context
 from pipeline.dockerhost import (
     LABEL_COMMIT,
@@ -24,10 +26,11 @@ from pipeline.dockerhost import (
     Running,
     RunSpec,
 )
-from pipeline.errors import GateError, RemoteRefused, SecretsError
+from pipeline.errors import GateError, NetworkError, RemoteRefused, SecretsError
 from pipeline.gate import GateResult
 from pipeline.plan import ReleaseSpec
 from pipeline.proxy.router import Upstream
+from pipeline.swarm import overlay_name
 
 LOG_TAIL_LINES = 30
 ROLE_SERVER = "server"
@@ -53,28 +56,42 @@ def start(ctx: Context, spec: ReleaseSpec, suffix: str) -> Running:
         route = remote.Route(m.remote.url)
         name = f"{REMOTE_ID}{ctx.instance}:{m.name}:r{spec.number}"
         return Running(name, name, route.host, route.port)
-    env = {**m.env, **ctx.secrets.values(ctx.settings, spec.repo, m.name, m.secrets)}
+    granted = ctx.secrets.values(ctx.settings, spec.repo, m.name, m.secrets)
     name = f"cmcp-{ctx.instance}-{m.name}-r{spec.number}-{suffix}"
     networks = ctx.server_networks()
     ctx.docker.remove_container_named(name)
+    if ctx.settings.engine == ENGINE_SWARM:
+        if m.host_services:
+            raise NetworkError(
+                f"{m.name}: host services ({', '.join(m.host_services)}) are not reachable from Swarm "
+                "services (engine: swarm); run it on the plain engine or reach the service as a remote"
+            )
+        overlay = overlay_name(ctx.instance, m.name, m.network == EGRESS)
+        return ctx.docker.run(_run_spec(ctx, spec, name, overlay, granted))
     with networks.joining(m.name, m.network == EGRESS, m.host_services) as net:
-        run = RunSpec(
-            spec.image,
-            name,
-            m.port,
-            {**labels(ctx, spec), LABEL_NETWORK: net.name},
-            env,
-            m.memory_bytes,
-            m.cpus,
-            stdio.bridge_command(m, ctx.settings) if stdio.is_stdio(m) else m.command,
-            m.restart,
-            startup_cpus=STARTUP_CPUS,
-            network=net.name,
-            extra_hosts=dict.fromkeys(m.host_services, net.gateway),
-            user=ctx.settings.containers.user,
-            tmpfs_bytes=ctx.settings.containers.tmpfs,
-        )
-        return ctx.docker.run(run)
+        run = _run_spec(ctx, spec, name, net.name, granted)
+        return ctx.docker.run(replace(run, extra_hosts=dict.fromkeys(m.host_services, net.gateway)))
+
+
+def _run_spec(ctx: Context, spec: ReleaseSpec, name: str, network: str, granted: dict[str, str]) -> RunSpec:
+    """What a replica of `spec` runs with, on `network`."""
+    m = spec.manifest
+    return RunSpec(
+        spec.image,
+        name,
+        m.port,
+        {**labels(ctx, spec), LABEL_NETWORK: network},
+        m.env,
+        m.memory_bytes,
+        m.cpus,
+        stdio.bridge_command(m, ctx.settings) if stdio.is_stdio(m) else m.command,
+        m.restart,
+        startup_cpus=STARTUP_CPUS,
+        network=network,
+        user=ctx.settings.containers.user,
+        tmpfs_bytes=ctx.settings.containers.tmpfs,
+        secret_env=granted,
+    )
 
 
 def labels(ctx: Context, spec: ReleaseSpec) -> dict[str, str]:

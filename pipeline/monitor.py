@@ -108,6 +108,8 @@ class Monitor:
         one probe interval, so containers that stopped with the daemon are replaced as it comes back.
         Remote servers need no engine: they are probed either way."""
         engine = not any(u.remote is None for u in self.ctx.router.table.values()) or self._engine_answers()
+        if engine:
+            self._tend()
         repos = self._repos()
         for server, group in sorted(self.ctx.router.groups.items()):
             upstream = group.first
@@ -225,6 +227,13 @@ class Monitor:
         )
         if health.failures >= self._threshold:
             self._restart(upstream, health, error)
+
+    def _tend(self) -> None:
+        """The engine's own housekeeping (the Swarm relay's routes); a failure is logged, then probed."""
+        try:
+            self.ctx.docker.tend()
+        except CentralMCPError as exc:
+            log.warning("engine housekeeping: %s", exc)
 
     def _failure(self, upstream: Upstream) -> str | None:
         """Return why the upstream is unhealthy, or None; re-route when Docker moved its address."""

@@ -319,6 +319,24 @@ class HostService:
         return server in self.servers
 
 
+ENGINE_PLAIN = "plain"
+ENGINE_SWARM = "swarm"
+DEFAULT_SWARM_START_TIMEOUT = 60.0
+DEFAULT_RELAY_PORTS = (20000, 29999)
+DEFAULT_IMAGE_COPY_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class SwarmConfig:
+    """deploy.yaml's `swarm`: the other nodes' Docker endpoints and the Swarm engine's bounds."""
+
+    nodes: Mapping[str, str] = field(default_factory=dict)
+    start_timeout: float = DEFAULT_SWARM_START_TIMEOUT
+    relay_ports: tuple[int, int] = DEFAULT_RELAY_PORTS
+    image_copy_timeout: float = DEFAULT_IMAGE_COPY_TIMEOUT
+    encrypt: bool = False
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything one VM is configured with; built once by `load` and passed explicitly."""
@@ -354,6 +372,8 @@ class Settings:
     network: NetworkConfig = field(default_factory=NetworkConfig)
     host_services: tuple[HostService, ...] = ()
     remotes: RemotesConfig = field(default_factory=RemotesConfig)
+    engine: str = ENGINE_PLAIN
+    swarm: SwarmConfig = field(default_factory=SwarmConfig)
 
     @property
     def base_url(self) -> str:
@@ -675,6 +695,8 @@ def _build(data: dict[str, Any], path: Path, env: Mapping[str, str]) -> Settings
         idle=_idle(data.get("idle", {})),
         scale=_scale(data.get("scale", {})),
         containers=_containers(data.get("containers", {})),
+        engine=str(data.get("engine", ENGINE_PLAIN)),
+        swarm=_swarm(data.get("swarm", {})),
         limits=_limits(data.get("limits", {})),
         network=_network(data.get("network", {})),
         host_services=tuple(_host_service(k, v) for k, v in sorted(data.get("host_services", {}).items())),
@@ -747,6 +769,17 @@ def _scale(data: dict[str, Any]) -> ScaleConfig:
         window=parse_duration(data.get("window", DEFAULT_SCALE_WINDOW)),
         cooldown=parse_duration(data.get("cooldown", DEFAULT_SCALE_COOLDOWN)),
         interval=parse_duration(data.get("interval", DEFAULT_SCALE_INTERVAL)),
+    )
+
+
+def _swarm(data: dict[str, Any]) -> SwarmConfig:
+    low, high = data.get("relay_ports", DEFAULT_RELAY_PORTS)
+    return SwarmConfig(
+        nodes={str(k): str(v) for k, v in (data.get("nodes") or {}).items()},
+        start_timeout=parse_duration(data.get("start_timeout", DEFAULT_SWARM_START_TIMEOUT)),
+        relay_ports=(min(low, high), max(low, high)),
+        image_copy_timeout=parse_duration(data.get("image_copy_timeout", DEFAULT_IMAGE_COPY_TIMEOUT)),
+        encrypt=bool(data.get("encrypt", False)),
     )
 
 

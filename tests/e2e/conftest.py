@@ -16,6 +16,7 @@ from pipeline import firewall
 from pipeline.config.settings import Settings
 from pipeline.dockerhost import DockerHost
 from tests.support.provider import Provider, Workspace, running_provider
+from tests.support.swarmview import engine_of
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -30,12 +31,17 @@ def host_firewall() -> None:
 
 @pytest.fixture(scope="module")
 def provider(
-    tmp_path_factory: pytest.TempPathFactory, docker_host: DockerHost, package_cache: Path
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    docker_host: DockerHost,
+    package_cache: Path,
 ) -> Iterator[Provider]:
     """A real serve process shared by the module's tests (containers and images removed afterwards),
-    its package cache the session's: each package version is downloaded once per run."""
+    its package cache the session's: each package version is downloaded once per run. A test
+    parametrized `indirect` with ENGINE_SWARM gets one on the Swarm engine."""
+    engine = engine_of(request, docker_host)
     with running_provider(
-        tmp_path_factory.mktemp("provider"), docker_host, package_cache=package_cache
+        tmp_path_factory.mktemp("provider"), docker_host, package_cache=package_cache, engine=engine
     ) as running:
         yield running
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.dockerhost import LABEL_INSTANCE, LABEL_SERVER
 from tests.support.provider import (
     DEPLOY_URL,
     EXAMPLE,
@@ -28,6 +29,7 @@ from tests.support.provider import (
     run_git,
     wait_for,
 )
+from tests.support.swarmview import SWARM_ONLY
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("synced")]
 
@@ -421,3 +423,14 @@ def test_status_shows_live_servers_their_health_and_the_last_deploy(
     line = echo_line()
     assert " r" in line and "1.0.0" in line and " healthy " in line
     assert "last deploy: #" in out
+
+
+@pytest.mark.parametrize("provider", SWARM_ONLY, indirect=True)
+def test_on_the_swarm_engine_the_first_push_deploys_every_server_and_the_proxy_serves_them(
+    provider: Provider, baseline: Baseline
+) -> None:
+    """The same first push with `engine: swarm`: each replica a Swarm service behind the relay."""
+    test_first_push_deploys_every_server_and_the_proxy_serves_their_tools(provider, baseline)
+    services = provider.docker.containers({LABEL_INSTANCE: provider.instance})
+    assert sorted(s.labels[LABEL_SERVER] for s in services) == sorted([baseline.echo, baseline.example])
+    assert all(s.status == "running" for s in services)

@@ -16,11 +16,12 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pipeline.control import TOKEN_HEADER, Control
-from pipeline.dockerhost import DockerHost
+from pipeline.dockerhost import LABEL_INSTANCE, LABEL_SERVER, DockerHost
 from tests.support.loopback import free_port
 from tests.support.provider import (
     SECRET_NAME,
@@ -30,6 +31,7 @@ from tests.support.provider import (
     Workspace,
     running_provider,
 )
+from tests.support.swarmview import SWARM_ONLY
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("synced")]
 
@@ -312,3 +314,31 @@ def test_a_health_timeout_longer_than_a_deploy_is_refused_before_anything_builds
     assert not push.ok, push.output
     assert "$.health.timeout: health.timeout 1h is longer than a whole deploy may take (120s" in push.output
     assert provider.branch() == branch
+
+
+SWARM_CASES = [c for c in GATE_CASES if c.id in ("crash", "not-mcp")]
+
+
+@pytest.mark.parametrize("provider", SWARM_ONLY, indirect=True)
+@pytest.mark.parametrize("case", SWARM_CASES, ids=[c.id for c in SWARM_CASES])
+def test_on_the_swarm_engine_a_candidate_failing_the_gate_is_rejected_and_the_old_release_serves(
+    provider: Provider, workspace: Workspace, baseline: Baseline, case: GateCase
+) -> None:
+    """The same rejection with `engine: swarm`: the failing service is removed, nothing live changes."""
+    test_a_candidate_failing_the_health_gate_rejects_the_push_and_keeps_the_old_release(
+        provider, workspace, baseline, case
+    )
+
+
+@pytest.mark.parametrize("provider", SWARM_ONLY, indirect=True)
+def test_on_the_swarm_engine_a_server_reads_its_secret_and_the_service_spec_holds_none(
+    provider: Provider, baseline: Baseline
+) -> None:
+    """Swarm secrets reach the server's environment through the shim; the service spec, which
+    every manager keeps, holds the secret in no environment variable."""
+    test_a_server_receives_its_secret_from_the_vm(provider, baseline)
+    (service,) = provider.docker.containers({LABEL_INSTANCE: provider.instance, LABEL_SERVER: baseline.probe})
+    api: Any = provider.docker.client.api
+    spec = api.inspect_service(service.id)["Spec"]
+    assert SECRET_VALUE not in json.dumps(spec)
+    assert [s["File"]["Name"] for s in spec["TaskTemplate"]["ContainerSpec"]["Secrets"]] == [SECRET_NAME]

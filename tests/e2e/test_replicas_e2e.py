@@ -24,6 +24,7 @@ from pipeline.errors import DockerError
 from tests.e2e.test_zero_downtime_e2e import Tally, _session_client
 from tests.support.provider import Provider, Push, Workspace, running_provider, wait_for
 from tests.support.proxy_rig import connect, text_of
+from tests.support.swarmview import ENGINES, engine_of
 
 pytestmark = pytest.mark.docker
 
@@ -98,9 +99,12 @@ def _running(provider: Provider, server: str) -> list[str]:
 
 
 @pytest.fixture
-def provider(tmp_path: Path, docker_host: DockerHost) -> Iterator[Provider]:
-    """A serve process whose monitor probes every second and autoscales within seconds."""
-    with running_provider(tmp_path / "vm", docker_host, extra_config=FAST_MONITOR + FAST_SCALING) as running:
+def provider(request: pytest.FixtureRequest, tmp_path: Path, docker_host: DockerHost) -> Iterator[Provider]:
+    """A serve process whose monitor probes every second and autoscales within seconds, on the engine
+    the test is parametrized with (plain by default)."""
+    engine = engine_of(request, docker_host)
+    extra = FAST_MONITOR + FAST_SCALING
+    with running_provider(tmp_path / "vm", docker_host, extra_config=extra, engine=engine) as running:
         yield running
 
 
@@ -225,6 +229,7 @@ async def test_autoscaling_adds_a_replica_under_load_and_removes_it_after(
     assert len(_running(provider, server)) == 1
 
 
+@pytest.mark.parametrize("provider", ENGINES, indirect=True)
 async def test_a_restarted_serve_finds_its_replicas_again_and_starts_a_missing_one(
     provider: Provider, workspace: Workspace
 ) -> None:
@@ -234,7 +239,7 @@ async def test_a_restarted_serve_finds_its_replicas_again_and_starts_a_missing_o
     assert push.ok, push.output
     first, second = _running(provider, server)
     provider.kill()
-    provider.docker.client.containers.get(second).remove(force=True)
+    provider.docker.stop_and_remove(second, grace=0)
     provider.start()
     running = _running(provider, server)
     assert len(running) == 2 and first in running and second not in running
@@ -245,4 +250,4 @@ async def test_a_restarted_serve_finds_its_replicas_again_and_starts_a_missing_o
     stop.set()
     await asyncio.gather(*clients)
     assert load.failures == [], load.failures[:3]
-    assert set(load.calls) == {c[:12] for c in running}, load.calls
+    assert set(load.calls) == {provider.docker.hostname(c) for c in running}, load.calls

@@ -27,6 +27,7 @@ from mcp_types import CONNECTION_CLOSED
 from pipeline.dockerhost import DockerHost
 from tests.support.provider import Provider, Push, Workspace, running_provider, wait_for
 from tests.support.proxy_rig import ACCEPT_BOTH, LEGACY, connect, jsonrpc, text_of
+from tests.support.swarmview import ENGINES, engine_of
 
 pytestmark = pytest.mark.docker
 
@@ -73,9 +74,11 @@ class Tally:
 # Per test, not per module as in conftest.py: the next test starts its own provider, and this one's
 # containers must not share the two cores with it.
 @pytest.fixture
-def provider(tmp_path: Path, docker_host: DockerHost) -> Iterator[Provider]:
-    """A real serve process with the harness's timeouts (sessions may drain for 10 minutes)."""
-    with running_provider(tmp_path / "vm", docker_host) as running:
+def provider(request: pytest.FixtureRequest, tmp_path: Path, docker_host: DockerHost) -> Iterator[Provider]:
+    """A real serve process with the harness's timeouts (sessions may drain for 10 minutes), on the
+    engine the test is parametrized with (plain by default)."""
+    engine = engine_of(request, docker_host)
+    with running_provider(tmp_path / "vm", docker_host, engine=engine) as running:
         yield running
 
 
@@ -158,6 +161,7 @@ async def _session_client(url: str, finished: asyncio.Event, tally: Tally) -> No
         tally.spans.append((releases[0], opened, time.monotonic()))
 
 
+@pytest.mark.parametrize("provider", ENGINES, indirect=True)
 async def test_twenty_session_clients_see_no_failure_across_three_redeploys(
     provider: Provider, workspace: Workspace
 ) -> None:

@@ -33,11 +33,13 @@ import yaml
 from mcp import Client
 
 from pipeline.buildrules import SERVER_IMAGES
+from pipeline.config.settings import ENGINE_PLAIN, ENGINE_SWARM
 from pipeline.context import instance_id
 from pipeline.dockerhost import LABEL_COMMIT, LABEL_INSTANCE, LABEL_SERVER, DockerHost
 from pipeline.prepare import PACKAGE_CACHE
 from pipeline.secrets import SECRETS_FILE, SERVER_SECRETS_DIR, SecretStore
 from tests.support.loopback import free_port
+from tests.support.swarmview import SwarmView, remove_swarm_leftovers
 
 TESTS = Path(__file__).resolve().parents[1]
 FIXTURES = TESTS / "fixtures" / "servers"
@@ -472,6 +474,9 @@ class VMSecrets:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
+SWARM_CONFIG = "swarm: {start_timeout: 60s}\n"
+
+
 @contextmanager
 def running_provider(
     root: Path,
@@ -481,8 +486,12 @@ def running_provider(
     build: Mapping[str, str] | None = None,
     vm: VMSecrets | None = None,
     package_cache: Path | None = None,
+    engine: str = ENGINE_PLAIN,
 ) -> Iterator[Provider]:
     """Start a real `serve` subprocess with its own deploy.yaml (plus `extra_config`); clean up after.
+
+    `engine: swarm` runs its replicas as Swarm services (the engine must be a swarm manager:
+    `central-mcp engine --swarm`); the provider's `docker` then lists services as containers.
 
     `proxy` and `build` override or add keys of the config's `proxy:` and `build:` mappings
     (PROXY_TIMEOUTS and BUILD by default); values are YAML flow text. `vm` sets its secrets (by
@@ -510,6 +519,9 @@ def running_provider(
         grants=", ".join(vm.grants),
         repo_extra=vm.repo_extra,
     )
+    if engine == ENGINE_SWARM:
+        text += f"engine: {ENGINE_SWARM}\n" + ("" if "\nswarm:" in f"\n{extra_config}" else SWARM_CONFIG)
+        docker = SwarmView(docker.client)
     config.write_text(text + extra_config)
     env = {k: v for k, v in os.environ.items() if k != SECRET_NAME and not k.startswith("GIT_")}
     env.update({"CENTRAL_MCP_STATE_DIR": str(state), "GIT_TERMINAL_PROMPT": "0", "PYTHONUNBUFFERED": "1"})
@@ -557,6 +569,9 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 def _remove_leftovers(provider: Provider) -> None:
     """Remove every container and network of this instance and every image of this run's servers."""
+    if isinstance(provider.docker, SwarmView):
+        remove_swarm_leftovers(provider.docker, provider.instance)
+        provider.docker = DockerHost(provider.docker.client)  # the relay and its network are containers
     for container in provider.docker.containers({LABEL_INSTANCE: provider.instance}):
         container.remove(force=True)
     for network in provider.docker.networks({LABEL_INSTANCE: provider.instance}):
