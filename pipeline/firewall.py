@@ -12,6 +12,8 @@ networks are untouched):
   or to the pool): egress servers never reach `network.egress_deny` (link-local, cloud metadata) nor
   another pool subnet, and no new connection is routed into the pool from outside (the LAN), whatever
   the FORWARD policy; internal networks have no route out already (Docker's rules).
+- What arrives on `docker_gwbridge` (Swarm services on an egress overlay, engine: swarm) goes
+  through the same two chains: no host port, no `egress_deny` address, no pool subnet.
 
 `central-mcp firewall` (root; `make setup` and `.ci/run` run it) installs them idempotently, in
 one iptables-restore transaction, and writes a stamp a non-root serve can read. Serve checks them
@@ -33,6 +35,7 @@ from pipeline.config.settings import Settings
 from pipeline.errors import NetworkError
 from pipeline.network import BRIDGE_PREFIX
 
+SWARM_BRIDGE = "docker_gwbridge"  # Swarm's bridge out of a node, for tasks on non-internal overlays
 INPUT_CHAIN = "CMCP-INPUT"
 FORWARD_CHAIN = "CMCP-FORWARD"
 STAMP = Path("/run/central-mcp/firewall.json")  # /run is emptied at boot, as the rules are
@@ -81,6 +84,10 @@ def hooks(settings: Settings) -> list[tuple[str, str]]:
         # Into the pool from elsewhere (the LAN, routed by the host): dropped unless it answers a
         # container, whatever the FORWARD policy (Docker leaves it ACCEPT if forwarding was on).
         ("DOCKER-USER", f"-d {pool} -j {FORWARD_CHAIN}"),
+        # Swarm services (engine: swarm) reach out through docker_gwbridge, not a cmcp bridge: the
+        # same rules hold them (no host port, no egress_deny address). A no-op without Swarm.
+        ("INPUT", f"-i {SWARM_BRIDGE} -j {INPUT_CHAIN}"),
+        ("DOCKER-USER", f"-i {SWARM_BRIDGE} -j {FORWARD_CHAIN}"),
     ]
 
 

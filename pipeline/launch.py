@@ -151,7 +151,10 @@ def upstream(ctx: Context, spec: ReleaseSpec, running: Running) -> Upstream:
     """The proxy's route to a started container of `spec`, or to its remote server."""
     m = spec.manifest
     if m.remote is None:
-        return Upstream(m.name, spec.number, running.id, running.host, running.port, m.path, m.access)
+        relayed = ctx.settings.engine == ENGINE_SWARM
+        return Upstream(
+            m.name, spec.number, running.id, running.host, running.port, m.path, m.access, relayed=relayed
+        )
     route = remote.route(m.remote.url, remote_headers(ctx, spec))
     return Upstream(m.name, spec.number, running.id, route.host, route.port, route.path, m.access, route)
 

@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipeline import checks, gate, launch, registry, scaling, stdio
@@ -249,15 +249,7 @@ class Monitor:
         if host and (host, port) != (upstream.host, upstream.port):
             log.info("%s: its container moved to %s:%d; re-routing", upstream.server, host, port)
             first = self.ctx.router.get(upstream.server)
-            upstream = Upstream(
-                upstream.server,
-                upstream.release,
-                upstream.container_id,
-                host,
-                port,
-                upstream.path,
-                upstream.access,
-            )
+            upstream = replace(upstream, host=host, port=port)
             self.ctx.router.readdress(upstream.container_id, upstream)
             if first is not None and first.container_id == upstream.container_id:
                 self.ctx.store.set_container(upstream.server, upstream.release, upstream.container_id, port)

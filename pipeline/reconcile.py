@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline import launch
+from pipeline.config.settings import ENGINE_SWARM
 from pipeline.context import Context
 from pipeline.dockerhost import LABEL_INSTANCE, LABEL_RELEASE, LABEL_SERVER, container_address
 from pipeline.errors import CentralMCPError
@@ -41,7 +42,8 @@ def reconcile(ctx: Context, say: Callable[[str], None]) -> list[Upstream]:
             host, port = container_address(container.attrs)
             replicas = routed.setdefault(release.server, [])
             if host and len(replicas) < _most(ctx, release):
-                replicas.append(_upstream(release, container.id, host, port))
+                relayed = ctx.settings.engine == ENGINE_SWARM
+                replicas.append(_upstream(release, container.id, host, port, relayed))
                 if len(replicas) == 1 and (port != release.host_port or container.id != release.container_id):
                     ctx.store.set_container(release.server, release.number, container.id, port)
                 continue
@@ -89,9 +91,11 @@ def _run(release: Release) -> dict[str, Any]:
     return run if isinstance(run, dict) else {}
 
 
-def _upstream(release: Release, container_id: str, host: str, port: int) -> Upstream:
+def _upstream(release: Release, container_id: str, host: str, port: int, relayed: bool) -> Upstream:
     access = tuple(release.manifest.get("access", ("all",)))
-    return Upstream(release.server, release.number, container_id, host, port, release.path, access)
+    return Upstream(
+        release.server, release.number, container_id, host, port, release.path, access, relayed=relayed
+    )
 
 
 def _least(ctx: Context, release: Release) -> int:

@@ -28,6 +28,9 @@ from tests.support.memory import peak_growth
 class FakeDocker:
     """Container states and addresses by id, as Docker would report them."""
 
+    def tend(self) -> None:
+        """The plain engine's housekeeping between deploys: none."""
+
     def __init__(self) -> None:
         self.states: dict[str, str] = {}
         self.ports: dict[str, int] = {}

@@ -132,6 +132,11 @@ class Connection(asyncio.Protocol):
         self._busy = True
         self._transport.write(data)
 
+    @property
+    def unanswered(self) -> bool:
+        """Whether not one byte of an answer arrived on this connection."""
+        return self._head_bytes == 0 and not self.head_done
+
     async def read_head(self) -> None:
         """Wait for the status line and headers; raise if the upstream failed first."""
         while not self.head_done:
@@ -244,14 +249,18 @@ class Pool:
         self._idle: dict[tuple[str, int], list[Connection]] = {}
         self._open: set[Connection] = set()
 
-    async def request(self, host: str, port: int, method: str, data: bytes) -> Connection:
-        """Send `data` (a whole request) and return the connection once the answer's head is in."""
+    async def request(
+        self, host: str, port: int, method: str, data: bytes, relayed: bool = False
+    ) -> Connection:
+        """Send `data` (a whole request) and return the connection once the answer's head is in.
+        `relayed`: `host` is the Swarm relay, whose reset of a new connection before any answer
+        means it could not reach the replica (UpstreamUnreachable: nothing was sent)."""
         key = (host, port)
         conn = self.take(key)
         if conn is not None:
             conn.send(data, method == "HEAD")
             return await self.answer_to(conn, method, data)
-        return await self._fresh(key, method, data)
+        return await self._fresh(key, method, data, relayed)
 
     async def answer_to(self, conn: Connection, method: str, data: bytes) -> Connection:
         """Wait for the head of the answer to `data`, already sent on the pooled `conn`.
@@ -306,11 +315,18 @@ class Pool:
             conn.close()
         self._idle.clear()
 
-    async def _fresh(self, key: tuple[str, int], method: str, data: bytes) -> Connection:
+    async def _fresh(
+        self, key: tuple[str, int], method: str, data: bytes, relayed: bool = False
+    ) -> Connection:
         conn = await self._connect(key)
         try:
             conn.send(data, method == "HEAD")
             await conn.read_head()
+        except ConnectionResetError as exc:
+            conn.close()
+            if relayed and conn.unanswered:
+                raise UpstreamUnreachable(f"the relay could not reach the replica ({exc})") from exc
+            raise
         except BaseException:
             conn.close()
             raise

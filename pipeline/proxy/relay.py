@@ -368,7 +368,9 @@ class Proxy:
             if sent is not None:
                 waiting = pool.answer_to(sent, ticket.method, ticket.request)
             else:
-                waiting = pool.request(upstream.host, upstream.port, ticket.method, ticket.request)
+                waiting = pool.request(
+                    upstream.host, upstream.port, ticket.method, ticket.request, upstream.relayed
+                )
             conn = await _unless_gone(ex, waiting)  # a silent server holds nothing once the client left
         except ClientGone:
             self.finish(ticket, CLIENT_GONE)

@@ -30,6 +30,9 @@ class Upstream:
     path: str
     access: tuple[str, ...] = ("all",)
     remote: Route | None = None  # a remote server: no container, `container_id` only names the release
+    relayed: bool = False
+    """Reached through the Swarm relay (swarm.py), which resets a new connection it could not carry
+    to the replica: such a reset, before any answer, means nothing reached the server."""
 
     @property
     def base_url(self) -> str:
