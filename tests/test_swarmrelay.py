@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
+from pipeline.baseimage import BASE_IMAGE
+from pipeline.dockerhost import LABEL_INSTANCE, DockerHost
 from pipeline.swarmrelay import (
     MAX_BODY_BYTES,
     MAX_HEAD_BYTES,
@@ -415,3 +421,119 @@ def test_the_program_refuses_to_start_without_a_token() -> None:
     )
     assert done.returncode == 2
     assert "RELAY_TOKEN" in done.stderr
+
+
+RELAY_CONTROL = 7999
+WEB_PORT = 8000
+
+
+@pytest.fixture
+def relay_network(docker_host: DockerHost, instance_label: str) -> Iterator[dict[str, Any]]:
+    """A new internal bridge network of this test's own (Docker picks a subnet outside 10.213.0.0/16)."""
+    name = f"cmcp-test-relay-{os.getpid()}-{secrets.token_hex(3)}"
+    network = docker_host.client.networks.create(
+        name, driver="bridge", internal=True, labels={LABEL_INSTANCE: instance_label}, check_duplicate=True
+    )
+    network.reload()
+    try:
+        yield network.attrs
+    finally:
+        for container in docker_host.containers({LABEL_INSTANCE: instance_label}):
+            container.remove(force=True)
+        network.remove()
+
+
+def _hardened(docker_host: DockerHost, network: str, label: str, command: list[str], **extra: Any) -> Any:
+    """Start a container as the relay runs: read-only root, user 65534, no capabilities, no-new-privileges."""
+    return docker_host.client.containers.run(
+        BASE_IMAGE,
+        command,
+        detach=True,
+        network=network,
+        labels={LABEL_INSTANCE: label},
+        read_only=True,
+        user="65534:65534",
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        mem_limit="128m",
+        pids_limit=64,
+        tmpfs={"/tmp": "size=1m"},
+        **extra,
+    )
+
+
+def _address(container: Any, network: str) -> str:
+    container.reload()
+    address: str = container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
+    return address
+
+
+PROBE = """
+import socket, sys
+sock = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+try:
+    sock.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+    print("answer", sock.recv(100))
+except OSError as exc:
+    print("error", exc)
+"""
+
+
+def _probe(container: Any, host: str, port: int) -> str:
+    """What a connection from inside `container` to host:port gets back."""
+    exit_code, output = container.exec_run(["python3", "-c", PROBE, host, str(port)], user="65534")
+    text: str = output.decode().strip()
+    assert exit_code == 0, text
+    return text
+
+
+def _ready(client: RelayClient) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            client.digest()
+            return
+        except RelayError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+@pytest.mark.docker
+def test_a_relay_container_forwards_the_host_to_a_name_and_refuses_other_containers(
+    docker_host: DockerHost, instance_label: str, relay_network: dict[str, Any]
+) -> None:
+    """From central-mcp/python:3.11 on an internal bridge, the relay takes the host (its gateway) to a
+    container's network alias, and closes a connection from another container on that network."""
+    if not docker_host.image_exists(BASE_IMAGE):
+        pytest.skip(f"{BASE_IMAGE} is made by `make`")
+    network = relay_network["Name"]
+    gateway = relay_network["IPAM"]["Config"][0]["Gateway"]
+    alias = f"web-{secrets.token_hex(3)}"
+    web_command = ["python3", "-m", "http.server", str(WEB_PORT), "--directory", "/tmp"]
+    endpoint = docker_host.client.api.create_endpoint_config(aliases=[alias])
+    web = _hardened(docker_host, network, instance_label, web_command, networking_config={network: endpoint})
+    env = {"RELAY_TOKEN": TOKEN, "RELAY_PEER": gateway, "RELAY_CONNECT_TIMEOUT": "2"}
+    relay = _hardened(docker_host, network, instance_label, command(), environment=env)
+    relay_ip = _address(relay, network)
+    client = RelayClient(relay_ip, RELAY_CONTROL, TOKEN, WAIT)
+    _ready(client)
+    port = 20000
+    assert client.put({port: (alias, WEB_PORT)}) == routes_digest({port: (alias, WEB_PORT)})
+    deadline = time.monotonic() + 20
+    while True:  # the web server may still be starting
+        try:
+            with urllib.request.urlopen(f"http://{relay_ip}:{port}/", timeout=WAIT) as answer:
+                assert answer.status == 200
+                break
+        except (OSError, http.client.HTTPException):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    for target in (port, RELAY_CONTROL):
+        output = _probe(web, relay_ip, target)
+        assert output in ("answer b''", "error [Errno 104] Connection reset by peer"), output
+    logs = relay.logs().decode()
+    assert f"route {port} opened -> {alias}:{WEB_PORT}" in logs
+    assert "refused" in logs
+    assert TOKEN not in logs
