@@ -190,16 +190,14 @@ class _Route:
 
     port: int
     target: tuple[str, int]
-    server: asyncio.Server | None = None
+    server: asyncio.AbstractServer | None = None
     closed: bool = False
-    pipes: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = field(default_factory=set)
+    links: set[_Link] = field(default_factory=set)
 
     def drop_connections(self) -> None:
         """Abort every connection open through this port (both sides)."""
-        for client, upstream in list(self.pipes):
-            client.transport.abort()
-            upstream.transport.abort()
-        self.pipes.clear()
+        for link in list(self.links):
+            link.abort()
 
     async def close(self) -> None:
         """Stop listening and end the open connections."""
@@ -209,6 +207,133 @@ class _Route:
         self.drop_connections()
         if self.server is not None:
             await self.server.wait_closed()
+
+
+class _Side(asyncio.Protocol):
+    """One socket of a relayed connection: what it reads is written to the other side's socket.
+
+    Backpressure: when the other side's write buffer passes its high-water mark (64 KiB), reading
+    this socket pauses until it drains, so a connection holds at most that plus one read per way.
+    """
+
+    def __init__(self, link: _Link) -> None:
+        self.link = link
+        self.transport: asyncio.Transport | None = None
+        self.other: _Side = self
+        self.eof = False
+        self.early: list[bytes] = []  # read before the destination answered (at most a read or two)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport; the link decides what happens next."""
+        self.transport = transport  # type: ignore[assignment]
+        self.link.made(self)
+
+    def data_received(self, data: bytes) -> None:
+        """Pass the bytes on; hold them while the destination is still being connected."""
+        self.link.active = time.monotonic()
+        other = self.other.transport
+        if other is None:
+            # Python 3.11.2 (Debian's, in the image) starts reading even when connection_made paused it.
+            self.early.append(data)
+            self.transport.pause_reading()  # type: ignore[union-attr]
+        else:
+            other.write(data)
+
+    def eof_received(self) -> bool:
+        """Pass the EOF on as a half-close; once both ways ended, close both."""
+        self.eof = True
+        other = self.other.transport
+        if other is not None and other.can_write_eof() and not other.is_closing():
+            other.write_eof()
+        if self.other.eof:
+            self.link.close()
+        return True  # keep this socket open for the other way
+
+    def pause_writing(self) -> None:
+        """The other way is too far ahead: stop reading it."""
+        if self.other.transport is not None:
+            self.other.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        """Caught up: read the other way again."""
+        if self.other.transport is not None:
+            self.other.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """One side gone ends the connection."""
+        self.link.lost(exc)
+
+
+class _Link:
+    """One relayed connection: the client's side, the destination's, and when bytes last moved."""
+
+    def __init__(self, relay: Relay, route: _Route) -> None:
+        self.relay, self.route = relay, route
+        self.client, self.upstream = _Side(self), _Side(self)
+        self.client.other, self.upstream.other = self.upstream, self.client
+        self.active = time.monotonic()
+        self.counted = False
+        self.done = False
+
+    def made(self, side: _Side) -> None:
+        """The client's socket is accepted: admit it and connect onwards; the destination's: splice."""
+        if side is self.client:
+            self.relay.admit_data(self)
+        elif self.done:
+            side.transport.abort()  # type: ignore[union-attr]
+        else:
+            self._splice(side)
+
+    def _splice(self, upstream: _Side) -> None:
+        """The destination answered: hand it what the client sent meanwhile, then read the client."""
+        transport = upstream.transport
+        assert transport is not None and self.client.transport is not None
+        for data in self.client.early:
+            transport.write(data)
+        self.client.early.clear()
+        if self.client.eof:
+            transport.write_eof()
+        else:
+            self.client.transport.resume_reading()
+
+    def lost(self, exc: Exception | None) -> None:
+        """Either side gone: close the other (flushing what it holds unless this one failed)."""
+        if exc is None:
+            self.close()
+        else:
+            self.abort()
+
+    def close(self) -> None:
+        """End both sides, letting each flush what it still holds."""
+        for side in (self.client, self.upstream):
+            if side.transport is not None:
+                side.transport.close()
+        self._finish()
+
+    def abort(self) -> None:
+        """End both sides at once."""
+        for side in (self.client, self.upstream):
+            if side.transport is not None:
+                side.transport.abort()
+        self._finish()
+
+    def check_idle(self, idle: float) -> None:
+        """End the connection once neither way moved for `idle` seconds; else look again later."""
+        if self.done:
+            return
+        quiet = time.monotonic() - self.active
+        if quiet >= idle:
+            self.abort()
+        else:
+            asyncio.get_running_loop().call_later(idle - quiet, self.check_idle, idle)
+
+    def _finish(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.route.links.discard(self)
+        if self.counted:
+            self.relay.connections -= 1
 
 
 class Relay:
@@ -222,6 +347,7 @@ class Relay:
         self._control: asyncio.Server | None = None
         self._lock = asyncio.Lock()
         self._refused, self._refusal_logged = 0, 0.0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Listen on the control port."""
@@ -234,6 +360,8 @@ class Relay:
         """Stop the control port and every route."""
         if self._control is not None:
             self._control.close()
+        for task in self._tasks:
+            task.cancel()
         for route in self.routes.values():
             await route.close()
         self.routes = MappingProxyType({})
@@ -273,65 +401,73 @@ class Relay:
 
     async def _open(self, port: int, target: tuple[str, int]) -> _Route:
         route = _Route(port, target)
-
-        async def accept(reader: Reader, writer: Writer) -> None:
-            await self._data_connection(route, reader, writer)
-
-        route.server = await asyncio.start_server(accept, self.bind, port, limit=CHUNK)
+        loop = asyncio.get_running_loop()
+        route.server = await loop.create_server(lambda: _Link(self, route).client, self.bind, port)
         log.info("route %d opened -> %s:%d", port, *target)
         return route
 
-    def _admit(self, writer: Writer) -> bool:
-        peer = writer.get_extra_info("peername")
+    def admit_data(self, link: _Link) -> None:
+        """Keep a data connection from the peer under the cap and connect it onwards; close any other."""
+        transport = link.client.transport
+        assert transport is not None
+        if not self._admit(transport):
+            link.done = True
+            return
+        if self.connections >= self.config.max_connections or link.route.closed:
+            transport.abort()
+            link.done = True
+            log.warning(
+                "route %d: refused a connection, %d open (the cap)", link.route.port, self.connections
+            )
+            return
+        transport.pause_reading()  # nothing is read until the destination answers
+        self.connections += 1
+        link.counted = True
+        link.route.links.add(link)
+        task = asyncio.get_running_loop().create_task(self._connect(link, link.route.target))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _connect(self, link: _Link, target: tuple[str, int]) -> None:
+        """Resolve the destination now (IPv4) and connect to the first address that answers."""
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.config.connect_timeout):
+                infos = await loop.getaddrinfo(*target, family=socket.AF_INET, type=socket.SOCK_STREAM)
+                error: OSError = OSError(f"{target[0]} has no IPv4 address")
+                for *_, address in infos:
+                    try:
+                        await loop.create_connection(lambda: link.upstream, str(address[0]), int(address[1]))
+                        break
+                    except OSError as exc:
+                        error = exc
+                else:
+                    raise error
+        except (OSError, TimeoutError) as exc:
+            link.abort()
+            log.warning("route %d: cannot reach %s:%d: %s", link.route.port, *target, exc or "timed out")
+            return
+        if link.route.target != target:  # re-targeted while this connection was being made
+            link.abort()
+        elif self.config.idle_timeout:
+            link.check_idle(self.config.idle_timeout)
+
+    def _admit(self, transport: asyncio.WriteTransport) -> bool:
+        peer = transport.get_extra_info("peername")
         if peer is not None and peer[0] == self.config.peer:
             return True
-        writer.transport.abort()
+        transport.abort()
         self._refused += 1
         now = time.monotonic()
         if now - self._refusal_logged >= REFUSAL_LOG_INTERVAL:
             log.warning(
-                "refused %d connection(s) from peers other than %s, last %s",
-                self._refused,
-                self.config.peer,
-                peer,
+                "refused %d connection(s) not from %s, last %s", self._refused, self.config.peer, peer
             )
             self._refused, self._refusal_logged = 0, now
         return False
 
-    async def _data_connection(self, route: _Route, reader: Reader, writer: Writer) -> None:
-        if not self._admit(writer):
-            return
-        if self.connections >= self.config.max_connections:
-            writer.transport.abort()
-            log.warning("route %d: refused a connection, %d open (the cap)", route.port, self.connections)
-            return
-        self.connections += 1
-        try:
-            await self._relay(route, reader, writer)
-        finally:
-            self.connections -= 1
-
-    async def _relay(self, route: _Route, reader: Reader, writer: Writer) -> None:
-        target = route.target
-        try:
-            up_reader, up_writer = await _connect(*target, self.config.connect_timeout)
-        except (OSError, TimeoutError) as exc:
-            writer.transport.abort()
-            log.warning("route %d: cannot reach %s:%d: %s", route.port, *target, exc or "timed out")
-            return
-        if route.closed or route.target != target:  # changed while this connection was being made
-            writer.transport.abort()
-            up_writer.transport.abort()
-            return
-        pipe = (writer, up_writer)
-        route.pipes.add(pipe)
-        try:
-            await _splice(reader, writer, up_reader, up_writer, self.config.idle_timeout)
-        finally:
-            route.pipes.discard(pipe)
-
     async def _control_connection(self, reader: Reader, writer: Writer) -> None:
-        if not self._admit(writer):
+        if not self._admit(writer.transport):
             return
         try:
             async with asyncio.timeout(self.config.request_timeout):
@@ -398,65 +534,6 @@ def main() -> None:
         log.error("cannot start: %s", exc)
         raise SystemExit(2) from None
     asyncio.run(serve(config))
-
-
-async def _connect(host: str, port: int, timeout: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Resolve `host` now (IPv4) and connect to the first address that answers, within `timeout`."""
-    loop = asyncio.get_running_loop()
-    async with asyncio.timeout(timeout):
-        infos = await loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_STREAM)
-        error: OSError = OSError(f"{host} has no IPv4 address")
-        for *_, address in infos:
-            try:
-                return await asyncio.open_connection(str(address[0]), int(address[1]), limit=CHUNK)
-            except OSError as exc:
-                error = exc
-        raise error
-
-
-async def _splice(
-    reader: Reader,
-    writer: Writer,
-    up_reader: Reader,
-    up_writer: Writer,
-    idle_timeout: float,
-) -> None:
-    """Copy both ways until both sides end; an error on either side ends both."""
-    activity = [time.monotonic()]
-    try:
-        await asyncio.gather(
-            _pipe(reader, up_writer, activity, idle_timeout), _pipe(up_reader, writer, activity, idle_timeout)
-        )
-    except (OSError, TimeoutError):
-        pass  # one side failed: both are closed below
-    finally:
-        writer.transport.abort()
-        up_writer.transport.abort()
-
-
-async def _pipe(reader: Reader, writer: Writer, activity: list[float], idle: float) -> None:
-    """Copy one way with backpressure; pass the EOF on as a half-close."""
-    while True:
-        data = await (_read_or_idle(reader, activity, idle) if idle else reader.read(CHUNK))
-        if not data:
-            break
-        writer.write(data)
-        await writer.drain()
-        activity[0] = time.monotonic()
-    if writer.can_write_eof() and not writer.transport.is_closing():
-        writer.write_eof()
-
-
-async def _read_or_idle(reader: Reader, activity: list[float], idle: float) -> bytes:
-    """Read a chunk; TimeoutError once neither direction moved for `idle` seconds."""
-    while True:
-        wait = activity[0] + idle - time.monotonic()
-        if wait <= 0:
-            raise TimeoutError("idle")
-        try:
-            return await asyncio.wait_for(reader.read(CHUNK), wait)
-        except TimeoutError:
-            continue
 
 
 async def _respond(writer: Writer, status: int, answer: Mapping[str, Any]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import asyncio.selector_events
 import contextlib
 import hashlib
 import http.client
@@ -126,6 +128,28 @@ def test_twenty_megabytes_arrive_intact(relay: RunningRelay, echo_port: int) -> 
         sender.join(WAIT)
     assert count == len(data)
     assert received.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+def test_bytes_and_eof_sent_before_the_destination_answers_reach_it(
+    monkeypatch: pytest.MonkeyPatch, echo_port: int
+) -> None:
+    """With asyncio reading a socket whose connection_made paused it (Debian's Python 3.11.2, the image's),
+    what the client sends before the destination is connected still arrives, then its EOF."""
+
+    def add_reader_always(transport: Any, fd: int, callback: Any, *args: Any) -> None:
+        transport._loop._add_reader(fd, callback, *args)  # as 3.11.2 did: paused or not
+
+    transport_class = asyncio.selector_events._SelectorTransport  # type: ignore[attr-defined]
+    monkeypatch.setattr(transport_class, "_add_reader", add_reader_always)
+    with running_relay() as relay:
+        port = free_port()
+        relay.client.put({port: ("localhost", echo_port)})
+        for _ in range(5):
+            with _connect(port) as sock:
+                sock.sendall(b"early")
+                sock.shutdown(socket.SHUT_WR)
+                assert sock.recv(5) == b"early"
+                assert sock.recv(5) == b""
 
 
 def test_half_close_reaches_the_destination_and_its_answer_still_comes_back(relay: RunningRelay) -> None:
@@ -384,7 +408,8 @@ def test_settings_come_from_the_environment() -> None:
 
 
 def test_the_command_runs_the_relay_as_a_program_and_stops_on_sigterm(echo_port: int) -> None:
-    """`command()` (python -c <source>) serves the control port and the routes, and SIGTERM ends it."""
+    """`command()` (python -c <source>) serves the control port and the routes; SIGTERM ends it cleanly,
+    a connection open or not."""
     control = free_port()
     env = {
         "RELAY_TOKEN": TOKEN,
@@ -407,10 +432,14 @@ def test_the_command_runs_the_relay_as_a_program_and_stops_on_sigterm(echo_port:
         port = free_port()
         client.put({port: ("localhost", echo_port)})
         assert _round_trip(port) == b"hello"
-        child.send_signal(signal.SIGTERM)
-        assert child.wait(WAIT) == 0
+        with _connect(port) as held:  # open while the relay stops
+            held.sendall(b"a")
+            assert held.recv(1) == b"a"
+            child.send_signal(signal.SIGTERM)
+            assert child.wait(WAIT) == 0
         logs = child.stderr.read() if child.stderr else ""
     assert f"route {port} opened" in logs
+    assert "Traceback" not in logs
     assert TOKEN not in logs
 
 
@@ -526,9 +555,9 @@ def test_a_relay_container_forwards_the_host_to_a_name_and_refuses_other_contain
             with urllib.request.urlopen(f"http://{relay_ip}:{port}/", timeout=WAIT) as answer:
                 assert answer.status == 200
                 break
-        except (OSError, http.client.HTTPException):
+        except (OSError, http.client.HTTPException) as exc:
             if time.monotonic() > deadline:
-                raise
+                raise AssertionError(f"{exc}; relay logs:\n{relay.logs().decode()}") from exc
             time.sleep(0.2)
     for target in (port, RELAY_CONTROL):
         output = _probe(web, relay_ip, target)
