@@ -213,7 +213,7 @@ class _Side(asyncio.Protocol):
     """One socket of a relayed connection: what it reads is written to the other side's socket.
 
     Backpressure: when the other side's write buffer passes its high-water mark (64 KiB), reading
-    this socket pauses until it drains, so a connection holds at most that plus one read per way.
+    this socket pauses until it drains, so a connection holds at most that plus a read (64 KiB) per way.
     """
 
     def __init__(self, link: _Link) -> None:
@@ -226,6 +226,8 @@ class _Side(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport; the link decides what happens next."""
         self.transport = transport  # type: ignore[assignment]
+        # CPython's selector transport reads up to its max_size (256 KiB) at once; keep reads to CHUNK.
+        transport.max_size = CHUNK  # type: ignore[attr-defined]
         self.link.made(self)
 
     def data_received(self, data: bytes) -> None:

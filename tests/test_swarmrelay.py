@@ -7,6 +7,7 @@ import asyncio.selector_events
 import contextlib
 import hashlib
 import http.client
+import inspect
 import os
 import secrets
 import signal
@@ -150,6 +151,14 @@ def test_bytes_and_eof_sent_before_the_destination_answers_reach_it(
                 sock.shutdown(socket.SHUT_WR)
                 assert sock.recv(5) == b"early"
                 assert sock.recv(5) == b""
+
+
+def test_cpython_selector_transports_read_max_size_bytes() -> None:
+    """The relay sets `max_size` on its transports to read 64 KiB at a time: a private attribute of
+    CPython's selector transport, which this test names so that a Python where it is gone is noticed."""
+    transport_class = asyncio.selector_events._SelectorSocketTransport  # type: ignore[attr-defined]
+    assert transport_class.max_size == 256 * 1024
+    assert "self.max_size" in inspect.getsource(transport_class)
 
 
 def test_half_close_reaches_the_destination_and_its_answer_still_comes_back(relay: RunningRelay) -> None:
