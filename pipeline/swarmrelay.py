@@ -118,14 +118,28 @@ class RelayConfig:
             ipaddress.IPv4Address(peer)
         except ValueError:
             raise RelayError(f"RELAY_PEER {peer!r} is not an IPv4 address") from None
+        control_port = _number(env, "RELAY_CONTROL_PORT", int, DEFAULT_CONTROL_PORT, 1)
+        if control_port > 65535:
+            raise RelayError(f"RELAY_CONTROL_PORT {control_port} is not a port 1..65535")
         return cls(
             token,
             peer,
-            _number(env, "RELAY_CONTROL_PORT", int, DEFAULT_CONTROL_PORT, 1),
+            control_port,
             _number(env, "RELAY_MAX_CONNECTIONS", int, DEFAULT_MAX_CONNECTIONS, 1),
             _number(env, "RELAY_CONNECT_TIMEOUT", float, DEFAULT_CONNECT_TIMEOUT, 0.001),
             _number(env, "RELAY_IDLE_TIMEOUT", float, DEFAULT_IDLE_TIMEOUT, 0.0),
         )
+
+    def environment(self) -> dict[str, str]:
+        """The RELAY_* variables `from_env` reads back as these settings (the container's environment)."""
+        return {
+            "RELAY_TOKEN": self.token,
+            "RELAY_PEER": self.peer,
+            "RELAY_CONTROL_PORT": str(self.control_port),
+            "RELAY_MAX_CONNECTIONS": str(self.max_connections),
+            "RELAY_CONNECT_TIMEOUT": repr(self.connect_timeout),
+            "RELAY_IDLE_TIMEOUT": repr(self.idle_timeout),
+        }
 
 
 class RelayClient:

@@ -397,23 +397,24 @@ def test_a_quiet_connection_is_closed_after_the_idle_timeout(echo_port: int) -> 
 
 def test_settings_come_from_the_environment() -> None:
     """RELAY_* variables set the relay; a short token or a bad peer or number is named."""
-    config = RelayConfig.from_env(
-        {"RELAY_TOKEN": TOKEN, "RELAY_PEER": "10.0.0.1", "RELAY_MAX_CONNECTIONS": "7"}
-    )
-    assert (config.peer, config.control_port, config.max_connections, config.idle_timeout) == (
-        "10.0.0.1",
-        7999,
-        7,
-        0,
-    )
+    base = {"RELAY_TOKEN": TOKEN, "RELAY_PEER": "10.0.0.1"}
+    config = RelayConfig.from_env({**base, "RELAY_MAX_CONNECTIONS": "7"})
+    assert (config.peer, config.control_port, config.max_connections) == ("10.0.0.1", 7999, 7)
+    assert (config.connect_timeout, config.idle_timeout) == (5, 0)
     with pytest.raises(RelayError, match="RELAY_TOKEN"):
-        RelayConfig.from_env({"RELAY_TOKEN": "short", "RELAY_PEER": "10.0.0.1"})
+        RelayConfig.from_env({**base, "RELAY_TOKEN": "short"})
     with pytest.raises(RelayError, match="RELAY_PEER"):
-        RelayConfig.from_env({"RELAY_TOKEN": TOKEN, "RELAY_PEER": "gateway"})
+        RelayConfig.from_env({**base, "RELAY_PEER": "gateway"})
+    with pytest.raises(RelayError, match="RELAY_CONTROL_PORT"):
+        RelayConfig.from_env({**base, "RELAY_CONTROL_PORT": "70000"})
     with pytest.raises(RelayError, match="RELAY_CONNECT_TIMEOUT"):
-        RelayConfig.from_env(
-            {"RELAY_TOKEN": TOKEN, "RELAY_PEER": "10.0.0.1", "RELAY_CONNECT_TIMEOUT": "soon"}
-        )
+        RelayConfig.from_env({**base, "RELAY_CONNECT_TIMEOUT": "soon"})
+
+
+def test_environment_reads_back_as_the_same_settings() -> None:
+    """What the provider puts in the container's environment is what the relay runs with."""
+    config = RelayConfig(TOKEN, "172.30.0.1", 7000, 50, 2.5, 0.0)
+    assert RelayConfig.from_env(config.environment()) == config
 
 
 def test_the_command_runs_the_relay_as_a_program_and_stops_on_sigterm(echo_port: int) -> None:
@@ -551,7 +552,7 @@ def test_a_relay_container_forwards_the_host_to_a_name_and_refuses_other_contain
     web_command = ["python3", "-m", "http.server", str(WEB_PORT), "--directory", "/tmp"]
     endpoint = docker_host.client.api.create_endpoint_config(aliases=[alias])
     web = _hardened(docker_host, network, instance_label, web_command, networking_config={network: endpoint})
-    env = {"RELAY_TOKEN": TOKEN, "RELAY_PEER": gateway, "RELAY_CONNECT_TIMEOUT": "2"}
+    env = RelayConfig(TOKEN, gateway, connect_timeout=2).environment()
     relay = _hardened(docker_host, network, instance_label, command(), environment=env)
     relay_ip = _address(relay, network)
     client = RelayClient(relay_ip, RELAY_CONTROL, TOKEN, WAIT)
