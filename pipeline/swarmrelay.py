@@ -429,7 +429,11 @@ class Relay:
         if not self._admit(transport):
             link.done = True
             return
-        if self.connections >= self.config.max_connections or link.route.closed:
+        if link.route.closed:  # accepted just as its route was closed
+            transport.abort()
+            link.done = True
+            return
+        if self.connections >= self.config.max_connections:
             transport.abort()
             link.done = True
             log.warning(
