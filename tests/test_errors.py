@@ -35,8 +35,9 @@ PACKAGE = Path(pipeline.__file__).parent
 OUTSIDE_THE_TREE = {"ValueError", "SystemExit"}
 # The stdio bridge is its own program, copied into server images and run there on the standard
 # library alone (pipeline/stdio.py): it cannot import errors.py, and its errors never reach the
-# provider (they become JSON-RPC errors and log lines inside the container). The Swarm relay
-# (swarmrelay.py) is one too: its RelayError is translated where the provider calls it (swarm.py).
+# provider (they become JSON-RPC errors and log lines inside the container). The Swarm relay is
+# one too (`python3 -c <pipeline/swarmrelay.py>` in its container); the provider imports the same
+# file for its client, whose RelayError the Swarm adapter translates at its boundary.
 STANDALONE = ("bridge", "swarmrelay")
 
 
