@@ -26,6 +26,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import sys
 import time
 from collections.abc import Mapping
@@ -326,6 +327,16 @@ class _Link:
                 side.transport.close()
         self._finish()
 
+    def reset(self) -> None:
+        """The destination could not be reached: reset the client's connection (RST, not FIN), which
+        tells the provider's proxy that nothing of its request went anywhere (it tries another replica)."""
+        transport = self.client.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.abort()
+
     def abort(self) -> None:
         """End both sides at once."""
         for side in (self.client, self.upstream):
@@ -464,7 +475,7 @@ class Relay:
                 else:
                     raise error
         except (OSError, TimeoutError) as exc:
-            link.abort()
+            link.reset()
             log.warning("route %d: cannot reach %s:%d: %s", link.route.port, *target, exc or "timed out")
             return
         if link.route.target != target:  # re-targeted while this connection was being made

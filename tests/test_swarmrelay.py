@@ -24,6 +24,8 @@ import pytest
 
 from pipeline.baseimage import BASE_IMAGE
 from pipeline.dockerhost import LABEL_INSTANCE, DockerHost
+from pipeline.errors import UpstreamUnreachable
+from pipeline.proxy.pool import Pool
 from pipeline.swarmrelay import (
     MAX_BODY_BYTES,
     MAX_HEAD_BYTES,
@@ -359,12 +361,45 @@ def silent_port() -> Iterator[int]:
         sock.close()
 
 
-def test_a_name_that_does_not_resolve_closes_the_client(relay: RunningRelay) -> None:
-    """A destination name with no address ends the client's connection at once."""
+def _reset(sock: socket.socket) -> bool:
+    """Whether the relay resets this connection (RST: it reached nothing) rather than closing it."""
+    try:
+        sock.sendall(b"POST /mcp HTTP/1.1\r\n\r\n")
+        sock.recv(1)
+        return False
+    except ConnectionResetError:
+        return True
+
+
+def test_a_name_that_does_not_resolve_resets_the_client(relay: RunningRelay) -> None:
+    """A destination name with no address resets the client's connection at once (RST, not FIN:
+    the proxy reads it as "nothing was sent" and tries another replica)."""
     port = free_port()
     relay.client.put({port: ("nonexistent.invalid", 80)})
     with _connect(port) as sock:
-        assert sock.recv(1) == b""
+        assert _reset(sock)
+
+
+def test_a_refused_destination_resets_the_client_and_the_proxy_pool_calls_it_unreachable(
+    relay: RunningRelay,
+) -> None:
+    """Through the relay, a replica that refuses connections is UpstreamUnreachable for the proxy's
+    pool when the upstream is relayed: nothing reached a server, so another replica may take it."""
+    port, closed = free_port(), free_port()
+    relay.client.put({port: ("localhost", closed)})
+
+    async def ask(relayed: bool) -> BaseException | None:
+        pool = Pool(connect_timeout=WAIT)
+        try:
+            await pool.request("127.0.0.1", port, "POST", b"POST /mcp HTTP/1.1\r\nHost: x\r\n\r\n", relayed)
+        except OSError as exc:
+            return exc
+        finally:
+            pool.close()
+        return None
+
+    for _ in range(5):  # reset during the connect or after the request went out: unreachable either way
+        assert isinstance(asyncio.run(ask(True)), UpstreamUnreachable)
 
 
 def test_a_destination_that_does_not_answer_closes_the_client_at_the_connect_timeout(
@@ -376,7 +411,7 @@ def test_a_destination_that_does_not_answer_closes_the_client_at_the_connect_tim
         relay.client.put({port: ("localhost", silent_port)})
         started = time.monotonic()
         with _connect(port) as sock:
-            assert sock.recv(1) == b""
+            assert _reset(sock)
         assert 0.25 < time.monotonic() - started < 2
 
 
