@@ -10,6 +10,7 @@ import pytest
 from pipeline import baseimage, engine
 from pipeline.dockerhost import DockerHost
 from pipeline.errors import DockerError, EngineUnavailable
+from tests.support.swarmnodes import require_manager
 
 
 @pytest.mark.docker
@@ -271,7 +272,7 @@ def test_the_default_advertise_address_is_never_loopback() -> None:
 @pytest.mark.docker
 def test_the_real_engine_already_a_manager_is_left_as_it_is(docker_host: DockerHost) -> None:
     """Against the real engine (a swarm manager in CI) ensure_swarm changes nothing and says so."""
-    before = docker_host.client.info()["Swarm"]
+    before = require_manager(docker_host)  # never init a swarm on an engine that is not one
     said: list[str] = []
     info = engine.ensure_swarm(docker_host, said.append)
     after = docker_host.client.info()["Swarm"]

@@ -59,7 +59,7 @@ class WorkerNode:
         self.manager = manager
         self.join = join  # False: a bare engine in the namespace, in no swarm
         self.start_timeout = start_timeout
-        self.n = _free_index()
+        self.n = _reserve_namespace()  # atomic (`ip netns add`): concurrent runs never share a cmsw<n>
         self.netns = f"cmsw{self.n}"
         self.host_if, self.ns_if = f"cmswh{self.n}", f"cmswn{self.n}"
         self.host_addr, self.address = f"10.250.{self.n}.1", f"10.250.{self.n}.2"
@@ -143,7 +143,6 @@ class WorkerNode:
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
     def _network(self) -> None:
-        _ip("netns", "add", self.netns)
         _ip("link", "add", self.host_if, "type", "veth", "peer", "name", self.ns_if)
         _ip("link", "set", self.ns_if, "netns", self.netns)
         _ip("addr", "add", f"{self.host_addr}/30", "dev", self.host_if)
@@ -210,12 +209,14 @@ class WorkerNode:
         return sorted(_with_descendants(roots))
 
 
-def _free_index() -> int:
-    taken = set(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else set()
+def _reserve_namespace() -> int:
     for n in range(1, MAX_NODES + 1):
-        if f"cmsw{n}" not in taken and not Path(f"/sys/class/net/cmswh{n}").exists():
+        if Path(f"/sys/class/net/cmswh{n}").exists():
+            continue  # a veth left by a run that died: not ours to remove
+        made = subprocess.run(["ip", "netns", "add", f"cmsw{n}"], capture_output=True, check=False)
+        if made.returncode == 0:
             return n
-    raise AssertionError(f"no free cmsw<n> namespace among 1..{MAX_NODES}")
+    raise AssertionError(f"no free cmsw<n> network namespace among 1..{MAX_NODES}")
 
 
 def _ip(*args: str) -> None:
