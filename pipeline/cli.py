@@ -92,6 +92,21 @@ def _parser() -> argparse.ArgumentParser:
     engine = sub.add_parser(
         "engine", parents=[common], help="make sure a Docker engine answers (starts dockerd)"
     )
+    engine.add_argument(
+        "--swarm", action="store_true", help="also make it a single-node Swarm manager (idempotent)"
+    )
+    engine.add_argument(
+        "--advertise-addr",
+        default=None,
+        metavar="ADDR",
+        help="the address other nodes reach this manager on (default: the default route's interface)",
+    )
+    engine.add_argument(
+        "--address-pool",
+        default=None,
+        metavar="CIDR",
+        help="where overlay networks' /24 subnets come from (default 10.214.0.0/16)",
+    )
     engine.set_defaults(handler=_engine)
     firewall = sub.add_parser(
         "firewall", help="install the host firewall that isolates server networks (root; make setup runs it)"
@@ -365,9 +380,12 @@ def _base_image(args: argparse.Namespace) -> int:
 
 
 def _engine(args: argparse.Namespace) -> int:
-    from pipeline.engine import ensure_engine
+    from pipeline.engine import ensure_engine, ensure_swarm
 
-    ensure_engine(_out)
+    host = ensure_engine(_out)
+    if args.swarm:
+        avoid = (settings_mod.load(_config_path(args)).network.pool,)
+        ensure_swarm(host, _out, args.advertise_addr, args.address_pool, avoid=avoid)
     return EXIT_OK
 
 

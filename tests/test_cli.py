@@ -368,3 +368,31 @@ def test_client_config_without_projects_lists_every_live_server_without_a_key(
     assert "takes no key" in err
     assert cli.main(["--config", str(config), "client-config", "demo"]) == cli.EXIT_FAILED
     assert "deploy.yaml lists no projects" in capsys.readouterr().err
+
+
+def test_engine_swarm_passes_its_options_and_keeps_the_pool_off_network_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`engine --swarm` hands address and pool to ensure_swarm, with deploy.yaml's network.pool to avoid;
+    a refusal from it is one error line and exit 1."""
+    from pipeline import engine
+    from pipeline.errors import EngineUnavailable
+
+    calls: list[tuple[object, ...]] = []
+    monkeypatch.setattr(engine, "ensure_engine", lambda say: "host")
+
+    def ensure_swarm(host: object, say: object, addr: object, pool: object, *, avoid: object) -> None:
+        calls.append((host, addr, pool, avoid))
+        if pool == "bad":
+            raise EngineUnavailable("the pool is bad")
+
+    monkeypatch.setattr(engine, "ensure_swarm", ensure_swarm)
+    config = tmp_path / "deploy.yaml"
+    config.write_text("network:\n  pool: 10.99.0.0/16\n")
+    argv = ["engine", "--config", str(config), "--swarm", "--advertise-addr", "192.0.2.7"]
+    assert cli.main([*argv, "--address-pool", "10.98.0.0/16"]) == cli.EXIT_OK
+    assert calls == [("host", "192.0.2.7", "10.98.0.0/16", ("10.99.0.0/16",))]
+    assert cli.main([*argv, "--address-pool", "bad"]) == cli.EXIT_FAILED
+    assert "error: the pool is bad" in capsys.readouterr().err
+    assert cli.main(["engine", "--config", str(config)]) == cli.EXIT_OK
+    assert len(calls) == 2  # without --swarm the engine is only made to answer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from pipeline import baseimage, engine
 from pipeline.dockerhost import DockerHost
 from pipeline.errors import DockerError, EngineUnavailable
+from tests.support.swarmnodes import require_manager
 
 
 @pytest.mark.docker
@@ -136,3 +138,145 @@ def test_the_node_base_image_is_made_with_nodejs_python_and_webcrypto(
         f'LABEL central-mcp.role="base" {baseimage.LABEL_BASE_VERSION}="{baseimage.NODE_BASE_VERSION}"'
         in changes
     )
+
+
+class FakeSwarm:
+    """The docker SDK's `client.swarm`: records init, holds join tokens."""
+
+    def __init__(self, client: FakeSwarmClient) -> None:
+        self.client = client
+        self.inits: list[dict[str, object]] = []
+        self.attrs: dict[str, object] = {}
+
+    def init(self, **kwargs: object) -> str:
+        self.inits.append(kwargs)
+        self.client.state = {
+            "LocalNodeState": "active",
+            "ControlAvailable": True,
+            "NodeID": "node1",
+            "NodeAddr": str(kwargs["advertise_addr"]),
+        }
+        return "node1"
+
+    def reload(self) -> None:
+        self.attrs = {"JoinTokens": {"Worker": "SWMTKN-worker", "Manager": "SWMTKN-manager"}}
+
+
+class FakeSwarmClient:
+    """A docker client whose `info()` reports a given swarm state."""
+
+    def __init__(self, state: dict[str, object]) -> None:
+        self.state = state
+        self.swarm = FakeSwarm(self)
+
+    def info(self) -> dict[str, object]:
+        return {"Swarm": self.state}
+
+
+def _swarm_host(state: dict[str, object]) -> tuple[DockerHost, FakeSwarmClient]:
+    client = FakeSwarmClient(state)
+    return DockerHost(client), client  # type: ignore[arg-type]
+
+
+def test_an_engine_outside_any_swarm_becomes_a_manager_and_prints_the_join_line() -> None:
+    """An inactive engine is initialised with the address and pool given, and the join line printed."""
+    host, client = _swarm_host({"LocalNodeState": "inactive"})
+    said: list[str] = []
+    info = engine.ensure_swarm(host, said.append, "192.0.2.9", "10.215.0.0/16")
+    assert client.swarm.inits == [
+        {"advertise_addr": "192.0.2.9", "default_addr_pool": ["10.215.0.0/16"], "subnet_size": 24}
+    ]
+    assert info == engine.SwarmInfo("node1", "192.0.2.9", True, "SWMTKN-worker")
+    assert "docker swarm join --token SWMTKN-worker 192.0.2.9:2377" in "\n".join(said)
+    assert any("2377/tcp" in line and "7946/tcp+udp" in line and "4789/udp" in line for line in said)
+
+
+def test_the_default_pool_and_the_default_route_address_are_used_when_none_is_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without options the pool is DEFAULT_SWARM_POOL and the address the default route's."""
+    monkeypatch.setattr(engine, "default_advertise_addr", lambda: "192.0.2.44")
+    host, client = _swarm_host({"LocalNodeState": "inactive"})
+    engine.ensure_swarm(host, lambda line: None)
+    assert client.swarm.inits[0]["advertise_addr"] == "192.0.2.44"
+    assert client.swarm.inits[0]["default_addr_pool"] == [engine.DEFAULT_SWARM_POOL]
+
+
+def test_a_manager_is_left_as_it_is() -> None:
+    """An engine already managing a swarm is not initialised again; its node and address are told."""
+    state = {"LocalNodeState": "active", "ControlAvailable": True, "NodeID": "n7", "NodeAddr": "192.0.2.2"}
+    host, client = _swarm_host(state)
+    said: list[str] = []
+    info = engine.ensure_swarm(host, said.append, "192.0.2.3")
+    assert client.swarm.inits == []
+    assert info.node_id == "n7" and info.advertise_addr == "192.0.2.2" and info.manager
+    assert "this engine is already a swarm manager: left as it is" in said
+    assert any("--advertise-addr 192.0.2.3 not applied" in line for line in said)
+
+
+@pytest.mark.parametrize(
+    ("state", "hint"),
+    [
+        (
+            {
+                "LocalNodeState": "active",
+                "ControlAvailable": False,
+                "RemoteManagers": [{"Addr": "192.0.2.5:2377"}],
+            },
+            "swarm worker (managers: 192.0.2.5:2377)",
+        ),
+        ({"LocalNodeState": "error", "Error": "raft broke"}, "in state 'error' (raft broke)"),
+        ({"LocalNodeState": "locked"}, "docker swarm unlock"),
+        ({"LocalNodeState": "pending"}, "still joining a swarm"),
+    ],
+)
+def test_a_worker_or_a_broken_swarm_is_refused_with_what_to_do(state: dict[str, object], hint: str) -> None:
+    """A worker, a locked, pending or failed swarm raises EngineUnavailable naming the way out."""
+    host, client = _swarm_host(state)
+    with pytest.raises(EngineUnavailable, match=re.escape(hint)):
+        engine.ensure_swarm(host, lambda line: None)
+    assert client.swarm.inits == []
+
+
+@pytest.mark.parametrize("addr", ["127.0.0.1", "0.0.0.0", "169.254.1.1", "::1", "vm.example"])
+def test_an_advertise_address_other_nodes_cannot_reach_is_refused(addr: str) -> None:
+    """Loopback, unspecified, link-local, IPv6 and names are refused before anything changes."""
+    host, client = _swarm_host({"LocalNodeState": "inactive"})
+    with pytest.raises(EngineUnavailable, match="advertise-addr"):
+        engine.ensure_swarm(host, lambda line: None, addr)
+    assert client.swarm.inits == []
+
+
+@pytest.mark.parametrize(
+    ("pool", "hint"),
+    [
+        ("10.213.0.0/16", "overlaps 10.213.0.0/16"),
+        ("10.214.0.0/24", "wider than one /24"),
+        ("nope", "not an IPv4"),
+    ],
+)
+def test_a_pool_that_clashes_or_is_too_small_is_refused(pool: str, hint: str) -> None:
+    """The pool must be IPv4, wider than a /24 and clear of network.pool."""
+    host, client = _swarm_host({"LocalNodeState": "inactive"})
+    with pytest.raises(EngineUnavailable, match=re.escape(hint)):
+        engine.ensure_swarm(host, lambda line: None, "192.0.2.9", pool, avoid=("10.213.0.0/16",))
+    assert client.swarm.inits == []
+
+
+def test_the_default_advertise_address_is_never_loopback() -> None:
+    """Here the default route's interface holds a real address, not 127.0.0.1."""
+    addr = engine.default_advertise_addr()
+    assert not addr.startswith("127.")
+
+
+@pytest.mark.docker
+def test_the_real_engine_already_a_manager_is_left_as_it_is(docker_host: DockerHost) -> None:
+    """Against the real engine (a swarm manager in CI) ensure_swarm changes nothing and says so."""
+    before = require_manager(docker_host)  # never init a swarm on an engine that is not one
+    said: list[str] = []
+    info = engine.ensure_swarm(docker_host, said.append)
+    after = docker_host.client.info()["Swarm"]
+    assert info.manager and info.node_id == before["NodeID"] == after["NodeID"]
+    assert after["Cluster"]["Version"] == before["Cluster"]["Version"]
+    assert info.worker_token.startswith("SWMTKN-")
+    assert "this engine is already a swarm manager: left as it is" in said
