@@ -18,6 +18,7 @@ import pytest
 from pipeline.config.settings import ENGINE_PLAIN, ENGINE_SWARM
 from pipeline.dockerhost import DockerHost
 from pipeline.swarm import LABEL_OVERLAY, SwarmHost
+from tests.support.swarmnodes import require_manager
 
 
 class SwarmView(DockerHost):
@@ -99,14 +100,11 @@ def remove_swarm_leftovers(host: DockerHost, instance: str) -> None:
 
 
 def engine_of(request: pytest.FixtureRequest, host: DockerHost) -> str:
-    """The engine a provider fixture was parametrized with (plain by default); for the Swarm
-    engine, this engine is made a swarm manager first, as `central-mcp engine --swarm` does."""
+    """The engine a provider fixture was parametrized with (plain by default); the Swarm engine
+    needs this engine to be a swarm manager (`central-mcp engine --swarm`; a failure in CI)."""
     engine = str(getattr(request, "param", ENGINE_PLAIN))
     if engine == ENGINE_SWARM:
-        info = host.client.info().get("Swarm") or {}
-        assert info.get("ControlAvailable"), (
-            "the Swarm tests need a swarm manager: `central-mcp engine --swarm`"
-        )
+        require_manager(host)
     return engine
 
 
