@@ -452,6 +452,7 @@ def _self_check(s: Services) -> dict[str, str]:
         checks["docker"] = "ok"
     except CentralMCPError as exc:
         checks["docker"] = f"failing: {exc}"
+    checks.update(s.ctx.docker.checks())
     if s.ctx.firewall is not None:
         status = s.ctx.firewall.status
         checks["firewall"] = "ok" if status.ok else f"failing: {status.detail}"

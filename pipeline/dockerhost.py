@@ -424,6 +424,10 @@ class DockerHost:
         """The host name a server sees in its container: Docker's default, the id's first 12."""
         return container_id[:12]
 
+    def checks(self) -> dict[str, str]:
+        """What /healthz reports of this engine beyond answering pings: nothing here."""
+        return {}
+
     def tend(self) -> None:
         """Housekeeping an engine needs between deploys (the Swarm engine's relay); none here."""
 

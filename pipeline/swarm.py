@@ -62,7 +62,7 @@ from pipeline.dockerhost import (
     _translated,
     network_address,
 )
-from pipeline.errors import DockerError
+from pipeline.errors import CentralMCPError, DockerError
 from pipeline.network import Networks
 
 log = logging.getLogger(__name__)
@@ -348,6 +348,21 @@ class SwarmHost(DockerHost):
         remove the overlays of servers that have no replica left."""
         self.sync()
         self.prune_overlays()
+
+    def checks(self) -> dict[str, str]:
+        """/healthz's `swarm` check: still a manager, and the relay up and holding every route."""
+        try:
+            self.node_id()
+            relay = self._relay
+            if relay is None or not self._alive(relay):
+                return {"swarm": "failing: the relay container is not running (the monitor starts it)"}
+            if relay.client.digest() != swarmrelay.routes_digest(self.routes()):
+                return {
+                    "swarm": "failing: the relay holds other routes than the replicas' (the monitor resends)"
+                }
+        except (CentralMCPError, swarmrelay.RelayError, OSError) as exc:
+            return {"swarm": f"failing: {exc}"}
+        return {"swarm": "ok"}
 
     def prune_overlays(self) -> list[str]:
         """Remove this instance's overlays no service uses (the relay leaves them first)."""

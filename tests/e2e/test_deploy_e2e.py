@@ -434,3 +434,5 @@ def test_on_the_swarm_engine_the_first_push_deploys_every_server_and_the_proxy_s
     services = provider.docker.containers({LABEL_INSTANCE: provider.instance})
     assert sorted(s.labels[LABEL_SERVER] for s in services) == sorted([baseline.echo, baseline.example])
     assert all(s.status == "running" for s in services)
+    status, _, body = provider.get("/healthz")
+    assert status == 200 and json.loads(body)["checks"]["swarm"] == "ok", body
