@@ -465,7 +465,7 @@ class Relay:
                     raise error
         except (OSError, TimeoutError) as exc:
             link.abort()
-            log.warning("route %d: cannot reach %s:%d: %s", link.route.port, *target, exc or "timed out")
+            log.warning("route %d: cannot reach %s:%d: %s", link.route.port, *target, str(exc) or "timed out")
             return
         if link.route.target != target:  # re-targeted while this connection was being made
             link.abort()

@@ -20,6 +20,8 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import docker.errors
+import docker.types
 import pytest
 
 from pipeline.baseimage import BASE_IMAGE
@@ -368,7 +370,7 @@ def test_a_name_that_does_not_resolve_closes_the_client(relay: RunningRelay) -> 
 
 
 def test_a_destination_that_does_not_answer_closes_the_client_at_the_connect_timeout(
-    silent_port: int,
+    silent_port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A connect that hangs is given up after the connect timeout and the client's connection ends."""
     with running_relay(connect_timeout=0.3) as relay:
@@ -378,6 +380,7 @@ def test_a_destination_that_does_not_answer_closes_the_client_at_the_connect_tim
         with _connect(port) as sock:
             assert sock.recv(1) == b""
         assert 0.25 < time.monotonic() - started < 2
+    assert f"route {port}: cannot reach localhost:{silent_port}: timed out" in caplog.text
 
 
 def test_a_quiet_connection_is_closed_after_the_idle_timeout(echo_port: int) -> None:
@@ -463,6 +466,8 @@ def test_the_program_refuses_to_start_without_a_token() -> None:
 
 
 RELAY_CONTROL = 7999
+STOP_GRACE_NS = 500_000_000
+REFUSED = ("answer b''", "error [Errno 104] Connection reset by peer")  # what _probe prints when closed
 WEB_PORT = 8000
 
 
@@ -571,8 +576,114 @@ def test_a_relay_container_forwards_the_host_to_a_name_and_refuses_other_contain
             time.sleep(0.2)
     for target in (port, RELAY_CONTROL):
         output = _probe(web, relay_ip, target)
-        assert output in ("answer b''", "error [Errno 104] Connection reset by peer"), output
+        assert output in REFUSED, output
     logs = relay.logs().decode()
     assert f"route {port} opened -> {alias}:{WEB_PORT}" in logs
     assert "refused" in logs
     assert TOKEN not in logs
+
+
+def _is_swarm_manager(docker_host: DockerHost) -> bool:
+    info = docker_host.client.info()
+    return bool(info.get("Swarm", {}).get("ControlAvailable"))
+
+
+@pytest.fixture
+def overlay(docker_host: DockerHost, instance_label: str) -> Iterator[str]:
+    """An attachable overlay network of this test's own (the engine must be a swarm manager)."""
+    if not _is_swarm_manager(docker_host):
+        pytest.skip("the engine is not a swarm manager (`central-mcp engine --swarm`)")
+    name = f"cmcp-test-relay-ov-{os.getpid()}-{secrets.token_hex(3)}"
+    network = docker_host.client.networks.create(
+        name, driver="overlay", attachable=True, internal=True, labels={LABEL_INSTANCE: instance_label}
+    )
+    try:
+        yield name
+    finally:
+        for container in docker_host.containers({LABEL_INSTANCE: instance_label}):
+            if not container.labels.get("com.docker.swarm.task.id"):
+                container.remove(force=True)  # the relay, attached to the overlay
+        services = docker_host.client.services.list(filters={"label": f"{LABEL_INSTANCE}={instance_label}"})
+        for service in services:
+            service.remove()  # type: ignore[no-untyped-call]
+        for container in docker_host.containers({LABEL_INSTANCE: instance_label}):
+            container.remove(force=True)  # the service's task, without waiting for Swarm to stop it
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                network.remove()
+                break
+            except docker.errors.APIError:  # the task's endpoint leaves the overlay a moment later
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+
+def _running_task_ip(service: Any, overlay: str) -> str | None:
+    """The overlay address of the service's one running task, if it has one."""
+    for task in service.tasks(filters={"desired-state": "running"}):
+        if task["Status"]["State"] != "running":
+            continue
+        for attachment in task.get("NetworksAttachments", []):
+            if attachment["Network"]["Spec"]["Name"] == overlay:
+                address: str = attachment["Addresses"][0].split("/")[0]
+                return address
+    return None
+
+
+def _fetch_through(url: str, relay: Any, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=WAIT) as answer:
+                assert answer.status == 200
+                return
+        except (OSError, http.client.HTTPException) as exc:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{exc}; relay logs:\n{relay.logs().decode()}") from exc
+            time.sleep(0.2)
+
+
+@pytest.mark.docker
+def test_a_relay_on_an_overlay_finds_a_swarm_service_again_after_its_task_moves(
+    docker_host: DockerHost, instance_label: str, relay_network: dict[str, Any], overlay: str
+) -> None:
+    """The relay, on its bridge and a Swarm overlay, reaches a dnsrr service by name; when Swarm
+    replaces the service's task (a new address), the same route finds the new one."""
+    if not docker_host.image_exists(BASE_IMAGE):
+        pytest.skip(f"{BASE_IMAGE} is made by `make`")
+    name = f"cmcp-test-relay-svc-{secrets.token_hex(3)}"
+    service = docker_host.client.services.create(  # type: ignore[no-untyped-call]
+        BASE_IMAGE,
+        ["python3", "-m", "http.server", str(WEB_PORT), "--directory", "/tmp"],
+        name=name,
+        networks=[overlay],
+        endpoint_spec=docker.types.EndpointSpec(mode="dnsrr"),
+        labels={LABEL_INSTANCE: instance_label},
+        container_labels={LABEL_INSTANCE: instance_label},
+        user="65534:65534",
+        stop_grace_period=STOP_GRACE_NS,  # http.server as PID 1 ignores SIGTERM
+    )
+    network = relay_network["Name"]
+    gateway = relay_network["IPAM"]["Config"][0]["Gateway"]
+    env = RelayConfig(TOKEN, gateway, connect_timeout=2).environment()
+    relay = _hardened(docker_host, network, instance_label, command(), environment=env)
+    docker_host.client.networks.get(overlay).connect(relay)
+    relay_ip = _address(relay, network)
+    client = RelayClient(relay_ip, RELAY_CONTROL, TOKEN, WAIT)
+    _ready(client)
+    port = 20001
+    client.put({port: (name, WEB_PORT)})
+    _fetch_through(f"http://{relay_ip}:{port}/", relay)
+    first = _running_task_ip(service, overlay)
+    service.force_update()
+    deadline = time.monotonic() + 60
+    while (now := _running_task_ip(service, overlay)) in (None, first):
+        assert time.monotonic() < deadline, f"Swarm did not replace the task at {first}"
+        time.sleep(0.3)
+    _fetch_through(f"http://{relay_ip}:{port}/", relay)
+    assert now != first
+    task = docker_host.client.containers.list(filters={"label": f"com.docker.swarm.service.name={name}"})[0]
+    relay_overlay_ip = _address(relay, overlay)
+    for target in (port, RELAY_CONTROL):  # a task on the overlay reaches nothing through the relay
+        assert _probe(task, relay_overlay_ip, target) in REFUSED
