@@ -27,6 +27,7 @@ import pytest
 from pipeline.baseimage import BASE_IMAGE
 from pipeline.dockerhost import LABEL_INSTANCE, DockerHost
 from pipeline.swarmrelay import (
+    CHUNK,
     MAX_BODY_BYTES,
     MAX_HEAD_BYTES,
     RelayClient,
@@ -133,17 +134,22 @@ def test_twenty_megabytes_arrive_intact(relay: RunningRelay, echo_port: int) -> 
     assert received.hexdigest() == hashlib.sha256(data).hexdigest()
 
 
-def test_bytes_and_eof_sent_before_the_destination_answers_reach_it(
-    monkeypatch: pytest.MonkeyPatch, echo_port: int
-) -> None:
-    """With asyncio reading a socket whose connection_made paused it (Debian's Python 3.11.2, the image's),
-    what the client sends before the destination is connected still arrives, then its EOF."""
+@pytest.fixture
+def reader_of_python_3_11_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncio as in Debian's Python 3.11.2 (the image's): a transport starts reading after
+    connection_made even when that paused it, and then ignores the next pause_reading."""
 
     def add_reader_always(transport: Any, fd: int, callback: Any, *args: Any) -> None:
-        transport._loop._add_reader(fd, callback, *args)  # as 3.11.2 did: paused or not
+        transport._loop._add_reader(fd, callback, *args)
 
     transport_class = asyncio.selector_events._SelectorTransport  # type: ignore[attr-defined]
     monkeypatch.setattr(transport_class, "_add_reader", add_reader_always)
+
+
+def test_bytes_and_eof_sent_before_the_destination_answers_reach_it(
+    reader_of_python_3_11_2: None, echo_port: int
+) -> None:
+    """What the client sends before the destination is connected still arrives, then its EOF."""
     with running_relay() as relay:
         port = free_port()
         relay.client.put({port: ("localhost", echo_port)})
@@ -153,6 +159,23 @@ def test_bytes_and_eof_sent_before_the_destination_answers_reach_it(
                 sock.shutdown(socket.SHUT_WR)
                 assert sock.recv(5) == b"early"
                 assert sock.recv(5) == b""
+
+
+def test_no_more_than_one_read_is_held_before_the_destination_answers(
+    reader_of_python_3_11_2: None, silent_port: int
+) -> None:
+    """While the destination is being connected the relay holds one read of the client's bytes and
+    reads no more, however much the client sends."""
+    with running_relay(connect_timeout=3) as relay:
+        port = free_port()
+        relay.client.put({port: ("localhost", silent_port)})
+        with _connect(port) as sock:
+            sock.settimeout(0.5)
+            with contextlib.suppress(TimeoutError):
+                sock.sendall(b"x" * (8 << 20))
+            links = list(relay.relay.routes[port].links)
+            assert len(links) == 1
+            assert 0 < sum(len(data) for data in links[0].client.early) <= CHUNK
 
 
 def test_cpython_selector_transports_read_max_size_bytes() -> None:
