@@ -236,7 +236,8 @@ class _Side(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.other: _Side = self
         self.eof = False
-        self.early: list[bytes] = []  # read before the destination answered (at most a read or two)
+        self.early: list[bytes] = []  # read before the destination answered (one read)
+        self.full = False  # this socket's write buffer is past its high-water mark
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport; the link decides what happens next."""
@@ -249,8 +250,7 @@ class _Side(asyncio.Protocol):
         """Pass the bytes on; hold them while the destination is still being connected."""
         self.link.active = time.monotonic()
         other = self.other.transport
-        if other is None:
-            # Python 3.11.2 (Debian's, in the image) starts reading even when connection_made paused it.
+        if other is None:  # the destination is not connected yet: hold this read, read no more
             self.early.append(data)
             self.transport.pause_reading()  # type: ignore[union-attr]
         else:
@@ -268,11 +268,13 @@ class _Side(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         """The other way is too far ahead: stop reading it."""
+        self.full = True
         if self.other.transport is not None:
             self.other.transport.pause_reading()
 
     def resume_writing(self) -> None:
         """Caught up: read the other way again."""
+        self.full = False
         if self.other.transport is not None:
             self.other.transport.resume_reading()
 
@@ -310,7 +312,7 @@ class _Link:
         self.client.early.clear()
         if self.client.eof:
             transport.write_eof()
-        else:
+        elif not upstream.full:  # else resume_writing resumes it
             self.client.transport.resume_reading()
 
     def lost(self, exc: Exception | None) -> None:
@@ -451,7 +453,8 @@ class Relay:
                 "route %d: refused a connection, %d open (the cap)", link.route.port, self.connections
             )
             return
-        transport.pause_reading()  # nothing is read until the destination answers
+        # No pause_reading here: Python 3.11.2 starts reading anyway and then ignores the next pause
+        # (its _paused is already set); data_received pauses at the first read instead.
         self.connections += 1
         link.counted = True
         link.route.links.add(link)
@@ -476,7 +479,7 @@ class Relay:
                     raise error
         except (OSError, TimeoutError) as exc:
             link.reset()
-            log.warning("route %d: cannot reach %s:%d: %s", link.route.port, *target, exc or "timed out")
+            log.warning("route %d: cannot reach %s:%d: %s", link.route.port, *target, str(exc) or "timed out")
             return
         if link.route.target != target:  # re-targeted while this connection was being made
             link.abort()

@@ -20,6 +20,8 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
+import docker.errors
+import docker.types
 import pytest
 
 from pipeline.baseimage import BASE_IMAGE
@@ -27,6 +29,7 @@ from pipeline.dockerhost import LABEL_INSTANCE, DockerHost
 from pipeline.errors import UpstreamUnreachable
 from pipeline.proxy.pool import Pool
 from pipeline.swarmrelay import (
+    CHUNK,
     MAX_BODY_BYTES,
     MAX_HEAD_BYTES,
     RelayClient,
@@ -133,17 +136,22 @@ def test_twenty_megabytes_arrive_intact(relay: RunningRelay, echo_port: int) -> 
     assert received.hexdigest() == hashlib.sha256(data).hexdigest()
 
 
-def test_bytes_and_eof_sent_before_the_destination_answers_reach_it(
-    monkeypatch: pytest.MonkeyPatch, echo_port: int
-) -> None:
-    """With asyncio reading a socket whose connection_made paused it (Debian's Python 3.11.2, the image's),
-    what the client sends before the destination is connected still arrives, then its EOF."""
+@pytest.fixture
+def reader_of_python_3_11_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncio as in Debian's Python 3.11.2 (the image's): a transport starts reading after
+    connection_made even when that paused it, and then ignores the next pause_reading."""
 
     def add_reader_always(transport: Any, fd: int, callback: Any, *args: Any) -> None:
-        transport._loop._add_reader(fd, callback, *args)  # as 3.11.2 did: paused or not
+        transport._loop._add_reader(fd, callback, *args)
 
     transport_class = asyncio.selector_events._SelectorTransport  # type: ignore[attr-defined]
     monkeypatch.setattr(transport_class, "_add_reader", add_reader_always)
+
+
+def test_bytes_and_eof_sent_before_the_destination_answers_reach_it(
+    reader_of_python_3_11_2: None, echo_port: int
+) -> None:
+    """What the client sends before the destination is connected still arrives, then its EOF."""
     with running_relay() as relay:
         port = free_port()
         relay.client.put({port: ("localhost", echo_port)})
@@ -153,6 +161,23 @@ def test_bytes_and_eof_sent_before_the_destination_answers_reach_it(
                 sock.shutdown(socket.SHUT_WR)
                 assert sock.recv(5) == b"early"
                 assert sock.recv(5) == b""
+
+
+def test_no_more_than_one_read_is_held_before_the_destination_answers(
+    reader_of_python_3_11_2: None, silent_port: int
+) -> None:
+    """While the destination is being connected the relay holds one read of the client's bytes and
+    reads no more, however much the client sends."""
+    with running_relay(connect_timeout=3) as relay:
+        port = free_port()
+        relay.client.put({port: ("localhost", silent_port)})
+        with _connect(port) as sock:
+            sock.settimeout(0.5)
+            with contextlib.suppress(TimeoutError):
+                sock.sendall(b"x" * (8 << 20))
+            links = list(relay.relay.routes[port].links)
+            assert len(links) == 1
+            assert 0 < sum(len(data) for data in links[0].client.early) <= CHUNK
 
 
 def test_cpython_selector_transports_read_max_size_bytes() -> None:
@@ -403,7 +428,7 @@ def test_a_refused_destination_resets_the_client_and_the_proxy_pool_calls_it_unr
 
 
 def test_a_destination_that_does_not_answer_closes_the_client_at_the_connect_timeout(
-    silent_port: int,
+    silent_port: int, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A connect that hangs is given up after the connect timeout and the client's connection ends."""
     with running_relay(connect_timeout=0.3) as relay:
@@ -413,6 +438,7 @@ def test_a_destination_that_does_not_answer_closes_the_client_at_the_connect_tim
         with _connect(port) as sock:
             assert _reset(sock)
         assert 0.25 < time.monotonic() - started < 2
+    assert f"route {port}: cannot reach localhost:{silent_port}: timed out" in caplog.text
 
 
 def test_a_quiet_connection_is_closed_after_the_idle_timeout(echo_port: int) -> None:
@@ -498,6 +524,9 @@ def test_the_program_refuses_to_start_without_a_token() -> None:
 
 
 RELAY_CONTROL = 7999
+STOP_GRACE_NS = 500_000_000
+BIG_FILE_BYTES = 20 * 1024 * 1024  # through the relay on the image's Python, backpressure and all
+REFUSED = ("answer b''", "error [Errno 104] Connection reset by peer")  # what _probe prints when closed
 WEB_PORT = 8000
 
 
@@ -517,7 +546,9 @@ def relay_network(docker_host: DockerHost, instance_label: str) -> Iterator[dict
         network.remove()
 
 
-def _hardened(docker_host: DockerHost, network: str, label: str, command: list[str], **extra: Any) -> Any:
+def _hardened(
+    docker_host: DockerHost, network: str, label: str, command: list[str], tmp: str = "1m", **extra: Any
+) -> Any:
     """Start a container as the relay runs: read-only root, user 65534, no capabilities, no-new-privileges."""
     return docker_host.client.containers.run(
         BASE_IMAGE,
@@ -531,7 +562,7 @@ def _hardened(docker_host: DockerHost, network: str, label: str, command: list[s
         security_opt=["no-new-privileges"],
         mem_limit="128m",
         pids_limit=64,
-        tmpfs={"/tmp": "size=1m"},
+        tmpfs={"/tmp": f"size={tmp}"},
         **extra,
     )
 
@@ -578,7 +609,8 @@ def test_a_relay_container_forwards_the_host_to_a_name_and_refuses_other_contain
     docker_host: DockerHost, instance_label: str, relay_network: dict[str, Any]
 ) -> None:
     """From central-mcp/python:3.11 on an internal bridge, the relay takes the host (its gateway) to a
-    container's network alias, and closes a connection from another container on that network."""
+    container's network alias (20 MB intact on the image's Python), and closes a connection from
+    another container on that network."""
     if not docker_host.image_exists(BASE_IMAGE):
         pytest.skip(f"{BASE_IMAGE} is made by `make`")
     network = relay_network["Name"]
@@ -586,7 +618,9 @@ def test_a_relay_container_forwards_the_host_to_a_name_and_refuses_other_contain
     alias = f"web-{secrets.token_hex(3)}"
     web_command = ["python3", "-m", "http.server", str(WEB_PORT), "--directory", "/tmp"]
     endpoint = docker_host.client.api.create_endpoint_config(aliases=[alias])
-    web = _hardened(docker_host, network, instance_label, web_command, networking_config={network: endpoint})
+    web = _hardened(
+        docker_host, network, instance_label, web_command, "32m", networking_config={network: endpoint}
+    )
     env = RelayConfig(TOKEN, gateway, connect_timeout=2).environment()
     relay = _hardened(docker_host, network, instance_label, command(), environment=env)
     relay_ip = _address(relay, network)
@@ -594,20 +628,122 @@ def test_a_relay_container_forwards_the_host_to_a_name_and_refuses_other_contain
     _ready(client)
     port = 20000
     assert client.put({port: (alias, WEB_PORT)}) == routes_digest({port: (alias, WEB_PORT)})
-    deadline = time.monotonic() + 20
-    while True:  # the web server may still be starting
-        try:
-            with urllib.request.urlopen(f"http://{relay_ip}:{port}/", timeout=WAIT) as answer:
-                assert answer.status == 200
-                break
-        except (OSError, http.client.HTTPException) as exc:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{exc}; relay logs:\n{relay.logs().decode()}") from exc
-            time.sleep(0.2)
+    _fetch_through(f"http://{relay_ip}:{port}/", relay)  # the web server may still be starting
+    big = bytes(range(256)) * (BIG_FILE_BYTES // 256)
+    write = f"open('/tmp/big', 'wb').write(bytes(range(256)) * {BIG_FILE_BYTES // 256})"
+    assert web.exec_run(["python3", "-c", write], user="65534").exit_code == 0
+    with urllib.request.urlopen(f"http://{relay_ip}:{port}/big", timeout=WAIT) as answer:
+        assert hashlib.sha256(answer.read()).hexdigest() == hashlib.sha256(big).hexdigest()
     for target in (port, RELAY_CONTROL):
         output = _probe(web, relay_ip, target)
-        assert output in ("answer b''", "error [Errno 104] Connection reset by peer"), output
+        assert output in REFUSED, output
     logs = relay.logs().decode()
     assert f"route {port} opened -> {alias}:{WEB_PORT}" in logs
     assert "refused" in logs
     assert TOKEN not in logs
+
+
+def _is_swarm_manager(docker_host: DockerHost) -> bool:
+    info = docker_host.client.info()
+    return bool(info.get("Swarm", {}).get("ControlAvailable"))
+
+
+@pytest.fixture
+def overlay(docker_host: DockerHost, instance_label: str) -> Iterator[str]:
+    """An attachable overlay network of this test's own (the engine must be a swarm manager)."""
+    if not _is_swarm_manager(docker_host):
+        pytest.skip("the engine is not a swarm manager (`central-mcp engine --swarm`)")
+    name = f"cmcp-test-relay-ov-{os.getpid()}-{secrets.token_hex(3)}"
+    network = docker_host.client.networks.create(
+        name, driver="overlay", attachable=True, internal=True, labels={LABEL_INSTANCE: instance_label}
+    )
+    try:
+        yield name
+    finally:
+        for container in docker_host.containers({LABEL_INSTANCE: instance_label}):
+            if not container.labels.get("com.docker.swarm.task.id"):
+                container.remove(force=True)  # the relay, attached to the overlay
+        services = docker_host.client.services.list(filters={"label": f"{LABEL_INSTANCE}={instance_label}"})
+        for service in services:
+            service.remove()  # type: ignore[no-untyped-call]
+        for container in docker_host.containers({LABEL_INSTANCE: instance_label}):
+            container.remove(force=True)  # the service's task, without waiting for Swarm to stop it
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                network.remove()
+                break
+            except docker.errors.APIError:  # the task's endpoint leaves the overlay a moment later
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+
+def _running_task_ip(service: Any, overlay: str) -> str | None:
+    """The overlay address of the service's one running task, if it has one."""
+    for task in service.tasks(filters={"desired-state": "running"}):
+        if task["Status"]["State"] != "running":
+            continue
+        for attachment in task.get("NetworksAttachments", []):
+            if attachment["Network"]["Spec"]["Name"] == overlay:
+                address: str = attachment["Addresses"][0].split("/")[0]
+                return address
+    return None
+
+
+def _fetch_through(url: str, relay: Any, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=WAIT) as answer:
+                assert answer.status == 200
+                return
+        except (OSError, http.client.HTTPException) as exc:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{exc}; relay logs:\n{relay.logs().decode()}") from exc
+            time.sleep(0.2)
+
+
+@pytest.mark.docker
+def test_a_relay_on_an_overlay_finds_a_swarm_service_again_after_its_task_moves(
+    docker_host: DockerHost, instance_label: str, relay_network: dict[str, Any], overlay: str
+) -> None:
+    """The relay, on its bridge and a Swarm overlay, reaches a dnsrr service by name; when Swarm
+    replaces the service's task (a new address), the same route finds the new one."""
+    if not docker_host.image_exists(BASE_IMAGE):
+        pytest.skip(f"{BASE_IMAGE} is made by `make`")
+    name = f"cmcp-test-relay-svc-{secrets.token_hex(3)}"
+    service = docker_host.client.services.create(  # type: ignore[no-untyped-call]
+        BASE_IMAGE,
+        ["python3", "-m", "http.server", str(WEB_PORT), "--directory", "/tmp"],
+        name=name,
+        networks=[overlay],
+        endpoint_spec=docker.types.EndpointSpec(mode="dnsrr"),
+        labels={LABEL_INSTANCE: instance_label},
+        container_labels={LABEL_INSTANCE: instance_label},
+        user="65534:65534",
+        stop_grace_period=STOP_GRACE_NS,  # http.server as PID 1 ignores SIGTERM
+    )
+    network = relay_network["Name"]
+    gateway = relay_network["IPAM"]["Config"][0]["Gateway"]
+    env = RelayConfig(TOKEN, gateway, connect_timeout=2).environment()
+    relay = _hardened(docker_host, network, instance_label, command(), environment=env)
+    docker_host.client.networks.get(overlay).connect(relay)
+    relay_ip = _address(relay, network)
+    client = RelayClient(relay_ip, RELAY_CONTROL, TOKEN, WAIT)
+    _ready(client)
+    port = 20001
+    client.put({port: (name, WEB_PORT)})
+    _fetch_through(f"http://{relay_ip}:{port}/", relay)
+    first = _running_task_ip(service, overlay)
+    service.force_update()
+    deadline = time.monotonic() + 60
+    while (now := _running_task_ip(service, overlay)) in (None, first):
+        assert time.monotonic() < deadline, f"Swarm did not replace the task at {first}"
+        time.sleep(0.3)
+    _fetch_through(f"http://{relay_ip}:{port}/", relay)
+    assert now != first
+    task = docker_host.client.containers.list(filters={"label": f"com.docker.swarm.service.name={name}"})[0]
+    relay_overlay_ip = _address(relay, overlay)
+    for target in (port, RELAY_CONTROL):  # a task on the overlay reaches nothing through the relay
+        assert _probe(task, relay_overlay_ip, target) in REFUSED
