@@ -28,6 +28,9 @@ class Engine:
     def ping(self) -> None:
         return None
 
+    def checks(self) -> dict[str, str]:
+        return {}
+
 
 def test_a_database_that_takes_no_writes_is_reported_failing(tmp_path: Path) -> None:
     """/healthz says the database is failing when it can be read but not written."""
