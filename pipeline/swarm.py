@@ -78,6 +78,7 @@ RELAY_TIMEOUT = 5.0  # one control request to the relay
 RELAY_START_TIMEOUT = 15.0  # for a new relay to answer
 EGRESS_MARK = ".egress"
 EGRESS_END = "-e"
+OVERLAY_DIGEST = 32  # hex digits of sha256 (128 bits): no server name can be searched for another's overlay
 DNS_LABEL = 63
 SECRETS_SHIM = 'for f in /run/secrets/*; do [ -f "$f" ] && export "${f##*/}=$(cat "$f")"; done; exec "$@"'
 SHIM_NAME = "central-mcp-secrets"
@@ -94,7 +95,8 @@ STARTING_STATES = {"new", "allocated", "pending", "assigned", "accepted", "prepa
 def overlay_name(instance: str, server: str, egress: bool) -> str:
     """A server's overlay network, `cmcp-<instance>-ov-<hash>` (Swarm names are DNS labels: no dot
     marks egress here; the hash of server and egress does), ending `-e` when it has egress."""
-    digest = hashlib.sha1(f"{server}{EGRESS_MARK if egress else ''}".encode()).hexdigest()[:12]
+    mark = EGRESS_MARK if egress else ""
+    digest = hashlib.sha256(f"{server}{mark}".encode()).hexdigest()[:OVERLAY_DIGEST]
     return f"cmcp-{instance}-ov-{digest}{EGRESS_END if egress else ''}"
 
 
@@ -450,9 +452,19 @@ class SwarmHost(DockerHost):
 
     # networks and the relay -------------------------------------------------------------------
     def _overlay(self, name: str, egress: bool, server: str) -> None:
+        """Make `server`'s overlay `name` when missing; refuse one of that name made for another."""
         with _translated(f"inspect network {name}"):
-            if self._api.networks(names=[name]):
-                return
+            listed = self._api.networks(names=[name])  # Docker's name filter matches substrings
+        found = [n for n in listed if n.get("Name") == name]
+        if found:
+            labels = found[0].get("Labels") or {}
+            owner = (labels.get(LABEL_OVERLAY), labels.get(LABEL_SERVER))
+            if owner != (self.instance, server):
+                raise DockerError(
+                    f"{server}: network {name} exists but is not this instance's overlay of {server} "
+                    f"(labels {LABEL_OVERLAY}={owner[0]}, {LABEL_SERVER}={owner[1]}); no replica joins it"
+                )
+            return
         with _translated(f"create network {name}"):
             self.client.networks.create(
                 name,

@@ -7,14 +7,16 @@ tests/e2e (tests marked `swarm`) and tests/e2e/test_swarm_nodes_e2e.py.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from pipeline.config.settings import Settings
-from pipeline.dockerhost import RunSpec
+from pipeline.dockerhost import LABEL_SERVER, RunSpec
+from pipeline.errors import DockerError
 from pipeline.swarm import (
     DNS_LABEL,
+    LABEL_OVERLAY,
     SECRETS_SHIM,
     SwarmHost,
     overlay_name,
@@ -23,21 +25,36 @@ from pipeline.swarm import (
 
 
 class _Api:
-    def __init__(self, tasks: list[dict[str, Any]]) -> None:
+    def __init__(self, tasks: list[dict[str, Any]], networks: list[dict[str, Any]]) -> None:
         self.listed = tasks
+        self.listed_networks = networks
 
     def tasks(self, filters: dict[str, str]) -> list[dict[str, Any]]:
         return self.listed
 
+    def networks(self, names: list[str]) -> list[dict[str, Any]]:
+        return [n for n in self.listed_networks if any(name in n["Name"] for name in names)]  # as Docker's
+
+
+class _Networks:
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    def create(self, name: str, **options: Any) -> None:
+        self.created.append(name)
+
 
 class _Client:
-    def __init__(self, tasks: list[dict[str, Any]]) -> None:
-        self.api = _Api(tasks)
+    def __init__(self, tasks: list[dict[str, Any]], networks: list[dict[str, Any]]) -> None:
+        self.api = _Api(tasks, networks)
+        self.networks = _Networks()
 
 
-def _host(tasks: list[dict[str, Any]] | None = None) -> SwarmHost:
+def _host(
+    tasks: list[dict[str, Any]] | None = None, networks: list[dict[str, Any]] | None = None
+) -> SwarmHost:
     settings = Settings(config_path=Path("deploy.yaml"), state_dir=Path("/tmp/x"))
-    return SwarmHost(settings, "abcd1234", _Client(tasks or []))  # type: ignore[arg-type]
+    return SwarmHost(settings, "abcd1234", _Client(tasks or [], networks or []))  # type: ignore[arg-type]
 
 
 def _task(state: str, created: str) -> dict[str, Any]:
@@ -49,6 +66,30 @@ def test_overlay_names_are_dns_labels_apart_for_egress_and_per_server() -> None:
     assert len(names) == 6
     assert all(len(n) <= DNS_LABEL and "." not in n for n in names)
     assert overlay_name("abcd1234", "a", True).endswith("-e")
+
+
+def test_an_overlay_name_holds_128_bits_of_its_server_so_no_name_can_be_searched_for_anothers() -> None:
+    digest = overlay_name("abcd1234", "victim", False).removeprefix("cmcp-abcd1234-ov-")
+    assert len(digest) >= 32 and int(digest, 16) >= 0
+    assert len(overlay_name("abcd1234", "v" * 63, True)) <= DNS_LABEL
+
+
+def test_a_replica_never_joins_an_overlay_of_that_name_made_for_another_server() -> None:
+    name = overlay_name("abcd1234", "victim", False)
+    victims = {"Name": name, "Labels": {LABEL_OVERLAY: "abcd1234", LABEL_SERVER: "victim"}}
+    host = _host(networks=[victims])
+    with pytest.raises(DockerError, match=f"{name} exists but is not this instance's overlay of hostile"):
+        host._overlay(name, False, "hostile")
+    host._overlay(name, False, "victim")  # its own: joined as it is
+    assert cast(_Networks, host.client.networks).created == []
+
+
+def test_an_overlay_whose_name_only_contains_the_wanted_one_is_not_taken_for_it() -> None:
+    name = overlay_name("abcd1234", "a", False)
+    other = {"Name": f"x{name}", "Labels": {LABEL_OVERLAY: "abcd1234", LABEL_SERVER: "a"}}
+    host = _host(networks=[other])
+    host._overlay(name, False, "a")
+    assert cast(_Networks, host.client.networks).created == [name]
 
 
 def test_a_long_container_name_becomes_a_distinct_dns_label() -> None:
