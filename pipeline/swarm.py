@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import posixpath
 import secrets
 import threading
 import time
@@ -186,9 +187,11 @@ class SwarmHost(DockerHost):
             entry = list(config.get("Entrypoint") or [])
             args = entry + (list(spec.command) or list(config.get("Cmd") or []))
         uid, _, gid = spec.user.partition(":")
+        # One tmpfs per folder: Swarm refuses a spec naming a mount point twice (an image's `VOLUME /tmp`).
+        paths = dict.fromkeys(posixpath.normpath(p) for p in [TMP_DIR, *sorted(config.get("Volumes") or {})])
         mounts = [
             docker.types.Mount(path, "", type="tmpfs", tmpfs_size=spec.tmpfs_bytes, tmpfs_mode=0o1777)
-            for path in [TMP_DIR, *sorted(config.get("Volumes") or {})]
+            for path in paths
         ]
         resources = docker.types.Resources(cpu_limit=int(spec.cpus * 1e9), mem_limit=spec.memory_bytes)
         resources["Limits"]["Pids"] = PIDS_LIMIT

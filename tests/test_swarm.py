@@ -92,6 +92,12 @@ def test_an_overlay_whose_name_only_contains_the_wanted_one_is_not_taken_for_it(
     assert cast(_Networks, host.client.networks).created == [name]
 
 
+def test_an_images_volume_at_tmp_is_one_mount_point_not_two_swarm_refuses() -> None:
+    image: dict[str, Any] = {"Config": {"Volumes": {"/tmp": {}, "/data/": {}, "/data": {}}}}
+    task = _host()._task(_spec(), image, [], [])
+    assert [m["Target"] for m in task["mounts"]] == ["/tmp", "/data"]
+
+
 def test_a_long_container_name_becomes_a_distinct_dns_label() -> None:
     short = "cmcp-abcd1234-echo-r1-d3"
     assert service_name(short) == short
