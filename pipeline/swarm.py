@@ -30,6 +30,7 @@ DockerHost whose container calls act on services:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import posixpath
@@ -161,17 +162,22 @@ class SwarmHost(DockerHost):
             port = self._free_port()
             labels = {**spec.labels, LABEL_RELAY_PORT: str(port), LABEL_NETWORK: spec.network}
             refs = self._secrets(spec)
-            with _translated(f"create service {spec.name}"):
-                service = cast(Any, self.client.services).create(
-                    str(image.id),
-                    name=service_name(spec.name),
-                    hostname=service_name(spec.name),
-                    labels=labels,
-                    container_labels=labels,
-                    endpoint_spec=docker.types.EndpointSpec(mode="dnsrr"),
-                    networks=[spec.network],
-                    **self._task(spec, image.attrs, refs, constraints),
-                )
+            try:
+                with _translated(f"create service {spec.name}"):
+                    service = cast(Any, self.client.services).create(
+                        str(image.id),
+                        name=service_name(spec.name),
+                        hostname=service_name(spec.name),
+                        labels=labels,
+                        container_labels=labels,
+                        endpoint_spec=docker.types.EndpointSpec(mode="dnsrr"),
+                        networks=[spec.network],
+                        **self._task(spec, image.attrs, refs, constraints),
+                    )
+            except DockerError:
+                with contextlib.suppress(DockerError):  # no service holds them: none is left behind
+                    self._remove_secrets(service_name(spec.name))
+                raise
             self.sync()
         return self._started(str(service.id), spec.name, relay, port)
 

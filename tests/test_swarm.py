@@ -6,9 +6,11 @@ tests/e2e (tests marked `swarm`) and tests/e2e/test_swarm_nodes_e2e.py.
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 from typing import Any, cast
 
+import docker.errors
 import pytest
 
 from pipeline.config.settings import Settings
@@ -34,6 +36,30 @@ class _Api:
 
     def networks(self, names: list[str]) -> list[dict[str, Any]]:
         return [n for n in self.listed_networks if any(name in n["Name"] for name in names)]  # as Docker's
+
+
+class _Secrets(_Api):
+    """Secrets as the engine keeps them, and a service create the engine refuses."""
+
+    def __init__(self) -> None:
+        super().__init__([], [])
+        self.held: dict[str, dict[str, str]] = {}
+
+    def create_secret(self, name: str, data: bytes, labels: dict[str, str]) -> dict[str, str]:
+        self.held[name] = labels
+        return {"ID": name}
+
+    def secrets(self, filters: dict[str, str]) -> list[dict[str, str]]:
+        key, _, value = filters["label"].partition("=")
+        return [{"ID": n} for n, labels in self.held.items() if labels.get(key) == value]
+
+    def remove_secret(self, secret_id: str) -> None:
+        del self.held[secret_id]
+
+
+class _Refusing:
+    def create(self, image: str, **spec: Any) -> None:
+        raise docker.errors.APIError("refused", explanation="ContainerSpec: duplicate mount point: /tmp")
 
 
 class _Networks:
@@ -90,6 +116,27 @@ def test_an_overlay_whose_name_only_contains_the_wanted_one_is_not_taken_for_it(
     host = _host(networks=[other])
     host._overlay(name, False, "a")
     assert cast(_Networks, host.client.networks).created == [name]
+
+
+class _RefusingClient:
+    def __init__(self) -> None:
+        self.api = _Secrets()
+        self.services = _Refusing()
+        self.images = types.SimpleNamespace(get=lambda ref: types.SimpleNamespace(id="sha256:1", attrs={}))
+
+
+def test_a_service_the_engine_refuses_leaves_no_swarm_secret_behind() -> None:
+    client = _RefusingClient()
+    settings = Settings(config_path=Path("deploy.yaml"), state_dir=Path("/tmp/x"))
+    host = SwarmHost(settings, "abcd1234", client)  # type: ignore[arg-type]
+    host._placement = lambda image_id, spec: []  # type: ignore[method-assign]
+    host._overlay = lambda name, egress, server: None  # type: ignore[method-assign]
+    host.relay = lambda: cast(Any, None)  # type: ignore[method-assign]
+    host._connect = lambda relay, network: None  # type: ignore[method-assign]
+    host._free_port = lambda: 20000  # type: ignore[method-assign]
+    with pytest.raises(DockerError, match="duplicate mount point"):
+        host.run(_spec(network="cmcp-abcd1234-ov-x", secret_env={"TOKEN": "s3cret", "KEY": "k"}))
+    assert client.api.held == {}
 
 
 def test_an_images_volume_at_tmp_is_one_mount_point_not_two_swarm_refuses() -> None:
