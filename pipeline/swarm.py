@@ -252,7 +252,7 @@ class SwarmHost(DockerHost):
             raise
         if not tasks:
             return "missing", ""
-        newest = max(tasks, key=lambda t: str(t.get("CreatedAt", "")))
+        newest = max(tasks, key=_created)
         status = newest.get("Status") or {}
         return str(status.get("State", "missing")), str(status.get("Err") or status.get("Message") or "")
 
@@ -603,6 +603,13 @@ class SwarmHost(DockerHost):
                     relay.client.put(table)
             except (swarmrelay.RelayError, OSError) as exc:
                 raise DockerError(f"the swarm relay refused its routes: {exc}") from exc
+
+
+def _created(task: Mapping[str, Any]) -> tuple[str, str]:
+    """A task's creation time, sortable: Docker trims a fraction's trailing zeros (`16.5Z` is after
+    `16.45Z` but sorts before it as text), so the fraction is padded to nanoseconds."""
+    whole, _, fraction = str(task.get("CreatedAt", "")).rstrip("Z").partition(".")
+    return whole, fraction.ljust(9, "0")
 
 
 class NodeEngine(DockerHost):

@@ -189,6 +189,12 @@ def test_secrets_are_files_read_by_the_shim_never_environment_in_the_spec() -> N
         ([_task("running", "1")], "running"),
         ([_task("failed", "1"), _task("running", "2")], "restarting"),
         ([_task("failed", "1")], "failed"),
+        # Docker trims trailing zeros of the fraction: .5 is before .53, though "5Z" > "53Z" as text
+        (
+            [_task("failed", "2026-01-01T00:00:01.5Z"), _task("running", "2026-01-01T00:00:01.53Z")],
+            "restarting",
+        ),
+        ([_task("running", "2026-01-01T00:00:01.53Z"), _task("failed", "2026-01-01T00:00:02Z")], "failed"),
     ],
 )
 def test_the_gate_sees_a_task_that_ever_ended_as_restarting(tasks: list[dict[str, Any]], status: str) -> None:
