@@ -359,6 +359,7 @@ class SwarmHost(DockerHost):
         remove the overlays of servers that have no replica left."""
         self.sync()
         self.prune_overlays()
+        self.prune_secrets()
 
     def prune_overlays(self) -> list[str]:
         """Remove this instance's overlays no service uses (the relay leaves them first)."""
@@ -413,6 +414,28 @@ class SwarmHost(DockerHost):
                 )
             )
         return refs
+
+    def prune_secrets(self) -> list[str]:
+        """Remove this instance's Swarm secrets made for a service that is gone (serve stopped
+        between making them and the service, or while removing it)."""
+        with self._lock:  # run() makes a service's secrets, then the service, under the same lock
+            with _translated("list services"):
+                services = self._api.services(filters={"label": f"{LABEL_INSTANCE}={self.instance}"})
+            names = {str((s.get("Spec") or {}).get("Name", "")) for s in services}
+            with _translated("list secrets"):
+                found = self._api.secrets(filters={"label": f"{LABEL_INSTANCE}={self.instance}"})
+            removed: list[str] = []
+            for secret in found:
+                spec = secret.get("Spec") or {}
+                if str((spec.get("Labels") or {}).get(LABEL_SECRET_OF, "")) in names:
+                    continue
+                try:
+                    with _translated(f"remove secret {spec.get('Name')}"):
+                        self._api.remove_secret(secret["ID"])
+                    removed.append(str(spec.get("Name", "")))
+                except DockerError as exc:  # a task still holding it: next time
+                    log.info("secret %s kept for now: %s", spec.get("Name"), exc)
+            return removed
 
     def _remove_secrets(self, service_name: str) -> None:
         with _translated("list secrets"):

@@ -14,11 +14,12 @@ import docker.errors
 import pytest
 
 from pipeline.config.settings import Settings
-from pipeline.dockerhost import LABEL_SERVER, RunSpec
+from pipeline.dockerhost import LABEL_INSTANCE, LABEL_SERVER, RunSpec
 from pipeline.errors import DockerError
 from pipeline.swarm import (
     DNS_LABEL,
     LABEL_OVERLAY,
+    LABEL_SECRET_OF,
     SECRETS_SHIM,
     SwarmHost,
     overlay_name,
@@ -44,14 +45,19 @@ class _Secrets(_Api):
     def __init__(self) -> None:
         super().__init__([], [])
         self.held: dict[str, dict[str, str]] = {}
+        self.running: list[str] = []
 
     def create_secret(self, name: str, data: bytes, labels: dict[str, str]) -> dict[str, str]:
         self.held[name] = labels
         return {"ID": name}
 
-    def secrets(self, filters: dict[str, str]) -> list[dict[str, str]]:
+    def secrets(self, filters: dict[str, str]) -> list[dict[str, Any]]:
         key, _, value = filters["label"].partition("=")
-        return [{"ID": n} for n, labels in self.held.items() if labels.get(key) == value]
+        held = self.held.items()
+        return [{"ID": n, "Spec": {"Name": n, "Labels": ls}} for n, ls in held if ls.get(key) == value]
+
+    def services(self, filters: dict[str, str]) -> list[dict[str, Any]]:
+        return [{"Spec": {"Name": name}} for name in self.running]
 
     def remove_secret(self, secret_id: str) -> None:
         del self.held[secret_id]
@@ -137,6 +143,21 @@ def test_a_service_the_engine_refuses_leaves_no_swarm_secret_behind() -> None:
     with pytest.raises(DockerError, match="duplicate mount point"):
         host.run(_spec(network="cmcp-abcd1234-ov-x", secret_env={"TOKEN": "s3cret", "KEY": "k"}))
     assert client.api.held == {}
+
+
+def test_tending_removes_the_secrets_of_services_that_are_gone_and_keeps_the_others() -> None:
+    client = _RefusingClient()
+    settings = Settings(config_path=Path("deploy.yaml"), state_dir=Path("/tmp/x"))
+    host = SwarmHost(settings, "abcd1234", client)  # type: ignore[arg-type]
+    mine = {LABEL_INSTANCE: "abcd1234"}
+    client.api.held = {
+        "live": {**mine, LABEL_SECRET_OF: "cmcp-abcd1234-echo-r2-d7"},
+        "orphan": {**mine, LABEL_SECRET_OF: "cmcp-abcd1234-echo-r1-d6"},  # serve died before its service
+        "other": {LABEL_INSTANCE: "ffff0000", LABEL_SECRET_OF: "cmcp-ffff0000-echo-r1-d1"},
+    }
+    client.api.running = ["cmcp-abcd1234-echo-r2-d7"]
+    assert host.prune_secrets() == ["orphan"]
+    assert set(client.api.held) == {"live", "other"}
 
 
 def test_an_images_volume_at_tmp_is_one_mount_point_not_two_swarm_refuses() -> None:
