@@ -448,6 +448,16 @@ class SwarmHost(DockerHost):
                 log.warning("secret of %s left: %s", service_name, exc)
 
     # placement and images ---------------------------------------------------------------------
+    def remove_image(self, tag: str) -> None:
+        """Remove an image here and the copy every node of swarm.nodes was given (retention keeps
+        the nodes' disks to what it keeps here); a node that cannot is logged and left."""
+        super().remove_image(tag)
+        for name, url in sorted(self.settings.swarm.nodes.items()):
+            try:
+                self._node(name, url).remove_image(tag)
+            except DockerError as exc:
+                log.warning("node %s keeps image %s: %s", name, tag, exc)
+
     def _placement(self, image_id: str, spec: RunSpec) -> list[str]:
         """Copy the image to every node of swarm.nodes that lacks it; keep it off nodes without it."""
         holders = {self.node_id()}

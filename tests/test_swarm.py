@@ -13,7 +13,7 @@ from typing import Any, cast
 import docker.errors
 import pytest
 
-from pipeline.config.settings import Settings
+from pipeline.config.settings import Settings, SwarmConfig
 from pipeline.dockerhost import LABEL_INSTANCE, LABEL_SERVER, RunSpec
 from pipeline.errors import DockerError
 from pipeline.swarm import (
@@ -21,6 +21,7 @@ from pipeline.swarm import (
     LABEL_OVERLAY,
     LABEL_SECRET_OF,
     SECRETS_SHIM,
+    NodeEngine,
     SwarmHost,
     overlay_name,
     service_name,
@@ -158,6 +159,31 @@ def test_tending_removes_the_secrets_of_services_that_are_gone_and_keeps_the_oth
     client.api.running = ["cmcp-abcd1234-echo-r2-d7"]
     assert host.prune_secrets() == ["orphan"]
     assert set(client.api.held) == {"live", "other"}
+
+
+class _Images:
+    def __init__(self, tags: set[str]) -> None:
+        self.tags = tags
+
+    def get(self, tag: str) -> object:
+        if tag not in self.tags:
+            raise docker.errors.ImageNotFound(tag)
+        return object()
+
+    def remove(self, tag: str, force: bool) -> None:
+        self.tags.discard(tag)
+
+
+def test_retention_removes_an_image_from_every_node_it_was_copied_to_too() -> None:
+    tag = "central-mcp-server/echo-abcd12:r1-aaaa"
+    here, there = _Images({tag, "kept"}), _Images({tag, "kept"})
+    settings = Settings(
+        config_path=Path("deploy.yaml"), state_dir=Path("/tmp/x"), swarm=SwarmConfig(nodes={"w1": "tcp://w1"})
+    )
+    host = SwarmHost(settings, "abcd1234", types.SimpleNamespace(images=here))  # type: ignore[arg-type]
+    host._nodes["w1"] = NodeEngine("w1", types.SimpleNamespace(images=there))  # type: ignore[arg-type]
+    host.remove_image(tag)
+    assert here.tags == {"kept"} and there.tags == {"kept"}
 
 
 def test_an_images_volume_at_tmp_is_one_mount_point_not_two_swarm_refuses() -> None:
