@@ -90,6 +90,7 @@ RESTART_DELAY_NS = 1_000_000_000
 PIDS_LIMIT = 256
 ENDED_STATES = {"failed", "complete", "rejected", "orphaned", "shutdown"}
 TASK_POLL = 0.1
+TASK_ERROR_CHARS = 500  # of why a task ended, as the deploy log shows it
 RUNNING = "running"
 STARTING_STATES = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready", "starting"}
 
@@ -312,14 +313,19 @@ class SwarmHost(DockerHost):
         return [self._seen(s) for s in found]
 
     def logs_tail(self, container_id: str, lines: int = 30) -> list[str]:
-        """The service's last log lines (empty when it is gone)."""
+        """The service's last log lines, then why its newest task ended when Swarm says (a task that
+        never started, say for want of /bin/sh for the secrets shim, logs nothing); empty when gone."""
         try:
             with _translated(f"logs of {container_id[:12]}"):
                 raw = self._api.service_logs(container_id, stdout=True, stderr=True, tail=str(lines))
                 text = b"".join(raw if isinstance(raw, (list, tuple)) else list(raw))
+            state, message = self._task_state(container_id)
         except DockerError:
             return []
-        return text.decode("utf-8", "replace").splitlines()[-lines:]
+        tail = text.decode("utf-8", "replace").splitlines()[-lines:]
+        if state in ENDED_STATES and message:
+            tail.append(f"(its task is {state}: {message[:TASK_ERROR_CHARS]})")
+        return tail
 
     def stop_and_remove(self, container_id: str, grace: float = STOP_GRACE_SECONDS) -> None:
         """Remove the service (Swarm stops its task with the grace it was made with), its secrets

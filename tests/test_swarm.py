@@ -186,6 +186,23 @@ def test_retention_removes_an_image_from_every_node_it_was_copied_to_too() -> No
     assert here.tags == {"kept"} and there.tags == {"kept"}
 
 
+class _Logs(_Api):
+    def service_logs(self, service_id: str, **options: Any) -> list[bytes]:
+        return []
+
+
+def test_the_gate_shows_why_a_task_never_started_which_logged_nothing() -> None:
+    failed = {
+        "CreatedAt": "2026-01-01T00:00:01Z",
+        "Status": {"State": "failed", "Err": 'starting container failed: exec: "/bin/sh": no such file'},
+    }
+    settings = Settings(config_path=Path("deploy.yaml"), state_dir=Path("/tmp/x"))
+    host = SwarmHost(settings, "abcd1234", types.SimpleNamespace(api=_Logs([failed], [])))  # type: ignore[arg-type]
+    assert host.logs_tail("svc") == [
+        '(its task is failed: starting container failed: exec: "/bin/sh": no such file)'
+    ]
+
+
 def test_an_images_volume_at_tmp_is_one_mount_point_not_two_swarm_refuses() -> None:
     image: dict[str, Any] = {"Config": {"Volumes": {"/tmp": {}, "/data/": {}, "/data": {}}}}
     task = _host()._task(_spec(), image, [], [])
