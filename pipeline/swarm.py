@@ -75,7 +75,12 @@ LABEL_SECRET_OF = "central-mcp.service"
 RELAY_OWNER = "swarm.relay"  # the relay network's owner: no server name holds a dot
 RELAY_ROLE = "swarm-relay"
 RELAY_CONTROL_PORT = 7999
-RELAY_MEMORY = 128 * 1024**2
+RELAY_WAY_BYTES = 2 * swarmrelay.CHUNK  # a backpressured way: asyncio's 64 KiB mark + a read
+RELAY_RUNTIME_MEMORY = 64 * 1024**2  # the interpreter and its idle connections
+# Every connection the relay admits stalled both ways (a server that never reads, a client that never
+# reads its answer) still fits: at 128 MiB, 1024 of them (256 MiB) got the relay, every server's way in,
+# killed for memory. A limit, not a reservation. Kernel socket buffers are more on a cgroup v2 host.
+RELAY_MEMORY = swarmrelay.DEFAULT_MAX_CONNECTIONS * 2 * RELAY_WAY_BYTES + RELAY_RUNTIME_MEMORY
 RELAY_TIMEOUT = 5.0  # one control request to the relay
 RELAY_START_TIMEOUT = 15.0  # for a new relay to answer
 EGRESS_MARK = ".egress"
@@ -571,11 +576,7 @@ class SwarmHost(DockerHost):
                 name=name,
                 detach=True,
                 labels={LABEL_INSTANCE: self.instance, LABEL_ROLE: RELAY_ROLE, LABEL_NETWORK: net.name},
-                environment={
-                    "RELAY_TOKEN": token,
-                    "RELAY_PEER": net.gateway,
-                    "RELAY_CONTROL_PORT": str(RELAY_CONTROL_PORT),
-                },
+                environment=swarmrelay.RelayConfig(token, net.gateway, RELAY_CONTROL_PORT).environment(),
                 network=net.name,
                 read_only=True,
                 user=self.settings.containers.user,

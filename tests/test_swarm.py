@@ -13,6 +13,7 @@ from typing import Any, cast
 import docker.errors
 import pytest
 
+from pipeline import swarmrelay
 from pipeline.config.settings import Settings, SwarmConfig
 from pipeline.dockerhost import LABEL_INSTANCE, LABEL_SERVER, RunSpec
 from pipeline.errors import DockerError
@@ -20,6 +21,7 @@ from pipeline.swarm import (
     DNS_LABEL,
     LABEL_OVERLAY,
     LABEL_SECRET_OF,
+    RELAY_MEMORY,
     SECRETS_SHIM,
     NodeEngine,
     SwarmHost,
@@ -201,6 +203,12 @@ def test_the_gate_shows_why_a_task_never_started_which_logged_nothing() -> None:
     assert host.logs_tail("svc") == [
         '(its task is failed: starting container failed: exec: "/bin/sh": no such file)'
     ]
+
+
+def test_the_relays_memory_limit_holds_every_connection_it_admits_backpressured_both_ways() -> None:
+    """A backpressured way holds asyncio's 64 KiB high-water mark and one read (measured: 65 KiB)."""
+    per_connection = 2 * (64 * 1024 + swarmrelay.CHUNK)
+    assert swarmrelay.DEFAULT_MAX_CONNECTIONS * per_connection < RELAY_MEMORY
 
 
 def test_an_images_volume_at_tmp_is_one_mount_point_not_two_swarm_refuses() -> None:
