@@ -95,6 +95,7 @@ RESTART_DELAY_NS = 1_000_000_000
 PIDS_LIMIT = 256
 ENDED_STATES = {"failed", "complete", "rejected", "orphaned", "shutdown"}
 TASK_POLL = 0.1
+NODE_DOWN = "down"
 TASK_ERROR_CHARS = 500  # of why a task ended, as the deploy log shows it
 RUNNING = "running"
 STARTING_STATES = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready", "starting"}
@@ -146,6 +147,7 @@ class SwarmHost(DockerHost):
         self._lock = threading.RLock()
         self._relay: _Relay | None = None
         self._nodes: dict[str, DockerHost] = {}
+        self._node_ids: dict[str, str] = {}  # swarm.nodes name -> its swarm node id, once it answered
 
     @property
     def _api(self) -> Any:
@@ -470,17 +472,26 @@ class SwarmHost(DockerHost):
                 log.warning("node %s keeps image %s: %s", name, tag, exc)
 
     def _placement(self, image_id: str, spec: RunSpec) -> list[str]:
-        """Copy the image to every node of swarm.nodes that lacks it; keep it off nodes without it."""
+        """Copy the image to every node of swarm.nodes that lacks it; keep it off nodes without it.
+        A node the swarm reports down is not dialled (an unreachable VM holds each start for as long as
+        a TCP connect takes, minutes, just when its replicas are being replaced)."""
         holders = {self.node_id()}
+        with _translated("list nodes"):
+            listed = self._api.nodes()
+        down = {str(n["ID"]) for n in listed if (n.get("Status") or {}).get("State") == NODE_DOWN}
         for name, url in sorted(self.settings.swarm.nodes.items()):
+            if self._node_ids.get(name) in down:
+                log.warning(
+                    "%s: node %s is down: no image copied to it, no replica placed there", spec.name, name
+                )
+                continue
             try:
                 node = self._node(name, url)
-                holders.add(node.copy_image_from(self, spec.image, image_id))
+                self._node_ids[name] = node.copy_image_from(self, spec.image, image_id)
+                holders.add(self._node_ids[name])
             except DockerError as exc:
                 log.warning("%s: node %s cannot run it: %s", spec.name, name, exc)
-        with _translated("list nodes"):
-            nodes = [str(n["ID"]) for n in self._api.nodes()]
-        return [f"node.id!={n}" for n in sorted(nodes) if n not in holders]
+        return [f"node.id!={n}" for n in sorted(str(n["ID"]) for n in listed) if n not in holders]
 
     def node_id(self) -> str:
         """This engine's swarm node id (DockerError when it is not in a swarm)."""

@@ -211,6 +211,28 @@ def test_the_relays_memory_limit_holds_every_connection_it_admits_backpressured_
     assert swarmrelay.DEFAULT_MAX_CONNECTIONS * per_connection < RELAY_MEMORY
 
 
+class _Unreachable(NodeEngine):
+    def copy_image_from(self, source: Any, tag: str, image_id: str) -> str:
+        raise AssertionError(f"node {self.name} was dialled though the swarm reports it down")
+
+
+class _Nodes(_Api):
+    def nodes(self) -> list[dict[str, Any]]:
+        return [{"ID": "M", "Status": {"State": "ready"}}, {"ID": "W1", "Status": {"State": "down"}}]
+
+
+def test_a_node_the_swarm_reports_down_is_not_dialled_and_gets_no_replica() -> None:
+    manager = {"Swarm": {"LocalNodeState": "active", "ControlAvailable": True, "NodeID": "M"}}
+    client = types.SimpleNamespace(api=_Nodes([], []), info=lambda: manager)
+    settings = Settings(
+        config_path=Path("deploy.yaml"), state_dir=Path("/tmp/x"), swarm=SwarmConfig(nodes={"w1": "tcp://w1"})
+    )
+    host = SwarmHost(settings, "abcd1234", client)  # type: ignore[arg-type]
+    host._nodes["w1"] = _Unreachable("w1", client)  # type: ignore[arg-type]
+    host._node_ids["w1"] = "W1"  # it answered before it went down
+    assert host._placement("sha256:1", _spec()) == ["node.id!=W1"]
+
+
 def test_an_images_volume_at_tmp_is_one_mount_point_not_two_swarm_refuses() -> None:
     image: dict[str, Any] = {"Config": {"Volumes": {"/tmp": {}, "/data/": {}, "/data": {}}}}
     task = _host()._task(_spec(), image, [], [])
