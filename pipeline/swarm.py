@@ -465,7 +465,12 @@ class SwarmHost(DockerHost):
         """Remove an image here and the copy every node of swarm.nodes was given (retention keeps
         the nodes' disks to what it keeps here); a node that cannot is logged and left."""
         super().remove_image(tag)
+        with _translated("list nodes"):
+            down = self._down(self._api.nodes())
         for name, url in sorted(self.settings.swarm.nodes.items()):
+            if self._node_ids.get(name) in down:  # not dialled: retention would wait minutes on it
+                log.warning("node %s is down: it keeps image %s", name, tag)
+                continue
             try:
                 self._node(name, url).remove_image(tag)
             except DockerError as exc:
@@ -478,7 +483,7 @@ class SwarmHost(DockerHost):
         holders = {self.node_id()}
         with _translated("list nodes"):
             listed = self._api.nodes()
-        down = {str(n["ID"]) for n in listed if (n.get("Status") or {}).get("State") == NODE_DOWN}
+        down = self._down(listed)
         for name, url in sorted(self.settings.swarm.nodes.items()):
             if self._node_ids.get(name) in down:
                 log.warning(
@@ -492,6 +497,11 @@ class SwarmHost(DockerHost):
             except DockerError as exc:
                 log.warning("%s: node %s cannot run it: %s", spec.name, name, exc)
         return [f"node.id!={n}" for n in sorted(str(n["ID"]) for n in listed) if n not in holders]
+
+    @staticmethod
+    def _down(listed: list[dict[str, Any]]) -> set[str]:
+        """The ids of the nodes the swarm reports down."""
+        return {str(n["ID"]) for n in listed if (n.get("Status") or {}).get("State") == NODE_DOWN}
 
     def node_id(self) -> str:
         """This engine's swarm node id (DockerError when it is not in a swarm)."""

@@ -163,6 +163,19 @@ def test_tending_removes_the_secrets_of_services_that_are_gone_and_keeps_the_oth
     assert set(client.api.held) == {"live", "other"}
 
 
+class _Unreachable(NodeEngine):
+    def copy_image_from(self, source: Any, tag: str, image_id: str) -> str:
+        raise AssertionError(f"node {self.name} was dialled though the swarm reports it down")
+
+    def remove_image(self, tag: str) -> None:
+        raise AssertionError(f"node {self.name} was dialled though the swarm reports it down")
+
+
+class _Nodes(_Api):
+    def nodes(self) -> list[dict[str, Any]]:
+        return [{"ID": "M", "Status": {"State": "ready"}}, {"ID": "W1", "Status": {"State": "down"}}]
+
+
 class _Images:
     def __init__(self, tags: set[str]) -> None:
         self.tags = tags
@@ -182,10 +195,13 @@ def test_retention_removes_an_image_from_every_node_it_was_copied_to_too() -> No
     settings = Settings(
         config_path=Path("deploy.yaml"), state_dir=Path("/tmp/x"), swarm=SwarmConfig(nodes={"w1": "tcp://w1"})
     )
-    host = SwarmHost(settings, "abcd1234", types.SimpleNamespace(images=here))  # type: ignore[arg-type]
+    client = types.SimpleNamespace(images=here, api=_Nodes([], []))
+    host = SwarmHost(settings, "abcd1234", client)  # type: ignore[arg-type]
     host._nodes["w1"] = NodeEngine("w1", types.SimpleNamespace(images=there))  # type: ignore[arg-type]
     host.remove_image(tag)
     assert here.tags == {"kept"} and there.tags == {"kept"}
+    host._nodes["w1"], host._node_ids["w1"] = _Unreachable("w1", client), "W1"  # type: ignore[arg-type]
+    host.remove_image("kept")  # the down node is not dialled
 
 
 class _Logs(_Api):
@@ -209,16 +225,6 @@ def test_the_relays_memory_limit_holds_every_connection_it_admits_backpressured_
     """A backpressured way holds asyncio's 64 KiB high-water mark and one read (measured: 65 KiB)."""
     per_connection = 2 * (64 * 1024 + swarmrelay.CHUNK)
     assert swarmrelay.DEFAULT_MAX_CONNECTIONS * per_connection < RELAY_MEMORY
-
-
-class _Unreachable(NodeEngine):
-    def copy_image_from(self, source: Any, tag: str, image_id: str) -> str:
-        raise AssertionError(f"node {self.name} was dialled though the swarm reports it down")
-
-
-class _Nodes(_Api):
-    def nodes(self) -> list[dict[str, Any]]:
-        return [{"ID": "M", "Status": {"State": "ready"}}, {"ID": "W1", "Status": {"State": "down"}}]
 
 
 def test_a_node_the_swarm_reports_down_is_not_dialled_and_gets_no_replica() -> None:
