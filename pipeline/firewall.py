@@ -181,6 +181,9 @@ def _check_stamp(settings: Settings) -> Status:
         return Status(False, f"the firewall was set up for another network.pool or egress_deny; {FIX}")
     if not {h.port for h in settings.host_services} <= set(stamp.get("ports", ())):
         return Status(False, f"the firewall does not open every host service's port; {FIX}")
+    if not {f"{c} {r}" for c, r in hooks(settings)} <= set(stamp.get("hooks", ())):
+        # an older set-up (before docker_gwbridge's jumps): Swarm tasks with egress were not held
+        return Status(False, f"the firewall was set up by an older central-mcp, without every jump; {FIX}")
     return Status(True, f"set up for {net.pool} (from {STAMP}: serve may not read the rules)")
 
 
@@ -190,6 +193,7 @@ def _write_stamp(settings: Settings) -> None:
         "pool": settings.network.pool,
         "egress_deny": list(settings.network.egress_deny),
         "ports": sorted({h.port for h in settings.host_services}),
+        "hooks": [f"{chain} {rule}" for chain, rule in hooks(settings)],
         "installed_at": time.time(),
     }
     STAMP.write_text(json.dumps(data))

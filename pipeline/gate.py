@@ -107,6 +107,9 @@ def wait_until_healthy(
             last = answered = str(exc)
         remaining = deadline - clock()
         if remaining <= 0:
+            # an attempt held to the deadline (the Swarm relay waits its connect timeout on a task gone)
+            if clock() - checked >= ALIVE_PERIOD and not alive():
+                raise GateError(f"the container exited before completing the MCP handshake ({last})")
             said = f"; the server last answered: {answered}" if answered and answered != last else ""
             raise GateError(f"no MCP handshake within {timeout:g}s; last: {last}{said}")
         sleep(min(next(delays), remaining))

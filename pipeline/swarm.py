@@ -30,8 +30,10 @@ DockerHost whose container calls act on services:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import posixpath
 import secrets
 import threading
 import time
@@ -73,11 +75,17 @@ LABEL_SECRET_OF = "central-mcp.service"
 RELAY_OWNER = "swarm.relay"  # the relay network's owner: no server name holds a dot
 RELAY_ROLE = "swarm-relay"
 RELAY_CONTROL_PORT = 7999
-RELAY_MEMORY = 128 * 1024**2
+RELAY_WAY_BYTES = 2 * swarmrelay.CHUNK  # a backpressured way: asyncio's 64 KiB mark + a read
+RELAY_RUNTIME_MEMORY = 64 * 1024**2  # the interpreter and its idle connections
+# Every connection the relay admits stalled both ways (a server that never reads, a client that never
+# reads its answer) still fits: at 128 MiB, 1024 of them (256 MiB) got the relay, every server's way in,
+# killed for memory. A limit, not a reservation. Kernel socket buffers are more on a cgroup v2 host.
+RELAY_MEMORY = swarmrelay.DEFAULT_MAX_CONNECTIONS * 2 * RELAY_WAY_BYTES + RELAY_RUNTIME_MEMORY
 RELAY_TIMEOUT = 5.0  # one control request to the relay
 RELAY_START_TIMEOUT = 15.0  # for a new relay to answer
 EGRESS_MARK = ".egress"
 EGRESS_END = "-e"
+OVERLAY_DIGEST = 32  # hex digits of sha256 (128 bits): no server name can be searched for another's overlay
 DNS_LABEL = 63
 SECRETS_SHIM = 'for f in /run/secrets/*; do [ -f "$f" ] && export "${f##*/}=$(cat "$f")"; done; exec "$@"'
 SHIM_NAME = "central-mcp-secrets"
@@ -87,6 +95,8 @@ RESTART_DELAY_NS = 1_000_000_000
 PIDS_LIMIT = 256
 ENDED_STATES = {"failed", "complete", "rejected", "orphaned", "shutdown"}
 TASK_POLL = 0.1
+NODE_DOWN = "down"
+TASK_ERROR_CHARS = 500  # of why a task ended, as the deploy log shows it
 RUNNING = "running"
 STARTING_STATES = {"new", "allocated", "pending", "assigned", "accepted", "preparing", "ready", "starting"}
 
@@ -94,7 +104,8 @@ STARTING_STATES = {"new", "allocated", "pending", "assigned", "accepted", "prepa
 def overlay_name(instance: str, server: str, egress: bool) -> str:
     """A server's overlay network, `cmcp-<instance>-ov-<hash>` (Swarm names are DNS labels: no dot
     marks egress here; the hash of server and egress does), ending `-e` when it has egress."""
-    digest = hashlib.sha1(f"{server}{EGRESS_MARK if egress else ''}".encode()).hexdigest()[:12]
+    mark = EGRESS_MARK if egress else ""
+    digest = hashlib.sha256(f"{server}{mark}".encode()).hexdigest()[:OVERLAY_DIGEST]
     return f"cmcp-{instance}-ov-{digest}{EGRESS_END if egress else ''}"
 
 
@@ -136,6 +147,7 @@ class SwarmHost(DockerHost):
         self._lock = threading.RLock()
         self._relay: _Relay | None = None
         self._nodes: dict[str, DockerHost] = {}
+        self._node_ids: dict[str, str] = {}  # swarm.nodes name -> its swarm node id, once it answered
 
     @property
     def _api(self) -> Any:
@@ -158,17 +170,22 @@ class SwarmHost(DockerHost):
             port = self._free_port()
             labels = {**spec.labels, LABEL_RELAY_PORT: str(port), LABEL_NETWORK: spec.network}
             refs = self._secrets(spec)
-            with _translated(f"create service {spec.name}"):
-                service = cast(Any, self.client.services).create(
-                    str(image.id),
-                    name=service_name(spec.name),
-                    hostname=service_name(spec.name),
-                    labels=labels,
-                    container_labels=labels,
-                    endpoint_spec=docker.types.EndpointSpec(mode="dnsrr"),
-                    networks=[spec.network],
-                    **self._task(spec, image.attrs, refs, constraints),
-                )
+            try:
+                with _translated(f"create service {spec.name}"):
+                    service = cast(Any, self.client.services).create(
+                        str(image.id),
+                        name=service_name(spec.name),
+                        hostname=service_name(spec.name),
+                        labels=labels,
+                        container_labels=labels,
+                        endpoint_spec=docker.types.EndpointSpec(mode="dnsrr"),
+                        networks=[spec.network],
+                        **self._task(spec, image.attrs, refs, constraints),
+                    )
+            except DockerError:
+                with contextlib.suppress(DockerError):  # no service holds them: none is left behind
+                    self._remove_secrets(service_name(spec.name))
+                raise
             self.sync()
         return self._started(str(service.id), spec.name, relay, port)
 
@@ -184,9 +201,11 @@ class SwarmHost(DockerHost):
             entry = list(config.get("Entrypoint") or [])
             args = entry + (list(spec.command) or list(config.get("Cmd") or []))
         uid, _, gid = spec.user.partition(":")
+        # One tmpfs per folder: Swarm refuses a spec naming a mount point twice (an image's `VOLUME /tmp`).
+        paths = dict.fromkeys(posixpath.normpath(p) for p in [TMP_DIR, *sorted(config.get("Volumes") or {})])
         mounts = [
             docker.types.Mount(path, "", type="tmpfs", tmpfs_size=spec.tmpfs_bytes, tmpfs_mode=0o1777)
-            for path in [TMP_DIR, *sorted(config.get("Volumes") or {})]
+            for path in paths
         ]
         resources = docker.types.Resources(cpu_limit=int(spec.cpus * 1e9), mem_limit=spec.memory_bytes)
         resources["Limits"]["Pids"] = PIDS_LIMIT
@@ -241,7 +260,7 @@ class SwarmHost(DockerHost):
             raise
         if not tasks:
             return "missing", ""
-        newest = max(tasks, key=lambda t: str(t.get("CreatedAt", "")))
+        newest = max(tasks, key=_created)
         status = newest.get("Status") or {}
         return str(status.get("State", "missing")), str(status.get("Err") or status.get("Message") or "")
 
@@ -301,14 +320,19 @@ class SwarmHost(DockerHost):
         return [self._seen(s) for s in found]
 
     def logs_tail(self, container_id: str, lines: int = 30) -> list[str]:
-        """The service's last log lines (empty when it is gone)."""
+        """The service's last log lines, then why its newest task ended when Swarm says (a task that
+        never started, say for want of /bin/sh for the secrets shim, logs nothing); empty when gone."""
         try:
             with _translated(f"logs of {container_id[:12]}"):
                 raw = self._api.service_logs(container_id, stdout=True, stderr=True, tail=str(lines))
                 text = b"".join(raw if isinstance(raw, (list, tuple)) else list(raw))
+            state, message = self._task_state(container_id)
         except DockerError:
             return []
-        return text.decode("utf-8", "replace").splitlines()[-lines:]
+        tail = text.decode("utf-8", "replace").splitlines()[-lines:]
+        if state in ENDED_STATES and message:
+            tail.append(f"(its task is {state}: {message[:TASK_ERROR_CHARS]})")
+        return tail
 
     def stop_and_remove(self, container_id: str, grace: float = STOP_GRACE_SECONDS) -> None:
         """Remove the service (Swarm stops its task with the grace it was made with), its secrets
@@ -348,6 +372,7 @@ class SwarmHost(DockerHost):
         remove the overlays of servers that have no replica left."""
         self.sync()
         self.prune_overlays()
+        self.prune_secrets()
 
     def checks(self) -> dict[str, str]:
         """/healthz's `swarm` check: still a manager, and the relay up and holding every route."""
@@ -418,6 +443,28 @@ class SwarmHost(DockerHost):
             )
         return refs
 
+    def prune_secrets(self) -> list[str]:
+        """Remove this instance's Swarm secrets made for a service that is gone (serve stopped
+        between making them and the service, or while removing it)."""
+        with self._lock:  # run() makes a service's secrets, then the service, under the same lock
+            with _translated("list services"):
+                services = self._api.services(filters={"label": f"{LABEL_INSTANCE}={self.instance}"})
+            names = {str((s.get("Spec") or {}).get("Name", "")) for s in services}
+            with _translated("list secrets"):
+                found = self._api.secrets(filters={"label": f"{LABEL_INSTANCE}={self.instance}"})
+            removed: list[str] = []
+            for secret in found:
+                spec = secret.get("Spec") or {}
+                if str((spec.get("Labels") or {}).get(LABEL_SECRET_OF, "")) in names:
+                    continue
+                try:
+                    with _translated(f"remove secret {spec.get('Name')}"):
+                        self._api.remove_secret(secret["ID"])
+                    removed.append(str(spec.get("Name", "")))
+                except DockerError as exc:  # a task still holding it: next time
+                    log.info("secret %s kept for now: %s", spec.get("Name"), exc)
+            return removed
+
     def _remove_secrets(self, service_name: str) -> None:
         with _translated("list secrets"):
             found = self._api.secrets(filters={"label": f"{LABEL_SECRET_OF}={service_name}"})
@@ -429,18 +476,47 @@ class SwarmHost(DockerHost):
                 log.warning("secret of %s left: %s", service_name, exc)
 
     # placement and images ---------------------------------------------------------------------
-    def _placement(self, image_id: str, spec: RunSpec) -> list[str]:
-        """Copy the image to every node of swarm.nodes that lacks it; keep it off nodes without it."""
-        holders = {self.node_id()}
+    def remove_image(self, tag: str) -> None:
+        """Remove an image here and the copy every node of swarm.nodes was given (retention keeps
+        the nodes' disks to what it keeps here); a node that cannot is logged and left."""
+        super().remove_image(tag)
+        with _translated("list nodes"):
+            down = self._down(self._api.nodes())
         for name, url in sorted(self.settings.swarm.nodes.items()):
+            if self._node_ids.get(name) in down:  # not dialled: retention would wait minutes on it
+                log.warning("node %s is down: it keeps image %s", name, tag)
+                continue
+            try:
+                self._node(name, url).remove_image(tag)
+            except DockerError as exc:
+                log.warning("node %s keeps image %s: %s", name, tag, exc)
+
+    def _placement(self, image_id: str, spec: RunSpec) -> list[str]:
+        """Copy the image to every node of swarm.nodes that lacks it; keep it off nodes without it.
+        A node the swarm reports down is not dialled (an unreachable VM holds each start for as long as
+        a TCP connect takes, minutes, just when its replicas are being replaced)."""
+        holders = {self.node_id()}
+        with _translated("list nodes"):
+            listed = self._api.nodes()
+        down = self._down(listed)
+        for name, url in sorted(self.settings.swarm.nodes.items()):
+            if self._node_ids.get(name) in down:
+                log.warning(
+                    "%s: node %s is down: no image copied to it, no replica placed there", spec.name, name
+                )
+                continue
             try:
                 node = self._node(name, url)
-                holders.add(node.copy_image_from(self, spec.image, image_id))
+                self._node_ids[name] = node.copy_image_from(self, spec.image, image_id)
+                holders.add(self._node_ids[name])
             except DockerError as exc:
                 log.warning("%s: node %s cannot run it: %s", spec.name, name, exc)
-        with _translated("list nodes"):
-            nodes = [str(n["ID"]) for n in self._api.nodes()]
-        return [f"node.id!={n}" for n in sorted(nodes) if n not in holders]
+        return [f"node.id!={n}" for n in sorted(str(n["ID"]) for n in listed) if n not in holders]
+
+    @staticmethod
+    def _down(listed: list[dict[str, Any]]) -> set[str]:
+        """The ids of the nodes the swarm reports down."""
+        return {str(n["ID"]) for n in listed if (n.get("Status") or {}).get("State") == NODE_DOWN}
 
     def node_id(self) -> str:
         """This engine's swarm node id (DockerError when it is not in a swarm)."""
@@ -465,9 +541,19 @@ class SwarmHost(DockerHost):
 
     # networks and the relay -------------------------------------------------------------------
     def _overlay(self, name: str, egress: bool, server: str) -> None:
+        """Make `server`'s overlay `name` when missing; refuse one of that name made for another."""
         with _translated(f"inspect network {name}"):
-            if self._api.networks(names=[name]):
-                return
+            listed = self._api.networks(names=[name])  # Docker's name filter matches substrings
+        found = [n for n in listed if n.get("Name") == name]
+        if found:
+            labels = found[0].get("Labels") or {}
+            owner = (labels.get(LABEL_OVERLAY), labels.get(LABEL_SERVER))
+            if owner != (self.instance, server):
+                raise DockerError(
+                    f"{server}: network {name} exists but is not this instance's overlay of {server} "
+                    f"(labels {LABEL_OVERLAY}={owner[0]}, {LABEL_SERVER}={owner[1]}); no replica joins it"
+                )
+            return
         with _translated(f"create network {name}"):
             self.client.networks.create(
                 name,
@@ -526,11 +612,7 @@ class SwarmHost(DockerHost):
                 name=name,
                 detach=True,
                 labels={LABEL_INSTANCE: self.instance, LABEL_ROLE: RELAY_ROLE, LABEL_NETWORK: net.name},
-                environment={
-                    "RELAY_TOKEN": token,
-                    "RELAY_PEER": net.gateway,
-                    "RELAY_CONTROL_PORT": str(RELAY_CONTROL_PORT),
-                },
+                environment=swarmrelay.RelayConfig(token, net.gateway, RELAY_CONTROL_PORT).environment(),
                 network=net.name,
                 read_only=True,
                 user=self.settings.containers.user,
@@ -597,6 +679,13 @@ class SwarmHost(DockerHost):
                     relay.client.put(table)
             except (swarmrelay.RelayError, OSError) as exc:
                 raise DockerError(f"the swarm relay refused its routes: {exc}") from exc
+
+
+def _created(task: Mapping[str, Any]) -> tuple[str, str]:
+    """A task's creation time, sortable: Docker trims a fraction's trailing zeros (`16.5Z` is after
+    `16.45Z` but sorts before it as text), so the fraction is padded to nanoseconds."""
+    whole, _, fraction = str(task.get("CreatedAt", "")).rstrip("Z").partition(".")
+    return whole, fraction.ljust(9, "0")
 
 
 class NodeEngine(DockerHost):

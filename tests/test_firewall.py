@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -89,6 +90,20 @@ def test_a_stamp_for_another_pool_or_fewer_ports_is_not_enough(
     assert firewall._check_stamp(_settings((11434,))).ok
     assert not firewall._check_stamp(_settings((11434, 8000))).ok
     assert not firewall._check_stamp(_settings(pool="10.214.0.0/16")).ok
+
+
+def test_a_stamp_written_before_the_swarm_bridges_jumps_is_not_enough(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A set-up from before docker_gwbridge was hooked left egress Swarm tasks unheld: serve (not
+    root, so it reads the stamp) must ask for the set-up again, not trust the old stamp."""
+    monkeypatch.setattr(firewall, "STAMP", tmp_path / "firewall.json")
+    old = {"pool": "10.213.0.0/16", "egress_deny": list(NetworkConfig().egress_deny), "ports": []}
+    firewall.STAMP.write_text(json.dumps(old))
+    status = firewall._check_stamp(_settings())
+    assert not status.ok and "older central-mcp" in status.detail
+    firewall._write_stamp(_settings())
+    assert firewall._check_stamp(_settings()).ok
 
 
 @pytest.mark.docker

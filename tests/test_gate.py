@@ -195,6 +195,19 @@ def test_container_that_dies_while_waited_for_fails_without_the_deadline() -> No
     assert "exited" in str(err.value) and "ConnectionRefusedError" in str(err.value)
 
 
+def test_a_container_that_died_during_an_attempt_held_to_the_deadline_is_named_as_exited() -> None:
+    """One attempt can outlast the whole timeout (the Swarm relay waits its connect timeout on a task
+    that is gone): the gate then says the container exited, not that it never spoke MCP."""
+    fake = FakeTime()
+
+    def slow(url: str, timeout: float) -> gate.GateResult:
+        fake.now += timeout
+        raise http.client.RemoteDisconnected("Remote end closed connection without response")
+
+    with pytest.raises(GateError, match="exited before completing the MCP handshake"):
+        _gate(fake, slow, timeout=5.0, alive=lambda: fake.now < 1.0)
+
+
 def test_container_state_is_checked_at_most_every_alive_period() -> None:
     """Docker is asked about the container at most once per ALIVE_PERIOD, not on every quick attempt."""
     fake = FakeTime()

@@ -6,16 +6,24 @@ tests/e2e (tests marked `swarm`) and tests/e2e/test_swarm_nodes_e2e.py.
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
+import docker.errors
 import pytest
 
-from pipeline.config.settings import Settings
-from pipeline.dockerhost import RunSpec
+from pipeline import swarmrelay
+from pipeline.config.settings import Settings, SwarmConfig
+from pipeline.dockerhost import LABEL_INSTANCE, LABEL_SERVER, RunSpec
+from pipeline.errors import DockerError
 from pipeline.swarm import (
     DNS_LABEL,
+    LABEL_OVERLAY,
+    LABEL_SECRET_OF,
+    RELAY_MEMORY,
     SECRETS_SHIM,
+    NodeEngine,
     SwarmHost,
     overlay_name,
     service_name,
@@ -23,21 +31,65 @@ from pipeline.swarm import (
 
 
 class _Api:
-    def __init__(self, tasks: list[dict[str, Any]]) -> None:
+    def __init__(self, tasks: list[dict[str, Any]], networks: list[dict[str, Any]]) -> None:
         self.listed = tasks
+        self.listed_networks = networks
 
     def tasks(self, filters: dict[str, str]) -> list[dict[str, Any]]:
         return self.listed
 
+    def networks(self, names: list[str]) -> list[dict[str, Any]]:
+        return [n for n in self.listed_networks if any(name in n["Name"] for name in names)]  # as Docker's
+
+
+class _Secrets(_Api):
+    """Secrets as the engine keeps them, and a service create the engine refuses."""
+
+    def __init__(self) -> None:
+        super().__init__([], [])
+        self.held: dict[str, dict[str, str]] = {}
+        self.running: list[str] = []
+
+    def create_secret(self, name: str, data: bytes, labels: dict[str, str]) -> dict[str, str]:
+        self.held[name] = labels
+        return {"ID": name}
+
+    def secrets(self, filters: dict[str, str]) -> list[dict[str, Any]]:
+        key, _, value = filters["label"].partition("=")
+        held = self.held.items()
+        return [{"ID": n, "Spec": {"Name": n, "Labels": ls}} for n, ls in held if ls.get(key) == value]
+
+    def services(self, filters: dict[str, str]) -> list[dict[str, Any]]:
+        return [{"Spec": {"Name": name}} for name in self.running]
+
+    def remove_secret(self, secret_id: str) -> None:
+        del self.held[secret_id]
+
+
+class _Refusing:
+    def create(self, image: str, **spec: Any) -> None:
+        raise docker.errors.APIError("refused", explanation="ContainerSpec: duplicate mount point: /tmp")
+
+
+class _Networks:
+    def __init__(self) -> None:
+        self.created: list[str] = []
+
+    def create(self, name: str, **options: Any) -> None:
+        self.created.append(name)
+
 
 class _Client:
-    def __init__(self, tasks: list[dict[str, Any]]) -> None:
-        self.api = _Api(tasks)
+    def __init__(self, tasks: list[dict[str, Any]], networks: list[dict[str, Any]]) -> None:
+        self.api = _Api(tasks, networks)
+        self.networks = _Networks()
 
 
-def _host(tasks: list[dict[str, Any]] | None = None) -> SwarmHost:
+def _host(
+    tasks: list[dict[str, Any]] | None = None, networks: list[dict[str, Any]] | None = None
+) -> SwarmHost:
     settings = Settings(config_path=Path("deploy.yaml"), state_dir=Path("/tmp/x"))
-    return SwarmHost(settings, "abcd1234", _Client(tasks or []))  # type: ignore[arg-type]
+    return SwarmHost(settings, "abcd1234", _Client(tasks or [], networks or []))  # type: ignore[arg-type]
 
 
 def _task(state: str, created: str) -> dict[str, Any]:
@@ -49,6 +101,148 @@ def test_overlay_names_are_dns_labels_apart_for_egress_and_per_server() -> None:
     assert len(names) == 6
     assert all(len(n) <= DNS_LABEL and "." not in n for n in names)
     assert overlay_name("abcd1234", "a", True).endswith("-e")
+
+
+def test_an_overlay_name_holds_128_bits_of_its_server_so_no_name_can_be_searched_for_anothers() -> None:
+    digest = overlay_name("abcd1234", "victim", False).removeprefix("cmcp-abcd1234-ov-")
+    assert len(digest) >= 32 and int(digest, 16) >= 0
+    assert len(overlay_name("abcd1234", "v" * 63, True)) <= DNS_LABEL
+
+
+def test_a_replica_never_joins_an_overlay_of_that_name_made_for_another_server() -> None:
+    name = overlay_name("abcd1234", "victim", False)
+    victims = {"Name": name, "Labels": {LABEL_OVERLAY: "abcd1234", LABEL_SERVER: "victim"}}
+    host = _host(networks=[victims])
+    with pytest.raises(DockerError, match=f"{name} exists but is not this instance's overlay of hostile"):
+        host._overlay(name, False, "hostile")
+    host._overlay(name, False, "victim")  # its own: joined as it is
+    assert cast(_Networks, host.client.networks).created == []
+
+
+def test_an_overlay_whose_name_only_contains_the_wanted_one_is_not_taken_for_it() -> None:
+    name = overlay_name("abcd1234", "a", False)
+    other = {"Name": f"x{name}", "Labels": {LABEL_OVERLAY: "abcd1234", LABEL_SERVER: "a"}}
+    host = _host(networks=[other])
+    host._overlay(name, False, "a")
+    assert cast(_Networks, host.client.networks).created == [name]
+
+
+class _RefusingClient:
+    def __init__(self) -> None:
+        self.api = _Secrets()
+        self.services = _Refusing()
+        self.images = types.SimpleNamespace(get=lambda ref: types.SimpleNamespace(id="sha256:1", attrs={}))
+
+
+def test_a_service_the_engine_refuses_leaves_no_swarm_secret_behind() -> None:
+    client = _RefusingClient()
+    settings = Settings(config_path=Path("deploy.yaml"), state_dir=Path("/tmp/x"))
+    host = SwarmHost(settings, "abcd1234", client)  # type: ignore[arg-type]
+    host._placement = lambda image_id, spec: []  # type: ignore[method-assign]
+    host._overlay = lambda name, egress, server: None  # type: ignore[method-assign]
+    host.relay = lambda: cast(Any, None)  # type: ignore[method-assign]
+    host._connect = lambda relay, network: None  # type: ignore[method-assign]
+    host._free_port = lambda: 20000  # type: ignore[method-assign]
+    with pytest.raises(DockerError, match="duplicate mount point"):
+        host.run(_spec(network="cmcp-abcd1234-ov-x", secret_env={"TOKEN": "s3cret", "KEY": "k"}))
+    assert client.api.held == {}
+
+
+def test_tending_removes_the_secrets_of_services_that_are_gone_and_keeps_the_others() -> None:
+    client = _RefusingClient()
+    settings = Settings(config_path=Path("deploy.yaml"), state_dir=Path("/tmp/x"))
+    host = SwarmHost(settings, "abcd1234", client)  # type: ignore[arg-type]
+    mine = {LABEL_INSTANCE: "abcd1234"}
+    client.api.held = {
+        "live": {**mine, LABEL_SECRET_OF: "cmcp-abcd1234-echo-r2-d7"},
+        "orphan": {**mine, LABEL_SECRET_OF: "cmcp-abcd1234-echo-r1-d6"},  # serve died before its service
+        "other": {LABEL_INSTANCE: "ffff0000", LABEL_SECRET_OF: "cmcp-ffff0000-echo-r1-d1"},
+    }
+    client.api.running = ["cmcp-abcd1234-echo-r2-d7"]
+    assert host.prune_secrets() == ["orphan"]
+    assert set(client.api.held) == {"live", "other"}
+
+
+class _Unreachable(NodeEngine):
+    def copy_image_from(self, source: Any, tag: str, image_id: str) -> str:
+        raise AssertionError(f"node {self.name} was dialled though the swarm reports it down")
+
+    def remove_image(self, tag: str) -> None:
+        raise AssertionError(f"node {self.name} was dialled though the swarm reports it down")
+
+
+class _Nodes(_Api):
+    def nodes(self) -> list[dict[str, Any]]:
+        return [{"ID": "M", "Status": {"State": "ready"}}, {"ID": "W1", "Status": {"State": "down"}}]
+
+
+class _Images:
+    def __init__(self, tags: set[str]) -> None:
+        self.tags = tags
+
+    def get(self, tag: str) -> object:
+        if tag not in self.tags:
+            raise docker.errors.ImageNotFound(tag)
+        return object()
+
+    def remove(self, tag: str, force: bool) -> None:
+        self.tags.discard(tag)
+
+
+def test_retention_removes_an_image_from_every_node_it_was_copied_to_too() -> None:
+    tag = "central-mcp-server/echo-abcd12:r1-aaaa"
+    here, there = _Images({tag, "kept"}), _Images({tag, "kept"})
+    settings = Settings(
+        config_path=Path("deploy.yaml"), state_dir=Path("/tmp/x"), swarm=SwarmConfig(nodes={"w1": "tcp://w1"})
+    )
+    client = types.SimpleNamespace(images=here, api=_Nodes([], []))
+    host = SwarmHost(settings, "abcd1234", client)  # type: ignore[arg-type]
+    host._nodes["w1"] = NodeEngine("w1", types.SimpleNamespace(images=there))  # type: ignore[arg-type]
+    host.remove_image(tag)
+    assert here.tags == {"kept"} and there.tags == {"kept"}
+    host._nodes["w1"], host._node_ids["w1"] = _Unreachable("w1", client), "W1"  # type: ignore[arg-type]
+    host.remove_image("kept")  # the down node is not dialled
+
+
+class _Logs(_Api):
+    def service_logs(self, service_id: str, **options: Any) -> list[bytes]:
+        return []
+
+
+def test_the_gate_shows_why_a_task_never_started_which_logged_nothing() -> None:
+    failed = {
+        "CreatedAt": "2026-01-01T00:00:01Z",
+        "Status": {"State": "failed", "Err": 'starting container failed: exec: "/bin/sh": no such file'},
+    }
+    settings = Settings(config_path=Path("deploy.yaml"), state_dir=Path("/tmp/x"))
+    host = SwarmHost(settings, "abcd1234", types.SimpleNamespace(api=_Logs([failed], [])))  # type: ignore[arg-type]
+    assert host.logs_tail("svc") == [
+        '(its task is failed: starting container failed: exec: "/bin/sh": no such file)'
+    ]
+
+
+def test_the_relays_memory_limit_holds_every_connection_it_admits_backpressured_both_ways() -> None:
+    """A backpressured way holds asyncio's 64 KiB high-water mark and one read (measured: 65 KiB)."""
+    per_connection = 2 * (64 * 1024 + swarmrelay.CHUNK)
+    assert swarmrelay.DEFAULT_MAX_CONNECTIONS * per_connection < RELAY_MEMORY
+
+
+def test_a_node_the_swarm_reports_down_is_not_dialled_and_gets_no_replica() -> None:
+    manager = {"Swarm": {"LocalNodeState": "active", "ControlAvailable": True, "NodeID": "M"}}
+    client = types.SimpleNamespace(api=_Nodes([], []), info=lambda: manager)
+    settings = Settings(
+        config_path=Path("deploy.yaml"), state_dir=Path("/tmp/x"), swarm=SwarmConfig(nodes={"w1": "tcp://w1"})
+    )
+    host = SwarmHost(settings, "abcd1234", client)  # type: ignore[arg-type]
+    host._nodes["w1"] = _Unreachable("w1", client)  # type: ignore[arg-type]
+    host._node_ids["w1"] = "W1"  # it answered before it went down
+    assert host._placement("sha256:1", _spec()) == ["node.id!=W1"]
+
+
+def test_an_images_volume_at_tmp_is_one_mount_point_not_two_swarm_refuses() -> None:
+    image: dict[str, Any] = {"Config": {"Volumes": {"/tmp": {}, "/data/": {}, "/data": {}}}}
+    task = _host()._task(_spec(), image, [], [])
+    assert [m["Target"] for m in task["mounts"]] == ["/tmp", "/data"]
 
 
 def test_a_long_container_name_becomes_a_distinct_dns_label() -> None:
@@ -95,6 +289,12 @@ def test_secrets_are_files_read_by_the_shim_never_environment_in_the_spec() -> N
         ([_task("running", "1")], "running"),
         ([_task("failed", "1"), _task("running", "2")], "restarting"),
         ([_task("failed", "1")], "failed"),
+        # Docker trims trailing zeros of the fraction: .5 is before .53, though "5Z" > "53Z" as text
+        (
+            [_task("failed", "2026-01-01T00:00:01.5Z"), _task("running", "2026-01-01T00:00:01.53Z")],
+            "restarting",
+        ),
+        ([_task("running", "2026-01-01T00:00:01.53Z"), _task("failed", "2026-01-01T00:00:02Z")], "failed"),
     ],
 )
 def test_the_gate_sees_a_task_that_ever_ended_as_restarting(tasks: list[dict[str, Any]], status: str) -> None:
