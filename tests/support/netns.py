@@ -58,6 +58,43 @@ for target in json.loads(sys.argv[1]):
 print(json.dumps(out))
 """
 
+EXCHANGE = """
+import json, socket, sys, threading
+targets, payload, timeout = json.loads(sys.argv[1]), sys.argv[2].encode("latin-1"), float(sys.argv[3])
+out = {}
+def one(target):
+    host, port = target.rsplit(":", 1)
+    s = socket.socket(); s.settimeout(timeout)
+    try:
+        s.connect((host, int(port)))
+    except Exception as exc:
+        out[target] = "closed:" + type(exc).__name__
+        return
+    got, end = b"", "timeout"
+    try:
+        if payload:
+            s.sendall(payload)
+        while len(got) < 4096:
+            chunk = s.recv(4096)
+            if not chunk:
+                end = "eof"
+                break
+            got += chunk
+    except socket.timeout:
+        end = "timeout"
+    except ConnectionResetError:
+        end = "reset"
+    except OSError as exc:
+        end = type(exc).__name__
+    finally:
+        s.close()
+    out[target] = "open:" + end + ":" + got[:2000].decode("latin-1")
+threads = [threading.Thread(target=one, args=(t,)) for t in targets]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps(out))
+"""
+
 
 def ip(*args: str) -> None:
     """Run `ip ARGS` (fails the test on error)."""
@@ -199,3 +236,26 @@ def granted_service(server: str) -> Iterator[GrantedService]:
         yield GrantedService(settings, port, config)
     finally:
         firewall.install(Settings(config_path=Path("deploy.yaml"), state_dir=Path(".central-mcp")))
+
+
+def exchange_from(
+    container: Any, targets: list[str], payload: bytes = b"", timeout: float = CONNECT_TIMEOUT
+) -> dict[str, str]:
+    """From inside a running container, connect to every `host:port` at once, send `payload` and read
+    till the peer ends: "closed:<why>" (no connection) or "open:<eof|reset|timeout>:<answer>"."""
+    argv = ["python3", "-c", EXCHANGE, json.dumps(targets), payload.decode("latin-1"), str(timeout)]
+    code, output = container.exec_run(argv)
+    text = output.decode("utf-8", "replace")
+    assert code == 0, f"the probe failed in {container.name}: {text}"
+    result: dict[str, str] = json.loads(text.strip().splitlines()[-1])
+    return result
+
+
+def exchange_from_host(
+    targets: list[str], payload: bytes = b"", timeout: float = CONNECT_TIMEOUT
+) -> dict[str, str]:
+    """The same exchange made by the host itself (to show what a target answers a peer it serves)."""
+    argv = [sys.executable, "-c", EXCHANGE, json.dumps(targets), payload.decode("latin-1"), str(timeout)]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=True)
+    result: dict[str, str] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
