@@ -9,6 +9,7 @@ to the other tasks, to the relay, and to stand-ins the test makes (tests/support
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
 from collections.abc import Iterator
@@ -28,14 +29,18 @@ from tests.support.netns import (
     dummy_address,
     exchange_from,
     exchange_from_host,
+    exchange_in,
     host_listener,
+    ip,
     outside,
+    vxlan_peer,
 )
 from tests.support.provider import Provider, running_provider
 
 pytestmark = [pytest.mark.docker, pytest.mark.swarm]
 
 ECHO_PORT = 8080
+VXLAN_IDS = "com.docker.network.driver.overlay.vxlanid_list"  # an overlay's VNI(s)
 DUMMY_ADDRESS = "198.51.100.1"  # TEST-NET-2: on an interface of the host's own, no bridge's
 GREETED = "open:eof:" + MARK.decode()  # a stand-in listener's whole answer
 BODY = json.dumps(
@@ -282,3 +287,23 @@ def test_no_service_publishes_a_port(fleet: Fleet) -> None:
     relay = fleet.relay()
     assert not relay.attrs["HostConfig"].get("PortBindings")
     assert not any((relay.attrs["NetworkSettings"].get("Ports") or {}).values())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: the host takes VXLAN (udp 4789) from any source, so a machine outside the VM that can "
+    "reach it injects frames into an overlay and, the overlay's VXLAN device learning its address, talks "
+    "TCP to an internal server's task past the proxy; fix: the firewall accepts 4789 only from swarm nodes",
+)
+def test_no_machine_outside_the_vm_reaches_a_task_over_the_swarm_data_plane(fleet: Fleet) -> None:
+    """A machine outside the VM sending VXLAN to the host, on B's overlay's VNI, from an address in its
+    subnet, gets no answer from B's (internal) task: overlays take frames only from swarm nodes."""
+    overlay = fleet.provider.docker.client.networks.get(fleet.overlay(fleet.b))
+    vni = int(overlay.attrs["Options"][VXLAN_IDS].split(",")[0])
+    subnet = ipaddress.IPv4Network(overlay.attrs["IPAM"]["Config"][0]["Subnet"])
+    target = f"{fleet.address(fleet.b)}:{ECHO_PORT}"
+    mac = fleet.task(fleet.b).attrs["NetworkSettings"]["Networks"][fleet.overlay(fleet.b)]["MacAddress"]
+    with outside(free_port()) as there, vxlan_peer(there, vni, f"{subnet[-6]}/{subnet.prefixlen}") as device:
+        exchange_in(there.namespace, [target], timeout=1.0)  # its ARP request: B's task learns its address
+        ip("-n", there.namespace, "neigh", "replace", target.split(":")[0], "lladdr", mac, "dev", device)
+        _not_ours(exchange_in(there.namespace, [target], INITIALIZE))

@@ -150,6 +150,9 @@ class Outside:
     address: str
     link_local: str
     port: int
+    namespace: str = ""
+    host_side: str = ""  # the host's address on the veth pair (the namespace's default gateway)
+    device: str = ""  # the namespace's end of the veth pair
 
 
 @contextlib.contextmanager
@@ -179,7 +182,7 @@ def outside(port: int, net: str = "198.51.100.128/30", link_local: str = "169.25
             text=True,
         )
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        yield Outside(ns_addr, link_local, port)
+        yield Outside(ns_addr, link_local, port, ns, host_addr, ns_if)
     finally:
         if proc is not None:
             proc.kill()
@@ -257,5 +260,49 @@ def exchange_from_host(
     """The same exchange made by the host itself (to show what a target answers a peer it serves)."""
     argv = [sys.executable, "-c", EXCHANGE, json.dumps(targets), payload.decode("latin-1"), str(timeout)]
     proc = subprocess.run(argv, capture_output=True, text=True, check=True)
+    result: dict[str, str] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+VXLAN_PORT = 4789  # the Swarm data plane (overlay traffic between nodes)
+
+
+@contextlib.contextmanager
+def vxlan_peer(there: Outside, vni: int, address: str) -> Iterator[str]:
+    """In `there`'s namespace, a VXLAN device on `vni` towards the host (UDP 4789) holding `address`
+    (CIDR, in an overlay's subnet): a machine outside the VM speaking the Swarm data plane to it."""
+    device = "vx0"
+    ns = there.namespace
+    ip(
+        "-n",
+        ns,
+        "link",
+        "add",
+        device,
+        "type",
+        "vxlan",
+        "id",
+        str(vni),
+        "remote",
+        there.host_side,
+        "dstport",
+        str(VXLAN_PORT),
+    )
+    try:
+        ip("-n", ns, "addr", "add", address, "dev", device)
+        ip("-n", ns, "link", "set", device, "up")
+        yield device
+    finally:
+        subprocess.run(["ip", "-n", ns, "link", "del", device], capture_output=True, check=False)
+
+
+def exchange_in(
+    namespace: str, targets: list[str], payload: bytes = b"", timeout: float = CONNECT_TIMEOUT
+) -> dict[str, str]:
+    """The exchange made from inside network namespace `namespace` (a stand-in machine)."""
+    argv = [sys.executable, "-c", EXCHANGE, json.dumps(targets), payload.decode("latin-1"), str(timeout)]
+    proc = subprocess.run(
+        ["ip", "netns", "exec", namespace, *argv], capture_output=True, text=True, check=True
+    )
     result: dict[str, str] = json.loads(proc.stdout.strip().splitlines()[-1])
     return result
