@@ -9,6 +9,7 @@ to the other tasks, to the relay, and to stand-ins the test makes (tests/support
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import secrets
@@ -145,23 +146,40 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, docker_host: DockerHost) -> Iterator[Fleet]:
     """One Swarm provider; A and C (egress) and B (internal) deployed by one push."""
+    with _fleet(tmp_path_factory, docker_host, "", ("a", True), ("b", False), ("c", True)) as deployed:
+        yield deployed
+
+
+@pytest.fixture(scope="module")
+def encrypted(tmp_path_factory: pytest.TempPathFactory, docker_host: DockerHost) -> Iterator[Fleet]:
+    """A provider with `swarm.encrypt: true` and only B (internal) deployed."""
+    config = "swarm: {start_timeout: 60s, encrypt: true}\n"
+    with _fleet(tmp_path_factory, docker_host, config, ("b", False)) as deployed:
+        yield deployed
+
+
+@contextlib.contextmanager
+def _fleet(
+    tmp_path_factory: pytest.TempPathFactory, docker_host: DockerHost, config: str, *servers: tuple[str, bool]
+) -> Iterator[Fleet]:
+    """A Swarm provider (deploy.yaml plus `config`) with echo servers (letter, egress) from one push."""
     swarm = docker_host.client.info().get("Swarm") or {}
     assert swarm.get("ControlAvailable"), "the Swarm tests need a swarm manager: `central-mcp engine --swarm`"
-    with running_provider(tmp_path_factory.mktemp("swarm-iso"), docker_host, engine=ENGINE_SWARM) as provider:
+    root = tmp_path_factory.mktemp("swarm-iso")
+    with running_provider(root, docker_host, extra_config=config, engine=ENGINE_SWARM) as provider:
         workspace = provider.clone(tmp_path_factory.mktemp("clone") / "work")
         tag = secrets.token_hex(2)
-        a, b, c = (provider.name(f"iso-{x}{tag}") for x in "abc")
+        names = {letter: provider.name(f"iso-{letter}{tag}") for letter, _ in servers}
 
         def egress(data: dict[str, Any]) -> None:
             data["run"]["network"] = "egress"
 
-        workspace.put("echo", name=a, manifest=egress)
-        workspace.put("echo", name=b)
-        workspace.put("echo", name=c, manifest=egress)
+        for letter, wants_egress in servers:
+            workspace.put("echo", name=names[letter], manifest=egress if wants_egress else None)
         workspace.commit("swarm isolation fixtures")
         push = workspace.push()
         assert push.ok, push.output
-        yield Fleet(provider, a, b, c)
+        yield Fleet(provider, names.get("a", ""), names["b"], names.get("c", ""))
 
 
 def _refused(seen: dict[str, str]) -> None:
@@ -291,19 +309,32 @@ def test_no_service_publishes_a_port(fleet: Fleet) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="open: the host takes VXLAN (udp 4789) from any source, so a machine outside the VM that can "
-    "reach it injects frames into an overlay and, the overlay's VXLAN device learning its address, talks "
-    "TCP to an internal server's task past the proxy; fix: the firewall accepts 4789 only from swarm nodes",
+    reason="open without swarm.encrypt: the host takes VXLAN (udp 4789) from any source, so a machine "
+    "outside the VM that reaches it injects frames into an overlay and, the overlay's VXLAN device learning "
+    "its address, talks TCP to an internal server's task past the proxy",
 )
 def test_no_machine_outside_the_vm_reaches_a_task_over_the_swarm_data_plane(fleet: Fleet) -> None:
     """A machine outside the VM sending VXLAN to the host, on B's overlay's VNI, from an address in its
     subnet, gets no answer from B's (internal) task: overlays take frames only from swarm nodes."""
+    _inject(fleet)
+
+
+def test_with_swarm_encrypt_no_machine_outside_the_vm_reaches_a_task(encrypted: Fleet) -> None:
+    """With `swarm.encrypt: true` the same injection gets nothing: Docker drops VXLAN that is not
+    IPsec for an encrypted overlay's VNI; the proxy still reaches B."""
+    _inject(encrypted)
+    assert encrypted.provider.greeting(encrypted.b) == "hello, Ada"
+
+
+def _inject(fleet: Fleet) -> None:
+    """From a namespace outside the VM, speak VXLAN to the host on B's overlay as an address of its
+    subnet (B's task learns it from our ARP request) and send B's task an MCP initialize."""
     overlay = fleet.provider.docker.client.networks.get(fleet.overlay(fleet.b))
     vni = int(overlay.attrs["Options"][VXLAN_IDS].split(",")[0])
     subnet = ipaddress.IPv4Network(overlay.attrs["IPAM"]["Config"][0]["Subnet"])
     target = f"{fleet.address(fleet.b)}:{ECHO_PORT}"
     mac = fleet.task(fleet.b).attrs["NetworkSettings"]["Networks"][fleet.overlay(fleet.b)]["MacAddress"]
     with outside(free_port()) as there, vxlan_peer(there, vni, f"{subnet[-6]}/{subnet.prefixlen}") as device:
-        exchange_in(there.namespace, [target], timeout=1.0)  # its ARP request: B's task learns its address
+        exchange_in(there.namespace, [target], timeout=1.0)  # its ARP request: B's task learns our address
         ip("-n", there.namespace, "neigh", "replace", target.split(":")[0], "lladdr", mac, "dev", device)
         _not_ours(exchange_in(there.namespace, [target], INITIALIZE))
