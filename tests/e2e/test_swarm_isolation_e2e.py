@@ -5,6 +5,11 @@ The plain engine's isolation promises (test_isolation_e2e.py), proven again with
 real serve, one real push of three echo servers (A and C with egress, B internal), and connections
 made from INSIDE the deployed task containers (`docker exec` into each service's task on this node)
 to the other tasks, to the relay, and to stand-ins the test makes (tests/support/netns.py).
+
+One promise only Swarm can break: its data plane. The host takes VXLAN (udp 4789) from anyone, so a
+machine outside the VM can put frames on an overlay; without `swarm.encrypt` it reaches an internal
+server's task (a strict xfail until the firewall accepts VXLAN from swarm nodes only); with it, Docker
+drops VXLAN that is not IPsec and nothing gets through.
 """
 
 from __future__ import annotations
@@ -80,7 +85,7 @@ print(json.dumps({n: found.get(n, []) for n in json.loads(sys.argv[1])}))
 
 @dataclass(frozen=True)
 class Fleet:
-    """The module's Swarm provider and its three servers: A and C with egress, B internal."""
+    """A Swarm provider and its echo servers: A and C with egress ("" when not deployed), B internal."""
 
     provider: Provider
     a: str
