@@ -7,9 +7,8 @@ made from INSIDE the deployed task containers (`docker exec` into each service's
 to the other tasks, to the relay, and to stand-ins the test makes (tests/support/netns.py).
 
 One promise only Swarm can break: its data plane. The host takes VXLAN (udp 4789) from anyone, so a
-machine outside the VM can put frames on an overlay; without `swarm.encrypt` it reaches an internal
-server's task (a strict xfail until the firewall accepts VXLAN from swarm nodes only); with it, Docker
-drops VXLAN that is not IPsec and nothing gets through.
+machine outside the VM can put frames on an unencrypted overlay and reach an internal server's task;
+an encrypted overlay (always on a single-node swarm, or with `swarm.encrypt`) lets nothing through.
 """
 
 from __future__ import annotations
@@ -151,27 +150,19 @@ class Fleet:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, docker_host: DockerHost) -> Iterator[Fleet]:
     """One Swarm provider; A and C (egress) and B (internal) deployed by one push."""
-    with _fleet(tmp_path_factory, docker_host, "", ("a", True), ("b", False), ("c", True)) as deployed:
-        yield deployed
-
-
-@pytest.fixture(scope="module")
-def encrypted(tmp_path_factory: pytest.TempPathFactory, docker_host: DockerHost) -> Iterator[Fleet]:
-    """A provider with `swarm.encrypt: true` and only B (internal) deployed."""
-    config = "swarm: {start_timeout: 60s, encrypt: true}\n"
-    with _fleet(tmp_path_factory, docker_host, config, ("b", False)) as deployed:
+    with _fleet(tmp_path_factory, docker_host, ("a", True), ("b", False), ("c", True)) as deployed:
         yield deployed
 
 
 @contextlib.contextmanager
 def _fleet(
-    tmp_path_factory: pytest.TempPathFactory, docker_host: DockerHost, config: str, *servers: tuple[str, bool]
+    tmp_path_factory: pytest.TempPathFactory, docker_host: DockerHost, *servers: tuple[str, bool]
 ) -> Iterator[Fleet]:
-    """A Swarm provider (deploy.yaml plus `config`) with echo servers (letter, egress) from one push."""
+    """A Swarm provider with echo servers (letter, egress) deployed by one push."""
     swarm = docker_host.client.info().get("Swarm") or {}
     assert swarm.get("ControlAvailable"), "the Swarm tests need a swarm manager: `central-mcp engine --swarm`"
     root = tmp_path_factory.mktemp("swarm-iso")
-    with running_provider(root, docker_host, extra_config=config, engine=ENGINE_SWARM) as provider:
+    with running_provider(root, docker_host, engine=ENGINE_SWARM) as provider:
         workspace = provider.clone(tmp_path_factory.mktemp("clone") / "work")
         tag = secrets.token_hex(2)
         names = {letter: provider.name(f"iso-{letter}{tag}") for letter, _ in servers}
@@ -312,23 +303,13 @@ def test_no_service_publishes_a_port(fleet: Fleet) -> None:
     assert not any((relay.attrs["NetworkSettings"].get("Ports") or {}).values())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open without swarm.encrypt: the host takes VXLAN (udp 4789) from any source, so a machine "
-    "outside the VM that reaches it injects frames into an overlay and, the overlay's VXLAN device learning "
-    "its address, talks TCP to an internal server's task past the proxy",
-)
 def test_no_machine_outside_the_vm_reaches_a_task_over_the_swarm_data_plane(fleet: Fleet) -> None:
     """A machine outside the VM sending VXLAN to the host, on B's overlay's VNI, from an address in its
-    subnet, gets no answer from B's (internal) task: overlays take frames only from swarm nodes."""
+    subnet, gets no answer from B's (internal) task: on a single-node swarm every overlay is encrypted,
+    and Docker drops VXLAN that is not IPsec for it (before, the overlay's VXLAN device learned the
+    sender and B's task answered it past the proxy); the proxy still reaches B."""
     _inject(fleet)
-
-
-def test_with_swarm_encrypt_no_machine_outside_the_vm_reaches_a_task(encrypted: Fleet) -> None:
-    """With `swarm.encrypt: true` the same injection gets nothing: Docker drops VXLAN that is not
-    IPsec for an encrypted overlay's VNI; the proxy still reaches B."""
-    _inject(encrypted)
-    assert encrypted.provider.greeting(encrypted.b) == "hello, Ada"
+    assert fleet.provider.greeting(fleet.b) == "hello, Ada"
 
 
 def _inject(fleet: Fleet) -> None:
