@@ -308,6 +308,11 @@ def test_no_machine_outside_the_vm_reaches_a_task_over_the_swarm_data_plane(flee
     subnet, gets no answer from B's (internal) task: on a single-node swarm every overlay is encrypted,
     and Docker drops VXLAN that is not IPsec for it (before, the overlay's VXLAN device learned the
     sender and B's task answered it past the proxy); the proxy still reaches B."""
+    overlay = fleet.provider.docker.client.networks.get(fleet.overlay(fleet.b))
+    assert "encrypted" in overlay.attrs["Options"], (
+        f"{overlay.name} is not encrypted: did the swarm have another node when it was made (a two-node "
+        "test running alongside)? `docker node ls`"
+    )
     _inject(fleet)
     assert fleet.provider.greeting(fleet.b) == "hello, Ada"
 
