@@ -9,7 +9,10 @@ DockerHost whose container calls act on services:
   leaves. Swarm places it (on a node that holds its image), restarts its task and moves it when
   its node dies.
 - Its overlay network is its server's own (`internal` unless `run.network: egress`), `encrypted`
-  (IPsec between nodes) with `swarm.encrypt: true`.
+  (IPsec between nodes) with `swarm.encrypt` (the default), and always while this node is the swarm's only
+  one: the host takes VXLAN (udp 4789) from anyone, and only for an encrypted overlay does Docker
+  drop what is not IPsec, so no machine outside the VM puts frames on it (IPsec costs nothing here:
+  no overlay traffic leaves the node).
 - The proxy is a host process and cannot join an overlay: one relay container (swarmrelay.py)
   on this node joins every server's overlay and a bridge network of its own from network.pool.
   Each replica gets a relay port (a service label); the proxy, gate and probes reach
@@ -560,9 +563,14 @@ class SwarmHost(DockerHost):
                 driver="overlay",
                 attachable=True,
                 internal=not egress,
-                options={"encrypted": ""} if self.settings.swarm.encrypt else {},
+                options={"encrypted": ""} if self.settings.swarm.encrypt or self._alone() else {},
                 labels={LABEL_OVERLAY: self.instance, LABEL_SERVER: server},
             )
+
+    def _alone(self) -> bool:
+        """Whether the swarm has no node but this one."""
+        with _translated("list nodes"):
+            return len(self._api.nodes()) <= 1
 
     def _connect(self, relay: _Relay, network: str) -> None:
         try:

@@ -334,7 +334,7 @@ class SwarmConfig:
     start_timeout: float = DEFAULT_SWARM_START_TIMEOUT
     relay_ports: tuple[int, int] = DEFAULT_RELAY_PORTS
     image_copy_timeout: float = DEFAULT_IMAGE_COPY_TIMEOUT
-    encrypt: bool = False
+    encrypt: bool = True  # an unencrypted overlay takes forged VXLAN from whoever reaches udp 4789
 
 
 @dataclass(frozen=True)
@@ -779,7 +779,7 @@ def _swarm(data: dict[str, Any]) -> SwarmConfig:
         start_timeout=parse_duration(data.get("start_timeout", DEFAULT_SWARM_START_TIMEOUT)),
         relay_ports=(min(low, high), max(low, high)),
         image_copy_timeout=parse_duration(data.get("image_copy_timeout", DEFAULT_IMAGE_COPY_TIMEOUT)),
-        encrypt=bool(data.get("encrypt", False)),
+        encrypt=bool(data.get("encrypt", True)),
     )
 
 

@@ -58,6 +58,43 @@ for target in json.loads(sys.argv[1]):
 print(json.dumps(out))
 """
 
+EXCHANGE = """
+import json, socket, sys, threading
+targets, payload, timeout = json.loads(sys.argv[1]), sys.argv[2].encode("latin-1"), float(sys.argv[3])
+out = {}
+def one(target):
+    host, port = target.rsplit(":", 1)
+    s = socket.socket(); s.settimeout(timeout)
+    try:
+        s.connect((host, int(port)))
+    except Exception as exc:
+        out[target] = "closed:" + type(exc).__name__
+        return
+    got, end = b"", "timeout"
+    try:
+        if payload:
+            s.sendall(payload)
+        while len(got) < 4096:
+            chunk = s.recv(4096)
+            if not chunk:
+                end = "eof"
+                break
+            got += chunk
+    except socket.timeout:
+        end = "timeout"
+    except ConnectionResetError:
+        end = "reset"
+    except OSError as exc:
+        end = type(exc).__name__
+    finally:
+        s.close()
+    out[target] = "open:" + end + ":" + got[:2000].decode("latin-1")
+threads = [threading.Thread(target=one, args=(t,)) for t in targets]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps(out))
+"""
+
 
 def ip(*args: str) -> None:
     """Run `ip ARGS` (fails the test on error)."""
@@ -113,6 +150,9 @@ class Outside:
     address: str
     link_local: str
     port: int
+    namespace: str = ""
+    host_side: str = ""  # the host's address on the veth pair (the namespace's default gateway)
+    device: str = ""  # the namespace's end of the veth pair
 
 
 @contextlib.contextmanager
@@ -142,7 +182,7 @@ def outside(port: int, net: str = "198.51.100.128/30", link_local: str = "169.25
             text=True,
         )
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
-        yield Outside(ns_addr, link_local, port)
+        yield Outside(ns_addr, link_local, port, ns, host_addr, ns_if)
     finally:
         if proc is not None:
             proc.kill()
@@ -199,3 +239,70 @@ def granted_service(server: str) -> Iterator[GrantedService]:
         yield GrantedService(settings, port, config)
     finally:
         firewall.install(Settings(config_path=Path("deploy.yaml"), state_dir=Path(".central-mcp")))
+
+
+def exchange_from(
+    container: Any, targets: list[str], payload: bytes = b"", timeout: float = CONNECT_TIMEOUT
+) -> dict[str, str]:
+    """From inside a running container, connect to every `host:port` at once, send `payload` and read
+    till the peer ends: "closed:<why>" (no connection) or "open:<eof|reset|timeout>:<answer>"."""
+    argv = ["python3", "-c", EXCHANGE, json.dumps(targets), payload.decode("latin-1"), str(timeout)]
+    code, output = container.exec_run(argv)
+    text = output.decode("utf-8", "replace")
+    assert code == 0, f"the probe failed in {container.name}: {text}"
+    result: dict[str, str] = json.loads(text.strip().splitlines()[-1])
+    return result
+
+
+def exchange_from_host(
+    targets: list[str], payload: bytes = b"", timeout: float = CONNECT_TIMEOUT
+) -> dict[str, str]:
+    """The same exchange made by the host itself (to show what a target answers a peer it serves)."""
+    argv = [sys.executable, "-c", EXCHANGE, json.dumps(targets), payload.decode("latin-1"), str(timeout)]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=True)
+    result: dict[str, str] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+VXLAN_PORT = 4789  # the Swarm data plane (overlay traffic between nodes)
+
+
+@contextlib.contextmanager
+def vxlan_peer(there: Outside, vni: int, address: str) -> Iterator[str]:
+    """In `there`'s namespace, a VXLAN device on `vni` towards the host (UDP 4789) holding `address`
+    (CIDR, in an overlay's subnet): a machine outside the VM speaking the Swarm data plane to it."""
+    device = "vx0"
+    ns = there.namespace
+    ip(
+        "-n",
+        ns,
+        "link",
+        "add",
+        device,
+        "type",
+        "vxlan",
+        "id",
+        str(vni),
+        "remote",
+        there.host_side,
+        "dstport",
+        str(VXLAN_PORT),
+    )
+    try:
+        ip("-n", ns, "addr", "add", address, "dev", device)
+        ip("-n", ns, "link", "set", device, "up")
+        yield device
+    finally:
+        subprocess.run(["ip", "-n", ns, "link", "del", device], capture_output=True, check=False)
+
+
+def exchange_in(
+    namespace: str, targets: list[str], payload: bytes = b"", timeout: float = CONNECT_TIMEOUT
+) -> dict[str, str]:
+    """The exchange made from inside network namespace `namespace` (a stand-in machine)."""
+    argv = [sys.executable, "-c", EXCHANGE, json.dumps(targets), payload.decode("latin-1"), str(timeout)]
+    proc = subprocess.run(
+        ["ip", "netns", "exec", namespace, *argv], capture_output=True, text=True, check=True
+    )
+    result: dict[str, str] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
