@@ -45,6 +45,7 @@ LABEL_INSTANCE = f"{LABEL_PREFIX}.instance"
 LABEL_FINGERPRINT = f"{LABEL_PREFIX}.fingerprint"
 LABEL_NETWORK = f"{LABEL_PREFIX}.network"
 BRIDGE_NAME_OPTION = "com.docker.network.bridge.name"
+SWARM_TASK_LABEL = "com.docker.swarm.service.id"  # on a Swarm task's container (swarm.py)
 ADDRESS_TIMEOUT = 5.0  # for a started container to get its address on its network
 ENGINE_TIMEOUT = 120
 RESTART_POLICIES: dict[str, dict[str, Any]] = {
@@ -441,12 +442,13 @@ class DockerHost:
                 raise
 
     def containers(self, labels: Mapping[str, str]) -> list[Any]:
-        """Return every container (running or not) carrying all these labels."""
+        """Return every container (running or not) carrying all these labels, but a Swarm task's
+        (engine: swarm; after a switch back, its services are removed by hand: README)."""
         with _translated("list containers"):
             filters = [f"{k}={v}" for k, v in labels.items()]
             # ignore_removed: one removed between the list and its inspection (a drain) is left out
             found = self.client.containers.list(all=True, filters={"label": filters}, ignore_removed=True)
-            return list(found)
+            return [c for c in found if SWARM_TASK_LABEL not in (c.labels or {})]
 
     def remove_image(self, tag: str) -> None:
         """Remove an image by tag; a missing image is fine."""

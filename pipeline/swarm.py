@@ -60,6 +60,7 @@ from pipeline.dockerhost import (
     LOG_FILE_SIZE,
     LOG_FILES,
     STOP_GRACE_SECONDS,
+    SWARM_TASK_LABEL,
     TMP_DIR,
     DockerHost,
     Running,
@@ -316,11 +317,26 @@ class SwarmHost(DockerHost):
 
     def containers(self, labels: Mapping[str, str]) -> list[Any]:
         """Every service carrying these labels, seen as containers (the relay is made to hold their
-        routes first: the addresses these views give are the relay's)."""
+        routes first: the addresses these views give are the relay's); then the plain engine's
+        containers with them, left by a run before `engine: swarm`, seen as exited: start-up and
+        retention remove them like any leftover."""
         self.sync()
         with _translated("list services"):
             found = self._api.services(filters={"label": [f"{k}={v}" for k, v in labels.items()]})
-        return [self._seen(s) for s in found]
+        return [self._seen(s) for s in found] + [self._stray(c) for c in self._plain(labels)]
+
+    def _plain(self, labels: Mapping[str, str]) -> list[Any]:
+        """Containers with these labels that are neither a replica's task nor the relay."""
+        return [
+            c
+            for c in DockerHost.containers(self, labels)
+            if SWARM_TASK_LABEL not in c.labels and c.labels.get(LABEL_ROLE) != RELAY_ROLE
+        ]
+
+    def _stray(self, container: Any) -> ServiceView:
+        labels = {str(k): str(v) for k, v in (container.labels or {}).items()}
+        attrs = {"State": {"Status": "exited", "ExitCode": 0}, "Config": {"Labels": labels}}
+        return ServiceView(str(container.id), str(container.name), labels, "exited", attrs)
 
     def logs_tail(self, container_id: str, lines: int = 30) -> list[str]:
         """The service's last log lines, then why its newest task ended when Swarm says (a task that
@@ -349,6 +365,7 @@ class SwarmHost(DockerHost):
             except DockerError as exc:
                 if "not found" not in str(exc):
                     raise
+                DockerHost.stop_and_remove(self, container_id, grace=1)  # a plain engine's leftover
                 return
             self._remove_secrets(str((attrs.get("Spec") or {}).get("Name", "")))
             self.sync()

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline import swarmrelay
 from pipeline.config.settings import Settings, SwarmConfig
-from pipeline.dockerhost import LABEL_INSTANCE, LABEL_SERVER, RunSpec
+from pipeline.dockerhost import LABEL_INSTANCE, LABEL_SERVER, DockerHost, RunSpec
 from pipeline.errors import DockerError
 from pipeline.swarm import (
     DNS_LABEL,
@@ -299,3 +299,33 @@ def test_secrets_are_files_read_by_the_shim_never_environment_in_the_spec() -> N
 )
 def test_the_gate_sees_a_task_that_ever_ended_as_restarting(tasks: list[dict[str, Any]], status: str) -> None:
     assert _host(tasks).status("svc") == status
+
+
+class _Container:
+    def __init__(self, cid: str, labels: dict[str, str]) -> None:
+        self.id, self.name, self.labels = cid, f"c-{cid}", labels
+
+
+class _Listed(_Api):
+    """A swarm with no service yet, beside containers the plain engine left."""
+
+    def services(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        return []
+
+
+def test_a_plain_engines_containers_are_leftovers_on_swarm_but_tasks_and_the_relay_are_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a switch to `engine: swarm`, the plain engine's replicas are listed as exited (start-up
+    and retention remove them); a task's container and the relay are Swarm's own and never listed."""
+    host = _host()
+    host.client.api = _Listed([], [])  # type: ignore[assignment]
+    left = [
+        _Container("old", {"central-mcp.instance": "abcd1234", "central-mcp.server": "echo"}),
+        _Container("task", {"central-mcp.instance": "abcd1234", "com.docker.swarm.service.id": "s1"}),
+        _Container("relay", {"central-mcp.instance": "abcd1234", "central-mcp.role": "swarm-relay"}),
+    ]
+    monkeypatch.setattr(host, "sync", lambda: None)
+    monkeypatch.setattr(DockerHost, "containers", lambda self, labels: left)
+    seen = host.containers({"central-mcp.instance": "abcd1234"})
+    assert [(c.id, c.status) for c in seen] == [("old", "exited")]
