@@ -81,10 +81,17 @@ RELAY_ROLE = "swarm-relay"
 RELAY_CONTROL_PORT = 7999
 RELAY_WAY_BYTES = 2 * swarmrelay.CHUNK  # a backpressured way: asyncio's 64 KiB mark + a read
 RELAY_RUNTIME_MEMORY = 64 * 1024**2  # the interpreter and its idle connections
+
+
 # Every connection the relay admits stalled both ways (a server that never reads, a client that never
 # reads its answer) still fits: at 128 MiB, 1024 of them (256 MiB) got the relay, every server's way in,
 # killed for memory. A limit, not a reservation. Kernel socket buffers are more on a cgroup v2 host.
-RELAY_MEMORY = swarmrelay.DEFAULT_MAX_CONNECTIONS * 2 * RELAY_WAY_BYTES + RELAY_RUNTIME_MEMORY
+def relay_memory(max_connections: int) -> int:
+    """The relay's memory limit for `max_connections` (swarm.relay_max_connections)."""
+    return max_connections * 2 * RELAY_WAY_BYTES + RELAY_RUNTIME_MEMORY
+
+
+RELAY_MEMORY = relay_memory(swarmrelay.DEFAULT_MAX_CONNECTIONS)
 RELAY_TIMEOUT = 5.0  # one control request to the relay
 RELAY_START_TIMEOUT = 15.0  # for a new relay to answer
 EGRESS_MARK = ".egress"
@@ -620,8 +627,21 @@ class SwarmHost(DockerHost):
         host = network_address(attrs, network)
         if not host or not env.get("RELAY_TOKEN"):
             return None
+        wanted = self._relay_config(env["RELAY_TOKEN"], env.get("RELAY_PEER", "")).environment()
+        if any(env.get(k) != v for k, v in wanted.items()):
+            return None  # made with other settings (a restart after deploy.yaml changed): made again
         client = swarmrelay.RelayClient(host, RELAY_CONTROL_PORT, env["RELAY_TOKEN"], RELAY_TIMEOUT)
         return _Relay(str(attrs["Id"]), host, client)
+
+    def _relay_config(self, token: str, peer: str) -> swarmrelay.RelayConfig:
+        cfg = self.settings.swarm
+        return swarmrelay.RelayConfig(
+            token,
+            peer,
+            RELAY_CONTROL_PORT,
+            max_connections=cfg.relay_max_connections,
+            connect_timeout=cfg.relay_connect_timeout,
+        )
 
     def _start_relay(self) -> _Relay:
         if self.server_networks is None:
@@ -637,11 +657,11 @@ class SwarmHost(DockerHost):
                 name=name,
                 detach=True,
                 labels={LABEL_INSTANCE: self.instance, LABEL_ROLE: RELAY_ROLE, LABEL_NETWORK: net.name},
-                environment=swarmrelay.RelayConfig(token, net.gateway, RELAY_CONTROL_PORT).environment(),
+                environment=self._relay_config(token, net.gateway).environment(),
                 network=net.name,
                 read_only=True,
                 user=self.settings.containers.user,
-                mem_limit=RELAY_MEMORY,
+                mem_limit=relay_memory(self.settings.swarm.relay_max_connections),
                 cpu_period=CPU_PERIOD,
                 cpu_quota=CPU_PERIOD,
                 security_opt=["no-new-privileges"],

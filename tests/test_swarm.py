@@ -14,6 +14,7 @@ import docker.errors
 import pytest
 
 from pipeline import swarmrelay
+from pipeline.config import settings as settings_mod
 from pipeline.config.settings import Settings, SwarmConfig
 from pipeline.dockerhost import LABEL_INSTANCE, LABEL_SERVER, DockerHost, RunSpec
 from pipeline.errors import DockerError
@@ -26,6 +27,7 @@ from pipeline.swarm import (
     NodeEngine,
     SwarmHost,
     overlay_name,
+    relay_memory,
     service_name,
 )
 
@@ -329,3 +331,18 @@ def test_a_plain_engines_containers_are_leftovers_on_swarm_but_tasks_and_the_rel
     monkeypatch.setattr(DockerHost, "containers", lambda self, labels: left)
     seen = host.containers({"central-mcp.instance": "abcd1234"})
     assert [(c.id, c.status) for c in seen] == [("old", "exited")]
+
+
+def test_the_relays_cap_and_connect_timeout_come_from_deploy_yaml_and_its_memory_follows(
+    tmp_path: Path,
+) -> None:
+    """swarm.relay_max_connections and relay_connect_timeout reach the relay's environment; a relay
+    running with other values is not reused; the memory limit holds every admitted connection."""
+    config = tmp_path / "deploy.yaml"
+    config.write_text("engine: swarm\nswarm: {relay_max_connections: 4096, relay_connect_timeout: 2s}\n")
+    settings = settings_mod.load(config, env={})
+    assert (settings.engine, settings.swarm.encrypt) == ("swarm", True)
+    host = SwarmHost(settings, "abcd1234", _Client([], []))  # type: ignore[arg-type]
+    env = host._relay_config("t" * 32, "10.213.0.1").environment()
+    assert (env["RELAY_MAX_CONNECTIONS"], float(env["RELAY_CONNECT_TIMEOUT"])) == ("4096", 2.0)
+    assert relay_memory(4096) >= 4096 * 2 * 128 * 1024 > relay_memory(1024)

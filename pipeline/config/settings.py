@@ -324,6 +324,8 @@ ENGINE_SWARM = "swarm"
 DEFAULT_SWARM_START_TIMEOUT = 60.0
 DEFAULT_RELAY_PORTS = (20000, 29999)
 DEFAULT_IMAGE_COPY_TIMEOUT = 600.0
+DEFAULT_RELAY_CONNECTIONS = 1024  # every replica's connections through the Swarm relay together
+DEFAULT_RELAY_CONNECT_TIMEOUT = 5.0  # the relay's lookup and connect to a replica
 
 
 @dataclass(frozen=True)
@@ -334,6 +336,8 @@ class SwarmConfig:
     start_timeout: float = DEFAULT_SWARM_START_TIMEOUT
     relay_ports: tuple[int, int] = DEFAULT_RELAY_PORTS
     image_copy_timeout: float = DEFAULT_IMAGE_COPY_TIMEOUT
+    relay_max_connections: int = DEFAULT_RELAY_CONNECTIONS
+    relay_connect_timeout: float = DEFAULT_RELAY_CONNECT_TIMEOUT
     encrypt: bool = True  # an unencrypted overlay takes forged VXLAN from whoever reaches udp 4789
 
 
@@ -780,6 +784,10 @@ def _swarm(data: dict[str, Any]) -> SwarmConfig:
         relay_ports=(min(low, high), max(low, high)),
         image_copy_timeout=parse_duration(data.get("image_copy_timeout", DEFAULT_IMAGE_COPY_TIMEOUT)),
         encrypt=bool(data.get("encrypt", True)),
+        relay_max_connections=int(data.get("relay_max_connections", DEFAULT_RELAY_CONNECTIONS)),
+        relay_connect_timeout=parse_duration(
+            data.get("relay_connect_timeout", DEFAULT_RELAY_CONNECT_TIMEOUT)
+        ),
     )
 
 
