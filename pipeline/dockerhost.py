@@ -101,7 +101,8 @@ class Running:
 
 
 @contextmanager
-def _translated(what: str) -> Iterator[None]:
+def translated(what: str) -> Iterator[None]:
+    """Run a docker SDK call, its errors translated into DockerError (EngineUnavailable without an engine)."""
     try:
         yield
     except docker.errors.ImageNotFound as exc:
@@ -120,20 +121,20 @@ class DockerHost:
     """A thin, translated facade over one Docker engine."""
 
     def __init__(self, client: docker.DockerClient | None = None) -> None:
-        with _translated("connect"):
+        with translated("connect"):
             self.client = client or docker.from_env(timeout=ENGINE_TIMEOUT)
         self.buildkit = True  # until the engine refuses a BuildKit build
         self._cpus = 0
 
     def ping(self) -> None:
         """Raise EngineUnavailable unless the engine answers."""
-        with _translated("ping"):
+        with translated("ping"):
             self.client.ping()
 
     def image_exists(self, tag: str) -> bool:
         """Return whether an image with this tag is present locally."""
         try:
-            with _translated(f"inspect image {tag}"):
+            with translated(f"inspect image {tag}"):
                 self.client.images.get(tag)
             return True
         except DockerError:
@@ -142,7 +143,7 @@ class DockerHost:
     def image_labels(self, tag: str) -> dict[str, str]:
         """Return an image's labels (empty when it is missing or has none)."""
         try:
-            with _translated(f"inspect image {tag}"):
+            with translated(f"inspect image {tag}"):
                 labels = self.client.images.get(tag).labels
         except DockerError:
             return {}
@@ -194,7 +195,7 @@ class DockerHost:
         tail: list[str] = []
         image_id = ""
         tag = request.tag
-        with _translated(f"build {tag}"), _context_tar(request) as body:
+        with translated(f"build {tag}"), _context_tar(request) as body:
             response = api.post(
                 f"{api.base_url}/v{api.api_version}/build",
                 params=params,
@@ -241,7 +242,7 @@ class DockerHost:
 
     def prune_build_cache(self, keep_bytes: int) -> int:
         """Trim BuildKit's build cache to about `keep_bytes`; return the bytes reclaimed."""
-        with _translated("prune the build cache"):
+        with translated("prune the build cache"):
             result = self.client.api.prune_builds(keep_storage=keep_bytes)
         return int((result or {}).get("SpaceReclaimed") or 0)
 
@@ -255,7 +256,7 @@ class DockerHost:
             raise DockerError(
                 f"{spec.name}: resources.cpus {spec.cpus:g} is more than the engine's {cpus} CPUs"
             )
-        with _translated(f"start {spec.name}"):
+        with translated(f"start {spec.name}"):
             container = self.client.containers.run(
                 spec.image,
                 command=list(spec.command) or None,
@@ -295,13 +296,13 @@ class DockerHost:
     def engine_cpus(self) -> int:
         """How many CPUs the engine's host has (asked once)."""
         if self._cpus == 0:
-            with _translated("ask the engine for its CPUs"):
+            with translated("ask the engine for its CPUs"):
                 self._cpus = int(self.client.info().get("NCPU") or 1)
         return self._cpus
 
     def limit_cpus(self, container_id: str, cpus: float) -> None:
         """Set a running container's CPU limit (ends its start-up boost)."""
-        with _translated(f"limit the CPUs of {container_id[:12]}"):
+        with translated(f"limit the CPUs of {container_id[:12]}"):
             self.client.api.update_container(container_id, cpu_period=CPU_PERIOD, cpu_quota=_quota(cpus))
 
     def _address(self, container: Any, network: str) -> str:
@@ -327,7 +328,7 @@ class DockerHost:
     def network(self, name: str) -> dict[str, Any] | None:
         """Return a network's attributes, or None when there is none of that name."""
         try:
-            with _translated(f"inspect network {name}"):
+            with translated(f"inspect network {name}"):
                 attrs: dict[str, Any] = self.client.networks.get(name).attrs
                 return attrs
         except DockerError as exc:
@@ -337,13 +338,13 @@ class DockerHost:
 
     def networks(self, labels: Mapping[str, str]) -> list[dict[str, Any]]:
         """Return the attributes (attached containers included) of every network with these labels."""
-        with _translated("list networks"):
+        with translated("list networks"):
             filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
             return [n.attrs for n in self.client.networks.list(filters=filters, greedy=True)]
 
     def subnets(self) -> list[str]:
         """Every subnet any network of the engine uses (another instance's and Docker's own too)."""
-        with _translated("list networks"):
+        with translated("list networks"):
             found = self.client.networks.list()
         return [
             str(config["Subnet"])
@@ -357,7 +358,7 @@ class DockerHost:
     ) -> dict[str, Any]:
         """Create a bridge network with this subnet, gateway and bridge interface name."""
         ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet, gateway=gateway)])
-        with _translated(f"create network {name}"):
+        with translated(f"create network {name}"):
             created = self.client.networks.create(
                 name,
                 driver="bridge",
@@ -374,7 +375,7 @@ class DockerHost:
     def remove_network(self, name: str) -> None:
         """Remove a network; a missing one is fine."""
         try:
-            with _translated(f"remove network {name}"):
+            with translated(f"remove network {name}"):
                 self.client.networks.get(name).remove()
         except DockerError as exc:
             if "not found" not in str(exc):
@@ -383,7 +384,7 @@ class DockerHost:
     def inspect(self, container_id: str) -> dict[str, Any] | None:
         """Return the container's attributes, or None when it is gone; EngineUnavailable without an engine."""
         try:
-            with _translated(f"inspect {container_id[:12]}"):
+            with translated(f"inspect {container_id[:12]}"):
                 attrs: dict[str, Any] = self.client.containers.get(container_id).attrs
                 return attrs
         except EngineUnavailable:
@@ -394,7 +395,7 @@ class DockerHost:
     def status(self, container_id: str) -> str:
         """Return the container's state (running, exited, ...) or 'missing'."""
         try:
-            with _translated(f"inspect {container_id[:12]}"):
+            with translated(f"inspect {container_id[:12]}"):
                 container = self.client.containers.get(container_id)
         except DockerError:
             return "missing"
@@ -403,7 +404,7 @@ class DockerHost:
     def logs_tail(self, container_id: str, lines: int = 30) -> list[str]:
         """Return the container's last log lines (empty when it is gone)."""
         try:
-            with _translated(f"logs of {container_id[:12]}"):
+            with translated(f"logs of {container_id[:12]}"):
                 raw = self.client.containers.get(container_id).logs(tail=lines)
         except DockerError:
             return []
@@ -412,7 +413,7 @@ class DockerHost:
     def stop_and_remove(self, container_id: str, grace: float = STOP_GRACE_SECONDS) -> None:
         """Send SIGTERM, wait up to `grace` seconds, then remove; a missing container is fine."""
         try:
-            with _translated(f"remove {container_id[:12]}"):
+            with translated(f"remove {container_id[:12]}"):
                 container = self.client.containers.get(container_id)
                 if container.status == "running":
                     container.stop(timeout=int(grace))
@@ -435,7 +436,7 @@ class DockerHost:
     def remove_container_named(self, name: str) -> None:
         """Remove a container by name if one exists (a leftover of an earlier run)."""
         try:
-            with _translated(f"remove {name}"):
+            with translated(f"remove {name}"):
                 self.client.containers.get(name).remove(force=True, v=True)
         except DockerError as exc:
             if "not found" not in str(exc):
@@ -444,7 +445,7 @@ class DockerHost:
     def containers(self, labels: Mapping[str, str]) -> list[Any]:
         """Return every container (running or not) carrying all these labels, but a Swarm task's
         (engine: swarm; after a switch back, its services are removed by hand: README)."""
-        with _translated("list containers"):
+        with translated("list containers"):
             filters = [f"{k}={v}" for k, v in labels.items()]
             # ignore_removed: one removed between the list and its inspection (a drain) is left out
             found = self.client.containers.list(all=True, filters={"label": filters}, ignore_removed=True)
@@ -453,13 +454,13 @@ class DockerHost:
     def remove_image(self, tag: str) -> None:
         """Remove an image by tag; a missing image is fine."""
         if self.image_exists(tag):
-            with _translated(f"remove image {tag}"):
+            with translated(f"remove image {tag}"):
                 self.client.images.remove(tag, force=True)
 
     def import_rootfs(self, tarball: Path, tag: str, changes: list[str]) -> None:
         """Import a root file system tarball as image `tag`."""
         repository, _, version = tag.partition(":")
-        with _translated(f"import {tag}"), tarball.open("rb") as data:
+        with translated(f"import {tag}"), tarball.open("rb") as data:
             self.client.api.import_image_from_data(
                 data, repository=repository, tag=version or "latest", changes=changes
             )

@@ -9,17 +9,13 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import docker.errors
-import requests.exceptions
-
-from pipeline.dockerhost import DockerHost
-from pipeline.errors import DockerError, EngineUnavailable
+from pipeline.dockerhost import DockerHost, translated
+from pipeline.errors import EngineUnavailable
 
 ENGINE_START_TIMEOUT = 60.0
 DOCKERD_LOG = Path("/var/log/central-mcp-dockerd.log")
@@ -104,7 +100,7 @@ def ensure_swarm(
         addr = check_advertise_addr(advertise_addr or default_advertise_addr())
         subnet_pool = check_pool(pool or DEFAULT_SWARM_POOL, avoid)
         say(f"making this engine a single-node swarm manager on {addr}, overlay subnets from {subnet_pool}")
-        with _swarm_call("swarm init"):
+        with translated("swarm init"):
             host.client.swarm.init(
                 advertise_addr=addr, default_addr_pool=[subnet_pool], subnet_size=SWARM_SUBNET_SIZE
             )
@@ -171,7 +167,7 @@ def check_pool(pool: str, avoid: Sequence[str] = ()) -> str:
 
 
 def _swarm_state(host: DockerHost) -> dict[str, Any]:
-    with _swarm_call("engine info"):
+    with translated("engine info"):
         info: dict[str, Any] = host.client.info()
     swarm: dict[str, Any] = info.get("Swarm") or {}
     return swarm
@@ -203,7 +199,7 @@ def _refuse_unless_manager(state: dict[str, Any]) -> None:
 
 
 def _manager_info(host: DockerHost, state: dict[str, Any]) -> SwarmInfo:
-    with _swarm_call("swarm inspect"):
+    with translated("swarm inspect"):
         host.client.swarm.reload()
         tokens: dict[str, str] = host.client.swarm.attrs.get("JoinTokens") or {}
     return SwarmInfo(
@@ -212,16 +208,6 @@ def _manager_info(host: DockerHost, state: dict[str, Any]) -> SwarmInfo:
         manager=True,
         worker_token=tokens.get("Worker", ""),
     )
-
-
-@contextmanager
-def _swarm_call(what: str) -> Iterator[None]:
-    try:
-        yield
-    except docker.errors.APIError as exc:
-        raise DockerError(f"{what}: Docker engine said {exc.explanation or exc}") from exc
-    except (requests.exceptions.ConnectionError, docker.errors.DockerException) as exc:
-        raise EngineUnavailable(f"{what}: no Docker engine answers ({exc})") from exc
 
 
 def _run(argv: list[str]) -> None:

@@ -65,8 +65,8 @@ from pipeline.dockerhost import (
     DockerHost,
     Running,
     RunSpec,
-    _translated,
     network_address,
+    translated,
 )
 from pipeline.errors import CentralMCPError, DockerError
 from pipeline.network import Networks
@@ -170,7 +170,7 @@ class SwarmHost(DockerHost):
         """Make `spec`'s service (one task) and wait until its task runs; host "" when it failed."""
         if not spec.network:
             raise DockerError(f"{spec.name}: no network to start it on")
-        with _translated(f"start {spec.name}"):
+        with translated(f"start {spec.name}"):
             image = self.client.images.get(spec.image)
         constraints = self._placement(str(image.id), spec)
         egress = spec.network.endswith(EGRESS_END)
@@ -182,7 +182,7 @@ class SwarmHost(DockerHost):
             labels = {**spec.labels, LABEL_RELAY_PORT: str(port), LABEL_NETWORK: spec.network}
             refs = self._secrets(spec)
             try:
-                with _translated(f"create service {spec.name}"):
+                with translated(f"create service {spec.name}"):
                     service = cast(Any, self.client.services).create(
                         str(image.id),
                         name=service_name(spec.name),
@@ -263,7 +263,7 @@ class SwarmHost(DockerHost):
     def _task_state(self, service_id: str) -> tuple[str, str]:
         """The newest task's state and message, or ("missing", "") without service or task."""
         try:
-            with _translated(f"tasks of {service_id[:12]}"):
+            with translated(f"tasks of {service_id[:12]}"):
                 tasks = self._api.tasks(filters={"service": service_id})
         except DockerError as exc:
             if "not found" in str(exc):
@@ -279,7 +279,7 @@ class SwarmHost(DockerHost):
         """running, starting, restarting (a task of it ended: the gate's "it exited", though Swarm
         starts another), the newest task's end state, or missing."""
         try:
-            with _translated(f"tasks of {container_id[:12]}"):
+            with translated(f"tasks of {container_id[:12]}"):
                 tasks = self._api.tasks(filters={"service": container_id})
         except DockerError as exc:
             if "not found" in str(exc):
@@ -298,7 +298,7 @@ class SwarmHost(DockerHost):
 
     def _view(self, service_id: str) -> ServiceView | None:
         try:
-            with _translated(f"inspect service {service_id[:12]}"):
+            with translated(f"inspect service {service_id[:12]}"):
                 attrs = self._api.inspect_service(service_id)
         except DockerError as exc:
             if "not found" in str(exc):
@@ -328,7 +328,7 @@ class SwarmHost(DockerHost):
         containers with them, left by a run before `engine: swarm`, seen as exited: start-up and
         retention remove them like any leftover."""
         self.sync()
-        with _translated("list services"):
+        with translated("list services"):
             found = self._api.services(filters={"label": [f"{k}={v}" for k, v in labels.items()]})
         return [self._seen(s) for s in found] + [self._stray(c) for c in self._plain(labels)]
 
@@ -349,7 +349,7 @@ class SwarmHost(DockerHost):
         """The service's last log lines, then why its newest task ended when Swarm says (a task that
         never started, say for want of /bin/sh for the secrets shim, logs nothing); empty when gone."""
         try:
-            with _translated(f"logs of {container_id[:12]}"):
+            with translated(f"logs of {container_id[:12]}"):
                 raw = self._api.service_logs(container_id, stdout=True, stderr=True, tail=str(lines))
                 text = b"".join(raw if isinstance(raw, (list, tuple)) else list(raw))
             state, message = self._task_state(container_id)
@@ -366,7 +366,7 @@ class SwarmHost(DockerHost):
         del grace  # a service's stop grace is part of its spec: changing it would replace the task
         with self._lock:
             try:
-                with _translated(f"remove service {container_id[:12]}"):
+                with translated(f"remove service {container_id[:12]}"):
                     attrs = self._api.inspect_service(container_id)
                     self._api.remove_service(container_id)
             except DockerError as exc:
@@ -380,7 +380,7 @@ class SwarmHost(DockerHost):
     def remove_container_named(self, name: str) -> None:
         """Remove a service by name if one exists (a leftover of an earlier run)."""
         wanted = service_name(name)
-        with _translated("list services"):
+        with translated("list services"):
             found = self._api.services(filters={"name": wanted})
         for service in found:
             if (service.get("Spec") or {}).get("Name") == wanted:
@@ -419,21 +419,21 @@ class SwarmHost(DockerHost):
     def prune_overlays(self) -> list[str]:
         """Remove this instance's overlays no service uses (the relay leaves them first)."""
         with self._lock:
-            with _translated("list services"):
+            with translated("list services"):
                 services = self._api.services(filters={"label": f"{LABEL_INSTANCE}={self.instance}"})
             used = {
                 str(n.get("Target", ""))
                 for s in services
                 for n in ((s.get("Spec") or {}).get("TaskTemplate") or {}).get("Networks") or []
             }
-            with _translated("list overlay networks"):
+            with translated("list overlay networks"):
                 overlays = self._api.networks(filters={"label": f"{LABEL_OVERLAY}={self.instance}"})
             removed: list[str] = []
             for overlay in overlays:
                 if overlay["Id"] in used or overlay["Name"] in used:
                     continue
                 try:
-                    with _translated(f"remove network {overlay['Name']}"):
+                    with translated(f"remove network {overlay['Name']}"):
                         if self._relay is not None:
                             self._api.disconnect_container_from_network(
                                 self._relay.container_id, overlay["Id"], force=True
@@ -452,7 +452,7 @@ class SwarmHost(DockerHost):
         for name, value in sorted(spec.secret_env.items()):
             digest = hashlib.sha256(f"{spec.name}\0{name}\0{value}".encode()).hexdigest()[:20]
             secret_name = f"cmcp-{self.instance}-{digest}"
-            with _translated(f"create secret {name} of {spec.name}"):
+            with translated(f"create secret {name} of {spec.name}"):
                 try:
                     secret_id = self._api.create_secret(
                         secret_name,
@@ -474,10 +474,10 @@ class SwarmHost(DockerHost):
         """Remove this instance's Swarm secrets made for a service that is gone (serve stopped
         between making them and the service, or while removing it)."""
         with self._lock:  # run() makes a service's secrets, then the service, under the same lock
-            with _translated("list services"):
+            with translated("list services"):
                 services = self._api.services(filters={"label": f"{LABEL_INSTANCE}={self.instance}"})
             names = {str((s.get("Spec") or {}).get("Name", "")) for s in services}
-            with _translated("list secrets"):
+            with translated("list secrets"):
                 found = self._api.secrets(filters={"label": f"{LABEL_INSTANCE}={self.instance}"})
             removed: list[str] = []
             for secret in found:
@@ -485,7 +485,7 @@ class SwarmHost(DockerHost):
                 if str((spec.get("Labels") or {}).get(LABEL_SECRET_OF, "")) in names:
                     continue
                 try:
-                    with _translated(f"remove secret {spec.get('Name')}"):
+                    with translated(f"remove secret {spec.get('Name')}"):
                         self._api.remove_secret(secret["ID"])
                     removed.append(str(spec.get("Name", "")))
                 except DockerError as exc:  # a task still holding it: next time
@@ -493,11 +493,11 @@ class SwarmHost(DockerHost):
             return removed
 
     def _remove_secrets(self, service_name: str) -> None:
-        with _translated("list secrets"):
+        with translated("list secrets"):
             found = self._api.secrets(filters={"label": f"{LABEL_SECRET_OF}={service_name}"})
         for secret in found:
             try:
-                with _translated(f"remove secret of {service_name}"):
+                with translated(f"remove secret of {service_name}"):
                     self._api.remove_secret(secret["ID"])
             except DockerError as exc:
                 log.warning("secret of %s left: %s", service_name, exc)
@@ -507,7 +507,7 @@ class SwarmHost(DockerHost):
         """Remove an image here and the copy every node of swarm.nodes was given (retention keeps
         the nodes' disks to what it keeps here); a node that cannot is logged and left."""
         super().remove_image(tag)
-        with _translated("list nodes"):
+        with translated("list nodes"):
             down = self._down(self._api.nodes())
         for name, url in sorted(self.settings.swarm.nodes.items()):
             if self._node_ids.get(name) in down:  # not dialled: retention would wait minutes on it
@@ -523,7 +523,7 @@ class SwarmHost(DockerHost):
         A node the swarm reports down is not dialled (an unreachable VM holds each start for as long as
         a TCP connect takes, minutes, just when its replicas are being replaced)."""
         holders = {self.node_id()}
-        with _translated("list nodes"):
+        with translated("list nodes"):
             listed = self._api.nodes()
         down = self._down(listed)
         for name, url in sorted(self.settings.swarm.nodes.items()):
@@ -547,7 +547,7 @@ class SwarmHost(DockerHost):
 
     def node_id(self) -> str:
         """This engine's swarm node id (DockerError when it is not in a swarm)."""
-        with _translated("ask the engine for its swarm node"):
+        with translated("ask the engine for its swarm node"):
             info = self.client.info().get("Swarm") or {}
         if info.get("LocalNodeState") != "active" or not info.get("ControlAvailable"):
             raise DockerError(
@@ -558,7 +558,7 @@ class SwarmHost(DockerHost):
     def _node(self, name: str, url: str) -> NodeEngine:
         found = self._nodes.get(name)
         if found is None:
-            with _translated(f"connect to node {name} ({url})"):
+            with translated(f"connect to node {name} ({url})"):
                 client = docker.DockerClient(
                     base_url=url, timeout=int(self.settings.swarm.image_copy_timeout), use_ssh_client=False
                 )
@@ -569,7 +569,7 @@ class SwarmHost(DockerHost):
     # networks and the relay -------------------------------------------------------------------
     def _overlay(self, name: str, egress: bool, server: str) -> None:
         """Make `server`'s overlay `name` when missing; refuse one of that name made for another."""
-        with _translated(f"inspect network {name}"):
+        with translated(f"inspect network {name}"):
             listed = self._api.networks(names=[name])  # Docker's name filter matches substrings
         found = [n for n in listed if n.get("Name") == name]
         if found:
@@ -581,7 +581,7 @@ class SwarmHost(DockerHost):
                     f"(labels {LABEL_OVERLAY}={owner[0]}, {LABEL_SERVER}={owner[1]}); no replica joins it"
                 )
             return
-        with _translated(f"create network {name}"):
+        with translated(f"create network {name}"):
             self.client.networks.create(
                 name,
                 driver="overlay",
@@ -593,12 +593,12 @@ class SwarmHost(DockerHost):
 
     def _alone(self) -> bool:
         """Whether the swarm has no node but this one."""
-        with _translated("list nodes"):
+        with translated("list nodes"):
             return len(self._api.nodes()) <= 1
 
     def _connect(self, relay: _Relay, network: str) -> None:
         try:
-            with _translated(f"connect the relay to {network}"):
+            with translated(f"connect the relay to {network}"):
                 self.client.networks.get(network).connect(relay.container_id)
         except DockerError as exc:
             if "already" not in str(exc):  # "already exists" or "is already attached"
@@ -650,7 +650,7 @@ class SwarmHost(DockerHost):
         token = secrets.token_urlsafe(32)
         name = self._relay_name()
         DockerHost.remove_container_named(self, name)
-        with _translated("start the swarm relay"):
+        with translated("start the swarm relay"):
             container = self.client.containers.run(
                 self.settings.packages.python_image,
                 command=swarmrelay.command(),
@@ -673,7 +673,7 @@ class SwarmHost(DockerHost):
         host = self._address(container, net.name)
         client = swarmrelay.RelayClient(host, RELAY_CONTROL_PORT, token, RELAY_TIMEOUT)
         relay = _Relay(str(container.id), host, client)
-        with _translated("list overlay networks"):
+        with translated("list overlay networks"):
             overlays = self._api.networks(filters={"label": f"{LABEL_OVERLAY}={self.instance}"})
         for overlay in overlays:
             self._connect(relay, str(overlay["Name"]))
@@ -695,7 +695,7 @@ class SwarmHost(DockerHost):
 
     def routes(self) -> dict[int, tuple[str, int]]:
         """relay port -> (service name, server port) for every replica of this instance."""
-        with _translated("list services"):
+        with translated("list services"):
             found = self._api.services(filters={"label": f"{LABEL_INSTANCE}={self.instance}"})
         table: dict[int, tuple[str, int]] = {}
         for service in found:
@@ -742,18 +742,18 @@ class NodeEngine(DockerHost):
 
     def copy_image_from(self, source: DockerHost, tag: str, image_id: str) -> str:
         """Make sure this node holds `image_id` (docker save | docker load); return its node id."""
-        with _translated(f"node {self.name}: ask for its swarm node"):
+        with translated(f"node {self.name}: ask for its swarm node"):
             node_id = str((self.client.info().get("Swarm") or {}).get("NodeID") or "")
         if not node_id:
             raise DockerError(f"node {self.name} is in no swarm")
         try:
-            with _translated(f"node {self.name}: look for image {tag}"):
+            with translated(f"node {self.name}: look for image {tag}"):
                 self.client.images.get(image_id)
             return node_id
         except DockerError as exc:
             if "not found" not in str(exc):
                 raise
-        with _translated(f"copy image {tag} to node {self.name}"):
+        with translated(f"copy image {tag} to node {self.name}"):
             stream = cast(Any, source.client.api).get_image(tag)
             for _ in cast(Any, self.client.api).load_image(stream, quiet=True):
                 pass
