@@ -211,7 +211,6 @@ class SwarmHost(DockerHost):
             command = ["/bin/sh", "-c", SECRETS_SHIM, SHIM_NAME]
             entry = list(config.get("Entrypoint") or [])
             args = entry + (list(spec.command) or list(config.get("Cmd") or []))
-        uid, _, gid = spec.user.partition(":")
         # One tmpfs per folder: Swarm refuses a spec naming a mount point twice (an image's `VOLUME /tmp`).
         paths = dict.fromkeys(posixpath.normpath(p) for p in [TMP_DIR, *sorted(config.get("Volumes") or {})])
         mounts = [
@@ -220,7 +219,6 @@ class SwarmHost(DockerHost):
         ]
         resources = docker.types.Resources(cpu_limit=int(spec.cpus * 1e9), mem_limit=spec.memory_bytes)
         resources["Limits"]["Pids"] = PIDS_LIMIT
-        del uid, gid
         return {
             "command": command,
             "args": args,
@@ -254,6 +252,7 @@ class SwarmHost(DockerHost):
                 log.info("%s: its task is %s (%s)", name, state, message)
                 return Running(service_id, name, "", 0)  # the gate reads its logs and removes it
             if time.monotonic() > deadline:
+                self.stop_and_remove(service_id)  # a task left pending would wait for a node forever
                 raise DockerError(
                     f"service {name}: its task did not start within {self.settings.swarm.start_timeout:g}s "
                     f"(state {state}: {message or 'no message'}); is a node with its image up?"

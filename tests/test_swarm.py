@@ -7,7 +7,9 @@ tests/e2e (tests marked `swarm`) and tests/e2e/test_swarm_nodes_e2e.py.
 from __future__ import annotations
 
 import types
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import docker.errors
@@ -346,3 +348,18 @@ def test_the_relays_cap_and_connect_timeout_come_from_deploy_yaml_and_its_memory
     env = host._relay_config("t" * 32, "10.213.0.1").environment()
     assert (env["RELAY_MAX_CONNECTIONS"], float(env["RELAY_CONNECT_TIMEOUT"])) == ("4096", 2.0)
     assert relay_memory(4096) >= 4096 * 2 * 128 * 1024 > relay_memory(1024)
+
+
+def test_a_replica_no_node_takes_in_time_is_removed_and_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task still pending at swarm.start_timeout: its service is removed (it would wait for a node
+    forever, and retention leaves a starting service be) and the error says what it waited for."""
+    settings = Settings(config_path=Path("deploy.yaml"), state_dir=Path("/tmp/x"))
+    settings = replace(settings, swarm=replace(settings.swarm, start_timeout=0.05))
+    pending = [{"CreatedAt": "1", "Status": {"State": "pending", "Message": "no suitable node"}}]
+    host = SwarmHost(settings, "abcd1234", _Client(pending, []))  # type: ignore[arg-type]
+    removed: list[str] = []
+    monkeypatch.setattr(host, "stop_and_remove", lambda cid, grace=0: removed.append(cid))
+    relay = SimpleNamespace(host="10.213.0.2")
+    with pytest.raises(DockerError, match="pending: no suitable node"):
+        host._started("svc1", "cmcp-abcd1234-echo-r1-d1", relay, 20000)  # type: ignore[arg-type]
+    assert removed == ["svc1"]
