@@ -55,6 +55,7 @@ from pipeline.dockerhost import (
     LABEL_INSTANCE,
     LABEL_NETWORK,
     LABEL_PORT,
+    LABEL_RELEASE,
     LABEL_ROLE,
     LABEL_SERVER,
     LOG_FILE_SIZE,
@@ -537,7 +538,25 @@ class SwarmHost(DockerHost):
                 holders.add(self._node_ids[name])
             except DockerError as exc:
                 log.warning("%s: node %s cannot run it: %s", spec.name, name, exc)
-        return [f"node.id!={n}" for n in sorted(str(n["ID"]) for n in listed) if n not in holders]
+        nodes = sorted(str(n["ID"]) for n in listed)
+        out = [n for n in nodes if n not in holders or n in down]
+        return [f"node.id!={n}" for n in out + self._beside(spec, set(nodes) - set(out))]
+
+    def _beside(self, spec: RunSpec, eligible: set[str]) -> list[str]:
+        """The nodes this release's other replicas run on, when a node without one can take this
+        replica: each service holds one task, so Swarm's own spread does not see them as siblings.
+        When the only node left holds a sibling, no constraint: a dead node's replica, held pending
+        by its own, is replaced by the monitor with one that goes there."""
+        siblings = {LABEL_INSTANCE: self.instance, LABEL_SERVER: spec.labels.get(LABEL_SERVER, "")}
+        siblings[LABEL_RELEASE] = spec.labels.get(LABEL_RELEASE, "")
+        with translated("list services"):
+            found = self._api.services(filters={"label": [f"{k}={v}" for k, v in siblings.items()]})
+        taken: set[str] = set()
+        for service in found:
+            with translated("list tasks"):
+                tasks = self._api.tasks(filters={"service": service["ID"], "desired-state": "running"})
+            taken |= {str(t.get("NodeID", "")) for t in tasks} & eligible
+        return sorted(taken) if eligible - taken else []
 
     @staticmethod
     def _down(listed: list[dict[str, Any]]) -> set[str]:

@@ -179,6 +179,9 @@ class _Nodes(_Api):
     def nodes(self) -> list[dict[str, Any]]:
         return [{"ID": "M", "Status": {"State": "ready"}}, {"ID": "W1", "Status": {"State": "down"}}]
 
+    def services(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        return []  # no other replica of the release yet
+
 
 class _Images:
     def __init__(self, tags: set[str]) -> None:
@@ -363,3 +366,23 @@ def test_a_replica_no_node_takes_in_time_is_removed_and_named(monkeypatch: pytes
     with pytest.raises(DockerError, match="pending: no suitable node"):
         host._started("svc1", "cmcp-abcd1234-echo-r1-d1", relay, 20000)  # type: ignore[arg-type]
     assert removed == ["svc1"]
+
+
+class _Siblings(_Api):
+    """One other replica of the release, running on node n1."""
+
+    def services(self, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"ID": "sibling"}]
+
+    def tasks(self, filters: dict[str, str]) -> list[dict[str, Any]]:
+        return [{"NodeID": "n1", "Status": {"State": "running"}}]
+
+
+def test_a_replica_goes_beside_its_siblings_only_when_no_other_node_can_take_it() -> None:
+    """Each replica is its own service, so Swarm's spread cannot see siblings: a replica is kept off
+    the nodes its release's other replicas run on while another node can take it, not otherwise."""
+    host = _host()
+    host.client.api = _Siblings([], [])  # type: ignore[assignment]
+    spec = _spec(command=())
+    assert host._beside(spec, {"n1", "n2"}) == ["n1"]
+    assert host._beside(spec, {"n1"}) == []
