@@ -77,6 +77,16 @@ def package_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def python_base_image(docker_host: DockerHost, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """central-mcp/python:3.11, made offline once when this engine lacks it (`make` makes it too)."""
+    from pipeline import baseimage
+
+    cache = tmp_path_factory.mktemp("python-base-cache")
+    baseimage.ensure_base_image(docker_host, cache, lambda line: None)
+    return baseimage.BASE_IMAGE
+
+
+@pytest.fixture(scope="session")
 def node_base_image(docker_host: DockerHost, tmp_path_factory: pytest.TempPathFactory) -> str:
     """central-mcp/node:18, made offline once (about a minute) when this engine lacks it."""
     from pipeline import baseimage

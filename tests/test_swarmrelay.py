@@ -41,6 +41,7 @@ from pipeline.swarmrelay import (
 )
 from tests.support.loopback import free_port
 from tests.support.relay import TOKEN, RunningRelay, echo, running_relay, tcp_service
+from tests.support.swarmnodes import require_manager
 
 WAIT = 5.0
 
@@ -606,13 +607,11 @@ def _ready(client: RelayClient) -> None:
 
 @pytest.mark.docker
 def test_a_relay_container_forwards_the_host_to_a_name_and_refuses_other_containers(
-    docker_host: DockerHost, instance_label: str, relay_network: dict[str, Any]
+    docker_host: DockerHost, instance_label: str, relay_network: dict[str, Any], python_base_image: str
 ) -> None:
     """From central-mcp/python:3.11 on an internal bridge, the relay takes the host (its gateway) to a
     container's network alias (20 MB intact on the image's Python), and closes a connection from
     another container on that network."""
-    if not docker_host.image_exists(BASE_IMAGE):
-        pytest.skip(f"{BASE_IMAGE} is made by `make`")
     network = relay_network["Name"]
     gateway = relay_network["IPAM"]["Config"][0]["Gateway"]
     alias = f"web-{secrets.token_hex(3)}"
@@ -643,16 +642,10 @@ def test_a_relay_container_forwards_the_host_to_a_name_and_refuses_other_contain
     assert TOKEN not in logs
 
 
-def _is_swarm_manager(docker_host: DockerHost) -> bool:
-    info = docker_host.client.info()
-    return bool(info.get("Swarm", {}).get("ControlAvailable"))
-
-
 @pytest.fixture
 def overlay(docker_host: DockerHost, instance_label: str) -> Iterator[str]:
     """An attachable overlay network of this test's own (the engine must be a swarm manager)."""
-    if not _is_swarm_manager(docker_host):
-        pytest.skip("the engine is not a swarm manager (`central-mcp engine --swarm`)")
+    require_manager(docker_host)  # a failure in CI
     name = f"cmcp-test-relay-ov-{os.getpid()}-{secrets.token_hex(3)}"
     network = docker_host.client.networks.create(
         name, driver="overlay", attachable=True, internal=True, labels={LABEL_INSTANCE: instance_label}
@@ -706,12 +699,14 @@ def _fetch_through(url: str, relay: Any, seconds: float = 30) -> None:
 
 @pytest.mark.docker
 def test_a_relay_on_an_overlay_finds_a_swarm_service_again_after_its_task_moves(
-    docker_host: DockerHost, instance_label: str, relay_network: dict[str, Any], overlay: str
+    docker_host: DockerHost,
+    instance_label: str,
+    relay_network: dict[str, Any],
+    overlay: str,
+    python_base_image: str,
 ) -> None:
     """The relay, on its bridge and a Swarm overlay, reaches a dnsrr service by name; when Swarm
     replaces the service's task (a new address), the same route finds the new one."""
-    if not docker_host.image_exists(BASE_IMAGE):
-        pytest.skip(f"{BASE_IMAGE} is made by `make`")
     name = f"cmcp-test-relay-svc-{secrets.token_hex(3)}"
     service = docker_host.client.services.create(  # type: ignore[no-untyped-call]
         BASE_IMAGE,
