@@ -260,15 +260,19 @@ class SwarmHost(DockerHost):
                 )
             time.sleep(TASK_POLL)
 
-    def _task_state(self, service_id: str) -> tuple[str, str]:
-        """The newest task's state and message, or ("missing", "") without service or task."""
+    def _tasks(self, service_id: str) -> list[dict[str, Any]]:
+        """The service's tasks (none when the service is gone)."""
         try:
             with translated(f"tasks of {service_id[:12]}"):
-                tasks = self._api.tasks(filters={"service": service_id})
+                return list(self._api.tasks(filters={"service": service_id}))
         except DockerError as exc:
             if "not found" in str(exc):
-                return "missing", ""
+                return []
             raise
+
+    def _task_state(self, service_id: str, tasks: list[dict[str, Any]] | None = None) -> tuple[str, str]:
+        """The newest task's state and message, or ("missing", "") without service or task."""
+        tasks = self._tasks(service_id) if tasks is None else tasks
         if not tasks:
             return "missing", ""
         newest = max(tasks, key=_created)
@@ -278,16 +282,10 @@ class SwarmHost(DockerHost):
     def status(self, container_id: str) -> str:
         """running, starting, restarting (a task of it ended: the gate's "it exited", though Swarm
         starts another), the newest task's end state, or missing."""
-        try:
-            with translated(f"tasks of {container_id[:12]}"):
-                tasks = self._api.tasks(filters={"service": container_id})
-        except DockerError as exc:
-            if "not found" in str(exc):
-                return "missing"
-            raise
-        states = [str((t.get("Status") or {}).get("State", "")) for t in tasks]
-        state, _ = self._task_state(container_id)
-        if state == RUNNING and any(s in ENDED_STATES for s in states):
+        tasks = self._tasks(container_id)
+        state, _ = self._task_state(container_id, tasks)
+        ended = any(str((t.get("Status") or {}).get("State", "")) in ENDED_STATES for t in tasks)
+        if state == RUNNING and ended:
             return "restarting"
         return "starting" if state in STARTING_STATES else state
 

@@ -34,8 +34,11 @@ class SwarmView(DockerHost):
         """The service's task state, as SwarmHost.status reads it."""
         return SwarmHost.status(self, container_id)  # type: ignore[arg-type]
 
-    def _task_state(self, service_id: str) -> tuple[str, str]:
-        return SwarmHost._task_state(self, service_id)  # type: ignore[arg-type]
+    def _tasks(self, service_id: str) -> list[dict[str, Any]]:
+        return SwarmHost._tasks(self, service_id)  # type: ignore[arg-type]
+
+    def _task_state(self, service_id: str, tasks: list[dict[str, Any]] | None = None) -> tuple[str, str]:
+        return SwarmHost._task_state(self, service_id, tasks)  # type: ignore[arg-type]
 
     def stop_and_remove(self, container_id: str, grace: float = 0) -> None:
         """Remove the service (its task stops with it)."""
