@@ -240,8 +240,8 @@ class Monitor:
         if upstream.remote is not None:
             return self._remote_failure(upstream)
         attrs = self.ctx.docker.inspect(upstream.container_id)
-        if attrs is None:
-            return f"{CONTAINER_DOWN}gone"
+        if attrs is None or (attrs.get("State") or {}).get("Status") == "removing":
+            return f"{CONTAINER_DOWN}gone"  # "removing": `docker rm -f` caught half-way, gone a moment later
         state = attrs.get("State", {})
         if state.get("Status") != "running":
             return f"{CONTAINER_DOWN}{state.get('Status')} (exit code {state.get('ExitCode')})"

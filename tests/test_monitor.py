@@ -169,6 +169,13 @@ def test_a_dead_container_counts_as_a_failure(world: dict[str, Any]) -> None:
     assert "exited" in world["monitor"].health["svc"].last_error
 
 
+def test_a_container_caught_being_removed_is_gone(world: dict[str, Any]) -> None:
+    """`docker rm -f` seen half-way ("removing") reads as gone, as a moment later, not as an exit."""
+    world["docker"].states["c2"] = "removing"
+    world["monitor"].probe_all()
+    assert world["monitor"].health["svc"].last_error.endswith("gone")
+
+
 def test_restart_policy_never_is_honoured(world: dict[str, Any]) -> None:
     """A manifest with restart: never is left down, not replaced."""
     store: Store = world["store"]
